@@ -1,0 +1,185 @@
+"""Completion tracking: acks, per-partition committable positions, the in-flight bound.
+
+Every source batch gets one :class:`Ack`. Derived batches share it; anything
+that holds records beyond the normal flow (a DLQ write, a buffering sink, a
+fan-out) ``retain()``-s it and ``release()``-s it when its records are done.
+When the count reaches zero the batch's position range is marked done in its
+:class:`PartitionTracker`, which advances the committable position only over a
+contiguous done prefix (I1).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import final
+
+import anyio
+
+
+@final
+class Ack:
+    """A reference count over records that share one completion callback."""
+
+    __slots__ = ("_on_done", "_pending")
+
+    def __init__(self, on_done: Callable[[], None]) -> None:
+        self._pending = 1
+        self._on_done = on_done
+
+    @property
+    def done(self) -> bool:
+        """Whether every holder has released it."""
+        return self._pending == 0
+
+    def retain(self, n: int = 1) -> None:
+        """Add ``n`` holders; each must call :meth:`release` once."""
+        if self._pending <= 0:
+            raise RuntimeError("retain() on an ack that is already done")
+        self._pending += n
+
+    def release(self) -> None:
+        """Drop one holder; the last one completes the ack."""
+        self._pending -= 1
+        if self._pending == 0:
+            self._on_done()
+        elif self._pending < 0:
+            raise RuntimeError("ack released more often than retained")
+
+
+def combined_ack(acks: list[Ack]) -> Ack:
+    """An ack that releases every ack in ``acks`` when it is done (merged batches)."""
+
+    def release_all() -> None:
+        for ack in acks:
+            ack.release()
+
+    return Ack(release_all)
+
+
+@final
+class _Range:
+    __slots__ = ("done", "end", "size", "start")
+
+    def __init__(self, start: int, end: int, size: int) -> None:
+        self.start = start
+        self.end = end
+        self.size = size
+        self.done = False
+
+
+@final
+class PartitionTracker:
+    """Committable position of one partition: the lowest position not yet done.
+
+    Ranges are opened in source order and may complete in any order; the
+    position moves only over the done prefix.
+    """
+
+    __slots__ = ("_pending", "committable", "partition")
+
+    def __init__(self, partition: str, position: int) -> None:
+        self.partition = partition
+        self.committable = position
+        self._pending: deque[_Range] = deque()
+
+    def open(self, start: int, end: int, size: int) -> _Range:
+        """Register positions ``[start, end)`` holding ``size`` records as in flight."""
+        last = self._pending[-1].end if self._pending else self.committable
+        if start < last:
+            raise ValueError(
+                f"partition {self.partition!r}: range starting at {start} overlaps "
+                f"positions up to {last} already handed out"
+            )
+        rng = _Range(start, end, size)
+        if not self._pending:
+            self.committable = start
+        self._pending.append(rng)
+        return rng
+
+    def complete(self, rng: _Range) -> None:
+        """Mark a range done and advance over the done prefix."""
+        rng.done = True
+        pending = self._pending
+        while pending and pending[0].done:
+            self.committable = pending.popleft().end
+        if pending:
+            self.committable = pending[0].start
+
+    @property
+    def pending_ranges(self) -> int:
+        """Number of ranges not yet committable."""
+        return len(self._pending)
+
+
+@final
+class InFlight:
+    """Bounds the records between the source and done (I9); the source waits for room."""
+
+    __slots__ = ("_changed", "capacity", "in_flight")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self._changed = anyio.Event()
+
+    async def acquire(self, n: int) -> None:
+        """Wait until ``n`` more records fit, then count them in."""
+        n = min(n, self.capacity)
+        while self.in_flight + n > self.capacity:
+            await self._changed.wait()
+        self.in_flight += n
+
+    def release(self, n: int) -> None:
+        """Count ``n`` records out."""
+        self.in_flight -= n
+        event, self._changed = self._changed, anyio.Event()
+        event.set()
+
+    async def wait_empty(self) -> None:
+        """Wait until no record is in flight."""
+        while self.in_flight > 0:
+            await self._changed.wait()
+
+
+@final
+class CompletionTracker:
+    """Tracks every partition of a run and turns done batches into positions."""
+
+    __slots__ = ("_partitions", "in_flight", "on_change")
+
+    def __init__(
+        self, positions: Mapping[str, int], in_flight: InFlight, on_change: Callable[[], None]
+    ) -> None:
+        self._partitions = {p: PartitionTracker(p, pos) for p, pos in positions.items()}
+        self.in_flight = in_flight
+        self.on_change = on_change
+
+    def partition(self, name: str, default_position: int = 0) -> PartitionTracker:
+        """The tracker of ``name``, created at ``default_position`` on first use."""
+        tracker = self._partitions.get(name)
+        if tracker is None:
+            tracker = self._partitions[name] = PartitionTracker(name, default_position)
+        return tracker
+
+    def ack_for(self, partition: str, start: int, end: int, size: int, reserved: int) -> Ack:
+        """An ack for a new source batch; ``reserved`` in-flight slots return when done."""
+        tracker = self.partition(partition, start)
+        rng = tracker.open(start, end, size)
+        in_flight = self.in_flight
+        on_change = self.on_change
+
+        def on_done() -> None:
+            tracker.complete(rng)
+            in_flight.release(reserved)
+            on_change()
+
+        return Ack(on_done)
+
+    def positions(self) -> dict[str, int]:
+        """The committable position of every partition (a consistent cut, no await)."""
+        return {name: t.committable for name, t in self._partitions.items()}
+
+    def forget(self, partition: str) -> None:
+        """Stop tracking a partition (it was revoked and its position committed)."""
+        self._partitions.pop(partition, None)

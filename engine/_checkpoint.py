@@ -1,0 +1,108 @@
+"""The checkpoint snapshot and the backend protocol every store implements.
+
+A snapshot is one atomic unit: source positions, operator state and crash
+counts are saved together (I3). Backends fence writers (I5): ``claim`` takes
+the next epoch for an owner, and ``save`` refuses a snapshot whose epoch is
+older than the latest claim, so a zombie process cannot roll a checkpoint back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One consistent cut of a pipeline's progress.
+
+    Attributes:
+        pipeline: The pipeline name; a backend may store several pipelines.
+        epoch: The fencing epoch of the writer (see :meth:`CheckpointBackend.claim`).
+        owner: Who wrote it (host/pid/random by default).
+        seq: Increases by one with every save of an epoch; ordering within the epoch.
+        positions: Per source partition, the position to resume from: every record
+            before it is done (I1).
+        state: Operator state by ``step_id``; JSON-serialisable values.
+        crash_counts: Per ``"partition@offset"``, how often that record stopped the pipeline.
+        created_at: Wall-clock time of the snapshot, seconds since the epoch.
+    """
+
+    pipeline: str
+    epoch: int
+    owner: str
+    seq: int = 0
+    positions: Mapping[str, int] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+    crash_counts: Mapping[str, int] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        """The snapshot as JSON bytes (backends store this)."""
+        return orjson.dumps(
+            {
+                "version": 1,
+                "pipeline": self.pipeline,
+                "epoch": self.epoch,
+                "owner": self.owner,
+                "seq": self.seq,
+                "positions": dict(self.positions),
+                "state": dict(self.state),
+                "crash_counts": dict(self.crash_counts),
+                "created_at": self.created_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Checkpoint:
+        """Parse bytes written by :meth:`to_json`."""
+        raw = orjson.loads(data)
+        if raw.get("version") != 1:
+            raise ValueError(f"unknown checkpoint format version {raw.get('version')!r}")
+        return cls(
+            pipeline=raw["pipeline"],
+            epoch=raw["epoch"],
+            owner=raw["owner"],
+            seq=raw["seq"],
+            positions=raw["positions"],
+            state=raw["state"],
+            crash_counts=raw["crash_counts"],
+            created_at=raw["created_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`CheckpointBackend.claim` returns: the writer's epoch and the last snapshot."""
+
+    epoch: int
+    owner: str
+    checkpoint: Checkpoint | None
+
+
+@runtime_checkable
+class CheckpointBackend(Protocol):
+    """Where a pipeline's checkpoints live.
+
+    Contract:
+
+    * ``claim(pipeline, owner)`` atomically increments the pipeline's epoch,
+      records ``owner`` as its holder and returns the latest snapshot (or ``None``).
+    * ``save(checkpoint)`` stores the snapshot atomically (all or nothing) and
+      durably before it returns. It raises :class:`~riprap.FencedError` when
+      ``checkpoint.epoch`` is lower than the latest claimed epoch or the owner
+      of that epoch differs.
+    * ``load(pipeline)`` returns the latest snapshot without claiming.
+    * Methods must not block the event loop (run blocking I/O in a thread).
+    """
+
+    async def claim(self, pipeline: str, owner: str) -> Claim: ...
+
+    async def save(self, checkpoint: Checkpoint) -> None: ...
+
+    async def load(self, pipeline: str) -> Checkpoint | None: ...
+
+    async def aclose(self) -> None: ...

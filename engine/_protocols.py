@@ -1,0 +1,92 @@
+"""The plug-in protocols: sources, sinks and stages.
+
+Sources hand the engine :class:`~riprap.SourceBatch` objects; sinks and stages
+receive :class:`~riprap.Batch` objects. None of them may block the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ._records import Batch, SourceBatch
+
+Emit = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What a source learns when it opens.
+
+    Attributes:
+        pipeline: The pipeline's name.
+        positions: Checkpointed position per partition: resume from there.
+    """
+
+    pipeline: str
+    positions: Mapping[str, int]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Produces batches of records, one partition per batch, in position order.
+
+    Contract: ``read`` returns at most ``max_records`` values of one partition,
+    waits (cancellably, never blocking the loop) until some are available, and
+    returns ``None`` once the source is exhausted. A batch's ``end`` is the
+    position to resume from once all of its records are done; positions of one
+    partition never go backwards.
+    """
+
+    name: str
+
+    async def open(self, context: SourceContext) -> None: ...
+
+    async def read(self, max_records: int) -> SourceBatch | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Writes batches; a batch counts as done when ``write`` returns.
+
+    Contract: when ``write`` returns, the batch is durable (or the sink has
+    ``batch.ack.retain()``-ed it and will ``release()`` once it is). ``flush``
+    makes everything buffered durable. ``idempotent`` says whether rewriting a
+    replayed record is harmless (exactly-once effect, I2).
+    """
+
+    name: str
+    idempotent: bool
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: Batch) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A custom processing step that sees whole batches.
+
+    ``process`` calls ``emit`` for its output batches (zero or more). Output
+    batches must carry acks that cover the input (share ``batch.ack``, or
+    ``retain`` it once per extra output). ``snapshot`` returns JSON-serialisable
+    state saved in the same checkpoint as the source positions (I3); it is
+    called with no await in between, so it must not await.
+    """
+
+    step_id: str
+
+    async def process(self, batch: Batch, emit: Emit) -> None: ...
+
+    async def finish(self, emit: Emit) -> None: ...
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...

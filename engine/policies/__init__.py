@@ -1,0 +1,1 @@
+"""Resilience policies: retry, timeout, circuit breaker, bulkhead, fallback."""

@@ -1,0 +1,1 @@
+"""Built-in stages: transform, validate, dedupe, window, saga."""
