@@ -11,10 +11,12 @@ contiguous done prefix (I1).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 
 @final

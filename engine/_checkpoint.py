@@ -8,11 +8,13 @@ older than the latest claim, so a zombie process cannot roll a checkpoint back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +91,26 @@ class CheckpointBackend(Protocol):
 
     Contract:
 
-    * ``claim(pipeline, owner)`` atomically increments the pipeline's epoch,
-      records ``owner`` as its holder and returns the latest snapshot (or ``None``).
+    * ``claim(pipeline, owner)`` atomically increments the pipeline's epoch
+      (the first claim gets 1; an epoch that already wrote a snapshot is never
+      handed out again), records ``owner`` as its holder and returns
+      ``Claim(epoch, owner, latest snapshot or None)``.
     * ``save(checkpoint)`` stores the snapshot atomically (all or nothing) and
-      durably before it returns. It raises :class:`~riprap.FencedError` when
-      ``checkpoint.epoch`` is lower than the latest claimed epoch or the owner
-      of that epoch differs.
-    * ``load(pipeline)`` returns the latest snapshot without claiming.
+      durably before it returns. It raises :class:`~riprap.FencedError`, and
+      changes nothing, unless ``checkpoint.epoch`` is the latest claimed epoch,
+      ``checkpoint.owner`` is the owner of that claim, and
+      ``(epoch, seq)`` is greater than the stored snapshot's: a checkpoint never
+      goes backwards. ``seq`` must therefore grow with every save call,
+      including a retry after an error.
+    * ``load(pipeline)`` returns the latest snapshot without claiming, or ``None``.
+    * Several pipelines may share one backend; everything is keyed by the
+      pipeline name. Only the latest snapshot of each is kept.
+    * A stored claim or snapshot that cannot be read back raises
+      :class:`~riprap.CheckpointError` naming where it is stored and what is
+      wrong; a backend never silently starts from scratch. I/O failures raise
+      it too.
+    * ``aclose()`` releases what the backend holds open; it is idempotent, the
+      stored checkpoints stay, and a later call reopens what it needs.
     * Methods must not block the event loop (run blocking I/O in a thread).
     """
 

@@ -9,10 +9,15 @@
     │   └── FencedError                  a stale owner or an older epoch tried to write
     ├── DataError                        permanent, about one record: never retried
     │   └── DecodeError                  a payload could not be decoded
-    └── TransientError                   worth retrying (the resilience policies decide)
+    ├── TransientError                   worth retrying (the resilience policies decide)
+    ├── CircuitOpenError                 a circuit breaker refused the call: not a record failure
+    ├── BulkheadFullError                a bulkhead's waiting queue is full: never retried
+    └── StageTimeout(TimeoutError)       an attempt or a whole call ran out of time (transient)
 
 ``DataError`` and ``TransientError`` are raised by user code and connectors; the
-engine routes them. Everything else a stage raises is treated as a bug.
+engine routes them. ``CircuitOpenError``, ``BulkheadFullError`` and
+``StageTimeout`` are raised by the resilience policies (:mod:`riprap.policies`).
+Everything else a stage raises is treated as a bug.
 """
 
 from __future__ import annotations
@@ -76,6 +81,82 @@ class TransientError(EngineError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CircuitOpenError(EngineError):
+    """A circuit breaker refused the call; the dependency is cut off for now.
+
+    Not a failure of the record: the caller waits, falls back or dead-letters.
+    Never retried by :class:`~riprap.policies.Retry`.
+
+    Args:
+        breaker: The breaker's name (the dependency it protects).
+        remaining: Seconds until the breaker lets probes through again: ``0.0``
+            when it is half-open with every probe taken, ``inf`` when forced open.
+    """
+
+    def __init__(self, breaker: str, *, remaining: float) -> None:
+        self.breaker = breaker
+        self.remaining = remaining
+        if remaining == float("inf"):
+            when = "until it is reset"
+        elif remaining > 0:
+            when = f"for another {remaining:.3g}s"
+        else:
+            when = "until a probe completes"
+        super().__init__(f"circuit {breaker!r} is open {when}")
+
+
+class BulkheadFullError(EngineError):
+    """A bulkhead had no free slot and its waiting queue was full; never retried.
+
+    Args:
+        bulkhead: The bulkhead's name.
+        max_concurrent: Its limit on concurrent calls.
+        max_waiters: Its limit on waiting callers.
+    """
+
+    def __init__(self, bulkhead: str, *, max_concurrent: int, max_waiters: int) -> None:
+        self.bulkhead = bulkhead
+        self.max_concurrent = max_concurrent
+        self.max_waiters = max_waiters
+        super().__init__(
+            f"bulkhead {bulkhead!r} is full: {max_concurrent} calls running "
+            f"and {max_waiters} waiting"
+        )
+
+
+class StageTimeout(EngineError, TimeoutError):
+    """A call ran out of time: one attempt (``kind="attempt"``) or all of them (``"total"``).
+
+    A ``TimeoutError``, so it is classified transient: an attempt timeout is
+    retried, a total timeout ends the call.
+
+    Args:
+        seconds: The timeout that elapsed.
+        kind: ``"attempt"`` or ``"total"`` (or any label the caller chose).
+        stage: The stage whose call timed out, when known.
+        dependency: The dependency that was called, when known.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        kind: str = "attempt",
+        stage: str | None = None,
+        dependency: str | None = None,
+    ) -> None:
+        self.seconds = seconds
+        self.kind = kind
+        self.stage = stage
+        self.dependency = dependency
+        where = "".join(
+            f" {label} {name!r}"
+            for label, name in (("in stage", stage), ("calling", dependency))
+            if name is not None
+        )
+        super().__init__(f"{kind} timeout of {seconds:g}s exceeded{where}")
 
 
 class CheckpointError(EngineError):

@@ -172,6 +172,22 @@ class StartsOrigin(Origin):
 
 
 @final
+class IndexOrigin(Origin):
+    """Item ``j`` came from parent item ``indices[j]`` (reordered or partial outputs)."""
+
+    __slots__ = ("indices", "parent")
+
+    def __init__(self, parent: Origin | None, indices: list[int]) -> None:
+        self.parent = parent
+        self.indices = indices
+
+    def locate(self, index: int) -> tuple[SourceBatch, int] | None:
+        if self.parent is None or not 0 <= index < len(self.indices):
+            return None
+        return self.parent.locate(self.indices[index])
+
+
+@final
 class ConcatOrigin(Origin):
     """Items of several batches joined end to end (re-batching)."""
 

@@ -1,0 +1,129 @@
+"""The ``riprap`` command: run a pipeline file, run the demo, inspect dead letters.
+
+Exit codes: 0 the run completed or was stopped cleanly; 1 a stage failed (done
+records were checkpointed); 2 the pipeline or the command line is invalid;
+130 the run was aborted by a second signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import runpy
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+from ._errors import ConfigError, EngineError, PipelineError
+from ._pipeline import Pipeline
+from ._progress import ProgressPrinter
+from ._run import run
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._report import RunReport
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 130
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Load ``path/to/file.py[:name]``; ``name`` (default ``pipeline``) may be a factory.
+
+    Raises:
+        ConfigError: The file or the name does not exist, or is not a pipeline.
+    """
+    path, _, attr = spec.partition(":")
+    attr = attr or "pipeline"
+    try:
+        namespace = runpy.run_path(path, run_name="__riprap__")
+    except FileNotFoundError:
+        raise ConfigError("pipeline file", f"{path!r} does not exist") from None
+    if attr not in namespace:
+        raise ConfigError("pipeline", f"{path!r} defines no {attr!r}")
+    obj = namespace[attr]
+    if callable(obj) and not isinstance(obj, Pipeline):
+        obj = obj()
+    if not isinstance(obj, Pipeline):
+        raise ConfigError("pipeline", f"{path}:{attr} is {type(obj).__name__}, not a Pipeline")
+    return obj
+
+
+def run_with_report(pipeline: Pipeline, *, out: TextIO, progress: bool = True) -> int:
+    """Run with signals and live progress, print the report, return the exit code."""
+    printer = ProgressPrinter(pipeline.name, out) if progress else None
+    try:
+        report = run(pipeline, progress=printer, progress_interval=0.5 if printer else 1.0)
+    except PipelineError as error:
+        if printer:
+            printer.close()
+        out.write(f"error: {error}\n")
+        return EXIT_FAILED
+    if printer:
+        printer.close()
+    out.write(report.format() + "\n")
+    return exit_code(report)
+
+
+def exit_code(report: RunReport) -> int:
+    """The process exit code for a finished run."""
+    if report.outcome == "failed":
+        return EXIT_FAILED
+    if report.outcome == "aborted":
+        return EXIT_ABORTED
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.pipeline)
+    return run_with_report(pipeline, out=sys.stderr, progress=not args.quiet)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.dir, orders=args.orders, fresh=args.fresh, out=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``riprap`` command."""
+    parser = argparse.ArgumentParser(prog="riprap", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_cmd = commands.add_parser("run", help="run a pipeline defined in a Python file")
+    run_cmd.add_argument("pipeline", help="path/to/file.py[:name] (name defaults to 'pipeline')")
+    run_cmd.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    run_cmd.set_defaults(handler=_cmd_run)
+
+    demo = commands.add_parser("demo", help="run the demo pipeline on synthetic orders")
+    demo.add_argument("--dir", default="riprap-demo", help="where the demo keeps its files")
+    demo.add_argument("--orders", type=int, default=5_000, help="orders to generate")
+    demo.add_argument("--fresh", action="store_true", help="delete earlier demo files first")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``riprap`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+    except ConfigError as error:
+        sys.stderr.write(f"riprap: {error}\n")
+        return EXIT_USAGE
+    except EngineError as error:
+        sys.stderr.write(f"riprap: {error}\n")
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""What a run did: per-step counters and the report every run ends with (I7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+Outcome = Literal["completed", "stopped", "failed", "aborted"]
+
+
+@final
+class StepCounters:
+    """Mutable per-step counts, updated once per batch (cheap in the hot path)."""
+
+    __slots__ = ("dropped", "errors", "records_in", "records_out", "step_id")
+
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
+        self.records_in = 0
+        self.records_out = 0
+        self.errors = 0
+        self.dropped = 0
+
+    def freeze(self) -> StepStats:
+        """An immutable copy."""
+        return StepStats(self.step_id, self.records_in, self.records_out, self.errors, self.dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """Counts of one step (fused steps report together, as ``a+b+c``)."""
+
+    step_id: str
+    records_in: int
+    records_out: int
+    errors: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """A live view of a running pipeline."""
+
+    records_in: int
+    records_out: int
+    in_flight: int
+    dropped: int
+    dead_lettered: int
+    elapsed: float
+    checkpoints: int
+    last_checkpoint_age: float | None
+    positions: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """How a run ended and what happened to every record.
+
+    Attributes:
+        outcome: ``completed`` (source exhausted), ``stopped`` (asked to stop and
+            drained), ``aborted`` (stopped without draining) or ``failed``.
+        records_in: Records read from the source.
+        records_out: Records the sink wrote.
+        dropped: Records a filter removed on purpose.
+        dead_lettered: Records sent to the dead-letter queue, by reason.
+        duration: Seconds from start to the final checkpoint.
+        checkpoints: Checkpoints written.
+        positions: The final checkpointed position of every partition.
+        steps: Per-step counts.
+        error: The message of the error that failed the run, if any.
+    """
+
+    pipeline: str
+    outcome: Outcome
+    records_in: int
+    records_out: int
+    dropped: int
+    duration: float
+    checkpoints: int
+    positions: Mapping[str, int]
+    steps: tuple[StepStats, ...]
+    dead_lettered: Mapping[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """Records read per second over the run."""
+        return self.records_in / self.duration if self.duration > 0 else 0.0
+
+    def format(self) -> str:
+        """A human-readable summary, one fact per line."""
+        lines = [
+            f"pipeline {self.pipeline}: {self.outcome}",
+            f"  records in      {self.records_in:>12,}",
+            f"  written         {self.records_out:>12,}",
+            f"  dropped         {self.dropped:>12,}",
+            f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
+        ]
+        lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]
+        lines += [
+            f"  time            {self.duration:>11.2f}s",
+            f"  rate            {self.rate:>10,.0f}/s",
+            f"  checkpoints     {self.checkpoints:>12,}",
+        ]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)

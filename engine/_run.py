@@ -1,0 +1,111 @@
+"""``riprap.run``: run a pipeline from a script, with signals and uvloop.
+
+This is the one place (besides the CLI) where riprap installs signal
+handlers: the first SIGINT/SIGTERM stops the run gracefully (drain, final
+checkpoint, exit 0), a second one aborts at once. Embedded pipelines
+(:meth:`Pipeline.open`) never touch signals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._report import RunReport, RunStatistics
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+    from ._runtime import RunningPipeline
+
+log = logging.getLogger("riprap")
+
+ProgressHook = Callable[[RunStatistics], None]
+"""Called with live statistics every ``progress_interval`` seconds."""
+
+
+def uvloop_available() -> bool:
+    """Whether uvloop is installed (the ``fast`` extra)."""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def run(
+    pipeline: Pipeline,
+    *,
+    handle_signals: bool = True,
+    use_uvloop: bool | None = None,
+    progress: ProgressHook | None = None,
+    progress_interval: float = 1.0,
+) -> RunReport:
+    """Run ``pipeline`` to completion in a new event loop and return its report.
+
+    Args:
+        pipeline: The pipeline to run.
+        handle_signals: Stop gracefully on the first SIGINT/SIGTERM, abort on the second.
+        use_uvloop: Use uvloop; by default whenever it is installed.
+        progress: Called with live statistics while the run goes on.
+        progress_interval: Seconds between progress calls.
+
+    Raises:
+        PipelineError: A stage failed; done records were checkpointed first.
+        ConfigError: The pipeline is invalid.
+    """
+    pipeline.validate()
+    uvloop = uvloop_available() if use_uvloop is None else use_uvloop
+
+    async def main() -> RunReport:
+        return await run_async(
+            pipeline,
+            handle_signals=handle_signals,
+            progress=progress,
+            progress_interval=progress_interval,
+        )
+
+    return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop})
+
+
+async def run_async(
+    pipeline: Pipeline,
+    *,
+    handle_signals: bool = False,
+    progress: ProgressHook | None = None,
+    progress_interval: float = 1.0,
+) -> RunReport:
+    """Like :func:`run` inside a running event loop (signals off by default)."""
+    async with pipeline.open() as running, anyio.create_task_group() as tg:
+        if handle_signals:
+            tg.start_soon(_watch_signals, running)
+        if progress is not None:
+            tg.start_soon(_report_progress, running, progress, progress_interval)
+        report = await running.wait()
+        tg.cancel_scope.cancel()
+    return report
+
+
+async def _watch_signals(running: RunningPipeline) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        seen = 0
+        async for signum in signals:
+            seen += 1
+            if seen == 1:
+                log.warning(
+                    "%s received: stopping pipeline %s after draining (again to abort)",
+                    signal.Signals(signum).name,
+                    running.name,
+                )
+                running.stop()
+            else:
+                log.warning("second signal: aborting pipeline %s", running.name)
+                running.abort()
+
+
+async def _report_progress(
+    running: RunningPipeline, progress: ProgressHook, interval: float
+) -> None:
+    while True:
+        await anyio.sleep(interval)
+        progress(running.statistics())

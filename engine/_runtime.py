@@ -1,0 +1,432 @@
+"""The runtime: one task per stage between bounded channels, plus the checkpointer.
+
+Lifecycle of a run: claim the pipeline in the checkpoint backend (fencing),
+restore positions and operator state, open the sink and the source, then
+source -> segments -> sink until the source ends or a stop is requested.
+A stop cancels only the source's read; records in flight drain within
+``drain_timeout``; the sink is flushed and a final checkpoint written. A bug
+in a stage cancels the run, still writes the final checkpoint (it covers only
+done records) with the crash counted, and raises :class:`~riprap.PipelineError`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+
+from ._acks import CompletionTracker, InFlight
+from ._checkpointer import Checkpointer
+from ._errors import EngineError, PipelineError
+from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step
+from ._protocols import Sink, Source, SourceContext
+from ._records import Batch, SourceOrigin
+from ._report import Outcome, RunReport, RunStatistics, StepCounters
+from ._segments import AsyncSegment, BatchSegment, ErrorRouter, FusedSegment, Segment, StageSegment
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+    from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+    from ._checkpoint import CheckpointBackend
+
+FINAL_CHECKPOINT_TIMEOUT = 30.0
+"""Seconds the final checkpoint may take before the run gives up on it."""
+
+
+def default_owner() -> str:
+    """A checkpoint owner id unique to this process: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@final
+class StopRouter:
+    """Routes every record failure to a stop of the run (no DLQ configured)."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+
+    def handle(self, step_id: str, batch: Batch, index: int, value: Any, error: Exception) -> None:
+        partition, offset = batch.position(index)
+        raise PipelineError(
+            pipeline=self.pipeline,
+            stage=step_id,
+            partition=partition,
+            offset=offset,
+            error=error,
+        ) from error
+
+
+def build_segments(steps: Sequence[Step], router: ErrorRouter) -> list[Segment]:
+    """Group consecutive fusable steps into fused loops; everything else runs on its own."""
+    segments: list[Segment] = []
+    run: list[OpStep] = []
+    for step in steps:
+        if isinstance(step, OpStep) and step.fusable:
+            run.append(step)
+            continue
+        if run:
+            segments.append(FusedSegment(run, router))
+            run = []
+        if isinstance(step, OpStep):
+            segments.append(AsyncSegment(step, router, _as_async(step)))
+        elif isinstance(step, BatchStep):
+            segments.append(BatchSegment(step))
+        elif isinstance(step, StageStep):
+            segments.append(StageSegment(step, router))
+    if run:
+        segments.append(FusedSegment(run, router))
+    return segments
+
+
+def _as_async(step: OpStep) -> Callable[[Any], Awaitable[Any]]:
+    fn = step.fn
+    if step.is_async:
+        return fn
+
+    async def call(value: Any) -> Any:
+        return fn(value)
+
+    return call
+
+
+def _default_backend(path: str) -> CheckpointBackend:
+    from ._ckpt_sqlite import SqliteCheckpoints
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SqliteCheckpoints(path)
+
+
+@final
+class Runtime:
+    """Runs one pipeline once. Use :meth:`Pipeline.open` or :meth:`Pipeline.run`."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        pipeline.validate()
+        assert pipeline.source_ is not None
+        assert pipeline.sink_ is not None
+        self.pipeline = pipeline
+        self.options = pipeline.options
+        self.source: Source = pipeline.source_
+        self.sink: Sink = pipeline.sink_
+        self.clock = self.options.clock
+        self.owns_backend = self.options.checkpoint is None
+        self.backend = self.options.checkpoint or _default_backend(self.options.checkpoint_path)
+        self.router: ErrorRouter = StopRouter(pipeline.name)
+        self.segments = build_segments(pipeline.steps, self.router)
+        self.sink_counters = StepCounters(self.sink.name)
+        self.in_flight = InFlight(self.options.max_in_flight)
+        self.records_in = 0
+        self.outcome: Outcome = "completed"
+        self.error: BaseException | None = None
+        self.report: RunReport | None = None
+        self.finished = anyio.Event()
+        self._stop_requested = anyio.Event()
+        self._read_scope: anyio.CancelScope | None = None
+        self._processing_scope: anyio.CancelScope | None = None
+        self._guard_scope: anyio.CancelScope | None = None
+        self._started_at = self.clock.monotonic()
+        self.tracker: CompletionTracker
+        self.checkpointer: Checkpointer
+
+    # -- control ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no new reads, drain in flight, final checkpoint."""
+        if self._stop_requested.is_set():
+            return
+        if self.outcome == "completed":
+            self.outcome = "stopped"
+        self._stop_requested.set()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def abort(self) -> None:
+        """Stop at once without draining; done records are still checkpointed."""
+        self.stop()
+        self.outcome = "aborted"
+        if self._processing_scope is not None:
+            self._processing_scope.cancel()
+
+    def statistics(self) -> RunStatistics:
+        """A live snapshot of counters and positions."""
+        return RunStatistics(
+            records_in=self.records_in,
+            records_out=self.sink_counters.records_out,
+            in_flight=self.in_flight.in_flight,
+            dropped=self._dropped(),
+            dead_lettered=0,
+            elapsed=self.clock.monotonic() - self._started_at,
+            checkpoints=self.checkpointer.saved,
+            last_checkpoint_age=self.checkpointer.age(),
+            positions=self.tracker.positions(),
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Claim the pipeline, restore its checkpoint and open the sink and source."""
+        name = self.pipeline.name
+        owner = self.options.owner or default_owner()
+        claim = await self.backend.claim(name, owner)
+        last = claim.checkpoint
+        positions = dict(last.positions) if last else {}
+        state = dict(last.state) if last else {}
+        for segment in self.segments:
+            if isinstance(segment, StageSegment) and segment.stage.step_id in state:
+                segment.stage.restore(state[segment.stage.step_id])
+        self.tracker = CompletionTracker(positions, self.in_flight, _noop)
+        self.checkpointer = Checkpointer(
+            pipeline=name,
+            backend=self.backend,
+            epoch=claim.epoch,
+            owner=owner,
+            tracker=self.tracker,
+            state=self._state,
+            crash_counts=dict(last.crash_counts) if last else {},
+            clock=self.clock,
+        )
+        self._started_at = self.clock.monotonic()
+        await self.sink.open()
+        await self.source.open(SourceContext(pipeline=name, positions=positions))
+
+    async def run(self) -> RunReport:
+        """Process until the source ends or a stop; always end with a final checkpoint."""
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self.checkpointer.run_periodic, self.options.checkpoint_interval)
+                try:
+                    await self._process()
+                finally:
+                    outer.cancel_scope.cancel()
+        except BaseException as exc:
+            self.error = _unwrap(exc)
+            cancelled = isinstance(self.error, anyio.get_cancelled_exc_class())
+            self.outcome = "aborted" if cancelled else "failed"
+            self._count_crash(self.error)
+        with anyio.CancelScope(shield=True):
+            await self._finish()
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        return self.report
+
+    async def aclose(self) -> None:
+        """Close the source, the sink and (if the run created it) the backend."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.source.aclose()
+            finally:
+                try:
+                    await self.sink.aclose()
+                finally:
+                    if self.owns_backend:
+                        await self.backend.aclose()
+
+    async def _process(self) -> None:
+        streams = [
+            anyio.create_memory_object_stream[Batch](self.options.queue_size)
+            for _ in range(len(self.segments) + 1)
+        ]
+        async with anyio.create_task_group() as tg:
+            self._processing_scope = tg.cancel_scope
+            tg.start_soon(self._drain_guard)
+            tg.start_soon(self._source_loop, streams[0][0])
+            for segment, (_, receive), (send, _) in zip(
+                self.segments, streams[:-1], streams[1:], strict=True
+            ):
+                tg.start_soon(segment.run, receive, send)
+            tg.start_soon(self._sink_loop, streams[-1][1])
+
+    async def _drain_guard(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._guard_scope = scope
+            await self._stop_requested.wait()
+            await anyio.sleep(self.options.drain_timeout)
+            # Draining took too long: give up on what is still in flight.
+            self.outcome = "aborted"
+            if self._processing_scope is not None:
+                self._processing_scope.cancel()
+
+    async def _source_loop(self, send: ObjectSendStream[Batch]) -> None:
+        source = self.source
+        in_flight = self.in_flight
+        tracker = self.tracker
+        size = self.options.batch_size
+        async with send:
+            while not self._stop_requested.is_set():
+                with anyio.CancelScope() as scope:
+                    self._read_scope = scope
+                    await in_flight.acquire(size)
+                    batch = await source.read(size)
+                    if batch is None:
+                        in_flight.release(size)
+                        return
+                self._read_scope = None
+                if scope.cancelled_caught:
+                    return
+                n = len(batch.values)
+                if n < size:
+                    in_flight.release(size - n)
+                ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
+                self.records_in += n
+                if n == 0:
+                    ack.release()
+                    continue
+                await send.send(Batch(batch.values, ack, SourceOrigin(batch)))
+
+    async def _sink_loop(self, receive: ObjectReceiveStream[Batch]) -> None:
+        sink = self.sink
+        counters = self.sink_counters
+        async with receive:
+            async for batch in receive:
+                n = len(batch.items)
+                counters.records_in += n
+                try:
+                    await sink.write(batch)
+                except EngineError:
+                    raise
+                except Exception as error:
+                    partition, offset = batch.position(0)
+                    raise PipelineError(
+                        pipeline=self.pipeline.name,
+                        stage=sink.name,
+                        partition=partition,
+                        offset=offset,
+                        error=error,
+                    ) from error
+                counters.records_out += n
+                batch.ack.release()
+        if self._guard_scope is not None:
+            self._guard_scope.cancel()
+
+    async def _finish(self) -> None:
+        with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT):
+            try:
+                await self.sink.flush()
+            finally:
+                await self.checkpointer.save(force=True)
+        self.report = self._report()
+        self.finished.set()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for segment in self.segments:
+            state.update(segment.snapshot())
+        return state
+
+    def _count_crash(self, error: BaseException) -> None:
+        if isinstance(error, PipelineError) and error.partition is not None:
+            key = f"{error.partition}@{error.offset}"
+            counts = self.checkpointer.crash_counts
+            counts[key] = counts.get(key, 0) + 1
+
+    def _dropped(self) -> int:
+        return sum(segment.counters.dropped for segment in self.segments)
+
+    def _report(self) -> RunReport:
+        return RunReport(
+            pipeline=self.pipeline.name,
+            outcome=self.outcome,
+            records_in=self.records_in,
+            records_out=self.sink_counters.records_out,
+            dropped=self._dropped(),
+            duration=max(self.clock.monotonic() - self._started_at, 0.0),
+            checkpoints=self.checkpointer.saved,
+            positions=self.tracker.positions(),
+            steps=(*tuple(s.counters.freeze() for s in self.segments), self.sink_counters.freeze()),
+            error=str(self.error) if self.error is not None else None,
+        )
+
+
+def _noop() -> None:
+    return None
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one meaningful error inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        cancelled = anyio.get_cancelled_exc_class()
+        interesting = [e for e in exc.exceptions if not isinstance(e, cancelled)]
+        if not interesting:
+            return exc.exceptions[0]
+        pipeline_errors = [e for e in interesting if isinstance(e, PipelineError)]
+        exc = (pipeline_errors or interesting)[0]
+    return exc
+
+
+@final
+class RunningPipeline:
+    """Handle to a pipeline running inside :meth:`Pipeline.open`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+        return self._runtime.pipeline.name
+
+    def stop(self) -> None:
+        """Request a graceful stop (drain, flush, final checkpoint); returns at once."""
+        self._runtime.stop()
+
+    def abort(self) -> None:
+        """Stop without draining; what is done is still checkpointed."""
+        self._runtime.abort()
+
+    async def checkpoint(self) -> None:
+        """Write a checkpoint now (after any save already running)."""
+        await self._runtime.checkpointer.save(force=True)
+
+    def statistics(self) -> RunStatistics:
+        """Counters and positions right now."""
+        return self._runtime.statistics()
+
+    async def wait(self) -> RunReport:
+        """Wait for the run to end and return its report."""
+        await self._runtime.finished.wait()
+        assert self._runtime.report is not None
+        return self._runtime.report
+
+
+@asynccontextmanager
+async def open_pipeline(pipeline: Pipeline) -> AsyncIterator[RunningPipeline]:
+    """Run ``pipeline`` in the background of the block; leaving it stops the run gracefully."""
+    runtime = Runtime(pipeline)
+    try:
+        await runtime.start()
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def supervise() -> None:
+                nonlocal failure
+                try:
+                    await runtime.run()
+                except BaseException as exc:
+                    failure = exc
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(supervise)
+            body_error: Exception | None = None
+            try:
+                yield RunningPipeline(runtime)
+            except Exception as exc:
+                # Re-raised below, outside the task group, so callers see it unwrapped.
+                body_error = exc
+            finally:
+                runtime.stop()
+        if body_error is not None:
+            raise body_error
+        if failure is not None and not isinstance(failure, anyio.get_cancelled_exc_class()):
+            raise failure
+    finally:
+        await runtime.aclose()

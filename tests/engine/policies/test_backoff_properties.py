@@ -1,0 +1,84 @@
+"""Property tests: retry waits stay within [0, wait_max] and never cross the deadline."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import anyio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from riprap import TransientError
+from riprap._virtual_clock import VirtualClock
+from riprap.policies import Retry, retry
+
+jitters = st.sampled_from(["full", "equal", "decorrelated", "none"])
+waits = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> Retry:
+    """Any valid Retry configuration."""
+    wait_initial = draw(waits)
+    wait_max = draw(st.floats(min_value=wait_initial, max_value=200.0, allow_nan=False))
+    return Retry(
+        attempts=draw(st.none() | st.integers(min_value=1, max_value=30)),
+        timeout=draw(st.floats(min_value=0.001, max_value=1000.0, allow_nan=False)),
+        wait_initial=wait_initial,
+        wait_max=wait_max,
+        wait_exp_base=draw(st.floats(min_value=1.0, max_value=10.0, allow_nan=False)),
+        wait_jitter=draw(jitters),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=configs(), seed=st.integers(), n=st.integers(min_value=1, max_value=200))
+def test_backoff_delays_stay_between_zero_and_wait_max(config: Retry, seed: int, n: int) -> None:
+    """Every backoff delay, for any configuration and seed, is in [0, wait_max]."""
+    cap = float(config.wait_max)  # type: ignore[arg-type]
+    for delay in itertools.islice(config.backoff(random.Random(seed)), n):
+        assert 0.0 <= delay <= cap
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    config=configs(),
+    seed=st.integers(),
+    hints=st.lists(st.none() | st.floats(min_value=0, max_value=500, allow_nan=False), max_size=40),
+)
+def test_retries_respect_limits_and_deadline(
+    config: Retry, seed: int, hints: list[float | None]
+) -> None:
+    """Under an always-failing call: waits within [0, wait_max], attempts within limits,
+    Retry-After honoured up to wait_max, and no attempt starts after the deadline."""
+    starts: list[float] = []
+    asked: list[float | None] = []
+
+    async def main() -> None:
+        clock = VirtualClock()
+
+        async def failing() -> None:
+            starts.append(clock.monotonic())
+            hint = hints[len(starts) % len(hints)] if hints else None
+            asked.append(hint)
+            raise TransientError("down", retry_after=hint)
+
+        wrapped = retry(config, clock=clock, random=random.Random(seed))(failing)
+        async with clock.autojump():
+            try:
+                await wrapped()
+            except TransientError:
+                pass
+            else:  # pragma: no cover
+                raise AssertionError("an always-failing call succeeded")
+
+    anyio.run(main)
+    cap = float(config.wait_max)  # type: ignore[arg-type]
+    deadline = float(config.timeout)  # type: ignore[arg-type]
+    assert config.attempts is None or len(starts) <= config.attempts
+    assert all(start <= deadline for start in starts)
+    for gap, hint in zip((b - a for a, b in itertools.pairwise(starts)), asked, strict=False):
+        assert 0.0 <= gap <= cap + 1e-9
+        if hint is not None:
+            assert gap >= min(hint, cap) - 1e-9

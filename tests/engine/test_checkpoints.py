@@ -1,0 +1,407 @@
+"""The checkpoint backend contract, run against every embedded backend, plus per-backend tests."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+import pytest
+
+from riprap import Checkpoint, CheckpointBackend, CheckpointError, FencedError
+from riprap._ckpt_file import FileCheckpoints
+from riprap._ckpt_memory import MemoryCheckpoints
+from riprap._ckpt_sqlite import SqliteCheckpoints
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+
+def make_backend(kind: str, tmp_path: Path) -> CheckpointBackend:
+    """A fresh backend of ``kind`` storing under ``tmp_path``."""
+    if kind == "memory":
+        return MemoryCheckpoints()
+    if kind == "file":
+        return FileCheckpoints(tmp_path / "checkpoints")
+    return SqliteCheckpoints(tmp_path / "checkpoints.db")
+
+
+@pytest.fixture(params=["memory", "file", "sqlite"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[CheckpointBackend]:
+    """Each embedded backend in turn, closed after the test."""
+    store = make_backend(request.param, tmp_path)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture(params=["file", "sqlite"])
+def durable_kind(request: pytest.FixtureRequest) -> str:
+    """The backends that persist outside the process."""
+    kind: str = request.param
+    return kind
+
+
+def snapshot(epoch: int, owner: str, seq: int, pipeline: str = "orders", **kw: Any) -> Checkpoint:
+    """A checkpoint with a little of everything."""
+    return Checkpoint(
+        pipeline=pipeline,
+        epoch=epoch,
+        owner=owner,
+        seq=seq,
+        positions=kw.get("positions", {"orders-0": 10 * seq, "orders-1": 7}),
+        state=kw.get("state", {"dedupe": {"seen": ["a", "b"]}, "window": [[1, 2.5], None]}),
+        crash_counts=kw.get("crash_counts", {"orders-0@41": 2}),
+        created_at=1_700_000_000.25,
+    )
+
+
+# -- the contract, for every backend -----------------------------------------------------------
+
+
+async def test_claim_increments_epoch(backend: CheckpointBackend) -> None:
+    """Each claim takes the next epoch, starting at 1, and records its owner."""
+    claims = [await backend.claim("orders", owner) for owner in ("a", "b", "c")]
+    expected = [(1, "a", None), (2, "b", None), (3, "c", None)]
+    assert expected == [(c.epoch, c.owner, c.checkpoint) for c in claims]
+
+
+async def test_save_load_round_trip(backend: CheckpointBackend) -> None:
+    """Positions, operator state and crash counts come back exactly as saved."""
+    await backend.claim("orders", "a")
+    saved = snapshot(1, "a", seq=1)
+    await backend.save(saved)
+    assert saved == await backend.load("orders")
+    assert saved == (await backend.claim("orders", "b")).checkpoint
+
+
+async def test_load_unknown_pipeline(backend: CheckpointBackend) -> None:
+    """A pipeline that never saved loads as None, claimed or not."""
+    assert None is await backend.load("orders")
+    await backend.claim("orders", "a")
+    assert None is await backend.load("orders")
+
+
+async def test_stale_epoch_refused(backend: CheckpointBackend) -> None:
+    """A save from an epoch older than the latest claim raises FencedError."""
+    await backend.claim("orders", "a")
+    await backend.claim("orders", "b")
+    with pytest.raises(FencedError) as caught:
+        await backend.save(snapshot(1, "a", seq=1))
+    expected = (1, 2, "a")
+    assert expected == (caught.value.epoch, caught.value.current_epoch, caught.value.owner)
+    assert None is await backend.load("orders")
+
+
+async def test_wrong_owner_same_epoch_refused(backend: CheckpointBackend) -> None:
+    """A save at the current epoch from someone other than its owner is refused."""
+    await backend.claim("orders", "a")
+    with pytest.raises(FencedError, match="held by 'a'"):
+        await backend.save(snapshot(1, "intruder", seq=1))
+    assert None is await backend.load("orders")
+
+
+async def test_unclaimed_epoch_refused(backend: CheckpointBackend) -> None:
+    """A save without a claim, or from an epoch not yet claimed, is refused."""
+    with pytest.raises(FencedError, match="never been claimed"):
+        await backend.save(snapshot(1, "a", seq=1))
+    await backend.claim("orders", "a")
+    with pytest.raises(FencedError, match="not been claimed"):
+        await backend.save(snapshot(2, "a", seq=1))
+    assert None is await backend.load("orders")
+
+
+async def test_backwards_seq_refused(backend: CheckpointBackend) -> None:
+    """Within an epoch a save must have a higher seq than the stored one."""
+    await backend.claim("orders", "a")
+    latest = snapshot(1, "a", seq=2)
+    await backend.save(latest)
+    for seq in (1, 2):
+        with pytest.raises(FencedError, match="not newer"):
+            await backend.save(snapshot(1, "a", seq=seq, positions={"orders-0": 0}))
+    assert latest == await backend.load("orders")
+
+
+async def test_new_epoch_restarts_seq(backend: CheckpointBackend) -> None:
+    """A new owner may start its seq again: ordering compares (epoch, seq)."""
+    await backend.claim("orders", "a")
+    await backend.save(snapshot(1, "a", seq=9))
+    await backend.claim("orders", "b")
+    fresh = snapshot(2, "b", seq=1)
+    await backend.save(fresh)
+    assert fresh == await backend.load("orders")
+
+
+async def test_pipelines_independent(backend: CheckpointBackend) -> None:
+    """Pipelines sharing a backend have their own epochs, owners and snapshots."""
+    await backend.claim("orders", "a")
+    await backend.claim("orders", "b")
+    claim = await backend.claim("users", "a")
+    orders, users = snapshot(2, "b", seq=1), snapshot(1, "a", seq=1, pipeline="users")
+    await backend.save(orders)
+    await backend.save(users)
+    assert (1, orders, users) == (
+        claim.epoch,
+        await backend.load("orders"),
+        await backend.load("users"),
+    )
+
+
+async def test_zombie_cannot_overwrite_new_owner(backend: CheckpointBackend) -> None:
+    """After a takeover the old owner's saves fail and the new owner's checkpoint is intact."""
+    await backend.claim("orders", "zombie")
+    await backend.save(snapshot(1, "zombie", seq=1))
+    await backend.claim("orders", "heir")
+    heir = snapshot(2, "heir", seq=1)
+    await backend.save(heir)
+    with pytest.raises(FencedError):
+        await backend.save(snapshot(1, "zombie", seq=50, positions={"orders-0": 0}))
+    assert heir == await backend.load("orders")
+
+
+async def test_unserialisable_state_refused(backend: CheckpointBackend) -> None:
+    """State that is not JSON raises CheckpointError naming the pipeline and stores nothing."""
+    await backend.claim("orders", "a")
+    with pytest.raises(CheckpointError, match="'orders'"):
+        await backend.save(snapshot(1, "a", seq=1, state={"window": object()}))
+    assert None is await backend.load("orders")
+
+
+async def test_aclose_keeps_data(backend: CheckpointBackend) -> None:
+    """Closing twice is fine and the backend still serves the stored checkpoint."""
+    await backend.claim("orders", "a")
+    saved = snapshot(1, "a", seq=1)
+    await backend.save(saved)
+    await backend.aclose()
+    await backend.aclose()
+    assert saved == await backend.load("orders")
+
+
+# -- fencing between processes ------------------------------------------------------------------
+
+
+async def test_fencing_across_instances(durable_kind: str, tmp_path: Path) -> None:
+    """Two backends on one path (two processes' view) fence each other."""
+    zombie, heir = make_backend(durable_kind, tmp_path), make_backend(durable_kind, tmp_path)
+    try:
+        await zombie.claim("orders", "zombie")
+        await zombie.save(snapshot(1, "zombie", seq=1))
+        claim = await heir.claim("orders", "heir")
+        with pytest.raises(FencedError):
+            await zombie.save(snapshot(1, "zombie", seq=2))
+        heir_cp = snapshot(2, "heir", seq=1)
+        await heir.save(heir_cp)
+        assert (2, snapshot(1, "zombie", seq=1), heir_cp) == (
+            claim.epoch,
+            claim.checkpoint,
+            await zombie.load("orders"),
+        )
+    finally:
+        await zombie.aclose()
+        await heir.aclose()
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from riprap import Checkpoint, FencedError
+    from riprap._ckpt_file import FileCheckpoints
+    from riprap._ckpt_sqlite import SqliteCheckpoints
+
+    kind, path = sys.argv[1], sys.argv[2]
+    backend = FileCheckpoints(path) if kind == "file" else SqliteCheckpoints(path)
+    claim = anyio.run(backend.claim, "orders", "child")
+    print("claimed", claim.epoch, flush=True)
+    sys.stdin.readline()
+    try:
+        anyio.run(backend.save, Checkpoint("orders", claim.epoch, "child", seq=1))
+    except FencedError as exc:
+        print("fenced", exc.current_epoch, flush=True)
+    else:
+        print("saved", flush=True)
+    anyio.run(backend.aclose)
+    """
+)
+
+
+def test_fencing_across_processes(durable_kind: str, tmp_path: Path) -> None:
+    """A child process that lost its claim to the parent cannot save."""
+    path = tmp_path / ("checkpoints" if durable_kind == "file" else "checkpoints.db")
+    args = [sys.executable, "-c", CHILD, durable_kind, str(path)]
+    with subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None
+        claimed = child.stdout.readline()
+        parent = make_backend(durable_kind, tmp_path)
+        claim = anyio.run(parent.claim, "orders", "parent")
+        anyio.run(parent.aclose)
+        rest, errors = child.communicate("go\n", timeout=60)
+    expected = ("claimed 1\n", 2, "fenced 2\n", "", 0)
+    assert expected == (
+        claimed,
+        claim.epoch,
+        rest,
+        errors,
+        child.returncode,
+    )
+
+
+# -- corruption ---------------------------------------------------------------------------------
+
+
+async def test_file_corrupt_snapshot(tmp_path: Path) -> None:
+    """A damaged snapshot file raises CheckpointError naming it, and a claim changes nothing."""
+    store = FileCheckpoints(tmp_path)
+    await store.claim("orders", "a")
+    await store.save(snapshot(1, "a", seq=1))
+    target = tmp_path / "orders.checkpoint.json"
+    target.write_bytes(b'{"version": 1, "pipeline": "ord')
+    with pytest.raises(CheckpointError, match="corrupt checkpoint") as loading:
+        await store.load("orders")
+    with pytest.raises(CheckpointError) as claiming:
+        await store.claim("orders", "b")
+    with pytest.raises(CheckpointError):
+        await store.save(snapshot(1, "a", seq=2))
+    claim_file = orjson.loads((tmp_path / "orders.claim.json").read_bytes())
+    expected = (True, True, 1)
+    assert expected == (
+        str(target) in str(loading.value),
+        str(target) in str(claiming.value),
+        claim_file["epoch"],
+    )
+
+
+async def test_file_snapshot_of_wrong_type(tmp_path: Path) -> None:
+    """A well-formed JSON file with fields of the wrong type is reported, not trusted."""
+    store = FileCheckpoints(tmp_path)
+    await store.claim("orders", "a")
+    bad = snapshot(1, "a", seq=1).to_json().replace(b'"seq":1', b'"seq":"1"')
+    target = tmp_path / "orders.checkpoint.json"
+    target.write_bytes(bad)
+    with pytest.raises(CheckpointError, match="seq '1' is not a non-negative integer") as caught:
+        await store.load("orders")
+    assert str(target) in str(caught.value)
+
+
+async def test_file_snapshot_of_other_pipeline(tmp_path: Path) -> None:
+    """A snapshot file copied over another pipeline's is refused."""
+    store = FileCheckpoints(tmp_path)
+    await store.claim("users", "a")
+    await store.save(snapshot(1, "a", seq=1, pipeline="users"))
+    os.replace(tmp_path / "users.checkpoint.json", tmp_path / "orders.checkpoint.json")
+    with pytest.raises(CheckpointError, match="belongs to pipeline 'users'"):
+        await store.load("orders")
+
+
+async def test_file_corrupt_claim(tmp_path: Path) -> None:
+    """A damaged claim file raises CheckpointError naming it."""
+    store = FileCheckpoints(tmp_path)
+    await store.claim("orders", "a")
+    target = tmp_path / "orders.claim.json"
+    target.write_bytes(b"[1, 2]")
+    with pytest.raises(CheckpointError, match="corrupt claim: not a JSON object") as caught:
+        await store.claim("orders", "b")
+    assert str(target) in str(caught.value)
+
+
+async def test_sqlite_corrupt_row(tmp_path: Path) -> None:
+    """A damaged snapshot row raises CheckpointError naming the database and pipeline."""
+    path = tmp_path / "checkpoints.db"
+    store = SqliteCheckpoints(path)
+    try:
+        await store.claim("orders", "a")
+        await store.save(snapshot(1, "a", seq=1))
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE riprap_checkpoints SET snapshot = x'7b7b7b'")
+        db.close()
+        with pytest.raises(CheckpointError, match="corrupt checkpoint") as caught:
+            await store.load("orders")
+    finally:
+        await store.aclose()
+    assert f"{path} (pipeline 'orders')" in str(caught.value)
+
+
+async def test_sqlite_not_a_database(tmp_path: Path) -> None:
+    """A file that is not an SQLite database raises CheckpointError naming it."""
+    path = tmp_path / "checkpoints.db"
+    path.write_bytes(b"this is not a database, just some text that is long enough" * 20)
+    store = SqliteCheckpoints(path)
+    try:
+        with pytest.raises(CheckpointError) as caught:
+            await store.load("orders")
+    finally:
+        await store.aclose()
+    assert str(path) in str(caught.value)
+
+
+# -- per-backend details ------------------------------------------------------------------------
+
+
+async def test_file_leaves_no_temp_files(tmp_path: Path) -> None:
+    """Claims, saves and refused saves leave exactly the pipeline's three files."""
+    store = FileCheckpoints(tmp_path)
+    for seq, owner in enumerate(("a", "b"), start=1):
+        claim = await store.claim("orders", owner)
+        await store.save(snapshot(claim.epoch, owner, seq=seq))
+    with pytest.raises(FencedError):
+        await store.save(snapshot(1, "a", seq=5))
+    expected = {"orders.checkpoint.json", "orders.claim.json", "orders.lock"}
+    assert expected == set(os.listdir(tmp_path))
+
+
+async def test_file_failed_write_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails before the rename removes its temp file and keeps the old snapshot."""
+    store = FileCheckpoints(tmp_path)
+    await store.claim("orders", "a")
+    first = snapshot(1, "a", seq=1)
+    await store.save(first)
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(CheckpointError, match="No space left"):
+        await store.save(snapshot(1, "a", seq=2))
+    monkeypatch.undo()
+    expected = {"orders.checkpoint.json", "orders.claim.json", "orders.lock"}
+    assert (expected, first) == (set(os.listdir(tmp_path)), await store.load("orders"))
+
+
+async def test_file_names_are_escaped(tmp_path: Path) -> None:
+    """Pipeline names with path separators stay inside the directory and round-trip."""
+    store = FileCheckpoints(tmp_path / "ckpt")
+    names = ["../escape", "a/b", "x.claim"]
+    for name in names:
+        await store.claim(name, "a")
+        await store.save(snapshot(1, "a", seq=1, pipeline=name))
+    loaded = [await store.load(name) for name in names]
+    assert ([snapshot(1, "a", seq=1, pipeline=n) for n in names], ["ckpt"]) == (
+        loaded,
+        os.listdir(tmp_path),
+    )
+
+
+async def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    """The database is put in WAL mode so loads run beside a writer."""
+    path = tmp_path / "checkpoints.db"
+    store = SqliteCheckpoints(path)
+    await store.claim("orders", "a")
+    await store.aclose()
+    db = sqlite3.connect(path)
+    try:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        db.close()
+    expected = "wal"
+    assert expected == mode

@@ -1,0 +1,126 @@
+"""Every configuration error is raised before running and names the bad option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import riprap
+from riprap.connectors.memory import IterableSource, MemorySink
+
+
+async def async_identity(value: Any) -> Any:
+    """An async step function."""
+    return value
+
+
+def pipeline(**options: Any) -> riprap.Pipeline:
+    """A pipeline with in-memory checkpoints and the given options."""
+    return riprap.Pipeline("p", **{"checkpoint": riprap.MemoryCheckpoints(), **options})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batchsize": 10}, "batchsize: unknown pipeline option (did you mean 'batch_size'?)"),
+        ({"colour": 1}, "colour: unknown pipeline option"),
+        ({"batch_size": 0}, "batch_size: must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, "batch_size: must be a positive integer, got 2.5"),
+        ({"max_in_flight": -1}, "max_in_flight: must be a positive integer, got -1"),
+        (
+            {"batch_size": 100, "max_in_flight": 10},
+            "max_in_flight: must be at least batch_size (100), got 10",
+        ),
+        ({"queue_size": 0}, "queue_size: must be a positive integer, got 0"),
+        (
+            {"checkpoint_interval": 0},
+            "checkpoint_interval: must be a positive number of seconds, got 0",
+        ),
+        ({"drain_timeout": -1}, "drain_timeout: must be >= 0 seconds, got -1"),
+        ({"checkpoint": object()}, "checkpoint: <object object at"),
+        ({"clock": "now"}, "clock: 'now' does not implement Clock"),
+    ],
+)
+def test_bad_option_is_named(options: dict[str, Any], message: str) -> None:
+    """A bad pipeline option raises ConfigError whose message names it."""
+    with pytest.raises(riprap.ConfigError) as info:
+        pipeline(**options)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("name", ["", "has space", "-dash-first", 7])
+def test_bad_pipeline_name(name: Any) -> None:
+    """A pipeline name that cannot key checkpoints is refused."""
+    with pytest.raises(riprap.ConfigError, match=r"^name: must start with a letter or digit"):
+        riprap.Pipeline(name)
+
+
+def test_missing_source_and_sink_are_named() -> None:
+    """validate() names the missing source first, then the missing sink."""
+    p = pipeline()
+    with pytest.raises(riprap.ConfigError, match=r"^source: pipeline 'p' has no source"):
+        p.validate()
+    with pytest.raises(riprap.ConfigError, match=r"^sink: pipeline 'p' has no sink"):
+        p.source(IterableSource("s", [1])).validate()
+
+
+def test_run_validates_before_starting() -> None:
+    """run() refuses an incomplete pipeline before touching anything."""
+    with pytest.raises(riprap.ConfigError, match=r"^sink: "):
+        riprap.run(pipeline().source(IterableSource("s", [1])), handle_signals=False)
+
+
+def test_source_and_sink_must_implement_protocols() -> None:
+    """Objects that are not sources or sinks are refused with the missing methods listed."""
+    with pytest.raises(riprap.ConfigError, match=r"^source: .* does not implement Source"):
+        pipeline().source(object())  # type: ignore[arg-type]
+    with pytest.raises(riprap.ConfigError, match=r"^sink: .* does not implement Sink"):
+        pipeline().sink([])  # type: ignore[arg-type]
+
+
+def test_step_errors_are_named() -> None:
+    """Step ids, functions and concurrency are checked as steps are added."""
+    p = pipeline()
+    with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.fn: must be callable, got 3"):
+        p.map("m", 3)  # type: ignore[arg-type]
+    with pytest.raises(riprap.ConfigError, match=r"^step_id: 'm' is used by two steps"):
+        p.map("m", str).filter("m", bool)
+    with pytest.raises(riprap.ConfigError, match=r"^step_id: must start with a letter"):
+        p.map("", str)
+    with pytest.raises(
+        riprap.ConfigError, match=r"^map\('m'\)\.concurrency: must be a positive integer, got 0"
+    ):
+        p.map("m", async_identity, concurrency=0)
+    with pytest.raises(
+        riprap.ConfigError, match=r"^map\('m'\)\.concurrency: concurrency > 1 needs an async"
+    ):
+        p.map("m", str, concurrency=4)
+    with pytest.raises(
+        riprap.ConfigError, match=r"^batch\('b'\)\.size: must be a positive integer, got 0"
+    ):
+        p.batch("b", 0)
+    with pytest.raises(
+        riprap.ConfigError, match=r"^batch\('b'\)\.timeout: must be a positive number"
+    ):
+        p.batch("b", 10, timeout=-1)
+    with pytest.raises(riprap.ConfigError, match=r"^stage: .* does not implement Stage"):
+        p.stage(object())  # type: ignore[arg-type]
+
+
+def test_builder_returns_new_pipelines() -> None:
+    """Adding a step never changes the pipeline it was called on."""
+    base = pipeline().source(IterableSource("s", [1])).sink(MemorySink())
+    longer = base.map("m", str)
+    assert () == base.steps
+    assert ("m",) == tuple(step.step_id for step in longer.steps)
+
+
+def test_with_options_checks_and_keeps_steps() -> None:
+    """with_options changes options, keeps steps and checks the new values."""
+    base = pipeline().map("m", str)
+    changed = base.with_options(batch_size=10)
+    assert 10 == changed.options.batch_size
+    assert base.steps == changed.steps
+    with pytest.raises(riprap.ConfigError, match=r"^batch_size: "):
+        base.with_options(batch_size=-3)

@@ -1,0 +1,362 @@
+"""The runtime end to end on in-memory parts: results, order, resume, stop, backpressure."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import riprap
+from riprap.connectors.memory import IterableSource, MemorySink
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.anyio
+
+
+def pipeline(name: str = "p", **options: Any) -> riprap.Pipeline:
+    """A pipeline with in-memory checkpoints unless told otherwise."""
+    options.setdefault("checkpoint", riprap.MemoryCheckpoints())
+    return riprap.Pipeline(name, **options)
+
+
+async def test_fused_steps_produce_reference_output() -> None:
+    """map/filter/flat_map/batch give the same values as plain Python, with counts."""
+    sink = MemorySink()
+    p = (
+        pipeline(batch_size=7, max_in_flight=21)
+        .source(IterableSource("nums", list(range(100))))
+        .map("double", lambda v: v * 2)
+        .filter("not_tens", lambda v: v % 10 != 0)
+        .flat_map("pair", lambda v: [v, -v])
+        .batch("groups", 6)
+        .flat_map("ungroup", lambda group: group)
+        .sink(sink)
+    )
+    report = await p.run()
+    expected = [x for v in range(100) if (v * 2) % 10 != 0 for x in (v * 2, -v * 2)]
+    assert expected == sink.values
+    assert (100, len(expected), 20) == (report.records_in, report.records_out, report.dropped)
+    assert {"memory": 100} == report.positions
+    assert "completed" == report.outcome
+
+
+async def test_async_step_keeps_input_order() -> None:
+    """An async step with concurrency returns results in input order."""
+
+    async def slow_square(v: int) -> int:
+        await anyio.sleep(0.001 * (v % 3))
+        return v * v
+
+    sink = MemorySink()
+    p = (
+        pipeline(batch_size=50)
+        .source(IterableSource("nums", list(range(200))))
+        .map("square", slow_square, concurrency=16)
+        .sink(sink)
+    )
+    await p.run()
+    assert [v * v for v in range(200)] == sink.values
+
+
+async def test_unordered_async_step_keeps_every_record() -> None:
+    """An unordered async filter emits in completion order but loses nothing."""
+
+    async def keep_odd(v: int) -> bool:
+        await anyio.sleep(0.001 * (v % 4))
+        return v % 2 == 1
+
+    sink = MemorySink(keep_records=True)
+    p = (
+        pipeline(batch_size=40)
+        .source(IterableSource("nums", list(range(120))))
+        .filter("odd", keep_odd, concurrency=8, ordered=False)
+        .sink(sink)
+    )
+    await p.run()
+    assert list(range(1, 120, 2)) == sorted(sink.values)
+    assert [r.value for r in sink.records] == [r.offset for r in sink.records]
+
+
+async def test_record_step_sees_metadata() -> None:
+    """A step with record=True receives the record with its key, partition and offset."""
+    sink = MemorySink()
+    p = (
+        pipeline()
+        .source(IterableSource("letters", ["a", "b", "c"], keys=["k0", "k1", "k2"]))
+        .map("describe", lambda r: f"{r.key}:{r.partition}:{r.offset}:{r.value}", record=True)
+        .sink(sink)
+    )
+    await p.run()
+    assert ["k0:memory:0:a", "k1:memory:1:b", "k2:memory:2:c"] == sink.values
+
+
+async def test_bug_stops_run_with_position_and_counts_crash() -> None:
+    """An unexpected exception names stage and position; done records stay checkpointed."""
+    backend = riprap.MemoryCheckpoints()
+
+    def explode_at_42(v: int) -> int:
+        if v == 42:
+            raise KeyError("boom")
+        return v
+
+    p = (
+        pipeline(checkpoint=backend, batch_size=10, max_in_flight=10)
+        .source(IterableSource("nums", list(range(100))))
+        .map("explode", explode_at_42)
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.PipelineError) as info:
+        await p.run()
+    assert "pipeline 'p' stopped: stage 'explode' failed at memory@42: KeyError: 'boom'" == str(
+        info.value
+    )
+    saved = await backend.load("p")
+    assert saved is not None
+    assert {"memory": 40} == dict(saved.positions)
+    assert {"memory@42": 1} == dict(saved.crash_counts)
+
+
+async def test_resume_after_failure_completes_exactly_once_in_idempotent_sink() -> None:
+    """A failed run resumes from its checkpoint; an upserting sink ends with each record once."""
+    backend = riprap.MemoryCheckpoints()
+    table: dict[int, int] = {}
+    fail = {"on": True}
+
+    class UpsertSink:
+        name = "upsert"
+        idempotent = True
+
+        async def open(self) -> None: ...
+
+        async def write(self, batch: riprap.Batch) -> None:
+            for v in batch.items:
+                if fail["on"] and v == 500:
+                    raise ConnectionResetError("sink went away")
+                table[v] = table.get(v, 0) + 1
+
+        async def flush(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    def build() -> riprap.Pipeline:
+        return (
+            pipeline(checkpoint=backend, batch_size=100, max_in_flight=300)
+            .source(IterableSource("nums", list(range(1000))))
+            .sink(UpsertSink())
+        )
+
+    with pytest.raises(riprap.PipelineError, match="stage 'upsert' failed at memory@500"):
+        await build().run()
+    fail["on"] = False
+    report = await build().run()
+    assert set(range(1000)) == set(table)
+    assert 500 == report.records_in
+    assert {"memory": 1000} == report.positions
+
+
+async def test_stop_drains_and_checkpoints_exactly_what_was_written() -> None:
+    """A graceful stop of an endless source leaves the checkpoint equal to what the sink got."""
+    backend = riprap.MemoryCheckpoints()
+    sink = MemorySink()
+    p = (
+        pipeline(checkpoint=backend, batch_size=10, max_in_flight=50)
+        .source(IterableSource("count", itertools.count()))
+        .map("inc", lambda v: v + 1)
+        .sink(sink)
+    )
+    async with p.open() as running:
+        with anyio.fail_after(10):
+            while len(sink.values) < 200:
+                await anyio.lowlevel.checkpoint()
+        running.stop()
+        report = await running.wait()
+    assert "stopped" == report.outcome
+    assert list(range(1, len(sink.values) + 1)) == sink.values
+    saved = await backend.load("p")
+    assert saved is not None
+    assert {"memory": len(sink.values)} == dict(saved.positions)
+
+
+async def test_backpressure_bounds_records_in_flight() -> None:
+    """With a sink that never finishes, records in flight stop at the configured bound."""
+    never = anyio.Event()
+    generated = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal generated
+        for i in range(10_000_000):
+            generated += 1
+            yield i
+
+    class StuckSink:
+        name = "stuck"
+        idempotent = False
+
+        async def open(self) -> None: ...
+
+        async def write(self, batch: riprap.Batch) -> None:
+            await never.wait()
+
+        async def flush(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    p = (
+        pipeline(batch_size=100, max_in_flight=1_000, queue_size=50, drain_timeout=0)
+        .source(IterableSource("endless", endless()))
+        .map("inc", lambda v: v + 1)
+        .sink(StuckSink())
+    )
+    async with p.open() as running:
+        for _ in range(50):
+            await anyio.wait_all_tasks_blocked()
+        stats = running.statistics()
+        assert (1_000, 1_000) == (stats.in_flight, stats.records_in)
+        assert 1_000 == generated
+        running.abort()
+
+
+class ManualClock:
+    """A clock whose sleeps end only when the test ticks it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._tick = anyio.Event()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        await self._tick.wait()
+
+    def tick(self) -> None:
+        self.now += 1.0
+        event, self._tick = self._tick, anyio.Event()
+        event.set()
+
+
+class SlowBackend:
+    """Memory checkpoints whose saves wait until released; counts concurrent saves."""
+
+    def __init__(self) -> None:
+        self.inner = riprap.MemoryCheckpoints()
+        self.release = anyio.Event()
+        self.active = 0
+        self.max_active = 0
+        self.started = 0
+
+    async def claim(self, pipeline: str, owner: str) -> riprap.Claim:
+        return await self.inner.claim(pipeline, owner)
+
+    async def save(self, checkpoint: riprap.Checkpoint) -> None:
+        self.started += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await self.release.wait()
+            await self.inner.save(checkpoint)
+        finally:
+            self.active -= 1
+
+    async def load(self, pipeline: str) -> riprap.Checkpoint | None:
+        return await self.inner.load(pipeline)
+
+    async def aclose(self) -> None: ...
+
+
+async def test_slow_checkpoint_neither_piles_up_nor_stalls_processing() -> None:
+    """While a save hangs, records keep reaching the sink and no second save starts."""
+    clock = ManualClock()
+    backend = SlowBackend()
+    sink = MemorySink()
+    p = (
+        pipeline(checkpoint=backend, clock=clock, batch_size=100, max_in_flight=1_000)
+        .source(IterableSource("count", itertools.count()))
+        .sink(sink)
+    )
+    async with p.open() as running:
+        with anyio.fail_after(10):
+            while backend.active == 0:
+                clock.tick()  # the first periodic save starts and hangs
+                await anyio.lowlevel.checkpoint()
+            seen = len(sink.values)
+            while len(sink.values) < seen + 20_000:
+                await anyio.lowlevel.checkpoint()
+        for _ in range(3):
+            clock.tick()  # the save is still running: nothing queues behind it
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+        assert (1, 1) == (backend.started, backend.max_active)
+        running.stop()
+        backend.release.set()
+        report = await running.wait()
+    assert 1 == backend.max_active
+    assert list(range(len(sink.values))) == sink.values
+    assert {"memory": len(sink.values)} == report.positions
+
+
+async def test_zombie_run_is_fenced() -> None:
+    """When a second owner claims the pipeline, the first run's next checkpoint is refused."""
+    backend = riprap.MemoryCheckpoints()
+    sink = MemorySink()
+    p = (
+        pipeline(checkpoint=backend, batch_size=10, max_in_flight=10)
+        .source(IterableSource("count", itertools.count()))
+        .sink(sink)
+    )
+
+    async def run_until_fenced() -> None:
+        async with p.open() as running:
+            with anyio.fail_after(10):
+                while len(sink.values) < 50:
+                    await anyio.lowlevel.checkpoint()
+            await backend.claim("p", "newcomer")
+            await running.checkpoint()
+
+    with pytest.raises(riprap.FencedError):
+        await run_until_fenced()
+
+
+async def test_custom_stage_state_is_checkpointed_and_restored() -> None:
+    """A stage's snapshot is saved with the positions and handed back on the next run."""
+
+    class Counter:
+        step_id = "counter"
+
+        def __init__(self) -> None:
+            self.seen = 0
+
+        async def process(self, batch: riprap.Batch, emit: Any) -> None:
+            self.seen += len(batch.items)
+            await emit(batch)
+
+        async def finish(self, emit: Any) -> None: ...
+
+        def snapshot(self) -> Any:
+            return {"seen": self.seen}
+
+        def restore(self, state: Any) -> None:
+            self.seen = state["seen"]
+
+    backend = riprap.MemoryCheckpoints()
+    first, second = Counter(), Counter()
+    for stage, values in ((first, list(range(30))), (second, list(range(50)))):
+        p = (
+            pipeline(checkpoint=backend)
+            .source(IterableSource("nums", values))
+            .stage(stage)
+            .sink(MemorySink())
+        )
+        await p.run()
+    assert (30, 50) == (first.seen, second.seen)
+    saved = await backend.load("p")
+    assert saved is not None
+    assert {"counter": {"seen": 50}} == dict(saved.state)
