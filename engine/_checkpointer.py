@@ -109,7 +109,16 @@ class Checkpointer:
             await self.clock.sleep(interval)
             await self.tick()
 
+    def _prune_crash_counts(self, positions: Mapping[str, int]) -> None:
+        """Forget crash counts of records the position has moved past (they are done)."""
+        for key in list(self.crash_counts):
+            partition, _, offset = key.rpartition("@")
+            position = positions.get(partition)
+            if position is not None and offset.isdigit() and int(offset) < position:
+                del self.crash_counts[key]
+
     async def _save_locked(self, force: bool) -> bool:
+        self._prune_crash_counts(self.tracker.positions())
         cut = (
             self.tracker.positions(),
             dict(self.state()),

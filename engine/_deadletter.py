@@ -299,6 +299,9 @@ class DeadLetter:
             )
         values = {name: _field(raw, name, kinds) for name, kinds in _FIELDS.items()}
         values["headers"] = _headers(values["headers"])
+        for name in ("first_failure_at", "last_failure_at", "timestamp"):
+            if values[name] is not None:  # JSON may have written a whole number as an int
+                values[name] = float(values[name])
         for prefix in ("key", "value"):
             _check_pair(values, prefix)
         return cls(**values)
@@ -375,8 +378,6 @@ def _field(raw: Mapping[str, Any], name: str, kinds: tuple[type, ...]) -> Any:
     if not isinstance(value, kinds) or isinstance(value, bool):
         expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise ValueError(f"dead letter: field {name!r} is {value!r}, expected {expected}")
-    if kinds is _NUM or kinds is _OPT_NUM:
-        return None if value is None else float(value)
     return value
 
 

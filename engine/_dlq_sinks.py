@@ -191,7 +191,7 @@ class JsonLinesDeadLetters:
                 raise
 
     def _open_file(self) -> None:
-        fd = _open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        fd = _open_private(self.path, os.O_RDWR | os.O_APPEND)
         self._fd = fd
         self._size = _repair_tail(fd, self.path)
         _fsync_directory(self.path.parent)

@@ -204,3 +204,7 @@ class PipelineError(EngineError):
             f"pipeline {pipeline!r} stopped: stage {stage!r} failed{where}: "
             f"{type(error).__name__}: {error}"
         )
+
+
+class PoisonPillError(EngineError):
+    """Stands in for the crash of a record quarantined after stopping the run repeatedly."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from ._checkpoint import CheckpointBackend
 from ._clock import SYSTEM_CLOCK, Clock
+from ._dlq_sinks import DeadLetterSink
 from ._errors import ConfigError
+from ._redact import Redactor
 from ._protocols import Sink, Source, Stage
 
 if TYPE_CHECKING:
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
     from ._report import RunReport
     from ._runtime import RunningPipeline
+
+OnError = Literal["dlq", "stop"]
+"""What a step does with a record that raised a ``DataError``: dead-letter it, or stop."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -43,6 +48,10 @@ class PipelineOptions:
         drain_timeout: Seconds a graceful stop waits for in-flight records.
         owner: Identity written with checkpoints (fencing); defaults to host:pid:random.
         clock: Time source for the checkpoint interval (tests pass a virtual clock).
+        dead_letter: Where failed records go; without one, a failing record stops the run.
+        redactor: Cleans error messages and tracebacks in dead letters and logs.
+        max_crashes: A record that stopped the run this many times is dead-lettered
+            (reason ``crash_loop``) on the next start instead of processed.
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -54,6 +63,9 @@ class PipelineOptions:
     drain_timeout: float = 30.0
     owner: str | None = None
     clock: Clock = SYSTEM_CLOCK
+    dead_letter: DeadLetterSink | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    max_crashes: int = 3
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -78,6 +90,14 @@ class PipelineOptions:
             raise ConfigError("checkpoint_path", "must be a file path when no checkpoint is given")
         if not isinstance(self.clock, Clock):
             raise ConfigError("clock", f"{self.clock!r} does not implement Clock")
+        if self.dead_letter is not None and not isinstance(self.dead_letter, DeadLetterSink):
+            raise ConfigError(
+                "dead_letter",
+                f"{self.dead_letter!r} does not implement DeadLetterSink (name, open, write, aclose)",
+            )
+        if not isinstance(self.redactor, Redactor):
+            raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
+        _positive_int("max_crashes", self.max_crashes)
 
 
 _OPTION_NAMES = tuple(f.name for f in fields(PipelineOptions))
@@ -94,6 +114,7 @@ class OpStep:
     concurrency: int = 1
     ordered: bool = True
     record: bool = False
+    on_error: OnError = "dlq"
 
     @property
     def fusable(self) -> bool:
@@ -209,6 +230,7 @@ class Pipeline:
         concurrency: int = 1,
         ordered: bool = True,
         record: bool = False,
+        on_error: OnError = "dlq",
     ) -> Pipeline:
         """Replace each value with ``fn(value)``; ``fn`` may be sync or async.
 
@@ -218,8 +240,10 @@ class Pipeline:
             concurrency: Calls of an async ``fn`` running at once.
             ordered: Keep input order in the output (default) or emit as completed.
             record: Pass whole records instead of plain values.
+            on_error: ``"dlq"`` dead-letters records that raise a ``DataError`` (when
+                the pipeline has a dead-letter sink); ``"stop"`` stops the run instead.
         """
-        return self._add_op("map", step_id, fn, concurrency, ordered, record)
+        return self._add_op("map", step_id, fn, concurrency, ordered, record, on_error)
 
     def filter(
         self,
@@ -229,9 +253,10 @@ class Pipeline:
         concurrency: int = 1,
         ordered: bool = True,
         record: bool = False,
+        on_error: OnError = "dlq",
     ) -> Pipeline:
         """Keep values for which ``fn(value)`` is truthy; dropped records count as done."""
-        return self._add_op("filter", step_id, fn, concurrency, ordered, record)
+        return self._add_op("filter", step_id, fn, concurrency, ordered, record, on_error)
 
     def flat_map(
         self,
@@ -241,9 +266,10 @@ class Pipeline:
         concurrency: int = 1,
         ordered: bool = True,
         record: bool = False,
+        on_error: OnError = "dlq",
     ) -> Pipeline:
         """Replace each value with every item of the iterable ``fn(value)`` returns."""
-        return self._add_op("flat_map", step_id, fn, concurrency, ordered, record)
+        return self._add_op("flat_map", step_id, fn, concurrency, ordered, record, on_error)
 
     def batch(self, step_id: str, size: int, *, timeout: float | None = None) -> Pipeline:
         """Group values into lists of ``size``; a partial list goes out after ``timeout`` s."""
@@ -271,6 +297,7 @@ class Pipeline:
         concurrency: int,
         ordered: bool,
         record: bool,
+        on_error: OnError,
     ) -> Pipeline:
         self._check_step_id(step_id)
         where = f"{kind}({step_id!r})"
@@ -283,7 +310,9 @@ class Pipeline:
                 f"{where}.concurrency",
                 "concurrency > 1 needs an async function (sync steps run fused in one loop)",
             )
-        step = OpStep(kind, step_id, fn, is_async, concurrency, ordered, record)
+        if on_error not in ("dlq", "stop"):
+            raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
+        step = OpStep(kind, step_id, fn, is_async, concurrency, ordered, record, on_error)
         return self._with(steps=(*self.steps, step))
 
     def _check_step_id(self, step_id: str) -> None:

@@ -59,7 +59,12 @@ _DEFAULTS: tuple[tuple[str, str | _Replace], ...] = (
         _keep_prefix("aws_secret"),
     ),
     (r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", "[REDACTED:aws_access_key_id]"),
-    (r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}", "[REDACTED:email]"),
+    # The lookbehind starts a match only at the start of a word: without it, a
+    # long run of word characters with no "@" would take quadratic time.
+    (
+        r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
+        "[REDACTED:email]",
+    ),
     # 13 to 19 digits, single spaces or dashes allowed between them.
     (r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])", _card),
 )

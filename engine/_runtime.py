@@ -11,6 +11,7 @@ done records) with the crash counted, and raises :class:`~riprap.PipelineError`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
@@ -22,15 +23,17 @@ import anyio
 
 from ._acks import CompletionTracker, InFlight
 from ._checkpointer import Checkpointer
-from ._errors import EngineError, PipelineError
+from ._errors import DataError, EngineError, PipelineError, PoisonPillError
 from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step
 from ._protocols import Sink, Source, SourceContext
-from ._records import Batch, SourceOrigin
+from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
 from ._report import Outcome, RunReport, RunStatistics, StepCounters
+from ._routing import Router
 from ._segments import AsyncSegment, BatchSegment, ErrorRouter, FusedSegment, Segment, StageSegment
+from .policies._classify import DEFAULT_CLASSIFIER
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
@@ -43,24 +46,6 @@ FINAL_CHECKPOINT_TIMEOUT = 30.0
 def default_owner() -> str:
     """A checkpoint owner id unique to this process: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-@final
-class StopRouter:
-    """Routes every record failure to a stop of the run (no DLQ configured)."""
-
-    def __init__(self, pipeline: str) -> None:
-        self.pipeline = pipeline
-
-    def handle(self, step_id: str, batch: Batch, index: int, value: Any, error: Exception) -> None:
-        partition, offset = batch.position(index)
-        raise PipelineError(
-            pipeline=self.pipeline,
-            stage=step_id,
-            partition=partition,
-            offset=offset,
-            error=error,
-        ) from error
 
 
 def build_segments(steps: Sequence[Step], router: ErrorRouter) -> list[Segment]:
@@ -96,6 +81,18 @@ def _as_async(step: OpStep) -> Callable[[Any], Awaitable[Any]]:
     return call
 
 
+def config_hash(pipeline: Pipeline) -> str:
+    """A short hash of the pipeline's shape (steps and their functions), for dead letters."""
+    parts = [pipeline.name]
+    for step in pipeline.steps:
+        if isinstance(step, OpStep):
+            fn = getattr(step.fn, "__qualname__", type(step.fn).__qualname__)
+            parts.append(f"{step.kind}:{step.step_id}:{fn}:{step.concurrency}:{step.on_error}")
+        else:
+            parts.append(f"{type(step).__name__}:{step.step_id}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def _default_backend(path: str) -> CheckpointBackend:
     from ._ckpt_sqlite import SqliteCheckpoints
 
@@ -118,8 +115,18 @@ class Runtime:
         self.clock = self.options.clock
         self.owns_backend = self.options.checkpoint is None
         self.backend = self.options.checkpoint or _default_backend(self.options.checkpoint_path)
-        self.router: ErrorRouter = StopRouter(pipeline.name)
+        self.router = Router(
+            pipeline=pipeline.name,
+            source=self.source.name,
+            dead_letter=self.options.dead_letter,
+            redactor=self.options.redactor,
+            classifier=DEFAULT_CLASSIFIER,
+            clock=self.clock,
+            config_hash=config_hash(pipeline),
+            on_error={s.step_id: s.on_error for s in pipeline.steps if isinstance(s, OpStep)},
+        )
         self.segments = build_segments(pipeline.steps, self.router)
+        self.quarantine: dict[str, dict[int, int]] = {}
         self.sink_counters = StepCounters(self.sink.name)
         self.in_flight = InFlight(self.options.max_in_flight)
         self.records_in = 0
@@ -161,7 +168,7 @@ class Runtime:
             records_out=self.sink_counters.records_out,
             in_flight=self.in_flight.in_flight,
             dropped=self._dropped(),
-            dead_lettered=0,
+            dead_lettered=self.router.dead_lettered,
             elapsed=self.clock.monotonic() - self._started_at,
             checkpoints=self.checkpointer.saved,
             last_checkpoint_age=self.checkpointer.age(),
@@ -192,7 +199,10 @@ class Runtime:
             crash_counts=dict(last.crash_counts) if last else {},
             clock=self.clock,
         )
+        self.quarantine = self._quarantined(self.checkpointer.crash_counts)
         self._started_at = self.clock.monotonic()
+        if self.options.dead_letter is not None:
+            await self.options.dead_letter.open()
         await self.sink.open()
         await self.source.open(SourceContext(pipeline=name, positions=positions))
 
@@ -226,8 +236,12 @@ class Runtime:
                 try:
                     await self.sink.aclose()
                 finally:
-                    if self.owns_backend:
-                        await self.backend.aclose()
+                    try:
+                        if self.options.dead_letter is not None:
+                            await self.options.dead_letter.aclose()
+                    finally:
+                        if self.owns_backend:
+                            await self.backend.aclose()
 
     async def _process(self) -> None:
         streams = [
@@ -255,56 +269,123 @@ class Runtime:
                 self._processing_scope.cancel()
 
     async def _source_loop(self, send: ObjectSendStream[Batch]) -> None:
-        source = self.source
-        in_flight = self.in_flight
         tracker = self.tracker
         size = self.options.batch_size
         async with send:
             while not self._stop_requested.is_set():
-                with anyio.CancelScope() as scope:
-                    self._read_scope = scope
-                    await in_flight.acquire(size)
-                    batch = await source.read(size)
-                    if batch is None:
-                        in_flight.release(size)
-                        return
-                self._read_scope = None
-                if scope.cancelled_caught:
+                batch = await self._read(size)
+                if batch is None:
                     return
                 n = len(batch.values)
-                if n < size:
-                    in_flight.release(size - n)
                 ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
                 self.records_in += n
                 if n == 0:
                     ack.release()
                     continue
-                await send.send(Batch(batch.values, ack, SourceOrigin(batch)))
+                out = Batch(batch.values, ack, SourceOrigin(batch))
+                if batch.partition in self.quarantine:
+                    out = await self._quarantine(batch, out)
+                    if not out.items:
+                        ack.release()
+                        continue
+                await send.send(out)
+
+    async def _read(self, size: int) -> SourceBatch | None:
+        """The next source batch with its in-flight slots taken; ``None`` at the end or on stop."""
+        in_flight = self.in_flight
+        batch: SourceBatch | None = None
+        with anyio.CancelScope() as scope:
+            self._read_scope = scope
+            await in_flight.acquire(size)
+            try:
+                batch = await self.source.read(size)
+            finally:
+                taken = len(batch.values) if batch is not None else 0
+                if taken < size:
+                    in_flight.release(size - taken)
+        self._read_scope = None
+        return None if scope.cancelled_caught else batch
 
     async def _sink_loop(self, receive: ObjectReceiveStream[Batch]) -> None:
-        sink = self.sink
         counters = self.sink_counters
         async with receive:
             async for batch in receive:
-                n = len(batch.items)
-                counters.records_in += n
-                try:
-                    await sink.write(batch)
-                except EngineError:
-                    raise
-                except Exception as error:
-                    partition, offset = batch.position(0)
-                    raise PipelineError(
-                        pipeline=self.pipeline.name,
-                        stage=sink.name,
-                        partition=partition,
-                        offset=offset,
-                        error=error,
-                    ) from error
-                counters.records_out += n
+                counters.records_in += len(batch.items)
+                await self._write(batch)
+                counters.records_out += len(batch.items)
                 batch.ack.release()
         if self._guard_scope is not None:
             self._guard_scope.cancel()
+
+    async def _write(self, batch: Batch) -> None:
+        """Write a batch; on a ``DataError`` write its records one by one to find the bad ones."""
+        try:
+            await self.sink.write(batch)
+        except DataError as error:
+            if self.options.dead_letter is None or len(batch.items) == 1:
+                self.router.handle(self.sink.name, batch, 0, batch.items[0], error)
+                await self.router.flush()
+                batch.items = []
+                return
+            kept: list[Any] = []
+            for i, item in enumerate(batch.items):
+                single = Batch([item], batch.ack, IndexOrigin(batch.origin, [i]))
+                try:
+                    await self.sink.write(single)
+                    kept.append(item)
+                except DataError as item_error:
+                    self.router.handle(self.sink.name, batch, i, item, item_error)
+                except Exception as item_error:
+                    self._stop_for(batch, i, item_error)
+            await self.router.flush()
+            batch.items = kept
+        except EngineError:
+            raise
+        except Exception as error:
+            self._stop_for(batch, 0, error)
+
+    def _stop_for(self, batch: Batch, index: int, error: Exception) -> NoReturn:
+        partition, offset = batch.position(index)
+        raise PipelineError(
+            pipeline=self.pipeline.name,
+            stage=self.sink.name,
+            partition=partition,
+            offset=offset,
+            error=error,
+        ) from error
+
+    async def _quarantine(self, source: SourceBatch, batch: Batch) -> Batch:
+        """Dead-letter records that crashed the run ``max_crashes`` times (reason ``crash_loop``)."""
+        crashes = self.quarantine[source.partition]
+        kept: list[Any] = []
+        marks: list[int] = []
+        for i, value in enumerate(source.values):
+            count = crashes.get(source.offset_of(i))
+            if count is None:
+                kept.append(value)
+                continue
+            marks.append(len(kept))
+            error = PoisonPillError(
+                f"record stopped pipeline {self.pipeline.name!r} {count} times; quarantined"
+            )
+            self.router.dead_letter_record(
+                "source", batch.ack, source.record(i), error, "crash_loop", attempts=count
+            )
+        if not marks:
+            return batch
+        await self.router.flush()
+        return Batch(kept, batch.ack, DropsOrigin(batch.origin, marks))
+
+    def _quarantined(self, counts: Mapping[str, int]) -> dict[str, dict[int, int]]:
+        """Records whose crash count reached ``max_crashes``, by partition and offset."""
+        found: dict[str, dict[int, int]] = {}
+        if self.options.dead_letter is None:
+            return found
+        for key, count in counts.items():
+            partition, _, offset = key.rpartition("@")
+            if count >= self.options.max_crashes and offset.lstrip("-").isdigit():
+                found.setdefault(partition, {})[int(offset)] = count
+        return found
 
     async def _finish(self) -> None:
         with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT):
@@ -343,6 +424,7 @@ class Runtime:
             checkpoints=self.checkpointer.saved,
             positions=self.tracker.positions(),
             steps=(*tuple(s.counters.freeze() for s in self.segments), self.sink_counters.freeze()),
+            dead_lettered=dict(self.router.counts),
             error=str(self.error) if self.error is not None else None,
         )
 

@@ -39,6 +39,10 @@ class ErrorRouter(Protocol):
         """Route the failure of ``batch.items[index]`` (whose value was ``value``)."""
         ...
 
+    async def flush(self) -> None:
+        """Make what ``handle`` queued durable (called after every batch)."""
+        ...
+
 
 class Segment(Protocol):
     """One runner task."""
@@ -82,6 +86,8 @@ class FusedSegment:
                 counters.records_out += len(out)
                 counters.errors += errors
                 counters.dropped += dropped
+                if errors:
+                    await router.flush()
                 await _emit(send, batch, out, marks, chain.expands)
 
 
@@ -123,6 +129,7 @@ class AsyncSegment:
         async with receive, send:
             async for batch in receive:
                 out, indices = await self._process(batch)
+                await self.router.flush()
                 self.counters.records_in += len(batch.items)
                 self.counters.records_out += len(out)
                 if out:
@@ -266,4 +273,6 @@ class StageSegment:
             async for batch in receive:
                 counters.records_in += len(batch.items)
                 await self.stage.process(batch, emit)
+                await self.router.flush()
             await self.stage.finish(emit)
+            await self.router.flush()

@@ -18,12 +18,13 @@ waits = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
 
 
 @st.composite
-def configs(draw: st.DrawFn) -> Retry:
-    """Any valid Retry configuration."""
+def configs(draw: st.DrawFn, *, bounded: bool = False) -> Retry:
+    """Any valid Retry configuration (``bounded``: with an attempt limit)."""
     wait_initial = draw(waits)
     wait_max = draw(st.floats(min_value=wait_initial, max_value=200.0, allow_nan=False))
+    attempts = st.integers(min_value=1, max_value=30)
     return Retry(
-        attempts=draw(st.none() | st.integers(min_value=1, max_value=30)),
+        attempts=draw(attempts if bounded else st.none() | attempts),
         timeout=draw(st.floats(min_value=0.001, max_value=1000.0, allow_nan=False)),
         wait_initial=wait_initial,
         wait_max=wait_max,
@@ -43,7 +44,9 @@ def test_backoff_delays_stay_between_zero_and_wait_max(config: Retry, seed: int,
 
 @settings(max_examples=150, deadline=None)
 @given(
-    config=configs(),
+    # Attempts are bounded: a failing call takes no virtual time, so zero waits
+    # with no attempt limit would never reach the deadline.
+    config=configs(bounded=True),
     seed=st.integers(),
     hints=st.lists(st.none() | st.floats(min_value=0, max_value=500, allow_nan=False), max_size=40),
 )
@@ -82,3 +85,45 @@ def test_retries_respect_limits_and_deadline(
         assert 0.0 <= gap <= cap + 1e-9
         if hint is not None:
             assert gap >= min(hint, cap) - 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    jitter=jitters,
+    seed=st.integers(),
+    timeout=st.floats(min_value=0.5, max_value=200.0, allow_nan=False),
+    wait_max=st.floats(min_value=0.0, max_value=50.0, allow_nan=False),
+    cost=st.floats(min_value=0.5, max_value=5.0, allow_nan=False),
+)
+def test_deadline_alone_bounds_unlimited_attempts(
+    jitter: str, seed: int, timeout: float, wait_max: float, cost: float
+) -> None:
+    """With no attempt limit, waits never end past the deadline and attempts stop there."""
+    starts: list[float] = []
+    config = Retry(
+        attempts=None,
+        timeout=timeout,
+        wait_initial=min(0.1, wait_max),
+        wait_max=wait_max,
+        wait_jitter=jitter,  # type: ignore[arg-type]
+    )
+
+    async def main() -> None:
+        clock = VirtualClock()
+
+        async def slow_failure() -> None:
+            starts.append(clock.monotonic())
+            await clock.sleep(cost)
+            raise TransientError("down")
+
+        wrapped = retry(config, clock=clock, random=random.Random(seed))(slow_failure)
+        async with clock.autojump():
+            try:
+                await wrapped()
+            except TransientError:
+                pass
+
+    anyio.run(main)
+    assert all(start <= timeout for start in starts)
+    # It gave up only because the next wait (at most wait_max) would have crossed the deadline.
+    assert starts[-1] + cost + wait_max > timeout

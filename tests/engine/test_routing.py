@@ -1,0 +1,227 @@
+"""Error routing in a running pipeline: DLQ, per-step stop, sink errors, crash loops, I6."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+import riprap
+from riprap._deadletter import DeadLetter
+from riprap._dlq_sinks import JsonLinesDeadLetters, read_dead_letters
+from riprap._routing import DeadLetterWriteError
+from riprap.connectors.memory import IterableSource, MemorySink
+
+pytestmark = pytest.mark.anyio
+
+
+class InstantClock:
+    """Real wall time, but sleeps return at once (retry pauses cost nothing)."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    def time(self) -> float:
+        return 1_700_000_000.0
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await anyio.lowlevel.checkpoint()
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    """Decode JSON; bad input is a data error."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise riprap.DataError(str(error), reason="decode_error") from None
+    if "id" not in value:
+        raise riprap.DataError("no id", reason="validation")
+    return value
+
+
+def records(n: int, bad: dict[int, bytes]) -> list[bytes]:
+    """``n`` JSON records, with the given positions replaced by bad bytes."""
+    return [bad.get(i, orjson.dumps({"id": i, "email": f"u{i}@x.io"})) for i in range(n)]
+
+
+async def test_data_errors_go_to_dlq_with_original_bytes(tmp_path: Path) -> None:
+    """Malformed records land in the DLQ with reason and bytes as consumed; the rest pass."""
+    bad = {3: b"{not json", 7: b'{"no_id": 1}', 8: b"\xff\xfe binary"}
+    dlq = JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline("orders", checkpoint=riprap.MemoryCheckpoints(), dead_letter=dlq)
+        .source(IterableSource("in", records(20, bad)))
+        .map("parse", parse)
+        .sink(sink)
+    )
+    report = await p.run()
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    expected = [
+        (3, "decode_error", b"{not json"),
+        (7, "validation", b'{"no_id": 1}'),
+        (8, "decode_error", b"\xff\xfe binary"),
+    ]
+    assert expected == [(d.offset, d.reason, d.original_value()) for d in letters]
+    assert {"parse"} == {d.stage for d in letters}
+    assert [i for i in range(20) if i not in bad] == [v["id"] for v in sink.values]
+    assert {"decode_error": 2, "validation": 1} == report.dead_lettered
+    assert {"memory": 20} == report.positions
+
+
+async def test_on_error_stop_overrides_the_dlq(tmp_path: Path) -> None:
+    """A step with on_error='stop' stops the run on a DataError even with a DLQ."""
+    p = (
+        riprap.Pipeline(
+            "orders",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+        )
+        .source(IterableSource("in", records(10, {4: b"{"})))
+        .map("parse", parse, on_error="stop")
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.PipelineError, match=r"stage 'parse' failed at memory@4: DataError"):
+        await p.run()
+
+
+async def test_bug_is_never_dead_lettered(tmp_path: Path) -> None:
+    """An unexpected exception stops the run even when a DLQ is configured."""
+    p = (
+        riprap.Pipeline(
+            "orders",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+        )
+        .source(IterableSource("in", list(range(10))))
+        .map("bug", lambda v: [][v])
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.PipelineError, match="IndexError"):
+        await p.run()
+    assert [] == list(read_dead_letters(tmp_path / "dlq.jsonl"))
+
+
+class PickySink:
+    """An all-or-nothing sink that refuses values without an id."""
+
+    name = "picky"
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Any] = {}
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: riprap.Batch) -> None:
+        for value in batch.items:
+            if "id" not in value:
+                raise riprap.DataError("value has no id", reason="sink_rejected")
+        self.rows.update((v["id"], v) for v in batch.items)
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def test_sink_data_error_dead_letters_only_the_bad_record(tmp_path: Path) -> None:
+    """When the sink rejects a batch, records are retried one by one and only bad ones DLQ."""
+    values = [{"id": i} if i != 5 else {"name": "x"} for i in range(12)]
+    sink = PickySink()
+    p = (
+        riprap.Pipeline(
+            "orders",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            batch_size=4,
+        )
+        .source(IterableSource("in", values))
+        .sink(sink)
+    )
+    report = await p.run()
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    assert [(5, "picky", "sink_rejected")] == [(d.offset, d.stage, d.reason) for d in letters]
+    assert sorted(set(range(12)) - {5}) == sorted(sink.rows)
+    assert 11 == report.records_out
+
+
+class BrokenDeadLetters:
+    """A dead-letter sink whose writes always fail."""
+
+    name = "broken-dlq"
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def open(self) -> None: ...
+
+    async def write(self, letters: Sequence[DeadLetter]) -> None:
+        self.attempts += 1
+        raise OSError("disk full")
+
+    async def aclose(self) -> None: ...
+
+
+async def test_unwritable_dlq_stops_without_moving_the_position() -> None:
+    """If the DLQ cannot be written, the run retries, then stops; the bad record is not passed."""
+    backend = riprap.MemoryCheckpoints()
+    dlq = BrokenDeadLetters()
+    clock = InstantClock()
+    p = (
+        riprap.Pipeline("orders", checkpoint=backend, dead_letter=dlq, clock=clock, batch_size=5)
+        .source(IterableSource("in", records(20, {12: b"{"})))
+        .map("parse", parse)
+        .sink(MemorySink())
+    )
+    with pytest.raises(DeadLetterWriteError, match="failed 5 times"):
+        await p.run()
+    saved = await backend.load("orders")
+    assert saved is not None
+    assert {"memory": 10} == dict(saved.positions)
+    assert 5 == dlq.attempts
+    assert [0.2, 0.4, 0.8, 1.6] == [t for t in clock.slept if t != 5.0]  # 5.0: checkpoint ticks
+
+
+async def test_crash_loop_is_quarantined_after_max_crashes(tmp_path: Path) -> None:
+    """A record that crashed the run max_crashes times is dead-lettered as crash_loop next start."""
+    backend = riprap.MemoryCheckpoints()
+
+    def explode_on_13(v: int) -> int:
+        if v == 13:
+            raise RuntimeError("bug on 13")
+        return v
+
+    def build(sink: MemorySink) -> riprap.Pipeline:
+        return (
+            riprap.Pipeline(
+                "loop",
+                checkpoint=backend,
+                dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+                max_crashes=2,
+                batch_size=4,
+            )
+            .source(IterableSource("in", list(range(30))))
+            .map("explode", explode_on_13)
+            .sink(sink)
+        )
+
+    for _ in range(2):
+        with pytest.raises(riprap.PipelineError, match="memory@13"):
+            await build(MemorySink()).run()
+    sink = MemorySink()
+    report = await build(sink).run()
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    assert [(13, "crash_loop", 2)] == [(d.offset, d.reason, d.attempts) for d in letters]
+    assert [v for v in range(12, 30) if v != 13] == sink.values
+    assert {"crash_loop": 1} == report.dead_lettered
+    saved = await backend.load("loop")
+    assert saved is not None
+    assert {} == dict(saved.crash_counts)
