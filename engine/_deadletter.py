@@ -7,9 +7,11 @@ without a version bump; a removed or changed field needs a new version.
 
 Payloads (key, value, header values) keep the bytes as consumed: valid UTF-8 is
 stored as text (encoding ``"utf-8"``), other bytes as base64 (``"base64"``), and
-values that were already decoded into objects as JSON text (``"json"``). A
-value with no JSON form (a custom class) is stored through its ``str()``; it
-cannot be restored as the same object.
+values that were already decoded into objects as JSON text (``"json"``). What
+JSON cannot hold is converted, so it comes back changed: bytes inside an object
+become text (or base64), sets become lists, non-string keys become strings, and
+anything else (a custom class) its ``str()``. Building an envelope never fails
+on a strange value: a dead letter must always be writable.
 
 The ``id`` is a hash of pipeline, source partition, offset and stage, so the
 same failure dead-lettered twice (say, replayed after a crash) has the same id
@@ -23,6 +25,7 @@ import binascii
 import functools
 import hashlib
 import importlib.metadata
+import json
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -79,7 +82,19 @@ def encode_payload(obj: Any) -> tuple[str, str]:
             return "utf-8", raw.decode("utf-8")
         except UnicodeDecodeError:
             return "base64", base64.b64encode(raw).decode("ascii")
-    return "json", orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+    return "json", _json_text(obj)
+
+
+def _json_text(obj: Any) -> str:
+    """JSON text for ``obj``; never raises, since a dead letter must always be writable."""
+    try:
+        return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        pass  # e.g. an integer beyond 64 bits, or nesting deeper than orjson allows
+    try:
+        return json.dumps(obj, default=_jsonable, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return orjson.dumps(_safe_str(obj)).decode()
 
 
 def _optional_payload(obj: Any) -> tuple[str | None, str | None]:
@@ -111,7 +126,20 @@ def _jsonable(obj: Any) -> Any:
         return encode_payload(obj)[1]
     if isinstance(obj, set | frozenset):
         return list(obj)
-    return str(obj)
+    return _safe_str(obj)
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except Exception:  # a broken __str__ must not lose the dead letter
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def _header_name(name: object) -> str:
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return name if isinstance(name, str) else _safe_str(name)
 
 
 def _trim_head(text: str, limit: int) -> str:
@@ -132,13 +160,6 @@ def error_type_name(error: BaseException) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _message(error: BaseException) -> str:
-    try:
-        return str(error)
-    except Exception:  # a broken __str__ must not lose the dead letter
-        return f"<unprintable {type(error).__name__}>"
 
 
 @final
@@ -226,7 +247,9 @@ class DeadLetter:
         value_enc, value = (None, None) if record is None else encode_payload(record.value)
         headers: tuple[Header, ...] = ()
         if record is not None:
-            headers = tuple((name, *encode_payload(data)) for name, data in record.headers)
+            headers = tuple(
+                (_header_name(name), *encode_payload(data)) for name, data in record.headers or ()
+            )
         tb = "".join(traceback.format_exception(error))
         return cls(
             id=letter_id(pipeline, partition, offset, stage),
@@ -234,7 +257,7 @@ class DeadLetter:
             stage=stage,
             reason=reason,
             error_type=error_type_name(error),
-            message=_trim_head(redactor.redact(_message(error)[:_PRE_TRIM]), MAX_MESSAGE_CHARS),
+            message=_trim_head(redactor.redact(_safe_str(error)[:_PRE_TRIM]), MAX_MESSAGE_CHARS),
             traceback=_trim_tail(redactor.redact(tb[-_PRE_TRIM:]), MAX_TRACEBACK_CHARS),
             attempts=attempts,
             first_failure_at=first_failure_at,

@@ -18,8 +18,8 @@ from ._checkpoint import CheckpointBackend
 from ._clock import SYSTEM_CLOCK, Clock
 from ._dlq_sinks import DeadLetterSink
 from ._errors import ConfigError
-from ._redact import Redactor
 from ._protocols import Sink, Source, Stage
+from ._redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -93,7 +93,8 @@ class PipelineOptions:
         if self.dead_letter is not None and not isinstance(self.dead_letter, DeadLetterSink):
             raise ConfigError(
                 "dead_letter",
-                f"{self.dead_letter!r} does not implement DeadLetterSink (name, open, write, aclose)",
+                f"{self.dead_letter!r} does not implement DeadLetterSink "
+                "(name, open, write, aclose)",
             )
         if not isinstance(self.redactor, Redactor):
             raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
@@ -21,6 +20,8 @@ from ._deadletter import DeadLetter
 from ._errors import DataError, EngineError, PipelineError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._acks import Ack
     from ._clock import Clock
     from ._dlq_sinks import DeadLetterSink

@@ -17,7 +17,7 @@ import secrets
 import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, NoReturn, final
 
 import anyio
 
@@ -355,7 +355,7 @@ class Runtime:
         ) from error
 
     async def _quarantine(self, source: SourceBatch, batch: Batch) -> Batch:
-        """Dead-letter records that crashed the run ``max_crashes`` times (reason ``crash_loop``)."""
+        """Dead-letter records that crashed the run ``max_crashes`` times (``crash_loop``)."""
         crashes = self.quarantine[source.partition]
         kept: list[Any] = []
         marks: list[int] = []

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 import pytest
 
 import riprap
-from riprap._deadletter import DeadLetter
 from riprap._dlq_sinks import JsonLinesDeadLetters, read_dead_letters
 from riprap._routing import DeadLetterWriteError
 from riprap.connectors.memory import IterableSource, MemorySink
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from riprap._deadletter import DeadLetter
 
 pytestmark = pytest.mark.anyio
 
