@@ -123,25 +123,33 @@ class InFlight:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_flight = 0
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` more records fit, then count them in."""
         n = min(n, self.capacity)
         while self.in_flight + n > self.capacity:
-            await self._changed.wait()
+            await self._wait_change()
         self.in_flight += n
 
     def release(self, n: int) -> None:
         """Count ``n`` records out."""
         self.in_flight -= n
-        event, self._changed = self._changed, anyio.Event()
-        event.set()
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
 
     async def wait_empty(self) -> None:
         """Wait until no record is in flight."""
         while self.in_flight > 0:
-            await self._changed.wait()
+            await self._wait_change()
+
+    async def _wait_change(self) -> None:
+        # Events are created only when someone waits: most releases find no waiter.
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
 
 @final

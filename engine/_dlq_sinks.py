@@ -131,6 +131,9 @@ class JsonLinesDeadLetters:
 
     __slots__ = ("_fd", "_lock", "_lock_fd", "_size", "backups", "max_bytes", "name", "path")
 
+    idempotent = False
+    """A letter written again is appended again."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -180,9 +183,9 @@ class JsonLinesDeadLetters:
 
     def _open(self) -> None:
         with self._lock:
-            if self._fd is not None:
+            if self._lock_fd is not None:  # already open
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_directory(self.path.parent)
             self._lock_fd = _lock_exclusive(_lock_path(self.path))
             try:
                 self._open_file()
@@ -198,11 +201,13 @@ class JsonLinesDeadLetters:
 
     def _append(self, data: bytes) -> None:
         with self._lock:
-            if self._fd is None:
+            if self._lock_fd is None:
                 raise RuntimeError(f"dead-letter sink {self.name!r}: write before open")
-            if self._size and self._size + len(data) > self.max_bytes:
+            if self._fd is None:  # a failed rotation left no file open: try again
+                self._open_file()
+            elif self._size and self._size + len(data) > self.max_bytes:
                 self._rotate()
-                assert self._fd is not None
+            assert self._fd is not None
             fd = self._fd
             try:
                 view = memoryview(data)
@@ -229,12 +234,16 @@ class JsonLinesDeadLetters:
                 oldest.stat().st_size,
                 self.backups,
             )
-        for i in range(self.backups - 1, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(_backup(self.path, i), _backup(self.path, i + 1))
-        os.replace(self.path, _backup(self.path, 1))
-        # The new file's directory fsync also makes the renames durable.
-        self._open_file()
+        try:
+            for i in range(self.backups - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(_backup(self.path, i), _backup(self.path, i + 1))
+            os.replace(self.path, _backup(self.path, 1))
+        finally:
+            # Reopen even after a failed rename (the file then grows past max_bytes
+            # until a later rotation succeeds). The directory fsync that opening
+            # does also makes the renames durable.
+            self._open_file()
 
     def _close(self) -> None:
         with self._lock:
@@ -260,6 +269,9 @@ class SqliteDeadLetters:
     """
 
     __slots__ = ("_connection", "_lock", "name", "path", "timeout")
+
+    idempotent = True
+    """A letter written again replaces its row (same ``id``)."""
 
     def __init__(
         self, path: str | os.PathLike[str], *, name: str = "dlq", timeout: float = 30.0
@@ -374,14 +386,14 @@ def _row(letter: DeadLetter) -> tuple[Any, ...]:
 def _connect(path: Path, *, timeout: float, create: bool) -> sqlite3.Connection:
     """A connection in autocommit mode (every write BEGINs its own transaction)."""
     if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_directory(path.parent)
         # SQLite gives the -wal and -shm files the database file's mode.
         os.close(_open_private(path, os.O_RDWR))
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
+        db.execute("PRAGMA synchronous = FULL")  # fsync the log on every commit
         if create:
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
             db.executescript(_SCHEMA)
     except BaseException:
         db.close()
@@ -533,8 +545,12 @@ def _purge_sqlite(path: Path, before: float) -> int:
 
 
 def _purge_file(file: Path, remove: Callable[[DeadLetter], bool]) -> int:
-    """Rewrite ``file`` without the letters ``remove`` selects; return how many went."""
+    """Rewrite ``file`` without the letters ``remove`` selects; return how many went.
+
+    An unfinished last line (never acknowledged) goes too, as a writer would cut it.
+    """
     removed = 0
+    torn = False
     fd, temp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out, file.open("rb") as lines:
@@ -543,14 +559,18 @@ def _purge_file(file: Path, remove: Callable[[DeadLetter], bool]) -> int:
                 try:
                     letter = DeadLetter.from_json(line) if line.strip() else None
                 except ValueError as exc:
-                    raise ValueError(f"{file}:{number}: {exc}") from None
+                    if line.endswith(b"\n"):
+                        raise ValueError(f"{file}:{number}: {exc}") from None
+                    log.warning("%s:%d: dropped an unfinished last line (%s)", file, number, exc)
+                    torn = True
+                    continue
                 if letter is not None and remove(letter):
                     removed += 1
                 else:
                     out.write(line)
             out.flush()
             os.fsync(out.fileno())
-        if removed:
+        if removed or torn:
             os.replace(temp, file)
             _fsync_directory(file.parent)
     finally:
@@ -617,6 +637,13 @@ def _repair_tail(fd: int, path: Path) -> int:
     os.ftruncate(fd, end)
     os.fsync(fd)
     return end
+
+
+def _make_directory(directory: Path) -> None:
+    """Create ``directory`` if needed, durably (its parent's entry is fsynced too)."""
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        _fsync_directory(directory.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -269,42 +269,45 @@ class Runtime:
                 self._processing_scope.cancel()
 
     async def _source_loop(self, send: ObjectSendStream[Batch]) -> None:
+        # One cancel scope for the whole loop: stop() cancels it. A batch cancelled
+        # on its way to the queue keeps its ack pending, so no checkpoint passes it.
         tracker = self.tracker
         size = self.options.batch_size
         async with send:
-            while not self._stop_requested.is_set():
-                batch = await self._read(size)
-                if batch is None:
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                if self._stop_requested.is_set():
                     return
-                n = len(batch.values)
-                ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
-                self.records_in += n
-                if n == 0:
-                    ack.release()
-                    continue
-                out = Batch(batch.values, ack, SourceOrigin(batch))
-                if batch.partition in self.quarantine:
-                    out = await self._quarantine(batch, out)
-                    if not out.items:
+                while True:
+                    batch = await self._read(size)
+                    if batch is None:
+                        return
+                    n = len(batch.values)
+                    ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
+                    self.records_in += n
+                    if n == 0:
                         ack.release()
                         continue
-                await send.send(out)
+                    out = Batch(batch.values, ack, SourceOrigin(batch))
+                    if batch.partition in self.quarantine:
+                        out = await self._quarantine(batch, out)
+                        if not out.items:
+                            ack.release()
+                            continue
+                    await send.send(out)
 
     async def _read(self, size: int) -> SourceBatch | None:
-        """The next source batch with its in-flight slots taken; ``None`` at the end or on stop."""
+        """The next source batch with its in-flight slots taken; ``None`` at the end."""
         in_flight = self.in_flight
+        await in_flight.acquire(size)
         batch: SourceBatch | None = None
-        with anyio.CancelScope() as scope:
-            self._read_scope = scope
-            await in_flight.acquire(size)
-            try:
-                batch = await self.source.read(size)
-            finally:
-                taken = len(batch.values) if batch is not None else 0
-                if taken < size:
-                    in_flight.release(size - taken)
-        self._read_scope = None
-        return None if scope.cancelled_caught else batch
+        try:
+            batch = await self.source.read(size)
+        finally:
+            taken = len(batch.values) if batch is not None else 0
+            if taken < size:
+                in_flight.release(size - taken)
+        return batch
 
     async def _sink_loop(self, receive: ObjectReceiveStream[Batch]) -> None:
         counters = self.sink_counters

@@ -60,6 +60,7 @@ async def load_checkpoint(path: Path, pipeline: str) -> riprap.Checkpoint | None
 
 
 @pytest.mark.anyio
+@pytest.mark.network
 async def test_aiohttp_service(aiohttp_service: ModuleType, tmp_path: Path) -> None:
     """The service runs its pipeline while serving /stats and /checkpoint and stops it cleanly."""
     # Periodic checkpoints are an hour apart: only POST /checkpoint and shutdown write one.

@@ -157,6 +157,38 @@ def test_record_value_none_is_json_null() -> None:
     assert Record(None).value == letter.original_value()
 
 
+class Opaque:
+    """A value type JSON knows nothing about."""
+
+    def __str__(self) -> str:
+        return "opaque!"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (2**70, 2**70),
+        (
+            {"blob": b"\xff", "text": b"ok", "tags": {"x"}, 1: "one"},
+            {"blob": "/w==", "text": "ok", "tags": ["x"], "1": "one"},
+        ),
+        (Opaque(), "opaque!"),
+        ([Opaque(), 2**70], ["opaque!", 2**70]),
+    ],
+    ids=["big-int", "nested", "object", "object-and-big-int"],
+)
+def test_values_json_cannot_hold_are_converted(value: object, expected: object) -> None:
+    """Building an envelope never fails on a strange value; it is converted as documented."""
+    letter = DeadLetter.from_json(make_letter(value=value).to_json())
+    assert expected == letter.original_value()
+
+
+def test_bytes_header_names_become_text() -> None:
+    """A header name given as bytes is stored as text, so the envelope stays valid."""
+    letter = make_letter(headers=((b"x-id", b"1"),))  # type: ignore[arg-type]
+    assert [("x-id", b"1")] == DeadLetter.from_json(letter.to_json()).original_headers()
+
+
 def test_whole_number_times_read_back_as_floats() -> None:
     """Times written as JSON integers by another writer read back as floats."""
     raw = orjson.loads(make_letter().to_json())

@@ -143,6 +143,15 @@ def test_purge_rewrites_rotated_files(tmp_path: Path) -> None:
     assert 0o600 == stat.S_IMODE((tmp_path / "dlq.jsonl.3").stat().st_mode)
 
 
+def test_purge_drops_an_unfinished_last_line(jsonl: Path) -> None:
+    """A line a crash cut short goes with the purge, as the next writer would cut it."""
+    with jsonl.open("ab") as file:
+        file.write(b'{"version":1,"id":')
+    assert 0 == run_dlq_command(parse("purge", str(jsonl), "--older-than", "30d"))
+    assert jsonl.read_bytes().endswith(b"}\n")
+    assert 4 == len(list(read_dead_letters(jsonl)))
+
+
 def test_purge_refuses_while_a_sink_writes(jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A purge cannot rewrite files a sink has open; it fails and changes nothing."""
 

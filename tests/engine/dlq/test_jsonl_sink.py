@@ -112,6 +112,28 @@ async def test_oversized_write_gets_its_own_file(tmp_path: Path) -> None:
     assert [make_letter(o) for o in (10, 11, 12)] == list(read_dead_letters(path))
 
 
+async def test_failed_rotation_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation whose rename fails fails that write; the next write succeeds."""
+    path = tmp_path / "dlq.jsonl"
+    sink = JsonLinesDeadLetters(path, max_bytes=10)
+    await sink.open()
+    await sink.write([make_letter(10)])
+    replace = os.replace
+
+    def fail_once(src: object, dst: object) -> None:
+        monkeypatch.setattr(os, "replace", replace)
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "replace", fail_once)
+    with pytest.raises(OSError, match="injected"):
+        await sink.write([make_letter(11)])
+    await sink.write([make_letter(12)])
+    await sink.aclose()
+    assert [make_letter(10), make_letter(12)] == list(read_dead_letters(path))
+
+
 async def test_unfinished_last_line_is_cut_on_open(tmp_path: Path) -> None:
     """A line a crash left half written is skipped by readers and removed by the next writer."""
     path = tmp_path / "dlq.jsonl"
