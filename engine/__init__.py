@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from ._acks import Ack as Ack
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import CheckpointBackend as CheckpointBackend
@@ -11,6 +13,14 @@ from ._ckpt_memory import MemoryCheckpoints as MemoryCheckpoints
 from ._ckpt_sqlite import SqliteCheckpoints as SqliteCheckpoints
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
+from ._deadletter import DeadLetter as DeadLetter
+from ._dlq_sinks import DeadLetterFilter as DeadLetterFilter
+from ._dlq_sinks import DeadLetterSink as DeadLetterSink
+from ._dlq_sinks import JsonLinesDeadLetters as JsonLinesDeadLetters
+from ._dlq_sinks import SqliteDeadLetters as SqliteDeadLetters
+from ._dlq_sinks import purge_dead_letters as purge_dead_letters
+from ._dlq_sinks import read_dead_letters as read_dead_letters
+from ._dlq_source import DeadLetterSource as DeadLetterSource
 from ._errors import CheckpointError as CheckpointError
 from ._errors import ConfigError as ConfigError
 from ._errors import DataError as DataError
@@ -18,6 +28,7 @@ from ._errors import DecodeError as DecodeError
 from ._errors import EngineError as EngineError
 from ._errors import FencedError as FencedError
 from ._errors import PipelineError as PipelineError
+from ._errors import PoisonPillError as PoisonPillError
 from ._errors import TransientError as TransientError
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineOptions as PipelineOptions
@@ -28,9 +39,11 @@ from ._protocols import Stage as Stage
 from ._records import Batch as Batch
 from ._records import Record as Record
 from ._records import SourceBatch as SourceBatch
+from ._redact import Redactor as Redactor
 from ._report import RunReport as RunReport
 from ._report import RunStatistics as RunStatistics
 from ._report import StepStats as StepStats
+from ._routing import DeadLetterWriteError as DeadLetterWriteError
 from ._run import run as run
 from ._run import run_async as run_async
 from ._runtime import RunningPipeline as RunningPipeline
@@ -45,15 +58,23 @@ __all__ = (
     "Clock",
     "ConfigError",
     "DataError",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterSink",
+    "DeadLetterSource",
+    "DeadLetterWriteError",
     "DecodeError",
     "EngineError",
     "FencedError",
     "FileCheckpoints",
+    "JsonLinesDeadLetters",
     "MemoryCheckpoints",
     "Pipeline",
     "PipelineError",
     "PipelineOptions",
+    "PoisonPillError",
     "Record",
+    "Redactor",
     "RunReport",
     "RunStatistics",
     "RunningPipeline",
@@ -62,10 +83,25 @@ __all__ = (
     "SourceBatch",
     "SourceContext",
     "SqliteCheckpoints",
+    "SqliteDeadLetters",
     "Stage",
     "StepStats",
     "SystemClock",
     "TransientError",
+    "purge_dead_letters",
+    "read_dead_letters",
     "run",
     "run_async",
 )
+
+
+def _public_module_names() -> None:
+    """Show public names as ``riprap.X`` rather than the private module they live in."""
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("riprap._"):
+            with contextlib.suppress(AttributeError, TypeError):  # e.g. type aliases
+                obj.__module__ = __name__
+
+
+_public_module_names()

@@ -13,10 +13,15 @@ import runpy
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from ._dlq_cli import add_dlq_commands
 from ._errors import ConfigError, EngineError, PipelineError
 from ._pipeline import Pipeline
 from ._progress import ProgressPrinter
 from ._run import run
+
+if TYPE_CHECKING:
+    from ._dlq_sinks import DeadLetterSink
+    from ._protocols import Source
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -87,6 +92,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, orders=args.orders, fresh=args.fresh, out=sys.stderr)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ._dlq_cli import parse_time
+    from ._dlq_sinks import DeadLetterFilter, JsonLinesDeadLetters
+    from ._dlq_source import DeadLetterSource
+
+    pipeline = load_pipeline(args.pipeline)
+    letters = DeadLetterFilter(
+        stage=args.stage,
+        error_type=args.error_type,
+        reason=args.reason,
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+    )
+    failed_to = args.failed_to or f"{args.path}.replay-failed.jsonl"
+    replay = replay_pipeline(
+        pipeline,
+        DeadLetterSource(args.path, filter=letters, rate_limit=args.rate),
+        JsonLinesDeadLetters(failed_to),
+    )
+    sys.stderr.write(
+        f"replaying {args.path} through {pipeline.name!r} as {replay.name!r}; "
+        f"records failing again go to {failed_to}\n"
+    )
+    return run_with_report(replay, out=sys.stderr, progress=not args.quiet)
+
+
+def replay_pipeline(pipeline: Pipeline, source: Source, failed: DeadLetterSink) -> Pipeline:
+    """``pipeline`` fed from dead letters, under its own name so replays resume, not repeat.
+
+    Letters that fail again go to ``failed``, never to the store being replayed.
+    """
+    return (
+        pipeline.renamed(f"{pipeline.name}.replay").with_options(dead_letter=failed).source(source)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``riprap`` command."""
     parser = argparse.ArgumentParser(prog="riprap", description=__doc__.splitlines()[0])
@@ -103,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--orders", type=int, default=5_000, help="orders to generate")
     demo.add_argument("--fresh", action="store_true", help="delete earlier demo files first")
     demo.set_defaults(handler=_cmd_demo)
+
+    dlq = add_dlq_commands(commands)
+    replay = dlq.add_parser("replay", help="send dead letters back through a pipeline")
+    replay.add_argument("path", help="the dead-letter store (JSON Lines or SQLite)")
+    replay.add_argument("--pipeline", required=True, help="path/to/file.py[:name] of the fix")
+    replay.add_argument("--stage", help="only letters of this stage")
+    replay.add_argument("--error-type", help="only this error type")
+    replay.add_argument("--reason", help="only this reason")
+    replay.add_argument("--since", help="failed at or after (ISO time or 2h)")
+    replay.add_argument("--until", help="failed before (ISO time or 2h)")
+    replay.add_argument("--rate", type=float, default=None, help="records per second at most")
+    replay.add_argument("--failed-to", help="where letters that fail again go")
+    replay.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    replay.set_defaults(handler=_cmd_replay)
     return parser
 
 

@@ -206,6 +206,11 @@ class Pipeline:
         probe = Pipeline(self.name, **options)
         return self._with(options=replace(self.options, **_given(probe.options, options)))
 
+    def renamed(self, name: str) -> Pipeline:
+        """A copy under another name (checkpoints are kept per name)."""
+        Pipeline(name)  # checks the name
+        return self._with(name=name)
+
     def source(self, source: Source) -> Pipeline:
         """Set where records come from."""
         if not isinstance(source, Source):

@@ -71,14 +71,18 @@ def kill_while_running(tmp_path: Path, run: int, rng: random.Random) -> None:
     # Leave room so that even the last kill lands before the input runs out.
     room = (RECORDS - rows_before) // (KILLS - run + 2)
     step = rng.randint(1, max(1, min(800, room)))
+    by_rows = rng.random() < 0.5
+    delay = rng.uniform(0, 0.02)
     with run_worker(tmp_path, run) as proc:
-        if rng.random() < 0.5:
+        if by_rows:
             target = rows_before + step
             wait_until(lambda: rows(tmp_path) >= target, proc, f"{target} sink rows")
+            time.sleep(delay)  # land anywhere in a batch or a checkpoint save
         else:
+            # Kill at once: just after a save is when a checkpoint that ran ahead
+            # of the sink (an I1 violation) would be caught.
             target = position_before + step
             wait_until(lambda: position(tmp_path) >= target, proc, f"checkpoint at {target}")
-        time.sleep(rng.uniform(0, 0.02))  # land anywhere in a batch or a checkpoint save
         proc.kill()
         proc.wait(timeout=DEADLINE)
     expected = -signal.SIGKILL

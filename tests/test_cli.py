@@ -1,0 +1,157 @@
+"""The ``riprap`` command: demo, run, dlq replay, exit codes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import pytest
+
+import riprap
+from riprap._cli import load_pipeline
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def riprap_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "riprap._cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def table(path: Path) -> list[tuple[str, str]]:
+    """All rows of the demo's orders table, sorted."""
+    with sqlite3.connect(path) as db:
+        return sorted(db.execute('SELECT "id", "value" FROM "orders"').fetchall())
+
+
+@pytest.mark.slow
+def test_demo_runs_twice_and_resumes_to_identical_sink(tmp_path: Path) -> None:
+    """The demo dead-letters the malformed orders, and a second run reads nothing new."""
+    first = riprap_cli("demo", "--dir", "d", "--orders", "2000", cwd=tmp_path)
+    assert 0 == first.returncode, first.stderr
+    rows = table(tmp_path / "d" / "orders.db")
+    letters = list(riprap.read_dead_letters(tmp_path / "d" / "dead-letters.jsonl"))
+    assert 2000 == len(rows) + len(letters)
+    assert {"decode_error", "validation"} == {letter.reason for letter in letters}
+    assert "records in             2,000" in first.stderr
+    second = riprap_cli("demo", "--dir", "d", cwd=tmp_path)
+    assert 0 == second.returncode, second.stderr
+    assert "records in                 0" in second.stderr
+    assert rows == table(tmp_path / "d" / "orders.db")
+
+
+FIXED = """
+import orjson
+import riprap
+from riprap.connectors.memory import IterableSource
+from riprap.connectors.sqlite import SqliteSink
+
+def parse(raw):
+    value = orjson.loads(raw)
+    value["amount"] = float(value["amount"]) if value["amount"] != "twelve" else 12.0
+    return value
+
+pipeline = (
+    riprap.Pipeline("orders", checkpoint=riprap.SqliteCheckpoints("ckpt.db"))
+    .source(IterableSource("unused", []))
+    .map("parse", parse)
+    .sink(SqliteSink("fixed.db", table="orders", key="id"))
+)
+"""
+
+
+@pytest.mark.slow
+def test_dlq_replay_is_recorded_and_does_not_repeat(tmp_path: Path) -> None:
+    """Replaying letters through a fixed pipeline writes them once, even when run twice."""
+    store = tmp_path / "dlq.jsonl"
+
+    async def fill() -> None:
+        sink = riprap.JsonLinesDeadLetters(store)
+        await sink.open()
+        letters = [
+            riprap.DeadLetter.create(
+                pipeline="orders",
+                stage="parse",
+                error=riprap.DataError("amount is not a number"),
+                record=riprap.Record(
+                    f'{{"id": {i}, "amount": "twelve"}}'.encode(), partition="in", offset=i
+                ),
+                source="in",
+                attempts=1,
+                first_failure_at=1.0,
+                last_failure_at=1.0,
+                config_hash="x",
+                redactor=riprap.Redactor(),
+            )
+            for i in range(5)
+        ]
+        await sink.write(letters)
+        await sink.aclose()
+
+    import anyio
+
+    anyio.run(fill)
+    (tmp_path / "fix.py").write_text(textwrap.dedent(FIXED))
+    for expected_in in ("records in                 5", "records in                 0"):
+        done = riprap_cli("dlq", "replay", str(store), "--pipeline", "fix.py", cwd=tmp_path)
+        assert 0 == done.returncode, done.stderr
+        assert expected_in in done.stderr
+    with sqlite3.connect(tmp_path / "fixed.db") as db:
+        assert 5 == db.execute('SELECT count(*) FROM "orders"').fetchone()[0]
+
+
+def test_run_reports_missing_file_with_exit_2(tmp_path: Path) -> None:
+    """A pipeline file that does not exist is a usage error naming the path."""
+    done = riprap_cli("run", "nope.py", cwd=tmp_path)
+    assert 2 == done.returncode
+    assert "riprap: pipeline file: 'nope.py' does not exist" in done.stderr
+
+
+def test_load_pipeline_names_what_is_wrong(tmp_path: Path) -> None:
+    """load_pipeline explains a missing name and a value that is not a pipeline."""
+    script = tmp_path / "p.py"
+    script.write_text("thing = 3\n")
+    with pytest.raises(riprap.ConfigError, match=r"defines no 'pipeline'"):
+        load_pipeline(str(script))
+    with pytest.raises(riprap.ConfigError, match=r"p.py:thing is int, not a Pipeline"):
+        load_pipeline(f"{script}:thing")
+
+
+def test_load_pipeline_accepts_a_factory(tmp_path: Path) -> None:
+    """A factory function named after the colon is called to build the pipeline."""
+    script = tmp_path / "p.py"
+    script.write_text("import riprap\ndef make():\n    return riprap.Pipeline('made')\n")
+    assert "made" == load_pipeline(f"{script}:make").name
+
+
+@pytest.mark.slow
+def test_failed_run_exits_1_with_the_position(tmp_path: Path) -> None:
+    """A stage bug makes `riprap run` exit 1 and print stage, partition and offset."""
+    (tmp_path / "bug.py").write_text(
+        textwrap.dedent(
+            """
+            import riprap
+            from riprap.connectors.memory import IterableSource, MemorySink
+            pipeline = (
+                riprap.Pipeline("bug", checkpoint=riprap.MemoryCheckpoints())
+                .source(IterableSource("in", list(range(10))))
+                .map("div", lambda v: 1 // (v - 7))
+                .sink(MemorySink())
+            )
+            """
+        )
+    )
+    done = riprap_cli("run", "bug.py", cwd=tmp_path)
+    assert 1 == done.returncode
+    assert "stage 'div' failed at memory@7: ZeroDivisionError" in done.stderr
