@@ -43,6 +43,8 @@ from ._redact import Redactor as Redactor
 from ._report import RunReport as RunReport
 from ._report import RunStatistics as RunStatistics
 from ._report import StepStats as StepStats
+from ._routing import DeadLetterGuard as DeadLetterGuard
+from ._routing import DeadLetterRateError as DeadLetterRateError
 from ._routing import DeadLetterWriteError as DeadLetterWriteError
 from ._run import run as run
 from ._run import run_async as run_async
@@ -60,6 +62,8 @@ __all__ = (
     "DataError",
     "DeadLetter",
     "DeadLetterFilter",
+    "DeadLetterGuard",
+    "DeadLetterRateError",
     "DeadLetterSink",
     "DeadLetterSource",
     "DeadLetterWriteError",

@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from ._dlq_cli import add_dlq_commands
-from ._errors import ConfigError, EngineError, PipelineError
+from ._errors import ConfigError, EngineError
 from ._pipeline import Pipeline
 from ._progress import ProgressPrinter
 from ._run import run
@@ -61,7 +61,9 @@ def run_with_report(pipeline: Pipeline, *, out: TextIO, progress: bool = True) -
     printer = ProgressPrinter(pipeline.name, out) if progress else None
     try:
         report = run(pipeline, progress=printer, progress_interval=0.5 if printer else 1.0)
-    except PipelineError as error:
+    except ConfigError:
+        raise
+    except EngineError as error:
         if printer:
             printer.close()
         out.write(f"error: {error}\n")

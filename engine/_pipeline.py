@@ -20,6 +20,7 @@ from ._dlq_sinks import DeadLetterSink
 from ._errors import ConfigError
 from ._protocols import Sink, Source, Stage
 from ._redact import Redactor
+from ._routing import DeadLetterGuard
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -52,6 +53,8 @@ class PipelineOptions:
         redactor: Cleans error messages and tracebacks in dead letters and logs.
         max_crashes: A record that stopped the run this many times is dead-lettered
             (reason ``crash_loop``) on the next start instead of processed.
+        dlq_guard: Stops (or pauses) the run when dead-lettering looks systematic;
+            ``None`` turns the guard off.
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -66,6 +69,7 @@ class PipelineOptions:
     dead_letter: DeadLetterSink | None = None
     redactor: Redactor = field(default_factory=Redactor)
     max_crashes: int = 3
+    dlq_guard: DeadLetterGuard | None = field(default_factory=DeadLetterGuard)
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -99,6 +103,12 @@ class PipelineOptions:
         if not isinstance(self.redactor, Redactor):
             raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
         _positive_int("max_crashes", self.max_crashes)
+        if self.dlq_guard is not None:
+            if not isinstance(self.dlq_guard, DeadLetterGuard):
+                raise ConfigError(
+                    "dlq_guard", f"must be a riprap.DeadLetterGuard or None, got {self.dlq_guard!r}"
+                )
+            self.dlq_guard.check()
 
 
 _OPTION_NAMES = tuple(f.name for f in fields(PipelineOptions))

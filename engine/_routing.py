@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
 
 from ._deadletter import DeadLetter
-from ._errors import DataError, EngineError, PipelineError
+from ._errors import ConfigError, DataError, EngineError, PipelineError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -44,6 +45,60 @@ class DeadLetterWriteError(EngineError):
     """The dead-letter sink could not be written; the run stops without losing the records."""
 
 
+class DeadLetterRateError(EngineError):
+    """Too many records were dead-lettered: a bug or a dead dependency, not bad data."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterGuard:
+    """Stops the run when dead-lettering looks systematic, like a breaker for the DLQ.
+
+    The window counts records as they finish (written or dead-lettered), so a
+    bug that fails every record trips it after ``max_ratio * window`` letters.
+    "In a row" is judged as records finish; with many batches in flight it is
+    approximate.
+
+    Attributes:
+        window: Source records per (tumbling) window.
+        max_ratio: Trip when more than this share of a window is dead-lettered.
+        max_in_a_row: Trip after this many dead letters with no record written between.
+        action: ``"stop"`` the run, or ``"pause"`` the source until
+            :meth:`RunningPipeline.resume` is called.
+    """
+
+    window: int = 1_000
+    max_ratio: float = 0.5
+    max_in_a_row: int = 100
+    action: Literal["stop", "pause"] = "stop"
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for an impossible setting."""
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ConfigError(
+                "dlq_guard.window", f"must be a positive integer, got {self.window!r}"
+            )
+        if not 0 < self.max_ratio <= 1:
+            raise ConfigError("dlq_guard.max_ratio", f"must be in (0, 1], got {self.max_ratio!r}")
+        if not isinstance(self.max_in_a_row, int) or self.max_in_a_row < 1:
+            raise ConfigError(
+                "dlq_guard.max_in_a_row", f"must be a positive integer, got {self.max_in_a_row!r}"
+            )
+        if self.action not in ("stop", "pause"):
+            raise ConfigError("dlq_guard.action", f"must be 'stop' or 'pause', got {self.action!r}")
+
+
+@final
+class _GuardState:
+    """Counts of the current window and the current run of dead letters."""
+
+    __slots__ = ("in_a_row", "window_dlq", "window_seen")
+
+    def __init__(self) -> None:
+        self.window_seen = 0
+        self.window_dlq = 0
+        self.in_a_row = 0
+
+
 @final
 class Router:
     """Routes record failures of one run; see the module docstring."""
@@ -59,6 +114,7 @@ class Router:
         clock: Clock,
         config_hash: str,
         on_error: Mapping[str, OnError],
+        guard: DeadLetterGuard | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.source = source
@@ -69,6 +125,10 @@ class Router:
         self.config_hash = config_hash
         self.on_error = on_error
         self.counts: Counter[str] = Counter()
+        self.guard = guard
+        self.paused = anyio.Event()
+        self.paused.set()  # set = not paused
+        self._guard_state = _GuardState()
         self._pending: list[tuple[DeadLetter, Ack]] = []
 
     @property
@@ -115,6 +175,7 @@ class Router:
             config_hash=self.config_hash,
             redactor=self.redactor,
         )
+        self._check_guard(step_id, reason)
         ack.retain()
         self._pending.append((letter, ack))
 
@@ -154,6 +215,52 @@ class Router:
                 )
                 await self.clock.sleep(delay)
                 delay *= 2
+
+    def observe_written(self, records: int) -> None:
+        """Records reached the sink: they count in the window and end a run of dead letters."""
+        if records:
+            state = self._guard_state
+            state.in_a_row = 0
+            self._advance_window(records)
+
+    def _advance_window(self, records: int) -> None:
+        state = self._guard_state
+        state.window_seen += records
+        if self.guard is not None and state.window_seen >= self.guard.window:
+            state.window_seen = 0
+            state.window_dlq = 0
+
+    def resume(self) -> None:
+        """End a pause of the DLQ-rate guard; counting starts afresh."""
+        self._guard_state = _GuardState()
+        self.paused.set()
+
+    def _check_guard(self, step_id: str, reason: str) -> None:
+        guard = self.guard
+        if guard is None:
+            return
+        state = self._guard_state
+        state.window_dlq += 1
+        state.in_a_row += 1
+        limit = guard.max_ratio * guard.window
+        if state.window_dlq > limit:
+            why = f"{state.window_dlq} of a window of {guard.window} records (limit {limit:.0f})"
+        elif state.in_a_row > guard.max_in_a_row:
+            why = f"{state.in_a_row} in a row (limit {guard.max_in_a_row})"
+        else:
+            self._advance_window(1)
+            return
+        message = (
+            f"pipeline {self.pipeline!r}: DLQ-rate guard tripped at stage {step_id!r} "
+            f"(last reason {reason!r}): {why} were dead-lettered. That looks like a bug or a "
+            "broken dependency, not bad data; the records stay unprocessed for after the fix."
+        )
+        if guard.action == "pause" and self.paused.is_set():
+            log.error("%s Paused until resumed.", message)
+            self.paused = anyio.Event()
+            return
+        if guard.action == "stop":
+            raise DeadLetterRateError(message)
 
     def _reason(self, step_id: str, error: Exception) -> str | None:
         if self.dead_letter is None or self.on_error.get(step_id, "dlq") == "stop":

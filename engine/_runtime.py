@@ -124,6 +124,7 @@ class Runtime:
             clock=self.clock,
             config_hash=config_hash(pipeline),
             on_error={s.step_id: s.on_error for s in pipeline.steps if isinstance(s, OpStep)},
+            guard=self.options.dlq_guard,
         )
         self.segments = build_segments(pipeline.steps, self.router)
         self.quarantine: dict[str, dict[int, int]] = {}
@@ -278,7 +279,10 @@ class Runtime:
                 self._read_scope = scope
                 if self._stop_requested.is_set():
                     return
+                router = self.router
                 while True:
+                    if not router.paused.is_set():
+                        await router.paused.wait()
                     batch = await self._read(size)
                     if batch is None:
                         return
@@ -316,6 +320,7 @@ class Runtime:
                 counters.records_in += len(batch.items)
                 await self._write(batch)
                 counters.records_out += len(batch.items)
+                self.router.observe_written(len(batch.items))
                 batch.ack.release()
         if self._guard_scope is not None:
             self._guard_scope.cancel()
@@ -467,6 +472,10 @@ class RunningPipeline:
     def abort(self) -> None:
         """Stop without draining; what is done is still checkpointed."""
         self._runtime.abort()
+
+    def resume(self) -> None:
+        """Resume reading after the DLQ-rate guard paused the run."""
+        self._runtime.router.resume()
 
     async def checkpoint(self) -> None:
         """Write a checkpoint now (after any save already running)."""

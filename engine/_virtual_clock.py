@@ -137,7 +137,7 @@ class VirtualClock:
 
     async def _drive(self) -> None:
         while True:
-            await wait_all_tasks_blocked()
+            await _quiesce(strict=True)
             deadline = self.next_deadline()
             if deadline is None:
                 # Every task waits on something other than this clock: wait for a sleeper.
@@ -160,13 +160,25 @@ class VirtualClock:
                 event.set()
 
 
+# Tasks spinning in a quiescence wait; they count as blocked for each other.
+_IDLE_WAITERS: set[object] = set()
+
+
 async def wait_all_tasks_blocked() -> None:
     """Wait until every other task of the event loop waits on something.
 
-    On asyncio this spins on zero-length sleeps (``anyio.wait_all_tasks_blocked``
-    sleeps a real 0.1s whenever a task is still runnable, which would make
-    virtual-time tests slow); elsewhere it defers to anyio.
+    Tasks inside this function count as blocked for each other, so a test and
+    the autojump driver can both wait; the driver yields to the test (it only
+    jumps once nobody else is waiting for quiescence). On asyncio it spins on
+    zero-length sleeps (``anyio.wait_all_tasks_blocked`` sleeps a real 0.1s
+    while any task is runnable, which would make virtual-time tests slow);
+    elsewhere it defers to anyio.
     """
+    await _quiesce(strict=False)
+
+
+async def _quiesce(*, strict: bool) -> None:
+    """Spin until the other tasks are blocked; ``strict``: other spinners count as busy."""
     try:
         this = asyncio.current_task()
     except RuntimeError:
@@ -174,10 +186,18 @@ async def wait_all_tasks_blocked() -> None:
     if this is None:
         await anyio.wait_all_tasks_blocked()
         return
-    while True:
-        await asyncio.sleep(0)
-        if all(_blocked(task) for task in asyncio.all_tasks() if task is not this):
-            return
+    _IDLE_WAITERS.add(this)
+    try:
+        while True:
+            await asyncio.sleep(0)
+            if all(
+                _blocked(task) or (not strict and task in _IDLE_WAITERS)
+                for task in asyncio.all_tasks()
+                if task is not this
+            ):
+                return
+    finally:
+        _IDLE_WAITERS.discard(this)
 
 
 def _blocked(task: asyncio.Task[object]) -> bool:

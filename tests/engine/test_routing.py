@@ -228,3 +228,87 @@ async def test_crash_loop_is_quarantined_after_max_crashes(tmp_path: Path) -> No
     saved = await backend.load("loop")
     assert saved is not None
     assert {} == dict(saved.crash_counts)
+
+
+async def test_dlq_guard_stops_a_bug_that_fails_every_record(tmp_path: Path) -> None:
+    """A deployed bug that rejects everything trips the guard; the DLQ holds at most a window."""
+
+    def reject_all(v: int) -> int:
+        raise riprap.DataError("every record is bad now")
+
+    p = (
+        riprap.Pipeline(
+            "bugged",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            dlq_guard=riprap.DeadLetterGuard(window=200, max_ratio=0.5, max_in_a_row=1_000),
+            batch_size=50,
+        )
+        .source(IterableSource("in", list(range(10_000))))
+        .map("reject", reject_all)
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.DeadLetterRateError, match=r"101 of a window of 200 records"):
+        await p.run()
+    stored = len(list(read_dead_letters(tmp_path / "dlq.jsonl")))
+    assert stored <= 200
+
+
+async def test_dlq_guard_counts_dead_letters_in_a_row(tmp_path: Path) -> None:
+    """A run of dead letters with nothing written between trips the in-a-row limit."""
+    values = list(range(100)) + [-1] * 30 + list(range(100))
+
+    def positive(v: int) -> int:
+        if v < 0:
+            raise riprap.DataError("negative")
+        return v
+
+    p = (
+        riprap.Pipeline(
+            "streak",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            dlq_guard=riprap.DeadLetterGuard(max_in_a_row=20),
+            batch_size=10,
+            max_in_flight=10,  # one batch at a time: "in a row" is exact
+        )
+        .source(IterableSource("in", values))
+        .map("positive", positive)
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.DeadLetterRateError, match=r"21 in a row \(limit 20\)"):
+        await p.run()
+
+
+async def test_dlq_guard_pause_waits_for_resume(tmp_path: Path) -> None:
+    """In pause mode the source stops reading until resume() is called; nothing is lost."""
+    values = [-1] * 30 + list(range(50))
+
+    def positive(v: int) -> int:
+        if v < 0:
+            raise riprap.DataError("negative")
+        return v
+
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline(
+            "pausing",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            dlq_guard=riprap.DeadLetterGuard(max_in_a_row=10, action="pause"),
+            batch_size=10,
+            max_in_flight=10,
+        )
+        .source(IterableSource("in", values))
+        .map("positive", positive)
+        .sink(sink)
+    )
+    async with p.open() as running:
+        for _ in range(20):
+            await anyio.wait_all_tasks_blocked()
+        paused_at = running.statistics().records_in
+        assert paused_at < len(values)
+        running.resume()
+        report = await running.wait()
+    assert list(range(50)) == sink.values
+    assert {"data_error": 30} == report.dead_lettered
