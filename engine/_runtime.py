@@ -139,6 +139,7 @@ class Runtime:
         self._read_scope: anyio.CancelScope | None = None
         self._processing_scope: anyio.CancelScope | None = None
         self._guard_scope: anyio.CancelScope | None = None
+        self._reserved = 0
         self._started_at = self.clock.monotonic()
         self.tracker: CompletionTracker
         self.checkpointer: Checkpointer
@@ -167,7 +168,7 @@ class Runtime:
         return RunStatistics(
             records_in=self.records_in,
             records_out=self.sink_counters.records_out,
-            in_flight=self.in_flight.in_flight,
+            in_flight=self.in_flight.in_flight - self._reserved,
             dropped=self._dropped(),
             dead_lettered=self.router.dead_lettered,
             elapsed=self.clock.monotonic() - self._started_at,
@@ -304,10 +305,12 @@ class Runtime:
         """The next source batch with its in-flight slots taken; ``None`` at the end."""
         in_flight = self.in_flight
         await in_flight.acquire(size)
+        self._reserved = size
         batch: SourceBatch | None = None
         try:
             batch = await self.source.read(size)
         finally:
+            self._reserved = 0
             taken = len(batch.values) if batch is not None else 0
             if taken < size:
                 in_flight.release(size - taken)
@@ -485,29 +488,46 @@ class RunningPipeline:
         """Counters and positions right now."""
         return self._runtime.statistics()
 
+    @property
+    def error(self) -> BaseException | None:
+        """What failed the run, once it has failed."""
+        return self._runtime.error
+
     async def wait(self) -> RunReport:
-        """Wait for the run to end and return its report."""
+        """Wait for the run to end and return its report.
+
+        Raises:
+            PipelineError: A stage failed (any error that ended the run is raised).
+        """
         await self._runtime.finished.wait()
+        error = self._runtime.error
+        if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
+            raise error
         assert self._runtime.report is not None
         return self._runtime.report
 
 
 @asynccontextmanager
 async def open_pipeline(pipeline: Pipeline) -> AsyncIterator[RunningPipeline]:
-    """Run ``pipeline`` in the background of the block; leaving it stops the run gracefully."""
+    """Run ``pipeline`` in the background of the block; leaving it stops the run gracefully.
+
+    A failing run does not cancel the block (it may be a web server's main
+    task): :meth:`RunningPipeline.wait` raises the error, and so does leaving
+    the block.
+    """
     runtime = Runtime(pipeline)
+    cancelled = anyio.get_cancelled_exc_class()
     try:
         await runtime.start()
-        failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
 
             async def supervise() -> None:
-                nonlocal failure
                 try:
                     await runtime.run()
-                except BaseException as exc:
-                    failure = exc
-                    tg.cancel_scope.cancel()
+                except cancelled:
+                    raise
+                except BaseException:  # kept in runtime.error; raised by wait() and on exit
+                    return
 
             tg.start_soon(supervise)
             body_error: Exception | None = None
@@ -520,7 +540,7 @@ async def open_pipeline(pipeline: Pipeline) -> AsyncIterator[RunningPipeline]:
                 runtime.stop()
         if body_error is not None:
             raise body_error
-        if failure is not None and not isinstance(failure, anyio.get_cancelled_exc_class()):
-            raise failure
+        if runtime.error is not None and not isinstance(runtime.error, cancelled):
+            raise runtime.error
     finally:
         await runtime.aclose()

@@ -360,3 +360,26 @@ async def test_custom_stage_state_is_checkpointed_and_restored() -> None:
     saved = await backend.load("p")
     assert saved is not None
     assert {"counter": {"seen": 50}} == dict(saved.state)
+
+
+async def test_failure_does_not_cancel_the_embedding_block() -> None:
+    """A failing run leaves the host's block running; wait() and leaving the block raise."""
+    steps: list[str] = []
+    p = (
+        pipeline()
+        .source(IterableSource("nums", list(range(10))))
+        .map("boom", lambda v: 1 // (v - 5))
+        .sink(MemorySink())
+    )
+
+    async def host() -> None:
+        async with p.open() as running:
+            with pytest.raises(riprap.PipelineError, match="memory@5"):
+                await running.wait()
+            await anyio.sleep(0.001)  # would raise if the block had been cancelled
+            steps.append("body finished")
+            assert isinstance(running.error, riprap.PipelineError)
+
+    with pytest.raises(riprap.PipelineError, match="memory@5"):
+        await host()
+    assert ["body finished"] == steps

@@ -142,8 +142,8 @@ async def test_slot_handed_to_a_cancelled_waiter_is_passed_on(clock: VirtualCloc
         await clock.wait_all_tasks_blocked()
         tg.start_soon(waiter, "next")
         await clock.wait_all_tasks_blocked()
-        bulkhead.release()  # hands the slot to "doomed"...
-        doomed.cancel()  # ...which is cancelled before it runs
+        doomed.cancel()  # "doomed" is cancelled but has not run yet...
+        bulkhead.release()  # ...when the slot is handed to it
     assert ["next"] == got
     assert 0 == bulkhead.statistics().in_use
 
