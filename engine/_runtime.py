@@ -246,16 +246,22 @@ class Runtime:
                             await self.backend.aclose()
 
     async def _process(self) -> None:
+        # A leading fused segment runs inside the source task: a batch is processed
+        # right after it is read (cache-hot), with one queue hop fewer.
+        segments = self.segments
+        head = segments[0] if segments and isinstance(segments[0], FusedSegment) else None
+        if head is not None:
+            segments = segments[1:]
         streams = [
             anyio.create_memory_object_stream[Batch](self.options.queue_size)
-            for _ in range(len(self.segments) + 1)
+            for _ in range(len(segments) + 1)
         ]
         async with anyio.create_task_group() as tg:
             self._processing_scope = tg.cancel_scope
             tg.start_soon(self._drain_guard)
-            tg.start_soon(self._source_loop, streams[0][0])
+            tg.start_soon(self._source_loop, streams[0][0], head)
             for segment, (_, receive), (send, _) in zip(
-                self.segments, streams[:-1], streams[1:], strict=True
+                segments, streams[:-1], streams[1:], strict=True
             ):
                 tg.start_soon(segment.run, receive, send)
             tg.start_soon(self._sink_loop, streams[-1][1])
@@ -270,7 +276,7 @@ class Runtime:
             if self._processing_scope is not None:
                 self._processing_scope.cancel()
 
-    async def _source_loop(self, send: ObjectSendStream[Batch]) -> None:
+    async def _source_loop(self, send: ObjectSendStream[Batch], head: FusedSegment | None) -> None:
         # One cancel scope for the whole loop: stop() cancels it. A batch cancelled
         # on its way to the queue keeps its ack pending, so no checkpoint passes it.
         tracker = self.tracker
@@ -299,7 +305,9 @@ class Runtime:
                         if not out.items:
                             ack.release()
                             continue
-                    await send.send(out)
+                    processed = out if head is None else await head.process(out)
+                    if processed is not None:
+                        await send.send(processed)
 
     async def _read(self, size: int) -> SourceBatch | None:
         """The next source batch with its in-flight slots taken; ``None`` at the end."""

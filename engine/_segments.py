@@ -68,37 +68,40 @@ class FusedSegment:
         return {}
 
     async def run(self, receive: Receive, send: Send) -> None:
-        chain = self.chain
-        counters = self.counters
-        steps = self.steps
-        router = self.router
         async with receive, send:
             async for batch in receive:
-                errors = 0
+                out = await self.process(batch)
+                if out is not None:
+                    await send.send(out)
 
-                def on_error(value: Any, index: int, op: int, error: Exception) -> None:
-                    nonlocal errors
-                    errors += 1
-                    router.handle(steps[op].step_id, batch, index, value, error)  # noqa: B023
+    async def process(self, batch: Batch) -> Batch | None:
+        """Run the chain over one batch; ``None`` (ack released) when nothing is left."""
+        router = self.router
+        steps = self.steps
+        errors = 0
 
-                out, marks, dropped = chain.run(batch.items, on_error)
-                counters.records_in += len(batch.items)
-                counters.records_out += len(out)
-                counters.errors += errors
-                counters.dropped += dropped
-                if errors:
-                    await router.flush()
-                await _emit(send, batch, out, marks, chain.expands)
+        def on_error(value: Any, index: int, op: int, error: Exception) -> None:
+            nonlocal errors
+            errors += 1
+            router.handle(steps[op].step_id, batch, index, value, error)
 
-
-async def _emit(send: Send, batch: Batch, out: list[Any], marks: list[int], expands: bool) -> None:
-    if not out:
-        batch.ack.release()
-        return
-    origin = batch.origin
-    if marks:
-        origin = StartsOrigin(origin, marks) if expands else DropsOrigin(origin, marks)
-    await send.send(Batch(out, batch.ack, origin))
+        out, marks, dropped = self.chain.run(batch.items, on_error)
+        counters = self.counters
+        counters.records_in += len(batch.items)
+        counters.records_out += len(out)
+        counters.errors += errors
+        counters.dropped += dropped
+        if errors:
+            await router.flush()
+        if not out:
+            batch.ack.release()
+            return None
+        origin = batch.origin
+        if marks:
+            origin = (
+                StartsOrigin(origin, marks) if self.chain.expands else DropsOrigin(origin, marks)
+            )
+        return Batch(out, batch.ack, origin)
 
 
 _FAILED: Any = object()

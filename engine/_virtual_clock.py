@@ -186,21 +186,31 @@ async def _quiesce(*, strict: bool) -> None:
     if this is None:
         await anyio.wait_all_tasks_blocked()
         return
+    loop = asyncio.get_running_loop()
     _IDLE_WAITERS.add(this)
     try:
         while True:
             await asyncio.sleep(0)
-            if all(
-                _blocked(task) or (not strict and task in _IDLE_WAITERS)
-                for task in asyncio.all_tasks()
-                if task is not this
-            ):
+            if _quiet(loop, this, strict=strict):
                 return
     finally:
         _IDLE_WAITERS.discard(this)
 
 
+def _quiet(loop: asyncio.AbstractEventLoop, this: object, *, strict: bool) -> bool:
+    """No task can run and no callback is queued (anyio delivers cancellation in callbacks)."""
+
+    def idle(task: object) -> bool:
+        return not strict and task in _IDLE_WAITERS
+
+    # The same private attributes anyio's own implementation relies on; an
+    # event loop without ``_ready`` (uvloop) is judged by its tasks alone.
+    for handle in getattr(loop, "_ready", ()):
+        if not handle.cancelled() and not idle(getattr(handle._callback, "__self__", None)):
+            return False
+    return all(_blocked(task) or idle(task) for task in asyncio.all_tasks() if task is not this)
+
+
 def _blocked(task: asyncio.Task[object]) -> bool:
-    # The same private attribute anyio's own implementation inspects.
     waiter: asyncio.Future[object] | None = getattr(task, "_fut_waiter", None)
     return waiter is not None and not waiter.done()

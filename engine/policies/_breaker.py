@@ -27,7 +27,7 @@ import functools
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
 
@@ -39,7 +39,7 @@ from ._timeout import check_duration, move_on_after, to_seconds
 from ._windows import CountWindow, OutcomeWindow, TimeWindow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable
     from datetime import timedelta
     from types import TracebackType
 
@@ -455,7 +455,7 @@ class CircuitBreaker:
 
     def wrap(
         self, fn: Callable[P, Awaitable[T]], /, *, wait: bool = False, stage: str | None = None
-    ) -> Callable[P, Awaitable[T]]:
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` guarded by this breaker.
 
         Args:
@@ -478,7 +478,7 @@ class CircuitBreaker:
 
         return functools.wraps(fn)(call)
 
-    def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]:
+    def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorator form of :meth:`wrap` (fail fast)."""
         return self.wrap(fn)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, final
 
 import anyio
 
@@ -20,7 +20,7 @@ from .._errors import BulkheadFullError, ConfigError
 from ._events import CallRejected, Emitter, PolicyHook
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable
     from types import TracebackType
 
     from .._clock import Clock
@@ -189,7 +189,7 @@ class Bulkhead:
 
     def wrap(
         self, fn: Callable[P, Awaitable[T]], /, *, stage: str | None = None
-    ) -> Callable[P, Awaitable[T]]:
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` run inside a slot of this bulkhead."""
 
         async def call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -201,7 +201,7 @@ class Bulkhead:
 
         return functools.wraps(fn)(call)
 
-    def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]:
+    def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorator form of :meth:`wrap`."""
         return self.wrap(fn)
 

@@ -11,8 +11,8 @@ neither is hidden behind a fallback unless ``on`` says so. Each use is a
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from .._clock import SYSTEM_CLOCK
 from ._classify import DEFAULT_CLASSIFIER
@@ -45,7 +45,7 @@ def with_fallback(
     *,
     on: Callable[[Exception], bool] = falls_back,
     emitter: Emitter,
-) -> Callable[P, Awaitable[T]]:
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """``fn``, answering with ``fallback_fn(error, *args, **kwargs)`` when ``on(error)``.
 
     An exception raised by the fallback itself propagates (chained to the original).
@@ -80,7 +80,7 @@ def fallback(
     hooks: Iterable[PolicyHook] = (),
     stage: str | None = None,
     dependency: str | None = None,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Decorator: answer with ``fallback_fn(error, *args, **kwargs)`` when the call fails.
 
     Example::
@@ -102,7 +102,7 @@ def fallback(
     """
     emitter = Emitter(hooks, clock=clock or SYSTEM_CLOCK, stage=stage, dependency=dependency)
 
-    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         return with_fallback(fn, fallback_fn, on=on, emitter=emitter)
 
     return decorate

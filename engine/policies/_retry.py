@@ -24,7 +24,7 @@ import functools
 import math
 import random as _random_module
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, final
 
 from .._clock import SYSTEM_CLOCK
 from .._errors import BulkheadFullError, CircuitOpenError, ConfigError, DataError
@@ -33,7 +33,7 @@ from ._events import Emitter, GiveUpReason, PolicyHook, RetryGaveUp, RetrySchedu
 from ._timeout import check_duration, to_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
     from datetime import timedelta
 
     from .._clock import Clock
@@ -72,8 +72,8 @@ class Retry:
         attempts: Maximum number of attempts, the first call included
             (``None``: limited by ``timeout`` only).
         timeout: Deadline for all attempts together, from the first call: a
-            wait that would end after it is not started and the last error is
-            re-raised. It never interrupts an attempt (the stack's total
+            wait that would end at or after it is not started and the last
+            error is re-raised. It never interrupts an attempt (the stack's total
             timeout does that). ``None``: no deadline.
         wait_initial: The first backoff step (*base*).
         wait_max: The longest single wait (*cap*), also the cap on Retry-After.
@@ -249,7 +249,7 @@ class RetryLayer:
         limits = [to_seconds(t) for t in (config.timeout, timeout_cap) if t is not None]
         self._timeout = min(limits) if limits else None
 
-    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]:
+    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` retried under this policy."""
 
         async def call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -285,8 +285,9 @@ class RetryLayer:
         asked = retry_after(exc, now=self._clock.time())
         if asked is not None:
             delay = min(max(delay, asked), self._wait_max)
+        # A wait ending at the deadline would leave no time for the attempt.
         if self._timeout is not None and (
-            self._clock.monotonic() + delay > started + self._timeout
+            self._clock.monotonic() + delay >= started + self._timeout
         ):
             self._give_up(exc, attempt, "deadline")
             return None
@@ -332,7 +333,7 @@ def retry(
     hooks: Iterable[PolicyHook] = (),
     stage: str | None = None,
     dependency: str | None = None,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Decorator: retry the async function under ``config`` (default :class:`Retry`).
 
     Example::

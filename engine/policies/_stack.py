@@ -22,8 +22,9 @@ beyond what the policies themselves need.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, final
 
 from .._clock import SYSTEM_CLOCK, SystemClock
 from .._errors import ConfigError
@@ -33,7 +34,7 @@ from ._retry import DEFAULT_RANDOM, RandomSource, Retry, RetryLayer
 from ._timeout import TimeoutLayer, check_duration, to_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
     from datetime import timedelta
 
     from .._clock import Clock
@@ -52,7 +53,7 @@ class Layer(Protocol):
     .. versionadded:: 0.1
     """
 
-    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
+    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
 
 
 @final
@@ -128,7 +129,7 @@ class _BreakerLayer:
         self.wait = wait
         self.stage = stage
 
-    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]:
+    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         return self.breaker.wrap(fn, wait=self.wait, stage=self.stage)
 
 
@@ -140,7 +141,7 @@ class _BulkheadLayer:
         self.bulkhead = bulkhead
         self.stage = stage
 
-    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]:
+    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         return self.bulkhead.wrap(fn, stage=self.stage)
 
 
@@ -230,7 +231,7 @@ class PolicyStack:
         *,
         fallback: FallbackFn[P, T] | None = None,
         fallback_on: Callable[[Exception], bool] = falls_back,
-    ) -> Callable[P, Awaitable[T]]:
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` behind every policy of the stack; wrap once, call many times.
 
         Args:
@@ -243,7 +244,7 @@ class PolicyStack:
         Returns:
             An async callable with ``fn``'s signature, name and docstring.
         """
-        wrapped = fn
+        wrapped = _coroutine_function(fn)
         for layer in reversed(self._layers):
             wrapped = layer.wrap(wrapped)
         if fallback is not None:
@@ -270,6 +271,17 @@ class PolicyStack:
 
     def __repr__(self) -> str:
         return f"PolicyStack(stage={self.stage!r}, dependency={self.dependency!r})"
+
+
+def _coroutine_function(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``fn`` itself if calling it gives a coroutine, else a thin ``async def`` around it."""
+    if inspect.iscoroutinefunction(fn):
+        return fn
+
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await fn(*args, **kwargs)
+
+    return call
 
 
 def _same_clock(a: Clock, b: Clock) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from datetime import timedelta
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -21,7 +21,7 @@ from .._clock import SYSTEM_CLOCK, SystemClock
 from .._errors import ConfigError, StageTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
     from types import TracebackType
 
     from .._clock import Clock
@@ -207,7 +207,7 @@ class TimeoutLayer:
         self.stage = stage
         self.dependency = dependency
 
-    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]:
+    def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` bounded by this timeout."""
         seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
         if isinstance(self.clock, SystemClock):
@@ -244,7 +244,7 @@ def timeout(
     kind: str = "call",
     stage: str | None = None,
     dependency: str | None = None,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Decorator: each call of the async function gets ``seconds`` before it is cancelled.
 
     Raises:

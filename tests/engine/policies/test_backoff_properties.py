@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
+from typing import get_args
 
 import anyio
 from hypothesis import given, settings
@@ -11,9 +13,9 @@ from hypothesis import strategies as st
 
 from riprap import TransientError
 from riprap._virtual_clock import VirtualClock
-from riprap.policies import Retry, retry
+from riprap.policies import Jitter, Retry, retry
 
-jitters = st.sampled_from(["full", "equal", "decorrelated", "none"])
+jitters = st.sampled_from(get_args(Jitter))
 waits = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
 
 
@@ -80,7 +82,7 @@ def test_retries_respect_limits_and_deadline(
     cap = float(config.wait_max)  # type: ignore[arg-type]
     deadline = float(config.timeout)  # type: ignore[arg-type]
     assert config.attempts is None or len(starts) <= config.attempts
-    assert all(start <= deadline for start in starts)
+    assert all(start < deadline for start in starts)
     for gap, hint in zip((b - a for a, b in itertools.pairwise(starts)), asked, strict=False):
         assert 0.0 <= gap <= cap + 1e-9
         if hint is not None:
@@ -118,12 +120,10 @@ def test_deadline_alone_bounds_unlimited_attempts(
 
         wrapped = retry(config, clock=clock, random=random.Random(seed))(slow_failure)
         async with clock.autojump():
-            try:
+            with contextlib.suppress(TransientError):
                 await wrapped()
-            except TransientError:
-                pass
 
     anyio.run(main)
-    assert all(start <= timeout for start in starts)
+    assert all(start < timeout for start in starts)
     # It gave up only because the next wait (at most wait_max) would have crossed the deadline.
-    assert starts[-1] + cost + wait_max > timeout
+    assert starts[-1] + cost + wait_max >= timeout

@@ -22,7 +22,9 @@ from riprap.policies import (
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
 
-def breaker(clock: VirtualClock, events: list[PolicyEvent] | None = None, **config: Any) -> CircuitBreaker:
+def breaker(
+    clock: VirtualClock, events: list[PolicyEvent] | None = None, **config: Any
+) -> CircuitBreaker:
     """A breaker named "db" on the virtual clock."""
     hooks = (events.append,) if events is not None else ()
     return CircuitBreaker("db", BreakerConfig(**config), clock=clock, hooks=hooks)
@@ -44,13 +46,13 @@ FAIL = TransientError("down")
 
 def test_count_window_opens_at_the_failure_rate_after_minimum_calls() -> None:
     """Below minimum_calls nothing is evaluated; at the threshold the breaker opens."""
-    clock, events = VirtualClock(), []
+    clock, events = VirtualClock(), list[PolicyEvent]()
     b = breaker(clock, events, window_size=4, minimum_calls=4, failure_rate_threshold=0.5)
     feed(b, FAIL, FAIL, FAIL)
     assert CLOSED == b.state  # 100% failures, but only 3 calls
     feed(b, None)
     assert OPEN == b.state
-    change = [e for e in events if isinstance(e, CircuitStateChanged)][0]
+    change = next(e for e in events if isinstance(e, CircuitStateChanged))
     assert ("closed", "open", "failure_rate", 0.75) == (
         change.old,
         change.new,
@@ -130,7 +132,7 @@ def test_data_errors_count_as_answered_calls_and_bugs_are_ignored() -> None:
 
 def test_open_breaker_rejects_with_remaining_time_and_an_event() -> None:
     """While open, allow() raises CircuitOpenError carrying the breaker and time left."""
-    clock, events = VirtualClock(), []
+    clock, events = VirtualClock(), list[PolicyEvent]()
     b = breaker(clock, events, window_size=2, minimum_calls=2, open_duration=30)
     feed(b, FAIL, FAIL)
     clock.advance(10)
@@ -144,7 +146,7 @@ def test_open_breaker_rejects_with_remaining_time_and_an_event() -> None:
 
 def test_half_open_admits_exactly_the_probe_count_then_closes() -> None:
     """After open_duration, N probes pass, the N+1th is refused, N successes close it."""
-    clock, events = VirtualClock(), []
+    clock, events = VirtualClock(), list[PolicyEvent]()
     b = breaker(clock, events, window_size=2, minimum_calls=2, open_duration=30, half_open_probes=3)
     feed(b, FAIL, FAIL)
     clock.advance(30)
@@ -254,7 +256,7 @@ async def test_waiters_wait_again_when_probes_fail(clock: VirtualClock) -> None:
 
 def test_force_open_and_reset() -> None:
     """force_open() refuses everything until reset(), which closes and clears the window."""
-    clock, events = VirtualClock(), []
+    clock, events = VirtualClock(), list[PolicyEvent]()
     b = breaker(clock, events, window_size=10, minimum_calls=5, open_duration=1)
     feed(b, FAIL, FAIL)
     b.force_open()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import pytest
 
 from riprap import ConfigError
 from riprap._errors import BulkheadFullError
-from riprap._virtual_clock import VirtualClock
 from riprap.policies import Bulkhead, CallRejected, PolicyEvent
+
+if TYPE_CHECKING:
+    from riprap._virtual_clock import VirtualClock
 
 
 @pytest.mark.anyio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -21,6 +21,9 @@ from riprap.policies import (
     RetryScheduled,
     retry,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
 
 SEED = 20240611
 
@@ -93,7 +96,7 @@ class Flaky:
 
 def retrying(
     clock: VirtualClock, config: Retry, events: list[PolicyEvent] | None = None
-) -> Callable[[Callable[[], Awaitable[str]]], Callable[[], Awaitable[str]]]:
+) -> Callable[[Callable[[], Awaitable[str]]], Callable[[], Coroutine[Any, Any, str]]]:
     """The retry decorator bound to the virtual clock and a seeded Random."""
     hooks = (events.append,) if events is not None else ()
     return retry(config, clock=clock, random=random.Random(SEED), hooks=hooks, stage="s")
@@ -275,7 +278,7 @@ async def test_decorated_function_keeps_its_name(clock: VirtualClock) -> None:
         return "ok"
 
     wrapped = retrying(clock, Retry())(fetch)
-    assert ("fetch", "Fetch it.") == (wrapped.__name__, wrapped.__doc__)  # type: ignore[attr-defined]
+    assert ("fetch", "Fetch it.") == (wrapped.__name__, wrapped.__doc__)
     assert "ok" == await wrapped()
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import pytest
 
 from riprap import ConfigError, SystemClock
 from riprap._errors import StageTimeout
-from riprap._virtual_clock import VirtualClock
 from riprap.policies import fail_after, move_on_after, timeout
+
+if TYPE_CHECKING:
+    from riprap._virtual_clock import VirtualClock
 
 
 @pytest.mark.anyio
@@ -145,3 +149,22 @@ def test_non_positive_timeout_is_a_config_error() -> None:
         timeout(0)
     with pytest.raises(ConfigError):
         timeout(-1.0)
+
+
+@pytest.mark.anyio
+async def test_deadline_coinciding_with_a_wake_up_still_cancels(clock: VirtualClock) -> None:
+    """A body that wakes at the very instant of the deadline is still cancelled there."""
+    reached: list[float] = []
+
+    async def body() -> None:
+        async with fail_after(5, clock=clock):
+            await clock.sleep(3)
+            await clock.sleep(2)  # wakes at t=5, together with the timer
+            reached.append(clock.monotonic())
+            await clock.sleep(1)
+            reached.append(clock.monotonic())
+
+    with pytest.raises(StageTimeout):
+        await body()
+    assert [5.0] == reached
+    assert 5.0 == clock.monotonic()
