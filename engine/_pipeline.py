@@ -21,6 +21,13 @@ from ._errors import ConfigError
 from ._protocols import Sink, Source, Stage
 from ._redact import Redactor
 from ._routing import DeadLetterGuard
+from .policies import Bulkhead, CircuitBreaker, Policies, PolicyHook, Retry
+
+DEFAULT_SINK_RETRY = Retry(attempts=5, timeout=120.0, wait_initial=0.2, wait_max=10.0)
+"""Retries of a failed sink write unless the pipeline says otherwise."""
+
+DEFAULT_SINK_ATTEMPT_TIMEOUT = 60.0
+"""Seconds one sink write may take unless the pipeline says otherwise."""
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -55,6 +62,8 @@ class PipelineOptions:
             (reason ``crash_loop``) on the next start instead of processed.
         dlq_guard: Stops (or pauses) the run when dead-lettering looks systematic;
             ``None`` turns the guard off.
+        policy_hooks: Receive every retry, give-up, breaker change, rejection and
+            fallback of every step (metrics and alerts plug in here).
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -70,6 +79,7 @@ class PipelineOptions:
     redactor: Redactor = field(default_factory=Redactor)
     max_crashes: int = 3
     dlq_guard: DeadLetterGuard | None = field(default_factory=DeadLetterGuard)
+    policy_hooks: tuple[PolicyHook, ...] = ()
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -126,11 +136,19 @@ class OpStep:
     ordered: bool = True
     record: bool = False
     on_error: OnError = "dlq"
+    policies: Policies | None = None
+    fallback: Callable[..., Any] | None = None
 
     @property
     def fusable(self) -> bool:
         """Whether this step can run inside a fused sync loop."""
-        return not self.is_async and not self.record and self.concurrency == 1
+        return (
+            not self.is_async
+            and not self.record
+            and self.concurrency == 1
+            and self.policies is None
+            and self.fallback is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +202,7 @@ class Pipeline:
     steps: tuple[Step, ...]
     source_: Source | None
     sink_: Sink | None
+    sink_policies: Policies | None
 
     def __init__(self, name: str, **options: Any) -> None:
         for key in options:
@@ -204,6 +223,7 @@ class Pipeline:
         object.__setattr__(self, "steps", ())
         object.__setattr__(self, "source_", None)
         object.__setattr__(self, "sink_", None)
+        object.__setattr__(self, "sink_policies", None)
 
     def _with(self, **changes: Any) -> Pipeline:
         new = object.__new__(Pipeline)
@@ -229,14 +249,30 @@ class Pipeline:
             )
         return self._with(source_=source)
 
-    def sink(self, sink: Sink) -> Pipeline:
-        """Set where records go."""
+    def sink(
+        self,
+        sink: Sink,
+        *,
+        retry: Retry | None = DEFAULT_SINK_RETRY,
+        timeout: float | None = None,
+        attempt_timeout: float | None = DEFAULT_SINK_ATTEMPT_TIMEOUT,
+        breaker: CircuitBreaker | None = None,
+        bulkhead: Bulkhead | None = None,
+    ) -> Pipeline:
+        """Set where records go, and the policies around its writes.
+
+        By default a write that fails transiently is retried
+        (:data:`DEFAULT_SINK_RETRY`) and each attempt has a timeout; when the
+        sink stays down the run stops without loss (the checkpoint does not
+        pass unwritten records). A breaker on the sink always waits while open.
+        """
         if not isinstance(sink, Sink):
             raise ConfigError(
                 "sink",
                 f"{sink!r} does not implement Sink (name, idempotent, open, write, flush, aclose)",
             )
-        return self._with(sink_=sink)
+        policies = _policies("sink", retry, timeout, attempt_timeout, breaker, "wait", bulkhead)
+        return self._with(sink_=sink, sink_policies=policies)
 
     def map(
         self,
@@ -247,6 +283,13 @@ class Pipeline:
         ordered: bool = True,
         record: bool = False,
         on_error: OnError = "dlq",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        attempt_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        on_open: Literal["wait", "raise"] = "wait",
+        bulkhead: Bulkhead | None = None,
+        fallback: Callable[..., Any] | None = None,
     ) -> Pipeline:
         """Replace each value with ``fn(value)``; ``fn`` may be sync or async.
 
@@ -258,8 +301,22 @@ class Pipeline:
             record: Pass whole records instead of plain values.
             on_error: ``"dlq"`` dead-letters records that raise a ``DataError`` (when
                 the pipeline has a dead-letter sink); ``"stop"`` stops the run instead.
+            retry: Retry transient failures (see :class:`~riprap.policies.Retry`).
+            timeout: Seconds for the whole call, retries included.
+            attempt_timeout: Seconds for one attempt (a timed-out attempt is retried).
+            breaker: The dependency's shared :class:`~riprap.policies.CircuitBreaker`.
+            on_open: While the breaker is open, ``"wait"`` (backpressure, the default)
+                or ``"raise"`` (the record fails with ``CircuitOpenError``).
+            bulkhead: A :class:`~riprap.policies.Bulkhead` limiting concurrent calls.
+            fallback: ``fallback(error, value)`` (sync or async) gives a degraded
+                result when the call fails for good; counted as a fallback.
         """
-        return self._add_op("map", step_id, fn, concurrency, ordered, record, on_error)
+        policies = _policies(
+            f"map({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
+        )
+        return self._add_op(
+            "map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback
+        )
 
     def filter(
         self,
@@ -270,9 +327,21 @@ class Pipeline:
         ordered: bool = True,
         record: bool = False,
         on_error: OnError = "dlq",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        attempt_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        on_open: Literal["wait", "raise"] = "wait",
+        bulkhead: Bulkhead | None = None,
+        fallback: Callable[..., Any] | None = None,
     ) -> Pipeline:
         """Keep values for which ``fn(value)`` is truthy; dropped records count as done."""
-        return self._add_op("filter", step_id, fn, concurrency, ordered, record, on_error)
+        policies = _policies(
+            f"filter({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
+        )
+        return self._add_op(
+            "filter", step_id, fn, concurrency, ordered, record, on_error, policies, fallback
+        )
 
     def flat_map(
         self,
@@ -283,9 +352,21 @@ class Pipeline:
         ordered: bool = True,
         record: bool = False,
         on_error: OnError = "dlq",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        attempt_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        on_open: Literal["wait", "raise"] = "wait",
+        bulkhead: Bulkhead | None = None,
+        fallback: Callable[..., Any] | None = None,
     ) -> Pipeline:
         """Replace each value with every item of the iterable ``fn(value)`` returns."""
-        return self._add_op("flat_map", step_id, fn, concurrency, ordered, record, on_error)
+        policies = _policies(
+            f"flat_map({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
+        )
+        return self._add_op(
+            "flat_map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback
+        )
 
     def batch(self, step_id: str, size: int, *, timeout: float | None = None) -> Pipeline:
         """Group values into lists of ``size``; a partial list goes out after ``timeout`` s."""
@@ -314,6 +395,8 @@ class Pipeline:
         ordered: bool,
         record: bool,
         on_error: OnError,
+        policies: Policies | None = None,
+        fallback: Callable[..., Any] | None = None,
     ) -> Pipeline:
         self._check_step_id(step_id)
         where = f"{kind}({step_id!r})"
@@ -328,7 +411,11 @@ class Pipeline:
             )
         if on_error not in ("dlq", "stop"):
             raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
-        step = OpStep(kind, step_id, fn, is_async, concurrency, ordered, record, on_error)
+        if fallback is not None and not callable(fallback):
+            raise ConfigError(f"{where}.fallback", f"must be callable, got {fallback!r}")
+        step = OpStep(
+            kind, step_id, fn, is_async, concurrency, ordered, record, on_error, policies, fallback
+        )
         return self._with(steps=(*self.steps, step))
 
     def _check_step_id(self, step_id: str) -> None:
@@ -365,6 +452,40 @@ class Pipeline:
         """Run until the source is exhausted (or the run is stopped); return the report."""
         async with self.open() as running:
             return await running.wait()
+
+
+def _policies(
+    where: str,
+    retry: Retry | None,
+    timeout: float | None,
+    attempt_timeout: float | None,
+    breaker: CircuitBreaker | None,
+    on_open: Literal["wait", "raise"],
+    bulkhead: Bulkhead | None,
+) -> Policies | None:
+    """The :class:`Policies` of a step, ``None`` when it has none; errors name the step."""
+    for name, value, kind in (
+        ("retry", retry, Retry),
+        ("breaker", breaker, CircuitBreaker),
+        ("bulkhead", bulkhead, Bulkhead),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{where}.{name}", f"must be a {kind.__name__}, got {value!r}")
+    for name, seconds in (("timeout", timeout), ("attempt_timeout", attempt_timeout)):
+        if seconds is not None:
+            _positive_number(f"{where}.{name}", seconds)
+    if on_open not in ("wait", "raise"):
+        raise ConfigError(f"{where}.on_open", f"must be 'wait' or 'raise', got {on_open!r}")
+    if all(v is None for v in (retry, timeout, attempt_timeout, breaker, bulkhead)):
+        return None
+    return Policies(
+        retry=retry,
+        timeout=timeout,
+        attempt_timeout=attempt_timeout,
+        breaker=breaker,
+        on_open=on_open if breaker is not None else "raise",
+        bulkhead=bulkhead,
+    )
 
 
 def _given(options: PipelineOptions, names: Iterable[str]) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, final
 
+from .policies import CircuitState, CircuitStateChanged, FallbackUsed, RetryScheduled
+
 if TYPE_CHECKING:
+    from .policies import PolicyEvent
     from collections.abc import Mapping
 
 Outcome = Literal["completed", "stopped", "failed", "aborted"]
@@ -66,6 +69,9 @@ class RunReport:
         records_out: Records the sink wrote.
         dropped: Records a filter removed on purpose.
         dead_lettered: Records sent to the dead-letter queue, by reason.
+        fallbacks: Calls answered by a step's fallback (degraded results).
+        retries: Retries of failed calls, in steps and the sink.
+        breaker_trips: Times a circuit breaker opened.
         duration: Seconds from start to the final checkpoint.
         checkpoints: Checkpoints written.
         positions: The final checkpointed position of every partition.
@@ -83,6 +89,9 @@ class RunReport:
     positions: Mapping[str, int]
     steps: tuple[StepStats, ...]
     dead_lettered: Mapping[str, int] = field(default_factory=dict)
+    fallbacks: int = 0
+    retries: int = 0
+    breaker_trips: int = 0
     error: str | None = None
 
     @property
@@ -101,6 +110,9 @@ class RunReport:
         ]
         lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]
         lines += [
+            f"  fallbacks       {self.fallbacks:>12,}",
+            f"  retries         {self.retries:>12,}",
+            f"  breaker trips   {self.breaker_trips:>12,}",
             f"  time            {self.duration:>11.2f}s",
             f"  rate            {self.rate:>10,.0f}/s",
             f"  checkpoints     {self.checkpoints:>12,}",
@@ -108,3 +120,23 @@ class RunReport:
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
+
+
+@final
+class PolicyCounters:
+    """A policy hook that counts retries, fallbacks and breaker trips for the report."""
+
+    __slots__ = ("breaker_trips", "fallbacks", "retries")
+
+    def __init__(self) -> None:
+        self.retries = 0
+        self.fallbacks = 0
+        self.breaker_trips = 0
+
+    def __call__(self, event: PolicyEvent) -> None:
+        if isinstance(event, RetryScheduled):
+            self.retries += 1
+        elif isinstance(event, FallbackUsed):
+            self.fallbacks += 1
+        elif isinstance(event, CircuitStateChanged) and event.new is CircuitState.OPEN:
+            self.breaker_trips += 1

@@ -19,6 +19,7 @@ import anyio
 
 from ._deadletter import DeadLetter
 from ._errors import ConfigError, DataError, EngineError, PipelineError
+from .policies._retry import attempts_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -169,7 +170,7 @@ class Router:
             reason=reason,
             record=record,
             source=self.source,
-            attempts=max(attempts, getattr(error, "attempts", 1)),
+            attempts=max(attempts, attempts_of(error)),
             first_failure_at=now,
             last_failure_at=now,
             config_hash=self.config_hash,

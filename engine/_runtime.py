@@ -24,12 +24,15 @@ import anyio
 from ._acks import CompletionTracker, InFlight
 from ._checkpointer import Checkpointer
 from ._errors import DataError, EngineError, PipelineError, PoisonPillError
-from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step
+from ._clock import SYSTEM_CLOCK, Clock
+from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step, _is_async
+from ._report import PolicyCounters
 from ._protocols import Sink, Source, SourceContext
 from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
 from ._report import Outcome, RunReport, RunStatistics, StepCounters
 from ._routing import Router
 from ._segments import AsyncSegment, BatchSegment, ErrorRouter, FusedSegment, Segment, StageSegment
+from .policies import Policies, PolicyHook, PolicyStack
 from .policies._classify import DEFAULT_CLASSIFIER
 
 if TYPE_CHECKING:
@@ -48,7 +51,13 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def build_segments(steps: Sequence[Step], router: ErrorRouter) -> list[Segment]:
+def build_segments(
+    steps: Sequence[Step],
+    router: ErrorRouter,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    hooks: Sequence[PolicyHook] = (),
+) -> list[Segment]:
     """Group consecutive fusable steps into fused loops; everything else runs on its own."""
     segments: list[Segment] = []
     run: list[OpStep] = []
@@ -60,7 +69,7 @@ def build_segments(steps: Sequence[Step], router: ErrorRouter) -> list[Segment]:
             segments.append(FusedSegment(run, router))
             run = []
         if isinstance(step, OpStep):
-            segments.append(AsyncSegment(step, router, _as_async(step)))
+            segments.append(AsyncSegment(step, router, _step_call(step, clock, hooks)))
         elif isinstance(step, BatchStep):
             segments.append(BatchSegment(step))
         elif isinstance(step, StageStep):
@@ -70,10 +79,44 @@ def build_segments(steps: Sequence[Step], router: ErrorRouter) -> list[Segment]:
     return segments
 
 
-def _as_async(step: OpStep) -> Callable[[Any], Awaitable[Any]]:
-    fn = step.fn
-    if step.is_async:
+def _step_call(
+    step: OpStep, clock: Clock, hooks: Sequence[PolicyHook]
+) -> Callable[[Any], Awaitable[Any]]:
+    """The step's function as an async callable behind its policy stack."""
+    call = _as_async(step.fn, step.is_async)
+    if step.policies is None and step.fallback is None:
+        return call
+    stack = PolicyStack(
+        step.policies,
+        stage=step.step_id,
+        clock=_stack_clock(step.policies, clock),
+        hooks=hooks,
+    )
+    fallback = step.fallback
+    if fallback is None:
+        return stack.wrap(call)
+    degrade = _as_async(fallback, _is_async(fallback), arity=2)
+    return stack.wrap(call, fallback=degrade)
+
+
+def _stack_clock(policies: Policies | None, clock: Clock) -> Clock:
+    """A breaker keeps its own clock; the stack must use the same one."""
+    if policies is not None and policies.breaker is not None:
+        return policies.breaker.clock
+    return clock
+
+
+def _as_async(
+    fn: Callable[..., Any], is_async: bool, *, arity: int = 1
+) -> Callable[..., Awaitable[Any]]:
+    if is_async:
         return fn
+    if arity == 2:
+
+        async def call2(a: Any, b: Any) -> Any:
+            return fn(a, b)
+
+        return call2
 
     async def call(value: Any) -> Any:
         return fn(value)
@@ -126,7 +169,16 @@ class Runtime:
             on_error={s.step_id: s.on_error for s in pipeline.steps if isinstance(s, OpStep)},
             guard=self.options.dlq_guard,
         )
-        self.segments = build_segments(pipeline.steps, self.router)
+        self.events = PolicyCounters()
+        hooks = (self.events, *self.options.policy_hooks)
+        self.segments = build_segments(pipeline.steps, self.router, clock=self.clock, hooks=hooks)
+        sink_policies = pipeline.sink_policies
+        self._sink_write = PolicyStack(
+            sink_policies,
+            stage=self.sink.name,
+            clock=_stack_clock(sink_policies, self.clock),
+            hooks=hooks,
+        ).wrap(self.sink.write)
         self.quarantine: dict[str, dict[int, int]] = {}
         self.sink_counters = StepCounters(self.sink.name)
         self.in_flight = InFlight(self.options.max_in_flight)
@@ -339,7 +391,7 @@ class Runtime:
     async def _write(self, batch: Batch) -> None:
         """Write a batch; on a ``DataError`` write its records one by one to find the bad ones."""
         try:
-            await self.sink.write(batch)
+            await self._sink_write(batch)
         except DataError as error:
             if self.options.dead_letter is None or len(batch.items) == 1:
                 self.router.handle(self.sink.name, batch, 0, batch.items[0], error)
@@ -350,7 +402,7 @@ class Runtime:
             for i, item in enumerate(batch.items):
                 single = Batch([item], batch.ack, IndexOrigin(batch.origin, [i]))
                 try:
-                    await self.sink.write(single)
+                    await self._sink_write(single)
                     kept.append(item)
                 except DataError as item_error:
                     self.router.handle(self.sink.name, batch, i, item, item_error)
@@ -444,6 +496,9 @@ class Runtime:
             positions=self.tracker.positions(),
             steps=(*tuple(s.counters.freeze() for s in self.segments), self.sink_counters.freeze()),
             dead_lettered=dict(self.router.counts),
+            fallbacks=self.events.fallbacks,
+            retries=self.events.retries,
+            breaker_trips=self.events.breaker_trips,
             error=str(self.error) if self.error is not None else None,
         )
 

@@ -51,13 +51,14 @@ class VirtualClock:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_heap", "_new_sleeper", "_now", "_seq", "_wall_offset")
+    __slots__ = ("_cancelled", "_heap", "_new_sleeper", "_now", "_seq", "_wall_offset")
 
     def __init__(self, *, start: float = 0.0, wall_start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._wall_offset = wall_start - start
         self._heap: list[_Entry] = []
         self._seq = 0
+        self._cancelled = 0  # withdrawn sleepers still in the heap
         self._new_sleeper: anyio.Event | None = None
 
     def monotonic(self) -> float:
@@ -91,6 +92,17 @@ class VirtualClock:
             await event.wait()
         finally:
             sleeper.event = None  # woken or cancelled: the driver skips it
+            if not event.is_set():
+                self._withdraw()
+
+    def _withdraw(self) -> None:
+        # Timeouts leave a cancelled timer behind on every call that finishes in
+        # time: compact the heap once they are the majority.
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+            self._heap = [entry for entry in self._heap if entry[2].event is not None]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and wake every sleeper now due.
@@ -111,6 +123,7 @@ class VirtualClock:
         heap = self._heap
         while heap and heap[0][2].event is None:
             heapq.heappop(heap)
+            self._cancelled -= 1
         return heap[0][0] if heap else None
 
     @property
@@ -158,6 +171,8 @@ class VirtualClock:
             event = heapq.heappop(heap)[2].event
             if event is not None:
                 event.set()
+            else:
+                self._cancelled -= 1
 
 
 # Tasks spinning in a quiescence wait; they count as blocked for each other.

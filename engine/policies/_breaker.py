@@ -201,6 +201,7 @@ class CircuitBreaker:
         "_classifier",
         "_clock",
         "_emitter",
+        "_evaluate_every_call",
         "_generation",
         "_open_duration",
         "_opened_at",
@@ -237,6 +238,7 @@ class CircuitBreaker:
             if config.window == "count"
             else TimeWindow(config.window_size)
         )
+        self._evaluate_every_call = config.window == "time"
         self._state = _CLOSED
         self._generation = 0
         self._opened_at = 0.0
@@ -329,6 +331,10 @@ class CircuitBreaker:
             CircuitOpenError: If the breaker is open, forced open, or half-open
                 with every probe taken.
         """
+        if self._state is _CLOSED:  # the hot path
+            return CallPermit(
+                self, self._generation, self._clock.monotonic(), probe=False, stage=stage
+            )
         permit = self._try_acquire(stage)
         if permit is not None:
             return permit
@@ -389,7 +395,7 @@ class CircuitBreaker:
                 now = self._clock.monotonic()
                 slow = now - permit._started > self._slow_duration
                 self._window.add(now, failed=failed, slow=slow)
-                self._evaluate_closed(now, permit.stage)
+                self._evaluate_closed(now, permit.stage, changed=failed or slow)
         elif self._state is _HALF_OPEN and permit.probe:
             if failed is None:
                 self._probes_admitted -= 1  # let another probe through
@@ -399,11 +405,16 @@ class CircuitBreaker:
             else:
                 self._record_probe(permit, failed)
 
-    def _evaluate_closed(self, now: float, stage: str | None) -> None:
+    def _evaluate_closed(self, now: float, stage: str | None, *, changed: bool) -> None:
         calls, failures, slow = self._window.totals(now)
-        if calls < self.config.minimum_calls:
+        minimum = self.config.minimum_calls
+        # In a count window a fast success cannot raise either rate, so once the
+        # window holds enough calls only failures and slow calls need a look. In
+        # a time window it can (older successes expire): always evaluate there.
+        if calls > minimum and not changed and not self._evaluate_every_call:
             return
-        self._decide(calls, failures, slow, stage, close=False)
+        if calls >= minimum:
+            self._decide(calls, failures, slow, stage, close=False)
 
     def _record_probe(self, permit: CallPermit, failed: bool) -> None:
         self._probe_calls += 1

@@ -166,7 +166,13 @@ class Classifier:
         return clone
 
     def classify(self, exc: BaseException) -> Verdict:
-        """The verdict for ``exc``. Cancellation is never classified: it is not an error."""
+        """The verdict for ``exc``.
+
+        :class:`~riprap.CircuitOpenError` and :class:`~riprap.BulkheadFullError`
+        are ``"transient"`` (the dependency's state, not the record's) even
+        though no policy retries them. Cancellation is not an error and the
+        policies never ask about it; a bare ``BaseException`` gets ``"bug"``.
+        """
         for hook in self._hooks:
             verdict = hook(exc)
             if verdict is not None:

@@ -20,6 +20,7 @@ the attempt count.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random as _random_module
@@ -310,6 +311,10 @@ class RetryLayer:
         return delay
 
     def _give_up(self, exc: Exception, attempts: int, reason: GiveUpReason) -> None:
+        # The exception is re-raised unchanged; the attempt count rides along for
+        # the dead-letter envelope (see attempts_of).
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _ATTEMPTS_ATTR, attempts)
         emitter = self._emitter
         if emitter.hooks:
             emitter.emit(
@@ -354,3 +359,12 @@ def retry(
         emitter=Emitter(hooks, clock=clock, stage=stage, dependency=dependency),
     )
     return layer.wrap
+
+
+_ATTEMPTS_ATTR = "_riprap_attempts"
+
+
+def attempts_of(exc: BaseException) -> int:
+    """How many attempts a retry policy made before giving up with ``exc`` (1 if none did)."""
+    attempts = getattr(exc, _ATTEMPTS_ATTR, 1)
+    return attempts if isinstance(attempts, int) else 1

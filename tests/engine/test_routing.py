@@ -11,6 +11,7 @@ import pytest
 import riprap
 from riprap._dlq_sinks import JsonLinesDeadLetters, read_dead_letters
 from riprap._routing import DeadLetterWriteError
+from riprap._virtual_clock import VirtualClock
 from riprap.connectors.memory import IterableSource, MemorySink
 
 if TYPE_CHECKING:
@@ -22,21 +23,22 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-class InstantClock:
-    """Real wall time, but sleeps return at once (retry pauses cost nothing)."""
+class RecordingClock:
+    """A virtual clock (time jumps when every task waits) that records each sleep."""
 
     def __init__(self) -> None:
+        self.inner = VirtualClock()
         self.slept: list[float] = []
 
     def monotonic(self) -> float:
-        return 0.0
+        return self.inner.monotonic()
 
     def time(self) -> float:
-        return 1_700_000_000.0
+        return self.inner.time()
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        await anyio.lowlevel.checkpoint()
+        await self.inner.sleep(seconds)
 
 
 def parse(raw: bytes) -> dict[str, Any]:
@@ -177,20 +179,22 @@ async def test_unwritable_dlq_stops_without_moving_the_position() -> None:
     """If the DLQ cannot be written, the run retries, then stops; the bad record is not passed."""
     backend = riprap.MemoryCheckpoints()
     dlq = BrokenDeadLetters()
-    clock = InstantClock()
+    clock = RecordingClock()
     p = (
         riprap.Pipeline("orders", checkpoint=backend, dead_letter=dlq, clock=clock, batch_size=5)
         .source(IterableSource("in", records(20, {12: b"{"})))
         .map("parse", parse)
         .sink(MemorySink())
     )
-    with pytest.raises(DeadLetterWriteError, match="failed 5 times"):
-        await p.run()
+    async with clock.inner.autojump():
+        with pytest.raises(DeadLetterWriteError, match="failed 5 times"):
+            await p.run()
     saved = await backend.load("orders")
     assert saved is not None
     assert {"memory": 10} == dict(saved.positions)
     assert 5 == dlq.attempts
-    assert [0.2, 0.4, 0.8, 1.6] == [t for t in clock.slept if t != 5.0]  # 5.0: checkpoint ticks
+    backoff = [t for t in clock.slept if t not in (5.0, 60.0)]  # not checkpoint ticks or timeouts
+    assert [0.2, 0.4, 0.8, 1.6] == backoff
 
 
 async def test_crash_loop_is_quarantined_after_max_crashes(tmp_path: Path) -> None:

@@ -99,13 +99,15 @@ def test_time_window_counts_within_the_window() -> None:
 
 
 @pytest.mark.anyio
-async def test_slow_calls_open_the_breaker(clock: VirtualClock) -> None:
-    """Successful but slow calls trip the slow-call-rate threshold."""
+@pytest.mark.parametrize("window", ["count", "time"])
+async def test_slow_calls_open_the_breaker(clock: VirtualClock, window: str) -> None:
+    """Successful but slow calls trip the slow-call-rate threshold, in either window type."""
     events: list[PolicyEvent] = []
     b = breaker(
         clock,
         events,
-        window_size=4,
+        window=window,
+        window_size=60,
         minimum_calls=2,
         slow_call_duration=2.0,
         slow_call_rate_threshold=0.5,
@@ -116,6 +118,7 @@ async def test_slow_calls_open_the_breaker(clock: VirtualClock) -> None:
         await clock.sleep(seconds)
 
     await call(1.0)
+    assert CLOSED == b.state
     await call(3.0)  # 1 of 2 slow: 50%
     assert OPEN == b.state
     assert [("closed", "open", "slow_call_rate")] == transitions(events)
@@ -203,9 +206,12 @@ def test_released_probe_lets_another_through() -> None:
 
 
 @pytest.mark.anyio
-async def test_many_waiters_exactly_n_probes_pass(clock: VirtualClock) -> None:
+@pytest.mark.parametrize("window", ["count", "time"])
+async def test_many_waiters_exactly_n_probes_pass(clock: VirtualClock, window: str) -> None:
     """Fifty callers wait on an open breaker; exactly three probes run in half-open."""
-    b = breaker(clock, window_size=2, minimum_calls=2, open_duration=30, half_open_probes=3)
+    b = breaker(
+        clock, window=window, window_size=2, minimum_calls=2, open_duration=30, half_open_probes=3
+    )
     feed(b, FAIL, FAIL)
     release_probes = anyio.Event()
     inside = peak_half_open = done = 0
@@ -332,3 +338,27 @@ def test_invalid_config_names_the_option(options: dict[str, Any], option: str) -
     with pytest.raises(ConfigError) as info:
         BreakerConfig(**options)
     assert option == info.value.option
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiter_takes_no_permit(clock: VirtualClock) -> None:
+    """A caller cancelled while waiting for a permit leaves every probe to the others."""
+    b = breaker(clock, window_size=2, minimum_calls=2, open_duration=30, half_open_probes=1)
+    feed(b, FAIL, FAIL)
+    with anyio.move_on_after(0):
+        await b.wait_until_permitted()
+    await clock.sleep(30)
+    permit = b.allow()
+    assert permit.probe
+    permit.record(None)
+    assert CLOSED == b.state
+
+
+def test_outcome_is_recorded_once() -> None:
+    """Recording a permit twice counts it once."""
+    b = breaker(VirtualClock(), window_size=10, minimum_calls=5)
+    permit = b.allow()
+    permit.record(FAIL)
+    permit.record(FAIL)
+    permit.release()
+    assert (1, 1) == (b.statistics().calls, b.statistics().failures)

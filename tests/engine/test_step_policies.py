@@ -1,0 +1,224 @@
+"""Resilience policies on pipeline steps and sinks, in virtual time."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import anyio
+import pytest
+
+import riprap
+from riprap._virtual_clock import VirtualClock
+from riprap.connectors.memory import IterableSource, MemorySink
+from riprap.policies import BreakerConfig, Bulkhead, CircuitBreaker, Retry
+
+pytestmark = pytest.mark.anyio
+
+
+class FlakyService:
+    """A dependency that fails a seeded 30% of calls with a transient error."""
+
+    def __init__(self, clock: VirtualClock, *, failure_rate: float, seed: int = 3) -> None:
+        self.clock = clock
+        self.random = random.Random(seed)
+        self.failure_rate = failure_rate
+        self.calls = 0
+        self.failures = 0
+        self.down_until = -1.0
+
+    async def enrich(self, value: int) -> dict[str, Any]:
+        self.calls += 1
+        await self.clock.sleep(0.01)
+        if self.clock.monotonic() < self.down_until or self.random.random() < self.failure_rate:
+            self.failures += 1
+            raise riprap.TransientError("service unavailable", retry_after=None)
+        return {"id": value, "score": value * 2}
+
+
+async def test_flaky_dependency_loses_no_record() -> None:
+    """With 30% transient failures, retries get every record to the sink, in order."""
+    clock = VirtualClock()
+    service = FlakyService(clock, failure_rate=0.3)
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline("flaky", checkpoint=riprap.MemoryCheckpoints(), clock=clock, batch_size=50)
+        .source(IterableSource("ids", list(range(500))))
+        .map(
+            "enrich",
+            service.enrich,
+            concurrency=8,
+            retry=Retry(attempts=20, timeout=None, wait_initial=0.05, wait_max=1.0),
+            attempt_timeout=1.0,
+        )
+        .sink(sink)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    assert [{"id": i, "score": i * 2} for i in range(500)] == sink.values
+    assert service.failures == report.retries
+    assert service.failures > 100
+    assert {} == report.dead_lettered
+
+
+async def test_dead_dependency_opens_breaker_and_pipeline_waits_then_completes() -> None:
+    """A dead dependency trips the breaker; the pipeline waits (no rejects) and then finishes."""
+    clock = VirtualClock()
+    service = FlakyService(clock, failure_rate=0.0)
+    service.down_until = 30.0  # dead for the first 30 s of virtual time
+    breaker = CircuitBreaker(
+        "scores",
+        BreakerConfig(window_size=20, minimum_calls=10, open_duration=5.0, half_open_probes=2),
+        clock=clock,
+    )
+    sink = MemorySink()
+    seen_open: list[float] = []
+
+    def watch(event: Any) -> None:
+        if isinstance(event, riprap.policies.CircuitStateChanged) and event.new == "open":
+            seen_open.append(clock.monotonic())
+
+    p = (
+        riprap.Pipeline(
+            "outage",
+            checkpoint=riprap.MemoryCheckpoints(),
+            clock=clock,
+            batch_size=20,
+            max_in_flight=100,
+            policy_hooks=(watch,),
+        )
+        .source(IterableSource("ids", list(range(300))))
+        .map(
+            "enrich",
+            service.enrich,
+            concurrency=4,
+            retry=Retry(attempts=None, timeout=600.0, wait_initial=0.1, wait_max=2.0),
+            breaker=breaker,
+            bulkhead=Bulkhead(4),
+        )
+        .sink(sink)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    assert [{"id": i, "score": i * 2} for i in range(300)] == sink.values
+    assert {} == report.dead_lettered
+    assert report.breaker_trips >= 1
+    assert seen_open and seen_open[0] < 30.0
+    assert clock.monotonic() >= 30.0
+
+
+async def test_fallback_gives_a_degraded_result_and_is_counted() -> None:
+    """When retries run out, the fallback's value goes on and the report counts it."""
+    clock = VirtualClock()
+
+    async def always_down(value: int) -> str:
+        raise riprap.TransientError("recommendations down")
+
+    def top_ten(error: Exception, value: int) -> str:
+        return f"top-10 for {value}"
+
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline("degrade", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+        .source(IterableSource("users", [1, 2, 3]))
+        .map("recommend", always_down, retry=Retry(attempts=2, wait_initial=0.1), fallback=top_ten)
+        .sink(sink)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    assert ["top-10 for 1", "top-10 for 2", "top-10 for 3"] == sink.values
+    assert (3, 3) == (report.fallbacks, report.retries)
+
+
+async def test_retries_exhausted_go_to_the_dlq_with_reason(tmp_path: Any) -> None:
+    """A transient error that outlives its retries is dead-lettered as retries_exhausted."""
+    clock = VirtualClock()
+
+    async def sometimes_down(value: int) -> int:
+        if value % 10 == 0:
+            raise riprap.TransientError("timeout talking to the scorer")
+        return value
+
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline(
+            "exhaust",
+            checkpoint=riprap.MemoryCheckpoints(),
+            clock=clock,
+            dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+        )
+        .source(IterableSource("ids", list(range(1, 51))))
+        .map("score", sometimes_down, retry=Retry(attempts=3, wait_initial=0.1))
+        .sink(sink)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    letters = list(riprap.read_dead_letters(tmp_path / "dlq.jsonl"))
+    assert [10, 20, 30, 40, 50] == [letter.original_value() for letter in letters]
+    assert {"retries_exhausted"} == {letter.reason for letter in letters}
+    assert {3} == {letter.attempts for letter in letters}
+    assert {"retries_exhausted": 5} == report.dead_lettered
+    assert [v for v in range(1, 51) if v % 10] == sink.values
+
+
+async def test_sink_write_is_retried_by_default() -> None:
+    """A sink that fails twice transiently still gets every batch, once."""
+    clock = VirtualClock()
+
+    class Hiccup:
+        name = "hiccup"
+        idempotent = True
+
+        def __init__(self) -> None:
+            self.fails = 2
+            self.values: list[int] = []
+
+        async def open(self) -> None: ...
+
+        async def write(self, batch: riprap.Batch) -> None:
+            if self.fails:
+                self.fails -= 1
+                raise ConnectionResetError("peer reset")
+            self.values.extend(batch.items)
+
+        async def flush(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    sink = Hiccup()
+    p = (
+        riprap.Pipeline("retry-sink", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+        .source(IterableSource("ids", list(range(10))))
+        .sink(sink)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    assert list(range(10)) == sink.values
+    assert 2 == report.retries
+
+
+def test_bad_policy_arguments_are_named() -> None:
+    """Policy arguments of a step are checked when the step is added."""
+    p = riprap.Pipeline("p", checkpoint=riprap.MemoryCheckpoints())
+    with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.retry: must be a Retry"):
+        p.map("m", str, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.timeout: must be a positive"):
+        p.map("m", str, timeout=-1)
+    with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.on_open: must be 'wait'"):
+        p.map("m", str, on_open="later")  # type: ignore[arg-type]
+    with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.fallback: must be callable"):
+        p.map("m", str, fallback="top-10")
+
+
+async def test_policy_steps_are_not_fused() -> None:
+    """A sync step with a policy runs on its own (it may wait), and still works."""
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline("p", checkpoint=riprap.MemoryCheckpoints())
+        .source(IterableSource("ids", [1, 2]))
+        .map("double", lambda v: v * 2, timeout=5.0)
+        .sink(sink)
+    )
+    await p.run()
+    assert [2, 4] == sink.values
+    await anyio.lowlevel.checkpoint()
