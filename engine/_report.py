@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Literal, final
 from .policies import CircuitState, CircuitStateChanged, FallbackUsed, RetryScheduled
 
 if TYPE_CHECKING:
-    from .policies import PolicyEvent
     from collections.abc import Mapping
+
+    from .policies import PolicyEvent
 
 Outcome = Literal["completed", "stopped", "failed", "aborted"]
 

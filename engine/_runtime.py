@@ -23,13 +23,12 @@ import anyio
 
 from ._acks import CompletionTracker, InFlight
 from ._checkpointer import Checkpointer
-from ._errors import DataError, EngineError, PipelineError, PoisonPillError
 from ._clock import SYSTEM_CLOCK, Clock
+from ._errors import DataError, EngineError, PipelineError, PoisonPillError
 from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step, _is_async
-from ._report import PolicyCounters
 from ._protocols import Sink, Source, SourceContext
 from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
-from ._report import Outcome, RunReport, RunStatistics, StepCounters
+from ._report import Outcome, PolicyCounters, RunReport, RunStatistics, StepCounters
 from ._routing import Router
 from ._segments import AsyncSegment, BatchSegment, ErrorRouter, FusedSegment, Segment, StageSegment
 from .policies import Policies, PolicyHook, PolicyStack
