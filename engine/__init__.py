@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 
 from ._acks import Ack as Ack
 from ._checkpoint import Checkpoint as Checkpoint
@@ -21,7 +22,9 @@ from ._dlq_sinks import SqliteDeadLetters as SqliteDeadLetters
 from ._dlq_sinks import purge_dead_letters as purge_dead_letters
 from ._dlq_sinks import read_dead_letters as read_dead_letters
 from ._dlq_source import DeadLetterSource as DeadLetterSource
+from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import CheckpointError as CheckpointError
+from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import ConfigError as ConfigError
 from ._errors import DataError as DataError
 from ._errors import DecodeError as DecodeError
@@ -29,6 +32,7 @@ from ._errors import EngineError as EngineError
 from ._errors import FencedError as FencedError
 from ._errors import PipelineError as PipelineError
 from ._errors import PoisonPillError as PoisonPillError
+from ._errors import StageTimeout as StageTimeout
 from ._errors import TransientError as TransientError
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineOptions as PipelineOptions
@@ -53,9 +57,11 @@ from ._runtime import RunningPipeline as RunningPipeline
 __all__ = (
     "Ack",
     "Batch",
+    "BulkheadFullError",
     "Checkpoint",
     "CheckpointBackend",
     "CheckpointError",
+    "CircuitOpenError",
     "Claim",
     "Clock",
     "ConfigError",
@@ -89,6 +95,7 @@ __all__ = (
     "SqliteCheckpoints",
     "SqliteDeadLetters",
     "Stage",
+    "StageTimeout",
     "StepStats",
     "SystemClock",
     "TransientError",
@@ -97,6 +104,9 @@ __all__ = (
     "run",
     "run_async",
 )
+
+
+__version__ = importlib.metadata.version("riprap")
 
 
 def _public_module_names() -> None:
