@@ -40,6 +40,7 @@ from ._protocols import Sink as Sink
 from ._protocols import Source as Source
 from ._protocols import SourceContext as SourceContext
 from ._protocols import Stage as Stage
+from ._protocols import StageContext as StageContext
 from ._records import Batch as Batch
 from ._records import Record as Record
 from ._records import SourceBatch as SourceBatch
@@ -95,6 +96,7 @@ __all__ = (
     "SqliteCheckpoints",
     "SqliteDeadLetters",
     "Stage",
+    "StageContext",
     "StageTimeout",
     "StepStats",
     "SystemClock",

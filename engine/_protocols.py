@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._records import Batch, SourceBatch
+
+if TYPE_CHECKING:
+    from ._clock import Clock
 
 Emit = Callable[[Batch], Awaitable[None]]
 
@@ -70,15 +73,37 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    """What a custom stage may use while it runs (handed to its optional ``open``).
+
+    Attributes:
+        pipeline: The pipeline's name.
+        clock: The pipeline's clock (event-time stages use wall time from it).
+        dead_letter: ``dead_letter(batch, index, error, reason)`` sends the source
+            record behind ``batch.items[index]`` to the dead-letter sink with
+            ``reason`` (default: the error's). The record's ack is retained until
+            the write is durable; the runtime writes after ``process`` returns.
+            Without a dead-letter sink it stops the run, like any failing record.
+    """
+
+    pipeline: str
+    clock: Clock
+    dead_letter: Callable[[Batch, int, BaseException, str | None], None]
+
+
 @runtime_checkable
 class Stage(Protocol):
     """A custom processing step that sees whole batches.
 
     ``process`` calls ``emit`` for its output batches (zero or more). Output
     batches must carry acks that cover the input (share ``batch.ack``, or
-    ``retain`` it once per extra output). ``snapshot`` returns JSON-serialisable
-    state saved in the same checkpoint as the source positions (I3); it is
-    called with no await in between, so it must not await.
+    ``retain`` it once per extra output); a stage that absorbs records into its
+    state releases their ack and emits later results under acks of its own
+    (``riprap.Ack(on_done)``). A stage may define ``async def open(self,
+    context: StageContext)``, called once before the first batch. ``snapshot``
+    returns JSON-serialisable state saved in the same checkpoint as the source
+    positions (I3); it is called with no await in between, so it must not await.
     """
 
     step_id: str

@@ -151,6 +151,28 @@ class Router:
             ) from error
         self.dead_letter_record(step_id, batch.ack, _original(batch, index), error, reason)
 
+    def dead_letter_item(
+        self,
+        step_id: str,
+        batch: Batch,
+        index: int,
+        error: BaseException,
+        reason: str | None = None,
+    ) -> None:
+        """Queue ``batch.items[index]`` for the DLQ on a stage's request (stops without a DLQ)."""
+        if self.dead_letter is None:
+            partition, offset = batch.position(index)
+            raise PipelineError(
+                pipeline=self.pipeline,
+                stage=step_id,
+                partition=partition,
+                offset=offset,
+                error=error,
+            ) from error
+        if reason is None:
+            reason = error.reason if isinstance(error, DataError) else "error"
+        self.dead_letter_record(step_id, batch.ack, _original(batch, index), error, reason)
+
     def dead_letter_record(
         self,
         step_id: str,

@@ -26,7 +26,7 @@ from ._checkpointer import Checkpointer
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import DataError, EngineError, PipelineError, PoisonPillError
 from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step, _is_async
-from ._protocols import Sink, Source, SourceContext
+from ._protocols import Sink, Source, SourceContext, StageContext
 from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
 from ._report import Outcome, PolicyCounters, RunReport, RunStatistics, StepCounters
 from ._routing import Router
@@ -253,6 +253,9 @@ class Runtime:
             clock=self.clock,
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
+        for segment in self.segments:
+            if isinstance(segment, StageSegment):
+                await segment.open(self._stage_context(segment.stage.step_id))
         self._started_at = self.clock.monotonic()
         if self.options.dead_letter is not None:
             await self.options.dead_letter.open()
@@ -467,6 +470,16 @@ class Runtime:
         self.finished.set()
 
     # -- helpers ---------------------------------------------------------------
+
+    def _stage_context(self, step_id: str) -> StageContext:
+        router = self.router
+
+        def dead_letter(
+            batch: Batch, index: int, error: BaseException, reason: str | None = None
+        ) -> None:
+            router.dead_letter_item(step_id, batch, index, error, reason)
+
+        return StageContext(pipeline=self.pipeline.name, clock=self.clock, dead_letter=dead_letter)
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from ._pipeline import BatchStep, OpStep, StageStep
+    from ._protocols import StageContext
 
 Receive = ObjectReceiveStream[Batch]
 Send = ObjectSendStream[Batch]
@@ -261,6 +262,12 @@ class StageSegment:
         self.stage = step.stage
         self.counters = StepCounters(step.step_id)
         self.router = router
+
+    async def open(self, context: StageContext) -> None:
+        """Hand the stage its context, if it wants one."""
+        opener = getattr(self.stage, "open", None)
+        if opener is not None:
+            await opener(context)
 
     def snapshot(self) -> dict[str, Any]:
         return {self.stage.step_id: self.stage.snapshot()}
