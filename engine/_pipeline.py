@@ -138,6 +138,7 @@ class OpStep:
     on_error: OnError = "dlq"
     policies: Policies | None = None
     fallback: Callable[..., Any] | None = None
+    key: Callable[[Any], Any] | None = None
 
     @property
     def fusable(self) -> bool:
@@ -148,6 +149,7 @@ class OpStep:
             and self.concurrency == 1
             and self.policies is None
             and self.fallback is None
+            and self.key is None
         )
 
 
@@ -290,6 +292,7 @@ class Pipeline:
         on_open: Literal["wait", "raise"] = "wait",
         bulkhead: Bulkhead | None = None,
         fallback: Callable[..., Any] | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Pipeline:
         """Replace each value with ``fn(value)``; ``fn`` may be sync or async.
 
@@ -310,12 +313,14 @@ class Pipeline:
             bulkhead: A :class:`~riprap.policies.Bulkhead` limiting concurrent calls.
             fallback: ``fallback(error, value)`` (sync or async) gives a degraded
                 result when the call fails for good; counted as a fallback.
+            key: Process records of one key one at a time, in order, while
+                different keys run concurrently (up to ``concurrency``).
         """
         policies = _policies(
             f"map({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
         )
         return self._add_op(
-            "map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback
+            "map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback, key
         )
 
     def filter(
@@ -334,13 +339,14 @@ class Pipeline:
         on_open: Literal["wait", "raise"] = "wait",
         bulkhead: Bulkhead | None = None,
         fallback: Callable[..., Any] | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Pipeline:
         """Keep values for which ``fn(value)`` is truthy; dropped records count as done."""
         policies = _policies(
             f"filter({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
         )
         return self._add_op(
-            "filter", step_id, fn, concurrency, ordered, record, on_error, policies, fallback
+            "filter", step_id, fn, concurrency, ordered, record, on_error, policies, fallback, key
         )
 
     def flat_map(
@@ -359,13 +365,14 @@ class Pipeline:
         on_open: Literal["wait", "raise"] = "wait",
         bulkhead: Bulkhead | None = None,
         fallback: Callable[..., Any] | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Pipeline:
         """Replace each value with every item of the iterable ``fn(value)`` returns."""
         policies = _policies(
             f"flat_map({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
         )
         return self._add_op(
-            "flat_map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback
+            "flat_map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback, key
         )
 
     def batch(self, step_id: str, size: int, *, timeout: float | None = None) -> Pipeline:
@@ -397,6 +404,7 @@ class Pipeline:
         on_error: OnError,
         policies: Policies | None = None,
         fallback: Callable[..., Any] | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Pipeline:
         self._check_step_id(step_id)
         where = f"{kind}({step_id!r})"
@@ -413,8 +421,20 @@ class Pipeline:
             raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
         if fallback is not None and not callable(fallback):
             raise ConfigError(f"{where}.fallback", f"must be callable, got {fallback!r}")
+        if key is not None and not callable(key):
+            raise ConfigError(f"{where}.key", f"must be callable, got {key!r}")
         step = OpStep(
-            kind, step_id, fn, is_async, concurrency, ordered, record, on_error, policies, fallback
+            kind,
+            step_id,
+            fn,
+            is_async,
+            concurrency,
+            ordered,
+            record,
+            on_error,
+            policies,
+            fallback,
+            key,
         )
         return self._with(steps=(*self.steps, step))
 

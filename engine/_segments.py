@@ -146,17 +146,31 @@ class AsyncSegment:
         items = batch.items
         results: list[Any] = [_FAILED] * len(items)
         order: list[int] = []
-        pending = iter(range(len(items)))
+        # Each unit is processed sequentially; units run concurrently. Without a
+        # key every record is a unit; with one, all records of a key form one.
+        units = self._units(batch)
+        pending = iter(units)
 
         async def worker() -> None:
-            for i in pending:
-                results[i] = await self._one(batch, i)
-                order.append(i)
+            for unit in pending:
+                for i in unit:
+                    results[i] = await self._one(batch, i)
+                    order.append(i)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(step.concurrency, len(items))):
+            for _ in range(min(step.concurrency, len(units))):
                 tg.start_soon(worker)
         return self._collect(items, results, order if not step.ordered else range(len(items)))
+
+    def _units(self, batch: Batch) -> list[list[int]]:
+        key = self.step.key
+        if key is None:
+            return [[i] for i in range(len(batch.items))]
+        groups: dict[Any, list[int]] = {}
+        for i in range(len(batch.items)):
+            value = batch.record(i) if self.step.record else batch.items[i]
+            groups.setdefault(key(value), []).append(i)
+        return list(groups.values())
 
     async def _one(self, batch: Batch, i: int) -> Any:
         value: Any = batch.record(i) if self.step.record else batch.items[i]

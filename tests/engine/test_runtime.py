@@ -383,3 +383,38 @@ async def test_failure_does_not_cancel_the_embedding_block() -> None:
     with pytest.raises(riprap.PipelineError, match="memory@5"):
         await host()
     assert ["body finished"] == steps
+
+
+async def test_keyed_step_runs_one_record_per_key_at_a_time() -> None:
+    """With key=, records of a key never overlap and keep their order; keys run concurrently."""
+    active: dict[str, int] = {}
+    overlap: list[str] = []
+    seen: list[tuple[str, int]] = []
+    peak = 0
+
+    async def handle(value: tuple[str, int]) -> tuple[str, int]:
+        nonlocal peak
+        key, n = value
+        active[key] = active.get(key, 0) + 1
+        if active[key] > 1:
+            overlap.append(key)
+        peak = max(peak, sum(active.values()))
+        await anyio.sleep(0.001 * (n % 3))
+        seen.append(value)
+        active[key] -= 1
+        return value
+
+    values = [(f"k{i % 4}", i) for i in range(80)]
+    sink = MemorySink()
+    p = (
+        pipeline(batch_size=40)
+        .source(IterableSource("events", values))
+        .map("handle", handle, concurrency=8, key=lambda v: v[0])
+        .sink(sink)
+    )
+    await p.run()
+    assert [] == overlap
+    assert values == sink.values
+    for key in ("k0", "k1", "k2", "k3"):
+        assert [v for v in values if v[0] == key] == [v for v in seen if v[0] == key]
+    assert peak > 1
