@@ -16,12 +16,16 @@ import anyio
 
 from ._checkpoint import Checkpoint, CheckpointBackend
 from ._errors import FencedError
+from .policies._timeout import fail_after
 
 if TYPE_CHECKING:
     from ._acks import CompletionTracker
     from ._clock import Clock
 
 log = logging.getLogger("riprap.checkpoint")
+
+SAVE_TIMEOUT = 60.0
+"""Seconds one checkpoint save may take; a hung store must not hang the run."""
 
 StateSource = Callable[[], Mapping[str, Any]]
 
@@ -128,7 +132,8 @@ class Checkpointer:
             return False
         checkpoint = self.snapshot()
         started = self.clock.monotonic()
-        await self.backend.save(checkpoint)
+        async with fail_after(SAVE_TIMEOUT, clock=self.clock, kind="checkpoint"):
+            await self.backend.save(checkpoint)
         self.last_duration = self.clock.monotonic() - started
         self.last_saved_at = self.clock.monotonic()
         self.saved += 1

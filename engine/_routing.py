@@ -20,6 +20,7 @@ import anyio
 from ._deadletter import DeadLetter
 from ._errors import ConfigError, DataError, EngineError, PipelineError
 from .policies._retry import attempts_of
+from .policies._timeout import fail_after
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -40,6 +41,9 @@ DLQ_WRITE_ATTEMPTS = 5
 
 DLQ_WRITE_BACKOFF = 0.2
 """First pause between dead-letter write attempts, doubled each time."""
+
+DLQ_WRITE_TIMEOUT = 30.0
+"""Seconds one dead-letter write may take before it counts as failed."""
 
 
 class DeadLetterWriteError(EngineError):
@@ -221,7 +225,13 @@ class Router:
         delay = DLQ_WRITE_BACKOFF
         for attempt in range(1, DLQ_WRITE_ATTEMPTS + 1):
             try:
-                await self.dead_letter.write(letters)
+                async with fail_after(
+                    DLQ_WRITE_TIMEOUT,
+                    clock=self.clock,
+                    kind="dead_letter",
+                    stage=self.dead_letter.name,
+                ):
+                    await self.dead_letter.write(letters)
                 return
             except Exception as error:
                 if attempt == DLQ_WRITE_ATTEMPTS:
