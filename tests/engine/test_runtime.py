@@ -222,11 +222,11 @@ async def test_backpressure_bounds_records_in_flight() -> None:
 
 
 class ManualClock:
-    """A clock whose sleeps end only when the test ticks it."""
+    """A clock that moves only when the test ticks it; sleeps end at their deadline."""
 
     def __init__(self) -> None:
         self.now = 0.0
-        self._tick = anyio.Event()
+        self._moved = anyio.Event()
 
     def monotonic(self) -> float:
         return self.now
@@ -235,11 +235,13 @@ class ManualClock:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        await self._tick.wait()
+        deadline = self.now + seconds
+        while self.now < deadline:
+            await self._moved.wait()
 
-    def tick(self) -> None:
-        self.now += 1.0
-        event, self._tick = self._tick, anyio.Event()
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now += seconds
+        event, self._moved = self._moved, anyio.Event()
         event.set()
 
 
@@ -278,7 +280,13 @@ async def test_slow_checkpoint_neither_piles_up_nor_stalls_processing() -> None:
     backend = SlowBackend()
     sink = MemorySink()
     p = (
-        pipeline(checkpoint=backend, clock=clock, batch_size=100, max_in_flight=1_000)
+        pipeline(
+            checkpoint=backend,
+            clock=clock,
+            checkpoint_interval=1.0,
+            batch_size=100,
+            max_in_flight=1_000,
+        )
         .source(IterableSource("count", itertools.count()))
         .sink(sink)
     )
