@@ -36,6 +36,7 @@ from ._errors import StageTimeout as StageTimeout
 from ._errors import TransientError as TransientError
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineOptions as PipelineOptions
+from ._pipeline import StepOptions as StepOptions
 from ._protocols import Sink as Sink
 from ._protocols import Source as Source
 from ._protocols import SourceContext as SourceContext
@@ -98,6 +99,7 @@ __all__ = (
     "Stage",
     "StageContext",
     "StageTimeout",
+    "StepOptions",
     "StepStats",
     "SystemClock",
     "TransientError",

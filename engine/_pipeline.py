@@ -12,7 +12,7 @@ import difflib
 import inspect
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, final
 
 from ._checkpoint import CheckpointBackend
 from ._clock import SYSTEM_CLOCK, Clock
@@ -30,8 +30,10 @@ DEFAULT_SINK_ATTEMPT_TIMEOUT = 60.0
 """Seconds one sink write may take unless the pipeline says otherwise."""
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from contextlib import AbstractAsyncContextManager
+
+    from typing_extensions import Unpack
 
     from ._report import RunReport
     from ._runtime import RunningPipeline
@@ -122,6 +124,46 @@ class PipelineOptions:
 
 
 _OPTION_NAMES = tuple(f.name for f in fields(PipelineOptions))
+
+
+class StepOptions(TypedDict, total=False):
+    """Keyword options of the map, filter and flat_map steps of a :class:`Pipeline`.
+
+    Attributes:
+        concurrency: Calls of an async function running at once (default 1).
+        ordered: Keep input order in the output (default) or emit as completed.
+        record: Pass whole :class:`~riprap.Record` objects instead of plain values.
+        key: Process records of one key one at a time, in order, while different
+            keys run concurrently (up to ``concurrency``).
+        on_error: ``"dlq"`` (default) dead-letters records that raise a
+            ``DataError`` when the pipeline has a dead-letter sink; ``"stop"``
+            stops the run instead.
+        retry: Retry transient failures (:class:`~riprap.policies.Retry`).
+        timeout: Seconds for the whole call, retries included.
+        attempt_timeout: Seconds for one attempt (a timed-out attempt is retried).
+        breaker: The dependency's shared :class:`~riprap.policies.CircuitBreaker`.
+        on_open: While the breaker is open, ``"wait"`` (backpressure, the
+            default) or ``"raise"`` (the record fails with ``CircuitOpenError``).
+        bulkhead: A :class:`~riprap.policies.Bulkhead` limiting concurrent calls.
+        fallback: ``fallback(error, value)`` (sync or async) gives a degraded
+            result when the call fails for good; counted as a fallback.
+    """
+
+    concurrency: int
+    ordered: bool
+    record: bool
+    key: Callable[[Any], Any] | None
+    on_error: OnError
+    retry: Retry | None
+    timeout: float | None
+    attempt_timeout: float | None
+    breaker: CircuitBreaker | None
+    on_open: Literal["wait", "raise"]
+    bulkhead: Bulkhead | None
+    fallback: Callable[..., Any] | None
+
+
+_STEP_OPTIONS = tuple(StepOptions.__annotations__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,104 +318,28 @@ class Pipeline:
         policies = _policies("sink", retry, timeout, attempt_timeout, breaker, "wait", bulkhead)
         return self._with(sink_=sink, sink_policies=policies)
 
-    def map(
-        self,
-        step_id: str,
-        fn: Callable[..., Any],
-        *,
-        concurrency: int = 1,
-        ordered: bool = True,
-        record: bool = False,
-        on_error: OnError = "dlq",
-        retry: Retry | None = None,
-        timeout: float | None = None,
-        attempt_timeout: float | None = None,
-        breaker: CircuitBreaker | None = None,
-        on_open: Literal["wait", "raise"] = "wait",
-        bulkhead: Bulkhead | None = None,
-        fallback: Callable[..., Any] | None = None,
-        key: Callable[[Any], Any] | None = None,
-    ) -> Pipeline:
+    def map(self, step_id: str, fn: Callable[..., Any], **options: Unpack[StepOptions]) -> Pipeline:
         """Replace each value with ``fn(value)``; ``fn`` may be sync or async.
 
         Args:
             step_id: Names the step in logs, metrics and checkpoints.
             fn: The function; with ``record=True`` it receives a :class:`~riprap.Record`.
-            concurrency: Calls of an async ``fn`` running at once.
-            ordered: Keep input order in the output (default) or emit as completed.
-            record: Pass whole records instead of plain values.
-            on_error: ``"dlq"`` dead-letters records that raise a ``DataError`` (when
-                the pipeline has a dead-letter sink); ``"stop"`` stops the run instead.
-            retry: Retry transient failures (see :class:`~riprap.policies.Retry`).
-            timeout: Seconds for the whole call, retries included.
-            attempt_timeout: Seconds for one attempt (a timed-out attempt is retried).
-            breaker: The dependency's shared :class:`~riprap.policies.CircuitBreaker`.
-            on_open: While the breaker is open, ``"wait"`` (backpressure, the default)
-                or ``"raise"`` (the record fails with ``CircuitOpenError``).
-            bulkhead: A :class:`~riprap.policies.Bulkhead` limiting concurrent calls.
-            fallback: ``fallback(error, value)`` (sync or async) gives a degraded
-                result when the call fails for good; counted as a fallback.
-            key: Process records of one key one at a time, in order, while
-                different keys run concurrently (up to ``concurrency``).
+            **options: See :class:`StepOptions` (concurrency, ordering, keys, error
+                routing and resilience policies).
         """
-        policies = _policies(
-            f"map({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
-        )
-        return self._add_op(
-            "map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback, key
-        )
+        return self._add_op("map", step_id, fn, options)
 
     def filter(
-        self,
-        step_id: str,
-        fn: Callable[..., Any],
-        *,
-        concurrency: int = 1,
-        ordered: bool = True,
-        record: bool = False,
-        on_error: OnError = "dlq",
-        retry: Retry | None = None,
-        timeout: float | None = None,
-        attempt_timeout: float | None = None,
-        breaker: CircuitBreaker | None = None,
-        on_open: Literal["wait", "raise"] = "wait",
-        bulkhead: Bulkhead | None = None,
-        fallback: Callable[..., Any] | None = None,
-        key: Callable[[Any], Any] | None = None,
+        self, step_id: str, fn: Callable[..., Any], **options: Unpack[StepOptions]
     ) -> Pipeline:
         """Keep values for which ``fn(value)`` is truthy; dropped records count as done."""
-        policies = _policies(
-            f"filter({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
-        )
-        return self._add_op(
-            "filter", step_id, fn, concurrency, ordered, record, on_error, policies, fallback, key
-        )
+        return self._add_op("filter", step_id, fn, options)
 
     def flat_map(
-        self,
-        step_id: str,
-        fn: Callable[..., Any],
-        *,
-        concurrency: int = 1,
-        ordered: bool = True,
-        record: bool = False,
-        on_error: OnError = "dlq",
-        retry: Retry | None = None,
-        timeout: float | None = None,
-        attempt_timeout: float | None = None,
-        breaker: CircuitBreaker | None = None,
-        on_open: Literal["wait", "raise"] = "wait",
-        bulkhead: Bulkhead | None = None,
-        fallback: Callable[..., Any] | None = None,
-        key: Callable[[Any], Any] | None = None,
+        self, step_id: str, fn: Callable[..., Any], **options: Unpack[StepOptions]
     ) -> Pipeline:
         """Replace each value with every item of the iterable ``fn(value)`` returns."""
-        policies = _policies(
-            f"flat_map({step_id!r})", retry, timeout, attempt_timeout, breaker, on_open, bulkhead
-        )
-        return self._add_op(
-            "flat_map", step_id, fn, concurrency, ordered, record, on_error, policies, fallback, key
-        )
+        return self._add_op("flat_map", step_id, fn, options)
 
     def batch(self, step_id: str, size: int, *, timeout: float | None = None) -> Pipeline:
         """Group values into lists of ``size``; a partial list goes out after ``timeout`` s."""
@@ -398,18 +364,14 @@ class Pipeline:
         kind: Literal["map", "filter", "flat_map"],
         step_id: str,
         fn: Callable[..., Any],
-        concurrency: int,
-        ordered: bool,
-        record: bool,
-        on_error: OnError,
-        policies: Policies | None = None,
-        fallback: Callable[..., Any] | None = None,
-        key: Callable[[Any], Any] | None = None,
+        options: StepOptions,
     ) -> Pipeline:
         self._check_step_id(step_id)
         where = f"{kind}({step_id!r})"
+        _known(where, options, _STEP_OPTIONS)
         if not callable(fn):
             raise ConfigError(f"{where}.fn", f"must be callable, got {fn!r}")
+        concurrency = options.get("concurrency", 1)
         _positive_int(f"{where}.concurrency", concurrency)
         is_async = _is_async(fn)
         if concurrency > 1 and not is_async:
@@ -417,24 +379,33 @@ class Pipeline:
                 f"{where}.concurrency",
                 "concurrency > 1 needs an async function (sync steps run fused in one loop)",
             )
+        on_error = options.get("on_error", "dlq")
         if on_error not in ("dlq", "stop"):
             raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
-        if fallback is not None and not callable(fallback):
-            raise ConfigError(f"{where}.fallback", f"must be callable, got {fallback!r}")
-        if key is not None and not callable(key):
-            raise ConfigError(f"{where}.key", f"must be callable, got {key!r}")
+        for name in ("fallback", "key"):
+            value = options.get(name)
+            if value is not None and not callable(value):
+                raise ConfigError(f"{where}.{name}", f"must be callable, got {value!r}")
         step = OpStep(
             kind,
             step_id,
             fn,
             is_async,
-            concurrency,
-            ordered,
-            record,
-            on_error,
-            policies,
-            fallback,
-            key,
+            concurrency=concurrency,
+            ordered=options.get("ordered", True),
+            record=options.get("record", False),
+            on_error=on_error,
+            policies=_policies(
+                where,
+                options.get("retry"),
+                options.get("timeout"),
+                options.get("attempt_timeout"),
+                options.get("breaker"),
+                options.get("on_open", "wait"),
+                options.get("bulkhead"),
+            ),
+            fallback=options.get("fallback"),
+            key=options.get("key"),
         )
         return self._with(steps=(*self.steps, step))
 
@@ -506,6 +477,15 @@ def _policies(
         on_open=on_open if breaker is not None else "raise",
         bulkhead=bulkhead,
     )
+
+
+def _known(where: str, given: Mapping[str, object], names: tuple[str, ...]) -> None:
+    """Refuse unknown keyword options, suggesting the closest known one."""
+    for name in given:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.{name}", f"unknown option{hint}")
 
 
 def _given(options: PipelineOptions, names: Iterable[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, final
 
 import anyio
 
@@ -145,14 +145,7 @@ class Router:
         """Queue ``batch.items[index]`` for the DLQ, or raise :class:`PipelineError`."""
         reason = self._reason(step_id, error)
         if reason is None:
-            partition, offset = batch.position(index)
-            raise PipelineError(
-                pipeline=self.pipeline,
-                stage=step_id,
-                partition=partition,
-                offset=offset,
-                error=error,
-            ) from error
+            self._stop(step_id, batch, index, error)
         self.dead_letter_record(step_id, batch.ack, _original(batch, index), error, reason)
 
     def dead_letter_item(
@@ -165,17 +158,20 @@ class Router:
     ) -> None:
         """Queue ``batch.items[index]`` for the DLQ on a stage's request (stops without a DLQ)."""
         if self.dead_letter is None:
-            partition, offset = batch.position(index)
-            raise PipelineError(
-                pipeline=self.pipeline,
-                stage=step_id,
-                partition=partition,
-                offset=offset,
-                error=error,
-            ) from error
+            self._stop(step_id, batch, index, error)
         if reason is None:
             reason = error.reason if isinstance(error, DataError) else "error"
         self.dead_letter_record(step_id, batch.ack, _original(batch, index), error, reason)
+
+    def _stop(self, step_id: str, batch: Batch, index: int, error: BaseException) -> NoReturn:
+        partition, offset = batch.position(index)
+        raise PipelineError(
+            pipeline=self.pipeline,
+            stage=step_id,
+            partition=partition,
+            offset=offset,
+            error=error,
+        ) from error
 
     def dead_letter_record(
         self,

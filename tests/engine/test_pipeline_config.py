@@ -84,6 +84,10 @@ def test_step_errors_are_named() -> None:
     p = pipeline()
     with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.fn: must be callable, got 3"):
         p.map("m", 3)  # type: ignore[arg-type]
+    with pytest.raises(
+        riprap.ConfigError, match=r"^map\('m'\)\.concurency: unknown option \(did you mean"
+    ):
+        p.map("m", str, concurency=2)  # type: ignore[call-arg]
     with pytest.raises(riprap.ConfigError, match=r"^step_id: 'm' is used by two steps"):
         p.map("m", str).filter("m", bool)
     with pytest.raises(riprap.ConfigError, match=r"^step_id: must start with a letter"):
