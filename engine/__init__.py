@@ -34,6 +34,9 @@ from ._errors import PipelineError as PipelineError
 from ._errors import PoisonPillError as PoisonPillError
 from ._errors import StageTimeout as StageTimeout
 from ._errors import TransientError as TransientError
+from ._health import HealthConfig as HealthConfig
+from ._health import serve_health as serve_health
+from ._logging import JsonFormatter as JsonFormatter
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineOptions as PipelineOptions
 from ._pipeline import StepOptions as StepOptions
@@ -79,6 +82,8 @@ __all__ = (
     "EngineError",
     "FencedError",
     "FileCheckpoints",
+    "HealthConfig",
+    "JsonFormatter",
     "JsonLinesDeadLetters",
     "MemoryCheckpoints",
     "Pipeline",
@@ -107,6 +112,7 @@ __all__ = (
     "read_dead_letters",
     "run",
     "run_async",
+    "serve_health",
 )
 
 

@@ -8,13 +8,14 @@ records were checkpointed); 2 the pipeline or the command line is invalid;
 from __future__ import annotations
 
 import argparse
-import logging
 import runpy
 import sys
 from typing import TYPE_CHECKING, TextIO
 
 from ._dlq_cli import add_dlq_commands
 from ._errors import ConfigError, EngineError
+from ._health import HealthConfig
+from ._logging import configure_cli_logging
 from ._pipeline import Pipeline
 from ._progress import ProgressPrinter
 from ._run import run
@@ -56,11 +57,22 @@ def load_pipeline(spec: str) -> Pipeline:
     return obj
 
 
-def run_with_report(pipeline: Pipeline, *, out: TextIO, progress: bool = True) -> int:
+def run_with_report(
+    pipeline: Pipeline,
+    *,
+    out: TextIO,
+    progress: bool = True,
+    health: HealthConfig | None = None,
+) -> int:
     """Run with signals and live progress, print the report, return the exit code."""
     printer = ProgressPrinter(pipeline.name, out) if progress else None
     try:
-        report = run(pipeline, progress=printer, progress_interval=0.5 if printer else 1.0)
+        report = run(
+            pipeline,
+            progress=printer,
+            progress_interval=0.5 if printer else 1.0,
+            health=health,
+        )
     except ConfigError:
         raise
     except EngineError as error:
@@ -85,7 +97,12 @@ def exit_code(report: RunReport) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
-    return run_with_report(pipeline, out=sys.stderr, progress=not args.quiet)
+    health = (
+        HealthConfig(host=args.metrics_host, port=args.metrics_port)
+        if args.metrics_port is not None
+        else None
+    )
+    return run_with_report(pipeline, out=sys.stderr, progress=not args.quiet, health=health)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -134,11 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``riprap`` command."""
     parser = argparse.ArgumentParser(prog="riprap", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--log-format", choices=("console", "json"), default="console", help="log line format"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_cmd = commands.add_parser("run", help="run a pipeline defined in a Python file")
     run_cmd.add_argument("pipeline", help="path/to/file.py[:name] (name defaults to 'pipeline')")
     run_cmd.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    run_cmd.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port"
+    )
+    run_cmd.add_argument(
+        "--metrics-host", default="127.0.0.1", help="interface for the health server"
+    )
     run_cmd.set_defaults(handler=_cmd_run)
 
     demo = commands.add_parser("demo", help="run the demo pipeline on synthetic orders")
@@ -166,11 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``riprap`` command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_cli_logging(fmt=args.log_format, verbose=args.verbose)
     try:
         code: int = args.handler(args)
     except ConfigError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, final
 
@@ -19,7 +20,15 @@ Outcome = Literal["completed", "stopped", "failed", "aborted"]
 class StepCounters:
     """Mutable per-step counts, updated once per batch (cheap in the hot path)."""
 
-    __slots__ = ("dropped", "errors", "records_in", "records_out", "step_id")
+    __slots__ = (
+        "batches",
+        "busy_seconds",
+        "dropped",
+        "errors",
+        "records_in",
+        "records_out",
+        "step_id",
+    )
 
     def __init__(self, step_id: str) -> None:
         self.step_id = step_id
@@ -27,6 +36,13 @@ class StepCounters:
         self.records_out = 0
         self.errors = 0
         self.dropped = 0
+        self.batches = 0
+        self.busy_seconds = 0.0
+
+    def timed(self, started: float) -> None:
+        """Count one batch whose processing started at ``started`` (``perf_counter``)."""
+        self.batches += 1
+        self.busy_seconds += time.perf_counter() - started
 
     def freeze(self) -> StepStats:
         """An immutable copy."""
@@ -125,19 +141,42 @@ class RunReport:
 
 @final
 class PolicyCounters:
-    """A policy hook that counts retries, fallbacks and breaker trips for the report."""
+    """A policy hook that counts retries, fallbacks and breaker trips for reports and metrics."""
 
-    __slots__ = ("breaker_trips", "fallbacks", "retries")
+    __slots__ = (
+        "breaker_trips",
+        "fallbacks",
+        "fallbacks_by_stage",
+        "open_since",
+        "retries",
+        "retries_by_stage",
+        "trips_by_dependency",
+    )
 
     def __init__(self) -> None:
         self.retries = 0
         self.fallbacks = 0
         self.breaker_trips = 0
+        self.retries_by_stage: dict[str, int] = {}
+        self.fallbacks_by_stage: dict[str, int] = {}
+        self.trips_by_dependency: dict[str, int] = {}
+        self.open_since: dict[str, float] = {}
 
     def __call__(self, event: PolicyEvent) -> None:
+        stage = event.stage or ""
         if isinstance(event, RetryScheduled):
             self.retries += 1
+            self.retries_by_stage[stage] = self.retries_by_stage.get(stage, 0) + 1
         elif isinstance(event, FallbackUsed):
             self.fallbacks += 1
-        elif isinstance(event, CircuitStateChanged) and event.new is CircuitState.OPEN:
-            self.breaker_trips += 1
+            self.fallbacks_by_stage[stage] = self.fallbacks_by_stage.get(stage, 0) + 1
+        elif isinstance(event, CircuitStateChanged):
+            dependency = event.dependency or ""
+            if event.new in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
+                self.breaker_trips += 1
+                self.trips_by_dependency[dependency] = (
+                    self.trips_by_dependency.get(dependency, 0) + 1
+                )
+                self.open_since.setdefault(dependency, event.at)
+            elif event.new is CircuitState.CLOSED:
+                self.open_since.pop(dependency, None)

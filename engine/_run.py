@@ -12,13 +12,16 @@ import importlib.util
 import logging
 import signal
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import anyio
 
+from ._health import serve_health
 from ._report import RunReport, RunStatistics
 
 if TYPE_CHECKING:
+    from ._health import HealthConfig
     from ._pipeline import Pipeline
     from ._runtime import RunningPipeline
 
@@ -40,6 +43,7 @@ def run(
     use_uvloop: bool | None = None,
     progress: ProgressHook | None = None,
     progress_interval: float = 1.0,
+    health: HealthConfig | None = None,
 ) -> RunReport:
     """Run ``pipeline`` to completion in a new event loop and return its report.
 
@@ -49,6 +53,7 @@ def run(
         use_uvloop: Use uvloop; by default whenever it is installed.
         progress: Called with live statistics while the run goes on.
         progress_interval: Seconds between progress calls.
+        health: Serve /metrics, /healthz and /readyz while the run goes on.
 
     Raises:
         PipelineError: A stage failed; done records were checkpointed first.
@@ -63,6 +68,7 @@ def run(
             handle_signals=handle_signals,
             progress=progress,
             progress_interval=progress_interval,
+            health=health,
         )
 
     return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop})
@@ -74,9 +80,27 @@ async def run_async(
     handle_signals: bool = False,
     progress: ProgressHook | None = None,
     progress_interval: float = 1.0,
+    health: HealthConfig | None = None,
 ) -> RunReport:
     """Like :func:`run` inside a running event loop (signals off by default)."""
-    async with pipeline.open() as running, anyio.create_task_group() as tg:
+    async with pipeline.open() as running, AsyncExitStack() as stack:
+        if health is not None:
+            server = await stack.enter_async_context(serve_health(running, health))
+            log.info(
+                "health server on http://%s:%d (/metrics /healthz /readyz)",
+                health.host,
+                server.port,
+            )
+        return await _supervise(running, handle_signals, progress, progress_interval)
+
+
+async def _supervise(
+    running: RunningPipeline,
+    handle_signals: bool,
+    progress: ProgressHook | None,
+    progress_interval: float,
+) -> RunReport:
+    async with anyio.create_task_group() as tg:
         if handle_signals:
             tg.start_soon(_watch_signals, running)
         if progress is not None:

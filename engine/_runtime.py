@@ -15,6 +15,7 @@ import hashlib
 import os
 import secrets
 import socket
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, final
@@ -25,6 +26,7 @@ from ._acks import CompletionTracker, InFlight
 from ._checkpointer import Checkpointer
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import DataError, EngineError, PipelineError, PoisonPillError
+from ._metrics import create_registry
 from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step, _is_async
 from ._protocols import Sink, Source, SourceContext, StageContext
 from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream
+    from prometheus_client import CollectorRegistry
 
     from ._checkpoint import CheckpointBackend
 
@@ -191,6 +195,8 @@ class Runtime:
         self._processing_scope: anyio.CancelScope | None = None
         self._guard_scope: anyio.CancelScope | None = None
         self._reserved = 0
+        self._queues: dict[str, MemoryObjectReceiveStream[Batch]] = {}
+        self._registry: CollectorRegistry | None = None
         self._started_at = self.clock.monotonic()
         self.tracker: CompletionTracker
         self.checkpointer: Checkpointer
@@ -227,6 +233,19 @@ class Runtime:
             last_checkpoint_age=self.checkpointer.age(),
             positions=self.tracker.positions(),
         )
+
+    def queue_depths(self) -> dict[str, int]:
+        """Batches waiting in front of each step and the sink."""
+        return {
+            name: stream.statistics().current_buffer_used for name, stream in self._queues.items()
+        }
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The run's own Prometheus registry (created on first use)."""
+        if self._registry is None:
+            self._registry = create_registry(self)
+        return self._registry
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -310,6 +329,8 @@ class Runtime:
             anyio.create_memory_object_stream[Batch](self.options.queue_size)
             for _ in range(len(segments) + 1)
         ]
+        names = [s.counters.step_id for s in segments] + [self.sink.name]
+        self._queues = {name: receive for name, (_, receive) in zip(names, streams, strict=True)}
         async with anyio.create_task_group() as tg:
             self._processing_scope = tg.cancel_scope
             tg.start_soon(self._drain_guard)
@@ -383,7 +404,9 @@ class Runtime:
         async with receive:
             async for batch in receive:
                 counters.records_in += len(batch.items)
+                started = time.perf_counter()
                 await self._write(batch)
+                counters.timed(started)
                 counters.records_out += len(batch.items)
                 self.router.observe_written(len(batch.items))
                 batch.ack.release()
@@ -562,6 +585,11 @@ class RunningPipeline:
     def statistics(self) -> RunStatistics:
         """Counters and positions right now."""
         return self._runtime.statistics()
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """The run's own Prometheus registry (see ``riprap.serve_health``)."""
+        return self._runtime.registry
 
     @property
     def error(self) -> BaseException | None:

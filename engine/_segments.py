@@ -8,6 +8,7 @@ does with a failing record is decided by the :class:`ErrorRouter` it is given.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
@@ -77,6 +78,7 @@ class FusedSegment:
 
     async def process(self, batch: Batch) -> Batch | None:
         """Run the chain over one batch; ``None`` (ack released) when nothing is left."""
+        started = time.perf_counter()
         router = self.router
         steps = self.steps
         errors = 0
@@ -92,6 +94,7 @@ class FusedSegment:
         counters.records_out += len(out)
         counters.errors += errors
         counters.dropped += dropped
+        counters.timed(started)
         if errors:
             await router.flush()
         if not out:
@@ -132,7 +135,9 @@ class AsyncSegment:
     async def run(self, receive: Receive, send: Send) -> None:
         async with receive, send:
             async for batch in receive:
+                started = time.perf_counter()
                 out, indices = await self._process(batch)
+                self.counters.timed(started)
                 await self.router.flush()
                 self.counters.records_in += len(batch.items)
                 self.counters.records_out += len(out)
@@ -296,7 +301,9 @@ class StageSegment:
         async with receive, send:
             async for batch in receive:
                 counters.records_in += len(batch.items)
+                started = time.perf_counter()
                 await self.stage.process(batch, emit)
+                counters.timed(started)
                 await self.router.flush()
             await self.stage.finish(emit)
             await self.router.flush()
