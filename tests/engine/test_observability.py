@@ -1,0 +1,209 @@
+"""Metrics, health endpoints and structured logs of a real run."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import anyio
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import riprap
+from riprap._health import StallDetector
+from riprap.connectors.memory import IterableSource, MemorySink
+from riprap.policies import CircuitBreaker, Retry
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parsed exposition text as {(sample name, sorted labels): value}."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def get(url: str) -> tuple[int, bytes]:
+    """GET a URL on the local health server."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.read()
+
+
+async def test_scraped_metrics_match_what_happened(tmp_path: Path) -> None:
+    """/metrics, parsed with prometheus-client, shows the run's records, DLQ, retries, trips."""
+    calls: dict[int, int] = {}
+    breaker = CircuitBreaker("scores")
+
+    def parse(raw: bytes) -> dict[str, Any]:
+        if raw.startswith(b"!"):
+            raise riprap.DataError("not an order", reason="validation")
+        return orjson.loads(raw)
+
+    async def score(order: dict[str, Any]) -> dict[str, Any]:
+        calls[order["id"]] = calls.get(order["id"], 0) + 1
+        if order["id"] % 10 == 0 and calls[order["id"]] == 1:
+            raise riprap.TransientError("blip")
+        if order["id"] == 50:
+            breaker.force_open()
+            breaker.reset()
+        return order
+
+    values = [b"!bad" if i % 20 == 7 else orjson.dumps({"id": i}) for i in range(100)]
+    p = (
+        riprap.Pipeline(
+            "scraped",
+            checkpoint=riprap.MemoryCheckpoints(),
+            dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            batch_size=25,
+        )
+        .source(IterableSource("orders", values))
+        .map("parse", parse)
+        .filter("even", lambda order: order["id"] % 2 == 0)
+        .map("score", score, retry=Retry(attempts=3, wait_initial=0.001), breaker=breaker)
+        .sink(MemorySink())
+    )
+    async with p.open() as running, riprap.serve_health(running) as server:
+        report = await running.wait()
+        status, body = await get(f"http://127.0.0.1:{server.port}/metrics")
+    assert 200 == status
+    found = samples(body.decode())
+    pipe = ("pipeline", "scraped")
+
+    def value(name: str, **labels: str) -> float:
+        return found[(name, tuple(sorted([pipe, *labels.items()])))]
+
+    assert 100 == value("riprap_records_total", stage="orders", outcome="in")
+    assert 5 == value("riprap_records_total", stage="parse+even", outcome="error")
+    assert 45 == value("riprap_records_total", stage="parse+even", outcome="dropped")
+    assert report.records_out == value("riprap_records_total", stage="memory", outcome="out")
+    assert 5 == value("riprap_dead_letters_total", reason="validation")
+    assert report.retries == value("riprap_retries_total", stage="score")
+    assert 1 == value("riprap_breaker_trips_total", dependency="scores")
+    assert 0 == value("riprap_breaker_state", dependency="scores")
+    assert 100 == value("riprap_position", partition="memory")
+    assert report.checkpoints == value("riprap_checkpoints_total", outcome="saved")
+
+
+class ManualClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep_forever()
+
+
+async def test_readyz_turns_red_on_a_stall_and_healthz_stays_green() -> None:
+    """Records in flight with none finishing for stall_after seconds make /readyz answer 503."""
+    clock = ManualClock()
+    never = anyio.Event()
+
+    async def stuck(value: int) -> int:
+        await never.wait()
+        return value
+
+    p = (
+        riprap.Pipeline("stuck", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+        .source(IterableSource("nums", list(range(10))))
+        .map("stuck", stuck)
+        .sink(MemorySink())
+        .with_options(drain_timeout=0)
+    )
+    config = riprap.HealthConfig(stall_after=30.0)
+    async with p.open() as running, riprap.serve_health(running, config) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        await anyio.wait_all_tasks_blocked()
+        assert 200 == (await get(f"{base}/readyz"))[0]
+        clock.now += 31.0
+        status, body = await get(f"{base}/readyz")
+        assert 503 == status
+        assert ["stalled: 10 records in flight, none done for 31s"] == orjson.loads(body)[
+            "problems"
+        ]
+        assert 200 == (await get(f"{base}/healthz"))[0]
+        running.abort()
+
+
+def test_stall_detector_resets_when_records_finish() -> None:
+    """Progress or an empty pipeline is never a stall."""
+    detector = StallDetector(10.0)
+    assert detector.stalled(finished=5, in_flight=3, now=0.0) is None
+    assert 11.0 == detector.stalled(finished=5, in_flight=3, now=11.0)
+    assert detector.stalled(finished=6, in_flight=3, now=12.0) is None
+    assert detector.stalled(finished=6, in_flight=0, now=50.0) is None
+
+
+async def test_json_logs_are_valid_and_redacted(tmp_path: Path) -> None:
+    """Log lines are JSON; an email in an error message is redacted; values never appear."""
+
+    class FlakyBackend:
+        """Memory checkpoints whose first periodic save fails with a chatty message."""
+
+        def __init__(self) -> None:
+            self.inner = riprap.MemoryCheckpoints()
+            self.failed = False
+
+        async def claim(self, pipeline: str, owner: str) -> riprap.Claim:
+            return await self.inner.claim(pipeline, owner)
+
+        async def save(self, checkpoint: riprap.Checkpoint) -> None:
+            if not self.failed:
+                self.failed = True
+                raise PermissionError("store refused write for ops-lead@example.com")
+            await self.inner.save(checkpoint)
+
+        async def load(self, pipeline: str) -> riprap.Checkpoint | None:
+            return await self.inner.load(pipeline)
+
+        async def aclose(self) -> None: ...
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(riprap.JsonFormatter())
+    logger = logging.getLogger("riprap")
+    logger.addHandler(handler)
+    secret_value = "card 4111 1111 1111 1111 for jane@example.org"
+    try:
+        gate = anyio.Event()
+
+        async def hold(value: str) -> str:
+            await gate.wait()
+            return value
+
+        p = (
+            riprap.Pipeline("logged", checkpoint=FlakyBackend(), checkpoint_interval=0.001)
+            .source(IterableSource("secrets", [secret_value] * 3))
+            .map("hold", hold)
+            .sink(MemorySink())
+        )
+        async with p.open() as running:
+            with anyio.fail_after(10):
+                while not stream.getvalue():
+                    await anyio.sleep(0.001)
+            gate.set()
+            await running.wait()
+    finally:
+        logger.removeHandler(handler)
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines
+    assert any("[REDACTED:email]" in line["message"] for line in lines)
+    text = stream.getvalue()
+    assert "ops-lead@example.com" not in text
+    assert "jane@example.org" not in text
+    assert "4111" not in text
