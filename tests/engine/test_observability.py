@@ -174,7 +174,14 @@ async def test_json_logs_are_valid_and_redacted(tmp_path: Path) -> None:
         async def aclose(self) -> None: ...
 
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
+    logged = anyio.Event()
+
+    class Handler(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            super().emit(record)
+            logged.set()
+
+    handler = Handler(stream)
     handler.setFormatter(riprap.JsonFormatter())
     logger = logging.getLogger("riprap")
     logger.addHandler(handler)
@@ -194,8 +201,7 @@ async def test_json_logs_are_valid_and_redacted(tmp_path: Path) -> None:
         )
         async with p.open() as running:
             with anyio.fail_after(10):
-                while not stream.getvalue():
-                    await anyio.sleep(0.001)
+                await logged.wait()
             gate.set()
             await running.wait()
     finally:
