@@ -6,6 +6,12 @@ import contextlib
 import importlib.metadata
 
 from ._acks import Ack as Ack
+from ._alerts import Alert as Alert
+from ._alerts import AlertRule as AlertRule
+from ._alerts import AlertSink as AlertSink
+from ._alerts import CallbackAlerts as CallbackAlerts
+from ._alerts import LogAlerts as LogAlerts
+from ._alerts import WebhookAlerts as WebhookAlerts
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import CheckpointBackend as CheckpointBackend
 from ._checkpoint import Claim as Claim
@@ -61,8 +67,12 @@ from ._runtime import RunningPipeline as RunningPipeline
 
 __all__ = (
     "Ack",
+    "Alert",
+    "AlertRule",
+    "AlertSink",
     "Batch",
     "BulkheadFullError",
+    "CallbackAlerts",
     "Checkpoint",
     "CheckpointBackend",
     "CheckpointError",
@@ -85,6 +95,7 @@ __all__ = (
     "HealthConfig",
     "JsonFormatter",
     "JsonLinesDeadLetters",
+    "LogAlerts",
     "MemoryCheckpoints",
     "Pipeline",
     "PipelineError",
@@ -108,6 +119,7 @@ __all__ = (
     "StepStats",
     "SystemClock",
     "TransientError",
+    "WebhookAlerts",
     "purge_dead_letters",
     "read_dead_letters",
     "run",

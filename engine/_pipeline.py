@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, final
 
+from ._alerts import AlertRule, AlertSink, LogAlerts
 from ._checkpoint import CheckpointBackend
 from ._clock import SYSTEM_CLOCK, Clock
 from ._dlq_sinks import DeadLetterSink
@@ -66,6 +67,9 @@ class PipelineOptions:
             ``None`` turns the guard off.
         policy_hooks: Receive every retry, give-up, breaker change, rejection and
             fallback of every step (metrics and alerts plug in here).
+        alerts: Alert rules evaluated in-process every ``alert_interval`` seconds.
+        alert_sinks: Where alerts go (default: the log).
+        alert_interval: Seconds between alert evaluations.
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -82,6 +86,9 @@ class PipelineOptions:
     max_crashes: int = 3
     dlq_guard: DeadLetterGuard | None = field(default_factory=DeadLetterGuard)
     policy_hooks: tuple[PolicyHook, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
+    alert_sinks: tuple[AlertSink, ...] = field(default_factory=lambda: (LogAlerts(),))
+    alert_interval: float = 10.0
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -115,6 +122,13 @@ class PipelineOptions:
         if not isinstance(self.redactor, Redactor):
             raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
         _positive_int("max_crashes", self.max_crashes)
+        _positive_number("alert_interval", self.alert_interval)
+        for rule in self.alerts:
+            if not isinstance(rule, AlertRule):
+                raise ConfigError("alerts", f"must hold riprap.AlertRule objects, got {rule!r}")
+        for sink in self.alert_sinks:
+            if not isinstance(sink, AlertSink):
+                raise ConfigError("alert_sinks", f"{sink!r} does not implement AlertSink (deliver)")
         if self.dlq_guard is not None:
             if not isinstance(self.dlq_guard, DeadLetterGuard):
                 raise ConfigError(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, final
 import anyio
 
 from ._acks import CompletionTracker, InFlight
+from ._alerts import AlertEvaluator
 from ._checkpointer import Checkpointer
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import DataError, EngineError, PipelineError, PoisonPillError
@@ -197,6 +198,7 @@ class Runtime:
         self._reserved = 0
         self._queues: dict[str, MemoryObjectReceiveStream[Batch]] = {}
         self._registry: CollectorRegistry | None = None
+        self.alerts: AlertEvaluator | None = None
         self._started_at = self.clock.monotonic()
         self.tracker: CompletionTracker
         self.checkpointer: Checkpointer
@@ -276,6 +278,14 @@ class Runtime:
             if isinstance(segment, StageSegment):
                 await segment.open(self._stage_context(segment.stage.step_id))
         self._started_at = self.clock.monotonic()
+        if self.options.alerts:
+            self.alerts = AlertEvaluator(
+                self,
+                self.options.alerts,
+                self.options.alert_sinks,
+                interval=self.options.alert_interval,
+                clock=self.clock,
+            )
         if self.options.dead_letter is not None:
             await self.options.dead_letter.open()
         await self.sink.open()
@@ -286,6 +296,8 @@ class Runtime:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.checkpointer.run_periodic, self.options.checkpoint_interval)
+                if self.alerts is not None:
+                    outer.start_soon(self.alerts.run_periodic)
                 try:
                     await self._process()
                 finally:

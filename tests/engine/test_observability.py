@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import riprap
+import riprap.testing
 from riprap._health import StallDetector
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.policies import CircuitBreaker, Retry
@@ -213,3 +214,73 @@ async def test_json_logs_are_valid_and_redacted(tmp_path: Path) -> None:
     assert "ops-lead@example.com" not in text
     assert "jane@example.org" not in text
     assert "4111" not in text
+
+
+async def test_alert_fires_once_and_resolves_at_a_real_webhook() -> None:
+    """A sustained error rate fires one alert and its end one resolve, POSTed to a webhook."""
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alerts", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    clock = riprap.testing.VirtualClock()
+
+    async def slow_check(n: int) -> int:
+        await clock.sleep(0.1)
+        if n < 300 and n % 2:
+            raise riprap.DataError("bad reading")
+        return n
+
+    rule = riprap.AlertRule(
+        name="errors", signal="error_rate", threshold=0.2, window=10.0, for_seconds=5.0
+    )
+
+    class MemoryDeadLetters:
+        """Keeps letters in memory: no worker threads, so virtual time stays exact."""
+
+        name = "memory-dlq"
+
+        def __init__(self) -> None:
+            self.letters: list[riprap.DeadLetter] = []
+
+        async def open(self) -> None: ...
+
+        async def write(self, letters: Any) -> None:
+            self.letters.extend(letters)
+
+        async def aclose(self) -> None: ...
+
+    p = riprap.Pipeline(
+        "alerting",
+        checkpoint=riprap.MemoryCheckpoints(),
+        clock=clock,
+        dead_letter=MemoryDeadLetters(),
+        batch_size=10,
+        alerts=(rule,),
+        alert_sinks=(riprap.WebhookAlerts(f"http://127.0.0.1:{port}/alerts"),),
+        alert_interval=1.0,
+    )
+    p = (
+        p.source(IterableSource("readings", list(range(900))))
+        .map("check", slow_check)
+        .sink(MemorySink())
+    )
+    try:
+        async with clock.autojump():
+            report = await p.run()
+    finally:
+        await runner.cleanup()
+    assert {"data_error": 150} == report.dead_lettered
+    assert ["firing", "resolved"] == [alert["status"] for alert in received]
+    assert {"errors"} == {alert["rule"] for alert in received}
+    assert received[0]["value"] > 0.2
