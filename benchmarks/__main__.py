@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITE = ("benchmarks.bench_memory", "benchmarks.bench_policies")
+SUITE = ("benchmarks.bench_memory", "benchmarks.bench_policies", "benchmarks.bench_metrics")
 
 
 def main() -> None:
