@@ -9,7 +9,7 @@ behind it, and processing never waits for a save.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -45,6 +45,7 @@ class Checkpointer:
         state: StateSource,
         crash_counts: dict[str, int],
         clock: Clock,
+        on_saved: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.backend = backend
@@ -54,6 +55,7 @@ class Checkpointer:
         self.state = state
         self.crash_counts = crash_counts
         self.clock = clock
+        self.on_saved = on_saved
         self.seq = 0
         self.saved = 0
         self.skipped = 0
@@ -138,6 +140,9 @@ class Checkpointer:
         self.last_saved_at = self.clock.monotonic()
         self.saved += 1
         self._last = (checkpoint.positions, checkpoint.state, checkpoint.crash_counts)
+        if self.on_saved is not None:
+            # Only after the checkpoint is durable may a source acknowledge upstream.
+            await self.on_saved(checkpoint.positions)
         return True
 
     def age(self) -> float | None:

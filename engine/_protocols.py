@@ -40,6 +40,11 @@ class Source(Protocol):
     returns ``None`` once the source is exhausted. A batch's ``end`` is the
     position to resume from once all of its records are done; positions of one
     partition never go backwards.
+
+    Optional: ``async def committed(self, positions)`` is called after every
+    successful checkpoint with the positions it saved (a Kafka source commits
+    them as the group's offsets); ``def lag(self) -> dict[str, int]`` reports
+    records behind the end of each partition (a metric).
     """
 
     name: str
@@ -73,6 +78,10 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _ignore(count: int) -> None:
+    """The default ``dropped`` callback of a hand-made context: counts nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class StageContext:
     """What a custom stage may use while it runs (handed to its optional ``open``).
@@ -85,11 +94,19 @@ class StageContext:
             ``reason`` (default: the error's). The record's ack is retained until
             the write is durable; the runtime writes after ``process`` returns.
             Without a dead-letter sink it stops the run, like any failing record.
+        dropped: ``dropped(n)`` counts records the stage removed on purpose (a
+            dedupe, a filter), so the run report accounts for them (I7).
+        batch_size: The pipeline's ``batch_size`` option.
+        max_in_flight: The pipeline's ``max_in_flight`` option (a stage that
+            holds records back must hold fewer than this, or the run stalls).
     """
 
     pipeline: str
     clock: Clock
     dead_letter: Callable[[Batch, int, BaseException, str | None], None]
+    dropped: Callable[[int], None] = _ignore
+    batch_size: int = 1_000
+    max_in_flight: int = 10_000
 
 
 @runtime_checkable

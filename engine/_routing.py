@@ -69,12 +69,15 @@ class DeadLetterGuard:
         max_in_a_row: Trip after this many dead letters with no record written between.
         action: ``"stop"`` the run, or ``"pause"`` the source until
             :meth:`RunningPipeline.resume` is called.
+        exempt_reasons: Reasons that are deliberate, not symptoms (a quality
+            gate quarantining a whole window), and never count.
     """
 
     window: int = 1_000
     max_ratio: float = 0.5
     max_in_a_row: int = 100
     action: Literal["stop", "pause"] = "stop"
+    exempt_reasons: frozenset[str] = frozenset({"quality_gate"})
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for an impossible setting."""
@@ -266,7 +269,7 @@ class Router:
 
     def _check_guard(self, step_id: str, reason: str) -> None:
         guard = self.guard
-        if guard is None:
+        if guard is None or reason in guard.exempt_reasons:
             return
         state = self._guard_state
         state.window_dlq += 1

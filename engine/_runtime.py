@@ -272,6 +272,7 @@ class Runtime:
             state=self._state,
             crash_counts=dict(last.crash_counts) if last else {},
             clock=self.clock,
+            on_saved=getattr(self.source, "committed", None),
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
         for segment in self.segments:
@@ -514,7 +515,23 @@ class Runtime:
         ) -> None:
             router.dead_letter_item(step_id, batch, index, error, reason)
 
-        return StageContext(pipeline=self.pipeline.name, clock=self.clock, dead_letter=dead_letter)
+        counters = next(
+            seg.counters
+            for seg in self.segments
+            if isinstance(seg, StageSegment) and seg.stage.step_id == step_id
+        )
+
+        def dropped(count: int) -> None:
+            counters.dropped += count
+
+        return StageContext(
+            pipeline=self.pipeline.name,
+            clock=self.clock,
+            dead_letter=dead_letter,
+            dropped=dropped,
+            batch_size=self.options.batch_size,
+            max_in_flight=self.options.max_in_flight,
+        )
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
