@@ -46,7 +46,7 @@ class RunCollector(Collector):
         name = rt.pipeline.name
         records = CounterMetricFamily(
             "riprap_records",
-            "Records by step and outcome (in, out, dropped, error).",
+            "Records by step and outcome (in, out, dropped, absorbed, error).",
             labels=["pipeline", "stage", "outcome"],
         )
         records.add_metric([name, rt.source.name, "in"], rt.records_in)
@@ -55,6 +55,7 @@ class RunCollector(Collector):
             records.add_metric([name, stage, "in"], counters.records_in)
             records.add_metric([name, stage, "out"], counters.records_out)
             records.add_metric([name, stage, "dropped"], counters.dropped)
+            records.add_metric([name, stage, "absorbed"], counters.absorbed)
             records.add_metric([name, stage, "error"], counters.errors)
         yield records
         seconds = CounterMetricFamily(

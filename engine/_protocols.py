@@ -79,7 +79,12 @@ class Sink(Protocol):
 
 
 def _ignore(count: int) -> None:
-    """The default ``dropped`` callback of a hand-made context: counts nothing."""
+    """The default counting callback of a hand-made context: counts nothing."""
+
+
+def _never() -> bool:
+    """The default ``source_exhausted`` of a hand-made context."""
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,12 @@ class StageContext:
             Without a dead-letter sink it stops the run, like any failing record.
         dropped: ``dropped(n)`` counts records the stage removed on purpose (a
             dedupe, a filter), so the run report accounts for them (I7).
+        absorbed: ``absorbed(n)`` counts records folded into the stage's state
+            (a window): done, reported as absorbed, and progress for the DLQ guard.
+        source_exhausted: Whether the source has ended (in ``finish``: end of
+            input rather than a graceful stop).
+        policy_hooks: Hooks for policy events of the stage's own policy stacks,
+            so their retries reach the run report and the metrics.
         batch_size: The pipeline's ``batch_size`` option.
         max_in_flight: The pipeline's ``max_in_flight`` option (a stage that
             holds records back must hold fewer than this, or the run stalls).
@@ -105,6 +116,9 @@ class StageContext:
     clock: Clock
     dead_letter: Callable[[Batch, int, BaseException, str | None], None]
     dropped: Callable[[int], None] = _ignore
+    absorbed: Callable[[int], None] = _ignore
+    source_exhausted: Callable[[], bool] = _never
+    policy_hooks: tuple[Callable[[Any], None], ...] = ()
     batch_size: int = 1_000
     max_in_flight: int = 10_000
 

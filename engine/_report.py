@@ -21,6 +21,7 @@ class StepCounters:
     """Mutable per-step counts, updated once per batch (cheap in the hot path)."""
 
     __slots__ = (
+        "absorbed",
         "batches",
         "busy_seconds",
         "dropped",
@@ -36,6 +37,7 @@ class StepCounters:
         self.records_out = 0
         self.errors = 0
         self.dropped = 0
+        self.absorbed = 0
         self.batches = 0
         self.busy_seconds = 0.0
 
@@ -85,6 +87,7 @@ class RunReport:
         records_in: Records read from the source.
         records_out: Records the sink wrote.
         dropped: Records a filter removed on purpose.
+        absorbed: Records folded into a stage's state (windows), done there.
         dead_lettered: Records sent to the dead-letter queue, by reason.
         fallbacks: Calls answered by a step's fallback (degraded results).
         retries: Retries of failed calls, in steps and the sink.
@@ -106,6 +109,7 @@ class RunReport:
     positions: Mapping[str, int]
     steps: tuple[StepStats, ...]
     dead_lettered: Mapping[str, int] = field(default_factory=dict)
+    absorbed: int = 0
     fallbacks: int = 0
     retries: int = 0
     breaker_trips: int = 0
@@ -123,6 +127,7 @@ class RunReport:
             f"  records in      {self.records_in:>12,}",
             f"  written         {self.records_out:>12,}",
             f"  dropped         {self.dropped:>12,}",
+            f"  absorbed        {self.absorbed:>12,}",
             f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
         ]
         lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]

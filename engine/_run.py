@@ -100,14 +100,22 @@ async def _supervise(
     progress: ProgressHook | None,
     progress_interval: float,
 ) -> RunReport:
+    outcome: RunReport | BaseException | None = None
     async with anyio.create_task_group() as tg:
         if handle_signals:
             tg.start_soon(_watch_signals, running)
         if progress is not None:
             tg.start_soon(_report_progress, running, progress, progress_interval)
-        report = await running.wait()
+        try:
+            outcome = await running.wait()
+        except Exception as error:
+            # Raised below, outside the task group, so callers get it unwrapped.
+            outcome = error
         tg.cancel_scope.cancel()
-    return report
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert outcome is not None
+    return outcome
 
 
 async def _watch_signals(running: RunningPipeline) -> None:

@@ -524,11 +524,21 @@ class Runtime:
         def dropped(count: int) -> None:
             counters.dropped += count
 
+        def absorbed(count: int) -> None:
+            counters.absorbed += count
+            router.observe_written(count)
+
+        def source_exhausted() -> bool:
+            return self.outcome == "completed" and self.error is None
+
         return StageContext(
             pipeline=self.pipeline.name,
             clock=self.clock,
             dead_letter=dead_letter,
             dropped=dropped,
+            absorbed=absorbed,
+            source_exhausted=source_exhausted,
+            policy_hooks=(self.events, *self.options.policy_hooks),
             batch_size=self.options.batch_size,
             max_in_flight=self.options.max_in_flight,
         )
@@ -560,6 +570,7 @@ class Runtime:
             positions=self.tracker.positions(),
             steps=(*tuple(s.counters.freeze() for s in self.segments), self.sink_counters.freeze()),
             dead_lettered=dict(self.router.counts),
+            absorbed=sum(s.counters.absorbed for s in self.segments),
             fallbacks=self.events.fallbacks,
             retries=self.events.retries,
             breaker_trips=self.events.breaker_trips,

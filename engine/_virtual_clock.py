@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -151,6 +152,11 @@ class VirtualClock:
     async def _drive(self) -> None:
         while True:
             await _quiesce(strict=True)
+            if _threads_busy():
+                # A task waiting on a worker thread is not idle: its thread is working.
+                # Jumping now would let virtual timeouts expire around real I/O.
+                await anyio.sleep(THREAD_POLL)
+                continue
             deadline = self.next_deadline()
             if deadline is None:
                 # Every task waits on something other than this clock: wait for a sleeper.
@@ -177,6 +183,16 @@ class VirtualClock:
 
 # Tasks spinning in a quiescence wait; they count as blocked for each other.
 _IDLE_WAITERS: set[object] = set()
+
+
+THREAD_POLL = 0.0005
+"""Real seconds the autojump driver waits while worker threads are busy."""
+
+
+def _threads_busy() -> bool:
+    """Whether anyio's default worker threads are running something."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    return limiter.statistics().borrowed_tokens > 0
 
 
 async def wait_all_tasks_blocked() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import TYPE_CHECKING
 
 from benchmarks import bench_memory, bench_metrics, bench_policies
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,3 +155,4 @@ def test_failed_run_exits_1_with_the_position(tmp_path: Path) -> None:
     done = riprap_cli("run", "bug.py", cwd=tmp_path)
     assert 1 == done.returncode
     assert "stage 'div' failed at memory@7: ZeroDivisionError" in done.stderr
+    assert "Traceback" not in done.stderr

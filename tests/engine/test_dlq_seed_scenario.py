@@ -174,6 +174,8 @@ def build(
         dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         clock=clock,
     ).source(
+        # Each record carries its id as its key (like a message key), so the fixed
+        # parse can still say which id a malformed payload was meant to be.
         IterableSource("events", scenario.values, partition=PARTITION, keys=list(range(RECORDS)))
     )
     if fixed:
@@ -192,7 +194,7 @@ def table(tmp_path: Path) -> dict[int, dict[str, Any]]:
     """The sink's rows by id."""
     return {
         key: orjson.loads(value)
-        for key, value in query(tmp_path / "out.db", "SELECT id, value FROM events")
+        for key, value in query(tmp_path / "out.db", f"SELECT id, value FROM {TABLE}")
     }
 
 
@@ -202,6 +204,7 @@ async def test_seed_scenario_dead_letters_exactly_the_bad_records(tmp_path: Path
     clock = VirtualClock()
     dependency = Dependency(clock, scenario)
     pipeline = build(tmp_path, clock, scenario, riprap.MemoryCheckpoints(), dependency)
+    assert riprap.DeadLetterGuard() == pipeline.options.dlq_guard  # the defaults must not trip
     async with clock.autojump():
         report = await pipeline.run()
 
@@ -220,6 +223,7 @@ async def test_seed_scenario_dead_letters_exactly_the_bad_records(tmp_path: Path
     assert {o: scenario.values[o] for o in expected_letters} == {
         d.offset: d.original_value() for d in letters
     }
+    assert {"utf-8", "base64"} == {d.value_encoding for d in letters}  # non-UTF-8 kept as bytes
     assert {"riprap.TransientError"} == {
         d.error_type for d in letters if d.reason == "retries_exhausted"
     }
@@ -248,7 +252,7 @@ async def test_replay_after_the_fix_completes_the_table_once(tmp_path: Path) -> 
     )
     async with clock.autojump():
         await original.run()
-    assert len(scenario.good) == count(tmp_path / "out.db", "SELECT count(*) FROM events")
+    assert len(scenario.good) == count(tmp_path / "out.db", f"SELECT count(*) FROM {TABLE}")
 
     replays = riprap.MemoryCheckpoints()
     failed = tmp_path / "dlq.jsonl.replay-failed.jsonl"
@@ -280,12 +284,14 @@ async def test_replay_after_the_fix_completes_the_table_once(tmp_path: Path) -> 
         expected[offset] = {"id": offset, "malformed": True, "raw": raw, "score": score(offset)}
     database = tmp_path / "out.db"
     assert (RECORDS, RECORDS) == (
-        count(database, "SELECT count(*) FROM events"),
-        count(database, "SELECT count(DISTINCT id) FROM events"),
+        count(database, f"SELECT count(*) FROM {TABLE}"),
+        count(database, f"SELECT count(DISTINCT id) FROM {TABLE}"),
     )
     assert expected == table(tmp_path)
 
     second = await replay()
     assert (0, 0) == (second.records_in, second.records_out)
-    assert RECORDS == count(database, "SELECT count(*) FROM events")
+    assert RECORDS == count(database, f"SELECT count(*) FROM {TABLE}")
     assert [] == list(riprap.read_dead_letters(failed))
+    # Replays never write to the store they read.
+    assert letters == len(list(riprap.read_dead_letters(tmp_path / "dlq.jsonl")))

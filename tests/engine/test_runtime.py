@@ -426,3 +426,15 @@ async def test_keyed_step_runs_one_record_per_key_at_a_time() -> None:
     for key in ("k0", "k1", "k2", "k3"):
         assert [v for v in values if v[0] == key] == [v for v in seen if v[0] == key]
     assert peak > 1
+
+
+def test_run_raises_the_pipeline_error_itself() -> None:
+    """riprap.run raises PipelineError unwrapped, so ``except riprap.PipelineError`` works."""
+    p = (
+        pipeline()
+        .source(IterableSource("nums", list(range(10))))
+        .map("boom", lambda v: 1 // (v - 3))
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.PipelineError, match="memory@3"):
+        riprap.run(p, handle_signals=False)

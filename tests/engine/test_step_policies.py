@@ -223,3 +223,40 @@ async def test_policy_steps_are_not_fused() -> None:
     await p.run()
     assert [2, 4] == sink.values
     await anyio.lowlevel.checkpoint()
+
+
+async def test_virtual_time_does_not_run_ahead_of_worker_threads() -> None:
+    """A sink working in a thread does not see its virtual attempt timeout expire meanwhile."""
+    import time
+
+    clock = VirtualClock()
+
+    class ThreadedSink:
+        name = "threaded"
+        idempotent = True
+
+        def __init__(self) -> None:
+            self.values: list[int] = []
+
+        async def open(self) -> None: ...
+
+        async def write(self, batch: riprap.Batch) -> None:
+            await anyio.to_thread.run_sync(time.sleep, 0.02)
+            await anyio.lowlevel.checkpoint()
+            self.values.extend(batch.items)
+
+        async def flush(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    sink = ThreadedSink()
+    p = (
+        riprap.Pipeline("threads", checkpoint=riprap.MemoryCheckpoints(), clock=clock, batch_size=5)
+        .source(IterableSource("ids", list(range(20))))
+        .sink(sink, attempt_timeout=60.0)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    assert list(range(20)) == sink.values
+    assert 0 == report.retries
+    assert clock.monotonic() < 60.0

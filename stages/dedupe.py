@@ -1,0 +1,321 @@
+"""Deduplication: drop records whose key was already let through.
+
+:class:`Dedupe` remembers the keys it has let through, with the time each was
+let through, bounded by a time to live (``ttl``), a number of keys
+(``max_keys``) or both. A record whose key is remembered (and not expired) is
+a duplicate: it is not emitted and counts as done (deliberately dropped).
+
+The remembered keys are operator state: they are saved in the same
+checkpoint as the source positions (I3) and restored on the next start, so a
+replay after a crash, a source that starts over, or a duplicated upstream
+delivery does not reach the sink twice. A key is saved only once the record
+that brought it in is itself done (written or dead-lettered): a record that
+was let through but not yet written when the checkpoint was taken is replayed
+and let through again, never lost.
+
+Keys are compared, and saved, as strings: ``str(key)``. ``1`` and ``"1"`` are
+therefore the same key; use a key function that returns a string when that
+matters.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal, final
+
+from riprap import Ack, ConfigError, DataError
+from riprap._records import Batch, DropsOrigin
+
+if TYPE_CHECKING:
+    from riprap import StageContext
+    from riprap._protocols import Emit
+
+__all__ = ("Dedupe", "DedupeStatistics")
+
+_STATE_VERSION = 1
+_MISSING: Any = object()
+
+TimeSource = Literal["clock", "event"] | Callable[[Any], float]
+"""Where a record's time comes from: the pipeline clock, the record's event time, or a function."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DedupeStatistics:
+    """Counters of a :class:`Dedupe` stage.
+
+    Attributes:
+        records_in: Records seen.
+        passed: Records let through.
+        duplicates: Records dropped as duplicates.
+        keys: Keys remembered now.
+        pending: Keys let through whose records are not done yet (not saved).
+        evicted: Keys forgotten because they expired or the bound was reached.
+    """
+
+    records_in: int
+    passed: int
+    duplicates: int
+    keys: int
+    pending: int
+    evicted: int
+
+
+def _key_function(key: str | Callable[[Any], Any]) -> Callable[[Any], Any]:
+    if callable(key):
+        return key
+    if not isinstance(key, str) or not key:
+        raise ConfigError("Dedupe.key", f"must be a field name or a function, got {key!r}")
+
+    def field(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            found = value.get(key, _MISSING)
+        else:
+            found = getattr(value, key, _MISSING)
+        if found is _MISSING or found is None:
+            raise DataError(f"dedupe key field {key!r} is missing", reason="missing_key")
+        return found
+
+    return field
+
+
+def _seconds(option: str, value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ConfigError(option, f"must be a positive number of seconds, got {value!r}")
+    return float(seconds)
+
+
+@final
+class Dedupe:
+    """Lets the first record of each key through and drops the repeats.
+
+    Args:
+        step_id: The step's name; it keys the state in the checkpoint.
+        key: A field name (mapping key or attribute) or a function of the
+            value. Keys are compared as ``str(key)``. A missing or ``None``
+            field, or a function raising :class:`~riprap.DataError`,
+            dead-letters the record (reason ``missing_key``, or the error's).
+        ttl: Seconds (or a ``timedelta``) a key is remembered after the record
+            that brought it in: a repeat at least ``ttl`` later goes through
+            again and starts a new period. Repeats do not extend the period.
+        max_keys: At most this many keys are remembered; the oldest is
+            forgotten first. At least one of ``ttl`` and ``max_keys`` is
+            required, so the state stays bounded.
+        time: Where a record's time comes from for ``ttl``: ``"clock"`` (the
+            pipeline clock's wall time when the batch arrives), ``"event"``
+            (the source record's timestamp; a record without one is
+            dead-lettered with reason ``missing_timestamp``), or a function of
+            the value returning seconds. With event time, keys expire as the
+            latest time seen moves on.
+
+    Raises:
+        ConfigError: An invalid option.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_context",
+        "_duplicates",
+        "_evicted",
+        "_key",
+        "_pending",
+        "_records_in",
+        "_seen",
+        "_watermark",
+        "max_keys",
+        "step_id",
+        "time",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        step_id: str,
+        *,
+        key: str | Callable[[Any], Any],
+        ttl: float | timedelta | None = None,
+        max_keys: int | None = None,
+        time: TimeSource = "clock",
+    ) -> None:
+        self.step_id = step_id
+        self._key = _key_function(key)
+        self.ttl = _seconds("Dedupe.ttl", ttl)
+        if max_keys is not None and (
+            not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1
+        ):
+            raise ConfigError("Dedupe.max_keys", f"must be a positive integer, got {max_keys!r}")
+        if self.ttl is None and max_keys is None:
+            raise ConfigError("Dedupe", "give ttl, max_keys or both, so the state stays bounded")
+        if time not in ("clock", "event") and not callable(time):
+            raise ConfigError(
+                "Dedupe.time", f"must be 'clock', 'event' or a function, got {time!r}"
+            )
+        self.max_keys = max_keys
+        self.time = time
+        self._context: StageContext | None = None
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._pending: dict[str, int] = {}
+        self._watermark = float("-inf")
+        self._records_in = 0
+        self._duplicates = 0
+        self._evicted = 0
+
+    async def open(self, context: StageContext) -> None:
+        """Keep the context (its clock and dead-letter hook) and start a new run.
+
+        Keys let through by an earlier run of this object whose records never
+        became done are forgotten, so their replays go through again.
+        """
+        self._context = context
+        for key in self._pending:
+            self._seen.pop(key, None)
+        self._pending = {}
+
+    async def process(self, batch: Batch, emit: Emit) -> None:
+        """Emit the records whose key is new (or expired); drop the others."""
+        context = self._context
+        if context is None:
+            raise RuntimeError(f"stage {self.step_id!r} was not opened")
+        times = self._times(batch, context)
+        kept: list[Any] = []
+        drops: list[int] = []
+        keys: list[str] = []
+        seen, ttl, max_keys = self._seen, self.ttl, self.max_keys
+        duplicates = self._duplicates
+        for index, value in enumerate(batch.items):
+            try:
+                key = str(self._key(value))
+                now = times(index, value)
+            except DataError as error:
+                drops.append(len(kept))
+                context.dead_letter(batch, index, error, None)
+                continue
+            before = seen.get(key)
+            if before is not None and (ttl is None or now - before < ttl):
+                drops.append(len(kept))
+                self._duplicates += 1
+                continue
+            if before is not None:
+                del seen[key]  # expired: re-enter at the back with the new time
+            seen[key] = now
+            if max_keys is not None and len(seen) > max_keys:
+                seen.popitem(last=False)
+                self._evicted += 1
+            kept.append(value)
+            keys.append(key)
+        self._records_in += len(batch.items)
+        context.dropped(self._duplicates - duplicates)  # the run report counts them (I7)
+        self._evict()
+        if not kept:
+            batch.ack.release()  # all dropped (done) or held by their dead-letter writes
+            return
+        await emit(self._output(batch, kept, drops, keys))
+
+    async def finish(self, emit: Emit) -> None:
+        """Nothing is held back."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The remembered keys whose records are done, with their times, oldest first."""
+        pending = self._pending
+        keys = [[key, at] for key, at in self._seen.items() if key not in pending]
+        watermark = self._watermark if self._watermark != float("-inf") else None
+        return {"version": _STATE_VERSION, "keys": keys, "watermark": watermark}
+
+    def restore(self, state: Any) -> None:
+        """Take back what :meth:`snapshot` saved.
+
+        Raises:
+            ValueError: ``state`` is not a dedupe snapshot of a known version.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"stage {self.step_id!r}: not a dedupe snapshot: {state!r:.80}")
+        self._seen = OrderedDict((str(key), float(at)) for key, at in state["keys"])
+        self._pending = {}
+        watermark = state.get("watermark")
+        self._watermark = float("-inf") if watermark is None else float(watermark)
+        self._evict()
+
+    def statistics(self) -> DedupeStatistics:
+        """What the stage has seen, let through and dropped, and what it remembers."""
+        return DedupeStatistics(
+            records_in=self._records_in,
+            passed=self._records_in - self._duplicates,
+            duplicates=self._duplicates,
+            keys=len(self._seen),
+            pending=len(self._pending),
+            evicted=self._evicted,
+        )
+
+    def _times(self, batch: Batch, context: StageContext) -> Callable[[int, Any], float]:
+        """The time of item ``index`` (``value``) of ``batch``, from the configured source."""
+        if self.time == "clock":
+            now = context.clock.time()
+            self._watermark = max(self._watermark, now)
+            return lambda _index, _value: now
+        if self.time == "event":
+            return functools.partial(self._event_time, batch)
+        time_of = self.time
+        assert callable(time_of)
+
+        def from_value(_index: int, value: Any) -> float:
+            at = float(time_of(value))
+            self._watermark = max(self._watermark, at)
+            return at
+
+        return from_value
+
+    def _event_time(self, batch: Batch, index: int, _value: Any) -> float:
+        where = batch.locate(index)
+        at: float | None = None
+        if where is not None:
+            source, i = where
+            at = source.timestamps[i] if source.timestamps is not None else None
+        if at is None:
+            raise DataError("record has no event timestamp", reason="missing_timestamp")
+        self._watermark = max(self._watermark, at)
+        return at
+
+    def _evict(self) -> None:
+        """Forget expired keys (by the latest time seen) and keys over ``max_keys``."""
+        seen = self._seen
+        before = len(seen)
+        if self.ttl is not None and seen:
+            horizon = self._watermark - self.ttl
+            # Keys enter in time order, except out-of-order event times: those
+            # stay a little longer, which costs memory, never correctness.
+            while seen and next(iter(seen.values())) <= horizon:
+                seen.popitem(last=False)
+        if self.max_keys is not None:
+            while len(seen) > self.max_keys:
+                seen.popitem(last=False)
+        self._evicted += before - len(seen)
+
+    def _output(self, batch: Batch, kept: list[Any], drops: list[int], keys: list[str]) -> Batch:
+        """The kept records under an ack of their own that confirms their keys when done."""
+        pending = self._pending
+        for key in keys:
+            pending[key] = pending.get(key, 0) + 1
+        ack = Ack(functools.partial(self._confirm, keys, batch.ack))
+        origin = DropsOrigin(batch.origin, drops) if drops else batch.origin
+        return Batch(kept, ack, origin)
+
+    def _confirm(self, keys: list[str], upstream: Ack) -> None:
+        """The emitted records are done: their keys may now be saved; release the input."""
+        pending = self._pending
+        for key in keys:
+            left = pending.get(key, 0) - 1
+            if left > 0:
+                pending[key] = left
+            else:
+                pending.pop(key, None)
+        upstream.release()
