@@ -64,6 +64,7 @@ from ._routing import DeadLetterWriteError as DeadLetterWriteError
 from ._run import run as run
 from ._run import run_async as run_async
 from ._runtime import RunningPipeline as RunningPipeline
+from ._tracing import trace_headers as trace_headers
 
 __all__ = (
     "Ack",
@@ -125,6 +126,7 @@ __all__ = (
     "run",
     "run_async",
     "serve_health",
+    "trace_headers",
 )
 
 

@@ -22,6 +22,7 @@ from ._errors import ConfigError
 from ._protocols import Sink, Source, Stage
 from ._redact import Redactor
 from ._routing import DeadLetterGuard
+from ._tracing import otel_available
 from .policies import Bulkhead, CircuitBreaker, Policies, PolicyHook, Retry
 
 DEFAULT_SINK_RETRY = Retry(attempts=5, timeout=120.0, wait_initial=0.2, wait_max=10.0)
@@ -70,6 +71,8 @@ class PipelineOptions:
         alerts: Alert rules evaluated in-process every ``alert_interval`` seconds.
         alert_sinks: Where alerts go (default: the log).
         alert_interval: Seconds between alert evaluations.
+        tracing: ``True`` (the global OpenTelemetry tracer provider) or a
+            ``TracerProvider``: one span per batch per stage (needs the ``otel`` extra).
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -89,6 +92,7 @@ class PipelineOptions:
     alerts: tuple[AlertRule, ...] = ()
     alert_sinks: tuple[AlertSink, ...] = field(default_factory=lambda: (LogAlerts(),))
     alert_interval: float = 10.0
+    tracing: Any = False
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -123,6 +127,8 @@ class PipelineOptions:
             raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
         _positive_int("max_crashes", self.max_crashes)
         _positive_number("alert_interval", self.alert_interval)
+        if self.tracing and not otel_available():
+            raise ConfigError("tracing", "needs opentelemetry-api: pip install 'riprap[otel]'")
         for rule in self.alerts:
             if not isinstance(rule, AlertRule):
                 raise ConfigError("alerts", f"must hold riprap.AlertRule objects, got {rule!r}")

@@ -33,7 +33,16 @@ from ._protocols import Sink, Source, SourceContext, StageContext
 from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
 from ._report import Outcome, PolicyCounters, RunReport, RunStatistics, StepCounters
 from ._routing import Router
-from ._segments import AsyncSegment, BatchSegment, ErrorRouter, FusedSegment, Segment, StageSegment
+from ._segments import (
+    AsyncSegment,
+    BatchSegment,
+    ErrorRouter,
+    FusedSegment,
+    Segment,
+    StageSegment,
+    traced,
+)
+from ._tracing import Tracing
 from .policies import Policies, PolicyHook, PolicyStack
 from .policies._classify import DEFAULT_CLASSIFIER
 
@@ -176,6 +185,11 @@ class Runtime:
         self.events = PolicyCounters()
         hooks = (self.events, *self.options.policy_hooks)
         self.segments = build_segments(pipeline.steps, self.router, clock=self.clock, hooks=hooks)
+        tracing = self.options.tracing
+        provider = None if tracing is True else tracing
+        self.tracing = Tracing(pipeline.name, provider) if tracing else None
+        for segment in self.segments:
+            segment.tracer = self.tracing
         sink_policies = pipeline.sink_policies
         self._sink_write = PolicyStack(
             sink_policies,
@@ -418,7 +432,8 @@ class Runtime:
             async for batch in receive:
                 counters.records_in += len(batch.items)
                 started = time.perf_counter()
-                await self._write(batch)
+                with traced(self.tracing, self.sink.name, batch):
+                    await self._write(batch)
                 counters.timed(started)
                 counters.records_out += len(batch.items)
                 self.router.observe_written(len(batch.items))

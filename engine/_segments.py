@@ -9,6 +9,7 @@ does with a failing record is decided by the :class:`ErrorRouter` it is given.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from ._pipeline import BatchStep, OpStep, StageStep
     from ._protocols import StageContext
+    from ._tracing import Tracing
 
 Receive = ObjectReceiveStream[Batch]
 Send = ObjectSendStream[Batch]
@@ -50,6 +52,7 @@ class Segment(Protocol):
     """One runner task."""
 
     counters: StepCounters
+    tracer: Tracing | None
 
     async def run(self, receive: Receive, send: Send) -> None: ...
 
@@ -64,6 +67,7 @@ class FusedSegment:
         self.steps = tuple(steps)
         self.counters = StepCounters("+".join(step.step_id for step in steps))
         self.router = router
+        self.tracer: Tracing | None = None
         self.chain = compile_chain([Op(step.kind, step.step_id, step.fn) for step in steps])
 
     def snapshot(self) -> dict[str, Any]:
@@ -78,6 +82,12 @@ class FusedSegment:
 
     async def process(self, batch: Batch) -> Batch | None:
         """Run the chain over one batch; ``None`` (ack released) when nothing is left."""
+        if self.tracer is not None:
+            with self.tracer.span(self.counters.step_id, batch):
+                return await self._process(batch)
+        return await self._process(batch)
+
+    async def _process(self, batch: Batch) -> Batch | None:
         started = time.perf_counter()
         router = self.router
         steps = self.steps
@@ -108,6 +118,11 @@ class FusedSegment:
         return Batch(out, batch.ack, origin)
 
 
+def traced(tracer: Tracing | None, stage: str, batch: Batch) -> AbstractContextManager[None]:
+    """A span around a batch's processing, or nothing when tracing is off."""
+    return tracer.span(stage, batch) if tracer is not None else nullcontext()
+
+
 _FAILED: Any = object()
 _DROP: Any = object()
 _KEEP: Any = object()
@@ -128,6 +143,7 @@ class AsyncSegment:
         self.counters = StepCounters(step.step_id)
         self.router = router
         self.call = call
+        self.tracer: Tracing | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {}
@@ -136,7 +152,8 @@ class AsyncSegment:
         async with receive, send:
             async for batch in receive:
                 started = time.perf_counter()
-                out, indices = await self._process(batch)
+                with traced(self.tracer, self.step.step_id, batch):
+                    out, indices = await self._process(batch)
                 self.counters.timed(started)
                 await self.router.flush()
                 self.counters.records_in += len(batch.items)
@@ -226,6 +243,7 @@ class BatchSegment:
     def __init__(self, step: BatchStep) -> None:
         self.step = step
         self.counters = StepCounters(step.step_id)
+        self.tracer: Tracing | None = None
         self._items: list[Any] = []
         self._acks: list[Ack] = []
 
@@ -281,6 +299,7 @@ class StageSegment:
         self.stage = step.stage
         self.counters = StepCounters(step.step_id)
         self.router = router
+        self.tracer: Tracing | None = None
 
     async def open(self, context: StageContext) -> None:
         """Hand the stage its context, if it wants one."""
@@ -302,7 +321,8 @@ class StageSegment:
             async for batch in receive:
                 counters.records_in += len(batch.items)
                 started = time.perf_counter()
-                await self.stage.process(batch, emit)
+                with traced(self.tracer, self.stage.step_id, batch):
+                    await self.stage.process(batch, emit)
                 counters.timed(started)
                 await self.router.flush()
             await self.stage.finish(emit)
