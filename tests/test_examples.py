@@ -112,3 +112,12 @@ async def test_aiohttp_service(aiohttp_service: ModuleType, tmp_path: Path) -> N
     assert list(range(position)) == list(rows)
     expected_row = {"id": 7, "sensor": "sensor-3", "celsius": 20.35, "fahrenheit": 68.63}
     assert expected_row == rows[7]
+
+
+def test_keyed_ordering_example_keeps_balances_right(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-key ordering example applies every account's events in order."""
+    import runpy
+
+    example = Path(__file__).parent.parent / "examples" / "keyed_ordering.py"
+    runpy.run_path(str(example), run_name="__main__")
+    assert "balances correct: True" in capsys.readouterr().out
