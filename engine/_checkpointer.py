@@ -107,6 +107,7 @@ class Checkpointer:
                 self.pipeline,
                 type(exc).__name__,
                 exc,
+                extra={"pipeline": self.pipeline},
             )
 
     async def run_periodic(self, interval: float) -> None:

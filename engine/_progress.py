@@ -35,18 +35,23 @@ class ProgressPrinter:
         self.out.flush()
 
     def format(self, stats: RunStatistics) -> str:
-        """One line: counts, rate, in flight, checkpoint age."""
+        """One line: counts, rate, in flight, checkpoint age, lag and open breakers."""
         rate = stats.records_in / stats.elapsed if stats.elapsed > 0 else 0.0
         age = (
             f"{stats.last_checkpoint_age:.0f}s ago"
             if stats.last_checkpoint_age is not None
             else "none yet"
         )
-        return (
+        line = (
             f"[{self.pipeline}] in {stats.records_in:,}  out {stats.records_out:,}  "
             f"dropped {stats.dropped:,}  dlq {stats.dead_lettered:,}  "
             f"in flight {stats.in_flight:,}  {rate:,.0f}/s  checkpoint {age}"
         )
+        if stats.lag is not None:
+            line += f"  lag {stats.lag:,}"
+        if stats.open_breakers:
+            line += f"  OPEN: {', '.join(stats.open_breakers)}"
+        return line
 
     def close(self) -> None:
         """End the redrawn line so the report starts on a fresh one."""

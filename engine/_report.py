@@ -75,6 +75,8 @@ class RunStatistics:
     checkpoints: int
     last_checkpoint_age: float | None
     positions: Mapping[str, int]
+    open_breakers: tuple[str, ...] = ()
+    lag: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

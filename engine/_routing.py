@@ -244,6 +244,7 @@ class Router:
                     type(error).__name__,
                     attempt,
                     DLQ_WRITE_ATTEMPTS,
+                    extra={"pipeline": self.pipeline},
                 )
                 await self.clock.sleep(delay)
                 delay *= 2
@@ -288,7 +289,11 @@ class Router:
             "broken dependency, not bad data; the records stay unprocessed for after the fix."
         )
         if guard.action == "pause" and self.paused.is_set():
-            log.error("%s Paused until resumed.", message)
+            log.error(
+                "%s Paused until resumed.",
+                message,
+                extra={"pipeline": self.pipeline, "stage": step_id},
+            )
             self.paused = anyio.Event()
             return
         if guard.action == "stop":

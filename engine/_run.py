@@ -131,7 +131,11 @@ async def _watch_signals(running: RunningPipeline) -> None:
                 )
                 running.stop()
             else:
-                log.warning("second signal: aborting pipeline %s", running.name)
+                log.warning(
+                    "second signal: aborting pipeline %s",
+                    running.name,
+                    extra={"pipeline": running.name},
+                )
                 running.abort()
 
 

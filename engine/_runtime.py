@@ -248,7 +248,14 @@ class Runtime:
             checkpoints=self.checkpointer.saved,
             last_checkpoint_age=self.checkpointer.age(),
             positions=self.tracker.positions(),
+            open_breakers=tuple(sorted(self.events.open_since)),
+            lag=self._lag(),
         )
+
+    def _lag(self) -> int | None:
+        """Total records behind the source's partition ends, if the source knows."""
+        lag = getattr(self.source, "lag", None)
+        return sum(lag().values()) if callable(lag) else None
 
     def queue_depths(self) -> dict[str, int]:
         """Batches waiting in front of each step and the sink."""
