@@ -1,0 +1,38 @@
+"""Kafka source and sink (needs the ``kafka`` extra: ``pip install riprap[kafka]``).
+
+:class:`KafkaSource` names partitions ``"topic:partition"`` and hands over raw
+bytes; decode in a step with :func:`json_value` or :func:`str_value` so that
+one bad message is dead-lettered instead of stopping the source.
+:class:`KafkaSink` waits for every acknowledgement and is at-least-once.
+"""
+
+from __future__ import annotations
+
+try:
+    import aiokafka  # noqa: F401  # fail early with an actionable message
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    raise ModuleNotFoundError(
+        "riprap.connectors.kafka needs aiokafka: pip install 'riprap[kafka]'", name=exc.name
+    ) from exc
+
+from ._codecs import Serializer as Serializer
+from ._codecs import json_value as json_value
+from ._codecs import lag_by_partition as lag_by_partition
+from ._codecs import parse_partition as parse_partition
+from ._codecs import partition_lag as partition_lag
+from ._codecs import partition_name as partition_name
+from ._codecs import str_value as str_value
+from ._sink import KafkaSink as KafkaSink
+from ._source import KafkaSource as KafkaSource
+
+__all__ = (
+    "KafkaSink",
+    "KafkaSource",
+    "Serializer",
+    "json_value",
+    "lag_by_partition",
+    "parse_partition",
+    "partition_lag",
+    "partition_name",
+    "str_value",
+)

@@ -1,0 +1,1 @@
+"""Kafka connector tests against a local Kafka-protocol broker."""

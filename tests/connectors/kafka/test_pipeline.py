@@ -1,0 +1,140 @@
+"""End to end: Kafka -> steps -> Kafka with SQLite checkpoints and a dead-letter file."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+import pytest
+
+pytest.importorskip("aiokafka")
+
+import riprap
+from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
+
+from .conftest import FAST_GROUP
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .conftest import KafkaHelper
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 90.0
+
+
+def add_total(order: dict[str, Any]) -> dict[str, Any]:
+    """The map step under test."""
+    return {**order, "total": order["qty"] * 2}
+
+
+def build(
+    kafka: KafkaHelper, tmp_path: Path, source: str, out: str, group: str, **options: Any
+) -> riprap.Pipeline:
+    """Kafka -> decode -> add_total -> Kafka, checkpointed to SQLite."""
+    return (
+        riprap.Pipeline(
+            "orders",
+            checkpoint=riprap.SqliteCheckpoints(tmp_path / "checkpoints.db"),
+            checkpoint_interval=0.2,
+            **options,
+        )
+        .source(
+            KafkaSource(
+                source,
+                bootstrap_servers=kafka.bootstrap,
+                group_id=group,
+                consumer_options=FAST_GROUP,
+            )
+        )
+        .map("decode", json_value)
+        .map("add_total", add_total)
+        .sink(KafkaSink(out, bootstrap_servers=kafka.bootstrap))
+    )
+
+
+async def wait_for_output(kafka: KafkaHelper, topic: str, count: int) -> list[Any]:
+    """The output topic's messages once it holds ``count`` (bounded wait)."""
+    deadline = time.monotonic() + DEADLINE
+    messages: list[Any] = []
+    for _ in range(200):
+        messages = await kafka.read_all(topic, count, within=2.0)
+        if len(messages) >= count or time.monotonic() > deadline:
+            break
+        await anyio.sleep(0.05)
+    return messages
+
+
+async def load_positions(tmp_path: Path) -> dict[str, int]:
+    """The positions of the pipeline's last checkpoint."""
+    backend = riprap.SqliteCheckpoints(tmp_path / "checkpoints.db")
+    try:
+        checkpoint = await backend.load("orders")
+    finally:
+        await backend.aclose()
+    assert checkpoint is not None
+    return dict(checkpoint.positions)
+
+
+@pytest.mark.kafka
+async def test_every_record_arrives_once_and_offsets_match_the_checkpoint(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """20,000 records flow through once each; group offsets equal the checkpoint positions."""
+    count = 20_000
+    source, out = await kafka.create_topic(4), await kafka.create_topic(4)
+    group = f"g-{uuid.uuid4().hex}"
+    await kafka.produce(
+        source,
+        [(f"k{i}".encode(), orjson.dumps({"id": i, "qty": i % 7}), []) for i in range(count)],
+    )
+    async with build(kafka, tmp_path, source, out, group).open() as running:
+        messages = await wait_for_output(kafka, out, count)
+        running.stop()
+    keys = Counter(m.key for m in messages)
+    assert {f"k{i}".encode(): 1 for i in range(count)} == dict(keys)
+    by_key = {m.key: orjson.loads(m.value) for m in messages}
+    assert {"id": 12, "qty": 5, "total": 10} == by_key[b"k12"]
+    positions = await load_positions(tmp_path)
+    assert count == sum(positions.values())
+    assert positions == await kafka.committed(source, group)
+
+
+@pytest.mark.kafka
+async def test_malformed_message_is_dead_lettered_and_the_run_goes_on(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """A message that is not JSON reaches the DLQ with its bytes and headers; the rest flow on."""
+    source, out = await kafka.create_topic(4), await kafka.create_topic(4)
+    bad = (b"bad", b'{"id": 7, "qty":', [("trace", b"abc"), ("origin", b"\xff\x00")])
+    good: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = [
+        (f"k{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(99)
+    ]
+    await kafka.produce(source, [*good[:50], bad, *good[50:]])
+    dlq = tmp_path / "dlq.jsonl"
+    pipeline = build(
+        kafka,
+        tmp_path,
+        source,
+        out,
+        f"g-{uuid.uuid4().hex}",
+        dead_letter=riprap.JsonLinesDeadLetters(dlq),
+    )
+    async with pipeline.open() as running:
+        messages = await wait_for_output(kafka, out, 99)
+        running.stop()
+    assert {f"k{i}".encode() for i in range(99)} == {m.key for m in messages}
+    letters = list(riprap.read_dead_letters(dlq))
+    assert 1 == len(letters)
+    letter = letters[0]
+    expected = (b"bad", b'{"id": 7, "qty":', [("trace", b"abc"), ("origin", b"\xff\x00")])
+    actual = (letter.original_key(), letter.original_value(), list(letter.original_headers()))
+    assert expected == actual
+    assert ("decode_error", "decode") == (letter.reason, letter.stage)
+    assert letter.partition is not None
+    assert letter.partition.startswith(f"{source}:")

@@ -1,0 +1,95 @@
+"""KafkaSink against the test broker: delivery, keys, headers, partitioning, errors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+pytest.importorskip("aiokafka")
+
+from aiokafka.errors import KafkaConnectionError, UnknownError
+from aiokafka.partitioner import murmur2
+
+from riprap import Ack, Batch, DataError, SourceBatch, TransientError
+from riprap._records import SourceOrigin
+from riprap.connectors.kafka import KafkaSink
+from riprap.connectors.kafka._sink import _as_riprap_error
+
+if TYPE_CHECKING:
+    from .conftest import KafkaHelper
+
+pytestmark = pytest.mark.anyio
+
+
+def source_batch(values: list[Any], keys: list[Any]) -> Batch:
+    """A batch whose records carry keys, one header and a timestamp, as a source made them."""
+    source = SourceBatch(
+        "in:0",
+        values,
+        start=0,
+        keys=keys,
+        headers=[[("trace", str(i).encode())] for i in range(len(values))],
+        timestamps=[1_700_000_000.0 + i for i in range(len(values))],
+    )
+    return Batch(list(values), Ack(lambda: None), SourceOrigin(source))
+
+
+@pytest.mark.kafka
+async def test_writes_every_record_acknowledged(kafka: KafkaHelper) -> None:
+    """After ``write`` returns, every record is on the topic with its key, headers and time."""
+    topic = await kafka.create_topic(4)
+    values = [{"id": i} for i in range(500)]
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap)
+    await sink.open()
+    try:
+        await sink.write(source_batch(values, [f"k{i}".encode() for i in range(500)]))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 500)
+    got = {m.key: (orjson.loads(m.value), list(m.headers), m.timestamp) for m in messages}
+    expected = {
+        f"k{i}".encode(): ({"id": i}, [("trace", str(i).encode())], 1_700_000_000_000 + i * 1000)
+        for i in range(500)
+    }
+    assert expected == got
+    assert 500 == len(messages)
+
+
+@pytest.mark.kafka
+async def test_partitions_by_key_like_the_default_partitioner(kafka: KafkaHelper) -> None:
+    """A keyed record lands on murmur2(key) modulo the partition count."""
+    topic = await kafka.create_topic(4)
+    sink = KafkaSink(
+        topic, bootstrap_servers=kafka.bootstrap, key=lambda v: v["id"], serializer="json"
+    )
+    await sink.open()
+    try:
+        await sink.write(source_batch([{"id": f"order-{i}"} for i in range(40)], [None] * 40))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 40)
+    expected = {m.key: (murmur2(m.key) & 0x7FFFFFFF) % 4 for m in messages}
+    assert expected == {m.key: m.partition for m in messages}
+    assert {f"order-{i}".encode() for i in range(40)} == set(expected)
+
+
+@pytest.mark.kafka
+async def test_unserialisable_value_is_a_data_error(kafka: KafkaHelper) -> None:
+    """A value the serializer cannot encode fails the write with a ``DataError``."""
+    topic = await kafka.create_topic(1)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap, serializer="bytes")
+    await sink.open()
+    try:
+        with pytest.raises(DataError, match="expected bytes"):
+            await sink.write(source_batch(["text"], [b"k"]))
+    finally:
+        await sink.aclose()
+
+
+def test_retriable_kafka_errors_become_transient() -> None:
+    """Retriable delivery errors are ``TransientError``; others are left as they are."""
+    fatal = UnknownError()
+    assert isinstance(_as_riprap_error(KafkaConnectionError()), TransientError)
+    assert fatal is _as_riprap_error(fatal)
