@@ -33,16 +33,15 @@ import riprap
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink, read_table
 from riprap.stages.dedupe import Dedupe
-from riprap.stages.validate import (
-    Expect,
+from riprap.stages.quality import (
     Mean,
     NullRate,
     QualityGate,
     QualityGateError,
     References,
     RowCount,
-    Validate,
 )
+from riprap.stages.validate import Expect, Validate
 
 ORDERS = 5_000
 CURRENCIES = frozenset({"EUR", "USD", "GBP"})

@@ -15,9 +15,8 @@ import pytest
 import riprap
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table
-from riprap.stages.validate import (
+from riprap.stages.quality import (
     DistinctCount,
-    Expect,
     GateWindow,
     Mean,
     NullRate,
@@ -25,10 +24,9 @@ from riprap.stages.validate import (
     QualityGateError,
     References,
     RowCount,
-    Validate,
-    ValidationError,
     WindowResult,
 )
+from riprap.stages.validate import Expect, Validate, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
