@@ -12,6 +12,7 @@ done records) with the crash counted, and raises :class:`~riprap.PipelineError`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import secrets
 import socket
@@ -337,9 +338,10 @@ class Runtime:
         return self.report
 
     async def aclose(self) -> None:
-        """Close the source, the sink and (if the run created it) the backend."""
+        """Close the source, the sink, step functions that hold resources, and the backend."""
         with anyio.CancelScope(shield=True):
             try:
+                await self._close_step_functions()
                 await self.source.aclose()
             finally:
                 try:
@@ -351,6 +353,19 @@ class Runtime:
                     finally:
                         if self.owns_backend:
                             await self.backend.aclose()
+
+    async def _close_step_functions(self) -> None:
+        """``aclose()`` every step function and fallback that has one (an HTTP client), once."""
+        seen: set[int] = set()
+        for step in self.pipeline.steps:
+            if not isinstance(step, OpStep):
+                continue
+            for fn in (step.fn, step.fallback):
+                close = getattr(fn, "aclose", None)
+                if close is None or id(fn) in seen or not inspect.iscoroutinefunction(close):
+                    continue
+                seen.add(id(fn))
+                await close()
 
     async def _process(self) -> None:
         # A leading fused segment runs inside the source task: a batch is processed

@@ -1,0 +1,44 @@
+"""HTTP connectors (aiohttp): an enrichment step, a sink and a webhook source.
+
+* :class:`HttpEnricher`: an async step function that calls a service per
+  record; use it with ``.map(..., retry=..., breaker=..., bulkhead=...)``.
+* :class:`HttpSink`: POSTs records with position-derived ``Idempotency-Key`` headers.
+* :class:`WebhookSource`: an HTTP server whose POSTs feed a pipeline and are
+  answered 200 only once their records are checkpointed.
+
+Statuses 408, 429 and 5xx, connection errors and timeouts raise
+:class:`HttpTransientError` (retried; ``Retry-After`` honoured); any other
+non-2xx status raises :class:`HttpDataError` (reason ``http_<status>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._enricher import Decode as Decode
+from ._enricher import HttpEnricher as HttpEnricher
+from ._errors import HttpDataError as HttpDataError
+from ._errors import HttpTransientError as HttpTransientError
+from ._errors import check_status as check_status
+from ._errors import is_transient_status as is_transient_status
+from ._sink import HttpSink as HttpSink
+from ._webhook import SIGNATURE_HEADER as SIGNATURE_HEADER
+from ._webhook import WebhookSource as WebhookSource
+
+__all__ = (
+    "SIGNATURE_HEADER",
+    "Decode",
+    "HttpDataError",
+    "HttpEnricher",
+    "HttpSink",
+    "HttpTransientError",
+    "WebhookSource",
+    "check_status",
+    "is_transient_status",
+)
+
+for _name in __all__:
+    with contextlib.suppress(AttributeError, TypeError):  # e.g. constants and aliases
+        if getattr(globals()[_name], "__module__", "").startswith(__name__ + "._"):
+            globals()[_name].__module__ = __name__
+del _name

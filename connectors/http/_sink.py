@@ -1,0 +1,197 @@
+"""POST records to an HTTP endpoint, each request with a stable ``Idempotency-Key``."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, final
+
+import anyio
+import anyio.lowlevel
+import orjson
+
+from riprap import ConfigError, SystemClock
+
+from ._client import check_positive, create_session, send
+from ._errors import HttpDataError, HttpTransientError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import aiohttp
+
+    from riprap import Batch, Clock
+
+_JSON = {"Content-Type": "application/json"}
+
+
+@final
+class HttpSink:
+    """Writes each record (or each group of ``batch_size`` records) as a JSON POST.
+
+    Every request carries an ``Idempotency-Key`` built from the source
+    position of its records: ``<pipeline>:<partition>:<offset>`` for one
+    record, ``<pipeline>:<partition>:<first>-<last>`` for a group. A retried
+    write repeats the same keys, so a server that honours them applies each
+    request once; declare that with ``idempotent=True`` (exactly-once effect
+    across retries and, with ``batch_size=None``, across restarts: a replay
+    after a restart may group records differently, so group keys can differ).
+
+    A write returns when every request got a 2xx. 408, 429, 5xx, connection
+    errors and timeouts raise :class:`~riprap.connectors.http.HttpTransientError`
+    (the engine's sink retry retries the write and honours ``Retry-After``);
+    any other status raises :class:`~riprap.connectors.http.HttpDataError`
+    (reason ``http_<status>``): the engine then writes the batch's records one
+    at a time and dead-letters the rejected ones.
+
+    Args:
+        url: The endpoint.
+        name: The sink's step name.
+        pipeline: First part of every idempotency key; use the pipeline's name
+            (default: the sink's name).
+        batch_size: ``None`` posts one JSON value per record; ``N`` posts JSON
+            arrays of up to ``N`` records.
+        concurrency: Requests of one write in flight at once.
+        timeout: Seconds one request may take.
+        headers: Headers sent with every request.
+        limit: Connections of the session's pool.
+        idempotent: Whether the server honours ``Idempotency-Key`` (replays are
+            harmless); ``False`` by default, as riprap cannot know.
+        clock: Wall time for ``Retry-After`` HTTP dates (default: the system clock).
+
+    Raises:
+        ConfigError: For a bad ``batch_size``, ``concurrency`` or timeout.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_clock",
+        "_concurrency",
+        "_headers",
+        "_limit",
+        "_prefix",
+        "_session",
+        "_timeout",
+        "batch_size",
+        "idempotent",
+        "name",
+        "url",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "http",
+        pipeline: str | None = None,
+        batch_size: int | None = None,
+        concurrency: int = 1,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        limit: int = 100,
+        idempotent: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        for option, number in (("batch_size", batch_size), ("concurrency", concurrency)):
+            if number is not None and (
+                not isinstance(number, int) or isinstance(number, bool) or number < 1
+            ):
+                raise ConfigError(
+                    f"HttpSink.{option}", f"must be a positive integer, got {number!r}"
+                )
+        check_positive("HttpSink.timeout", timeout)
+        check_positive("HttpSink.limit", limit, zero=True)
+        self.url = url
+        self.name = name
+        self.batch_size = batch_size
+        self.idempotent = idempotent
+        self._prefix = pipeline or name
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._headers = dict(headers or {})
+        self._limit = limit
+        self._clock = clock or SystemClock()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Open the HTTP session (inside the run's event loop)."""
+        await anyio.lowlevel.checkpoint()
+        if self._session is None:
+            self._session = create_session(
+                timeout=self._timeout, limit=self._limit, limit_per_host=0, headers=self._headers
+            )
+
+    async def write(self, batch: Batch) -> None:
+        """POST the batch's records; return when every request got a 2xx.
+
+        Raises:
+            HttpDataError: A request was refused (any 4xx but 408/429, ...).
+            HttpTransientError: A request failed transiently (408, 429, 5xx, network).
+            RuntimeError: The sink is not open.
+        """
+        requests = self._requests(batch)
+        if self._concurrency == 1 or len(requests) == 1:
+            for body, key in requests:
+                await self._post(body, key)
+            return
+        errors: list[HttpDataError | HttpTransientError] = []
+        limiter = anyio.CapacityLimiter(self._concurrency)
+
+        async def post(body: bytes, key: str) -> None:
+            async with limiter:
+                try:
+                    await self._post(body, key)
+                except (HttpDataError, HttpTransientError) as exc:
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for body, key in requests:
+                tg.start_soon(post, body, key)
+        if errors:
+            # A refused request first: the engine then isolates the bad records.
+            refused = [e for e in errors if isinstance(e, HttpDataError)]
+            raise (refused or errors)[0]
+
+    def _requests(self, batch: Batch) -> list[tuple[bytes, str]]:
+        """``(body, idempotency key)`` of every request the batch becomes."""
+        items = batch.items
+        if self.batch_size is None:
+            return [self._request(batch, i, i, orjson.dumps(item)) for i, item in enumerate(items)]
+        size = self.batch_size
+        return [
+            self._request(
+                batch, i, min(i + size, len(items)) - 1, orjson.dumps(items[i : i + size])
+            )
+            for i in range(0, len(items), size)
+        ]
+
+    def _request(self, batch: Batch, first: int, last: int, body: bytes) -> tuple[bytes, str]:
+        partition, offset = batch.position(first)
+        if partition is None:
+            # Without a source position the content is the only stable identity.
+            return body, f"{self._prefix}:sha256:{hashlib.sha256(body).hexdigest()}"
+        if first == last:
+            return body, f"{self._prefix}:{partition}:{offset}"
+        last_partition, last_offset = batch.position(last)
+        if last_partition == partition:
+            return body, f"{self._prefix}:{partition}:{offset}-{last_offset}"
+        return body, f"{self._prefix}:{partition}:{offset}-{last_partition}:{last_offset}"
+
+    async def _post(self, body: bytes, key: str) -> None:
+        if self._session is None:
+            raise RuntimeError(f"sink {self.name!r} is not open")
+        headers = {**_JSON, "Idempotency-Key": key}
+        await send(self._session, "POST", self.url, clock=self._clock, data=body, headers=headers)
+
+    async def flush(self) -> None:
+        """Nothing is buffered: every write is complete when it returns."""
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def __repr__(self) -> str:
+        return f"HttpSink({self.name!r}, {self.url!r})"
