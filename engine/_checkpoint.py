@@ -112,6 +112,8 @@ class CheckpointBackend(Protocol):
     * ``aclose()`` releases what the backend holds open; it is idempotent, the
       stored checkpoints stay, and a later call reopens what it needs.
     * Methods must not block the event loop (run blocking I/O in a thread).
+    * A backend that cannot store operator state sets ``supports_state = False``;
+      a pipeline with stateful stages is then refused before it runs.
     """
 
     async def claim(self, pipeline: str, owner: str) -> Claim: ...

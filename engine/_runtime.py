@@ -27,7 +27,7 @@ from ._acks import CompletionTracker, InFlight
 from ._alerts import AlertEvaluator
 from ._checkpointer import Checkpointer
 from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import DataError, EngineError, PipelineError, PoisonPillError
+from ._errors import ConfigError, DataError, EngineError, PipelineError, PoisonPillError
 from ._metrics import create_registry
 from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step, _is_async
 from ._protocols import Sink, Source, SourceContext, StageContext
@@ -276,6 +276,13 @@ class Runtime:
     async def start(self) -> None:
         """Claim the pipeline, restore its checkpoint and open the sink and source."""
         name = self.pipeline.name
+        stateful = [s.step_id for s in self.pipeline.steps if isinstance(s, StageStep)]
+        if stateful and not getattr(self.backend, "supports_state", True):
+            raise ConfigError(
+                "checkpoint",
+                f"{type(self.backend).__name__} keeps only positions, but stages "
+                f"{', '.join(stateful)} keep state; use SqliteCheckpoints or S3Checkpoints",
+            )
         owner = self.options.owner or default_owner()
         claim = await self.backend.claim(name, owner)
         last = claim.checkpoint

@@ -15,6 +15,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
         "riprap.connectors.kafka needs aiokafka: pip install 'riprap[kafka]'", name=exc.name
     ) from exc
 
+from ._checkpoints import KafkaCheckpoints as KafkaCheckpoints
 from ._codecs import Serializer as Serializer
 from ._codecs import json_value as json_value
 from ._codecs import lag_by_partition as lag_by_partition
@@ -22,10 +23,15 @@ from ._codecs import parse_partition as parse_partition
 from ._codecs import partition_lag as partition_lag
 from ._codecs import partition_name as partition_name
 from ._codecs import str_value as str_value
+from ._deadletters import HEADER_PREFIX as HEADER_PREFIX
+from ._deadletters import KafkaDeadLetters as KafkaDeadLetters
 from ._sink import KafkaSink as KafkaSink
 from ._source import KafkaSource as KafkaSource
 
 __all__ = (
+    "HEADER_PREFIX",
+    "KafkaCheckpoints",
+    "KafkaDeadLetters",
     "KafkaSink",
     "KafkaSource",
     "Serializer",

@@ -223,6 +223,25 @@ class KafkaSource:
         A failed commit is logged and left to the next checkpoint: the
         checkpoint, not the group offset, is what this pipeline resumes from.
         """
+        try:
+            await self.commit(positions)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "source %s: committing offsets of group %s failed (%s: %s); "
+                "the next checkpoint commits again",
+                self.name,
+                self.group_id,
+                type(exc).__name__,
+                exc,
+            )
+
+    async def commit(self, positions: Mapping[str, int]) -> None:
+        """Commit ``positions`` of owned partitions as the group's offsets; raise on failure.
+
+        Raises:
+            KafkaError: The group refused the commit (for example after a rebalance).
+            TimeoutError: The commit took longer than ``commit_timeout``.
+        """
         consumer = self._consumer
         for partition, position in positions.items():
             if self.owns(partition):
@@ -236,19 +255,8 @@ class KafkaSource:
                 offsets[tp] = offset
         if not offsets:
             return
-        try:
-            with anyio.fail_after(self._commit_timeout):
-                await consumer.commit(offsets)
-        except (KafkaError, TimeoutError) as exc:
-            log.warning(
-                "source %s: committing offsets of group %s failed (%s: %s); "
-                "the next checkpoint commits again",
-                self.name,
-                self.group_id,
-                type(exc).__name__,
-                exc,
-            )
-            return
+        with anyio.fail_after(self._commit_timeout):
+            await consumer.commit(offsets)
         self._committed.update(offsets)
 
     def lag(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("aiokafka")
 
 import riprap
+import riprap.connectors.memory
 from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
 
 from .conftest import FAST_GROUP
@@ -138,3 +139,97 @@ async def test_malformed_message_is_dead_lettered_and_the_run_goes_on(
     assert ("decode_error", "decode") == (letter.reason, letter.stage)
     assert letter.partition is not None
     assert letter.partition.startswith(f"{source}:")
+
+
+@pytest.mark.kafka
+async def test_kafka_checkpoints_keep_positions_in_the_group_offsets(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """With KafkaCheckpoints the group offsets are the checkpoint, and a restart resumes."""
+    from riprap.connectors.kafka import KafkaCheckpoints
+
+    source_topic, out = await kafka.create_topic(2), await kafka.create_topic(2)
+    group = f"g-{uuid.uuid4().hex}"
+    await kafka.produce(
+        source_topic,
+        [(f"k{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(300)],
+    )
+
+    def build_kafka_checkpointed() -> riprap.Pipeline:
+        source = KafkaSource(
+            source_topic,
+            bootstrap_servers=kafka.bootstrap,
+            group_id=group,
+            consumer_options=FAST_GROUP,
+        )
+        return (
+            riprap.Pipeline(
+                "stateless", checkpoint=KafkaCheckpoints(source), checkpoint_interval=0.2
+            )
+            .source(source)
+            .map("decode", json_value)
+            .sink(KafkaSink(out, bootstrap_servers=kafka.bootstrap))
+        )
+
+    async with build_kafka_checkpointed().open() as running:
+        await wait_for_output(kafka, out, 300)
+        running.stop()
+    committed = await kafka.committed(source_topic, group)
+    assert 300 == sum(committed.values())
+    await kafka.produce(
+        source_topic, [(f"n{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(20)]
+    )
+    async with build_kafka_checkpointed().open() as running:
+        messages = await wait_for_output(kafka, out, 320)
+        running.stop()
+        report = await running.wait()
+    assert 20 == report.records_in
+    assert 320 == len({m.key for m in messages})
+
+
+def test_kafka_checkpoints_refuse_stateful_pipelines() -> None:
+    """A pipeline with a stateful stage cannot keep its checkpoints in group offsets."""
+    from riprap.connectors.kafka import KafkaCheckpoints
+    from riprap.stages.dedupe import Dedupe
+
+    source = KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
+    p = (
+        riprap.Pipeline("stateful", checkpoint=KafkaCheckpoints(source))
+        .source(source)
+        .stage(Dedupe("dedupe", key="id", max_keys=10))
+        .sink(riprap.connectors.memory.MemorySink())
+    )
+    with pytest.raises(riprap.ConfigError, match=r"^checkpoint: KafkaCheckpoints keeps only"):
+        riprap.run(p, handle_signals=False)
+
+
+@pytest.mark.kafka
+async def test_dead_letter_topic_keeps_original_bytes_and_error_headers(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """A malformed message lands on the DLQ topic as consumed, with riprap.error.* headers."""
+    from riprap.connectors.kafka import HEADER_PREFIX, KafkaDeadLetters
+
+    source, out, dead = [await kafka.create_topic(1) for _ in range(3)]
+    bad = (b"bad", b'{"qty":', [("origin", b"\xff\x00")])
+    await kafka.produce(source, [(b"ok", orjson.dumps({"id": 1, "qty": 2}), []), bad])
+    pipeline = build(
+        kafka,
+        tmp_path,
+        source,
+        out,
+        f"g-{uuid.uuid4().hex}",
+        dead_letter=KafkaDeadLetters(dead, bootstrap_servers=kafka.bootstrap),
+    )
+    async with pipeline.open() as running:
+        await wait_for_output(kafka, out, 1)
+        letters = await wait_for_output(kafka, dead, 1)
+        running.stop()
+    assert 1 == len(letters)
+    letter = letters[0]
+    headers = dict(letter.headers)
+    assert (b"bad", b'{"qty":') == (letter.key, letter.value)
+    assert b"\xff\x00" == headers["origin"]
+    assert b"decode_error" == headers[HEADER_PREFIX + "reason"]
+    assert b"decode" == headers[HEADER_PREFIX + "stage"]
+    assert f"{source}:0".encode() == headers[HEADER_PREFIX + "partition"]
