@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from array import array
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
-from benchmarks import bench_memory, bench_metrics, bench_policies
+import pytest
+
+import riprap
+from benchmarks import (
+    bench_memory,
+    bench_metrics,
+    bench_policies,
+    suite,
+    w1_memory,
+    w3_enrich,
+    w4_latency,
+)
 
 if TYPE_CHECKING:
-    import pytest
+    from pathlib import Path
 
 
 def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,3 +43,77 @@ def test_metrics_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """The metrics cost benchmark runs on 2,000 records."""
     bench_metrics.main(["--records", "2000", "--repeat", "1"])
     assert "scraped every 100 ms" in capsys.readouterr().out
+
+
+def _json_lines(out: str) -> dict[str, dict[str, Any]]:
+    return {line["impl"]: line for line in map(json.loads, out.splitlines())}
+
+
+def test_w1_child_runs_every_implementation(capsys: pytest.CaptureFixture[str]) -> None:
+    """The W1 child prints one JSON line per implementation, each counting 99% of 500 records."""
+    w1_memory.main(["--records", "500", "--json"])
+    lines = _json_lines(capsys.readouterr().out)
+    assert ["plain loop", "riprap", "bytewax", "quixstreams", "faust"] == list(lines)
+    assert [495, 495] == [lines["plain loop"]["count"], lines["riprap"]["count"]]
+    assert all("count" in line or "skipped" in line for line in lines.values())
+    assert "skipped" in lines["quixstreams"]
+    assert "skipped" in lines["faust"]
+
+
+@pytest.mark.network
+def test_w3_child_runs_both_implementations(capsys: pytest.CaptureFixture[str]) -> None:
+    """W3 enriches 300 records through the local server with the gather loop and riprap."""
+    w3_enrich.main(["--records", "300", "--json"])
+    lines = _json_lines(capsys.readouterr().out)
+    assert {"gather loop": 297, "riprap": 297} == {k: v["count"] for k, v in lines.items()}
+
+
+def test_w4_child_measures_latency(capsys: pytest.CaptureFixture[str]) -> None:
+    """W4 runs 0.5 s at 2,000 records/s and reports ordered percentiles for both implementations."""
+    w4_latency.main(["--rate", "2000", "--seconds", "0.5", "--json"])
+    lines = _json_lines(capsys.readouterr().out)
+    assert ["plain loop", "riprap"] == list(lines)
+    for line in lines.values():
+        assert 990 == line["count"]
+        assert 0 < line["p50_ms"] <= line["p99_ms"] <= line["p999_ms"]
+
+
+def test_rate_source_implements_the_source_protocol() -> None:
+    """The W4 source is a riprap Source."""
+    stamps = array("d", bytes(8))
+    source = w4_latency.RateSource([b"{}"], rate=1.0, total=1, tick=0.001, stamps=stamps)
+    assert isinstance(source, riprap.Source)
+
+
+@pytest.mark.network
+def test_suite_runs_every_workload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The suite runs W1, W3 and W4 at tiny sizes in child processes and writes its results."""
+    suite.main(
+        [
+            "--runs", "1",
+            "--w1-records", "500",
+            "--w3-records", "300",
+            "--w4-rate", "2000",
+            "--w4-seconds", "0.5",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "latest.json").read_text())["results"]
+    assert ["W1", "W3", "W4"] == list(results)
+    assert [1.0, 1.0, 1.0] == [results[w][suite_limit(w)]["vs_limit"] for w in results]
+    assert all("records_per_s" in results[w]["riprap"] for w in results)
+    assert "skipped" in results["W1"]["faust"]
+    assert "p99.9 ms" in out
+    assert (tmp_path / "latest.png").exists() == (find_spec("matplotlib") is not None)
+
+
+def test_suite_refuses_an_unknown_workload() -> None:
+    """``--only`` with a workload that does not exist stops before running anything."""
+    with pytest.raises(SystemExit, match="W2"):
+        suite.main(["--only", "W1,W2"])
+
+
+def suite_limit(workload: str) -> str:
+    """The limit implementation of a suite workload."""
+    return next(w.limit for w in suite.WORKLOADS if w.key == workload)

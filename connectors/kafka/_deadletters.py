@@ -8,7 +8,6 @@ headers, so consumers of the dead-letter topic need no envelope parser.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, final
 
 from aiokafka import AIOKafkaProducer
@@ -16,6 +15,8 @@ from aiokafka import AIOKafkaProducer
 from ._sink import _as_riprap_error
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from riprap import DeadLetter
 
 HEADER_PREFIX = "riprap.error."

@@ -1,0 +1,334 @@
+"""The benchmark suite: every workload, every implementation, one table, JSON and a chart.
+
+Each implementation runs in a fresh process (``python -m benchmarks.<module>
+--impl NAME --json``), so its peak RSS is its own run's. Rounds interleave the
+implementations of a workload (a machine that slows down mid-suite slows every
+implementation alike); each figure is the median of ``--runs`` rounds and each
+ratio is taken within a round, against the workload's limit:
+
+* W1 in memory: the plain loop, 1,000,000 records.
+* W3 async enrichment: a Semaphore + ``asyncio.gather`` loop making the same
+  HTTP calls, 50,000 records (about 10 s a run on 2 cores).
+* W4 latency: a plain async loop over the same rate-limited source, 20,000
+  records/s for 30 s.
+
+Peers (Bytewax, Quix Streams, Faust) join W1 when installed; ``--peer-python``
+runs them with another interpreter, so they can live in a throwaway venv.
+
+Run: ``python -m benchmarks.suite [--quick] [--only W1,W3] [--runs 3] [--out DIR]``.
+Results go to ``DIR/latest.json`` and, with matplotlib installed
+(``pip install 'riprap[bench]'``), a bar chart ``DIR/latest.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks._child import Result
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD_TIMEOUT = 900.0
+"""Seconds one implementation's run may take before the suite gives up on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How big each workload's runs are."""
+
+    w1_records: int = 1_000_000
+    w3_records: int = 50_000
+    w4_rate: int = 20_000
+    w4_seconds: float = 30.0
+
+
+QUICK = Sizes(w1_records=20_000, w3_records=2_000, w4_rate=20_000, w4_seconds=2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One workload: the module that runs it, its limit and its implementations."""
+
+    key: str
+    title: str
+    module: str
+    limit: str
+    impls: tuple[str, ...]
+    peers: tuple[str, ...] = ()
+
+    def arguments(self, sizes: Sizes) -> list[str]:
+        """The size options of this workload's child command line."""
+        if self.key == "W1":
+            return ["--records", str(sizes.w1_records)]
+        if self.key == "W3":
+            return ["--records", str(sizes.w3_records)]
+        return ["--rate", str(sizes.w4_rate), "--seconds", str(sizes.w4_seconds)]
+
+    def records(self, sizes: Sizes) -> int:
+        """Records per run."""
+        if self.key == "W1":
+            return sizes.w1_records
+        if self.key == "W3":
+            return sizes.w3_records
+        return round(sizes.w4_rate * sizes.w4_seconds)
+
+
+WORKLOADS = (
+    Workload(
+        "W1",
+        "in memory",
+        "benchmarks.w1_memory",
+        "plain loop",
+        ("plain loop", "riprap"),
+        peers=("bytewax", "quixstreams", "faust"),
+    ),
+    Workload(
+        "W3", "async enrichment", "benchmarks.w3_enrich", "gather loop", ("gather loop", "riprap")
+    ),
+    Workload(
+        "W4",
+        "latency, fixed rate",
+        "benchmarks.w4_latency",
+        "plain loop",
+        ("plain loop", "riprap"),
+    ),
+)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Every run of one implementation of one workload."""
+
+    runs: list[Result] = field(default_factory=list)
+    skipped: str | None = None
+    error: str | None = None
+
+
+def run_child(python: str, workload: Workload, impl: str, sizes: Sizes) -> Result:
+    """Run one implementation once in a fresh process; its JSON result line."""
+    command = [python, "-m", workload.module, "--impl", impl, "--json", *workload.arguments(sizes)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "error": f"took over {CHILD_TIMEOUT:.0f} s"}
+    except OSError as error:
+        return {"impl": impl, "error": f"could not start {python}: {error}"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"impl": impl, "error": f"exit {done.returncode}: {last}"}
+    result: Result = json.loads(lines[-1])
+    return result
+
+
+def run_suite(
+    workloads: list[Workload], sizes: Sizes, runs: int, peer_python: str
+) -> dict[str, dict[str, Outcome]]:
+    """Every implementation of every workload, ``runs`` interleaved rounds."""
+    outcomes = {w.key: {impl: Outcome() for impl in (*w.impls, *w.peers)} for w in workloads}
+    for round_ in range(1, runs + 1):
+        for workload in workloads:
+            for impl, outcome in outcomes[workload.key].items():
+                if outcome.skipped or outcome.error:
+                    continue
+                python = peer_python if impl in workload.peers else sys.executable
+                result = run_child(python, workload, impl, sizes)
+                _note(outcome, result)
+                _progress(workload, impl, round_, runs, result)
+    return outcomes
+
+
+def _note(outcome: Outcome, result: Result) -> None:
+    if "skipped" in result:
+        outcome.skipped = result["skipped"]
+    elif "error" in result:
+        outcome.error = result["error"]
+    else:
+        outcome.runs.append(result)
+
+
+def _progress(workload: Workload, impl: str, round_: int, runs: int, result: Result) -> None:
+    if "records_per_s" in result:
+        what = f"{result['records_per_s']:,.0f} records/s"
+    else:
+        what = result.get("skipped") or result.get("error") or "?"
+    print(f"[{round_}/{runs}] {workload.key} {impl}: {what}", file=sys.stderr, flush=True)
+
+
+def summarise(workload: Workload, outcomes: dict[str, Outcome]) -> dict[str, Any]:
+    """Medians per implementation; ratios are per round, to the limit's run of that round."""
+    limit_runs = outcomes[workload.limit].runs
+    summary: dict[str, Any] = {}
+    for impl, outcome in outcomes.items():
+        entry: dict[str, Any] = {"runs": outcome.runs}
+        if outcome.skipped or outcome.error:
+            entry["skipped" if outcome.skipped else "error"] = outcome.skipped or outcome.error
+        if outcome.runs:
+            ratios = [
+                run["records_per_s"] / limit["records_per_s"]
+                for run, limit in zip(outcome.runs, limit_runs, strict=False)
+                if limit["records_per_s"] > 0
+            ]
+            entry["records_per_s"] = statistics.median(r["records_per_s"] for r in outcome.runs)
+            entry["vs_limit"] = statistics.median(ratios) if ratios else None
+            entry["peak_rss_mib"] = max(r["peak_rss_mib"] for r in outcome.runs)
+            for key in ("p50_ms", "p99_ms", "p999_ms", "rss_start_mib", "rss_end_mib"):
+                if key in outcome.runs[0]:
+                    entry[key] = statistics.median(r[key] for r in outcome.runs)
+            entry["version"] = outcome.runs[0].get("version")
+        summary[impl] = entry
+    return summary
+
+
+def print_table(
+    workloads: list[Workload], sizes: Sizes, results: dict[str, Any], runs: int
+) -> None:
+    """The suite's table: workload x implementation, medians of ``runs`` runs."""
+    print(f"riprap benchmark suite, median of {runs} run(s), {os.cpu_count()} CPUs")
+    print(
+        f"{'workload':<34}{'implementation':<22}{'records/s':>12}{'vs limit':>10}{'peak RSS':>11}"
+    )
+    for workload in workloads:
+        label = f"{workload.key} {workload.title} ({workload.records(sizes):,})"
+        for impl, entry in results[workload.key].items():
+            name = f"{impl} (limit)" if impl == workload.limit else impl
+            if "records_per_s" not in entry:
+                reason = entry.get("skipped") or entry.get("error")
+                print(f"{label:<34}{name:<22}  skipped: {reason}")
+            else:
+                ratio = entry["vs_limit"]
+                print(
+                    f"{label:<34}{name:<22}{entry['records_per_s']:>12,.0f}"
+                    f"{'' if ratio is None else f'{ratio:.0%}':>10}"
+                    f"{entry['peak_rss_mib']:>7.0f} MiB"
+                )
+            label = ""
+    _print_latency(results.get("W4"), sizes)
+
+
+def _print_latency(results: dict[str, Any] | None, sizes: Sizes) -> None:
+    if not results:
+        return
+    print()
+    print(
+        f"W4 latency, {sizes.w4_rate:,} records/s for {sizes.w4_seconds:g} s "
+        "(source emit to sink write)"
+    )
+    print(
+        f"{'implementation':<22}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+        f"{'RSS start':>11}{'RSS end':>10}{'peak':>8}"
+    )
+    for impl, entry in results.items():
+        if "p99_ms" in entry:
+            print(
+                f"{impl:<22}{entry['p50_ms']:>9.2f}{entry['p99_ms']:>9.2f}{entry['p999_ms']:>10.2f}"
+                f"{entry['rss_start_mib']:>7.0f} MiB{entry['rss_end_mib']:>6.0f} MiB"
+                f"{entry['peak_rss_mib']:>4.0f} MiB"
+            )
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write the results document (creating the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def write_chart(path: Path, workloads: list[Workload], results: dict[str, Any]) -> bool:
+    """A bar chart of records/s per workload (and W4's latencies); ``False`` without matplotlib."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return False
+    from benchmarks._chart import draw
+
+    draw(path, [(w.key, w.title, w.limit) for w in workloads], results)
+    return True
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "uvloop": importlib.util.find_spec("uvloop") is not None,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks, not figures")
+    parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
+    parser.add_argument("--runs", type=int, default=3, help="rounds; figures are medians")
+    parser.add_argument("--peer-python", default=sys.executable, help="interpreter for peers")
+    parser.add_argument("--w1-records", type=int)
+    parser.add_argument("--w3-records", type=int)
+    parser.add_argument("--w4-rate", type=int)
+    parser.add_argument("--w4-seconds", type=float)
+    return parser.parse_args(argv)
+
+
+def chosen(only: str) -> list[Workload]:
+    """The workloads named by ``--only`` (all when empty)."""
+    keys = [key.strip().upper() for key in only.split(",") if key.strip()]
+    unknown = sorted(set(keys) - {w.key for w in WORKLOADS})
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from W1, W3, W4")
+    return [w for w in WORKLOADS if not keys or w.key in keys]
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    """The default or quick sizes, with any size option applied."""
+    base = QUICK if args.quick else Sizes()
+    return Sizes(
+        w1_records=args.w1_records or base.w1_records,
+        w3_records=args.w3_records or base.w3_records,
+        w4_rate=args.w4_rate or base.w4_rate,
+        w4_seconds=args.w4_seconds or base.w4_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    workloads = chosen(args.only)
+    sizes = sizes_from(args)
+    runs = max(1, min(args.runs, 15))
+    outcomes = run_suite(workloads, sizes, runs, args.peer_python)
+    results = {w.key: summarise(w, outcomes[w.key]) for w in workloads}
+    print_table(workloads, sizes, results, runs)
+    document = {
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "runs": runs,
+        "quick": args.quick,
+        "sizes": {
+            "w1_records": sizes.w1_records,
+            "w3_records": sizes.w3_records,
+            "w4_rate": sizes.w4_rate,
+            "w4_seconds": sizes.w4_seconds,
+        },
+        "limits": {w.key: w.limit for w in workloads},
+        "results": results,
+    }
+    write_json(args.out / "latest.json", document)
+    print(f"\nresults: {args.out / 'latest.json'}")
+    if write_chart(args.out / "latest.png", workloads, results):
+        print(f"chart: {args.out / 'latest.png'}")
+    else:
+        print("chart: skipped, matplotlib is not installed (pip install 'riprap[bench]')")
+
+
+if __name__ == "__main__":
+    main()

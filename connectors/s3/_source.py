@@ -1,0 +1,422 @@
+"""The S3 source: objects under a prefix, in key order, one partition per object.
+
+Positions
+    A partition is named ``s3://<bucket>/<key>``. Its position is the index of
+    the next line to read (0-based, empty lines counted but skipped; for CSV
+    the header is line 0, as in :class:`~riprap.connectors.files.CsvSource`),
+    so a restart resumes inside an object. The batch holding an object's last
+    record ends at :data:`OBJECT_COMPLETE` instead of the line count: the
+    checkpoint then says "done" without anyone having to count the object's
+    lines again, and a restart skips the object without downloading it.
+
+Reading
+    Objects are listed in key order and read one at a time; each object is
+    downloaded, decompressed (gzip: by the ``.gz`` suffix unless told) and
+    checked whole before its first record is handed over, so it is held in
+    memory while it is read: keep objects to a size that fits. JSON Lines
+    values are the raw line bytes (decode them in a step with
+    :func:`~riprap.connectors.files.parse_json_batch`, so a bad line is one
+    record's ``DecodeError``); CSV values are dicts keyed by the header.
+
+Quarantine
+    An object that cannot be read as a whole (bad or truncated gzip, bytes
+    that are not valid text, a malformed CSV row) is quarantined, never
+    skipped silently: the reason is logged, the object is added to
+    :attr:`S3Source.quarantined` and counted in :meth:`S3Source.statistics`,
+    ``on_quarantine`` is called, and with ``quarantine_prefix`` the object is
+    copied to ``<quarantine_prefix><key>`` next to ``<key>.reason.json``. Only
+    then is its position set to :data:`OBJECT_COMPLETE`, and the run goes on
+    with the next object. Nothing of a quarantined object reaches the sink.
+
+Errors from S3 itself (throttling, 5xx, timeouts) are retried by botocore
+(``client_config.max_attempts``); one that remains is raised by ``read`` and
+stops the run, which resumes from the checkpoint when restarted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import inspect
+import io
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, final
+
+import anyio
+import anyio.lowlevel
+import orjson
+
+from riprap import CheckpointError, ConfigError, SourceBatch, SourceContext
+
+from ._client import S3ClientConfig, call, list_keys, open_client, read_body
+
+log = logging.getLogger("riprap.connectors.s3")
+
+OBJECT_COMPLETE = 1 << 62
+"""The position that marks an object as completely read (or quarantined)."""
+
+Format = Literal["jsonl", "csv"]
+
+
+@final
+class CorruptObjectError(Exception):
+    """An object cannot be read as a whole; it is quarantined (never raised by ``read``)."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class QuarantinedObject:
+    """An object the source set aside.
+
+    Attributes:
+        key: The object's key.
+        partition: Its partition name, ``s3://bucket/key``.
+        reason: Why it could not be read.
+        quarantine_key: Where its copy is (``None`` without ``quarantine_prefix``).
+        at: Wall-clock time of the quarantine, seconds since the epoch.
+    """
+
+    key: str
+    partition: str
+    reason: str
+    quarantine_key: str | None
+    at: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class S3SourceStatistics:
+    """What an :class:`S3Source` has done in this run.
+
+    Attributes:
+        objects_listed: Distinct objects seen in listings.
+        objects_read: Objects downloaded and handed over (wholly or from a checkpoint).
+        objects_skipped: Objects the checkpoint says are complete (not downloaded).
+        objects_quarantined: Objects set aside as corrupt.
+        records: Records handed over.
+    """
+
+    objects_listed: int
+    objects_read: int
+    objects_skipped: int
+    objects_quarantined: int
+    records: int
+
+
+@dataclass(slots=True)
+class _Object:
+    """The object being read: its records, their line offsets, and the next index."""
+
+    partition: str
+    values: list[Any]
+    offsets: list[int]
+    index: int
+
+
+QuarantineHook = Callable[[QuarantinedObject], "Awaitable[None] | None"]
+
+
+@final
+class S3Source:
+    """Reads JSON Lines or CSV objects under ``prefix`` (see the module docstring).
+
+    Args:
+        bucket: The bucket.
+        prefix: Only keys starting with this are read.
+        name: The step name of the source.
+        format: ``"jsonl"`` (raw line bytes) or ``"csv"`` (dicts).
+        gzip: Decompress: ``None`` decides by the ``.gz`` suffix.
+        poll_interval: ``None``: end once every listed object is read;
+            seconds: list again after that long and keep reading new objects.
+        key_filter: Read only the keys for which it returns true (a date
+            window, a suffix); other keys are not partitions of this source.
+        quarantine_prefix: Where corrupt objects are copied (with a reason file).
+        on_quarantine: Called (sync or async) for every quarantined object.
+        encoding: Text encoding of CSV objects (JSON Lines must be UTF-8).
+        delimiter: CSV field separator.
+        endpoint_url: A non-AWS endpoint (MinIO, a test server).
+        client_config: Timeouts, retries, region and credentials.
+
+    Raises:
+        ConfigError: An option is invalid.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        name: str = "s3",
+        format: Format = "jsonl",
+        gzip: bool | None = None,
+        poll_interval: float | None = None,
+        key_filter: Callable[[str], bool] | None = None,
+        quarantine_prefix: str | None = None,
+        on_quarantine: QuarantineHook | None = None,
+        encoding: str = "utf-8",
+        delimiter: str = ",",
+        endpoint_url: str | None = None,
+        client_config: S3ClientConfig | None = None,
+    ) -> None:
+        if format not in ("jsonl", "csv"):
+            raise ConfigError("format", f"expected 'jsonl' or 'csv', not {format!r}")
+        if poll_interval is not None and not poll_interval > 0:
+            raise ConfigError("poll_interval", f"must be positive or None, got {poll_interval!r}")
+        if quarantine_prefix is not None and prefix and quarantine_prefix.startswith(prefix):
+            raise ConfigError("quarantine_prefix", "must not lie under the source's prefix")
+        self.name = name
+        self.bucket = bucket
+        self.prefix = prefix
+        self.format = format
+        self.gzip = gzip
+        self.poll_interval = poll_interval
+        self.key_filter = key_filter
+        self.quarantine_prefix = quarantine_prefix
+        self.on_quarantine = on_quarantine
+        self.encoding = encoding
+        self.delimiter = delimiter
+        self.endpoint_url = endpoint_url
+        self.client_config = client_config or S3ClientConfig()
+        self.quarantined: list[QuarantinedObject] = []
+        """Every object quarantined since the source was created."""
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+        self._positions: dict[str, int] = {}
+        self._seen: set[str] = set()
+        self._pending: deque[str] = deque()
+        self._current: _Object | None = None
+        self._listed_once = False
+        self._counts = {"read": 0, "skipped": 0, "records": 0}
+        self._lock = anyio.Lock()
+
+    def partition_of(self, key: str) -> str:
+        """The partition name of the object ``key``."""
+        return f"s3://{self.bucket}/{key}"
+
+    def statistics(self) -> S3SourceStatistics:
+        """Counts of this run (quarantines since creation)."""
+        return S3SourceStatistics(
+            objects_listed=len(self._seen),
+            objects_read=self._counts["read"],
+            objects_skipped=self._counts["skipped"],
+            objects_quarantined=len(self.quarantined),
+            records=self._counts["records"],
+        )
+
+    def lag(self) -> dict[str, int]:
+        """Records of the object being read not yet handed over (later objects are not counted)."""
+        current = self._current
+        if current is None:
+            return {}
+        return {current.partition: len(current.values) - current.index}
+
+    async def open(self, context: SourceContext) -> None:
+        """Open the S3 client and remember where each object resumes."""
+        async with self._lock:
+            await self._close()
+            stack = contextlib.AsyncExitStack()
+            self._client = await open_client(stack, self.client_config, self.endpoint_url)
+            self._stack = stack
+            self._positions = dict(context.positions)
+            self._seen.clear()
+            self._pending.clear()
+            self._current = None
+            self._listed_once = False
+            self._counts = {"read": 0, "skipped": 0, "records": 0}
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        """The next at most ``max_records`` records of the current object; ``None`` at the end.
+
+        Raises:
+            CheckpointError: A checkpoint resumes past the end of its object.
+            botocore.exceptions.ClientError: S3 refused a call (after botocore's retries).
+            TimeoutError: An S3 call took longer than ``client_config.call_timeout``.
+        """
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, not {max_records}")
+        async with self._lock:
+            if self._client is None:
+                raise RuntimeError(f"source {self.name!r} is not open")
+            while True:
+                if self._current is not None:
+                    return self._take(self._current, max_records)
+                if self._pending:
+                    batch = await self._load(self._pending[0])
+                    self._pending.popleft()
+                    if batch is not None:
+                        return batch
+                    continue
+                if self._listed_once and self.poll_interval is None:
+                    return None
+                if self._listed_once:
+                    await anyio.sleep(self.poll_interval or 0)
+                await self._list()
+
+    async def aclose(self) -> None:
+        """Close the S3 client."""
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _list(self) -> None:
+        """Queue the keys not seen yet, in key order."""
+        keys = await list_keys(self.client_config, self._client, self.bucket, self.prefix)
+        wanted = self.key_filter or _any_key
+        fresh = sorted(k for k in keys if k not in self._seen and not k.endswith("/") and wanted(k))
+        self._seen.update(fresh)
+        self._pending.extend(fresh)
+        self._listed_once = True
+
+    async def _load(self, key: str) -> SourceBatch | None:
+        """Download and check ``key``; a completing empty batch, or ``None`` to go on."""
+        partition = self.partition_of(key)
+        position = self._positions.get(partition, 0)
+        if position >= OBJECT_COMPLETE:
+            self._counts["skipped"] += 1
+            await anyio.lowlevel.checkpoint()
+            return None
+        response = await call(
+            self.client_config, self._client.get_object(Bucket=self.bucket, Key=key)
+        )
+        data = await read_body(self.client_config, response)
+        try:
+            values, offsets, lines = self._decode(key, data)
+        except CorruptObjectError as exc:
+            await self._quarantine(key, partition, str(exc), data)
+            return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
+        if position > lines:
+            raise CheckpointError(
+                f"{partition}: the checkpoint resumes at line {position}, but the object has "
+                f"only {lines} lines; was it replaced?"
+            )
+        index = next((i for i, offset in enumerate(offsets) if offset >= position), len(offsets))
+        self._counts["read"] += 1
+        if index == len(offsets):
+            return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
+        self._current = _Object(partition, values, offsets, index)
+        return None
+
+    def _take(self, current: _Object, max_records: int) -> SourceBatch:
+        start, stop = current.index, min(current.index + max_records, len(current.values))
+        offsets = current.offsets[start:stop]
+        last = stop == len(current.values)
+        end = OBJECT_COMPLETE if last else current.offsets[stop]
+        contiguous = offsets[-1] - offsets[0] + 1 == len(offsets)
+        batch = SourceBatch(
+            current.partition,
+            current.values[start:stop],
+            start=offsets[0],
+            end=end,
+            offsets=None if contiguous else offsets,
+        )
+        current.index = stop
+        if last:
+            self._current = None
+        self._counts["records"] += len(offsets)
+        return batch
+
+    def _decode(self, key: str, data: bytes) -> tuple[list[Any], list[int], int]:
+        """``(values, line offsets, line count)`` of a whole object.
+
+        Raises:
+            CorruptObjectError: The object cannot be read as a whole.
+        """
+        if self.gzip or (self.gzip is None and key.endswith(".gz")):
+            try:
+                data = gzip.decompress(data)
+            except EOFError:
+                raise CorruptObjectError("truncated gzip stream") from None
+            except (OSError, zlib.error) as exc:
+                raise CorruptObjectError(f"not a valid gzip stream: {exc}") from None
+        if self.format == "csv":
+            return self._decode_csv(data)
+        return _decode_lines(data)
+
+    def _decode_csv(self, data: bytes) -> tuple[list[Any], list[int], int]:
+        try:
+            text = data.decode(self.encoding)
+        except UnicodeDecodeError as exc:
+            raise CorruptObjectError(f"not valid {self.encoding} text: {exc.reason}") from None
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
+        values: list[Any] = []
+        offsets: list[int] = []
+        try:
+            header = next(reader, [])
+            while True:
+                offset = reader.line_num
+                row = next(reader, None)
+                if row is None:
+                    break
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise CorruptObjectError(
+                        f"line {offset + 1}: expected {len(header)} fields (the header's), "
+                        f"got {len(row)}"
+                    )
+                values.append(dict(zip(header, row, strict=True)))
+                offsets.append(offset)
+        except csv.Error as exc:
+            raise CorruptObjectError(f"malformed CSV after line {reader.line_num}: {exc}") from None
+        return values, offsets, reader.line_num
+
+    async def _quarantine(self, key: str, partition: str, reason: str, data: bytes) -> None:
+        """Set ``key`` aside durably before its position moves past it."""
+        target = None
+        if self.quarantine_prefix is not None:
+            target = f"{self.quarantine_prefix}{key}"
+            await call(
+                self.client_config,
+                self._client.put_object(Bucket=self.bucket, Key=target, Body=data),
+            )
+            note = {"source": partition, "reason": reason, "quarantined_at": time.time()}
+            await call(
+                self.client_config,
+                self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=f"{target}.reason.json",
+                    Body=orjson.dumps(note),
+                    ContentType="application/json",
+                ),
+            )
+        entry = QuarantinedObject(key, partition, reason, target, time.time())
+        self.quarantined.append(entry)
+        log.warning("quarantined %s: %s (copy: %s)", partition, reason, target)
+        if self.on_quarantine is not None:
+            result = self.on_quarantine(entry)
+            if inspect.isawaitable(result):
+                await result
+
+
+def _any_key(key: str) -> bool:
+    return True
+
+
+def _decode_lines(data: bytes) -> tuple[list[Any], list[int], int]:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptObjectError(f"not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the newline ending the last line does not start another
+    values: list[Any] = []
+    offsets: list[int] = []
+    for offset, raw in enumerate(lines):
+        line = raw.rstrip(b"\r")
+        if line:
+            values.append(line)
+            offsets.append(offset)
+    return values, offsets, len(lines)
