@@ -168,3 +168,31 @@ async def test_deadline_coinciding_with_a_wake_up_still_cancels(clock: VirtualCl
         await body()
     assert [5.0] == reached
     assert 5.0 == clock.monotonic()
+
+
+@pytest.mark.anyio
+async def test_system_clock_timeout_keeps_own_timeouts_and_outer_cancellation() -> None:
+    """On the real clock, a call's own TimeoutError and an outer cancel pass through as such."""
+
+    @timeout(60, clock=SystemClock())
+    async def own_timeout() -> None:
+        raise TimeoutError("the call's own")
+
+    with pytest.raises(TimeoutError, match="the call's own") as info:
+        await own_timeout()
+    assert not isinstance(info.value, StageTimeout)
+
+    @timeout(60, clock=SystemClock())
+    async def forever() -> None:
+        await anyio.sleep_forever()
+
+    with anyio.move_on_after(0.001) as outer:
+        await forever()
+    assert outer.cancelled_caught
+
+    @timeout(0.001, clock=SystemClock(), kind="attempt")
+    async def slow() -> None:
+        await anyio.sleep_forever()
+
+    with pytest.raises(StageTimeout):
+        await slow()
