@@ -30,7 +30,7 @@ import anyio.to_thread
 import orjson
 
 from ._checkpoint import Checkpoint, Claim
-from ._ckpt_memory import check_save, decode, encode
+from ._ckpt_memory import check_save, claim_problem, decode, encode
 from ._errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class FileCheckpoints:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: corrupt claim: {exc}") from exc
-        problem = _claim_problem(raw, pipeline)
+        problem = claim_problem(raw, pipeline)
         if problem is not None:
             raise CheckpointError(f"{path}: corrupt claim: {problem}")
         epoch: int = raw["epoch"]
@@ -177,21 +177,6 @@ def _read(path: Path) -> bytes | None:
         return None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc}") from exc
-
-
-def _claim_problem(raw: object, pipeline: str) -> str | None:
-    if not isinstance(raw, dict):
-        return "not a JSON object"
-    if raw.get("version") != 1:
-        return f"unknown format version {raw.get('version')!r}"
-    if raw.get("pipeline") != pipeline:
-        return f"it belongs to pipeline {raw.get('pipeline')!r}, not {pipeline!r}"
-    epoch = raw.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
-        return f"epoch {epoch!r} is not a positive integer"
-    if not isinstance(raw.get("owner"), str):
-        return f"owner {raw.get('owner')!r} is not a string"
-    return None
 
 
 def _make_directory(directory: Path) -> None:

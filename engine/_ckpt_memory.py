@@ -173,3 +173,19 @@ class MemoryCheckpoints:
         if entry is None or entry.snapshot is None:
             return None
         return decode(entry.snapshot, where="memory", pipeline=pipeline)
+
+
+def claim_problem(raw: object, pipeline: str) -> str | None:
+    """What is wrong with a stored claim ``{version, pipeline, epoch, owner}``, if anything."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    if raw.get("version") != 1:
+        return f"unknown format version {raw.get('version')!r}"
+    if raw.get("pipeline") != pipeline:
+        return f"it belongs to pipeline {raw.get('pipeline')!r}, not {pipeline!r}"
+    epoch = raw.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return f"epoch {epoch!r} is not a positive integer"
+    if not isinstance(raw.get("owner"), str):
+        return f"owner {raw.get('owner')!r} is not a string"
+    return None

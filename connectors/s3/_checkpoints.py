@@ -33,7 +33,7 @@ import anyio.lowlevel
 import orjson
 
 from riprap import Checkpoint, CheckpointError, Claim
-from riprap._ckpt_memory import check_save, decode, encode
+from riprap._ckpt_memory import check_save, claim_problem, decode, encode
 
 from ._client import (
     S3ClientConfig,
@@ -242,17 +242,10 @@ def _parse(data: bytes, *, where: str, pipeline: str, etag: str) -> _Stored:
 
 
 def _problem(raw: object, pipeline: str) -> str | None:
-    if not isinstance(raw, dict):
-        return "not a JSON object"
-    if raw.get("version") != 1:
-        return f"unknown format version {raw.get('version')!r}"
-    if raw.get("pipeline") != pipeline:
-        return f"it belongs to pipeline {raw.get('pipeline')!r}, not {pipeline!r}"
-    epoch = raw.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
-        return f"epoch {epoch!r} is not a positive integer"
-    if not isinstance(raw.get("owner"), str):
-        return f"owner {raw.get('owner')!r} is not a string"
+    problem = claim_problem(raw, pipeline)
+    if problem is not None:
+        return problem
+    assert isinstance(raw, dict)
     if not isinstance(raw.get("checkpoint"), dict | None):
         return "checkpoint is neither an object nor null"
     return None
