@@ -140,6 +140,10 @@ class InFlight:
             self._changed = None
             event.set()
 
+    async def wait_change(self) -> None:
+        """Wait until some records are counted out (an ack completed)."""
+        await self._wait_change()
+
     async def wait_empty(self) -> None:
         """Wait until no record is in flight."""
         while self.in_flight > 0:
@@ -189,6 +193,11 @@ class CompletionTracker:
     def positions(self) -> dict[str, int]:
         """The committable position of every partition (a consistent cut, no await)."""
         return {name: t.committable for name, t in self._partitions.items()}
+
+    def pending(self, partition: str) -> bool:
+        """Whether ``partition`` has records handed out and not yet done."""
+        tracker = self._partitions.get(partition)
+        return tracker is not None and tracker.pending_ranges > 0
 
     def forget(self, partition: str) -> None:
         """Stop tracking a partition (it was revoked and its position committed)."""

@@ -6,7 +6,7 @@ receive :class:`~riprap.Batch` objects. None of them may block the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 Emit = Callable[[Batch], Awaitable[None]]
 
 
+async def _no_drain(partitions: Collection[str], within: float) -> Mapping[str, int]:
+    """The ``drain`` of a hand-made context: nothing is tracked, nothing to wait for."""
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
 class SourceContext:
     """What a source learns when it opens.
@@ -25,10 +30,15 @@ class SourceContext:
     Attributes:
         pipeline: The pipeline's name.
         positions: Checkpointed position per partition: resume from there.
+        drain: ``await drain(partitions, within)`` before giving partitions up (a
+            rebalance): waits until their records in flight are done (at most
+            ``within`` seconds), writes a checkpoint (which calls the source's
+            ``committed``), stops tracking them and returns their final positions.
     """
 
     pipeline: str
     positions: Mapping[str, int]
+    drain: Callable[[Collection[str], float], Awaitable[Mapping[str, int]]] = _no_drain
 
 
 @runtime_checkable

@@ -48,7 +48,14 @@ from .policies import Policies, PolicyHook, PolicyStack
 from .policies._classify import DEFAULT_CLASSIFIER
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Mapping,
+        Sequence,
+    )
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -258,6 +265,23 @@ class Runtime:
         lag = getattr(self.source, "lag", None)
         return sum(lag().values()) if callable(lag) else None
 
+    async def drain(self, partitions: Collection[str], within: float) -> dict[str, int]:
+        """Let ``partitions`` go: wait for their records in flight, checkpoint, stop tracking.
+
+        Records still in flight after ``within`` seconds are abandoned: the checkpoint
+        stays before them, so the partition's next owner reads them again.
+        """
+        names = set(partitions)
+        tracker = self.tracker
+        with anyio.move_on_after(within):
+            while any(tracker.pending(name) for name in names):
+                await self.in_flight.wait_change()
+        await self.checkpointer.save(force=True)
+        positions = {name: pos for name, pos in tracker.positions().items() if name in names}
+        for name in names:
+            tracker.forget(name)
+        return positions
+
     def queue_depths(self) -> dict[str, int]:
         """Batches waiting in front of each step and the sink."""
         return {
@@ -319,7 +343,7 @@ class Runtime:
         if self.options.dead_letter is not None:
             await self.options.dead_letter.open()
         await self.sink.open()
-        await self.source.open(SourceContext(pipeline=name, positions=positions))
+        await self.source.open(SourceContext(pipeline=name, positions=positions, drain=self.drain))
 
     async def run(self) -> RunReport:
         """Process until the source ends or a stop; always end with a final checkpoint."""

@@ -68,6 +68,8 @@ class KafkaSource:
             ``max_poll_records``).
         poll_timeout: Seconds one poll waits for records before trying again.
         commit_timeout: Seconds an offset commit may take.
+        drain_timeout: Seconds a revoked partition's records in flight get to
+            finish before its position is committed and it is released.
         auto_offset_reset: Where a partition with no position starts:
             ``"earliest"`` (default: nothing is skipped) or ``"latest"``.
         consumer_options: Further ``AIOKafkaConsumer`` keyword arguments
@@ -92,6 +94,7 @@ class KafkaSource:
         max_buffered: int | None = None,
         poll_timeout: float = 0.1,
         commit_timeout: float = 30.0,
+        drain_timeout: float = 30.0,
         auto_offset_reset: Literal["earliest", "latest"] = "earliest",
         consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -129,11 +132,14 @@ class KafkaSource:
         self._positions: dict[str, int] = {}
         self._next: dict[str, int] = {}
         self._committed: dict[Any, int] = {}
+        self._context: SourceContext | None = None
+        self.drain_timeout = drain_timeout
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self, context: SourceContext) -> None:
         """Join the group; assigned partitions resume from checkpointed positions."""
+        self._context = context
         self._positions = {p: v for p, v in context.positions.items() if self.owns(p)}
         self._next = dict(self._positions)
         consumer = AIOKafkaConsumer(**self._config)
@@ -285,13 +291,26 @@ class KafkaSource:
 
     # -- rebalances --------------------------------------------------------------
 
-    def _revoked(self, revoked: Sequence[Any]) -> None:
+    async def _revoked(self, revoked: Sequence[Any]) -> None:
+        """Give partitions up: hand out nothing more, drain and commit, then forget them.
+
+        Records of the partitions still waiting in the buffer are dropped (the
+        next owner reads them); records already in the pipeline get up to
+        ``drain_timeout`` to finish, then their positions are checkpointed and
+        committed before the partitions are released, so no record is
+        committed by two members.
+        """
+        names = [partition_name(tp.topic, tp.partition) for tp in revoked]
         for tp in revoked:
             dropped = self._buffer.pop(tp, [])
             self._buffered -= len(dropped)
             self._paused.discard(tp)
+        if self._context is not None and names:
+            await self._context.drain(names, self.drain_timeout)
+        for tp, name in zip(revoked, names, strict=True):
             self._committed.pop(tp, None)
-            self._next.pop(partition_name(tp.topic, tp.partition), None)
+            self._next.pop(name, None)
+            self._positions.pop(name, None)  # the next owner's commits are the truth now
 
     def _assigned(self, assigned: Sequence[Any]) -> None:
         for tp in assigned:
@@ -314,8 +333,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     def __init__(self, source: KafkaSource) -> None:
         self._source = source
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self._source._revoked(revoked)
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._source._revoked(revoked)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._source._assigned(assigned)

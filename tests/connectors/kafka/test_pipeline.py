@@ -233,3 +233,37 @@ async def test_dead_letter_topic_keeps_original_bytes_and_error_headers(
     assert b"decode_error" == headers[HEADER_PREFIX + "reason"]
     assert b"decode" == headers[HEADER_PREFIX + "stage"]
     assert f"{source}:0".encode() == headers[HEADER_PREFIX + "partition"]
+
+
+@pytest.mark.kafka
+async def test_two_members_share_partitions_and_a_rebalance_loses_nothing(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """A second member joining drains and commits revoked partitions: no loss, no duplicate."""
+    source, out = await kafka.create_topic(4), await kafka.create_topic(4)
+    group = f"g-{uuid.uuid4().hex}"
+    first_half = [(f"a{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(4_000)]
+    second_half = [(f"b{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(4_000)]
+    await kafka.produce(source, first_half)
+    # No periodic checkpoint before the rebalance: only the drain can commit A's work.
+    member_a = build(kafka, tmp_path / "a", source, out, group).with_options(
+        checkpoint_interval=60.0
+    )
+    member_b = build(kafka, tmp_path / "b", source, out, group).with_options(
+        checkpoint_interval=60.0
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with member_a.open() as running_a:
+        await wait_for_output(kafka, out, 1_000)
+        async with member_b.open() as running_b:
+            await kafka.produce(source, second_half)
+            messages = await wait_for_output(kafka, out, 8_000)
+            stats_b = running_b.statistics()
+            running_b.stop()
+        running_a.stop()
+    keys = Counter(m.key for m in messages)
+    expected = {key for key, _, _ in first_half + second_half}
+    assert expected == set(keys)
+    assert [] == [key for key, seen in keys.items() if seen > 1]
+    assert stats_b.records_in > 0
