@@ -432,37 +432,36 @@ class Runtime:
                 self._processing_scope.cancel()
 
     async def _source_loop(self, send: ObjectSendStream[Batch], head: FusedSegment | None) -> None:
-        # One cancel scope for the whole loop: stop() cancels it. A batch cancelled
-        # on its way to the queue keeps its ack pending, so no checkpoint passes it.
         tracker = self.tracker
         size = self.options.batch_size
+        router = self.router
         async with send:
-            with anyio.CancelScope() as scope:
-                self._read_scope = scope
-                if self._stop_requested.is_set():
-                    return
-                router = self.router
-                while True:
+            while not self._stop_requested.is_set():
+                # Only waiting for room and reading can be cancelled by stop(): a batch
+                # once read always goes on, so every record read is accounted for.
+                with anyio.CancelScope() as scope:
+                    self._read_scope = scope
                     if not router.paused.is_set():
                         await router.paused.wait()
                     batch = await self._read(size)
-                    if batch is None:
-                        return
-                    n = len(batch.values)
-                    ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
-                    self.records_in += n
-                    if n == 0:
+                self._read_scope = None
+                if scope.cancelled_caught or batch is None:
+                    return
+                n = len(batch.values)
+                ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
+                self.records_in += n
+                if n == 0:
+                    ack.release()
+                    continue
+                out = Batch(batch.values, ack, SourceOrigin(batch))
+                if batch.partition in self.quarantine:
+                    out = await self._quarantine(batch, out)
+                    if not out.items:
                         ack.release()
                         continue
-                    out = Batch(batch.values, ack, SourceOrigin(batch))
-                    if batch.partition in self.quarantine:
-                        out = await self._quarantine(batch, out)
-                        if not out.items:
-                            ack.release()
-                            continue
-                    processed = out if head is None else await head.process(out)
-                    if processed is not None:
-                        await send.send(processed)
+                processed = out if head is None else await head.process(out)
+                if processed is not None:
+                    await send.send(processed)
 
     async def _read(self, size: int) -> SourceBatch | None:
         """The next source batch with its in-flight slots taken; ``None`` at the end."""

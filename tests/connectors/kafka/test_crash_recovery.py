@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import orjson
 import pytest
@@ -82,3 +83,48 @@ async def test_kill_9_ten_times_loses_no_key(
     # At-least-once: replays after a kill may duplicate; count them in the test report.
     record_property("kills", len(seen) - 1)
     record_property("duplicates", sum(n - 1 for n in keys.values()))
+
+
+def kill_one_member(
+    args_a: list[str], args_b: list[str], workdir: Path, committed: Callable[[], int]
+) -> None:
+    """Run two members, kill -9 one once both made progress; the other finishes alone."""
+    db_a, db_b = Path(args_a[-1]), Path(args_b[-1])
+    with spawn(args_a, workdir, "member-a") as member_a, spawn(args_b, workdir, "member-b") as b:
+        wait_until(lambda: done(db_a) > 0, member_a, "member A's first checkpoint")
+        wait_until(lambda: done(db_b) > 0, b, "member B's first checkpoint")
+        member_a.send_signal(signal.SIGKILL)
+        member_a.wait(timeout=30)
+        # The group's committed offsets cover every record only once B has finished A's part.
+        wait_until(lambda: committed() >= SHARED_RECORDS, b, "member B taking over everything")
+        b.send_signal(signal.SIGTERM)
+        assert 0 == b.wait(timeout=60)
+
+
+SHARED_RECORDS = 20_000
+
+
+async def test_two_processes_share_partitions_and_one_takes_over(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """Two processes in one group split the partitions; kill one, the other finishes all of it."""
+    source, out = await kafka.create_topic(4), await kafka.create_topic(4)
+    group = f"g-{uuid.uuid4().hex}"
+    await kafka.produce(
+        source,
+        [(f"k{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(SHARED_RECORDS)],
+    )
+    base = [sys.executable, str(WORKER), kafka.bootstrap, source, out, group]
+
+    def committed() -> int:
+        return sum(anyio.from_thread.run(kafka.committed, source, group).values())
+
+    await anyio.to_thread.run_sync(
+        kill_one_member,
+        [*base, str(tmp_path / "a.db")],
+        [*base, str(tmp_path / "b.db")],
+        tmp_path,
+        committed,
+    )
+    messages = await kafka.read_all(out, 2 * SHARED_RECORDS, within=8.0)
+    assert {f"k{i}".encode() for i in range(SHARED_RECORDS)} == {m.key for m in messages}
