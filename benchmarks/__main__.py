@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITE = ("benchmarks.bench_memory", "benchmarks.bench_policies", "benchmarks.bench_metrics")
+SUITE = (
+    "benchmarks.bench_memory",
+    "benchmarks.bench_policies",
+    "benchmarks.bench_metrics",
+    "benchmarks.bench_kafka",
+)
 
 
 def main() -> None:

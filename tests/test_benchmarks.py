@@ -117,3 +117,15 @@ def test_suite_refuses_an_unknown_workload() -> None:
 def suite_limit(workload: str) -> str:
     """The limit implementation of a suite workload."""
     return next(w.limit for w in suite.WORKLOADS if w.key == workload)
+
+
+@pytest.mark.kafka
+def test_kafka_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """W2 runs on 2,000 records against its own broker and prints both implementations."""
+    pytest.importorskip("aiokafka")
+    from benchmarks import bench_kafka
+
+    bench_kafka.main(["--records", "2000", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "raw aiokafka loop" in out
+    assert "riprap" in out
