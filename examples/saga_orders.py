@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import threading
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ class EffectStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._ready = False
+        self._setup = threading.Lock()
 
     async def apply(
         self,
@@ -79,9 +82,16 @@ class EffectStore:
         await anyio.to_thread.run_sync(self._undo, service, key, effect_id)
 
     def _connect(self) -> sqlite3.Connection:
+        # The schema and WAL mode are set up once: done on every call, by several
+        # threads at once, they can fail with "database is locked" at once instead
+        # of waiting; BEGIN IMMEDIATE below waits for the lock as it should.
+        with self._setup:
+            if not self._ready:
+                with closing(sqlite3.connect(self.path, timeout=30.0)) as setup:
+                    setup.execute("PRAGMA journal_mode=WAL")
+                    setup.executescript(_SCHEMA)
+                self._ready = True
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")
         return conn
 

@@ -33,6 +33,7 @@ def spawn(args: Sequence[str], cwd: Path, name: str) -> Iterator[subprocess.Pope
     """Start ``args`` in ``cwd`` with output in ``name.out``/``name.err``; kill it on exit."""
     with (cwd / f"{name}.out").open("wb") as stdout, (cwd / f"{name}.err").open("wb") as stderr:
         proc = subprocess.Popen(args, cwd=cwd, stdout=stdout, stderr=stderr)
+        proc.stderr_path = cwd / f"{name}.err"  # type: ignore[attr-defined]  # for failure messages
         try:
             yield proc
         finally:
@@ -48,11 +49,19 @@ def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[bytes], wha
         if condition():
             return
         if proc.poll() is not None:
-            pytest.fail(f"the child exited with {proc.returncode} before {what}")
+            pytest.fail(f"the child exited with {proc.returncode} before {what}:\n{_tail(proc)}")
         if time.monotonic() > deadline:
             break
         time.sleep(POLL)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def _tail(proc: subprocess.Popen[bytes]) -> str:
+    """The end of a child's stderr, to say why it exited."""
+    path = getattr(proc, "stderr_path", None)
+    if path is None or not path.exists():
+        return "(no stderr)"
+    return path.read_text(errors="replace")[-3000:]
 
 
 def query(database: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
