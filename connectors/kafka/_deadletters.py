@@ -7,10 +7,11 @@ headers, so consumers of the dead-letter topic need no envelope parser.
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING, Any, final
 
 from aiokafka import AIOKafkaProducer
+
+from riprap._deadletter import decode_payload
 
 from ._sink import _as_riprap_error
 
@@ -44,12 +45,13 @@ _ENVELOPE_HEADERS = (
 
 
 def payload_bytes(data: str | None, encoding: str | None) -> bytes | None:
-    """The original bytes of an envelope payload field."""
-    if data is None:
+    """The bytes to produce for an envelope payload field (JSON text for decoded objects)."""
+    if data is None or encoding is None:
         return None
-    if encoding == "base64":
-        return base64.b64decode(data)
-    return data.encode()
+    if encoding == "json":
+        return data.encode()  # the stored JSON text is the object's bytes form
+    raw: bytes = decode_payload(encoding, data)
+    return raw
 
 
 def letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:

