@@ -51,6 +51,7 @@ from riprap import CheckpointError, ConfigError, DataError, DecodeError, SourceB
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
+    from collections.abc import Callable
 
     from riprap import Batch, SourceContext
 
@@ -110,6 +111,31 @@ def parse_json_batch(batch: Batch) -> list[Any]:
             line = None if offset is None else offset + 1
             parse_json_line(item, source=partition or "", line=line)
     return values
+
+
+def encode_json_lines(
+    batch: Batch, indexes: Iterable[int], error: Callable[[Batch, int, str], Exception]
+) -> bytes:
+    """The items at ``indexes`` as JSON Lines: bytes as they are, anything else via orjson.
+
+    Raises:
+        Exception: ``error(batch, index, why)`` for raw bytes holding a newline or
+            a value orjson cannot serialise (sinks make it a ``DataError``).
+    """
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    lines = []
+    for index in indexes:
+        item = batch.items[index]
+        if isinstance(item, bytes | bytearray):
+            if b"\n" in item:
+                raise error(batch, index, "raw bytes contain a newline")
+            lines.append(bytes(item) + b"\n")
+            continue
+        try:
+            lines.append(dumps(item, option=newline))
+        except orjson.JSONEncodeError as exc:
+            raise error(batch, index, f"not JSON-serialisable: {exc}") from None
+    return b"".join(lines)
 
 
 def _resolve(spec: PathSpec) -> list[str]:
@@ -564,19 +590,7 @@ class JsonLinesSink(_AppendSink):
         super().__init__(path, name=name)
 
     def _encode(self, batch: Batch) -> bytes:
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        lines = []
-        for index, item in enumerate(batch.items):
-            if isinstance(item, bytes | bytearray):
-                if b"\n" in item:
-                    raise self._record_error(batch, index, "raw bytes contain a newline")
-                lines.append(bytes(item) + b"\n")
-                continue
-            try:
-                lines.append(dumps(item, option=newline))
-            except orjson.JSONEncodeError as exc:
-                raise self._record_error(batch, index, f"not JSON-serialisable: {exc}") from None
-        return b"".join(lines)
+        return encode_json_lines(batch, range(len(batch.items)), self._record_error)
 
 
 @final

@@ -27,9 +27,9 @@ import io
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio.lowlevel
-import orjson
 
 from riprap import ConfigError, DataError
+from riprap.connectors.files import encode_json_lines
 
 from ._client import S3ClientConfig, call, open_client, sanitize
 
@@ -178,20 +178,7 @@ class S3Sink:
         return gzip_module.compress(data, mtime=0) if self.gzip else data
 
     def _jsonl(self, batch: Batch, indexes: list[int]) -> bytes:
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        lines = []
-        for index in indexes:
-            item = batch.items[index]
-            if isinstance(item, bytes | bytearray):
-                if b"\n" in item:
-                    raise self._record_error(batch, index, "raw bytes contain a newline")
-                lines.append(bytes(item) + b"\n")
-                continue
-            try:
-                lines.append(dumps(item, option=newline))
-            except orjson.JSONEncodeError as exc:
-                raise self._record_error(batch, index, f"not JSON-serialisable: {exc}") from None
-        return b"".join(lines)
+        return encode_json_lines(batch, indexes, self._record_error)
 
     def _csv(self, batch: Batch, indexes: list[int]) -> bytes:
         text = io.StringIO()
