@@ -12,6 +12,7 @@ from ._alerts import AlertSink as AlertSink
 from ._alerts import CallbackAlerts as CallbackAlerts
 from ._alerts import LogAlerts as LogAlerts
 from ._alerts import WebhookAlerts as WebhookAlerts
+from ._allocator import keep_freed_memory as keep_freed_memory
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import CheckpointBackend as CheckpointBackend
 from ._checkpoint import Claim as Claim
@@ -121,6 +122,7 @@ __all__ = (
     "SystemClock",
     "TransientError",
     "WebhookAlerts",
+    "keep_freed_memory",
     "purge_dead_letters",
     "read_dead_letters",
     "run",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeAlias, final
 
 if TYPE_CHECKING:
     from ._acks import Ack
@@ -66,6 +66,13 @@ class Record:
         return f"Record(key={self.key!r}, partition={self.partition!r}, offset={self.offset!r})"
 
 
+_SOURCE_VALUE: Any = object()
+"""Stands for "the source's own value" where ``None`` is a value like any other."""
+
+Where: TypeAlias = tuple["SourceBatch", int] | None
+"""The source batch and index an item came from, or ``None`` when unknown."""
+
+
 @final
 class SourceBatch:
     """Consecutive records of one source partition, as a source hands them over.
@@ -105,10 +112,10 @@ class SourceBatch:
         """Source position of the value at ``index``."""
         return self.offsets[index] if self.offsets is not None else self.start + index
 
-    def record(self, index: int, value: Any = None) -> Record:
-        """The record at ``index``, optionally with a new (derived) value."""
+    def record(self, index: int, value: Any = _SOURCE_VALUE) -> Record:
+        """The record at ``index``, optionally with a new (derived) value (``None`` included)."""
         return Record(
-            self.values[index] if value is None else value,
+            self.values[index] if value is _SOURCE_VALUE else value,
             key=self.keys[index] if self.keys is not None else None,
             headers=self.headers[index] if self.headers is not None else (),
             timestamp=self.timestamps[index] if self.timestamps is not None else None,
@@ -125,6 +132,10 @@ class Origin:
     def locate(self, index: int) -> tuple[SourceBatch, int] | None:
         raise NotImplementedError
 
+    def locate_all(self, count: int) -> list[Where]:
+        """``locate(i)`` for the first ``count`` items, in one pass (sinks use it per batch)."""
+        return [self.locate(i) for i in range(count)]
+
 
 @final
 class SourceOrigin(Origin):
@@ -137,6 +148,11 @@ class SourceOrigin(Origin):
 
     def locate(self, index: int) -> tuple[SourceBatch, int] | None:
         return (self.source, index) if 0 <= index < len(self.source) else None
+
+    def locate_all(self, count: int) -> list[Where]:
+        source = self.source
+        known = min(count, len(source))
+        return [(source, i) for i in range(known)] + [None] * (count - known)
 
 
 @final
@@ -154,6 +170,23 @@ class DropsOrigin(Origin):
             return None
         return self.parent.locate(index + bisect_right(self.drops, index))
 
+    def locate_all(self, count: int) -> list[Where]:
+        if self.parent is None:
+            return [None] * count
+        drops = self.drops
+        # The k-th drop removed parent item drops[k] + k.
+        parents = self.parent.locate_all(count + bisect_right(drops, count - 1))
+        kept: list[Where] = []
+        start = 0
+        for k, at in enumerate(drops):
+            removed = at + k
+            if removed >= len(parents):
+                break
+            kept.extend(parents[start:removed])
+            start = removed + 1
+        kept.extend(parents[start:])
+        return kept[:count]
+
 
 @final
 class StartsOrigin(Origin):
@@ -170,6 +203,17 @@ class StartsOrigin(Origin):
             return None
         return self.parent.locate(bisect_right(self.starts, index) - 1)
 
+    def locate_all(self, count: int) -> list[Where]:
+        if self.parent is None:
+            return [None] * count
+        starts = self.starts
+        parents = self.parent.locate_all(len(starts))
+        out: list[Where] = []
+        for i, where in enumerate(parents):
+            end = starts[i + 1] if i + 1 < len(starts) else count
+            out.extend([where] * (end - starts[i]))
+        return out[:count] + [None] * (count - len(out))
+
 
 @final
 class IndexOrigin(Origin):
@@ -185,6 +229,13 @@ class IndexOrigin(Origin):
         if self.parent is None or not 0 <= index < len(self.indices):
             return None
         return self.parent.locate(self.indices[index])
+
+    def locate_all(self, count: int) -> list[Where]:
+        indices = self.indices[:count]
+        if self.parent is None or not indices:
+            return [None] * count
+        parents = self.parent.locate_all(max(indices) + 1)
+        return [parents[i] for i in indices] + [None] * (count - len(indices))
 
 
 @final
@@ -203,6 +254,16 @@ class ConcatOrigin(Origin):
             return None
         start, origin = self.parts[i]
         return origin.locate(index - start) if origin is not None else None
+
+    def locate_all(self, count: int) -> list[Where]:
+        out: list[Where] = []
+        for i, (start, origin) in enumerate(self.parts):
+            if start >= count:
+                break
+            end = min(self.bounds[i + 1] if i + 1 < len(self.bounds) else count, count)
+            n = end - start
+            out.extend(origin.locate_all(n) if origin is not None else [None] * n)
+        return out + [None] * (count - len(out))
 
 
 @final
@@ -231,9 +292,17 @@ class Batch:
         source, i = where
         return source.record(i, self.items[index])
 
+    def sources(self) -> list[Where]:
+        """Where every item came from: :meth:`locate` for all items, in one pass."""
+        n = len(self.items)
+        return self.origin.locate_all(n) if self.origin is not None else [None] * n
+
     def records(self) -> list[Record]:
         """Every item as a :class:`Record`."""
-        return [self.record(i) for i in range(len(self.items))]
+        return [
+            Record(item) if where is None else where[0].record(where[1], item)
+            for item, where in zip(self.items, self.sources(), strict=True)
+        ]
 
     def position(self, index: int) -> tuple[str | None, int | None]:
         """``(partition, offset)`` of the source record behind the item at ``index``."""

@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ._acks import Ack, combined_ack
+from ._channel import ChannelReceiver, ChannelSender
 from ._fuse import Op, compile_chain
 from ._records import Batch, DropsOrigin, IndexOrigin, Record, StartsOrigin
 from ._report import StepCounters
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from ._protocols import StageContext
     from ._tracing import Tracing
 
-Receive = ObjectReceiveStream[Batch]
-Send = ObjectSendStream[Batch]
+Receive = ChannelReceiver[Batch]
+Send = ChannelSender[Batch]
 
 
 class ErrorRouter(Protocol):

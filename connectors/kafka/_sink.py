@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 
 from riprap import ConfigError, DataError, TransientError
 
 from ._codecs import Serializer, key_bytes, resolve_serializer
+from ._partition import partition_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from riprap import Batch, Record
-    from riprap._records import Headers
+    from riprap import Batch
+    from riprap._records import Headers, Where
 
 _FORBIDDEN_OPTIONS = frozenset(
     ("bootstrap_servers", "acks", "enable_idempotence", "linger_ms", "transactional_id")
@@ -106,7 +106,6 @@ class KafkaSink:
         self._key = key
         self._headers = headers
         self._serialize = resolve_serializer(serializer)
-        self._partitioner = DefaultPartitioner()
         self._config: dict[str, Any] = {
             **options,
             "bootstrap_servers": bootstrap_servers,
@@ -138,7 +137,7 @@ class KafkaSink:
         """
         producer = self._require_open()
         try:
-            futures = await self._send(producer, batch.records())
+            futures = await self._send(producer, batch)
         except KafkaError as exc:
             raise _as_riprap_error(exc) from exc
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -149,35 +148,48 @@ class KafkaSink:
                     raise result
                 raise error from result
 
-    async def _send(self, producer: Any, records: list[Record]) -> list[asyncio.Future[Any]]:
+    async def _send(self, producer: Any, batch: Batch) -> list[asyncio.Future[Any]]:
         partitions = sorted(await producer.partitions_for(self.topic))
+        count = len(partitions)
         builders: dict[int, Any] = {}
         futures: list[asyncio.Future[Any]] = []
-        for record in records:
-            message = self._message(record)
-            partition = self._partitioner(message[0], partitions, partitions)
+        message = self._message
+        # Straight from the batch's items and their source columns: no Record per message.
+        for value, where in zip(batch.items, batch.sources(), strict=True):
+            built = message(value, where)
+            partition = partitions[partition_for(built[0], count)]
             builder = builders.get(partition)
             if builder is None:
                 builder = builders[partition] = producer.create_batch()
-            if not _append(builder, message):
+            if not _append(builder, built):
                 futures.append(await producer.send_batch(builder, self.topic, partition=partition))
                 builder = builders[partition] = producer.create_batch()
-                if not _append(builder, message):
+                if not _append(builder, built):
                     raise DataError("message larger than the producer's batch size")
         for partition, builder in builders.items():
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, self.topic, partition=partition))
         return futures
 
-    def _message(self, record: Record) -> Message:
-        value = record.value
-        key = key_bytes(record.key if self._key is None else self._key(value))
+    def _message(self, value: Any, where: Where) -> Message:
+        headers: Headers
+        if where is None:
+            key, headers, timestamp = None, (), None
+        else:
+            source, i = where
+            key = source.keys[i] if source.keys is not None else None
+            headers = source.headers[i] if source.headers is not None else ()
+            timestamp = source.timestamps[i] if source.timestamps is not None else None
+        if self._key is not None:
+            key = self._key(value)
+        if self._headers is not None:
+            headers = self._headers(value)
+        key_data = key_bytes(key)
         data = self._serialize(value)
-        if key is None and data is None:
+        if key_data is None and data is None:
             raise DataError("a message needs a key or a value", reason="encode_error")
-        headers = list(record.headers if self._headers is None else self._headers(value))
-        timestamp = None if record.timestamp is None else round(record.timestamp * 1000)
-        return key, data, headers, timestamp
+        ms = None if timestamp is None else round(timestamp * 1000)
+        return key_data, data, list(headers), ms
 
     async def flush(self) -> None:
         """Every write already waits for its acknowledgements: nothing is buffered."""

@@ -20,6 +20,7 @@ import anyio.abc
 
 from .._clock import SYSTEM_CLOCK, SystemClock
 from .._errors import ConfigError, StageTimeout
+from ._deadlines import DeadlineWatch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -212,20 +213,32 @@ class TimeoutLayer:
         """``fn`` bounded by this timeout."""
         seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
         if isinstance(self.clock, SystemClock):
+            watch = DeadlineWatch(seconds)
+            current_task = asyncio.current_task
+            get_loop = asyncio.get_running_loop
 
             async def call_real(*args: P.args, **kwargs: P.kwargs) -> T:
-                # asyncio's own timeout costs about half an anyio cancel scope per
-                # call; riprap runs on asyncio, and the two nest correctly (3.11+).
-                scope = asyncio.timeout(seconds)
+                loop = get_loop()
+                task = current_task(loop)
+                assert task is not None
+                cancelling = task.cancelling()
+                deadline = watch.start(loop, task)
                 try:
-                    async with scope:
-                        return await fn(*args, **kwargs)
-                except TimeoutError:
-                    if not scope.expired():
-                        raise  # the call's own TimeoutError, not this layer's
-                    raise StageTimeout(
-                        seconds, kind=kind, stage=stage, dependency=dependency
-                    ) from None
+                    return await fn(*args, **kwargs)
+                except asyncio.CancelledError:
+                    # Only this deadline's cancellation becomes a timeout; an outer
+                    # one (a stop, a cancel scope) still counts and propagates.
+                    if deadline.fired:
+                        deadline.fired = False
+                        if task.uncancel() <= cancelling:
+                            raise StageTimeout(
+                                seconds, kind=kind, stage=stage, dependency=dependency
+                            ) from None
+                    raise
+                finally:
+                    watch.stop(loop, deadline)
+                    if deadline.fired:  # the call swallowed the cancellation
+                        task.uncancel()
 
             return functools.wraps(fn)(call_real)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import anyio
@@ -196,3 +197,69 @@ async def test_system_clock_timeout_keeps_own_timeouts_and_outer_cancellation() 
 
     with pytest.raises(StageTimeout):
         await slow()
+
+
+@pytest.mark.anyio
+async def test_system_clock_deadlines_expire_each_at_its_own_time() -> None:
+    """Calls of one timeout layer share a timer, yet each expires at its start + seconds."""
+    timed_out: list[str] = []
+    finished: list[str] = []
+    release = anyio.Event()
+    first_timeout = anyio.Event()
+
+    @timeout(0.02, clock=SystemClock(), kind="attempt")
+    async def wait_for_release(name: str) -> None:
+        await release.wait()
+        finished.append(name)
+
+    async def call(name: str) -> None:
+        try:
+            await wait_for_release(name)
+        except StageTimeout:
+            timed_out.append(name)
+            first_timeout.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "first")
+        await anyio.sleep(0.01)
+        tg.start_soon(call, "second")
+        await first_timeout.wait()
+        # The first deadline passed; the second, set 10 ms later, may not have.
+        release.set()
+    assert "first" == timed_out[0]
+    assert ["first", "second"] == sorted(timed_out + finished)
+
+
+@pytest.mark.anyio
+async def test_system_clock_finished_calls_leave_no_cancellation_behind() -> None:
+    """After many quick calls the task is never cancelled once their deadlines pass."""
+
+    @timeout(0.005, clock=SystemClock())
+    async def quick(i: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return i
+
+    assert list(range(200)) == [await quick(i) for i in range(200)]
+    await anyio.sleep(0.02)  # every deadline set above has passed by now
+    task = asyncio.current_task()
+    assert task is not None
+    assert 0 == task.cancelling()
+
+
+@pytest.mark.anyio
+async def test_system_clock_call_that_swallows_the_cancellation_leaves_none_pending() -> None:
+    """A call that catches its deadline's cancellation and returns keeps its result."""
+
+    @timeout(0.001, clock=SystemClock())
+    async def stubborn() -> str:
+        try:
+            await anyio.sleep_forever()
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "unreachable"
+
+    assert "swallowed" == await stubborn()
+    task = asyncio.current_task()
+    assert task is not None
+    assert 0 == task.cancelling()
+    await anyio.sleep(0.005)  # no stray cancellation arrives later

@@ -1,0 +1,33 @@
+"""Key partitioning: the fast murmur2 matches aiokafka's (and so the Java client's)."""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import DefaultPartitioner, murmur2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from riprap.connectors.kafka._partition import murmur2 as fast_murmur2
+from riprap.connectors.kafka._partition import partition_for
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_matches_aiokafka(data: bytes) -> None:
+    assert murmur2(data) == fast_murmur2(data)
+
+
+@given(st.binary(min_size=1, max_size=32), st.integers(1, 64))
+def test_partition_matches_the_default_partitioner(key: bytes, count: int) -> None:
+    partitions = list(range(count))
+    assert DefaultPartitioner()(key, partitions, partitions) == partition_for(key, count)
+
+
+def test_known_kafka_hashes() -> None:
+    # Kafka's UtilsTest expects these (Java ints; here as unsigned 32-bit values).
+    assert -973932308 & 0xFFFFFFFF == fast_murmur2(b"21")
+    assert -790332482 & 0xFFFFFFFF == fast_murmur2(b"foobar")
+    assert -985981536 & 0xFFFFFFFF == fast_murmur2(b"a-little-bit-long-string")
+
+
+def test_keyless_messages_spread_over_every_partition() -> None:
+    seen = {partition_for(None, 4) for _ in range(400)}
+    assert {0, 1, 2, 3} == seen
