@@ -1,8 +1,9 @@
 """The ``riprap`` command: run a pipeline file, run the demo, inspect dead letters.
 
 Exit codes: 0 the run completed or was stopped cleanly; 1 a stage failed (done
-records were checkpointed); 2 the pipeline or the command line is invalid;
-130 the run was aborted by a second signal.
+records were checkpointed), or the dead-letter store a replay reads is missing
+or failed; 2 the pipeline or the command line is invalid; 130 the run was
+aborted by a second signal.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import runpy
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from ._dlq_cli import add_dlq_commands
+from ._dlq_cli import add_dlq_commands, add_location_arguments
+from ._dlq_location import location_argument
 from ._errors import ConfigError, EngineError
 from ._health import HealthConfig
 from ._logging import configure_cli_logging
@@ -73,13 +75,17 @@ def run_with_report(
             progress_interval=0.5 if printer else 1.0,
             health=health,
         )
-    except ConfigError:
-        raise
     except EngineError as error:
         if printer:
             printer.close()
+        if isinstance(error, ConfigError):
+            raise
         out.write(f"error: {error}\n")
         return EXIT_FAILED
+    except BaseException:
+        if printer:
+            printer.close()  # the caller's message starts on a line of its own
+        raise
     if printer:
         printer.close()
     out.write(report.format() + "\n")
@@ -113,8 +119,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from ._dlq_cli import parse_time
-    from ._dlq_sinks import DeadLetterFilter, JsonLinesDeadLetters
-    from ._dlq_source import DeadLetterSource
+    from ._dlq_location import default_failed_to, same_store
+    from ._dlq_remote import dead_letter_sink, replay_source
+    from ._dlq_sinks import DeadLetterFilter
 
     pipeline = load_pipeline(args.pipeline)
     letters = DeadLetterFilter(
@@ -124,17 +131,27 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
     )
-    failed_to = args.failed_to or f"{args.path}.replay-failed.jsonl"
+    failed_to = args.failed_to or default_failed_to(args.path)
+    if same_store(failed_to, args.path):
+        raise ConfigError("--failed-to", f"{failed_to} is the store being replayed")
     replay = replay_pipeline(
         pipeline,
-        DeadLetterSource(args.path, filter=letters, rate_limit=args.rate),
-        JsonLinesDeadLetters(failed_to),
+        replay_source(
+            args.path, filter=letters, rate_limit=args.rate, endpoint_url=args.endpoint_url
+        ),
+        dead_letter_sink(failed_to, endpoint_url=args.endpoint_url),
     )
     sys.stderr.write(
         f"replaying {args.path} through {pipeline.name!r} as {replay.name!r}; "
         f"records failing again go to {failed_to}\n"
     )
-    return run_with_report(replay, out=sys.stderr, progress=not args.quiet)
+    try:
+        return run_with_report(replay, out=sys.stderr, progress=not args.quiet)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as error:  # the store failed (a bug in a step is an EngineError)
+        sys.stderr.write(f"riprap dlq replay: {error}\n")
+        return EXIT_FAILED
 
 
 def replay_pipeline(pipeline: Pipeline, source: Source, failed: DeadLetterSink) -> Pipeline:
@@ -175,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = add_dlq_commands(commands)
     replay = dlq.add_parser("replay", help="send dead letters back through a pipeline")
-    replay.add_argument("path", help="the dead-letter store (JSON Lines or SQLite)")
+    add_location_arguments(replay)
     replay.add_argument("--pipeline", required=True, help="path/to/file.py[:name] of the fix")
     replay.add_argument("--stage", help="only letters of this stage")
     replay.add_argument("--error-type", help="only this error type")
@@ -183,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="failed at or after (ISO time or 2h)")
     replay.add_argument("--until", help="failed before (ISO time or 2h)")
     replay.add_argument("--rate", type=float, default=None, help="records per second at most")
-    replay.add_argument("--failed-to", help="where letters that fail again go")
+    replay.add_argument(
+        "--failed-to",
+        type=location_argument,
+        help="where letters that fail again go: a JSON Lines file (default"
+        " <path>.replay-failed.jsonl, or <topic|bucket-prefix>.replay-failed.jsonl"
+        " here for kafka:// and s3://), kafka://... or s3://...",
+    )
     replay.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     replay.set_defaults(handler=_cmd_replay)
     return parser

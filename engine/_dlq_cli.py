@@ -5,30 +5,41 @@ reason and shows the latest few: never a payload, only its size and the
 redacted error message. ``riprap dlq purge PATH --older-than 7d`` deletes the
 letters whose last failure is older than that.
 
-Exit codes: 0 done; 1 the store is corrupt or cannot be read or written;
-2 nothing is stored at PATH.
+PATH is a JSON Lines or SQLite file, ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``
+(a dead-letter topic, read up to its end when the command starts) or
+``s3://BUCKET/PREFIX`` (objects of an S3 dead-letter sink; ``--endpoint-url``
+for MinIO and other S3-compatible stores, credentials from the usual AWS
+environment). A malformed PATH is a usage error.
+
+Exit codes: 0 done; 1 the store is corrupt, cannot be read or written, or does
+not support the command (purging a Kafka topic); 2 nothing is stored at PATH,
+or the command line is invalid.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import re
 import sqlite3
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from ._dlq_sinks import DeadLetterFilter, purge_dead_letters, read_dead_letters
+from ._dlq_location import location_argument
+from ._dlq_remote import purge, scan_dead_letters
+from ._dlq_sinks import DeadLetterFilter
 from ._redact import DEFAULT_REDACTOR
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ._deadletter import DeadLetter
+    from ._dlq_location import DeadLetterLocation
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -118,7 +129,7 @@ def add_dlq_commands(
     commands = dlq.add_subparsers(dest="dlq_command", required=True)
 
     inspect_cmd = commands.add_parser("inspect", help="count dead letters and show the latest")
-    inspect_cmd.add_argument("path", help="the dead-letter store (JSON Lines or SQLite)")
+    add_location_arguments(inspect_cmd)
     inspect_cmd.add_argument("--stage", help="only letters of this stage")
     inspect_cmd.add_argument("--error-type", help="only this error type (bare or qualified name)")
     inspect_cmd.add_argument("--reason", help="only this reason (data_error, retries_exhausted...)")
@@ -128,7 +139,7 @@ def add_dlq_commands(
     inspect_cmd.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     purge = commands.add_parser("purge", help="delete old dead letters")
-    purge.add_argument("path", help="the dead-letter store (JSON Lines or SQLite)")
+    add_location_arguments(purge)
     purge.add_argument(
         "--older-than",
         type=parse_duration,
@@ -136,6 +147,19 @@ def add_dlq_commands(
         help="delete letters whose last failure is older than this (90s, 15m, 12h, 7d)",
     )
     return commands
+
+
+def add_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``path`` argument (a file, ``kafka://`` or ``s3://`` location) and ``--endpoint-url``."""
+    parser.add_argument(
+        "path",
+        type=location_argument,
+        help="the dead-letter store: a JSON Lines or SQLite file,"
+        " kafka://HOST:PORT[,HOST:PORT]/TOPIC or s3://BUCKET/PREFIX",
+    )
+    parser.add_argument(
+        "--endpoint-url", help="S3 endpoint for s3:// locations (MinIO, a test server)"
+    )
 
 
 def run_dlq_command(args: argparse.Namespace) -> int:
@@ -155,7 +179,10 @@ def run_dlq_command(args: argparse.Namespace) -> int:
 
 
 def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
-    """Print counts by stage, error type and reason, then the ``args.show`` latest letters."""
+    """Print counts by stage, error type and reason, then the ``args.show`` latest letters.
+
+    Latest means the last to fail (``last_failure_at``), oldest of them first.
+    """
     selector = DeadLetterFilter(
         stage=args.stage,
         error_type=args.error_type,
@@ -164,18 +191,28 @@ def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
         until=args.until,
     )
     counts: dict[str, Counter[str]] = {k: Counter() for k in ("stage", "error_type", "reason")}
-    latest: deque[DeadLetter] = deque(maxlen=args.show)
+    # The latest by failure time, not by read order: a topic is read partition by partition.
+    newest: list[tuple[float, int, DeadLetter]] = []
     total = 0
-    for letter in read_dead_letters(args.path):
+
+    def visit(letter: DeadLetter) -> None:
+        nonlocal total
         if selector.matches(letter):
             total += 1
             for field, counter in counts.items():
                 counter[getattr(letter, field)] += 1
-            latest.append(letter)
+            if args.show:
+                heapq.heappush(newest, (letter.last_failure_at, total, letter))
+                if len(newest) > args.show:
+                    heapq.heappop(newest)
+
+    location: DeadLetterLocation = args.path
+    scan_dead_letters(location, visit, endpoint_url=args.endpoint_url)
+    latest = [letter for _, _, letter in sorted(newest)]
     if args.json:
-        out.write(_inspect_json(args.path, total, counts, latest) + "\n")
+        out.write(_inspect_json(str(location), total, counts, latest) + "\n")
     else:
-        out.write(_inspect_text(args.path, total, counts, latest))
+        out.write(_inspect_text(str(location), total, counts, latest))
     return EXIT_OK
 
 
@@ -199,7 +236,7 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
 
 
 def _inspect_text(
-    path: str, total: int, counts: dict[str, Counter[str]], latest: deque[DeadLetter]
+    path: str, total: int, counts: dict[str, Counter[str]], latest: list[DeadLetter]
 ) -> str:
     lines = [f"{path}: {total} dead letter{'s' if total != 1 else ''}"]
     for field, counter in counts.items():
@@ -225,11 +262,8 @@ def _entry(letter: DeadLetter) -> str:
 
 def _purge(args: argparse.Namespace, *, out: TextIO) -> int:
     before = time.time() - args.older_than
-    removed = purge_dead_letters(args.path, before=before)
-    out.write(
-        f"{args.path}: removed {removed} dead letter{'s' if removed != 1 else ''}"
-        f" last failed before {_iso(before)}\n"
-    )
+    removed, kept = purge(args.path, before=before, endpoint_url=args.endpoint_url)
+    out.write(f"{args.path}: {removed} last failed before {_iso(before)}{kept}\n")
     return EXIT_OK
 
 

@@ -157,7 +157,7 @@ class DeadLetterSource:
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
         self._next = scanned
-        return _batch(self.partition, found, end=scanned)
+        return letter_batch(self.partition, found, end=scanned)
 
     async def aclose(self) -> None:
         """Close the underlying file or database."""
@@ -179,7 +179,14 @@ class DeadLetterSource:
         return found, scanned
 
 
-def _batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: int) -> SourceBatch:
+def letter_batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: int) -> SourceBatch:
+    """The original records of ``found`` (position, letter) pairs as one batch ending at ``end``.
+
+    Shared with the Kafka and S3 replay sources.
+
+    Raises:
+        ValueError: A stored payload cannot be decoded.
+    """
     offsets = [index for index, _ in found]
     letters = [letter for _, letter in found]
     headers: list[Headers] = [letter.original_headers() for letter in letters]

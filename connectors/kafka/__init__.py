@@ -4,6 +4,9 @@
 bytes; decode in a step with :func:`json_value` or :func:`str_value` so that
 one bad message is dead-lettered instead of stopping the source.
 :class:`KafkaSink` waits for every acknowledgement and is at-least-once.
+:class:`KafkaDeadLetters` writes dead letters to a topic;
+:func:`iter_kafka_dead_letters` and :class:`KafkaDeadLetterSource` read them back
+(``riprap dlq inspect|replay kafka://...``).
 """
 
 from __future__ import annotations
@@ -25,18 +28,24 @@ from ._codecs import partition_name as partition_name
 from ._codecs import str_value as str_value
 from ._deadletters import HEADER_PREFIX as HEADER_PREFIX
 from ._deadletters import KafkaDeadLetters as KafkaDeadLetters
+from ._deadletters import letter_from_message as letter_from_message
+from ._dlq_reader import KafkaDeadLetterSource as KafkaDeadLetterSource
+from ._dlq_reader import iter_kafka_dead_letters as iter_kafka_dead_letters
 from ._sink import KafkaSink as KafkaSink
 from ._source import KafkaSource as KafkaSource
 
 __all__ = (
     "HEADER_PREFIX",
     "KafkaCheckpoints",
+    "KafkaDeadLetterSource",
     "KafkaDeadLetters",
     "KafkaSink",
     "KafkaSource",
     "Serializer",
+    "iter_kafka_dead_letters",
     "json_value",
     "lag_by_partition",
+    "letter_from_message",
     "parse_partition",
     "partition_lag",
     "partition_name",

@@ -3,22 +3,29 @@
 Follows the Kafka Connect convention: the message is the record as consumed
 (its key, value and headers), and the failure travels in ``riprap.error.*``
 headers, so consumers of the dead-letter topic need no envelope parser.
+
+The envelope headers come after the original headers and start with
+``riprap.error.id``; :func:`letter_from_message` reads a message back into the
+same :class:`~riprap.DeadLetter` (the round trip is exact). Payloads that were
+decoded objects (encoding ``json``) are produced as their JSON text; the
+``key_encoding``, ``value_encoding`` and, when needed, ``header_encodings``
+headers say so, so that a replay hands the objects over again.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, final
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
-from riprap._deadletter import decode_payload
+from riprap import DeadLetter
+from riprap._deadletter import decode_payload, encode_payload
 
 from ._sink import _as_riprap_error
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from riprap import DeadLetter
 
 HEADER_PREFIX = "riprap.error."
 """Prefix of the headers that carry the envelope fields."""
@@ -41,7 +48,15 @@ _ENVELOPE_HEADERS = (
     "trace_id",
     "idempotency_key",
     "version",
+    "traceback",
+    "timestamp",
+    "key_encoding",
+    "value_encoding",
 )
+_ID_HEADER = HEADER_PREFIX + "id"  # first of the envelope headers: where they start
+_HEADER_ENCODINGS = "header_encodings"
+_INTS = frozenset(("attempts", "offset", "version"))
+_FLOATS = frozenset(("first_failure_at", "last_failure_at", "timestamp"))
 
 
 def payload_bytes(data: str | None, encoding: str | None) -> bytes | None:
@@ -65,7 +80,95 @@ def letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
         value = fields.get(name)
         if value is not None:
             headers.append((HEADER_PREFIX + name, str(value).encode()))
+    encodings = [encoding for _, encoding, _ in letter.headers]
+    if "json" in encodings:
+        headers.append((HEADER_PREFIX + _HEADER_ENCODINGS, orjson.dumps(encodings)))
     return headers
+
+
+def letter_from_message(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> DeadLetter:
+    """The :class:`~riprap.DeadLetter` a :class:`KafkaDeadLetters` message carries.
+
+    The inverse of :func:`payload_bytes` and :func:`letter_headers`: the
+    headers before the last ``riprap.error.id`` are the original ones, the
+    ``riprap.error.*`` headers from there on are the envelope (unknown ones
+    are ignored, like unknown JSON fields). Envelope fields a writer left out
+    because they were empty read as such (no traceback: ``""``).
+
+    Raises:
+        ValueError: The message is not a riprap dead letter (no
+            ``riprap.error.id`` header) or a field is malformed; the message
+            names the header.
+    """
+    start = _envelope_start(headers)
+    original = list(headers[:start])
+    raw: dict[str, Any] = dict.fromkeys(("timestamp", "trace_id", "partition", "offset"))
+    raw["traceback"] = ""
+    for name, data in headers[start:]:
+        if not name.startswith(HEADER_PREFIX):
+            original.append((name, data))  # added after the envelope by someone else
+            continue
+        field = name[len(HEADER_PREFIX) :]
+        raw[field] = _field_value(name, field, data)
+    raw["key"], raw["key_encoding"] = _stored(key, raw.pop("key_encoding", None))
+    raw["value"], raw["value_encoding"] = _stored(value, raw.pop("value_encoding", None))
+    raw["headers"] = _original_headers(original, raw.pop(_HEADER_ENCODINGS, None))
+    return DeadLetter.from_dict(raw)
+
+
+def _envelope_start(headers: Sequence[tuple[str, bytes | None]]) -> int:
+    for index in range(len(headers) - 1, -1, -1):
+        if headers[index][0] == _ID_HEADER:
+            return index
+    raise ValueError(f"not a riprap dead letter: no {_ID_HEADER} header")
+
+
+def _field_value(name: str, field: str, data: bytes | None) -> Any:
+    """An envelope header's value as the JSON type :meth:`DeadLetter.from_dict` expects."""
+    try:
+        text = (data or b"").decode("utf-8")
+        if field in _INTS:
+            return int(text)
+        if field in _FLOATS:
+            return float(text)
+        if field == _HEADER_ENCODINGS:
+            return orjson.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"dead letter: header {name} is malformed: {data!r}") from None
+    return text
+
+
+def _stored(data: bytes | None, encoding: str | None) -> tuple[str | None, str | None]:
+    """The envelope's ``(data, encoding)`` for produced payload bytes."""
+    if data is None:
+        return None, None
+    if encoding == "json":
+        try:
+            return data.decode("utf-8"), "json"  # the object's JSON text, as produced
+        except UnicodeDecodeError:
+            raise ValueError("dead letter: a json payload is not UTF-8 text") from None
+    stored_encoding, text = encode_payload(data)
+    return text, stored_encoding
+
+
+def _original_headers(
+    headers: Sequence[tuple[str, bytes | None]], encodings: Any
+) -> list[list[str | None]]:
+    if encodings is not None and (
+        not isinstance(encodings, list) or len(encodings) != len(headers)
+    ):
+        raise ValueError(
+            f"dead letter: header {HEADER_PREFIX}{_HEADER_ENCODINGS} does not list"
+            f" one encoding for each of the {len(headers)} original headers"
+        )
+    stored: list[list[str | None]] = []
+    for index, (name, data) in enumerate(headers):
+        encoding = encodings[index] if encodings is not None else None
+        text, stored_encoding = _stored(data or b"", encoding)
+        stored.append([name, stored_encoding, text])
+    return stored
 
 
 @final

@@ -5,9 +5,12 @@ connector opens its client, so importing this package is cheap.
 
 * :class:`S3Source`: JSON Lines or CSV objects under a prefix, one partition
   per object, resumable inside an object; corrupt objects are quarantined whole.
-* :class:`S3Sink`: one object per batch and source partition, named by the
-  source positions it holds: idempotent.
-* :class:`S3DeadLetters`: a :class:`~riprap.DeadLetterSink`, one object per write.
+* :class:`S3Sink`: each source partition's records in objects cut by count,
+  size and age, named by the source positions they hold: exactly once, even
+  when a replay cuts them differently.
+* :class:`S3DeadLetters`: a :class:`~riprap.DeadLetterSink`, one object per write;
+  :func:`iter_s3_dead_letters`, :class:`S3DeadLetterSource` and
+  :func:`purge_s3_dead_letters` read, replay and purge them (``riprap dlq ... s3://``).
 * :class:`S3Checkpoints`: a :class:`~riprap.CheckpointBackend` fenced by
   conditional writes (``If-Match`` / ``If-None-Match``).
 """
@@ -19,7 +22,12 @@ import contextlib
 from ._checkpoints import S3Checkpoints as S3Checkpoints
 from ._client import S3ClientConfig as S3ClientConfig
 from ._deadletters import S3DeadLetters as S3DeadLetters
+from ._dlq_reader import S3DeadLetterSource as S3DeadLetterSource
+from ._dlq_reader import S3PurgeReport as S3PurgeReport
+from ._dlq_reader import iter_s3_dead_letters as iter_s3_dead_letters
+from ._dlq_reader import purge_s3_dead_letters as purge_s3_dead_letters
 from ._sink import S3Sink as S3Sink
+from ._sink import S3SinkStatistics as S3SinkStatistics
 from ._source import OBJECT_COMPLETE as OBJECT_COMPLETE
 from ._source import QuarantinedObject as QuarantinedObject
 from ._source import S3Source as S3Source
@@ -30,10 +38,15 @@ __all__ = (
     "QuarantinedObject",
     "S3Checkpoints",
     "S3ClientConfig",
+    "S3DeadLetterSource",
     "S3DeadLetters",
+    "S3PurgeReport",
     "S3Sink",
+    "S3SinkStatistics",
     "S3Source",
     "S3SourceStatistics",
+    "iter_s3_dead_letters",
+    "purge_s3_dead_letters",
 )
 
 

@@ -1,0 +1,414 @@
+"""Reading dead letters back from a Kafka topic: a bounded scan and a replay source.
+
+Bounded reads
+    A read assigns itself every partition of the topic (no consumer group:
+    nothing is joined and no offset is committed), starts at the beginning, or
+    at a replay's checkpointed offset, and stops at the end offsets observed
+    when it started, so it finishes even while letters keep arriving.
+
+    Some brokers (Tansu, the test broker) list a partition's end offset as the
+    start of its last record batch rather than the offset after it. A
+    partition's end is therefore the larger of the listed end offset and the
+    high watermark of the first fetch response, and a partition counts as read
+    only once one more fetch response came back after its position reached
+    that end: whatever that response brings (the rest of a batch, or letters
+    written meanwhile) is read too, nothing after it. A read in which no fetch
+    response arrives for ``stall_timeout`` seconds fails with ``TimeoutError``.
+
+Errors from Kafka itself are raised as ``OSError`` naming the topic; a topic
+that does not exist as ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.lowlevel
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from riprap import ConfigError, DeadLetterFilter, SourceBatch
+from riprap._clock import SYSTEM_CLOCK
+from riprap._dlq_source import TokenBucket, letter_batch
+
+from ._deadletters import letter_from_message
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Mapping, Sequence
+
+    from riprap import DeadLetter, SourceContext
+    from riprap._clock import Clock
+
+_FORBIDDEN_OPTIONS = frozenset(
+    (
+        "bootstrap_servers",
+        "group_id",
+        "enable_auto_commit",
+        "auto_offset_reset",
+        "key_deserializer",
+        "value_deserializer",
+    )
+)
+_SCAN_CHUNK = 500
+_PARTITION_PREFIX = "dlq:kafka:"
+
+log = logging.getLogger("riprap.connectors.kafka")
+
+
+def replay_partition(topic: str, partition: int) -> str:
+    """The replay source's name for a partition of the dead-letter topic."""
+    return f"{_PARTITION_PREFIX}{topic}:{partition}"
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one partition's bounded read has come."""
+
+    tp: Any
+    end: int  # the end offset listed when the read started
+    limit: int | None = None  # max(end, high watermark of the first fetch response)
+    mark: int | None = None  # last fetch response time once the position reached limit
+
+
+@final
+class _BoundedReader:
+    """Every partition of a topic, from given offsets up to the end observed at start."""
+
+    def __init__(
+        self,
+        topic: str,
+        bootstrap_servers: str | Sequence[str],
+        consumer_options: Mapping[str, Any] | None,
+        stall_timeout: float,
+    ) -> None:
+        options = dict(consumer_options or {})
+        clash = sorted(_FORBIDDEN_OPTIONS & options.keys())
+        if clash:
+            raise ConfigError("consumer_options", f"{clash[0]!r} is set by the dead-letter reader")
+        if not stall_timeout > 0:
+            raise ConfigError("stall_timeout", f"must be positive, got {stall_timeout!r}")
+        self.topic = topic
+        self.stall_timeout = stall_timeout
+        self._config: dict[str, Any] = {
+            "fetch_max_wait_ms": 100,  # an empty fetch answers quickly: the end is seen soon
+            **options,
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",  # after retention deleted letters: the oldest kept
+        }
+        self._consumer: Any = None
+        self._pending: dict[int, _Progress] = {}
+        self._buffer: dict[int, list[Any]] = {}
+        self._stamps: dict[int, int | None] = {}
+        self._floors: dict[int, int] = {}
+        self._progress_at = 0.0
+
+    async def start(self, positions: Mapping[int, int]) -> None:
+        """Assign every partition and seek to ``positions`` (the beginning where absent).
+
+        Raises:
+            FileNotFoundError: The topic does not exist.
+            OSError: Kafka refused or could not be reached.
+        """
+        consumer = AIOKafkaConsumer(**self._config)
+        try:
+            tps, ends = await self._assign(consumer, positions)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await consumer.stop()  # safe after a failed start too
+            if isinstance(exc, KafkaError):
+                raise _store_error(self.topic, exc) from exc
+            raise
+        self._consumer = consumer
+        self._pending = {tp.partition: _Progress(tp, ends[tp]) for tp in tps}
+        self._floors = dict(positions)
+        self._progress_at = time.monotonic()
+
+    async def _assign(
+        self, consumer: Any, positions: Mapping[int, int]
+    ) -> tuple[list[Any], dict[Any, int]]:
+        await consumer.start()
+        await consumer.topics()  # loads the metadata of every topic, creating none
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise FileNotFoundError(errno.ENOENT, "no such topic", f"kafka topic {self.topic}")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends: dict[Any, int] = await consumer.end_offsets(tps)
+        for tp in tps:
+            if tp.partition in positions:
+                consumer.seek(tp, positions[tp.partition])
+        fresh = [tp for tp in tps if tp.partition not in positions]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        return tps, ends
+
+    async def next_chunk(self, max_records: int) -> tuple[int, list[Any]] | None:
+        """Up to ``max_records`` consecutive messages of one partition; ``None`` at the end.
+
+        Raises:
+            OSError: Kafka failed.
+            TimeoutError: No fetch response came for ``stall_timeout`` seconds.
+        """
+        while True:
+            chunk = self._take(max_records)
+            if chunk is not None or not self._pending:
+                return chunk
+            try:
+                await self._fetch(max_records)
+            except KafkaError as exc:
+                raise _store_error(self.topic, exc) from exc
+
+    async def aclose(self) -> None:
+        """Stop the consumer (it commits nothing: it belongs to no group)."""
+        consumer, self._consumer = self._consumer, None
+        self._buffer.clear()
+        self._pending.clear()
+        self._stamps.clear()
+        self._floors.clear()
+        if consumer is not None:
+            await consumer.stop()
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    def _take(self, max_records: int) -> tuple[int, list[Any]] | None:
+        partition = next(iter(self._buffer), None)
+        if partition is None:
+            return None
+        records = self._buffer.pop(partition)
+        if len(records) > max_records:  # re-inserted last: partitions take turns
+            self._buffer[partition] = records[max_records:]
+        return partition, records[:max_records]
+
+    async def _fetch(self, max_records: int) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError(f"reader of kafka topic {self.topic!r} is not started")
+        tps = [progress.tp for progress in self._pending.values()]
+        fetched = await consumer.getmany(*tps, timeout_ms=100, max_records=max_records)
+        moved = self._keep(fetched)
+        for progress in list(self._pending.values()):
+            moved = await self._settle(progress) or moved
+            stamp = consumer.last_poll_timestamp(progress.tp)
+            moved = moved or stamp != self._stamps.get(progress.tp.partition)
+            self._stamps[progress.tp.partition] = stamp
+        now = time.monotonic()
+        if moved:
+            self._progress_at = now
+        elif now - self._progress_at > self.stall_timeout:
+            raise TimeoutError(
+                f"kafka topic {self.topic!r}: no fetch response for partitions"
+                f" {sorted(self._pending)} in {self.stall_timeout:g} s"
+            )
+
+    def _keep(self, fetched: Mapping[Any, list[Any]]) -> bool:
+        """Buffer fetched records at or after each partition's start; whether any came."""
+        kept = False
+        for tp, records in fetched.items():
+            floor = self._floors.get(tp.partition, 0)
+            if records and records[0].offset < floor:
+                # An offset reset (the topic was recreated?) served records from before
+                # the position this read started at: they were read before, or are not
+                # the letters that position counted. Say so instead of reading them.
+                log.warning(
+                    "kafka topic %r partition %d: the broker served offset %d, before the"
+                    " start position %d (was the topic recreated?); skipping to %d",
+                    self.topic,
+                    tp.partition,
+                    records[0].offset,
+                    floor,
+                    floor,
+                )
+                records = [record for record in records if record.offset >= floor]
+            if records:
+                self._buffer.setdefault(tp.partition, []).extend(records)
+                kept = True
+        return kept
+
+    async def _settle(self, progress: _Progress) -> bool:
+        """Finish the partition once a fetch came back after its end; whether records came."""
+        consumer = self._consumer
+        tp = progress.tp
+        if progress.limit is None:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                return False  # no fetch response yet
+            progress.limit = max(progress.end, highwater)
+        if await consumer.position(tp) < progress.limit:
+            return False
+        stamp = consumer.last_poll_timestamp(tp)
+        if progress.mark is None:
+            progress.mark = stamp  # wait for one more fetch response
+            return False
+        if stamp is None or stamp <= progress.mark:
+            return False
+        kept = False
+        while True:  # what that response brought is buffered by now: take all of it
+            drained = await consumer.getmany(tp, timeout_ms=0)
+            if not self._keep(drained):
+                break
+            kept = True
+        consumer.pause(tp)
+        del self._pending[tp.partition]
+        return kept
+
+
+def _store_error(topic: str, exc: KafkaError) -> OSError:
+    text = str(exc)
+    if not text.startswith(type(exc).__name__):  # aiokafka's own messages often name it
+        text = f"{type(exc).__name__}: {text}"
+    return OSError(f"kafka topic {topic!r}: {text}")
+
+
+def _letter(topic: str, record: Any) -> DeadLetter:
+    try:
+        return letter_from_message(record.key, record.value, list(record.headers))
+    except ValueError as exc:
+        raise ValueError(
+            f"kafka topic {topic!r} partition {record.partition} offset {record.offset}: {exc}"
+        ) from None
+
+
+async def iter_kafka_dead_letters(
+    topic: str,
+    *,
+    bootstrap_servers: str | Sequence[str],
+    consumer_options: Mapping[str, Any] | None = None,
+    stall_timeout: float = 30.0,
+) -> AsyncGenerator[DeadLetter, None]:
+    """Every dead letter on ``topic`` up to the end observed at start, partition by partition.
+
+    A bounded read (see the module docstring): no group, no commit. Close the
+    generator when leaving early (``contextlib.aclosing``).
+
+    Raises:
+        FileNotFoundError: The topic does not exist.
+        OSError: Kafka failed.
+        TimeoutError: No fetch response came for ``stall_timeout`` seconds.
+        ValueError: A message is not a riprap dead letter; the message names
+            its partition and offset.
+
+    .. versionadded:: 0.1
+    """
+    reader = _BoundedReader(topic, bootstrap_servers, consumer_options, stall_timeout)
+    try:
+        await reader.start({})
+        while (chunk := await reader.next_chunk(_SCAN_CHUNK)) is not None:
+            for record in chunk[1]:
+                yield _letter(topic, record)
+    finally:
+        await reader.aclose()
+
+
+@final
+class KafkaDeadLetterSource:
+    """Replays the letters of a dead-letter topic: their original records, as consumed.
+
+    One riprap partition per topic-partition, named
+    ``dlq:kafka:<topic>:<partition>``; positions are Kafka offsets (a batch
+    ends at the offset after the last message it scanned). Offsets never
+    change meaning, so a replay's checkpoint says exactly which messages are
+    done, and a second replay under the same pipeline name resumes there and
+    sends only letters produced since. Letters deleted by retention between
+    two runs are no longer read (the read starts at the oldest kept).
+
+    Each run is a bounded read (see the module docstring): it ends at the end
+    observed when it opened, commits nothing to Kafka and joins no group.
+    Letters the filter rejects are skipped but their offsets are passed. A
+    letter produced twice (a producer retry) is replayed twice, as for JSON
+    Lines; letters carry an ``idempotency_key`` for sinks that deduplicate.
+
+    Args:
+        topic: The dead-letter topic (written by
+            :class:`~riprap.connectors.kafka.KafkaDeadLetters`).
+        bootstrap_servers: ``host:port`` of one or more brokers.
+        filter: Which letters to replay; all when ``None``.
+        rate_limit: At most this many records per second; unlimited when ``None``.
+        name: The step name of the source.
+        clock: Paces the rate limit (a virtual clock in tests).
+        consumer_options: Further ``AIOKafkaConsumer`` keyword arguments
+            (security, fetch sizes).
+        stall_timeout: Seconds without a fetch response before the read fails.
+
+    Raises:
+        ConfigError: An impossible rate limit or stall timeout, or a consumer
+            option the source sets itself.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        bootstrap_servers: str | Sequence[str],
+        filter: DeadLetterFilter | None = None,
+        rate_limit: float | None = None,
+        name: str = "dlq-replay",
+        clock: Clock = SYSTEM_CLOCK,
+        consumer_options: Mapping[str, Any] | None = None,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self.name = name
+        self._reader = _BoundedReader(topic, bootstrap_servers, consumer_options, stall_timeout)
+        self._filter = filter or DeadLetterFilter()
+        self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
+
+    async def open(self, context: SourceContext) -> None:
+        """Start reading every partition after its checkpointed offset (from the start if none).
+
+        Raises:
+            FileNotFoundError: The topic does not exist.
+            OSError: Kafka failed.
+        """
+        prefix = f"{_PARTITION_PREFIX}{self.topic}:"
+        positions = {
+            int(name[len(prefix) :]): position
+            for name, position in context.positions.items()
+            if name.startswith(prefix) and name[len(prefix) :].isdigit()
+        }
+        await self._reader.aclose()  # reopening starts a fresh read
+        await self._reader.start(positions)
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        """The next at most ``max_records`` matching letters' records of one partition.
+
+        A stretch of letters the filter rejects yields an empty batch that
+        moves the position past them; ``None`` once every partition is read
+        to its end.
+
+        Raises:
+            OSError: Kafka failed.
+            TimeoutError: No fetch response came for ``stall_timeout`` seconds.
+            ValueError: A message is not a riprap dead letter, or its payload
+                cannot be decoded.
+        """
+        if self._bucket is not None:
+            max_records = min(max_records, self._bucket.burst)
+        chunk = await self._reader.next_chunk(max(1, max_records))
+        if chunk is None:
+            return None
+        partition, records = chunk
+        name = replay_partition(self.topic, partition)
+        end = records[-1].offset + 1
+        found = [
+            (record.offset, letter)
+            for record in records
+            if self._filter.matches(letter := _letter(self.topic, record))
+        ]
+        if not found:  # an empty batch still moves the position past the skipped letters
+            return SourceBatch(name, [], start=records[0].offset, end=end)
+        if self._bucket is not None:
+            await self._bucket.acquire(len(found))
+        return letter_batch(name, found, end=end)
+
+    async def aclose(self) -> None:
+        """Stop the consumer."""
+        await self._reader.aclose()
