@@ -48,6 +48,7 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineOptions as PipelineOptions
 from ._pipeline import StepOptions as StepOptions
 from ._protocols import Sink as Sink
+from ._protocols import SinkContext as SinkContext
 from ._protocols import Source as Source
 from ._protocols import SourceContext as SourceContext
 from ._protocols import Stage as Stage
@@ -109,6 +110,7 @@ __all__ = (
     "RunStatistics",
     "RunningPipeline",
     "Sink",
+    "SinkContext",
     "Source",
     "SourceBatch",
     "SourceContext",

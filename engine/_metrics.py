@@ -37,6 +37,7 @@ class RunCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._records()
         yield from self._dead_letters()
+        yield from self._source_outcomes()
         yield from self._gauges()
         yield from self._checkpoints()
         yield from self._policies()
@@ -89,6 +90,17 @@ class RunCollector(Collector):
         )
         quarantined.add_metric([rt.pipeline.name], rt.router.counts.get("crash_loop", 0))
         yield quarantined
+
+    def _source_outcomes(self) -> Iterator[Metric]:
+        rt = self.runtime
+        family = CounterMetricFamily(
+            "riprap_source_outcomes",
+            "What the source reported besides records (objects_quarantined...).",
+            labels=["pipeline", "source", "outcome"],
+        )
+        for outcome, count in sorted(rt.source_outcomes.items()):
+            family.add_metric([rt.pipeline.name, rt.source.name, outcome], count)
+        yield family
 
     def _gauges(self) -> Iterator[Metric]:
         rt = self.runtime

@@ -23,6 +23,10 @@ async def _no_drain(partitions: Collection[str], within: float) -> Mapping[str, 
     return {}
 
 
+def _no_count(outcome: str, count: int) -> None:
+    """The ``count`` of a hand-made context: reports nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class SourceContext:
     """What a source learns when it opens.
@@ -34,11 +38,16 @@ class SourceContext:
             rebalance): waits until their records in flight are done (at most
             ``within`` seconds), writes a checkpoint (which calls the source's
             ``committed``), stops tracking them and returns their final positions.
+        count: ``count(outcome, n)`` reports ``n`` things the source dealt with
+            that are not records, such as ``"objects_quarantined"`` (an object
+            set aside whole): the run report and the ``riprap_source_outcomes``
+            metric show them by outcome, so nothing is left out silently (I7).
     """
 
     pipeline: str
     positions: Mapping[str, int]
     drain: Callable[[Collection[str], float], Awaitable[Mapping[str, int]]] = _no_drain
+    count: Callable[[str, int], None] = _no_count
 
 
 @runtime_checkable
@@ -74,6 +83,14 @@ class Sink(Protocol):
     ``batch.ack.retain()``-ed it and will ``release()`` once it is). ``flush``
     makes everything buffered durable. ``idempotent`` says whether rewriting a
     replayed record is harmless (exactly-once effect, I2).
+
+    Optional, for a sink that holds records back across writes:
+    ``def bind(self, context: SinkContext)`` is called when a run is created,
+    before ``open``; ``def wake_at(self) -> float | None`` says when (on
+    ``context.clock``'s monotonic time) the sink wants to write although no
+    batch has come, and the runtime then calls ``write`` with an empty batch.
+    While a partition is drained (a rebalance), such a sink's ``flush`` is
+    called after each batch, from the task that calls ``write``.
     """
 
     name: str
@@ -86,6 +103,26 @@ class Sink(Protocol):
     async def flush(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink that holds records back learns when a run is created (its ``bind``).
+
+    Attributes:
+        pipeline: The pipeline's name.
+        clock: The pipeline's clock; ``wake_at`` is read against its ``monotonic()``.
+        batch_size: The pipeline's ``batch_size`` option.
+        max_in_flight: The pipeline's ``max_in_flight`` option. Records a sink
+            holds stay in flight, and the source reads only while a whole batch
+            fits: a sink must not hold more than ``max_in_flight - batch_size``
+            source records once ``write`` returns, or the run can stall for good.
+    """
+
+    pipeline: str
+    clock: Clock
+    batch_size: int = 1_000
+    max_in_flight: int = 10_000
 
 
 def _ignore(count: int) -> None:

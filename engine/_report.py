@@ -94,6 +94,8 @@ class RunReport:
         fallbacks: Calls answered by a step's fallback (degraded results).
         retries: Retries of failed calls, in steps and the sink.
         breaker_trips: Times a circuit breaker opened.
+        source_outcomes: What the source reported besides records, by outcome
+            (``objects_quarantined``: objects set aside whole).
         duration: Seconds from start to the final checkpoint.
         checkpoints: Checkpoints written.
         positions: The final checkpointed position of every partition.
@@ -116,6 +118,7 @@ class RunReport:
     retries: int = 0
     breaker_trips: int = 0
     error: str | None = None
+    source_outcomes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -133,6 +136,13 @@ class RunReport:
             f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
         ]
         lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]
+        if self.source_outcomes:
+            lines.append("  source")
+            # Right-aligned with the counts above even for outcome names longer than 14.
+            lines += [
+                f"    {outcome}{count:>{max(26 - len(outcome), 1)},}"
+                for outcome, count in self.source_outcomes.items()
+            ]
         lines += [
             f"  fallbacks       {self.fallbacks:>12,}",
             f"  retries         {self.retries:>12,}",

@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import time
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
@@ -32,7 +32,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import ConfigError, DataError, EngineError, PipelineError, PoisonPillError
 from ._metrics import create_registry
 from ._pipeline import BatchStep, OpStep, Pipeline, StageStep, Step, _is_async
-from ._protocols import Sink, Source, SourceContext, StageContext
+from ._protocols import Sink, SinkContext, Source, SourceContext, StageContext
 from ._records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
 from ._report import Outcome, PolicyCounters, RunReport, RunStatistics, StepCounters
 from ._routing import Router
@@ -45,12 +45,14 @@ from ._segments import (
     StageSegment,
     traced,
 )
+from ._sink_feed import SinkFeed
 from ._tracing import Tracing
 from .policies import Policies, PolicyHook, PolicyStack
 from .policies._classify import DEFAULT_CLASSIFIER
 
 if TYPE_CHECKING:
     from collections.abc import (
+        AsyncIterable,
         AsyncIterator,
         Awaitable,
         Callable,
@@ -205,6 +207,8 @@ class Runtime:
             clock=_stack_clock(sink_policies, self.clock),
             hooks=hooks,
         ).wrap(self.sink.write)
+        self.sink_feed = self._bind_sink()
+        self.source_outcomes: dict[str, int] = {}
         self.quarantine: dict[str, dict[int, int]] = {}
         self.sink_counters = StepCounters(self.sink.name)
         self.in_flight = InFlight(self.options.max_in_flight)
@@ -274,7 +278,7 @@ class Runtime:
         """
         names = set(partitions)
         tracker = self.tracker
-        with anyio.move_on_after(within):
+        with anyio.move_on_after(within), self._sink_draining():
             while any(tracker.pending(name) for name in names):
                 await self.in_flight.wait_change()
         await self.checkpointer.save(force=True)
@@ -342,7 +346,10 @@ class Runtime:
         if self.options.dead_letter is not None:
             await self.options.dead_letter.open()
         await self.sink.open()
-        await self.source.open(SourceContext(pipeline=name, positions=positions, drain=self.drain))
+        context = SourceContext(
+            pipeline=name, positions=positions, drain=self.drain, count=self._count_source_outcome
+        )
+        await self.source.open(context)
 
     async def run(self) -> RunReport:
         """Process until the source ends or a stop; always end with a final checkpoint."""
@@ -487,8 +494,10 @@ class Runtime:
 
     async def _sink_loop(self, receive: ChannelReceiver[Batch]) -> None:
         counters = self.sink_counters
+        feed = self.sink_feed
+        batches: AsyncIterable[Batch] = receive if feed is None else feed.over(receive)
         async with receive:
-            async for batch in receive:
+            async for batch in batches:
                 counters.records_in += len(batch.items)
                 started = time.perf_counter()
                 with traced(self.tracing, self.sink.name, batch):
@@ -623,6 +632,30 @@ class Runtime:
             state.update(segment.snapshot())
         return state
 
+    def _bind_sink(self) -> SinkFeed | None:
+        """Give a sink that holds records back its context, and wake-ups (``bind``, ``wake_at``)."""
+        bind = getattr(self.sink, "bind", None)
+        if bind is not None:
+            options = self.options
+            bind(
+                SinkContext(
+                    pipeline=self.pipeline.name,
+                    clock=self.clock,
+                    batch_size=options.batch_size,
+                    max_in_flight=options.max_in_flight,
+                )
+            )
+        wake_at = getattr(self.sink, "wake_at", None)
+        return None if wake_at is None else SinkFeed(wake_at, self.sink.flush, self.clock)
+
+    def _sink_draining(self) -> AbstractContextManager[None]:
+        """While partitions drain, a sink that holds records back writes them after each batch."""
+        return nullcontext() if self.sink_feed is None else self.sink_feed.draining()
+
+    def _count_source_outcome(self, outcome: str, count: int) -> None:
+        """``SourceContext.count``: what the source reports besides records."""
+        self.source_outcomes[outcome] = self.source_outcomes.get(outcome, 0) + count
+
     def _count_crash(self, error: BaseException) -> None:
         if isinstance(error, PipelineError) and error.partition is not None:
             key = f"{error.partition}@{error.offset}"
@@ -648,6 +681,7 @@ class Runtime:
             fallbacks=self.events.fallbacks,
             retries=self.events.retries,
             breaker_trips=self.events.breaker_trips,
+            source_outcomes=dict(self.source_outcomes),
             error=str(self.error) if self.error is not None else None,
         )
 

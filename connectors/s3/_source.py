@@ -22,9 +22,11 @@ Quarantine
     An object that cannot be read as a whole (bad or truncated gzip, bytes
     that are not valid text, a malformed CSV row) is quarantined, never
     skipped silently: the reason is logged, the object is added to
-    :attr:`S3Source.quarantined` and counted in :meth:`S3Source.statistics`,
-    ``on_quarantine`` is called, and with ``quarantine_prefix`` the object is
-    copied to ``<quarantine_prefix><key>`` next to ``<key>.reason.json``. Only
+    :attr:`S3Source.quarantined`, counted in :meth:`S3Source.statistics` and
+    in the run report and the ``riprap_source_outcomes`` metric (as
+    ``objects_quarantined``, through ``SourceContext.count``), ``on_quarantine``
+    is called, and with ``quarantine_prefix`` the object is copied to
+    ``<quarantine_prefix><key>`` next to ``<key>.reason.json``. Only
     then is its position set to :data:`OBJECT_COMPLETE`, and the run goes on
     with the next object. Nothing of a quarantined object reaches the sink.
 
@@ -189,6 +191,7 @@ class S3Source:
         """Every object quarantined since the source was created."""
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._context: SourceContext | None = None
         self._positions: dict[str, int] = {}
         self._seen: set[str] = set()
         self._pending: deque[str] = deque()
@@ -225,6 +228,7 @@ class S3Source:
             stack = contextlib.AsyncExitStack()
             self._client = await open_client(stack, self.client_config, self.endpoint_url)
             self._stack = stack
+            self._context = context
             self._positions = dict(context.positions)
             self._seen.clear()
             self._pending.clear()
@@ -393,6 +397,8 @@ class S3Source:
             )
         entry = QuarantinedObject(key, partition, reason, target, time.time())
         self.quarantined.append(entry)
+        if self._context is not None:
+            self._context.count("objects_quarantined", 1)
         log.warning("quarantined %s: %s (copy: %s)", partition, reason, target)
         if self.on_quarantine is not None:
             result = self.on_quarantine(entry)

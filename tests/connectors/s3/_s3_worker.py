@@ -1,7 +1,9 @@
 """Subprocess for the S3 kill -9 test: S3 JSON Lines -> transform -> S3 objects, S3 checkpoints.
 
-Usage: ``python _s3_worker.py ENDPOINT BUCKET``. The test process runs the moto
-server (it must outlive this worker) and passes its URL. Batches are small and
+Usage: ``python _s3_worker.py ENDPOINT BUCKET [limits]``. The test process runs
+the moto server (it must outlive this worker) and passes its URL. With
+``limits`` the sink cuts objects by count and by (real) time, so a replay
+meets objects cut differently from how it would cut them. Batches are small and
 checkpoints frequent, so a run lasts long enough to be killed mid-flight; the
 run resumes from the checkpoint in ``state/``. On completion the run's report is
 written to stdout as one JSON object.
@@ -35,7 +37,11 @@ def transform(line: bytes) -> dict[str, Any]:
     return value
 
 
-def build(endpoint: str, bucket: str) -> riprap.Pipeline:
+LIMITS: dict[str, Any] = {"max_records": 25, "max_age": 0.05}
+"""Objects of up to 25 records, cut 50 ms after their first record at the latest."""
+
+
+def build(endpoint: str, bucket: str, *, limits: bool = False) -> riprap.Pipeline:
     """The pipeline under test, with frequent checkpoints and small batches."""
     common: dict[str, Any] = {"endpoint_url": endpoint, "client_config": CONFIG}
     return (
@@ -48,14 +54,14 @@ def build(endpoint: str, bucket: str) -> riprap.Pipeline:
         )
         .source(S3Source(bucket, "in/", **common))
         .map("square", transform)
-        .sink(S3Sink(bucket, "out/", **common))
+        .sink(S3Sink(bucket, "out/", **common, **(LIMITS if limits else {})))
     )
 
 
 def main(argv: list[str]) -> int:
     """Run to completion and print the report as JSON."""
-    endpoint, bucket = argv
-    report = riprap.run(build(endpoint, bucket))
+    endpoint, bucket, *options = argv
+    report = riprap.run(build(endpoint, bucket, limits=options == ["limits"]))
     summary = {"outcome": report.outcome, "records_in": report.records_in}
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0 if report.outcome == "completed" else 1

@@ -5,7 +5,8 @@ starts ``_s3_worker.py`` against it. Each run is SIGKILLed once the output has
 grown; after each kill every record before a checkpointed position must be in
 the output (I1). The last run completes, and the output objects then hold
 every input record exactly once: replays overwrite the same deterministically
-named objects (I2).
+named objects (I2), also when the sink cuts objects by count and by time, so
+that a replay groups records differently from the run it repeats.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def check_no_loss(client: Any, bucket: str) -> int:
     return len(covered)
 
 
+@pytest.mark.parametrize("limits", [False, True], ids=["object-per-batch", "count-and-time"])
 def test_kill_and_restart_writes_every_record_once(
-    moto_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto_endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: bool
 ) -> None:
     """SIGKILLed runs never checkpoint past unwritten records, and after the last run the
     output objects hold every input record exactly once.
@@ -106,7 +108,7 @@ def test_kill_and_restart_writes_every_record_once(
         monkeypatch.setenv(name, value)
     client = sync_client(moto_endpoint)
     expected = write_input(client, bucket)
-    args = [sys.executable, str(WORKER), moto_endpoint, bucket]
+    args = [sys.executable, str(WORKER), moto_endpoint, bucket, *(["limits"] if limits else [])]
     covered: list[int] = []
     for run in range(KILLS):
         target = len(keys(client, bucket, "out/")) + 8

@@ -103,6 +103,34 @@ async def test_s3_to_s3_with_quarantine_and_dead_letters(store: Store) -> None:
     )
 
 
+async def test_a_quarantined_object_is_in_the_report_and_the_metrics(store: Store) -> None:
+    """A run over objects of which one is corrupt reports one quarantined object in its report
+    (printed too) and as ``riprap_source_outcomes_total``.
+    """
+    await store.put_lines("in/1.jsonl", [b'{"n": 1}'])
+    await store.put("in/2.jsonl.gz", b"\x1f\x8bcorrupt")
+    await store.put_lines("in/3.jsonl", [b'{"n": 3}'])
+    source = S3Source(
+        store.bucket,
+        "in/",
+        name="objects",
+        endpoint_url=store.endpoint,
+        client_config=client_config(),
+    )
+    async with build(store, source).open() as running:
+        report = await running.wait()
+        metric = running.metrics_registry.get_sample_value(
+            "riprap_source_outcomes_total",
+            {"pipeline": "s3-copy", "source": "objects", "outcome": "objects_quarantined"},
+        )
+    assert ({"objects_quarantined": 1}, 1.0, 2) == (
+        dict(report.source_outcomes),
+        metric,
+        report.records_out,
+    )
+    assert "objects_quarantined" in report.format()
+
+
 def load_example() -> ModuleType:
     """``examples/s3_backfill.py``, imported from its file."""
     path = Path(__file__).resolve().parents[3] / "examples" / "s3_backfill.py"
