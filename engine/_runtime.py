@@ -476,6 +476,9 @@ class Runtime:
                 processed = out if head is None else await head.process(out)
                 if processed is not None:
                     await send.send(processed)
+                # Hold nothing of this batch while reading the next: its memory is
+                # freed as soon as the sink is done with it.
+                del batch, out, processed
 
     async def _read(self, size: int) -> SourceBatch | None:
         """The next source batch with its in-flight slots taken; ``None`` at the end."""
@@ -506,6 +509,7 @@ class Runtime:
                 counters.records_out += len(batch.items)
                 self.router.observe_written(len(batch.items))
                 batch.ack.release()
+                del batch  # not kept alive while waiting for the next one
         if self._guard_scope is not None:
             self._guard_scope.cancel()
 
