@@ -180,7 +180,10 @@ async def raw_loop(job: KafkaJob) -> int:
         session_timeout_ms=2000,
         heartbeat_interval_ms=300,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=job.bootstrap, acks="all", linger_ms=5)
+    # The same batch size as KafkaSink: aiokafka sends one batch per partition per request.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=job.bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
     await consumer.start()
     await producer.start()
     sent = 0
@@ -242,7 +245,11 @@ async def riprap_run(job: KafkaJob) -> int:
         .filter("has_email", has_email)
         .map("add_cents", add_cents)
         .map("serialize", orjson.dumps)
-        .sink(KafkaSink(job.out, bootstrap_servers=job.bootstrap, serializer="bytes"))
+        .sink(
+            KafkaSink(
+                job.out, bootstrap_servers=job.bootstrap, serializer="bytes", partitioner="source"
+            )
+        )
     )
     deadline = time.monotonic() + DEADLINE
     async with pipeline.open() as running:
@@ -250,6 +257,8 @@ async def riprap_run(job: KafkaJob) -> int:
             stats = running.statistics()
             if stats.records_in >= job.records and stats.in_flight == 0:
                 break
+            if running.error is not None:
+                raise running.error  # a failed run would otherwise wait for the deadline
             await asyncio.sleep(0.01)
         running.stop()  # leaving the block drains, checkpoints and commits
     return running.statistics().records_out

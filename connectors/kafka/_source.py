@@ -217,7 +217,7 @@ class KafkaSource:
             end=records[-1].offset + 1,
             offsets=[r.offset for r in records],
             keys=[r.key for r in records],
-            headers=[list(r.headers) for r in records],
+            headers=[r.headers for r in records],
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],
         )
 

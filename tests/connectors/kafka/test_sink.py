@@ -12,8 +12,8 @@ pytest.importorskip("aiokafka")
 from aiokafka.errors import KafkaConnectionError, UnknownError
 from aiokafka.partitioner import murmur2
 
-from riprap import Ack, Batch, DataError, SourceBatch, TransientError
-from riprap._records import SourceOrigin
+from riprap import Ack, Batch, ConfigError, DataError, SourceBatch, TransientError
+from riprap._records import ConcatOrigin, SourceOrigin
 from riprap.connectors.kafka import KafkaSink
 from riprap.connectors.kafka._sink import _as_riprap_error
 
@@ -93,3 +93,63 @@ def test_retriable_kafka_errors_become_transient() -> None:
     fatal = UnknownError()
     assert isinstance(_as_riprap_error(KafkaConnectionError()), TransientError)
     assert fatal is _as_riprap_error(fatal)
+
+
+def batch_from_partitions(parts: dict[str, list[bytes]]) -> Batch:
+    """One batch joining source batches of several partitions (as re-batching makes them)."""
+    pieces: list[tuple[int, Any]] = []
+    values: list[bytes] = []
+    for name, part_values in parts.items():
+        source = SourceBatch(name, part_values, start=0, keys=[b"k-" + v for v in part_values])
+        pieces.append((len(values), SourceOrigin(source)))
+        values.extend(part_values)
+    return Batch(values, Ack(lambda: None), ConcatOrigin(pieces))
+
+
+@pytest.mark.kafka
+async def test_source_partitioner_keeps_each_record_in_its_source_partition_number(
+    kafka: KafkaHelper,
+) -> None:
+    """``partitioner="source"`` writes "in:N" records to partition N (mod the count)."""
+    topic = await kafka.create_topic(4)
+    sink = KafkaSink(
+        topic, bootstrap_servers=kafka.bootstrap, serializer="bytes", partitioner="source"
+    )
+    parts = {f"in:{n}": [f"{n}-{i}".encode() for i in range(20)] for n in (0, 1, 3, 6)}
+    parts["not-kafka"] = [b"x-0"]  # no partition number: the key hash decides
+    await sink.open()
+    try:
+        await sink.write(batch_from_partitions(parts))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 81)
+    got = {m.value: m.partition for m in messages}
+    expected = {v: int(n.split(":")[1]) % 4 for n, vs in parts.items() if ":" in n for v in vs}
+    expected[b"x-0"] = (murmur2(b"k-x-0") & 0x7FFFFFFF) % 4
+    assert expected == got
+
+
+@pytest.mark.kafka
+async def test_a_partitioner_function_picks_the_partition(kafka: KafkaHelper) -> None:
+    topic = await kafka.create_topic(3)
+    sink = KafkaSink(
+        topic,
+        bootstrap_servers=kafka.bootstrap,
+        serializer="bytes",
+        partitioner=lambda key, value, count: len(value) % count,
+    )
+    values = [b"a" * n for n in range(1, 10)]
+    await sink.open()
+    try:
+        await sink.write(source_batch(values, [None] * len(values)))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, len(values))
+    assert {v: len(v) % 3 for v in values} == {m.value: m.partition for m in messages}
+
+
+def test_an_unknown_partitioner_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown partitioner 'round-robin'"):
+        KafkaSink("t", bootstrap_servers="127.0.0.1:9", partitioner="round-robin")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        KafkaSink("t", bootstrap_servers="127.0.0.1:9", producer_options={"max_batch_size": 1})
