@@ -1,13 +1,13 @@
 """Let glibc keep freed heap memory for the next batch instead of handing it back at once.
 
 glibc returns the top of the heap to the OS as soon as more than 128 KiB of it
-is free. A pipeline frees a whole batch of results at a time (a 1,000-record
-batch of ``orjson.dumps`` outputs occupies about 4 MiB, as each result is cut
-from a 4 KiB buffer), so every batch gives its memory back and the next one
-page-faults it in again: on the in-memory benchmark that costs a quarter of
-the throughput, and whether it happens depends on what else happens to sit at
-the top of the heap. Raising the trim threshold makes it predictable; memory
-above it is still returned, so the process stays bounded.
+is free. A pipeline allocates and frees a whole batch of results at a time
+(each ``orjson.dumps`` result starts as a 4 KiB buffer), so every batch gives
+its memory back and the next one page-faults it in again: on the in-memory
+benchmark that costs a fifth to a half of the throughput, and whether it
+happens depends on what else happens to sit at the top of the heap. Raising
+the trim threshold makes it predictable; memory above it is still returned,
+so the process stays bounded.
 """
 
 from __future__ import annotations
