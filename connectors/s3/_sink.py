@@ -324,8 +324,7 @@ class S3Sink:
             RuntimeError: An item's source position is unknown.
         """
         parts: dict[str, tuple[list[int], list[int], list[SourceBatch]]] = {}
-        for index in range(len(batch.items)):
-            where = batch.locate(index)
+        for index, where in enumerate(batch.sources()):
             if where is None:
                 raise RuntimeError(
                     f"sink {self.name!r}: item {index} has no source position, so its "
