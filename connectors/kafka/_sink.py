@@ -220,7 +220,13 @@ class KafkaSink:
                 headers = list(headers)  # the producer's record builder takes lists only
             ms = None if stamp is None else round(stamp * 1000)
             if custom is not None:
-                partition = partitions[custom(key, value, count)]
+                index = custom(key, value, count)
+                if not 0 <= index < count:
+                    raise ValueError(
+                        f"sink {self.name!r}: the partitioner returned {index!r} for a topic "
+                        f"of {count} partitions (expected 0 to {count - 1})"
+                    )
+                partition = partitions[index]
             elif where is not None and home is not None:
                 partition = partitions[home]
             else:

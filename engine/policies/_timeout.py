@@ -1,6 +1,8 @@
 """Timeouts that follow the injected clock and raise :class:`~riprap.StageTimeout`.
 
-With the system clock a timeout is a plain anyio cancel scope. Any other clock
+With the system clock a :class:`TimeoutScope` is a plain anyio cancel scope,
+and a timeout policy layer (:class:`TimeoutLayer`) puts its calls' deadlines
+under one shared timer (see ``_deadlines``). Any other clock
 (a :class:`~riprap.testing.VirtualClock` in tests) cannot drive anyio's
 deadlines, which read the event loop's real time, so the body runs in a task
 group next to a timer task that sleeps on the clock and cancels the group when

@@ -153,3 +153,20 @@ def test_an_unknown_partitioner_is_a_config_error() -> None:
         KafkaSink("t", bootstrap_servers="127.0.0.1:9", partitioner="round-robin")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_batch_size"):
         KafkaSink("t", bootstrap_servers="127.0.0.1:9", producer_options={"max_batch_size": 1})
+
+
+@pytest.mark.kafka
+async def test_a_partitioner_out_of_range_is_a_clear_error(kafka: KafkaHelper) -> None:
+    topic = await kafka.create_topic(2)
+    sink = KafkaSink(
+        topic,
+        bootstrap_servers=kafka.bootstrap,
+        serializer="bytes",
+        partitioner=lambda key, value, count: count,
+    )
+    await sink.open()
+    try:
+        with pytest.raises(ValueError, match="returned 2 for a topic of 2 partitions"):
+            await sink.write(source_batch([b"v"], [b"k"]))
+    finally:
+        await sink.aclose()
