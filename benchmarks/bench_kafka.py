@@ -228,7 +228,7 @@ async def riprap_run(job: KafkaJob) -> int:
     pipeline = (
         riprap.Pipeline(
             job.group,
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             batch_size=2_000,
             max_in_flight=16_000,
         )

@@ -104,7 +104,7 @@ def riprap_pipeline(records: list[bytes], sink: CountSink) -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             "bench-memory",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             batch_size=1_000,
             max_in_flight=8_000,
         )

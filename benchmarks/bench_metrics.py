@@ -32,7 +32,7 @@ async def run_once(records: list[bytes], *, scrape: bool) -> float:
             await running.wait()
         else:
             async with (
-                riprap.serve_health(running) as server,
+                riprap.observability.serve_health(running) as server,
                 aiohttp.ClientSession() as session,
                 anyio.create_task_group() as tg,
             ):

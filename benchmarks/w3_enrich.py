@@ -142,7 +142,7 @@ def enrich_pipeline(records: list[bytes], enrich: Enricher, sink: CountSink) -> 
     return (
         riprap.Pipeline(
             "bench-enrich",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             batch_size=1_000,
             max_in_flight=8_000,
         )

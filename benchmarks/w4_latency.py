@@ -178,7 +178,7 @@ async def plain_loop(source: RateSource, sink: LatencySink) -> None:
 async def run_riprap(source: RateSource, sink: LatencySink) -> None:
     """W1's pipeline fed by the rate-limited source."""
     pipeline = (
-        riprap.Pipeline("bench-latency", checkpoint=riprap.MemoryCheckpoints())
+        riprap.Pipeline("bench-latency", checkpoint=riprap.checkpoints.MemoryCheckpoints())
         .source(source)
         .map("parse", orjson.loads)
         .filter("has_email", has_email)

@@ -47,7 +47,8 @@ import anyio
 import anyio.lowlevel
 import orjson
 
-from riprap import CheckpointError, ConfigError, DataError, DecodeError, SourceBatch
+from riprap import ConfigError, DataError, DecodeError, SourceBatch
+from riprap.checkpoints import CheckpointError
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
@@ -61,6 +62,7 @@ __all__ = (
     "JsonLinesSink",
     "JsonLinesSource",
     "PathSpec",
+    "encode_json_lines",
     "parse_json_batch",
     "parse_json_line",
 )

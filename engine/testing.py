@@ -11,14 +11,17 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ._virtual_clock import VirtualClock as VirtualClock
-from ._virtual_clock import wait_all_tasks_blocked as wait_all_tasks_blocked
+from riprap._core.public import fixup_module_metadata
+from riprap._core.virtual_clock import VirtualClock as VirtualClock
+from riprap._core.virtual_clock import wait_all_tasks_blocked as wait_all_tasks_blocked
+
+__all__ = ("VirtualClock", "kafka_broker", "run_pipeline", "wait_all_tasks_blocked")
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from ._pipeline import Pipeline
-    from ._report import RunReport
+    from riprap._core.pipeline import Pipeline
+    from riprap.observability._report import RunReport
 
 
 async def run_pipeline(pipeline: Pipeline, *, clock: VirtualClock | None = None) -> RunReport:
@@ -88,4 +91,4 @@ def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float)
             time.sleep(0.02)
 
 
-__all__ = ("VirtualClock", "kafka_broker", "run_pipeline", "wait_all_tasks_blocked")
+fixup_module_metadata(__name__, globals())

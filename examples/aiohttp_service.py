@@ -118,7 +118,7 @@ def build_pipeline(
     return (
         riprap.Pipeline(
             "sensors",
-            checkpoint=riprap.SqliteCheckpoints(data / "checkpoints.db"),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(data / "checkpoints.db"),
             checkpoint_interval=checkpoint_interval,
             batch_size=100,
             max_in_flight=1_000,
@@ -165,7 +165,7 @@ async def post_checkpoint(request: web.Request) -> web.Response:
     running = request.app[PIPELINE]
     try:
         await running.checkpoint()
-    except riprap.CheckpointError as error:
+    except riprap.checkpoints.CheckpointError as error:
         return web.json_response({"error": str(error)}, status=503)
     statistics = running.statistics()
     return web.json_response(

@@ -65,9 +65,9 @@ def build_pipeline(data_dir: Path) -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             "kafka-orders",
-            checkpoint=riprap.SqliteCheckpoints(data_dir / "checkpoints.db"),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(data_dir / "checkpoints.db"),
             checkpoint_interval=1.0,
-            dead_letter=riprap.JsonLinesDeadLetters(data_dir / "dlq.jsonl"),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(data_dir / "dlq.jsonl"),
         )
         .source(
             KafkaSource(SOURCE_TOPIC, bootstrap_servers=BOOTSTRAP, group_id="riprap-kafka-orders")

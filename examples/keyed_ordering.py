@@ -42,7 +42,7 @@ def main() -> None:
     data = events()
     sink = MemorySink()
     pipeline = (
-        riprap.Pipeline("ledger", checkpoint=riprap.MemoryCheckpoints())
+        riprap.Pipeline("ledger", checkpoint=riprap.checkpoints.MemoryCheckpoints())
         .source(IterableSource("events", data))
         .map("apply", apply, concurrency=16, key=lambda event: event["account"])
         .sink(sink)

@@ -82,8 +82,8 @@ def build(directory: Path, *, zero_bug: bool = False) -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             "orders-quality",
-            checkpoint=riprap.SqliteCheckpoints(directory / "checkpoints.db"),
-            dead_letter=riprap.JsonLinesDeadLetters(directory / "dlq.jsonl"),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(directory / "checkpoints.db"),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(directory / "dlq.jsonl"),
         )
         .source(JsonLinesSource(directory / "orders.jsonl"))
         .map("parse", orjson.loads)

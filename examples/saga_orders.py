@@ -241,7 +241,7 @@ def build_pipeline(
     return (
         riprap.Pipeline(
             PIPELINE,
-            checkpoint=riprap.SqliteCheckpoints(directory / "checkpoints.db"),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(directory / "checkpoints.db"),
             checkpoint_interval=checkpoint_interval,
             batch_size=16,
             max_in_flight=64,

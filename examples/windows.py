@@ -77,8 +77,8 @@ def build(data: Path) -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             "page-views",
-            checkpoint=riprap.SqliteCheckpoints(data / "checkpoints.db"),
-            dead_letter=riprap.JsonLinesDeadLetters(data / "late.jsonl"),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(data / "checkpoints.db"),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(data / "late.jsonl"),
         )
         .source(JsonLinesSource(str(data / "views.jsonl")))
         .map("parse", orjson.loads)

@@ -29,14 +29,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, final
 
-from riprap import Ack, ConfigError, DataError
-from riprap._records import Batch, DropsOrigin
+from riprap import Batch, ConfigError, DataError
+from riprap.lowlevel import Ack, DropsOrigin
 
 if TYPE_CHECKING:
     from riprap import StageContext
-    from riprap._protocols import Emit
+    from riprap.lowlevel import Emit
 
-__all__ = ("Dedupe", "DedupeStatistics")
+__all__ = ("Dedupe", "DedupeStatistics", "TimeSource")
 
 _STATE_VERSION = 1
 _MISSING: Any = object()

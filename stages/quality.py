@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final, runtime_checkable
 
-from riprap import ConfigError, DataError, EngineError
-from riprap._records import Batch, DropsOrigin
+from riprap import Batch, ConfigError, DataError, EngineError
+from riprap.lowlevel import DropsOrigin
 
 from ._fields import MISSING as _MISSING
 from ._fields import get as _get
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
 
     from riprap import StageContext
-    from riprap._protocols import Emit
+    from riprap.lowlevel import Emit
 
 __all__ = (
     "Check",

@@ -41,13 +41,15 @@ import anyio
 import anyio.lowlevel
 import orjson
 
-from riprap import Ack, Batch, ConfigError, DataError, EngineError
+from riprap import Batch, ConfigError, DataError, EngineError
+from riprap.lowlevel import Ack
 from riprap.policies import DEFAULT_CLASSIFIER, Policies, PolicyStack, Retry
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from riprap import Clock, StageContext
+    from riprap.lowlevel import Emit
     from riprap.policies import PolicyHook, Verdict
 
 __all__ = (
@@ -58,6 +60,8 @@ __all__ = (
     "Saga",
     "SagaError",
     "SagaOutcome",
+    "SagaPhase",
+    "SagaResult",
     "SagaStatistics",
     "SagaStep",
 )
@@ -66,9 +70,8 @@ Action = Callable[[Any, str], Awaitable[Any]]
 """``async def action(value, idempotency_key) -> result``; the result must be JSON-serialisable."""
 Compensation = Callable[[Any, Any, str], Awaitable[object]]
 """``async def compensate(value, result, idempotency_key)``: undoes what ``action`` did."""
-Emit = Callable[[Batch], Awaitable[None]]
-Outcome = Literal["completed", "compensated"]
-Phase = Literal["action", "compensation"]
+SagaResult = Literal["completed", "compensated"]
+SagaPhase = Literal["action", "compensation"]
 
 DEFAULT_STEP_RETRY = Retry()
 """Steps retry transient errors up to 10 attempts within 45 s, then compensate."""
@@ -93,7 +96,7 @@ class SagaOutcome(TypedDict):
     """
 
     key: str
-    outcome: Outcome
+    outcome: SagaResult
     results: dict[str, Any]
     failed_step: str | None
     reason: str | None
@@ -162,7 +165,7 @@ class SagaError(EngineError):
         stage: str,
         key: str,
         step: str,
-        phase: Phase,
+        phase: SagaPhase,
         partition: str | None,
         offset: int | None,
         error: BaseException,
@@ -213,7 +216,7 @@ class _Entry:
         self.reason: str | None = None
         self.error: str | None = None
         self.undone: list[str] = []
-        self.outcome: Outcome | None = None
+        self.outcome: SagaResult | None = None
         self.restored = False
 
     def dump(self) -> dict[str, Any]:
@@ -491,7 +494,7 @@ class Saga:
                 try:
                     await compensate(value, entry.results[step.name], key)
                 except Exception as error:
-                    phase: Phase = "compensation"
+                    phase: SagaPhase = "compensation"
                     raise self._error(entry, step.name, phase, batch, index, error) from error
             entry.undone.append(step.name)
 
@@ -573,7 +576,7 @@ class Saga:
         input_ack.release()
 
     def _error(
-        self, entry: _Entry, step: str, phase: Phase, batch: Batch, index: int, error: Exception
+        self, entry: _Entry, step: str, phase: SagaPhase, batch: Batch, index: int, error: Exception
     ) -> SagaError:
         partition, offset = batch.position(index)
         return SagaError(

@@ -25,12 +25,12 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final, runtime_checkable
 
-from riprap import ConfigError, DataError
-from riprap._records import Batch, DropsOrigin
+from riprap import Batch, ConfigError, DataError
+from riprap.lowlevel import DropsOrigin
 
 if TYPE_CHECKING:
     from riprap import StageContext
-    from riprap._protocols import Emit
+    from riprap.lowlevel import Emit
 
 __all__ = (
     "Expect",

@@ -49,42 +49,45 @@ import heapq
 import itertools
 import math
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, final
 
 import orjson
 
-from riprap import Ack, Batch, ConfigError, DataError, Record
+from riprap import Batch, ConfigError, DataError, Record
+from riprap.lowlevel import Ack
 
 if TYPE_CHECKING:
     from riprap import SourceBatch, StageContext
+    from riprap.lowlevel import Emit
 
 __all__ = (
     "Aggregate",
+    "LateHandler",
     "Session",
     "Sliding",
     "Tumbling",
     "Window",
+    "WindowKind",
     "WindowStatistics",
     "session",
     "sliding",
     "tumbling",
 )
 
-ValueT = TypeVar("ValueT")
+_ValueT = TypeVar("_ValueT")
 """The type of the values a window folds."""
-AccT = TypeVar("AccT")
+_AccT = TypeVar("_AccT")
 """The type of a window's accumulator (JSON data: it is checkpointed)."""
-ResultT = TypeVar("ResultT")
+_ResultT = TypeVar("_ResultT")
 """The type of a window's result."""
 
-Emit = Callable[[Batch], Awaitable[None]]
 LateHandler = Callable[[Record], None]
 
-STATE_VERSION = 1
+_STATE_VERSION = 1
 """Version of the snapshot format."""
-EMIT_CHUNK = 1000
+_EMIT_CHUNK = 1000
 """Most results the stage puts in one output batch."""
 
 
@@ -180,7 +183,7 @@ def _identity(acc: Any) -> Any:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Aggregate(Generic[ValueT, AccT, ResultT]):
+class Aggregate(Generic[_ValueT, _AccT, _ResultT]):
     """How a window folds its values.
 
     Attributes:
@@ -192,10 +195,10 @@ class Aggregate(Generic[ValueT, AccT, ResultT]):
     .. versionadded:: 0.1
     """
 
-    init: Callable[[], AccT]
-    add: Callable[[AccT, ValueT], AccT]
-    result: Callable[[AccT], ResultT] = field(default=_identity)
-    merge: Callable[[AccT, AccT], AccT] | None = None
+    init: Callable[[], _AccT]
+    add: Callable[[_AccT, _ValueT], _AccT]
+    result: Callable[[_AccT], _ResultT] = field(default=_identity)
+    merge: Callable[[_AccT, _AccT], _AccT] | None = None
 
 
 @final
@@ -402,7 +405,7 @@ class Window:
             for w in itertools.chain(self._aligned.values(), *self._sessions.values())
         ]
         raw = {
-            "version": STATE_VERSION,
+            "version": _STATE_VERSION,
             "max_time": self._max_time,
             "windows": windows,
             "pending": [result for _, result in self._pending.values()],
@@ -416,7 +419,7 @@ class Window:
         Raises:
             ValueError: The snapshot has an unknown format version.
         """
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"window step {self.step_id!r}: unknown state {state.get('version')!r}"
             )
@@ -657,8 +660,8 @@ class Window:
         """Emit pending results under acks of our own that drop them from pending when done."""
         pending = self._pending
         live = [(wid, seq) for wid, seq in entries if wid in pending and pending[wid][0] == seq]
-        for i in range(0, len(live), EMIT_CHUNK):
-            chunk = live[i : i + EMIT_CHUNK]
+        for i in range(0, len(live), _EMIT_CHUNK):
+            chunk = live[i : i + _EMIT_CHUNK]
             items = [pending[wid][1] for wid, _ in chunk]
             await emit(Batch(items, Ack(self._on_done(chunk)), None))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from riprap import Checkpoint, CheckpointBackend, CheckpointError, FencedError
+from riprap.checkpoints import Checkpoint, CheckpointBackend, CheckpointError, FencedError
 
 __all__ = [
     "snapshot",

@@ -1,4 +1,4 @@
-"""The public face: __all__ matches what riprap exports, and names look public."""
+"""The public face: names look public, optional extras stay optional, the version is real."""
 
 from __future__ import annotations
 
@@ -6,24 +6,9 @@ import importlib
 import subprocess
 import sys
 
-import pytest
-
 import riprap
 import riprap.policies
 import riprap.testing
-
-
-@pytest.mark.parametrize("module", [riprap, riprap.policies, riprap.testing])
-def test_all_lists_exactly_the_public_names(module: object) -> None:
-    """Every public attribute is in __all__, and everything in __all__ exists."""
-    public = {
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_") and getattr(value, "__module__", "").startswith("riprap")
-    }
-    exported = set(module.__all__)  # type: ignore[attr-defined]
-    assert public <= exported
-    assert all(hasattr(module, name) for name in exported)
 
 
 def test_public_classes_report_the_public_module() -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import riprap
-from riprap._cli import load_pipeline
+from riprap.cli._main import load_pipeline
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def riprap_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a subprocess and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "riprap._cli", *args],
+        [sys.executable, "-m", "riprap.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -41,7 +41,7 @@ def test_demo_runs_twice_and_resumes_to_identical_sink(tmp_path: Path) -> None:
     first = riprap_cli("demo", "--dir", "d", "--orders", "2000", cwd=tmp_path)
     assert 0 == first.returncode, first.stderr
     rows = table(tmp_path / "d" / "orders.db")
-    letters = list(riprap.read_dead_letters(tmp_path / "d" / "dead-letters.jsonl"))
+    letters = list(riprap.deadletters.read_dead_letters(tmp_path / "d" / "dead-letters.jsonl"))
     assert 2000 == len(rows) + len(letters)
     assert {"decode_error", "validation"} == {letter.reason for letter in letters}
     assert "records in             2,000" in first.stderr
@@ -63,7 +63,7 @@ def parse(raw):
     return value
 
 pipeline = (
-    riprap.Pipeline("orders", checkpoint=riprap.SqliteCheckpoints("ckpt.db"))
+    riprap.Pipeline("orders", checkpoint=riprap.checkpoints.SqliteCheckpoints("ckpt.db"))
     .source(IterableSource("unused", []))
     .map("parse", parse)
     .sink(SqliteSink("fixed.db", table="orders", key="id"))
@@ -77,10 +77,10 @@ def test_dlq_replay_is_recorded_and_does_not_repeat(tmp_path: Path) -> None:
     store = tmp_path / "dlq.jsonl"
 
     async def fill() -> None:
-        sink = riprap.JsonLinesDeadLetters(store)
+        sink = riprap.deadletters.JsonLinesDeadLetters(store)
         await sink.open()
         letters = [
-            riprap.DeadLetter.create(
+            riprap.deadletters.DeadLetter.create(
                 pipeline="orders",
                 stage="parse",
                 error=riprap.DataError("amount is not a number"),
@@ -92,7 +92,7 @@ def test_dlq_replay_is_recorded_and_does_not_repeat(tmp_path: Path) -> None:
                 first_failure_at=1.0,
                 last_failure_at=1.0,
                 config_hash="x",
-                redactor=riprap.Redactor(),
+                redactor=riprap.observability.Redactor(),
             )
             for i in range(5)
         ]
@@ -144,7 +144,7 @@ def test_failed_run_exits_1_with_the_position(tmp_path: Path) -> None:
             import riprap
             from riprap.connectors.memory import IterableSource, MemorySink
             pipeline = (
-                riprap.Pipeline("bug", checkpoint=riprap.MemoryCheckpoints())
+                riprap.Pipeline("bug", checkpoint=riprap.checkpoints.MemoryCheckpoints())
                 .source(IterableSource("in", list(range(10))))
                 .map("div", lambda v: 1 // (v - 7))
                 .sink(MemorySink())

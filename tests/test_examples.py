@@ -50,9 +50,9 @@ async def get_stats(client: TestClient[web.Request, web.Application]) -> dict[st
     return stats
 
 
-async def load_checkpoint(path: Path, pipeline: str) -> riprap.Checkpoint | None:
+async def load_checkpoint(path: Path, pipeline: str) -> riprap.checkpoints.Checkpoint | None:
     """The latest checkpoint in an SQLite store, read as a restart would."""
-    backend = riprap.SqliteCheckpoints(path)
+    backend = riprap.checkpoints.SqliteCheckpoints(path)
     try:
         return await backend.load(pipeline)
     finally:

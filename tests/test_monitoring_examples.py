@@ -20,7 +20,7 @@ def exported_names() -> set[str]:
 
     async def run() -> bytes:
         p = (
-            riprap.Pipeline("names", checkpoint=riprap.MemoryCheckpoints())
+            riprap.Pipeline("names", checkpoint=riprap.checkpoints.MemoryCheckpoints())
             .source(IterableSource("s", [1, 2, 3]))
             .sink(MemorySink())
         )

@@ -13,7 +13,7 @@ non-2xx status raises :class:`HttpDataError` (reason ``http_<status>``).
 
 from __future__ import annotations
 
-import contextlib
+from riprap.lowlevel import fixup_module_metadata
 
 from ._enricher import Decode as Decode
 from ._enricher import HttpEnricher as HttpEnricher
@@ -37,8 +37,4 @@ __all__ = (
     "is_transient_status",
 )
 
-for _name in __all__:
-    with contextlib.suppress(AttributeError, TypeError):  # e.g. constants and aliases
-        if getattr(globals()[_name], "__module__", "").startswith(__name__ + "._"):
-            globals()[_name].__module__ = __name__
-del _name
+fixup_module_metadata(__name__, globals())

@@ -11,6 +11,8 @@ one bad message is dead-lettered instead of stopping the source.
 
 from __future__ import annotations
 
+from riprap.lowlevel import fixup_module_metadata
+
 try:
     import aiokafka  # noqa: F401  # fail early with an actionable message
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
@@ -51,3 +53,5 @@ __all__ = (
     "partition_name",
     "str_value",
 )
+
+fixup_module_metadata(__name__, globals())

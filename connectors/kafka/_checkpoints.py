@@ -4,7 +4,7 @@ The group's offsets are the only state: no file, no table. Kafka fences a
 stale member by itself (a commit from an old generation is refused), so no
 epoch is stored. Operator state and crash counts have nowhere to go, so a
 pipeline with stateful stages is refused before it runs: use
-:class:`~riprap.SqliteCheckpoints` or the S3 backend for those.
+:class:`~riprap.checkpoints.SqliteCheckpoints` or the S3 backend for those.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, final
 
 from aiokafka.errors import KafkaError
 
-from riprap import Checkpoint, CheckpointError, Claim
+from riprap.checkpoints import Checkpoint, CheckpointError, Claim
 
 if TYPE_CHECKING:
     from ._source import KafkaSource

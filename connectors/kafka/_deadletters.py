@@ -6,7 +6,7 @@ headers, so consumers of the dead-letter topic need no envelope parser.
 
 The envelope headers come after the original headers and start with
 ``riprap.error.id``; :func:`letter_from_message` reads a message back into the
-same :class:`~riprap.DeadLetter` (the round trip is exact). Payloads that were
+same :class:`~riprap.deadletters.DeadLetter` (the round trip is exact). Payloads that were
 decoded objects (encoding ``json``) are produced as their JSON text; the
 ``key_encoding``, ``value_encoding`` and, when needed, ``header_encodings``
 headers say so, so that a replay hands the objects over again.
@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from riprap import DeadLetter
-from riprap._deadletter import decode_payload, encode_payload
+from riprap.deadletters import DeadLetter, decode_payload, encode_payload
 
 from ._sink import _as_riprap_error
 
@@ -89,7 +88,7 @@ def letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
 def letter_from_message(
     key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
 ) -> DeadLetter:
-    """The :class:`~riprap.DeadLetter` a :class:`KafkaDeadLetters` message carries.
+    """The :class:`~riprap.deadletters.DeadLetter` a :class:`KafkaDeadLetters` message carries.
 
     The inverse of :func:`payload_bytes` and :func:`letter_headers`: the
     headers before the last ``riprap.error.id`` are the original ones, the

@@ -32,17 +32,16 @@ import anyio.lowlevel
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from riprap import ConfigError, DeadLetterFilter, SourceBatch
-from riprap._clock import SYSTEM_CLOCK
-from riprap._dlq_source import TokenBucket, letter_batch
+from riprap import ConfigError, SourceBatch, SystemClock
+from riprap.deadletters import DeadLetterFilter, TokenBucket, letter_batch
 
 from ._deadletters import letter_from_message
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping, Sequence
 
-    from riprap import DeadLetter, SourceContext
-    from riprap._clock import Clock
+    from riprap import Clock, SourceContext
+    from riprap.deadletters import DeadLetter
 
 _FORBIDDEN_OPTIONS = frozenset(
     (
@@ -351,7 +350,7 @@ class KafkaDeadLetterSource:
         filter: DeadLetterFilter | None = None,
         rate_limit: float | None = None,
         name: str = "dlq-replay",
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock | None = None,
         consumer_options: Mapping[str, Any] | None = None,
         stall_timeout: float = 30.0,
     ) -> None:
@@ -359,7 +358,9 @@ class KafkaDeadLetterSource:
         self.name = name
         self._reader = _BoundedReader(topic, bootstrap_servers, consumer_options, stall_timeout)
         self._filter = filter or DeadLetterFilter()
-        self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
+        self._bucket = (
+            None if rate_limit is None else TokenBucket(rate_limit, clock or SystemClock())
+        )
 
     async def open(self, context: SourceContext) -> None:
         """Start reading every partition after its checkpointed offset (from the start if none).

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from riprap import Batch, SourceBatch
-    from riprap._records import Headers
+    from riprap.lowlevel import Headers
 
 _FORBIDDEN_OPTIONS = frozenset(
     (

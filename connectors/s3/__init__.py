@@ -8,16 +8,16 @@ connector opens its client, so importing this package is cheap.
 * :class:`S3Sink`: each source partition's records in objects cut by count,
   size and age, named by the source positions they hold: exactly once, even
   when a replay cuts them differently.
-* :class:`S3DeadLetters`: a :class:`~riprap.DeadLetterSink`, one object per write;
+* :class:`S3DeadLetters`: a :class:`~riprap.deadletters.DeadLetterSink`, one object per write;
   :func:`iter_s3_dead_letters`, :class:`S3DeadLetterSource` and
   :func:`purge_s3_dead_letters` read, replay and purge them (``riprap dlq ... s3://``).
-* :class:`S3Checkpoints`: a :class:`~riprap.CheckpointBackend` fenced by
+* :class:`S3Checkpoints`: a :class:`~riprap.checkpoints.CheckpointBackend` fenced by
   conditional writes (``If-Match`` / ``If-None-Match``).
 """
 
 from __future__ import annotations
 
-import contextlib
+from riprap.lowlevel import fixup_module_metadata
 
 from ._checkpoints import S3Checkpoints as S3Checkpoints
 from ._client import S3ClientConfig as S3ClientConfig
@@ -50,13 +50,4 @@ __all__ = (
 )
 
 
-def _public_module_names() -> None:
-    """Show public names as ``riprap.connectors.s3.X`` rather than their private modules."""
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith(__name__ + "._"):
-            with contextlib.suppress(AttributeError, TypeError):
-                obj.__module__ = __name__
-
-
-_public_module_names()
+fixup_module_metadata(__name__, globals())

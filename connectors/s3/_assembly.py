@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, final
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from riprap import Ack, SourceBatch
+    from riprap import SourceBatch
+    from riprap.lowlevel import Ack
 
     from ._layout import Position, Stored
 

@@ -13,7 +13,7 @@ for two concurrent conditional writes) is retried from the read, a bounded
 number of times.
 
 Fencing (I5) follows: a zombie's save reads the newer epoch and is refused by
-:func:`~riprap._ckpt_memory.check_save`; if a claim lands between its read and
+:func:`~riprap.checkpoints._memory.check_save`; if a claim lands between its read and
 its write, the ETag has changed and the write fails, and the retry reads the
 claim and refuses. Keeping claim and snapshot in one object closes the window
 two objects would leave (a zombie's write landing after the new owner's claim
@@ -32,8 +32,15 @@ import anyio
 import anyio.lowlevel
 import orjson
 
-from riprap import Checkpoint, CheckpointError, Claim
-from riprap._ckpt_memory import check_save, claim_problem, decode, encode
+from riprap.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    Claim,
+    check_save,
+    claim_problem,
+    decode,
+    encode,
+)
 
 from ._client import (
     S3ClientConfig,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio.lowlevel
 
-from riprap import DeadLetter
+from riprap.deadletters import DeadLetter
 
 from ._client import S3ClientConfig, call, list_keys, open_client, read_body
 

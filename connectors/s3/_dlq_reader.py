@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio.lowlevel
 
-from riprap import CheckpointError, DeadLetter, DeadLetterFilter, SourceBatch
-from riprap._clock import SYSTEM_CLOCK
-from riprap._dlq_source import TokenBucket, letter_batch
+from riprap import SourceBatch, SystemClock
+from riprap.checkpoints import CheckpointError
+from riprap.deadletters import DeadLetter, DeadLetterFilter, TokenBucket, letter_batch
 
 from ._client import (
     S3ClientConfig,
@@ -61,8 +61,7 @@ from ._source import OBJECT_COMPLETE
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterator
 
-    from riprap import SourceContext
-    from riprap._clock import Clock
+    from riprap import Clock, SourceContext
 
 _MISSING_BUCKET = "NoSuchBucket"
 
@@ -313,7 +312,7 @@ class S3DeadLetterSource:
         name: str = "dlq-replay",
         endpoint_url: str | None = None,
         client_config: S3ClientConfig | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -322,7 +321,9 @@ class S3DeadLetterSource:
         self.client_config = client_config or S3ClientConfig()
         self._where = f"s3://{bucket}/{prefix}"
         self._filter = filter or DeadLetterFilter()
-        self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
+        self._bucket = (
+            None if rate_limit is None else TokenBucket(rate_limit, clock or SystemClock())
+        )
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         self._keys: deque[str] = deque()

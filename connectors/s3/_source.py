@@ -54,7 +54,8 @@ import anyio
 import anyio.lowlevel
 import orjson
 
-from riprap import CheckpointError, ConfigError, SourceBatch, SourceContext
+from riprap import ConfigError, SourceBatch, SourceContext
+from riprap.checkpoints import CheckpointError
 
 from ._client import S3ClientConfig, call, list_keys, open_client, read_body
 

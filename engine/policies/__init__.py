@@ -14,7 +14,10 @@ to :class:`PolicyHook` callables.
 
 from __future__ import annotations
 
-import contextlib
+from riprap._core.errors import BulkheadFullError as BulkheadFullError
+from riprap._core.errors import CircuitOpenError as CircuitOpenError
+from riprap._core.errors import StageTimeout as StageTimeout
+from riprap._core.public import fixup_module_metadata
 
 from ._breaker import BreakerConfig as BreakerConfig
 from ._breaker import BreakerStatistics as BreakerStatistics
@@ -59,10 +62,12 @@ __all__ = (
     "BreakerConfig",
     "BreakerStatistics",
     "Bulkhead",
+    "BulkheadFullError",
     "BulkheadStatistics",
     "CallPermit",
     "CallRejected",
     "CircuitBreaker",
+    "CircuitOpenError",
     "CircuitState",
     "CircuitStateChanged",
     "Classifier",
@@ -81,6 +86,7 @@ __all__ = (
     "RetryBudget",
     "RetryGaveUp",
     "RetryScheduled",
+    "StageTimeout",
     "TimeoutScope",
     "Verdict",
     "classify",
@@ -95,13 +101,4 @@ __all__ = (
 )
 
 
-def _fix_module_names() -> None:
-    """Show the public path (``riprap.policies.Retry``) in reprs, docs and pickles."""
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith(__name__ + "._"):
-            with contextlib.suppress(AttributeError, TypeError):  # e.g. Literal aliases
-                obj.__module__ = __name__
-
-
-_fix_module_names()
+fixup_module_metadata(__name__, globals())

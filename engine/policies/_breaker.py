@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
 
-from .._clock import SYSTEM_CLOCK
-from .._errors import BulkheadFullError, CircuitOpenError, ConfigError
+from riprap._core.clock import SYSTEM_CLOCK
+from riprap._core.errors import BulkheadFullError, CircuitOpenError, ConfigError
+
 from ._classify import DEFAULT_CLASSIFIER, Classifier
 from ._events import CallRejected, CircuitState, CircuitStateChanged, Emitter, PolicyHook
 from ._timeout import check_duration, move_on_after, to_seconds
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
     from types import TracebackType
 
-    from .._clock import Clock
+    from riprap._core.clock import Clock
 
 P = ParamSpec("P")
 """The parameters of the wrapped call."""

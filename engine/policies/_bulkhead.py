@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, final
 
 import anyio
 
-from .._clock import SYSTEM_CLOCK
-from .._errors import BulkheadFullError, ConfigError
+from riprap._core.clock import SYSTEM_CLOCK
+from riprap._core.errors import BulkheadFullError, ConfigError
+
 from ._events import CallRejected, Emitter, PolicyHook
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable
     from types import TracebackType
 
-    from .._clock import Clock
+    from riprap._core.clock import Clock
 
 P = ParamSpec("P")
 """The parameters of the wrapped call."""

@@ -20,7 +20,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, final
 
-from .._errors import BulkheadFullError, CircuitOpenError, DataError, TransientError
+from riprap._core.errors import BulkheadFullError, CircuitOpenError, DataError, TransientError
 
 Verdict = Literal["transient", "permanent", "bug"]
 """The classes of error the engine routes differently."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, final
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .._clock import Clock
+    from riprap._core.clock import Clock
 
 
 class CircuitState(enum.StrEnum):

@@ -14,12 +14,13 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from .._clock import SYSTEM_CLOCK
+from riprap._core.clock import SYSTEM_CLOCK
+
 from ._classify import DEFAULT_CLASSIFIER
 from ._events import Emitter, FallbackUsed, PolicyHook
 
 if TYPE_CHECKING:
-    from .._clock import Clock
+    from riprap._core.clock import Clock
 
 P = ParamSpec("P")
 """The parameters of the wrapped call (the fallback receives them too)."""

@@ -27,8 +27,9 @@ import random as _random_module
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, final
 
-from .._clock import SYSTEM_CLOCK
-from .._errors import BulkheadFullError, CircuitOpenError, ConfigError, DataError
+from riprap._core.clock import SYSTEM_CLOCK
+from riprap._core.errors import BulkheadFullError, CircuitOpenError, ConfigError, DataError
+
 from ._classify import DEFAULT_CLASSIFIER, Classifier, retry_after
 from ._events import Emitter, GiveUpReason, PolicyHook, RetryGaveUp, RetryScheduled
 from ._timeout import check_duration, to_seconds
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
     from datetime import timedelta
 
-    from .._clock import Clock
+    from riprap._core.clock import Clock
 
 P = ParamSpec("P")
 """The parameters of the wrapped call."""

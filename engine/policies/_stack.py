@@ -26,8 +26,9 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, final
 
-from .._clock import SYSTEM_CLOCK, SystemClock
-from .._errors import ConfigError
+from riprap._core.clock import SYSTEM_CLOCK, SystemClock
+from riprap._core.errors import ConfigError
+
 from ._events import Emitter, PolicyHook
 from ._fallback import FallbackFn, falls_back, with_fallback
 from ._retry import DEFAULT_RANDOM, RandomSource, Retry, RetryLayer
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
     from datetime import timedelta
 
-    from .._clock import Clock
+    from riprap._core.clock import Clock
+
     from ._breaker import BreakerStatistics, CircuitBreaker
     from ._bulkhead import Bulkhead, BulkheadStatistics
 

@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, final
 import anyio
 import anyio.abc
 
-from .._clock import SYSTEM_CLOCK, SystemClock
-from .._errors import ConfigError, StageTimeout
+from riprap._core.clock import SYSTEM_CLOCK, SystemClock
+from riprap._core.errors import ConfigError, StageTimeout
+
 from ._deadlines import DeadlineWatch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
     from types import TracebackType
 
-    from .._clock import Clock
+    from riprap._core.clock import Clock
 
 P = ParamSpec("P")
 """The parameters of the wrapped call."""

@@ -8,9 +8,7 @@ import orjson
 import pytest
 
 from riprap import (
-    Ack,
     Batch,
-    CheckpointError,
     ConfigError,
     DataError,
     DecodeError,
@@ -19,7 +17,8 @@ from riprap import (
     SourceBatch,
     SourceContext,
 )
-from riprap._records import SourceOrigin
+from riprap._core.records import SourceOrigin
+from riprap.checkpoints import CheckpointError
 from riprap.connectors.files import (
     CsvSink,
     CsvSource,
@@ -28,6 +27,7 @@ from riprap.connectors.files import (
     parse_json_batch,
     parse_json_line,
 )
+from riprap.lowlevel import Ack
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from riprap import Ack, Batch, Record, Sink, Source, SourceBatch, SourceContext
-from riprap._records import SourceOrigin
+from riprap import Batch, Record, Sink, Source, SourceBatch, SourceContext
+from riprap._core.records import SourceOrigin
 from riprap.connectors.memory import IterableSource, ListSink, MemorySink
+from riprap.lowlevel import Ack
 
 
 def context(**positions: int) -> SourceContext:

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from riprap import Ack, Batch, ConfigError, DataError, Sink, SourceBatch, TransientError
-from riprap._records import SourceOrigin
+from riprap import Batch, ConfigError, DataError, Sink, SourceBatch, TransientError
+from riprap._core.records import SourceOrigin
 from riprap.connectors.sqlite import SqliteSink, read_table, read_table_sync
+from riprap.lowlevel import Ack
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

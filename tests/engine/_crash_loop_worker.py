@@ -41,8 +41,8 @@ def build(source: str, checkpoints: str, database: str, dlq: str) -> riprap.Pipe
     return (
         riprap.Pipeline(
             PIPELINE,
-            checkpoint=riprap.SqliteCheckpoints(checkpoints),
-            dead_letter=riprap.JsonLinesDeadLetters(dlq),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(checkpoints),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq),
             max_crashes=MAX_CRASHES,
             batch_size=20,
             max_in_flight=100,

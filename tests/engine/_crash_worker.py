@@ -41,7 +41,7 @@ def build(source: str, checkpoints: str, database: str) -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             PIPELINE,
-            checkpoint=riprap.SqliteCheckpoints(checkpoints),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(checkpoints),
             checkpoint_interval=0.02,
             batch_size=20,
             max_in_flight=100,

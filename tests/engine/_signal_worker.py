@@ -50,7 +50,7 @@ def endless() -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             "endless",
-            checkpoint=riprap.SqliteCheckpoints(CHECKPOINTS),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(CHECKPOINTS),
             checkpoint_interval=0.05,
             batch_size=10,
             max_in_flight=50,
@@ -90,7 +90,7 @@ def blocked() -> riprap.Pipeline:
     return (
         riprap.Pipeline(
             "blocked",
-            checkpoint=riprap.SqliteCheckpoints(CHECKPOINTS),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(CHECKPOINTS),
             checkpoint_interval=0.05,
             batch_size=10,
             max_in_flight=50,

@@ -85,13 +85,13 @@ def count(database: Path, sql: str, *params: Any) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-def load_checkpoint(path: Path, pipeline: str) -> riprap.Checkpoint | None:
+def load_checkpoint(path: Path, pipeline: str) -> riprap.checkpoints.Checkpoint | None:
     """The latest checkpoint of ``pipeline`` in an SQLite store, read like a restart would."""
     if not path.exists():
         return None
 
-    async def load() -> riprap.Checkpoint | None:
-        backend = riprap.SqliteCheckpoints(path)
+    async def load() -> riprap.checkpoints.Checkpoint | None:
+        backend = riprap.checkpoints.SqliteCheckpoints(path)
         try:
             return await backend.load(pipeline)
         finally:

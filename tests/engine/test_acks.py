@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from riprap._acks import Ack, CompletionTracker, InFlight, PartitionTracker, combined_ack
+from riprap._runtime.acks import CompletionTracker, InFlight, PartitionTracker, combined_ack
+from riprap.lowlevel import Ack
 
 
 @st.composite

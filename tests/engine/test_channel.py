@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from riprap._channel import channel
+from riprap._runtime.channel import channel
 
 pytestmark = pytest.mark.anyio
 

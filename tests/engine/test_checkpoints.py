@@ -13,10 +13,14 @@ import anyio
 import orjson
 import pytest
 
-from riprap import CheckpointBackend, CheckpointError, FencedError
-from riprap._ckpt_file import FileCheckpoints
-from riprap._ckpt_memory import MemoryCheckpoints
-from riprap._ckpt_sqlite import SqliteCheckpoints
+from riprap.checkpoints import (
+    CheckpointBackend,
+    CheckpointError,
+    FencedError,
+    FileCheckpoints,
+    MemoryCheckpoints,
+    SqliteCheckpoints,
+)
 
 # The backend contract suite, run here against this module's `backend` fixture.
 from tests.checkpoint_contract import snapshot
@@ -97,9 +101,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     import anyio
-    from riprap import Checkpoint, FencedError
-    from riprap._ckpt_file import FileCheckpoints
-    from riprap._ckpt_sqlite import SqliteCheckpoints
+    from riprap.checkpoints import Checkpoint, FencedError, FileCheckpoints, SqliteCheckpoints
 
     kind, path = sys.argv[1], sys.argv[2]
     backend = FileCheckpoints(path) if kind == "file" else SqliteCheckpoints(path)

@@ -80,7 +80,7 @@ def test_poison_pill_is_quarantined_after_max_crashes(tmp_path: Path) -> None:
     assert summary["records_in"] - 1 == summary["records_out"]
     assert {INPUT: RECORDS} == summary["positions"]
 
-    letters = list(riprap.read_dead_letters(tmp_path / "dlq.jsonl"))
+    letters = list(riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl"))
     expected_letter = [(PIPELINE, INPUT, POISON, "crash_loop", MAX_CRASHES, lines[POISON])]
     assert expected_letter == [
         (d.pipeline, d.partition, d.offset, d.reason, d.attempts, d.original_value())

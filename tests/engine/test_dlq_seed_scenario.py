@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 import riprap
-from riprap._cli import replay_pipeline
+from riprap.cli._main import replay_pipeline
 from riprap.connectors.memory import IterableSource
 from riprap.connectors.sqlite import SqliteSink
 from riprap.policies import Retry
@@ -162,7 +162,7 @@ def build(
     tmp_path: Path,
     clock: VirtualClock,
     scenario: Scenario,
-    checkpoint: riprap.CheckpointBackend,
+    checkpoint: riprap.checkpoints.CheckpointBackend,
     dependency: Dependency,
     *,
     fixed: bool = False,
@@ -171,7 +171,7 @@ def build(
     pipeline = riprap.Pipeline(
         "seed",
         checkpoint=checkpoint,
-        dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+        dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         clock=clock,
     ).source(
         # Each record carries its id as its key (like a message key), so the fixed
@@ -203,14 +203,16 @@ async def test_seed_scenario_dead_letters_exactly_the_bad_records(tmp_path: Path
     scenario = make_scenario()
     clock = VirtualClock()
     dependency = Dependency(clock, scenario)
-    pipeline = build(tmp_path, clock, scenario, riprap.MemoryCheckpoints(), dependency)
-    assert riprap.DeadLetterGuard() == pipeline.options.dlq_guard  # the defaults must not trip
+    pipeline = build(tmp_path, clock, scenario, riprap.checkpoints.MemoryCheckpoints(), dependency)
+    assert (
+        riprap.deadletters.DeadLetterGuard() == pipeline.options.dlq_guard
+    )  # the defaults must not trip
     async with clock.autojump():
         report = await pipeline.run()
 
     assert {i: {**event(i), "score": score(i)} for i in scenario.good} == table(tmp_path)
 
-    letters = list(riprap.read_dead_letters(tmp_path / "dlq.jsonl"))
+    letters = list(riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl"))
     expected_letters = {
         **{o: ("parse", reason, 1) for o, reason in scenario.malformed.items()},
         **dict.fromkeys(scenario.down, ("enrich", "retries_exhausted", ATTEMPTS)),
@@ -248,13 +250,17 @@ async def test_replay_after_the_fix_completes_the_table_once(tmp_path: Path) -> 
     scenario = make_scenario()
     clock = VirtualClock()
     original = build(
-        tmp_path, clock, scenario, riprap.MemoryCheckpoints(), Dependency(clock, scenario)
+        tmp_path,
+        clock,
+        scenario,
+        riprap.checkpoints.MemoryCheckpoints(),
+        Dependency(clock, scenario),
     )
     async with clock.autojump():
         await original.run()
     assert len(scenario.good) == count(tmp_path / "out.db", f"SELECT count(*) FROM {TABLE}")
 
-    replays = riprap.MemoryCheckpoints()
+    replays = riprap.checkpoints.MemoryCheckpoints()
     failed = tmp_path / "dlq.jsonl.replay-failed.jsonl"
 
     async def replay() -> riprap.RunReport:
@@ -263,8 +269,8 @@ async def test_replay_after_the_fix_completes_the_table_once(tmp_path: Path) -> 
         )
         pipeline = replay_pipeline(
             fixed,
-            riprap.DeadLetterSource(tmp_path / "dlq.jsonl"),
-            riprap.JsonLinesDeadLetters(failed),
+            riprap.deadletters.DeadLetterSource(tmp_path / "dlq.jsonl"),
+            riprap.deadletters.JsonLinesDeadLetters(failed),
         )
         assert "seed.replay" == pipeline.name
         async with clock.autojump():
@@ -274,7 +280,7 @@ async def test_replay_after_the_fix_completes_the_table_once(tmp_path: Path) -> 
     letters = MALFORMED + DOWN
     assert ("completed", letters, letters) == (first.outcome, first.records_in, first.records_out)
     assert {} == dict(first.dead_lettered)
-    assert [] == list(riprap.read_dead_letters(failed))
+    assert [] == list(riprap.deadletters.read_dead_letters(failed))
 
     expected = {
         i: {**event(i), "score": score(i)} for i in range(RECORDS) if i not in scenario.malformed
@@ -292,6 +298,6 @@ async def test_replay_after_the_fix_completes_the_table_once(tmp_path: Path) -> 
     second = await replay()
     assert (0, 0) == (second.records_in, second.records_out)
     assert RECORDS == count(database, f"SELECT count(*) FROM {TABLE}")
-    assert [] == list(riprap.read_dead_letters(failed))
+    assert [] == list(riprap.deadletters.read_dead_letters(failed))
     # Replays never write to the store they read.
-    assert letters == len(list(riprap.read_dead_letters(tmp_path / "dlq.jsonl")))
+    assert letters == len(list(riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl")))

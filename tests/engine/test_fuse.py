@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from riprap._fuse import Op, compile_chain
-from riprap._records import DropsOrigin, SourceBatch, SourceOrigin, StartsOrigin
+from riprap import SourceBatch
+from riprap._core.records import SourceOrigin, StartsOrigin
+from riprap._runtime.fuse import Op, compile_chain
+from riprap.lowlevel import DropsOrigin
 
 
 def reference(ops: list[Op], items: list[Any]) -> list[tuple[int, Any]]:

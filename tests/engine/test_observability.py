@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import riprap
 import riprap.testing
-from riprap._health import StallDetector
 from riprap.connectors.memory import IterableSource, MemorySink
+from riprap.observability._health import StallDetector
 from riprap.policies import CircuitBreaker, Retry
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ async def test_scraped_metrics_match_what_happened(tmp_path: Path) -> None:
     p = (
         riprap.Pipeline(
             "scraped",
-            checkpoint=riprap.MemoryCheckpoints(),
-            dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
             batch_size=25,
         )
         .source(IterableSource("orders", values))
@@ -72,7 +72,7 @@ async def test_scraped_metrics_match_what_happened(tmp_path: Path) -> None:
         .map("score", score, retry=Retry(attempts=3, wait_initial=0.001), breaker=breaker)
         .sink(MemorySink())
     )
-    async with p.open() as running, riprap.serve_health(running) as server:
+    async with p.open() as running, riprap.observability.serve_health(running) as server:
         report = await running.wait()
         status, body = await get(f"http://127.0.0.1:{server.port}/metrics")
     assert 200 == status
@@ -120,14 +120,14 @@ async def test_readyz_turns_red_on_a_stall_and_healthz_stays_green() -> None:
         return value
 
     p = (
-        riprap.Pipeline("stuck", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+        riprap.Pipeline("stuck", checkpoint=riprap.checkpoints.MemoryCheckpoints(), clock=clock)
         .source(IterableSource("nums", list(range(10))))
         .map("stuck", stuck)
         .sink(MemorySink())
         .with_options(drain_timeout=0)
     )
-    config = riprap.HealthConfig(stall_after=30.0)
-    async with p.open() as running, riprap.serve_health(running, config) as server:
+    config = riprap.observability.HealthConfig(stall_after=30.0)
+    async with p.open() as running, riprap.observability.serve_health(running, config) as server:
         base = f"http://127.0.0.1:{server.port}"
         await anyio.wait_all_tasks_blocked()
         assert 200 == (await get(f"{base}/readyz"))[0]
@@ -157,19 +157,19 @@ async def test_json_logs_are_valid_and_redacted(tmp_path: Path) -> None:
         """Memory checkpoints whose first periodic save fails with a chatty message."""
 
         def __init__(self) -> None:
-            self.inner = riprap.MemoryCheckpoints()
+            self.inner = riprap.checkpoints.MemoryCheckpoints()
             self.failed = False
 
-        async def claim(self, pipeline: str, owner: str) -> riprap.Claim:
+        async def claim(self, pipeline: str, owner: str) -> riprap.checkpoints.Claim:
             return await self.inner.claim(pipeline, owner)
 
-        async def save(self, checkpoint: riprap.Checkpoint) -> None:
+        async def save(self, checkpoint: riprap.checkpoints.Checkpoint) -> None:
             if not self.failed:
                 self.failed = True
                 raise PermissionError("store refused write for ops-lead@example.com")
             await self.inner.save(checkpoint)
 
-        async def load(self, pipeline: str) -> riprap.Checkpoint | None:
+        async def load(self, pipeline: str) -> riprap.checkpoints.Checkpoint | None:
             return await self.inner.load(pipeline)
 
         async def aclose(self) -> None: ...
@@ -183,7 +183,7 @@ async def test_json_logs_are_valid_and_redacted(tmp_path: Path) -> None:
             logged.set()
 
     handler = Handler(stream)
-    handler.setFormatter(riprap.JsonFormatter())
+    handler.setFormatter(riprap.observability.JsonFormatter())
     logger = logging.getLogger("riprap")
     logger.addHandler(handler)
     secret_value = "card 4111 1111 1111 1111 for jane@example.org"
@@ -241,7 +241,7 @@ async def test_alert_fires_once_and_resolves_at_a_real_webhook() -> None:
             raise riprap.DataError("bad reading")
         return n
 
-    rule = riprap.AlertRule(
+    rule = riprap.observability.AlertRule(
         name="errors", signal="error_rate", threshold=0.2, window=10.0, for_seconds=5.0
     )
 
@@ -251,7 +251,7 @@ async def test_alert_fires_once_and_resolves_at_a_real_webhook() -> None:
         name = "memory-dlq"
 
         def __init__(self) -> None:
-            self.letters: list[riprap.DeadLetter] = []
+            self.letters: list[riprap.deadletters.DeadLetter] = []
 
         async def open(self) -> None: ...
 
@@ -262,12 +262,12 @@ async def test_alert_fires_once_and_resolves_at_a_real_webhook() -> None:
 
     p = riprap.Pipeline(
         "alerting",
-        checkpoint=riprap.MemoryCheckpoints(),
+        checkpoint=riprap.checkpoints.MemoryCheckpoints(),
         clock=clock,
         dead_letter=MemoryDeadLetters(),
         batch_size=10,
         alerts=(rule,),
-        alert_sinks=(riprap.WebhookAlerts(f"http://127.0.0.1:{port}/alerts"),),
+        alert_sinks=(riprap.observability.WebhookAlerts(f"http://127.0.0.1:{port}/alerts"),),
         alert_interval=1.0,
     )
     p = (

@@ -17,7 +17,7 @@ async def async_identity(value: Any) -> Any:
 
 def pipeline(**options: Any) -> riprap.Pipeline:
     """A pipeline with in-memory checkpoints and the given options."""
-    return riprap.Pipeline("p", **{"checkpoint": riprap.MemoryCheckpoints(), **options})
+    return riprap.Pipeline("p", **{"checkpoint": riprap.checkpoints.MemoryCheckpoints(), **options})
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import riprap
-from riprap._progress import ProgressPrinter
+from riprap.cli._progress import ProgressPrinter
 
 
 def stats(**changes: object) -> riprap.RunStatistics:

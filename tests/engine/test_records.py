@@ -7,17 +7,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from riprap._acks import Ack
-from riprap._records import (
-    Batch,
-    ConcatOrigin,
-    DropsOrigin,
-    IndexOrigin,
-    Origin,
-    SourceBatch,
-    SourceOrigin,
-    StartsOrigin,
-)
+from riprap import Batch, SourceBatch
+from riprap._core.records import ConcatOrigin, IndexOrigin, SourceOrigin, StartsOrigin
+from riprap.lowlevel import Ack, DropsOrigin, Origin
 
 
 def _noop() -> None:

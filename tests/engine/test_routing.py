@@ -9,16 +9,15 @@ import orjson
 import pytest
 
 import riprap
-from riprap._dlq_sinks import JsonLinesDeadLetters, read_dead_letters
-from riprap._routing import DeadLetterWriteError
-from riprap._virtual_clock import VirtualClock
 from riprap.connectors.memory import IterableSource, MemorySink
+from riprap.deadletters import DeadLetterWriteError, JsonLinesDeadLetters, read_dead_letters
+from riprap.testing import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +62,9 @@ async def test_data_errors_go_to_dlq_with_original_bytes(tmp_path: Path) -> None
     dlq = JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
     sink = MemorySink()
     p = (
-        riprap.Pipeline("orders", checkpoint=riprap.MemoryCheckpoints(), dead_letter=dlq)
+        riprap.Pipeline(
+            "orders", checkpoint=riprap.checkpoints.MemoryCheckpoints(), dead_letter=dlq
+        )
         .source(IterableSource("in", records(20, bad)))
         .map("parse", parse)
         .sink(sink)
@@ -87,7 +88,7 @@ async def test_on_error_stop_overrides_the_dlq(tmp_path: Path) -> None:
     p = (
         riprap.Pipeline(
             "orders",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         )
         .source(IterableSource("in", records(10, {4: b"{"})))
@@ -103,7 +104,7 @@ async def test_bug_is_never_dead_lettered(tmp_path: Path) -> None:
     p = (
         riprap.Pipeline(
             "orders",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         )
         .source(IterableSource("in", list(range(10))))
@@ -144,7 +145,7 @@ async def test_sink_data_error_dead_letters_only_the_bad_record(tmp_path: Path) 
     p = (
         riprap.Pipeline(
             "orders",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
             batch_size=4,
         )
@@ -177,7 +178,7 @@ class BrokenDeadLetters:
 
 async def test_unwritable_dlq_stops_without_moving_the_position() -> None:
     """If the DLQ cannot be written, the run retries, then stops; the bad record is not passed."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     dlq = BrokenDeadLetters()
     clock = RecordingClock()
     p = (
@@ -199,7 +200,7 @@ async def test_unwritable_dlq_stops_without_moving_the_position() -> None:
 
 async def test_crash_loop_is_quarantined_after_max_crashes(tmp_path: Path) -> None:
     """A record that crashed the run max_crashes times is dead-lettered as crash_loop next start."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
 
     def explode_on_13(v: int) -> int:
         if v == 13:
@@ -243,16 +244,20 @@ async def test_dlq_guard_stops_a_bug_that_fails_every_record(tmp_path: Path) -> 
     p = (
         riprap.Pipeline(
             "bugged",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
-            dlq_guard=riprap.DeadLetterGuard(window=200, max_ratio=0.5, max_in_a_row=1_000),
+            dlq_guard=riprap.deadletters.DeadLetterGuard(
+                window=200, max_ratio=0.5, max_in_a_row=1_000
+            ),
             batch_size=50,
         )
         .source(IterableSource("in", list(range(10_000))))
         .map("reject", reject_all)
         .sink(MemorySink())
     )
-    with pytest.raises(riprap.DeadLetterRateError, match=r"101 of a window of 200 records"):
+    with pytest.raises(
+        riprap.deadletters.DeadLetterRateError, match=r"101 of a window of 200 records"
+    ):
         await p.run()
     stored = len(list(read_dead_letters(tmp_path / "dlq.jsonl")))
     assert stored <= 200
@@ -270,9 +275,9 @@ async def test_dlq_guard_counts_dead_letters_in_a_row(tmp_path: Path) -> None:
     p = (
         riprap.Pipeline(
             "streak",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
-            dlq_guard=riprap.DeadLetterGuard(max_in_a_row=20),
+            dlq_guard=riprap.deadletters.DeadLetterGuard(max_in_a_row=20),
             batch_size=10,
             max_in_flight=10,  # one batch at a time: "in a row" is exact
         )
@@ -280,7 +285,7 @@ async def test_dlq_guard_counts_dead_letters_in_a_row(tmp_path: Path) -> None:
         .map("positive", positive)
         .sink(MemorySink())
     )
-    with pytest.raises(riprap.DeadLetterRateError, match=r"21 in a row \(limit 20\)"):
+    with pytest.raises(riprap.deadletters.DeadLetterRateError, match=r"21 in a row \(limit 20\)"):
         await p.run()
 
 
@@ -297,9 +302,9 @@ async def test_dlq_guard_pause_waits_for_resume(tmp_path: Path) -> None:
     p = (
         riprap.Pipeline(
             "pausing",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
-            dlq_guard=riprap.DeadLetterGuard(max_in_a_row=10, action="pause"),
+            dlq_guard=riprap.deadletters.DeadLetterGuard(max_in_a_row=10, action="pause"),
             batch_size=10,
             max_in_flight=10,
         )

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 def pipeline(name: str = "p", **options: Any) -> riprap.Pipeline:
     """A pipeline with in-memory checkpoints unless told otherwise."""
-    options.setdefault("checkpoint", riprap.MemoryCheckpoints())
+    options.setdefault("checkpoint", riprap.checkpoints.MemoryCheckpoints())
     return riprap.Pipeline(name, **options)
 
 
@@ -97,7 +97,7 @@ async def test_record_step_sees_metadata() -> None:
 
 async def test_bug_stops_run_with_position_and_counts_crash() -> None:
     """An unexpected exception names stage and position; done records stay checkpointed."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
 
     def explode_at_42(v: int) -> int:
         if v == 42:
@@ -123,7 +123,7 @@ async def test_bug_stops_run_with_position_and_counts_crash() -> None:
 
 async def test_resume_after_failure_completes_exactly_once_in_idempotent_sink() -> None:
     """A failed run resumes from its checkpoint; an upserting sink ends with each record once."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     table: dict[int, int] = {}
     fail = {"on": True}
 
@@ -161,7 +161,7 @@ async def test_resume_after_failure_completes_exactly_once_in_idempotent_sink() 
 
 async def test_stop_drains_and_checkpoints_exactly_what_was_written() -> None:
     """A graceful stop of an endless source leaves the checkpoint equal to what the sink got."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     sink = MemorySink()
     p = (
         pipeline(checkpoint=backend, batch_size=10, max_in_flight=50)
@@ -249,16 +249,16 @@ class SlowBackend:
     """Memory checkpoints whose saves wait until released; counts concurrent saves."""
 
     def __init__(self) -> None:
-        self.inner = riprap.MemoryCheckpoints()
+        self.inner = riprap.checkpoints.MemoryCheckpoints()
         self.release = anyio.Event()
         self.active = 0
         self.max_active = 0
         self.started = 0
 
-    async def claim(self, pipeline: str, owner: str) -> riprap.Claim:
+    async def claim(self, pipeline: str, owner: str) -> riprap.checkpoints.Claim:
         return await self.inner.claim(pipeline, owner)
 
-    async def save(self, checkpoint: riprap.Checkpoint) -> None:
+    async def save(self, checkpoint: riprap.checkpoints.Checkpoint) -> None:
         self.started += 1
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -268,7 +268,7 @@ class SlowBackend:
         finally:
             self.active -= 1
 
-    async def load(self, pipeline: str) -> riprap.Checkpoint | None:
+    async def load(self, pipeline: str) -> riprap.checkpoints.Checkpoint | None:
         return await self.inner.load(pipeline)
 
     async def aclose(self) -> None: ...
@@ -313,7 +313,7 @@ async def test_slow_checkpoint_neither_piles_up_nor_stalls_processing() -> None:
 
 async def test_zombie_run_is_fenced() -> None:
     """When a second owner claims the pipeline, the first run's next checkpoint is refused."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     sink = MemorySink()
     p = (
         pipeline(checkpoint=backend, batch_size=10, max_in_flight=10)
@@ -329,7 +329,7 @@ async def test_zombie_run_is_fenced() -> None:
             await backend.claim("p", "newcomer")
             await running.checkpoint()
 
-    with pytest.raises(riprap.FencedError):
+    with pytest.raises(riprap.checkpoints.FencedError):
         await run_until_fenced()
 
 
@@ -354,7 +354,7 @@ async def test_custom_stage_state_is_checkpointed_and_restored() -> None:
         def restore(self, state: Any) -> None:
             self.seen = state["seen"]
 
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     first, second = Counter(), Counter()
     for stage, values in ((first, list(range(30))), (second, list(range(50)))):
         p = (

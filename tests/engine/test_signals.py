@@ -2,7 +2,7 @@
 
 Each test runs a pipeline from ``_signal_worker.py`` in a child process, once
 as a script calling :func:`riprap.run` and once through the ``riprap run``
-command (``python -m riprap._cli``), so the CLI's exit codes are covered too.
+command (``python -m riprap.cli``), so the CLI's exit codes are covered too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MODES = ["script", "cli"]
 def command(mode: str, factory: str) -> list[str]:
     """The child's command line: the worker as a script, or ``riprap run file:factory``."""
     if mode == "cli":
-        return [sys.executable, "-m", "riprap._cli", "run", "--quiet", f"{WORKER}:{factory}"]
+        return [sys.executable, "-m", "riprap.cli", "run", "--quiet", f"{WORKER}:{factory}"]
     return [sys.executable, str(WORKER), factory]
 
 

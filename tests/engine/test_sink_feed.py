@@ -110,7 +110,7 @@ async def test_a_holding_sink_is_bound_and_woken_in_virtual_time() -> None:
     pipeline = (
         riprap.Pipeline(
             "held",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             batch_size=5,
             max_in_flight=50,
             checkpoint_interval=1_000.0,
@@ -161,7 +161,7 @@ async def test_a_drain_writes_what_the_sink_holds() -> None:
     sink = HoldingSink()
     source = DrainingSource()
     pipeline = (
-        riprap.Pipeline("drained", checkpoint=riprap.MemoryCheckpoints(), batch_size=5)
+        riprap.Pipeline("drained", checkpoint=riprap.checkpoints.MemoryCheckpoints(), batch_size=5)
         .source(source)
         .sink(sink)
     )

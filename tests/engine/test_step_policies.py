@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 import riprap
-from riprap._virtual_clock import VirtualClock
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.policies import BreakerConfig, Bulkhead, CircuitBreaker, Retry
+from riprap.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,9 @@ async def test_flaky_dependency_loses_no_record() -> None:
     service = FlakyService(clock, failure_rate=0.3)
     sink = MemorySink()
     p = (
-        riprap.Pipeline("flaky", checkpoint=riprap.MemoryCheckpoints(), clock=clock, batch_size=50)
+        riprap.Pipeline(
+            "flaky", checkpoint=riprap.checkpoints.MemoryCheckpoints(), clock=clock, batch_size=50
+        )
         .source(IterableSource("ids", list(range(500))))
         .map(
             "enrich",
@@ -81,7 +83,7 @@ async def test_dead_dependency_opens_breaker_and_pipeline_waits_then_completes()
     p = (
         riprap.Pipeline(
             "outage",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             clock=clock,
             batch_size=20,
             max_in_flight=100,
@@ -120,7 +122,7 @@ async def test_fallback_gives_a_degraded_result_and_is_counted() -> None:
 
     sink = MemorySink()
     p = (
-        riprap.Pipeline("degrade", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+        riprap.Pipeline("degrade", checkpoint=riprap.checkpoints.MemoryCheckpoints(), clock=clock)
         .source(IterableSource("users", [1, 2, 3]))
         .map("recommend", always_down, retry=Retry(attempts=2, wait_initial=0.1), fallback=top_ten)
         .sink(sink)
@@ -144,9 +146,9 @@ async def test_retries_exhausted_go_to_the_dlq_with_reason(tmp_path: Any) -> Non
     p = (
         riprap.Pipeline(
             "exhaust",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             clock=clock,
-            dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         )
         .source(IterableSource("ids", list(range(1, 51))))
         .map("score", sometimes_down, retry=Retry(attempts=3, wait_initial=0.1))
@@ -154,7 +156,7 @@ async def test_retries_exhausted_go_to_the_dlq_with_reason(tmp_path: Any) -> Non
     )
     async with clock.autojump():
         report = await p.run()
-    letters = list(riprap.read_dead_letters(tmp_path / "dlq.jsonl"))
+    letters = list(riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl"))
     assert [10, 20, 30, 40, 50] == [letter.original_value() for letter in letters]
     assert {"retries_exhausted"} == {letter.reason for letter in letters}
     assert {3} == {letter.attempts for letter in letters}
@@ -188,7 +190,9 @@ async def test_sink_write_is_retried_by_default() -> None:
 
     sink = Hiccup()
     p = (
-        riprap.Pipeline("retry-sink", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+        riprap.Pipeline(
+            "retry-sink", checkpoint=riprap.checkpoints.MemoryCheckpoints(), clock=clock
+        )
         .source(IterableSource("ids", list(range(10))))
         .sink(sink)
     )
@@ -200,7 +204,7 @@ async def test_sink_write_is_retried_by_default() -> None:
 
 def test_bad_policy_arguments_are_named() -> None:
     """Policy arguments of a step are checked when the step is added."""
-    p = riprap.Pipeline("p", checkpoint=riprap.MemoryCheckpoints())
+    p = riprap.Pipeline("p", checkpoint=riprap.checkpoints.MemoryCheckpoints())
     with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.retry: must be a Retry"):
         p.map("m", str, retry=3)  # type: ignore[arg-type]
     with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.timeout: must be a positive"):
@@ -215,7 +219,7 @@ async def test_policy_steps_are_not_fused() -> None:
     """A sync step with a policy runs on its own (it may wait), and still works."""
     sink = MemorySink()
     p = (
-        riprap.Pipeline("p", checkpoint=riprap.MemoryCheckpoints())
+        riprap.Pipeline("p", checkpoint=riprap.checkpoints.MemoryCheckpoints())
         .source(IterableSource("ids", [1, 2]))
         .map("double", lambda v: v * 2, timeout=5.0)
         .sink(sink)
@@ -251,7 +255,9 @@ async def test_virtual_time_does_not_run_ahead_of_worker_threads() -> None:
 
     sink = ThreadedSink()
     p = (
-        riprap.Pipeline("threads", checkpoint=riprap.MemoryCheckpoints(), clock=clock, batch_size=5)
+        riprap.Pipeline(
+            "threads", checkpoint=riprap.checkpoints.MemoryCheckpoints(), clock=clock, batch_size=5
+        )
         .source(IterableSource("ids", list(range(20))))
         .sink(sink, attempt_timeout=60.0)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import riprap
@@ -29,7 +31,10 @@ async def test_spans_per_batch_per_stage_continue_the_record_trace() -> None:
     source = IterableSource("in", list(range(20)))
     p = (
         riprap.Pipeline(
-            "traced", checkpoint=riprap.MemoryCheckpoints(), tracing=provider, batch_size=10
+            "traced",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            tracing=provider,
+            batch_size=10,
         )
         .source(source)
         .map("double", lambda v: v * 2)
@@ -67,8 +72,6 @@ async def test_spans_per_batch_per_stage_continue_the_record_trace() -> None:
 
 def test_tracing_without_otel_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Asking for tracing without opentelemetry installed names the extra to install."""
-    import riprap._pipeline as pipeline_module
-
-    monkeypatch.setattr(pipeline_module, "otel_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if not installed
     with pytest.raises(riprap.ConfigError, match=r"^tracing: needs opentelemetry-api"):
         riprap.Pipeline("p", tracing=True)

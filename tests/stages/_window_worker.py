@@ -63,8 +63,8 @@ def build(source: str, checkpoints: str, database: str, dead_letters: str) -> ri
     return (
         riprap.Pipeline(
             PIPELINE,
-            checkpoint=riprap.SqliteCheckpoints(checkpoints),
-            dead_letter=riprap.JsonLinesDeadLetters(dead_letters),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(checkpoints),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(dead_letters),
             checkpoint_interval=0.02,
             batch_size=25,
             max_in_flight=100,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 import riprap
-from riprap._records import SourceOrigin
+from riprap._core.records import SourceOrigin
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import SqliteSink, read_table
 from riprap.stages.dedupe import Dedupe
@@ -57,7 +57,7 @@ class CountingSink:
 
 def dedupe_pipeline(
     tmp_path: Path,
-    backend: riprap.CheckpointBackend,
+    backend: riprap.checkpoints.CheckpointBackend,
     source: riprap.Source,
     sink: riprap.Sink,
     *,
@@ -74,7 +74,7 @@ def dedupe_pipeline(
         riprap.Pipeline(
             "deliveries",
             checkpoint=backend,
-            dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         )
         .source(source)
         .stage(Dedupe("dedupe", key="id", max_keys=200_000))
@@ -86,7 +86,7 @@ def dedupe_pipeline(
 async def test_replays_and_a_crash_reach_the_sink_once(tmp_path: Path) -> None:
     """A crash mid-run, its restart and a full replay from zero write each key exactly once."""
     values = [delivery(n) for n in range(RECORDS)]
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     sink = CountingSink()
     crashing = dedupe_pipeline(
         tmp_path, backend, IterableSource("feed", values, partition="a"), sink, fail_at=45_000
@@ -112,17 +112,17 @@ class LosingCheckpoints:
     """Forwards to a backend but drops every save while ``losing``: a process killed first."""
 
     def __init__(self) -> None:
-        self.backend = riprap.MemoryCheckpoints()
+        self.backend = riprap.checkpoints.MemoryCheckpoints()
         self.losing = False
 
-    async def claim(self, pipeline: str, owner: str) -> riprap.Claim:
+    async def claim(self, pipeline: str, owner: str) -> riprap.checkpoints.Claim:
         return await self.backend.claim(pipeline, owner)
 
-    async def save(self, checkpoint: riprap.Checkpoint) -> None:
+    async def save(self, checkpoint: riprap.checkpoints.Checkpoint) -> None:
         if not self.losing:
             await self.backend.save(checkpoint)
 
-    async def load(self, pipeline: str) -> riprap.Checkpoint | None:
+    async def load(self, pipeline: str) -> riprap.checkpoints.Checkpoint | None:
         return await self.backend.load(pipeline)
 
     async def aclose(self) -> None:
@@ -151,7 +151,7 @@ async def test_ttl_expiry_lets_a_key_through_again() -> None:
     sink = MemorySink()
     stage = Dedupe("dedupe", key="k", ttl=10, time=lambda v: v["t"])
     p = (
-        riprap.Pipeline("ttl", checkpoint=riprap.MemoryCheckpoints())
+        riprap.Pipeline("ttl", checkpoint=riprap.checkpoints.MemoryCheckpoints())
         .source(IterableSource("feed", values))
         .stage(stage)
         .sink(sink)
@@ -168,7 +168,7 @@ async def test_ttl_expiry_lets_a_key_through_again() -> None:
 async def test_clock_ttl_survives_a_restart_and_expires() -> None:
     """On the clock, a key saved by one run is dropped by the next until its ttl has passed."""
     clock = VirtualClock()
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     written: list[list[Any]] = []
     for step in (0.0, 30.0, 31.0):
         clock.advance(step)
@@ -190,7 +190,7 @@ async def test_max_keys_bound_forgets_the_oldest_key() -> None:
     stage = Dedupe("dedupe", key=lambda v: v, max_keys=3)
     values = ["a", "b", "c", "a", "d", "b", "a", "e", "a"]
     p = (
-        riprap.Pipeline("bound", checkpoint=riprap.MemoryCheckpoints(), batch_size=2)
+        riprap.Pipeline("bound", checkpoint=riprap.checkpoints.MemoryCheckpoints(), batch_size=2)
         .source(IterableSource("feed", values))
         .stage(stage)
         .sink(sink)
@@ -227,7 +227,9 @@ async def test_event_time_comes_from_record_timestamps() -> None:
 
     done: list[bool] = []
     await stage.process(
-        riprap.Batch(source.values, riprap.Ack(lambda: done.append(True)), SourceOrigin(source)),
+        riprap.Batch(
+            source.values, riprap.lowlevel.Ack(lambda: done.append(True)), SourceOrigin(source)
+        ),
         emit,
     )
     (batch,) = out
@@ -249,7 +251,9 @@ async def test_snapshot_is_json_with_string_keys_and_restores() -> None:
 
     for ids in ([1, "1", (2, 3)], [4]):
         source = riprap.SourceBatch("p", [{"id": i} for i in ids], start=0)
-        await stage.process(riprap.Batch(source.values, riprap.Ack(lambda: None), None), emit)
+        await stage.process(
+            riprap.Batch(source.values, riprap.lowlevel.Ack(lambda: None), None), emit
+        )
     out[0].ack.release()  # the first batch is written; the second is still in flight
     state = orjson.loads(orjson.dumps(stage.snapshot()))
     assert ["1", "(2, 3)"] == [key for key, _ in state["keys"]]
@@ -257,7 +261,7 @@ async def test_snapshot_is_json_with_string_keys_and_restores() -> None:
     restored.restore(state)
     await restored.open(context([]))
     await restored.process(
-        riprap.Batch([{"id": 1}, {"id": 4}], riprap.Ack(lambda: None), None), emit
+        riprap.Batch([{"id": 1}, {"id": 4}], riprap.lowlevel.Ack(lambda: None), None), emit
     )
     assert [{"id": 4}] == out[-1].items
 
@@ -268,8 +272,8 @@ async def test_missing_key_is_dead_lettered(tmp_path: Path) -> None:
     p = (
         riprap.Pipeline(
             "keys",
-            checkpoint=riprap.MemoryCheckpoints(),
-            dead_letter=riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
         )
         .source(IterableSource("feed", [{"id": 1}, {"other": 2}, {"id": 1}]))
         .stage(Dedupe("dedupe", key="id", max_keys=10))
@@ -277,7 +281,7 @@ async def test_missing_key_is_dead_lettered(tmp_path: Path) -> None:
     )
     report = await p.run()
     assert ([{"id": 1}], {"missing_key": 1}) == (sink.values, report.dead_lettered)
-    (letter,) = riprap.read_dead_letters(tmp_path / "dlq.jsonl")
+    (letter,) = riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl")
     assert (1, "dedupe key field 'id' is missing") == (letter.offset, letter.message)
 
 

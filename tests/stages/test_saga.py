@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import riprap
-from riprap._records import SourceOrigin
+from riprap._core.records import SourceOrigin
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table_sync
 from riprap.policies import Retry
@@ -73,7 +73,9 @@ class Services:
         return [entry.removeprefix(prefix) for entry in self.journal if entry.startswith(prefix)]
 
 
-def build(saga: Saga, values: list[Any], backend: riprap.CheckpointBackend) -> riprap.Pipeline:
+def build(
+    saga: Saga, values: list[Any], backend: riprap.checkpoints.CheckpointBackend
+) -> riprap.Pipeline:
     """A source of ``values`` -> ``saga`` -> a memory sink."""
     return (
         riprap.Pipeline("p", checkpoint=backend)
@@ -84,10 +86,10 @@ def build(saga: Saga, values: list[Any], backend: riprap.CheckpointBackend) -> r
 
 
 async def run(
-    saga: Saga, values: list[Any], backend: riprap.CheckpointBackend | None = None
+    saga: Saga, values: list[Any], backend: riprap.checkpoints.CheckpointBackend | None = None
 ) -> list[Any]:
     """Run the pipeline in virtual time; return what reached the sink."""
-    pipeline = build(saga, values, backend or riprap.MemoryCheckpoints())
+    pipeline = build(saga, values, backend or riprap.checkpoints.MemoryCheckpoints())
     sink = pipeline.sink_
     assert isinstance(sink, MemorySink)
     try:
@@ -130,7 +132,7 @@ async def test_saga_key_defaults_to_the_record_key_then_the_source_position() ->
     for keys, expected in ((["a", "b"], ["a:only", "b:only"]), (None, ["m@0:only", "m@1:only"])):
         journal.clear()
         pipeline = (
-            riprap.Pipeline("p", checkpoint=riprap.MemoryCheckpoints())
+            riprap.Pipeline("p", checkpoint=riprap.checkpoints.MemoryCheckpoints())
             .source(IterableSource("orders", [1, 2], partition="m", keys=keys))
             .stage(Saga("s", [SagaStep("only", action)]))
             .sink(MemorySink())
@@ -214,7 +216,7 @@ async def test_failing_compensation_stops_the_run_and_the_restart_resumes_it(
     errors: list[Exception],
 ) -> None:
     """A compensation that fails for good stops the run; the next run finishes the compensations."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     services = Services(
         errors={"o1:ship": [riprap.DataError("no carrier")], "o1:charge:compensate": errors}
     )
@@ -245,7 +247,7 @@ async def test_failing_compensation_stops_the_run_and_the_restart_resumes_it(
 
 async def test_restart_resumes_a_saga_without_rerunning_logged_steps() -> None:
     """A bug in step 2 stops the run; the next run starts at step 2, never calling step 1 again."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     services = Services(errors={"o1:charge": [RuntimeError("bug")]})
     with pytest.raises(SagaError, match="action of step 'charge'"):
         await run(services.saga(), [0, 1, 2], backend)
@@ -286,7 +288,9 @@ async def test_a_finished_saga_in_the_log_is_re_emitted_without_calls() -> None:
 def source_batch(values: list[Any], start: int, done: list[int]) -> riprap.Batch:
     """A batch from partition ``p`` whose ack appends ``start`` to ``done`` when done."""
     source = riprap.SourceBatch("p", values, start=start)
-    return riprap.Batch(values, riprap.Ack(lambda: done.append(start)), SourceOrigin(source))
+    return riprap.Batch(
+        values, riprap.lowlevel.Ack(lambda: done.append(start)), SourceOrigin(source)
+    )
 
 
 async def test_log_and_input_ack_are_kept_until_the_outcomes_are_done() -> None:

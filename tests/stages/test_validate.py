@@ -47,15 +47,17 @@ def order(n: int) -> dict[str, Any]:
 
 def pipeline(tmp_path: Path, name: str = "orders", **options: Any) -> riprap.Pipeline:
     """A pipeline with in-memory checkpoints and a JSON Lines DLQ under ``tmp_path``."""
-    options.setdefault("checkpoint", riprap.MemoryCheckpoints())
-    options.setdefault("dead_letter", riprap.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"))
+    options.setdefault("checkpoint", riprap.checkpoints.MemoryCheckpoints())
+    options.setdefault(
+        "dead_letter", riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
+    )
     return riprap.Pipeline(name, **options)
 
 
-def letters(tmp_path: Path) -> list[riprap.DeadLetter]:
+def letters(tmp_path: Path) -> list[riprap.deadletters.DeadLetter]:
     """The dead letters written under ``tmp_path``."""
     path = tmp_path / "dlq.jsonl"
-    return list(riprap.read_dead_letters(path)) if path.exists() else []
+    return list(riprap.deadletters.read_dead_letters(path)) if path.exists() else []
 
 
 def order_rules() -> Validate:
@@ -244,7 +246,7 @@ def zero_amounts_from(first_bad: int) -> Any:
 
 async def test_zeroed_column_halts_before_the_window_reaches_the_sink(tmp_path: Path) -> None:
     """A bug zeroing a column stops the run; no record of the bad window is written."""
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     sink = MemorySink()
     events: list[WindowResult] = []
     gate = QualityGate(

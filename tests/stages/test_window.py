@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 import riprap
-from riprap._records import SourceOrigin
+from riprap._core.records import SourceOrigin
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table_sync
 from riprap.stages.window import (
@@ -79,7 +79,7 @@ class Harness:
         self.partition = partition
         self.offset = 0
         self.letters: list[tuple[int | None, str | None, BaseException]] = []
-        self.held: list[riprap.Ack] = []
+        self.held: list[riprap.lowlevel.Ack] = []
         self.emitted: list[riprap.Batch] = []
 
     async def open(self) -> Harness:
@@ -119,7 +119,7 @@ class Harness:
         )
         done: list[bool] = []
         batch = riprap.Batch(
-            list(values), riprap.Ack(lambda: done.append(True)), SourceOrigin(source)
+            list(values), riprap.lowlevel.Ack(lambda: done.append(True)), SourceOrigin(source)
         )
         await self.stage.process(batch, self._emit)
         if write_letters:
@@ -393,7 +393,7 @@ def test_impossible_configuration_is_a_config_error_naming_the_option(
 async def test_window_stage_runs_in_a_pipeline_and_checkpoints_its_state() -> None:
     """In a pipeline the stage emits per-window sums, and the final checkpoint holds its state."""
     values = [rec(k, t, t) for t in range(0, 40, 3) for k in ("a", "b")]
-    backend = riprap.MemoryCheckpoints()
+    backend = riprap.checkpoints.MemoryCheckpoints()
     sink = MemorySink()
     pipeline = (
         riprap.Pipeline("windows", checkpoint=backend, batch_size=4)
@@ -522,7 +522,7 @@ def test_shuffled_stream_across_sigkill_matches_batch_aggregates_and_dlq_holds_t
     assert 0 == returncode, (tmp_path / "run-2.err").read_text()
 
     assert expected == sink_rows(tmp_path / "out.db")
-    letters = list(riprap.read_dead_letters(tmp_path / "dlq.jsonl"))
+    letters = list(riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl"))
     assert late == {letter.offset for letter in letters}
     assert {"late"} == {letter.reason for letter in letters}
 
@@ -535,7 +535,9 @@ async def test_run_report_accounts_for_absorbed_records() -> None:
     values = [{"k": i % 3, "t": float(i)} for i in range(100)]
     sink = MemorySink()
     p = (
-        riprap.Pipeline("accounted", checkpoint=riprap.MemoryCheckpoints(), batch_size=10)
+        riprap.Pipeline(
+            "accounted", checkpoint=riprap.checkpoints.MemoryCheckpoints(), batch_size=10
+        )
         .source(IterableSource("events", values))
         .stage(
             Window(

@@ -212,7 +212,9 @@ async def test_retry_waits_as_long_as_retry_after_says(status: int, header: str)
     sink = MemorySink()
     async with serve(flaky) as base, HttpEnricher(base) as enrich:
         pipeline = (
-            riprap.Pipeline("retry-after", checkpoint=riprap.MemoryCheckpoints(), clock=clock)
+            riprap.Pipeline(
+                "retry-after", checkpoint=riprap.checkpoints.MemoryCheckpoints(), clock=clock
+            )
             .source(IterableSource("one", [1]))
             .map("call", enrich, retry=Retry(attempts=3, wait_initial=0.01, wait_max=30.0))
             .sink(sink)
@@ -230,7 +232,7 @@ async def test_the_run_closes_the_enricher_session() -> None:
         enrich = HttpEnricher(lambda order: f"{base}/score/{order['id']}")
         sink = MemorySink()
         p = (
-            riprap.Pipeline("closing", checkpoint=riprap.MemoryCheckpoints())
+            riprap.Pipeline("closing", checkpoint=riprap.checkpoints.MemoryCheckpoints())
             .source(IterableSource("ids", [{"id": 1}, {"id": 2}]))
             .map("score", enrich, concurrency=2)
             .sink(sink)

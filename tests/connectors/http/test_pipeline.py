@@ -62,11 +62,11 @@ async def test_outage_of_20_seconds_trips_the_breaker_pipeline_waits_then_enrich
         pipeline = (
             riprap.Pipeline(
                 "outage",
-                checkpoint=riprap.MemoryCheckpoints(),
+                checkpoint=riprap.checkpoints.MemoryCheckpoints(),
                 clock=clock,
                 batch_size=20,
                 max_in_flight=100,
-                dead_letter=riprap.JsonLinesDeadLetters(dlq),
+                dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq),
                 policy_hooks=(watch,),
             )
             .source(IterableSource("ids", list(range(200))))
@@ -85,7 +85,7 @@ async def test_outage_of_20_seconds_trips_the_breaker_pipeline_waits_then_enrich
             report = await pipeline.run()
     assert [{"id": i, "score": i * 2} for i in range(200)] == sink.values
     assert {} == report.dead_lettered
-    assert not dlq.exists() or [] == list(riprap.read_dead_letters(dlq))
+    assert not dlq.exists() or [] == list(riprap.deadletters.read_dead_letters(dlq))
     assert report.breaker_trips >= 1
     assert opened[0] < 20.0
     assert clock.monotonic() >= 20.0
@@ -112,9 +112,9 @@ async def test_rejected_records_are_dead_lettered_with_the_http_reason(tmp_path:
         pipeline = (
             riprap.Pipeline(
                 "rejects",
-                checkpoint=riprap.MemoryCheckpoints(),
+                checkpoint=riprap.checkpoints.MemoryCheckpoints(),
                 clock=clock,
-                dead_letter=riprap.JsonLinesDeadLetters(dlq),
+                dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq),
             )
             .source(IterableSource("ids", list(range(1, 21))))
             .map("enrich", enrich, concurrency=4, retry=Retry(attempts=3, wait_initial=0.1))
@@ -122,7 +122,7 @@ async def test_rejected_records_are_dead_lettered_with_the_http_reason(tmp_path:
         )
         async with enrich, clock.autojump():
             report = await pipeline.run()
-    letters = list(riprap.read_dead_letters(dlq))
+    letters = list(riprap.deadletters.read_dead_letters(dlq))
     assert [5, 10, 15, 20] == [letter.original_value() for letter in letters]
     assert {"http_404": 4} == report.dead_lettered
     assert 0 == report.retries
@@ -144,7 +144,7 @@ async def test_webhook_to_enricher_to_http_sink_delivers_each_record_once() -> N
         enrich = HttpEnricher(lambda r: f"{base}/score/{r['id']}", merge=lambda r, d: {**r, **d})
         pipeline = (
             riprap.Pipeline(
-                "relay", checkpoint=riprap.MemoryCheckpoints(), checkpoint_interval=0.02
+                "relay", checkpoint=riprap.checkpoints.MemoryCheckpoints(), checkpoint_interval=0.02
             )
             .source(source)
             .map("enrich", enrich, concurrency=8)

@@ -48,7 +48,7 @@ class Receiver:
 def pipeline(sink: HttpSink, values: list[Any], **options: Any) -> riprap.Pipeline:
     """``values`` from a memory source straight into ``sink``."""
     return (
-        riprap.Pipeline("orders", checkpoint=riprap.MemoryCheckpoints(), **options)
+        riprap.Pipeline("orders", checkpoint=riprap.checkpoints.MemoryCheckpoints(), **options)
         .source(IterableSource("ids", values))
         .sink(sink, retry=Retry(attempts=4, wait_initial=0.1, wait_max=10.0))
     )
@@ -121,9 +121,9 @@ async def test_rejected_records_are_dead_lettered_one_by_one(tmp_path: Path) -> 
     async with serve(receiver.handle) as base:
         sink = HttpSink(f"{base}/orders", pipeline="orders", concurrency=4)
         report = await pipeline(
-            sink, [10, 11, 12, 13], dead_letter=riprap.JsonLinesDeadLetters(dlq)
+            sink, [10, 11, 12, 13], dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq)
         ).run()
-    letters = list(riprap.read_dead_letters(dlq))
+    letters = list(riprap.deadletters.read_dead_letters(dlq))
     assert [(12, "http_422", 2)] == [(x.original_value(), x.reason, x.offset) for x in letters]
     assert {"http_422": 1} == report.dead_lettered
     assert {f"orders:memory:{i}" for i in (0, 1, 3)} == set(receiver.applied)
@@ -134,7 +134,7 @@ async def test_a_sink_that_is_down_raises_a_transient_error() -> None:
     sink = HttpSink(closed_port_url())
     await sink.open()
     try:
-        batch = riprap.Batch([1], riprap.Ack(lambda: None), None)
+        batch = riprap.Batch([1], riprap.lowlevel.Ack(lambda: None), None)
         with pytest.raises(HttpTransientError) as caught:
             await sink.write(batch)
     finally:
@@ -149,8 +149,8 @@ async def test_records_without_a_position_are_keyed_by_content() -> None:
         sink = HttpSink(f"{base}/x", pipeline="p")
         await sink.open()
         try:
-            await sink.write(riprap.Batch([{"a": 1}], riprap.Ack(lambda: None), None))
-            await sink.write(riprap.Batch([{"a": 1}], riprap.Ack(lambda: None), None))
+            await sink.write(riprap.Batch([{"a": 1}], riprap.lowlevel.Ack(lambda: None), None))
+            await sink.write(riprap.Batch([{"a": 1}], riprap.lowlevel.Ack(lambda: None), None))
         finally:
             await sink.aclose()
     (first, _), (second, _) = receiver.requests
@@ -166,11 +166,11 @@ async def test_a_4xx_is_a_data_error_and_writing_unopened_fails() -> None:
     async with serve(bad) as base:
         sink = HttpSink(base, name="s")
         with pytest.raises(RuntimeError):
-            await sink.write(riprap.Batch([1], riprap.Ack(lambda: None), None))
+            await sink.write(riprap.Batch([1], riprap.lowlevel.Ack(lambda: None), None))
         await sink.open()
         try:
             with pytest.raises(HttpDataError) as caught:
-                await sink.write(riprap.Batch([1], riprap.Ack(lambda: None), None))
+                await sink.write(riprap.Batch([1], riprap.lowlevel.Ack(lambda: None), None))
         finally:
             await sink.aclose()
     assert ("http_400", False) == (caught.value.reason, sink.idempotent)

@@ -31,7 +31,7 @@ async def running(
 ) -> AsyncIterator[tuple[riprap.RunningPipeline, aiohttp.ClientSession]]:
     """Run source -> sink (checkpoints only on demand unless told) with a client session."""
     options.setdefault("checkpoint_interval", 3600.0)
-    options.setdefault("checkpoint", riprap.MemoryCheckpoints())
+    options.setdefault("checkpoint", riprap.checkpoints.MemoryCheckpoints())
     pipeline = riprap.Pipeline("hooks", **options).source(source).sink(sink)
     async with pipeline.open() as run, aiohttp.ClientSession() as client:
         yield run, client
@@ -185,7 +185,9 @@ async def test_stopping_answers_503_to_requests_still_pending() -> None:
     answers: list[Answer] = []
     async with aiohttp.ClientSession() as client, anyio.create_task_group() as tg:
         pipeline = (
-            riprap.Pipeline("hooks", checkpoint=riprap.MemoryCheckpoints(), drain_timeout=0.02)
+            riprap.Pipeline(
+                "hooks", checkpoint=riprap.checkpoints.MemoryCheckpoints(), drain_timeout=0.02
+            )
             .source(source)
             .sink(sink)
         )
@@ -202,7 +204,7 @@ async def test_stopping_answers_503_to_requests_still_pending() -> None:
 
 async def test_a_restart_continues_positions_after_the_checkpoint() -> None:
     """A second run numbers new records after the first run's checkpointed position."""
-    checkpoints = riprap.MemoryCheckpoints()
+    checkpoints = riprap.checkpoints.MemoryCheckpoints()
     firsts = []
     for _ in range(2):
         source, sink = WebhookSource(), MemorySink()

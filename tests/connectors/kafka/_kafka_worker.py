@@ -24,7 +24,7 @@ def main(bootstrap: str, source: str, out: str, group: str, checkpoints: str) ->
     pipeline = (
         riprap.Pipeline(
             "kafka-crash",
-            checkpoint=riprap.SqliteCheckpoints(checkpoints),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(checkpoints),
             checkpoint_interval=0.1,
             batch_size=500,
             max_in_flight=2_000,

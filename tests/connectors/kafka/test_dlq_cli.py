@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("aiokafka")
 
 import riprap
-from riprap._dlq_cli import run_dlq_command
+from riprap.cli._dlq import run_dlq_command
 from riprap.connectors.kafka import KafkaDeadLetters
 from tests.engine._subprocesses import DEADLINE, spawn, wait_until
 from tests.engine.dlq._replay import (
@@ -138,7 +138,7 @@ def test_records_failing_again_go_to_failed_to(dead_topic: str, workdir: Path) -
     assert 0 == done.returncode, done.stderr
     again = {i for i in FAILED if i % 10 == 0}
     assert dict.fromkeys(FAILED - again, 1) == replayed(workdir)
-    letters = list(riprap.read_dead_letters(workdir / "again.jsonl"))
+    letters = list(riprap.deadletters.read_dead_letters(workdir / "again.jsonl"))
     assert again == {orjson.loads(letter.original_value())["id"] for letter in letters}
     assert {dead_topic.rpartition("/")[2]} == {
         (letter.partition or "").split(":")[2] for letter in letters

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("aiokafka")
 
-from riprap import DataError, DeadLetterFilter, Source, SourceContext
+from riprap import DataError, Source, SourceContext
 from riprap.connectors.kafka import (
     HEADER_PREFIX,
     KafkaDeadLetters,
@@ -20,11 +20,12 @@ from riprap.connectors.kafka import (
     letter_from_message,
 )
 from riprap.connectors.kafka._deadletters import letter_headers, payload_bytes
+from riprap.deadletters import DeadLetterFilter
 from tests.engine.dlq._letters import make_letter
 
 if TYPE_CHECKING:
     from riprap import SourceBatch
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
     from .conftest import KafkaHelper
 

@@ -41,7 +41,7 @@ def build(
     return (
         riprap.Pipeline(
             "orders",
-            checkpoint=riprap.SqliteCheckpoints(tmp_path / "checkpoints.db"),
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(tmp_path / "checkpoints.db"),
             checkpoint_interval=0.2,
             **options,
         )
@@ -73,7 +73,7 @@ async def wait_for_output(kafka: KafkaHelper, topic: str, count: int) -> list[An
 
 async def load_positions(tmp_path: Path) -> dict[str, int]:
     """The positions of the pipeline's last checkpoint."""
-    backend = riprap.SqliteCheckpoints(tmp_path / "checkpoints.db")
+    backend = riprap.checkpoints.SqliteCheckpoints(tmp_path / "checkpoints.db")
     try:
         checkpoint = await backend.load("orders")
     finally:
@@ -124,13 +124,13 @@ async def test_malformed_message_is_dead_lettered_and_the_run_goes_on(
         source,
         out,
         f"g-{uuid.uuid4().hex}",
-        dead_letter=riprap.JsonLinesDeadLetters(dlq),
+        dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq),
     )
     async with pipeline.open() as running:
         messages = await wait_for_output(kafka, out, 99)
         running.stop()
     assert {f"k{i}".encode() for i in range(99)} == {m.key for m in messages}
-    letters = list(riprap.read_dead_letters(dlq))
+    letters = list(riprap.deadletters.read_dead_letters(dlq))
     assert 1 == len(letters)
     letter = letters[0]
     expected = (b"bad", b'{"id": 7, "qty":', [("trace", b"abc"), ("origin", b"\xff\x00")])

@@ -12,10 +12,11 @@ pytest.importorskip("aiokafka")
 from aiokafka.errors import KafkaConnectionError, UnknownError
 from aiokafka.partitioner import murmur2
 
-from riprap import Ack, Batch, ConfigError, DataError, SourceBatch, TransientError
-from riprap._records import ConcatOrigin, SourceOrigin
+from riprap import Batch, ConfigError, DataError, SourceBatch, TransientError
+from riprap._core.records import ConcatOrigin, SourceOrigin
 from riprap.connectors.kafka import KafkaSink
 from riprap.connectors.kafka._sink import _as_riprap_error
+from riprap.lowlevel import Ack
 
 if TYPE_CHECKING:
     from .conftest import KafkaHelper

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from riprap import CheckpointBackend, CheckpointError, FencedError
+from riprap.checkpoints import CheckpointBackend, CheckpointError, FencedError
 from riprap.connectors.s3 import S3Checkpoints
 
 # The backend contract suite, run here against this module's `backend` fixture.

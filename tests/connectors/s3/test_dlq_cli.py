@@ -15,7 +15,7 @@ import anyio
 import orjson
 import pytest
 
-from riprap._dlq_cli import run_dlq_command
+from riprap.cli._dlq import run_dlq_command
 from riprap.connectors.s3 import S3DeadLetters
 from tests.engine._subprocesses import DEADLINE, spawn, wait_until
 from tests.engine.dlq._letters import make_letter
@@ -36,7 +36,7 @@ from .conftest import client_config
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
 pytestmark = pytest.mark.s3
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap import CheckpointError, DeadLetterFilter, Source, SourceContext
+from riprap import Source, SourceContext
+from riprap.checkpoints import CheckpointError
 from riprap.connectors.s3 import (
     OBJECT_COMPLETE,
     S3DeadLetters,
@@ -16,13 +17,14 @@ from riprap.connectors.s3 import (
     purge_s3_dead_letters,
 )
 from riprap.connectors.s3._dlq_reader import _delete
+from riprap.deadletters import DeadLetterFilter
 from tests.engine.dlq._letters import T0, make_letter
 
 from .conftest import client_config
 
 if TYPE_CHECKING:
     from riprap import SourceBatch
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
     from .conftest import Store
 

@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from riprap import Ack, Batch, ConfigError, DataError, DeadLetter, Redactor, Sink, SourceBatch
-from riprap._records import ConcatOrigin, SourceOrigin
+from riprap import Batch, ConfigError, DataError, Sink, SourceBatch
+from riprap._core.records import ConcatOrigin, SourceOrigin
 from riprap.connectors.s3 import S3DeadLetters, S3Sink
+from riprap.deadletters import DeadLetter
+from riprap.lowlevel import Ack
+from riprap.observability import Redactor
 
 from .conftest import client_config
 

@@ -10,10 +10,12 @@ import orjson
 import pytest
 
 import riprap
-from riprap import Ack, Batch, Checkpoint, ConfigError, SourceBatch
-from riprap._records import IndexOrigin, SourceOrigin
+from riprap import Batch, ConfigError, SourceBatch
+from riprap._core.records import IndexOrigin, SourceOrigin
+from riprap.checkpoints import Checkpoint
 from riprap.connectors.memory import IterableSource
 from riprap.connectors.s3 import S3Sink
+from riprap.lowlevel import Ack
 from riprap.testing import VirtualClock, run_pipeline
 from tests.engine.test_sink_feed import PacedSource
 
@@ -273,7 +275,7 @@ async def test_a_stored_object_whose_first_record_is_gone_is_deleted(store: Stor
 
 def build(pipeline: str, source: riprap.Source, sink: S3Sink, **options: Any) -> riprap.Pipeline:
     """``source`` -> ``sink`` with memory checkpoints, no sink retries (virtual time)."""
-    options.setdefault("checkpoint", riprap.MemoryCheckpoints())
+    options.setdefault("checkpoint", riprap.checkpoints.MemoryCheckpoints())
     return (
         riprap.Pipeline(pipeline, checkpoint_interval=1_000.0, **options)
         .source(source)
@@ -332,7 +334,7 @@ async def test_a_replay_after_time_cuts_writes_no_record_twice(store: Store) -> 
         clock=clock,
     )
     written = await contents(store)
-    checkpoints = riprap.MemoryCheckpoints()
+    checkpoints = riprap.checkpoints.MemoryCheckpoints()
     claim = await checkpoints.claim("replayed", "crashed")
     await checkpoints.save(
         Checkpoint("replayed", claim.epoch, "crashed", seq=1, positions={"paced": 3})

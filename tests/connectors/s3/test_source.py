@@ -9,7 +9,8 @@ import anyio
 import orjson
 import pytest
 
-from riprap import CheckpointError, ConfigError, Source, SourceBatch, SourceContext
+from riprap import ConfigError, Source, SourceBatch, SourceContext
+from riprap.checkpoints import CheckpointError
 from riprap.connectors.s3 import OBJECT_COMPLETE, QuarantinedObject, S3Source
 
 from .conftest import client_config

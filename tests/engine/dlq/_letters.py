@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from riprap import DataError, Record
-from riprap._deadletter import DeadLetter
-from riprap._redact import DEFAULT_REDACTOR
+from riprap.deadletters import DeadLetter
+from riprap.observability._redact import DEFAULT_REDACTOR
 
 T0 = 1_700_000_000.0
 """A fixed failure time (2023-11-14T22:13:20Z)."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import riprap
-from riprap._dlq_cli import add_dlq_commands
+from riprap.cli._dlq import add_dlq_commands
 from riprap.connectors.memory import IterableSource, MemorySink
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ FIX = textwrap.dedent(
         return value
 
     pipeline = (
-        riprap.Pipeline("orders", checkpoint=riprap.SqliteCheckpoints("ckpt.db"))
+        riprap.Pipeline("orders", checkpoint=riprap.checkpoints.SqliteCheckpoints("ckpt.db"))
         .source(IterableSource("unused", []))
         .map("parse", parse)
         .sink(JsonLinesSink("out.jsonl"))
@@ -87,12 +87,12 @@ def check(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def failing_pipeline(count: int, dead_letter: riprap.DeadLetterSink) -> riprap.Pipeline:
+def failing_pipeline(count: int, dead_letter: riprap.deadletters.DeadLetterSink) -> riprap.Pipeline:
     """The pipeline whose failures fill a dead-letter store."""
     return (
         riprap.Pipeline(
             "orders",
-            checkpoint=riprap.MemoryCheckpoints(),
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
             dead_letter=dead_letter,
             dlq_guard=None,  # a third of the orders fail, by design
         )
@@ -115,7 +115,7 @@ def replay_command(*args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "riprap._cli",
+        "riprap.cli",
         "dlq",
         "replay",
         *args,
@@ -128,7 +128,7 @@ def replay_command(*args: str) -> list[str]:
 def riprap_dlq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``riprap dlq ...`` in a child process and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "riprap._cli", "dlq", *args],
+        [sys.executable, "-m", "riprap.cli", "dlq", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

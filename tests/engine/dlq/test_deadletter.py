@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from riprap import DataError, DecodeError, Record
-from riprap._deadletter import MAX_TRACEBACK_CHARS, DeadLetter, letter_id
-from riprap._redact import DEFAULT_REDACTOR
+from riprap.deadletters import DeadLetter
+from riprap.deadletters._envelope import MAX_TRACEBACK_CHARS, letter_id
+from riprap.observability._redact import DEFAULT_REDACTOR
 
 from ._letters import T0, make_letter
 

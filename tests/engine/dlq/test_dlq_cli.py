@@ -12,15 +12,15 @@ import orjson
 import pytest
 
 from riprap import DecodeError
-from riprap._dlq_cli import add_dlq_commands, parse_duration, run_dlq_command
-from riprap._dlq_sinks import JsonLinesDeadLetters, SqliteDeadLetters, read_dead_letters
+from riprap.cli._dlq import add_dlq_commands, parse_duration, run_dlq_command
+from riprap.deadletters import JsonLinesDeadLetters, SqliteDeadLetters, read_dead_letters
 
 from ._letters import make_letter
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
 DAY = 86_400.0
 

@@ -7,9 +7,14 @@ from typing import TYPE_CHECKING, Any
 import anyio.lowlevel
 import pytest
 
-from riprap import ConfigError, MemoryCheckpoints, Pipeline, Source, SourceContext
-from riprap._dlq_sinks import DeadLetterFilter, JsonLinesDeadLetters, SqliteDeadLetters
-from riprap._dlq_source import DeadLetterSource
+from riprap import ConfigError, Pipeline, Source, SourceContext
+from riprap.checkpoints import MemoryCheckpoints
+from riprap.deadletters import (
+    DeadLetterFilter,
+    DeadLetterSource,
+    JsonLinesDeadLetters,
+    SqliteDeadLetters,
+)
 
 from ._letters import make_letter
 
@@ -17,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from riprap import Batch, SourceBatch
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from riprap import DecodeError
-from riprap._dlq_sinks import DeadLetterFilter
+from riprap.deadletters import DeadLetterFilter
 
 from ._letters import T0, make_letter
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap._dlq_sinks import DeadLetterSink, JsonLinesDeadLetters, read_dead_letters
+from riprap.deadletters import DeadLetterSink, JsonLinesDeadLetters, read_dead_letters
 
 from ._letters import make_letter
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from riprap._deadletter import DeadLetter
+    from riprap.deadletters import DeadLetter
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap._cli import build_parser
-from riprap._dlq_cli import run_dlq_command
-from riprap._dlq_location import (
+from riprap.cli._dlq import run_dlq_command
+from riprap.cli._locations import (
     FileLocation,
     KafkaLocation,
     S3Location,
@@ -19,6 +18,7 @@ from riprap._dlq_location import (
     parse_location,
     same_store,
 )
+from riprap.cli._main import build_parser
 
 from ._replay import parse_dlq
 
@@ -125,7 +125,7 @@ def test_a_missing_extra_names_the_install(
     """Without the connector's library, inspect fails with the pip command that fixes it."""
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"  # as if it were not installed
-        "from riprap._cli import main\n"
+        "from riprap.cli import main\n"
         f"sys.exit(main(['dlq', 'inspect', {location!r}]))\n"
     )
     done = subprocess.run(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from riprap import ConfigError
-from riprap._redact import DEFAULT_REDACTOR, Redactor
+from riprap.observability import Redactor
+from riprap.observability._redact import DEFAULT_REDACTOR
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap._dlq_sinks import DeadLetterSink, SqliteDeadLetters, is_sqlite, read_dead_letters
+from riprap.deadletters import DeadLetterSink, SqliteDeadLetters, read_dead_letters
+from riprap.deadletters._stores import is_sqlite
 
 from ._letters import T0, make_letter
 

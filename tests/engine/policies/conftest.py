@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap._virtual_clock import VirtualClock
+from riprap.testing import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

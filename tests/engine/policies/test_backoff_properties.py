@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from riprap import TransientError
-from riprap._virtual_clock import VirtualClock
 from riprap.policies import Jitter, Retry, retry
+from riprap.testing import VirtualClock
 
 jitters = st.sampled_from(get_args(Jitter))
 waits = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)

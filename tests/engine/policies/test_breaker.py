@@ -8,16 +8,16 @@ import anyio
 import pytest
 
 from riprap import ConfigError, DataError, TransientError
-from riprap._errors import CircuitOpenError
-from riprap._virtual_clock import VirtualClock
 from riprap.policies import (
     BreakerConfig,
     CallRejected,
     CircuitBreaker,
+    CircuitOpenError,
     CircuitState,
     CircuitStateChanged,
     PolicyEvent,
 )
+from riprap.testing import VirtualClock
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 

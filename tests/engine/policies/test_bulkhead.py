@@ -8,11 +8,10 @@ import anyio
 import pytest
 
 from riprap import ConfigError
-from riprap._errors import BulkheadFullError
-from riprap.policies import Bulkhead, CallRejected, PolicyEvent
+from riprap.policies import Bulkhead, BulkheadFullError, CallRejected, PolicyEvent
 
 if TYPE_CHECKING:
-    from riprap._virtual_clock import VirtualClock
+    from riprap.testing import VirtualClock
 
 
 @pytest.mark.anyio

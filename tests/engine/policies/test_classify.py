@@ -12,8 +12,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from riprap import DataError, DecodeError, TransientError
-from riprap._errors import BulkheadFullError, CircuitOpenError, StageTimeout
-from riprap.policies import Classifier, Verdict, classify, parse_retry_after, retry_after
+from riprap.policies import (
+    BulkheadFullError,
+    CircuitOpenError,
+    Classifier,
+    StageTimeout,
+    Verdict,
+    classify,
+    parse_retry_after,
+    retry_after,
+)
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

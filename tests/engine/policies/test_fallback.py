@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from riprap import DataError, TransientError
-from riprap._errors import CircuitOpenError
-from riprap.policies import FallbackUsed, PolicyEvent, fallback
+from riprap.policies import CircuitOpenError, FallbackUsed, PolicyEvent, fallback
 
 if TYPE_CHECKING:
-    from riprap._virtual_clock import VirtualClock
+    from riprap.testing import VirtualClock
 
 
 async def cached(error: Exception, sku: str) -> str:

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from riprap import ConfigError, DataError, TransientError
-from riprap._errors import BulkheadFullError, CircuitOpenError
-from riprap._virtual_clock import VirtualClock
 from riprap.policies import (
+    BulkheadFullError,
+    CircuitOpenError,
     Classifier,
     PolicyEvent,
     Retry,
@@ -21,6 +21,7 @@ from riprap.policies import (
     RetryScheduled,
     retry,
 )
+from riprap.testing import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine

@@ -9,13 +9,13 @@ import anyio
 import pytest
 
 from riprap import ConfigError, DataError, SystemClock, TransientError
-from riprap._errors import BulkheadFullError, CircuitOpenError, StageTimeout
-from riprap._virtual_clock import VirtualClock
 from riprap.policies import (
     BreakerConfig,
     Bulkhead,
+    BulkheadFullError,
     CallRejected,
     CircuitBreaker,
+    CircuitOpenError,
     CircuitState,
     CircuitStateChanged,
     FallbackUsed,
@@ -25,7 +25,9 @@ from riprap.policies import (
     Retry,
     RetryGaveUp,
     RetryScheduled,
+    StageTimeout,
 )
+from riprap.testing import VirtualClock
 
 NO_JITTER = Retry(attempts=5, wait_initial=1.0, wait_max=10.0, wait_jitter="none", timeout=None)
 

@@ -9,11 +9,10 @@ import anyio
 import pytest
 
 from riprap import ConfigError, SystemClock
-from riprap._errors import StageTimeout
-from riprap.policies import fail_after, move_on_after, timeout
+from riprap.policies import StageTimeout, fail_after, move_on_after, timeout
 
 if TYPE_CHECKING:
-    from riprap._virtual_clock import VirtualClock
+    from riprap.testing import VirtualClock
 
 
 @pytest.mark.anyio

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from riprap._virtual_clock import VirtualClock
+from riprap.testing import VirtualClock
 
 
 @pytest.mark.anyio

@@ -1,0 +1,139 @@
+"""Pipeline options: one frozen record of every setting a run takes, checked before it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from riprap._core.clock import SYSTEM_CLOCK, Clock
+from riprap._core.errors import ConfigError
+from riprap.checkpoints._snapshot import CheckpointBackend
+from riprap.deadletters._guard import DeadLetterGuard
+from riprap.deadletters._stores import DeadLetterSink
+from riprap.observability._alerts import AlertRule, AlertSink, LogAlerts
+from riprap.observability._redact import Redactor
+from riprap.observability._tracing import otel_available
+from riprap.policies import PolicyHook, Retry
+
+DEFAULT_SINK_RETRY = Retry(attempts=5, timeout=120.0, wait_initial=0.2, wait_max=10.0)
+"""Retries of a failed sink write unless the pipeline says otherwise."""
+
+DEFAULT_SINK_ATTEMPT_TIMEOUT = 60.0
+"""Seconds one sink write may take unless the pipeline says otherwise."""
+
+OnError = Literal["dlq", "stop"]
+"""What a step does with a record that raised a ``DataError``: dead-letter it, or stop."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineOptions:
+    """How a pipeline runs; every field is a keyword of :class:`Pipeline`.
+
+    Attributes:
+        checkpoint: Where checkpoints go; ``None`` means SQLite at ``checkpoint_path``.
+        checkpoint_path: File of the default SQLite checkpoint store.
+        checkpoint_interval: Seconds between periodic checkpoints.
+        max_in_flight: Records read from the source and not yet done (I9).
+        batch_size: Most records the source hands over at once.
+        queue_size: Batches buffered between two stages.
+        drain_timeout: Seconds a graceful stop waits for in-flight records.
+        owner: Identity written with checkpoints (fencing); defaults to host:pid:random.
+        clock: Time source for the checkpoint interval (tests pass a virtual clock).
+        dead_letter: Where failed records go; without one, a failing record stops the run.
+        redactor: Cleans error messages and tracebacks in dead letters and logs.
+        max_crashes: A record that stopped the run this many times is dead-lettered
+            (reason ``crash_loop``) on the next start instead of processed.
+        dlq_guard: Stops (or pauses) the run when dead-lettering looks systematic;
+            ``None`` turns the guard off.
+        policy_hooks: Receive every retry, give-up, breaker change, rejection and
+            fallback of every step (metrics and alerts plug in here).
+        alerts: Alert rules evaluated in-process every ``alert_interval`` seconds.
+        alert_sinks: Where alerts go (default: the log).
+        alert_interval: Seconds between alert evaluations.
+        tracing: ``True`` (the global OpenTelemetry tracer provider) or a
+            ``TracerProvider``: one span per batch per stage (needs the ``otel`` extra).
+    """
+
+    checkpoint: CheckpointBackend | None = None
+    checkpoint_path: str = ".riprap/checkpoints.db"
+    checkpoint_interval: float = 5.0
+    max_in_flight: int = 10_000
+    batch_size: int = 1_000
+    queue_size: int = 4
+    drain_timeout: float = 30.0
+    owner: str | None = None
+    clock: Clock = SYSTEM_CLOCK
+    dead_letter: DeadLetterSink | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    max_crashes: int = 3
+    dlq_guard: DeadLetterGuard | None = field(default_factory=DeadLetterGuard)
+    policy_hooks: tuple[PolicyHook, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
+    alert_sinks: tuple[AlertSink, ...] = field(default_factory=lambda: (LogAlerts(),))
+    alert_interval: float = 10.0
+    tracing: Any = False
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for the first impossible value."""
+        positive_int("batch_size", self.batch_size)
+        positive_int("max_in_flight", self.max_in_flight)
+        positive_int("queue_size", self.queue_size)
+        if self.max_in_flight < self.batch_size:
+            raise ConfigError(
+                "max_in_flight",
+                f"must be at least batch_size ({self.batch_size}), got {self.max_in_flight}",
+            )
+        positive_number("checkpoint_interval", self.checkpoint_interval)
+        if not _is_number(self.drain_timeout) or self.drain_timeout < 0:
+            raise ConfigError("drain_timeout", f"must be >= 0 seconds, got {self.drain_timeout!r}")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, CheckpointBackend):
+            raise ConfigError(
+                "checkpoint",
+                f"{self.checkpoint!r} does not implement CheckpointBackend "
+                "(claim, save, load, aclose)",
+            )
+        if self.checkpoint is None and not self.checkpoint_path:
+            raise ConfigError("checkpoint_path", "must be a file path when no checkpoint is given")
+        if not isinstance(self.clock, Clock):
+            raise ConfigError("clock", f"{self.clock!r} does not implement Clock")
+        if self.dead_letter is not None and not isinstance(self.dead_letter, DeadLetterSink):
+            raise ConfigError(
+                "dead_letter",
+                f"{self.dead_letter!r} does not implement DeadLetterSink "
+                "(name, open, write, aclose)",
+            )
+        if not isinstance(self.redactor, Redactor):
+            raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
+        positive_int("max_crashes", self.max_crashes)
+        positive_number("alert_interval", self.alert_interval)
+        if self.tracing and not otel_available():
+            raise ConfigError("tracing", "needs opentelemetry-api: pip install 'riprap[otel]'")
+        for rule in self.alerts:
+            if not isinstance(rule, AlertRule):
+                raise ConfigError("alerts", f"must hold riprap.AlertRule objects, got {rule!r}")
+        for sink in self.alert_sinks:
+            if not isinstance(sink, AlertSink):
+                raise ConfigError("alert_sinks", f"{sink!r} does not implement AlertSink (deliver)")
+        if self.dlq_guard is not None:
+            if not isinstance(self.dlq_guard, DeadLetterGuard):
+                raise ConfigError(
+                    "dlq_guard", f"must be a riprap.DeadLetterGuard or None, got {self.dlq_guard!r}"
+                )
+            self.dlq_guard.check()
+
+
+OPTION_NAMES = tuple(f.name for f in fields(PipelineOptions))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def positive_int(option: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(option, f"must be a positive integer, got {value!r}")
+
+
+def positive_number(option: str, value: object) -> None:
+    if not _is_number(value) or value <= 0:  # type: ignore[operator]
+        raise ConfigError(option, f"must be a positive number of seconds, got {value!r}")

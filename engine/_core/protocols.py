@@ -1,0 +1,195 @@
+"""The plug-in protocols: sources, sinks and stages.
+
+Sources hand the engine :class:`~riprap.SourceBatch` objects; sinks and stages
+receive :class:`~riprap.Batch` objects. None of them may block the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from riprap._core.records import Batch, SourceBatch
+
+if TYPE_CHECKING:
+    from riprap._core.clock import Clock
+
+Emit = Callable[[Batch], Awaitable[None]]
+
+
+async def _no_drain(partitions: Collection[str], within: float) -> Mapping[str, int]:
+    """The ``drain`` of a hand-made context: nothing is tracked, nothing to wait for."""
+    return {}
+
+
+def _no_count(outcome: str, count: int) -> None:
+    """The ``count`` of a hand-made context: reports nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What a source learns when it opens.
+
+    Attributes:
+        pipeline: The pipeline's name.
+        positions: Checkpointed position per partition: resume from there.
+        drain: ``await drain(partitions, within)`` before giving partitions up (a
+            rebalance): waits until their records in flight are done (at most
+            ``within`` seconds), writes a checkpoint (which calls the source's
+            ``committed``), stops tracking them and returns their final positions.
+        count: ``count(outcome, n)`` reports ``n`` things the source dealt with
+            that are not records, such as ``"objects_quarantined"`` (an object
+            set aside whole): the run report and the ``riprap_source_outcomes``
+            metric show them by outcome, so nothing is left out silently (I7).
+    """
+
+    pipeline: str
+    positions: Mapping[str, int]
+    drain: Callable[[Collection[str], float], Awaitable[Mapping[str, int]]] = _no_drain
+    count: Callable[[str, int], None] = _no_count
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Produces batches of records, one partition per batch, in position order.
+
+    Contract: ``read`` returns at most ``max_records`` values of one partition,
+    waits (cancellably, never blocking the loop) until some are available, and
+    returns ``None`` once the source is exhausted. A batch's ``end`` is the
+    position to resume from once all of its records are done; positions of one
+    partition never go backwards.
+
+    Optional: ``async def committed(self, positions)`` is called after every
+    successful checkpoint with the positions it saved (a Kafka source commits
+    them as the group's offsets); ``def lag(self) -> dict[str, int]`` reports
+    records behind the end of each partition (a metric).
+    """
+
+    name: str
+
+    async def open(self, context: SourceContext) -> None: ...
+
+    async def read(self, max_records: int) -> SourceBatch | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Writes batches; a batch counts as done when ``write`` returns.
+
+    Contract: when ``write`` returns, the batch is durable (or the sink has
+    ``batch.ack.retain()``-ed it and will ``release()`` once it is). ``flush``
+    makes everything buffered durable. ``idempotent`` says whether rewriting a
+    replayed record is harmless (exactly-once effect, I2).
+
+    Optional, for a sink that holds records back across writes:
+    ``def bind(self, context: SinkContext)`` is called when a run is created,
+    before ``open``; ``def wake_at(self) -> float | None`` says when (on
+    ``context.clock``'s monotonic time) the sink wants to write although no
+    batch has come, and the runtime then calls ``write`` with an empty batch.
+    While a partition is drained (a rebalance), such a sink's ``flush`` is
+    called after each batch, from the task that calls ``write``.
+    """
+
+    name: str
+    idempotent: bool
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: Batch) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink that holds records back learns when a run is created (its ``bind``).
+
+    Attributes:
+        pipeline: The pipeline's name.
+        clock: The pipeline's clock; ``wake_at`` is read against its ``monotonic()``.
+        batch_size: The pipeline's ``batch_size`` option.
+        max_in_flight: The pipeline's ``max_in_flight`` option. Records a sink
+            holds stay in flight, and the source reads only while a whole batch
+            fits: a sink must not hold more than ``max_in_flight - batch_size``
+            source records once ``write`` returns, or the run can stall for good.
+    """
+
+    pipeline: str
+    clock: Clock
+    batch_size: int = 1_000
+    max_in_flight: int = 10_000
+
+
+def _ignore(count: int) -> None:
+    """The default counting callback of a hand-made context: counts nothing."""
+
+
+def _never() -> bool:
+    """The default ``source_exhausted`` of a hand-made context."""
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    """What a custom stage may use while it runs (handed to its optional ``open``).
+
+    Attributes:
+        pipeline: The pipeline's name.
+        clock: The pipeline's clock (event-time stages use wall time from it).
+        dead_letter: ``dead_letter(batch, index, error, reason)`` sends the source
+            record behind ``batch.items[index]`` to the dead-letter sink with
+            ``reason`` (default: the error's). The record's ack is retained until
+            the write is durable; the runtime writes after ``process`` returns.
+            Without a dead-letter sink it stops the run, like any failing record.
+        dropped: ``dropped(n)`` counts records the stage removed on purpose (a
+            dedupe, a filter), so the run report accounts for them (I7).
+        absorbed: ``absorbed(n)`` counts records folded into the stage's state
+            (a window): done, reported as absorbed, and progress for the DLQ guard.
+        source_exhausted: Whether the source has ended (in ``finish``: end of
+            input rather than a graceful stop).
+        policy_hooks: Hooks for policy events of the stage's own policy stacks,
+            so their retries reach the run report and the metrics.
+        batch_size: The pipeline's ``batch_size`` option.
+        max_in_flight: The pipeline's ``max_in_flight`` option (a stage that
+            holds records back must hold fewer than this, or the run stalls).
+    """
+
+    pipeline: str
+    clock: Clock
+    dead_letter: Callable[[Batch, int, BaseException, str | None], None]
+    dropped: Callable[[int], None] = _ignore
+    absorbed: Callable[[int], None] = _ignore
+    source_exhausted: Callable[[], bool] = _never
+    policy_hooks: tuple[Callable[[Any], None], ...] = ()
+    batch_size: int = 1_000
+    max_in_flight: int = 10_000
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A custom processing step that sees whole batches.
+
+    ``process`` calls ``emit`` for its output batches (zero or more). Output
+    batches must carry acks that cover the input (share ``batch.ack``, or
+    ``retain`` it once per extra output); a stage that absorbs records into its
+    state releases their ack and emits later results under acks of its own
+    (``riprap.Ack(on_done)``). A stage may define ``async def open(self,
+    context: StageContext)``, called once before the first batch. ``snapshot``
+    returns JSON-serialisable state saved in the same checkpoint as the source
+    positions (I3); it is called with no await in between, so it must not await.
+    """
+
+    step_id: str
+
+    async def process(self, batch: Batch, emit: Emit) -> None: ...
+
+    async def finish(self, emit: Emit) -> None: ...
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...

@@ -1,0 +1,175 @@
+"""The steps of a pipeline definition, and the plan a run executes.
+
+A :class:`Plan` is a validated, immutable pipeline: what the runtime needs and
+nothing of the builder, so the runtime never depends on :class:`~riprap.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from riprap._core.errors import ConfigError
+from riprap._core.options import OnError, PipelineOptions, positive_number
+from riprap.policies import Bulkhead, CircuitBreaker, Policies, Retry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from riprap._core.protocols import Sink, Source, Stage
+
+
+class StepOptions(TypedDict, total=False):
+    """Keyword options of the map, filter and flat_map steps of a :class:`Pipeline`.
+
+    Attributes:
+        concurrency: Calls of an async function running at once (default 1).
+        ordered: Keep input order in the output (default) or emit as completed.
+        record: Pass whole :class:`~riprap.Record` objects instead of plain values.
+        key: Process records of one key one at a time, in order, while different
+            keys run concurrently (up to ``concurrency``).
+        on_error: ``"dlq"`` (default) dead-letters records that raise a
+            ``DataError`` when the pipeline has a dead-letter sink; ``"stop"``
+            stops the run instead.
+        retry: Retry transient failures (:class:`~riprap.policies.Retry`).
+        timeout: Seconds for the whole call, retries included.
+        attempt_timeout: Seconds for one attempt (a timed-out attempt is retried).
+        breaker: The dependency's shared :class:`~riprap.policies.CircuitBreaker`.
+        on_open: While the breaker is open, ``"wait"`` (backpressure, the
+            default) or ``"raise"`` (the record fails with ``CircuitOpenError``).
+        bulkhead: A :class:`~riprap.policies.Bulkhead` limiting concurrent calls.
+        fallback: ``fallback(error, value)`` (sync or async) gives a degraded
+            result when the call fails for good; counted as a fallback.
+    """
+
+    concurrency: int
+    ordered: bool
+    record: bool
+    key: Callable[[Any], Any] | None
+    on_error: OnError
+    retry: Retry | None
+    timeout: float | None
+    attempt_timeout: float | None
+    breaker: CircuitBreaker | None
+    on_open: Literal["wait", "raise"]
+    bulkhead: Bulkhead | None
+    fallback: Callable[..., Any] | None
+
+
+STEP_OPTIONS = tuple(StepOptions.__annotations__)
+
+
+@dataclass(frozen=True, slots=True)
+class OpStep:
+    """A map, filter or flat_map step."""
+
+    kind: Literal["map", "filter", "flat_map"]
+    step_id: str
+    fn: Callable[..., Any]
+    is_async: bool
+    concurrency: int = 1
+    ordered: bool = True
+    record: bool = False
+    on_error: OnError = "dlq"
+    policies: Policies | None = None
+    fallback: Callable[..., Any] | None = None
+    key: Callable[[Any], Any] | None = None
+
+    @property
+    def fusable(self) -> bool:
+        """Whether this step can run inside a fused sync loop."""
+        return (
+            not self.is_async
+            and not self.record
+            and self.concurrency == 1
+            and self.policies is None
+            and self.fallback is None
+            and self.key is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStep:
+    """Groups values into lists of ``size`` (the last one may be shorter)."""
+
+    step_id: str
+    size: int
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageStep:
+    """A user-supplied :class:`~riprap.Stage`."""
+
+    stage: Stage
+
+    @property
+    def step_id(self) -> str:
+        return self.stage.step_id
+
+
+Step = OpStep | BatchStep | StageStep
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A validated pipeline, as the runtime runs it (see :meth:`riprap.Pipeline.plan`)."""
+
+    name: str
+    options: PipelineOptions
+    steps: tuple[Step, ...]
+    source: Source
+    sink: Sink
+    sink_policies: Policies | None
+
+
+def step_policies(
+    where: str,
+    retry: Retry | None,
+    timeout: float | None,
+    attempt_timeout: float | None,
+    breaker: CircuitBreaker | None,
+    on_open: Literal["wait", "raise"],
+    bulkhead: Bulkhead | None,
+) -> Policies | None:
+    """The :class:`Policies` of a step, ``None`` when it has none; errors name the step."""
+    for name, value, kind in (
+        ("retry", retry, Retry),
+        ("breaker", breaker, CircuitBreaker),
+        ("bulkhead", bulkhead, Bulkhead),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{where}.{name}", f"must be a {kind.__name__}, got {value!r}")
+    for name, seconds in (("timeout", timeout), ("attempt_timeout", attempt_timeout)):
+        if seconds is not None:
+            positive_number(f"{where}.{name}", seconds)
+    if on_open not in ("wait", "raise"):
+        raise ConfigError(f"{where}.on_open", f"must be 'wait' or 'raise', got {on_open!r}")
+    if all(v is None for v in (retry, timeout, attempt_timeout, breaker, bulkhead)):
+        return None
+    return Policies(
+        retry=retry,
+        timeout=timeout,
+        attempt_timeout=attempt_timeout,
+        breaker=breaker,
+        on_open=on_open if breaker is not None else "raise",
+        bulkhead=bulkhead,
+    )
+
+
+def check_known(where: str, given: Mapping[str, object], names: tuple[str, ...]) -> None:
+    """Refuse unknown keyword options, suggesting the closest known one."""
+    for name in given:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.{name}", f"unknown option{hint}")
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)

@@ -1,0 +1,104 @@
+"""Fusion of consecutive sync map/filter/flat_map steps into one loop per batch.
+
+A chain of sync steps is compiled (once, when the pipeline starts) into a
+single Python function with one ``for`` loop over the batch, so a record costs
+one call per user function and nothing else: no task, no queue hop, no await.
+The generated loop notes only what it must to map outputs back to inputs (the
+output length at each drop, or where each input's outputs start when a
+flat_map expands records), and on an exception it finds the failing step from
+the traceback's line number, so the happy path pays nothing for either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, final
+
+OpKind = Literal["map", "filter", "flat_map"]
+
+ErrorHandler = Callable[[Any, int, int, Exception], None]
+"""``(input value, input index, step index, error)``; may raise to stop the run."""
+
+ChainFn = Callable[[list[Any], ErrorHandler], tuple[list[Any], list[int], int]]
+"""Runs a chain over a batch: ``(outputs, marks, dropped)``; see :class:`CompiledChain`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One sync step of a fusable chain."""
+
+    kind: OpKind
+    step_id: str
+    fn: Callable[[Any], Any]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CompiledChain:
+    """A compiled chain and how to read its marks.
+
+    ``marks`` are output lengths at each dropped input when ``expands`` is
+    false (see :class:`~riprap._core.records.DropsOrigin`), or the output length at
+    the start of every input when it is true (``StartsOrigin``).
+    """
+
+    ops: tuple[Op, ...]
+    run: ChainFn
+    expands: bool
+    source: str
+
+
+def compile_chain(ops: Sequence[Op]) -> CompiledChain:
+    """Generate the fused loop for ``ops`` (at least one)."""
+    if not ops:
+        raise ValueError("a chain needs at least one step")
+    expands = any(op.kind == "flat_map" for op in ops)
+    lines = [
+        "def chain(items, on_error):",
+        "    out = []",
+        "    ap = out.append",
+        "    marks = []",
+        "    mark = marks.append",
+        "    dropped = 0",
+        "    for x in items:",
+    ]
+    if expands:
+        lines.append("        mark(len(out))")
+    lines.append("        try:")
+    line_to_op: dict[int, int] = {}
+    indent = " " * 12
+    var = "x"
+    for index, op in enumerate(ops):
+        fn = f"f{index}"
+        line_to_op[len(lines) + 1] = index
+        if op.kind == "map":
+            lines.append(f"{indent}v = {fn}({var})")
+            var = "v"
+        elif op.kind == "filter":
+            lines.append(f"{indent}if not {fn}({var}):")
+            lines.append(f"{indent}    dropped += 1")
+            if not expands:
+                lines.append(f"{indent}    mark(len(out))")
+            # At the top level this skips the input; inside a flat_map, one child.
+            lines.append(f"{indent}    continue")
+        else:
+            lines.append(f"{indent}for v in {fn}({var}):")
+            var = "v"
+            indent += "    "
+    lines.append(f"{indent}ap({var})")
+    lines.append("        except Exception as e:")
+    lines.append("            op = LINES.get(e.__traceback__.tb_lineno, 0)")
+    if expands:
+        lines.append("            on_error(x, len(marks) - 1, op, e)")
+    else:
+        lines.append("            i = len(out) + len(marks)")
+        lines.append("            mark(len(out))")
+        lines.append("            on_error(x, i, op, e)")
+    lines.append("    return out, marks, dropped")
+    source = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {f"f{i}": op.fn for i, op in enumerate(ops)}
+    namespace["LINES"] = line_to_op
+    code = compile(source, f"<riprap chain {'+'.join(op.step_id for op in ops)}>", "exec")
+    exec(code, namespace)
+    return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=expands, source=source)

@@ -1,0 +1,42 @@
+"""Checkpoints: the snapshot, the backend protocol, the embedded backends and the rules they share.
+
+A backend stores one :class:`Checkpoint` per pipeline (positions, operator state,
+crash counts) and refuses writes from a stale owner or an older epoch (I5).
+:func:`encode`, :func:`decode`, :func:`check_save` and :func:`claim_problem` are
+what a third-party backend (see ``riprap.connectors.s3``) builds on.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from riprap._core.errors import CheckpointError as CheckpointError
+from riprap._core.errors import FencedError as FencedError
+from riprap._core.public import fixup_module_metadata
+from riprap.checkpoints._file import FileCheckpoints as FileCheckpoints
+from riprap.checkpoints._memory import MemoryCheckpoints as MemoryCheckpoints
+from riprap.checkpoints._memory import check_save as check_save
+from riprap.checkpoints._memory import claim_problem as claim_problem
+from riprap.checkpoints._memory import decode as decode
+from riprap.checkpoints._memory import encode as encode
+from riprap.checkpoints._snapshot import Checkpoint as Checkpoint
+from riprap.checkpoints._snapshot import CheckpointBackend as CheckpointBackend
+from riprap.checkpoints._snapshot import Claim as Claim
+from riprap.checkpoints._sqlite import SqliteCheckpoints as SqliteCheckpoints
+
+__all__ = (
+    "Checkpoint",
+    "CheckpointBackend",
+    "CheckpointError",
+    "Claim",
+    "FencedError",
+    "FileCheckpoints",
+    "MemoryCheckpoints",
+    "SqliteCheckpoints",
+    "check_save",
+    "claim_problem",
+    "decode",
+    "encode",
+)
+
+fixup_module_metadata(__name__, globals())

@@ -1,0 +1,153 @@
+"""Periodic, on-demand and final checkpoints of one run (I3, I4).
+
+A snapshot (positions, operator state, crash counts) is taken with no await
+in between, so it is a consistent cut under asyncio. Saves are serialised by a
+lock: a periodic tick that finds a save still running skips instead of queueing
+behind it, and processing never waits for a save.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+
+from riprap._core.errors import FencedError
+from riprap.checkpoints._snapshot import Checkpoint, CheckpointBackend
+from riprap.policies._timeout import fail_after
+
+if TYPE_CHECKING:
+    from riprap._core.clock import Clock
+    from riprap._runtime.acks import CompletionTracker
+
+log = logging.getLogger("riprap.checkpoint")
+
+SAVE_TIMEOUT = 60.0
+"""Seconds one checkpoint save may take; a hung store must not hang the run."""
+
+StateSource = Callable[[], Mapping[str, Any]]
+
+
+@final
+class Checkpointer:
+    """Takes and saves snapshots for one run; tracks their count, age and duration."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: str,
+        backend: CheckpointBackend,
+        epoch: int,
+        owner: str,
+        tracker: CompletionTracker,
+        state: StateSource,
+        crash_counts: dict[str, int],
+        clock: Clock,
+        on_saved: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.backend = backend
+        self.epoch = epoch
+        self.owner = owner
+        self.tracker = tracker
+        self.state = state
+        self.crash_counts = crash_counts
+        self.clock = clock
+        self.on_saved = on_saved
+        self.seq = 0
+        self.saved = 0
+        self.skipped = 0
+        self.failures = 0
+        self.last_saved_at: float | None = None
+        self.last_duration: float | None = None
+        self.last_error: BaseException | None = None
+        self._last: tuple[Mapping[str, int], Mapping[str, Any], Mapping[str, int]] | None = None
+        self._lock = anyio.Lock()
+
+    def snapshot(self) -> Checkpoint:
+        """A consistent cut of the run, taken synchronously."""
+        self.seq += 1
+        return Checkpoint(
+            pipeline=self.pipeline,
+            epoch=self.epoch,
+            owner=self.owner,
+            seq=self.seq,
+            positions=self.tracker.positions(),
+            state=dict(self.state()),
+            crash_counts=dict(self.crash_counts),
+            created_at=self.clock.time(),
+        )
+
+    async def save(self, *, force: bool = False) -> bool:
+        """Save a snapshot now (waiting for a running save first); return whether one was written.
+
+        Raises:
+            FencedError: Another owner has claimed the pipeline since this run started.
+        """
+        async with self._lock:
+            return await self._save_locked(force)
+
+    async def tick(self) -> None:
+        """A periodic checkpoint: skipped if a save is still running (never piles up)."""
+        if self._lock.locked():
+            self.skipped += 1
+            return
+        try:
+            await self.save()
+        except FencedError:
+            raise
+        except Exception as exc:
+            # Not fatal: the next tick retries; the age metric and the log show it.
+            self.failures += 1
+            self.last_error = exc
+            log.warning(
+                "checkpoint of pipeline %s failed (%s: %s); will retry",
+                self.pipeline,
+                type(exc).__name__,
+                exc,
+                extra={"pipeline": self.pipeline},
+            )
+
+    async def run_periodic(self, interval: float) -> None:
+        """Checkpoint every ``interval`` seconds of the clock until cancelled."""
+        while True:
+            await self.clock.sleep(interval)
+            await self.tick()
+
+    def _prune_crash_counts(self, positions: Mapping[str, int]) -> None:
+        """Forget crash counts of records the position has moved past (they are done)."""
+        for key in list(self.crash_counts):
+            partition, _, offset = key.rpartition("@")
+            position = positions.get(partition)
+            if position is not None and offset.isdigit() and int(offset) < position:
+                del self.crash_counts[key]
+
+    async def _save_locked(self, force: bool) -> bool:
+        self._prune_crash_counts(self.tracker.positions())
+        cut = (
+            self.tracker.positions(),
+            dict(self.state()),
+            dict(self.crash_counts),
+        )
+        if not force and cut == self._last:
+            return False
+        checkpoint = self.snapshot()
+        started = self.clock.monotonic()
+        async with fail_after(SAVE_TIMEOUT, clock=self.clock, kind="checkpoint"):
+            await self.backend.save(checkpoint)
+        self.last_duration = self.clock.monotonic() - started
+        self.last_saved_at = self.clock.monotonic()
+        self.saved += 1
+        self._last = (checkpoint.positions, checkpoint.state, checkpoint.crash_counts)
+        if self.on_saved is not None:
+            # Only after the checkpoint is durable may a source acknowledge upstream.
+            await self.on_saved(checkpoint.positions)
+        return True
+
+    def age(self) -> float | None:
+        """Seconds since the last successful save (``None`` before the first)."""
+        if self.last_saved_at is None:
+            return None
+        return self.clock.monotonic() - self.last_saved_at

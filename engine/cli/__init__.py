@@ -1,0 +1,13 @@
+"""The ``riprap`` command: run a pipeline file, run the demo, inspect and replay dead letters.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from riprap._core.public import fixup_module_metadata
+from riprap.cli._main import main as main
+
+__all__ = ("main",)
+
+fixup_module_metadata(__name__, globals())

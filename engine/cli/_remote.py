@@ -1,0 +1,199 @@
+"""``riprap dlq`` on every kind of location: files here, Kafka and S3 through their connectors.
+
+This is CLI support: the one place besides the demo where the engine reaches
+into ``riprap.connectors``, always lazily, so that ``import riprap`` needs no
+extra. A location whose extra is not installed is a :class:`ConfigError`
+naming the ``pip install`` that fixes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+from typing import TYPE_CHECKING
+
+from riprap._core.errors import ConfigError
+from riprap.cli._locations import FileLocation, KafkaLocation, S3Location
+from riprap.deadletters._source import DeadLetterSource
+from riprap.deadletters._stores import JsonLinesDeadLetters, purge_dead_letters, read_dead_letters
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable
+
+    from riprap._core.protocols import Source
+    from riprap.cli._locations import DeadLetterLocation
+    from riprap.deadletters._envelope import DeadLetter
+    from riprap.deadletters._stores import DeadLetterFilter, DeadLetterSink
+
+_EXTRAS = {"kafka": "aiokafka", "s3": "aiobotocore"}
+
+
+def _require(extra: str, location: DeadLetterLocation) -> None:
+    """Fail with the install hint when the extra for ``location`` is missing."""
+    module = _EXTRAS[extra]
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            str(location), f"needs the {extra} extra ({module}): pip install 'riprap[{extra}]'"
+        )
+
+
+def scan_dead_letters(
+    location: DeadLetterLocation,
+    visit: Callable[[DeadLetter], None],
+    *,
+    endpoint_url: str | None = None,
+) -> None:
+    """Call ``visit`` with every letter stored at ``location``, in store order (blocking).
+
+    A topic is read up to the end observed at the start; an S3 prefix gives
+    one letter per id (see the connectors' readers).
+
+    Raises:
+        ConfigError: The location's extra is not installed.
+        FileNotFoundError: Nothing is stored there.
+        OSError: The store cannot be read.
+        ValueError: A stored letter is corrupt; the message says where.
+    """
+    if isinstance(location, FileLocation):
+        for letter in read_dead_letters(location.path):
+            visit(letter)
+        return
+    import anyio
+
+    async def scan() -> None:
+        async with contextlib.aclosing(_remote_letters(location, endpoint_url)) as letters:
+            async for letter in letters:
+                visit(letter)
+
+    anyio.run(scan)
+
+
+def _remote_letters(
+    location: KafkaLocation | S3Location, endpoint_url: str | None
+) -> AsyncGenerator[DeadLetter, None]:
+    if isinstance(location, KafkaLocation):
+        _require("kafka", location)
+        from riprap.connectors.kafka import iter_kafka_dead_letters
+
+        return iter_kafka_dead_letters(
+            location.topic, bootstrap_servers=list(location.bootstrap_servers)
+        )
+    _require("s3", location)
+    from riprap.connectors.s3 import iter_s3_dead_letters
+
+    return iter_s3_dead_letters(location.bucket, location.prefix, endpoint_url=endpoint_url)
+
+
+def replay_source(
+    location: DeadLetterLocation,
+    *,
+    filter: DeadLetterFilter,
+    rate_limit: float | None,
+    endpoint_url: str | None = None,
+) -> Source:
+    """The source a replay of ``location`` reads: positions resume where the last one stopped.
+
+    Raises:
+        ConfigError: The location's extra is not installed, or the rate is impossible.
+    """
+    if isinstance(location, FileLocation):
+        return DeadLetterSource(location.path, filter=filter, rate_limit=rate_limit)
+    if isinstance(location, KafkaLocation):
+        _require("kafka", location)
+        from riprap.connectors.kafka import KafkaDeadLetterSource
+
+        return KafkaDeadLetterSource(
+            location.topic,
+            bootstrap_servers=list(location.bootstrap_servers),
+            filter=filter,
+            rate_limit=rate_limit,
+        )
+    _require("s3", location)
+    from riprap.connectors.s3 import S3DeadLetterSource
+
+    return S3DeadLetterSource(
+        location.bucket,
+        location.prefix,
+        filter=filter,
+        rate_limit=rate_limit,
+        endpoint_url=endpoint_url,
+    )
+
+
+def dead_letter_sink(
+    location: DeadLetterLocation, *, endpoint_url: str | None = None
+) -> DeadLetterSink:
+    """A sink writing letters to ``location`` (a file is JSON Lines).
+
+    Raises:
+        ConfigError: The location's extra is not installed.
+    """
+    if isinstance(location, FileLocation):
+        return JsonLinesDeadLetters(location.path)
+    if isinstance(location, KafkaLocation):
+        _require("kafka", location)
+        from riprap.connectors.kafka import KafkaDeadLetters
+
+        return KafkaDeadLetters(location.topic, bootstrap_servers=list(location.bootstrap_servers))
+    _require("s3", location)
+    from riprap.connectors.s3 import S3DeadLetters
+
+    return S3DeadLetters(location.bucket, location.prefix, endpoint_url=endpoint_url)
+
+
+def purge(
+    location: DeadLetterLocation, *, before: float, endpoint_url: str | None = None
+) -> tuple[str, str]:
+    """Delete the letters at ``location`` last failed before ``before``.
+
+    Returns:
+        What was removed (``"removed 3 dead letters"``) and what was kept
+        despite its age (``"; kept ..."``, or ``""``).
+
+    Raises:
+        ConfigError: The location's extra is not installed.
+        FileNotFoundError: Nothing is stored there.
+        OSError: The store cannot be changed, or it is a Kafka topic: topics
+            are purged by their ``retention.ms``, not letter by letter.
+        ValueError: A stored letter is corrupt (nothing after it is removed).
+    """
+    if isinstance(location, FileLocation):
+        return f"removed {_letters(purge_dead_letters(location.path, before=before))}", ""
+    if isinstance(location, KafkaLocation):
+        raise OSError(
+            f"{location}: purge is not supported for Kafka topics: set the topic's"
+            " retention.ms and Kafka deletes old letters itself"
+        )
+    _require("s3", location)
+    import anyio
+
+    from riprap.connectors.s3 import purge_s3_dead_letters
+
+    report = anyio.run(
+        functools.partial(
+            purge_s3_dead_letters,
+            location.bucket,
+            location.prefix,
+            before=before,
+            endpoint_url=endpoint_url,
+        )
+    )
+    removed = f"removed {_letters(report.removed_letters)} in {_objects(report.removed_objects)}"
+    kept = ""
+    if report.kept_objects:
+        kept += (
+            f"; kept {_letters(report.kept_letters)} as old in {_objects(report.kept_objects)}"
+            " that also hold newer letters (objects are deleted whole)"
+        )
+    if report.changed_objects:
+        kept += f"; kept {_objects(report.changed_objects)} rewritten while purging"
+    return removed, kept
+
+
+def _letters(count: int) -> str:
+    return f"{count} dead letter{'s' if count != 1 else ''}"
+
+
+def _objects(count: int) -> str:
+    return f"{count} object{'s' if count != 1 else ''}"

@@ -1,0 +1,208 @@
+"""Replaying dead letters: a source that feeds stored records back into a pipeline.
+
+:class:`DeadLetterSource` reads a dead-letter store (JSON Lines, rotated files
+included, or SQLite) and yields each matching letter's original value, key,
+headers and event time, as the failed record's source handed them over. Run
+the fixed pipeline with it under its own name (``riprap dlq replay`` uses
+``f"{name}.replay"``).
+
+Replays are idempotent because the position is checkpointed like any other
+source's: it is the index of a letter in read order, counted over every letter
+(matching or not), so a second replay under the same pipeline name resumes
+after the letters already done instead of sending them again. Positions are
+only stable while the store keeps its oldest letters: purging letters, or a
+rotation that drops the oldest JSON Lines file, between two runs of the same
+replay shifts the indexes, and the resumed replay would skip letters. Letters
+also carry an ``idempotency_key`` for sinks that can deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from itertools import islice
+from typing import TYPE_CHECKING, Any, final
+
+import anyio.to_thread
+
+from riprap._core.clock import SYSTEM_CLOCK, Clock
+from riprap._core.errors import ConfigError
+from riprap._core.records import SourceBatch
+from riprap.deadletters._stores import DeadLetterFilter, read_dead_letters
+
+if TYPE_CHECKING:
+    from collections.abc import Generator, Iterator
+
+    from riprap._core.protocols import SourceContext
+    from riprap._core.records import Headers
+    from riprap.deadletters._envelope import DeadLetter
+
+
+@final
+class TokenBucket:
+    """Paces work to ``rate`` items per second, with bursts of up to one second's worth.
+
+    Args:
+        rate: Items per second; positive and finite.
+        clock: Where time is read and slept (virtual in tests).
+
+    Raises:
+        ConfigError: ``rate`` is not a positive finite number.
+    """
+
+    __slots__ = ("_clock", "_last", "_tokens", "capacity", "rate")
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise ConfigError("rate_limit", f"must be a positive number, got {rate!r}")
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self._clock = clock
+        self._tokens = self.capacity
+        self._last = clock.monotonic()
+
+    @property
+    def burst(self) -> int:
+        """The most items one :meth:`acquire` may ask for."""
+        return int(self.capacity)
+
+    async def acquire(self, count: int) -> None:
+        """Wait until ``count`` items (at most :attr:`burst`) may go, and take them."""
+        self._refill()
+        if self._tokens < count:
+            await self._clock.sleep((count - self._tokens) / self.rate)
+            self._refill()
+        self._tokens -= count
+
+    def _refill(self) -> None:
+        now = self._clock.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+
+@final
+class DeadLetterSource:
+    """Yields the original records of stored dead letters; one partition, ``dlq:<path>``.
+
+    The partition is named after the absolute path, so a replay resumes
+    wherever it is started from. A batch's offsets are the letters' indexes in
+    read order; letters that fail the filter are skipped but counted.
+
+    Args:
+        path: The dead-letter store (JSON Lines or SQLite).
+        filter: Which letters to replay; all when ``None``.
+        rate_limit: At most this many records per second; unlimited when ``None``.
+        name: The step name of the source.
+        clock: Paces the rate limit (a virtual clock in tests).
+
+    Raises:
+        ConfigError: ``rate_limit`` is not a positive finite number.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_filter",
+        "_letters",
+        "_next",
+        "_reader",
+        "name",
+        "partition",
+        "path",
+    )
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        filter: DeadLetterFilter | None = None,
+        rate_limit: float | None = None,
+        name: str = "dlq-replay",
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.name = name
+        self.partition = f"dlq:{self.path}"
+        self._filter = filter or DeadLetterFilter()
+        self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
+        self._reader: Generator[DeadLetter, None, None] | None = None
+        self._letters: Iterator[tuple[int, DeadLetter]] | None = None
+        self._next = 0
+
+    async def open(self, context: SourceContext) -> None:
+        """Start reading after the checkpointed position (from the first letter if none)."""
+        start = context.positions.get(self.partition, 0)
+        await self.aclose()  # reopening starts a fresh read
+        self._reader = read_dead_letters(self.path)
+        self._letters = enumerate(self._reader)
+        await anyio.to_thread.run_sync(_consume, self._letters, start)
+        self._next = start
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        """The next at most ``max_records`` matching letters' records, or ``None`` at the end.
+
+        Raises:
+            FileNotFoundError: The store does not exist.
+            ValueError: A stored letter is corrupt or its payload cannot be decoded.
+        """
+        if self._letters is None:
+            raise RuntimeError(f"source {self.name!r}: read before open")
+        if self._bucket is not None:
+            max_records = min(max_records, self._bucket.burst)
+        found, scanned = await anyio.to_thread.run_sync(self._take, max(1, max_records))
+        if not found:
+            self._next = scanned
+            return None
+        if self._bucket is not None:
+            await self._bucket.acquire(len(found))
+        self._next = scanned
+        return letter_batch(self.partition, found, end=scanned)
+
+    async def aclose(self) -> None:
+        """Close the underlying file or database."""
+        reader, self._reader, self._letters = self._reader, None, None
+        if reader is not None:
+            await anyio.to_thread.run_sync(reader.close)
+
+    def _take(self, count: int) -> tuple[list[tuple[int, DeadLetter]], int]:
+        """Up to ``count`` matching letters and the position after the last one read."""
+        assert self._letters is not None
+        found: list[tuple[int, DeadLetter]] = []
+        scanned = self._next
+        for index, letter in self._letters:
+            scanned = index + 1
+            if self._filter.matches(letter):
+                found.append((index, letter))
+                if len(found) == count:
+                    break
+        return found, scanned
+
+
+def letter_batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: int) -> SourceBatch:
+    """The original records of ``found`` (position, letter) pairs as one batch ending at ``end``.
+
+    Shared with the Kafka and S3 replay sources.
+
+    Raises:
+        ValueError: A stored payload cannot be decoded.
+    """
+    offsets = [index for index, _ in found]
+    letters = [letter for _, letter in found]
+    headers: list[Headers] = [letter.original_headers() for letter in letters]
+    values: list[Any] = [letter.original_value() for letter in letters]
+    return SourceBatch(
+        partition,
+        values,
+        start=offsets[0],
+        end=end,
+        offsets=offsets,
+        keys=[letter.original_key() for letter in letters],
+        headers=headers,
+        timestamps=[letter.timestamp for letter in letters],
+    )
+
+
+def _consume(letters: Iterator[tuple[int, DeadLetter]], count: int) -> None:
+    """Read and discard ``count`` letters (they were replayed before the checkpoint)."""
+    next(islice(letters, count, count), None)

@@ -1,0 +1,31 @@
+"""What connectors, stages and embedding services build on, beyond the core in :mod:`riprap`.
+
+Acks tie derived records to their source position; origins map a batch's items
+back to source records; ``Emit`` is how a stage hands on results.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from riprap._core.protocols import Emit as Emit
+from riprap._core.public import fixup_module_metadata as fixup_module_metadata
+from riprap._core.records import DropsOrigin as DropsOrigin
+from riprap._core.records import Headers as Headers
+from riprap._core.records import Origin as Origin
+from riprap._core.records import SourceOrigin as SourceOrigin
+from riprap._runtime.acks import Ack as Ack
+from riprap._runtime.allocator import keep_freed_memory as keep_freed_memory
+
+__all__ = (
+    "Ack",
+    "DropsOrigin",
+    "Emit",
+    "Headers",
+    "Origin",
+    "SourceOrigin",
+    "fixup_module_metadata",
+    "keep_freed_memory",
+)
+
+fixup_module_metadata(__name__, globals())

@@ -1,0 +1,136 @@
+"""The health server: /metrics, /healthz and /readyz for a running pipeline (aiohttp).
+
+/healthz answers while the event loop runs. /readyz is red when the run has
+ended, a circuit breaker has been open longer than allowed, the last
+checkpoint is too old, or the run has stalled: records are in flight but none
+has finished for ``stall_after`` seconds (the silent stall users of other
+engines report most). Bound to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from riprap._runtime.runtime import RunningPipeline
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    """Where the health server listens and what /readyz tolerates.
+
+    Attributes:
+        host: Interface to bind; loopback unless you mean to expose it.
+        port: TCP port; 0 picks a free one (see :attr:`HealthServer.port`).
+        max_breaker_open: Seconds a breaker may stay open before /readyz turns red.
+        max_checkpoint_age: Seconds since the last checkpoint before /readyz turns red.
+        stall_after: Seconds with records in flight and none finished that count as a stall.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_breaker_open: float = 300.0
+    max_checkpoint_age: float = 300.0
+    stall_after: float = 120.0
+
+
+@final
+class StallDetector:
+    """Notices when records are pending but nothing finishes any more."""
+
+    def __init__(self, stall_after: float) -> None:
+        self.stall_after = stall_after
+        self._finished = -1
+        self._since = 0.0
+
+    def stalled(self, *, finished: int, in_flight: int, now: float) -> float | None:
+        """Seconds stalled, if stalled; call on every readiness check."""
+        if finished != self._finished or in_flight == 0:
+            self._finished = finished
+            self._since = now
+            return None
+        stuck = now - self._since
+        return stuck if stuck >= self.stall_after else None
+
+
+def readiness(running: RunningPipeline, config: HealthConfig, stall: StallDetector) -> list[str]:
+    """Why the pipeline is not ready (empty when it is)."""
+    runtime = running._runtime
+    problems: list[str] = []
+    if runtime.finished.is_set():
+        problems.append(f"run ended ({runtime.outcome})")
+    now = runtime.clock.monotonic()
+    for dependency, since in sorted(runtime.events.open_since.items()):
+        if now - since > config.max_breaker_open:
+            problems.append(f"breaker {dependency!r} open for {now - since:.0f}s")
+    age = runtime.checkpointer.age()
+    if age is not None and age > config.max_checkpoint_age:
+        problems.append(f"last checkpoint {age:.0f}s ago")
+    stats = runtime.statistics()
+    finished = stats.records_out + stats.dropped + stats.dead_lettered
+    stuck = stall.stalled(finished=finished, in_flight=stats.in_flight, now=now)
+    if stuck is not None:
+        problems.append(f"stalled: {stats.in_flight} records in flight, none done for {stuck:.0f}s")
+    return problems
+
+
+@final
+class HealthServer:
+    """A running health server; :attr:`port` is the bound port."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite) -> None:
+        self._runner = runner
+        self._site = site
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        server = self._site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1])
+
+
+@asynccontextmanager
+async def serve_health(
+    running: RunningPipeline, config: HealthConfig | None = None
+) -> AsyncIterator[HealthServer]:
+    """Serve /metrics, /healthz and /readyz for ``running`` while the block runs."""
+    config = config or HealthConfig()
+    stall = StallDetector(config.stall_after)
+    registry = running._runtime.registry
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def readyz(_: web.Request) -> web.Response:
+        problems = readiness(running, config, stall)
+        body = orjson.dumps({"ready": not problems, "problems": problems})
+        return web.Response(
+            body=body, status=503 if problems else 200, content_type="application/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+        yield HealthServer(runner, site)
+    finally:
+        await runner.cleanup()

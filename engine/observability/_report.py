@@ -1,0 +1,199 @@
+"""What a run did: per-step counters and the report every run ends with (I7)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, final
+
+from riprap.policies import CircuitState, CircuitStateChanged, FallbackUsed, RetryScheduled
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from riprap.policies import PolicyEvent
+
+Outcome = Literal["completed", "stopped", "failed", "aborted"]
+
+
+@final
+class StepCounters:
+    """Mutable per-step counts, updated once per batch (cheap in the hot path)."""
+
+    __slots__ = (
+        "absorbed",
+        "batches",
+        "busy_seconds",
+        "dropped",
+        "errors",
+        "records_in",
+        "records_out",
+        "step_id",
+    )
+
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
+        self.records_in = 0
+        self.records_out = 0
+        self.errors = 0
+        self.dropped = 0
+        self.absorbed = 0
+        self.batches = 0
+        self.busy_seconds = 0.0
+
+    def timed(self, started: float) -> None:
+        """Count one batch whose processing started at ``started`` (``perf_counter``)."""
+        self.batches += 1
+        self.busy_seconds += time.perf_counter() - started
+
+    def freeze(self) -> StepStats:
+        """An immutable copy."""
+        return StepStats(self.step_id, self.records_in, self.records_out, self.errors, self.dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """Counts of one step (fused steps report together, as ``a+b+c``)."""
+
+    step_id: str
+    records_in: int
+    records_out: int
+    errors: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """A live view of a running pipeline."""
+
+    records_in: int
+    records_out: int
+    in_flight: int
+    dropped: int
+    dead_lettered: int
+    elapsed: float
+    checkpoints: int
+    last_checkpoint_age: float | None
+    positions: Mapping[str, int]
+    open_breakers: tuple[str, ...] = ()
+    lag: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """How a run ended and what happened to every record.
+
+    Attributes:
+        outcome: ``completed`` (source exhausted), ``stopped`` (asked to stop and
+            drained), ``aborted`` (stopped without draining) or ``failed``.
+        records_in: Records read from the source.
+        records_out: Records the sink wrote.
+        dropped: Records a filter removed on purpose.
+        absorbed: Records folded into a stage's state (windows), done there.
+        dead_lettered: Records sent to the dead-letter queue, by reason.
+        fallbacks: Calls answered by a step's fallback (degraded results).
+        retries: Retries of failed calls, in steps and the sink.
+        breaker_trips: Times a circuit breaker opened.
+        source_outcomes: What the source reported besides records, by outcome
+            (``objects_quarantined``: objects set aside whole).
+        duration: Seconds from start to the final checkpoint.
+        checkpoints: Checkpoints written.
+        positions: The final checkpointed position of every partition.
+        steps: Per-step counts.
+        error: The message of the error that failed the run, if any.
+    """
+
+    pipeline: str
+    outcome: Outcome
+    records_in: int
+    records_out: int
+    dropped: int
+    duration: float
+    checkpoints: int
+    positions: Mapping[str, int]
+    steps: tuple[StepStats, ...]
+    dead_lettered: Mapping[str, int] = field(default_factory=dict)
+    absorbed: int = 0
+    fallbacks: int = 0
+    retries: int = 0
+    breaker_trips: int = 0
+    error: str | None = None
+    source_outcomes: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Records read per second over the run."""
+        return self.records_in / self.duration if self.duration > 0 else 0.0
+
+    def format(self) -> str:
+        """A human-readable summary, one fact per line."""
+        lines = [
+            f"pipeline {self.pipeline}: {self.outcome}",
+            f"  records in      {self.records_in:>12,}",
+            f"  written         {self.records_out:>12,}",
+            f"  dropped         {self.dropped:>12,}",
+            f"  absorbed        {self.absorbed:>12,}",
+            f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
+        ]
+        lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]
+        if self.source_outcomes:
+            lines.append("  source")
+            # Right-aligned with the counts above even for outcome names longer than 14.
+            lines += [
+                f"    {outcome}{count:>{max(26 - len(outcome), 1)},}"
+                for outcome, count in self.source_outcomes.items()
+            ]
+        lines += [
+            f"  fallbacks       {self.fallbacks:>12,}",
+            f"  retries         {self.retries:>12,}",
+            f"  breaker trips   {self.breaker_trips:>12,}",
+            f"  time            {self.duration:>11.2f}s",
+            f"  rate            {self.rate:>10,.0f}/s",
+            f"  checkpoints     {self.checkpoints:>12,}",
+        ]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+
+@final
+class PolicyCounters:
+    """A policy hook that counts retries, fallbacks and breaker trips for reports and metrics."""
+
+    __slots__ = (
+        "breaker_trips",
+        "fallbacks",
+        "fallbacks_by_stage",
+        "open_since",
+        "retries",
+        "retries_by_stage",
+        "trips_by_dependency",
+    )
+
+    def __init__(self) -> None:
+        self.retries = 0
+        self.fallbacks = 0
+        self.breaker_trips = 0
+        self.retries_by_stage: dict[str, int] = {}
+        self.fallbacks_by_stage: dict[str, int] = {}
+        self.trips_by_dependency: dict[str, int] = {}
+        self.open_since: dict[str, float] = {}
+
+    def __call__(self, event: PolicyEvent) -> None:
+        stage = event.stage or ""
+        if isinstance(event, RetryScheduled):
+            self.retries += 1
+            self.retries_by_stage[stage] = self.retries_by_stage.get(stage, 0) + 1
+        elif isinstance(event, FallbackUsed):
+            self.fallbacks += 1
+            self.fallbacks_by_stage[stage] = self.fallbacks_by_stage.get(stage, 0) + 1
+        elif isinstance(event, CircuitStateChanged):
+            dependency = event.dependency or ""
+            if event.new in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
+                self.breaker_trips += 1
+                self.trips_by_dependency[dependency] = (
+                    self.trips_by_dependency.get(dependency, 0) + 1
+                )
+                self.open_since.setdefault(dependency, event.at)
+            elif event.new is CircuitState.CLOSED:
+                self.open_since.pop(dependency, None)

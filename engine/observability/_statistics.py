@@ -1,0 +1,150 @@
+"""The run's statistics snapshot: one frozen record every observer reads.
+
+The runtime builds it on demand from the counters it keeps per batch, without
+awaiting, so a snapshot is a consistent cut of the run. Metrics, health,
+alerts, the progress line and the run report read only this record, never the
+runtime, and can be tested with a snapshot built by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from riprap.policies import BreakerStatistics, BulkheadStatistics
+
+Outcome = Literal["completed", "stopped", "failed", "aborted"]
+"""How a run ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """Counts of one step (fused steps report together, as ``a+b+c``).
+
+    ``absorbed`` records were folded into the step's state (windows); ``batches``
+    and ``busy_seconds`` are the batches processed and the time spent on them.
+    """
+
+    step_id: str
+    records_in: int
+    records_out: int
+    errors: int
+    dropped: int
+    absorbed: int = 0
+    batches: int = 0
+    busy_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStatistics:
+    """The source: records read, what it reported besides records, its lag.
+
+    Attributes:
+        name: The source's name.
+        records_in: Records read.
+        outcomes: What it reported besides records, by outcome (``objects_quarantined``).
+        lag: Records behind the end of each partition; ``None`` when the source has no ``lag()``.
+    """
+
+    name: str = ""
+    records_in: int = 0
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+    lag: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointStatistics:
+    """The checkpointer: saves by outcome, the last save, the run's epoch.
+
+    Attributes:
+        saved: Checkpoints written.
+        skipped: Periodic saves skipped because nothing changed.
+        failed: Saves that failed.
+        last_duration: Seconds the last save took (``None`` before the first).
+        age: Seconds since the last save (``None`` before the first).
+        epoch: Times the pipeline was started, ever: restarts show here.
+    """
+
+    saved: int = 0
+    skipped: int = 0
+    failed: int = 0
+    last_duration: float | None = None
+    age: float | None = None
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyStatistics:
+    """Retries, fallbacks and breaker trips seen by the run, and its breakers and bulkheads.
+
+    Attributes:
+        retries_by_stage: Retries scheduled, by stage.
+        fallbacks_by_stage: Calls answered by a fallback, by stage.
+        trips_by_dependency: Times a breaker opened, by dependency.
+        open_since: When each open breaker opened (the pipeline clock's ``monotonic``).
+        breakers: Every distinct breaker of the steps and the sink.
+        bulkheads: Every distinct bulkhead of the steps and the sink.
+    """
+
+    retries_by_stage: Mapping[str, int] = field(default_factory=dict)
+    fallbacks_by_stage: Mapping[str, int] = field(default_factory=dict)
+    trips_by_dependency: Mapping[str, int] = field(default_factory=dict)
+    open_since: Mapping[str, float] = field(default_factory=dict)
+    breakers: tuple[BreakerStatistics, ...] = ()
+    bulkheads: tuple[BulkheadStatistics, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """A live view of a running pipeline: one frozen snapshot of all its counters.
+
+    The first fields summarise the run; the rest hold the detail observers
+    need (per step, source, checkpoints, policies, queues). Built by hand,
+    the detail defaults to empty.
+
+    Attributes:
+        records_in: Records read from the source.
+        records_out: Records the sink wrote.
+        in_flight: Records read and not yet done.
+        dropped: Records a filter removed on purpose.
+        dead_lettered: Records sent to the dead-letter queue.
+        elapsed: Seconds since the run started.
+        checkpoints: Checkpoints written.
+        last_checkpoint_age: Seconds since the last checkpoint (``None`` before the first).
+        positions: The committable position of every partition.
+        open_breakers: Dependencies whose breaker is open.
+        lag: Records behind the source's partition ends, if the source knows.
+        at: The pipeline clock's ``monotonic`` when the snapshot was taken.
+        outcome: How the run ended; ``None`` while it runs.
+        steps: Per-step counts, in pipeline order (the sink is :attr:`sink`).
+        sink: The sink's counts.
+        source: The source's counts, outcomes and lag per partition.
+        dead_letters: Dead letters by reason.
+        queue_depths: Batches waiting in front of each step and the sink.
+        checkpoint: The checkpointer's counts.
+        policies: Retries, fallbacks, breaker trips, breakers and bulkheads.
+    """
+
+    records_in: int
+    records_out: int
+    in_flight: int
+    dropped: int
+    dead_lettered: int
+    elapsed: float
+    checkpoints: int
+    last_checkpoint_age: float | None
+    positions: Mapping[str, int]
+    open_breakers: tuple[str, ...] = ()
+    lag: int | None = None
+    at: float = 0.0
+    outcome: Outcome | None = None
+    steps: tuple[StepStats, ...] = ()
+    sink: StepStats | None = None
+    source: SourceStatistics = field(default_factory=SourceStatistics)
+    dead_letters: Mapping[str, int] = field(default_factory=dict)
+    queue_depths: Mapping[str, int] = field(default_factory=dict)
+    checkpoint: CheckpointStatistics = field(default_factory=CheckpointStatistics)
+    policies: PolicyStatistics = field(default_factory=PolicyStatistics)
