@@ -36,7 +36,7 @@ from riprap._runtime.run import run as run
 from riprap._runtime.run import run_async as run_async
 from riprap._runtime.runtime import RunningPipeline as RunningPipeline
 from riprap.observability._report import RunReport as RunReport
-from riprap.observability._report import RunStatistics as RunStatistics
+from riprap.observability._statistics import RunStatistics as RunStatistics
 
 __all__ = (
     "Batch",

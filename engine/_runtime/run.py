@@ -20,12 +20,13 @@ import anyio
 
 from riprap._runtime.allocator import DEFAULT_TRIM_THRESHOLD, keep_freed_memory
 from riprap.observability._health import serve_health
-from riprap.observability._report import RunReport, RunStatistics
+from riprap.observability._statistics import RunStatistics
 
 if TYPE_CHECKING:
     from riprap._core.pipeline import Pipeline
     from riprap._runtime.runtime import RunningPipeline
     from riprap.observability._health import HealthConfig
+    from riprap.observability._report import RunReport
 
 log = logging.getLogger("riprap")
 

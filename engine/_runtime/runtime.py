@@ -45,15 +45,15 @@ from riprap._runtime.sink_feed import SinkFeed
 from riprap.checkpoints._checkpointer import Checkpointer
 from riprap.observability._alerts import AlertEvaluator
 from riprap.observability._metrics import create_registry
-from riprap.observability._report import (
+from riprap.observability._report import PolicyCounters, RunReport, StepCounters, build_report
+from riprap.observability._statistics import (
+    CheckpointStatistics,
     Outcome,
-    PolicyCounters,
-    RunReport,
     RunStatistics,
-    StepCounters,
+    SourceStatistics,
 )
 from riprap.observability._tracing import Tracing
-from riprap.policies import Policies, PolicyHook, PolicyStack
+from riprap.policies import Bulkhead, CircuitBreaker, Policies, PolicyHook, PolicyStack
 from riprap.policies._classify import DEFAULT_CLASSIFIER
 
 if TYPE_CHECKING:
@@ -165,6 +165,16 @@ def config_hash(pipeline: Plan) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def distinct_policies(pipeline: Plan) -> tuple[tuple[CircuitBreaker, ...], tuple[Bulkhead, ...]]:
+    """Every distinct breaker and bulkhead of the pipeline's steps and sink, in pipeline order."""
+    stacks = [s.policies for s in pipeline.steps if isinstance(s, OpStep) and s.policies]
+    if pipeline.sink_policies is not None:
+        stacks.append(pipeline.sink_policies)
+    breakers = {id(p.breaker): p.breaker for p in stacks if p.breaker is not None}
+    bulkheads = {id(p.bulkhead): p.bulkhead for p in stacks if p.bulkhead is not None}
+    return tuple(breakers.values()), tuple(bulkheads.values())
+
+
 def _default_backend(path: str) -> CheckpointBackend:
     from riprap.checkpoints._sqlite import SqliteCheckpoints
 
@@ -196,6 +206,7 @@ class Runtime:
             guard=self.options.dlq_guard,
         )
         self.events = PolicyCounters()
+        self.breakers, self.bulkheads = distinct_policies(pipeline)
         hooks = (self.events, *self.options.policy_hooks)
         self.segments = build_segments(pipeline.steps, self.router, clock=self.clock, hooks=hooks)
         tracing = self.options.tracing
@@ -253,25 +264,58 @@ class Runtime:
             self._processing_scope.cancel()
 
     def statistics(self) -> RunStatistics:
-        """A live snapshot of counters and positions."""
+        """One frozen snapshot of every counter, built without awaiting: a consistent cut.
+
+        Observers (metrics, health, alerts, progress, the report) read only this.
+        """
+        now = self.clock.monotonic()
+        lag = self._lag()
+        checkpoint = self._checkpoint_statistics(now)
+        steps = tuple(segment.counters.freeze() for segment in self.segments)
         return RunStatistics(
             records_in=self.records_in,
             records_out=self.sink_counters.records_out,
             in_flight=self.in_flight.in_flight - self._reserved,
-            dropped=self._dropped(),
+            dropped=sum(step.dropped for step in steps),
             dead_lettered=self.router.dead_lettered,
-            elapsed=self.clock.monotonic() - self._started_at,
-            checkpoints=self.checkpointer.saved,
-            last_checkpoint_age=self.checkpointer.age(),
+            elapsed=now - self._started_at,
+            checkpoints=checkpoint.saved,
+            last_checkpoint_age=checkpoint.age,
             positions=self.tracker.positions(),
             open_breakers=tuple(sorted(self.events.open_since)),
-            lag=self._lag(),
+            lag=None if lag is None else sum(lag.values()),
+            at=now,
+            outcome=None if self.report is None else self.report.outcome,
+            steps=steps,
+            sink=self.sink_counters.freeze(),
+            source=SourceStatistics(
+                name=self.source.name,
+                records_in=self.records_in,
+                outcomes=dict(self.source_outcomes),
+                lag=lag,
+            ),
+            dead_letters=dict(self.router.counts),
+            queue_depths=self.queue_depths(),
+            checkpoint=checkpoint,
+            policies=self.events.freeze(self.breakers, self.bulkheads),
         )
 
-    def _lag(self) -> int | None:
-        """Total records behind the source's partition ends, if the source knows."""
+    def _lag(self) -> dict[str, int] | None:
+        """Records behind each of the source's partition ends, if the source knows."""
         lag = getattr(self.source, "lag", None)
-        return sum(lag().values()) if callable(lag) else None
+        return dict(lag()) if callable(lag) else None
+
+    def _checkpoint_statistics(self, now: float) -> CheckpointStatistics:
+        """The checkpointer's counts, its age measured at ``now``."""
+        ck = self.checkpointer
+        return CheckpointStatistics(
+            saved=ck.saved,
+            skipped=ck.skipped,
+            failed=ck.failures,
+            last_duration=ck.last_duration,
+            age=None if ck.last_saved_at is None else now - ck.last_saved_at,
+            epoch=ck.epoch,
+        )
 
     async def drain(self, partitions: Collection[str], within: float) -> dict[str, int]:
         """Let ``partitions`` go: wait for their records in flight, checkpoint, stop tracking.
@@ -298,7 +342,7 @@ class Runtime:
     def registry(self) -> CollectorRegistry:
         """The run's own Prometheus registry (created on first use)."""
         if self._registry is None:
-            self._registry = create_registry(self)
+            self._registry = create_registry(self.pipeline.name, self.statistics)
         return self._registry
 
     # -- lifecycle -------------------------------------------------------------
@@ -340,7 +384,8 @@ class Runtime:
         self._started_at = self.clock.monotonic()
         if self.options.alerts:
             self.alerts = AlertEvaluator(
-                self,
+                name,
+                self.statistics,
                 self.options.alerts,
                 self.options.alert_sinks,
                 interval=self.options.alert_interval,
@@ -669,28 +714,8 @@ class Runtime:
             counts = self.checkpointer.crash_counts
             counts[key] = counts.get(key, 0) + 1
 
-    def _dropped(self) -> int:
-        return sum(segment.counters.dropped for segment in self.segments)
-
     def _report(self) -> RunReport:
-        return RunReport(
-            pipeline=self.pipeline.name,
-            outcome=self.outcome,
-            records_in=self.records_in,
-            records_out=self.sink_counters.records_out,
-            dropped=self._dropped(),
-            duration=max(self.clock.monotonic() - self._started_at, 0.0),
-            checkpoints=self.checkpointer.saved,
-            positions=self.tracker.positions(),
-            steps=(*tuple(s.counters.freeze() for s in self.segments), self.sink_counters.freeze()),
-            dead_lettered=dict(self.router.counts),
-            absorbed=sum(s.counters.absorbed for s in self.segments),
-            fallbacks=self.events.fallbacks,
-            retries=self.events.retries,
-            breaker_trips=self.events.breaker_trips,
-            source_outcomes=dict(self.source_outcomes),
-            error=str(self.error) if self.error is not None else None,
-        )
+        return build_report(self.pipeline.name, self.outcome, self.statistics(), self.error)
 
 
 def _noop() -> None:
@@ -738,7 +763,7 @@ class RunningPipeline:
         await self._runtime.checkpointer.save(force=True)
 
     def statistics(self) -> RunStatistics:
-        """Counters and positions right now."""
+        """A frozen snapshot of the run's counters and positions right now."""
         return self._runtime.statistics()
 
     @property

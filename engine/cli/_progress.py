@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TextIO, final
 
 if TYPE_CHECKING:
-    from riprap.observability._report import RunStatistics
+    from riprap.observability._statistics import RunStatistics
 
 
 @final

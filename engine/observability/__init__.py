@@ -18,7 +18,10 @@ from riprap.observability._health import HealthConfig as HealthConfig
 from riprap.observability._health import serve_health as serve_health
 from riprap.observability._logging import JsonFormatter as JsonFormatter
 from riprap.observability._redact import Redactor as Redactor
-from riprap.observability._report import StepStats as StepStats
+from riprap.observability._statistics import CheckpointStatistics as CheckpointStatistics
+from riprap.observability._statistics import PolicySummary as PolicySummary
+from riprap.observability._statistics import SourceStatistics as SourceStatistics
+from riprap.observability._statistics import StepStats as StepStats
 from riprap.observability._tracing import trace_headers as trace_headers
 
 __all__ = (
@@ -26,10 +29,13 @@ __all__ = (
     "AlertRule",
     "AlertSink",
     "CallbackAlerts",
+    "CheckpointStatistics",
     "HealthConfig",
     "JsonFormatter",
     "LogAlerts",
+    "PolicySummary",
     "Redactor",
+    "SourceStatistics",
     "StepStats",
     "WebhookAlerts",
     "serve_health",

@@ -1,4 +1,4 @@
-"""In-process alert rules: evaluated on the run's counters, delivered once per incident.
+"""In-process alert rules: evaluated on the run's statistics, delivered once per incident.
 
 A rule watches one signal (error rate, dead letters, lag growth, breaker open
 time, checkpoint age, restarts) over a window. It fires when the signal stays
@@ -24,7 +24,7 @@ from riprap.policies import Policies, PolicyStack, Retry
 
 if TYPE_CHECKING:
     from riprap._core.clock import Clock
-    from riprap._runtime.runtime import Runtime
+    from riprap.observability._statistics import RunStatistics
 
 log = logging.getLogger("riprap.alerts")
 
@@ -186,18 +186,29 @@ class _RuleState:
 
 @final
 class AlertEvaluator:
-    """Evaluates rules on a run's counters every ``interval`` seconds of its clock."""
+    """Evaluates rules on a run's statistics every ``interval`` seconds of its clock.
+
+    Args:
+        pipeline: The pipeline's name, carried by every alert.
+        statistics: Returns the run's current :class:`~riprap.RunStatistics`.
+        rules: The rules to evaluate.
+        sinks: Where state changes are delivered.
+        interval: Seconds between evaluations.
+        clock: The pipeline's clock.
+    """
 
     def __init__(
         self,
-        runtime: Runtime,
+        pipeline: str,
+        statistics: Callable[[], RunStatistics],
         rules: Sequence[AlertRule],
         sinks: Sequence[AlertSink],
         *,
         interval: float,
         clock: Clock,
     ) -> None:
-        self.runtime = runtime
+        self.pipeline = pipeline
+        self.statistics = statistics
         self.rules = tuple(rules)
         self.sinks = tuple(sinks)
         self.interval = interval
@@ -214,22 +225,19 @@ class AlertEvaluator:
             await self.evaluate()
 
     async def evaluate(self) -> None:
-        """Sample the run, update every rule, deliver state changes."""
+        """Sample the run once, update every rule, deliver state changes."""
         now = self.clock.monotonic()
-        self._sample(now)
+        stats = self.statistics()
+        self._sample(stats, now)
         for rule in self.rules:
-            value = self._signal(rule, now)
+            value = self._signal(rule, stats, now)
             alert = self._transition(rule, value, now)
             if alert is not None:
                 await self._deliver(alert)
 
-    def _sample(self, now: float) -> None:
-        rt = self.runtime
-        lag_fn = getattr(rt.source, "lag", None)
-        lag = sum(lag_fn().values()) if callable(lag_fn) else 0
-        stats = rt.statistics()
+    def _sample(self, stats: RunStatistics, now: float) -> None:
         finished = stats.records_out + stats.dropped + stats.dead_lettered
-        self._samples.append((now, finished, rt.router.dead_lettered, lag))
+        self._samples.append((now, finished, stats.dead_lettered, stats.lag or 0))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self._window:
             self._samples.popleft()
 
@@ -242,8 +250,7 @@ class AlertEvaluator:
                 break
         return current[1] - start[1], current[2] - start[2], current[3] - start[3]
 
-    def _signal(self, rule: AlertRule, now: float) -> float:
-        rt = self.runtime
+    def _signal(self, rule: AlertRule, stats: RunStatistics, now: float) -> float:
         records, dead, lag = self._delta(rule, now)
         if rule.signal == "error_rate":
             return dead / records if records else 0.0
@@ -252,11 +259,11 @@ class AlertEvaluator:
         if rule.signal == "lag_growth":
             return float(lag)
         if rule.signal == "breaker_open":
-            opened = rt.events.open_since.values()
+            opened = stats.policies.open_since.values()
             return max((now - since for since in opened), default=0.0)
         if rule.signal == "checkpoint_age":
-            return rt.checkpointer.age() or 0.0
-        return float(max(rt.checkpointer.epoch - 1, 0))
+            return stats.checkpoint.age or 0.0
+        return float(max(stats.checkpoint.epoch - 1, 0))
 
     def _transition(self, rule: AlertRule, value: float, now: float) -> Alert | None:
         state = self._states[rule.name]
@@ -282,7 +289,7 @@ class AlertEvaluator:
         return Alert(
             rule=rule.name,
             status=status,
-            pipeline=self.runtime.pipeline.name,
+            pipeline=self.pipeline,
             signal=rule.signal,
             value=value,
             threshold=rule.threshold,

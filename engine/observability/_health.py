@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import orjson
 from aiohttp import web
@@ -20,7 +20,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from riprap._runtime.runtime import RunningPipeline
+    from prometheus_client import CollectorRegistry
+
+    from riprap.observability._statistics import RunStatistics
+
+
+class MonitoredRun(Protocol):
+    """What the health server needs of a run: :class:`~riprap.RunningPipeline` is one."""
+
+    def statistics(self) -> RunStatistics:
+        """The run's statistics snapshot right now."""
+        ...
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """The run's own Prometheus registry."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,20 +76,18 @@ class StallDetector:
         return stuck if stuck >= self.stall_after else None
 
 
-def readiness(running: RunningPipeline, config: HealthConfig, stall: StallDetector) -> list[str]:
-    """Why the pipeline is not ready (empty when it is)."""
-    runtime = running._runtime
+def readiness(stats: RunStatistics, config: HealthConfig, stall: StallDetector) -> list[str]:
+    """Why the run ``stats`` describes is not ready (empty when it is)."""
     problems: list[str] = []
-    if runtime.finished.is_set():
-        problems.append(f"run ended ({runtime.outcome})")
-    now = runtime.clock.monotonic()
-    for dependency, since in sorted(runtime.events.open_since.items()):
+    if stats.outcome is not None:
+        problems.append(f"run ended ({stats.outcome})")
+    now = stats.at
+    for dependency, since in sorted(stats.policies.open_since.items()):
         if now - since > config.max_breaker_open:
             problems.append(f"breaker {dependency!r} open for {now - since:.0f}s")
-    age = runtime.checkpointer.age()
+    age = stats.checkpoint.age
     if age is not None and age > config.max_checkpoint_age:
         problems.append(f"last checkpoint {age:.0f}s ago")
-    stats = runtime.statistics()
     finished = stats.records_out + stats.dropped + stats.dead_lettered
     stuck = stall.stalled(finished=finished, in_flight=stats.in_flight, now=now)
     if stuck is not None:
@@ -101,12 +114,15 @@ class HealthServer:
 
 @asynccontextmanager
 async def serve_health(
-    running: RunningPipeline, config: HealthConfig | None = None
+    running: MonitoredRun, config: HealthConfig | None = None
 ) -> AsyncIterator[HealthServer]:
-    """Serve /metrics, /healthz and /readyz for ``running`` while the block runs."""
+    """Serve /metrics, /healthz and /readyz for ``running`` while the block runs.
+
+    Only ``running.statistics()`` and ``running.metrics_registry`` are used.
+    """
     config = config or HealthConfig()
     stall = StallDetector(config.stall_after)
-    registry = running._runtime.registry
+    registry = running.metrics_registry
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)
@@ -116,7 +132,7 @@ async def serve_health(
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
     async def readyz(_: web.Request) -> web.Response:
-        problems = readiness(running, config, stall)
+        problems = readiness(running.statistics(), config, stall)
         body = orjson.dumps({"ready": not problems, "problems": problems})
         return web.Response(
             body=body, status=503 if problems else 200, content_type="application/json"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, final
 
+from riprap.observability._statistics import PolicySummary, StepStats, steps_and_sink
 from riprap.policies import CircuitState, CircuitStateChanged, FallbackUsed, RetryScheduled
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
-    from riprap.policies import PolicyEvent
-
-Outcome = Literal["completed", "stopped", "failed", "aborted"]
+    from riprap.observability._statistics import Outcome, RunStatistics
+    from riprap.policies import Bulkhead, CircuitBreaker, PolicyEvent
 
 
 @final
@@ -48,35 +48,16 @@ class StepCounters:
 
     def freeze(self) -> StepStats:
         """An immutable copy."""
-        return StepStats(self.step_id, self.records_in, self.records_out, self.errors, self.dropped)
-
-
-@dataclass(frozen=True, slots=True)
-class StepStats:
-    """Counts of one step (fused steps report together, as ``a+b+c``)."""
-
-    step_id: str
-    records_in: int
-    records_out: int
-    errors: int
-    dropped: int
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatistics:
-    """A live view of a running pipeline."""
-
-    records_in: int
-    records_out: int
-    in_flight: int
-    dropped: int
-    dead_lettered: int
-    elapsed: float
-    checkpoints: int
-    last_checkpoint_age: float | None
-    positions: Mapping[str, int]
-    open_breakers: tuple[str, ...] = ()
-    lag: int | None = None
+        return StepStats(
+            self.step_id,
+            self.records_in,
+            self.records_out,
+            self.errors,
+            self.dropped,
+            self.absorbed,
+            self.batches,
+            self.busy_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,24 +137,38 @@ class RunReport:
         return "\n".join(lines)
 
 
+def build_report(
+    pipeline: str, outcome: Outcome, stats: RunStatistics, error: BaseException | None
+) -> RunReport:
+    """The report of a run that ended with ``outcome``, from its final statistics."""
+    policies = stats.policies
+    return RunReport(
+        pipeline=pipeline,
+        outcome=outcome,
+        records_in=stats.records_in,
+        records_out=stats.records_out,
+        dropped=stats.dropped,
+        duration=max(stats.elapsed, 0.0),
+        checkpoints=stats.checkpoints,
+        positions=stats.positions,
+        steps=steps_and_sink(stats),
+        dead_lettered=stats.dead_letters,
+        absorbed=sum(step.absorbed for step in stats.steps),
+        fallbacks=sum(policies.fallbacks_by_stage.values()),
+        retries=sum(policies.retries_by_stage.values()),
+        breaker_trips=sum(policies.trips_by_dependency.values()),
+        source_outcomes=stats.source.outcomes,
+        error=str(error) if error is not None else None,
+    )
+
+
 @final
 class PolicyCounters:
     """A policy hook that counts retries, fallbacks and breaker trips for reports and metrics."""
 
-    __slots__ = (
-        "breaker_trips",
-        "fallbacks",
-        "fallbacks_by_stage",
-        "open_since",
-        "retries",
-        "retries_by_stage",
-        "trips_by_dependency",
-    )
+    __slots__ = ("fallbacks_by_stage", "open_since", "retries_by_stage", "trips_by_dependency")
 
     def __init__(self) -> None:
-        self.retries = 0
-        self.fallbacks = 0
-        self.breaker_trips = 0
         self.retries_by_stage: dict[str, int] = {}
         self.fallbacks_by_stage: dict[str, int] = {}
         self.trips_by_dependency: dict[str, int] = {}
@@ -182,18 +177,28 @@ class PolicyCounters:
     def __call__(self, event: PolicyEvent) -> None:
         stage = event.stage or ""
         if isinstance(event, RetryScheduled):
-            self.retries += 1
             self.retries_by_stage[stage] = self.retries_by_stage.get(stage, 0) + 1
         elif isinstance(event, FallbackUsed):
-            self.fallbacks += 1
             self.fallbacks_by_stage[stage] = self.fallbacks_by_stage.get(stage, 0) + 1
         elif isinstance(event, CircuitStateChanged):
             dependency = event.dependency or ""
             if event.new in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
-                self.breaker_trips += 1
                 self.trips_by_dependency[dependency] = (
                     self.trips_by_dependency.get(dependency, 0) + 1
                 )
                 self.open_since.setdefault(dependency, event.at)
             elif event.new is CircuitState.CLOSED:
                 self.open_since.pop(dependency, None)
+
+    def freeze(
+        self, breakers: Iterable[CircuitBreaker], bulkheads: Iterable[Bulkhead]
+    ) -> PolicySummary:
+        """An immutable copy, with the state of the run's ``breakers`` and ``bulkheads``."""
+        return PolicySummary(
+            retries_by_stage=dict(self.retries_by_stage),
+            fallbacks_by_stage=dict(self.fallbacks_by_stage),
+            trips_by_dependency=dict(self.trips_by_dependency),
+            open_since=dict(self.open_since),
+            breakers=tuple(breaker.statistics() for breaker in breakers),
+            bulkheads=tuple(bulkhead.statistics() for bulkhead in bulkheads),
+        )

@@ -61,8 +61,8 @@ class CheckpointStatistics:
 
     Attributes:
         saved: Checkpoints written.
-        skipped: Periodic saves skipped because nothing changed.
-        failed: Saves that failed.
+        skipped: Periodic saves skipped because the previous one was still running.
+        failed: Periodic saves that failed (the next one retries).
         last_duration: Seconds the last save took (``None`` before the first).
         age: Seconds since the last save (``None`` before the first).
         epoch: Times the pipeline was started, ever: restarts show here.
@@ -77,8 +77,10 @@ class CheckpointStatistics:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PolicyStatistics:
-    """Retries, fallbacks and breaker trips seen by the run, and its breakers and bulkheads.
+class PolicySummary:
+    """Retries, fallbacks and breaker trips of the whole run, and its breakers and bulkheads.
+
+    Not :class:`riprap.policies.PolicyStatistics`, which describes one policy stack.
 
     Attributes:
         retries_by_stage: Retries scheduled, by stage.
@@ -147,4 +149,9 @@ class RunStatistics:
     dead_letters: Mapping[str, int] = field(default_factory=dict)
     queue_depths: Mapping[str, int] = field(default_factory=dict)
     checkpoint: CheckpointStatistics = field(default_factory=CheckpointStatistics)
-    policies: PolicyStatistics = field(default_factory=PolicyStatistics)
+    policies: PolicySummary = field(default_factory=PolicySummary)
+
+
+def steps_and_sink(stats: RunStatistics) -> tuple[StepStats, ...]:
+    """The per-step counts followed by the sink's (the run report's ``steps``)."""
+    return stats.steps if stats.sink is None else (*stats.steps, stats.sink)
