@@ -223,6 +223,7 @@ async def raw_loop(job: KafkaJob) -> int:
 async def riprap_run(job: KafkaJob) -> int:
     """The same work as a riprap pipeline with checkpoints in memory; stops when all is done."""
     import riprap
+    import riprap.checkpoints
     from riprap.connectors.kafka import KafkaSink, KafkaSource
 
     pipeline = (

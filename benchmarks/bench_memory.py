@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.memory import IterableSource
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ import aiohttp
 import anyio
 
 import riprap
+import riprap.observability
 from benchmarks.bench_memory import CountSink, make_records, riprap_pipeline
 
 SCRAPE_EVERY = 0.1

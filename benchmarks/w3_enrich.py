@@ -38,6 +38,7 @@ import orjson
 from aiohttp import web
 
 import riprap
+import riprap.checkpoints
 from benchmarks._child import Result, child_main, expected_count, make_input, start_measuring
 from benchmarks.bench_memory import CountSink, add_cents, has_email
 from riprap.connectors.memory import IterableSource

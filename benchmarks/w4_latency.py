@@ -31,6 +31,7 @@ import anyio
 import orjson
 
 import riprap
+import riprap.checkpoints
 from benchmarks._child import (
     Result,
     child_main,

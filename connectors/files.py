@@ -49,6 +49,7 @@ import orjson
 
 from riprap import ConfigError, DataError, DecodeError, SourceBatch
 from riprap.checkpoints import CheckpointError
+from riprap.lowlevel import fsync_directory
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
@@ -514,7 +515,7 @@ class _AppendSink:
         try:
             size = os.fstat(fd).st_size
             if created:
-                _fsync_dir(self.path)
+                fsync_directory(os.path.dirname(os.path.abspath(self.path)))
             elif size and not self._ends_with_newline():
                 # A torn last line (a crash mid-write): end it, so the next record
                 # starts on its own line instead of being glued to the fragment.
@@ -667,17 +668,6 @@ class CsvSink(_AppendSink):
             return buffer.getvalue().encode(self.encoding)
         except UnicodeEncodeError as exc:
             raise DataError(f"{self.path}: not encodable as {self.encoding}: {exc}") from None
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new file's directory entry durable (POSIX; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _naming(exc: OSError, path: str) -> OSError:

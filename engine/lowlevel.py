@@ -1,13 +1,15 @@
 """What connectors, stages and embedding services build on, beyond the core in :mod:`riprap`.
 
 Acks tie derived records to their source position; origins map a batch's items
-back to source records; ``Emit`` is how a stage hands on results.
+back to source records; ``Emit`` is how a stage hands on results;
+``fsync_directory`` makes a file sink's new files and renames durable.
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+from riprap._core.files import fsync_directory as fsync_directory
 from riprap._core.protocols import Emit as Emit
 from riprap._core.public import fixup_module_metadata as fixup_module_metadata
 from riprap._core.records import DropsOrigin as DropsOrigin
@@ -25,6 +27,7 @@ __all__ = (
     "Origin",
     "SourceOrigin",
     "fixup_module_metadata",
+    "fsync_directory",
     "keep_freed_memory",
 )
 

@@ -1,24 +1,27 @@
-"""Helpers for testing pipelines: virtual time and a one-call runner.
+"""Helpers for testing pipelines: virtual time, a one-call runner and polling for a state.
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+import inspect
 import socket
 import subprocess
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import anyio
+
 from riprap._core.public import fixup_module_metadata
 from riprap._core.virtual_clock import VirtualClock as VirtualClock
 from riprap._core.virtual_clock import wait_all_tasks_blocked as wait_all_tasks_blocked
 
-__all__ = ("VirtualClock", "kafka_broker", "run_pipeline", "wait_all_tasks_blocked")
+__all__ = ("VirtualClock", "kafka_broker", "run_pipeline", "wait_all_tasks_blocked", "wait_until")
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from riprap._core.pipeline import Pipeline
     from riprap.observability._report import RunReport
@@ -34,6 +37,53 @@ async def run_pipeline(pipeline: Pipeline, *, clock: VirtualClock | None = None)
         return await pipeline.run()
     async with clock.autojump():
         return await pipeline.with_options(clock=clock).run()
+
+
+_POLL = 0.001
+"""Seconds between two looks at a condition in :func:`wait_until`."""
+
+
+async def wait_until(
+    condition: Callable[[], object],
+    *,
+    # An argument, not a cancel scope around the call, so that the error can say what it awaited.
+    timeout: float = 5.0,  # noqa: ASYNC109
+    what: str | None = None,
+) -> None:
+    """Return once ``condition()`` is true, polling it while yielding to the event loop.
+
+    For state that other tasks change without an event to wait on, such as what
+    a sink received or what a test server was asked; the bound makes a bug fail
+    the test instead of hanging it. It looks at once, then every millisecond of
+    the event loop's real clock, which a :class:`VirtualClock` does not touch.
+
+    Args:
+        condition: Called with no arguments; any true value ends the wait.
+        timeout: Seconds to wait at most.
+        what: What is awaited, for the error; by default the condition's name,
+            or the source line of a lambda.
+
+    Raises:
+        TimeoutError: ``condition`` was still false after ``timeout`` seconds.
+    """
+    deadline = anyio.current_time() + timeout
+    while True:
+        if condition():
+            return
+        if anyio.current_time() >= deadline:
+            raise TimeoutError(f"waited {timeout} s for {what or _describe(condition)}")
+        await anyio.sleep(_POLL)
+
+
+def _describe(condition: Callable[[], object]) -> str:
+    """A function's qualified name; for a lambda, its source line, which says more."""
+    name: str = getattr(condition, "__qualname__", repr(condition))
+    if not name.endswith("<lambda>"):
+        return name
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return name
 
 
 @contextmanager

@@ -37,6 +37,7 @@ import anyio.lowlevel
 from aiohttp import web
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.sqlite import SqliteSink
 
 if TYPE_CHECKING:

@@ -37,6 +37,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
 
 BOOTSTRAP = os.environ.get("RIPRAP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")

@@ -15,6 +15,7 @@ import random
 import anyio
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
 
 balances: dict[str, int] = {}

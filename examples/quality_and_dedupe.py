@@ -30,6 +30,8 @@ import anyio
 import orjson
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink, read_table
 from riprap.stages.dedupe import Dedupe

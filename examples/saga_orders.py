@@ -30,6 +30,7 @@ import anyio
 import orjson
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.memory import IterableSource
 from riprap.connectors.sqlite import SqliteSink
 from riprap.policies import Retry

@@ -29,6 +29,8 @@ from typing import Any
 import orjson
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink, read_table_sync
 from riprap.stages.window import Aggregate, Window, tumbling

@@ -1,8 +1,10 @@
 """The checkpoint backend contract: every backend's test module imports these tests.
 
-A module provides an async ``backend`` fixture yielding a fresh backend, then
-``from tests.checkpoint_contract import *``; pytest collects the imported tests
-there and runs them against that backend (trio's ``check_one_way_stream`` habit).
+A module provides an async ``backend`` fixture yielding a fresh backend and a
+``twin_backends`` fixture yielding two backends on one store (what two processes
+sharing it see), then ``from tests.checkpoint_contract import *``; pytest
+collects the imported tests there and runs them against those backends (trio's
+``check_one_way_stream`` habit).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "test_aclose_keeps_data",
     "test_backwards_seq_refused",
     "test_claim_increments_epoch",
+    "test_fencing_across_instances",
     "test_load_unknown_pipeline",
     "test_new_epoch_restarts_seq",
     "test_pipelines_independent",
@@ -166,3 +169,22 @@ async def test_aclose_keeps_data(backend: CheckpointBackend) -> None:
 
 
 # -- fencing between processes ------------------------------------------------------------------
+
+
+async def test_fencing_across_instances(
+    twin_backends: tuple[CheckpointBackend, CheckpointBackend],
+) -> None:
+    """Two backends on one store fence each other: the zombie's save is refused after a claim."""
+    zombie, heir = twin_backends
+    await zombie.claim("orders", "zombie")
+    await zombie.save(snapshot(1, "zombie", seq=1))
+    claim = await heir.claim("orders", "heir")
+    with pytest.raises(FencedError):
+        await zombie.save(snapshot(1, "zombie", seq=2))
+    heir_cp = snapshot(2, "heir", seq=1)
+    await heir.save(heir_cp)
+    assert (2, snapshot(1, "zombie", seq=1), heir_cp) == (
+        claim.epoch,
+        claim.checkpoint,
+        await zombie.load("orders"),
+    )

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
+import riprap.observability
 from riprap.cli._main import load_pipeline
 
 if TYPE_CHECKING:

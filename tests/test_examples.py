@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.sqlite import read_table
+from tests._examples import load_example
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -21,24 +22,15 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEADLINE = 60.0
 
 
 @pytest.fixture
 def aiohttp_service() -> Iterator[ModuleType]:
-    """The ``examples/aiohttp_service.py`` module, imported from its file."""
-    name = "examples_aiohttp_service"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / "aiohttp_service.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look classes up here
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[name]
+    """The ``examples/aiohttp_service.py`` module, imported from its file for one test."""
+    module = load_example("aiohttp_service.py")
+    yield module
+    del sys.modules[module.__name__]
 
 
 async def get_stats(client: TestClient[web.Request, web.Application]) -> dict[str, Any]:

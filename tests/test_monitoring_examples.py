@@ -10,6 +10,7 @@ import anyio
 from prometheus_client import generate_latest
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
 
 MONITORING = Path(__file__).parent.parent / "examples" / "monitoring"

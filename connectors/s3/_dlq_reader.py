@@ -174,6 +174,28 @@ async def _download(
     return await read_body(config, response), str(response.get("ETag", ""))
 
 
+async def _open_listed(
+    stack: contextlib.AsyncExitStack,
+    config: S3ClientConfig,
+    endpoint_url: str | None,
+    bucket: str,
+    prefix: str,
+) -> tuple[Any, list[str]]:
+    """A client that ``stack`` keeps open, and the keys of the objects under ``prefix``."""
+    with _store_errors(f"s3://{bucket}/{prefix}"):
+        client = await open_client(stack, config, endpoint_url)
+        return client, await _letter_keys(config, client, bucket, prefix)
+
+
+async def _read_object(
+    config: S3ClientConfig, client: Any, bucket: str, prefix: str, key: str
+) -> tuple[_ObjectLetters, str]:
+    """The letters of object ``key`` (its own partition) and its ETag."""
+    with _store_errors(f"s3://{bucket}/{prefix}"):
+        data, etag = await _download(config, client, bucket, key)
+    return _ObjectLetters(f"s3://{bucket}/{key}", key, key, data), etag
+
+
 async def iter_s3_dead_letters(
     bucket: str,
     prefix: str = "",
@@ -194,17 +216,12 @@ async def iter_s3_dead_letters(
     .. versionadded:: 0.1
     """
     config = client_config or S3ClientConfig()
-    where = f"s3://{bucket}/{prefix}"
     seen: set[str] = set()
     everything = DeadLetterFilter()
     async with contextlib.AsyncExitStack() as stack:
-        with _store_errors(where):
-            client = await open_client(stack, config, endpoint_url)
-            keys = await _letter_keys(config, client, bucket, prefix)
+        client, keys = await _open_listed(stack, config, endpoint_url, bucket, prefix)
         for key in keys:
-            with _store_errors(where):
-                data, _ = await _download(config, client, bucket, key)
-            letters = _ObjectLetters(f"s3://{bucket}/{key}", key, key, data)
+            letters, _ = await _read_object(config, client, bucket, prefix, key)
             while (found := letters.next_letter(seen, everything)) is not None:
                 yield found[1]
 
@@ -233,15 +250,11 @@ async def purge_s3_dead_letters(
     config = client_config or S3ClientConfig()
     where = f"s3://{bucket}/{prefix}"
     async with contextlib.AsyncExitStack() as stack:
-        with _store_errors(where):
-            client = await open_client(stack, config, endpoint_url)
-            keys = await _letter_keys(config, client, bucket, prefix)
+        client, keys = await _open_listed(stack, config, endpoint_url, bucket, prefix)
         old: list[tuple[str, str, int]] = []
         kept_letters = kept_objects = 0
         for key in keys:
-            with _store_errors(where):
-                data, etag = await _download(config, client, bucket, key)
-            letters = _ObjectLetters(f"s3://{bucket}/{key}", key, key, data)
+            letters, etag = await _read_object(config, client, bucket, prefix, key)
             ages = [
                 letter.last_failure_at < before
                 for index in range(len(letters.lines))

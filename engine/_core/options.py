@@ -86,22 +86,15 @@ class PipelineOptions:
         positive_number("checkpoint_interval", self.checkpoint_interval)
         if not _is_number(self.drain_timeout) or self.drain_timeout < 0:
             raise ConfigError("drain_timeout", f"must be >= 0 seconds, got {self.drain_timeout!r}")
-        if self.checkpoint is not None and not isinstance(self.checkpoint, CheckpointBackend):
-            raise ConfigError(
-                "checkpoint",
-                f"{self.checkpoint!r} does not implement CheckpointBackend "
-                "(claim, save, load, aclose)",
+        if self.checkpoint is not None:
+            implements(
+                "checkpoint", self.checkpoint, CheckpointBackend, "claim, save, load, aclose"
             )
         if self.checkpoint is None and not self.checkpoint_path:
             raise ConfigError("checkpoint_path", "must be a file path when no checkpoint is given")
-        if not isinstance(self.clock, Clock):
-            raise ConfigError("clock", f"{self.clock!r} does not implement Clock")
-        if self.dead_letter is not None and not isinstance(self.dead_letter, DeadLetterSink):
-            raise ConfigError(
-                "dead_letter",
-                f"{self.dead_letter!r} does not implement DeadLetterSink "
-                "(name, open, write, aclose)",
-            )
+        implements("clock", self.clock, Clock)
+        if self.dead_letter is not None:
+            implements("dead_letter", self.dead_letter, DeadLetterSink, "name, open, write, aclose")
         if not isinstance(self.redactor, Redactor):
             raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
         positive_int("max_crashes", self.max_crashes)
@@ -112,8 +105,7 @@ class PipelineOptions:
             if not isinstance(rule, AlertRule):
                 raise ConfigError("alerts", f"must hold riprap.AlertRule objects, got {rule!r}")
         for sink in self.alert_sinks:
-            if not isinstance(sink, AlertSink):
-                raise ConfigError("alert_sinks", f"{sink!r} does not implement AlertSink (deliver)")
+            implements("alert_sinks", sink, AlertSink, "deliver")
         if self.dlq_guard is not None:
             if not isinstance(self.dlq_guard, DeadLetterGuard):
                 raise ConfigError(
@@ -137,3 +129,17 @@ def positive_int(option: str, value: object) -> None:
 def positive_number(option: str, value: object) -> None:
     if not _is_number(value) or value <= 0:  # type: ignore[operator]
         raise ConfigError(option, f"must be a positive number of seconds, got {value!r}")
+
+
+def implements(option: str, value: object, protocol: type, members: str = "") -> None:
+    """Refuse a ``value`` that lacks what the runtime-checkable ``protocol`` needs.
+
+    Args:
+        option: What the value was given as, for the message.
+        value: The plug-in object.
+        protocol: The protocol it must implement.
+        members: The protocol's members, listed in the message as a reminder.
+    """
+    if not isinstance(value, protocol):
+        needs = f" ({members})" if members else ""
+        raise ConfigError(option, f"{value!r} does not implement {protocol.__name__}{needs}")

@@ -19,6 +19,7 @@ from riprap._core.options import (
     DEFAULT_SINK_RETRY,
     OPTION_NAMES,
     PipelineOptions,
+    implements,
     positive_int,
     positive_number,
 )
@@ -119,10 +120,7 @@ class Pipeline:
 
     def source(self, source: Source) -> Pipeline:
         """Set where records come from."""
-        if not isinstance(source, Source):
-            raise ConfigError(
-                "source", f"{source!r} does not implement Source (name, open, read, aclose)"
-            )
+        implements("source", source, Source, "name, open, read, aclose")
         return self._with(source_=source)
 
     def sink(
@@ -142,11 +140,7 @@ class Pipeline:
         sink stays down the run stops without loss (the checkpoint does not
         pass unwritten records). A breaker on the sink always waits while open.
         """
-        if not isinstance(sink, Sink):
-            raise ConfigError(
-                "sink",
-                f"{sink!r} does not implement Sink (name, idempotent, open, write, flush, aclose)",
-            )
+        implements("sink", sink, Sink, "name, idempotent, open, write, flush, aclose")
         policies = step_policies("sink", retry, timeout, attempt_timeout, breaker, "wait", bulkhead)
         return self._with(sink_=sink, sink_policies=policies)
 
@@ -183,11 +177,7 @@ class Pipeline:
 
     def stage(self, stage: Stage) -> Pipeline:
         """Add a custom :class:`~riprap.Stage`."""
-        if not isinstance(stage, Stage):
-            raise ConfigError(
-                "stage",
-                f"{stage!r} does not implement Stage (step_id, process, finish, snapshot, restore)",
-            )
+        implements("stage", stage, Stage, "step_id, process, finish, snapshot, restore")
         self._check_step_id(stage.step_id)
         return self._with(steps=(*self.steps, StageStep(stage)))
 

@@ -25,20 +25,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 from urllib.parse import quote
 
-import anyio.lowlevel
-import anyio.to_thread
 import orjson
 
 from riprap._core.errors import CheckpointError
-from riprap.checkpoints._memory import check_save, claim_problem, decode, encode
+from riprap._core.files import fsync_directory, make_directory
+from riprap.checkpoints._memory import check_save, claim_problem, decode
 from riprap.checkpoints._snapshot import Checkpoint, Claim
+from riprap.checkpoints._threaded import ThreadedCheckpoints
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
 @final
-class FileCheckpoints:
+class FileCheckpoints(ThreadedCheckpoints):
     """Checkpoints as JSON files in ``directory`` (created on first claim); POSIX only.
 
     Args:
@@ -52,24 +52,7 @@ class FileCheckpoints:
         self.directory = Path(directory)
         self._lock_timeout = lock_timeout
 
-    async def claim(self, pipeline: str, owner: str) -> Claim:
-        """Take the next epoch of ``pipeline`` for ``owner``; return it with the latest snapshot."""
-        return await anyio.to_thread.run_sync(self._claim, pipeline, owner)
-
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` atomically and durably if its writer still holds the claim."""
-        data = encode(checkpoint)
-        await anyio.to_thread.run_sync(self._save, checkpoint, data)
-
-    async def load(self, pipeline: str) -> Checkpoint | None:
-        """The latest snapshot of ``pipeline``, or ``None``."""
-        return await anyio.to_thread.run_sync(self._read_snapshot, pipeline)
-
-    async def aclose(self) -> None:
-        """Nothing to release: no file stays open between calls."""
-        await anyio.lowlevel.checkpoint()
-
-    def _claim(self, pipeline: str, owner: str) -> Claim:
+    def _claim_sync(self, pipeline: str, owner: str) -> Claim:
         with self._locked(pipeline):
             epoch, _ = self._read_claim(pipeline)
             latest = self._read_snapshot(pipeline)
@@ -79,7 +62,7 @@ class FileCheckpoints:
             self._write(self._path(pipeline, ".claim.json"), orjson.dumps(record))
         return Claim(epoch, owner, latest)
 
-    def _save(self, checkpoint: Checkpoint, data: bytes) -> None:
+    def _save_sync(self, checkpoint: Checkpoint, data: bytes) -> None:
         pipeline = checkpoint.pipeline
         with self._locked(pipeline):
             epoch, owner = self._read_claim(pipeline)
@@ -87,6 +70,12 @@ class FileCheckpoints:
             saved = (stored.epoch, stored.seq) if stored is not None else None
             check_save(checkpoint, epoch=epoch, owner=owner, saved=saved)
             self._write(self._path(pipeline, ".checkpoint.json"), data)
+
+    def _load_sync(self, pipeline: str) -> Checkpoint | None:
+        return self._read_snapshot(pipeline)
+
+    def _close_sync(self) -> None:
+        """Nothing to release: no file stays open between calls."""
 
     def _path(self, pipeline: str, suffix: str) -> Path:
         # Percent-encoding is injective and leaves no "/" in the name; the suffixes
@@ -164,7 +153,7 @@ class FileCheckpoints:
                 os.unlink(temp)
             raise CheckpointError(f"{path}: cannot write: {exc}") from exc
         try:
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         except OSError as exc:
             raise CheckpointError(f"{path}: written, but not yet durable: {exc}") from exc
 
@@ -180,19 +169,8 @@ def _read(path: Path) -> bytes | None:
 
 
 def _make_directory(directory: Path) -> None:
-    """Create ``directory`` if needed, durably (its parent's entry is fsynced too)."""
-    if directory.is_dir():
-        return
+    """Create ``directory`` if needed, durably; a failure is a :class:`CheckpointError`."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        _fsync_directory(directory.parent)
+        make_directory(directory)
     except OSError as exc:
         raise CheckpointError(f"{directory}: cannot create checkpoint directory: {exc}") from exc
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
-import anyio.to_thread
-
 from riprap._core.errors import CheckpointError
-from riprap.checkpoints._memory import check_save, decode, encode
+from riprap._core.files import make_directory
+from riprap.checkpoints._memory import check_save, decode
 from riprap.checkpoints._snapshot import Checkpoint, Claim
+from riprap.checkpoints._threaded import ThreadedCheckpoints
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -47,7 +47,7 @@ class _Row:
 
 
 @final
-class SqliteCheckpoints:
+class SqliteCheckpoints(ThreadedCheckpoints):
     """Checkpoints in an SQLite database file (created, with its directory, on first use).
 
     One connection per backend, opened lazily in a worker thread and guarded by
@@ -67,24 +67,7 @@ class SqliteCheckpoints:
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
-    async def claim(self, pipeline: str, owner: str) -> Claim:
-        """Take the next epoch of ``pipeline`` for ``owner``; return it with the latest snapshot."""
-        return await anyio.to_thread.run_sync(self._claim, pipeline, owner)
-
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` atomically and durably if its writer still holds the claim."""
-        data = encode(checkpoint)
-        await anyio.to_thread.run_sync(self._save, checkpoint, data)
-
-    async def load(self, pipeline: str) -> Checkpoint | None:
-        """The latest snapshot of ``pipeline``, or ``None``."""
-        return await anyio.to_thread.run_sync(self._load, pipeline)
-
-    async def aclose(self) -> None:
-        """Close the connection; idempotent, and a later call opens a new one."""
-        await anyio.to_thread.run_sync(self._close)
-
-    def _claim(self, pipeline: str, owner: str) -> Claim:
+    def _claim_sync(self, pipeline: str, owner: str) -> Claim:
         with self._transaction("BEGIN IMMEDIATE") as db:
             row = self._row(db, pipeline)
             latest = self._snapshot(db, pipeline, row)
@@ -99,7 +82,7 @@ class SqliteCheckpoints:
             )
         return Claim(epoch + 1, owner, latest)
 
-    def _save(self, checkpoint: Checkpoint, data: bytes) -> None:
+    def _save_sync(self, checkpoint: Checkpoint, data: bytes) -> None:
         with self._transaction("BEGIN IMMEDIATE") as db:
             row = self._row(db, checkpoint.pipeline)
             check_save(
@@ -114,11 +97,12 @@ class SqliteCheckpoints:
                 (checkpoint.epoch, checkpoint.seq, data, checkpoint.pipeline),
             )
 
-    def _load(self, pipeline: str) -> Checkpoint | None:
+    def _load_sync(self, pipeline: str) -> Checkpoint | None:
         with self._transaction("BEGIN") as db:
             return self._snapshot(db, pipeline, self._row(db, pipeline))
 
-    def _close(self) -> None:
+    def _close_sync(self) -> None:
+        """Close the connection; idempotent, and a later call opens a new one."""
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
@@ -189,7 +173,7 @@ class SqliteCheckpoints:
         if self._connection is not None:
             return self._connection
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            make_directory(Path(self.path).parent)
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot create its directory: {exc}") from exc
         # isolation_level=None: no implicit transactions; every call BEGINs its own.

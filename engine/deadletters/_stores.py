@@ -44,6 +44,7 @@ import anyio.to_thread
 import orjson
 
 from riprap._core.errors import ConfigError
+from riprap._core.files import fsync_directory, make_directory
 from riprap.deadletters._envelope import DeadLetter
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class JsonLinesDeadLetters:
         with self._lock:
             if self._lock_fd is not None:  # already open
                 return
-            _make_directory(self.path.parent)
+            make_directory(self.path.parent)
             self._lock_fd = _lock_exclusive(_lock_path(self.path))
             try:
                 self._open_file()
@@ -197,7 +198,7 @@ class JsonLinesDeadLetters:
         fd = _open_private(self.path, os.O_RDWR | os.O_APPEND)
         self._fd = fd
         self._size = _repair_tail(fd, self.path)
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
 
     def _append(self, data: bytes) -> None:
         with self._lock:
@@ -386,7 +387,7 @@ def _row(letter: DeadLetter) -> tuple[Any, ...]:
 def _connect(path: Path, *, timeout: float, create: bool) -> sqlite3.Connection:
     """A connection in autocommit mode (every write BEGINs its own transaction)."""
     if create:
-        _make_directory(path.parent)
+        make_directory(path.parent)
         # SQLite gives the -wal and -shm files the database file's mode.
         os.close(_open_private(path, os.O_RDWR))
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -572,7 +573,7 @@ def _purge_file(file: Path, remove: Callable[[DeadLetter], bool]) -> int:
             os.fsync(out.fileno())
         if removed or torn:
             os.replace(temp, file)
-            _fsync_directory(file.parent)
+            fsync_directory(file.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
@@ -637,18 +638,3 @@ def _repair_tail(fd: int, path: Path) -> int:
     os.ftruncate(fd, end)
     os.fsync(fd)
     return end
-
-
-def _make_directory(directory: Path) -> None:
-    """Create ``directory`` if needed, durably (its parent's entry is fsynced too)."""
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        _fsync_directory(directory.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

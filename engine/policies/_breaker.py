@@ -35,7 +35,7 @@ from riprap._core.clock import SYSTEM_CLOCK
 from riprap._core.errors import BulkheadFullError, CircuitOpenError, ConfigError
 
 from ._classify import DEFAULT_CLASSIFIER, Classifier
-from ._events import CallRejected, CircuitState, CircuitStateChanged, Emitter, PolicyHook
+from ._events import CircuitState, CircuitStateChanged, Emitter, PolicyHook
 from ._timeout import check_duration, move_on_after, to_seconds
 from ._windows import CountWindow, OutcomeWindow, TimeWindow
 
@@ -341,16 +341,7 @@ class CircuitBreaker:
             return permit
         self._rejected += 1
         error = CircuitOpenError(self.name, remaining=self._remaining(self._clock.monotonic()))
-        if self._emitter.hooks:
-            self._emitter.emit(
-                CallRejected(
-                    stage=stage,
-                    dependency=self.name,
-                    at=self._clock.monotonic(),
-                    reason="circuit_open",
-                    error=error,
-                )
-            )
+        self._emitter.rejected(error, stage=stage, reason="circuit_open")
         raise error
 
     async def wait_until_permitted(self, *, stage: str | None = None) -> CallPermit:

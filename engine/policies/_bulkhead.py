@@ -18,7 +18,7 @@ import anyio
 from riprap._core.clock import SYSTEM_CLOCK
 from riprap._core.errors import BulkheadFullError, ConfigError
 
-from ._events import CallRejected, Emitter, PolicyHook
+from ._events import Emitter, PolicyHook
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -156,17 +156,7 @@ class Bulkhead:
         error = BulkheadFullError(
             self.name, max_concurrent=self.max_concurrent, max_waiters=self.max_waiters or 0
         )
-        emitter = self._emitter
-        if emitter.hooks:
-            emitter.emit(
-                CallRejected(
-                    stage=stage,
-                    dependency=self.name,
-                    at=emitter.clock.monotonic(),
-                    reason="bulkhead_full",
-                    error=error,
-                )
-            )
+        self._emitter.rejected(error, stage=stage, reason="bulkhead_full")
         raise error
 
     def add_hook(self, hook: PolicyHook) -> None:

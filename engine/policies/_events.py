@@ -197,3 +197,16 @@ class Emitter:
         """Call every hook with ``event``, in registration order."""
         for hook in self.hooks:
             hook(event)
+
+    def rejected(self, error: Exception, *, stage: str | None, reason: RejectionReason) -> None:
+        """Tell the hooks that a call was refused with ``error`` (breaker or bulkhead)."""
+        if self.hooks:
+            self.emit(
+                CallRejected(
+                    stage=stage,
+                    dependency=self.dependency,
+                    at=self.clock.monotonic(),
+                    reason=reason,
+                    error=error,
+                )
+            )

@@ -17,7 +17,6 @@ from riprap import (
     SourceBatch,
     SourceContext,
 )
-from riprap._core.records import SourceOrigin
 from riprap.checkpoints import CheckpointError
 from riprap.connectors.files import (
     CsvSink,
@@ -27,30 +26,15 @@ from riprap.connectors.files import (
     parse_json_batch,
     parse_json_line,
 )
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, SourceOrigin
+from tests._sources import read_to_end
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from riprap.connectors.files import _FileSource
-
 
 def context(positions: dict[str, int] | None = None) -> SourceContext:
     return SourceContext(pipeline="test", positions=positions or {})
-
-
-async def drain(
-    source: _FileSource, max_records: int = 100, positions: dict[str, int] | None = None
-) -> list[SourceBatch]:
-    """Open the source, read it to the end and close it."""
-    await source.open(context(positions))
-    batches = []
-    try:
-        while (batch := await source.read(max_records)) is not None:
-            batches.append(batch)
-    finally:
-        await source.aclose()
-    return batches
 
 
 def offsets(batch: SourceBatch) -> list[int]:
@@ -82,7 +66,7 @@ def test_protocols(tmp_path: Path) -> None:
 async def test_jsonl_raw_batches(tmp_path: Path) -> None:
     """Raw line bytes come in batches of at most max_records, positions = line indexes."""
     path = write_lines(tmp_path / "a.jsonl", json_lines(5))
-    batches = await drain(JsonLinesSource(path), max_records=2)
+    batches = await read_to_end(JsonLinesSource(path), max_records=2)
     expected = [
         ([b'{"n":0}', b'{"n":1}'], 0, 2),
         ([b'{"n":2}', b'{"n":3}'], 2, 4),
@@ -97,7 +81,7 @@ async def test_jsonl_raw_batches(tmp_path: Path) -> None:
 async def test_jsonl_decoded(tmp_path: Path) -> None:
     """With decode=True the values are parsed with orjson."""
     path = write_lines(tmp_path / "a.jsonl", json_lines(3))
-    batches = await drain(JsonLinesSource(path, decode=True))
+    batches = await read_to_end(JsonLinesSource(path, decode=True))
     expected = [[{"n": 0}, {"n": 1}, {"n": 2}]]
     assert expected == [b.values for b in batches]
 
@@ -106,7 +90,7 @@ async def test_jsonl_decoded(tmp_path: Path) -> None:
 async def test_jsonl_empty_lines_are_counted_not_emitted(tmp_path: Path) -> None:
     """Empty lines produce no record but still occupy a position."""
     path = write_lines(tmp_path / "a.jsonl", ["1", "", "2", "", "", "3", ""])
-    batches = await drain(JsonLinesSource(path, decode="json"), max_records=2)
+    batches = await read_to_end(JsonLinesSource(path, decode="json"), max_records=2)
     expected = [([1, 2], [0, 2], 3), ([3], [5], 7)]
     assert expected == [(b.values, offsets(b), b.end) for b in batches]
 
@@ -116,7 +100,7 @@ async def test_jsonl_crlf_and_last_line_without_newline(tmp_path: Path) -> None:
     """CRLF endings are removed and a last line without a newline is a record."""
     path = tmp_path / "a.jsonl"
     path.write_bytes(b"1\r\n2\r\n3")
-    batches = await drain(JsonLinesSource(str(path)))
+    batches = await read_to_end(JsonLinesSource(str(path)))
     expected = [([b"1", b"2", b"3"], 3)]
     assert expected == [(b.values, b.end) for b in batches]
 
@@ -149,7 +133,7 @@ async def test_jsonl_malformed_first_line_raises_at_once(tmp_path: Path) -> None
     """A bad line at the start of a batch raises immediately, naming the line."""
     path = write_lines(tmp_path / "a.jsonl", ["1", "[1,", "3"])
     with pytest.raises(DecodeError, match=rf"^{path}:2: invalid JSON"):
-        await drain(JsonLinesSource(path, decode=True), positions={path: 1})
+        await read_to_end(JsonLinesSource(path, decode=True), positions={path: 1})
 
 
 @pytest.mark.anyio
@@ -172,7 +156,7 @@ async def test_jsonl_malformed_line_in_a_later_batch(tmp_path: Path) -> None:
 async def test_parse_json_batch_names_file_and_line(tmp_path: Path) -> None:
     """A decoding stage over raw lines reports the bad line's file and 1-based line."""
     path = write_lines(tmp_path / "a.jsonl", ["1", "", "2", "nope"])
-    [raw] = await drain(JsonLinesSource(path))
+    [raw] = await read_to_end(JsonLinesSource(path))
     batch = Batch(list(raw.values), Ack(lambda: None), SourceOrigin(raw))
     with pytest.raises(DecodeError, match=rf"^{path}:4: invalid JSON"):
         parse_json_batch(batch)
@@ -193,7 +177,7 @@ async def test_jsonl_glob_reads_files_in_sorted_order(tmp_path: Path) -> None:
     """A glob gives one partition per file, read one after another in sorted order."""
     second = write_lines(tmp_path / "b.jsonl", ["3"])
     first = write_lines(tmp_path / "a.jsonl", ["1", "2"])
-    batches = await drain(JsonLinesSource(str(tmp_path / "*.jsonl")))
+    batches = await read_to_end(JsonLinesSource(str(tmp_path / "*.jsonl")))
     expected = [(first, [b"1", b"2"], 2), (second, [b"3"], 1)]
     assert expected == [(b.partition, b.values, b.end) for b in batches]
 
@@ -204,7 +188,7 @@ async def test_jsonl_resume_mid_file_and_across_files(tmp_path: Path) -> None:
     a = write_lines(tmp_path / "a.jsonl", ["1", "2"])
     b = write_lines(tmp_path / "b.jsonl", ["3", "4", "5", "6"])
     c = write_lines(tmp_path / "c.jsonl", ["7"])
-    batches = await drain(JsonLinesSource([c, b, a]), positions={a: 2, b: 1})
+    batches = await read_to_end(JsonLinesSource([c, b, a]), positions={a: 2, b: 1})
     expected = [(b, [b"4", b"5", b"6"], 1, 4), (c, [b"7"], 0, 1)]
     assert expected == [(x.partition, x.values, x.start, x.end) for x in batches]
 
@@ -214,7 +198,9 @@ async def test_jsonl_large_file_resume(tmp_path: Path) -> None:
     """Resuming near the end of a 100k-line file skips straight to the checkpoint."""
     path = tmp_path / "big.jsonl"
     path.write_bytes(b"".join(b"%d\n" % n for n in range(100_000)))
-    batches = await drain(JsonLinesSource(str(path), decode=True), positions={str(path): 99_995})
+    batches = await read_to_end(
+        JsonLinesSource(str(path), decode=True), positions={str(path): 99_995}
+    )
     expected = [([99_995, 99_996, 99_997, 99_998, 99_999], 99_995, 100_000)]
     assert expected == [(b.values, b.start, b.end) for b in batches]
 
@@ -224,7 +210,7 @@ async def test_jsonl_checkpoint_past_end_is_an_error(tmp_path: Path) -> None:
     """A checkpoint beyond the end of a file means it was truncated: a clear error."""
     path = write_lines(tmp_path / "a.jsonl", ["1"])
     with pytest.raises(CheckpointError, match="resumes at line 5, but the file has only 1"):
-        await drain(JsonLinesSource(path), positions={path: 5})
+        await read_to_end(JsonLinesSource(path), positions={path: 5})
 
 
 @pytest.mark.anyio
@@ -250,7 +236,7 @@ def test_bad_decode_option(tmp_path: Path) -> None:
 async def test_csv_rows_and_positions(tmp_path: Path) -> None:
     """The header is line 0 and not a record; rows are dicts at their line index."""
     path = write_lines(tmp_path / "a.csv", ["id,name", "1,a", "", "2,b", "3,c"])
-    batches = await drain(CsvSource(path), max_records=2)
+    batches = await read_to_end(CsvSource(path), max_records=2)
     expected = [
         ([{"id": "1", "name": "a"}, {"id": "2", "name": "b"}], [1, 3], 4),
         ([{"id": "3", "name": "c"}], [4], 5),
@@ -262,7 +248,7 @@ async def test_csv_rows_and_positions(tmp_path: Path) -> None:
 async def test_csv_multiline_row_spans_positions(tmp_path: Path) -> None:
     """A quoted field with a newline makes its row cover two lines."""
     path = write_lines(tmp_path / "a.csv", ["k,v", '1,"two', 'lines"', "2,x"])
-    batches = await drain(CsvSource(path))
+    batches = await read_to_end(CsvSource(path))
     values = [{"k": "1", "v": "two\nlines"}, {"k": "2", "v": "x"}]
     expected = [(values, [1, 3], 4)]
     assert expected == [(b.values, offsets(b), b.end) for b in batches]
@@ -272,7 +258,7 @@ async def test_csv_multiline_row_spans_positions(tmp_path: Path) -> None:
 async def test_csv_resume_rereads_header(tmp_path: Path) -> None:
     """A resumed file reads its header again, then skips to the checkpoint."""
     path = write_lines(tmp_path / "a.csv", ["a;b", "1;2", "3;4", "5;6"], newline="\r\n")
-    batches = await drain(CsvSource(path, delimiter=";"), positions={path: 2})
+    batches = await read_to_end(CsvSource(path, delimiter=";"), positions={path: 2})
     expected = [([{"a": "3", "b": "4"}, {"a": "5", "b": "6"}], 2, 4)]
     assert expected == [(b.values, b.start, b.end) for b in batches]
 
@@ -301,7 +287,7 @@ async def test_csv_undecodable_text(tmp_path: Path) -> None:
     path = tmp_path / "a.csv"
     path.write_bytes(b"a\n\xff\n")
     with pytest.raises(DecodeError, match=rf"^{path}: not valid utf-8 text after line"):
-        await drain(CsvSource(str(path)))
+        await read_to_end(CsvSource(str(path)))
 
 
 @pytest.mark.anyio
@@ -310,7 +296,7 @@ async def test_csv_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "a.csv"
     path.write_text("")
     expected: list[SourceBatch] = []
-    assert expected == await drain(CsvSource(str(path)))
+    assert expected == await read_to_end(CsvSource(str(path)))
 
 
 @pytest.mark.anyio
@@ -391,7 +377,7 @@ async def test_csv_sink_round_trip(tmp_path: Path) -> None:
         await sink.aclose()
     written = b"id,name\r\n1,a\r\n2,\r\n"
     assert written == path.read_bytes()
-    batches = await drain(CsvSource(str(path)))
+    batches = await read_to_end(CsvSource(str(path)))
     expected = [[{"id": "1", "name": "a"}, {"id": "2", "name": ""}]]
     assert expected == [b.values for b in batches]
 

@@ -7,20 +7,13 @@ from typing import Any
 import pytest
 
 from riprap import Batch, Record, Sink, Source, SourceBatch, SourceContext
-from riprap._core.records import SourceOrigin
 from riprap.connectors.memory import IterableSource, ListSink, MemorySink
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, SourceOrigin
+from tests._sources import read_batches
 
 
 def context(**positions: int) -> SourceContext:
     return SourceContext(pipeline="test", positions=positions)
-
-
-async def drain(source: IterableSource, max_records: int) -> list[SourceBatch]:
-    batches = []
-    while (batch := await source.read(max_records)) is not None:
-        batches.append(batch)
-    return batches
 
 
 def values_of(batch: SourceBatch | None) -> list[Any]:
@@ -44,7 +37,7 @@ async def test_list_source_batches() -> None:
     """A list is served in batches of at most max_records with index positions."""
     source = IterableSource("numbers", list(range(10)))
     await source.open(context())
-    batches = await drain(source, 4)
+    batches = await read_batches(source, 4)
     expected = [([0, 1, 2, 3], 0, 4), ([4, 5, 6, 7], 4, 8), ([8, 9], 8, 10)]
     assert expected == [(b.values, b.start, b.end) for b in batches]
     partitions = ["memory"] * 3
@@ -56,7 +49,7 @@ async def test_exhausted_source_keeps_returning_none() -> None:
     """Once exhausted, read returns None again."""
     source = IterableSource("numbers", [1])
     await source.open(context())
-    await drain(source, 10)
+    await read_batches(source, 10)
     assert None is await source.read(10)
 
 
@@ -65,7 +58,7 @@ async def test_list_source_resumes_from_position() -> None:
     """A checkpointed position skips the values before it."""
     source = IterableSource("numbers", list(range(10)), partition="nums")
     await source.open(context(nums=7))
-    batches = await drain(source, 100)
+    batches = await read_batches(source, 100)
     expected = [(7, [7, 8, 9], 10)]
     assert expected == [(b.start, b.values, b.end) for b in batches]
 
@@ -88,7 +81,7 @@ async def test_iterator_source_resumes_by_skipping() -> None:
     """A one-shot iterator skips the checkpointed prefix and keeps index positions."""
     source = IterableSource("gen", (i * 10 for i in range(6)))
     await source.open(context(memory=2))
-    batches = await drain(source, 3)
+    batches = await read_batches(source, 3)
     expected = [(2, [20, 30, 40]), (5, [50])]
     assert expected == [(b.start, b.values) for b in batches]
 

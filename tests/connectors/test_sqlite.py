@@ -9,9 +9,8 @@ import anyio
 import pytest
 
 from riprap import Batch, ConfigError, DataError, Sink, SourceBatch, TransientError
-from riprap._core.records import SourceOrigin
 from riprap.connectors.sqlite import SqliteSink, read_table, read_table_sync
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, SourceOrigin
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

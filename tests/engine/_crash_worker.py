@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink
 

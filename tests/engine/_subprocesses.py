@@ -17,6 +17,8 @@ import anyio
 import pytest
 
 import riprap
+import riprap.checkpoints
+import riprap.testing
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -42,8 +44,13 @@ def spawn(args: Sequence[str], cwd: Path, name: str) -> Iterator[subprocess.Pope
             proc.wait(timeout=DEADLINE)
 
 
-def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
-    """Poll ``condition`` until it holds; fail if the child exits or the deadline passes."""
+def wait_for_child(condition: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
+    """Block until the child ``proc`` makes ``condition`` hold; fail if it exits or time runs out.
+
+    Unlike :func:`riprap.testing.wait_until` it is synchronous (the crash tests
+    drive children from plain test functions) and it watches the child: an
+    exit fails the test at once, with the end of the child's stderr.
+    """
     deadline = time.monotonic() + DEADLINE
     for _ in range(int(DEADLINE / POLL)):
         if condition():
@@ -58,7 +65,7 @@ def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[bytes], wha
 
 def _tail(proc: subprocess.Popen[bytes]) -> str:
     """The end of a child's stderr, to say why it exited."""
-    path = getattr(proc, "stderr_path", None)
+    path: Path | None = getattr(proc, "stderr_path", None)  # set by spawn
     if path is None or not path.exists():
         return "(no stderr)"
     return path.read_text(errors="replace")[-3000:]

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import riprap
+import riprap.lowlevel
 from riprap._runtime.allocator import DEFAULT_TRIM_THRESHOLD
 
 glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"

@@ -27,6 +27,9 @@ from tests.checkpoint_contract import snapshot
 from tests.checkpoint_contract import test_aclose_keeps_data as test_aclose_keeps_data
 from tests.checkpoint_contract import test_backwards_seq_refused as test_backwards_seq_refused
 from tests.checkpoint_contract import test_claim_increments_epoch as test_claim_increments_epoch
+from tests.checkpoint_contract import (
+    test_fencing_across_instances as test_fencing_across_instances,
+)
 from tests.checkpoint_contract import test_load_unknown_pipeline as test_load_unknown_pipeline
 from tests.checkpoint_contract import test_new_epoch_restarts_seq as test_new_epoch_restarts_seq
 from tests.checkpoint_contract import test_pipelines_independent as test_pipelines_independent
@@ -76,25 +79,15 @@ def durable_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-async def test_fencing_across_instances(durable_kind: str, tmp_path: Path) -> None:
-    """Two backends on one path (two processes' view) fence each other."""
-    zombie, heir = make_backend(durable_kind, tmp_path), make_backend(durable_kind, tmp_path)
-    try:
-        await zombie.claim("orders", "zombie")
-        await zombie.save(snapshot(1, "zombie", seq=1))
-        claim = await heir.claim("orders", "heir")
-        with pytest.raises(FencedError):
-            await zombie.save(snapshot(1, "zombie", seq=2))
-        heir_cp = snapshot(2, "heir", seq=1)
-        await heir.save(heir_cp)
-        assert (2, snapshot(1, "zombie", seq=1), heir_cp) == (
-            claim.epoch,
-            claim.checkpoint,
-            await zombie.load("orders"),
-        )
-    finally:
-        await zombie.aclose()
-        await heir.aclose()
+@pytest.fixture
+async def twin_backends(
+    durable_kind: str, tmp_path: Path
+) -> AsyncIterator[tuple[CheckpointBackend, CheckpointBackend]]:
+    """Two backends of each durable kind on one path (two processes' view), closed after."""
+    first, second = make_backend(durable_kind, tmp_path), make_backend(durable_kind, tmp_path)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
 
 
 CHILD = textwrap.dedent(

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 import riprap
+import riprap.deadletters
 
 from ._crash_loop_worker import MAX_CRASHES, PIPELINE, POISON, STAGE, TABLE
 from ._subprocesses import DEADLINE, count, load_checkpoint, query, spawn

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from ._crash_worker import PIPELINE, TABLE
-from ._subprocesses import DEADLINE, checkpoint_position, count, query, spawn, wait_until
+from ._subprocesses import DEADLINE, checkpoint_position, count, query, spawn, wait_for_child
 
 if TYPE_CHECKING:
     import subprocess
@@ -76,13 +76,13 @@ def kill_while_running(tmp_path: Path, run: int, rng: random.Random) -> None:
     with run_worker(tmp_path, run) as proc:
         if by_rows:
             target = rows_before + step
-            wait_until(lambda: rows(tmp_path) >= target, proc, f"{target} sink rows")
+            wait_for_child(lambda: rows(tmp_path) >= target, proc, f"{target} sink rows")
             time.sleep(delay)  # land anywhere in a batch or a checkpoint save
         else:
             # Kill at once: just after a save is when a checkpoint that ran ahead
             # of the sink (an I1 violation) would be caught.
             target = position_before + step
-            wait_until(lambda: position(tmp_path) >= target, proc, f"checkpoint at {target}")
+            wait_for_child(lambda: position(tmp_path) >= target, proc, f"checkpoint at {target}")
         proc.kill()
         proc.wait(timeout=DEADLINE)
     expected = -signal.SIGKILL

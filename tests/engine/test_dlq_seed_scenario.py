@@ -22,6 +22,8 @@ import orjson
 import pytest
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.cli._main import replay_pipeline
 from riprap.connectors.memory import IterableSource
 from riprap.connectors.sqlite import SqliteSink

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from riprap import SourceBatch
-from riprap._core.records import SourceOrigin, StartsOrigin
+from riprap._core.records import StartsOrigin
 from riprap._runtime.fuse import Op, compile_chain
-from riprap.lowlevel import DropsOrigin
+from riprap.lowlevel import DropsOrigin, SourceOrigin
 
 
 def reference(ops: list[Op], items: list[Any]) -> list[tuple[int, Any]]:

@@ -13,6 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
+import riprap.observability
 import riprap.testing
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.observability._health import StallDetector
@@ -47,7 +50,8 @@ async def test_scraped_metrics_match_what_happened(tmp_path: Path) -> None:
     def parse(raw: bytes) -> dict[str, Any]:
         if raw.startswith(b"!"):
             raise riprap.DataError("not an order", reason="validation")
-        return orjson.loads(raw)
+        order: dict[str, Any] = orjson.loads(raw)
+        return order
 
     async def score(order: dict[str, Any]) -> dict[str, Any]:
         calls[order["id"]] = calls.get(order["id"], 0) + 1

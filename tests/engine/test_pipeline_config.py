@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
 
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from riprap import Batch, SourceBatch
-from riprap._core.records import ConcatOrigin, IndexOrigin, SourceOrigin, StartsOrigin
-from riprap.lowlevel import Ack, DropsOrigin, Origin
+from riprap._core.records import ConcatOrigin, IndexOrigin, StartsOrigin
+from riprap.lowlevel import Ack, DropsOrigin, Origin, SourceOrigin
 
 
 def _noop() -> None:

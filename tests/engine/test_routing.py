@@ -9,6 +9,8 @@ import orjson
 import pytest
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.deadletters import DeadLetterWriteError, JsonLinesDeadLetters, read_dead_letters
 from riprap.testing import VirtualClock
@@ -43,7 +45,7 @@ class RecordingClock:
 def parse(raw: bytes) -> dict[str, Any]:
     """Decode JSON; bad input is a data error."""
     try:
-        value = orjson.loads(raw)
+        value: dict[str, Any] = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise riprap.DataError(str(error), reason="decode_error") from None
     if "id" not in value:

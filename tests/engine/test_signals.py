@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from ._signal_worker import DATABASE, PARTITION, SINK_ENTERED, TABLE
-from ._subprocesses import DEADLINE, count, load_checkpoint, spawn, wait_until
+from ._subprocesses import DEADLINE, count, load_checkpoint, spawn, wait_for_child
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def positions(tmp_path: Path, name: str) -> dict[str, int]:
 def test_sigterm_drains_and_checkpoints_what_was_written(tmp_path: Path, mode: str) -> None:
     """One SIGTERM drains an endless run, exits 0, and checkpoints exactly the rows written."""
     with spawn(command(mode, "endless"), tmp_path, "endless") as proc:
-        wait_until(
+        wait_for_child(
             lambda: positions(tmp_path, "endless").get(PARTITION, 0) >= 200,
             proc,
             "a checkpoint past 200 records",
@@ -92,12 +92,12 @@ def test_sigterm_drains_and_checkpoints_what_was_written(tmp_path: Path, mode: s
 def test_second_sigint_aborts_a_stuck_drain(tmp_path: Path, mode: str) -> None:
     """A second SIGINT aborts a run whose sink never returns: a prompt non-zero exit."""
     with spawn(command(mode, "blocked"), tmp_path, "blocked") as proc:
-        wait_until((tmp_path / SINK_ENTERED).exists, proc, "the sink's first write")
+        wait_for_child((tmp_path / SINK_ENTERED).exists, proc, "the sink's first write")
         proc.send_signal(signal.SIGINT)
         # Two signals sent back to back may merge into one; send the second
         # only once the first has been handled (the run logs it).
         err = tmp_path / "blocked.err"
-        wait_until(lambda: "SIGINT received" in err.read_text(), proc, "the first SIGINT")
+        wait_for_child(lambda: "SIGINT received" in err.read_text(), proc, "the first SIGINT")
         proc.send_signal(signal.SIGINT)
         # The drain timeout is an hour: only the abort can end the run in time.
         returncode = proc.wait(timeout=DEADLINE)

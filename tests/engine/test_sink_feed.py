@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 import riprap
+import riprap.checkpoints
 from riprap import Batch, SinkContext, SourceBatch, SourceContext
 from riprap.testing import VirtualClock, run_pipeline
 

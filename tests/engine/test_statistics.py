@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import riprap
 import riprap.checkpoints
 import riprap.deadletters
+import riprap.observability
 import riprap.testing
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.observability import (

@@ -9,6 +9,9 @@ import anyio
 import pytest
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
+import riprap.policies
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.policies import BreakerConfig, Bulkhead, CircuitBreaker, Retry
 from riprap.testing import VirtualClock
@@ -212,7 +215,7 @@ def test_bad_policy_arguments_are_named() -> None:
     with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.on_open: must be 'wait'"):
         p.map("m", str, on_open="later")  # type: ignore[arg-type]
     with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.fallback: must be callable"):
-        p.map("m", str, fallback="top-10")
+        p.map("m", str, fallback="top-10")  # type: ignore[arg-type]  # a value, not a function
 
 
 async def test_policy_steps_are_not_fused() -> None:

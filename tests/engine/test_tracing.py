@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
 
 otel = pytest.importorskip("opentelemetry.sdk.trace")

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink
 from riprap.stages.window import Window, tumbling

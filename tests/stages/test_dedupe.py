@@ -10,9 +10,12 @@ import orjson
 import pytest
 
 import riprap
-from riprap._core.records import SourceOrigin
+import riprap.checkpoints
+import riprap.deadletters
+import riprap.lowlevel
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import SqliteSink, read_table
+from riprap.lowlevel import SourceOrigin
 from riprap.stages.dedupe import Dedupe
 from riprap.testing import VirtualClock
 

@@ -16,14 +16,16 @@ import orjson
 import pytest
 
 import riprap
-from riprap._core.records import SourceOrigin
+import riprap.checkpoints
+import riprap.lowlevel
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table_sync
+from riprap.lowlevel import SourceOrigin
 from riprap.policies import Retry
 from riprap.stages.saga import Saga, SagaError, SagaStep
 from riprap.testing import VirtualClock, run_pipeline
 
-from ..engine._subprocesses import DEADLINE, load_checkpoint, query, spawn, wait_until
+from ..engine._subprocesses import DEADLINE, load_checkpoint, query, spawn, wait_for_child
 from ._saga_worker import BREAK_ENV
 from ._saga_worker import ORDERS as WORKER_ORDERS
 
@@ -443,7 +445,7 @@ def kill_mid_run(directory: Path, run: int, rng: random.Random) -> None:
     """Start a run, let the services see a seeded random number of calls, then SIGKILL it."""
     target = sum(attempts(directory).values()) + rng.randint(15, 70)
     with start_worker(directory, run) as proc:
-        wait_until(lambda: sum(attempts(directory).values()) >= target, proc, f"{target} calls")
+        wait_for_child(lambda: sum(attempts(directory).values()) >= target, proc, f"{target} calls")
         time.sleep(rng.uniform(0, 0.005))  # land anywhere between two calls
         proc.kill()
         proc.wait(timeout=DEADLINE)

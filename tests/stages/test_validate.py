@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import math
 import types
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import pytest
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table
 from riprap.stages.quality import (
@@ -27,9 +27,11 @@ from riprap.stages.quality import (
     WindowResult,
 )
 from riprap.stages.validate import Expect, Validate, ValidationError
+from tests._examples import load_example
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -412,20 +414,9 @@ async def test_window_must_fit_in_the_in_flight_bound_when_the_context_says() ->
         await gate.open(cast("riprap.StageContext", context))
 
 
-def load_example() -> types.ModuleType:
-    """``examples/quality_and_dedupe.py``, imported from its file."""
-    path = Path(__file__).resolve().parents[2] / "examples" / "quality_and_dedupe.py"
-    spec = importlib.util.spec_from_file_location("examples_quality_and_dedupe", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_example_runs_and_halts_on_the_zeroed_amounts(tmp_path: Path) -> None:
     """The example writes valid, unique orders, resumes, and halts when amounts are zeroed."""
-    example = load_example()
+    example = load_example("quality_and_dedupe.py")
     first, second = await example.main(tmp_path / "ok")
     rows = await read_table(tmp_path / "ok" / "orders.db", "orders")
     written = {value["id"] for value in rows.values()}

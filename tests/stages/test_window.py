@@ -7,7 +7,6 @@ dead-lettered records until it "writes" them, and collects what is emitted.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import signal
@@ -20,9 +19,12 @@ import orjson
 import pytest
 
 import riprap
-from riprap._core.records import SourceOrigin
+import riprap.checkpoints
+import riprap.deadletters
+import riprap.lowlevel
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table_sync
+from riprap.lowlevel import SourceOrigin
 from riprap.stages.window import (
     Aggregate,
     Window,
@@ -31,8 +33,9 @@ from riprap.stages.window import (
     sliding,
     tumbling,
 )
+from tests._examples import load_example
 
-from ..engine._subprocesses import DEADLINE, load_checkpoint, query, spawn, wait_until
+from ..engine._subprocesses import DEADLINE, load_checkpoint, query, spawn, wait_for_child
 from ._window_worker import LATENESS, OUT_OF_ORDERNESS, PIPELINE, SIZE, TABLE
 
 if TYPE_CHECKING:
@@ -418,11 +421,7 @@ def test_windows_example_counts_every_on_time_view_and_resumes_without_rereading
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The windows example counts every view not dead-lettered as late; a rerun reads nothing."""
-    spec = importlib.util.spec_from_file_location("examples_windows", EXAMPLES / "windows.py")
-    assert spec is not None
-    assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("windows.py")
     data = ["--data-dir", str(tmp_path)]
     first = example.main(data)
     table = read_table_sync(tmp_path / "views.db", "per_minute", key_column="key")
@@ -438,7 +437,6 @@ def test_windows_example_counts_every_on_time_view_and_resumes_without_rereading
 # -- the required test: a shuffled stream across a SIGKILL --------------------------------
 
 WORKER = Path(__file__).with_name("_window_worker.py")
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RECORDS = 6_000
 KEYS = ("u1", "u2", "u3", "u4", "u5")
 SEED = 20_240_607
@@ -513,7 +511,11 @@ def test_shuffled_stream_across_sigkill_matches_batch_aggregates_and_dlq_holds_t
     checkpoints = tmp_path / "ckpt.db"
     for run, target in enumerate((RECORDS // 4, RECORDS // 2)):
         with worker(tmp_path, run) as proc:
-            wait_until(lambda: checkpointed(checkpoints) >= target, proc, f"checkpoint {target}")  # noqa: B023
+            wait_for_child(
+                lambda: checkpointed(checkpoints) >= target,  # noqa: B023
+                proc,
+                f"checkpoint {target}",
+            )
             proc.kill()
             proc.wait(timeout=DEADLINE)
         assert -signal.SIGKILL == proc.returncode, f"run {run} ended before it could be killed"

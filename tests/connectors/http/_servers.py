@@ -6,7 +6,6 @@ import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import anyio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -31,11 +30,3 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-async def wait_until(condition: Callable[[], bool], *, seconds: float = 5.0) -> None:
-    """Poll ``condition`` every few milliseconds; fail after ``seconds``."""
-    with anyio.fail_after(seconds):
-        # Polls state that servers and the pipeline change; there is no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.002)

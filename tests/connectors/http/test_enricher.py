@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.http import HttpDataError, HttpEnricher, HttpTransientError
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.policies import Retry, classify

@@ -11,6 +11,8 @@ import pytest
 from aiohttp import web
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
 from riprap.connectors.http import HttpEnricher, HttpSink, WebhookSource
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.policies import BreakerConfig, Bulkhead, CircuitBreaker, CircuitStateChanged, Retry

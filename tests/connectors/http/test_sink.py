@@ -9,6 +9,9 @@ import pytest
 from aiohttp import web
 
 import riprap
+import riprap.checkpoints
+import riprap.deadletters
+import riprap.lowlevel
 from riprap.connectors.http import HttpDataError, HttpSink, HttpTransientError
 from riprap.connectors.memory import IterableSource
 from riprap.policies import Retry

@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.http import SIGNATURE_HEADER, WebhookSource
 from riprap.connectors.memory import MemorySink
-
-from ._servers import wait_until
+from riprap.testing import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

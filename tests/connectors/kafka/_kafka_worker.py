@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import riprap
+import riprap.checkpoints
 from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
 
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}

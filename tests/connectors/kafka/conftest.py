@@ -16,6 +16,9 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+"""A message to produce: key (or ``None``), value and headers."""
+
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 """Consumer options for tests: this broker waits half a session timeout before a join completes."""
 
@@ -53,7 +56,7 @@ class KafkaHelper:
     async def produce(
         self,
         topic: str,
-        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+        messages: list[Message],
     ) -> None:
         """Produce ``(key, value, headers)`` messages and wait for every acknowledgement."""
         import asyncio

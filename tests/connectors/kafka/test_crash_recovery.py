@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("aiokafka")
 
-from tests.engine._subprocesses import load_checkpoint, spawn, wait_until
+from tests.engine._subprocesses import load_checkpoint, spawn, wait_for_child
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,7 +46,7 @@ def crash_and_restart(args: list[str], workdir: Path, database: Path) -> list[in
     for attempt in range(KILLS):
         with spawn(args, workdir, f"run{attempt}") as proc:
             before = seen[-1]
-            wait_until(lambda: done(database) > before, proc, "a checkpoint that moved on")  # noqa: B023
+            wait_for_child(lambda: done(database) > before, proc, "a checkpoint that moved on")  # noqa: B023
             time.sleep(rng.uniform(0.0, 0.05))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -56,7 +56,7 @@ def crash_and_restart(args: list[str], workdir: Path, database: Path) -> list[in
         if now >= RECORDS:
             break
     with spawn(args, workdir, "final") as proc:
-        wait_until(lambda: done(database) >= RECORDS, proc, "every record checkpointed")
+        wait_for_child(lambda: done(database) >= RECORDS, proc, "every record checkpointed")
         proc.send_signal(signal.SIGTERM)
         assert 0 == proc.wait(timeout=60)
     return seen
@@ -91,12 +91,12 @@ def kill_one_member(
     """Run two members, kill -9 one once both made progress; the other finishes alone."""
     db_a, db_b = Path(args_a[-1]), Path(args_b[-1])
     with spawn(args_a, workdir, "member-a") as member_a, spawn(args_b, workdir, "member-b") as b:
-        wait_until(lambda: done(db_a) > 0, member_a, "member A's first checkpoint")
-        wait_until(lambda: done(db_b) > 0, b, "member B's first checkpoint")
+        wait_for_child(lambda: done(db_a) > 0, member_a, "member A's first checkpoint")
+        wait_for_child(lambda: done(db_b) > 0, b, "member B's first checkpoint")
         member_a.send_signal(signal.SIGKILL)
         member_a.wait(timeout=30)
         # The group's committed offsets cover every record only once B has finished A's part.
-        wait_until(lambda: committed() >= SHARED_RECORDS, b, "member B taking over everything")
+        wait_for_child(lambda: committed() >= SHARED_RECORDS, b, "member B taking over everything")
         b.send_signal(signal.SIGTERM)
         assert 0 == b.wait(timeout=60)
 

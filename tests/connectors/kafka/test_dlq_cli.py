@@ -6,7 +6,6 @@ replays run the ``riprap`` command in a child process with a fixed pipeline.
 
 from __future__ import annotations
 
-import signal
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,19 +15,22 @@ import pytest
 pytest.importorskip("aiokafka")
 
 import riprap
-from riprap.cli._dlq import run_dlq_command
+import riprap.deadletters
 from riprap.connectors.kafka import KafkaDeadLetters
-from tests.engine._subprocesses import DEADLINE, spawn, wait_until
 from tests.engine.dlq._replay import (
-    FIX,
+    FAILED,
+    ORDERS,
+    STILL_BROKEN,
+    STILL_FAILING,
     bad_amounts,
     bad_quantities,
+    check_replay_sends_each_record_once,
+    check_stopped_replay_resumes,
     failing_pipeline,
-    parse_dlq,
-    records_in,
-    replay_command,
+    replay,
     replayed,
-    riprap_dlq,
+    run_dlq,
+    with_fix,
 )
 
 if TYPE_CHECKING:
@@ -37,9 +39,6 @@ if TYPE_CHECKING:
     from .conftest import KafkaHelper
 
 pytestmark = pytest.mark.kafka
-
-ORDERS = 600
-FAILED = bad_amounts(ORDERS) | bad_quantities(ORDERS)
 
 
 @pytest.fixture
@@ -59,13 +58,12 @@ def dead_topic(kafka: KafkaHelper) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A directory holding the fixed pipeline, ``fix.py``."""
-    (tmp_path / "fix.py").write_text(FIX)
-    return tmp_path
+    return with_fix(tmp_path)
 
 
 def test_inspect_counts_a_topic(dead_topic: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Counts by stage and reason cover every letter on every partition."""
-    assert 0 == run_dlq_command(parse_dlq("inspect", dead_topic, "--json", "--show", "3"))
+    assert 0 == run_dlq("inspect", dead_topic, "--json", "--show", "3")
     report = orjson.loads(capsys.readouterr().out)
     assert (len(FAILED), dead_topic) == (report["total"], report["path"])
     assert {"parse": len(bad_amounts(ORDERS)), "check": len(bad_quantities(ORDERS))} == (
@@ -77,7 +75,7 @@ def test_inspect_counts_a_topic(dead_topic: str, capsys: pytest.CaptureFixture[s
 
 def test_inspect_filters_and_text(dead_topic: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Filters narrow the counts; the text report starts with the location."""
-    assert 0 == run_dlq_command(parse_dlq("inspect", dead_topic, "--reason", "validation"))
+    assert 0 == run_dlq("inspect", dead_topic, "--reason", "validation")
     out = capsys.readouterr().out.splitlines()
     assert f"{dead_topic}: {len(bad_quantities(ORDERS))} dead letters" == out[0]
     assert ["by stage:", f"  check  {len(bad_quantities(ORDERS))}"] == out[1:3]
@@ -88,58 +86,37 @@ def test_inspect_of_a_missing_topic_exits_2(
 ) -> None:
     """A topic that does not exist holds no dead letters: exit 2, as for a missing file."""
     location = f"kafka://{kafka.bootstrap}/no-such-topic"
-    assert 2 == run_dlq_command(parse_dlq("inspect", location))
+    assert 2 == run_dlq("inspect", location)
     assert f"riprap dlq: {location}: no dead letters stored there" in capsys.readouterr().err
 
 
 def test_purge_of_a_topic_is_refused(dead_topic: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Purging a topic is not supported: retention.ms does it."""
-    assert 1 == run_dlq_command(parse_dlq("purge", dead_topic, "--older-than", "1s"))
+    assert 1 == run_dlq("purge", dead_topic, "--older-than", "1s")
     assert "retention.ms" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_replay_sends_each_failed_record_once(dead_topic: str, workdir: Path) -> None:
     """The fix gets every failed record once; replaying again sends nothing."""
-    first = riprap_dlq("replay", dead_topic, "--pipeline", "fix.py", "-q", cwd=workdir)
-    assert 0 == first.returncode, first.stderr
-    assert len(FAILED) == records_in(first.stderr)
-    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
-    second = riprap_dlq("replay", dead_topic, "--pipeline", "fix.py", "-q", cwd=workdir)
-    assert 0 == second.returncode, second.stderr
-    assert 0 == records_in(second.stderr)
-    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
+    check_replay_sends_each_record_once([dead_topic], workdir)
 
 
 @pytest.mark.slow
 def test_replay_with_a_filter(dead_topic: str, workdir: Path) -> None:
     """``--stage parse`` replays only the letters of that stage."""
-    done = riprap_dlq(
-        "replay", dead_topic, "--stage", "parse", "--pipeline", "fix.py", "-q", cwd=workdir
-    )
-    assert 0 == done.returncode, done.stderr
+    replay([dead_topic], workdir, "--stage", "parse")
     assert dict.fromkeys(bad_amounts(ORDERS), 1) == replayed(workdir)
 
 
 @pytest.mark.slow
 def test_records_failing_again_go_to_failed_to(dead_topic: str, workdir: Path) -> None:
     """Letters the fix still rejects land in the local --failed-to file, not on the topic."""
-    still_broken = FIX.replace(
-        "    return value\n",
-        "    if value['id'] % 10 == 0:\n"
-        "        raise riprap.DataError('still broken')\n"
-        "    return value\n",
-    )
-    (workdir / "fix.py").write_text(still_broken)
-    done = riprap_dlq(
-        "replay", dead_topic, "--pipeline", "fix.py", "-q", "--failed-to", "again.jsonl",
-        cwd=workdir,
-    )  # fmt: skip
-    assert 0 == done.returncode, done.stderr
-    again = {i for i in FAILED if i % 10 == 0}
-    assert dict.fromkeys(FAILED - again, 1) == replayed(workdir)
+    (workdir / "fix.py").write_text(STILL_BROKEN)
+    replay([dead_topic], workdir, "--failed-to", "again.jsonl")
+    assert dict.fromkeys(FAILED - STILL_FAILING, 1) == replayed(workdir)
     letters = list(riprap.deadletters.read_dead_letters(workdir / "again.jsonl"))
-    assert again == {orjson.loads(letter.original_value())["id"] for letter in letters}
+    assert STILL_FAILING == {orjson.loads(letter.original_value())["id"] for letter in letters}
     assert {dead_topic.rpartition("/")[2]} == {
         (letter.partition or "").split(":")[2] for letter in letters
     }
@@ -148,13 +125,4 @@ def test_records_failing_again_go_to_failed_to(dead_topic: str, workdir: Path) -
 @pytest.mark.slow
 def test_a_stopped_replay_resumes_without_resending(dead_topic: str, workdir: Path) -> None:
     """SIGTERM stops a rate-limited replay; the next one sends only the rest, each once."""
-    with spawn(replay_command(dead_topic, "--rate", "40"), workdir, "first") as proc:
-        wait_until(lambda: replayed(workdir).total() >= 50, proc, "50 records replayed")
-        proc.send_signal(signal.SIGTERM)
-        assert 0 == proc.wait(timeout=DEADLINE), (workdir / "first.err").read_text()
-    stopped_at = replayed(workdir)
-    assert len(FAILED) > stopped_at.total()
-    done = riprap_dlq("replay", dead_topic, "--pipeline", "fix.py", "-q", cwd=workdir)
-    assert 0 == done.returncode, done.stderr
-    assert len(FAILED) - stopped_at.total() == records_in(done.stderr)
-    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
+    check_stopped_replay_resumes([dead_topic], workdir)

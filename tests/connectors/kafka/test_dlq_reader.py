@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("aiokafka")
 
-from riprap import DataError, Source, SourceContext
+from riprap import DataError, Source
 from riprap.connectors.kafka import (
     HEADER_PREFIX,
     KafkaDeadLetters,
@@ -21,6 +21,7 @@ from riprap.connectors.kafka import (
 )
 from riprap.connectors.kafka._deadletters import letter_headers, payload_bytes
 from riprap.deadletters import DeadLetterFilter
+from tests._sources import read_to_end
 from tests.engine.dlq._letters import make_letter
 
 if TYPE_CHECKING:
@@ -139,15 +140,8 @@ async def test_a_foreign_message_names_partition_and_offset(kafka: KafkaHelper) 
 
 
 async def drain(source: KafkaDeadLetterSource, positions: dict[str, int]) -> list[SourceBatch]:
-    """Open the source at ``positions`` and read it to the end."""
-    await source.open(SourceContext(pipeline="orders.replay", positions=positions))
-    batches = []
-    try:
-        while (batch := await source.read(4)) is not None:
-            batches.append(batch)
-    finally:
-        await source.aclose()
-    return batches
+    """Open the source at ``positions`` and read it to the end, four records at a time."""
+    return await read_to_end(source, 4, positions, pipeline="orders.replay")
 
 
 @pytest.mark.kafka

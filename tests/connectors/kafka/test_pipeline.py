@@ -14,7 +14,9 @@ import pytest
 pytest.importorskip("aiokafka")
 
 import riprap
+import riprap.checkpoints
 import riprap.connectors.memory
+import riprap.deadletters
 from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
 
 from .conftest import FAST_GROUP
@@ -22,7 +24,7 @@ from .conftest import FAST_GROUP
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .conftest import KafkaHelper
+    from .conftest import KafkaHelper, Message
 
 pytestmark = pytest.mark.anyio
 
@@ -242,8 +244,12 @@ async def test_two_members_share_partitions_and_a_rebalance_loses_nothing(
     """A second member joining drains and commits revoked partitions: no loss, no duplicate."""
     source, out = await kafka.create_topic(4), await kafka.create_topic(4)
     group = f"g-{uuid.uuid4().hex}"
-    first_half = [(f"a{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(4_000)]
-    second_half = [(f"b{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(4_000)]
+    first_half: list[Message] = [
+        (f"a{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(4_000)
+    ]
+    second_half: list[Message] = [
+        (f"b{i}".encode(), orjson.dumps({"id": i, "qty": 1}), []) for i in range(4_000)
+    ]
     await kafka.produce(source, first_half)
     # No periodic checkpoint before the rebalance: only the drain can commit A's work.
     member_a = build(kafka, tmp_path / "a", source, out, group).with_options(

@@ -13,10 +13,10 @@ from aiokafka.errors import KafkaConnectionError, UnknownError
 from aiokafka.partitioner import murmur2
 
 from riprap import Batch, ConfigError, DataError, SourceBatch, TransientError
-from riprap._core.records import ConcatOrigin, SourceOrigin
 from riprap.connectors.kafka import KafkaSink
 from riprap.connectors.kafka._sink import _as_riprap_error
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, SourceOrigin
+from tests.connectors._origins import joined
 
 if TYPE_CHECKING:
     from .conftest import KafkaHelper
@@ -98,13 +98,12 @@ def test_retriable_kafka_errors_become_transient() -> None:
 
 def batch_from_partitions(parts: dict[str, list[bytes]]) -> Batch:
     """One batch joining source batches of several partitions (as re-batching makes them)."""
-    pieces: list[tuple[int, Any]] = []
-    values: list[bytes] = []
-    for name, part_values in parts.items():
-        source = SourceBatch(name, part_values, start=0, keys=[b"k-" + v for v in part_values])
-        pieces.append((len(values), SourceOrigin(source)))
-        values.extend(part_values)
-    return Batch(values, Ack(lambda: None), ConcatOrigin(pieces))
+    sources = [
+        SourceBatch(name, values, start=0, keys=[b"k-" + v for v in values])
+        for name, values in parts.items()
+    ]
+    values = [value for source in sources for value in source.values]
+    return Batch(values, Ack(lambda: None), joined(*sources))
 
 
 @pytest.mark.kafka

@@ -15,6 +15,9 @@ from tests.checkpoint_contract import snapshot
 from tests.checkpoint_contract import test_aclose_keeps_data as test_aclose_keeps_data
 from tests.checkpoint_contract import test_backwards_seq_refused as test_backwards_seq_refused
 from tests.checkpoint_contract import test_claim_increments_epoch as test_claim_increments_epoch
+from tests.checkpoint_contract import (
+    test_fencing_across_instances as test_fencing_across_instances,
+)
 from tests.checkpoint_contract import test_load_unknown_pipeline as test_load_unknown_pipeline
 from tests.checkpoint_contract import test_new_epoch_restarts_seq as test_new_epoch_restarts_seq
 from tests.checkpoint_contract import test_pipelines_independent as test_pipelines_independent
@@ -58,89 +61,70 @@ async def backend(store: Store) -> AsyncIterator[CheckpointBackend]:
     await checkpoints.aclose()
 
 
-async def test_fencing_across_instances(store: Store) -> None:
-    """Two backends on one bucket fence each other: the zombie's save is refused after a claim."""
-    zombie, heir = make_backend(store), make_backend(store)
-    try:
-        await zombie.claim("orders", "zombie")
-        await zombie.save(snapshot(1, "zombie", seq=1))
-        claim = await heir.claim("orders", "heir")
-        with pytest.raises(FencedError):
-            await zombie.save(snapshot(1, "zombie", seq=2))
-        heir_cp = snapshot(2, "heir", seq=1)
-        await heir.save(heir_cp)
-        assert (2, snapshot(1, "zombie", seq=1), heir_cp) == (
-            claim.epoch,
-            claim.checkpoint,
-            await zombie.load("orders"),
-        )
-    finally:
-        await zombie.aclose()
-        await heir.aclose()
+@pytest.fixture
+async def twin_backends(store: Store) -> AsyncIterator[tuple[S3Checkpoints, S3Checkpoints]]:
+    """Two backends on one bucket (two processes' view), closed after the test."""
+    first, second = make_backend(store), make_backend(store)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+def claim_before_first_write(
+    monkeypatch: pytest.MonkeyPatch, writer: S3Checkpoints, rival: S3Checkpoints, owner: str
+) -> list[int]:
+    """Make ``rival`` claim ``orders`` for ``owner`` just before ``writer``'s first write.
+
+    The claim lands between the writer's read and its conditional write, the
+    race the ETag condition exists for; the returned list receives its epoch.
+    """
+    real_write = S3Checkpoints._write
+    epochs: list[int] = []
+
+    async def write_after_rival_claim(
+        self: S3Checkpoints,
+        client: Any,
+        pipeline: str,
+        body: bytes,
+        etag: str | None,
+        attempt: int,
+    ) -> bool:
+        if self is writer and not epochs:
+            epochs.append((await rival.claim("orders", owner)).epoch)
+        return await real_write(self, client, pipeline, body, etag, attempt)
+
+    monkeypatch.setattr(S3Checkpoints, "_write", write_after_rival_claim)
+    return epochs
 
 
 async def test_claim_between_check_and_write_fences_zombie(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    twin_backends: tuple[S3Checkpoints, S3Checkpoints], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A claim after a zombie's check makes its conditional write fail; the retry refuses."""
-    zombie, heir = make_backend(store), make_backend(store)
-    try:
-        await zombie.claim("orders", "zombie")
-        real_write = S3Checkpoints._write
-        raced: list[int] = []
-
-        async def write_after_takeover(
-            self: S3Checkpoints,
-            client: Any,
-            pipeline: str,
-            body: bytes,
-            etag: str | None,
-            attempt: int,
-        ) -> bool:
-            if self is zombie and not raced:
-                raced.append((await heir.claim("orders", "heir")).epoch)
-            return await real_write(self, client, pipeline, body, etag, attempt)
-
-        monkeypatch.setattr(S3Checkpoints, "_write", write_after_takeover)
-        with pytest.raises(FencedError) as caught:
-            await zombie.save(snapshot(1, "zombie", seq=1))
-        monkeypatch.undo()
-        expected = ([2], 2, None)
-        assert expected == (raced, caught.value.current_epoch, await heir.load("orders"))
-    finally:
-        await zombie.aclose()
-        await heir.aclose()
+    zombie, heir = twin_backends
+    await zombie.claim("orders", "zombie")
+    raced = claim_before_first_write(monkeypatch, zombie, heir, "heir")
+    with pytest.raises(FencedError) as caught:
+        await zombie.save(snapshot(1, "zombie", seq=1))
+    monkeypatch.undo()
+    expected = ([2], 2, None)
+    assert expected == (raced, caught.value.current_epoch, await heir.load("orders"))
 
 
-async def test_claim_retries_a_lost_race(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_claim_retries_a_lost_race(
+    twin_backends: tuple[S3Checkpoints, S3Checkpoints],
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A claim whose conditional write loses to another claim re-reads and takes the next epoch."""
-    first, second = make_backend(store), make_backend(store)
-    try:
-        await first.claim("orders", "a")
-        real_write = S3Checkpoints._write
-        calls: list[int] = []
-
-        async def interleaved(
-            self: S3Checkpoints,
-            client: Any,
-            pipeline: str,
-            body: bytes,
-            etag: str | None,
-            attempt: int,
-        ) -> bool:
-            if self is first and not calls:
-                calls.append((await second.claim("orders", "b")).epoch)
-            return await real_write(self, client, pipeline, body, etag, attempt)
-
-        monkeypatch.setattr(S3Checkpoints, "_write", interleaved)
-        claim = await first.claim("orders", "c")
-        monkeypatch.undo()
-        stored = orjson.loads(await store.get(PREFIX + "orders.checkpoint.json"))
-        expected = ([2], (3, "c"), (3, "c"))
-        assert expected == (calls, (claim.epoch, claim.owner), (stored["epoch"], stored["owner"]))
-    finally:
-        await first.aclose()
-        await second.aclose()
+    first, second = twin_backends
+    await first.claim("orders", "a")
+    raced = claim_before_first_write(monkeypatch, first, second, "b")
+    claim = await first.claim("orders", "c")
+    monkeypatch.undo()
+    stored = orjson.loads(await store.get(PREFIX + "orders.checkpoint.json"))
+    expected = ([2], (3, "c"), (3, "c"))
+    assert expected == (raced, (claim.epoch, claim.owner), (stored["epoch"], stored["owner"]))
 
 
 # -- corruption and names -----------------------------------------------------------------------

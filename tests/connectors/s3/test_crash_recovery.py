@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine._subprocesses import DEADLINE, spawn, wait_until
+from tests.engine._subprocesses import DEADLINE, spawn, wait_for_child
 
 from ._s3_worker import PIPELINE
 from .conftest import CREDENTIALS, FAKE_ENV, REGION
@@ -117,7 +117,7 @@ def test_kill_and_restart_writes_every_record_once(
             return len(keys(client, bucket, "out/")) >= target
 
         with spawn(args, tmp_path, f"run-{run}") as proc:
-            wait_until(grown, proc, f"{target} output objects")
+            wait_for_child(grown, proc, f"{target} output objects")
             proc.kill()
             proc.wait(timeout=DEADLINE)
         assert -signal.SIGKILL == proc.returncode, f"run {run} ended before it could be killed"

@@ -7,7 +7,6 @@ Credentials and region come from the environment the moto fixture sets.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -15,20 +14,22 @@ import anyio
 import orjson
 import pytest
 
-from riprap.cli._dlq import run_dlq_command
 from riprap.connectors.s3 import S3DeadLetters
-from tests.engine._subprocesses import DEADLINE, spawn, wait_until
 from tests.engine.dlq._letters import make_letter
 from tests.engine.dlq._replay import (
-    FIX,
+    FAILED,
+    ORDERS,
+    STILL_BROKEN,
+    STILL_FAILING,
     bad_amounts,
     bad_quantities,
+    check_replay_sends_each_record_once,
+    check_stopped_replay_resumes,
     failing_pipeline,
-    parse_dlq,
-    records_in,
-    replay_command,
+    replay,
     replayed,
-    riprap_dlq,
+    run_dlq,
+    with_fix,
 )
 
 from .conftest import client_config
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.s3
 
-ORDERS = 600
-FAILED = bad_amounts(ORDERS) | bad_quantities(ORDERS)
 DAY = 86_400.0
 
 
@@ -65,16 +64,14 @@ def dead_prefix(bucket: str, moto_endpoint: str) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A directory holding the fixed pipeline, ``fix.py``."""
-    (tmp_path / "fix.py").write_text(FIX)
-    return tmp_path
+    return with_fix(tmp_path)
 
 
 def test_inspect_counts_a_prefix(
     dead_prefix: str, moto_endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Counts by stage and reason cover every object under the prefix."""
-    args = parse_dlq("inspect", dead_prefix, "--endpoint-url", moto_endpoint, "--json")
-    assert 0 == run_dlq_command(args)
+    assert 0 == run_dlq("inspect", dead_prefix, "--endpoint-url", moto_endpoint, "--json")
     report = orjson.loads(capsys.readouterr().out)
     assert (len(FAILED), dead_prefix) == (report["total"], report["path"])
     assert {"parse": len(bad_amounts(ORDERS)), "check": len(bad_quantities(ORDERS))} == (
@@ -86,8 +83,7 @@ def test_inspect_filters(
     dead_prefix: str, moto_endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--stage`` narrows the counts."""
-    args = parse_dlq("inspect", dead_prefix, "--endpoint-url", moto_endpoint, "--stage", "check")
-    assert 0 == run_dlq_command(args)
+    assert 0 == run_dlq("inspect", dead_prefix, "--endpoint-url", moto_endpoint, "--stage", "check")
     out = capsys.readouterr().out.splitlines()
     assert f"{dead_prefix}: {len(bad_quantities(ORDERS))} dead letters" == out[0]
 
@@ -98,7 +94,7 @@ def test_inspect_of_nothing_exits_2(
 ) -> None:
     """An empty prefix or a missing bucket holds no dead letters: exit 2."""
     location = where.format(bucket=bucket)
-    assert 2 == run_dlq_command(parse_dlq("inspect", location, "--endpoint-url", moto_endpoint))
+    assert 2 == run_dlq("inspect", location, "--endpoint-url", moto_endpoint)
     assert f"riprap dlq: {location}: no dead letters stored there" in capsys.readouterr().err
 
 
@@ -120,13 +116,11 @@ def test_purge_deletes_whole_old_objects_and_says_what_it_kept(
 
     anyio.run(fill)
     location = f"s3://{bucket}/dlq/"
-    args = parse_dlq("purge", location, "--endpoint-url", moto_endpoint, "--older-than", "7d")
-    assert 0 == run_dlq_command(args)
+    assert 0 == run_dlq("purge", location, "--endpoint-url", moto_endpoint, "--older-than", "7d")
     out = capsys.readouterr().out
     assert out.startswith(f"{location}: removed 2 dead letters in 1 object last failed before ")
     assert "; kept 1 dead letter as old in 1 object that also hold newer letters" in out
-    args = parse_dlq("inspect", location, "--endpoint-url", moto_endpoint, "--json")
-    assert 0 == run_dlq_command(args)
+    assert 0 == run_dlq("inspect", location, "--endpoint-url", moto_endpoint, "--json")
     assert 2 == orjson.loads(capsys.readouterr().out)["total"]
 
 
@@ -135,25 +129,13 @@ def test_replay_sends_each_failed_record_once(
     dead_prefix: str, moto_endpoint: str, workdir: Path
 ) -> None:
     """The fix gets every failed record once; replaying again sends nothing."""
-    args = ("replay", dead_prefix, "--endpoint-url", moto_endpoint, "--pipeline", "fix.py", "-q")
-    first = riprap_dlq(*args, cwd=workdir)
-    assert 0 == first.returncode, first.stderr
-    assert len(FAILED) == records_in(first.stderr)
-    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
-    second = riprap_dlq(*args, cwd=workdir)
-    assert 0 == second.returncode, second.stderr
-    assert 0 == records_in(second.stderr)
-    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
+    check_replay_sends_each_record_once([dead_prefix, "--endpoint-url", moto_endpoint], workdir)
 
 
 @pytest.mark.slow
 def test_replay_with_a_filter(dead_prefix: str, moto_endpoint: str, workdir: Path) -> None:
     """``--reason validation`` replays only the letters with that reason."""
-    done = riprap_dlq(
-        "replay", dead_prefix, "--endpoint-url", moto_endpoint, "--reason", "validation",
-        "--pipeline", "fix.py", "-q", cwd=workdir,
-    )  # fmt: skip
-    assert 0 == done.returncode, done.stderr
+    replay([dead_prefix, "--endpoint-url", moto_endpoint], workdir, "--reason", "validation")
     assert dict.fromkeys(bad_quantities(ORDERS), 1) == replayed(workdir)
 
 
@@ -162,20 +144,7 @@ def test_a_stopped_replay_resumes_without_resending(
     dead_prefix: str, moto_endpoint: str, workdir: Path
 ) -> None:
     """SIGTERM stops a rate-limited replay; the next one sends only the rest, each once."""
-    command = replay_command(dead_prefix, "--endpoint-url", moto_endpoint, "--rate", "40")
-    with spawn(command, workdir, "first") as proc:
-        wait_until(lambda: replayed(workdir).total() >= 50, proc, "50 records replayed")
-        proc.send_signal(signal.SIGTERM)
-        assert 0 == proc.wait(timeout=DEADLINE), (workdir / "first.err").read_text()
-    stopped_at = replayed(workdir).total()
-    assert len(FAILED) > stopped_at
-    done = riprap_dlq(
-        "replay", dead_prefix, "--endpoint-url", moto_endpoint, "--pipeline", "fix.py", "-q",
-        cwd=workdir,
-    )  # fmt: skip
-    assert 0 == done.returncode, done.stderr
-    assert len(FAILED) - stopped_at == records_in(done.stderr)
-    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
+    check_stopped_replay_resumes([dead_prefix, "--endpoint-url", moto_endpoint], workdir)
 
 
 @pytest.mark.slow
@@ -183,21 +152,10 @@ def test_records_failing_again_can_go_to_another_prefix(
     dead_prefix: str, moto_endpoint: str, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--failed-to s3://...`` stores the letters the fix still rejects under that prefix."""
-    still_broken = FIX.replace(
-        "    return value\n",
-        "    if value['id'] % 10 == 0:\n"
-        "        raise riprap.DataError('still broken')\n"
-        "    return value\n",
-    )
-    (workdir / "fix.py").write_text(still_broken)
+    (workdir / "fix.py").write_text(STILL_BROKEN)
     again = dead_prefix.replace("/dlq/", "/again/")
-    done = riprap_dlq(
-        "replay", dead_prefix, "--endpoint-url", moto_endpoint, "--failed-to", again,
-        "--pipeline", "fix.py", "-q", cwd=workdir,
-    )  # fmt: skip
-    assert 0 == done.returncode, done.stderr
-    failing = {i for i in FAILED if i % 10 == 0}
-    assert dict.fromkeys(FAILED - failing, 1) == replayed(workdir)
-    args = parse_dlq("inspect", again, "--endpoint-url", moto_endpoint, "--json")
-    assert 0 == run_dlq_command(args)
-    assert len(failing) == orjson.loads(capsys.readouterr().out)["total"]
+    store = [dead_prefix, "--endpoint-url", moto_endpoint]
+    replay(store, workdir, "--failed-to", again)
+    assert dict.fromkeys(FAILED - STILL_FAILING, 1) == replayed(workdir)
+    assert 0 == run_dlq("inspect", again, "--endpoint-url", moto_endpoint, "--json")
+    assert len(STILL_FAILING) == orjson.loads(capsys.readouterr().out)["total"]

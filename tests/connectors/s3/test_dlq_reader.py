@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap import Source, SourceContext
+from riprap import Source
 from riprap.checkpoints import CheckpointError
 from riprap.connectors.s3 import (
     OBJECT_COMPLETE,
@@ -18,6 +18,7 @@ from riprap.connectors.s3 import (
 )
 from riprap.connectors.s3._dlq_reader import _delete
 from riprap.deadletters import DeadLetterFilter
+from tests._sources import read_to_end
 from tests.engine.dlq._letters import T0, make_letter
 
 from .conftest import client_config
@@ -94,14 +95,7 @@ def source(store: Store, **options: object) -> S3DeadLetterSource:
 
 async def drain(replay: S3DeadLetterSource, positions: dict[str, int]) -> list[SourceBatch]:
     """Open ``replay`` at ``positions`` and read it to the end, two records at a time."""
-    await replay.open(SourceContext(pipeline="orders.replay", positions=positions))
-    batches = []
-    try:
-        while (batch := await replay.read(2)) is not None:
-            batches.append(batch)
-    finally:
-        await replay.aclose()
-    return batches
+    return await read_to_end(replay, 2, positions, pipeline="orders.replay")
 
 
 async def test_source_positions_are_lines_of_each_object(store: Store) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import gzip
-import importlib.util
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,12 +12,11 @@ import pytest
 import riprap
 from riprap.connectors.files import parse_json_line
 from riprap.connectors.s3 import OBJECT_COMPLETE, S3Checkpoints, S3DeadLetters, S3Sink, S3Source
+from tests._examples import load_example
 
 from .conftest import client_config
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from .conftest import Store
 
 pytestmark = [pytest.mark.s3, pytest.mark.anyio]
@@ -131,20 +128,9 @@ async def test_a_quarantined_object_is_in_the_report_and_the_metrics(store: Stor
     assert "objects_quarantined" in report.format()
 
 
-def load_example() -> ModuleType:
-    """``examples/s3_backfill.py``, imported from its file."""
-    path = Path(__file__).resolve().parents[3] / "examples" / "s3_backfill.py"
-    spec = importlib.util.spec_from_file_location("examples_s3_backfill", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_backfill_example_is_idempotent(store: Store) -> None:
     """The backfill reads only its window, and a fresh rerun overwrites the same objects."""
-    example = load_example()
+    example = load_example("s3_backfill.py")
     for day in range(1, 5):
         events = [{"id": f"{day}-{i}", "amount": day + i / 100} for i in range(5)]
         data = gzip.compress(b"".join(orjson.dumps(e) + b"\n" for e in events))

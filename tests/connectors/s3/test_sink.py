@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from riprap import Batch, ConfigError, DataError, Sink, SourceBatch
-from riprap._core.records import ConcatOrigin, SourceOrigin
 from riprap.connectors.s3 import S3DeadLetters, S3Sink
 from riprap.deadletters import DeadLetter
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, SourceOrigin
 from riprap.observability import Redactor
+from tests.connectors._origins import joined
 
 from .conftest import client_config
 
@@ -78,8 +78,7 @@ async def test_partitions_split_into_objects(store: Store) -> None:
     """A batch mixing two partitions writes one object per partition, with encoded names."""
     left = SourceBatch("s3://in/a.jsonl", [1, 2], start=0)
     right = SourceBatch("s3://in/b.jsonl", [3], start=5)
-    origin = ConcatOrigin([(0, SourceOrigin(left)), (2, SourceOrigin(right))])
-    await write_all(make_sink(store), Batch([1, 2, 3], Ack(lambda: None), origin))
+    await write_all(make_sink(store), Batch([1, 2, 3], Ack(lambda: None), joined(left, right)))
     expected = [
         "out/s3%3A%2F%2Fin%2Fa.jsonl/00000000000000000000-00000000000000000001.jsonl",
         "out/s3%3A%2F%2Fin%2Fb.jsonl/00000000000000000005-00000000000000000005.jsonl",

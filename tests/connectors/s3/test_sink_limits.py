@@ -10,13 +10,14 @@ import orjson
 import pytest
 
 import riprap
+import riprap.checkpoints
 from riprap import Batch, ConfigError, SourceBatch
-from riprap._core.records import IndexOrigin, SourceOrigin
 from riprap.checkpoints import Checkpoint
 from riprap.connectors.memory import IterableSource
 from riprap.connectors.s3 import S3Sink
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, SourceOrigin
 from riprap.testing import VirtualClock, run_pipeline
+from tests.connectors._origins import repeated
 from tests.engine.test_sink_feed import PacedSource
 
 from .test_sink import batch_of, make_sink
@@ -151,8 +152,9 @@ async def test_max_age_cuts_in_virtual_time(store: Store) -> None:
 async def test_outputs_of_one_record_are_numbered_in_names(store: Store) -> None:
     """Records sharing a source offset (a flat_map's) may be split; names tell them apart."""
     source = SourceBatch("in", ["a", "b"], start=0)
-    batch = Batch(["a0", "a1", "a2", "b0", "b1"], Ack(lambda: None), None)
-    batch.origin = IndexOrigin(SourceOrigin(source), [0, 0, 0, 1, 1])
+    batch = Batch(
+        ["a0", "a1", "a2", "b0", "b1"], Ack(lambda: None), repeated(source, [0, 0, 0, 1, 1])
+    )
     sink = make_sink(store, max_records=2)
     await sink.open()
     try:

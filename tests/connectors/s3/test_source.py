@@ -12,6 +12,7 @@ import pytest
 from riprap import ConfigError, Source, SourceBatch, SourceContext
 from riprap.checkpoints import CheckpointError
 from riprap.connectors.s3 import OBJECT_COMPLETE, QuarantinedObject, S3Source
+from tests._sources import read_to_end
 
 from .conftest import client_config
 
@@ -26,20 +27,6 @@ def make_source(store: Store, **options: Any) -> S3Source:
     return S3Source(
         store.bucket, "in/", endpoint_url=store.endpoint, client_config=client_config(), **options
     )
-
-
-async def drain(
-    source: S3Source, max_records: int = 100, positions: dict[str, int] | None = None
-) -> list[SourceBatch]:
-    """Open the source, read it to the end and close it."""
-    await source.open(SourceContext(pipeline="test", positions=positions or {}))
-    batches = []
-    try:
-        while (batch := await source.read(max_records)) is not None:
-            batches.append(batch)
-    finally:
-        await source.aclose()
-    return batches
 
 
 def summary(batches: list[SourceBatch]) -> list[tuple[str, list[Any], int, int]]:
@@ -62,7 +49,7 @@ async def test_objects_in_key_order_with_positions(store: Store) -> None:
     await store.put_lines("in/b.jsonl", lines(3))
     await store.put_lines("in/a.jsonl", lines(0, 1, 2))
     await store.put_lines("other/c.jsonl", lines(9))
-    batches = await drain(make_source(store), max_records=2)
+    batches = await read_to_end(make_source(store), max_records=2)
     expected = [
         ("a.jsonl", lines(0, 1), 0, 2),
         ("a.jsonl", lines(2), 2, OBJECT_COMPLETE),
@@ -88,7 +75,7 @@ async def test_lag_counts_the_rest_of_the_object(store: Store) -> None:
 async def test_empty_lines_are_counted_not_read(store: Store) -> None:
     """Empty lines keep their index as a position but are not records."""
     await store.put("in/a.jsonl", b'{"n":0}\n\r\n{"n":2}\r\n')
-    batches = await drain(make_source(store))
+    batches = await read_to_end(make_source(store))
     expected = ([b'{"n":0}', b'{"n":2}'], [0, 2], OBJECT_COMPLETE)
     assert expected == (batches[0].values, batches[0].offsets, batches[0].end)
 
@@ -100,7 +87,7 @@ async def test_resume_inside_an_object(store: Store) -> None:
     source = make_source(store)
     positions = {source.partition_of("in/a.jsonl"): OBJECT_COMPLETE}
     positions[source.partition_of("in/b.jsonl")] = 2
-    batches = await drain(source, positions=positions)
+    batches = await read_to_end(source, positions=positions)
     stats = source.statistics()
     assert [("b.jsonl", lines(12, 13), 2, OBJECT_COMPLETE)] == summary(batches)
     assert (2, 1, 1) == (stats.objects_listed, stats.objects_read, stats.objects_skipped)
@@ -110,7 +97,7 @@ async def test_resume_at_the_end_completes(store: Store) -> None:
     """A position at the object's line count yields one empty batch that completes it."""
     await store.put_lines("in/a.jsonl", lines(0, 1))
     source = make_source(store)
-    batches = await drain(source, positions={source.partition_of("in/a.jsonl"): 2})
+    batches = await read_to_end(source, positions={source.partition_of("in/a.jsonl"): 2})
     assert [("a.jsonl", [], 2, OBJECT_COMPLETE)] == summary(batches)
 
 
@@ -119,21 +106,21 @@ async def test_resume_past_the_end_is_an_error(store: Store) -> None:
     await store.put_lines("in/a.jsonl", lines(0))
     source = make_source(store)
     with pytest.raises(CheckpointError, match="only 1 lines"):
-        await drain(source, positions={source.partition_of("in/a.jsonl"): 5})
+        await read_to_end(source, positions={source.partition_of("in/a.jsonl"): 5})
 
 
 async def test_gzip_objects(store: Store) -> None:
     """Objects ending in .gz are decompressed; gzip=True forces it for other names."""
     await store.put_lines("in/a.jsonl.gz", lines(0, 1), compress=True)
     await store.put_lines("in/b.jsonl", lines(2), compress=True)
-    batches = await drain(make_source(store, gzip=True))
+    batches = await read_to_end(make_source(store, gzip=True))
     assert [lines(0, 1), lines(2)] == [b.values for b in batches]
 
 
 async def test_csv_objects(store: Store) -> None:
     """CSV objects yield dicts; the header is line 0, so rows start at position 1."""
     await store.put("in/a.csv", b"id,name\r\n1,a\r\n\r\n2,b\r\n")
-    batches = await drain(make_source(store, format="csv"))
+    batches = await read_to_end(make_source(store, format="csv"))
     expected = ([{"id": "1", "name": "a"}, {"id": "2", "name": "b"}], [1, 3])
     assert expected == (batches[0].values, batches[0].offsets)
 
@@ -145,7 +132,7 @@ async def test_corrupt_gzip_is_quarantined(store: Store) -> None:
     await store.put_lines("in/3.jsonl.gz", lines(3), compress=True)
     seen: list[QuarantinedObject] = []
     source = make_source(store, quarantine_prefix="quarantine/", on_quarantine=seen.append)
-    batches = await drain(source)
+    batches = await read_to_end(source)
     reason = orjson.loads(await store.get("quarantine/in/2.jsonl.gz.reason.json"))
     expected_batches = [
         ("1.jsonl.gz", lines(1), 0, OBJECT_COMPLETE),
@@ -171,7 +158,7 @@ async def test_truncated_and_undecodable_objects_are_quarantined(store: Store) -
     await store.put("in/b.jsonl", b'{"n": "\xff"}\n')
     await store.put("csv/c.csv", b"id,name\n1\n")
     jsonl = make_source(store)
-    await drain(jsonl)
+    await read_to_end(jsonl)
     csv_source = S3Source(
         store.bucket,
         "csv/",
@@ -179,7 +166,7 @@ async def test_truncated_and_undecodable_objects_are_quarantined(store: Store) -
         endpoint_url=store.endpoint,
         client_config=client_config(),
     )
-    await drain(csv_source)
+    await read_to_end(csv_source)
     reasons = [q.reason for q in [*jsonl.quarantined, *csv_source.quarantined]]
     expected = [
         "truncated gzip stream",

@@ -6,7 +6,7 @@ from typing import Any
 
 from riprap import DataError, Record
 from riprap.deadletters import DeadLetter
-from riprap.observability._redact import DEFAULT_REDACTOR
+from riprap.observability import Redactor
 
 T0 = 1_700_000_000.0
 """A fixed failure time (2023-11-14T22:13:20Z)."""
@@ -40,5 +40,5 @@ def make_letter(
         first_failure_at=at,
         last_failure_at=at,
         config_hash="cafe",
-        redactor=DEFAULT_REDACTOR,
+        redactor=Redactor(),
     )

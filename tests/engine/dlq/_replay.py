@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,10 +21,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import riprap
-from riprap.cli._dlq import add_dlq_commands
+import riprap.checkpoints
+import riprap.deadletters
+from riprap.cli._dlq import add_dlq_commands, run_dlq_command
 from riprap.connectors.memory import IterableSource, MemorySink
 
+from .._subprocesses import DEADLINE, spawn, wait_for_child
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 FIX = textwrap.dedent(
@@ -72,6 +78,29 @@ def bad_quantities(count: int) -> set[int]:
     return {i for i in range(count) if i % 7 == 0 and i % 5}
 
 
+ORDERS = 600
+"""How many orders the store tests' failing pipeline reads."""
+FAILED = bad_amounts(ORDERS) | bad_quantities(ORDERS)
+"""The ids of those orders it dead-letters."""
+
+
+STILL_BROKEN = FIX.replace(
+    "    return value\n",
+    "    if value['id'] % 10 == 0:\n"
+    "        raise riprap.DataError('still broken')\n"
+    "    return value\n",
+)
+"""A fix that still rejects every 10th order, for what a replay's ``--failed-to`` receives."""
+STILL_FAILING = {i for i in FAILED if i % 10 == 0}
+"""The ids of the letters :data:`STILL_BROKEN` rejects again."""
+
+
+def with_fix(directory: Path) -> Path:
+    """``directory``, holding the fixed pipeline as ``fix.py`` (replays run there)."""
+    (directory / "fix.py").write_text(FIX)
+    return directory
+
+
 def strict_parse(raw: bytes) -> dict[str, Any]:
     """The broken step: an amount in words is a data error."""
     value: dict[str, Any] = orjson.loads(raw)
@@ -108,6 +137,16 @@ def parse_dlq(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="riprap")
     add_dlq_commands(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["dlq", *argv])
+
+
+def run_dlq(*argv: str) -> int:
+    """Run ``riprap dlq inspect|purge ...`` in this process; return its exit code.
+
+    In-process, unlike :func:`riprap_dlq`, so tests read its output with
+    ``capsys``; not through ``riprap.cli.main``, which would replace the test
+    run's log handlers with the command's own.
+    """
+    return run_dlq_command(parse_dlq(*argv))
 
 
 def replay_command(*args: str) -> list[str]:
@@ -150,3 +189,33 @@ def replayed(directory: Path) -> Counter[int]:
     if not path.exists():
         return Counter()
     return Counter(orjson.loads(line)["id"] for line in path.read_bytes().splitlines())
+
+
+def replay(store: Sequence[str], workdir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``riprap dlq replay STORE... OPTIONS... --pipeline fix.py -q`` in ``workdir``; exit 0."""
+    done = riprap_dlq("replay", *store, *options, "--pipeline", "fix.py", "-q", cwd=workdir)
+    assert 0 == done.returncode, done.stderr
+    return done
+
+
+def check_replay_sends_each_record_once(store: Sequence[str], workdir: Path) -> None:
+    """The fix gets every failed record of ``store`` once; replaying again sends nothing."""
+    first = replay(store, workdir)
+    assert len(FAILED) == records_in(first.stderr)
+    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
+    second = replay(store, workdir)
+    assert 0 == records_in(second.stderr)
+    assert dict.fromkeys(FAILED, 1) == replayed(workdir)
+
+
+def check_stopped_replay_resumes(store: Sequence[str], workdir: Path) -> None:
+    """SIGTERM stops a rate-limited replay; the next one sends only the rest, each once."""
+    with spawn(replay_command(*store, "--rate", "40"), workdir, "first") as proc:
+        wait_for_child(lambda: replayed(workdir).total() >= 50, proc, "50 records replayed")
+        proc.send_signal(signal.SIGTERM)
+        assert 0 == proc.wait(timeout=DEADLINE), (workdir / "first.err").read_text()
+    stopped_at = replayed(workdir).total()
+    assert len(FAILED) > stopped_at
+    done = replay(store, workdir)
+    assert len(FAILED) - stopped_at == records_in(done.stderr)
+    assert dict.fromkeys(FAILED, 1) == replayed(workdir)

@@ -10,8 +10,8 @@ import pytest
 
 from riprap import DataError, DecodeError, Record
 from riprap.deadletters import DeadLetter
-from riprap.deadletters._envelope import MAX_TRACEBACK_CHARS, letter_id
-from riprap.observability._redact import DEFAULT_REDACTOR
+from riprap.deadletters._envelope import MAX_TRACEBACK_CHARS
+from riprap.observability import Redactor
 
 from ._letters import T0, make_letter
 
@@ -68,7 +68,9 @@ def test_id_is_deterministic() -> None:
     assert digest == first.id == again.id
     assert first.id != make_letter(12).id
     assert first.id != make_letter(11, stage="enrich").id
-    assert letter_id("a:b", "c", 1, "s") != letter_id("a", "b:c", 1, "s")
+    joined_left = make_letter(1, pipeline="a:b", partition="c", stage="s")
+    joined_right = make_letter(1, pipeline="a", partition="b:c", stage="s")
+    assert joined_left.id != joined_right.id  # the parts are kept apart, not just concatenated
 
 
 def test_record_metadata_and_defaults() -> None:
@@ -140,7 +142,7 @@ def test_create_without_record() -> None:
         first_failure_at=T0,
         last_failure_at=T0 + 1,
         config_hash="h",
-        redactor=DEFAULT_REDACTOR,
+        redactor=Redactor(),
         trace_id="t-1",
     )
     assert letter == DeadLetter.from_json(letter.to_json())

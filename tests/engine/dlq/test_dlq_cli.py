@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import stat
 import time
 from typing import TYPE_CHECKING
@@ -12,10 +11,10 @@ import orjson
 import pytest
 
 from riprap import DecodeError
-from riprap.cli._dlq import add_dlq_commands, parse_duration, run_dlq_command
 from riprap.deadletters import JsonLinesDeadLetters, SqliteDeadLetters, read_dead_letters
 
 from ._letters import make_letter
+from ._replay import parse_dlq, run_dlq
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,13 +22,6 @@ if TYPE_CHECKING:
     from riprap.deadletters import DeadLetter
 
 DAY = 86_400.0
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    """Parse ``riprap dlq ...`` arguments with the parser the CLI builds."""
-    parser = argparse.ArgumentParser(prog="riprap")
-    add_dlq_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["dlq", *argv])
 
 
 async def store(path: Path, letters: list[DeadLetter]) -> None:
@@ -68,7 +60,7 @@ def jsonl(tmp_path: Path) -> Path:
 
 def test_inspect_counts_and_latest(jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Counts by stage, error type and reason come first, then the latest entries."""
-    assert 0 == run_dlq_command(parse("inspect", str(jsonl), "--show", "1"))
+    assert 0 == run_dlq("inspect", str(jsonl), "--show", "1")
     out = capsys.readouterr().out.splitlines()
     assert f"{jsonl}: 4 dead letters" == out[0]
     assert ["by stage:", "  parse   3", "  enrich  1"] == out[1:4]
@@ -83,15 +75,16 @@ def test_inspect_counts_and_latest(jsonl: Path, capsys: pytest.CaptureFixture[st
 
 def test_inspect_never_prints_values(jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Neither the text nor the JSON output contains a payload, only its size."""
-    run_dlq_command(parse("inspect", str(jsonl)))
-    run_dlq_command(parse("inspect", str(jsonl), "--json"))
+    run_dlq("inspect", str(jsonl))
+    run_dlq("inspect", str(jsonl), "--json")
     assert "SECRET-PAYLOAD" not in capsys.readouterr().out
 
 
 def test_inspect_json_with_filters(jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--json`` prints one object; the filters narrow counts and entries alike."""
-    args = parse("inspect", str(jsonl), "--stage", "parse", "--error-type", "DecodeError", "--json")
-    assert 0 == run_dlq_command(args)
+    assert 0 == run_dlq(
+        "inspect", str(jsonl), "--stage", "parse", "--error-type", "DecodeError", "--json"
+    )
     report = orjson.loads(capsys.readouterr().out)
     assert (2, {"parse": 2}, {"decode_error": 2}) == (
         report["total"],
@@ -105,9 +98,9 @@ def test_inspect_json_with_filters(jsonl: Path, capsys: pytest.CaptureFixture[st
 
 def test_inspect_since(jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--since`` takes an ISO time or a duration ago."""
-    run_dlq_command(parse("inspect", str(jsonl), "--since", "36h", "--json"))
+    run_dlq("inspect", str(jsonl), "--since", "36h", "--json")
     assert 2 == orjson.loads(capsys.readouterr().out)["total"]
-    run_dlq_command(parse("inspect", str(jsonl), "--since", "2000-01-01T00:00:00Z", "--json"))
+    run_dlq("inspect", str(jsonl), "--since", "2000-01-01T00:00:00Z", "--json")
     assert 4 == orjson.loads(capsys.readouterr().out)["total"]
 
 
@@ -119,7 +112,7 @@ def test_purge_removes_only_old_letters(
     path = tmp_path / name
     letters = sample()
     anyio.run(store, path, letters)
-    assert 0 == run_dlq_command(parse("purge", str(path), "--older-than", "36h"))
+    assert 0 == run_dlq("purge", str(path), "--older-than", "36h")
     assert capsys.readouterr().out.startswith(f"{path}: removed 2 dead letters last failed before")
     assert letters[2:] == list(read_dead_letters(path))
     assert 0o600 == stat.S_IMODE(path.stat().st_mode)
@@ -138,7 +131,7 @@ def test_purge_rewrites_rotated_files(tmp_path: Path) -> None:
         await sink.aclose()
 
     anyio.run(write_rotating)
-    assert 0 == run_dlq_command(parse("purge", str(path), "--older-than", "1d"))
+    assert 0 == run_dlq("purge", str(path), "--older-than", "1d")
     assert letters[3:] == list(read_dead_letters(path))
     assert 0o600 == stat.S_IMODE((tmp_path / "dlq.jsonl.3").stat().st_mode)
 
@@ -147,7 +140,7 @@ def test_purge_drops_an_unfinished_last_line(jsonl: Path) -> None:
     """A line a crash cut short goes with the purge, as the next writer would cut it."""
     with jsonl.open("ab") as file:
         file.write(b'{"version":1,"id":')
-    assert 0 == run_dlq_command(parse("purge", str(jsonl), "--older-than", "30d"))
+    assert 0 == run_dlq("purge", str(jsonl), "--older-than", "30d")
     assert jsonl.read_bytes().endswith(b"}\n")
     assert 4 == len(list(read_dead_letters(jsonl)))
 
@@ -159,7 +152,7 @@ def test_purge_refuses_while_a_sink_writes(jsonl: Path, capsys: pytest.CaptureFi
         sink = JsonLinesDeadLetters(jsonl)
         await sink.open()
         try:
-            return run_dlq_command(parse("purge", str(jsonl), "--older-than", "0s"))
+            return run_dlq("purge", str(jsonl), "--older-than", "0s")
         finally:
             await sink.aclose()
 
@@ -170,7 +163,7 @@ def test_purge_refuses_while_a_sink_writes(jsonl: Path, capsys: pytest.CaptureFi
 
 def test_missing_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Inspecting a path with nothing stored is reported on stderr with exit code 2."""
-    assert 2 == run_dlq_command(parse("inspect", str(tmp_path / "none.jsonl")))
+    assert 2 == run_dlq("inspect", str(tmp_path / "none.jsonl"))
     assert "no dead letters stored there" in capsys.readouterr().err
 
 
@@ -178,7 +171,7 @@ def test_corrupt_store_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """A corrupt line is reported with its file and line number, exit code 1."""
     path = tmp_path / "dlq.jsonl"
     path.write_bytes(b"{}\n")
-    assert 1 == run_dlq_command(parse("inspect", str(path)))
+    assert 1 == run_dlq("inspect", str(path))
     assert f"{path}:1: dead letter: unsupported envelope version None" in capsys.readouterr().err
 
 
@@ -187,12 +180,12 @@ def test_corrupt_store_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     """Durations take a number and one of the units s, m, h, d."""
-    assert seconds == parse_duration(text)
+    assert seconds == parse_dlq("purge", "x.jsonl", f"--older-than={text}").older_than
 
 
 @pytest.mark.parametrize("text", ["7", "7w", "d", "-1d", "1d2h"])
 def test_bad_duration_is_a_usage_error(text: str, capsys: pytest.CaptureFixture[str]) -> None:
     """An unreadable ``--older-than`` stops argument parsing with exit code 2."""
     with pytest.raises(SystemExit) as info:
-        parse("purge", "x.jsonl", f"--older-than={text}")
+        parse_dlq("purge", "x.jsonl", f"--older-than={text}")
     assert (2, True) == (info.value.code, "invalid duration" in capsys.readouterr().err)

@@ -15,13 +15,14 @@ from riprap.deadletters import (
     JsonLinesDeadLetters,
     SqliteDeadLetters,
 )
+from tests._sources import read_batches
 
 from ._letters import make_letter
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from riprap import Batch, SourceBatch
+    from riprap import Batch
     from riprap.deadletters import DeadLetter
 
 pytestmark = pytest.mark.anyio
@@ -77,14 +78,6 @@ async def store(path: Path, letters: list[DeadLetter]) -> None:
     await sink.aclose()
 
 
-async def read_all(source: DeadLetterSource, max_records: int = 100) -> list[SourceBatch]:
-    """Every batch the source yields until it reports the end."""
-    batches = []
-    while (batch := await source.read(max_records)) is not None:
-        batches.append(batch)
-    return batches
-
-
 def context(source: DeadLetterSource, position: int | None = None) -> SourceContext:
     """A source context, resuming the source's partition at ``position`` if given."""
     positions = {} if position is None else {source.partition: position}
@@ -105,7 +98,7 @@ async def test_yields_original_records(tmp_path: Path, name: str) -> None:
     source = DeadLetterSource(path)
     assert isinstance(source, Source)
     await source.open(context(source))
-    (batch,) = await read_all(source)
+    (batch,) = await read_batches(source)
     await source.aclose()
     assert f"dlq:{path}" == batch.partition  # tmp_path is absolute already
     assert [b"\xff\x00", {"order": 2}] == batch.values
@@ -120,7 +113,7 @@ async def test_resumes_after_the_checkpointed_position(tmp_path: Path) -> None:
     await store(path, [make_letter(10 + i, value=i) for i in range(5)])
     source = DeadLetterSource(path)
     await source.open(context(source, 3))
-    batches = await read_all(source, max_records=1)
+    batches = await read_batches(source, max_records=1)
     await source.aclose()
     assert [([3], 3, 4), ([4], 4, 5)] == [(b.values, b.start, b.end) for b in batches]
 
@@ -132,7 +125,7 @@ async def test_filter_keeps_positions_of_every_letter(tmp_path: Path) -> None:
     await store(path, [make_letter(10 + i, value=i, stage=s) for i, s in enumerate(stages)])
     source = DeadLetterSource(path, filter=DeadLetterFilter(stage="enrich"))
     await source.open(context(source))
-    batches = await read_all(source, max_records=2)
+    batches = await read_batches(source, max_records=2)
     await source.aclose()
     assert [([1, 3], [1, 3], 4), ([4], [4], 5)] == [(b.values, b.offsets, b.end) for b in batches]
 
@@ -144,7 +137,7 @@ async def test_rate_limit_in_virtual_time(tmp_path: Path) -> None:
     clock = FakeClock()
     source = DeadLetterSource(path, rate_limit=10, clock=clock)
     await source.open(context(source))
-    batches = await read_all(source, max_records=1000)
+    batches = await read_batches(source, max_records=1000)
     await source.aclose()
     assert [10, 10, 10] == [len(b) for b in batches]
     assert [1.0, 1.0] == clock.sleeps
@@ -158,7 +151,7 @@ async def test_slow_rate_limit_spaces_records(tmp_path: Path) -> None:
     clock = FakeClock()
     source = DeadLetterSource(path, rate_limit=0.5, clock=clock)
     await source.open(context(source))
-    batches = await read_all(source)
+    batches = await read_batches(source)
     await source.aclose()
     assert ([1, 1, 1], [2.0, 2.0]) == ([len(b) for b in batches], clock.sleeps)
 

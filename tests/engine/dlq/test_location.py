@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap.cli._dlq import run_dlq_command
+from riprap.cli import main
 from riprap.cli._locations import (
     FileLocation,
     KafkaLocation,
@@ -18,9 +18,8 @@ from riprap.cli._locations import (
     parse_location,
     same_store,
 )
-from riprap.cli._main import build_parser
 
-from ._replay import parse_dlq
+from ._replay import run_dlq
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -81,7 +80,7 @@ def test_a_bad_location_is_a_usage_error(command: str, capsys: pytest.CaptureFix
     """Every dlq command refuses a malformed location before contacting anything: exit 2."""
     extra = {"inspect": [], "purge": ["--older-than", "1d"], "replay": ["--pipeline", "f.py"]}
     with pytest.raises(SystemExit) as exited:
-        build_parser().parse_args(["dlq", command, "kafka://broker/dlq", *extra[command]])
+        main(["dlq", command, "kafka://broker/dlq", *extra[command]])
     assert 2 == exited.value.code
     assert "argument path: 'kafka://broker/dlq': broker 'broker' is not HOST:PORT" in (
         capsys.readouterr().err
@@ -90,7 +89,7 @@ def test_a_bad_location_is_a_usage_error(command: str, capsys: pytest.CaptureFix
 
 def test_purging_a_topic_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """Kafka deletes old letters by retention: purge says so and exits 1, contacting nothing."""
-    assert 1 == run_dlq_command(parse_dlq("purge", "kafka://127.0.0.1:1/dlq", "--older-than", "1d"))
+    assert 1 == run_dlq("purge", "kafka://127.0.0.1:1/dlq", "--older-than", "1d")
     err = capsys.readouterr().err
     assert "purge is not supported for Kafka topics" in err
     assert "retention.ms" in err

@@ -1,0 +1,63 @@
+"""The async face of a checkpoint backend whose storage calls block (files, SQLite).
+
+Such a backend writes its work as plain blocking methods; this base class runs
+each one in a worker thread, so the event loop never waits on a disk. The
+snapshot is encoded before the hop, on the loop, so the bytes are a consistent
+cut of the state (I3).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+
+from riprap.checkpoints._memory import encode
+
+if TYPE_CHECKING:
+    from riprap.checkpoints._snapshot import Checkpoint, Claim
+
+
+class ThreadedCheckpoints(ABC):
+    """A :class:`~riprap.checkpoints.CheckpointBackend` built from blocking methods.
+
+    Subclasses implement ``_claim_sync``, ``_save_sync``, ``_load_sync`` and
+    ``_close_sync``. Each runs in a worker thread, and calls from several tasks
+    may overlap, so a subclass guards its own shared state.
+    """
+
+    __slots__ = ()
+
+    async def claim(self, pipeline: str, owner: str) -> Claim:
+        """Take the next epoch of ``pipeline`` for ``owner``; return it with the latest snapshot."""
+        return await anyio.to_thread.run_sync(self._claim_sync, pipeline, owner)
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        """Store ``checkpoint`` atomically and durably if its writer still holds the claim."""
+        data = encode(checkpoint)
+        await anyio.to_thread.run_sync(self._save_sync, checkpoint, data)
+
+    async def load(self, pipeline: str) -> Checkpoint | None:
+        """The latest snapshot of ``pipeline``, or ``None``."""
+        return await anyio.to_thread.run_sync(self._load_sync, pipeline)
+
+    async def aclose(self) -> None:
+        """Release what the backend holds open; idempotent."""
+        await anyio.to_thread.run_sync(self._close_sync)
+
+    @abstractmethod
+    def _claim_sync(self, pipeline: str, owner: str) -> Claim:
+        """Blocking :meth:`claim`."""
+
+    @abstractmethod
+    def _save_sync(self, checkpoint: Checkpoint, data: bytes) -> None:
+        """Blocking :meth:`save` of ``checkpoint``, already encoded as ``data``."""
+
+    @abstractmethod
+    def _load_sync(self, pipeline: str) -> Checkpoint | None:
+        """Blocking :meth:`load`."""
+
+    @abstractmethod
+    def _close_sync(self) -> None:
+        """Blocking :meth:`aclose`."""

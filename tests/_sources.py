@@ -1,0 +1,35 @@
+"""Reading a source the way the runtime does, for the tests of each source."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from riprap import SourceContext
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from riprap import Source, SourceBatch
+
+
+async def read_batches(source: Source, max_records: int = 100) -> list[SourceBatch]:
+    """Every batch the open ``source`` yields, ``max_records`` at most each, until it ends."""
+    batches = []
+    while (batch := await source.read(max_records)) is not None:
+        batches.append(batch)
+    return batches
+
+
+async def read_to_end(
+    source: Source,
+    max_records: int = 100,
+    positions: Mapping[str, int] | None = None,
+    *,
+    pipeline: str = "test",
+) -> list[SourceBatch]:
+    """Open ``source`` at ``positions`` (default: the start), read it to the end, close it."""
+    await source.open(SourceContext(pipeline=pipeline, positions=positions or {}))
+    try:
+        return await read_batches(source, max_records)
+    finally:
+        await source.aclose()
