@@ -199,6 +199,10 @@ class CompletionTracker:
         tracker = self._partitions.get(partition)
         return tracker is not None and tracker.pending_ranges > 0
 
+    def any_pending(self) -> bool:
+        """Whether any partition has records handed out and not yet done."""
+        return any(t.pending_ranges > 0 for t in self._partitions.values())
+
     def forget(self, partition: str) -> None:
         """Stop tracking a partition (it was revoked and its position committed)."""
         self._partitions.pop(partition, None)

@@ -7,7 +7,11 @@ returns at once; a task waits (and so yields) only when the channel is full or
 empty. Each channel has one sending and one receiving task, so one waiter per
 side is enough. Closing either end wakes the other, as with anyio: the receiver
 ends with :class:`anyio.EndOfStream` once the sender closed and the buffer is
-empty, and a send after the receiver closed raises :class:`anyio.BrokenResourceError`.
+empty, and a send after the receiver closed raises :class:`anyio.BrokenResourceError`,
+unless the sending task is itself being cancelled: then the receiver closed as
+part of the same cancellation (an abort cancels every runner at once, and a
+runner that was between receive and send, in a call that finishes once begun,
+reaches its send only after its receiver is gone), and the send is cancelled too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import anyio
+import anyio.lowlevel
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -71,7 +76,8 @@ class ChannelSender(Generic[T]):
         """Put ``item`` in the channel, waiting while it is full.
 
         Raises:
-            anyio.BrokenResourceError: The receiving end is closed.
+            anyio.BrokenResourceError: The receiving end is closed (and this task
+                is not being cancelled: then the cancellation is raised).
             anyio.ClosedResourceError: This end is closed.
         """
         state = self._state
@@ -80,6 +86,9 @@ class ChannelSender(Generic[T]):
         while len(state.items) >= state.capacity and not state.receive_closed:
             await _wait(state, sender=True)
         if state.receive_closed:
+            # A receiver closed by the cancellation that is also ending this task
+            # is not broken: the task ends with that cancellation.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             raise anyio.BrokenResourceError
         state.items.append(item)
         _wake(state.receiver)

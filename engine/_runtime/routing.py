@@ -136,9 +136,15 @@ class Router:
         reason: str,
         *,
         attempts: int = 1,
+        failed_between: tuple[float, float] | None = None,
     ) -> None:
-        """Queue one record for the DLQ; its ack stays retained until the write is durable."""
+        """Queue one record for the DLQ; its ack stays retained until the write is durable.
+
+        ``failed_between`` gives the first and last failure times when the record
+        failed before this run (a crash loop); otherwise both are now.
+        """
         now = self.clock.time()
+        first, last = failed_between or (now, now)
         letter = DeadLetter.create(
             pipeline=self.pipeline,
             stage=step_id,
@@ -147,8 +153,8 @@ class Router:
             record=record,
             source=self.source,
             attempts=max(attempts, attempts_of(error)),
-            first_failure_at=now,
-            last_failure_at=now,
+            first_failure_at=first,
+            last_failure_at=last,
             config_hash=self.config_hash,
             redactor=self.redactor,
         )

@@ -7,6 +7,10 @@ A stop cancels only the source's read; records in flight drain within
 ``drain_timeout``; the sink is flushed and a final checkpoint written. A bug
 in a stage cancels the run, still writes the final checkpoint (it covers only
 done records) with the crash counted, and raises :class:`~riprap.PipelineError`.
+An abort may come at any moment: during start-up it cancels the start (nothing
+is read), while records move it cancels every task, during the final flush it
+cancels the flush; the final checkpoint is always written (once the claim is
+made), and once the report exists an abort changes nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import logging
 import os
 import secrets
 import socket
 import time
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
@@ -43,6 +49,7 @@ from riprap._runtime.segments import (
 )
 from riprap._runtime.sink_feed import SinkFeed
 from riprap.checkpoints._checkpointer import Checkpointer
+from riprap.checkpoints._guard import CrashGuard, CrashRecord, crash_key
 from riprap.observability._alerts import AlertEvaluator
 from riprap.observability._metrics import create_registry
 from riprap.observability._report import PolicyCounters, RunReport, StepCounters, build_report
@@ -69,7 +76,9 @@ if TYPE_CHECKING:
 
     from prometheus_client import CollectorRegistry
 
-    from riprap.checkpoints._snapshot import CheckpointBackend
+    from riprap.checkpoints._snapshot import Checkpoint, CheckpointBackend
+
+log = logging.getLogger("riprap.runtime")
 
 FINAL_CHECKPOINT_TIMEOUT = 30.0
 """Seconds the final checkpoint may take before the run gives up on it."""
@@ -234,20 +243,27 @@ class Runtime:
         self._stop_requested = anyio.Event()
         self._read_scope: asyncio.Timeout | None = None
         self._processing_scope: anyio.CancelScope | None = None
+        self._start_scope: anyio.CancelScope | None = None
+        self._flush_scope: anyio.CancelScope | None = None
+        self._aborted = False
+        self._opened = False
         self._guard_scope: anyio.CancelScope | None = None
         self._reserved = 0
         self._queues: dict[str, ChannelReceiver[Batch]] = {}
         self._registry: CollectorRegistry | None = None
         self.alerts: AlertEvaluator | None = None
         self._started_at = self.clock.monotonic()
-        self.tracker: CompletionTracker
+        self._after_unclean_end = False
+        # Until the claim restores the real positions: an empty tracker, so that a
+        # run aborted during start-up still has statistics and a report.
+        self.tracker = CompletionTracker({}, self.in_flight, _noop)
         self.checkpointer: Checkpointer
 
     # -- control ---------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask for a graceful stop: no new reads, drain in flight, final checkpoint."""
-        if self._stop_requested.is_set():
+        if self._stop_requested.is_set() or self.finished.is_set():
             return
         if self.outcome == "completed":
             self.outcome = "stopped"
@@ -257,11 +273,21 @@ class Runtime:
             self._read_scope.reschedule(asyncio.get_running_loop().time())
 
     def abort(self) -> None:
-        """Stop at once without draining; done records are still checkpointed."""
+        """Stop at once without draining; done records are still checkpointed.
+
+        Whatever the run is doing is cancelled: its start-up, its tasks, or its
+        final flush, but never the final checkpoint. Once the run has ended
+        (its report exists) it changes nothing.
+        """
+        if self.finished.is_set():
+            return
         self.stop()
-        self.outcome = "aborted"
-        if self._processing_scope is not None:
-            self._processing_scope.cancel()
+        if self.outcome != "failed":
+            self.outcome = "aborted"
+        self._aborted = True
+        for scope in (self._start_scope, self._processing_scope, self._flush_scope):
+            if scope is not None:
+                scope.cancel()
 
     def statistics(self) -> RunStatistics:
         """One frozen snapshot of every counter, built without awaiting: a consistent cut.
@@ -307,6 +333,8 @@ class Runtime:
 
     def _checkpoint_statistics(self, now: float) -> CheckpointStatistics:
         """The checkpointer's counts, its age measured at ``now``."""
+        if not self._claimed():
+            return CheckpointStatistics()
         ck = self.checkpointer
         return CheckpointStatistics(
             saved=ck.saved,
@@ -348,7 +376,26 @@ class Runtime:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Claim the pipeline, restore its checkpoint and open the sink and source."""
+        """Claim the pipeline, restore its checkpoint and open the sink and source.
+
+        An abort meanwhile cancels the start-up; :meth:`run` then ends at once.
+        """
+        with anyio.CancelScope() as scope:
+            self._start_scope = scope
+            if self._aborted:
+                scope.cancel()
+            try:
+                await self._open()
+                self._opened = True
+            finally:
+                self._start_scope = None
+
+    def _claimed(self) -> bool:
+        """Whether start-up got as far as the claim (there is a checkpointer)."""
+        return "checkpointer" in vars(self)
+
+    async def _open(self) -> None:
+        """:meth:`start`'s work: claim, restore, open stages, dead letters, sink and source."""
         name = self.pipeline.name
         stateful = [s.step_id for s in self.pipeline.steps if isinstance(s, StageStep)]
         if stateful and not getattr(self.backend, "supports_state", True):
@@ -366,6 +413,7 @@ class Runtime:
             if isinstance(segment, StageSegment) and segment.stage.step_id in state:
                 segment.stage.restore(state[segment.stage.step_id])
         self.tracker = CompletionTracker(positions, self.in_flight, _noop)
+        crash_counts = dict(last.crash_counts) if last else {}
         self.checkpointer = Checkpointer(
             pipeline=name,
             backend=self.backend,
@@ -373,11 +421,16 @@ class Runtime:
             owner=owner,
             tracker=self.tracker,
             state=self._state,
-            crash_counts=dict(last.crash_counts) if last else {},
+            crash_counts=crash_counts,
             clock=self.clock,
             on_saved=getattr(self.source, "committed", None),
+            guard=self._guard_after(last, crash_counts),
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
+        # Before any record moves, so that a run dying from here on is seen as a crash.
+        # Not fatal if the store refuses (logged, retried by the periodic save): a
+        # missed mark costs crash detection one crash, never a record.
+        await self.checkpointer.tick()
         for segment in self.segments:
             if isinstance(segment, StageSegment):
                 await segment.open(self._stage_context(segment.stage.step_id))
@@ -400,16 +453,22 @@ class Runtime:
         await self.source.open(context)
 
     async def run(self) -> RunReport:
-        """Process until the source ends or a stop; always end with a final checkpoint."""
+        """Process until the source ends or a stop; always end with a final checkpoint.
+
+        After an abort during start-up nothing is read: the run ends at once.
+        """
         try:
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self.checkpointer.run_periodic, self.options.checkpoint_interval)
-                if self.alerts is not None:
-                    outer.start_soon(self.alerts.run_periodic)
-                try:
-                    await self._process()
-                finally:
-                    outer.cancel_scope.cancel()
+            if self._opened:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(
+                        self.checkpointer.run_periodic, self.options.checkpoint_interval
+                    )
+                    if self.alerts is not None:
+                        outer.start_soon(self.alerts.run_periodic)
+                    try:
+                        await self._process()
+                    finally:
+                        outer.cancel_scope.cancel()
         except BaseException as exc:
             self.error = _unwrap(exc)
             cancelled = isinstance(self.error, anyio.get_cancelled_exc_class())
@@ -466,6 +525,8 @@ class Runtime:
         self._queues = {name: receive for name, (_, receive) in zip(names, streams, strict=True)}
         async with anyio.create_task_group() as tg:
             self._processing_scope = tg.cancel_scope
+            if self._aborted:  # between start-up and now: read nothing
+                tg.cancel_scope.cancel()
             tg.start_soon(self._drain_guard)
             tg.start_soon(self._source_loop, streams[0][0], head)
             for segment, (_, receive), (send, _) in zip(
@@ -485,9 +546,13 @@ class Runtime:
                 self._processing_scope.cancel()
 
     async def _source_loop(self, send: ChannelSender[Batch], head: FusedSegment | None) -> None:
-        tracker = self.tracker
-        size = self.options.batch_size
         router = self.router
+        checkpointer = self.checkpointer
+        frontier = checkpointer.frontier
+        size = self.options.batch_size
+        # After an unclean end, the read frontier is made durable before records
+        # beyond it move, so that a crash's suspect range is known (CrashGuard).
+        watchful = self._after_unclean_end
         async with send:
             while not self._stop_requested.is_set():
                 # Only waiting for room and reading can be cancelled by stop(): a batch
@@ -509,24 +574,73 @@ class Runtime:
                     self._read_scope = None
                 if batch is None:
                     return
-                n = len(batch.values)
-                ack = tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
-                self.records_in += n
-                if n == 0:
-                    ack.release()
-                    continue
-                out = Batch(batch.values, ack, SourceOrigin(batch))
-                if batch.partition in self.quarantine:
-                    out = await self._quarantine(batch, out)
-                    if not out.items:
-                        ack.release()
-                        continue
-                processed = out if head is None else await head.process(out)
-                if processed is not None:
-                    await send.send(processed)
+                frontier[batch.partition] = batch.end
+                if watchful:
+                    await checkpointer.save()
+                if batch.partition in checkpointer.guard.isolating:
+                    await self._isolate(batch, send, head)
+                else:
+                    await self._forward(batch, send, head)
                 # Hold nothing of this batch while reading the next: its memory is
                 # freed as soon as the sink is done with it.
-                del batch, out, processed
+                del batch
+
+    async def _forward(
+        self, batch: SourceBatch, send: ChannelSender[Batch], head: FusedSegment | None
+    ) -> None:
+        """Hand a source batch on: its ack, quarantined records out, the leading fused steps."""
+        n = len(batch.values)
+        ack = self.tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
+        self.records_in += n
+        if n == 0:
+            ack.release()
+            return
+        out = Batch(batch.values, ack, SourceOrigin(batch))
+        if batch.partition in self.quarantine:
+            out = await self._quarantine(batch, out)
+            if not out.items:
+                ack.release()
+                return
+        processed = out if head is None else await head.process(out)
+        if processed is not None:
+            await send.send(processed)
+
+    async def _isolate(
+        self, batch: SourceBatch, send: ChannelSender[Batch], head: FusedSegment | None
+    ) -> None:
+        """Process a batch of an isolated partition chunk by chunk, alone, behind durable marks.
+
+        Before a chunk moves, everything else in flight must be done and the
+        chunk is named in the checkpoint (``in_progress``); it must be done before
+        anything else moves. A death is then known to lie in that chunk.
+        """
+        checkpointer = self.checkpointer
+        end, chunk = checkpointer.guard.isolating[batch.partition]
+        with self._sink_draining():
+            for part in _chunks(batch, chunk if batch.start < end else len(batch.values)):
+                await self._wait_all_done()
+                guard = checkpointer.guard
+                suspect = part.start < end
+                mark = (part.partition, part.start, part.end) if suspect else None
+                checkpointer.guard = replace(guard, in_progress=mark)
+                await checkpointer.save(force=True)
+                await self._forward(part, send, head)
+                await self._wait_all_done()
+        guard = checkpointer.guard.pruned(self.tracker.positions())
+        checkpointer.guard = replace(guard, in_progress=None)
+        if batch.partition not in guard.isolating:
+            log.info(
+                "pipeline %s: partition %s is past the records isolated after repeated crashes",
+                self.pipeline.name,
+                batch.partition,
+                extra={"pipeline": self.pipeline.name},
+            )
+            await checkpointer.save(force=True)
+
+    async def _wait_all_done(self) -> None:
+        tracker = self.tracker
+        while tracker.any_pending():
+            await self.in_flight.wait_change()
 
     async def _read(self, size: int) -> SourceBatch | None:
         """The next source batch with its in-flight slots taken; ``None`` at the end."""
@@ -604,16 +718,25 @@ class Runtime:
         kept: list[Any] = []
         marks: list[int] = []
         for i, value in enumerate(source.values):
-            count = crashes.get(source.offset_of(i))
+            offset = source.offset_of(i)
+            count = crashes.get(offset)
             if count is None:
                 kept.append(value)
                 continue
             marks.append(len(kept))
+            crash = self.checkpointer.guard.crashes.get(crash_key(source.partition, offset))
+            how = f": {crash.error}" if crash is not None else ""
             error = PoisonPillError(
-                f"record stopped pipeline {self.pipeline.name!r} {count} times; quarantined"
+                f"record stopped pipeline {self.pipeline.name!r} {count} times; quarantined{how}"
             )
             self.router.dead_letter_record(
-                "source", batch.ack, source.record(i), error, "crash_loop", attempts=count
+                (crash.stage if crash is not None else "") or "unknown",
+                batch.ack,
+                source.record(i),
+                error,
+                "crash_loop",
+                attempts=count,
+                failed_between=None if crash is None else (crash.first_at, crash.last_at),
             )
         if not marks:
             return batch
@@ -621,24 +744,65 @@ class Runtime:
         return Batch(kept, batch.ack, DropsOrigin(batch.origin, marks))
 
     def _quarantined(self, counts: Mapping[str, int]) -> dict[str, dict[int, int]]:
-        """Records whose crash count reached ``max_crashes``, by partition and offset."""
+        """Records whose crash count reached ``max_crashes``, by partition and offset.
+
+        Raises:
+            ConfigError: Such a record exists but there is no dead-letter store to
+                quarantine it in; running on would crash on it again.
+        """
         found: dict[str, dict[int, int]] = {}
-        if self.options.dead_letter is None:
-            return found
         for key, count in counts.items():
             partition, _, offset = key.rpartition("@")
             if count >= self.options.max_crashes and offset.lstrip("-").isdigit():
                 found.setdefault(partition, {})[int(offset)] = count
+        if found and self.options.dead_letter is None:
+            key, count = next((k, c) for k, c in counts.items() if c >= self.options.max_crashes)
+            raise ConfigError(
+                "dead_letter",
+                f"record {key} stopped pipeline {self.pipeline.name!r} {count} times "
+                f"(max_crashes={self.options.max_crashes}); quarantining it needs a "
+                "dead-letter store: set dead_letter=",
+            )
         return found
+
+    def _guard_after(self, last: Checkpoint | None, crash_counts: dict[str, int]) -> CrashGuard:
+        """This run's crash guard: an unclean end of the last run is counted (see CrashGuard)."""
+        if last is None:
+            return CrashGuard(running=True)
+        guard = last.guard
+        if not guard.running:
+            return guard.after_clean_end()
+        self._after_unclean_end = True
+        died = guard.died()
+        if died is not None:
+            crash_counts[died] = crash_counts.get(died, 0) + 1
+        return guard.after_unclean_end(
+            last.positions, max_crashes=self.options.max_crashes, now=self.clock.time()
+        )
 
     async def _finish(self) -> None:
         with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT):
             try:
-                await self.sink.flush()
+                await self._final_flush()
             finally:
-                await self.checkpointer.save(force=True)
+                if self._claimed():  # an abort during start-up may come before the claim
+                    # The run ended on its own: the next start is not after a crash.
+                    ck = self.checkpointer
+                    ck.guard = replace(ck.guard, running=False, in_progress=None, unclean={})
+                    await ck.save(force=True)
         self.report = self._report()
         self.finished.set()
+
+    async def _final_flush(self) -> None:
+        """Flush the sink, if it was opened; an abort cancels the flush (not the checkpoint)."""
+        if not self._opened:
+            return
+        with anyio.CancelScope() as scope:
+            self._flush_scope = scope
+            try:
+                await self.sink.flush()
+            finally:
+                self._flush_scope = None
 
     # -- helpers ---------------------------------------------------------------
 
@@ -709,10 +873,21 @@ class Runtime:
         self.source_outcomes[outcome] = self.source_outcomes.get(outcome, 0) + count
 
     def _count_crash(self, error: BaseException) -> None:
-        if isinstance(error, PipelineError) and error.partition is not None:
-            key = f"{error.partition}@{error.offset}"
-            counts = self.checkpointer.crash_counts
-            counts[key] = counts.get(key, 0) + 1
+        if not isinstance(error, PipelineError) or error.partition is None:
+            return
+        key = f"{error.partition}@{error.offset}"
+        counts = self.checkpointer.crash_counts
+        counts[key] = counts.get(key, 0) + 1
+        text = self.options.redactor.redact(f"{type(error.error).__name__}: {error.error}")
+        guard = self.checkpointer.guard
+        known = guard.crashes.get(key)
+        now = self.clock.time()
+        crash = (
+            CrashRecord(error.stage, text, now, now)
+            if known is None
+            else known.again(now, error.stage, text)
+        )
+        self.checkpointer.guard = replace(guard, crashes={**guard.crashes, key: crash})
 
     def _report(self) -> RunReport:
         return build_report(self.pipeline.name, self.outcome, self.statistics(), self.error)
@@ -720,6 +895,29 @@ class Runtime:
 
 def _noop() -> None:
     return None
+
+
+def _chunks(batch: SourceBatch, size: int) -> list[SourceBatch]:
+    """``batch`` cut into consecutive source batches of at most ``size`` records."""
+    n = len(batch.values)
+    if size >= n:
+        return [batch]
+    parts = []
+    for i in range(0, n, size):
+        j = min(i + size, n)
+        parts.append(
+            SourceBatch(
+                batch.partition,
+                batch.values[i:j],
+                start=batch.offset_of(i),
+                end=batch.offset_of(j) if j < n else batch.end,
+                offsets=None if batch.offsets is None else batch.offsets[i:j],
+                keys=None if batch.keys is None else batch.keys[i:j],
+                headers=None if batch.headers is None else batch.headers[i:j],
+                timestamps=None if batch.timestamps is None else batch.timestamps[i:j],
+            )
+        )
+    return parts
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -760,7 +958,8 @@ class RunningPipeline:
 
     async def checkpoint(self) -> None:
         """Write a checkpoint now (after any save already running)."""
-        await self._runtime.checkpointer.save(force=True)
+        if self._runtime._claimed():  # not when an abort cut start-up short of the claim
+            await self._runtime.checkpointer.save(force=True)
 
     def statistics(self) -> RunStatistics:
         """A frozen snapshot of the run's counters and positions right now."""
@@ -791,14 +990,20 @@ class RunningPipeline:
 
 
 @asynccontextmanager
-async def open_pipeline(pipeline: Plan) -> AsyncIterator[RunningPipeline]:
+async def open_pipeline(
+    pipeline: Plan, *, created: Callable[[RunningPipeline], None] | None = None
+) -> AsyncIterator[RunningPipeline]:
     """Run ``pipeline`` in the background of the block; leaving it stops the run gracefully.
 
     A failing run does not cancel the block (it may be a web server's main
     task): :meth:`RunningPipeline.wait` raises the error, and so does leaving
-    the block.
+    the block. ``created`` gets the run's handle before start-up (claim, open),
+    so that a stop or an abort (``riprap.run``'s signals) can reach it at any moment.
     """
     runtime = Runtime(pipeline)
+    handle = RunningPipeline(runtime)
+    if created is not None:
+        created(handle)
     cancelled = anyio.get_cancelled_exc_class()
     try:
         await runtime.start()
@@ -815,7 +1020,7 @@ async def open_pipeline(pipeline: Plan) -> AsyncIterator[RunningPipeline]:
             tg.start_soon(supervise)
             body_error: Exception | None = None
             try:
-                yield RunningPipeline(runtime)
+                yield handle
             except Exception as exc:
                 # Re-raised below, outside the task group, so callers see it unwrapped.
                 body_error = exc

@@ -14,6 +14,8 @@ from riprap._core.errors import CheckpointError as CheckpointError
 from riprap._core.errors import FencedError as FencedError
 from riprap._core.public import fixup_module_metadata
 from riprap.checkpoints._file import FileCheckpoints as FileCheckpoints
+from riprap.checkpoints._guard import CrashGuard as CrashGuard
+from riprap.checkpoints._guard import CrashRecord as CrashRecord
 from riprap.checkpoints._memory import MemoryCheckpoints as MemoryCheckpoints
 from riprap.checkpoints._memory import check_save as check_save
 from riprap.checkpoints._memory import claim_problem as claim_problem
@@ -29,6 +31,8 @@ __all__ = (
     "CheckpointBackend",
     "CheckpointError",
     "Claim",
+    "CrashGuard",
+    "CrashRecord",
     "FencedError",
     "FileCheckpoints",
     "MemoryCheckpoints",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
 from riprap._core.errors import FencedError
+from riprap.checkpoints._guard import CrashGuard
 from riprap.checkpoints._snapshot import Checkpoint, CheckpointBackend
 from riprap.policies._timeout import fail_after
 
@@ -46,6 +48,7 @@ class Checkpointer:
         crash_counts: dict[str, int],
         clock: Clock,
         on_saved: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
+        guard: CrashGuard | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.backend = backend
@@ -56,6 +59,9 @@ class Checkpointer:
         self.crash_counts = crash_counts
         self.clock = clock
         self.on_saved = on_saved
+        self.guard = guard or CrashGuard(running=True)
+        self.frontier: dict[str, int] = dict(self.guard.frontier)
+        """End of the last batch read per partition; the source loop keeps it current."""
         self.seq = 0
         self.saved = 0
         self.skipped = 0
@@ -63,7 +69,7 @@ class Checkpointer:
         self.last_saved_at: float | None = None
         self.last_duration: float | None = None
         self.last_error: BaseException | None = None
-        self._last: tuple[Mapping[str, int], Mapping[str, Any], Mapping[str, int]] | None = None
+        self._last: tuple[Any, ...] | None = None
         self._lock = anyio.Lock()
 
     def snapshot(self) -> Checkpoint:
@@ -78,7 +84,14 @@ class Checkpointer:
             state=dict(self.state()),
             crash_counts=dict(self.crash_counts),
             created_at=self.clock.time(),
+            guard=self._current_guard(),
         )
+
+    def _current_guard(self) -> CrashGuard:
+        guard = self.guard
+        if guard.frontier != self.frontier:
+            guard = self.guard = replace(guard, frontier=dict(self.frontier))
+        return guard
 
     async def save(self, *, force: bool = False) -> bool:
         """Save a snapshot now (waiting for a running save first); return whether one was written.
@@ -123,6 +136,7 @@ class Checkpointer:
             position = positions.get(partition)
             if position is not None and offset.isdigit() and int(offset) < position:
                 del self.crash_counts[key]
+        self.guard = self.guard.pruned(positions)
 
     async def _save_locked(self, force: bool) -> bool:
         self._prune_crash_counts(self.tracker.positions())
@@ -130,6 +144,7 @@ class Checkpointer:
             self.tracker.positions(),
             dict(self.state()),
             dict(self.crash_counts),
+            self._current_guard(),
         )
         if not force and cut == self._last:
             return False
@@ -140,7 +155,12 @@ class Checkpointer:
         self.last_duration = self.clock.monotonic() - started
         self.last_saved_at = self.clock.monotonic()
         self.saved += 1
-        self._last = (checkpoint.positions, checkpoint.state, checkpoint.crash_counts)
+        self._last = (
+            checkpoint.positions,
+            checkpoint.state,
+            checkpoint.crash_counts,
+            checkpoint.guard,
+        )
         if self.on_saved is not None:
             # Only after the checkpoint is durable may a source acknowledge upstream.
             await self.on_saved(checkpoint.positions)

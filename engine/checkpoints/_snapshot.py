@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
+from riprap.checkpoints._guard import CrashGuard
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -31,6 +33,8 @@ class Checkpoint:
         state: Operator state by ``step_id``; JSON-serialisable values.
         crash_counts: Per ``"partition@offset"``, how often that record stopped the pipeline.
         created_at: Wall-clock time of the snapshot, seconds since the epoch.
+        guard: Crash bookkeeping: whether the run was live, its read frontier, unclean
+            ends and records isolated after them (see :class:`CrashGuard`).
     """
 
     pipeline: str
@@ -41,6 +45,7 @@ class Checkpoint:
     state: Mapping[str, Any] = field(default_factory=dict)
     crash_counts: Mapping[str, int] = field(default_factory=dict)
     created_at: float = 0.0
+    guard: CrashGuard = field(default_factory=CrashGuard)
 
     def to_json(self) -> bytes:
         """The snapshot as JSON bytes (backends store this)."""
@@ -55,6 +60,7 @@ class Checkpoint:
                 "state": dict(self.state),
                 "crash_counts": dict(self.crash_counts),
                 "created_at": self.created_at,
+                "guard": self.guard.to_dict(),
             }
         )
 
@@ -73,6 +79,7 @@ class Checkpoint:
             state=raw["state"],
             crash_counts=raw["crash_counts"],
             created_at=raw["created_at"],
+            guard=CrashGuard.from_dict(raw.get("guard", {})),
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TextIO
 
 from riprap._core.errors import ConfigError, EngineError
-from riprap._runtime.run import run
+from riprap._runtime.run import hold_signals, ignore_signals, run
 from riprap.cli._progress import ProgressPrinter
 
 if TYPE_CHECKING:
@@ -26,7 +26,14 @@ def run_with_report(
     progress: bool = True,
     health: HealthConfig | None = None,
 ) -> int:
-    """Run with signals and live progress, print the report, return the exit code."""
+    """Run with signals and live progress, print the report, return the exit code.
+
+    The command ends with the run, so SIGINT and SIGTERM are handled from here
+    until the process exits: the first stops the run, a later one aborts it
+    (exit 130), and one after the run ended changes nothing (the exit code is
+    the run's) instead of killing the process while it prints the report.
+    """
+    hold_signals()
     printer = ProgressPrinter(pipeline.name, out) if progress else None
     try:
         report = run(
@@ -46,6 +53,8 @@ def run_with_report(
         if printer:
             printer.close()  # the caller's message starts on a line of its own
         raise
+    finally:
+        ignore_signals()  # the run is over
     if printer:
         printer.close()
     out.write(report.format() + "\n")

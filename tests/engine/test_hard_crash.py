@@ -1,0 +1,94 @@
+"""Poison pills that kill the process without a Python exception end their own crash loop.
+
+A supervisor loop restarts the worker (``_hard_crash_worker.py``) after every
+exit, as systemd or Kubernetes would. Its step ends the process on a poison
+record with ``os._exit``, ``abort()`` or SIGKILL, so no exception is ever
+counted. The checkpoint's crash guard sees each unclean end, isolates the
+suspect records one at a time and quarantines the record that keeps dying; the
+run then finishes with every other record exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from riprap.deadletters import read_dead_letters
+
+from ._hard_crash_worker import INPUT, MAX_CRASHES, RECORDS, TABLE
+from ._subprocesses import DEADLINE, query, spawn
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("_hard_crash_worker.py")
+MAX_STARTS = 60
+"""Starts a loop may take: each pill needs about ``2 * MAX_CRASHES + 2``."""
+
+
+def write_input(directory: Path) -> None:
+    """Ids 0..RECORDS-1, one JSON object a line."""
+    lines = (orjson.dumps({"id": i}) + b"\n" for i in range(RECORDS))
+    (directory / INPUT).write_bytes(b"".join(lines))
+
+
+def supervise(directory: Path, how: str, poison: set[int]) -> list[int]:
+    """Restart the worker until it exits 0; return every exit code (bounded in starts)."""
+    args = [sys.executable, str(WORKER), how, ",".join(map(str, sorted(poison)))]
+    codes: list[int] = []
+    for number in range(MAX_STARTS):
+        with spawn(args, directory, f"start-{number}") as proc:
+            try:
+                codes.append(proc.wait(timeout=DEADLINE))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"start {number} did not finish within {DEADLINE}s")
+        if codes[-1] == 0:
+            return codes
+    stderr = (directory / f"start-{MAX_STARTS - 1}.err").read_text()
+    pytest.fail(f"still crashing after {MAX_STARTS} starts: {codes}\n{stderr[-2000:]}")
+
+
+def stored_ids(directory: Path) -> list[int]:
+    """Ids in the sink table, with repeats (the table is keyed, so none are expected)."""
+    return sorted(row[0] for row in query(directory / "out.db", f"SELECT id FROM {TABLE}"))
+
+
+@pytest.mark.parametrize("how", ["exit", "abort", "kill"])
+def test_a_record_that_kills_the_process_is_quarantined(tmp_path: Path, how: str) -> None:
+    """Pills at random positions end up dead-lettered as crash_loop; every other record lands."""
+    rng = random.Random(f"pills-{how}")
+    poison = set(rng.sample(range(RECORDS), 2))
+    write_input(tmp_path)
+    codes = supervise(tmp_path, how, poison)
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    expected_letters = sorted(poison)
+    assert expected_letters == sorted(letter.offset or 0 for letter in letters)
+    assert {"crash_loop"} == {letter.reason for letter in letters}
+    assert all(letter.attempts >= MAX_CRASHES for letter in letters)
+    assert all("without a Python exception" in letter.message for letter in letters)
+    assert sorted(set(range(RECORDS)) - poison) == stored_ids(tmp_path)
+    assert 0 == codes[-1]
+    dying = {"exit": 3, "abort": -signal.SIGABRT, "kill": -signal.SIGKILL}[how]
+    assert {dying} == set(codes[:-1])
+
+
+def test_operator_kills_never_quarantine_a_healthy_record(tmp_path: Path) -> None:
+    """Forty SIGKILLs at random moments end with every record in the sink and no dead letter."""
+    rng = random.Random("operator-kills")
+    write_input(tmp_path)
+    args = [sys.executable, str(WORKER), "kill", "", "3"]
+    for number in range(40):
+        with spawn(args, tmp_path, f"killed-{number}") as proc:
+            time.sleep(rng.uniform(0.05, 0.6))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=DEADLINE)
+    codes = supervise(tmp_path, "kill", set())
+    assert [0] == codes
+    assert list(range(RECORDS)) == stored_ids(tmp_path)
+    assert [] == list(read_dead_letters(tmp_path / "dlq.jsonl"))
