@@ -110,7 +110,7 @@ class IterableSource:
 
 @final
 class MemorySink:
-    """Collects every value written to it in :attr:`values` (and records, on request).
+    """Collects every value written to it in ``values`` (and records, on request).
 
     Being in memory, a write is "durable" for the life of the process only;
     replayed records are appended again, so the sink is not idempotent.
@@ -118,7 +118,7 @@ class MemorySink:
     Args:
         name: The step name of the sink.
         keep_records: Also keep each item as a :class:`~riprap.Record` (with
-            its source partition and offset) in :attr:`records`.
+            its source partition and offset) in ``records``.
 
     .. versionadded:: 0.1
     """

@@ -90,7 +90,7 @@ def letter_from_message(
 ) -> DeadLetter:
     """The :class:`~riprap.deadletters.DeadLetter` a :class:`KafkaDeadLetters` message carries.
 
-    The inverse of :func:`payload_bytes` and :func:`letter_headers`: the
+    The inverse of how :class:`KafkaDeadLetters` writes a letter: the
     headers before the last ``riprap.error.id`` are the original ones, the
     ``riprap.error.*`` headers from there on are the envelope (unknown ones
     are ignored, like unknown JSON fields). Envelope fields a writer left out

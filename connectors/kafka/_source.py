@@ -245,7 +245,8 @@ class KafkaSource:
         """Commit ``positions`` of owned partitions as the group's offsets; raise on failure.
 
         Raises:
-            KafkaError: The group refused the commit (for example after a rebalance).
+            aiokafka.errors.KafkaError: The group refused the commit (for example after a
+                rebalance).
             TimeoutError: The commit took longer than ``commit_timeout``.
         """
         consumer = self._consumer

@@ -136,7 +136,7 @@ class Pipeline:
         """Set where records go, and the policies around its writes.
 
         By default a write that fails transiently is retried
-        (:data:`DEFAULT_SINK_RETRY`) and each attempt has a timeout; when the
+        (five attempts within two minutes) and each attempt has a timeout; when the
         sink stays down the run stops without loss (the checkpoint does not
         pass unwritten records). A breaker on the sink always waits while open.
         """

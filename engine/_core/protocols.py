@@ -178,7 +178,7 @@ class Stage(Protocol):
     batches must carry acks that cover the input (share ``batch.ack``, or
     ``retain`` it once per extra output); a stage that absorbs records into its
     state releases their ack and emits later results under acks of its own
-    (``riprap.Ack(on_done)``). A stage may define ``async def open(self,
+    (``riprap.lowlevel.Ack(on_done)``). A stage may define ``async def open(self,
     context: StageContext)``, called once before the first batch. ``snapshot``
     returns JSON-serialisable state saved in the same checkpoint as the source
     positions (I3); it is called with no await in between, so it must not await.

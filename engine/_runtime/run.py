@@ -76,7 +76,7 @@ def run(
         progress_interval: Seconds between progress calls.
         health: Serve /metrics, /healthz and /readyz while the run goes on.
         malloc_trim_threshold: Bytes of freed heap glibc may keep for the next
-            batches (see :func:`keep_freed_memory`); ``None`` leaves the
+            batches (see :func:`riprap.lowlevel.keep_freed_memory`); ``None`` leaves the
             allocator alone.
 
     Raises:

@@ -967,7 +967,7 @@ class RunningPipeline:
 
     @property
     def metrics_registry(self) -> CollectorRegistry:
-        """The run's own Prometheus registry (see ``riprap.serve_health``)."""
+        """The run's own Prometheus registry (see ``riprap.observability.serve_health``)."""
         return self._runtime.registry
 
     @property

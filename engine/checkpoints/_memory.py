@@ -1,9 +1,9 @@
 """The in-process checkpoint backend, and the fencing rule every embedded backend shares.
 
 :func:`check_save` is the one place the save rule of
-:class:`~riprap.CheckpointBackend` is written down; :func:`encode` and
+:class:`~riprap.checkpoints.CheckpointBackend` is written down; :func:`encode` and
 :func:`decode` turn snapshots into bytes and back, turning every kind of
-damage into a :class:`~riprap.CheckpointError` that says where and what.
+damage into a :class:`~riprap.checkpoints.CheckpointError` that says where and what.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ class Checkpoint:
 
     Attributes:
         pipeline: The pipeline name; a backend may store several pipelines.
-        epoch: The fencing epoch of the writer (see :meth:`CheckpointBackend.claim`).
+        epoch: The fencing epoch of the writer (see
+            :meth:`riprap.checkpoints.CheckpointBackend.claim`).
         owner: Who wrote it (host/pid/random by default).
         seq: Increases by one with every save of an epoch; ordering within the epoch.
         positions: Per source partition, the position to resume from: every record
@@ -85,7 +86,7 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What :meth:`CheckpointBackend.claim` returns: the writer's epoch and the last snapshot."""
+    """What ``CheckpointBackend.claim`` returns: the writer's epoch and the last snapshot."""
 
     epoch: int
     owner: str
@@ -103,7 +104,7 @@ class CheckpointBackend(Protocol):
       handed out again), records ``owner`` as its holder and returns
       ``Claim(epoch, owner, latest snapshot or None)``.
     * ``save(checkpoint)`` stores the snapshot atomically (all or nothing) and
-      durably before it returns. It raises :class:`~riprap.FencedError`, and
+      durably before it returns. It raises :class:`~riprap.checkpoints.FencedError`, and
       changes nothing, unless ``checkpoint.epoch`` is the latest claimed epoch,
       ``checkpoint.owner`` is the owner of that claim, and
       ``(epoch, seq)`` is greater than the stored snapshot's: a checkpoint never
@@ -113,7 +114,7 @@ class CheckpointBackend(Protocol):
     * Several pipelines may share one backend; everything is keyed by the
       pipeline name. Only the latest snapshot of each is kept.
     * A stored claim or snapshot that cannot be read back raises
-      :class:`~riprap.CheckpointError` naming where it is stored and what is
+      :class:`~riprap.checkpoints.CheckpointError` naming where it is stored and what is
       wrong; a backend never silently starts from scratch. I/O failures raise
       it too.
     * ``aclose()`` releases what the backend holds open; it is idempotent, the
@@ -123,10 +124,18 @@ class CheckpointBackend(Protocol):
       a pipeline with stateful stages is then refused before it runs.
     """
 
-    async def claim(self, pipeline: str, owner: str) -> Claim: ...
+    async def claim(self, pipeline: str, owner: str) -> Claim:
+        """Take the next epoch of ``pipeline`` for ``owner``; return it with the latest snapshot."""
+        ...
 
-    async def save(self, checkpoint: Checkpoint) -> None: ...
+    async def save(self, checkpoint: Checkpoint) -> None:
+        """Store ``checkpoint`` atomically and durably, or refuse it (fencing)."""
+        ...
 
-    async def load(self, pipeline: str) -> Checkpoint | None: ...
+    async def load(self, pipeline: str) -> Checkpoint | None:
+        """The latest snapshot of ``pipeline`` without claiming it, or ``None``."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release what the backend holds open; stored checkpoints stay."""
+        ...

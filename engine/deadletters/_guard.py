@@ -30,7 +30,7 @@ class DeadLetterGuard:
         max_ratio: Trip when more than this share of a window is dead-lettered.
         max_in_a_row: Trip after this many dead letters with no record written between.
         action: ``"stop"`` the run, or ``"pause"`` the source until
-            :meth:`RunningPipeline.resume` is called.
+            :meth:`riprap.RunningPipeline.resume` is called.
         exempt_reasons: Reasons that are deliberate, not symptoms (a quality
             gate quarantining a whole window), and never count.
     """

@@ -15,6 +15,7 @@ from riprap.observability._alerts import CallbackAlerts as CallbackAlerts
 from riprap.observability._alerts import LogAlerts as LogAlerts
 from riprap.observability._alerts import WebhookAlerts as WebhookAlerts
 from riprap.observability._health import HealthConfig as HealthConfig
+from riprap.observability._health import HealthServer as HealthServer
 from riprap.observability._health import serve_health as serve_health
 from riprap.observability._logging import JsonFormatter as JsonFormatter
 from riprap.observability._redact import Redactor as Redactor
@@ -31,6 +32,7 @@ __all__ = (
     "CallbackAlerts",
     "CheckpointStatistics",
     "HealthConfig",
+    "HealthServer",
     "JsonFormatter",
     "LogAlerts",
     "PolicySummary",

@@ -15,7 +15,7 @@ that arrives after the breaker changed state (a slow call admitted while it
 was closed, finishing while it is half-open) is ignored.
 
 While it is open the caller chooses: :meth:`CircuitBreaker.allow` raises
-:class:`~riprap.CircuitOpenError` (fail fast, fall back or dead-letter), and
+:class:`~riprap.policies.CircuitOpenError` (fail fast, fall back or dead-letter), and
 :meth:`CircuitBreaker.wait_until_permitted` waits for a permit (backpressure).
 Transitions happen on calls, not on timers: an open breaker turns half-open
 when someone asks after ``open_duration`` has passed.

@@ -3,7 +3,7 @@
 Separate pipelines or stages get separate bulkheads, so one slow dependency
 cannot take every worker. Callers beyond ``max_concurrent`` wait in FIFO
 order; with ``max_waiters`` set, a caller that finds the line full gets
-:class:`~riprap.BulkheadFullError` at once (never retried).
+:class:`~riprap.policies.BulkheadFullError` at once (never retried).
 """
 
 from __future__ import annotations

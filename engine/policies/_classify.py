@@ -168,7 +168,7 @@ class Classifier:
     def classify(self, exc: BaseException) -> Verdict:
         """The verdict for ``exc``.
 
-        :class:`~riprap.CircuitOpenError` and :class:`~riprap.BulkheadFullError`
+        :class:`~riprap.policies.CircuitOpenError` and :class:`~riprap.policies.BulkheadFullError`
         are ``"transient"`` (the dependency's state, not the record's) even
         though no policy retries them. Cancellation is not an error and the
         policies never ask about it; a bare ``BaseException`` gets ``"bug"``.

@@ -7,7 +7,7 @@ the same length, so they expire in the order they were set: this watch keeps
 them in insertion order and arms one timer for the earliest. Starting and
 ending a deadline is a dict insert and delete; the timer fires about once per
 duration, not once per call. Expiry cancels the task, and the wrapper turns
-that cancellation (and only that one) into :class:`~riprap.StageTimeout`,
+that cancellation (and only that one) into :class:`~riprap.policies.StageTimeout`,
 counting cancellations as ``asyncio.timeout`` does so outer cancel scopes
 still win.
 """

@@ -126,8 +126,8 @@ class CallRejected(PolicyEvent):
 
     Attributes:
         reason: ``"circuit_open"`` or ``"bulkhead_full"``.
-        error: The :class:`~riprap.CircuitOpenError` or
-            :class:`~riprap.BulkheadFullError` raised to the caller.
+        error: The :class:`~riprap.policies.CircuitOpenError` or
+            :class:`~riprap.policies.BulkheadFullError` raised to the caller.
     """
 
     reason: RejectionReason

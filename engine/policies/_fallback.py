@@ -34,8 +34,8 @@ FallbackFn = Callable[Concatenate[Exception, P], Awaitable[T]]
 def falls_back(error: Exception) -> bool:
     """The default ``on`` predicate: true for errors classified transient.
 
-    That covers :class:`~riprap.StageTimeout`, :class:`~riprap.CircuitOpenError`
-    and :class:`~riprap.BulkheadFullError` too.
+    That covers :class:`~riprap.policies.StageTimeout`, :class:`~riprap.policies.CircuitOpenError`
+    and :class:`~riprap.policies.BulkheadFullError` too.
     """
     return DEFAULT_CLASSIFIER.classify(error) == "transient"
 

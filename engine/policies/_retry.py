@@ -12,7 +12,7 @@ definitions, with ``wait_initial`` as *base*, ``wait_max`` as *cap* and
   ``previous = base`` (the article's fixed factor 3)
 
 Only errors the classifier calls ``"transient"`` are retried; cancellation,
-:class:`~riprap.CircuitOpenError`, :class:`~riprap.BulkheadFullError` and
+:class:`~riprap.policies.CircuitOpenError`, :class:`~riprap.policies.BulkheadFullError` and
 :class:`~riprap.DataError` never are. When the policy gives up it re-raises the
 last exception unchanged and emits :class:`~riprap.policies.RetryGaveUp` with
 the attempt count.

@@ -65,17 +65,17 @@ class Policies:
 
     Attributes:
         timeout: Total time for the call, retries and waits included; the
-            call is cancelled and :class:`~riprap.StageTimeout` (``kind="total"``)
+            call is cancelled and :class:`~riprap.policies.StageTimeout` (``kind="total"``)
             raised when it passes. It also caps the retry deadline, so a retry
             does not start a wait it cannot finish.
         retry: The retry policy.
         breaker: The circuit breaker of the dependency (shared object).
-        on_open: ``"raise"`` fails fast with :class:`~riprap.CircuitOpenError`;
+        on_open: ``"raise"`` fails fast with :class:`~riprap.policies.CircuitOpenError`;
             ``"wait"`` waits for the breaker to admit the call (backpressure;
             the wait counts against ``timeout``).
         bulkhead: The bulkhead limiting concurrent calls (shared object).
         attempt_timeout: Time for one attempt; a timed-out attempt raises
-            :class:`~riprap.StageTimeout` (``kind="attempt"``), which is retried.
+            :class:`~riprap.policies.StageTimeout` (``kind="attempt"``), which is retried.
 
     Raises:
         ConfigError: If a timeout is not positive, ``on_open`` is unknown, or

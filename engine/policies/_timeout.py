@@ -1,4 +1,4 @@
-"""Timeouts that follow the injected clock and raise :class:`~riprap.StageTimeout`.
+"""Timeouts that follow the injected clock and raise :class:`~riprap.policies.StageTimeout`.
 
 With the system clock a :class:`TimeoutScope` is a plain anyio cancel scope,
 and a timeout policy layer (:class:`TimeoutLayer`) puts its calls' deadlines
@@ -59,7 +59,7 @@ def check_duration(option: str, value: float | timedelta | None, *, zero: bool =
 class TimeoutScope:
     """An async context manager that cancels its body after ``seconds`` of clock time.
 
-    Create it with :func:`fail_after` (raises :class:`~riprap.StageTimeout`) or
+    Create it with :func:`fail_after` (raises :class:`~riprap.policies.StageTimeout`) or
     :func:`move_on_after` (ends the block silently). ``expired`` tells which
     happened. Each scope is entered once.
 
@@ -156,7 +156,7 @@ def fail_after(
     stage: str | None = None,
     dependency: str | None = None,
 ) -> TimeoutScope:
-    """A scope that cancels its body after ``seconds`` and raises :class:`~riprap.StageTimeout`.
+    """A scope that cancels its body after ``seconds``, then raises a ``StageTimeout``.
 
     Use as ``async with fail_after(5, clock=clock): ...``.
 
