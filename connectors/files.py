@@ -2,58 +2,71 @@
 
 Sources
     One partition per file, named by its path as given (or as the glob
-    returned it); files are read in sorted order, one after another. A
-    position counts the lines of a file consumed so far, 0-based, so a record's
-    offset is the index of its (first) line and a batch's ``end``, which the
+    returned it); files are read in sorted order, one after another. A line
+    ends at LF, CRLF or a lone CR (old Mac files are not one giant record),
+    and a UTF-8 byte order mark at the start of a file is skipped. A position
+    counts the lines of a file consumed so far, 0-based, so a record's offset
+    is the index of its (first) line and a batch's ``end``, which the
     checkpoint stores, is the next line to read. Empty lines are skipped but
     still counted. On open, a file skips the lines before its checkpointed
-    position with ``islice`` (no decoding). File I/O runs in a worker thread,
-    one hop per batch. Files are read as they are: the sources do not follow
-    appends, so a last line without a newline is taken as a complete record
-    because it ends the file; do not point a source at a file still being
-    written.
+    position (no decoding). File I/O runs in a worker thread, one hop per
+    batch. Files are read as they are: the sources do not follow appends, so a
+    last line without a newline is taken as a complete record because it ends
+    the file; do not point a source at a file still being written.
 
 Decode errors
     By default :class:`JsonLinesSource` hands over raw line bytes, and decoding
     belongs in a stage (:func:`parse_json_batch`): a :class:`~riprap.DecodeError`
     raised there is about one record and the engine routes it with the bytes
     as consumed. When a source decodes (``JsonLinesSource(decode=True)``, and
-    :class:`CsvSource` always), a record that fails ends the batch just before
-    it and the next ``read`` raises the ``DecodeError`` (``path:line: why``,
-    line 1-based). The source never moves past that line: every later ``read``
-    raises the same error, and no position beyond it can be checkpointed, so
-    the record is never lost silently (I1, I7).
+    :class:`CsvSource` always), a record that fails is handed over as its raw
+    bytes with its ``DecodeError`` (``path:line: why``, line 1-based) in the
+    batch's ``errors``: the engine dead-letters it like a record that failed in
+    a step (or stops the run, naming the file and line, when there is no
+    dead-letter store), and the rest of the file goes on (I7).
+
+Numbers
+    JSON is decoded and encoded losslessly (see :mod:`riprap.connectors.json_codec`):
+    an integer beyond 64 bits stays exact, and a NaN or an infinity is a
+    :class:`~riprap.DataError` (reason ``non_finite_number``), never ``null``.
 
 Sinks
     Append-only and at-least-once: ``write`` returns once the batch is written
     and ``os.fsync``-ed, but records replayed after a crash are appended again,
     so the sinks are not idempotent and a file may hold duplicates. A batch is
-    all or nothing: a failed write is truncated away.
+    all or nothing: a failed write is truncated away. A missing parent
+    directory is created on open, as the checkpoint and dead-letter stores do.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import glob
 import io
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, final
 
 import anyio
 import anyio.lowlevel
-import orjson
 
 from riprap import ConfigError, DataError, DecodeError, SourceBatch
 from riprap.checkpoints import CheckpointError
-from riprap.lowlevel import fsync_directory
+from riprap.connectors.json_codec import encode_json as encode_json
+from riprap.connectors.json_codec import encode_json_lines as encode_json_lines
+from riprap.connectors.json_codec import parse_json_batch as parse_json_batch
+from riprap.connectors.json_codec import parse_json_line as parse_json_line
+from riprap.connectors.json_codec import parse_json_values
+from riprap.lowlevel import fsync_directory, make_directory
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
-    from collections.abc import Callable
 
     from riprap import Batch, SourceContext
 
@@ -63,6 +76,7 @@ __all__ = (
     "JsonLinesSink",
     "JsonLinesSource",
     "PathSpec",
+    "encode_json",
     "encode_json_lines",
     "parse_json_batch",
     "parse_json_line",
@@ -71,74 +85,32 @@ __all__ = (
 PathSpec = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 """One path, one glob pattern, or a sequence of either."""
 
-
-def parse_json_line(data: bytes | str, *, source: str = "", line: int | None = None) -> Any:
-    """Parse one JSON line with orjson.
-
-    Args:
-        data: The line, without its line ending.
-        source: Where it came from (a file path), for the error message.
-        line: Its 1-based line number, for the error message.
-
-    Raises:
-        DecodeError: ``data`` is not valid JSON; the message reads ``source:line: why``.
-    """
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(
-            f"invalid JSON at column {exc.colno}: {exc.msg}", source=source, line=line
-        ) from None
+_BOM = codecs.BOM_UTF8
+_CHUNK = 1 << 16
 
 
-def parse_json_batch(batch: Batch) -> list[Any]:
-    """Parse every item of a batch of raw JSON lines, for a decoding stage.
-
-    The file and line of a bad item come from its record metadata (partition =
-    path, offset = line index); the lookup happens only on failure.
-
-    Raises:
-        DecodeError: An item is not valid JSON; names its file and 1-based line.
-    """
-    loads = orjson.loads
-    try:
-        return [loads(item) for item in batch.items]
-    except orjson.JSONDecodeError:
-        pass
-    values = []
-    for index, item in enumerate(batch.items):
-        try:
-            values.append(loads(item))
-        except orjson.JSONDecodeError:
-            partition, offset = batch.position(index)
-            line = None if offset is None else offset + 1
-            parse_json_line(item, source=partition or "", line=line)
-    return values
+# -- lines --------------------------------------------------------------------------
 
 
-def encode_json_lines(
-    batch: Batch, indexes: Iterable[int], error: Callable[[Batch, int, str], Exception]
-) -> bytes:
-    """The items at ``indexes`` as JSON Lines: bytes as they are, anything else via orjson.
-
-    Raises:
-        Exception: ``error(batch, index, why)`` for raw bytes holding a newline or
-            a value orjson cannot serialise (sinks make it a ``DataError``).
-    """
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    lines = []
-    for index in indexes:
-        item = batch.items[index]
-        if isinstance(item, bytes | bytearray):
-            if b"\n" in item:
-                raise error(batch, index, "raw bytes contain a newline")
-            lines.append(bytes(item) + b"\n")
-            continue
-        try:
-            lines.append(dumps(item, option=newline))
-        except orjson.JSONEncodeError as exc:
-            raise error(batch, index, f"not JSON-serialisable: {exc}") from None
-    return b"".join(lines)
+def _lines(file: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a binary file, each ending at LF, CRLF or a lone CR (endings kept)."""
+    read = file.read
+    parts: list[bytes] = []  # the unfinished line so far
+    while chunk := read(_CHUNK):
+        if chunk.endswith(b"\r"):
+            chunk += read(1)  # a CRLF is never cut between two chunks
+        lines = chunk.splitlines(keepends=True)
+        if parts:
+            parts.append(lines[0])
+            if not lines[0].endswith((b"\n", b"\r")):
+                continue  # no line break in the whole chunk
+            lines[0] = b"".join(parts)
+            parts = []
+        if not lines[-1].endswith((b"\n", b"\r")):
+            parts.append(lines.pop())
+        yield from lines
+    if parts:
+        yield b"".join(parts)
 
 
 def _resolve(spec: PathSpec) -> list[str]:
@@ -164,6 +136,9 @@ def _consume(lines: Iterator[Any], count: int) -> int:
     return last[0][0] if last else 0
 
 
+# -- sources ------------------------------------------------------------------------
+
+
 class _FileSource:
     """What both sources share: paths, the current file, the worker-thread hop.
 
@@ -179,7 +154,6 @@ class _FileSource:
         self._positions: Mapping[str, int] = {}
         self._index = 0
         self._path = ""
-        self._error: DecodeError | None = None
         self._ready: SourceBatch | None = None
         self._lock = anyio.Lock()
 
@@ -201,14 +175,16 @@ class _FileSource:
             self._paths = await anyio.to_thread.run_sync(_resolve, self._spec)
             self._positions = dict(context.positions)
             self._index = 0
-            self._error = None
             self._ready = None
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` records of the current file, or ``None`` at the end.
 
+        Records that cannot be decoded come as their raw bytes, with their
+        :class:`~riprap.DecodeError` in the batch's ``errors``.
+
         Raises:
-            DecodeError: The next record of the current file cannot be decoded.
+            CheckpointError: A file is shorter than its checkpointed position.
         """
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")
@@ -230,9 +206,6 @@ class _FileSource:
         if self._paths is None:
             raise RuntimeError(f"source {self.name!r} is not open")
         while self._index < len(self._paths):
-            if self._error is not None:
-                # A fresh traceback each time: re-raising one instance would grow it.
-                raise self._error.with_traceback(None)
             if not self._is_open():
                 self._path = self._paths[self._index]
                 try:
@@ -241,17 +214,21 @@ class _FileSource:
                     self._close()
                     raise
             self._ready = self._next_batch(max_records)
-            if self._ready is None and self._error is None:
-                self._close()
-                self._index += 1
-            elif self._ready is not None:
+            if self._ready is not None:
                 return
+            self._close()
+            self._index += 1
 
-    def _fail(self, message: str, line: int | None) -> None:
-        """Remember a decode error; it is raised by this and every later read."""
-        self._error = DecodeError(message, source=self._path, line=line, partition=self._path)
+    def _undecodable(self, problem: str, line: int) -> DecodeError:
+        return DecodeError(problem, source=self._path, line=line, partition=self._path)
 
-    def _batch(self, values: list[Any], offsets: list[int], end: int) -> SourceBatch | None:
+    def _batch(
+        self,
+        values: list[Any],
+        offsets: list[int],
+        end: int,
+        errors: dict[int, DataError] | None = None,
+    ) -> SourceBatch | None:
         if not values:
             return None
         contiguous = offsets[-1] - offsets[0] + 1 == len(offsets)
@@ -261,6 +238,7 @@ class _FileSource:
             start=offsets[0],
             end=end,
             offsets=None if contiguous else offsets,
+            errors=errors or None,
         )
 
     def _past_end(self, position: int, lines: int) -> CheckpointError:
@@ -289,14 +267,15 @@ class JsonLinesSource(_FileSource):
     Args:
         paths: A path, a glob pattern, or a sequence of either.
         name: The step name of the source.
-        decode: Parse each line with orjson in the worker thread; a line that
-            is not valid JSON stops the source there with a
-            :class:`~riprap.DecodeError` (see the module docstring). ``"json"``
-            is the same as ``True``.
+        decode: Parse each line (losslessly, see the module docstring) in the
+            worker thread; a line that is not valid JSON is handed over as its
+            bytes with a :class:`~riprap.DecodeError`, which the engine
+            dead-letters. ``"json"`` is the same as ``True``.
 
-    Values are the bytes of each line without its line ending (``\\n`` or
-    ``\\r\\n``). A line that is empty once its ending is removed is skipped;
-    a line of blanks is a record (and, decoded, a ``DecodeError``).
+    Values are the bytes of each line without its line ending (LF, CRLF or a
+    lone CR) and, on the first line, without a UTF-8 byte order mark. A line
+    that is empty once its ending is removed is skipped; a line of blanks is a
+    record (and, decoded, a ``DecodeError``).
 
     .. versionadded:: 0.1
     """
@@ -309,6 +288,7 @@ class JsonLinesSource(_FileSource):
         super().__init__(paths, name=name)
         self.decode = bool(decode)
         self._file: IO[bytes] | None = None
+        self._lines: Iterator[bytes] = iter(())
         self._line = 0
 
     def _is_open(self) -> bool:
@@ -316,18 +296,20 @@ class JsonLinesSource(_FileSource):
 
     def _open_file(self, position: int) -> None:
         self._file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
-        self._line = _consume(self._file, position)
+        self._lines = _lines(self._file)
+        self._line = _consume(self._lines, position)
         if self._line < position:
             raise self._past_end(position, self._line)
 
     def _next_batch(self, max_records: int) -> SourceBatch | None:
-        assert self._file is not None
         values: list[bytes] = []
         offsets: list[int] = []
         while len(values) < max_records:
             wanted = max_records - len(values)
-            chunk = [line.rstrip(b"\r\n") for line in islice(self._file, wanted)]
+            chunk = [line.rstrip(b"\r\n") for line in islice(self._lines, wanted)]
             first = self._line
+            if first == 0 and chunk:
+                chunk[0] = chunk[0].removeprefix(_BOM)
             self._line += len(chunk)
             if b"" in chunk:
                 offsets.extend(first + i for i, line in enumerate(chunk) if line)
@@ -342,48 +324,120 @@ class JsonLinesSource(_FileSource):
         return self._batch(values, offsets, self._line)
 
     def _decoded(self, raw: list[bytes], offsets: list[int]) -> SourceBatch | None:
-        loads = orjson.loads
         try:
-            return self._batch([loads(line) for line in raw], offsets, self._line)
-        except orjson.JSONDecodeError:
+            return self._batch(parse_json_values(raw), offsets, self._line)
+        except DecodeError:
             pass
-        values = []
-        for line, offset in zip(raw, offsets, strict=True):
+        values: list[Any] = []
+        errors: dict[int, DataError] = {}
+        for index, (line, offset) in enumerate(zip(raw, offsets, strict=True)):
             try:
-                values.append(loads(line))
-            except orjson.JSONDecodeError as exc:
-                self._fail(f"invalid JSON at column {exc.colno}: {exc.msg}", offset + 1)
-                return self._batch(values, offsets[: len(values)], offset)
-        raise AssertionError("unreachable: a line failed once and then parsed")
+                values.append(
+                    parse_json_line(line, source=self._path, line=offset + 1, partition=self._path)
+                )
+            except DecodeError as exc:
+                values.append(line)
+                errors[index] = exc
+        return self._batch(values, offsets, self._line, errors)
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._lines = iter(())
+
+
+@final
+class _RowLines:
+    """The lines a ``csv`` reader pulls: decoded one at a time, the current row's kept raw.
+
+    A line that is not valid in the encoding is decoded with ``surrogateescape``
+    so that the reader still finds where its row ends; the row is then set
+    aside whole (``bad`` says which line and why).
+    """
+
+    __slots__ = ("_bom", "_encoding", "_lines", "_pending", "bad", "consumed", "row")
+
+    def __init__(self, lines: Iterator[bytes], encoding: str, *, bom: bool) -> None:
+        self._lines = lines
+        self._encoding = encoding
+        self._bom = bom  # strip a UTF-8 byte order mark from the first line
+        self._pending: deque[bytes] = deque()
+        self.consumed = 0  # lines handed to the reader: the next line's index
+        self.row: list[bytes] = []
+        self.bad: tuple[int, str] | None = None
+
+    def __iter__(self) -> _RowLines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self._pending.popleft() if self._pending else next(self._lines)
+        self.consumed += 1
+        self.row.append(raw)
+        if self._bom:
+            self._bom = False
+            raw = raw.removeprefix(_BOM)
+        try:
+            return raw.decode(self._encoding)
+        except UnicodeDecodeError as exc:
+            if self.bad is None:
+                why = f"not valid {self._encoding} text at byte {exc.start}: {exc.reason}"
+                self.bad = (self.consumed, why)
+            return raw.decode(self._encoding, "surrogateescape")
+
+    def start_row(self) -> int:
+        """Forget the last row; return the index of the next line (the next row's offset)."""
+        self.row = []
+        self.bad = None
+        return self.consumed
+
+    def push_back(self, lines: list[bytes]) -> None:
+        """Hand ``lines`` to the reader again, before any line not read yet."""
+        self._pending.extendleft(reversed(lines))
+        self.consumed -= len(lines)
+
+    def skip(self, count: int) -> int:
+        """Skip up to ``count`` lines without decoding them; return how many there were."""
+        skipped = _consume(self._lines, count)
+        self.consumed += skipped
+        return skipped
 
 
 @final
 class CsvSource(_FileSource):
-    """Reads CSV files with a header line into dicts (``csv.DictReader`` semantics).
+    """Reads CSV files with a header line into dicts.
 
-    Positions count physical lines as the ``csv`` module reads them (text mode,
-    ``newline=""``), 0-based: the header is line 0 and not a record, so the
+    Positions count physical lines (ending at LF, CRLF or a lone CR), 0-based:
+    the header is line 0 (after any blank lines) and not a record, so the
     first row is at position 1 and a fresh file resumes from the line after
     the header. A row whose quoted fields span several lines has the offset of
     its first line and covers them all. Empty lines are skipped but counted.
     On resume the header is read again, then lines are skipped up to the
     checkpoint.
 
-    A row whose field count differs from the header's (or that the ``csv``
-    module rejects) is a :class:`~riprap.DecodeError` raised by ``read``, as
-    described in the module docstring: DictReader would silently pad or spill
-    such a row, which hides broken input.
+    A row that cannot be read as the header says is handed over as its raw
+    bytes with a :class:`~riprap.DecodeError` naming the file and line, which
+    the engine dead-letters, and the rest of the file goes on:
+
+    - a row whose field count differs from the header's (``csv.DictReader``
+      would silently pad or spill it);
+    - a row with a line that is not valid text in ``encoding`` (the whole row);
+    - a line where the CSV is malformed (a quote never closed, text after a
+      closing quote): that line alone, and reading goes on from the next one.
+
+    A file whose header cannot be read (not valid text, malformed, a column
+    named twice) is set aside whole: its header line is handed over with the
+    ``DecodeError`` and the rest of the file is not read.
 
     Args:
         paths: A path, a glob pattern, or a sequence of either.
         name: The step name of the source.
         delimiter: The field separator.
-        encoding: The text encoding of the files.
+        encoding: The text encoding of the files; one that writes CR and LF as
+            those ASCII bytes (utf-8, latin-1, cp1252..., not utf-16).
+
+    Raises:
+        ConfigError: For an unknown or unsupported encoding or a bad delimiter.
 
     .. versionadded:: 0.1
     """
@@ -397,76 +451,151 @@ class CsvSource(_FileSource):
         encoding: str = "utf-8",
     ) -> None:
         super().__init__(paths, name=name)
-        self.delimiter = delimiter
+        self.delimiter = _checked_delimiter("CsvSource", delimiter)
         self.encoding = encoding
-        self._file: IO[str] | None = None
+        self._codec = _line_codec("CsvSource", encoding)
+        self._file: IO[bytes] | None = None
+        self._rows: _RowLines | None = None
         self._reader: _CsvReader | None = None
         self._header: list[str] = []
-        self._base = 0  # lines consumed outside the reader (skipped on resume)
+        self._set_aside: tuple[int, str, bytes] | None = None
 
     def _is_open(self) -> bool:
         return self._file is not None
 
-    def _lines_read(self) -> int:
-        assert self._reader is not None
-        return self._base + self._reader.line_num
-
     def _open_file(self, position: int) -> None:
-        self._file = file = open(self._path, encoding=self.encoding, newline="")  # noqa: SIM115
-        self._reader = reader = csv.reader(file, delimiter=self.delimiter)
-        self._base = 0
-        try:
-            self._header = next(reader, [])
-            skip = position - reader.line_num
-            if skip > 0:
-                # The reader pulls one line at a time from the file, so skipping
-                # lines of the file underneath it is safe.
-                self._base = _consume(file, skip)
-                if self._base < skip:
-                    raise self._past_end(position, self._lines_read())
-        except UnicodeDecodeError as exc:
-            raise self._undecodable(exc) from None
+        self._file = file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
+        self._rows = rows = _RowLines(_lines(file), self._codec, bom=self._codec == "utf-8")
+        self._reader = csv.reader(rows, delimiter=self.delimiter, strict=True)
+        self._set_aside = None
+        line, problem = self._read_header()
+        if problem is not None:
+            if position <= line:  # else the file was set aside before this run
+                self._set_aside = (line, problem, rows.row[0])
+            rows.skip(sys.maxsize)  # the rest of the file is not read
+            return
+        skip = position - rows.consumed
+        if skip > 0 and rows.skip(skip) < skip:
+            raise self._past_end(position, rows.consumed)
 
-    def _undecodable(self, exc: UnicodeDecodeError) -> DecodeError:
-        # The file is decoded in chunks, so the line is only approximately known.
-        return DecodeError(
-            f"not valid {self.encoding} text after line {self._lines_read()}: {exc.reason}",
-            source=self._path,
-            partition=self._path,
-        )
+    def _read_header(self) -> tuple[int, str | None]:
+        """Read the header (blank lines before it skipped); its line and what is wrong with it."""
+        assert self._rows is not None
+        assert self._reader is not None
+        rows = self._rows
+        header: list[str] | None = []
+        while header == []:
+            line = rows.start_row()
+            try:
+                header = next(self._reader, None)
+            except csv.Error as exc:
+                return line, f"the header is not valid CSV: {exc}"
+        if rows.bad is not None:
+            return line, f"the header is {rows.bad[1]}"
+        header = header or []
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            return line, f"the header names {', '.join(map(repr, twice))} more than once"
+        self._header = header
+        return line, None
 
     def _next_batch(self, max_records: int) -> SourceBatch | None:
+        assert self._rows is not None
         assert self._reader is not None
+        if self._set_aside is not None:
+            return self._whole_file_aside()
+        rows, reader = self._rows, self._reader
         header, width = self._header, len(self._header)
-        values: list[dict[str, str]] = []
+        values: list[Any] = []
         offsets: list[int] = []
+        errors: dict[int, DataError] = {}
         while len(values) < max_records:
-            offset = self._lines_read()
+            start = rows.start_row()
             try:
-                row = next(self._reader, None)
+                row = next(reader, None)
             except csv.Error as exc:
-                self._fail(f"malformed CSV: {exc}", offset + 1)
-                return self._batch(values, offsets, offset)
-            except UnicodeDecodeError as exc:
-                self._error = self._undecodable(exc)
-                return self._batch(values, offsets, offset)
-            if row is None:
-                break
-            if not row:
-                continue
-            if len(row) != width:
-                problem = f"expected {width} fields (the header's), got {len(row)}"
-                self._fail(problem if width else "the first line is not a header", offset + 1)
-                return self._batch(values, offsets, offset)
-            values.append(dict(zip(header, row, strict=True)))
-            offsets.append(offset)
-        return self._batch(values, offsets, self._lines_read())
+                # Most likely a quote opened on the row's first line and never
+                # closed: set that line aside and read on from the next one.
+                raw, line, problem = rows.row[:1], start + 1, f"malformed CSV: {exc}"
+                rows.push_back(rows.row[1:])
+            else:
+                if row is None:
+                    break
+                if not row:
+                    continue
+                if rows.bad is None and len(row) == width:
+                    values.append(dict(zip(header, row, strict=True)))
+                    offsets.append(start)
+                    continue
+                raw, (line, problem) = rows.row, rows.bad or (start + 1, _ragged(width, len(row)))
+            errors[len(values)] = self._undecodable(problem, line)
+            values.append(b"".join(raw).rstrip(b"\r\n"))
+            offsets.append(start)
+        return self._batch(values, offsets, rows.consumed, errors)
+
+    def _whole_file_aside(self) -> SourceBatch | None:
+        assert self._rows is not None
+        assert self._set_aside is not None
+        line, problem, raw = self._set_aside
+        self._set_aside = None
+        error = self._undecodable(f"{problem}; the file is set aside whole", line + 1)
+        return SourceBatch(
+            self._path,
+            [raw.rstrip(b"\r\n")],
+            start=line,
+            end=max(self._rows.consumed, line + 1),
+            errors={0: error},
+        )
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._rows = None
             self._reader = None
+
+
+def _ragged(width: int, count: int) -> str:
+    return f"expected {width} fields (the header's), got {count}"
+
+
+def _checked_delimiter(owner: str, delimiter: str) -> str:
+    """``delimiter`` if the ``csv`` module takes it and it is not a quote or a line break."""
+    try:
+        csv.reader([], delimiter=delimiter)
+    except TypeError as exc:
+        raise ConfigError(f"{owner}.delimiter", str(exc).replace('"', "")) from None
+    if delimiter in '\r\n"':
+        raise ConfigError(f"{owner}.delimiter", f"cannot be {delimiter!r}")
+    return delimiter
+
+
+def _line_codec(owner: str, encoding: str) -> str:
+    """The codec name of ``encoding``, if CSV lines can be split as bytes and decoded one by one.
+
+    ``utf-8-sig`` is read as ``utf-8`` (the byte order mark is skipped anyway).
+
+    Raises:
+        ConfigError: The encoding is unknown, not a text encoding, or writes
+            CR and LF other than as those ASCII bytes (utf-16, utf-32).
+    """
+    try:
+        name = codecs.lookup(encoding).name
+        probe = b'a,"\r\n'.decode(name)
+    except LookupError:
+        raise ConfigError(f"{owner}.encoding", f"unknown text encoding {encoding!r}") from None
+    except UnicodeDecodeError:
+        probe = ""
+    if probe != 'a,"\r\n':
+        raise ConfigError(
+            f"{owner}.encoding",
+            f"{encoding!r} does not write line breaks as the ASCII bytes CR and LF; "
+            "use an ASCII-compatible encoding (utf-8, latin-1, cp1252...)",
+        )
+    return "utf-8" if name == "utf-8-sig" else name
+
+
+# -- sinks --------------------------------------------------------------------------
 
 
 class _AppendSink:
@@ -477,12 +606,18 @@ class _AppendSink:
     def __init__(self, path: str | os.PathLike[str], *, name: str) -> None:
         self.name = name
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise ConfigError(f"{type(self).__name__}.path", f"{self.path} is a directory")
         self.idempotent = False
         self._fd: int | None = None
         self._lock = anyio.Lock()
 
     async def open(self) -> None:
-        """Create or open the file for appending (in a worker thread)."""
+        """Create or open the file for appending (in a worker thread).
+
+        A missing parent directory is created (durably), as the checkpoint and
+        dead-letter stores do.
+        """
         async with self._lock:
             await anyio.to_thread.run_sync(self._open_sync)
 
@@ -509,6 +644,7 @@ class _AppendSink:
     def _open_sync(self) -> None:
         if self._fd is not None:
             return
+        make_directory(Path(self.path).absolute().parent)
         created = not os.path.exists(self.path)
         self._check_existing(created)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -579,11 +715,14 @@ class _AppendSink:
 class JsonLinesSink(_AppendSink):
     """Appends one JSON line per value; at-least-once, not idempotent.
 
-    Values are serialised with orjson, except ``bytes``, which are written as
-    they are (an already encoded line, e.g. from a raw :class:`JsonLinesSource`).
+    Values are serialised with :func:`encode_json` (integers beyond 64 bits
+    exactly; a NaN or an infinity is a :class:`~riprap.DataError` with reason
+    ``non_finite_number``, never ``null``), except ``bytes``, which are written
+    as they are (an already encoded line, e.g. from a raw
+    :class:`JsonLinesSource`) unless they hold a line break.
 
     Args:
-        path: The file; created if missing.
+        path: The file; created if missing (its directory too).
         name: The step name of the sink.
 
     .. versionadded:: 0.1
@@ -603,9 +742,11 @@ class CsvSink(_AppendSink):
     A new file starts with the header line. Appending to an existing file
     requires its header to equal ``fieldnames``. Missing fields are written
     empty; a field not in ``fieldnames`` is a :class:`~riprap.DataError`.
+    Values are written as ``str()`` writes them, so a float NaN or infinity is
+    the text ``nan`` or ``inf``, which reads back as the same float.
 
     Args:
-        path: The file; created if missing.
+        path: The file; created if missing (its directory too).
         fieldnames: The columns, in order.
         name: The step name of the sink.
         delimiter: The field separator.
@@ -629,7 +770,11 @@ class CsvSink(_AppendSink):
         self.fieldnames = list(fieldnames)
         if not self.fieldnames:
             raise ConfigError("fieldnames", f"{self.path}: at least one column is required")
-        self.delimiter = delimiter
+        twice = sorted({name for name in self.fieldnames if self.fieldnames.count(name) > 1})
+        if twice:
+            raise ConfigError("fieldnames", f"{self.path}: {twice} named more than once")
+        self.delimiter = _checked_delimiter("CsvSink", delimiter)
+        _line_codec("CsvSink", encoding)
         self.encoding = encoding
 
     def _writer(self, buffer: io.StringIO) -> csv.DictWriter[str]:

@@ -1,8 +1,12 @@
 """SQLite sink: an idempotent upsert by key, one transaction per batch.
 
 Each value becomes one row: its key in the key column (the primary key) and
-the value itself as orjson-encoded JSON text in the ``value`` column, plus any
-fields named in ``columns`` copied into columns of their own for querying.
+the value itself as JSON text in the ``value`` column (losslessly, see
+:mod:`riprap.connectors.json_codec`: a NaN or an infinity is a
+:class:`~riprap.DataError`, never ``null``), plus any fields named in
+``columns`` copied into columns of their own for querying. A key or column
+integer beyond SQLite's 64 bits is a ``DataError`` (reason ``number_out_of_range``).
+A missing parent directory of the database is created on open.
 Writing a replayed record rewrites the same row, so replays after a crash have
 an exactly-once effect (I2). The database runs in WAL mode with
 ``synchronous=FULL``, so a committed batch survives a power cut; every blocking
@@ -12,18 +16,21 @@ call runs in a worker thread.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sqlite3
 import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import anyio.lowlevel
-import orjson
 
 from riprap import ConfigError, DataError, TransientError
+from riprap.connectors.json_codec import encode_json, parse_json_line
+from riprap.lowlevel import make_directory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -35,6 +42,7 @@ __all__ = ("SqliteSink", "read_table", "read_table_sync")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEY_TYPES = (str, int, float, bytes)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def _identifier(option: str, name: str) -> str:
@@ -96,6 +104,12 @@ class SqliteSink:
     ) -> None:
         self.name = name
         self.path = str(path)
+        if os.path.isdir(self.path):
+            raise ConfigError("SqliteSink.path", f"{self.path} is a directory")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ConfigError("SqliteSink.timeout", f"must be a number of seconds, got {timeout!r}")
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise ConfigError("SqliteSink.timeout", f"must be finite seconds >= 0, got {timeout!r}")
         self.table = table
         self.idempotent = True
         self.timeout = timeout
@@ -152,6 +166,7 @@ class SqliteSink:
         return await read_table(self.path, self.table, key_column=self.key_column)
 
     def _open_sync(self) -> sqlite3.Connection:
+        make_directory(Path(self.path).absolute().parent)
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
@@ -196,12 +211,17 @@ class SqliteSink:
         """The parameters of one upsert; DataError when the value cannot be stored."""
         key = self._key(batch, index, value)
         try:
-            row: list[Any] = [key, orjson.dumps(value).decode()]
-        except orjson.JSONEncodeError as exc:
-            raise self._error(batch, index, f"the value is not JSON-serialisable: {exc}") from None
+            row: list[Any] = [key, encode_json(value).decode()]
+        except DataError as exc:
+            raise self._error(batch, index, f"the value is {exc}", exc.reason) from None
         if self.columns:
             fields: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
-            row.extend(_column_value(fields.get(column)) for column in self.columns)
+            for column in self.columns:
+                field = fields.get(column)
+                if _too_big(field):
+                    problem = f"column {column!r}: {field} is beyond SQLite's 64-bit integers"
+                    raise self._error(batch, index, problem, "number_out_of_range")
+                row.append(_column_value(field))
         return tuple(row)
 
     def _key(self, batch: Batch, index: int, value: Any) -> Any:
@@ -217,12 +237,16 @@ class SqliteSink:
         if not isinstance(key, _KEY_TYPES):
             kind = type(key).__name__
             raise self._error(batch, index, f"the key must be str, int, float or bytes, not {kind}")
+        if _too_big(key) or (isinstance(key, float) and not math.isfinite(key)):
+            raise self._error(batch, index, f"the key {key!r} cannot be stored", "bad_key")
         return key
 
-    def _error(self, batch: Batch, index: int, problem: str) -> DataError:
+    def _error(
+        self, batch: Batch, index: int, problem: str, reason: str | None = None
+    ) -> DataError:
         partition, offset = batch.position(index)
         where = f"record at {partition}@{offset}" if partition is not None else f"item {index}"
-        return DataError(f"{self.path}: table {self.table!r}: {where}: {problem}")
+        return DataError(f"{self.path}: table {self.table!r}: {where}: {problem}", reason=reason)
 
 
 @final
@@ -244,11 +268,16 @@ class _Statements:
         )
 
 
+def _too_big(value: Any) -> bool:
+    """Whether ``value`` is an integer SQLite cannot hold."""
+    return isinstance(value, int) and not _I64_MIN <= value <= _I64_MAX
+
+
 def _column_value(value: Any) -> Any:
     """A field value as SQLite stores it: scalars as they are, the rest as JSON text."""
     if value is None or isinstance(value, str | int | float | bytes):
         return value
-    return orjson.dumps(value).decode()
+    return encode_json(value).decode()
 
 
 def _naming(exc: sqlite3.Error, path: str) -> sqlite3.Error:
@@ -277,7 +306,7 @@ def read_table_sync(
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
-            return {key: orjson.loads(value) for key, value in conn.execute(query)}
+            return {key: parse_json_line(value) for key, value in conn.execute(query)}
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -25,7 +25,7 @@ myst_heading_anchors = 3
 # aliases (rendered as text in signatures) and private bases are not pages
 # either. Every other name of riprap's own must resolve.
 _OUTSIDE = (
-    r"(builtins|typing|typing_extensions|collections|collections\.abc|asyncio|anyio|re|"
+    r"(_asyncio|builtins|typing|typing_extensions|collections|collections\.abc|asyncio|anyio|re|"
     r"contextlib|logging|os|pathlib|types|random|datetime|enum|dataclasses|sqlite3|aiohttp|"
     r"prometheus_client|aiokafka|aiobotocore|botocore|opentelemetry|web)(\..*)?"
 )
@@ -33,7 +33,7 @@ _ALIASES = (
     r"Emit|Headers|Header|Outcome|Signal|Jitter|GiveUpReason|RejectionReason|Verdict|Format|"
     r"Encryption|Decode|Partitioner|Serializer|FallbackFn|ProgressHook|QuarantineHook|"
     r"WindowKind|SagaPhase|SagaResult|TimeSource|LateHandler|OnError|PathSpec|MonitoredRun|"
-    r"Runtime|DEFAULT_CLASSIFIER|Where a record's time comes from.*"
+    r"Runtime|Emitter|GapKind|DEFAULT_CLASSIFIER|Where a record's time comes from.*"
 )
 nitpick_ignore_regex = [
     (r"py:.*", _OUTSIDE),

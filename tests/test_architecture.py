@@ -22,6 +22,7 @@ PUBLIC_NAMESPACES = (
     "riprap.cli",
     "riprap.connectors.files",
     "riprap.connectors.http",
+    "riprap.connectors.json_codec",
     "riprap.connectors.kafka",
     "riprap.connectors.memory",
     "riprap.connectors.s3",
@@ -222,6 +223,8 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/connectors/kafka/test_partition.py": frozenset({"riprap.connectors.kafka._partition"}),
     "tests/connectors/kafka/test_sink.py": frozenset({"riprap.connectors.kafka._sink"}),
     "tests/connectors/kafka/test_source.py": frozenset({"riprap.connectors.kafka._source"}),
+    # The offset-gap rule (below the earliest, beyond the latest offset) on its own.
+    "tests/connectors/kafka/test_gaps.py": frozenset({"riprap.connectors.kafka._gaps"}),
     # S3 connector internals: its client setup for raw bucket access, the conditional delete.
     "tests/connectors/s3/conftest.py": frozenset({"riprap.connectors.s3._client"}),
     "tests/connectors/s3/test_dlq_reader.py": frozenset({"riprap.connectors.s3._dlq_reader"}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -159,3 +160,56 @@ def test_failed_run_exits_1_with_the_position(tmp_path: Path) -> None:
     assert 1 == done.returncode
     assert "stage 'div' failed at memory@7: ZeroDivisionError" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+PORT_PIPELINE = """
+import riprap
+from riprap.connectors.files import JsonLinesSink, JsonLinesSource
+
+pipeline = (
+    riprap.Pipeline("ported")
+    .source(JsonLinesSource("in.jsonl"))
+    .sink(JsonLinesSink("out/out.jsonl"))
+)
+"""
+
+
+def test_run_with_metrics_port_in_use_exits_2_before_reading(tmp_path: Path) -> None:
+    """A --metrics-port in use is one line naming health.port, exit 2, and nothing is created."""
+    (tmp_path / "p.py").write_text(PORT_PIPELINE)
+    (tmp_path / "in.jsonl").write_text('{"n": 1}\n')
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        done = riprap_cli("run", "p.py", "--metrics-port", str(port), cwd=tmp_path)
+    expected = (2, f"riprap: health.port: 127.0.0.1:{port} is in use\n", ["in.jsonl", "p.py"])
+    assert expected == (done.returncode, done.stderr, sorted(p.name for p in tmp_path.iterdir()))
+
+
+def test_sync_step_returning_a_coroutine_exits_1_naming_the_step(tmp_path: Path) -> None:
+    """A lambda around an async function stops `riprap run` with exit 1 and says what to do."""
+    (tmp_path / "p.py").write_text(
+        textwrap.dedent(
+            """
+            import riprap
+            from riprap.connectors.memory import IterableSource, MemorySink
+
+            async def double(v):
+                return 2 * v
+
+            pipeline = (
+                riprap.Pipeline("wrapped", checkpoint=riprap.checkpoints.MemoryCheckpoints())
+                .source(IterableSource("in", [1, 2]))
+                .map("double", lambda v: double(v))
+                .sink(MemorySink())
+            )
+            """
+        )
+    )
+    done = riprap_cli("run", "p.py", "--quiet", cwd=tmp_path)
+    message = (
+        "stage 'double' failed at memory@0: ConfigError: map('double'): the function is sync "
+        "but returned coroutine object; pass an async function (async def) so that riprap awaits it"
+    )
+    assert (1, True, False) == (done.returncode, message in done.stderr, "Traceback" in done.stderr)

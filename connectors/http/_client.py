@@ -1,19 +1,108 @@
-"""One HTTP exchange with classified failures, and the sessions that carry it."""
+"""One HTTP exchange with classified failures, and the sessions that carry it.
+
+A request waits for a pooled connection only in front of the pool, in a
+:class:`Slots` limiter of the pool's size, and asks the circuit breaker again
+(:func:`riprap.policies.admit_nowait`) once it has its slot: a request that
+queued while the breaker opened is refused there, or gives its slot back and
+waits for the breaker, instead of reaching the dependency. aiohttp's own pool
+then never makes a request wait after the breaker's last word.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import errno
+import math
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, final
+from urllib.parse import urlsplit
 
 import aiohttp
+import anyio
 
-from riprap import ConfigError
+from riprap import ConfigError, DataError
+from riprap.observability import Redactor, redact_url
+from riprap.policies import admit, admit_nowait
 
 from ._errors import HttpTransientError, check_status
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Mapping
 
     from riprap import Clock
+
+
+@final
+class Slots:
+    """Connection slots in front of a session's pool: ``limit`` in all, ``per_host`` per host.
+
+    A zero limit is no limit, as for aiohttp's ``TCPConnector``. Create it in
+    the event loop that uses it.
+    """
+
+    __slots__ = ("_hosts", "_per_host", "_total")
+
+    def __init__(self, *, limit: int, per_host: int) -> None:
+        self._total = asyncio.Semaphore(limit) if limit else None
+        self._per_host = per_host
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    @asynccontextmanager
+    async def slot(self, url: str) -> AsyncIterator[None]:
+        """Hold a slot for a request to ``url``, admitted by the breaker once it is held.
+
+        While the breaker keeps the call waiting, the call waits without a slot
+        (a probe may need it), then queues again.
+
+        Raises:
+            CircuitOpenError: The step's breaker refuses the call now (``on_open="raise"``).
+        """
+        held = self._semaphores(url)
+        while True:
+            await _acquire(held)
+            try:
+                admit_nowait()
+                break
+            except anyio.WouldBlock:
+                _release(held)
+            except BaseException:
+                _release(held)
+                raise
+            await admit()
+        try:
+            yield
+        finally:
+            _release(held)
+
+    def _semaphores(self, url: str) -> tuple[asyncio.Semaphore, ...]:
+        """The semaphores a request to ``url`` holds: its host's, then the total."""
+        held: list[asyncio.Semaphore] = []
+        if self._per_host:
+            netloc = urlsplit(url).netloc
+            host = self._hosts.get(netloc)
+            if host is None:
+                host = self._hosts[netloc] = asyncio.Semaphore(self._per_host)
+            held.append(host)
+        if self._total is not None:
+            held.append(self._total)
+        return tuple(held)
+
+
+async def _acquire(semaphores: tuple[asyncio.Semaphore, ...]) -> None:
+    """Acquire each in order; on cancellation none stays held."""
+    taken: list[asyncio.Semaphore] = []
+    try:
+        for semaphore in semaphores:
+            await semaphore.acquire()
+            taken.append(semaphore)
+    except BaseException:
+        _release(tuple(taken))
+        raise
+
+
+def _release(semaphores: tuple[asyncio.Semaphore, ...]) -> None:
+    for semaphore in reversed(semaphores):
+        semaphore.release()
 
 
 def create_session(
@@ -46,26 +135,88 @@ async def send(
     Raises:
         HttpTransientError: A connection error, a timeout, or 408/429/5xx.
         HttpDataError: Any other status outside 2xx.
+        DataError: ``url`` is not an ``http``/``https`` URL with a host (reason
+            ``invalid_url``): no retry could make it work.
     """
+    # Only the redacted URL (no userinfo, no secret query values) enters a message,
+    # an error's attribute or a dead letter; an aiohttp message quoting the URL too.
+    shown = redact_url(url) if isinstance(url, str) else url
+    problem = url_problem(url)
+    if problem is not None:
+        raise DataError(f"{method} {shown!r}: {problem}", reason="invalid_url")
     try:
         async with session.request(method, url, data=data, headers=headers) as response:
             body = await response.read()
             status = response.status
             response_headers = response.headers
+    except aiohttp.InvalidURL as exc:  # before ClientError: a bad URL is not transient
+        detail = _scrub(str(exc), url, shown)
+        message = f"{method} {shown!r}: invalid URL: {detail}"
+        raise DataError(message, reason="invalid_url") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        # Timeouts of aiohttp are TimeoutErrors; cancellation is not caught.
-        detail = str(exc) or "no detail"
+        # Timeouts of aiohttp are TimeoutErrors; cancellation is not caught. The
+        # chained aiohttp error may quote the URL: tracebacks go through the redactor.
+        detail = _scrub(str(exc), url, shown) or "no detail"
         raise HttpTransientError(
-            f"{method} {url} failed: {type(exc).__name__}: {detail}", url=url
+            f"{method} {shown} failed: {type(exc).__name__}: {detail}", url=shown
         ) from exc
-    check_status(method, url, status, response_headers, now=clock.time())
+    check_status(method, shown, status, response_headers, now=clock.time())
     return body
 
 
+def _scrub(text: str, url: str, shown: str) -> str:
+    """``text`` (an aiohttp message) with ``url``, and the parts of it aiohttp quotes, redacted."""
+    text = text.replace(url, shown)
+    parts = urlsplit(url)
+    if parts.password:
+        text = text.replace(parts.password, "[REDACTED:password]")
+    return _REDACTOR.redact(text)
+
+
+_REDACTOR = Redactor()
+
+
+def url_problem(url: object) -> str | None:
+    """What makes ``url`` unusable for an HTTP request, or ``None``."""
+    if not isinstance(url, str):
+        return f"a URL must be a str, got {type(url).__name__}"
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"not an http:// or https:// URL (scheme {parts.scheme or 'missing'!r})"
+    if not parts.hostname:
+        return "the URL has no host"
+    return None
+
+
+def check_url(option: str, url: object) -> None:
+    """Raise :class:`~riprap.ConfigError` naming ``option`` for an unusable URL."""
+    problem = url_problem(url)
+    if problem is not None:
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise ConfigError(option, f"{shown!r}: {problem}")
+
+
 def check_positive(option: str, value: float, *, zero: bool = False) -> None:
-    """Raise :class:`~riprap.ConfigError` unless ``value`` is a positive number."""
+    """Raise :class:`~riprap.ConfigError` unless ``value`` is a positive (finite) number."""
     bad = isinstance(value, bool) or not isinstance(value, int | float)
-    if bad or value < 0 or (value == 0 and not zero):
+    if bad or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise ConfigError(
             option, f"must be a {'non-negative' if zero else 'positive'} number, got {value!r}"
         )
+
+
+def bind_error(owner: str, host: str, port: int, error: OSError) -> OSError | ConfigError:
+    """The one-line :class:`~riprap.ConfigError` for a server that could not bind.
+
+    A port in use, a privileged port or an address this machine does not have
+    is a configuration mistake that names the option; any other ``OSError`` is
+    returned as it is.
+    """
+    where = f"{host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(f"{owner}.port", f"{where} is in use")
+    if error.errno == errno.EACCES:
+        return ConfigError(f"{owner}.port", f"{where}: permission denied (a privileged port?)")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"{owner}.host", f"{where}: not an address of this machine")
+    return error

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal, final
 
-import orjson
-
 from riprap import ConfigError, DecodeError, SystemClock
+from riprap.connectors.json_codec import encode_json, parse_json_line
+from riprap.observability import redact_url
 
-from ._client import check_positive, create_session, send
+from ._client import Slots, check_positive, check_url, create_session, send
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -44,10 +44,16 @@ class HttpEnricher:
     block); after that the next call opens a new one, so one enricher serves
     one run at a time. 408, 429 and 5xx raise
     :class:`~riprap.connectors.http.HttpTransientError` (with ``retry_after``
-    from ``Retry-After``, which the retry policy honours up to its
-    ``wait_max``); other 4xx raise :class:`~riprap.connectors.http.HttpDataError`
+    from ``Retry-After``, which the retry policy waits out in full, or gives
+    up on at once when it ends past the retry deadline); other 4xx raise
+    :class:`~riprap.connectors.http.HttpDataError`
     (reason ``http_<status>``, dead-lettered); a connection error or a timeout
     is transient; a body that does not decode is a :class:`~riprap.DecodeError`.
+
+    Calls beyond ``limit`` (or ``limit_per_host``) wait for a connection in
+    front of the pool, and a call asks the step's circuit breaker again once it
+    has one (:func:`riprap.policies.admit_nowait`): calls queued while the breaker
+    opened never reach the service.
 
     Args:
         url: The URL, or a function of the value that returns it.
@@ -79,6 +85,7 @@ class HttpEnricher:
         "_merge",
         "_method",
         "_session",
+        "_slots",
         "_timeout",
         "_url",
     )
@@ -103,6 +110,10 @@ class HttpEnricher:
             raise ConfigError(
                 "HttpEnricher.decode", f"must be 'json', 'bytes' or 'text', got {decode!r}"
             )
+        if isinstance(url, str):  # a function's URLs are checked per call (a data error)
+            check_url("HttpEnricher.url", url)
+        elif not callable(url):
+            raise ConfigError("HttpEnricher.url", f"must be a str or a function, got {url!r}")
         check_positive("HttpEnricher.timeout", timeout)
         check_positive("HttpEnricher.limit", limit, zero=True)
         check_positive("HttpEnricher.limit_per_host", limit_per_host, zero=True)
@@ -117,6 +128,7 @@ class HttpEnricher:
         self._body = body
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
+        self._slots: Slots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -137,20 +149,27 @@ class HttpEnricher:
         headers: dict[str, str] | None = None
         if self._method == "POST":
             payload = value if self._body is None else self._body(value)
-            data = orjson.dumps(payload)
+            data = encode_json(payload)  # a NaN is a DataError, not a silent null
             headers = {"Content-Type": "application/json"}
-        raw = await send(
-            self._open_session(), self._method, url, clock=self._clock, data=data, headers=headers
-        )
+        session = self._open_session()
+        assert self._slots is not None
+        async with self._slots.slot(url):
+            raw = await send(
+                session, self._method, url, clock=self._clock, data=data, headers=headers
+            )
         return self._merge(value, self._decoded(raw, url))
 
     def _decoded(self, raw: bytes, url: str) -> Any:
         if self._decode == "bytes":
             return raw
+        if self._decode == "json":  # exact: integers beyond 64 bits stay integers
+            return parse_json_line(raw, source=redact_url(url))
         try:
-            return orjson.loads(raw) if self._decode == "json" else raw.decode("utf-8")
-        except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"response is not valid {self._decode}: {exc}", source=url) from None
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(
+                f"response is not valid {self._decode}: {exc}", source=redact_url(url)
+            ) from None
 
     def _open_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -161,6 +180,7 @@ class HttpEnricher:
                 limit_per_host=self._limit_per_host,
                 headers=self._headers,
             )
+            self._slots = Slots(limit=self._limit, per_host=self._limit_per_host)
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError(
@@ -172,6 +192,7 @@ class HttpEnricher:
     async def aclose(self) -> None:
         """Close the session (if one is open); the next call opens a new one."""
         session, self._session, self._loop = self._session, None, None
+        self._slots = None
         if session is not None:
             await session.close()
 
@@ -187,5 +208,9 @@ class HttpEnricher:
         await self.aclose()
 
     def __repr__(self) -> str:
-        url = self._url if isinstance(self._url, str) else getattr(self._url, "__name__", "<fn>")
+        url = (
+            redact_url(self._url)
+            if isinstance(self._url, str)
+            else getattr(self._url, "__name__", "<fn>")
+        )
         return f"HttpEnricher({self._method} {url})"

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 import anyio.lowlevel
-import orjson
 
 from riprap import ConfigError, SystemClock
+from riprap.connectors.json_codec import encode_json
+from riprap.observability import redact_url
 
-from ._client import check_positive, create_session, send
+from ._client import Slots, check_positive, check_url, create_session, send
 from ._errors import HttpDataError, HttpTransientError
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ class HttpSink:
     (the engine's sink retry retries the write and honours ``Retry-After``);
     any other status raises :class:`~riprap.connectors.http.HttpDataError`
     (reason ``http_<status>``): the engine then writes the batch's records one
-    at a time and dead-letters the rejected ones.
+    at a time and dead-letters the rejected ones. A request beyond ``limit``
+    waits for a connection in front of the pool and asks the sink's circuit
+    breaker again once it has one (:func:`riprap.policies.admit_nowait`).
 
     Args:
         url: The endpoint.
@@ -71,6 +74,7 @@ class HttpSink:
         "_limit",
         "_prefix",
         "_session",
+        "_slots",
         "_timeout",
         "batch_size",
         "idempotent",
@@ -99,6 +103,7 @@ class HttpSink:
                 raise ConfigError(
                     f"HttpSink.{option}", f"must be a positive integer, got {number!r}"
                 )
+        check_url("HttpSink.url", url)
         check_positive("HttpSink.timeout", timeout)
         check_positive("HttpSink.limit", limit, zero=True)
         self.url = url
@@ -112,6 +117,7 @@ class HttpSink:
         self._limit = limit
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
+        self._slots: Slots | None = None
 
     async def open(self) -> None:
         """Open the HTTP session (inside the run's event loop)."""
@@ -120,12 +126,15 @@ class HttpSink:
             self._session = create_session(
                 timeout=self._timeout, limit=self._limit, limit_per_host=0, headers=self._headers
             )
+            self._slots = Slots(limit=self._limit, per_host=0)
 
     async def write(self, batch: Batch) -> None:
         """POST the batch's records; return when every request got a 2xx.
 
         Raises:
             HttpDataError: A request was refused (any 4xx but 408/429, ...).
+            DataError: A record cannot be written as JSON exactly (a NaN, an
+                infinity: reason ``non_finite_number``); nothing is sent for it.
             HttpTransientError: A request failed transiently (408, 429, 5xx, network).
             RuntimeError: The sink is not open.
         """
@@ -156,12 +165,10 @@ class HttpSink:
         """``(body, idempotency key)`` of every request the batch becomes."""
         items = batch.items
         if self.batch_size is None:
-            return [self._request(batch, i, i, orjson.dumps(item)) for i, item in enumerate(items)]
+            return [self._request(batch, i, i, encode_json(item)) for i, item in enumerate(items)]
         size = self.batch_size
         return [
-            self._request(
-                batch, i, min(i + size, len(items)) - 1, orjson.dumps(items[i : i + size])
-            )
+            self._request(batch, i, min(i + size, len(items)) - 1, encode_json(items[i : i + size]))
             for i in range(0, len(items), size)
         ]
 
@@ -178,10 +185,13 @@ class HttpSink:
         return body, f"{self._prefix}:{partition}:{offset}-{last_partition}:{last_offset}"
 
     async def _post(self, body: bytes, key: str) -> None:
-        if self._session is None:
+        if self._session is None or self._slots is None:
             raise RuntimeError(f"sink {self.name!r} is not open")
         headers = {**_JSON, "Idempotency-Key": key}
-        await send(self._session, "POST", self.url, clock=self._clock, data=body, headers=headers)
+        async with self._slots.slot(self.url):
+            await send(
+                self._session, "POST", self.url, clock=self._clock, data=body, headers=headers
+            )
 
     async def flush(self) -> None:
         """Nothing is buffered: every write is complete when it returns."""
@@ -189,9 +199,9 @@ class HttpSink:
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
-        session, self._session = self._session, None
+        session, self._session, self._slots = self._session, None, None
         if session is not None:
             await session.close()
 
     def __repr__(self) -> str:
-        return f"HttpSink({self.name!r}, {self.url!r})"
+        return f"HttpSink({self.name!r}, {redact_url(self.url)!r})"

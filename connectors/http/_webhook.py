@@ -12,7 +12,10 @@ import anyio.lowlevel
 import orjson
 from aiohttp import web
 
-from riprap import ConfigError, SourceBatch
+from riprap import ConfigError, DecodeError, SourceBatch
+from riprap.connectors.json_codec import parse_json_line
+
+from ._client import bind_error, check_positive
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -129,10 +132,7 @@ class WebhookSource:
                     f"WebhookSource.{option}", f"must be a positive integer, got {number!r}"
                 )
         for option, seconds in (("retry_after", retry_after), ("ack_timeout", ack_timeout)):
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-                raise ConfigError(
-                    f"WebhookSource.{option}", f"must be positive seconds, got {seconds!r}"
-                )
+            check_positive(f"WebhookSource.{option}", seconds)
         if not path.startswith("/"):
             raise ConfigError("WebhookSource.path", f"must start with '/', got {path!r}")
         self.name = name
@@ -182,6 +182,9 @@ class WebhookSource:
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.requested_port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise bind_error("WebhookSource", self.host, self.requested_port, exc) from None
         except BaseException:
             await runner.cleanup()
             raise
@@ -287,8 +290,8 @@ class WebhookSource:
 def _records(body: bytes) -> list[Any] | None:
     """The records of a body: an object is one, an array its elements; ``None`` if neither."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        data = parse_json_line(body)  # exact: integers beyond 64 bits stay integers
+    except DecodeError:
         return None
     if isinstance(data, dict):
         return [data]

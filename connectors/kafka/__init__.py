@@ -33,6 +33,7 @@ from ._deadletters import KafkaDeadLetters as KafkaDeadLetters
 from ._deadletters import letter_from_message as letter_from_message
 from ._dlq_reader import KafkaDeadLetterSource as KafkaDeadLetterSource
 from ._dlq_reader import iter_kafka_dead_letters as iter_kafka_dead_letters
+from ._gaps import OffsetGapError as OffsetGapError
 from ._sink import KafkaSink as KafkaSink
 from ._source import KafkaSource as KafkaSource
 
@@ -43,6 +44,7 @@ __all__ = (
     "KafkaDeadLetters",
     "KafkaSink",
     "KafkaSource",
+    "OffsetGapError",
     "Serializer",
     "iter_kafka_dead_letters",
     "json_value",

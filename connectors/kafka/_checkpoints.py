@@ -1,9 +1,13 @@
 """Checkpoints kept as the consumer group's committed offsets (stateless pipelines only).
 
 The group's offsets are the only state: no file, no table. Kafka fences a
-stale member by itself (a commit from an old generation is refused), so no
-epoch is stored. Operator state and crash counts have nowhere to go, so a
-pipeline with stateful stages is refused before it runs: use
+stale member by itself (a commit from an old generation is refused), and the
+source sends no commit at all once its session has expired, so no epoch is
+stored and the group's offsets never move backwards: a member frozen past its
+session timeout wakes up fenced, its commit is dropped, and when it gets its
+partitions back it starts from the offsets the group committed meanwhile.
+Operator state and crash counts have nowhere to go, so a pipeline with
+stateful stages is refused before it runs: use
 :class:`~riprap.checkpoints.SqliteCheckpoints` or the S3 backend for those.
 """
 
@@ -39,9 +43,13 @@ class KafkaCheckpoints:
     async def save(self, checkpoint: Checkpoint) -> None:
         """Commit the snapshot's positions as the group's offsets.
 
+        Only forwards, and only for partitions the source owns now (see
+        :meth:`KafkaSource.commit`).
+
         Raises:
             CheckpointError: The snapshot holds operator state, or the group refused
-                the commit (this member was fenced by a rebalance) or timed out.
+                the commit (this member was fenced by a rebalance or its session
+                expired: nothing was committed) or timed out.
         """
         if checkpoint.state:
             stages = ", ".join(sorted(checkpoint.state))

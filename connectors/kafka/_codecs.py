@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import orjson
-
 from riprap import ConfigError, DataError, DecodeError, Record
+from riprap.connectors.json_codec import encode_json, parse_json_line
 
 Serializer = Literal["json", "bytes", "str"] | Callable[[Any], bytes | None]
 """How :class:`~riprap.connectors.kafka.KafkaSink` turns a value into message bytes."""
@@ -71,7 +70,8 @@ def json_value(value: bytes | Record | None) -> Any:
 
     Takes the raw bytes, or a whole :class:`~riprap.Record` (``record=True``)
     so the error also names the topic and partition. A tombstone (``None``)
-    decodes to ``None``.
+    decodes to ``None``. Integers beyond 64 bits decode exactly
+    (:func:`~riprap.connectors.json_codec.parse_json_line`).
 
     Raises:
         DecodeError: The value is not valid JSON (a data error: dead-lettered
@@ -80,12 +80,7 @@ def json_value(value: bytes | Record | None) -> Any:
     data, topic, partition = _payload(value)
     if data is None:
         return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(
-            f"invalid JSON at column {exc.colno}: {exc.msg}", source=topic, partition=partition
-        ) from None
+    return parse_json_line(data, source=topic, partition=partition)
 
 
 def str_value(value: bytes | Record | None) -> str | None:
@@ -114,10 +109,8 @@ def _to_bytes(value: Any) -> bytes | None:
 
 
 def _json_bytes(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError as exc:
-        raise DataError(f"cannot serialise as JSON: {exc}", reason="encode_error") from None
+    # Exact: big integers as digits; a NaN or an infinity is a DataError, never null.
+    return encode_json(value)
 
 
 def _str_bytes(value: Any) -> bytes | None:

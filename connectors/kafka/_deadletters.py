@@ -117,6 +117,19 @@ def letter_from_message(
     return DeadLetter.from_dict(raw)
 
 
+def letter_id_of(headers: Sequence[tuple[str, bytes | None]]) -> str:
+    """The ``id`` of the letter a message carries, read from its headers alone (cheap).
+
+    Raises:
+        ValueError: The message is not a riprap dead letter, or the id is not text.
+    """
+    data = headers[_envelope_start(headers)][1]
+    try:
+        return (data or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"dead letter: header {_ID_HEADER} is malformed: {data!r}") from None
+
+
 def _envelope_start(headers: Sequence[tuple[str, bytes | None]]) -> int:
     for index in range(len(headers) - 1, -1, -1):
         if headers[index][0] == _ID_HEADER:

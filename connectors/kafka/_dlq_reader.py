@@ -15,6 +15,18 @@ Bounded reads
     written meanwhile) is read too, nothing after it. A read in which no fetch
     response arrives for ``stall_timeout`` seconds fails with ``TimeoutError``.
 
+Repeats
+    A letter produced twice (the failing pipeline restarted after a crash
+    before its checkpoint, or a producer retry) is read once: readers keep the
+    first copy they meet and count the others as repeats folded, in a
+    :class:`~riprap.deadletters.LetterIds` (exact, bounded memory). Copies of
+    one letter usually share a partition (the message key is the record's
+    key); when they do not, which copy comes first depends on how the reader
+    interleaves partitions. A resumed replay first reads every partition from
+    its beginning up to its checkpointed offset, for the ids only, before
+    replaying anything: a letter replayed before the stop is not replayed again
+    from a copy after it. That costs one more read of what was replayed.
+
 Errors from Kafka itself are raised as ``OSError`` naming the topic; a topic
 that does not exist as ``FileNotFoundError``.
 """
@@ -33,9 +45,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from riprap import ConfigError, SourceBatch, SystemClock
-from riprap.deadletters import DeadLetterFilter, TokenBucket, letter_batch
+from riprap.deadletters import DeadLetterFilter, LetterIds, TokenBucket, letter_batch
 
-from ._deadletters import letter_from_message
+from ._deadletters import letter_from_message, letter_id_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -147,6 +159,71 @@ class _BoundedReader:
         if fresh:
             await consumer.seek_to_beginning(*fresh)
         return tps, ends
+
+    async def remember_ids(self, stops: Mapping[int, int], seen: LetterIds) -> None:
+        """Add to ``seen`` the ids of each partition's messages before its ``stops`` offset.
+
+        A read of its own, from the beginning, before :meth:`start`. A partition
+        ends at its stop offset, or at its high watermark if that is lower (the
+        topic was recreated).
+
+        Raises:
+            OSError: Kafka failed.
+            TimeoutError: No fetch response came for ``stall_timeout`` seconds.
+            ValueError: A message is not a riprap dead letter.
+        """
+        wanted = {partition: stop for partition, stop in stops.items() if stop > 0}
+        if not wanted:
+            await anyio.lowlevel.checkpoint()
+            return
+        consumer = AIOKafkaConsumer(**self._config)
+        try:
+            await consumer.start()
+            await consumer.topics()
+            known = consumer.partitions_for_topic(self.topic) or set()
+            tps = {p: TopicPartition(self.topic, p) for p in wanted if p in known}
+            if not tps:
+                return
+            consumer.assign(list(tps.values()))
+            await consumer.seek_to_beginning(*tps.values())
+            await self._scan_ids(consumer, tps, wanted, seen)
+        except KafkaError as exc:
+            raise _store_error(self.topic, exc) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await consumer.stop()
+
+    async def _scan_ids(
+        self,
+        consumer: Any,
+        tps: Mapping[int, Any],
+        stops: Mapping[int, int],
+        seen: LetterIds,
+    ) -> None:
+        pending = dict(tps)
+        progress_at = time.monotonic()
+        while pending:
+            for partition, tp in list(pending.items()):
+                highwater = consumer.highwater(tp)
+                stop = stops[partition] if highwater is None else min(stops[partition], highwater)
+                if await consumer.position(tp) >= stop:
+                    del pending[partition]
+            if not pending:
+                return
+            fetched = await consumer.getmany(
+                *pending.values(), timeout_ms=100, max_records=_SCAN_CHUNK
+            )
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.offset >= stops[tp.partition]:
+                        break
+                    seen.add(_letter_id(self.topic, record))
+                progress_at = time.monotonic()
+            if time.monotonic() - progress_at > self.stall_timeout:
+                raise TimeoutError(
+                    f"kafka topic {self.topic!r}: no fetch response for partitions"
+                    f" {sorted(pending)} in {self.stall_timeout:g} s"
+                )
 
     async def next_chunk(self, max_records: int) -> tuple[int, list[Any]] | None:
         """Up to ``max_records`` consecutive messages of one partition; ``None`` at the end.
@@ -265,6 +342,15 @@ def _store_error(topic: str, exc: KafkaError) -> OSError:
     return OSError(f"kafka topic {topic!r}: {text}")
 
 
+def _letter_id(topic: str, record: Any) -> str:
+    try:
+        return letter_id_of(list(record.headers))
+    except ValueError as exc:
+        raise ValueError(
+            f"kafka topic {topic!r} partition {record.partition} offset {record.offset}: {exc}"
+        ) from None
+
+
 def _letter(topic: str, record: Any) -> DeadLetter:
     try:
         return letter_from_message(record.key, record.value, list(record.headers))
@@ -280,11 +366,21 @@ async def iter_kafka_dead_letters(
     bootstrap_servers: str | Sequence[str],
     consumer_options: Mapping[str, Any] | None = None,
     stall_timeout: float = 30.0,
+    seen: LetterIds | None = None,
 ) -> AsyncGenerator[DeadLetter, None]:
-    """Every dead letter on ``topic`` up to the end observed at start, partition by partition.
+    """Every dead letter on ``topic`` up to the end observed at start, one per id.
 
-    A bounded read (see the module docstring): no group, no commit. Close the
-    generator when leaving early (``contextlib.aclosing``).
+    A bounded read (see the module docstring): no group, no commit; partitions
+    take turns. A repeat of a letter already read is skipped and counted in
+    ``seen.repeats``. Close the generator when leaving early
+    (``contextlib.aclosing``).
+
+    Args:
+        topic: The dead-letter topic.
+        bootstrap_servers: ``host:port`` of one or more brokers.
+        consumer_options: Further ``AIOKafkaConsumer`` keyword arguments.
+        stall_timeout: Seconds without a fetch response before the read fails.
+        seen: Keeps the ids read; a private one when ``None``.
 
     Raises:
         FileNotFoundError: The topic does not exist.
@@ -296,13 +392,18 @@ async def iter_kafka_dead_letters(
     .. versionadded:: 0.1
     """
     reader = _BoundedReader(topic, bootstrap_servers, consumer_options, stall_timeout)
+    ids = LetterIds() if seen is None else seen
     try:
         await reader.start({})
         while (chunk := await reader.next_chunk(_SCAN_CHUNK)) is not None:
             for record in chunk[1]:
-                yield _letter(topic, record)
+                letter = _letter(topic, record)
+                if ids.add(letter.id):
+                    yield letter
     finally:
         await reader.aclose()
+        if seen is None:
+            ids.close()
 
 
 @final
@@ -320,8 +421,10 @@ class KafkaDeadLetterSource:
     Each run is a bounded read (see the module docstring): it ends at the end
     observed when it opened, commits nothing to Kafka and joins no group.
     Letters the filter rejects are skipped but their offsets are passed. A
-    letter produced twice (a producer retry) is replayed twice, as for JSON
-    Lines; letters carry an ``idempotency_key`` for sinks that deduplicate.
+    letter produced twice is replayed once: its repeats are skipped, their
+    offsets passed, and counted as the source outcome ``repeats_folded``; a
+    resumed replay first reads the ids before its positions (see the module
+    docstring).
 
     Args:
         topic: The dead-letter topic (written by
@@ -361,13 +464,20 @@ class KafkaDeadLetterSource:
         self._bucket = (
             None if rate_limit is None else TokenBucket(rate_limit, clock or SystemClock())
         )
+        self._seen = LetterIds()
+        self._context: SourceContext | None = None
+        self._reported = 0
 
     async def open(self, context: SourceContext) -> None:
         """Start reading every partition after its checkpointed offset (from the start if none).
 
+        The messages before the checkpointed offsets are read first, for their ids.
+
         Raises:
             FileNotFoundError: The topic does not exist.
             OSError: Kafka failed.
+            TimeoutError: No fetch response came for ``stall_timeout`` seconds.
+            ValueError: A message before the offsets is not a riprap dead letter.
         """
         prefix = f"{_PARTITION_PREFIX}{self.topic}:"
         positions = {
@@ -375,8 +485,12 @@ class KafkaDeadLetterSource:
             for name, position in context.positions.items()
             if name.startswith(prefix) and name[len(prefix) :].isdigit()
         }
-        await self._reader.aclose()  # reopening starts a fresh read
+        await self.aclose()  # reopening starts a fresh read
+        self._seen = LetterIds()
+        await self._reader.remember_ids(positions, self._seen)
         await self._reader.start(positions)
+        self._context = context
+        self._reported = self._seen.repeats  # an earlier run counted those
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` matching letters' records of one partition.
@@ -402,8 +516,13 @@ class KafkaDeadLetterSource:
         found = [
             (record.offset, letter)
             for record in records
-            if self._filter.matches(letter := _letter(self.topic, record))
+            if self._seen.add((letter := _letter(self.topic, record)).id)
+            and self._filter.matches(letter)
         ]
+        folded = self._seen.repeats - self._reported
+        if folded and self._context is not None:
+            self._reported = self._seen.repeats
+            self._context.count("repeats_folded", folded)
         if not found:  # an empty batch still moves the position past the skipped letters
             return SourceBatch(name, [], start=records[0].offset, end=end)
         if self._bucket is not None:
@@ -411,5 +530,6 @@ class KafkaDeadLetterSource:
         return letter_batch(name, found, end=end)
 
     async def aclose(self) -> None:
-        """Stop the consumer."""
+        """Stop the consumer and forget the ids read."""
+        self._seen.close()
         await self._reader.aclose()

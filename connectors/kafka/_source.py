@@ -8,16 +8,24 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 
 from riprap import ConfigError, SourceBatch
 
 from ._codecs import lag_by_partition, parse_partition, partition_name
+from ._gaps import OffsetGapError, describe_gap, offset_gap
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from riprap import SourceContext
+
+    from ._gaps import GapKind
 
 log = logging.getLogger("riprap.connectors.kafka")
 
@@ -44,17 +52,31 @@ class KafkaSource:
     between polls, and a partition holding ``max_poll_records`` or more of them
     is paused (its fetching stops) until its buffer is empty again.
 
-    Offsets: auto-commit is off. :meth:`committed` (called by the engine after
-    each durable checkpoint) commits those positions for the partitions this
-    member owns, and nothing else. On assignment a partition starts at the
-    pipeline's checkpointed position when there is one, else at the group's
-    committed offset, else at ``auto_offset_reset``.
+    Offsets never move backwards. Auto-commit is off. :meth:`committed` (called
+    by the engine after each durable checkpoint) commits those positions for
+    the partitions this member owns, never below the group's offset as this
+    member last knew it, and a member whose session expired (it was fenced)
+    sends no commit at all. On assignment a partition starts at the later of
+    the group's committed offset and the pipeline's checkpointed position (a
+    checkpoint store of one member never drags the group back: when the group
+    is ahead, another member did the records in between), else at
+    ``auto_offset_reset``.
+
+    Gaps are never silent. That starting offset is compared with the
+    partition's earliest and latest offsets on the broker; below the earliest
+    (retention deleted records not yet read) or beyond the latest (the topic
+    was recreated) the run stops with :class:`OffsetGapError`, unless
+    ``on_gap="skip"``: then the gap is logged, counted (``gap_records``: records
+    known to be skipped; ``offset_gaps``: partitions resumed) and the partition
+    resumes at its earliest offset. A fetch that falls out of range while the
+    run goes on (the pipeline fell behind retention) is treated the same way.
 
     Rebalances: a revoked partition's buffered records are dropped and never
-    handed out; records of it already in flight finish, but their positions
-    are no longer committed by this member. The new owner reads from the
-    group's committed offset, so records after it are read again: delivery is
-    at-least-once.
+    handed out; records of it already in flight get ``drain_timeout`` to
+    finish, then a checkpoint commits its position. A refused commit (this
+    member was fenced) is logged and counted (``commits_refused``), and the
+    partition is released all the same. Records abandoned after the timeout
+    are read again by the next owner: delivery is at-least-once.
 
     Args:
         topics: A topic or topics to subscribe to (or use ``pattern``).
@@ -67,19 +89,27 @@ class KafkaSource:
         max_buffered: Most records buffered in the source (default twice
             ``max_poll_records``).
         poll_timeout: Seconds one poll waits for records before trying again.
-        commit_timeout: Seconds an offset commit may take.
+        commit_timeout: Seconds an offset commit, or the offset look-ups on an
+            assignment, may take.
         drain_timeout: Seconds a revoked partition's records in flight get to
             finish before its position is committed and it is released.
         auto_offset_reset: Where a partition with no position starts:
             ``"earliest"`` (default: nothing is skipped) or ``"latest"``.
+        on_gap: What a position outside the broker's offsets does:
+            ``"fail"`` (default) stops the run naming the partition, the offset
+            and the broker's range; ``"skip"`` counts it and resumes at the
+            earliest offset.
         consumer_options: Further ``AIOKafkaConsumer`` keyword arguments
             (security, session timeouts, ...).
 
     Raises:
         ConfigError: Neither or both of ``topics`` and ``pattern``, a bound
-            below 1, or an option this source controls itself.
+            below 1, an unknown ``on_gap``, or an option this source controls
+            itself.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        Positions never move backwards; ``on_gap``.
     """
 
     def __init__(
@@ -96,6 +126,7 @@ class KafkaSource:
         commit_timeout: float = 30.0,
         drain_timeout: float = 30.0,
         auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        on_gap: Literal["fail", "skip"] = "fail",
         consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.topics = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -106,6 +137,12 @@ class KafkaSource:
         self.max_buffered = 2 * max_poll_records if max_buffered is None else max_buffered
         if self.max_buffered < 1:
             raise ConfigError("max_buffered", f"must be at least 1, not {self.max_buffered}")
+        if auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError(
+                "auto_offset_reset", f"must be 'earliest' or 'latest', not {auto_offset_reset!r}"
+            )
+        if on_gap not in ("fail", "skip"):
+            raise ConfigError("on_gap", f"must be 'fail' or 'skip', not {on_gap!r}")
         options = dict(consumer_options or {})
         clash = sorted(_FORBIDDEN_OPTIONS & options.keys())
         if clash:
@@ -114,6 +151,8 @@ class KafkaSource:
         self.pattern = pattern
         self.group_id = group_id
         self.max_poll_records = max_poll_records
+        self.auto_offset_reset = auto_offset_reset
+        self.on_gap = on_gap
         self._poll_ms = max(1, round(poll_timeout * 1000))
         self._commit_timeout = commit_timeout
         self._matcher = re.compile(pattern) if pattern is not None else None
@@ -123,22 +162,40 @@ class KafkaSource:
             "group_id": group_id,
             "enable_auto_commit": False,
             "max_poll_records": max_poll_records,
-            "auto_offset_reset": auto_offset_reset,
+            # The consumer never resets a position by itself: an offset out of range
+            # is an error this source handles (a gap), never a silent jump.
+            "auto_offset_reset": "none",
         }
         self._consumer: Any = None
         self._buffer: dict[Any, list[Any]] = {}
         self._buffered = 0
         self._paused: set[Any] = set()
         self._positions: dict[str, int] = {}
+        """The pipeline's checkpointed position per partition (durable in its store)."""
         self._next: dict[str, int] = {}
         self._committed: dict[Any, int] = {}
+        """Per assigned partition: the group's offset as this member last knew it."""
+        self._floor: dict[Any, int] = {}
+        """Per assigned partition: where it started here; nothing below is ever committed."""
+        self._fetch_next: dict[Any, int] = {}
+        """Per positioned partition: the lowest offset a fetched record may have."""
+        self._unpositioned: set[Any] = set()
+        """Assigned partitions not yet positioned (paused until they are)."""
+        self._unconfirmed: dict[Any, tuple[int, int, int]] = {}
+        """Positions past the listed latest offset: ``(offset, earliest, latest)``, see _confirm."""
+        self._fresh: set[Any] = set()
+        """Partitions started at ``auto_offset_reset`` that have handed out nothing yet."""
+        self._failure: BaseException | None = None
+        self._position_lock = anyio.Lock()
+        self._assignments = 0
+        """Assignments so far: a positioning that saw another one start gives way to it."""
         self._context: SourceContext | None = None
         self.drain_timeout = drain_timeout
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self, context: SourceContext) -> None:
-        """Join the group; assigned partitions resume from checkpointed positions."""
+        """Join the group; assigned partitions resume where the group or the checkpoint is."""
         self._context = context
         self._positions = {p: v for p, v in context.positions.items() if self.owns(p)}
         self._next = dict(self._positions)
@@ -166,15 +223,33 @@ class KafkaSource:
         """Up to ``max_records`` records of one partition; waits until there are some.
 
         Never returns ``None``: a topic has no end. Partitions take turns.
+
+        Raises:
+            OffsetGapError: A position lies outside the broker's offsets and
+                ``on_gap`` is ``"fail"``.
         """
         consumer = self._require_open()
         while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._unpositioned:
+                await self._position(self._unpositioned)
             if self._buffered < self.max_buffered:
                 timeout = 0 if self._buffered else self._poll_ms
-                fetched = await consumer.getmany(
-                    timeout_ms=timeout,
-                    max_records=min(self.max_poll_records, self.max_buffered - self._buffered),
-                )
+                try:
+                    fetched = await consumer.getmany(
+                        timeout_ms=timeout,
+                        max_records=min(self.max_poll_records, self.max_buffered - self._buffered),
+                    )
+                except OffsetOutOfRangeError as exc:
+                    await self._out_of_range(exc)
+                    continue
+                except NoOffsetForPartitionError:
+                    # Raised for a partition the fetcher looked at before the assignment
+                    # callback positioned it; the seek has replaced it (or will).
+                    continue
+                if self._unconfirmed:
+                    fetched = await self._confirm(fetched)
                 self._add(fetched)
             else:
                 await anyio.lowlevel.checkpoint()
@@ -187,6 +262,17 @@ class KafkaSource:
         for tp, records in fetched.items():
             if not records or tp not in assigned:
                 continue  # revoked while the poll was in flight: the new owner reads them
+            floor = self._fetch_next.get(tp)
+            if floor is None:
+                continue  # not positioned by this source yet: its seek reads them again
+            if records[0].offset < floor:
+                # Fetched before a seek moved the partition on: never hand out a
+                # record twice, never go backwards.
+                records = [r for r in records if r.offset >= floor]
+                if not records:
+                    continue
+            self._fetch_next[tp] = records[-1].offset + 1
+            self._fresh.discard(tp)
             buffer = self._buffer.setdefault(tp, [])
             buffer.extend(records)
             self._buffered += len(records)
@@ -226,9 +312,13 @@ class KafkaSource:
     async def committed(self, positions: Mapping[str, int]) -> None:
         """Commit checkpointed ``positions`` as the group's offsets, for owned partitions only.
 
-        A failed commit is logged and left to the next checkpoint: the
-        checkpoint, not the group offset, is what this pipeline resumes from.
+        The positions are durable in the pipeline's checkpoint store when this
+        is called. A failed or refused commit is logged (and counted when
+        refused) and left to the next checkpoint.
         """
+        for partition, position in positions.items():
+            if self.owns(partition):
+                self._positions[partition] = position
         try:
             await self.commit(positions)
         except (KafkaError, TimeoutError) as exc:
@@ -244,27 +334,46 @@ class KafkaSource:
     async def commit(self, positions: Mapping[str, int]) -> None:
         """Commit ``positions`` of owned partitions as the group's offsets; raise on failure.
 
+        Only partitions this member is assigned (and has positioned) are
+        committed, and only forwards: an offset at or below the group's offset
+        as this member knows it, or below where the partition started here, is
+        left out. A member whose session expired sends nothing.
+
         Raises:
-            aiokafka.errors.KafkaError: The group refused the commit (for example after a
-                rebalance).
+            aiokafka.errors.CommitFailedError: This member was fenced (its session
+                expired, or the group rebalanced): the commit was dropped.
+            aiokafka.errors.KafkaError: The group refused the commit otherwise.
             TimeoutError: The commit took longer than ``commit_timeout``.
         """
         consumer = self._consumer
-        for partition, position in positions.items():
-            if self.owns(partition):
-                self._positions[partition] = position
         if consumer is None:
             return
         offsets: dict[Any, int] = {}
         for tp in consumer.assignment():
             offset = positions.get(partition_name(tp.topic, tp.partition))
-            if offset is not None and self._committed.get(tp) != offset:
-                offsets[tp] = offset
+            if offset is None or tp in self._unpositioned or tp in self._unconfirmed:
+                continue
+            known = self._committed.get(tp)
+            if offset < self._floor.get(tp, 0) or (known is not None and offset <= known):
+                continue
+            offsets[tp] = offset
         if not offsets:
             return
-        with anyio.fail_after(self._commit_timeout):
-            await consumer.commit(offsets)
-        self._committed.update(offsets)
+        if _fenced(consumer):
+            self._count("commits_refused", 1)
+            raise CommitFailedError(
+                f"group {self.group_id!r}: this member's session expired (it was fenced); "
+                "its commit is dropped and the group's offsets stay where they are"
+            )
+        try:
+            with anyio.fail_after(self._commit_timeout):
+                await consumer.commit(offsets)
+        except CommitFailedError:
+            self._count("commits_refused", 1)
+            raise
+        for tp, offset in offsets.items():
+            if tp in self._floor:  # not revoked while the commit was in flight
+                self._committed[tp] = offset
 
     def lag(self) -> dict[str, int]:
         """Records behind the end of each assigned partition (from the last fetch)."""
@@ -290,6 +399,10 @@ class KafkaSource:
             return self._matcher.fullmatch(topic) is not None
         return topic in self.topics
 
+    def _count(self, outcome: str, n: int) -> None:
+        if self._context is not None and n:
+            self._context.count(outcome, n)
+
     # -- rebalances --------------------------------------------------------------
 
     async def _revoked(self, revoked: Sequence[Any]) -> None:
@@ -298,33 +411,238 @@ class KafkaSource:
         Records of the partitions still waiting in the buffer are dropped (the
         next owner reads them); records already in the pipeline get up to
         ``drain_timeout`` to finish, then their positions are checkpointed and
-        committed before the partitions are released, so no record is
-        committed by two members.
+        committed before the partitions are released. Whatever the checkpoint
+        does (a fenced member's commit is refused), the partitions are
+        forgotten: when they come back, they start from the group's offset.
         """
         names = [partition_name(tp.topic, tp.partition) for tp in revoked]
-        for tp in revoked:
-            dropped = self._buffer.pop(tp, [])
-            self._buffered -= len(dropped)
-            self._paused.discard(tp)
-        if self._context is not None and names:
-            await self._context.drain(names, self.drain_timeout)
-        for tp, name in zip(revoked, names, strict=True):
-            self._committed.pop(tp, None)
-            self._next.pop(name, None)
-            self._positions.pop(name, None)  # the next owner's commits are the truth now
+        try:
+            for tp in revoked:
+                dropped = self._buffer.pop(tp, [])
+                self._buffered -= len(dropped)
+                self._paused.discard(tp)
+            if self._context is not None and names:
+                try:
+                    await self._context.drain(names, self.drain_timeout)
+                except Exception as exc:  # logged; the release must go on
+                    self._count("revoke_saves_failed", 1)
+                    log.warning(
+                        "source %s: the checkpoint on revoking %s failed (%s: %s); the "
+                        "partitions are released and their next owner starts from the "
+                        "group's committed offsets",
+                        self.name,
+                        ", ".join(names),
+                        type(exc).__name__,
+                        exc,
+                    )
+        finally:
+            for tp, name in zip(revoked, names, strict=True):
+                self._forget(tp, name)
 
-    def _assigned(self, assigned: Sequence[Any]) -> None:
+    def _forget(self, tp: Any, name: str) -> None:
+        for per_tp in (self._committed, self._floor, self._fetch_next, self._unconfirmed):
+            per_tp.pop(tp, None)
+        self._unpositioned.discard(tp)
+        self._fresh.discard(tp)
+        self._next.pop(name, None)
+        self._positions.pop(name, None)  # the next owner's commits are the truth now
+
+    async def _assigned(self, assigned: Iterable[Any]) -> None:
+        """Position new partitions: paused at once, resumed once their start is known."""
+        self._assignments += 1
         for tp in assigned:
-            name = partition_name(tp.topic, tp.partition)
-            position = self._positions.get(name)
-            if position is not None:
-                self._consumer.seek(tp, position)
-                self._next[name] = position
+            self._consumer.pause(tp)
+            self._unpositioned.add(tp)
+        try:
+            await self._position(self._unpositioned)
+        except OffsetGapError as exc:
+            self._failure = exc  # read() raises it: the run stops naming the gap
+        except Exception as exc:  # read() positions them again, or fails
+            log.warning(
+                "source %s: positioning newly assigned partitions failed (%s: %s); "
+                "they stay paused and are positioned on the next read",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+
+    async def _position(self, pending: set[Any]) -> None:
+        """Seek each partition of ``pending`` to where it starts, then resume it.
+
+        The start is the later of the group's committed offset and the
+        pipeline's checkpointed position (else ``auto_offset_reset``), checked
+        against the partition's earliest and latest offsets.
+        """
+        async with self._position_lock:
+            consumer = self._consumer
+            assignments = self._assignments
+            tps = [tp for tp in pending if tp in consumer.assignment()]
+            pending.difference_update(set(pending) - set(tps))
+            if not tps:
+                return
+            with anyio.fail_after(self._commit_timeout):
+                group = await self._group_offsets(tps)
+                earliest = await consumer.beginning_offsets(tps)
+                latest = await consumer.end_offsets(tps)
+            if assignments != self._assignments:
+                return  # a rebalance meanwhile: its own positioning looks the offsets up again
+            for tp in tps:
+                if tp not in pending or tp not in consumer.assignment():
+                    continue  # revoked meanwhile
+                await self._start(tp, group.get(tp), earliest[tp], latest[tp])
+                pending.discard(tp)
+                if tp not in self._paused:
+                    consumer.resume(tp)
+
+    async def _group_offsets(self, tps: Sequence[Any]) -> dict[Any, int]:
+        """The group's committed offset of each partition that has one."""
+        offsets: dict[Any, int] = {}
+
+        async def one(tp: Any) -> None:
+            offset = await self._consumer.committed(tp)
+            if offset is not None:
+                offsets[tp] = offset
+
+        async with anyio.create_task_group() as tg:
+            for tp in tps:
+                tg.start_soon(one, tp)
+        return offsets
+
+    async def _start(self, tp: Any, group: int | None, earliest: int, latest: int) -> None:
+        consumer = self._consumer
+        name = partition_name(tp.topic, tp.partition)
+        local = self._positions.get(name)
+        known = [offset for offset in (group, local) if offset is not None]
+        if group is not None:
+            self._committed[tp] = group
+        if not known:
+            start = earliest if self.auto_offset_reset == "earliest" else latest
+            self._fresh.add(tp)
+        else:
+            start = max(known)
+            if local is not None and group is not None and group > local:
+                log.info(
+                    "source %s: %s starts at the group's offset %d, ahead of this "
+                    "pipeline's checkpoint %d (another member did the records between)",
+                    self.name,
+                    name,
+                    group,
+                    local,
+                )
+            kind = offset_gap(start, earliest, latest)
+            if kind == "retention":
+                start = await self._gap(tp, start, earliest, max(latest, earliest), kind)
+            elif kind == "beyond":
+                # Some brokers list a partition's latest offset as the start of its last
+                # record batch. Read from there; the fetch's high watermark confirms.
+                self._unconfirmed[tp] = (start, earliest, latest)
+                self._floor[tp] = start
+                self._fetch_next[tp] = start
+                self._next[name] = start
+                consumer.seek(tp, latest)
+                return
+        self._floor[tp] = start
+        self._fetch_next[tp] = start
+        self._next[name] = start
+        consumer.seek(tp, start)
+
+    async def _confirm(self, fetched: Mapping[Any, list[Any]]) -> Mapping[Any, list[Any]]:
+        """Check positions past the listed latest offset against the fetch's high watermark.
+
+        Returns ``fetched`` without the records of partitions that were just
+        moved to their earliest offset (a skipped gap): they are read again.
+        """
+        moved: set[Any] = set()
+        for tp, (offset, earliest, latest) in list(self._unconfirmed.items()):
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue  # no fetch response yet
+            if offset > highwater:
+                await self._gap(tp, offset, earliest, max(latest, highwater), "beyond")
+                moved.add(tp)
+            # else the listed latest offset was behind (the start of the last batch)
+            self._unconfirmed.pop(tp, None)
+        if not moved:
+            return fetched
+        return {tp: records for tp, records in fetched.items() if tp not in moved}
+
+    async def _out_of_range(self, exc: OffsetOutOfRangeError) -> None:
+        """A fetch fell outside the broker's offsets while running: a gap, or a retry."""
+        consumer = self._consumer
+        offsets: dict[Any, int] = dict(exc.args[0]) if exc.args else {}
+        tps = [tp for tp in offsets if tp in consumer.assignment()]
+        if not tps:
+            return
+        with anyio.fail_after(self._commit_timeout):
+            earliest = await consumer.beginning_offsets(tps)
+            latest = await consumer.end_offsets(tps)
+        for tp in tps:
+            offset = offsets[tp]
+            highest = max(latest[tp], consumer.highwater(tp) or 0)
+            kind = offset_gap(offset, earliest[tp], highest)
+            if kind is None:
+                consumer.seek(tp, offset)  # in range again (a leader moved): fetch again
+            elif tp in self._fresh:
+                # Started at auto_offset_reset and nothing read yet: no checkpointed
+                # offset to keep, so nothing is skipped by starting over.
+                start = earliest[tp] if self.auto_offset_reset == "earliest" else latest[tp]
+                self._floor[tp] = self._fetch_next[tp] = start
+                consumer.seek(tp, start)
+            else:
+                await self._gap(tp, offset, earliest[tp], highest, kind)
+
+    async def _gap(self, tp: Any, offset: int, earliest: int, latest: int, kind: GapKind) -> int:
+        """Fail on a gap, or (``on_gap="skip"``) count it, log it and resume at ``earliest``."""
+        if self.on_gap == "fail":
+            raise OffsetGapError(
+                tp.topic, tp.partition, offset=offset, earliest=earliest, latest=latest, kind=kind
+            )
+        name = partition_name(tp.topic, tp.partition)
+        skipped = earliest - offset if kind == "retention" else 0
+        log.warning(
+            "source %s: %s; on_gap='skip': resuming at offset %d (%d records skipped)",
+            self.name,
+            describe_gap(tp.topic, tp.partition, offset, earliest, latest, kind).partition(
+                "; set on_gap"
+            )[0],
+            earliest,
+            skipped,
+        )
+        self._count("offset_gaps", 1)
+        self._count("gap_records", skipped)
+        if kind == "beyond" and self._context is not None:
+            # Offsets start again below what the engine tracks for this partition:
+            # let it forget the partition (after its records in flight) first, and
+            # commit nothing of it meanwhile (those offsets belong to the old topic).
+            self._unconfirmed[tp] = (offset, earliest, latest)
+            try:
+                await self._context.drain([name], self.drain_timeout)
+            finally:
+                self._unconfirmed.pop(tp, None)
+        if kind == "beyond":
+            self._committed.pop(tp, None)  # the group's offset belongs to the old topic
+        self._positions.pop(name, None)
+        self._floor[tp] = self._fetch_next[tp] = self._next[name] = earliest
+        self._consumer.seek(tp, earliest)
+        return earliest
 
     def _require_open(self) -> Any:
         if self._consumer is None:
             raise RuntimeError(f"source {self.name!r} is not open")
         return self._consumer
+
+
+def _fenced(consumer: Any) -> bool:
+    """Whether the consumer's group membership was reset (its session expired).
+
+    aiokafka resets the generation to -1 when a heartbeat learns that the
+    member is unknown or its generation stale; until it has rejoined, a commit
+    would be sent without a generation, which some brokers accept from a
+    member that no longer owns the partition.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", None)
+    return isinstance(generation, int) and generation < 0
 
 
 @final
@@ -337,5 +655,5 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         await self._source._revoked(revoked)
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self._source._assigned(assigned)
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._source._assigned(assigned)

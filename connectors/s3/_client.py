@@ -7,6 +7,8 @@ botocore is untyped, so clients and responses are ``Any`` at this boundary.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 from urllib.parse import quote
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 _PRECONDITION_CODES = frozenset(("PreconditionFailed", "ConditionalRequestConflict", "412", "409"))
 _MISSING_CODES = frozenset(("NoSuchKey", "404", "NotFound"))
 
+DEFAULT_ATTEMPTS = 3
+"""botocore's attempts per call for connectors that have no riprap retry around their calls."""
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,13 @@ class S3ClientConfig:
         call_timeout: Seconds one whole call may take, botocore's own retries
             included; past it the call raises ``TimeoutError`` (transient).
         max_attempts: botocore's attempts per call (``standard`` retry mode).
+            ``None`` (the default): 1 for :class:`S3Sink`, whose writes the
+            pipeline's sink policy retries (one retrier, its retries counted,
+            logged and waited out like any sink's), and 3 for the source,
+            dead letters and checkpoints, which have no riprap retry around
+            their calls. A source or sink in a pipeline reports the retries
+            botocore makes to the pipeline's policy hooks, so they count in the
+            run report and ``riprap_retries_total`` with riprap's own.
         client_kwargs: Extra keyword arguments for ``create_client``
             (credentials, ``verify``...).
 
@@ -45,14 +57,16 @@ class S3ClientConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     call_timeout: float = 120.0
-    max_attempts: int = 3
+    max_attempts: int | None = None
     client_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for option in ("connect_timeout", "read_timeout", "call_timeout"):
-            if not getattr(self, option) > 0:
-                raise ConfigError(option, f"must be positive, got {getattr(self, option)!r}")
-        if self.max_attempts < 1:
+            if not 0 < getattr(self, option) < math.inf:
+                raise ConfigError(
+                    option, f"must be positive and finite, got {getattr(self, option)!r}"
+                )
+        if self.max_attempts is not None and self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be at least 1, got {self.max_attempts}")
 
 
@@ -68,14 +82,20 @@ async def open_client(
     config: S3ClientConfig,
     endpoint_url: str | None,
     session: Any = None,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
 ) -> Any:
-    """Create an S3 client whose lifetime is ``stack``'s (from ``session`` if given)."""
+    """Create an S3 client whose lifetime is ``stack``'s (from ``session`` if given).
+
+    ``attempts`` is botocore's attempts per call unless ``config.max_attempts`` says.
+    """
     from aiobotocore.config import AioConfig
 
+    max_attempts = config.max_attempts if config.max_attempts is not None else attempts
     botocore_config = AioConfig(
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
-        retries={"max_attempts": config.max_attempts, "mode": "standard"},
+        retries={"max_attempts": max_attempts, "mode": "standard"},
     )
     creator = (session or new_session()).create_client(
         "s3",
@@ -147,3 +167,40 @@ async def list_keys(config: S3ClientConfig, client: Any, bucket: str, prefix: st
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             return keys
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def check_bucket(owner: str, bucket: object) -> str:
+    """``bucket`` if it follows S3's naming rules for general purpose buckets.
+
+    3 to 63 lowercase letters, digits, dots and hyphens, starting and ending
+    with a letter or digit, no two dots in a row, not an IP address, and none
+    of the prefixes and suffixes S3 reserves. Checked when a connector is
+    built, so that a typo is a named error before the run, not a failed call
+    at the first write.
+
+    Raises:
+        ConfigError: Naming ``<owner>.bucket`` and the rule broken.
+    """
+    option = f"{owner}.bucket"
+    if not isinstance(bucket, str):
+        raise ConfigError(option, f"must be a str, got {bucket!r}")
+    if _BUCKET.fullmatch(bucket) is None:
+        problem = (
+            "it must be 3 to 63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    elif ".." in bucket:
+        problem = "it must not hold two dots in a row"
+    elif _IP_ADDRESS.fullmatch(bucket):
+        problem = "it must not look like an IP address"
+    elif bucket.startswith(_RESERVED_PREFIXES) or bucket.endswith(_RESERVED_SUFFIXES):
+        problem = "it must not use a prefix or suffix S3 reserves (xn--, sthree-, -s3alias...)"
+    else:
+        return bucket
+    raise ConfigError(option, f"{bucket!r} is not a valid S3 bucket name: {problem}")

@@ -10,7 +10,7 @@ import anyio.lowlevel
 
 from riprap.deadletters import DeadLetter
 
-from ._client import S3ClientConfig, call, list_keys, open_client, read_body
+from ._client import S3ClientConfig, call, check_bucket, list_keys, open_client, read_body
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,8 +24,8 @@ class S3DeadLetters:
     object and returns once the PUT succeeded, so the letters are durable
     (I6). The name is a hash of the letters' ids (which are themselves
     deterministic), so writing the same letters again after a crash overwrites
-    the same object. Letters grouped differently on a replay land in another
-    object: readers should keep one letter per ``id`` (as for JSON Lines).
+    the same object. Letters grouped differently on a rerun land in another
+    object: every reader keeps one letter per ``id`` and counts the repeats.
 
     Args:
         bucket: The bucket (it must exist).
@@ -50,7 +50,7 @@ class S3DeadLetters:
         client_config: S3ClientConfig | None = None,
     ) -> None:
         self.name = name
-        self.bucket = bucket
+        self.bucket = check_bucket("S3DeadLetters", bucket)
         self.prefix = prefix
         self.endpoint_url = endpoint_url
         self.client_config = client_config or S3ClientConfig()

@@ -11,21 +11,27 @@ Positions (replay)
     finished objects without downloading them; a purge deletes whole objects,
     so it shifts no position either.
 
-Duplicates
-    A letter stored in two objects (the failing pipeline was replayed after a
+Repeats
+    A letter stored in two objects (the failing pipeline was restarted after a
     crash and grouped it differently) is read once: readers keep its first
-    copy in key order, as :meth:`S3DeadLetters.read` does. A replay remembers
-    the ids it has read in this run (one id per letter, in memory); a resumed
-    replay does not know the ids of objects an earlier run finished, so a
-    letter with copies on both sides of the stop may be replayed twice.
-    Letters carry an ``idempotency_key`` for sinks that deduplicate.
+    copy in key order, as :meth:`S3DeadLetters.read` does, and count the
+    others as repeats folded. The ids read are kept in a
+    :class:`~riprap.deadletters.LetterIds` (exact, bounded memory). A resumed
+    replay first downloads the objects an earlier run started or finished and
+    reads the ids before their positions, so a letter replayed before the stop
+    is not replayed again from another copy; when every object is finished it
+    downloads nothing.
 
 Purge
     Objects hold several letters and are deleted whole: an object goes only if
     every letter in it failed last before the cutoff, and an object holding
     any newer letter stays with all its letters. The delete is conditional on
     the ETag read (``If-Match``), so an object a writer replaced meanwhile is
-    kept (a store that ignores the condition deletes it regardless).
+    kept (a store that ignores the condition deletes it regardless). Letters
+    are counted by id: a letter is removed when no copy of it is left, and the
+    other copies in deleted objects count as repeats folded. To count them the
+    purge keeps the ids of the letters in the objects it deletes (about 100
+    bytes each) until it is done.
 
 S3 errors are raised as ``OSError`` naming the location; a bucket that does
 not exist, or a prefix with no objects, as ``FileNotFoundError``.
@@ -43,11 +49,12 @@ import anyio.lowlevel
 
 from riprap import SourceBatch, SystemClock
 from riprap.checkpoints import CheckpointError
-from riprap.deadletters import DeadLetter, DeadLetterFilter, TokenBucket, letter_batch
+from riprap.deadletters import DeadLetter, DeadLetterFilter, LetterIds, TokenBucket, letter_batch
 
 from ._client import (
     S3ClientConfig,
     call,
+    check_bucket,
     client_error_types,
     error_code,
     is_missing,
@@ -72,11 +79,13 @@ class S3PurgeReport:
     """What :func:`purge_s3_dead_letters` did.
 
     Attributes:
-        removed_letters: Letters in the deleted objects.
+        removed_letters: Letters deleted: their ids have no copy left.
         removed_objects: Objects deleted (every letter in them was old enough).
         kept_letters: Old letters kept because their object holds a newer one.
         kept_objects: Objects kept for that reason.
         changed_objects: Objects replaced by a writer while the purge ran; kept.
+        repeats_folded: Copies in the deleted objects of letters counted
+            already, or still stored in another object.
 
     .. versionadded:: 0.1
     """
@@ -86,6 +95,7 @@ class S3PurgeReport:
     kept_letters: int
     kept_objects: int
     changed_objects: int
+    repeats_folded: int = 0
 
 
 @final
@@ -113,7 +123,7 @@ class _ObjectLetters:
         except ValueError as exc:
             raise ValueError(f"{self.where}:{index + 1}: {exc}") from None
 
-    def skip_to(self, position: int, seen: set[str]) -> None:
+    def skip_to(self, position: int, seen: LetterIds) -> None:
         """Pass the lines before ``position`` (done by an earlier run), remembering their ids."""
         if position > len(self.lines):
             raise CheckpointError(
@@ -127,16 +137,18 @@ class _ObjectLetters:
         self.cursor = self.handed = position
 
     def next_letter(
-        self, seen: set[str], selector: DeadLetterFilter
+        self, seen: LetterIds, selector: DeadLetterFilter
     ) -> tuple[int, DeadLetter] | None:
-        """The next letter not seen before that ``selector`` matches, with its line index."""
+        """The next letter not seen before that ``selector`` matches, with its line index.
+
+        A repeat (an id in ``seen``) is passed and counted there, whatever the filter.
+        """
         while self.cursor < len(self.lines):
             index = self.cursor
             self.cursor += 1
             letter = self.letter(index)
-            if letter is None or letter.id in seen:
+            if letter is None or not seen.add(letter.id):
                 continue
-            seen.add(letter.id)
             if selector.matches(letter):
                 return index, letter
         return None
@@ -202,11 +214,20 @@ async def iter_s3_dead_letters(
     *,
     endpoint_url: str | None = None,
     client_config: S3ClientConfig | None = None,
+    seen: LetterIds | None = None,
 ) -> AsyncGenerator[DeadLetter, None]:
     """Every letter stored under ``prefix``, one per id, objects in key order.
 
     Objects are listed once, at the start, and downloaded one at a time. Close
     the generator when leaving early (``contextlib.aclosing``).
+
+    Args:
+        bucket: The bucket.
+        prefix: The prefix the sink wrote under.
+        endpoint_url: A non-AWS endpoint (MinIO, a test server).
+        client_config: Timeouts, retries, region and credentials.
+        seen: Keeps the ids read; its ``repeats`` counts the copies folded.
+            A private one when ``None``.
 
     Raises:
         FileNotFoundError: The bucket does not exist or the prefix holds no objects.
@@ -216,14 +237,18 @@ async def iter_s3_dead_letters(
     .. versionadded:: 0.1
     """
     config = client_config or S3ClientConfig()
-    seen: set[str] = set()
+    ids = LetterIds() if seen is None else seen
     everything = DeadLetterFilter()
-    async with contextlib.AsyncExitStack() as stack:
-        client, keys = await _open_listed(stack, config, endpoint_url, bucket, prefix)
-        for key in keys:
-            letters, _ = await _read_object(config, client, bucket, prefix, key)
-            while (found := letters.next_letter(seen, everything)) is not None:
-                yield found[1]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            client, keys = await _open_listed(stack, config, endpoint_url, bucket, prefix)
+            for key in keys:
+                letters, _ = await _read_object(config, client, bucket, prefix, key)
+                while (found := letters.next_letter(ids, everything)) is not None:
+                    yield found[1]
+    finally:
+        if seen is None:
+            ids.close()
 
 
 async def purge_s3_dead_letters(
@@ -249,30 +274,50 @@ async def purge_s3_dead_letters(
     """
     config = client_config or S3ClientConfig()
     where = f"s3://{bucket}/{prefix}"
-    async with contextlib.AsyncExitStack() as stack:
-        client, keys = await _open_listed(stack, config, endpoint_url, bucket, prefix)
-        old: list[tuple[str, str, int]] = []
-        kept_letters = kept_objects = 0
-        for key in keys:
-            letters, etag = await _read_object(config, client, bucket, prefix, key)
-            ages = [
-                letter.last_failure_at < before
-                for index in range(len(letters.lines))
-                if (letter := letters.letter(index)) is not None
-            ]
-            if ages and all(ages):
-                old.append((key, etag, len(ages)))
-            elif any(ages):
-                kept_letters += sum(ages)
-                kept_objects += 1
-        removed_letters = removed_objects = changed = 0
-        for key, etag, count in old:
-            with _store_errors(where):
-                outcome = await _delete(config, client, bucket, key, etag)
-            removed_objects += outcome == "deleted"
-            removed_letters += count if outcome == "deleted" else 0
-            changed += outcome == "changed"
-    return S3PurgeReport(removed_letters, removed_objects, kept_letters, kept_objects, changed)
+    with LetterIds() as kept_ids, LetterIds() as gone:
+        async with contextlib.AsyncExitStack() as stack:
+            client, keys = await _open_listed(stack, config, endpoint_url, bucket, prefix)
+            old: list[tuple[str, str, list[str]]] = []
+            kept_letters = kept_objects = 0
+            for key in keys:
+                letters, etag = await _read_object(config, client, bucket, prefix, key)
+                stored = [
+                    letter
+                    for index in range(len(letters.lines))
+                    if (letter := letters.letter(index)) is not None
+                ]
+                ages = [letter.last_failure_at < before for letter in stored]
+                if ages and all(ages):
+                    old.append((key, etag, [letter.id for letter in stored]))
+                    continue
+                for letter in stored:
+                    kept_ids.add(letter.id)
+                if any(ages):
+                    kept_letters += sum(ages)
+                    kept_objects += 1
+            deleted: list[list[str]] = []
+            removed_objects = changed = 0
+            for key, etag, ids in old:
+                with _store_errors(where):
+                    outcome = await _delete(config, client, bucket, key, etag)
+                removed_objects += outcome == "deleted"
+                changed += outcome == "changed"
+                if outcome == "deleted":
+                    deleted.append(ids)
+                elif outcome == "changed":  # still stored: its letters live on
+                    for letter_id in ids:
+                        kept_ids.add(letter_id)
+        # By id: a letter is removed when no copy is left; other copies are repeats.
+        removed_letters = repeats = 0
+        for ids in deleted:
+            for letter_id in ids:
+                if letter_id in kept_ids or not gone.add(letter_id):
+                    repeats += 1
+                else:
+                    removed_letters += 1
+    return S3PurgeReport(
+        removed_letters, removed_objects, kept_letters, kept_objects, changed, repeats
+    )
 
 
 async def _delete(config: S3ClientConfig, client: Any, bucket: str, key: str, etag: str) -> str:
@@ -294,10 +339,11 @@ class S3DeadLetterSource:
 
     Objects are listed when the source opens and read one at a time in key
     order; one partition per object, positions are line indexes (see the
-    module docstring for why, and for duplicates). A second replay under the
+    module docstring for why, and for repeats). A second replay under the
     same pipeline name resumes after the letters already done and sends only
-    letters of objects written since. Letters the filter rejects are skipped
-    but their lines are passed.
+    letters of objects written since. Letters the filter rejects, and repeats
+    of a letter already read, are skipped but their lines are passed; repeats
+    are counted as the source outcome ``repeats_folded``.
 
     Args:
         bucket: The bucket.
@@ -327,7 +373,7 @@ class S3DeadLetterSource:
         client_config: S3ClientConfig | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.bucket = bucket
+        self.bucket = check_bucket("S3DeadLetterSource", bucket)
         self.prefix = prefix
         self.name = name
         self.endpoint_url = endpoint_url
@@ -341,7 +387,10 @@ class S3DeadLetterSource:
         self._client: Any = None
         self._keys: deque[str] = deque()
         self._positions: dict[str, int] = {}
-        self._seen: set[str] = set()
+        self._seen = LetterIds()
+        self._started: dict[str, _ObjectLetters] = {}
+        self._context: SourceContext | None = None
+        self._reported = 0
         self._current: _ObjectLetters | None = None
 
     def partition_of(self, key: str) -> str:
@@ -351,27 +400,57 @@ class S3DeadLetterSource:
     async def open(self, context: SourceContext) -> None:
         """List the objects; resume each after its checkpointed line.
 
+        When something is left to replay, the objects an earlier run started
+        or finished are downloaded first, for the ids before their positions.
+
         Raises:
             FileNotFoundError: The bucket does not exist or the prefix holds no objects.
             OSError: S3 failed.
+            CheckpointError: A checkpointed position lies beyond the end of its
+                object (the object was replaced).
         """
         await self.aclose()  # reopening starts a fresh read
         stack = contextlib.AsyncExitStack()
+        self._positions = dict(context.positions)
+        self._seen = LetterIds()
+        self._started = {}
+        self._current = None
         try:
             with _store_errors(self._where):
                 self._client = await open_client(stack, self.client_config, self.endpoint_url)
                 keys = await _letter_keys(
                     self.client_config, self._client, self.bucket, self.prefix
                 )
+            await self._remember_done(keys)
         except BaseException:
             self._client = None
+            self._started = {}
+            self._seen.close()
             await stack.aclose()
             raise
         self._stack = stack
         self._keys = deque(keys)
-        self._positions = dict(context.positions)
-        self._seen = set()
-        self._current = None
+        self._context = context
+        self._reported = self._seen.repeats  # an earlier run counted those
+
+    async def _remember_done(self, keys: list[str]) -> None:
+        """Read the ids an earlier run handed out, before anything is replayed.
+
+        Eagerly, for every object, so that no copy of a letter replayed before
+        is replayed again, whichever object it sits in.
+        """
+        positions = [self._positions.get(self.partition_of(key), 0) for key in keys]
+        if all(position >= OBJECT_COMPLETE for position in positions):
+            return  # nothing left to replay: no need to know what was
+        for key, position in zip(keys, positions, strict=True):
+            if position <= 0:
+                continue
+            letters = await self._download(key)
+            if position >= OBJECT_COMPLETE:
+                letters.skip_to(len(letters.lines), self._seen)
+            else:
+                letters.skip_to(position, self._seen)
+                self._started[key] = letters
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` matching letters' records of one object.
@@ -393,26 +472,39 @@ class S3DeadLetterSource:
                 return None
             key = self._keys.popleft()
             position = self._positions.get(self.partition_of(key), 0)
-            if position < OBJECT_COMPLETE:
-                self._current = await self._load(key, position)
+            if position >= OBJECT_COMPLETE:
+                continue
+            started = self._started.pop(key, None)
+            if started is not None:  # read up to its position when the source opened
+                self._current = started
+            else:
+                self._current = await self._download(key)
+                self._current.skip_to(position, self._seen)
         return await self._take(self._current, max(1, max_records))
 
     async def aclose(self) -> None:
-        """Close the S3 client; idempotent."""
+        """Close the S3 client and forget the ids read; idempotent."""
         stack, self._stack, self._client, self._current = self._stack, None, None, None
+        self._started = {}
+        self._seen.close()
         if stack is not None:
             await stack.aclose()
         else:
             await anyio.lowlevel.checkpoint()
 
-    async def _load(self, key: str, position: int) -> _ObjectLetters:
+    async def _download(self, key: str) -> _ObjectLetters:
         if self._client is None:
             raise RuntimeError(f"source {self.name!r}: read before open")
         with _store_errors(self._where):
             data, _ = await _download(self.client_config, self._client, self.bucket, key)
-        letters = _ObjectLetters(f"s3://{self.bucket}/{key}", key, self.partition_of(key), data)
-        letters.skip_to(position, self._seen)
-        return letters
+        return _ObjectLetters(f"s3://{self.bucket}/{key}", key, self.partition_of(key), data)
+
+    def _report_repeats(self) -> None:
+        """Count the repeats folded since the last report as the ``repeats_folded`` outcome."""
+        folded = self._seen.repeats - self._reported
+        if folded and self._context is not None:
+            self._reported = self._seen.repeats
+            self._context.count("repeats_folded", folded)
 
     async def _take(self, letters: _ObjectLetters, max_records: int) -> SourceBatch:
         found: list[tuple[int, DeadLetter]] = []
@@ -425,6 +517,7 @@ class S3DeadLetterSource:
         end = OBJECT_COMPLETE if letters.pending is None else letters.pending[0]
         if letters.pending is None:
             self._current = None
+        self._report_repeats()
         if not found:
             await anyio.lowlevel.checkpoint()
             return SourceBatch(letters.partition, [], start=letters.handed, end=end)

@@ -31,11 +31,12 @@ from riprap import ConfigError, DataError, SystemClock
 from riprap.connectors.files import encode_json_lines
 
 from ._assembly import Assembler, Ready
-from ._client import S3ClientConfig, call, open_client
+from ._client import S3ClientConfig, call, check_bucket, open_client
 from ._layout import Position, StoredListing, directory, open_listing, position_text
+from ._retries import report_retries
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from riprap import Batch, Clock, SinkContext, SourceBatch
 
@@ -168,7 +169,7 @@ class S3Sink:
         if sse_kms_key_id is not None and sse != "aws:kms":
             raise ConfigError("sse_kms_key_id", "needs sse='aws:kms'")
         self.name = name
-        self.bucket = bucket
+        self.bucket = check_bucket("S3Sink", bucket)
         self.prefix = prefix
         self.format = format
         self.fieldnames = list(fieldnames or ())
@@ -184,6 +185,7 @@ class S3Sink:
         """PUTs that succeeded since the sink was opened (replays count again)."""
         self._given_clock = clock
         self._clock: Clock = clock or SystemClock()
+        self._hooks: tuple[Callable[[Any], None], ...] = ()
         self._hold_limit: int | None = None
         self._header = self._csv_header() if format == "csv" else b""
         self._holds = max_records is not None or max_bytes is not None or max_age is not None
@@ -211,6 +213,7 @@ class S3Sink:
         if self._given_clock is not None and self._given_clock is not context.clock:
             raise ConfigError("clock", "must be the pipeline's clock, which wakes the sink")
         self._clock = context.clock
+        self._hooks = context.policy_hooks
         self._hold_limit = context.max_in_flight - context.batch_size
         if self.max_records is not None and self.max_records > self._hold_limit:
             raise ConfigError(
@@ -238,7 +241,12 @@ class S3Sink:
         async with self._lock:
             if self._client is None:
                 stack = contextlib.AsyncExitStack()
-                self._client = await open_client(stack, self.client_config, self.endpoint_url)
+                # botocore retries nothing (unless told to): the sink policy retries a
+                # failed write, so that every retry is counted, logged and waited out.
+                self._client = await open_client(
+                    stack, self.client_config, self.endpoint_url, attempts=1
+                )
+                report_retries(self._client, self._hooks, stage=self.name, clock=self._clock)
                 self._stack = stack
             self._assembler = self._new_assembler()
             self._listings = {}
@@ -256,7 +264,9 @@ class S3Sink:
             RuntimeError: An item's source position is unknown (it cannot be
                 named), or a partition's records came out of order.
             botocore.exceptions.ClientError: S3 refused a call (throttling and
-                5xx are classified transient and retried by the sink policy).
+                5xx are classified transient and retried by the sink policy;
+                botocore itself does not retry unless ``client_config.max_attempts``
+                says so).
             TimeoutError: A call took longer than ``client_config.call_timeout``.
         """
         async with self._lock:

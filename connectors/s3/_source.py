@@ -31,18 +31,22 @@ Quarantine
     with the next object. Nothing of a quarantined object reaches the sink.
 
 Errors from S3 itself (throttling, 5xx, timeouts) are retried by botocore
-(``client_config.max_attempts``); one that remains is raised by ``read`` and
-stops the run, which resumes from the checkpoint when restarted.
+(``client_config.max_attempts``, 3 by default); each retry is reported to the
+pipeline's policy hooks (``SourceContext.policy_hooks``), so it counts in the
+run report and ``riprap_retries_total``. An error that remains is raised by
+``read`` and stops the run, which resumes from the checkpoint when restarted.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
 import inspect
 import io
 import logging
+import math
 import time
 import zlib
 from collections import deque
@@ -54,10 +58,11 @@ import anyio
 import anyio.lowlevel
 import orjson
 
-from riprap import ConfigError, SourceBatch, SourceContext
+from riprap import ConfigError, SourceBatch, SourceContext, SystemClock
 from riprap.checkpoints import CheckpointError
 
-from ._client import S3ClientConfig, call, list_keys, open_client, read_body
+from ._client import S3ClientConfig, call, check_bucket, list_keys, open_client, read_body
+from ._retries import report_retries
 
 log = logging.getLogger("riprap.connectors.s3")
 
@@ -171,12 +176,14 @@ class S3Source:
     ) -> None:
         if format not in ("jsonl", "csv"):
             raise ConfigError("format", f"expected 'jsonl' or 'csv', not {format!r}")
-        if poll_interval is not None and not poll_interval > 0:
-            raise ConfigError("poll_interval", f"must be positive or None, got {poll_interval!r}")
+        if poll_interval is not None and not 0 < poll_interval < math.inf:
+            raise ConfigError(
+                "poll_interval", f"must be positive and finite, or None, got {poll_interval!r}"
+            )
         if quarantine_prefix is not None and prefix and quarantine_prefix.startswith(prefix):
             raise ConfigError("quarantine_prefix", "must not lie under the source's prefix")
         self.name = name
-        self.bucket = bucket
+        self.bucket = check_bucket("S3Source", bucket)
         self.prefix = prefix
         self.format = format
         self.gzip = gzip
@@ -228,6 +235,12 @@ class S3Source:
             await self._close()
             stack = contextlib.AsyncExitStack()
             self._client = await open_client(stack, self.client_config, self.endpoint_url)
+            report_retries(
+                self._client,
+                context.policy_hooks,
+                stage=self.name,
+                clock=context.clock or SystemClock(),
+            )
             self._stack = stack
             self._context = context
             self._positions = dict(context.positions)
@@ -350,8 +363,9 @@ class S3Source:
         return _decode_lines(data)
 
     def _decode_csv(self, data: bytes) -> tuple[list[Any], list[int], int]:
-        try:
-            text = data.decode(self.encoding)
+        utf8 = codecs.lookup(self.encoding).name == "utf-8"
+        try:  # a UTF-8 byte order mark must not rename the first column
+            text = data.decode("utf-8-sig" if utf8 else self.encoding)
         except UnicodeDecodeError as exc:
             raise CorruptObjectError(f"not valid {self.encoding} text: {exc.reason}") from None
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
@@ -416,13 +430,12 @@ def _decode_lines(data: bytes) -> tuple[list[Any], list[int], int]:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptObjectError(f"not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()  # the newline ending the last line does not start another
+    lines = data.splitlines()  # LF, CRLF or a lone CR ends a line
+    if lines:
+        lines[0] = lines[0].removeprefix(codecs.BOM_UTF8)
     values: list[Any] = []
     offsets: list[int] = []
-    for offset, raw in enumerate(lines):
-        line = raw.rstrip(b"\r")
+    for offset, line in enumerate(lines):
         if line:
             values.append(line)
             offsets.append(offset)

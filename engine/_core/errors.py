@@ -6,7 +6,8 @@
     ├── ConfigError(ValueError)          a pipeline or option is invalid; raised before running
     ├── PipelineError                    the pipeline stopped: a stage raised a bug
     ├── CheckpointError
-    │   └── FencedError                  a stale owner or an older epoch tried to write
+    │   ├── FencedError                  a stale owner or an older epoch tried to write
+    │   └── CheckpointIntegrityError     a stored checkpoint is damaged, missing or rolled back
     ├── DataError                        permanent, about one record: never retried
     │   └── DecodeError                  a payload could not be decoded
     ├── TransientError                   worth retrying (the resilience policies decide)
@@ -22,7 +23,11 @@ Everything else a stage raises is treated as a bug.
 
 from __future__ import annotations
 
-from typing import Any
+import shlex
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class EngineError(Exception):
@@ -177,11 +182,102 @@ class FencedError(CheckpointError):
         )
 
 
+class CheckpointIntegrityError(CheckpointError):
+    """A stored checkpoint cannot be trusted, so the run stops instead of resuming (I5).
+
+    The snapshot is damaged (torn, garbled, its checksum does not match), missing
+    although a generation was recorded for it, or older than the generation
+    recorded outside the store (the store was rolled back). Resuming would
+    silently repeat or skip records, so riprap refuses and says what to do:
+    ``riprap checkpoint show``, then ``reset`` or ``set``.
+
+    Attributes:
+        where: Where the snapshot is stored (a file, a database and pipeline, a URL).
+        problem: What is wrong, in words.
+        pipeline: The pipeline whose checkpoint it is.
+        expected: The generation recorded outside the store (0: none recorded), or
+            ``None`` when the snapshot was not compared with a record.
+        found: The stored snapshot's generation; ``None`` when there is none or it
+            cannot be read (``damaged`` says which).
+        damaged: The stored snapshot exists but cannot be read or verified.
+        record: Where ``expected`` is recorded.
+        store: The store as the ``riprap checkpoint`` command takes it (for the hint).
+    """
+
+    def __init__(
+        self,
+        where: str,
+        problem: str,
+        *,
+        pipeline: str,
+        expected: int | None = None,
+        found: int | None = None,
+        damaged: bool = False,
+        record: str | None = None,
+        store: str | None = None,
+    ) -> None:
+        self.where = where
+        self.problem = problem
+        self.pipeline = pipeline
+        self.expected = expected
+        self.found = found
+        self.damaged = damaged
+        self.record = record
+        self.store = store
+        super().__init__(self._message())
+
+    def located(
+        self, *, expected: int, record: str | None, store: str | None, pipeline: str | None = None
+    ) -> CheckpointIntegrityError:
+        """The same error with the recorded generation and the way to the store added."""
+        return CheckpointIntegrityError(
+            self.where,
+            self.problem,
+            pipeline=self.pipeline if pipeline is None else pipeline,
+            expected=expected,
+            found=self.found,
+            damaged=self.damaged,
+            record=record,
+            store=store,
+        )
+
+    def _message(self) -> str:
+        message = f"{self.where}: {self.problem}"
+        if self.expected is not None:
+            if self.found is not None:
+                found = f"generation {self.found}"
+            else:
+                found = "no readable snapshot" if self.damaged else "no snapshot"
+            expected = f"generation {self.expected}" if self.expected else "no generation"
+            recorded = f" (recorded in {self.record})" if self.record else ""
+            message += f"; expected {expected}{recorded}, found {found}"
+        if self.store is not None:
+            message += ". " + self._hint(self.store)
+        return message
+
+    def _hint(self, store: str) -> str:
+        target = f"{store} --pipeline {shlex.quote(self.pipeline)}"
+        accept = (
+            f"accept what is stored with `riprap checkpoint reset {target} --yes`, "
+            if self.found is not None
+            else ""
+        )
+        return (
+            "riprap will not resume from an older or unknown position. "
+            f"Inspect it with `riprap checkpoint show {target}`; then {accept}"
+            f"start from the beginning with `riprap checkpoint reset {target} --wipe --yes`, "
+            f"or choose positions with `riprap checkpoint set {target} PARTITION=POSITION`"
+        )
+
+
 class PipelineError(EngineError):
     """The pipeline stopped because a stage raised an unexpected exception (a bug).
 
     The message names the stage, the source partition and offset of the record,
-    and the error, so the crash is actionable.
+    and the error, so the crash is actionable. The runtime passes the pipeline's
+    redactor as ``redact``, so the message is redacted once, here, and every
+    output (``str(error)``, the CLI, the logs, the run report) shows the redacted
+    text; ``error`` keeps the original exception for code that handles it.
     """
 
     def __init__(
@@ -193,6 +289,7 @@ class PipelineError(EngineError):
         offset: int | None,
         error: BaseException,
         detail: Any = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.stage = stage
@@ -200,10 +297,11 @@ class PipelineError(EngineError):
         self.offset = offset
         self.error = error
         where = f" at {partition}@{offset}" if partition is not None else ""
-        super().__init__(
+        message = (
             f"pipeline {pipeline!r} stopped: stage {stage!r} failed{where}: "
             f"{type(error).__name__}: {error}"
         )
+        super().__init__(message if redact is None else redact(message))
 
 
 class PoisonPillError(EngineError):

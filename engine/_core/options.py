@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from riprap._core.clock import SYSTEM_CLOCK, Clock
 from riprap._core.errors import ConfigError
+from riprap._core.protocols import Sink
 from riprap.checkpoints._snapshot import CheckpointBackend
 from riprap.deadletters._guard import DeadLetterGuard
 from riprap.deadletters._stores import DeadLetterSink
@@ -15,11 +17,15 @@ from riprap.observability._redact import Redactor
 from riprap.observability._tracing import otel_available
 from riprap.policies import PolicyHook, Retry
 
-DEFAULT_SINK_RETRY = Retry(attempts=5, timeout=120.0, wait_initial=0.2, wait_max=10.0)
-"""Retries of a failed sink write unless the pipeline says otherwise."""
+DEFAULT_SINK_RETRY = Retry(attempts=None, timeout=900.0, wait_initial=0.2, wait_max=10.0)
+"""Retries of a failed sink write unless the pipeline says otherwise: an outage is
+ridden out for ``sink_outage_timeout`` seconds (its deadline is set from that option)."""
 
 DEFAULT_SINK_ATTEMPT_TIMEOUT = 60.0
 """Seconds one sink write may take unless the pipeline says otherwise."""
+
+DEFAULT_OFFLOAD_THREADS = 16
+"""Worker threads shared by the offloaded steps of a run unless the pipeline says otherwise."""
 
 OnError = Literal["dlq", "stop"]
 """What a step does with a record that raised a ``DataError``: dead-letter it, or stop."""
@@ -52,6 +58,12 @@ class PipelineOptions:
         alert_interval: Seconds between alert evaluations.
         tracing: ``True`` (the global OpenTelemetry tracer provider) or a
             ``TracerProvider``: one span per batch per stage (needs the ``otel`` extra).
+        sink_outage_timeout: Seconds the sink's default retry keeps retrying a
+            failing write (backpressure meanwhile) before the run stops.
+        offload_threads: Worker threads the steps with ``offload="thread"``
+            share; a call whose caller gave up keeps its thread until it returns.
+        loop_lag_threshold: Seconds the event loop may be held before the run
+            logs the step that held it and counts a stall; ``None``: no monitor.
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -72,6 +84,9 @@ class PipelineOptions:
     alert_sinks: tuple[AlertSink, ...] = field(default_factory=lambda: (LogAlerts(),))
     alert_interval: float = 10.0
     tracing: Any = False
+    sink_outage_timeout: float = 900.0
+    offload_threads: int = DEFAULT_OFFLOAD_THREADS
+    loop_lag_threshold: float | None = 1.0
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -86,6 +101,7 @@ class PipelineOptions:
         positive_number("checkpoint_interval", self.checkpoint_interval)
         if not _is_number(self.drain_timeout) or self.drain_timeout < 0:
             raise ConfigError("drain_timeout", f"must be >= 0 seconds, got {self.drain_timeout!r}")
+        finite("drain_timeout", self.drain_timeout)
         if self.checkpoint is not None:
             implements(
                 "checkpoint", self.checkpoint, CheckpointBackend, "claim, save, load, aclose"
@@ -95,9 +111,14 @@ class PipelineOptions:
         implements("clock", self.clock, Clock)
         if self.dead_letter is not None:
             implements("dead_letter", self.dead_letter, DeadLetterSink, "name, open, write, aclose")
+            _not_a_record_sink(self.dead_letter)
         if not isinstance(self.redactor, Redactor):
             raise ConfigError("redactor", f"must be a riprap.Redactor, got {self.redactor!r}")
         positive_int("max_crashes", self.max_crashes)
+        positive_number("sink_outage_timeout", self.sink_outage_timeout)
+        positive_int("offload_threads", self.offload_threads)
+        if self.loop_lag_threshold is not None:
+            positive_number("loop_lag_threshold", self.loop_lag_threshold)
         positive_number("alert_interval", self.alert_interval)
         if self.tracing and not otel_available():
             raise ConfigError("tracing", "needs opentelemetry-api: pip install 'riprap[otel]'")
@@ -129,6 +150,27 @@ def positive_int(option: str, value: object) -> None:
 def positive_number(option: str, value: object) -> None:
     if not _is_number(value) or value <= 0:  # type: ignore[operator]
         raise ConfigError(option, f"must be a positive number of seconds, got {value!r}")
+    finite(option, value)
+
+
+def finite(option: str, value: object) -> None:
+    """Refuse NaN and infinity: NaN compares false with everything, infinity turns a timer off."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(option, f"must be a finite number of seconds, got {value!r}")
+
+
+def _not_a_record_sink(store: object) -> None:
+    """Refuse a record sink given as the dead-letter store.
+
+    It passes the store protocol's check by its method names, but its
+    ``write`` takes a Batch: it would fail at the first dead letter, after retries.
+    """
+    if isinstance(store, Sink):
+        raise ConfigError(
+            "dead_letter",
+            f"{store!r} is a record sink (its write takes a Batch), not a dead-letter store; "
+            "use riprap.deadletters.JsonLinesDeadLetters or SqliteDeadLetters",
+        )
 
 
 def implements(option: str, value: object, protocol: type, members: str = "") -> None:

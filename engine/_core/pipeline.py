@@ -33,7 +33,9 @@ from riprap._core.steps import (
     Step,
     StepOptions,
     check_known,
+    check_sync_step,
     is_async,
+    sink_policies_for,
     step_policies,
 )
 from riprap._runtime.runtime import open_pipeline
@@ -121,6 +123,15 @@ class Pipeline:
     def source(self, source: Source) -> Pipeline:
         """Set where records come from."""
         implements("source", source, Source, "name, open, read, aclose")
+        self._refuse_second("source", self.source_)
+        return self._with(source_=source)
+
+    def with_source(self, source: Source) -> Pipeline:
+        """A copy reading from another source (the CLI replays dead letters this way).
+
+        Unlike :meth:`source`, which refuses a second source, this replaces it on purpose.
+        """
+        implements("source", source, Source, "name, open, read, aclose")
         return self._with(source_=source)
 
     def sink(
@@ -135,12 +146,17 @@ class Pipeline:
     ) -> Pipeline:
         """Set where records go, and the policies around its writes.
 
-        By default a write that fails transiently is retried
-        (five attempts within two minutes) and each attempt has a timeout; when the
-        sink stays down the run stops without loss (the checkpoint does not
-        pass unwritten records). A breaker on the sink always waits while open.
+        By default the sink rides out an outage: a write that fails
+        transiently is retried with backoff (up to 10 s apart) for
+        ``sink_outage_timeout`` seconds (a pipeline option, 15 minutes by
+        default), each attempt within ``attempt_timeout``; meanwhile the source
+        waits (no more than ``max_in_flight`` records are held). When the sink
+        stays down longer the run stops with an error naming it, without loss
+        (the checkpoint does not pass unwritten records). Pass ``retry=`` to
+        choose otherwise. A breaker on the sink always waits while open.
         """
         implements("sink", sink, Sink, "name, idempotent, open, write, flush, aclose")
+        self._refuse_second("sink", self.sink_)
         policies = step_policies("sink", retry, timeout, attempt_timeout, breaker, "wait", bulkhead)
         return self._with(sink_=sink, sink_policies=policies)
 
@@ -196,11 +212,17 @@ class Pipeline:
         concurrency = options.get("concurrency", 1)
         positive_int(f"{where}.concurrency", concurrency)
         fn_is_async = is_async(fn)
-        if concurrency > 1 and not fn_is_async:
-            raise ConfigError(
-                f"{where}.concurrency",
-                "concurrency > 1 needs an async function (sync steps run fused in one loop)",
-            )
+        policies = step_policies(
+            where,
+            options.get("retry"),
+            options.get("timeout"),
+            options.get("attempt_timeout"),
+            options.get("breaker"),
+            options.get("on_open", "wait"),
+            options.get("bulkhead"),
+            options.get("attempt_grace"),
+        )
+        offload = check_sync_step(where, options, fn_is_async=fn_is_async)
         on_error = options.get("on_error", "dlq")
         if on_error not in ("dlq", "stop"):
             raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
@@ -217,19 +239,21 @@ class Pipeline:
             ordered=options.get("ordered", True),
             record=options.get("record", False),
             on_error=on_error,
-            policies=step_policies(
-                where,
-                options.get("retry"),
-                options.get("timeout"),
-                options.get("attempt_timeout"),
-                options.get("breaker"),
-                options.get("on_open", "wait"),
-                options.get("bulkhead"),
-            ),
+            policies=policies,
             fallback=options.get("fallback"),
             key=options.get("key"),
+            offload=offload,
         )
         return self._with(steps=(*self.steps, step))
+
+    def _refuse_second(self, what: str, current: Source | Sink | None) -> None:
+        """A second ``.source()``/``.sink()`` would silently replace the first: refuse it."""
+        if current is not None:
+            raise ConfigError(
+                what,
+                f"pipeline {self.name!r} already has a {what} ({current.name!r}); a pipeline "
+                f"has one source and one sink, so .{what}() is called once",
+            )
 
     def _check_step_id(self, step_id: str) -> None:
         if not isinstance(step_id, str) or not _NAME.match(step_id):
@@ -264,7 +288,7 @@ class Pipeline:
             steps=self.steps,
             source=self.source_,
             sink=self.sink_,
-            sink_policies=self.sink_policies,
+            sink_policies=sink_policies_for(self.sink_policies, self.options),
         )
 
     def open(self) -> AbstractAsyncContextManager[RunningPipeline]:

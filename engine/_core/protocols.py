@@ -42,12 +42,18 @@ class SourceContext:
             that are not records, such as ``"objects_quarantined"`` (an object
             set aside whole): the run report and the ``riprap_source_outcomes``
             metric show them by outcome, so nothing is left out silently (I7).
+        policy_hooks: Hooks for policy events, so that retries the source's
+            client library makes by itself (``riprap.policies.RetryScheduled``)
+            reach the run report and the metrics with riprap's own.
+        clock: The pipeline's clock (events are stamped with its ``monotonic()``).
     """
 
     pipeline: str
     positions: Mapping[str, int]
     drain: Callable[[Collection[str], float], Awaitable[Mapping[str, int]]] = _no_drain
     count: Callable[[str, int], None] = _no_count
+    policy_hooks: tuple[Callable[[Any], None], ...] = ()
+    clock: Clock | None = None
 
 
 @runtime_checkable
@@ -84,9 +90,10 @@ class Sink(Protocol):
     makes everything buffered durable. ``idempotent`` says whether rewriting a
     replayed record is harmless (exactly-once effect, I2).
 
-    Optional, for a sink that holds records back across writes:
-    ``def bind(self, context: SinkContext)`` is called when a run is created,
-    before ``open``; ``def wake_at(self) -> float | None`` says when (on
+    Optional: ``def bind(self, context: SinkContext)`` is called when a run is
+    created, before ``open`` (the pipeline's clock, in-flight bound and policy
+    hooks). For a sink that holds records back across writes,
+    ``def wake_at(self) -> float | None`` says when (on
     ``context.clock``'s monotonic time) the sink wants to write although no
     batch has come, and the runtime then calls ``write`` with an empty batch.
     While a partition is drained (a rebalance), such a sink's ``flush`` is
@@ -107,7 +114,7 @@ class Sink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SinkContext:
-    """What a sink that holds records back learns when a run is created (its ``bind``).
+    """What a sink learns, through its optional ``bind``, when a run is created.
 
     Attributes:
         pipeline: The pipeline's name.
@@ -117,12 +124,16 @@ class SinkContext:
             holds stay in flight, and the source reads only while a whole batch
             fits: a sink must not hold more than ``max_in_flight - batch_size``
             source records once ``write`` returns, or the run can stall for good.
+        policy_hooks: Hooks for policy events, so that retries the sink's client
+            library makes by itself (``riprap.policies.RetryScheduled``) reach
+            the run report and the metrics with riprap's own.
     """
 
     pipeline: str
     clock: Clock
     batch_size: int = 1_000
     max_in_flight: int = 10_000
+    policy_hooks: tuple[Callable[[Any], None], ...] = ()
 
 
 def _ignore(count: int) -> None:

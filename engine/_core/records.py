@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, final
 
 if TYPE_CHECKING:
+    from riprap._core.errors import DataError
     from riprap._runtime.acks import Ack
 
 Headers = Sequence[tuple[str, bytes]]
@@ -80,9 +81,26 @@ class SourceBatch:
     ``start`` is the position of the first value and ``end`` the position to
     resume from once every value is done (the checkpoint stores ``end``).
     Positions are per-item ``start + i`` unless ``offsets`` lists them.
+
+    ``errors`` maps the index of a value the source could not decode to its
+    :class:`~riprap.DataError`; such a value is the payload as read (bytes).
+    The runtime routes it like a record that failed in a step, before any
+    step sees it: dead-lettered with the error's reason (or the run stops
+    without a dead-letter store), so a bad record never blocks the rest of
+    its partition (I7).
     """
 
-    __slots__ = ("end", "headers", "keys", "offsets", "partition", "start", "timestamps", "values")
+    __slots__ = (
+        "end",
+        "errors",
+        "headers",
+        "keys",
+        "offsets",
+        "partition",
+        "start",
+        "timestamps",
+        "values",
+    )
 
     def __init__(
         self,
@@ -95,6 +113,7 @@ class SourceBatch:
         keys: list[Any] | None = None,
         headers: list[Headers] | None = None,
         timestamps: list[float | None] | None = None,
+        errors: Mapping[int, DataError] | None = None,
     ) -> None:
         self.partition = partition
         self.values = values
@@ -104,6 +123,7 @@ class SourceBatch:
         self.keys = keys
         self.headers = headers
         self.timestamps = timestamps
+        self.errors = errors
 
     def __len__(self) -> int:
         return len(self.values)

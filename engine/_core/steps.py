@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from riprap._core.errors import ConfigError
-from riprap._core.options import OnError, PipelineOptions, positive_number
+from riprap._core.options import DEFAULT_SINK_RETRY, OnError, PipelineOptions, positive_number
 from riprap.policies import Bulkhead, CircuitBreaker, Policies, Retry
 
 if TYPE_CHECKING:
@@ -20,12 +20,16 @@ if TYPE_CHECKING:
 
     from riprap._core.protocols import Sink, Source, Stage
 
+Offload = Literal["thread"]
+"""Where a sync step may run instead of the event loop (``offload=`` of a step)."""
+
 
 class StepOptions(TypedDict, total=False):
     """Keyword options of the map, filter and flat_map steps of a :class:`Pipeline`.
 
     Attributes:
-        concurrency: Calls of an async function running at once (default 1).
+        concurrency: Calls running at once (default 1): an async function, or a
+            sync one with ``offload="thread"``.
         ordered: Keep input order in the output (default) or emit as completed.
         record: Pass whole :class:`~riprap.Record` objects instead of plain values.
         key: Process records of one key one at a time, in order, while different
@@ -36,12 +40,21 @@ class StepOptions(TypedDict, total=False):
         retry: Retry transient failures (:class:`~riprap.policies.Retry`).
         timeout: Seconds for the whole call, retries included.
         attempt_timeout: Seconds for one attempt (a timed-out attempt is retried).
+        attempt_grace: Seconds a call that ignores its attempt timeout is
+            cancelled again before it is abandoned (counted, its slot freed);
+            each attempt then runs in a task of its own. Default: never abandon.
         breaker: The dependency's shared :class:`~riprap.policies.CircuitBreaker`.
         on_open: While the breaker is open, ``"wait"`` (backpressure, the
             default) or ``"raise"`` (the record fails with ``CircuitOpenError``).
         bulkhead: A :class:`~riprap.policies.Bulkhead` limiting concurrent calls.
         fallback: ``fallback(error, value)`` (sync or async) gives a degraded
             result when the call fails for good; counted as a fallback.
+        offload: ``"thread"`` runs a sync function in the run's worker threads
+            (``offload_threads`` at once), so that it may block without holding
+            up the event loop, and so that ``timeout`` and ``attempt_timeout``
+            can fire. A thread cannot be killed: a call that times out is
+            abandoned (counted), its thread runs on and keeps its slot until
+            the function returns. Without it a sync step runs on the event loop.
     """
 
     concurrency: int
@@ -52,10 +65,12 @@ class StepOptions(TypedDict, total=False):
     retry: Retry | None
     timeout: float | None
     attempt_timeout: float | None
+    attempt_grace: float | None
     breaker: CircuitBreaker | None
     on_open: Literal["wait", "raise"]
     bulkhead: Bulkhead | None
     fallback: Callable[..., Any] | None
+    offload: Literal["thread"] | None
 
 
 STEP_OPTIONS = tuple(StepOptions.__annotations__)
@@ -76,12 +91,14 @@ class OpStep:
     policies: Policies | None = None
     fallback: Callable[..., Any] | None = None
     key: Callable[[Any], Any] | None = None
+    offload: Offload | None = None
 
     @property
     def fusable(self) -> bool:
         """Whether this step can run inside a fused sync loop."""
         return (
             not self.is_async
+            and self.offload is None
             and not self.record
             and self.concurrency == 1
             and self.policies is None
@@ -133,6 +150,7 @@ def step_policies(
     breaker: CircuitBreaker | None,
     on_open: Literal["wait", "raise"],
     bulkhead: Bulkhead | None,
+    attempt_grace: float | None = None,
 ) -> Policies | None:
     """The :class:`Policies` of a step, ``None`` when it has none; errors name the step."""
     for name, value, kind in (
@@ -145,6 +163,10 @@ def step_policies(
     for name, seconds in (("timeout", timeout), ("attempt_timeout", attempt_timeout)):
         if seconds is not None:
             positive_number(f"{where}.{name}", seconds)
+    if attempt_grace is not None:
+        positive_number(f"{where}.attempt_grace", attempt_grace)
+        if attempt_timeout is None:
+            raise ConfigError(f"{where}.attempt_grace", "needs an attempt_timeout to follow")
     if on_open not in ("wait", "raise"):
         raise ConfigError(f"{where}.on_open", f"must be 'wait' or 'raise', got {on_open!r}")
     if all(v is None for v in (retry, timeout, attempt_timeout, breaker, bulkhead)):
@@ -156,7 +178,55 @@ def step_policies(
         breaker=breaker,
         on_open=on_open if breaker is not None else "raise",
         bulkhead=bulkhead,
+        attempt_grace=attempt_grace,
     )
+
+
+def check_sync_step(where: str, options: StepOptions, *, fn_is_async: bool) -> Offload | None:
+    """The step's ``offload``, checked; refuse what cannot work where the function runs.
+
+    A sync function that is not offloaded runs on the event loop: nothing can
+    interrupt it, so a ``timeout`` or ``attempt_timeout`` would never fire, and
+    concurrent calls would only take turns.
+
+    Raises:
+        ConfigError: Naming the step and the option, with the way out.
+    """
+    offload = options.get("offload")
+    if offload is not None and offload != "thread":
+        raise ConfigError(f"{where}.offload", f"must be 'thread' or None, got {offload!r}")
+    if offload is not None and fn_is_async:
+        raise ConfigError(
+            f"{where}.offload", "is for sync functions; an async function already yields"
+        )
+    if fn_is_async or offload is not None:
+        return offload
+    for name in ("timeout", "attempt_timeout"):
+        if options.get(name) is not None:
+            raise ConfigError(
+                f"{where}.{name}",
+                "a sync step runs on the event loop and cannot be interrupted, so this "
+                "timeout could never fire; pass offload='thread' to run it in worker "
+                "threads (or make the function async)",
+            )
+    if options.get("concurrency", 1) > 1:
+        raise ConfigError(
+            f"{where}.concurrency",
+            "concurrency > 1 needs an async function or offload='thread' "
+            "(sync steps run on the event loop, fused in one loop)",
+        )
+    return None
+
+
+def sink_policies_for(policies: Policies | None, options: PipelineOptions) -> Policies | None:
+    """The sink's policies, the default retry's deadline set to ``options.sink_outage_timeout``.
+
+    Resolved when the plan is made, so the option counts whenever it is set.
+    """
+    if policies is None or policies.retry is not DEFAULT_SINK_RETRY:
+        return policies
+    retry = replace(DEFAULT_SINK_RETRY, timeout=options.sink_outage_timeout)
+    return replace(policies, retry=retry)
 
 
 def check_known(where: str, given: Mapping[str, object], names: tuple[str, ...]) -> None:

@@ -11,9 +11,12 @@ the traceback's line number, so the happy path pays nothing for either.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, final
+
+from riprap._core.errors import ConfigError
 
 OpKind = Literal["map", "filter", "flat_map"]
 
@@ -97,8 +100,58 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
         lines.append("            on_error(x, i, op, e)")
     lines.append("    return out, marks, dropped")
     source = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {f"f{i}": op.fn for i, op in enumerate(ops)}
+    namespace: dict[str, Any] = {}
+    for i, op in enumerate(ops):
+        namespace[f"f{i}"] = _first_call_checked(namespace, f"f{i}", op)
     namespace["LINES"] = line_to_op
     code = compile(source, f"<riprap chain {'+'.join(op.step_id for op in ops)}>", "exec")
     exec(code, namespace)
     return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=expands, source=source)
+
+
+def refuse_awaitable(result: Any, kind: str, step_id: str) -> None:
+    """Stop a sync step whose function returned an awaitable (a lambda around an async function).
+
+    Its result would otherwise be written as a coroutine object, or a filter
+    would keep every record (a coroutine is truthy), with nothing awaited.
+
+    Raises:
+        ConfigError: Naming the step; the coroutine is closed first (never awaited).
+    """
+    if not inspect.isawaitable(result):
+        return
+    if inspect.iscoroutine(result):
+        result.close()
+    raise ConfigError(
+        f"{kind}({step_id!r})",
+        f"the function is sync but returned {type(result).__name__} object; pass an "
+        "async function (async def) so that riprap awaits it",
+    )
+
+
+def refusing_awaitables(fn: Callable[..., Any], kind: str, step_id: str) -> Callable[..., Any]:
+    """``fn`` with every result checked by :func:`refuse_awaitable` (unfused sync steps)."""
+
+    def checked(*args: Any) -> Any:
+        result = fn(*args)
+        refuse_awaitable(result, kind, step_id)
+        return result
+
+    return checked
+
+
+def _first_call_checked(namespace: dict[str, Any], name: str, op: Op) -> Callable[[Any], Any]:
+    """``op.fn`` whose first result is checked, after which the loop calls ``op.fn`` itself.
+
+    The generated loop looks its functions up in ``namespace`` on every call, so
+    putting ``op.fn`` back makes the check cost nothing from the second record on.
+    """
+    fn = op.fn
+
+    def first_call(value: Any) -> Any:
+        result = fn(value)
+        refuse_awaitable(result, op.kind, op.step_id)
+        namespace[name] = fn
+        return result
+
+    return first_call

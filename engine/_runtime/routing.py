@@ -11,7 +11,9 @@ leaves this way is counted by reason (I7).
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
 import anyio
@@ -19,7 +21,7 @@ import anyio
 from riprap._core.errors import DataError, PipelineError
 from riprap.deadletters._envelope import DeadLetter
 from riprap.deadletters._guard import DeadLetterGuard, DeadLetterRateError, DeadLetterWriteError
-from riprap.policies._retry import attempts_of
+from riprap.policies._marks import attempts_of, failure_reason
 from riprap.policies._timeout import fail_after
 
 if TYPE_CHECKING:
@@ -34,6 +36,15 @@ if TYPE_CHECKING:
     from riprap.policies._classify import Classifier
 
 log = logging.getLogger("riprap.dlq")
+
+REASON_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
+"""What a dead-letter reason must look like to be a metric label (``fullmatch``)."""
+MAX_REASONS = 50
+"""Distinct reasons counted per run; later new ones are counted as :data:`OTHER_REASON`."""
+OTHER_REASON = "other"
+"""The reason counted (and stored in the letter) in place of one that is not a bounded label."""
+_REASON_NOTE_CHARS = 200
+"""How much of a replaced reason the letter's message keeps (redacted)."""
 
 
 DLQ_WRITE_ATTEMPTS = 5
@@ -89,6 +100,8 @@ class Router:
         self.paused.set()  # set = not paused
         self._guard_state = _GuardState()
         self._pending: list[tuple[DeadLetter, Ack]] = []
+        self._reasons: set[str] = set()
+        self._reason_warned = False
 
     @property
     def dead_lettered(self) -> int:
@@ -125,6 +138,7 @@ class Router:
             partition=partition,
             offset=offset,
             error=error,
+            redact=self.redactor.redact,
         ) from error
 
     def dead_letter_record(
@@ -135,7 +149,7 @@ class Router:
         error: BaseException,
         reason: str,
         *,
-        attempts: int = 1,
+        attempts: int = 0,
         failed_between: tuple[float, float] | None = None,
     ) -> None:
         """Queue one record for the DLQ; its ack stays retained until the write is durable.
@@ -145,6 +159,7 @@ class Router:
         """
         now = self.clock.time()
         first, last = failed_between or (now, now)
+        label = self._label(step_id, reason)
         letter = DeadLetter.create(
             pipeline=self.pipeline,
             stage=step_id,
@@ -158,7 +173,10 @@ class Router:
             config_hash=self.config_hash,
             redactor=self.redactor,
         )
-        self._check_guard(step_id, reason)
+        if label != reason:  # the text stays with the letter, redacted, never in a label
+            note = self.redactor.redact(str(reason)[:_REASON_NOTE_CHARS])
+            letter = replace(letter, reason=label, message=f"{letter.message} (reason: {note})")
+        self._check_guard(step_id, label)
         ack.retain()
         self._pending.append((letter, ack))
 
@@ -225,6 +243,40 @@ class Router:
         self._guard_state = _GuardState()
         self.paused.set()
 
+    def _label(self, step_id: str, reason: object) -> str:
+        """``reason`` if it may be a metric label, else :data:`OTHER_REASON` (I10).
+
+        A label is an identifier (:data:`REASON_PATTERN`), and a run counts at
+        most :data:`MAX_REASONS` distinct ones: a reason built from data (an
+        email, an id) would leak it into ``/metrics`` and the report and grow a
+        series per value. The first replacement of a run logs a warning that
+        names the stage only.
+        """
+        valid = False
+        if isinstance(reason, str):
+            if reason in self._reasons:
+                return reason
+            valid = REASON_PATTERN.fullmatch(reason) is not None
+            if valid and len(self._reasons) < MAX_REASONS:
+                self._reasons.add(reason)
+                return reason
+        if not self._reason_warned:
+            self._reason_warned = True
+            why = (
+                f"more than {MAX_REASONS} distinct reasons in this run"
+                if valid
+                else f"a reason that does not match {REASON_PATTERN.pattern!r}"
+            )
+            log.warning(
+                "stage %r dead-lettered with %s; counted as %r (the reason is kept, redacted, "
+                "in the dead letter's message; further such reasons are not logged)",
+                step_id,
+                why,
+                OTHER_REASON,
+                extra={"pipeline": self.pipeline, "stage": step_id},
+            )
+        return OTHER_REASON
+
     def _check_guard(self, step_id: str, reason: str) -> None:
         guard = self.guard
         if guard is None or reason in guard.exempt_reasons:
@@ -262,7 +314,7 @@ class Router:
         if isinstance(error, DataError):
             return error.reason
         if self.classifier.classify(error) == "transient":
-            return "retries_exhausted"
+            return failure_reason(error)  # retries_exhausted only if retries ran
         return None
 
     async def drop_pending(self) -> None:

@@ -30,7 +30,7 @@ import anyio
 
 from riprap._runtime.allocator import DEFAULT_TRIM_THRESHOLD, keep_freed_memory
 from riprap._runtime.runtime import open_pipeline
-from riprap.observability._health import serve_health
+from riprap.observability._health import check_bindable, serve_health
 from riprap.observability._statistics import RunStatistics
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ async def run_async(
     health: HealthConfig | None = None,
 ) -> RunReport:
     """Like :func:`run` inside a running event loop (signals off by default)."""
+    if health is not None:  # a port in use stops the run before anything is read
+        await anyio.to_thread.run_sync(check_bindable, health)
     with catch_signals() if handle_signals else nullcontext() as signals:
         created = None if signals is None else signals.attach
         try:

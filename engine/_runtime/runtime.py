@@ -32,11 +32,15 @@ import anyio
 
 from riprap._core.clock import SYSTEM_CLOCK, Clock
 from riprap._core.errors import ConfigError, DataError, EngineError, PipelineError, PoisonPillError
+from riprap._core.options import DEFAULT_OFFLOAD_THREADS
 from riprap._core.protocols import Sink, SinkContext, Source, SourceContext, StageContext
 from riprap._core.records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
 from riprap._core.steps import BatchStep, OpStep, Plan, StageStep, Step, is_async
 from riprap._runtime.acks import CompletionTracker, InFlight
 from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
+from riprap._runtime.fuse import refusing_awaitables
+from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
+from riprap._runtime.offload import ThreadOffload
 from riprap._runtime.routing import Router
 from riprap._runtime.segments import (
     AsyncSegment,
@@ -48,20 +52,25 @@ from riprap._runtime.segments import (
     traced,
 )
 from riprap._runtime.sink_feed import SinkFeed
+from riprap._runtime.sink_outage import SinkOutageLog, outage_error
 from riprap.checkpoints._checkpointer import Checkpointer
 from riprap.checkpoints._guard import CrashGuard, CrashRecord, crash_key
+from riprap.deadletters._stores import deleted_letters
 from riprap.observability._alerts import AlertEvaluator
 from riprap.observability._metrics import create_registry
 from riprap.observability._report import PolicyCounters, RunReport, StepCounters, build_report
 from riprap.observability._statistics import (
     CheckpointStatistics,
+    LoopStatistics,
     Outcome,
     RunStatistics,
     SourceStatistics,
 )
 from riprap.observability._tracing import Tracing
-from riprap.policies import Bulkhead, CircuitBreaker, Policies, PolicyHook, PolicyStack
+from riprap.policies import Bulkhead, CircuitBreaker, Policies, PolicyHook, PolicyStack, Shelter
 from riprap.policies._classify import DEFAULT_CLASSIFIER
+from riprap.policies._marks import attempts_of
+from riprap.policies._timeout import to_seconds
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -95,8 +104,15 @@ def build_segments(
     *,
     clock: Clock = SYSTEM_CLOCK,
     hooks: Sequence[PolicyHook] = (),
+    threads: ThreadOffload | None = None,
+    watch: LoopWatch | None = None,
+    shelter: Shelter | None = None,
 ) -> list[Segment]:
-    """Group consecutive fusable steps into fused loops; everything else runs on its own."""
+    """Group consecutive fusable steps into fused loops; everything else runs on its own.
+
+    Offloaded steps run in ``threads``; sync steps on the loop report to ``watch``
+    how long they held it; policy stacks leave abandoned calls to ``shelter``.
+    """
     segments: list[Segment] = []
     run: list[OpStep] = []
     for step in steps:
@@ -104,24 +120,59 @@ def build_segments(
             run.append(step)
             continue
         if run:
-            segments.append(FusedSegment(run, router))
+            segments.append(FusedSegment(run, router, watch))
             run = []
         if isinstance(step, OpStep):
-            segments.append(AsyncSegment(step, router, _step_call(step, clock, hooks)))
+            counters = StepCounters(step.step_id)
+            threads = threads or ThreadOffload(DEFAULT_OFFLOAD_THREADS)
+            call = _base_call(_refusing_awaitables(step), counters, threads, watch)
+            segments.append(
+                AsyncSegment(step, router, _step_call(step, call, clock, hooks, shelter), counters)
+            )
         elif isinstance(step, BatchStep):
             segments.append(BatchSegment(step))
         elif isinstance(step, StageStep):
             segments.append(StageSegment(step, router))
     if run:
-        segments.append(FusedSegment(run, router))
+        segments.append(FusedSegment(run, router, watch))
     return segments
 
 
-def _step_call(
-    step: OpStep, clock: Clock, hooks: Sequence[PolicyHook]
+def _refusing_awaitables(step: OpStep) -> OpStep:
+    """A sync step whose function's results are checked: an awaitable stops the run."""
+    if step.is_async:
+        return step
+    return replace(step, fn=refusing_awaitables(step.fn, step.kind, step.step_id))
+
+
+def _base_call(
+    step: OpStep, counters: StepCounters, threads: ThreadOffload, watch: LoopWatch | None
 ) -> Callable[[Any], Awaitable[Any]]:
-    """The step's function as an async callable behind its policy stack."""
-    call = _as_async(step.fn, step.is_async)
+    """The step's function as an async callable: in a thread, on the loop (timed) or as is."""
+    if step.offload is not None:
+        return threads.caller(step.kind, step.fn, counters)
+    if step.is_async or watch is None:
+        return _as_async(step.fn, step.is_async)
+    fn, step_id, clock = step.fn, step.step_id, time.perf_counter
+
+    async def timed(value: Any) -> Any:
+        started = clock()
+        try:
+            return fn(value)
+        finally:
+            watch.held(step_id, clock() - started)
+
+    return timed
+
+
+def _step_call(
+    step: OpStep,
+    call: Callable[[Any], Awaitable[Any]],
+    clock: Clock,
+    hooks: Sequence[PolicyHook],
+    shelter: Shelter | None = None,
+) -> Callable[[Any], Awaitable[Any]]:
+    """``call`` (the step's function) behind the step's policy stack."""
     if step.policies is None and step.fallback is None:
         return call
     stack = PolicyStack(
@@ -129,12 +180,19 @@ def _step_call(
         stage=step.step_id,
         clock=_stack_clock(step.policies, clock),
         hooks=hooks,
+        shelter=shelter,
     )
     fallback = step.fallback
     if fallback is None:
         return stack.wrap(call)
     degrade = _as_async(fallback, is_async(fallback), arity=2)
     return stack.wrap(call, fallback=degrade)
+
+
+def _retry_deadline(policies: Policies | None) -> float | None:
+    """Seconds a stack's retry keeps trying, if it has a retry with a deadline."""
+    retry = None if policies is None else policies.retry
+    return None if retry is None or retry.timeout is None else to_seconds(retry.timeout)
 
 
 def _stack_clock(policies: Policies | None, clock: Clock) -> Clock:
@@ -217,23 +275,50 @@ class Runtime:
         self.events = PolicyCounters()
         self.breakers, self.bulkheads = distinct_policies(pipeline)
         hooks = (self.events, *self.options.policy_hooks)
-        self.segments = build_segments(pipeline.steps, self.router, clock=self.clock, hooks=hooks)
+        threshold = self.options.loop_lag_threshold
+        watch = None if threshold is None else LoopWatch()
+        # Owns the calls abandoned by attempt timeouts, for the whole run.
+        self.shelter = Shelter()
+        self.segments = build_segments(
+            pipeline.steps,
+            self.router,
+            clock=self.clock,
+            hooks=hooks,
+            threads=ThreadOffload(self.options.offload_threads),
+            watch=watch,
+            shelter=self.shelter,
+        )
         tracing = self.options.tracing
         provider = None if tracing is True else tracing
         self.tracing = Tracing(pipeline.name, provider) if tracing else None
         for segment in self.segments:
             segment.tracer = self.tracing
         sink_policies = pipeline.sink_policies
+        sink_retry = None if sink_policies is None else sink_policies.retry
+        self._sink_classifier = DEFAULT_CLASSIFIER if sink_retry is None else sink_retry.classifier
+        self.sink_outage = SinkOutageLog(
+            pipeline.name, self.sink.name, self.options.redactor, _retry_deadline(sink_policies)
+        )
+        if sink_policies is not None:
+            # Writes stay in the sink task, unsheltered: a write that completed is
+            # then always acknowledged, never lost to a cancellation and repeated.
+            sink_policies = replace(sink_policies, attempt_grace=None)
         self._sink_write = PolicyStack(
             sink_policies,
             stage=self.sink.name,
             clock=_stack_clock(sink_policies, self.clock),
-            hooks=hooks,
+            hooks=(*hooks, self.sink_outage),
+            shelter=self.shelter,
         ).wrap(self.sink.write)
         self.sink_feed = self._bind_sink()
         self.source_outcomes: dict[str, int] = {}
         self.quarantine: dict[str, dict[int, int]] = {}
         self.sink_counters = StepCounters(self.sink.name)
+        self.loop_monitor = (
+            None
+            if watch is None or threshold is None
+            else LoopLagMonitor(pipeline.name, watch, self._busy, threshold=threshold)
+        )
         self.in_flight = InFlight(self.options.max_in_flight)
         self.records_in = 0
         self.outcome: Outcome = "completed"
@@ -285,6 +370,7 @@ class Runtime:
         if self.outcome != "failed":
             self.outcome = "aborted"
         self._aborted = True
+        self.shelter.close()  # no grace for calls that ignore the cancellation
         for scope in (self._start_scope, self._processing_scope, self._flush_scope):
             if scope is not None:
                 scope.cancel()
@@ -324,7 +410,23 @@ class Runtime:
             queue_depths=self.queue_depths(),
             checkpoint=checkpoint,
             policies=self.events.freeze(self.breakers, self.bulkheads),
+            dead_letters_deleted=deleted_letters(self.options.dead_letter),
+            loop=self._loop_statistics(),
         )
+
+    def _loop_statistics(self) -> LoopStatistics:
+        monitor = self.loop_monitor
+        if monitor is None:
+            return LoopStatistics()
+        return LoopStatistics(
+            last_lag=monitor.last_lag, max_lag=monitor.max_lag, stalls=dict(monitor.stalls)
+        )
+
+    def _busy(self) -> dict[str, float]:
+        """Seconds each step and the sink have spent on batches (the lag monitor's hint)."""
+        busy = {s.counters.step_id: s.counters.busy_seconds for s in self.segments}
+        busy[self.sink.name] = self.sink_counters.busy_seconds
+        return busy
 
     def _lag(self) -> dict[str, int] | None:
         """Records behind each of the source's partition ends, if the source knows."""
@@ -356,10 +458,14 @@ class Runtime:
         with anyio.move_on_after(within), self._sink_draining():
             while any(tracker.pending(name) for name in names):
                 await self.in_flight.wait_change()
-        await self.checkpointer.save(force=True)
-        positions = {name: pos for name, pos in tracker.positions().items() if name in names}
-        for name in names:
-            tracker.forget(name)
+        try:
+            await self.checkpointer.save(force=True)
+            positions = {name: pos for name, pos in tracker.positions().items() if name in names}
+        finally:
+            # Even if the save fails (a fenced member): the partitions are given up,
+            # and their next start comes from the group, not from this tracker.
+            for name in names:
+                tracker.forget(name)
         return positions
 
     def queue_depths(self) -> dict[str, int]:
@@ -425,6 +531,7 @@ class Runtime:
             clock=self.clock,
             on_saved=getattr(self.source, "committed", None),
             guard=self._guard_after(last, crash_counts),
+            previous=last,
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
         # Before any record moves, so that a run dying from here on is seen as a crash.
@@ -448,7 +555,12 @@ class Runtime:
             await self.options.dead_letter.open()
         await self.sink.open()
         context = SourceContext(
-            pipeline=name, positions=positions, drain=self.drain, count=self._count_source_outcome
+            pipeline=name,
+            positions=positions,
+            drain=self.drain,
+            count=self._count_source_outcome,
+            policy_hooks=(self.events, *self.options.policy_hooks),
+            clock=self.clock,
         )
         await self.source.open(context)
 
@@ -465,6 +577,8 @@ class Runtime:
                     )
                     if self.alerts is not None:
                         outer.start_soon(self.alerts.run_periodic)
+                    if self.loop_monitor is not None:
+                        outer.start_soon(self.loop_monitor.run)
                     try:
                         await self._process()
                     finally:
@@ -540,8 +654,16 @@ class Runtime:
             self._guard_scope = scope
             await self._stop_requested.wait()
             await anyio.sleep(self.options.drain_timeout)
-            # Draining took too long: give up on what is still in flight.
-            self.outcome = "aborted"
+            # Draining took too long: give up on what is still in flight. Still a
+            # graceful stop (aborted is for abort()); the records left are counted
+            # and read again by the next run (the checkpoint stays before them).
+            left = self.in_flight.in_flight - self._reserved
+            if left:
+                self._count_source_outcome("drain_abandoned", left)
+            log.warning("drain timed out: %d records left for the next run", left)
+            # Calls that ignore the cancellation are abandoned at once, not after
+            # their grace: the stop ends now (they are counted and logged).
+            self.shelter.close()
             if self._processing_scope is not None:
                 self._processing_scope.cancel()
 
@@ -598,6 +720,11 @@ class Runtime:
         out = Batch(batch.values, ack, SourceOrigin(batch))
         if batch.partition in self.quarantine:
             out = await self._quarantine(batch, out)
+            if not out.items:
+                ack.release()
+                return
+        if batch.errors:
+            out = await self._reject(batch, out)
             if not out.items:
                 ack.release()
                 return
@@ -668,6 +795,7 @@ class Runtime:
                 with traced(self.tracing, self.sink.name, batch):
                     await self._write(batch)
                 counters.timed(started)
+                self.sink_outage.written(self.clock.monotonic())
                 counters.records_out += len(batch.items)
                 self.router.observe_written(len(batch.items))
                 batch.ack.release()
@@ -677,6 +805,7 @@ class Runtime:
 
     async def _write(self, batch: Batch) -> None:
         """Write a batch; on a ``DataError`` write its records one by one to find the bad ones."""
+        started = self.clock.monotonic()
         try:
             await self._sink_write(batch)
         except DataError as error:
@@ -697,10 +826,23 @@ class Runtime:
                     self._stop_for(batch, i, item_error)
             await self.router.flush()
             batch.items = kept
-        except EngineError:
-            raise
         except Exception as error:
+            if self._sink_classifier.classify(error) == "transient":
+                self._sink_gave_up(error, self.clock.monotonic() - started)
+            if isinstance(error, EngineError):
+                raise
             self._stop_for(batch, 0, error)
+
+    def _sink_gave_up(self, error: Exception, seconds: float) -> NoReturn:
+        """The sink kept failing transiently until its retry gave up: stop, blaming no record."""
+        raise PipelineError(
+            pipeline=self.pipeline.name,
+            stage=self.sink.name,
+            partition=None,
+            offset=None,
+            error=outage_error(self.sink.name, error, seconds, attempts_of(error)),
+            redact=self.options.redactor.redact,
+        ) from error
 
     def _stop_for(self, batch: Batch, index: int, error: Exception) -> NoReturn:
         partition, offset = batch.position(index)
@@ -710,6 +852,7 @@ class Runtime:
             partition=partition,
             offset=offset,
             error=error,
+            redact=self.options.redactor.redact,
         ) from error
 
     async def _quarantine(self, source: SourceBatch, batch: Batch) -> Batch:
@@ -740,6 +883,21 @@ class Runtime:
             )
         if not marks:
             return batch
+        await self.router.flush()
+        return Batch(kept, batch.ack, DropsOrigin(batch.origin, marks))
+
+    async def _reject(self, source: SourceBatch, batch: Batch) -> Batch:
+        """Route the records the source could not decode (``SourceBatch.errors``), as the source."""
+        errors = source.errors or {}
+        kept: list[Any] = []
+        marks: list[int] = []
+        for i, (item, where) in enumerate(zip(batch.items, batch.sources(), strict=True)):
+            error = None if where is None else errors.get(where[1])
+            if error is None:
+                kept.append(item)
+                continue
+            marks.append(len(kept))
+            self.router.handle(self.source.name, batch, i, item, error)
         await self.router.flush()
         return Batch(kept, batch.ack, DropsOrigin(batch.origin, marks))
 
@@ -859,6 +1017,7 @@ class Runtime:
                     clock=self.clock,
                     batch_size=options.batch_size,
                     max_in_flight=options.max_in_flight,
+                    policy_hooks=(self.events, *options.policy_hooks, self.sink_outage),
                 )
             )
         wake_at = getattr(self.sink, "wake_at", None)
@@ -875,6 +1034,8 @@ class Runtime:
     def _count_crash(self, error: BaseException) -> None:
         if not isinstance(error, PipelineError) or error.partition is None:
             return
+        if isinstance(error.error, ConfigError):
+            return  # a mistake in the pipeline (a sync step returning a coroutine), not the record
         key = f"{error.partition}@{error.offset}"
         counts = self.checkpointer.crash_counts
         counts[key] = counts.get(key, 0) + 1
@@ -890,7 +1051,13 @@ class Runtime:
         self.checkpointer.guard = replace(guard, crashes={**guard.crashes, key: crash})
 
     def _report(self) -> RunReport:
-        return build_report(self.pipeline.name, self.outcome, self.statistics(), self.error)
+        return build_report(
+            self.pipeline.name,
+            self.outcome,
+            self.statistics(),
+            self.error,
+            redact=self.options.redactor.redact,
+        )
 
 
 def _noop() -> None:
@@ -915,9 +1082,17 @@ def _chunks(batch: SourceBatch, size: int) -> list[SourceBatch]:
                 keys=None if batch.keys is None else batch.keys[i:j],
                 headers=None if batch.headers is None else batch.headers[i:j],
                 timestamps=None if batch.timestamps is None else batch.timestamps[i:j],
+                errors=_errors_between(batch, i, j),
             )
         )
     return parts
+
+
+def _errors_between(batch: SourceBatch, i: int, j: int) -> dict[int, DataError] | None:
+    """``batch.errors`` of the values ``i`` to ``j``, indexed from ``i``."""
+    if not batch.errors:
+        return None
+    return {k - i: error for k, error in batch.errors.items() if i <= k < j} or None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from riprap._core.protocols import StageContext
     from riprap._core.steps import BatchStep, OpStep, StageStep
+    from riprap._runtime.loop_lag import LoopWatch
     from riprap.observability._tracing import Tracing
 
 Receive = ChannelReceiver[Batch]
@@ -63,11 +64,14 @@ class Segment(Protocol):
 class FusedSegment:
     """Consecutive sync map/filter/flat_map steps, run as one generated loop per batch."""
 
-    def __init__(self, steps: Sequence[OpStep], router: ErrorRouter) -> None:
+    def __init__(
+        self, steps: Sequence[OpStep], router: ErrorRouter, watch: LoopWatch | None = None
+    ) -> None:
         self.steps = tuple(steps)
         self.counters = StepCounters("+".join(step.step_id for step in steps))
         self.router = router
         self.tracer: Tracing | None = None
+        self.watch = watch
         self.chain = compile_chain([Op(step.kind, step.step_id, step.fn) for step in steps])
 
     def snapshot(self) -> dict[str, Any]:
@@ -100,6 +104,8 @@ class FusedSegment:
 
         out, marks, dropped = self.chain.run(batch.items, on_error)
         counters = self.counters
+        if self.watch is not None:  # the chain held the loop all along
+            self.watch.held(counters.step_id, time.perf_counter() - started)
         counters.records_in += len(batch.items)
         counters.records_out += len(out)
         counters.errors += errors
@@ -130,17 +136,24 @@ _KEEP: Any = object()
 
 @final
 class AsyncSegment:
-    """One map/filter/flat_map step whose function is async or wants records.
+    """One map/filter/flat_map step that is not fused.
+
+    Its function is async, wants records, has policies or a key, or is a sync
+    function offloaded to worker threads (``call`` runs it there).
 
     Up to ``concurrency`` calls run at once within a batch; outputs keep input
     order unless the step is unordered, then they follow completion order.
     """
 
     def __init__(
-        self, step: OpStep, router: ErrorRouter, call: Callable[[Any], Awaitable[Any]]
+        self,
+        step: OpStep,
+        router: ErrorRouter,
+        call: Callable[[Any], Awaitable[Any]],
+        counters: StepCounters | None = None,
     ) -> None:
         self.step = step
-        self.counters = StepCounters(step.step_id)
+        self.counters = counters or StepCounters(step.step_id)
         self.router = router
         self.call = call
         self.tracer: Tracing | None = None

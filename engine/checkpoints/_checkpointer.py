@@ -4,6 +4,10 @@ A snapshot (positions, operator state, crash counts) is taken with no await
 in between, so it is a consistent cut under asyncio. Saves are serialised by a
 lock: a periodic tick that finds a save still running skips instead of queueing
 behind it, and processing never waits for a save.
+
+Each snapshot's generation is the claimed snapshot's plus its ``seq``, so it
+grows with every save call of the pipeline, across runs (I5); operator notes
+of the claimed snapshot are carried on.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class Checkpointer:
         clock: Clock,
         on_saved: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
         guard: CrashGuard | None = None,
+        previous: Checkpoint | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.backend = backend
@@ -60,6 +65,9 @@ class Checkpointer:
         self.clock = clock
         self.on_saved = on_saved
         self.guard = guard or CrashGuard(running=True)
+        self.base_generation = previous.generation if previous is not None else 0
+        """The claimed snapshot's generation; this run's saves count on from it."""
+        self.notes = previous.notes if previous is not None else ()
         self.frontier: dict[str, int] = dict(self.guard.frontier)
         """End of the last batch read per partition; the source loop keeps it current."""
         self.seq = 0
@@ -85,6 +93,8 @@ class Checkpointer:
             crash_counts=dict(self.crash_counts),
             created_at=self.clock.time(),
             guard=self._current_guard(),
+            generation=self.base_generation + self.seq,
+            notes=self.notes,
         )
 
     def _current_guard(self) -> CrashGuard:

@@ -1,40 +1,63 @@
 """The file checkpoint backend: a directory of JSON files, safe across processes.
 
-Per pipeline (name percent-encoded) the directory holds three files:
+Per pipeline (name percent-encoded) the directory holds four files, each with
+mode 0600:
 
-* ``<name>.checkpoint.json``: the latest snapshot, exactly :meth:`Checkpoint.to_json`;
+* ``<name>.checkpoint.json``: the latest snapshot, exactly :meth:`Checkpoint.to_json`
+  (canonical JSON with its checksum);
 * ``<name>.claim.json``: the latest claim, ``{"version", "pipeline", "epoch", "owner"}``;
+* ``<name>.generation.json``: the highest generation saved,
+  ``{"version", "pipeline", "generation"}``, written after the snapshot it
+  describes is durable. A snapshot file replaced by an older copy (or
+  deleted) is then behind the record, and a claim refuses it;
 * ``<name>.lock``: an empty file; an exclusive ``flock`` on it serialises every
   claim and save of that pipeline across threads and processes, so reading the
   claim, checking it and writing happen as one step (I5). It is never deleted:
   deleting a lock file lets two writers lock different inodes.
 
-Every write is atomic and durable: a temp file in the same directory is
-written, flushed and fsynced, renamed onto the target, and the directory is
-fsynced so that the rename itself survives a power cut. Loads take no lock;
-a rename is atomic, so a reader sees the old file or the new one.
+Every write is atomic and durable (:func:`riprap._core.files.replace_file`):
+a temp file in the same directory is written, flushed and fsynced, renamed
+onto the target, and the directory is fsynced so that the rename itself
+survives a power cut. Loads take no lock; a rename is atomic, so a reader sees
+the old file or the new one. A reader reads the generation record before the
+snapshot, so a save between the two reads cannot look like a rollback.
+
+What the record cannot catch: it lives in the same directory, so a directory
+deleted or restored from a copy as a whole looks like a first start or an
+older, consistent store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 
-from riprap._core.errors import CheckpointError
-from riprap._core.files import fsync_directory, make_directory
-from riprap.checkpoints._memory import check_save, claim_problem, decode
+from riprap._core.errors import CheckpointError, CheckpointIntegrityError
+from riprap._core.files import make_directory, replace_file
+from riprap.checkpoints._integrity import (
+    CheckpointStatus,
+    check_generation,
+    decode_generation,
+    encode_generation,
+)
+from riprap.checkpoints._memory import check_save, claim_problem, decode, encode
 from riprap.checkpoints._snapshot import Checkpoint, Claim
 from riprap.checkpoints._threaded import ThreadedCheckpoints
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+_SNAPSHOT = ".checkpoint.json"
+_CLAIM = ".claim.json"
+_RECORD = ".generation.json"
+_LOCK = ".lock"
 
 
 @final
@@ -52,14 +75,23 @@ class FileCheckpoints(ThreadedCheckpoints):
         self.directory = Path(directory)
         self._lock_timeout = lock_timeout
 
+    @property
+    def location(self) -> str:
+        """The directory, as ``riprap checkpoint`` takes it."""
+        return str(self.directory)
+
     def _claim_sync(self, pipeline: str, owner: str) -> Claim:
         with self._locked(pipeline):
+            recorded = self._recorded(pipeline)
             epoch, _ = self._read_claim(pipeline)
-            latest = self._read_snapshot(pipeline)
+            latest = self._trusted(pipeline, recorded)
             # A lost claim file must not reuse an epoch that already wrote a snapshot.
             epoch = max(epoch, latest.epoch if latest is not None else 0) + 1
             record = {"version": 1, "pipeline": pipeline, "epoch": epoch, "owner": owner}
-            self._write(self._path(pipeline, ".claim.json"), orjson.dumps(record))
+            self._write(self._path(pipeline, _CLAIM), orjson.dumps(record))
+            if latest is not None and latest.generation > recorded:
+                # The last save died before recording its generation (or the record was lost).
+                self._record(pipeline, latest.generation)
         return Claim(epoch, owner, latest)
 
     def _save_sync(self, checkpoint: Checkpoint, data: bytes) -> None:
@@ -68,41 +100,131 @@ class FileCheckpoints(ThreadedCheckpoints):
             epoch, owner = self._read_claim(pipeline)
             stored = self._read_snapshot(pipeline)
             saved = (stored.epoch, stored.seq) if stored is not None else None
-            check_save(checkpoint, epoch=epoch, owner=owner, saved=saved)
-            self._write(self._path(pipeline, ".checkpoint.json"), data)
+            recorded = self._recorded(pipeline)
+            check_save(checkpoint, epoch=epoch, owner=owner, saved=saved, recorded=recorded)
+            self._write(self._path(pipeline, _SNAPSHOT), data)
+            if checkpoint.generation > recorded:
+                self._record(pipeline, checkpoint.generation)
 
     def _load_sync(self, pipeline: str) -> Checkpoint | None:
-        return self._read_snapshot(pipeline)
+        return self._trusted(pipeline, self._recorded(pipeline))
 
     def _close_sync(self) -> None:
         """Nothing to release: no file stays open between calls."""
+
+    def _pipelines_sync(self) -> list[str]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CheckpointError(f"{self.directory}: cannot list: {exc}") from exc
+        found = {
+            unquote(name.removesuffix(suffix))
+            for name in names
+            for suffix in (_SNAPSHOT, _CLAIM, _RECORD)
+            if name.endswith(suffix) and len(name) > len(suffix)
+        }
+        return sorted(found)
+
+    def _status_sync(self, pipeline: str) -> CheckpointStatus:
+        return CheckpointStatus.examine(
+            pipeline,
+            where=str(self._path(pipeline, _SNAPSHOT)),
+            record=str(self._path(pipeline, _RECORD)),
+            store=self._store(),
+            recorded=lambda: self._recorded(pipeline),
+            claim=lambda: self._read_claim(pipeline),
+            snapshot=lambda: self._read_snapshot(pipeline),
+        )
+
+    def _overwrite_sync(
+        self,
+        pipeline: str,
+        owner: str,
+        build: Callable[[CheckpointStatus, int], Checkpoint],
+    ) -> Checkpoint:
+        with self._locked(pipeline):
+            status = self._status_sync(pipeline)
+            last = status.checkpoint.epoch if status.checkpoint is not None else 0
+            epoch = max(status.epoch, last) + 1
+            checkpoint = build(status, epoch)
+            status.check_replacement(checkpoint, epoch=epoch, owner=owner)
+            data = encode(checkpoint)
+            # The claim first: a run still using the store is fenced out from here on.
+            claim = {"version": 1, "pipeline": pipeline, "epoch": epoch, "owner": owner}
+            self._write(self._path(pipeline, _CLAIM), orjson.dumps(claim))
+            self._write(self._path(pipeline, _SNAPSHOT), data)
+            # Replaces a corrupt record too: the new generation is above every known one.
+            self._write(
+                self._path(pipeline, _RECORD), encode_generation(pipeline, checkpoint.generation)
+            )
+        return checkpoint
 
     def _path(self, pipeline: str, suffix: str) -> Path:
         # Percent-encoding is injective and leaves no "/" in the name; the suffixes
         # differ before ".json", so no pipeline's file can be another's.
         return self.directory / (quote(pipeline, safe="") + suffix)
 
+    def _store(self) -> str:
+        return shlex.quote(self.location)
+
+    def _trusted(self, pipeline: str, recorded: int) -> Checkpoint | None:
+        """The stored snapshot, refused if damaged, missing or older than ``recorded``."""
+        record = str(self._path(pipeline, _RECORD))
+        try:
+            latest = self._read_snapshot(pipeline)
+        except CheckpointIntegrityError as exc:
+            raise exc.located(expected=recorded, record=record, store=self._store()) from exc
+        check_generation(
+            latest,
+            recorded,
+            pipeline=pipeline,
+            where=str(self._path(pipeline, _SNAPSHOT)),
+            record=record,
+            store=self._store(),
+        )
+        return latest
+
     def _read_snapshot(self, pipeline: str) -> Checkpoint | None:
-        path = self._path(pipeline, ".checkpoint.json")
+        path = self._path(pipeline, _SNAPSHOT)
         data = _read(path)
         return None if data is None else decode(data, where=str(path), pipeline=pipeline)
 
+    def _recorded(self, pipeline: str) -> int:
+        """The generation recorded for ``pipeline``; 0 if none is."""
+        path = self._path(pipeline, _RECORD)
+        data = _read(path)
+        return 0 if data is None else decode_generation(data, where=str(path), pipeline=pipeline)
+
+    def _record(self, pipeline: str, generation: int) -> None:
+        """Record ``generation`` (the lock is held and it is above the recorded one)."""
+        self._write(self._path(pipeline, _RECORD), encode_generation(pipeline, generation))
+
     def _read_claim(self, pipeline: str) -> tuple[int, str | None]:
         """``(epoch, owner)`` of the latest claim; ``(0, None)`` if there is none."""
-        path = self._path(pipeline, ".claim.json")
+        path = self._path(pipeline, _CLAIM)
         data = _read(path)
         if data is None:
             return 0, None
         try:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: corrupt claim: {exc}") from exc
+            raise self._corrupt_claim(path, pipeline, str(exc)) from exc
         problem = claim_problem(raw, pipeline)
         if problem is not None:
-            raise CheckpointError(f"{path}: corrupt claim: {problem}")
+            raise self._corrupt_claim(path, pipeline, problem)
         epoch: int = raw["epoch"]
         owner: str = raw["owner"]
         return epoch, owner
+
+    def _corrupt_claim(self, path: Path, pipeline: str, problem: str) -> CheckpointError:
+        target = f"{self._store()} --pipeline {shlex.quote(pipeline)}"
+        return CheckpointError(
+            f"{path}: corrupt claim: {problem}; check the store with"
+            f" `riprap checkpoint show {target}`; `riprap checkpoint reset {target} --yes`"
+            " rewrites the claim"
+        )
 
     @contextlib.contextmanager
     def _locked(self, pipeline: str) -> Iterator[None]:
@@ -111,9 +233,9 @@ class FileCheckpoints(ThreadedCheckpoints):
         import fcntl
 
         _make_directory(self.directory)
-        path = self._path(pipeline, ".lock")
+        path = self._path(pipeline, _LOCK)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot open lock file: {exc}") from exc
         try:
@@ -136,26 +258,13 @@ class FileCheckpoints(ThreadedCheckpoints):
         finally:
             os.close(fd)  # releases the lock
 
-    def _write(self, path: Path, data: bytes) -> None:
-        """Replace ``path`` by ``data`` atomically and durably (temp, fsync, rename, fsync dir)."""
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Replace ``path`` by ``data`` atomically and durably, mode 0600."""
         try:
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            replace_file(path, data)
         except OSError as exc:
-            raise CheckpointError(f"{path}: cannot create a temp file: {exc}") from exc
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
             raise CheckpointError(f"{path}: cannot write: {exc}") from exc
-        try:
-            fsync_directory(path.parent)
-        except OSError as exc:
-            raise CheckpointError(f"{path}: written, but not yet durable: {exc}") from exc
 
 
 def _read(path: Path) -> bytes | None:

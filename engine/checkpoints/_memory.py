@@ -3,19 +3,32 @@
 :func:`check_save` is the one place the save rule of
 :class:`~riprap.checkpoints.CheckpointBackend` is written down; :func:`encode` and
 :func:`decode` turn snapshots into bytes and back, turning every kind of
-damage into a :class:`~riprap.checkpoints.CheckpointError` that says where and what.
+damage into a :class:`~riprap.checkpoints.CheckpointIntegrityError` that says
+where and what. :func:`decode` verifies the checksum, so a snapshot changed
+after it was written is refused even when it is still valid JSON.
+
+A snapshot written before checksums (format version 1) is accepted with a
+warning: the next save rewrites it with one. It cannot be older than a
+recorded generation without being refused, since its generation counts as 0.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import anyio.lowlevel
 import orjson
 
-from riprap._core.errors import CheckpointError, FencedError
-from riprap.checkpoints._snapshot import Checkpoint, Claim
+from riprap._core.errors import CheckpointError, CheckpointIntegrityError, FencedError
+from riprap.checkpoints._integrity import CheckpointStatus, is_generation
+from riprap.checkpoints._snapshot import Checkpoint, Claim, checksum_problem
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("riprap.checkpoint")
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -26,34 +39,53 @@ def encode(checkpoint: Checkpoint) -> bytes:
     """
     try:
         return checkpoint.to_json()
-    except orjson.JSONEncodeError as exc:
+    except TypeError as exc:  # orjson.JSONEncodeError included
         raise CheckpointError(
             f"checkpoint for pipeline {checkpoint.pipeline!r} cannot be stored: {exc}"
         ) from exc
 
 
 def decode(data: bytes, *, where: str, pipeline: str) -> Checkpoint:
-    """Parse stored bytes and check that they are a well-formed snapshot of ``pipeline``.
+    """Parse stored bytes, check that they are a snapshot of ``pipeline``, verify its checksum.
 
     Raises:
-        CheckpointError: The bytes are not such a snapshot; the message starts with ``where``.
+        CheckpointIntegrityError: The bytes are not such a snapshot (torn, garbled,
+            wrong types, another pipeline's) or its checksum does not match; the
+            message starts with ``where``.
     """
     try:
-        checkpoint = Checkpoint.from_json(data)
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise _corrupt(where, pipeline, str(exc)) from exc
+    if not isinstance(raw, dict):
+        raise _corrupt(where, pipeline, "not a JSON object")
+    try:
+        checkpoint = Checkpoint.from_dict(raw)
     except KeyError as exc:
-        raise _corrupt(where, f"missing field {exc}") from exc
-    except AttributeError as exc:
-        raise _corrupt(where, "not a JSON object") from exc
+        raise _corrupt(where, pipeline, f"missing field {exc}") from exc
     except (ValueError, TypeError) as exc:
-        raise _corrupt(where, str(exc)) from exc
+        raise _corrupt(where, pipeline, str(exc)) from exc
     problem = _problem(checkpoint, pipeline)
+    if problem is None and raw.get("version") != 1:
+        problem = checksum_problem(raw)
     if problem is not None:
-        raise _corrupt(where, problem)
+        raise _corrupt(where, pipeline, problem)
+    if raw.get("version") == 1:
+        log.warning(
+            "%s: the checkpoint of pipeline %r was written before riprap checked checksums"
+            " (format version 1); it is trusted once without verification, and the next"
+            " save adds a checksum and a generation",
+            where,
+            pipeline,
+            extra={"pipeline": pipeline},
+        )
     return checkpoint
 
 
-def _corrupt(where: str, problem: str) -> CheckpointError:
-    return CheckpointError(f"{where}: corrupt checkpoint: {problem}")
+def _corrupt(where: str, pipeline: str, problem: str) -> CheckpointIntegrityError:
+    return CheckpointIntegrityError(
+        where, f"corrupt checkpoint: {problem}", pipeline=pipeline, damaged=True
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -85,22 +117,32 @@ def _problem(cp: Checkpoint, pipeline: str) -> str | None:
         return "state is not a mapping"
     if not isinstance(cp.created_at, int | float) or isinstance(cp.created_at, bool):
         return f"created_at {cp.created_at!r} is not a number"
+    if not is_generation(cp.generation):
+        return f"generation {cp.generation!r} is not a non-negative integer"
     return None
 
 
 def check_save(
-    checkpoint: Checkpoint, *, epoch: int, owner: str | None, saved: tuple[int, int] | None
+    checkpoint: Checkpoint,
+    *,
+    epoch: int,
+    owner: str | None,
+    saved: tuple[int, int] | None,
+    recorded: int = 0,
 ) -> None:
-    """Apply the fencing rule (I5) against the stored claim and snapshot.
+    """Apply the fencing rule (I5) against the stored claim and snapshot, then the generation.
 
     Args:
         checkpoint: The snapshot being saved.
         epoch: The pipeline's latest claimed epoch (0: never claimed).
         owner: The owner of that claim.
         saved: ``(epoch, seq)`` of the stored snapshot, if any.
+        recorded: The generation recorded outside the store (0: none).
 
     Raises:
         FencedError: The write must be refused; the message says why.
+        CheckpointError: The snapshot's generation is below the recorded one:
+            storing it would make the store look rolled back.
     """
     cp = checkpoint
     if cp.epoch < epoch:
@@ -114,6 +156,11 @@ def check_save(
     elif saved is not None and (cp.epoch, cp.seq) <= saved:
         problem = f"(epoch, seq) {(cp.epoch, cp.seq)} is not newer than the stored {saved}"
     else:
+        if cp.generation < recorded:
+            raise CheckpointError(
+                f"checkpoint for pipeline {cp.pipeline!r} refused: its generation"
+                f" {cp.generation} is below the recorded generation {recorded}"
+            )
         return
     error = FencedError(cp.pipeline, epoch=cp.epoch, current_epoch=epoch, owner=cp.owner)
     # FencedError's own message only describes a stale epoch; say what actually happened.
@@ -135,10 +182,15 @@ class MemoryCheckpoints:
 
     Snapshots are stored as their JSON bytes, so a caller mutating its state
     afterwards cannot change a stored checkpoint, and state that could not be
-    stored by a durable backend fails here too. Nothing survives the process.
+    stored by a durable backend fails here too; their checksum is verified on
+    every read. Nothing survives the process, so no generation is recorded
+    outside the store: there is nothing to roll back.
     """
 
     __slots__ = ("_entries",)
+
+    location = "memory"
+    """No ``riprap checkpoint`` command reaches this store; the name is for messages."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
@@ -147,8 +199,9 @@ class MemoryCheckpoints:
         """Take the next epoch of ``pipeline`` for ``owner``; return it with the latest snapshot."""
         await anyio.lowlevel.checkpoint()
         entry = self._entries.setdefault(pipeline, _Entry(0, None))
+        latest = self._decode(pipeline, entry)  # damage refuses the claim before it counts
         entry.epoch, entry.owner = entry.epoch + 1, owner
-        return Claim(entry.epoch, owner, self._decode(pipeline, entry))
+        return Claim(entry.epoch, owner, latest)
 
     async def save(self, checkpoint: Checkpoint) -> None:
         """Store ``checkpoint`` if its writer still holds the claim (see :func:`check_save`)."""
@@ -167,6 +220,45 @@ class MemoryCheckpoints:
     async def aclose(self) -> None:
         """Nothing to release: the data lives as long as the object, across pipeline runs."""
         await anyio.lowlevel.checkpoint()
+
+    async def pipelines(self) -> list[str]:
+        """The pipelines claimed here, sorted."""
+        await anyio.lowlevel.checkpoint()
+        return sorted(self._entries)
+
+    async def status(self, pipeline: str) -> CheckpointStatus:
+        """What is stored for ``pipeline``, damage included."""
+        await anyio.lowlevel.checkpoint()
+        return self._status(pipeline)
+
+    async def overwrite(
+        self,
+        pipeline: str,
+        owner: str,
+        build: Callable[[CheckpointStatus, int], Checkpoint],
+    ) -> Checkpoint:
+        """Claim a new epoch and store ``build(status, epoch)`` (see ``RepairableBackend``)."""
+        await anyio.lowlevel.checkpoint()
+        status = self._status(pipeline)
+        last = status.checkpoint.epoch if status.checkpoint is not None else 0
+        epoch = max(status.epoch, last) + 1
+        checkpoint = build(status, epoch)
+        status.check_replacement(checkpoint, epoch=epoch, owner=owner)
+        data = encode(checkpoint)
+        self._entries[pipeline] = _Entry(epoch, owner, data, (epoch, checkpoint.seq))
+        return checkpoint
+
+    def _status(self, pipeline: str) -> CheckpointStatus:
+        entry = self._entries.get(pipeline)
+        return CheckpointStatus.examine(
+            pipeline,
+            where=self.location,
+            record=None,
+            store=None,
+            recorded=lambda: 0,
+            claim=lambda: (entry.epoch, entry.owner) if entry is not None else (0, None),
+            snapshot=lambda: self._decode(pipeline, entry),
+        )
 
     @staticmethod
     def _decode(pipeline: str, entry: _Entry | None) -> Checkpoint | None:

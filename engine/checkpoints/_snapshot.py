@@ -4,10 +4,19 @@ A snapshot is one atomic unit: source positions, operator state and crash
 counts are saved together (I3). Backends fence writers (I5): ``claim`` takes
 the next epoch for an owner, and ``save`` refuses a snapshot whose epoch is
 older than the latest claim, so a zombie process cannot roll a checkpoint back.
+
+Integrity (I5): every stored snapshot carries a checksum (sha256 over its
+canonical JSON: keys sorted, no whitespace, the checksum field left out) and a
+generation that grows with every save of the pipeline, across epochs. The
+checksum catches a snapshot changed after it was written, even one that is
+still valid JSON; the generation, also recorded outside the store, catches a
+store rolled back to an older copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -17,6 +26,57 @@ from riprap.checkpoints._guard import CrashGuard
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+FORMAT_VERSION = 2
+"""Version of the stored snapshot: 2 adds ``checksum``, ``generation`` and ``notes``."""
+
+MAX_NOTES = 20
+"""Operator notes a snapshot keeps (the latest)."""
+
+_CHECKSUM_PREFIX = "sha256:"
+
+
+def _plain(value: object) -> object:
+    """A dataclass as a dict, so that its keys are sorted like every other mapping's."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def canonical_json(body: Mapping[str, Any]) -> bytes:
+    """``body`` as canonical JSON: keys sorted at every level, no whitespace.
+
+    Parsing the result and serialising it again gives the same bytes, so a
+    store may keep the snapshot in any JSON layout (S3 embeds it in a larger
+    object) and the checksum still verifies.
+
+    Raises:
+        TypeError: A value is not JSON-serialisable (``orjson.JSONEncodeError``).
+    """
+    option = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+    return orjson.dumps(body, default=_plain, option=option)
+
+
+def _checksum(canonical: bytes) -> str:
+    return _CHECKSUM_PREFIX + hashlib.sha256(canonical).hexdigest()
+
+
+def checksum_problem(raw: Mapping[str, Any]) -> str | None:
+    """What is wrong with the checksum of a parsed version-2 snapshot, or ``None``."""
+    stored = raw.get("checksum")
+    if not isinstance(stored, str):
+        return "it has no checksum"
+    body = {key: value for key, value in raw.items() if key != "checksum"}
+    try:
+        computed = _checksum(canonical_json(body))
+    except TypeError as exc:  # a parsed snapshot always serialises; be safe anyway
+        return f"its checksum cannot be computed: {exc}"
+    if stored != computed:
+        return (
+            f"checksum mismatch (stored {stored[:23]}..., computed {computed[:23]}...):"
+            " the snapshot was changed after it was written"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +96,11 @@ class Checkpoint:
         created_at: Wall-clock time of the snapshot, seconds since the epoch.
         guard: Crash bookkeeping: whether the run was live, its read frontier, unclean
             ends and records isolated after them (see :class:`CrashGuard`).
+        generation: Grows with every save of the pipeline, across epochs and runs;
+            also recorded outside the store, so that a store rolled back to an
+            older copy is detected (0: written before riprap recorded generations).
+        notes: What operators did to this checkpoint (``riprap checkpoint reset``
+            or ``set``): who, when, what; the latest 20 are kept.
     """
 
     pipeline: str
@@ -47,13 +112,20 @@ class Checkpoint:
     crash_counts: Mapping[str, int] = field(default_factory=dict)
     created_at: float = 0.0
     guard: CrashGuard = field(default_factory=CrashGuard)
+    generation: int = 0
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        """The snapshot as JSON bytes (backends store this)."""
-        return orjson.dumps(
+        """The snapshot as stored: canonical JSON with its checksum (backends store this).
+
+        Raises:
+            TypeError: The operator state is not JSON-serialisable.
+        """
+        canonical = canonical_json(
             {
-                "version": 1,
+                "version": FORMAT_VERSION,
                 "pipeline": self.pipeline,
+                "generation": self.generation,
                 "epoch": self.epoch,
                 "owner": self.owner,
                 "seq": self.seq,
@@ -62,15 +134,34 @@ class Checkpoint:
                 "crash_counts": dict(self.crash_counts),
                 "created_at": self.created_at,
                 "guard": self.guard.to_dict(),
+                "notes": list(self.notes),
             }
         )
+        # "checksum" sorts first, so the stored bytes are canonical JSON as well.
+        return b'{"checksum":"' + _checksum(canonical).encode() + b'",' + canonical[1:]
 
     @classmethod
     def from_json(cls, data: bytes) -> Checkpoint:
-        """Parse bytes written by :meth:`to_json`."""
-        raw = orjson.loads(data)
-        if raw.get("version") != 1:
-            raise ValueError(f"unknown checkpoint format version {raw.get('version')!r}")
+        """Parse bytes written by :meth:`to_json` (checking neither types nor checksum).
+
+        :func:`~riprap.checkpoints.decode` checks both; backends use it.
+        """
+        return cls.from_dict(orjson.loads(data))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Checkpoint:
+        """A snapshot from parsed JSON of format version 1 (no checksum) or 2.
+
+        Raises:
+            KeyError: A field is missing.
+            ValueError: The version is unknown or the crash guard or notes are malformed.
+        """
+        version = raw.get("version")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"unknown checkpoint format version {version!r}")
+        notes: object = raw["notes"] if version == FORMAT_VERSION else []
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("notes is not a list of strings")
         return cls(
             pipeline=raw["pipeline"],
             epoch=raw["epoch"],
@@ -81,6 +172,8 @@ class Checkpoint:
             crash_counts=raw["crash_counts"],
             created_at=raw["created_at"],
             guard=CrashGuard.from_dict(raw.get("guard", {})),
+            generation=raw["generation"] if version == FORMAT_VERSION else 0,
+            notes=tuple(notes),
         )
 
 
@@ -117,6 +210,14 @@ class CheckpointBackend(Protocol):
       :class:`~riprap.checkpoints.CheckpointError` naming where it is stored and what is
       wrong; a backend never silently starts from scratch. I/O failures raise
       it too.
+    * Integrity: snapshots are stored with :func:`~riprap.checkpoints.encode` and
+      read with :func:`~riprap.checkpoints.decode`, which verifies the checksum. A
+      durable backend also records the highest generation it saved outside the
+      store (after the snapshot is durable) and, in ``claim`` and ``load``, checks
+      the stored snapshot against it with
+      :func:`~riprap.checkpoints.check_generation`: a damaged, missing or older
+      snapshot raises :class:`~riprap.checkpoints.CheckpointIntegrityError`. A
+      ``save`` whose generation is below the recorded one is refused.
     * ``aclose()`` releases what the backend holds open; it is idempotent, the
       stored checkpoints stay, and a later call reopens what it needs.
     * Methods must not block the event loop (run blocking I/O in a thread).

@@ -16,15 +16,19 @@ import anyio.to_thread
 from riprap.checkpoints._memory import encode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from riprap.checkpoints._integrity import CheckpointStatus
     from riprap.checkpoints._snapshot import Checkpoint, Claim
 
 
 class ThreadedCheckpoints(ABC):
     """A :class:`~riprap.checkpoints.CheckpointBackend` built from blocking methods.
 
-    Subclasses implement ``_claim_sync``, ``_save_sync``, ``_load_sync`` and
-    ``_close_sync``. Each runs in a worker thread, and calls from several tasks
-    may overlap, so a subclass guards its own shared state.
+    Subclasses implement ``_claim_sync``, ``_save_sync``, ``_load_sync``,
+    ``_close_sync`` and, for ``riprap checkpoint``, ``_pipelines_sync``,
+    ``_status_sync`` and ``_overwrite_sync``. Each runs in a worker thread, and
+    calls from several tasks may overlap, so a subclass guards its own shared state.
     """
 
     __slots__ = ()
@@ -46,6 +50,26 @@ class ThreadedCheckpoints(ABC):
         """Release what the backend holds open; idempotent."""
         await anyio.to_thread.run_sync(self._close_sync)
 
+    async def pipelines(self) -> list[str]:
+        """The pipelines with a claim, a snapshot or a recorded generation here, sorted."""
+        return await anyio.to_thread.run_sync(self._pipelines_sync)
+
+    async def status(self, pipeline: str) -> CheckpointStatus:
+        """What is stored for ``pipeline``, damage included, without changing anything."""
+        return await anyio.to_thread.run_sync(self._status_sync, pipeline)
+
+    async def overwrite(
+        self,
+        pipeline: str,
+        owner: str,
+        build: Callable[[CheckpointStatus, int], Checkpoint],
+    ) -> Checkpoint:
+        """Claim a new epoch for ``owner`` and store ``build(status, epoch)`` in one locked step.
+
+        See :class:`~riprap.checkpoints.RepairableBackend`; ``build`` runs in a worker thread.
+        """
+        return await anyio.to_thread.run_sync(self._overwrite_sync, pipeline, owner, build)
+
     @abstractmethod
     def _claim_sync(self, pipeline: str, owner: str) -> Claim:
         """Blocking :meth:`claim`."""
@@ -61,3 +85,20 @@ class ThreadedCheckpoints(ABC):
     @abstractmethod
     def _close_sync(self) -> None:
         """Blocking :meth:`aclose`."""
+
+    @abstractmethod
+    def _pipelines_sync(self) -> list[str]:
+        """Blocking :meth:`pipelines`."""
+
+    @abstractmethod
+    def _status_sync(self, pipeline: str) -> CheckpointStatus:
+        """Blocking :meth:`status`."""
+
+    @abstractmethod
+    def _overwrite_sync(
+        self,
+        pipeline: str,
+        owner: str,
+        build: Callable[[CheckpointStatus, int], Checkpoint],
+    ) -> Checkpoint:
+        """Blocking :meth:`overwrite`."""

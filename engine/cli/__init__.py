@@ -1,4 +1,4 @@
-"""The ``riprap`` command: run a pipeline file, run the demo, inspect and replay dead letters.
+"""The ``riprap`` command: run a pipeline file, run the demo, dead letters and checkpoints.
 
 .. versionadded:: 0.1
 """

@@ -5,6 +5,10 @@ reason and shows the latest few: never a payload, only its size and the
 redacted error message. ``riprap dlq purge PATH --older-than 7d`` deletes the
 letters whose last failure is older than that.
 
+Every command sees a letter once, by its ``id``: a copy stored again (the
+failing run restarted after a crash) is folded into the first, and the counts
+say how many repeats were folded.
+
 PATH is a JSON Lines or SQLite file, ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``
 (a dead-letter topic, read up to its end when the command starts) or
 ``s3://BUCKET/PREFIX`` (objects of an S3 dead-letter sink; ``--endpoint-url``
@@ -181,6 +185,8 @@ def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
     """Print counts by stage, error type and reason, then the ``args.show`` latest letters.
 
     Latest means the last to fail (``last_failure_at``), oldest of them first.
+    The first line also says how many repeats the read folded (copies of a
+    letter already read, counted over the whole store whatever the filters).
     """
     selector = DeadLetterFilter(
         stage=args.stage,
@@ -194,7 +200,7 @@ def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
     newest: list[tuple[float, int, DeadLetter]] = []
     total = 0
 
-    def visit(letter: DeadLetter) -> None:
+    def visit(letter: DeadLetter) -> None:  # one copy per id: readers fold repeats
         nonlocal total
         if selector.matches(letter):
             total += 1
@@ -206,21 +212,26 @@ def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
                     heapq.heappop(newest)
 
     location: DeadLetterLocation = args.path
-    scan_dead_letters(location, visit, endpoint_url=args.endpoint_url)
+    repeats = scan_dead_letters(location, visit, endpoint_url=args.endpoint_url)
     latest = [letter for _, _, letter in sorted(newest)]
     if args.json:
-        out.write(_inspect_json(str(location), total, counts, latest) + "\n")
+        out.write(_inspect_json(str(location), total, repeats, counts, latest) + "\n")
     else:
-        out.write(_inspect_text(str(location), total, counts, latest))
+        out.write(_inspect_text(str(location), total, repeats, counts, latest))
     return EXIT_OK
 
 
 def _inspect_json(
-    path: str, total: int, counts: dict[str, Counter[str]], latest: Iterable[DeadLetter]
+    path: str,
+    total: int,
+    repeats: int,
+    counts: dict[str, Counter[str]],
+    latest: Iterable[DeadLetter],
 ) -> str:
     report = {
         "path": path,
         "total": total,
+        "repeats_folded": repeats,
         **{f"by_{field}": dict(counter.most_common()) for field, counter in counts.items()},
         "latest": [_summary(letter) for letter in latest],
     }
@@ -235,9 +246,16 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
 
 
 def _inspect_text(
-    path: str, total: int, counts: dict[str, Counter[str]], latest: list[DeadLetter]
+    path: str,
+    total: int,
+    repeats: int,
+    counts: dict[str, Counter[str]],
+    latest: list[DeadLetter],
 ) -> str:
-    lines = [f"{path}: {total} dead letter{'s' if total != 1 else ''}"]
+    lines = [
+        f"{path}: {total} dead letter{'s' if total != 1 else ''}"
+        f" ({repeats} repeat{'s' if repeats != 1 else ''} folded)"
+    ]
     for field, counter in counts.items():
         lines.append(f"by {field.replace('_', ' ')}:")
         width = max((len(name) for name in counter), default=0)

@@ -1,7 +1,8 @@
-"""The ``riprap`` command: run a pipeline file, run the demo, inspect dead letters.
+"""The ``riprap`` command: run a pipeline file, run the demo, inspect dead letters and checkpoints.
 
 Exit codes: 0 the run completed or was stopped cleanly; 1 a stage failed (done
-records were checkpointed), or the dead-letter store a replay reads is missing
+records were checkpointed), the checkpoint is damaged or rolled back (see
+``riprap checkpoint``), or the dead-letter store a replay reads is missing
 or failed; 2 the pipeline or the command line is invalid; 130 the run was
 aborted by a second signal.
 """
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from riprap._core.errors import ConfigError, EngineError
 from riprap._core.pipeline import Pipeline
+from riprap.cli._checkpoint import add_checkpoint_commands
 from riprap.cli._demo import run_demo
 from riprap.cli._dlq import add_dlq_commands, add_location_arguments
 from riprap.cli._locations import location_argument
 from riprap.cli._runs import EXIT_FAILED, EXIT_USAGE, run_with_report
 from riprap.observability._health import HealthConfig
 from riprap.observability._logging import configure_cli_logging
+from riprap.observability._redact import DEFAULT_REDACTOR
 
 if TYPE_CHECKING:
     from riprap._core.protocols import Source
@@ -99,7 +102,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ConfigError:
         raise
     except (OSError, ValueError) as error:  # the store failed (a bug in a step is an EngineError)
-        sys.stderr.write(f"riprap dlq replay: {error}\n")
+        sys.stderr.write(f"riprap dlq replay: {DEFAULT_REDACTOR.redact(str(error))}\n")
         return EXIT_FAILED
 
 
@@ -109,7 +112,9 @@ def replay_pipeline(pipeline: Pipeline, source: Source, failed: DeadLetterSink) 
     Letters that fail again go to ``failed``, never to the store being replayed.
     """
     return (
-        pipeline.renamed(f"{pipeline.name}.replay").with_options(dead_letter=failed).source(source)
+        pipeline.renamed(f"{pipeline.name}.replay")
+        .with_options(dead_letter=failed)
+        .with_source(source)
     )
 
 
@@ -158,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     replay.set_defaults(handler=_cmd_replay)
+
+    add_checkpoint_commands(commands)
     return parser
 
 
@@ -168,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except ConfigError as error:
-        sys.stderr.write(f"riprap: {error}\n")
+        sys.stderr.write(f"riprap: {DEFAULT_REDACTOR.redact(str(error))}\n")
         return EXIT_USAGE
     except EngineError as error:
-        sys.stderr.write(f"riprap: {error}\n")
+        sys.stderr.write(f"riprap: {DEFAULT_REDACTOR.redact(str(error))}\n")
         return EXIT_FAILED
     return code

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from riprap._core.errors import ConfigError
 from riprap.cli._locations import FileLocation, KafkaLocation, S3Location
+from riprap.deadletters._ids import LetterIds
 from riprap.deadletters._source import DeadLetterSource
 from riprap.deadletters._stores import JsonLinesDeadLetters, purge_dead_letters, read_dead_letters
 
@@ -43,11 +44,15 @@ def scan_dead_letters(
     visit: Callable[[DeadLetter], None],
     *,
     endpoint_url: str | None = None,
-) -> None:
-    """Call ``visit`` with every letter stored at ``location``, in store order (blocking).
+) -> int:
+    """Call ``visit`` with every letter stored at ``location``, one per id, in store order.
 
-    A topic is read up to the end observed at the start; an S3 prefix gives
-    one letter per id (see the connectors' readers).
+    Blocking. A topic is read up to the end observed at the start. Every
+    reader gives the first copy of each id and folds the repeats (a letter
+    written again after the failing run crashed).
+
+    Returns:
+        How many repeats were folded.
 
     Raises:
         ConfigError: The location's extra is not installed.
@@ -55,34 +60,39 @@ def scan_dead_letters(
         OSError: The store cannot be read.
         ValueError: A stored letter is corrupt; the message says where.
     """
-    if isinstance(location, FileLocation):
-        for letter in read_dead_letters(location.path):
-            visit(letter)
-        return
-    import anyio
-
-    async def scan() -> None:
-        async with contextlib.aclosing(_remote_letters(location, endpoint_url)) as letters:
-            async for letter in letters:
+    with LetterIds() as seen:
+        if isinstance(location, FileLocation):
+            for letter in read_dead_letters(location.path, seen=seen):
                 visit(letter)
+            return seen.repeats
+        import anyio
 
-    anyio.run(scan)
+        async def scan() -> None:
+            remote = _remote_letters(location, endpoint_url, seen)
+            async with contextlib.aclosing(remote) as letters:
+                async for letter in letters:
+                    visit(letter)
+
+        anyio.run(scan)
+        return seen.repeats
 
 
 def _remote_letters(
-    location: KafkaLocation | S3Location, endpoint_url: str | None
+    location: KafkaLocation | S3Location, endpoint_url: str | None, seen: LetterIds
 ) -> AsyncGenerator[DeadLetter, None]:
     if isinstance(location, KafkaLocation):
         _require("kafka", location)
         from riprap.connectors.kafka import iter_kafka_dead_letters
 
         return iter_kafka_dead_letters(
-            location.topic, bootstrap_servers=list(location.bootstrap_servers)
+            location.topic, bootstrap_servers=list(location.bootstrap_servers), seen=seen
         )
     _require("s3", location)
     from riprap.connectors.s3 import iter_s3_dead_letters
 
-    return iter_s3_dead_letters(location.bucket, location.prefix, endpoint_url=endpoint_url)
+    return iter_s3_dead_letters(
+        location.bucket, location.prefix, endpoint_url=endpoint_url, seen=seen
+    )
 
 
 def replay_source(
@@ -147,9 +157,12 @@ def purge(
 ) -> tuple[str, str]:
     """Delete the letters at ``location`` last failed before ``before``.
 
+    Letters are judged by id, as readers see them, and repeats are folded
+    (see :func:`~riprap.deadletters.purge_dead_letters` and the S3 purge).
+
     Returns:
-        What was removed (``"removed 3 dead letters"``) and what was kept
-        despite its age (``"; kept ..."``, or ``""``).
+        What was removed (``"removed 3 dead letters (1 repeat folded)"``) and
+        what was kept despite its age (``"; kept ..."``, or ``""``).
 
     Raises:
         ConfigError: The location's extra is not installed.
@@ -159,7 +172,9 @@ def purge(
         ValueError: A stored letter is corrupt (nothing after it is removed).
     """
     if isinstance(location, FileLocation):
-        return f"removed {_letters(purge_dead_letters(location.path, before=before))}", ""
+        with LetterIds() as seen:
+            count = purge_dead_letters(location.path, before=before, seen=seen)
+            return f"removed {_letters(count)} {_folded(seen.repeats)}", ""
     if isinstance(location, KafkaLocation):
         raise OSError(
             f"{location}: purge is not supported for Kafka topics: set the topic's"
@@ -179,7 +194,10 @@ def purge(
             endpoint_url=endpoint_url,
         )
     )
-    removed = f"removed {_letters(report.removed_letters)} in {_objects(report.removed_objects)}"
+    removed = (
+        f"removed {_letters(report.removed_letters)} {_folded(report.repeats_folded)}"
+        f" in {_objects(report.removed_objects)}"
+    )
     kept = ""
     if report.kept_objects:
         kept += (
@@ -193,6 +211,10 @@ def purge(
 
 def _letters(count: int) -> str:
     return f"{count} dead letter{'s' if count != 1 else ''}"
+
+
+def _folded(count: int) -> str:
+    return f"({count} repeat{'s' if count != 1 else ''} folded)"
 
 
 def _objects(count: int) -> str:

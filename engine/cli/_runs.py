@@ -47,7 +47,8 @@ def run_with_report(
             printer.close()
         if isinstance(error, ConfigError):
             raise
-        out.write(f"error: {error}\n")
+        # A PipelineError's message is redacted already; any other error is redacted here.
+        out.write(f"error: {pipeline.options.redactor.redact(str(error))}\n")
         return EXIT_FAILED
     except BaseException:
         if printer:

@@ -14,8 +14,13 @@ anything else (a custom class) its ``str()``. Building an envelope never fails
 on a strange value: a dead letter must always be writable.
 
 The ``id`` is a hash of pipeline, source partition, offset and stage, so the
-same failure dead-lettered twice (say, replayed after a crash) has the same id
-and an idempotent sink keeps one copy.
+same failure dead-lettered twice (say, replayed after a crash) has the same id:
+the SQLite store keeps one copy and every reader (``riprap dlq inspect``,
+``replay``, ``purge``; the file, Kafka and S3 readers) folds the repeats. A
+letter whose record has no known offset (an item no source record can be
+traced to) cannot be told apart from another failure at the same stage, so it
+gets a random id instead: its repeats are not folded, but two different
+failures are never folded into one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import secrets
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -69,7 +75,13 @@ def riprap_version() -> str:
 
 
 def letter_id(pipeline: str, partition: str | None, offset: int | None, stage: str) -> str:
-    """The deterministic id of a dead letter: sha256 hex of where it failed."""
+    """The deterministic id of a dead letter: sha256 hex of where it failed.
+
+    Without an ``offset`` nothing tells two failures apart, so the id is random
+    (64 hex characters too): never two letters folded into one (see the module docstring).
+    """
+    if offset is None:
+        return secrets.token_hex(32)
     # A JSON array keeps the parts apart: ("a:b", "c") and ("a", "b:c") differ.
     return hashlib.sha256(orjson.dumps([pipeline, partition, offset, stage])).hexdigest()
 

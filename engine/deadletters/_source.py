@@ -7,13 +7,24 @@ the fixed pipeline with it under its own name (``riprap dlq replay`` uses
 ``f"{name}.replay"``).
 
 Replays are idempotent because the position is checkpointed like any other
-source's: it is the index of a letter in read order, counted over every letter
-(matching or not), so a second replay under the same pipeline name resumes
-after the letters already done instead of sending them again. Positions are
-only stable while the store keeps its oldest letters: purging letters, or a
-rotation that drops the oldest JSON Lines file, between two runs of the same
-replay shifts the indexes, and the resumed replay would skip letters. Letters
-also carry an ``idempotency_key`` for sinks that can deduplicate on it.
+source's: it is the index of a stored letter in read order, counted over every
+stored copy (matching or not), so a second replay under the same pipeline name
+resumes after the letters already done instead of sending them again.
+
+Each letter is replayed once, by id: a repeat (the same letter stored again
+after the failing run crashed) is skipped but its position passed, and counted
+as the source outcome ``repeats_folded`` (the run report and the
+``riprap_source_outcomes`` metric show it). A resumed replay first reads the
+letters before its position, remembering their ids, so a repeat after the
+position of a letter replayed before it is skipped too. The ids are kept in a
+:class:`~riprap.deadletters.LetterIds`: exact, in bounded memory. An SQLite
+store holds one row per id, so nothing needs remembering there.
+
+Positions are only stable while the store keeps its oldest letters: purging
+letters (which also folds repeats), or a rotation that deletes the oldest JSON
+Lines file (only with ``retention="delete_oldest"``), between two runs of the
+same replay shifts the indexes, and the resumed replay would skip letters.
+Letters also carry an ``idempotency_key`` for sinks that can deduplicate on it.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ import anyio.to_thread
 from riprap._core.clock import SYSTEM_CLOCK, Clock
 from riprap._core.errors import ConfigError
 from riprap._core.records import SourceBatch
-from riprap.deadletters._stores import DeadLetterFilter, read_dead_letters
+from riprap.deadletters._ids import LetterIds
+from riprap.deadletters._stores import DeadLetterFilter, scan_store
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -86,7 +98,8 @@ class DeadLetterSource:
 
     The partition is named after the absolute path, so a replay resumes
     wherever it is started from. A batch's offsets are the letters' indexes in
-    read order; letters that fail the filter are skipped but counted.
+    read order; letters that fail the filter, and repeats of a letter already
+    read, are skipped but counted (see the module docstring).
 
     Args:
         path: The dead-letter store (JSON Lines or SQLite).
@@ -103,10 +116,13 @@ class DeadLetterSource:
 
     __slots__ = (
         "_bucket",
+        "_context",
         "_filter",
         "_letters",
         "_next",
         "_reader",
+        "_reported",
+        "_seen",
         "name",
         "partition",
         "path",
@@ -126,17 +142,26 @@ class DeadLetterSource:
         self.partition = f"dlq:{self.path}"
         self._filter = filter or DeadLetterFilter()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
-        self._reader: Generator[DeadLetter, None, None] | None = None
-        self._letters: Iterator[tuple[int, DeadLetter]] | None = None
+        self._reader: Generator[tuple[DeadLetter, bool], None, None] | None = None
+        self._letters: Iterator[tuple[int, tuple[DeadLetter, bool]]] | None = None
+        self._seen = LetterIds()
+        self._context: SourceContext | None = None
+        self._reported = 0
         self._next = 0
 
     async def open(self, context: SourceContext) -> None:
-        """Start reading after the checkpointed position (from the first letter if none)."""
+        """Start reading after the checkpointed position (from the first letter if none).
+
+        The letters before it are read first, for their ids only.
+        """
         start = context.positions.get(self.partition, 0)
         await self.aclose()  # reopening starts a fresh read
-        self._reader = read_dead_letters(self.path)
+        self._seen = LetterIds()
+        self._reader = scan_store(self.path, self._seen)
         self._letters = enumerate(self._reader)
         await anyio.to_thread.run_sync(_consume, self._letters, start)
+        self._context = context
+        self._reported = self._seen.repeats  # the earlier run counted those
         self._next = start
 
     async def read(self, max_records: int) -> SourceBatch | None:
@@ -151,6 +176,7 @@ class DeadLetterSource:
         if self._bucket is not None:
             max_records = min(max_records, self._bucket.burst)
         found, scanned = await anyio.to_thread.run_sync(self._take, max(1, max_records))
+        self._report_repeats()
         if not found:
             self._next = scanned
             return None
@@ -160,19 +186,27 @@ class DeadLetterSource:
         return letter_batch(self.partition, found, end=scanned)
 
     async def aclose(self) -> None:
-        """Close the underlying file or database."""
+        """Close the underlying file or database and forget the ids read."""
         reader, self._reader, self._letters = self._reader, None, None
         if reader is not None:
             await anyio.to_thread.run_sync(reader.close)
+        self._seen.close()
+
+    def _report_repeats(self) -> None:
+        """Count the repeats folded since the last report as the ``repeats_folded`` outcome."""
+        folded = self._seen.repeats - self._reported
+        if folded and self._context is not None:
+            self._reported = self._seen.repeats
+            self._context.count("repeats_folded", folded)
 
     def _take(self, count: int) -> tuple[list[tuple[int, DeadLetter]], int]:
         """Up to ``count`` matching letters and the position after the last one read."""
         assert self._letters is not None
         found: list[tuple[int, DeadLetter]] = []
         scanned = self._next
-        for index, letter in self._letters:
+        for index, (letter, first) in self._letters:
             scanned = index + 1
-            if self._filter.matches(letter):
+            if first and self._filter.matches(letter):
                 found.append((index, letter))
                 if len(found) == count:
                     break
@@ -203,6 +237,6 @@ def letter_batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: in
     )
 
 
-def _consume(letters: Iterator[tuple[int, DeadLetter]], count: int) -> None:
-    """Read and discard ``count`` letters (they were replayed before the checkpoint)."""
+def _consume(letters: Iterator[tuple[int, tuple[DeadLetter, bool]]], count: int) -> None:
+    """Read ``count`` letters, replayed before the checkpoint: only their ids are kept."""
     next(islice(letters, count, count), None)

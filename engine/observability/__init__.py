@@ -19,7 +19,9 @@ from riprap.observability._health import HealthServer as HealthServer
 from riprap.observability._health import serve_health as serve_health
 from riprap.observability._logging import JsonFormatter as JsonFormatter
 from riprap.observability._redact import Redactor as Redactor
+from riprap.observability._redact import redact_url as redact_url
 from riprap.observability._statistics import CheckpointStatistics as CheckpointStatistics
+from riprap.observability._statistics import LoopStatistics as LoopStatistics
 from riprap.observability._statistics import PolicySummary as PolicySummary
 from riprap.observability._statistics import SourceStatistics as SourceStatistics
 from riprap.observability._statistics import StepStats as StepStats
@@ -35,11 +37,13 @@ __all__ = (
     "HealthServer",
     "JsonFormatter",
     "LogAlerts",
+    "LoopStatistics",
     "PolicySummary",
     "Redactor",
     "SourceStatistics",
     "StepStats",
     "WebhookAlerts",
+    "redact_url",
     "serve_health",
     "trace_headers",
 )

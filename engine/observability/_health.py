@@ -9,6 +9,10 @@ engines report most). Bound to 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
@@ -16,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol, final
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from riprap._core.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -55,6 +61,59 @@ class HealthConfig:
     max_breaker_open: float = 300.0
     max_checkpoint_age: float = 300.0
     stall_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError("health.port", f"must be a TCP port from 0 to 65535, got {port!r}")
+        for name in ("max_breaker_open", "max_checkpoint_age", "stall_after"):
+            seconds = getattr(self, name)
+            number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+            if not number or not math.isfinite(seconds) or seconds <= 0:
+                raise ConfigError(
+                    f"health.{name}",
+                    f"must be a positive, finite number of seconds, got {seconds!r}",
+                )
+
+
+def check_bindable(config: HealthConfig) -> None:
+    """Raise now if the health server could not listen where ``config`` says (blocking).
+
+    Called before a run starts, so that a port in use stops it before any
+    record is read; binding for real may still fail later (another process
+    may take the port meanwhile), with the same error.
+
+    Raises:
+        ConfigError: ``health.port`` is in use or privileged, or ``health.host``
+            is not an address of this machine.
+    """
+    if config.port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError("health.host", f"{config.host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":  # as asyncio's servers do: a port in TIME_WAIT is free
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise _bind_error(config, exc) from None
+
+
+def _bind_error(config: HealthConfig, error: OSError) -> OSError | ConfigError:
+    where = f"{config.host}:{config.port}"
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError("health.port", f"{where} is in use")
+    if error.errno == errno.EACCES:
+        return ConfigError("health.port", f"{where}: permission denied (a privileged port?)")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError("health.host", f"{where}: not an address of this machine")
+    return error
 
 
 @final
@@ -146,7 +205,10 @@ async def serve_health(
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     try:
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _bind_error(config, exc) from None
         yield HealthServer(runner, site)
     finally:
         await runner.cleanup()

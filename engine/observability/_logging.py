@@ -46,13 +46,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(event, default=str).decode()
 
 
+@final
+class _ConsoleFormatter(logging.Formatter):
+    """The human console format, redacted like :class:`JsonFormatter` (message and traceback)."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.redactor = redactor or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.redact(super().format(record))
+
+
 def configure_cli_logging(*, fmt: str, verbose: bool) -> None:
-    """Logging for the ``riprap`` command only: JSON lines or a console format on stderr."""
+    """Logging for the ``riprap`` command only: JSON lines or a console format on stderr.
+
+    Both formats redact the message and any traceback with the default patterns.
+    """
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

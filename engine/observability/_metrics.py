@@ -1,11 +1,12 @@
 """Prometheus metrics of a run, read from its statistics snapshot at scrape time.
 
 The runtime already counts per batch (records in and out per step, drops,
-dead letters by reason, retries, breaker changes, checkpoints); on each scrape
-the collector takes one :class:`~riprap.RunStatistics` snapshot of those
-counters and turns it into metric families, so metrics add nothing to the hot
-path and never touch the runtime. Each run has its own registry, so an
-embedding service's default registry is never touched.
+dead letters by reason and deleted by retention, retries, breaker changes,
+checkpoints); on each scrape the collector takes one
+:class:`~riprap.RunStatistics` snapshot of those counters and turns it into
+metric families, so metrics add nothing to the hot path and never touch the
+runtime. Each run has its own registry, so an embedding service's default
+registry is never touched.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class RunCollector(Collector):
         yield from self._gauges(stats)
         yield from self._checkpoints(stats)
         yield from self._policies(stats)
+        yield from self._event_loop(stats)
 
     def _records(self, stats: RunStatistics) -> Iterator[Metric]:
         name = self.pipeline
@@ -97,6 +99,13 @@ class RunCollector(Collector):
         )
         quarantined.add_metric([name], stats.dead_letters.get("crash_loop", 0))
         yield quarantined
+        deleted = CounterMetricFamily(
+            "riprap_dead_letters_deleted",
+            "Stored dead letters deleted by the store's configured retention.",
+            labels=["pipeline"],
+        )
+        deleted.add_metric([name], stats.dead_letters_deleted)
+        yield deleted
 
     def _source_outcomes(self, stats: RunStatistics) -> Iterator[Metric]:
         source = stats.source
@@ -177,6 +186,11 @@ class RunCollector(Collector):
         for metric, help_text, values in (
             ("riprap_retries", "Retries scheduled.", policies.retries_by_stage),
             ("riprap_fallbacks", "Calls answered by a fallback.", policies.fallbacks_by_stage),
+            (
+                "riprap_abandoned_calls",
+                "Calls abandoned after ignoring their timeout's cancellation.",
+                policies.abandoned_by_stage,
+            ),
         ):
             family = CounterMetricFamily(metric, help_text, labels=["pipeline", "stage"])
             for stage, count in sorted(values.items()):
@@ -212,6 +226,33 @@ class RunCollector(Collector):
             waiting.add_metric([name, bulkhead.name], bulkhead.waiting)
         yield in_use
         yield waiting
+
+    def _event_loop(self, stats: RunStatistics) -> Iterator[Metric]:
+        name = self.pipeline
+        lag = GaugeMetricFamily(
+            "riprap_event_loop_lag_seconds",
+            "Seconds the event loop was late in the lag monitor's last measurement.",
+            labels=["pipeline"],
+        )
+        lag.add_metric([name], stats.loop.last_lag)
+        yield lag
+        stalls = CounterMetricFamily(
+            "riprap_event_loop_stalls",
+            "Event-loop lags above loop_lag_threshold, by the step that held the loop.",
+            labels=["pipeline", "stage"],
+        )
+        for stage, count in sorted(stats.loop.stalls.items()):
+            stalls.add_metric([name, stage], count)
+        yield stalls
+        threads = CounterMetricFamily(
+            "riprap_abandoned_threads",
+            "Calls of offloaded steps given up while their worker thread ran on.",
+            labels=["pipeline", "stage"],
+        )
+        for step in stats.steps:
+            if step.threads_abandoned:
+                threads.add_metric([name, step.step_id], step.threads_abandoned)
+        yield threads
 
 
 def create_registry(pipeline: str, statistics: Callable[[], RunStatistics]) -> CollectorRegistry:

@@ -4,7 +4,9 @@ Error text ends up in logs and dead-letter envelopes, which are read by more
 people, and kept longer, than the records themselves. A :class:`Redactor`
 replaces what looks like a secret with ``[REDACTED:<kind>]`` before any of that
 text is stored. Redaction is best effort: it catches the common shapes (emails,
-bearer tokens and ``Authorization`` values, AWS keys, card numbers) and whatever
+bearer tokens, ``Authorization`` and ``Cookie`` values, API keys, tokens,
+passwords and signatures in headers and ``key=value`` pairs, DSN passwords, AWS
+keys, card numbers) and whatever
 the user adds; it is no substitute for keeping payloads out of messages.
 """
 
@@ -14,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import final
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from riprap._core.errors import ConfigError
 
@@ -46,12 +49,32 @@ def _card(match: re.Match[str]) -> str:
     return "[REDACTED:card]" if _luhn_valid(digits) else match.group(0)
 
 
-# Order matters: "Authorization: Bearer x" is one authorization value, not a bearer token.
+# The last word of a header or key whose value is a secret: "X-Api-Key", "api_key",
+# "access_token", "client_secret", "password", "X-Amz-Signature", "session_id"...
+_SECRET_WORD = (
+    r"(?:api[-_]?key|apikey|access[-_]?key|private[-_]?key|secret|token|password|passwd"
+    r"|pwd|signature|sig|session[-_]?id|credentials?)"
+)
+# A key made of words joined by "-" or "_" that ends with a secret word. The
+# lookbehind starts a match only where the key starts: "a-a-a-...-a" would
+# otherwise be tried from every word, in quadratic time.
+_SECRET_KEY = rf"(?<![A-Za-z0-9_\-])(?:[A-Za-z0-9]+[-_])*{_SECRET_WORD}"
+_SECRET_KEY_NAME = re.compile(rf"(?i)(?:[a-z0-9]+[-_])*{_SECRET_WORD}")
+
+# Order matters: "Authorization: Bearer x" is one authorization value, not a
+# bearer token, and a DSN's password is taken before its "@host" looks like an email.
 _DEFAULTS: tuple[tuple[str, str | _Replace], ...] = (
     (
-        r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)"
+        r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
         r"(?:(?:bearer|basic|digest|token|negotiate)\s+)?[^\s\"',;]+",
         _keep_prefix("authorization"),
+    ),
+    # "Cookie: a=1; b=2" and "Set-Cookie: ...": the rest of the line.
+    (r"(?i)(?<![A-Za-z0-9_\-])((?:set-)?cookie[\"']?\s*[:=]\s*)[^\r\n]+", _keep_prefix("cookie")),
+    # scheme://user:password@host: the password (userinfo may hold "@").
+    (
+        r"(?i)(?<![A-Za-z0-9+.\-])([a-z][a-z0-9+.\-]*://[^\s/:@\[\]]*:)[^\s/]+(?=@)",
+        _keep_prefix("password"),
     ),
     (r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*", _keep_prefix("token")),
     (
@@ -59,6 +82,11 @@ _DEFAULTS: tuple[tuple[str, str | _Replace], ...] = (
         _keep_prefix("aws_secret"),
     ),
     (r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", "[REDACTED:aws_access_key_id]"),
+    # "X-Api-Key: v", "api_key=v", "?access_token=v&", '"password": "v"'.
+    (
+        rf"(?i)({_SECRET_KEY}[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED)[^\s\"'&,;]+",
+        _keep_prefix("secret"),
+    ),
     # The lookbehind starts a match only at the start of a word: without it, a
     # long run of word characters with no "@" would take quadratic time.
     (
@@ -79,7 +107,14 @@ def _compile(pattern: str, replacement: str | _Replace) -> tuple[re.Pattern[str]
 class Redactor:
     """Replaces secrets and personal data in text by ``[REDACTED:<kind>]``.
 
-    Kinds: ``authorization``, ``token`` (``Bearer`` tokens), ``aws_secret``,
+    Kinds: ``authorization`` (``Authorization:`` and ``Proxy-Authorization:``
+    values), ``cookie`` (``Cookie:``/``Set-Cookie:`` values), ``password`` (the
+    password of a ``scheme://user:password@host`` URL or DSN), ``secret`` (the
+    value of a header or ``key=value``/``key: value`` pair whose key ends with
+    ``api_key``, ``apikey``, ``access_key``, ``private_key``, ``secret``,
+    ``token``, ``password``, ``passwd``, ``pwd``, ``signature``, ``sig``,
+    ``session_id`` or ``credential``, so ``X-Api-Key:``, ``client_secret=``,
+    ``?access_token=``), ``token`` (``Bearer`` tokens), ``aws_secret``,
     ``aws_access_key_id``, ``email``, ``card`` (Luhn-checked), and ``custom``
     for the user's patterns. The default patterns run first, then ``extra``.
 
@@ -114,6 +149,42 @@ class Redactor:
         for pattern, replacement in self._rules:
             text = pattern.sub(replacement, text)
         return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo and the values of secret query parameters redacted.
+
+    ``https://user:pw@host/p?api_key=k&page=2`` becomes
+    ``https://[REDACTED:userinfo]@host/p?api_key=[REDACTED:secret]&page=2``. A
+    parameter is secret when its name ends with a secret word (``key``-like,
+    ``token``, ``secret``, ``password``, ``signature``, ``sig``, ``session_id``,
+    ``credential``); the fragment is treated like the query. Connectors call it
+    before a URL enters any message, error or dead letter.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL at all (an unbalanced "[", say): redact it as text
+        return DEFAULT_REDACTOR.redact(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "[REDACTED:userinfo]@" + netloc.rpartition("@")[2]
+    query, fragment = _redact_pairs(parts.query), _redact_pairs(parts.fragment)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _redact_pairs(text: str) -> str:
+    """``a=1&api_key=k`` with the values of secret keys redacted, everything else as it was."""
+    if not text:
+        return text
+    pairs = []
+    for pair in text.split("&"):
+        key, sep, _ = pair.partition("=")
+        if sep and _SECRET_KEY_NAME.fullmatch(unquote_plus(key)):
+            pair = f"{key}=[REDACTED:secret]"
+        pairs.append(pair)
+    return "&".join(pairs)
 
 
 DEFAULT_REDACTOR = Redactor()

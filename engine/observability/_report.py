@@ -6,11 +6,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
+from riprap.observability._redact import DEFAULT_REDACTOR
 from riprap.observability._statistics import PolicySummary, StepStats, steps_and_sink
-from riprap.policies import CircuitState, CircuitStateChanged, FallbackUsed, RetryScheduled
+from riprap.policies import (
+    CallAbandoned,
+    CircuitState,
+    CircuitStateChanged,
+    FallbackUsed,
+    RetryScheduled,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from riprap.observability._statistics import Outcome, RunStatistics
     from riprap.policies import Bulkhead, CircuitBreaker, PolicyEvent
@@ -29,6 +36,7 @@ class StepCounters:
         "records_in",
         "records_out",
         "step_id",
+        "threads_abandoned",
     )
 
     def __init__(self, step_id: str) -> None:
@@ -40,6 +48,7 @@ class StepCounters:
         self.absorbed = 0
         self.batches = 0
         self.busy_seconds = 0.0
+        self.threads_abandoned = 0
 
     def timed(self, started: float) -> None:
         """Count one batch whose processing started at ``started`` (``perf_counter``)."""
@@ -57,6 +66,7 @@ class StepCounters:
             self.absorbed,
             self.batches,
             self.busy_seconds,
+            self.threads_abandoned,
         )
 
 
@@ -66,15 +76,21 @@ class RunReport:
 
     Attributes:
         outcome: ``completed`` (source exhausted), ``stopped`` (asked to stop and
-            drained), ``aborted`` (stopped without draining) or ``failed``.
+            drained; records still in flight after ``drain_timeout`` are left
+            to the next run and counted as ``drain_abandoned`` in
+            ``source_outcomes``), ``aborted`` (stopped without draining) or ``failed``.
         records_in: Records read from the source.
         records_out: Records the sink wrote.
         dropped: Records a filter removed on purpose.
         absorbed: Records folded into a stage's state (windows), done there.
         dead_lettered: Records sent to the dead-letter queue, by reason.
+        dead_letters_deleted: Stored dead letters the store deleted under its
+            configured retention (a full JSON Lines store's oldest file).
         fallbacks: Calls answered by a step's fallback (degraded results).
         retries: Retries of failed calls, in steps and the sink.
         breaker_trips: Times a circuit breaker opened.
+        abandoned_calls: Calls abandoned after ignoring their timeout's
+            cancellation (their tasks were left running; see the log).
         source_outcomes: What the source reported besides records, by outcome
             (``objects_quarantined``: objects set aside whole).
         duration: Seconds from start to the final checkpoint.
@@ -99,7 +115,9 @@ class RunReport:
     retries: int = 0
     breaker_trips: int = 0
     error: str | None = None
+    abandoned_calls: int = 0
     source_outcomes: Mapping[str, int] = field(default_factory=dict)
+    dead_letters_deleted: int = 0
 
     @property
     def rate(self) -> float:
@@ -117,6 +135,8 @@ class RunReport:
             f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
         ]
         lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]
+        if self.dead_letters_deleted:
+            lines.append(f"  dlq deleted     {self.dead_letters_deleted:>12,}  (retention)")
         if self.source_outcomes:
             lines.append("  source")
             # Right-aligned with the counts above even for outcome names longer than 14.
@@ -128,6 +148,7 @@ class RunReport:
             f"  fallbacks       {self.fallbacks:>12,}",
             f"  retries         {self.retries:>12,}",
             f"  breaker trips   {self.breaker_trips:>12,}",
+            *([f"  abandoned calls {self.abandoned_calls:>12,}"] if self.abandoned_calls else []),
             f"  time            {self.duration:>11.2f}s",
             f"  rate            {self.rate:>10,.0f}/s",
             f"  checkpoints     {self.checkpoints:>12,}",
@@ -138,9 +159,17 @@ class RunReport:
 
 
 def build_report(
-    pipeline: str, outcome: Outcome, stats: RunStatistics, error: BaseException | None
+    pipeline: str,
+    outcome: Outcome,
+    stats: RunStatistics,
+    error: BaseException | None,
+    *,
+    redact: Callable[[str], str] = DEFAULT_REDACTOR.redact,
 ) -> RunReport:
-    """The report of a run that ended with ``outcome``, from its final statistics."""
+    """The report of a run that ended with ``outcome``, from its final statistics.
+
+    The error line is redacted with ``redact`` (the pipeline's redactor).
+    """
     policies = stats.policies
     return RunReport(
         pipeline=pipeline,
@@ -157,18 +186,27 @@ def build_report(
         fallbacks=sum(policies.fallbacks_by_stage.values()),
         retries=sum(policies.retries_by_stage.values()),
         breaker_trips=sum(policies.trips_by_dependency.values()),
+        abandoned_calls=sum(policies.abandoned_by_stage.values()),
         source_outcomes=stats.source.outcomes,
-        error=str(error) if error is not None else None,
+        dead_letters_deleted=stats.dead_letters_deleted,
+        error=redact(str(error)) if error is not None else None,
     )
 
 
 @final
 class PolicyCounters:
-    """A policy hook that counts retries, fallbacks and breaker trips for reports and metrics."""
+    """A policy hook that counts retries, fallbacks, breaker trips and abandoned calls."""
 
-    __slots__ = ("fallbacks_by_stage", "open_since", "retries_by_stage", "trips_by_dependency")
+    __slots__ = (
+        "abandoned_by_stage",
+        "fallbacks_by_stage",
+        "open_since",
+        "retries_by_stage",
+        "trips_by_dependency",
+    )
 
     def __init__(self) -> None:
+        self.abandoned_by_stage: dict[str, int] = {}
         self.retries_by_stage: dict[str, int] = {}
         self.fallbacks_by_stage: dict[str, int] = {}
         self.trips_by_dependency: dict[str, int] = {}
@@ -180,6 +218,8 @@ class PolicyCounters:
             self.retries_by_stage[stage] = self.retries_by_stage.get(stage, 0) + 1
         elif isinstance(event, FallbackUsed):
             self.fallbacks_by_stage[stage] = self.fallbacks_by_stage.get(stage, 0) + 1
+        elif isinstance(event, CallAbandoned):
+            self.abandoned_by_stage[stage] = self.abandoned_by_stage.get(stage, 0) + 1
         elif isinstance(event, CircuitStateChanged):
             dependency = event.dependency or ""
             if event.new in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
@@ -201,4 +241,5 @@ class PolicyCounters:
             open_since=dict(self.open_since),
             breakers=tuple(breaker.statistics() for breaker in breakers),
             bulkheads=tuple(bulkhead.statistics() for bulkhead in bulkheads),
+            abandoned_by_stage=dict(self.abandoned_by_stage),
         )

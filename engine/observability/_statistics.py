@@ -25,7 +25,9 @@ class StepStats:
     """Counts of one step (fused steps report together, as ``a+b+c``).
 
     ``absorbed`` records were folded into the step's state (windows); ``batches``
-    and ``busy_seconds`` are the batches processed and the time spent on them.
+    and ``busy_seconds`` are the batches processed and the time spent on them;
+    ``threads_abandoned`` counts calls of an offloaded step given up while their
+    worker thread ran on (a thread cannot be stopped).
     """
 
     step_id: str
@@ -36,6 +38,7 @@ class StepStats:
     absorbed: int = 0
     batches: int = 0
     busy_seconds: float = 0.0
+    threads_abandoned: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +92,8 @@ class PolicySummary:
         open_since: When each open breaker opened (the pipeline clock's ``monotonic``).
         breakers: Every distinct breaker of the steps and the sink.
         bulkheads: Every distinct bulkhead of the steps and the sink.
+        abandoned_by_stage: Calls abandoned after ignoring their timeout's
+            cancellation (left running in the run's shelter), by stage.
     """
 
     retries_by_stage: Mapping[str, int] = field(default_factory=dict)
@@ -97,6 +102,23 @@ class PolicySummary:
     open_since: Mapping[str, float] = field(default_factory=dict)
     breakers: tuple[BreakerStatistics, ...] = ()
     bulkheads: tuple[BulkheadStatistics, ...] = ()
+    abandoned_by_stage: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopStatistics:
+    """The event loop as the run's lag monitor measured it.
+
+    Attributes:
+        last_lag: Seconds the loop was late in the last measurement.
+        max_lag: The largest lag measured in the run.
+        stalls: Lags above ``loop_lag_threshold``, by the step that held the
+            loop (``unknown`` when no sync step explains it).
+    """
+
+    last_lag: float = 0.0
+    max_lag: float = 0.0
+    stalls: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +150,10 @@ class RunStatistics:
         queue_depths: Batches waiting in front of each step and the sink.
         checkpoint: The checkpointer's counts.
         policies: Retries, fallbacks, breaker trips, breakers and bulkheads.
+        dead_letters_deleted: Dead letters the dead-letter store deleted under
+            the retention its user configured (a JSON Lines store's
+            ``retention="delete_oldest"``); never without one (I7).
+        loop: Event-loop lag and the stalls it caused, by step.
     """
 
     records_in: int
@@ -150,6 +176,8 @@ class RunStatistics:
     queue_depths: Mapping[str, int] = field(default_factory=dict)
     checkpoint: CheckpointStatistics = field(default_factory=CheckpointStatistics)
     policies: PolicySummary = field(default_factory=PolicySummary)
+    dead_letters_deleted: int = 0
+    loop: LoopStatistics = field(default_factory=LoopStatistics)
 
 
 def steps_and_sink(stats: RunStatistics) -> tuple[StepStats, ...]:

@@ -1,8 +1,12 @@
 """Resilience policies: retry, timeout, circuit breaker, bulkhead, fallback.
 
 A stage's calls go through a :class:`PolicyStack` built from :class:`Policies`,
-outermost first: fallback -> total timeout -> retry -> circuit breaker ->
-bulkhead -> attempt timeout -> call. Each policy also works on its own, as a
+outermost first: fallback -> total timeout -> retry -> bulkhead -> breaker
+check -> attempt timeout -> call. Code that waits again before it touches the
+dependency (for a pooled connection) re-checks the breaker with
+:func:`admit_nowait` and :func:`admit`;
+an attempt that ignores its timeout's cancellation is abandoned to a
+:class:`Shelter` after a grace period. Each policy also works on its own, as a
 decorator (``@retry(...)``, ``@timeout(...)``, ``@fallback(...)``,
 ``@breaker``, ``@bulkhead``) or an async context manager (``async with
 breaker:``, ``async with bulkhead:``, ``async with fail_after(...):``).
@@ -19,6 +23,8 @@ from riprap._core.errors import CircuitOpenError as CircuitOpenError
 from riprap._core.errors import StageTimeout as StageTimeout
 from riprap._core.public import fixup_module_metadata
 
+from ._admission import admit as admit
+from ._admission import admit_nowait as admit_nowait
 from ._breaker import BreakerConfig as BreakerConfig
 from ._breaker import BreakerStatistics as BreakerStatistics
 from ._breaker import CallPermit as CallPermit
@@ -32,6 +38,7 @@ from ._classify import Verdict as Verdict
 from ._classify import classify as classify
 from ._classify import parse_retry_after as parse_retry_after
 from ._classify import retry_after as retry_after
+from ._events import CallAbandoned as CallAbandoned
 from ._events import CallRejected as CallRejected
 from ._events import CircuitState as CircuitState
 from ._events import CircuitStateChanged as CircuitStateChanged
@@ -48,6 +55,8 @@ from ._retry import RandomSource as RandomSource
 from ._retry import Retry as Retry
 from ._retry import RetryBudget as RetryBudget
 from ._retry import retry as retry
+from ._shelter import Shelter as Shelter
+from ._shelter import ShelterStatistics as ShelterStatistics
 from ._stack import Layer as Layer
 from ._stack import Policies as Policies
 from ._stack import PolicyStack as PolicyStack
@@ -64,6 +73,7 @@ __all__ = (
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadStatistics",
+    "CallAbandoned",
     "CallPermit",
     "CallRejected",
     "CircuitBreaker",
@@ -86,9 +96,13 @@ __all__ = (
     "RetryBudget",
     "RetryGaveUp",
     "RetryScheduled",
+    "Shelter",
+    "ShelterStatistics",
     "StageTimeout",
     "TimeoutScope",
     "Verdict",
+    "admit",
+    "admit_nowait",
     "classify",
     "fail_after",
     "fallback",

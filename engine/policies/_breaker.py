@@ -19,6 +19,12 @@ While it is open the caller chooses: :meth:`CircuitBreaker.allow` raises
 :meth:`CircuitBreaker.wait_until_permitted` waits for a permit (backpressure).
 Transitions happen on calls, not on timers: an open breaker turns half-open
 when someone asks after ``open_duration`` has passed.
+
+A permit is only as good as the moment it was taken, so a caller that must
+queue first (for a bulkhead slot) looks with :meth:`CircuitBreaker.check` or
+:meth:`CircuitBreaker.admissible` before it queues and takes its permit after
+(see ``_admission``); code that queues again inside the call re-checks the
+permit with ``admit_nowait()``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import functools
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, final
 
 import anyio
 
@@ -36,7 +42,8 @@ from riprap._core.errors import BulkheadFullError, CircuitOpenError, ConfigError
 
 from ._classify import DEFAULT_CLASSIFIER, Classifier
 from ._events import CircuitState, CircuitStateChanged, Emitter, PolicyHook
-from ._timeout import check_duration, move_on_after, to_seconds
+from ._marks import mark_admission
+from ._scopes import check_duration, move_on_after, to_seconds
 from ._windows import CountWindow, OutcomeWindow, TimeWindow
 
 if TYPE_CHECKING:
@@ -144,7 +151,7 @@ class CallPermit:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_breaker", "_done", "_generation", "_started", "probe", "stage")
+    __slots__ = ("_breaker", "_done", "_generation", "_started", "paused", "probe", "stage", "wait")
 
     def __init__(
         self,
@@ -154,6 +161,7 @@ class CallPermit:
         *,
         probe: bool,
         stage: str | None,
+        wait: bool = False,
     ) -> None:
         self._breaker = breaker
         self._generation = generation
@@ -161,6 +169,13 @@ class CallPermit:
         self._done = False
         self.probe = probe
         self.stage = stage
+        self.wait = wait  # how admit() renews it: wait for the breaker, or raise
+        self.paused = 0.0  # seconds admit() waited for the breaker
+
+    @property
+    def current(self) -> bool:
+        """Whether the breaker is still in the state this permit was given in."""
+        return self._generation == self._breaker._generation
 
     def record(self, error: BaseException | None = None) -> None:
         """Report the call's outcome: ``None`` for success, else what it raised."""
@@ -176,6 +191,9 @@ class CallPermit:
 
 
 _PERMITS: ContextVar[tuple[CallPermit, ...]] = ContextVar("riprap_breaker_permits", default=())
+
+PERMIT: ContextVar[CallPermit | None] = ContextVar("riprap_call_permit", default=None)
+"""The permit of the call running in this context (what ``admit()`` re-checks)."""
 
 
 @final
@@ -325,6 +343,47 @@ class CircuitBreaker:
             return CallPermit(self, self._generation, now, probe=True, stage=stage)
         return None
 
+    def admissible(self, *, stage: str | None = None) -> bool:
+        """Whether a call asking now would get a permit (nothing is taken).
+
+        Args:
+            stage: The stage name a state change seen now is reported with.
+
+        .. versionadded:: 0.2
+        """
+        state = self._current(self._clock.monotonic(), stage)
+        return state is _CLOSED or (
+            state is _HALF_OPEN and self._probes_admitted < self.config.half_open_probes
+        )
+
+    def check(self, *, stage: str | None = None) -> None:
+        """Refuse now if a call asking now would be refused; take nothing otherwise.
+
+        A look before queueing (for a bulkhead slot, say), so that an open
+        breaker does not make callers queue for nothing; the permit is taken
+        with :meth:`allow` after the queue.
+
+        Raises:
+            CircuitOpenError: If the breaker would refuse a call now.
+
+        .. versionadded:: 0.2
+        """
+        if self._state is not _CLOSED and not self.admissible(stage=stage):
+            self._refuse(stage)
+
+    def try_allow(self, *, stage: str | None = None) -> CallPermit | None:
+        """A permit for one call, or ``None`` (nothing counted) when the breaker refuses now.
+
+        .. versionadded:: 0.2
+        """
+        return self._try_acquire(stage)
+
+    def _refuse(self, stage: str | None) -> NoReturn:
+        self._rejected += 1
+        error = CircuitOpenError(self.name, remaining=self._remaining(self._clock.monotonic()))
+        self._emitter.rejected(error, stage=stage, reason="circuit_open")
+        raise error
+
     def allow(self, *, stage: str | None = None) -> CallPermit:
         """A permit for one call, or an error when the breaker refuses it now.
 
@@ -339,10 +398,7 @@ class CircuitBreaker:
         permit = self._try_acquire(stage)
         if permit is not None:
             return permit
-        self._rejected += 1
-        error = CircuitOpenError(self.name, remaining=self._remaining(self._clock.monotonic()))
-        self._emitter.rejected(error, stage=stage, reason="circuit_open")
-        raise error
+        self._refuse(stage)
 
     async def wait_until_permitted(self, *, stage: str | None = None) -> CallPermit:
         """Wait until the breaker admits a call, and return its permit.
@@ -355,15 +411,60 @@ class CircuitBreaker:
             permit = self._try_acquire(stage)
             if permit is not None:
                 return permit
-            if self._changed is None:
-                self._changed = anyio.Event()
-            changed = self._changed
-            if self._state is _OPEN:
-                remaining = self._remaining(self._clock.monotonic())
-                async with move_on_after(remaining, clock=self._clock):
-                    await changed.wait()
-            else:
+            await self._wait_change()
+
+    async def wait_until_admissible(self, *, stage: str | None = None) -> None:
+        """Wait until a call asking would get a permit; take none.
+
+        Returns at once (no checkpoint) when it would already. A caller that
+        queues for something else before it asks uses this to wait without
+        holding its place there.
+
+        .. versionadded:: 0.2
+        """
+        while not self.admissible(stage=stage):
+            await self._wait_change()
+
+    async def _wait_change(self) -> None:
+        """Wait for a state change, or for the open duration to pass."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        changed = self._changed
+        if self._state is _OPEN:
+            remaining = self._remaining(self._clock.monotonic())
+            async with move_on_after(remaining, clock=self._clock):
                 await changed.wait()
+        else:
+            await changed.wait()
+
+    async def _renew(self, permit: CallPermit) -> None:
+        """Give ``permit``, stale since a state change, the breaker's answer of now.
+
+        Raises:
+            CircuitOpenError: If the breaker refuses now and ``permit.wait`` is false.
+        """
+        if not permit.wait:
+            self._renew_nowait(permit)
+            return
+        began = self._clock.monotonic()
+        fresh = await self.wait_until_permitted(stage=permit.stage)
+        permit.paused += fresh._started - began
+        _take(permit, fresh)
+
+    def _renew_nowait(self, permit: CallPermit) -> None:
+        """:meth:`_renew` without waiting.
+
+        Raises:
+            CircuitOpenError: If the breaker refuses now and ``permit.wait`` is false.
+            anyio.WouldBlock: If it refuses now and ``permit.wait`` is true.
+        """
+        if not permit.wait:
+            _take(permit, self.allow(stage=permit.stage))
+            return
+        fresh = self._try_acquire(permit.stage)
+        if fresh is None:
+            raise anyio.WouldBlock
+        _take(permit, fresh)
 
     # -- outcomes ------------------------------------------------------------
 
@@ -466,20 +567,7 @@ class CircuitBreaker:
             wait: Wait for a permit while the breaker is open instead of raising.
             stage: The stage name events carry.
         """
-
-        async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-            permit = (
-                await self.wait_until_permitted(stage=stage) if wait else self.allow(stage=stage)
-            )
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as exc:
-                permit.record(exc)
-                raise
-            permit.record(None)
-            return result
-
-        return functools.wraps(fn)(call)
+        return guarded(fn, self, wait=wait, stage=stage)
 
     def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorator form of :meth:`wrap` (fail fast)."""
@@ -506,3 +594,56 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
+
+
+def _take(permit: CallPermit, fresh: CallPermit) -> None:
+    """Make ``permit`` the ``fresh`` one (its outcome is then recorded against the new state)."""
+    permit._generation, permit._started, permit.probe = (
+        fresh._generation,
+        fresh._started,
+        fresh.probe,
+    )
+
+
+def guarded(
+    fn: Callable[P, Awaitable[T]], breaker: CircuitBreaker, *, wait: bool, stage: str | None
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``fn`` behind ``breaker`` alone: take a permit, call, record the outcome."""
+
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        waited = 0.0
+        if wait and breaker._state is not _CLOSED:
+            clock = breaker.clock
+            began = clock.monotonic()
+            permit = await breaker.wait_until_permitted(stage=stage)
+            waited = clock.monotonic() - began
+        else:
+            permit = breaker.allow(stage=stage)
+        if wait:
+            permit.wait = True
+        token = PERMIT.set(permit)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            failed(permit, exc, waited)
+            raise
+        finally:
+            PERMIT.reset(token)
+        permit.record(None)
+        return result
+
+    return functools.wraps(fn)(call)
+
+
+def failed(permit: CallPermit, exc: BaseException, waited: float) -> None:
+    """Record a call's failure; mark on ``exc`` what the outage cost it (see ``_marks``).
+
+    ``waited``: seconds the call waited for the breaker before it got ``permit``.
+    """
+    permit.record(exc)
+    if isinstance(exc, Exception) and permit.wait and (permit.probe or permit.paused or waited):
+        # Kept off the record's attempts and retry deadline.
+        paused = waited + permit.paused
+        if permit.probe:
+            paused += permit._breaker.clock.monotonic() - permit._started
+        mark_admission(exc, probe=permit.probe, paused=paused)

@@ -16,22 +16,64 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
     import asyncio
 
+RECANCEL_EVERY = 0.05
+"""Seconds between the cancellations an expired deadline sends a call that ignores them."""
+
 
 @final
 class Deadline:
-    """One running call's deadline; ``fired`` once its task was cancelled for it."""
+    """One running call's deadline.
 
-    __slots__ = ("at", "fired", "task")
+    ``fired`` counts the cancellations sent to ``task`` for it (the wrapper
+    takes back as many with ``task.uncancel()``), or is 1 once ``waiter`` was
+    woken instead.
+    """
 
-    def __init__(self, at: float, task: asyncio.Task[object]) -> None:
+    __slots__ = ("_again", "at", "fired", "task", "waiter")
+
+    def __init__(
+        self,
+        at: float,
+        task: asyncio.Task[Any],
+        waiter: asyncio.Future[None] | None = None,
+    ) -> None:
         self.at = at
         self.task = task
-        self.fired = False
+        self.waiter = waiter
+        self.fired = 0
+        self._again: asyncio.TimerHandle | None = None
+
+    def expire(self) -> None:
+        """The deadline passed: wake the waiter, or cancel the task (again, on a timer)."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.fired = 1
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        task = self.task
+        if task.done():  # ended without its wrapper's cleanup (never, short of a lost frame)
+            return
+        self.fired += 1
+        task.cancel()
+        self._again = task.get_loop().call_later(RECANCEL_EVERY, self.expire)
+
+    def wake(self, _task: object = None) -> None:
+        """Wake the waiter (a done-callback of the sheltered call's task)."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def withdraw(self) -> None:
+        """The call ended: send no further cancellation."""
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
 
 
 @final
@@ -55,8 +97,7 @@ class _LoopWatch:
                 self.handle = self.loop.call_at(deadline.at, self.fire)
                 return
             del pending[deadline]
-            deadline.fired = True
-            deadline.task.cancel()
+            deadline.expire()
 
 
 @final
@@ -72,15 +113,20 @@ class DeadlineWatch:
             weakref.WeakKeyDictionary()
         )
 
-    def start(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object]) -> Deadline:
-        """Cancel ``task`` ``seconds`` from now unless :meth:`stop` comes first."""
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[Any],
+        waiter: asyncio.Future[None] | None = None,
+    ) -> Deadline:
+        """Cancel ``task`` (or wake ``waiter``) in ``seconds`` unless :meth:`stop` comes first."""
         watch = self._last
         if watch is None or watch.loop is not loop:
             watch = self._loops.get(loop)
             if watch is None:
                 watch = self._loops[loop] = _LoopWatch(loop)
             self._last = watch
-        deadline = Deadline(loop.time() + self.seconds, task)
+        deadline = Deadline(loop.time() + self.seconds, task, waiter)
         watch.pending[deadline] = None
         if watch.handle is None:
             watch.handle = loop.call_at(deadline.at, watch.fire)
@@ -88,6 +134,9 @@ class DeadlineWatch:
 
     def stop(self, loop: asyncio.AbstractEventLoop, deadline: Deadline) -> None:
         """The call ended: forget its deadline (the timer re-arms itself when it fires)."""
+        if deadline.fired:
+            deadline.withdraw()
+            return  # an expired deadline has left the pending ones already
         watch = self._last if self._last is not None and self._last.loop is loop else None
         if watch is None:
             watch = self._loops.get(loop)

@@ -1,9 +1,10 @@
 """Policy events and the hooks that receive them.
 
-Every retry, give-up, breaker state change, rejection and fallback becomes a
-frozen, slotted event handed synchronously to each registered
+Every retry, give-up, breaker state change, rejection, fallback and abandoned
+call becomes a frozen, slotted event handed synchronously to each registered
 :class:`PolicyHook`. Metrics, logs and alerts subscribe here; the policies
-themselves never log. Events are built only when at least one hook listens.
+themselves log only an abandoned call (a task left running, which an operator
+must see even without a hook). Events are built only when at least one hook listens.
 
 Hooks run inside the call they describe: they must be quick, must not block
 and must not raise (an exception from a hook propagates to the caller like
@@ -74,9 +75,10 @@ class RetryScheduled(PolicyEvent):
     retry_after: float | None
 
 
-GiveUpReason = Literal["attempts", "deadline", "budget"]
+GiveUpReason = Literal["attempts", "deadline", "budget", "retry_after_exceeds_deadline"]
 """Why a retry gave up: attempts used up, the next wait would pass the deadline,
-or the shared retry budget is empty."""
+the shared retry budget is empty, or the server asked (``Retry-After``) for a
+wait longer than the time left before the deadline."""
 
 
 @final
@@ -144,6 +146,30 @@ class FallbackUsed(PolicyEvent):
     """
 
     error: Exception
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallAbandoned(PolicyEvent):
+    """A call ignored its timeout's cancellation past the grace period and was abandoned.
+
+    Its caller moved on (the attempt counts as timed out and its bulkhead slot
+    is free); the call's task keeps running, owned by a
+    :class:`~riprap.policies.Shelter`, until it ends on its own.
+
+    Attributes:
+        kind: The timeout that sheltered it (``"attempt"``...).
+        timeout: That timeout's duration in seconds.
+        reason: ``"timeout"`` (it outlived its timeout by the grace period) or
+            ``"cancelled"`` (its caller was cancelled, e.g. by a total timeout
+            or a pipeline stop, and it did not end within the grace period).
+
+    .. versionadded:: 0.2
+    """
+
+    kind: str
+    timeout: float
+    reason: Literal["timeout", "cancelled"]
 
 
 class PolicyHook(Protocol):

@@ -16,11 +16,22 @@ Only errors the classifier calls ``"transient"`` are retried; cancellation,
 :class:`~riprap.DataError` never are. When the policy gives up it re-raises the
 last exception unchanged and emits :class:`~riprap.policies.RetryGaveUp` with
 the attempt count.
+
+``Retry-After`` is a floor: the retry waits at least what the server asks,
+never less (``wait_max`` caps the backoff, not the server). A wait that would
+end past the deadline is not started; when it is the server's that does not
+fit, the policy gives up at once with ``retry_after_exceeds_deadline``.
+
+An outage is not the record's failure. Behind a breaker that makes callers
+wait (``on_open="wait"``), a failed half-open probe does not use up one of the
+probing record's attempts (it is retried at once: the breaker, open again,
+is the wait), and neither the time spent waiting for the breaker nor a failed
+probe's own time counts against the retry deadline. However long the outage,
+the record waits; only the stack's total ``timeout`` ends that wait.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import random as _random_module
@@ -32,7 +43,9 @@ from riprap._core.errors import BulkheadFullError, CircuitOpenError, ConfigError
 
 from ._classify import DEFAULT_CLASSIFIER, Classifier, retry_after
 from ._events import Emitter, GiveUpReason, PolicyHook, RetryGaveUp, RetryScheduled
-from ._timeout import check_duration, to_seconds
+from ._marks import attempts_of as attempts_of
+from ._marks import mark_attempts, mark_gave_up, paused_of, probe_of
+from ._scopes import check_duration, to_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -50,6 +63,7 @@ Jitter = Literal["full", "equal", "decorrelated", "none"]
 
 _JITTERS: frozenset[str] = frozenset(("full", "equal", "decorrelated", "none"))
 _NEVER_RETRIED = (CircuitOpenError, BulkheadFullError, DataError)
+_REFUSED = (CircuitOpenError, BulkheadFullError)
 
 
 class RandomSource(Protocol):
@@ -76,9 +90,11 @@ class Retry:
         timeout: Deadline for all attempts together, from the first call: a
             wait that would end at or after it is not started and the last
             error is re-raised. It never interrupts an attempt (the stack's total
-            timeout does that). ``None``: no deadline.
+            timeout does that), and time spent waiting for a circuit breaker
+            (with its failed probes) does not count. ``None``: no deadline.
         wait_initial: The first backoff step (*base*).
-        wait_max: The longest single wait (*cap*), also the cap on Retry-After.
+        wait_max: The longest backoff wait (*cap*). A longer ``Retry-After``
+            is still honoured in full.
         wait_exp_base: Growth factor of the exponential backoff.
         wait_jitter: ``"full"``, ``"equal"``, ``"decorrelated"`` or ``"none"``.
         budget: A :class:`RetryBudget` shared by every caller of a dependency;
@@ -222,13 +238,13 @@ class RetryLayer:
     __slots__ = (
         "_attempts",
         "_budget",
+        "_cap",
         "_classify",
         "_clock",
         "_config",
         "_emitter",
         "_random",
         "_timeout",
-        "_wait_max",
     )
 
     def __init__(
@@ -247,9 +263,8 @@ class RetryLayer:
         self._attempts = config.attempts
         self._budget = config.budget
         self._classify = config.classifier.classify
-        self._wait_max = to_seconds(config.wait_max)
-        limits = [to_seconds(t) for t in (config.timeout, timeout_cap) if t is not None]
-        self._timeout = min(limits) if limits else None
+        self._timeout = None if config.timeout is None else to_seconds(config.timeout)
+        self._cap = timeout_cap  # the stack's total timeout: breaker waits count there
 
     def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` retried under this policy."""
@@ -258,44 +273,64 @@ class RetryLayer:
             if self._budget is not None:
                 self._budget.deposit()
             started = self._clock.monotonic()
-            backoff: Iterator[float] | None = None
-            attempt = 1
-            while True:
-                try:
-                    return await fn(*args, **kwargs)
-                except Exception as exc:  # cancellation is a BaseException: never retried
-                    if backoff is None:
-                        backoff = self._config.backoff(self._random)
-                    delay = self._next_delay(exc, attempt, started, backoff)
-                    if delay is None:
-                        raise
-                await self._clock.sleep(delay)
-                attempt += 1
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:  # cancellation is a BaseException: never retried
+                return await self._again(fn, args, kwargs, exc, started)
 
         return functools.wraps(fn)(call)
 
-    def _next_delay(
-        self, exc: Exception, attempt: int, started: float, backoff: Iterator[float]
-    ) -> float | None:
+    async def _again(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: Any,
+        kwargs: Any,
+        exc: Exception,
+        started: float,
+    ) -> T:
+        """Retry after the first attempt failed with ``exc``; the happy path never gets here."""
+        tally = _Tally(started, ran=0 if isinstance(exc, _REFUSED) else 1)
+        backoff = self._config.backoff(self._random)
+        try:
+            while True:
+                delay = self._next_delay(exc, tally, backoff)
+                if delay is None:
+                    mark_attempts(exc, tally.ran)
+                    raise exc
+                await self._clock.sleep(delay)
+                tally.ran += 1
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as error:
+                    exc = error
+                    if isinstance(error, _REFUSED):
+                        tally.ran -= 1  # refused before it ran
+        except BaseException as stop:  # a total timeout or a stop: say what ran
+            if stop is not exc:
+                mark_attempts(stop, tally.ran)
+            raise
+
+    def _next_delay(self, exc: Exception, tally: _Tally, backoff: Iterator[float]) -> float | None:
         """The wait before the next attempt, or ``None`` to give up (events emitted)."""
         if isinstance(exc, _NEVER_RETRIED) or self._classify(exc) != "transient":
             return None
-        if self._attempts is not None and attempt >= self._attempts:
-            self._give_up(exc, attempt, "attempts")
-            return None
-        delay = next(backoff)
+        tally.paused += paused_of(exc)
+        probe = probe_of(exc)
+        if not probe:
+            tally.counted += 1
+            if self._attempts is not None and tally.counted >= self._attempts:
+                return self._give_up(exc, tally, "attempts")
         asked = retry_after(exc, now=self._clock.time())
+        delay = 0.0 if probe else next(backoff)  # after a probe the open breaker is the wait
         if asked is not None:
-            delay = min(max(delay, asked), self._wait_max)
+            delay = max(delay, asked)  # never earlier than the server asks
+        left = self._time_left(tally)
         # A wait ending at the deadline would leave no time for the attempt.
-        if self._timeout is not None and (
-            self._clock.monotonic() + delay >= started + self._timeout
-        ):
-            self._give_up(exc, attempt, "deadline")
-            return None
-        if self._budget is not None and not self._budget.try_withdraw():
-            self._give_up(exc, attempt, "budget")
-            return None
+        if left is not None and delay >= left:
+            fits = asked is None or asked < left
+            return self._give_up(exc, tally, "deadline" if fits else "retry_after_exceeds_deadline")
+        if not probe and self._budget is not None and not self._budget.try_withdraw():
+            return self._give_up(exc, tally, "budget")
         emitter = self._emitter
         if emitter.hooks:
             emitter.emit(
@@ -303,7 +338,7 @@ class RetryLayer:
                     stage=emitter.stage,
                     dependency=emitter.dependency,
                     at=self._clock.monotonic(),
-                    attempt=attempt,
+                    attempt=tally.ran,
                     delay=delay,
                     error=exc,
                     retry_after=asked,
@@ -311,11 +346,20 @@ class RetryLayer:
             )
         return delay
 
-    def _give_up(self, exc: Exception, attempts: int, reason: GiveUpReason) -> None:
-        # The exception is re-raised unchanged; the attempt count rides along for
-        # the dead-letter envelope (see attempts_of).
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(exc, _ATTEMPTS_ATTR, attempts)
+    def _time_left(self, tally: _Tally) -> float | None:
+        """Seconds to the nearer deadline: the retry's (breaker waits excluded) or the total."""
+        elapsed = self._clock.monotonic() - tally.started
+        left = None if self._timeout is None else self._timeout - (elapsed - tally.paused)
+        if self._cap is not None:
+            total = self._cap - elapsed
+            left = total if left is None else min(left, total)
+        return left
+
+    def _give_up(self, exc: Exception, tally: _Tally, reason: GiveUpReason) -> float | None:
+        """Record and announce giving up; ``None`` (no further wait), for ``_next_delay``."""
+        # The exception is re-raised unchanged; what happened rides along for
+        # the dead-letter envelope (see _marks).
+        mark_gave_up(exc, reason)
         emitter = self._emitter
         if emitter.hooks:
             emitter.emit(
@@ -323,11 +367,25 @@ class RetryLayer:
                     stage=emitter.stage,
                     dependency=emitter.dependency,
                     at=self._clock.monotonic(),
-                    attempts=attempts,
+                    attempts=tally.ran,
                     reason=reason,
                     error=exc,
                 )
             )
+        return None
+
+
+@final
+class _Tally:
+    """One retried call's bookkeeping: attempts run and counted, time not charged."""
+
+    __slots__ = ("counted", "paused", "ran", "started")
+
+    def __init__(self, started: float, *, ran: int) -> None:
+        self.started = started
+        self.ran = ran  # attempts that reached the call
+        self.counted = 0  # attempts counted against ``attempts`` (probes are not)
+        self.paused = 0.0  # seconds of breaker waits and failed probes
 
 
 def retry(
@@ -360,12 +418,3 @@ def retry(
         emitter=Emitter(hooks, clock=clock, stage=stage, dependency=dependency),
     )
     return layer.wrap
-
-
-_ATTEMPTS_ATTR = "_riprap_attempts"
-
-
-def attempts_of(exc: BaseException) -> int:
-    """How many attempts a retry policy made before giving up with ``exc`` (1 if none did)."""
-    attempts = getattr(exc, _ATTEMPTS_ATTR, 1)
-    return attempts if isinstance(attempts, int) else 1

@@ -1,35 +1,39 @@
-"""Timeouts that follow the injected clock and raise :class:`~riprap.policies.StageTimeout`.
+"""Timeout policies that follow the injected clock and raise :class:`~riprap.policies.StageTimeout`.
 
-With the system clock a :class:`TimeoutScope` is a plain anyio cancel scope,
-and a timeout policy layer (:class:`TimeoutLayer`) puts its calls' deadlines
-under one shared timer (see ``_deadlines``). Any other clock
-(a :class:`~riprap.testing.VirtualClock` in tests) cannot drive anyio's
-deadlines, which read the event loop's real time, so the body runs in a task
-group next to a timer task that sleeps on the clock and cancels the group when
-it wakes. Both paths have the same semantics: the body is cancelled at the
-deadline, and only a cancellation caused by this scope becomes a timeout.
+A timeout policy layer (:class:`TimeoutLayer`) with the system clock puts its
+calls' deadlines under one shared timer (see ``_deadlines``); with any other
+clock (a :class:`~riprap.testing.VirtualClock` in tests) each call runs in a
+:class:`TimeoutScope` (see ``_scopes``). Both cancel the call at the deadline,
+and again until it ends; only a cancellation caused by the deadline becomes a
+timeout. With a grace period the call is sheltered instead (see ``_shelter``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, final
 
-import anyio
-import anyio.abc
-
 from riprap._core.clock import SYSTEM_CLOCK, SystemClock
-from riprap._core.errors import ConfigError, StageTimeout
+from riprap._core.errors import StageTimeout
 
-from ._deadlines import DeadlineWatch
+from ._deadlines import Deadline, DeadlineWatch
+from ._events import Emitter
+from ._marks import copy_attempts
+from ._scopes import TimeoutScope as TimeoutScope
+from ._scopes import check_duration as check_duration
+from ._scopes import fail_after as fail_after
+from ._scopes import move_on_after as move_on_after
+from ._scopes import to_seconds as to_seconds
+from ._shelter import Shelter, sheltered
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
-    from types import TracebackType
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable
+    from datetime import timedelta
 
     from riprap._core.clock import Clock
+
+    from ._events import PolicyHook
 
 P = ParamSpec("P")
 """The parameters of the wrapped call."""
@@ -37,164 +41,18 @@ T = TypeVar("T")
 """The result of the wrapped call."""
 
 
-def to_seconds(value: float | timedelta) -> float:
-    """``value`` in float seconds."""
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def check_duration(option: str, value: float | timedelta | None, *, zero: bool = False) -> None:
-    """Reject a negative (or, unless ``zero``, a zero) duration, naming ``option``.
-
-    Raises:
-        ConfigError: If the duration is out of range.
-    """
-    if value is None:
-        return
-    seconds = to_seconds(value)
-    if seconds < 0 or (seconds == 0 and not zero) or seconds != seconds:
-        raise ConfigError(option, f"must be {'>= 0' if zero else '> 0'} seconds, got {value!r}")
-
-
-@final
-class TimeoutScope:
-    """An async context manager that cancels its body after ``seconds`` of clock time.
-
-    Create it with :func:`fail_after` (raises :class:`~riprap.policies.StageTimeout`) or
-    :func:`move_on_after` (ends the block silently). ``expired`` tells which
-    happened. Each scope is entered once.
-
-    .. versionadded:: 0.1
-    """
-
-    __slots__ = (
-        "_cancel_scope",
-        "_clock",
-        "_fired",
-        "_raise",
-        "_seconds",
-        "_tg",
-        "_timer_scope",
-        "dependency",
-        "expired",
-        "kind",
-        "stage",
-    )
-
-    def __init__(
-        self,
-        seconds: float | timedelta,
-        *,
-        clock: Clock,
-        raise_on_expiry: bool,
-        kind: str = "call",
-        stage: str | None = None,
-        dependency: str | None = None,
-    ) -> None:
-        self._seconds = to_seconds(seconds)
-        self._clock = clock
-        self._raise = raise_on_expiry
-        self.kind = kind
-        self.stage = stage
-        self.dependency = dependency
-        self.expired = False
-        self._fired = False
-        self._cancel_scope: anyio.CancelScope | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._timer_scope = anyio.CancelScope()
-
-    async def __aenter__(self) -> TimeoutScope:
-        if isinstance(self._clock, SystemClock):
-            self._cancel_scope = anyio.move_on_after(self._seconds)
-            self._cancel_scope.__enter__()
-            return self
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._timer)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if self._cancel_scope is not None:
-            suppressed = self._cancel_scope.__exit__(exc_type, exc, tb)
-            return self._finish(expired=self._cancel_scope.cancelled_caught, suppressed=suppressed)
-        assert self._tg is not None
-        self._timer_scope.cancel()
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            suppressed = await self._tg.__aexit__(exc_type, exc, tb)
-            return self._finish(expired=suppressed and self._fired, suppressed=suppressed)
-        # Completed or failed on its own: hand the task group nothing, so the
-        # body's exception is not wrapped in an exception group.
-        await self._tg.__aexit__(None, None, None)
-        return False
-
-    def _finish(self, *, expired: bool, suppressed: bool) -> bool:
-        if expired:
-            self.expired = True
-            if self._raise:
-                raise StageTimeout(
-                    self._seconds, kind=self.kind, stage=self.stage, dependency=self.dependency
-                ) from None
-        return suppressed
-
-    async def _timer(self) -> None:
-        with self._timer_scope:
-            await self._clock.sleep(self._seconds)
-            self._fired = True
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
-
-
-def fail_after(
-    seconds: float | timedelta,
-    *,
-    clock: Clock | None = None,
-    kind: str = "call",
-    stage: str | None = None,
-    dependency: str | None = None,
-) -> TimeoutScope:
-    """A scope that cancels its body after ``seconds``, then raises a ``StageTimeout``.
-
-    Use as ``async with fail_after(5, clock=clock): ...``.
-
-    Args:
-        seconds: The time limit.
-        clock: The clock measuring it (default: the system clock).
-        kind: Label carried by the error (``"attempt"``, ``"total"``...).
-        stage: Stage name carried by the error.
-        dependency: Dependency name carried by the error.
-
-    Raises:
-        StageTimeout: When the limit passes before the body finishes.
-
-    .. versionadded:: 0.1
-    """
-    return TimeoutScope(
-        seconds,
-        clock=clock or SYSTEM_CLOCK,
-        raise_on_expiry=True,
-        kind=kind,
-        stage=stage,
-        dependency=dependency,
-    )
-
-
-def move_on_after(seconds: float | timedelta, *, clock: Clock | None = None) -> TimeoutScope:
-    """A scope that cancels its body after ``seconds`` and carries on; check ``expired``.
-
-    .. versionadded:: 0.1
-    """
-    return TimeoutScope(seconds, clock=clock or SYSTEM_CLOCK, raise_on_expiry=False)
-
-
 @final
 class TimeoutLayer:
-    """The timeout policy of a stack: every call through ``wrap(fn)`` gets its own deadline."""
+    """The timeout policy of a stack: every call through ``wrap(fn)`` gets its own deadline.
 
-    __slots__ = ("clock", "dependency", "kind", "seconds", "stage")
+    Without ``grace`` the call runs in its caller's task, which is cancelled at
+    the deadline and again every ``RECANCEL_EVERY`` seconds until the call
+    ends (a call that swallows one cancellation gets the next). With ``grace``
+    the call runs sheltered in a task of its own (see ``_shelter``) and is
+    abandoned if it still runs ``grace`` seconds after the deadline.
+    """
+
+    __slots__ = ("clock", "dependency", "emitter", "grace", "kind", "seconds", "shelter", "stage")
 
     def __init__(
         self,
@@ -204,47 +62,69 @@ class TimeoutLayer:
         kind: str,
         stage: str | None = None,
         dependency: str | None = None,
+        grace: float | timedelta | None = None,
+        shelter: Shelter | None = None,
+        emitter: Emitter | None = None,
     ) -> None:
         check_duration(f"{kind} timeout", seconds)
+        check_duration(f"{kind} timeout grace", grace, zero=True)
         self.seconds = to_seconds(seconds)
         self.clock = clock
         self.kind = kind
         self.stage = stage
         self.dependency = dependency
+        self.grace = None if grace is None else to_seconds(grace)
+        self.shelter = shelter if shelter is not None or grace is None else Shelter()
+        self.emitter = emitter or Emitter((), clock=clock, stage=stage, dependency=dependency)
 
     def wrap(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """``fn`` bounded by this timeout."""
-        seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
+        if self.grace is not None:
+            assert self.shelter is not None
+            return sheltered(
+                fn,
+                seconds=self.seconds,
+                grace=self.grace,
+                clock=self.clock,
+                shelter=self.shelter,
+                emitter=self.emitter,
+                kind=self.kind,
+            )
         if isinstance(self.clock, SystemClock):
-            watch = DeadlineWatch(seconds)
-            current_task = asyncio.current_task
-            get_loop = asyncio.get_running_loop
+            return self._wrap_real(fn)
+        return self._wrap_virtual(fn)
 
-            async def call_real(*args: P.args, **kwargs: P.kwargs) -> T:
-                loop = get_loop()
-                task = current_task(loop)
-                assert task is not None
-                cancelling = task.cancelling()
-                deadline = watch.start(loop, task)
-                try:
-                    return await fn(*args, **kwargs)
-                except asyncio.CancelledError:
-                    # Only this deadline's cancellation becomes a timeout; an outer
-                    # one (a stop, a cancel scope) still counts and propagates.
-                    if deadline.fired:
-                        deadline.fired = False
-                        if task.uncancel() <= cancelling:
-                            raise StageTimeout(
-                                seconds, kind=kind, stage=stage, dependency=dependency
-                            ) from None
-                    raise
-                finally:
-                    watch.stop(loop, deadline)
-                    if deadline.fired:  # the call swallowed the cancellation
-                        task.uncancel()
+    def _wrap_real(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
+        watch = DeadlineWatch(seconds)
+        current_task = asyncio.current_task
+        get_loop = asyncio.get_running_loop
 
-            return functools.wraps(fn)(call_real)
+        async def call_real(*args: P.args, **kwargs: P.kwargs) -> T:
+            loop = get_loop()
+            task = current_task(loop)
+            assert task is not None
+            cancelling = task.cancelling()
+            deadline = watch.start(loop, task)
+            try:
+                return await fn(*args, **kwargs)
+            except asyncio.CancelledError as exc:
+                # Only this deadline's cancellations become a timeout; an outer
+                # one (a stop, a cancel scope) still counts and propagates.
+                if deadline.fired and _take_back(watch, loop, task, deadline) <= cancelling:
+                    error = StageTimeout(seconds, kind=kind, stage=stage, dependency=dependency)
+                    copy_attempts(exc, error)
+                    raise error from None
+                raise
+            finally:
+                watch.stop(loop, deadline)
+                if deadline.fired:  # it swallowed the cancellations and ended anyway
+                    _take_back(watch, loop, task, deadline)
 
+        return functools.wraps(fn)(call_real)
+
+    def _wrap_virtual(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
         clock = self.clock
 
         async def call_virtual(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -262,6 +142,21 @@ class TimeoutLayer:
         return functools.wraps(fn)(call_virtual)
 
 
+def _take_back(
+    watch: DeadlineWatch,
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any],
+    deadline: Deadline,
+) -> int:
+    """Stop the fired ``deadline`` and withdraw the cancellations it sent; the count left."""
+    watch.stop(loop, deadline)
+    fired, deadline.fired = deadline.fired, 0
+    left = task.cancelling()
+    for _ in range(fired):
+        left = task.uncancel()
+    return left
+
+
 def timeout(
     seconds: float | timedelta,
     *,
@@ -269,16 +164,35 @@ def timeout(
     kind: str = "call",
     stage: str | None = None,
     dependency: str | None = None,
+    grace: float | timedelta | None = None,
+    shelter: Shelter | None = None,
+    hooks: Iterable[PolicyHook] = (),
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Decorator: each call of the async function gets ``seconds`` before it is cancelled.
 
+    A call that ignores the cancellation is cancelled again every 50 ms. With
+    ``grace``, each call runs in a task of its own and is abandoned (left to
+    ``shelter``, logged, reported to ``hooks`` as
+    :class:`~riprap.policies.CallAbandoned`) if it still runs ``grace`` seconds
+    after the deadline.
+
     Raises:
         StageTimeout: From the decorated function, when a call runs out of time.
-        ConfigError: Here, if ``seconds`` is not positive.
+        ConfigError: Here, if ``seconds`` is not positive or ``grace`` is negative.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       Cancels again until the call ends; ``grace``, ``shelter`` and ``hooks``.
     """
+    clock = clock or SYSTEM_CLOCK
     layer = TimeoutLayer(
-        seconds, clock=clock or SYSTEM_CLOCK, kind=kind, stage=stage, dependency=dependency
+        seconds,
+        clock=clock,
+        kind=kind,
+        stage=stage,
+        dependency=dependency,
+        grace=grace,
+        shelter=shelter,
+        emitter=Emitter(hooks, clock=clock, stage=stage, dependency=dependency),
     )
     return layer.wrap

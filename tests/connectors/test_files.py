@@ -23,6 +23,7 @@ from riprap.connectors.files import (
     CsvSource,
     JsonLinesSink,
     JsonLinesSource,
+    encode_json,
     parse_json_batch,
     parse_json_line,
 )
@@ -105,51 +106,45 @@ async def test_jsonl_crlf_and_last_line_without_newline(tmp_path: Path) -> None:
     assert expected == [(b.values, b.end) for b in batches]
 
 
+def rejected(batch: SourceBatch) -> dict[int, tuple[Any, str]]:
+    """The values a source could not decode, by offset: the raw value and the error message."""
+    errors = batch.errors or {}
+    return {batch.offset_of(i): (batch.values[i], str(e)) for i, e in errors.items()}
+
+
 @pytest.mark.anyio
-async def test_jsonl_malformed_line_ends_batch_then_raises(tmp_path: Path) -> None:
-    """A bad line ends the batch before it, then read raises a DecodeError naming path:line."""
+async def test_jsonl_malformed_line_is_handed_over_with_its_error(tmp_path: Path) -> None:
+    """A bad line comes as its bytes with a DecodeError naming path:line; the file goes on."""
     path = write_lines(tmp_path / "a.jsonl", ["1", "2", "{oops", "4"])
-    source = JsonLinesSource(path, decode=True)
-    await source.open(context())
-    try:
-        batch = await source.read(10)
-        assert batch is not None
-        prefix = ([1, 2], 2)
-        assert prefix == (batch.values, batch.end)
-        with pytest.raises(DecodeError) as first:
-            await source.read(10)
-        with pytest.raises(DecodeError) as again:
-            await source.read(10)
-    finally:
-        await source.aclose()
-    expected = (path, 3, path)
-    assert expected == (first.value.source, first.value.line, first.value.partition)
-    assert str(first.value).startswith(f"{path}:3: invalid JSON")
-    assert str(first.value) == str(again.value)
+    batches = await read_to_end(JsonLinesSource(path, decode=True))
+    expected = [([1, 2, b"{oops", 4], 4)]
+    assert expected == [(b.values, b.end) for b in batches]
+    [error] = (batches[0].errors or {}).values()
+    message = f"{path}:3: invalid JSON at column 2: unexpected character, expected a string key"
+    where = (DecodeError, path, 3, path, "decode_error", message)
+    found = (type(error), *(getattr(error, name) for name in ("source", "line", "partition")))
+    assert where == (*found, error.reason, str(error))
 
 
 @pytest.mark.anyio
-async def test_jsonl_malformed_first_line_raises_at_once(tmp_path: Path) -> None:
-    """A bad line at the start of a batch raises immediately, naming the line."""
+async def test_jsonl_malformed_line_after_a_resume(tmp_path: Path) -> None:
+    """A bad line read after a resume names its true line number."""
     path = write_lines(tmp_path / "a.jsonl", ["1", "[1,", "3"])
-    with pytest.raises(DecodeError, match=rf"^{path}:2: invalid JSON"):
-        await read_to_end(JsonLinesSource(path, decode=True), positions={path: 1})
+    [batch] = await read_to_end(JsonLinesSource(path, decode=True), positions={path: 1})
+    assert [b"[1,", 3] == batch.values
+    message = f"{path}:2: invalid JSON at column 4: unexpected end of data"
+    assert {1: (b"[1,", message)} == rejected(batch)
 
 
 @pytest.mark.anyio
 async def test_jsonl_malformed_line_in_a_later_batch(tmp_path: Path) -> None:
-    """Batches before a bad line are served whole; its line counts the empty lines before it."""
+    """A bad line's number counts the empty lines before it, across batches."""
     path = write_lines(tmp_path / "a.jsonl", ["1", "2", "", "3", "", "x", "5"])
-    source = JsonLinesSource(path, decode=True)
-    await source.open(context())
-    try:
-        batches = [await source.read(2), await source.read(2)]
-        with pytest.raises(DecodeError, match=rf"^{path}:6: invalid JSON"):
-            await source.read(2)
-    finally:
-        await source.aclose()
-    expected = [([1, 2], 2), ([3], 5)]
-    assert expected == [(b.values, b.end) for b in batches if b is not None]
+    batches = await read_to_end(JsonLinesSource(path, decode=True), max_records=2)
+    expected = [([1, 2], 2, []), ([3, b"x"], 6, [5]), ([5], 7, [])]
+    assert expected == [(b.values, b.end, list(rejected(b))) for b in batches]
+    message = f"{path}:6: invalid JSON at column 1: unexpected character, expected a JSON value"
+    assert {5: (b"x", message)} == rejected(batches[1])
 
 
 @pytest.mark.anyio
@@ -264,30 +259,25 @@ async def test_csv_resume_rereads_header(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_csv_malformed_row(tmp_path: Path) -> None:
-    """A row with the wrong field count ends the batch, then raises naming path:line."""
+async def test_csv_ragged_row_is_handed_over_with_its_error(tmp_path: Path) -> None:
+    """A row with the wrong field count comes as its bytes with a DecodeError; the file goes on."""
     path = write_lines(tmp_path / "a.csv", ["a,b", "1,2", "3", "5,6"])
-    source = CsvSource(path)
-    await source.open(context())
-    try:
-        batch = await source.read(10)
-        assert batch is not None
-        expected = ([{"a": "1", "b": "2"}], 2)
-        assert expected == (batch.values, batch.end)
-        with pytest.raises(DecodeError) as error:
-            await source.read(10)
-    finally:
-        await source.aclose()
-    assert f"{path}:3: expected 2 fields (the header's), got 1" == str(error.value)
+    [batch] = await read_to_end(CsvSource(path))
+    expected = [{"a": "1", "b": "2"}, b"3", {"a": "5", "b": "6"}]
+    assert expected == batch.values
+    problem = f"{path}:3: expected 2 fields (the header's), got 1"
+    assert {2: (b"3", problem)} == rejected(batch)
 
 
 @pytest.mark.anyio
 async def test_csv_undecodable_text(tmp_path: Path) -> None:
-    """Bytes that are not valid text in the file's encoding are a DecodeError naming the file."""
+    """A line that is not valid text in the file's encoding is rejected with its true line."""
     path = tmp_path / "a.csv"
-    path.write_bytes(b"a\n\xff\n")
-    with pytest.raises(DecodeError, match=rf"^{path}: not valid utf-8 text after line"):
-        await read_to_end(CsvSource(str(path)))
+    path.write_bytes(b"a\nok\n\xff\nfine\n")
+    [batch] = await read_to_end(CsvSource(str(path)))
+    assert [{"a": "ok"}, b"\xff", {"a": "fine"}] == batch.values
+    problem = f"{path}:3: not valid utf-8 text at byte 0: invalid start byte"
+    assert {2: (b"\xff", problem)} == rejected(batch)
 
 
 @pytest.mark.anyio
@@ -403,3 +393,207 @@ async def test_csv_sink_rejects_unknown_field(tmp_path: Path) -> None:
         await sink.aclose()
     expected = b"a\r\n"
     assert expected == path.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_jsonl_bom_is_skipped(tmp_path: Path) -> None:
+    """A UTF-8 byte order mark at the start of a file is not part of the first record."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"n": 1}\n{"n": 2}\n')
+    raw = await read_to_end(JsonLinesSource(str(path)))
+    decoded = await read_to_end(JsonLinesSource(str(path), decode=True))
+    expected = ([b'{"n": 1}', b'{"n": 2}'], [{"n": 1}, {"n": 2}], None)
+    assert expected == (raw[0].values, decoded[0].values, decoded[0].errors)
+
+
+@pytest.mark.anyio
+async def test_jsonl_lone_cr_ends_a_line(tmp_path: Path) -> None:
+    """Lone CR line endings (and mixed ones) end lines: one record each, positions counted."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"1\r2\r\r3\r\n4\n5\r")
+    batches = await read_to_end(JsonLinesSource(str(path), decode=True))
+    expected = [([1, 2, 3, 4, 5], [0, 1, 3, 4, 5], 6)]
+    assert expected == [(b.values, offsets(b), b.end) for b in batches]
+    resumed = await read_to_end(JsonLinesSource(str(path)), positions={str(path): 3})
+    assert [[b"3", b"4", b"5"]] == [b.values for b in resumed]
+
+
+@pytest.mark.anyio
+async def test_line_endings_across_read_chunks(tmp_path: Path) -> None:
+    """A CRLF or a lone CR cut between two 64 KiB read chunks still ends exactly one line."""
+    path = tmp_path / "a.jsonl"
+    first = b"[" + b"0," * 32766 + b"0]"  # 65,535 bytes: its CR is the chunk's last byte
+    path.write_bytes(first + b"\r\n7\r" + first + b"\r8\r\n")
+    batches = await read_to_end(JsonLinesSource(str(path)))
+    expected = [[first, b"7", first, b"8"]]
+    assert expected == [b.values for b in batches]
+
+
+@pytest.mark.anyio
+async def test_jsonl_big_integers_decode_exactly(tmp_path: Path) -> None:
+    """Integers beyond 64 bits decode exactly, never as floats; the 64-bit edges stay ints."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(
+        b'{"id": 123456789012345678901234567890}\n'
+        b"[18446744073709551615, -9223372036854775808, 18446744073709551616]\n"
+        b'{"s": "1234567890123456789012", "f": 1.5}\n'
+    )
+    [batch] = await read_to_end(JsonLinesSource(str(path), decode=True))
+    expected = [
+        {"id": 123456789012345678901234567890},
+        [2**64 - 1, -(2**63), 2**64],
+        {"s": "1234567890123456789012", "f": 1.5},
+    ]
+    assert expected == batch.values
+    assert [[int, int, int]] == [[type(n) for n in batch.values[1]]]
+
+
+def test_parse_json_big_integers_and_out_of_range() -> None:
+    """parse_json_line and parse_json_batch keep big integers; an unconvertible one is refused."""
+    big = b"-123456789012345678901234567890"
+    assert -123456789012345678901234567890 == parse_json_line(big)
+    assert [{"a": 2**70}, 1] == parse_json_batch(batch_of([b'{"a": %d}' % 2**70, b"1"]))
+    assert [7 * 10**399, 2] == parse_json_batch(batch_of([b"7" + b"0" * 399, b"2"]))
+    problems = []
+    for bad in (b"9" * 5000, b"[1e400]", b"[-Infinity]"):
+        with pytest.raises(DecodeError) as error:
+            parse_json_batch(batch_of([b"1", bad], start=9))
+        problems.append((error.value.reason, str(error.value).split(":")[2]))
+    expected = [
+        ("number_out_of_range", " a number is out of range"),
+        ("number_out_of_range", " a number is out of range"),
+        ("decode_error", " invalid JSON at column 3"),
+    ]
+    assert expected == problems
+
+
+def test_encode_json_is_exact_or_refuses() -> None:
+    """Big integers are written exactly; NaN and infinities are DataErrors, never null."""
+    assert (
+        b'{"n":123456789012345678901234567890,"m":[-340282366920938463463374607431768211456]}'
+        == (encode_json({"n": 123456789012345678901234567890, "m": [-(2**128)]}))
+    )
+    reasons = []
+    for bad in (float("nan"), {"a": [1.0, float("inf")]}, (None, float("-inf")), object()):
+        with pytest.raises(DataError) as error:
+            encode_json(bad)
+        reasons.append(error.value.reason)
+    expected = ["non_finite_number"] * 3 + ["not_json_serializable"]
+    assert expected == reasons
+    assert b"[null,1]" == encode_json([None, 1])
+
+
+@pytest.mark.anyio
+async def test_jsonl_sink_refuses_non_finite_numbers(tmp_path: Path) -> None:
+    """A NaN or an infinity is a DataError with reason non_finite_number, never written as null."""
+    path = tmp_path / "out.jsonl"
+    sink = JsonLinesSink(path)
+    await sink.open()
+    try:
+        with pytest.raises(DataError) as error:
+            await sink.write(batch_of([{"v": None}, {"v": float("nan")}], start=3))
+        await sink.write(batch_of([{"v": None, "big": 2**80}]))
+    finally:
+        await sink.aclose()
+    message = f"{path}: cannot write the record at in@4: not JSON-serialisable: it holds nan"
+    assert ("non_finite_number", message) == (error.value.reason, str(error.value)[: len(message)])
+    assert b'{"v":null,"big":1208925819614629174706176}\n' == path.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_jsonl_sink_refuses_raw_bytes_with_a_line_break(tmp_path: Path) -> None:
+    """Raw bytes holding a CR would read back as two lines: a DataError, nothing written."""
+    path = tmp_path / "out.jsonl"
+    sink = JsonLinesSink(path)
+    await sink.open()
+    try:
+        with pytest.raises(DataError) as error:
+            await sink.write(batch_of([b"1", b"2\r3"]))
+    finally:
+        await sink.aclose()
+    assert ("line_break_in_bytes", b"") == (error.value.reason, path.read_bytes())
+
+
+@pytest.mark.anyio
+async def test_file_sinks_create_a_missing_directory(tmp_path: Path) -> None:
+    """The JSON Lines and CSV sinks create their missing parent directories on open."""
+    jsonl, csv = tmp_path / "a" / "b" / "out.jsonl", tmp_path / "c" / "out.csv"
+    for sink in (JsonLinesSink(jsonl), CsvSink(csv, ["n"])):
+        await sink.open()
+        await sink.write(batch_of([{"n": 1}]))
+        await sink.aclose()
+    assert (b'{"n":1}\n', b"n\r\n1\r\n") == (jsonl.read_bytes(), csv.read_bytes())
+
+
+@pytest.mark.anyio
+async def test_csv_bom_and_lone_cr(tmp_path: Path) -> None:
+    """A BOM does not rename the first column, and lone CR line endings end rows."""
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,name\r1,a\r2,b\r")
+    [batch] = await read_to_end(CsvSource(str(path)))
+    expected = ([{"id": "1", "name": "a"}, {"id": "2", "name": "b"}], [1, 2], 3)
+    assert expected == (batch.values, offsets(batch), batch.end)
+
+
+@pytest.mark.anyio
+async def test_csv_unterminated_quote_sets_one_line_aside(tmp_path: Path) -> None:
+    """A quote never closed rejects its line only; the lines after it are rows again."""
+    path = write_lines(tmp_path / "a.csv", ["id,name", "1,a", '2,"b', "3,c", "4,d"])
+    [batch] = await read_to_end(CsvSource(path))
+    expected = [
+        {"id": "1", "name": "a"},
+        b'2,"b',
+        {"id": "3", "name": "c"},
+        {"id": "4", "name": "d"},
+    ]
+    assert expected == batch.values
+    problem = f"{path}:3: malformed CSV: unexpected end of data"
+    assert {2: (b'2,"b', problem)} == rejected(batch)
+
+
+@pytest.mark.anyio
+async def test_csv_text_after_a_closing_quote(tmp_path: Path) -> None:
+    """Text after a closing quote is malformed CSV (not silently glued to the field)."""
+    path = write_lines(tmp_path / "a.csv", ["k,v", '1,"ab"c', "2,d"])
+    [batch] = await read_to_end(CsvSource(path))
+    assert [b'1,"ab"c', {"k": "2", "v": "d"}] == batch.values
+    problem = f"{path}:2: malformed CSV: ',' expected after '\"'"
+    assert {1: (b'1,"ab"c', problem)} == rejected(batch)
+
+
+@pytest.mark.anyio
+async def test_csv_multiline_row_with_bad_text_is_rejected_whole(tmp_path: Path) -> None:
+    """A quoted row spanning lines is rejected whole when one of its lines is not valid UTF-8."""
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'k,v\n1,"one\ntw\xffo",x\n2,"ok"\n')
+    [batch] = await read_to_end(CsvSource(str(path)))
+    assert [b'1,"one\ntw\xffo",x', {"k": "2", "v": "ok"}] == batch.values
+    problem = f"{path}:3: not valid utf-8 text at byte 2: invalid start byte"
+    assert {1: (b'1,"one\ntw\xffo",x', problem)} == rejected(batch)
+
+
+@pytest.mark.anyio
+async def test_csv_bad_header_sets_the_file_aside_whole(tmp_path: Path) -> None:
+    """A header naming a column twice sets the file aside: one rejected record, no rows."""
+    path = write_lines(tmp_path / "a.csv", ["id,id", "1,2", "3,4"])
+    batches = await read_to_end(CsvSource(path))
+    expected = [([b"id,id"], 0, 3)]
+    assert expected == [(b.values, b.start, b.end) for b in batches]
+    problem = f"{path}:1: the header names 'id' more than once; the file is set aside whole"
+    assert {0: (b"id,id", problem)} == rejected(batches[0])
+    resumed = await read_to_end(CsvSource(path), positions={path: 3})
+    assert [] == resumed
+
+
+def test_csv_options_are_checked_when_built(tmp_path: Path) -> None:
+    """An encoding that is not ASCII-compatible and a bad delimiter are named ConfigErrors."""
+    problems = []
+    for build in (
+        lambda: CsvSource(str(tmp_path), encoding="utf-16"),
+        lambda: CsvSource(str(tmp_path), delimiter=""),
+        lambda: CsvSink(tmp_path / "a.csv", ["a"], encoding="nope"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            build()
+        problems.append(error.value.option)
+    assert ["CsvSource.encoding", "CsvSource.delimiter", "CsvSink.encoding"] == problems

@@ -9,6 +9,7 @@ import pytest
 import riprap
 import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
+from riprap.policies import Retry
 
 
 async def async_identity(value: Any) -> Any:
@@ -41,6 +42,15 @@ def pipeline(**options: Any) -> riprap.Pipeline:
         ({"drain_timeout": -1}, "drain_timeout: must be >= 0 seconds, got -1"),
         ({"checkpoint": object()}, "checkpoint: <object object at"),
         ({"clock": "now"}, "clock: 'now' does not implement Clock"),
+        (
+            {"sink_outage_timeout": 0},
+            "sink_outage_timeout: must be a positive number of seconds, got 0",
+        ),
+        ({"offload_threads": 0}, "offload_threads: must be a positive integer, got 0"),
+        (
+            {"loop_lag_threshold": -1},
+            "loop_lag_threshold: must be a positive number of seconds, got -1",
+        ),
     ],
 )
 def test_bad_option_is_named(options: dict[str, Any], message: str) -> None:
@@ -129,3 +139,57 @@ def test_with_options_checks_and_keeps_steps() -> None:
     assert base.steps == changed.steps
     with pytest.raises(riprap.ConfigError, match=r"^batch_size: "):
         base.with_options(batch_size=-3)
+
+
+def test_timeouts_on_a_sync_step_on_the_loop_are_refused() -> None:
+    """A sync step cannot be interrupted on the loop: its timeouts are refused, naming the step."""
+    p = pipeline()
+    with pytest.raises(riprap.ConfigError) as total:
+        p.map("lookup", str, timeout=2.0)
+    with pytest.raises(riprap.ConfigError) as attempt:
+        p.filter("lookup", str, attempt_timeout=2.0, record=True)
+    problem = (
+        ": a sync step runs on the event loop and cannot be interrupted, so this timeout "
+        "could never fire; pass offload='thread' to run it in worker threads (or make the "
+        "function async)"
+    )
+    assert [
+        "map('lookup').timeout" + problem,
+        "filter('lookup').attempt_timeout" + problem,
+    ] == [str(total.value), str(attempt.value)]
+
+
+def test_offload_is_checked() -> None:
+    """offload takes 'thread', for sync functions; then timeouts and concurrency are allowed."""
+    p = pipeline()
+    with pytest.raises(riprap.ConfigError, match=r"^filter\('f'\)\.offload: must be 'thread'"):
+        p.filter("f", bool, offload="process")  # type: ignore[arg-type]
+    with pytest.raises(riprap.ConfigError, match=r"^map\('m'\)\.offload: is for sync functions"):
+        p.map("m", async_identity, offload="thread")
+    offloaded = p.flat_map("f", list, offload="thread", attempt_timeout=1.0, concurrency=4)
+    assert ("f",) == tuple(step.step_id for step in offloaded.steps)
+
+
+def test_sink_outage_timeout_sets_the_default_sink_retry_deadline() -> None:
+    """The default sink retry waits sink_outage_timeout; an explicit retry is left alone."""
+    base = pipeline().source(IterableSource("s", [1]))
+    default = base.sink(MemorySink()).with_options(sink_outage_timeout=1200.0)
+    explicit = base.with_options(sink_outage_timeout=1200.0).sink(
+        MemorySink(), retry=Retry(attempts=3)
+    )
+    deadlines = [p.plan().sink_policies for p in (default, explicit)]
+    assert [(None, 1200.0), (3, 45.0)] == [
+        (policies.retry.attempts, policies.retry.timeout)
+        for policies in deadlines
+        if policies is not None and policies.retry is not None
+    ]
+
+
+def test_with_source_replaces_the_source_on_purpose() -> None:
+    """.source() twice is refused, .with_source() replaces the source and keeps the rest."""
+    first, second = IterableSource("first", [1]), IterableSource("second", [2])
+    p = pipeline().source(first).sink(MemorySink())
+    with pytest.raises(riprap.ConfigError, match=r"^source: pipeline 'p' already has a source"):
+        p.source(second)
+    replaced = p.with_source(second)
+    assert (second, p.sink_, first) == (replaced.source_, replaced.sink_, p.source_)

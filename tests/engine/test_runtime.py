@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -11,6 +13,7 @@ import pytest
 
 import riprap
 import riprap.checkpoints
+import riprap.testing
 from riprap.connectors.memory import IterableSource, MemorySink
 
 if TYPE_CHECKING:
@@ -148,10 +151,10 @@ async def test_resume_after_failure_completes_exactly_once_in_idempotent_sink() 
         return (
             pipeline(checkpoint=backend, batch_size=100, max_in_flight=300)
             .source(IterableSource("nums", list(range(1000))))
-            .sink(UpsertSink())
+            .sink(UpsertSink(), retry=None)  # no outage to ride out: stop at once
         )
 
-    with pytest.raises(riprap.PipelineError, match="stage 'upsert' failed at memory@500"):
+    with pytest.raises(riprap.PipelineError, match=r"stage 'upsert' failed: .* kept failing"):
         await build().run()
     fail["on"] = False
     report = await build().run()
@@ -448,3 +451,35 @@ def test_run_raises_the_pipeline_error_itself() -> None:
     )
     with pytest.raises(riprap.PipelineError, match="memory@3"):
         riprap.run(p, handle_signals=False)
+
+
+async def test_a_sync_step_blocking_the_loop_is_named_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sync step that blocks the event loop is logged by name and counted as a stall."""
+
+    def block(value: int) -> int:
+        if value == 2:
+            time.sleep(0.3)  # blocks the loop: what the monitor is there to see
+        return value
+
+    p = (
+        pipeline(loop_lag_threshold=0.15, batch_size=1, max_in_flight=10)
+        .source(IterableSource("endless", itertools.count()))
+        .map("block", block)
+        .sink(MemorySink())
+    )
+    with caplog.at_level(logging.WARNING, logger="riprap.runtime"):
+        async with p.open() as running:
+            await riprap.testing.wait_until(lambda: running.statistics().loop.stalls)
+            running.stop()
+            await running.wait()
+            stats = running.statistics()
+            metric = running.metrics_registry.get_sample_value(
+                "riprap_event_loop_stalls_total", {"pipeline": "p", "stage": "block"}
+            )
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "stage", None) == "block"]
+    assert ["block"] == [step for step in stats.loop.stalls if step == "block"]
+    assert float(stats.loop.stalls["block"]) == metric
+    prefix = "pipeline p: step block held the event loop for "
+    assert prefix == lines[0][: len(prefix)]

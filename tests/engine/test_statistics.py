@@ -22,6 +22,7 @@ from riprap.observability import (
     AlertRule,
     CheckpointStatistics,
     HealthConfig,
+    LoopStatistics,
     PolicySummary,
     SourceStatistics,
     StepStats,
@@ -213,6 +214,22 @@ def test_metrics_come_from_a_hand_built_snapshot() -> None:
         sample("riprap_breaker_state", dependency="scores"): 2.0,
         sample("riprap_bulkhead_in_use", bulkhead="pool"): 3.0,
         sample("riprap_bulkhead_waiting", bulkhead="pool"): 2.0,
+    }
+    assert expected == {key: found.get(key) for key in expected}
+
+
+def test_loop_stalls_and_abandoned_threads_are_metrics_of_the_snapshot() -> None:
+    """Event-loop lag, stalls by step and abandoned offloaded calls become metric families."""
+    stats = hand_built(
+        steps=(StepStats("lookup", 10, 10, 0, 0, threads_abandoned=2),),
+        loop=LoopStatistics(last_lag=0.5, max_lag=2.0, stalls={"lookup": 3, "unknown": 1}),
+    )
+    found = scraped(create_registry("hand", lambda: stats))
+    expected = {
+        sample("riprap_event_loop_lag_seconds"): 0.5,
+        sample("riprap_event_loop_stalls_total", stage="lookup"): 3.0,
+        sample("riprap_event_loop_stalls_total", stage="unknown"): 1.0,
+        sample("riprap_abandoned_threads_total", stage="lookup"): 2.0,
     }
     assert expected == {key: found.get(key) for key in expected}
 

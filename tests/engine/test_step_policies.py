@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 import anyio
@@ -14,7 +15,7 @@ import riprap.deadletters
 import riprap.policies
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.policies import BreakerConfig, Bulkhead, CircuitBreaker, Retry
-from riprap.testing import VirtualClock
+from riprap.testing import VirtualClock, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +112,48 @@ async def test_dead_dependency_opens_breaker_and_pipeline_waits_then_completes()
     assert seen_open
     assert seen_open[0] < 30.0
     assert clock.monotonic() >= 30.0
+
+
+async def test_outage_of_ten_times_the_retry_schedule_dead_letters_no_record(
+    tmp_path: Any,
+) -> None:
+    """A 120 s outage behind a waiting breaker, Retry(attempts=4): every record waits it out."""
+    clock = VirtualClock()
+    service = FlakyService(clock, failure_rate=0.0)
+    service.down_until = 120.0  # the retry deadline is 45 s, its backoff under a second
+    breaker = CircuitBreaker(
+        "scores",
+        BreakerConfig(window_size=20, minimum_calls=10, open_duration=5.0, half_open_probes=2),
+        clock=clock,
+    )
+    dlq = tmp_path / "dlq.jsonl"
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline(
+            "outage",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            clock=clock,
+            batch_size=20,
+            max_in_flight=100,
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq),
+        )
+        .source(IterableSource("ids", list(range(100))))
+        .map(
+            "enrich",
+            service.enrich,
+            concurrency=8,
+            retry=Retry(attempts=4, wait_initial=0.1, wait_max=1.0),
+            breaker=breaker,
+            on_open="wait",
+            bulkhead=Bulkhead(8),
+        )
+        .sink(sink)
+    )
+    async with clock.autojump():
+        report = await p.run()
+    assert [{"id": i, "score": i * 2} for i in range(100)] == sink.values
+    assert {} == dict(report.dead_lettered)
+    assert clock.monotonic() >= 120.0
 
 
 async def test_fallback_gives_a_degraded_result_and_is_counted() -> None:
@@ -219,12 +262,12 @@ def test_bad_policy_arguments_are_named() -> None:
 
 
 async def test_policy_steps_are_not_fused() -> None:
-    """A sync step with a policy runs on its own (it may wait), and still works."""
+    """An offloaded sync step with a timeout runs on its own, in a worker thread, and works."""
     sink = MemorySink()
     p = (
         riprap.Pipeline("p", checkpoint=riprap.checkpoints.MemoryCheckpoints())
         .source(IterableSource("ids", [1, 2]))
-        .map("double", lambda v: v * 2, timeout=5.0)
+        .map("double", lambda v: v * 2, timeout=5.0, offload="thread")
         .sink(sink)
     )
     await p.run()
@@ -269,3 +312,152 @@ async def test_virtual_time_does_not_run_ahead_of_worker_threads() -> None:
     assert list(range(20)) == sink.values
     assert 0 == report.retries
     assert clock.monotonic() < 60.0
+
+
+class OutageSink:
+    """A sink that refuses every write (connection reset) until ``down_until`` on the clock."""
+
+    name = "warehouse"
+    idempotent = True
+
+    def __init__(self, clock: VirtualClock, down_until: float) -> None:
+        self.clock = clock
+        self.down_until = down_until
+        self.values: list[int] = []
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: riprap.Batch) -> None:
+        await self.clock.sleep(0.01)
+        if self.clock.monotonic() < self.down_until:
+            raise ConnectionResetError("warehouse unavailable")
+        self.values.extend(batch.items)
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def outage_pipeline(
+    clock: VirtualClock, sink: OutageSink, tmp_path: Any, **options: Any
+) -> riprap.Pipeline:
+    """2,000 records, at most 300 in flight, into ``sink``, with a dead-letter store."""
+    return (
+        riprap.Pipeline(
+            "outage",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            clock=clock,
+            batch_size=100,
+            max_in_flight=300,
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            **options,
+        )
+        .source(IterableSource("ids", list(range(2_000))))
+        .map("double", lambda v: v * 2)
+        .sink(sink)
+    )
+
+
+async def test_default_sink_policy_rides_out_a_ten_minute_outage(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink down for 10 minutes loses nothing, dead-letters nothing, holds at most
+    max_in_flight records meanwhile, logs the outage, and the run completes."""
+    clock = VirtualClock()
+    sink = OutageSink(clock, down_until=600.0)
+    most_in_flight = 0
+
+    async def sample(running: riprap.RunningPipeline) -> None:
+        nonlocal most_in_flight
+        while True:
+            most_in_flight = max(most_in_flight, running.statistics().in_flight)
+            await clock.sleep(5.0)
+
+    async with clock.autojump(), anyio.create_task_group() as tg:
+        async with outage_pipeline(clock, sink, tmp_path).open() as running:
+            tg.start_soon(sample, running)
+            report = await running.wait()
+        tg.cancel_scope.cancel()
+    messages = [r.getMessage() for r in caplog.records if r.name == "riprap.runtime"]
+    assert [v * 2 for v in range(2_000)] == sink.values
+    assert ("completed", {}) == (report.outcome, dict(report.dead_lettered))
+    assert (True, True) == (clock.monotonic() >= 600.0, report.retries > 10)
+    assert 300 == most_in_flight
+    assert (True, True) == (
+        any("sink warehouse failed (ConnectionResetError" in m for m in messages),
+        any("sink warehouse recovered after" in m for m in messages),
+    )
+
+
+async def test_a_sink_that_never_recovers_stops_the_run_after_the_outage_timeout(
+    tmp_path: Any,
+) -> None:
+    """Past sink_outage_timeout the run stops with an error naming the sink, blaming no record."""
+    clock = VirtualClock()
+    backend = riprap.checkpoints.MemoryCheckpoints()
+    sink = OutageSink(clock, down_until=float("inf"))
+    pipeline = outage_pipeline(clock, sink, tmp_path, sink_outage_timeout=300.0).with_options(
+        checkpoint=backend
+    )
+    async with clock.autojump():
+        with pytest.raises(riprap.PipelineError) as info:
+            await pipeline.run()
+    saved = await backend.load("outage")
+    assert saved is not None
+    assert ("warehouse", None) == (info.value.stage, info.value.partition)
+    assert str(info.value).startswith(
+        "pipeline 'outage' stopped: stage 'warehouse' failed: TransientError: sink 'warehouse' "
+        "kept failing for "
+    )
+    assert 29 == int(clock.monotonic() // 10)  # gave up within the last wait before 300 s
+    assert ({"memory": 0}, {}) == (dict(saved.positions), dict(saved.crash_counts))
+
+
+async def test_offloaded_step_times_out_while_its_thread_blocks_and_is_retried() -> None:
+    """A blocked offloaded call times out (the loop is free), is retried and counted abandoned."""
+    release, finished = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def lookup(value: int) -> int:
+        calls.append(value)
+        if calls == [3]:  # the first call for 3 hangs until the test lets it go
+            release.wait(10.0)
+            finished.set()
+        return value * 10
+
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline("p", checkpoint=riprap.checkpoints.MemoryCheckpoints(), batch_size=2)
+        .source(IterableSource("ids", [3, 4, 5]))
+        .map(
+            "lookup",
+            lookup,
+            offload="thread",
+            attempt_timeout=0.05,
+            retry=Retry(attempts=3, wait_initial=0.01, wait_max=0.01),
+        )
+        .sink(sink)
+    )
+    report = await p.run()
+    release.set()
+    await wait_until(finished.is_set)
+    assert [30, 40, 50] == sink.values
+    assert [3, 3, 4, 5] == calls
+    assert (1, 1) == (report.retries, report.steps[0].threads_abandoned)
+
+
+async def test_offloaded_steps_are_not_fused() -> None:
+    """An offloaded step runs on its own between fused neighbours, with its own counts."""
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline("p", checkpoint=riprap.checkpoints.MemoryCheckpoints())
+        .source(IterableSource("ids", list(range(10))))
+        .map("a", lambda v: v + 1)
+        .filter("b", lambda v: v % 2 == 0, offload="thread", concurrency=3)
+        .flat_map("c", lambda v: (v, -v), offload="thread")
+        .map("d", lambda v: v * 10)
+        .sink(sink)
+    )
+    report = await p.run()
+    assert [x * 10 for v in range(2, 11, 2) for x in (v, -v)] == sink.values
+    assert ["a", "b", "c", "d", "memory"] == [step.step_id for step in report.steps]

@@ -60,7 +60,7 @@ async def test_spans_per_batch_per_stage_continue_the_record_trace() -> None:
         async def aclose(self) -> None:
             await source.aclose()
 
-    await p.source(HeaderSource()).run()
+    await p.with_source(HeaderSource()).run()
     spans = exporter.get_finished_spans()
     names = sorted(span.name for span in spans)
     assert ["riprap double", "riprap double", "riprap memory", "riprap memory"] == [

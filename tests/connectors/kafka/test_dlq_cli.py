@@ -77,7 +77,7 @@ def test_inspect_filters_and_text(dead_topic: str, capsys: pytest.CaptureFixture
     """Filters narrow the counts; the text report starts with the location."""
     assert 0 == run_dlq("inspect", dead_topic, "--reason", "validation")
     out = capsys.readouterr().out.splitlines()
-    assert f"{dead_topic}: {len(bad_quantities(ORDERS))} dead letters" == out[0]
+    assert f"{dead_topic}: {len(bad_quantities(ORDERS))} dead letters (0 repeats folded)" == out[0]
     assert ["by stage:", f"  check  {len(bad_quantities(ORDERS))}"] == out[1:3]
 
 

@@ -1,13 +1,15 @@
-"""S3Checkpoints: the checkpoint backend contract against moto, plus S3-specific fencing."""
+"""S3Checkpoints: the checkpoint backend contract against moto, S3-specific fencing, the CLI."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import orjson
 import pytest
 
 from riprap.checkpoints import CheckpointBackend, CheckpointError, FencedError
+from riprap.cli import main
 from riprap.connectors.s3 import S3Checkpoints
 
 # The backend contract suite, run here against this module's `backend` fixture.
@@ -16,13 +18,30 @@ from tests.checkpoint_contract import test_aclose_keeps_data as test_aclose_keep
 from tests.checkpoint_contract import test_backwards_seq_refused as test_backwards_seq_refused
 from tests.checkpoint_contract import test_claim_increments_epoch as test_claim_increments_epoch
 from tests.checkpoint_contract import (
+    test_damaged_snapshot_refused as test_damaged_snapshot_refused,
+)
+from tests.checkpoint_contract import test_deleted_store_refused as test_deleted_store_refused
+from tests.checkpoint_contract import (
     test_fencing_across_instances as test_fencing_across_instances,
+)
+from tests.checkpoint_contract import (
+    test_generation_below_record_refused as test_generation_below_record_refused,
 )
 from tests.checkpoint_contract import test_load_unknown_pipeline as test_load_unknown_pipeline
 from tests.checkpoint_contract import test_new_epoch_restarts_seq as test_new_epoch_restarts_seq
+from tests.checkpoint_contract import test_older_copy_refused as test_older_copy_refused
+from tests.checkpoint_contract import (
+    test_overwrite_accepts_older_copy as test_overwrite_accepts_older_copy,
+)
+from tests.checkpoint_contract import (
+    test_overwrite_replaces_damaged_snapshot as test_overwrite_replaces_damaged_snapshot,
+)
 from tests.checkpoint_contract import test_pipelines_independent as test_pipelines_independent
 from tests.checkpoint_contract import test_save_load_round_trip as test_save_load_round_trip
 from tests.checkpoint_contract import test_stale_epoch_refused as test_stale_epoch_refused
+from tests.checkpoint_contract import (
+    test_status_of_consistent_store as test_status_of_consistent_store,
+)
 from tests.checkpoint_contract import test_unclaimed_epoch_refused as test_unclaimed_epoch_refused
 from tests.checkpoint_contract import (
     test_unserialisable_state_refused as test_unserialisable_state_refused,
@@ -59,6 +78,44 @@ async def backend(store: Store) -> AsyncIterator[CheckpointBackend]:
     checkpoints = make_backend(store)
     yield checkpoints
     await checkpoints.aclose()
+
+
+class S3Tamper:
+    """Damage in the bucket: the checkpoint object of ``orders`` (the record object stays)."""
+
+    durable = True
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.key = PREFIX + "orders.checkpoint.json"
+        self.where = f"s3://{store.bucket}/{self.key}"
+
+    async def read(self) -> bytes:
+        """The checkpoint object (claim and snapshot)."""
+        return await self.store.get(self.key)
+
+    async def write(self, data: bytes) -> None:
+        """Overwrite the checkpoint object."""
+        await self.store.put(self.key, data)
+
+    async def copy(self) -> object:
+        """The checkpoint object's bytes."""
+        return await self.read()
+
+    async def restore(self, copy: object) -> None:
+        """Put the copied object back, as restoring an older object version would."""
+        assert isinstance(copy, bytes)
+        await self.write(copy)
+
+    async def delete(self) -> None:
+        """Delete the checkpoint object."""
+        await self.store.client.delete_object(Bucket=self.store.bucket, Key=self.key)
+
+
+@pytest.fixture
+def tamper(store: Store) -> S3Tamper:
+    """Raw access to the checkpoint object of ``orders``, for the damage tests."""
+    return S3Tamper(store)
 
 
 @pytest.fixture
@@ -168,10 +225,40 @@ async def test_names_are_escaped(backend: CheckpointBackend, store: Store) -> No
     loaded = [await backend.load(name) for name in names]
     expected_keys = [
         PREFIX + "..%2Fescape.checkpoint.json",
+        PREFIX + "..%2Fescape.generation.json",
         PREFIX + "a%2Fb.checkpoint.json",
+        PREFIX + "a%2Fb.generation.json",
         PREFIX + "x.checkpoint.checkpoint.json",
+        PREFIX + "x.checkpoint.generation.json",
     ]
     assert ([snapshot(1, "a", seq=1, pipeline=n) for n in names], expected_keys) == (
         loaded,
         await store.keys(),
+    )
+
+
+async def test_cli_shows_and_accepts_a_rolled_back_object(
+    backend: CheckpointBackend, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``riprap checkpoint show|reset s3://...`` reports an older object, then accepts it."""
+    tamper = S3Tamper(store)
+    await backend.claim("orders", "a")
+    await backend.save(snapshot(1, "a", seq=1))
+    older = await tamper.copy()
+    await backend.save(snapshot(1, "a", seq=2))
+    await tamper.restore(older)
+    location = ["s3://" + store.bucket + "/" + PREFIX, "--endpoint-url", store.endpoint]
+    shown = await anyio.to_thread.run_sync(main, ["checkpoint", "show", *location])
+    show_out = capsys.readouterr().out
+    reset = await anyio.to_thread.run_sync(main, ["checkpoint", "reset", *location, "--yes"])
+    reset_out = capsys.readouterr().out
+    claim = await backend.claim("orders", "b")
+    expected = (1, True, True, 0, "generation 103", {"orders-0": 10, "orders-1": 7})
+    assert expected == (
+        shown,
+        "consistent   NO" in show_out,
+        "stored 101, recorded 102" in show_out,
+        reset,
+        reset_out.strip().rpartition("now ")[2].partition(",")[0],
+        dict(claim.checkpoint.positions) if claim.checkpoint else None,
     )

@@ -85,7 +85,7 @@ def test_inspect_filters(
     """``--stage`` narrows the counts."""
     assert 0 == run_dlq("inspect", dead_prefix, "--endpoint-url", moto_endpoint, "--stage", "check")
     out = capsys.readouterr().out.splitlines()
-    assert f"{dead_prefix}: {len(bad_quantities(ORDERS))} dead letters" == out[0]
+    assert f"{dead_prefix}: {len(bad_quantities(ORDERS))} dead letters (0 repeats folded)" == out[0]
 
 
 @pytest.mark.parametrize("where", ["s3://{bucket}/empty/", "s3://no-such-bucket-at-all/dlq/"])
@@ -118,7 +118,9 @@ def test_purge_deletes_whole_old_objects_and_says_what_it_kept(
     location = f"s3://{bucket}/dlq/"
     assert 0 == run_dlq("purge", location, "--endpoint-url", moto_endpoint, "--older-than", "7d")
     out = capsys.readouterr().out
-    assert out.startswith(f"{location}: removed 2 dead letters in 1 object last failed before ")
+    assert out.startswith(
+        f"{location}: removed 2 dead letters (0 repeats folded) in 1 object last failed before "
+    )
     assert "; kept 1 dead letter as old in 1 object that also hold newer letters" in out
     assert 0 == run_dlq("inspect", location, "--endpoint-url", moto_endpoint, "--json")
     assert 2 == orjson.loads(capsys.readouterr().out)["total"]

@@ -62,7 +62,7 @@ def test_inspect_counts_and_latest(jsonl: Path, capsys: pytest.CaptureFixture[st
     """Counts by stage, error type and reason come first, then the latest entries."""
     assert 0 == run_dlq("inspect", str(jsonl), "--show", "1")
     out = capsys.readouterr().out.splitlines()
-    assert f"{jsonl}: 4 dead letters" == out[0]
+    assert f"{jsonl}: 4 dead letters (0 repeats folded)" == out[0]
     assert ["by stage:", "  parse   3", "  enrich  1"] == out[1:4]
     assert "by error type:" == out[4]
     assert ["by reason:", "  decode_error       2"] == out[8:10]
@@ -113,7 +113,9 @@ def test_purge_removes_only_old_letters(
     letters = sample()
     anyio.run(store, path, letters)
     assert 0 == run_dlq("purge", str(path), "--older-than", "36h")
-    assert capsys.readouterr().out.startswith(f"{path}: removed 2 dead letters last failed before")
+    assert capsys.readouterr().out.startswith(
+        f"{path}: removed 2 dead letters (0 repeats folded) last failed before"
+    )
     assert letters[2:] == list(read_dead_letters(path))
     assert 0o600 == stat.S_IMODE(path.stat().st_mode)
 

@@ -1,4 +1,4 @@
-"""The JSON Lines dead-letter sink: durability, permissions, rotation, crash repair."""
+"""The JSON Lines dead-letter sink: durability, permissions, rotation, retention, crash repair."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from riprap.deadletters import DeadLetterSink, JsonLinesDeadLetters, read_dead_letters
+from riprap import ConfigError
+from riprap.deadletters import (
+    DeadLetterSink,
+    DeadLetterStoreFullError,
+    JsonLinesDeadLetters,
+    purge_dead_letters,
+    read_dead_letters,
+)
 
 from ._letters import make_letter
 
@@ -84,20 +91,67 @@ async def test_one_envelope_per_line(tmp_path: Path) -> None:
     assert letters == list(read_dead_letters(path))
 
 
-@pytest.mark.parametrize(("backups", "kept"), [(3, range(10, 17)), (2, range(12, 17))])
-async def test_rotation_keeps_backups_and_reads_in_order(
-    tmp_path: Path, backups: int, kept: range
+@pytest.mark.parametrize(
+    ("backups", "kept", "deleted"), [(3, range(10, 17), 0), (2, range(12, 17), 2)]
+)
+async def test_rotation_with_retention_keeps_backups_and_reads_in_order(
+    tmp_path: Path, backups: int, kept: range, deleted: int
 ) -> None:
-    """Files rotate by size, at most ``backups`` are kept, and reads go oldest to newest."""
+    """With ``delete_oldest``, at most ``backups`` files are kept and what went is counted."""
     path = tmp_path / "dlq.jsonl"
     letters = [make_letter(offset) for offset in range(10, 17)]
     line = len(letters[0].to_json()) + 1
-    await write_each(JsonLinesDeadLetters(path, max_bytes=2 * line, backups=backups), letters)
+    sink = JsonLinesDeadLetters(
+        path, max_bytes=2 * line, backups=backups, retention="delete_oldest"
+    )
+    await write_each(sink, letters)
     names = store_files(tmp_path)
     expected_names = ["dlq.jsonl", *(f"dlq.jsonl.{i}" for i in range(1, backups + 1))]
     assert expected_names == names
     assert [make_letter(offset) for offset in kept] == list(read_dead_letters(path))
+    assert deleted == sink.deleted
     assert all(0o600 == mode(tmp_path / name) for name in names)
+
+
+async def test_a_full_store_refuses_the_write_and_deletes_nothing(tmp_path: Path) -> None:
+    """Without a retention, a rotation that would delete letters fails the write (ENOSPC)."""
+    path = tmp_path / "dlq.jsonl"
+    letters = [make_letter(offset) for offset in range(10, 15)]
+    line = len(letters[0].to_json()) + 1
+    sink = JsonLinesDeadLetters(path, max_bytes=2 * line, backups=1)
+    await sink.open()
+    try:
+        for letter in letters[:4]:
+            await sink.write([letter])
+        with pytest.raises(
+            DeadLetterStoreFullError, match="is full: rotating would delete 2"
+        ) as info:
+            await sink.write([letters[4]])
+    finally:
+        await sink.aclose()
+    assert (errno.ENOSPC, 0) == (info.value.errno, sink.deleted)
+    assert (["dlq.jsonl", "dlq.jsonl.1"], letters[:4]) == (
+        store_files(tmp_path),
+        list(read_dead_letters(path)),
+    )
+
+
+async def test_a_purged_oldest_file_makes_room(tmp_path: Path) -> None:
+    """Once the oldest file's letters are purged, the next rotation drops it and writes."""
+    path = tmp_path / "dlq.jsonl"
+    letters = [make_letter(offset, at=1_000.0 + offset) for offset in range(10, 15)]
+    line = len(letters[0].to_json()) + 1
+    await write_each(JsonLinesDeadLetters(path, max_bytes=2 * line, backups=1), letters[:4])
+    assert 2 == purge_dead_letters(path, before=1_012.0)  # the two in dlq.jsonl.1
+    sink = JsonLinesDeadLetters(path, max_bytes=2 * line, backups=1)
+    await write_each(sink, letters[4:])
+    assert (letters[2:], 0) == (list(read_dead_letters(path)), sink.deleted)
+
+
+def test_an_unknown_retention_is_a_config_error(tmp_path: Path) -> None:
+    """``retention`` is ``"keep"`` or ``"delete_oldest"``; anything else names the option."""
+    with pytest.raises(ConfigError, match="retention"):
+        JsonLinesDeadLetters(tmp_path / "dlq.jsonl", retention="forever")  # type: ignore[arg-type]
 
 
 async def test_oversized_write_gets_its_own_file(tmp_path: Path) -> None:

@@ -30,6 +30,20 @@ from riprap.observability import Redactor
         ("card 4111 1111 1111 1111 declined", "card [REDACTED:card] declined"),
         ("card 5500-0000-0000-0004 declined", "card [REDACTED:card] declined"),
         ("amex 378282246310005.", "amex [REDACTED:card]."),
+        ("sent X-Api-Key: k-123 upstream", "sent X-Api-Key: [REDACTED:secret] upstream"),
+        (
+            "GET /v1?page=2&access_token=abc.def&q=x",
+            "GET /v1?page=2&access_token=[REDACTED:secret]&q=x",
+        ),
+        ('{"client_secret": "s3cr3t", "id": 7}', '{"client_secret": "[REDACTED:secret]", "id": 7}'),
+        ("login password=hunter2, retrying", "login password=[REDACTED:secret], retrying"),
+        ("Cookie: sid=abc; theme=dark", "Cookie: [REDACTED:cookie]"),
+        (
+            "connect postgres://app:pw@db.internal:5432/orders",
+            "connect postgres://app:[REDACTED:password]@db.internal:5432/orders",
+        ),
+        ("Proxy-Authorization: Basic dXNlcg==", "Proxy-Authorization: [REDACTED:authorization]"),
+        ("3 tokens left, token_count=4", "3 tokens left, token_count=4"),
     ],
     ids=[
         "email",
@@ -42,6 +56,14 @@ from riprap.observability import Redactor
         "card-spaces",
         "card-dashes",
         "card-15-digits",
+        "api-key-header",
+        "token-query",
+        "secret-json",
+        "password-pair",
+        "cookie",
+        "dsn-password",
+        "proxy-authorization",
+        "token-words-kept",
     ],
 )
 def test_default_patterns(text: str, expected: str) -> None:

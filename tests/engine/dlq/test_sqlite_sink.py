@@ -62,13 +62,13 @@ async def test_same_letter_twice_keeps_one_row(sink: SqliteDeadLetters) -> None:
     assert [letter] == list(read_dead_letters(sink.path))
 
 
-async def test_rewrite_keeps_first_failure_and_newest_details(sink: SqliteDeadLetters) -> None:
-    """A repeated failure updates the row but keeps when the record first failed."""
+async def test_a_second_copy_of_an_id_is_ignored(sink: SqliteDeadLetters) -> None:
+    """A letter written again after a crash (same id, later details) leaves the first row as is."""
     first = make_letter(10, at=T0)
     later = replace(make_letter(10, at=T0 + 50), first_failure_at=T0 + 40, attempts=3)
     await sink.write([first])
     await sink.write([later])
-    assert [replace(later, first_failure_at=T0)] == list(read_dead_letters(sink.path))
+    assert (1, [first]) == (rows(sink.path), list(read_dead_letters(sink.path)))
 
 
 async def test_file_is_private(tmp_path: Path) -> None:

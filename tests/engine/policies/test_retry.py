@@ -160,22 +160,42 @@ async def test_retry_after_is_honoured(clock: VirtualClock) -> None:
 
 
 @pytest.mark.anyio
-async def test_retry_after_is_capped_by_wait_max(clock: VirtualClock) -> None:
-    """A Retry-After beyond wait_max waits wait_max."""
-    config = Retry(wait_initial=0.1, wait_max=5.0, wait_jitter="none")
-    fn = Flaky(clock, TransientError("429", retry_after=600.0))
-    assert "ok" == await retrying(clock, config)(fn)()
-    assert [0.0, 5.0] == fn.calls
+async def test_retry_after_beyond_wait_max_is_waited_in_full(clock: VirtualClock) -> None:
+    """A Retry-After of 2 s under wait_max=1 s is retried after 2 s, never earlier."""
+    config = Retry(wait_initial=0.1, wait_max=1.0, wait_jitter="none")
+    fn = Flaky(
+        clock, TransientError("429", retry_after=2.0), TransientError("429", retry_after=3.5)
+    )
+    events: list[PolicyEvent] = []
+    assert "ok" == await retrying(clock, config, events)(fn)()
+    assert [0.0, 2.0, 5.5] == fn.calls
+    assert [2.0, 3.5] == [e.delay for e in events if isinstance(e, RetryScheduled)]
 
 
 @pytest.mark.anyio
 async def test_retry_after_past_the_deadline_gives_up(clock: VirtualClock) -> None:
-    """A Retry-After that would end after the deadline ends the retries at once."""
+    """A Retry-After longer than the time left ends the retries at once, saying why."""
     config = Retry(timeout=10.0, wait_initial=0.1, wait_max=60.0, wait_jitter="none")
-    fn = Flaky(clock, TransientError("503", retry_after=30.0))
-    with pytest.raises(TransientError):
-        await retrying(clock, config)(fn)()
-    assert [0.0] == fn.calls
+    fn = Flaky(
+        clock, TransientError("503", retry_after=4.0), TransientError("503", retry_after=30.0)
+    )
+    events: list[PolicyEvent] = []
+    with pytest.raises(TransientError) as info:
+        await retrying(clock, config, events)(fn)()
+    assert [0.0, 4.0] == fn.calls
+    assert 4.0 == clock.monotonic()  # gave up at once, without waiting
+    gave_up = [e for e in events if isinstance(e, RetryGaveUp)]
+    assert [("retry_after_exceeds_deadline", 2)] == [(e.reason, e.attempts) for e in gave_up]
+    assert 30.0 == info.value.retry_after  # the last error, re-raised unchanged
+
+
+@pytest.mark.anyio
+async def test_retry_after_within_the_deadline_is_not_cut_by_it(clock: VirtualClock) -> None:
+    """A Retry-After that fits the time left is waited in full even past wait_max."""
+    config = Retry(timeout=10.0, wait_initial=0.1, wait_max=1.0, wait_jitter="none")
+    fn = Flaky(clock, TransientError("503", retry_after=9.0))
+    assert "ok" == await retrying(clock, config)(fn)()
+    assert [0.0, 9.0] == fn.calls
 
 
 @pytest.mark.anyio

@@ -1,0 +1,137 @@
+"""Admission: the breaker is asked after the bulkhead, and again by the call itself (admit)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from riprap import TransientError
+from riprap.policies import (
+    BreakerConfig,
+    Bulkhead,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Policies,
+    PolicyStack,
+    admit,
+    admit_nowait,
+)
+
+if TYPE_CHECKING:
+    from riprap.testing import VirtualClock
+
+pytestmark = pytest.mark.anyio
+
+
+def make_breaker(clock: VirtualClock) -> CircuitBreaker:
+    """A breaker that probes once, a second after it opened."""
+    config = BreakerConfig(window_size=1, minimum_calls=1, open_duration=1.0, half_open_probes=1)
+    return CircuitBreaker("scores", config, clock=clock)
+
+
+async def test_admit_refuses_a_call_whose_breaker_opened_while_it_queued(
+    clock: VirtualClock,
+) -> None:
+    """A call admitted while closed is refused by admit() once the breaker has opened."""
+    breaker = make_breaker(clock)
+    queued = anyio.Event()
+    reached: list[int] = []
+
+    async def call(value: int) -> int:
+        await queued.wait()  # a connection pool's queue, say
+        await admit()
+        reached.append(value)
+        return value
+
+    wrapped = PolicyStack(Policies(breaker=breaker), clock=clock).wrap(call)
+    outcomes: list[str] = []
+
+    async def attempt() -> None:
+        try:
+            await wrapped(1)
+        except CircuitOpenError:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(attempt)
+        await clock.wait_all_tasks_blocked()
+        breaker.force_open()
+        queued.set()
+    assert ["refused"] == outcomes
+    assert [] == reached
+    assert 1 == breaker.statistics().rejected
+
+
+async def trip(stack: PolicyStack) -> None:
+    """Open the stack's breaker with one failed call."""
+
+    async def failing() -> None:
+        raise TransientError("down")
+
+    with pytest.raises(TransientError):
+        await stack.wrap(failing)()
+
+
+async def test_admit_waits_for_the_probe_when_the_stack_waits(clock: VirtualClock) -> None:
+    """With on_open="wait", admit() holds a stale call back until the breaker lets it probe."""
+    breaker = make_breaker(clock)
+    stack = PolicyStack(Policies(breaker=breaker, on_open="wait"), clock=clock)
+    queued = anyio.Event()
+    outcomes: list[tuple[str, float, CircuitState]] = []
+
+    async def call() -> None:
+        await queued.wait()  # a connection pool's queue, say
+        try:
+            admit_nowait()
+        except anyio.WouldBlock:
+            outcomes.append(("would block", clock.monotonic(), breaker.state))
+        await admit()
+        outcomes.append(("sent", clock.monotonic(), breaker.state))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stack.wrap(call))
+        await clock.wait_all_tasks_blocked()
+        await trip(stack)
+        queued.set()
+    assert [
+        ("would block", 0.0, CircuitState.OPEN),
+        ("sent", 1.0, CircuitState.HALF_OPEN),
+    ] == outcomes
+    assert CircuitState.CLOSED == breaker.state  # the probe succeeded
+
+
+async def test_admit_outside_a_call_behind_a_breaker_returns_at_once() -> None:
+    """Without a breaker permit in the context there is nothing to re-check."""
+
+    async def call() -> str:
+        admit_nowait()
+        await admit()
+        return "sent"
+
+    assert "sent" == await PolicyStack(Policies(bulkhead=Bulkhead(1))).wrap(call)()
+
+
+async def test_an_open_breaker_refuses_before_the_caller_queues_for_a_slot(
+    clock: VirtualClock,
+) -> None:
+    """With every slot taken and the breaker open, a caller is refused at once, not queued."""
+    breaker = make_breaker(clock)
+    bulkhead = Bulkhead(1)
+    busy = anyio.Event()
+    stack = PolicyStack(Policies(breaker=breaker, bulkhead=bulkhead), clock=clock)
+
+    async def slow(value: int) -> int:
+        await busy.wait()
+        return value
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stack.wrap(slow), 1)
+        await clock.wait_all_tasks_blocked()
+        breaker.force_open()
+        with pytest.raises(CircuitOpenError):
+            await stack.wrap(slow)(2)
+        assert (1, 0) == (bulkhead.statistics().in_use, bulkhead.statistics().waiting)
+        busy.set()
