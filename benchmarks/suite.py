@@ -11,8 +11,9 @@ ratio is taken within a round, against the workload's limit:
   commit), 500,000 records on 4 partitions. The suite starts one broker (the
   Tansu test broker of ``riprap.testing.kafka_broker``) and passes its address
   to every W2 child; each run makes its own topics.
-* W3 async enrichment: a Semaphore + ``asyncio.gather`` loop making the same
-  HTTP calls, 50,000 records (about 10 s a run on 2 cores).
+* W3 async enrichment: a pool of 64 worker tasks making the same HTTP calls,
+  50,000 records (about 10 s a run on 2 cores); riprap at batch sizes 1,000,
+  100 and 10.
 * W4 latency: a plain async loop over the same rate-limited source, 20,000
   records/s for 30 s.
 
@@ -103,7 +104,7 @@ WORKLOADS = (
         "in memory",
         "benchmarks.w1_memory",
         "plain loop",
-        ("plain loop", "riprap"),
+        ("plain loop", "riprap", "riprap embedded", "riprap embedded uvloop"),
         peers=("bytewax", "quixstreams", "faust"),
     ),
     Workload(
@@ -116,7 +117,11 @@ WORKLOADS = (
         broker=True,
     ),
     Workload(
-        "W3", "async enrichment", "benchmarks.w3_enrich", "gather loop", ("gather loop", "riprap")
+        "W3",
+        "async enrichment",
+        "benchmarks.w3_enrich",
+        "worker pool",
+        ("worker pool", "riprap", "riprap batch 100", "riprap batch 10"),
     ),
     Workload(
         "W4",
@@ -172,7 +177,7 @@ def run_suite(
         for round_ in range(1, runs + 1):
             for workload in workloads:
                 extra = broker if workload.broker else []
-                for impl, outcome in outcomes[workload.key].items():
+                for impl, outcome in rotated(outcomes[workload.key], round_):
                     if outcome.skipped or outcome.error:
                         continue
                     python = peer_python if impl in workload.peers else sys.executable
@@ -180,6 +185,14 @@ def run_suite(
                     _note(outcome, result)
                     _progress(workload, impl, round_, runs, result)
     return outcomes
+
+
+def rotated(outcomes: dict[str, Outcome], round_: int) -> list[tuple[str, Outcome]]:
+    """This round's run order: each round starts one implementation later, so
+    none (the limit included) always runs first, on a cold or a warm machine."""
+    items = list(outcomes.items())
+    shift = (round_ - 1) % len(items)
+    return items[shift:] + items[:shift]
 
 
 def _broker_options(
@@ -224,6 +237,9 @@ def _progress(workload: Workload, impl: str, round_: int, runs: int, result: Res
     print(f"[{round_}/{runs}] {workload.key} {impl}: {what}", file=sys.stderr, flush=True)
 
 
+_MEDIANS = ("p50_ms", "p99_ms", "p999_ms", "rss_start_mib", "rss_end_mib")
+
+
 def summarise(workload: Workload, outcomes: dict[str, Outcome]) -> dict[str, Any]:
     """Medians per implementation; ratios are per round, to the limit's run of that round."""
     limit_runs = outcomes[workload.limit].runs
@@ -239,9 +255,12 @@ def summarise(workload: Workload, outcomes: dict[str, Outcome]) -> dict[str, Any
                 if limit["records_per_s"] > 0
             ]
             entry["records_per_s"] = statistics.median(r["records_per_s"] for r in outcome.runs)
+            # The limit's figure is the cost of the work itself; others' add what they cost.
+            entry["us_per_record"] = 1e6 / entry["records_per_s"]
             entry["vs_limit"] = statistics.median(ratios) if ratios else None
+            entry["vs_limit_spread"] = [min(ratios), max(ratios)] if ratios else None
             entry["peak_rss_mib"] = max(r["peak_rss_mib"] for r in outcome.runs)
-            for key in ("p50_ms", "p99_ms", "p999_ms", "rss_start_mib", "rss_end_mib"):
+            for key in (*_MEDIANS, "join_s", "records_per_cpu_s"):  # join, CPU: W2
                 if key in outcome.runs[0]:
                     entry[key] = statistics.median(r[key] for r in outcome.runs)
             entry["version"] = outcome.runs[0].get("version")
@@ -255,7 +274,8 @@ def print_table(
     """The suite's table: workload x implementation, medians of ``runs`` runs."""
     print(f"riprap benchmark suite, median of {runs} run(s), {os.cpu_count()} CPUs")
     print(
-        f"{'workload':<34}{'implementation':<22}{'records/s':>12}{'vs limit':>10}{'peak RSS':>11}"
+        f"{'workload':<34}{'implementation':<24}{'records/s':>12}{'us/rec':>8}"
+        f"{'vs limit':>10}{'spread':>11}{'peak RSS':>11}"
     )
     for workload in workloads:
         label = f"{workload.key} {workload.title} ({workload.records(sizes):,})"
@@ -263,16 +283,31 @@ def print_table(
             name = f"{impl} (limit)" if impl == workload.limit else impl
             if "records_per_s" not in entry:
                 reason = entry.get("skipped") or entry.get("error")
-                print(f"{label:<34}{name:<22}  skipped: {reason}")
+                print(f"{label:<34}{name:<24}  skipped: {reason}")
             else:
-                ratio = entry["vs_limit"]
+                ratio, spread = entry["vs_limit"], entry.get("vs_limit_spread")
                 print(
-                    f"{label:<34}{name:<22}{entry['records_per_s']:>12,.0f}"
+                    f"{label:<34}{name:<24}{entry['records_per_s']:>12,.0f}"
+                    f"{entry['us_per_record']:>8.2f}"
                     f"{'' if ratio is None else f'{ratio:.0%}':>10}"
+                    f"{'' if not spread else f'{spread[0]:.0%}-{spread[1]:.0%}':>11}"
                     f"{entry['peak_rss_mib']:>7.0f} MiB"
                 )
             label = ""
     _print_latency(results.get("W4"), sizes)
+    _print_kafka(results.get("W2"))
+
+
+def _print_kafka(results: dict[str, Any] | None) -> None:
+    """W2's split clock: records/s above are steady rates; the group join is apart."""
+    rows = [(impl, e) for impl, e in (results or {}).items() if "join_s" in e]
+    if not rows:
+        return
+    print()
+    print("W2 records/s above: steady, after the group join (peers: whole run)")
+    print(f"{'implementation':<22}{'join s':>8}{'records/CPU-s':>15}")
+    for impl, entry in rows:
+        print(f"{impl:<22}{entry['join_s']:>8.2f}{entry['records_per_cpu_s']:>15,.0f}")
 
 
 def _print_latency(results: dict[str, Any] | None, sizes: Sizes) -> None:

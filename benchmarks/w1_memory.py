@@ -2,9 +2,11 @@
 
 The workload is :mod:`benchmarks.bench_memory`'s (parse with orjson, drop null
 emails, add ``amount_cents``, serialise, count) on the same records; the plain
-loop is the limit. ``bench_memory`` itself interleaves implementations in one
-process for the steadiest ratio; this module runs one of them alone so that
-its peak RSS is its own.
+loop is the limit. riprap runs at its defaults three ways: through
+``riprap.run`` (scripts and the CLI), embedded in a service with
+``asyncio.run(pipeline.run())``, and embedded on uvloop. ``bench_memory``
+itself interleaves implementations in one process for the steadiest ratio;
+this module runs one of them alone so that its peak RSS is its own.
 
 Run: ``python -m benchmarks.w1_memory [--impl NAME] [--records N] [--json]``.
 """
@@ -16,7 +18,12 @@ from typing import TYPE_CHECKING
 
 from benchmarks import peers
 from benchmarks._child import Result, child_main, expected_count, make_input, start_measuring
-from benchmarks.bench_memory import plain_loop, run_riprap
+from benchmarks.bench_memory import (
+    plain_loop,
+    run_riprap,
+    run_riprap_embedded,
+    run_riprap_embedded_uvloop,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -28,6 +35,8 @@ WARM_UP = 1_000
 RUNS: dict[str, Callable[[list[bytes]], int]] = {
     "plain loop": plain_loop,
     "riprap": run_riprap,
+    "riprap embedded": run_riprap_embedded,
+    "riprap embedded uvloop": run_riprap_embedded_uvloop,
     "bytewax": peers.run_bytewax,
     "quixstreams": peers.run_quixstreams,
     "faust": peers.run_faust,

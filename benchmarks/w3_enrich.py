@@ -5,11 +5,14 @@ from ``GET /enrich/<user>`` on an aiohttp server this module starts in a child
 process on 127.0.0.1 (an ephemeral port), 64 calls at a time, through one
 shared ``aiohttp.ClientSession`` (a 64-connection pool).
 
-* **gather loop** (the limit): the same calls made by ``asyncio.gather`` over
-  one coroutine per record, each taking an ``asyncio.Semaphore(64)``.
+* **worker pool** (the limit): 64 tasks taking records from one iterator,
+  each doing the whole work of a record (parse, filter, call, add cents,
+  serialise) before taking the next: what a careful hand-written service does.
 * **riprap**: the W1 pipeline with an async ``enrich`` map step at
-  ``concurrency=64`` and the full policy stack on: retry, circuit breaker,
-  bulkhead, attempt timeout and total timeout.
+  ``concurrency=64`` and the full policy stack on (retry, circuit breaker,
+  bulkhead, attempt timeout and total timeout), embedded (``await
+  pipeline.run()``), at the default batch size (1,000) and at 100 and 10:
+  the step keeps 64 calls in flight across batch boundaries.
 
 Both run on uvloop when it is installed. Every run is bounded: exactly one
 call per record, a deadline on the whole run, and the server exits when its
@@ -120,33 +123,37 @@ class Enricher:
         return order
 
 
-async def gather_loop(records: list[bytes], enrich: Enricher) -> int:
-    """The limit: ``asyncio.gather`` over every record, ``Semaphore(64)`` around each call."""
-    semaphore = asyncio.Semaphore(CONCURRENCY)
+async def worker_pool(records: list[bytes], enrich: Enricher) -> int:
+    """The limit: 64 worker tasks taking records from one iterator, one call each at a time."""
     loads = orjson.loads
     dumps = orjson.dumps
+    pending = iter(records)
+    counts = [0] * CONCURRENCY
 
-    async def one(raw: bytes) -> int:
-        order = loads(raw)
-        if order["email"] is None:
-            return 0
-        async with semaphore:
+    async def worker(n: int) -> None:
+        count = 0
+        for raw in pending:
+            order = loads(raw)
+            if order["email"] is None:
+                continue
             order = await enrich(order)
-        dumps(add_cents(order))
-        return 1
+            dumps(add_cents(order))
+            count += 1
+        counts[n] = count
 
-    return sum(await asyncio.gather(*(one(raw) for raw in records)))
+    async with anyio.create_task_group() as tg:
+        for n in range(CONCURRENCY):
+            tg.start_soon(worker, n)
+    return sum(counts)
 
 
-def enrich_pipeline(records: list[bytes], enrich: Enricher, sink: CountSink) -> riprap.Pipeline:
-    """W1's pipeline with the enrichment step, full policy stack on."""
+def enrich_pipeline(
+    records: list[bytes], enrich: Enricher, sink: CountSink, batch_size: int | None = None
+) -> riprap.Pipeline:
+    """W1's pipeline with the enrichment step, full policy stack on, otherwise at the defaults."""
+    sizes = {} if batch_size is None else {"batch_size": batch_size}
     return (
-        riprap.Pipeline(
-            "bench-enrich",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            batch_size=1_000,
-            max_in_flight=8_000,
-        )
+        riprap.Pipeline("bench-enrich", checkpoint=riprap.checkpoints.MemoryCheckpoints(), **sizes)
         .source(IterableSource("records", records))
         .map("parse", orjson.loads)
         .filter("has_email", has_email)
@@ -166,16 +173,18 @@ def enrich_pipeline(records: list[bytes], enrich: Enricher, sink: CountSink) -> 
     )
 
 
-async def run_riprap(records: list[bytes], enrich: Enricher) -> int:
-    """Run the enrichment pipeline once; return the records counted by the sink."""
+async def run_riprap(records: list[bytes], enrich: Enricher, batch_size: int | None = None) -> int:
+    """Run the enrichment pipeline once, embedded; return the records counted by the sink."""
     sink = CountSink()
-    await enrich_pipeline(records, enrich, sink).run()
+    await enrich_pipeline(records, enrich, sink, batch_size).run()
     return sink.count
 
 
 RUNS: dict[str, Callable[[list[bytes], Enricher], Awaitable[int]]] = {
-    "gather loop": gather_loop,
+    "worker pool": worker_pool,
     "riprap": run_riprap,
+    "riprap batch 100": functools.partial(run_riprap, batch_size=100),
+    "riprap batch 10": functools.partial(run_riprap, batch_size=10),
 }
 
 

@@ -12,7 +12,9 @@ Sources
     position (no decoding). File I/O runs in a worker thread, one hop per
     batch. Files are read as they are: the sources do not follow appends, so a
     last line without a newline is taken as a complete record because it ends
-    the file; do not point a source at a file still being written.
+    the file; do not point a source at a file still being written. Under
+    ``riprap run --workers N`` each worker reads the files whose path hashes
+    to it (``for_worker``).
 
 Decode errors
     By default :class:`JsonLinesSource` hands over raw line bytes, and decoding
@@ -47,11 +49,13 @@ import glob
 import io
 import os
 import sys
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from copy import copy
 from itertools import islice
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, final
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, final
 
 import anyio
 import anyio.lowlevel
@@ -130,6 +134,19 @@ def _resolve(spec: PathSpec) -> list[str]:
     return sorted(paths)
 
 
+def _worker_of(path: str, count: int) -> int:
+    """The worker a file belongs to: a stable hash of its path, the same in every process."""
+    return zlib.crc32(path.encode("utf-8", "surrogateescape")) % count if count > 1 else 0
+
+
+def _check_share(name: str, index: int, count: int) -> None:
+    """Refuse a worker index outside ``range(count)`` or a count below 1."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError("workers", f"source {name!r}: worker count {count!r} is not >= 1")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ConfigError("workers", f"source {name!r}: worker {index!r} is not in 0..{count - 1}")
+
+
 def _consume(lines: Iterator[Any], count: int) -> int:
     """Skip up to ``count`` lines in C; return how many there were."""
     last = deque(enumerate(islice(lines, count), 1), maxlen=1)
@@ -156,6 +173,25 @@ class _FileSource:
         self._path = ""
         self._ready: SourceBatch | None = None
         self._lock = anyio.Lock()
+        self._share = (0, 1)  # (worker index, worker count): every file by default
+
+    def for_worker(self, index: int, count: int) -> Self:
+        """This source for worker ``index`` of ``count``: the files whose path hashes to it.
+
+        A file belongs to worker ``zlib.crc32(path) % count`` (the path as
+        resolved, UTF-8): stable across runs and machines, and a file added
+        later does not move the others, so each worker's positions stay its own.
+
+        Raises:
+            ConfigError: ``index`` is not in ``range(count)``, or the source is open.
+        """
+        _check_share(self.name, index, count)
+        if self._paths is not None:
+            raise ConfigError("workers", f"source {self.name!r} is open; split it before the run")
+        clone = copy(self)
+        clone._share = (index, count)
+        clone._lock = anyio.Lock()
+        return clone
 
     @property
     def paths(self) -> list[str]:
@@ -172,7 +208,9 @@ class _FileSource:
         """
         async with self._lock:
             await anyio.to_thread.run_sync(self._close)
-            self._paths = await anyio.to_thread.run_sync(_resolve, self._spec)
+            paths = await anyio.to_thread.run_sync(_resolve, self._spec)
+            index, count = self._share
+            self._paths = [p for p in paths if _worker_of(p, count) == index]
             self._positions = dict(context.positions)
             self._index = 0
             self._ready = None

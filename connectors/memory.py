@@ -4,6 +4,8 @@
 positions are the item indexes; :class:`MemorySink` collects what reaches it.
 Neither does per-record Python work: a batch is one list slice (or one
 ``islice``), so the source adds next to nothing to a throughput measurement.
+Under ``riprap run --workers N`` a list source is split by position: worker
+``i`` reads every N-th item from item ``i`` (:meth:`IterableSource.for_worker`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio.lowlevel
 
-from riprap import SourceBatch
+from riprap import ConfigError, SourceBatch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,7 +44,17 @@ class IterableSource:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_iterator", "_key_fn", "_keys", "_list", "_next", "name", "partition")
+    __slots__ = (
+        "_count",
+        "_index",
+        "_iterator",
+        "_key_fn",
+        "_keys",
+        "_list",
+        "_next",
+        "name",
+        "partition",
+    )
 
     def __init__(
         self,
@@ -61,6 +73,30 @@ class IterableSource:
         self._keys = None if keys is None or callable(keys) else keys
         self._key_fn = keys if callable(keys) else None
         self._next = 0
+        self._index, self._count = 0, 1  # this worker reads items index, index + count, ...
+
+    def for_worker(self, index: int, count: int) -> IterableSource:
+        """This source for worker ``index`` of ``count``: items ``index``, ``index + count``, ...
+
+        Positions stay the items' indexes in the whole list, so the workers'
+        records and positions never overlap.
+
+        Raises:
+            ConfigError: The values are not a list (a one-shot iterator cannot
+                be shared), or ``index`` is not in ``range(count)``.
+        """
+        if self._list is None:
+            raise ConfigError(
+                "workers", f"source {self.name!r} serves a one-shot iterator; split needs a list"
+            )
+        if not 0 <= index < count:
+            raise ConfigError(
+                "workers", f"source {self.name!r}: worker {index} is not in 0..{count - 1}"
+            )
+        keys = self._key_fn if self._key_fn is not None else self._keys
+        clone = IterableSource(self.name, self._list, partition=self.partition, keys=keys)
+        clone._index, clone._count = index, count
+        return clone
 
     async def open(self, context: SourceContext) -> None:
         """Start at the checkpointed position of the partition (0 if none).
@@ -85,6 +121,8 @@ class IterableSource:
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` values, or ``None`` at the end."""
         await anyio.lowlevel.checkpoint()
+        if self._count > 1:
+            return self._read_share(max_records)
         start = self._next
         if self._list is not None:
             values = self._list[start : start + max_records]
@@ -95,6 +133,24 @@ class IterableSource:
             return None
         self._next = start + len(values)
         return SourceBatch(self.partition, values, start=start, keys=self._keys_for(start, values))
+
+    def _read_share(self, max_records: int) -> SourceBatch | None:
+        """This worker's next items: every ``_count``-th, from its first one at ``_next`` on."""
+        assert self._list is not None
+        step = self._count
+        first = self._next + (self._index - self._next) % step
+        values = self._list[first : first + max_records * step : step]
+        if not values:
+            return None
+        offsets = list(range(first, first + len(values) * step, step))
+        self._next = offsets[-1] + 1
+        if self._key_fn is not None:
+            keys: list[Any] | None = list(map(self._key_fn, values))
+        else:
+            keys = None if self._keys is None else list(self._keys[first : self._next : step])
+        return SourceBatch(
+            self.partition, values, start=first, end=self._next, offsets=offsets, keys=keys
+        )
 
     def _keys_for(self, start: int, values: list[Any]) -> list[Any] | None:
         if self._key_fn is not None:

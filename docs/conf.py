@@ -27,13 +27,15 @@ myst_heading_anchors = 3
 _OUTSIDE = (
     r"(_asyncio|builtins|typing|typing_extensions|collections|collections\.abc|asyncio|anyio|re|"
     r"contextlib|logging|os|pathlib|types|random|datetime|enum|dataclasses|sqlite3|aiohttp|"
-    r"prometheus_client|aiokafka|aiobotocore|botocore|opentelemetry|web)(\..*)?"
+    r"prometheus_client|aiokafka|aiobotocore|botocore|opentelemetry|web|pa|pyarrow|deltalake)"
+    r"(\..*)?"
 )
 _ALIASES = (
     r"Emit|Headers|Header|Outcome|Signal|Jitter|GiveUpReason|RejectionReason|Verdict|Format|"
     r"Encryption|Decode|Partitioner|Serializer|FallbackFn|ProgressHook|QuarantineHook|"
     r"WindowKind|SagaPhase|SagaResult|TimeSource|LateHandler|OnError|PathSpec|MonitoredRun|"
-    r"Runtime|Emitter|GapKind|DEFAULT_CLASSIFIER|Where a record's time comes from.*"
+    r"Runtime|Emitter|GapKind|DEFAULT_CLASSIFIER|NewColumns|Compression|"
+    r"Where a record's time comes from.*"
 )
 nitpick_ignore_regex = [
     (r"py:.*", _OUTSIDE),

@@ -32,14 +32,18 @@ from riprap._core.records import Batch as Batch
 from riprap._core.records import Record as Record
 from riprap._core.records import SourceBatch as SourceBatch
 from riprap._core.steps import StepOptions as StepOptions
+from riprap._core.topology import Branch as Branch
 from riprap._runtime.run import run as run
 from riprap._runtime.run import run_async as run_async
 from riprap._runtime.runtime import RunningPipeline as RunningPipeline
+from riprap._runtime.workers import WorkersReport as WorkersReport
+from riprap._runtime.workers import run_workers as run_workers
 from riprap.observability._report import RunReport as RunReport
 from riprap.observability._statistics import RunStatistics as RunStatistics
 
 __all__ = (
     "Batch",
+    "Branch",
     "Clock",
     "ConfigError",
     "DataError",
@@ -62,8 +66,10 @@ __all__ = (
     "StepOptions",
     "SystemClock",
     "TransientError",
+    "WorkersReport",
     "run",
     "run_async",
+    "run_workers",
 )
 
 __version__ = importlib.metadata.version("riprap")

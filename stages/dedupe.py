@@ -116,6 +116,12 @@ class Dedupe:
             dead-lettered with reason ``missing_timestamp``), or a function of
             the value returning seconds. With event time, keys expire as the
             latest time seen moves on.
+        max_skew: With event time (or a function): seconds a record's time
+            may be ahead of the latest time seen. Beyond it the record is
+            dead-lettered with reason ``timestamp_out_of_range`` and its time
+            is not used, so one far-future timestamp cannot expire every key
+            at once. ``None`` (the default) accepts any time; the first record
+            of a stage without state is never refused.
 
     Raises:
         ConfigError: An invalid option.
@@ -133,6 +139,7 @@ class Dedupe:
         "_seen",
         "_watermark",
         "max_keys",
+        "max_skew",
         "step_id",
         "time",
         "ttl",
@@ -146,8 +153,10 @@ class Dedupe:
         ttl: float | timedelta | None = None,
         max_keys: int | None = None,
         time: TimeSource = "clock",
+        max_skew: float | None = None,
     ) -> None:
         self.step_id = step_id
+        self.max_skew = _seconds("Dedupe.max_skew", max_skew)
         self._key = _key_function(key)
         self.ttl = _seconds("Dedupe.ttl", ttl)
         if max_keys is not None and (
@@ -268,9 +277,7 @@ class Dedupe:
         assert callable(time_of)
 
         def from_value(_index: int, value: Any) -> float:
-            at = float(time_of(value))
-            self._watermark = max(self._watermark, at)
-            return at
+            return self._advance(float(time_of(value)))
 
         return from_value
 
@@ -282,7 +289,22 @@ class Dedupe:
             at = source.timestamps[i] if source.timestamps is not None else None
         if at is None:
             raise DataError("record has no event timestamp", reason="missing_timestamp")
-        self._watermark = max(self._watermark, at)
+        return self._advance(at)
+
+    def _advance(self, at: float) -> float:
+        """``at``, which moves the latest time seen, unless it is too far ahead of it.
+
+        Raises:
+            DataError: ``at`` is more than ``max_skew`` ahead (``timestamp_out_of_range``).
+        """
+        watermark, skew = self._watermark, self.max_skew
+        if skew is not None and watermark != float("-inf") and at > watermark + skew:
+            raise DataError(
+                f"event time {at!r} is more than max_skew {skew!r} s ahead of the latest"
+                f" time seen ({watermark!r})",
+                reason="timestamp_out_of_range",
+            )
+        self._watermark = max(watermark, at)
         return at
 
     def _evict(self) -> None:

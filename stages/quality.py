@@ -12,6 +12,7 @@ quarantines the window to the dead-letter queue (reason ``quality_gate``).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final, runtime_checkable
@@ -22,6 +23,7 @@ from riprap.lowlevel import DropsOrigin
 from ._fields import MISSING as _MISSING
 from ._fields import get as _get
 from ._fields import is_number as _is_number
+from ._gate_state import Decision, Decisions, subset
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
@@ -43,6 +45,8 @@ __all__ = (
     "RowCount",
     "WindowResult",
 )
+
+_log = logging.getLogger("riprap.stages.quality")
 
 
 # -- per-window quality gates --------------------------------------------------
@@ -237,7 +241,7 @@ class WindowResult:
     records: int
     records_in: int | None
     results: tuple[CheckResult, ...]
-    action: Literal["passed", "halted", "quarantined"]
+    action: Literal["passed", "halted", "quarantined", "released"]
 
     @property
     def failed(self) -> tuple[CheckResult, ...]:
@@ -248,7 +252,11 @@ class WindowResult:
 @final
 @dataclass(frozen=True, slots=True)
 class GateStatistics:
-    """Counters of a :class:`QualityGate`; ``last`` is the latest window's result."""
+    """Counters of a :class:`QualityGate`; ``last`` is the latest window's result.
+
+    ``windows_released`` counts breached windows an operator let through
+    (``riprap gate release``); they also count as failed.
+    """
 
     windows: int
     windows_passed: int
@@ -258,6 +266,7 @@ class GateStatistics:
     records_passed: int
     records_quarantined: int
     last: WindowResult | None
+    windows_released: int = 0
 
 
 class QualityGateError(EngineError):
@@ -273,7 +282,7 @@ class QualityGateError(EngineError):
         results: Every check of the window.
     """
 
-    def __init__(self, result: WindowResult) -> None:
+    def __init__(self, result: WindowResult, *, since_restart: bool = False) -> None:
         failed = result.failed
         first = failed[0]
         self.step_id = result.step_id
@@ -286,8 +295,20 @@ class QualityGateError(EngineError):
         super().__init__(
             f"quality gate {self.step_id!r} halted the run: window {self.window} "
             f"({result.records} records) breached check {first.check}: measured "
-            f"{first.measured:.6g}, bound {first.bound}" + (more if len(failed) > 1 else "")
+            f"{first.measured:.6g}, bound {first.bound}"
+            + (more if len(failed) > 1 else "")
+            + (_STILL_HALTED.format(step=self.step_id, window=self.window) if since_restart else "")
         )
+
+
+_STILL_HALTED = (
+    "; the gate halted a previous run and stays halted: fix the cause and reset the"
+    " stage's state, or let the window through with"
+    " `riprap gate release STORE {step} --window {window}`"
+)
+_STATE_VERSION = 1
+"""Version of the gate's snapshot format."""
+_Action = Literal["passed", "halted", "quarantined", "released"]
 
 
 @final
@@ -305,6 +326,17 @@ class QualityGate:
     * ``on_breach="quarantine"``: dead-letters every record of the window with
       reason ``quality_gate`` (the run goes on; mind the pipeline's
       ``dlq_guard``, which by default stops a run after 100 letters in a row).
+
+    Restarts: where windows start (per partition, as source offsets), the next
+    window number, the verdicts on closed windows whose records are not yet
+    done and a halt are saved in the checkpoint. A restart replays the records
+    of the open window and gives replayed records of closed windows their
+    verdict again, so windows are the same with or without a restart; a halted
+    gate halts again on every start until ``riprap gate release`` lets the
+    window through (action ``"released"``, counted in the run report as
+    ``quality_gate_released``) or the stage's state is reset. A graceful stop
+    leaves a partial window open for the next run; only the end of the input
+    checks it as it is.
 
     A held window keeps its records in flight, so ``window`` plus the
     pipeline's ``batch_size`` must stay below ``max_in_flight`` (counted in
@@ -355,12 +387,18 @@ class QualityGate:
         self._count = 0
         self._records_in: int | None = 0
         self._last_offsets: dict[str, int] = {}
+        self._boundary: dict[str, int] = {}
+        self._ranges: dict[str, list[int]] = {}
+        self._decisions = Decisions()
+        self._released: set[int] = set()
+        self._halted: WindowResult | None = None
         self._index = 0
         self._stats = dict.fromkeys(
             ("windows_passed", "windows_failed", "checks_passed", "checks_failed"), 0
         )
         self._records_passed = 0
         self._quarantined = 0
+        self._windows_released = 0
         self._last: WindowResult | None = None
 
     async def open(self, context: StageContext) -> None:
@@ -383,24 +421,89 @@ class QualityGate:
             )
 
     async def process(self, batch: Batch, emit: Emit) -> None:
-        """Add the batch to the window; check and release every window it completes."""
-        parts = self._split(batch)
-        for part in parts:
+        """Add the batch to the window; check and release every window it completes.
+
+        Raises:
+            QualityGateError: A window breached a check in ``halt`` mode, or
+                the gate was halted when the run started.
+        """
+        if self._halted is not None:
+            raise QualityGateError(self._halted, since_restart=True)
+        if self._decisions:
+            remaining = await self._replayed(batch, emit)
+            if remaining is None:
+                return
+            batch = remaining
+        for part in self._split(batch):
             self._hold(part)
             if self._count >= self.window:
                 await self._close(emit)
 
     async def finish(self, emit: Emit) -> None:
-        """Check and release the last, partial window."""
-        if self._held:
+        """At the end of the input, check and release the last, partial window.
+
+        After a graceful stop the partial window stays open: its records are
+        not done, so the next run replays them into the same window.
+        """
+        context = self._context
+        if self._held and (context is None or context.source_exhausted()):
             await self._close(emit)
 
-    def snapshot(self) -> None:
-        """Held records are not done, so a restart replays them: no state to save."""
-        return None
+    def snapshot(self) -> dict[str, Any]:
+        """Window starts, the next window number, live verdicts and a halt, as JSON data.
+
+        The open window's records are not done, so a restart replays them:
+        they are not part of the state.
+        """
+        halted = self._halted
+        return {
+            "version": _STATE_VERSION,
+            "index": self._index,
+            "boundary": dict(self._boundary),
+            "decided": self._decisions.to_json(),
+            "released": sorted(self._released),
+            "halted": None if halted is None else _result_to_json(halted),
+        }
 
     def restore(self, state: Any) -> None:
-        """Nothing to restore (see :meth:`snapshot`)."""
+        """Load a snapshot (``None``, from a gate that kept no state, is a fresh start).
+
+        Raises:
+            ValueError: The snapshot has an unknown format version.
+        """
+        if state is None:
+            return
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"gate {self.step_id!r}: unknown state {state.get('version')!r}")
+        self._index = int(state["index"])
+        self._boundary = {p: int(o) for p, o in state["boundary"].items()}
+        self._last_offsets = dict(self._boundary)
+        self._decisions = Decisions.from_json(state["decided"])
+        self._released = {int(w) for w in state["released"]}
+        halted = state["halted"]
+        self._halted = None
+        if halted is not None and int(halted["index"]) not in self._released:
+            self._halted = _result_from_json(self.step_id, halted)
+
+    @staticmethod
+    def release(state: Any, window: int) -> Any:
+        """``state`` (a gate's snapshot) with ``window`` let through on the next run.
+
+        A breached window that is released passes once, with action
+        ``"released"``; what the operator did is recorded where this is called
+        from (``riprap gate release`` leaves a note in the checkpoint).
+
+        Raises:
+            ValueError: ``state`` is not a gate's state, or ``window`` is
+                already closed (it can no longer be released).
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError("not the state of a quality gate (or of an unknown version)")
+        if window < int(state["index"]):
+            raise ValueError(
+                f"window {window} is already closed (the gate is at window {state['index']})"
+            )
+        return {**state, "released": sorted({*state["released"], window})}
 
     def statistics(self) -> GateStatistics:
         """Windows and checks passed and failed so far."""
@@ -414,7 +517,65 @@ class QualityGate:
             records_passed=self._records_passed,
             records_quarantined=self._quarantined,
             last=self._last,
+            windows_released=self._windows_released,
         )
+
+    # -- replayed records of closed windows ---------------------------------------
+
+    async def _replayed(self, batch: Batch, emit: Emit) -> Batch | None:
+        """Give replayed records of closed windows their verdict; the rest, if any, is new."""
+        if self._all_new(batch):
+            return batch
+        groups: dict[int, tuple[Decision, list[int]]] = {}
+        new: list[int] = []
+        past: set[str] = set()
+        for i, where in enumerate(batch.sources()):
+            decision = None
+            if where is not None:
+                partition, offset = where[0].partition, where[0].offset_of(where[1])
+                if offset > self._boundary.get(partition, offset - 1):
+                    past.add(partition)
+                else:
+                    decision = self._decisions.find(partition, offset)
+            if decision is None:
+                new.append(i)
+            else:
+                groups.setdefault(decision.index, (decision, []))[1].append(i)
+        if groups:
+            # Retain before anything is emitted: an emitted part may complete the ack.
+            batch.ack.retain(len(groups) - (0 if new else 1))
+            for decision, indexes in groups.values():
+                await self._apply(decision, subset(batch, indexes), emit)
+        for partition in past:  # only now: a decision must outlive its replays' tracking
+            self._decisions.beyond(partition)
+        if not groups:
+            return batch
+        return subset(batch, new) if new else None
+
+    def _all_new(self, batch: Batch) -> bool:
+        """Whether every item is past the closed windows (the cheap check for one partition)."""
+        if not batch.items or not self._one_partition(batch):
+            return not batch.items
+        first = batch.locate(0)
+        if first is None:
+            return True
+        partition = first[0].partition
+        boundary = self._boundary.get(partition)
+        if boundary is not None and first[0].offset_of(first[1]) <= boundary:
+            return False
+        self._decisions.beyond(partition)
+        return True
+
+    async def _apply(self, decision: Decision, part: Batch, emit: Emit) -> None:
+        """Pass or dead-letter replayed records again, as their window's verdict says."""
+        tracked = self._decisions.track(decision, part)
+        if decision.action == "quarantined":
+            message = f"quality gate {self.step_id!r} quarantined window {decision.index}"
+            self._dead_letter_all(tracked, message)
+            return
+        await emit(tracked)
+
+    # -- windows ------------------------------------------------------------------
 
     def _split(self, batch: Batch) -> list[Batch]:
         """The batch cut at window ends; the ack is retained once per extra part up front."""
@@ -440,7 +601,7 @@ class QualityGate:
 
     def _source_span(self, part: Batch) -> int | None:
         """Source records the part covers since the previous part of the same partition."""
-        ends: dict[str, tuple[int, int]] = {}
+        ends: dict[str, tuple[int, int, int]] = {}
         indexes = (0, len(part.items) - 1)
         for index in indexes if self._one_partition(part) else range(len(part.items)):
             where = part.locate(index)
@@ -448,11 +609,13 @@ class QualityGate:
                 return None
             source, i = where
             offset = source.offset_of(i)
-            low, high = ends.get(source.partition, (source.offset_of(0) - 1, offset))
-            ends[source.partition] = (low, max(high, offset))
+            low, first, high = ends.get(source.partition, (source.offset_of(0) - 1, offset, offset))
+            ends[source.partition] = (low, min(first, offset), max(high, offset))
         span = 0
-        for partition, (first_low, high) in ends.items():
+        for partition, (first_low, first, high) in ends.items():
             low = self._last_offsets.get(partition, first_low)
+            bounds = self._ranges.setdefault(partition, [first, high])
+            bounds[1] = max(bounds[1], high)
             if high > low:
                 span += high - low
                 self._last_offsets[partition] = high
@@ -464,28 +627,44 @@ class QualityGate:
         return first is None or last is None or first[0].partition == last[0].partition
 
     async def _close(self, emit: Emit) -> None:
-        held, records_in = self._held, self._records_in
-        self._held, self._count, self._records_in = [], 0, 0
+        held, records_in, ranges = self._held, self._records_in, self._ranges
+        self._held, self._count, self._records_in, self._ranges = [], 0, 0, {}
         items = [item for part in held for item in part.items]
         window = GateWindow(self._index, items, records_in)
-        self._index += 1
         results = tuple(check.evaluate(window) for check in self.checks)
         failed = sum(not r.passed for r in results)
-        action: Literal["passed", "halted", "quarantined"] = "passed"
-        if failed:
-            action = "halted" if self.on_breach == "halt" else "quarantined"
+        action = self._action(window.index, failed)
         result = WindowResult(self.step_id, window.index, len(items), records_in, results, action)
         self._count_result(result, failed)
         if self.on_window is not None:
             self.on_window(result)
         if action == "halted":
+            self._halted = result  # saved by the final checkpoint: the next start halts too
+            self._last_offsets = dict(self._boundary)
             raise QualityGateError(result)
+        # Decided, before anything is emitted: a checkpoint taken meanwhile already has it.
+        decision = Decision(window.index, action, ranges)
+        self._decisions.add(decision)
+        self._boundary.update((p, bounds[1]) for p, bounds in ranges.items())
+        self._index += 1
         if action == "quarantined":
-            self._quarantine(held, result)
+            self._quarantine(held, result, decision)
             return
+        if action == "released":
+            self._count_release(result)
         self._records_passed += len(items)
         for part in held:
-            await emit(part)
+            await emit(self._decisions.track(decision, part))
+
+    def _action(
+        self, index: int, failed: int
+    ) -> Literal["passed", "halted", "quarantined", "released"]:
+        if not failed:
+            return "passed"
+        if index in self._released:
+            self._released.discard(index)
+            return "released"
+        return "halted" if self.on_breach == "halt" else "quarantined"
 
     def _count_result(self, result: WindowResult, failed: int) -> None:
         s = self._stats
@@ -494,15 +673,61 @@ class QualityGate:
         s["checks_passed"] += len(result.results) - failed
         self._last = result
 
-    def _quarantine(self, held: list[Batch], result: WindowResult) -> None:
-        context = self._context
-        if context is None:
-            raise RuntimeError(f"stage {self.step_id!r} was not opened")
+    def _count_release(self, result: WindowResult) -> None:
+        """A breached window let through by an operator: logged and in the run report."""
+        self._windows_released += 1
+        _log.warning(
+            "quality gate %r: window %d breached (%s) and was let through: released by an operator",
+            self.step_id,
+            result.index,
+            "; ".join(map(str, result.failed)),
+        )
+        if self._context is not None:
+            self._context.count("quality_gate_released", result.records)
+
+    def _quarantine(self, held: list[Batch], result: WindowResult, decision: Decision) -> None:
         failed = "; ".join(map(str, result.failed))
         message = f"quality gate {self.step_id!r} quarantined window {result.index}: {failed}"
         for part in held:
-            for index in range(len(part.items)):
-                error = DataError(message, reason="quality_gate")
-                context.dead_letter(part, index, error, "quality_gate")
+            self._dead_letter_all(self._decisions.track(decision, part), message)
             self._quarantined += len(part.items)
-            part.ack.release()  # each record is now held by its dead-letter write
+
+    def _dead_letter_all(self, part: Batch, message: str) -> None:
+        context = self._context
+        if context is None:
+            raise RuntimeError(f"stage {self.step_id!r} was not opened")
+        for index in range(len(part.items)):
+            error = DataError(message, reason="quality_gate")
+            context.dead_letter(part, index, error, "quality_gate")
+        part.ack.release()  # each record is now held by its dead-letter write
+
+
+def _result_to_json(result: WindowResult) -> dict[str, Any]:
+    return {
+        "index": result.index,
+        "records": result.records,
+        "records_in": result.records_in,
+        # NaN is not JSON: an unmeasurable check is saved as null.
+        "results": [
+            [r.check, None if math.isnan(r.measured) else r.measured, r.bound, r.passed]
+            for r in result.results
+        ],
+    }
+
+
+def _result_from_json(step_id: str, data: dict[str, Any]) -> WindowResult:
+    results = tuple(
+        CheckResult(
+            str(check), math.nan if measured is None else float(measured), str(bound), bool(passed)
+        )
+        for check, measured, bound, passed in data["results"]
+    )
+    records_in = data["records_in"]
+    return WindowResult(
+        step_id,
+        int(data["index"]),
+        int(data["records"]),
+        None if records_in is None else int(records_in),
+        results,
+        "halted",
+    )

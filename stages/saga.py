@@ -27,6 +27,20 @@ it runs again after a crash. Steps are therefore at-least-once, and every call
 carries an idempotency key (``"<saga key>:<step>"`` for actions,
 ``"<saga key>:<step>:compensate"`` for compensations) that makes the effect
 exactly-once when the target honours it.
+
+Sagas that cannot hang
+----------------------
+
+Every attempt of an action or a compensation has a timeout (default
+:data:`DEFAULT_ATTEMPT_TIMEOUT`): a hung call is a transient error, retried
+and then compensated (actions) or stopping the run (compensations), never a
+saga that waits forever. A call that ignores its cancellation is abandoned
+after :data:`DEFAULT_ATTEMPT_GRACE` (counted as an abandoned call). Timed-out
+attempts are counted in the run report and the ``riprap_source_outcomes``
+metric as ``saga_attempt_timeouts``. On a graceful stop, sagas still running
+when the pipeline's ``drain_timeout`` is up are cancelled (calls ignoring it
+are abandoned at once): the stop ends on time and the log shows only the
+steps that returned, so the next start resumes them.
 """
 
 from __future__ import annotations
@@ -43,16 +57,18 @@ import orjson
 
 from riprap import Batch, ConfigError, DataError, EngineError
 from riprap.lowlevel import Ack
-from riprap.policies import DEFAULT_CLASSIFIER, Policies, PolicyStack, Retry
+from riprap.policies import DEFAULT_CLASSIFIER, Policies, PolicyStack, Retry, RetryScheduled
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from riprap import Clock, StageContext
     from riprap.lowlevel import Emit
-    from riprap.policies import PolicyHook, Verdict
+    from riprap.policies import PolicyHook, Shelter, Verdict
 
 __all__ = (
+    "DEFAULT_ATTEMPT_GRACE",
+    "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_COMPENSATION_RETRY",
     "DEFAULT_STEP_RETRY",
     "Action",
@@ -77,6 +93,10 @@ DEFAULT_STEP_RETRY = Retry()
 """Steps retry transient errors up to 10 attempts within 45 s, then compensate."""
 DEFAULT_COMPENSATION_RETRY = Retry(attempts=None, timeout=600.0, wait_max=30.0)
 """Compensations retry transient errors for up to 10 minutes before the run stops."""
+DEFAULT_ATTEMPT_TIMEOUT = 30.0
+"""Seconds one attempt of an action or a compensation may take, unless its step says otherwise."""
+DEFAULT_ATTEMPT_GRACE = 5.0
+"""Seconds a timed-out call that ignores its cancellation is waited for before it is abandoned."""
 
 _LOG_VERSION = 1
 
@@ -117,8 +137,13 @@ class SagaStep:
             ``None`` compensates at the first transient error.
         compensation_retry: Retry policy of the compensation (default
             :data:`DEFAULT_COMPENSATION_RETRY`).
-        attempt_timeout: Seconds one attempt (action or compensation) may take;
-            a timed-out attempt is a transient error.
+        attempt_timeout: Seconds one attempt (action or compensation) may take
+            (default :data:`DEFAULT_ATTEMPT_TIMEOUT`); a timed-out attempt is a
+            transient error. ``None`` lets a call run forever: a hung call then
+            holds its saga, and a graceful stop ends only by cancelling it.
+        attempt_grace: Seconds a timed-out call that ignores its cancellation
+            is waited for before it is abandoned (default
+            :data:`DEFAULT_ATTEMPT_GRACE`).
 
     .. versionadded:: 0.1
     """
@@ -129,7 +154,8 @@ class SagaStep:
     _: KW_ONLY
     retry: Retry | None = DEFAULT_STEP_RETRY
     compensation_retry: Retry | None = DEFAULT_COMPENSATION_RETRY
-    attempt_timeout: float | None = None
+    attempt_timeout: float | None = DEFAULT_ATTEMPT_TIMEOUT
+    attempt_grace: float = DEFAULT_ATTEMPT_GRACE
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name:
@@ -193,6 +219,7 @@ class SagaStatistics:
         completed: Sagas completed by this process.
         compensated: Sagas compensated by this process.
         resumed: Logged sagas picked up again after a restart.
+        attempt_timeouts: Attempts of actions and compensations that timed out.
 
     .. versionadded:: 0.1
     """
@@ -201,6 +228,7 @@ class SagaStatistics:
     completed: int
     compensated: int
     resumed: int
+    attempt_timeouts: int = 0
 
 
 @final
@@ -316,9 +344,11 @@ class Saga:
         "_classifiers",
         "_compensated",
         "_completed",
+        "_context",
         "_emissions",
         "_log",
         "_resumed",
+        "_timeouts",
         "concurrency",
         "key",
         "step_id",
@@ -349,6 +379,8 @@ class Saga:
         self._completed = 0
         self._compensated = 0
         self._resumed = 0
+        self._timeouts = 0
+        self._context: StageContext | None = None
         self._classifiers = {
             s.name: (s.retry.classifier if s.retry else DEFAULT_CLASSIFIER).classify for s in steps
         }
@@ -357,8 +389,10 @@ class Saga:
     # -- Stage protocol --------------------------------------------------------
 
     async def open(self, context: StageContext) -> None:
-        """Put the steps' retry policies on the pipeline's clock."""
-        self._calls = self._wrap(context.clock, context.policy_hooks)
+        """Put the steps' policies on the pipeline's clock, hooks and shelter."""
+        self._context = context
+        hooks = (*context.policy_hooks, self._on_policy_event)
+        self._calls = self._wrap(context.clock, hooks, context.shelter)
         await anyio.lowlevel.checkpoint()
 
     async def process(self, batch: Batch, emit: Emit) -> None:
@@ -434,6 +468,7 @@ class Saga:
             completed=self._completed,
             compensated=self._compensated,
             resumed=self._resumed,
+            attempt_timeouts=self._timeouts,
         )
 
     def __repr__(self) -> str:
@@ -470,6 +505,7 @@ class Saga:
             try:
                 result = await action(value, f"{entry.key}:{step.name}")
             except Exception as error:
+                self._count_timeout(error)
                 verdict: Verdict = self._classifiers[step.name](error)
                 if verdict == "bug":
                     raise self._error(entry, step.name, "action", batch, index, error) from error
@@ -494,35 +530,43 @@ class Saga:
                 try:
                     await compensate(value, entry.results[step.name], key)
                 except Exception as error:
+                    self._count_timeout(error)
                     phase: SagaPhase = "compensation"
                     raise self._error(entry, step.name, phase, batch, index, error) from error
             entry.undone.append(step.name)
 
     # -- helpers ---------------------------------------------------------------
 
-    def _wrap(self, clock: Clock | None, hooks: Sequence[PolicyHook] = ()) -> dict[str, _Calls]:
-        """Each step's action and compensation behind its own retry policy."""
+    def _wrap(
+        self,
+        clock: Clock | None,
+        hooks: Sequence[PolicyHook] = (),
+        shelter: Shelter | None = None,
+    ) -> dict[str, _Calls]:
+        """Each step's action and compensation behind its own retry and attempt timeout."""
         calls: dict[str, _Calls] = {}
         for step in self.steps:
-            dependency = f"{self.step_id}.{step.name}"
-            action = PolicyStack(
-                Policies(retry=step.retry, attempt_timeout=step.attempt_timeout),
-                stage=self.step_id,
-                dependency=dependency,
-                clock=clock,
-                hooks=hooks,
-            ).wrap(step.action)
+            name = f"{self.step_id}.{step.name}"
+            stack = functools.partial(_stack, self.step_id, step, clock, hooks, shelter)
+            action = stack(step.retry, name).wrap(step.action)
             compensate = None
             if step.compensate is not None:
-                compensate = PolicyStack(
-                    Policies(retry=step.compensation_retry, attempt_timeout=step.attempt_timeout),
-                    stage=self.step_id,
-                    dependency=f"{dependency}.compensate",
-                    clock=clock,
-                    hooks=hooks,
-                ).wrap(step.compensate)
+                undo = stack(step.compensation_retry, f"{name}.compensate")
+                compensate = undo.wrap(step.compensate)
             calls[step.name] = (action, compensate)
         return calls
+
+    def _on_policy_event(self, event: object) -> None:
+        """Count a timed-out attempt that is retried (the last one is counted where it lands)."""
+        if isinstance(event, RetryScheduled):
+            self._count_timeout(event.error)
+
+    def _count_timeout(self, error: BaseException) -> None:
+        if not isinstance(error, TimeoutError):
+            return
+        self._timeouts += 1
+        if self._context is not None:
+            self._context.count("saga_attempt_timeouts", 1)
 
     def _identify(self, batch: Batch) -> tuple[list[str], list[str]]:
         """Each record's log identity (its source position) and saga key."""
@@ -588,6 +632,23 @@ class Saga:
             offset=offset,
             error=error,
         )
+
+
+def _stack(
+    stage: str,
+    step: SagaStep,
+    clock: Clock | None,
+    hooks: Sequence[PolicyHook],
+    shelter: Shelter | None,
+    retry: Retry | None,
+    dependency: str,
+) -> PolicyStack:
+    """The policy stack of one action or compensation: retry, then a timed attempt."""
+    grace = step.attempt_grace if step.attempt_timeout is not None else None
+    policies = Policies(retry=retry, attempt_timeout=step.attempt_timeout, attempt_grace=grace)
+    return PolicyStack(
+        policies, stage=stage, dependency=dependency, clock=clock, hooks=hooks, shelter=shelter
+    )
 
 
 def _text(key: object) -> str:

@@ -15,6 +15,17 @@ Time
     A record all of whose windows are purged is *late*: it goes to the
     dead-letter queue with reason ``"late"``, or to an ``on_late`` callback.
 
+Bounded event time
+    With ``max_skew`` set, a record whose event time is more than
+    ``max_skew`` seconds ahead of the watermark (or, with
+    ``skew_from="wall"``, of the pipeline clock's wall time) is a
+    :class:`~riprap.DataError` with reason ``"timestamp_out_of_range"``: it is
+    dead-lettered and never moves the watermark, so one bad clock cannot make
+    every later record late. Measured from the watermark, the skew must
+    allow for ``out_of_orderness`` and for how fast event time moves between
+    records; the first record of a stage without state sets the watermark
+    unchecked (use ``skew_from="wall"`` when event times are wall-clock times).
+
 Completion (I1, I3)
     Absorbing a record into window state makes it done: the input batch's ack
     is released as soon as the batch is absorbed, because the state that now
@@ -210,6 +221,7 @@ class WindowStatistics:
         absorbed: Records folded into windows.
         late: Records behind the allowed lateness (dead-lettered or handed to ``on_late``).
         skipped: Replayed records already absorbed before a restart.
+        out_of_range: Records whose event time was beyond ``max_skew``.
         open_windows: Windows held in the state.
         pending: Results emitted and not yet done downstream.
         watermark: The current watermark (``None`` before the first record).
@@ -221,6 +233,7 @@ class WindowStatistics:
     open_windows: int
     pending: int
     watermark: float | None
+    out_of_range: int = 0
 
 
 @final
@@ -326,6 +339,11 @@ class Window:
         on_late: ``"dlq"`` dead-letters late records with reason ``late``; a
             callable receives each late :class:`~riprap.Record` instead (the
             record then counts as done, like a filtered one).
+        max_skew: Seconds an event time may be ahead of the watermark (or of
+            wall time); beyond it the record is dead-lettered with reason
+            ``timestamp_out_of_range``. ``None`` (the default) accepts any time.
+        skew_from: ``"watermark"`` or ``"wall"`` (the pipeline clock's
+            ``time()``): what ``max_skew`` is measured from.
 
     Raises:
         ConfigError: An option is missing or impossible; session windows need
@@ -351,6 +369,8 @@ class Window:
         out_of_orderness: float = 0.0,
         allowed_lateness: float = 0.0,
         on_late: Literal["dlq"] | LateHandler = "dlq",
+        max_skew: float | None = None,
+        skew_from: Literal["watermark", "wall"] = "watermark",
     ) -> None:
         self.step_id = step_id
         self.window = window
@@ -362,6 +382,12 @@ class Window:
         if on_late != "dlq" and not callable(on_late):
             raise ConfigError("on_late", f"must be 'dlq' or a callable, got {on_late!r}")
         self.on_late = on_late
+        if max_skew is not None:
+            _positive("max_skew", max_skew)
+        if skew_from not in ("watermark", "wall"):
+            raise ConfigError("skew_from", f"must be 'watermark' or 'wall', got {skew_from!r}")
+        self.max_skew = max_skew
+        self.skew_from = skew_from
         self._context: StageContext | None = None
         self._reset()
 
@@ -376,7 +402,7 @@ class Window:
         self._pending: _Pending = {}
         self._replay: list[tuple[tuple[Any, Any], int]] = []
         self._absorbed = _Absorbed()
-        self._counts = {"absorbed": 0, "late": 0, "skipped": 0}
+        self._counts = {"absorbed": 0, "late": 0, "skipped": 0, "out_of_range": 0}
 
     # -- the Stage protocol -------------------------------------------------------
 
@@ -449,6 +475,7 @@ class Window:
             absorbed=self._counts["absorbed"],
             late=self._counts["late"],
             skipped=self._counts["skipped"],
+            out_of_range=self._counts["out_of_range"],
             open_windows=len(self._aligned) + sum(map(len, self._sessions.values())),
             pending=len(self._pending),
             watermark=self.watermark,
@@ -471,6 +498,7 @@ class Window:
                     continue
             try:
                 t = self._event_time(value, place)
+                self._check_skew(t)
                 key = self._key_of(value, place)
                 folded = self._fold(key, t, value)
             except DataError as error:
@@ -505,6 +533,25 @@ class Window:
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
             raise DataError(f"no usable event time: {t!r}", reason="no_event_time")
         return t
+
+    def _check_skew(self, t: float) -> None:
+        """Refuse an event time too far ahead: it would move the watermark for good."""
+        if self.max_skew is None:
+            return
+        if self.skew_from == "wall":
+            if self._context is None:
+                raise RuntimeError(f"window step {self.step_id!r} was not opened")
+            reference: float | None = self._context.clock.time()
+        else:
+            reference = self.watermark
+        if reference is None or t <= reference + self.max_skew:
+            return
+        self._counts["out_of_range"] += 1
+        raise DataError(
+            f"event time {t!r} is more than max_skew {self.max_skew!r} s ahead of the"
+            f" {self.skew_from} ({reference!r})",
+            reason="timestamp_out_of_range",
+        )
 
     def _key_of(self, value: Any, place: tuple[SourceBatch, int] | None) -> Any:
         if self._key is not None:

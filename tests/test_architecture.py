@@ -24,6 +24,7 @@ PUBLIC_NAMESPACES = (
     "riprap.connectors.http",
     "riprap.connectors.json_codec",
     "riprap.connectors.kafka",
+    "riprap.connectors.lake",
     "riprap.connectors.memory",
     "riprap.connectors.s3",
     "riprap.connectors.sqlite",
@@ -176,8 +177,6 @@ def test_private_import_check_can_fail(tmp_path: Path) -> None:
 WHITE_BOX: dict[str, frozenset[str]] = {
     # Runtime machinery: completion tracking and the in-flight bound.
     "tests/engine/test_acks.py": frozenset({"riprap._runtime.acks"}),
-    # The allocator's trim threshold constant.
-    "tests/engine/test_allocator.py": frozenset({"riprap._runtime.allocator"}),
     # The bounded batch channel between runner tasks.
     "tests/engine/test_channel.py": frozenset({"riprap._runtime.channel"}),
     # Aborts at awkward moments: a send into a channel closed by its own cancellation,
@@ -193,9 +192,12 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     # Observers fed a hand-built snapshot: stall detector, readiness, alert evaluator,
     # metrics registry, report builder.
     "tests/engine/test_observability.py": frozenset({"riprap.observability._health"}),
+    # The run's log lines: its rate limit in virtual time, its dead-letter lines.
+    "tests/engine/test_run_log.py": frozenset({"riprap.observability._runlog"}),
     "tests/engine/test_statistics.py": frozenset(
         {
             "riprap.observability._alerts",
+            "riprap.observability._exposition",
             "riprap.observability._health",
             "riprap.observability._metrics",
             "riprap.observability._report",

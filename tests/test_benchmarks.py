@@ -56,19 +56,21 @@ def test_w1_child_runs_every_implementation(capsys: pytest.CaptureFixture[str]) 
     """The W1 child prints one JSON line per implementation, each counting 99% of 500 records."""
     w1_memory.main(["--records", "500", "--json"])
     lines = _json_lines(capsys.readouterr().out)
-    assert ["plain loop", "riprap", "bytewax", "quixstreams", "faust"] == list(lines)
-    assert [495, 495] == [lines["plain loop"]["count"], lines["riprap"]["count"]]
+    riprap_runs = ["riprap", "riprap embedded", "riprap embedded uvloop"]
+    assert ["plain loop", *riprap_runs, "bytewax", "quixstreams", "faust"] == list(lines)
+    assert [495] * 4 == [lines[name]["count"] for name in ["plain loop", *riprap_runs]]
     assert all("count" in line or "skipped" in line for line in lines.values())
     assert "skipped" in lines["quixstreams"]
     assert "skipped" in lines["faust"]
 
 
 @pytest.mark.network
-def test_w3_child_runs_both_implementations(capsys: pytest.CaptureFixture[str]) -> None:
-    """W3 enriches 300 records through the local server with the gather loop and riprap."""
+def test_w3_child_runs_every_implementation(capsys: pytest.CaptureFixture[str]) -> None:
+    """W3 enriches 300 records through the local server with the worker pool and riprap."""
     w3_enrich.main(["--records", "300", "--json"])
     lines = _json_lines(capsys.readouterr().out)
-    assert {"gather loop": 297, "riprap": 297} == {k: v["count"] for k, v in lines.items()}
+    names = ["worker pool", "riprap", "riprap batch 100", "riprap batch 10"]
+    assert dict.fromkeys(names, 297) == {k: v["count"] for k, v in lines.items()}
 
 
 def test_w4_child_measures_latency(capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,6 +114,18 @@ def test_suite_runs_every_workload(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "latest.png").exists() == (find_spec("matplotlib") is not None)
 
 
+def test_suite_rounds_rotate_which_implementation_runs_first() -> None:
+    """Round r starts with the implementation after round r-1's first; all run every round."""
+    outcomes = {name: suite.Outcome() for name in ["limit", "a", "b"]}
+    orders = [[name for name, _ in suite.rotated(outcomes, r)] for r in (1, 2, 3, 4)]
+    assert [
+        ["limit", "a", "b"],
+        ["a", "b", "limit"],
+        ["b", "limit", "a"],
+        ["limit", "a", "b"],
+    ] == orders
+
+
 def test_suite_refuses_an_unknown_workload() -> None:
     """``--only`` with a workload that does not exist stops before running anything."""
     with pytest.raises(SystemExit, match="W9"):
@@ -125,14 +139,14 @@ def suite_limit(workload: str) -> str:
 
 @pytest.mark.kafka
 def test_kafka_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    """The standalone W2 runs on 2,000 records against its own broker and prints both."""
+    """The standalone W2 runs on 2,000 records and prints every raw setting and riprap."""
     pytest.importorskip("aiokafka")
     from benchmarks import bench_kafka
 
     bench_kafka.main(["--records", "2000", "--repeat", "1"])
-    out = capsys.readouterr().out
-    assert "raw aiokafka loop" in out
-    assert "riprap" in out
+    rows = [line.split()[0:2] for line in capsys.readouterr().out.splitlines()[2:-2]]
+    expected = [["raw", s.label.split()[1]] for s in bench_kafka.sweep()] + [["riprap"]]
+    assert expected == [row if row[0] == "raw" else row[:1] for row in rows]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +168,8 @@ def test_w2_child_writes_and_commits_every_record(
     w2_kafka.main(["--impl", impl, "--records", "1000", "--bootstrap", w2_bootstrap, "--json"])
     line = json.loads(capsys.readouterr().out)
     assert (impl, 990, 1000) == (line["impl"], line["count"], line["committed"])
+    assert line["join_s"] > 0  # the group join is timed apart from the steady rate
+    assert line["records_per_cpu_s"] > 0
 
 
 def test_w2_child_skips_a_missing_peer_before_producing(capsys: pytest.CaptureFixture[str]) -> None:

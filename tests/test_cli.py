@@ -48,10 +48,10 @@ def test_demo_runs_twice_and_resumes_to_identical_sink(tmp_path: Path) -> None:
     letters = list(riprap.deadletters.read_dead_letters(tmp_path / "d" / "dead-letters.jsonl"))
     assert 2000 == len(rows) + len(letters)
     assert {"decode_error", "validation"} == {letter.reason for letter in letters}
-    assert "records in             2,000" in first.stderr
+    assert "records in             2,000" in first.stdout
     second = riprap_cli("demo", "--dir", "d", cwd=tmp_path)
     assert 0 == second.returncode, second.stderr
-    assert "records in                 0" in second.stderr
+    assert "records in                 0" in second.stdout
     assert rows == table(tmp_path / "d" / "orders.db")
 
 
@@ -110,7 +110,7 @@ def test_dlq_replay_is_recorded_and_does_not_repeat(tmp_path: Path) -> None:
     for expected_in in ("records in                 5", "records in                 0"):
         done = riprap_cli("dlq", "replay", str(store), "--pipeline", "fix.py", cwd=tmp_path)
         assert 0 == done.returncode, done.stderr
-        assert expected_in in done.stderr
+        assert expected_in in done.stdout
     with sqlite3.connect(tmp_path / "fixed.db") as db:
         assert 5 == db.execute('SELECT count(*) FROM "orders"').fetchone()[0]
 
@@ -158,8 +158,8 @@ def test_failed_run_exits_1_with_the_position(tmp_path: Path) -> None:
     )
     done = riprap_cli("run", "bug.py", cwd=tmp_path)
     assert 1 == done.returncode
-    assert "stage 'div' failed at memory@7: ZeroDivisionError" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "stage 'div' failed at memory@7: ZeroDivisionError" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 PORT_PIPELINE = """
@@ -212,4 +212,5 @@ def test_sync_step_returning_a_coroutine_exits_1_naming_the_step(tmp_path: Path)
         "stage 'double' failed at memory@0: ConfigError: map('double'): the function is sync "
         "but returned coroutine object; pass an async function (async def) so that riprap awaits it"
     )
-    assert (1, True, False) == (done.returncode, message in done.stderr, "Traceback" in done.stderr)
+    output = done.stdout + done.stderr
+    assert (1, True, False) == (done.returncode, message in done.stdout, "Traceback" in output)

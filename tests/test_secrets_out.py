@@ -2,20 +2,23 @@
 
 Each example generates one secret of every kind, puts them all in the text of
 errors raised from a step and from a sink, and looks for them where error text
-goes: the stderr of ``python -m riprap.cli run`` (its report, its error line,
-its console or JSON logs), the dead letters' messages and tracebacks, and the
-error ``riprap.run`` raises.
+goes: the stdout and stderr of ``python -m riprap.cli -v run`` (its report with
+the whole traceback, its console or JSON logs), the dead letters' messages and
+tracebacks, and the error ``riprap.run`` raises.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import string
 import subprocess
 import sys
 import textwrap
 from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +29,7 @@ import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.deadletters import read_dead_letters
 from riprap.observability import Redactor, redact_url
+from riprap.testing import VirtualClock, run_pipeline
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -154,7 +158,7 @@ def test_cli_run_leaks_no_secret(
     (cwd / "message.json").write_text(json.dumps([_message(secrets), reason]))
     (cwd / "p.py").write_text(textwrap.dedent(PIPELINE.format(where=where)))
     done = subprocess.run(
-        [sys.executable, "-m", "riprap.cli", "--log-format", log_format, "run", "-q", "p.py"],
+        [sys.executable, "-m", "riprap.cli", "-v", "--log-format", log_format, "run", "-q", "p.py"],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -163,14 +167,20 @@ def test_cli_run_leaks_no_secret(
     )
     letters = list(read_dead_letters(cwd / "dlq.jsonl"))
     stored = "".join(letter.message + letter.traceback + letter.reason for letter in letters)
+    output = done.stdout + done.stderr
     if log_format == "json":
         lines = [orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-        loggers = sorted(line["logger"] for line in lines)
+        loggers = sorted({line["logger"] for line in lines} & {"app", "riprap.dlq"})
     else:
         loggers = sorted(n for n in ("app", "riprap.dlq") if f" {n}: " in done.stderr)
-    assert (1, True, 1) == (done.returncode, "[REDACTED:" in done.stderr, len(letters))
+    assert (1, True, True, 1) == (
+        done.returncode,
+        "[REDACTED:" in done.stdout,
+        "Traceback (most recent call last)" in done.stdout,
+        len(letters),
+    )
     assert (["app", "riprap.dlq"], ["other"]) == (loggers, [x.reason for x in letters])
-    assert ([], []) == (_leaks(secrets, done.stderr), _leaks(secrets, stored))
+    assert ([], []) == (_leaks(secrets, output), _leaks(secrets, stored))
 
 
 @settings(max_examples=10, deadline=None)
@@ -222,3 +232,62 @@ def test_default_redactor_removes_every_kind(secrets: dict[str, str]) -> None:
 def test_redact_url(url: str, expected: str) -> None:
     """redact_url drops userinfo and secret query values and keeps everything else."""
     assert expected == redact_url(url)
+
+
+class FlakyStore:
+    """A checkpoint store whose first ``failures`` saves fail with ``message``."""
+
+    def __init__(self, message: str, failures: int) -> None:
+        self.inner = riprap.checkpoints.MemoryCheckpoints()
+        self.message = message
+        self.failures = failures
+
+    async def claim(self, pipeline: str, owner: str) -> riprap.checkpoints.Claim:
+        return await self.inner.claim(pipeline, owner)
+
+    async def save(self, checkpoint: riprap.checkpoints.Checkpoint) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError(self.message)
+        await self.inner.save(checkpoint)
+
+    async def load(self, pipeline: str) -> riprap.checkpoints.Checkpoint | None:
+        return await self.inner.load(pipeline)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@settings(
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secrets=_secrets())
+def test_a_failed_periodic_checkpoint_logs_no_secret(
+    secrets: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store's error (it may name a DSN or a key) is logged through the redactor."""
+    caplog.clear()
+    clock = VirtualClock()
+
+    async def slow(value: int) -> int:
+        await clock.sleep(1.0)
+        return value
+
+    pipeline = (
+        riprap.Pipeline(
+            "leaky",
+            checkpoint=FlakyStore(_message(secrets), failures=2),
+            checkpoint_interval=1.5,
+            batch_size=1,
+        )
+        .source(IterableSource("in", range(6)))
+        .map("slow", slow)
+        .sink(MemorySink())
+    )
+    with caplog.at_level(logging.WARNING, logger="riprap.checkpoint"):
+        report = anyio.run(functools.partial(run_pipeline, pipeline, clock=clock))
+    assert "completed" == report.outcome
+    logged = [r.getMessage() for r in caplog.records if r.name == "riprap.checkpoint"]
+    assert 2 == len(logged)
+    assert all("failed (RuntimeError" in line for line in logged)
+    assert [] == _leaks(secrets, "\n".join(logged))

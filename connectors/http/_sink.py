@@ -76,10 +76,10 @@ class HttpSink:
         "_session",
         "_slots",
         "_timeout",
+        "_url",
         "batch_size",
         "idempotent",
         "name",
-        "url",
     )
 
     def __init__(
@@ -106,7 +106,7 @@ class HttpSink:
         check_url("HttpSink.url", url)
         check_positive("HttpSink.timeout", timeout)
         check_positive("HttpSink.limit", limit, zero=True)
-        self.url = url
+        self._url = url
         self.name = name
         self.batch_size = batch_size
         self.idempotent = idempotent
@@ -118,6 +118,11 @@ class HttpSink:
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
         self._slots: Slots | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint, with userinfo and secret query values redacted (requests use it whole)."""
+        return redact_url(self._url)
 
     async def open(self) -> None:
         """Open the HTTP session (inside the run's event loop)."""
@@ -188,9 +193,9 @@ class HttpSink:
         if self._session is None or self._slots is None:
             raise RuntimeError(f"sink {self.name!r} is not open")
         headers = {**_JSON, "Idempotency-Key": key}
-        async with self._slots.slot(self.url):
+        async with self._slots.slot(self._url):
             await send(
-                self._session, "POST", self.url, clock=self._clock, data=body, headers=headers
+                self._session, "POST", self._url, clock=self._clock, data=body, headers=headers
             )
 
     async def flush(self) -> None:
@@ -204,4 +209,4 @@ class HttpSink:
             await session.close()
 
     def __repr__(self) -> str:
-        return f"HttpSink({self.name!r}, {redact_url(self.url)!r})"
+        return f"HttpSink({self.name!r}, {self.url!r})"

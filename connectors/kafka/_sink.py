@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from aiokafka import AIOKafkaProducer
@@ -11,13 +12,14 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeEr
 
 from riprap import ConfigError, DataError, TransientError
 
-from ._codecs import Serializer, key_bytes, parse_partition, resolve_serializer
-from ._partition import partition_for
+from ._codecs import Serializer, keys_bytes, resolve_encoder
+from ._columns import columns
+from ._partition import partitions_for
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
-    from riprap import Batch, SourceBatch
+    from riprap import Batch
     from riprap.lowlevel import Headers
 
 _FORBIDDEN_OPTIONS = frozenset(
@@ -44,7 +46,8 @@ def _as_riprap_error(exc: BaseException) -> BaseException:
 Partitioner = Literal["key", "source"] | Callable[[bytes | None, Any, int], int]
 """How the sink picks a message's partition; see :class:`KafkaSink`."""
 
-_NO_HEADERS: tuple[()] = ()
+_NO_HEADERS: list[tuple[str, bytes]] = []
+"""Shared by every message without headers (the record builder only reads it)."""
 
 
 @final
@@ -52,9 +55,13 @@ class KafkaSink:
     """Produces each value to a topic; ``write`` returns when every message is acknowledged.
 
     Messages are grouped by partition and sent with the producer's batch API,
-    in input order per partition. ``partitioner="key"`` (default) hashes the
-    key with murmur2 as Kafka's default partitioner does (a message without a
-    key goes to a random partition); ``"source"`` keeps each record in the
+    in input order per partition, each batch closed so that it leaves at once
+    (an open one would wait out the linger for messages the sink never adds).
+    The work per message is done column-wise over the batch: keys, values,
+    headers, timestamps and partitions are each computed in one pass.
+    ``partitioner="key"`` (default) hashes the key with murmur2 as Kafka's
+    default partitioner does (a message without a key goes to a random
+    partition); ``"source"`` keeps each record in the
     partition number it was read from (modulo the topic's partition count),
     which for a topic keyed like its input is the same partition without
     hashing every key, and falls back to the key hash for records that did not
@@ -82,7 +89,9 @@ class KafkaSink:
         acks: ``"all"`` (default), ``1`` or ``0``.
         enable_idempotence: Turn on the idempotent producer (the broker must
             support it).
-        linger_ms: How long the producer waits to fill a request.
+        linger_ms: How long the producer waits to fill a request. The sink's
+            own batches are closed and never wait; 0 (default) also sends
+            what a full request left behind at once.
         max_batch_size: Bytes of messages per partition in one produce
             request. aiokafka keeps one request in flight per broker and puts
             one batch per partition in it, so with its default of 16 KiB a
@@ -95,6 +104,8 @@ class KafkaSink:
         ConfigError: An unknown serializer or partitioner, or an option given twice.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``linger_ms`` defaults to 0; batches leave closed, without lingering.
     """
 
     idempotent = False
@@ -112,7 +123,7 @@ class KafkaSink:
         partitioner: Partitioner = "key",
         acks: Literal["all", 0, 1] = "all",
         enable_idempotence: bool = False,
-        linger_ms: int = 5,
+        linger_ms: int = 0,
         max_batch_size: int = 256 * 1024,
         producer_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -124,8 +135,7 @@ class KafkaSink:
         self.topic = topic
         self._key = key
         self._headers = headers
-        self._serialize = resolve_serializer(serializer)
-        self._raw_bytes = serializer == "bytes"
+        self._encode = resolve_encoder(serializer)
         if not callable(partitioner) and partitioner not in ("key", "source"):
             raise ConfigError(
                 "partitioner", f"unknown partitioner {partitioner!r}; use key, source or a callable"
@@ -175,73 +185,102 @@ class KafkaSink:
                 raise error from result
 
     async def _send(self, producer: Any, batch: Batch) -> list[asyncio.Future[Any]]:
+        items = batch.items
+        if not items:
+            return []
         partitions = sorted(await producer.partitions_for(self.topic))
-        count = len(partitions)
-        builders: dict[int, Any] = {}
-        futures: list[asyncio.Future[Any]] = []
-        key_fn, headers_fn, serialize = self._key, self._headers, self._serialize
-        raw_bytes = self._raw_bytes
+        source = columns(batch)
+        keys = list(map(self._key, items)) if self._key is not None else source.keys
+        keys = None if keys is None else keys_bytes(keys)
+        values = self._encode(items)
+        if None in values:
+            _check_tombstones(keys, values)
+        targets = self._targets(keys, items, len(partitions), source.homes)
+        return await self._submit(
+            producer,
+            partitions,
+            targets,
+            repeat(None) if keys is None else keys,
+            values,
+            self._header_column(items, source.headers),
+            _milliseconds(source.timestamps),
+        )
+
+    def _targets(
+        self,
+        keys: Sequence[bytes | None] | None,
+        items: list[Any],
+        count: int,
+        homes: Sequence[int | None] | None,
+    ) -> Sequence[int]:
+        """The partition index of every message: by key hash, by source, or the user's function."""
         partitioner = self._partitioner
-        by_source = partitioner == "source"
-        custom = partitioner if callable(partitioner) else None
-        # The hot loop reads the batch's items and their source columns directly
-        # (no Record per message); a source batch's columns are looked up once.
-        current: SourceBatch | None = None
-        keys: list[Any] | None = None
-        all_headers: list[Headers] | None = None
-        stamps: list[float | None] | None = None
-        home: int | None = None
-        for value, where in zip(batch.items, batch.sources(), strict=True):
-            key: Any = None
-            headers: Headers = _NO_HEADERS
-            stamp: float | None = None
-            if where is not None:
-                source, i = where
-                if source is not current:
-                    current = source
-                    keys, all_headers, stamps = source.keys, source.headers, source.timestamps
-                    home = _source_partition(source.partition, count) if by_source else None
-                if keys is not None:
-                    key = keys[i]
-                if all_headers is not None:
-                    headers = all_headers[i]
-                if stamps is not None:
-                    stamp = stamps[i]
-            if key_fn is not None:
-                key = key_fn(value)
-            if headers_fn is not None:
-                headers = headers_fn(value)
-            if key is not None and key.__class__ is not bytes:
-                key = key_bytes(key)
-            data = value if raw_bytes and value.__class__ is bytes else serialize(value)
-            if key is None and data is None:
-                raise DataError("a message needs a key or a value", reason="encode_error")
-            if headers.__class__ is not list:
-                headers = list(headers)  # the producer's record builder takes lists only
-            ms = None if stamp is None else round(stamp * 1000)
-            if custom is not None:
-                index = custom(key, value, count)
-                if not 0 <= index < count:
-                    raise ValueError(
-                        f"sink {self.name!r}: the partitioner returned {index!r} for a topic "
-                        f"of {count} partitions (expected 0 to {count - 1})"
-                    )
-                partition = partitions[index]
-            elif where is not None and home is not None:
-                partition = partitions[home]
-            else:
-                partition = partitions[partition_for(key, count)]
-            builder = builders.get(partition)
+        if callable(partitioner):
+            return [
+                self._checked(partitioner(key, value, count), count)
+                for key, value in zip(keys or repeat(None), items, strict=False)
+            ]
+        if partitioner == "source" and homes is not None and None not in homes:
+            return [home % count for home in homes]  # type: ignore[operator]  # no None left
+        hashed = partitions_for([None] * len(items) if keys is None else keys, count)
+        if partitioner == "source" and homes is not None:
+            return [
+                h if home is None else home % count for h, home in zip(hashed, homes, strict=True)
+            ]
+        return hashed
+
+    def _checked(self, index: int, count: int) -> int:
+        if not 0 <= index < count:
+            raise ValueError(
+                f"sink {self.name!r}: the partitioner returned {index!r} for a topic "
+                f"of {count} partitions (expected 0 to {count - 1})"
+            )
+        return index
+
+    def _header_column(
+        self, items: list[Any], headers: Sequence[Headers] | None
+    ) -> Iterable[list[tuple[str, bytes]]]:
+        """Each message's headers as the list the producer's record builder takes."""
+        if self._headers is not None:
+            headers = list(map(self._headers, items))
+        if headers is None:
+            return repeat(_NO_HEADERS)
+        return [h if h.__class__ is list else list(h) for h in headers]
+
+    async def _submit(
+        self,
+        producer: Any,
+        partitions: list[int],
+        targets: Iterable[int],
+        keys: Iterable[bytes | None],
+        values: Iterable[bytes | None],
+        headers: Iterable[list[tuple[str, bytes]]],
+        stamps: Iterable[int | None],
+    ) -> list[asyncio.Future[Any]]:
+        """Append each message to its partition's batch; send every batch closed.
+
+        An open batch would wait out the producer's linger for messages that
+        never come: the sink has already added all it has.
+        """
+        topic, send = self.topic, producer.send_batch
+        builders: list[Any] = [None] * len(partitions)
+        futures: list[asyncio.Future[Any]] = []
+        for index, key, value, header, ms in zip(
+            targets, keys, values, headers, stamps, strict=False
+        ):
+            builder = builders[index]
             if builder is None:
-                builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=data, headers=headers, timestamp=ms) is None:
-                futures.append(await producer.send_batch(builder, self.topic, partition=partition))
-                builder = builders[partition] = producer.create_batch()
-                if builder.append(key=key, value=data, headers=headers, timestamp=ms) is None:
+                builder = builders[index] = producer.create_batch()
+            if builder.append(key=key, value=value, headers=header, timestamp=ms) is None:
+                builder.close()
+                futures.append(await send(builder, topic, partition=partitions[index]))
+                builder = builders[index] = producer.create_batch()
+                if builder.append(key=key, value=value, headers=header, timestamp=ms) is None:
                     raise DataError("message larger than the producer's batch size")
-        for partition, builder in builders.items():
-            if builder.record_count():
-                futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+        for index, builder in enumerate(builders):
+            if builder is not None and builder.record_count():
+                builder.close()
+                futures.append(await send(builder, topic, partition=partitions[index]))
         return futures
 
     async def flush(self) -> None:
@@ -261,9 +300,21 @@ class KafkaSink:
         return self._producer
 
 
-def _source_partition(name: str, count: int) -> int | None:
-    """The Kafka partition number a source partition name carries, modulo ``count``."""
-    try:
-        return parse_partition(name)[1] % count
-    except ValueError:
-        return None
+def _check_tombstones(keys: Sequence[bytes | None] | None, values: list[bytes | None]) -> None:
+    """A message without a value (a tombstone) must have a key.
+
+    Raises:
+        DataError: One has neither.
+    """
+    for i, value in enumerate(values):
+        if value is None and (keys is None or keys[i] is None):
+            raise DataError("a message needs a key or a value", reason="encode_error")
+
+
+def _milliseconds(stamps: Sequence[float | None] | None) -> Iterable[int | None]:
+    """Timestamps in seconds as the producer's milliseconds (``None``: the producer's clock)."""
+    if stamps is None:
+        return repeat(None)
+    if None in stamps:
+        return [None if s is None else round(s * 1000) for s in stamps]
+    return [round(s * 1000) for s in stamps]  # type: ignore[operator]  # no None left

@@ -17,11 +17,13 @@ from aiokafka.errors import (
 
 from riprap import ConfigError, SourceBatch
 
+from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, timed_offsets
 from ._codecs import lag_by_partition, parse_partition, partition_name
 from ._gaps import OffsetGapError, describe_gap, offset_gap
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+    from datetime import datetime
 
     from riprap import SourceContext
 
@@ -49,8 +51,9 @@ class KafkaSource:
     with its original bytes and headers, and the source goes on.
 
     Memory stays bounded: at most ``max_buffered`` records wait in the source
-    between polls, and a partition holding ``max_poll_records`` or more of them
-    is paused (its fetching stops) until its buffer is empty again.
+    between polls, and a partition that reached ``max_poll_records`` of them
+    and still holds some after the read is paused (its fetching stops) until
+    its buffer is empty again.
 
     Offsets never move backwards. Auto-commit is off. :meth:`committed` (called
     by the engine after each durable checkpoint) commits those positions for
@@ -78,13 +81,38 @@ class KafkaSource:
     partition is released all the same. Records abandoned after the timeout
     are read again by the next owner: delivery is at-least-once.
 
+    Bounded runs: with ``stop_at`` the source ends by itself. ``"end"`` reads
+    each partition up to its end as it was when the run started (records
+    written later are left for the next run); a timezone-aware datetime stops
+    each partition before its first record stamped at or after that time (or
+    at that end, whichever comes first). Once every partition is there,
+    :meth:`read` returns ``None``: the run drains, checkpoints and ends with its
+    report, as with a file. A bounded source is not a group member: it assigns
+    itself every partition of its topics (as they are when it opens), so no
+    rebalance moves them; with a ``group_id`` it starts from and commits to that
+    group's offsets, which Kafka accepts only while no member of the group is
+    running (stop the service, run the catch-up, start it again). With
+    ``group_id=None`` positions live in the pipeline's checkpoint alone and no
+    group is touched (what ``riprap backfill`` uses, see :meth:`backfill`).
+
+    ``start_at`` is where a partition with no stored position starts: neither
+    the pipeline's checkpoint nor the group has one. A stored position always
+    wins, so a run resumed under the same pipeline name goes on where it
+    stopped, and a group is never moved back. A start time asks the broker for
+    each partition's first offset stamped at or after it (a partition with none
+    starts at its end), then hands out nothing before the first record so
+    stamped; records passed over are counted as ``records_before_start``.
+
     Args:
         topics: A topic or topics to subscribe to (or use ``pattern``).
         pattern: A regular expression of topic names to subscribe to.
         bootstrap_servers: ``host:port`` of one or more brokers.
-        group_id: The consumer group.
+        group_id: The consumer group, or ``None`` for none: every partition is
+            assigned to this source and positions live in the checkpoint only.
         name: The step name of the source.
-        max_poll_records: Most records one poll returns; also the per-partition
+        max_poll_records: Most records one poll returns (default: the
+            pipeline's default ``batch_size``, so a read takes a whole poll
+            and a sink write carries as many records); also the per-partition
             buffer size at which the partition is paused.
         max_buffered: Most records buffered in the source (default twice
             ``max_poll_records``).
@@ -99,17 +127,25 @@ class KafkaSource:
             ``"fail"`` (default) stops the run naming the partition, the offset
             and the broker's range; ``"skip"`` counts it and resumes at the
             earliest offset.
+        start_at: Where a partition without a stored position starts:
+            ``"committed"`` (default: at ``auto_offset_reset``), ``"earliest"``,
+            ``"latest"``, or a timezone-aware datetime.
+        stop_at: ``None`` (default: read forever), ``"end"`` (the end of each
+            partition when the run starts) or a timezone-aware datetime.
         consumer_options: Further ``AIOKafkaConsumer`` keyword arguments
             (security, session timeouts, ...).
 
     Raises:
         ConfigError: Neither or both of ``topics`` and ``pattern``, a bound
-            below 1, an unknown ``on_gap``, or an option this source controls
+            below 1, an unknown ``on_gap``, ``start_at`` or ``stop_at``, a
+            datetime without a timezone, or an option this source controls
             itself.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         Positions never move backwards; ``on_gap``.
+    .. versionchanged:: 0.3
+        ``start_at``, ``stop_at`` (bounded runs), ``group_id=None`` and :meth:`backfill`.
     """
 
     def __init__(
@@ -118,9 +154,9 @@ class KafkaSource:
         *,
         pattern: str | None = None,
         bootstrap_servers: str | Sequence[str],
-        group_id: str,
+        group_id: str | None,
         name: str = "kafka",
-        max_poll_records: int = 500,
+        max_poll_records: int = 1000,
         max_buffered: int | None = None,
         poll_timeout: float = 0.1,
         commit_timeout: float = 30.0,
@@ -128,6 +164,8 @@ class KafkaSource:
         auto_offset_reset: Literal["earliest", "latest"] = "earliest",
         on_gap: Literal["fail", "skip"] = "fail",
         consumer_options: Mapping[str, Any] | None = None,
+        start_at: Literal["committed", "earliest", "latest"] | datetime = "committed",
+        stop_at: Literal["end"] | datetime | None = None,
     ) -> None:
         self.topics = (topics,) if isinstance(topics, str) else tuple(topics)
         if bool(self.topics) == (pattern is not None):
@@ -143,6 +181,15 @@ class KafkaSource:
             )
         if on_gap not in ("fail", "skip"):
             raise ConfigError("on_gap", f"must be 'fail' or 'skip', not {on_gap!r}")
+        self.start_at = check_start_at(start_at)
+        self.stop_at = check_stop_at(stop_at)
+        if start_at == "earliest":  # the same choice as auto_offset_reset, spelled as a start
+            auto_offset_reset = "earliest"
+        elif start_at == "latest":
+            auto_offset_reset = "latest"
+        self._bounds = Bounds(self.start_at, self.stop_at)
+        self._manual = stop_at is not None or group_id is None
+        """Partitions assigned by this source, not by a group (no rebalances)."""
         options = dict(consumer_options or {})
         clash = sorted(_FORBIDDEN_OPTIONS & options.keys())
         if clash:
@@ -170,6 +217,8 @@ class KafkaSource:
         self._buffer: dict[Any, list[Any]] = {}
         self._buffered = 0
         self._paused: set[Any] = set()
+        self._full: set[Any] = set()
+        """Partitions whose buffer reached ``max_poll_records`` in this read."""
         self._positions: dict[str, int] = {}
         """The pipeline's checkpointed position per partition (durable in its store)."""
         self._next: dict[str, int] = {}
@@ -201,12 +250,66 @@ class KafkaSource:
         self._next = dict(self._positions)
         consumer = AIOKafkaConsumer(**self._config)
         listener = _Listener(self)
-        if self._matcher is not None:
+        if self._manual:
+            pass  # assigned below, once the consumer knows the topics
+        elif self._matcher is not None:
             consumer.subscribe(pattern=self.pattern, listener=listener)
         else:
             consumer.subscribe(topics=list(self.topics), listener=listener)
         self._consumer = consumer
         await consumer.start()
+        if self._manual:
+            with anyio.fail_after(self._commit_timeout):
+                tps = await all_partitions(consumer, self.topics, self._matcher)
+            consumer.assign(tps)
+            await self._assigned(tps)
+
+    def backfill(self, start: datetime, stop: datetime) -> KafkaSource:
+        """A copy that reads the records stamped from ``start`` up to ``stop`` and ends.
+
+        The copy joins no group (``group_id=None``): the live group's members,
+        offsets and commits are untouched, and its positions live in the
+        checkpoint of the pipeline that runs it (run it under its own name).
+
+        Raises:
+            ConfigError: A datetime without a timezone.
+        """
+        options = {k: v for k, v in self._config.items() if k not in _FORBIDDEN_OPTIONS}
+        return KafkaSource(
+            self.topics,
+            pattern=self.pattern,
+            bootstrap_servers=self._config["bootstrap_servers"],
+            group_id=None,
+            name=self.name,
+            max_poll_records=self.max_poll_records,
+            max_buffered=self.max_buffered,
+            poll_timeout=self._poll_ms / 1000,
+            commit_timeout=self._commit_timeout,
+            drain_timeout=self.drain_timeout,
+            auto_offset_reset=self.auto_offset_reset,
+            on_gap=self.on_gap,
+            consumer_options=options,
+            start_at=start,
+            stop_at=stop,
+        )
+
+    def for_worker(self, index: int, count: int) -> KafkaSource:
+        """This source itself: each worker joins the group, and Kafka spreads the partitions.
+
+        A worker's own checkpoint never drags the group back (the start is the
+        later of the two), so positions follow partitions whatever the count.
+
+        Raises:
+            ConfigError: The source is not a group member (no ``group_id``, or
+                bounded by ``stop_at``): its partitions would be read by every worker.
+        """
+        if self._manual:
+            raise ConfigError(
+                "workers",
+                f"source {self.name!r} assigns its partitions itself (no group_id, or "
+                f"stop_at): {count} workers would each read them all; give it a group_id",
+            )
+        return self
 
     async def aclose(self) -> None:
         """Leave the group and stop the consumer (committing nothing)."""
@@ -222,7 +325,8 @@ class KafkaSource:
     async def read(self, max_records: int) -> SourceBatch | None:
         """Up to ``max_records`` records of one partition; waits until there are some.
 
-        Never returns ``None``: a topic has no end. Partitions take turns.
+        Returns ``None`` only when bounded (``stop_at``) and every partition
+        reached its stop: a topic itself has no end. Partitions take turns.
 
         Raises:
             OffsetGapError: A position lies outside the broker's offsets and
@@ -237,7 +341,8 @@ class KafkaSource:
             if self._buffered < self.max_buffered:
                 timeout = 0 if self._buffered else self._poll_ms
                 try:
-                    fetched = await consumer.getmany(
+                    fetched = await _getmany(
+                        consumer,
                         timeout_ms=timeout,
                         max_records=min(self.max_poll_records, self.max_buffered - self._buffered),
                     )
@@ -250,12 +355,43 @@ class KafkaSource:
                     continue
                 if self._unconfirmed:
                     fetched = await self._confirm(fetched)
+                if self._bounds.bounded:
+                    self._bounds.confirm(consumer.highwater)
                 self._add(fetched)
             else:
                 await anyio.lowlevel.checkpoint()
             batch = self._take(max_records)
+            self._pause_full()
             if batch is not None:
                 return batch
+            if self._bounds.bounded and await self._ended():
+                return None
+
+    def _pause_full(self) -> None:
+        """Pause the partitions that filled their buffer and still hold records after this read.
+
+        A read that takes what a poll brought pauses nothing: a pause and a
+        resume would only hold the partition's next fetch back.
+        """
+        for tp in self._full:
+            if self._buffer.get(tp) and tp not in self._paused:
+                self._consumer.pause(tp)
+                self._paused.add(tp)
+        self._full.clear()
+
+    async def _ended(self) -> bool:
+        """Whether every partition of a bounded source reached its stop (pausing those that did)."""
+        consumer = self._consumer
+        if self._unpositioned or self._buffered:
+            return False
+        ended = True
+        for tp in consumer.assignment():
+            position = max(self._fetch_next.get(tp, 0), await consumer.position(tp))
+            if self._bounds.reached(tp, position):
+                consumer.pause(tp)  # nothing more is handed out: stop fetching it
+            else:
+                ended = False
+        return ended
 
     def _add(self, fetched: Mapping[Any, list[Any]]) -> None:
         assigned = self._consumer.assignment()
@@ -272,13 +408,22 @@ class KafkaSource:
                 if not records:
                     continue
             self._fetch_next[tp] = records[-1].offset + 1
+            if self._bounds.active:
+                records = self._admit(tp, records)
+                if not records:
+                    continue
             self._fresh.discard(tp)
             buffer = self._buffer.setdefault(tp, [])
             buffer.extend(records)
             self._buffered += len(records)
-            if len(buffer) >= self.max_poll_records and tp not in self._paused:
-                self._consumer.pause(tp)
-                self._paused.add(tp)
+            if len(buffer) >= self.max_poll_records:
+                self._full.add(tp)  # paused after the read if it still holds records
+
+    def _admit(self, tp: Any, records: list[Any]) -> list[Any]:
+        """The records within ``start_at``..``stop_at``; those before the start are counted."""
+        admitted, skipped = self._bounds.admit(tp, records)
+        self._count("records_before_start", skipped)
+        return admitted
 
     def _take(self, max_records: int) -> SourceBatch | None:
         tp = next((tp for tp, buffer in self._buffer.items() if buffer), None)
@@ -346,7 +491,7 @@ class KafkaSource:
             TimeoutError: The commit took longer than ``commit_timeout``.
         """
         consumer = self._consumer
-        if consumer is None:
+        if consumer is None or self.group_id is None:
             return
         offsets: dict[Any, int] = {}
         for tp in consumer.assignment():
@@ -359,7 +504,7 @@ class KafkaSource:
             offsets[tp] = offset
         if not offsets:
             return
-        if _fenced(consumer):
+        if not self._manual and _fenced(consumer):  # a manual assignment has no generation
             self._count("commits_refused", 1)
             raise CommitFailedError(
                 f"group {self.group_id!r}: this member's session expired (it was fenced); "
@@ -444,6 +589,7 @@ class KafkaSource:
             per_tp.pop(tp, None)
         self._unpositioned.discard(tp)
         self._fresh.discard(tp)
+        self._bounds.forget(tp)
         self._next.pop(name, None)
         self._positions.pop(name, None)  # the next owner's commits are the truth now
 
@@ -484,12 +630,14 @@ class KafkaSource:
                 group = await self._group_offsets(tps)
                 earliest = await consumer.beginning_offsets(tps)
                 latest = await consumer.end_offsets(tps)
+                timed = await timed_offsets(consumer, tps, self._bounds.start_ms, earliest)
             if assignments != self._assignments:
                 return  # a rebalance meanwhile: its own positioning looks the offsets up again
             for tp in tps:
                 if tp not in pending or tp not in consumer.assignment():
                     continue  # revoked meanwhile
-                await self._start(tp, group.get(tp), earliest[tp], latest[tp])
+                at_time = None if timed is None else timed.get(tp, latest[tp])
+                await self._start(tp, group.get(tp), earliest[tp], latest[tp], at_time)
                 pending.discard(tp)
                 if tp not in self._paused:
                     consumer.resume(tp)
@@ -497,6 +645,8 @@ class KafkaSource:
     async def _group_offsets(self, tps: Sequence[Any]) -> dict[Any, int]:
         """The group's committed offset of each partition that has one."""
         offsets: dict[Any, int] = {}
+        if self.group_id is None:
+            return offsets
 
         async def one(tp: Any) -> None:
             offset = await self._consumer.committed(tp)
@@ -508,15 +658,22 @@ class KafkaSource:
                 tg.start_soon(one, tp)
         return offsets
 
-    async def _start(self, tp: Any, group: int | None, earliest: int, latest: int) -> None:
+    async def _start(
+        self, tp: Any, group: int | None, earliest: int, latest: int, timed: int | None = None
+    ) -> None:
+        """Seek ``tp`` to its start; ``timed``: where ``start_at``'s time puts it, if given."""
         consumer = self._consumer
         name = partition_name(tp.topic, tp.partition)
         local = self._positions.get(name)
         known = [offset for offset in (group, local) if offset is not None]
+        self._bounds.positioned(tp, latest, at_start_time=not known and timed is not None)
         if group is not None:
             self._committed[tp] = group
         if not known:
-            start = earliest if self.auto_offset_reset == "earliest" else latest
+            if timed is not None:
+                start = timed
+            else:
+                start = earliest if self.auto_offset_reset == "earliest" else latest
             self._fresh.add(tp)
         else:
             start = max(known)
@@ -630,6 +787,24 @@ class KafkaSource:
         if self._consumer is None:
             raise RuntimeError(f"source {self.name!r} is not open")
         return self._consumer
+
+
+async def _getmany(consumer: Any, *, timeout_ms: int, max_records: int) -> Mapping[Any, Any]:
+    """``consumer.getmany`` over the partitions that are not paused.
+
+    A getmany over a paused partition makes aiokafka drop the records it has
+    already fetched for it, to fetch them again after the resume (a wasted
+    round trip of up to ``max_partition_fetch_bytes``); asked only for the
+    others, it keeps them until the partition resumes.
+    """
+    paused = consumer.paused()
+    if not paused:
+        return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)  # type: ignore[no-any-return]
+    wanted = consumer.assignment() - paused
+    if not wanted:
+        await anyio.sleep(timeout_ms / 1000)
+        return {}
+    return await consumer.getmany(*wanted, timeout_ms=timeout_ms, max_records=max_records)  # type: ignore[no-any-return]
 
 
 def _fenced(consumer: Any) -> bool:

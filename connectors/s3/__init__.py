@@ -11,6 +11,8 @@ connector opens its client, so importing this package is cheap.
 * :class:`S3DeadLetters`: a :class:`~riprap.deadletters.DeadLetterSink`, one object per write;
   :func:`iter_s3_dead_letters`, :class:`S3DeadLetterSource` and
   :func:`purge_s3_dead_letters` read, replay and purge them (``riprap dlq ... s3://``).
+* :class:`S3ReadError`: an object that kept arriving short, cut off or failing
+  its checksum; every connector checks each download before using it.
 * :class:`S3Checkpoints`: a :class:`~riprap.checkpoints.CheckpointBackend` fenced by
   conditional writes (``If-Match`` / ``If-None-Match``).
 """
@@ -26,6 +28,7 @@ from ._dlq_reader import S3DeadLetterSource as S3DeadLetterSource
 from ._dlq_reader import S3PurgeReport as S3PurgeReport
 from ._dlq_reader import iter_s3_dead_letters as iter_s3_dead_letters
 from ._dlq_reader import purge_s3_dead_letters as purge_s3_dead_letters
+from ._reads import S3ReadError as S3ReadError
 from ._sink import S3Sink as S3Sink
 from ._sink import S3SinkStatistics as S3SinkStatistics
 from ._source import OBJECT_COMPLETE as OBJECT_COMPLETE
@@ -41,6 +44,7 @@ __all__ = (
     "S3DeadLetterSource",
     "S3DeadLetters",
     "S3PurgeReport",
+    "S3ReadError",
     "S3Sink",
     "S3SinkStatistics",
     "S3Source",

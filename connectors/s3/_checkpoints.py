@@ -12,6 +12,13 @@ does not exist yet). A write that loses a race (412 Precondition Failed, or 409
 for two concurrent conditional writes) is retried from the read, a bounded
 number of times.
 
+A write can take effect while its answer is lost (a connection reset after
+S3 stored it): botocore then retries it with the same condition and gets 412,
+or it fails outright. Either way the object is read again, and if it holds
+exactly the bytes this write sent (the same claim, epoch and snapshot), the
+write counts as done. Anything else is a lost race as above, or a fencing
+conflict.
+
 Fencing (I5) follows: a zombie's save reads the newer epoch and is refused by
 :func:`~riprap.checkpoints.check_save`; if a claim lands between its read and
 its write, the ETag has changed and the write fails, and the retry reads the
@@ -68,8 +75,8 @@ from ._client import (
     list_keys,
     new_session,
     open_client,
-    read_body,
 )
+from ._reads import S3ReadError, download
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -87,6 +94,8 @@ class _Stored:
     checkpoint: Checkpoint | None
     snapshot: bytes | None
     etag: str | None
+    raw: bytes | None = None
+    """The object's bytes as stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +190,9 @@ class S3Checkpoints:
             record = await self._read_record(client, pipeline)
             for attempt in range(self.race_attempts):
                 stored = await self._read(client, pipeline)
+                body = _container(pipeline, stored.epoch, stored.owner, data)
+                if stored.raw == body:
+                    break  # stored already, by an earlier try of this very save
                 cp = stored.checkpoint
                 saved = (cp.epoch, cp.seq) if cp is not None else None
                 check_save(
@@ -190,7 +202,6 @@ class S3Checkpoints:
                     saved=saved,
                     recorded=record.generation,
                 )
-                body = _container(pipeline, stored.epoch, stored.owner, data)
                 if await self._write(client, pipeline, body, stored.etag, attempt):
                     break
             else:
@@ -290,10 +301,9 @@ class S3Checkpoints:
         """``(body, ETag)`` of ``key``; ``(None, None)`` if it does not exist."""
         where = f"s3://{self.bucket}/{key}"
         try:
-            response = await call(
-                self.client_config, client.get_object(Bucket=self.bucket, Key=key)
-            )
-            data = await read_body(self.client_config, response)
+            data, response = await download(self.client_config, client, self.bucket, key)
+        except S3ReadError as exc:
+            raise CheckpointError(f"{where}: cannot read: {exc.problem}") from exc
         except client_error_types() as exc:
             if is_missing(exc):
                 return None, None
@@ -307,6 +317,11 @@ class S3Checkpoints:
         if data is None or etag is None:
             return _Stored(0, None, None, None, None)
         return _parse(data, where=self._where(pipeline), pipeline=pipeline, etag=etag)
+
+    async def _holds(self, client: Any, pipeline: str, body: bytes) -> bool:
+        """Whether the pipeline's object holds exactly ``body`` (a write of it took effect)."""
+        data, _ = await self._get(client, self.key(pipeline))
+        return data == body
 
     async def _read_trusted(self, client: Any, pipeline: str, recorded: int) -> _Stored:
         """The stored object, refused if its snapshot is damaged, missing or older than recorded."""
@@ -366,20 +381,29 @@ class S3Checkpoints:
                 Key=key,
                 Body=encode_generation(pipeline, generation),
                 ContentType="application/json",
+                ChecksumAlgorithm="CRC32",
                 **condition,
             )
             try:
                 await call(self.client_config, request)
             except client_error_types() as exc:
                 if not is_precondition_failure(exc) and not is_missing(exc):
+                    if await self._recorded(client, pipeline, generation):
+                        return  # the write took effect; its answer was lost
                     raise self._unrecorded(pipeline, generation, exc) from exc
             except TimeoutError as exc:
+                if await self._recorded(client, pipeline, generation):
+                    return
                 raise self._unrecorded(pipeline, generation, "timed out") from exc
             else:
                 return
             record = None  # lost a race: read what the winner wrote
             await anyio.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
         raise self._raced(pipeline, "recording the generation")
+
+    async def _recorded(self, client: Any, pipeline: str, generation: int) -> bool:
+        """Whether the record holds ``generation`` or more (read again after a failed write)."""
+        return (await self._read_record(client, pipeline)).generation >= generation
 
     def _unrecorded(self, pipeline: str, generation: int, error: object) -> CheckpointError:
         return CheckpointError(
@@ -429,21 +453,30 @@ class S3Checkpoints:
     async def _write(
         self, client: Any, pipeline: str, body: bytes, etag: str | None, attempt: int
     ) -> bool:
-        """Write ``body`` if the object still has ``etag``; ``False`` if a race was lost."""
+        """Write ``body`` if the object still has ``etag``; ``False`` if a race was lost.
+
+        A write that failed, or lost to a retry of itself, counts as done if
+        the object now holds ``body`` (see the module docstring).
+        """
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         request = client.put_object(
             Bucket=self.bucket,
             Key=self.key(pipeline),
             Body=body,
             ContentType="application/json",
+            ChecksumAlgorithm="CRC32",
             **condition,
         )
         try:
             await call(self.client_config, request)
         except client_error_types() as exc:
+            if await self._holds(client, pipeline, body):
+                return True
             if not is_precondition_failure(exc) and not is_missing(exc):
                 raise CheckpointError(f"{self._where(pipeline)}: cannot write: {exc}") from exc
         except TimeoutError as exc:
+            if await self._holds(client, pipeline, body):
+                return True
             raise CheckpointError(f"{self._where(pipeline)}: cannot write: timed out") from exc
         else:
             return True
@@ -480,11 +513,11 @@ def _parse(data: bytes, *, where: str, pipeline: str, etag: str) -> _Stored:
     if problem is not None:
         raise _corrupt(where, pipeline, problem)
     if raw["checkpoint"] is None:
-        return _Stored(raw["epoch"], raw["owner"], None, None, etag)
+        return _Stored(raw["epoch"], raw["owner"], None, None, etag, data)
     # The snapshot's checksum covers its canonical form, so re-serialising it is safe.
     snapshot = orjson.dumps(raw["checkpoint"])
     checkpoint = decode(snapshot, where=where, pipeline=pipeline)
-    return _Stored(raw["epoch"], raw["owner"], checkpoint, snapshot, etag)
+    return _Stored(raw["epoch"], raw["owner"], checkpoint, snapshot, etag, data)
 
 
 def _corrupt(where: str, pipeline: str, problem: str) -> CheckpointIntegrityError:

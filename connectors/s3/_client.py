@@ -156,17 +156,37 @@ def sanitize(partition: str) -> str:
     return quote(partition, safe="-_.=")
 
 
-async def list_keys(config: S3ClientConfig, client: Any, bucket: str, prefix: str) -> list[str]:
-    """Every key under ``prefix``, one timed call per page of the listing."""
-    keys: list[str] = []
+@final
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """An object as a listing shows it: its key, size in bytes and ETag."""
+
+    key: str
+    size: int
+    etag: str | None
+
+
+async def list_objects(
+    config: S3ClientConfig, client: Any, bucket: str, prefix: str
+) -> list[Listed]:
+    """Every object under ``prefix``, one timed call per page of the listing."""
+    found: list[Listed] = []
     token: str | None = None
     while True:
         extra = {"ContinuationToken": token} if token else {}
         page = await call(config, client.list_objects_v2(Bucket=bucket, Prefix=prefix, **extra))
-        keys.extend(item["Key"] for item in page.get("Contents", ()))
+        found.extend(
+            Listed(item["Key"], int(item.get("Size", 0)), item.get("ETag"))
+            for item in page.get("Contents", ())
+        )
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
-            return keys
+            return found
+
+
+async def list_keys(config: S3ClientConfig, client: Any, bucket: str, prefix: str) -> list[str]:
+    """Every key under ``prefix``, one timed call per page of the listing."""
+    return [listed.key for listed in await list_objects(config, client, bucket, prefix)]
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

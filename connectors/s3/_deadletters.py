@@ -10,7 +10,8 @@ import anyio.lowlevel
 
 from riprap.deadletters import DeadLetter
 
-from ._client import S3ClientConfig, call, check_bucket, list_keys, open_client, read_body
+from ._client import S3ClientConfig, call, check_bucket, list_keys, open_client
+from ._reads import download
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -89,6 +90,7 @@ class S3DeadLetters:
             Key=self.object_key(letters),
             Body=body,
             ContentType="application/x-ndjson",
+            ChecksumAlgorithm="CRC32",
         )
         await call(self.client_config, request)
 
@@ -99,10 +101,7 @@ class S3DeadLetters:
         letters: dict[str, DeadLetter] = {}
         keys = await list_keys(self.client_config, self._client, self.bucket, self.prefix)
         for key in sorted(keys):
-            response = await call(
-                self.client_config, self._client.get_object(Bucket=self.bucket, Key=key)
-            )
-            data = await read_body(self.client_config, response)
+            data, _ = await download(self.client_config, self._client, self.bucket, key)
             for line in data.splitlines():
                 if line.strip():
                     letter = DeadLetter.from_json(line)

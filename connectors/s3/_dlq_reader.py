@@ -61,8 +61,8 @@ from ._client import (
     is_precondition_failure,
     list_keys,
     open_client,
-    read_body,
 )
+from ._reads import download
 from ._source import OBJECT_COMPLETE
 
 if TYPE_CHECKING:
@@ -181,9 +181,9 @@ async def _letter_keys(config: S3ClientConfig, client: Any, bucket: str, prefix:
 async def _download(
     config: S3ClientConfig, client: Any, bucket: str, key: str
 ) -> tuple[bytes, str]:
-    """An object's bytes and ETag."""
-    response = await call(config, client.get_object(Bucket=bucket, Key=key))
-    return await read_body(config, response), str(response.get("ETag", ""))
+    """An object's bytes (verified, see :mod:`._reads`) and ETag."""
+    data, response = await download(config, client, bucket, key)
+    return data, str(response.get("ETag", ""))
 
 
 async def _open_listed(

@@ -426,6 +426,7 @@ class S3Sink:
             "Key": key,
             "Body": body,
             "ContentType": content_type,
+            "ChecksumAlgorithm": "CRC32",  # S3 checks the upload, and readers can check it
         }
         if self.sse is not None:
             args["ServerSideEncryption"] = self.sse

@@ -30,11 +30,21 @@ Quarantine
     then is its position set to :data:`OBJECT_COMPLETE`, and the run goes on
     with the next object. Nothing of a quarantined object reaches the sink.
 
+Verified downloads
+    Before any record of an object is used, the bytes read (before gunzip)
+    are checked against the object's size in the listing and the answer's
+    ``Content-Length``, and against its checksum when it has one; the GET is
+    conditional on the listed ETag (see :mod:`._reads`). A short, cut-off or
+    corrupt read is retried with a fresh GET and, if it persists, stops the
+    run with :class:`S3ReadError` naming the object: a healthy object is never
+    quarantined for a bad transfer, and never read in part.
+
 Errors from S3 itself (throttling, 5xx, timeouts) are retried by botocore
-(``client_config.max_attempts``, 3 by default); each retry is reported to the
-pipeline's policy hooks (``SourceContext.policy_hooks``), so it counts in the
-run report and ``riprap_retries_total``. An error that remains is raised by
-``read`` and stops the run, which resumes from the checkpoint when restarted.
+(``client_config.max_attempts``, 3 by default), incomplete reads by the source
+(as many attempts); each retry is reported to the pipeline's policy hooks
+(``SourceContext.policy_hooks``), so it counts in the run report and
+``riprap_retries_total``. An error that remains is raised by ``read`` and
+stops the run, which resumes from the checkpoint when restarted.
 """
 
 from __future__ import annotations
@@ -61,10 +71,14 @@ import orjson
 from riprap import ConfigError, SourceBatch, SourceContext, SystemClock
 from riprap.checkpoints import CheckpointError
 
-from ._client import S3ClientConfig, call, check_bucket, list_keys, open_client, read_body
+from ._client import Listed, S3ClientConfig, call, check_bucket, list_objects, open_client
+from ._reads import download
 from ._retries import report_retries
 
 log = logging.getLogger("riprap.connectors.s3")
+
+_REASON = ".reason.json"
+"""Suffix of the note next to a quarantined copy."""
 
 OBJECT_COMPLETE = 1 << 62
 """The position that marks an object as completely read (or quarantined)."""
@@ -202,11 +216,81 @@ class S3Source:
         self._context: SourceContext | None = None
         self._positions: dict[str, int] = {}
         self._seen: set[str] = set()
+        self._listed: dict[str, Listed] = {}
         self._pending: deque[str] = deque()
         self._current: _Object | None = None
         self._listed_once = False
         self._counts = {"read": 0, "skipped": 0, "records": 0}
         self._lock = anyio.Lock()
+
+    def requeue(self, *, name: str | None = None) -> S3Source:
+        """A source over this source's quarantined copies, to read them again once fixed.
+
+        It reads ``quarantine_prefix`` (the ``.reason.json`` notes aside) with
+        this source's format, decompression, encoding and client settings, and
+        sets nothing aside itself: an object still corrupt is logged and
+        counted as quarantined, and stays where it is. Its partitions are the
+        copies' names, so a pipeline run with it under a name of its own (as
+        ``riprap s3 requeue`` does) keeps positions apart from this source's.
+
+        Args:
+            name: The step name (default: this source's).
+
+        Raises:
+            ConfigError: This source has no ``quarantine_prefix``.
+
+        .. versionadded:: 0.2
+        """
+        if self.quarantine_prefix is None:
+            raise ConfigError(
+                "quarantine_prefix",
+                f"source {self.name!r} keeps no copies of quarantined objects to requeue; "
+                "give it a quarantine_prefix",
+            )
+        return S3Source(
+            self.bucket,
+            self.quarantine_prefix,
+            name=name or self.name,
+            format=self.format,
+            gzip=self.gzip,
+            key_filter=_not_a_reason,
+            encoding=self.encoding,
+            delimiter=self.delimiter,
+            endpoint_url=self.endpoint_url,
+            client_config=self.client_config,
+        )
+
+    def for_worker(self, index: int, count: int) -> S3Source:
+        """This source for worker ``index`` of ``count`` on one machine: the keys that hash to it.
+
+        A key belongs to worker ``zlib.crc32(key) % count`` (UTF-8), on top of
+        ``key_filter``: stable across runs, and a key added later does not move
+        the others, so each worker's positions stay its own.
+
+        Raises:
+            ConfigError: ``index`` is not in ``range(count)``.
+        """
+        if not 0 <= index < count:
+            raise ConfigError(
+                "workers", f"source {self.name!r}: worker {index} is not in 0..{count - 1}"
+            )
+        wanted = self.key_filter or _any_key
+        clone = S3Source(
+            self.bucket,
+            self.prefix,
+            name=self.name,
+            format=self.format,
+            gzip=self.gzip,
+            poll_interval=self.poll_interval,
+            key_filter=lambda key: zlib.crc32(key.encode()) % count == index and wanted(key),
+            quarantine_prefix=self.quarantine_prefix,
+            on_quarantine=self.on_quarantine,
+            encoding=self.encoding,
+            delimiter=self.delimiter,
+            endpoint_url=self.endpoint_url,
+            client_config=self.client_config,
+        )
+        return clone
 
     def partition_of(self, key: str) -> str:
         """The partition name of the object ``key``."""
@@ -245,6 +329,7 @@ class S3Source:
             self._context = context
             self._positions = dict(context.positions)
             self._seen.clear()
+            self._listed.clear()
             self._pending.clear()
             self._current = None
             self._listed_once = False
@@ -255,6 +340,7 @@ class S3Source:
 
         Raises:
             CheckpointError: A checkpoint resumes past the end of its object.
+            S3ReadError: An object kept arriving short, cut off or corrupt.
             botocore.exceptions.ClientError: S3 refused a call (after botocore's retries).
             TimeoutError: An S3 call took longer than ``client_config.call_timeout``.
         """
@@ -290,11 +376,16 @@ class S3Source:
 
     async def _list(self) -> None:
         """Queue the keys not seen yet, in key order."""
-        keys = await list_keys(self.client_config, self._client, self.bucket, self.prefix)
+        listing = await list_objects(self.client_config, self._client, self.bucket, self.prefix)
         wanted = self.key_filter or _any_key
-        fresh = sorted(k for k in keys if k not in self._seen and not k.endswith("/") and wanted(k))
+        fresh = {
+            listed.key: listed
+            for listed in listing
+            if listed.key not in self._seen and not listed.key.endswith("/") and wanted(listed.key)
+        }
+        self._listed.update(fresh)
         self._seen.update(fresh)
-        self._pending.extend(fresh)
+        self._pending.extend(sorted(fresh))
         self._listed_once = True
 
     async def _load(self, key: str) -> SourceBatch | None:
@@ -303,12 +394,10 @@ class S3Source:
         position = self._positions.get(partition, 0)
         if position >= OBJECT_COMPLETE:
             self._counts["skipped"] += 1
+            self._listed.pop(key, None)
             await anyio.lowlevel.checkpoint()
             return None
-        response = await call(
-            self.client_config, self._client.get_object(Bucket=self.bucket, Key=key)
-        )
-        data = await read_body(self.client_config, response)
+        data = await self._download(key)
         try:
             values, offsets, lines = self._decode(key, data)
         except CorruptObjectError as exc:
@@ -325,6 +414,22 @@ class S3Source:
             return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
         self._current = _Object(partition, values, offsets, index)
         return None
+
+    async def _download(self, key: str) -> bytes:
+        """The whole object, verified (retried if it arrives incomplete)."""
+        context = self._context
+        data, _ = await download(
+            self.client_config,
+            self._client,
+            self.bucket,
+            key,
+            listed=self._listed.get(key),
+            clock=context.clock if context is not None else None,
+            hooks=context.policy_hooks if context is not None else (),
+            stage=self.name,
+        )
+        del self._listed[key]
+        return data
 
     def _take(self, current: _Object, max_records: int) -> SourceBatch:
         start, stop = current.index, min(current.index + max_records, len(current.values))
@@ -398,14 +503,16 @@ class S3Source:
             target = f"{self.quarantine_prefix}{key}"
             await call(
                 self.client_config,
-                self._client.put_object(Bucket=self.bucket, Key=target, Body=data),
+                self._client.put_object(
+                    Bucket=self.bucket, Key=target, Body=data, ChecksumAlgorithm="CRC32"
+                ),
             )
             note = {"source": partition, "reason": reason, "quarantined_at": time.time()}
             await call(
                 self.client_config,
                 self._client.put_object(
                     Bucket=self.bucket,
-                    Key=f"{target}.reason.json",
+                    Key=f"{target}{_REASON}",
                     Body=orjson.dumps(note),
                     ContentType="application/json",
                 ),
@@ -423,6 +530,10 @@ class S3Source:
 
 def _any_key(key: str) -> bool:
     return True
+
+
+def _not_a_reason(key: str) -> bool:
+    return not key.endswith(_REASON)
 
 
 def _decode_lines(data: bytes) -> tuple[list[Any], list[int], int]:

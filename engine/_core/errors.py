@@ -305,4 +305,16 @@ class PipelineError(EngineError):
 
 
 class PoisonPillError(EngineError):
-    """Stands in for the crash of a record quarantined after stopping the run repeatedly."""
+    """Stands in for the crash of a record quarantined after stopping the run repeatedly.
+
+    Args:
+        message: What happened to the record.
+        error_type: The type of the exception that stopped the run, when one did
+            (its dead letter's ``error_type``).
+        traceback: That exception's redacted traceback (its dead letter's).
+    """
+
+    def __init__(self, message: str, *, error_type: str = "", traceback: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.traceback = traceback

@@ -9,10 +9,10 @@ are added and the whole pipeline again before it runs, so a mistake is a
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, final
 
+from riprap._core.describe import DescribeFormat, describe
 from riprap._core.errors import ConfigError
 from riprap._core.options import (
     DEFAULT_SINK_ATTEMPT_TIMEOUT,
@@ -25,23 +25,22 @@ from riprap._core.options import (
 )
 from riprap._core.protocols import Sink, Source, Stage
 from riprap._core.steps import (
-    STEP_OPTIONS,
     BatchStep,
-    OpStep,
     Plan,
+    RouteStep,
     StageStep,
     Step,
     StepOptions,
-    check_known,
-    check_sync_step,
-    is_async,
+    check_name,
+    op_step,
     sink_policies_for,
     step_policies,
 )
+from riprap._core.topology import Branch, branch_plans, route_step
 from riprap._runtime.runtime import open_pipeline
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from contextlib import AbstractAsyncContextManager
 
     from typing_extensions import Unpack
@@ -49,8 +48,6 @@ if TYPE_CHECKING:
     from riprap._runtime.runtime import RunningPipeline
     from riprap.observability._report import RunReport
     from riprap.policies import Bulkhead, CircuitBreaker, Policies, Retry
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 @final
@@ -82,6 +79,8 @@ class Pipeline:
     source_: Source | None
     sink_: Sink | None
     sink_policies: Policies | None
+    branches: tuple[tuple[str, Branch], ...]
+    route_: RouteStep | None
 
     def __init__(self, name: str, **options: Any) -> None:
         for key in options:
@@ -89,12 +88,7 @@ class Pipeline:
                 close = difflib.get_close_matches(key, OPTION_NAMES, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(key, f"unknown pipeline option{hint}")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(
-                "name",
-                f"must start with a letter or digit and hold only letters, digits, "
-                f"'_', '.', '-'; got {name!r}",
-            )
+        check_name("name", name)
         opts = PipelineOptions(**options)
         opts.check()
         object.__setattr__(self, "name", name)
@@ -103,6 +97,8 @@ class Pipeline:
         object.__setattr__(self, "source_", None)
         object.__setattr__(self, "sink_", None)
         object.__setattr__(self, "sink_policies", None)
+        object.__setattr__(self, "branches", ())
+        object.__setattr__(self, "route_", None)
 
     def _with(self, **changes: Any) -> Pipeline:
         new = object.__new__(Pipeline)
@@ -157,8 +153,86 @@ class Pipeline:
         """
         implements("sink", sink, Sink, "name, idempotent, open, write, flush, aclose")
         self._refuse_second("sink", self.sink_)
+        self._refuse_after_branches(".sink()")
         policies = step_policies("sink", retry, timeout, attempt_timeout, breaker, "wait", bulkhead)
         return self._with(sink_=sink, sink_policies=policies)
+
+    def fan_out(self, **branches: Branch) -> Pipeline:
+        """End the pipeline in several branches; every record goes to every branch.
+
+        Each branch (a :class:`~riprap.Branch`, named by its keyword) may have
+        steps of its own and ends in a sink with its own policies, counters and
+        report line. A record's source position is done only when every branch
+        is done with it (written, dead-lettered or dropped by the branch's own
+        filter), so a checkpoint never passes a record one sink still lacks::
+
+            pipeline.fan_out(
+                db=Branch().sink(SqliteSink("orders.db", table="orders", key="id")),
+                audit=Branch().map("line", orjson.dumps).sink(JsonLinesSink("audit.jsonl")),
+            )
+
+        Values are shared between branches, not copied: a step must not change a
+        value in place. A pipeline ends in one :meth:`sink`, one fan-out or one :meth:`route`.
+
+        Raises:
+            ConfigError: Naming the branch and the part: a branch without a sink,
+                a step id used twice, two sinks of one name, a second ending.
+        """
+        if self.sink_ is not None:
+            raise ConfigError(
+                "fan_out",
+                f"pipeline {self.name!r} already ends in sink {self.sink_.name!r}; "
+                "put that sink in a Branch of the fan-out instead",
+            )
+        self._refuse_after_branches(".fan_out()")
+        branch_plans(self.name, self.steps, branches, self.options)  # checks them now
+        return self._with(branches=tuple(branches.items()))
+
+    def route(
+        self,
+        step_id: str,
+        by: Callable[[Any], Any] | Mapping[str, Callable[[Any], Any]],
+        /,
+        *,
+        on_unmatched: Literal["drop", "dlq"] = "dlq",
+        **branches: Branch,
+    ) -> Pipeline:
+        """End the pipeline in branches that each get only the records ``by`` picks for them.
+
+        ``by`` is either a function of the value returning a branch name, an
+        iterable of names (the record goes to each) or ``None``, or a mapping of
+        branch names to predicates (the record goes to every branch whose
+        predicate holds)::
+
+            pipeline.route(
+                "by_region",
+                lambda order: order["region"],
+                eu=Branch().map("gdpr", redact).sink(eu_sink),
+                us=Branch().sink(us_sink, retry=None),
+            )
+
+        A record no branch takes (``by`` gave ``None``, nothing, or only names
+        that are no branch) is dead-lettered with reason ``unrouted`` and a
+        message naming what ``by`` gave (``on_unmatched="dlq"``, which stops the
+        run when there is no dead-letter store), or counted as dropped by the
+        route (``"drop"``). An exception from ``by`` is handled like a step's.
+        ``by`` is called once per record. As with :meth:`fan_out`, a record's
+        position is done once every branch it went to is done with it.
+
+        Raises:
+            ConfigError: As :meth:`fan_out`, and for a branch no predicate of
+                ``by`` can reach.
+        """
+        if self.sink_ is not None:
+            raise ConfigError(
+                "route",
+                f"pipeline {self.name!r} already ends in sink {self.sink_.name!r}; "
+                "put that sink in a Branch of the route instead",
+            )
+        self._check_step_id(step_id)
+        step = route_step(step_id, by, on_unmatched, branches)
+        branch_plans(self.name, (*self.steps, step), branches, self.options, call="route")
+        return self._with(branches=tuple(branches.items()), route_=step)
 
     def map(self, step_id: str, fn: Callable[..., Any], **options: Unpack[StepOptions]) -> Pipeline:
         """Replace each value with ``fn(value)``; ``fn`` may be sync or async.
@@ -205,63 +279,34 @@ class Pipeline:
         options: StepOptions,
     ) -> Pipeline:
         self._check_step_id(step_id)
-        where = f"{kind}({step_id!r})"
-        check_known(where, options, STEP_OPTIONS)
-        if not callable(fn):
-            raise ConfigError(f"{where}.fn", f"must be callable, got {fn!r}")
-        concurrency = options.get("concurrency", 1)
-        positive_int(f"{where}.concurrency", concurrency)
-        fn_is_async = is_async(fn)
-        policies = step_policies(
-            where,
-            options.get("retry"),
-            options.get("timeout"),
-            options.get("attempt_timeout"),
-            options.get("breaker"),
-            options.get("on_open", "wait"),
-            options.get("bulkhead"),
-            options.get("attempt_grace"),
-        )
-        offload = check_sync_step(where, options, fn_is_async=fn_is_async)
-        on_error = options.get("on_error", "dlq")
-        if on_error not in ("dlq", "stop"):
-            raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
-        for name in ("fallback", "key"):
-            value = options.get(name)
-            if value is not None and not callable(value):
-                raise ConfigError(f"{where}.{name}", f"must be callable, got {value!r}")
-        step = OpStep(
-            kind,
-            step_id,
-            fn,
-            fn_is_async,
-            concurrency=concurrency,
-            ordered=options.get("ordered", True),
-            record=options.get("record", False),
-            on_error=on_error,
-            policies=policies,
-            fallback=options.get("fallback"),
-            key=options.get("key"),
-            offload=offload,
-        )
-        return self._with(steps=(*self.steps, step))
+        return self._with(steps=(*self.steps, op_step(kind, step_id, fn, options)))
 
     def _refuse_second(self, what: str, current: Source | Sink | None) -> None:
         """A second ``.source()``/``.sink()`` would silently replace the first: refuse it."""
-        if current is not None:
+        if current is None:
+            return
+        if what == "sink":
+            hint = "to write to several sinks, end it with .fan_out() or .route() instead"
+        else:
+            hint = "a pipeline reads one source, so .source() is called once"
+        raise ConfigError(
+            what, f"pipeline {self.name!r} already has a {what} ({current.name!r}); {hint}"
+        )
+
+    def _refuse_after_branches(self, call: str) -> None:
+        """Nothing follows a fan-out or a route: its branches are where the pipeline ends."""
+        if self.branches:
+            names = ", ".join(name for name, _ in self.branches)
+            ending = "routes" if self.route_ is not None else "fans out"
             raise ConfigError(
-                what,
-                f"pipeline {self.name!r} already has a {what} ({current.name!r}); a pipeline "
-                f"has one source and one sink, so .{what}() is called once",
+                "route" if self.route_ is not None else "fan_out",
+                f"pipeline {self.name!r} already {ending} to branches {names}; {call} "
+                "cannot follow: add steps and sinks to the branches",
             )
 
     def _check_step_id(self, step_id: str) -> None:
-        if not isinstance(step_id, str) or not _NAME.match(step_id):
-            raise ConfigError(
-                "step_id",
-                f"must start with a letter or digit and hold only letters, digits, "
-                f"'_', '.', '-'; got {step_id!r}",
-            )
+        check_name("step_id", step_id)
+        self._refuse_after_branches(f"step {step_id!r}")
         if any(step.step_id == step_id for step in self.steps):
             raise ConfigError("step_id", f"{step_id!r} is used by two steps; step ids are unique")
 
@@ -269,8 +314,10 @@ class Pipeline:
         """Check the whole pipeline; raise :class:`ConfigError` naming the first problem."""
         if self.source_ is None:
             raise ConfigError("source", f"pipeline {self.name!r} has no source; call .source()")
-        if self.sink_ is None:
-            raise ConfigError("sink", f"pipeline {self.name!r} has no sink; call .sink()")
+        if self.sink_ is None and not self.branches:
+            raise ConfigError(
+                "sink", f"pipeline {self.name!r} has no sink; call .sink() or .fan_out()"
+            )
         self.options.check()
 
     def plan(self) -> Plan:
@@ -281,7 +328,13 @@ class Pipeline:
         """
         self.validate()
         assert self.source_ is not None
-        assert self.sink_ is not None
+        call = "fan_out" if self.route_ is None else "route"
+        trunk = self.steps if self.route_ is None else (*self.steps, self.route_)
+        branches = (
+            branch_plans(self.name, trunk, dict(self.branches), self.options, call=call)
+            if self.branches
+            else ()
+        )
         return Plan(
             name=self.name,
             options=self.options,
@@ -289,6 +342,25 @@ class Pipeline:
             source=self.source_,
             sink=self.sink_,
             sink_policies=sink_policies_for(self.sink_policies, self.options),
+            branches=branches,
+            route=self.route_,
+        )
+
+    def describe(self, form: DescribeFormat = "text") -> str:
+        """The pipeline's topology: ``"text"`` (an indented outline) or ``"mermaid"`` (a flowchart).
+
+        Shows the source, every step, the fan-out or route and each branch's
+        steps and sink, by kind and name only (no values, no options that could
+        hold secrets). Parts not yet given are shown as missing.
+        """
+        return describe(
+            self.name,
+            self.source_,
+            self.steps,
+            self.sink_,
+            self.branches,
+            self.route_,
+            form,
         )
 
     def open(self) -> AbstractAsyncContextManager[RunningPipeline]:

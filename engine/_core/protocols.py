@@ -14,6 +14,7 @@ from riprap._core.records import Batch, SourceBatch
 
 if TYPE_CHECKING:
     from riprap._core.clock import Clock
+    from riprap.policies import Shelter
 
 Emit = Callable[[Batch], Awaitable[None]]
 
@@ -163,11 +164,18 @@ class StageContext:
             (a window): done, reported as absorbed, and progress for the DLQ guard.
         source_exhausted: Whether the source has ended (in ``finish``: end of
             input rather than a graceful stop).
+        count: ``count(outcome, n)`` reports ``n`` things the stage did that are
+            neither records out nor dead letters (a quality gate's window let
+            through by an operator, a stuck saga); the run report and the
+            ``riprap_source_outcomes`` metric show them by outcome (I7).
         policy_hooks: Hooks for policy events of the stage's own policy stacks,
             so their retries reach the run report and the metrics.
         batch_size: The pipeline's ``batch_size`` option.
         max_in_flight: The pipeline's ``max_in_flight`` option (a stage that
             holds records back must hold fewer than this, or the run stalls).
+        shelter: The run's :class:`~riprap.policies.Shelter`, for the stage's
+            own policy stacks: the run closes it when its drain time is up, so
+            a call that ignores cancellation cannot hold up a stop.
     """
 
     pipeline: str
@@ -176,9 +184,11 @@ class StageContext:
     dropped: Callable[[int], None] = _ignore
     absorbed: Callable[[int], None] = _ignore
     source_exhausted: Callable[[], bool] = _never
+    count: Callable[[str, int], None] = _no_count
     policy_hooks: tuple[Callable[[Any], None], ...] = ()
     batch_size: int = 1_000
     max_in_flight: int = 10_000
+    shelter: Shelter | None = None
 
 
 @runtime_checkable

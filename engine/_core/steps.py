@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from riprap._core.errors import ConfigError
-from riprap._core.options import DEFAULT_SINK_RETRY, OnError, PipelineOptions, positive_number
+from riprap._core.options import (
+    DEFAULT_SINK_RETRY,
+    OnError,
+    PipelineOptions,
+    positive_int,
+    positive_number,
+)
 from riprap.policies import Bulkhead, CircuitBreaker, Policies, Retry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from riprap._core.protocols import Sink, Source, Stage
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+"""What names of pipelines, steps and branches look like."""
 
 Offload = Literal["thread"]
 """Where a sync step may run instead of the event loop (``offload=`` of a step)."""
@@ -130,16 +140,119 @@ class StageStep:
 Step = OpStep | BatchStep | StageStep
 
 
+OnUnmatched = Literal["drop", "dlq"]
+"""What a route does with a record no branch takes: count it as dropped, or dead-letter it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStep:
+    """Sends each record to the branches it picks (see :meth:`riprap.Pipeline.route`).
+
+    ``pick`` returns a branch name, several names, or ``None``; ``predicates``
+    (a name and a predicate per branch, in branch order) is the other way to
+    pick: a record goes to every branch whose predicate holds. Exactly one is set.
+    """
+
+    step_id: str
+    pick: Callable[[Any], Any] | None
+    predicates: tuple[tuple[str, Callable[[Any], Any]], ...]
+    on_unmatched: OnUnmatched
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BranchPlan:
+    """One branch of a fan-out: its own steps, ending in its own sink with its own policies."""
+
+    name: str
+    steps: tuple[Step, ...]
+    sink: Sink
+    sink_policies: Policies | None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """A validated pipeline, as the runtime runs it (see :meth:`riprap.Pipeline.plan`)."""
+    """A validated pipeline, as the runtime runs it (see :meth:`riprap.Pipeline.plan`).
+
+    A pipeline ends either in one ``sink`` or in ``branches``, never both:
+    every record goes to every branch (a fan-out), or to those ``route`` picks.
+    """
 
     name: str
     options: PipelineOptions
     steps: tuple[Step, ...]
     source: Source
-    sink: Sink
+    sink: Sink | None
     sink_policies: Policies | None
+    branches: tuple[BranchPlan, ...] = ()
+    route: RouteStep | None = None
+
+    def outputs(self) -> tuple[tuple[Sink, Policies | None], ...]:
+        """Every sink with its policies: the one sink, or each branch's in order."""
+        if self.sink is not None:
+            return ((self.sink, self.sink_policies),)
+        return tuple((branch.sink, branch.sink_policies) for branch in self.branches)
+
+    def all_steps(self) -> tuple[Step, ...]:
+        """The steps before the sinks, then each branch's steps in order (not the route)."""
+        return self.steps + tuple(step for branch in self.branches for step in branch.steps)
+
+
+def check_name(what: str, name: object) -> None:
+    """Refuse a name that is not a letter or digit followed by letters, digits, '_', '.', '-'."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(
+            what,
+            f"must start with a letter or digit and hold only letters, digits, "
+            f"'_', '.', '-'; got {name!r}",
+        )
+
+
+def op_step(
+    kind: Literal["map", "filter", "flat_map"],
+    step_id: str,
+    fn: Callable[..., Any],
+    options: StepOptions,
+) -> OpStep:
+    """A map, filter or flat_map step, its options checked; errors name the step and option."""
+    where = f"{kind}({step_id!r})"
+    check_known(where, options, STEP_OPTIONS)
+    if not callable(fn):
+        raise ConfigError(f"{where}.fn", f"must be callable, got {fn!r}")
+    concurrency = options.get("concurrency", 1)
+    positive_int(f"{where}.concurrency", concurrency)
+    fn_is_async = is_async(fn)
+    policies = step_policies(
+        where,
+        options.get("retry"),
+        options.get("timeout"),
+        options.get("attempt_timeout"),
+        options.get("breaker"),
+        options.get("on_open", "wait"),
+        options.get("bulkhead"),
+        options.get("attempt_grace"),
+    )
+    offload = check_sync_step(where, options, fn_is_async=fn_is_async)
+    on_error = options.get("on_error", "dlq")
+    if on_error not in ("dlq", "stop"):
+        raise ConfigError(f"{where}.on_error", f"must be 'dlq' or 'stop', got {on_error!r}")
+    for name in ("fallback", "key"):
+        value = options.get(name)
+        if value is not None and not callable(value):
+            raise ConfigError(f"{where}.{name}", f"must be callable, got {value!r}")
+    return OpStep(
+        kind,
+        step_id,
+        fn,
+        fn_is_async,
+        concurrency=concurrency,
+        ordered=options.get("ordered", True),
+        record=options.get("record", False),
+        on_error=on_error,
+        policies=policies,
+        fallback=options.get("fallback"),
+        key=options.get("key"),
+        offload=offload,
+    )
 
 
 def step_policies(

@@ -11,9 +11,12 @@ contiguous done prefix (I1).
 from __future__ import annotations
 
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, final
 
 import anyio
+
+from riprap.observability._histogram import END_TO_END_BUCKETS, LatencyHistogram
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -158,9 +161,13 @@ class InFlight:
 
 @final
 class CompletionTracker:
-    """Tracks every partition of a run and turns done batches into positions."""
+    """Tracks every partition of a run and turns done batches into positions.
 
-    __slots__ = ("_partitions", "in_flight", "on_change")
+    ``latency`` holds the seconds from each source batch's ack to its done
+    (the end-to-end latency), observed once per batch.
+    """
+
+    __slots__ = ("_partitions", "in_flight", "latency", "on_change")
 
     def __init__(
         self, positions: Mapping[str, int], in_flight: InFlight, on_change: Callable[[], None]
@@ -168,6 +175,7 @@ class CompletionTracker:
         self._partitions = {p: PartitionTracker(p, pos) for p, pos in positions.items()}
         self.in_flight = in_flight
         self.on_change = on_change
+        self.latency = LatencyHistogram(END_TO_END_BUCKETS)
 
     def partition(self, name: str, default_position: int = 0) -> PartitionTracker:
         """The tracker of ``name``, created at ``default_position`` on first use."""
@@ -182,10 +190,13 @@ class CompletionTracker:
         rng = tracker.open(start, end, size)
         in_flight = self.in_flight
         on_change = self.on_change
+        latency = self.latency
+        read_at = perf_counter()
 
         def on_done() -> None:
             tracker.complete(rng)
             in_flight.release(reserved)
+            latency.observe(perf_counter() - read_at)
             on_change()
 
         return Ack(on_done)

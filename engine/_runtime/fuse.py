@@ -23,8 +23,8 @@ OpKind = Literal["map", "filter", "flat_map"]
 ErrorHandler = Callable[[Any, int, int, Exception], None]
 """``(input value, input index, step index, error)``; may raise to stop the run."""
 
-ChainFn = Callable[[list[Any], ErrorHandler], tuple[list[Any], list[int], int]]
-"""Runs a chain over a batch: ``(outputs, marks, dropped)``; see :class:`CompiledChain`."""
+ChainFn = Callable[[list[Any], ErrorHandler], tuple[list[Any], list[int], list[int]]]
+"""Runs a chain over a batch: ``(outputs, marks, counts)``; see :class:`CompiledChain`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,11 @@ class CompiledChain:
     ``marks`` are output lengths at each dropped input when ``expands`` is
     false (see :class:`~riprap._core.records.DropsOrigin`), or the output length at
     the start of every input when it is true (``StartsOrigin``).
+
+    ``counts`` has one entry per op, for the per-step metrics: a filter's
+    drops; the outputs of a flat_map followed by another flat_map (its
+    outputs cannot be derived from the batch's lengths); 0 otherwise. Each
+    costs an add only when it happens, so plain map chains pay nothing.
     """
 
     ops: tuple[Op, ...]
@@ -63,7 +68,7 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
         "    ap = out.append",
         "    marks = []",
         "    mark = marks.append",
-        "    dropped = 0",
+        *(f"    c{i} = 0" for i in range(len(ops))),
         "    for x in items:",
     ]
     if expands:
@@ -72,6 +77,7 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
     line_to_op: dict[int, int] = {}
     indent = " " * 12
     var = "x"
+    last_flat_map = max(i for i, op in enumerate(ops) if op.kind == "flat_map") if expands else -1
     for index, op in enumerate(ops):
         fn = f"f{index}"
         line_to_op[len(lines) + 1] = index
@@ -80,7 +86,7 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
             var = "v"
         elif op.kind == "filter":
             lines.append(f"{indent}if not {fn}({var}):")
-            lines.append(f"{indent}    dropped += 1")
+            lines.append(f"{indent}    c{index} += 1")
             if not expands:
                 lines.append(f"{indent}    mark(len(out))")
             # At the top level this skips the input; inside a flat_map, one child.
@@ -89,6 +95,8 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
             lines.append(f"{indent}for v in {fn}({var}):")
             var = "v"
             indent += "    "
+            if index < last_flat_map:
+                lines.append(f"{indent}c{index} += 1")
     lines.append(f"{indent}ap({var})")
     lines.append("        except Exception as e:")
     lines.append("            op = LINES.get(e.__traceback__.tb_lineno, 0)")
@@ -98,7 +106,7 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
         lines.append("            i = len(out) + len(marks)")
         lines.append("            mark(len(out))")
         lines.append("            on_error(x, i, op, e)")
-    lines.append("    return out, marks, dropped")
+    lines.append(f"    return out, marks, [{', '.join(f'c{i}' for i in range(len(ops)))}]")
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {}
     for i, op in enumerate(ops):

@@ -20,7 +20,12 @@ import anyio
 
 from riprap._core.errors import DataError, PipelineError
 from riprap.deadletters._envelope import DeadLetter
-from riprap.deadletters._guard import DeadLetterGuard, DeadLetterRateError, DeadLetterWriteError
+from riprap.deadletters._guard import (
+    LATE_REASON,
+    DeadLetterGuard,
+    DeadLetterRateError,
+    DeadLetterWriteError,
+)
 from riprap.policies._marks import attempts_of, failure_reason
 from riprap.policies._timeout import fail_after
 
@@ -61,11 +66,12 @@ DLQ_WRITE_TIMEOUT = 30.0
 class _GuardState:
     """Counts of the current window and the current run of dead letters."""
 
-    __slots__ = ("in_a_row", "window_dlq", "window_seen")
+    __slots__ = ("in_a_row", "window_dlq", "window_late", "window_seen")
 
     def __init__(self) -> None:
         self.window_seen = 0
         self.window_dlq = 0
+        self.window_late = 0  # counted apart: a late burst is not a broken dependency
         self.in_a_row = 0
 
 
@@ -237,6 +243,7 @@ class Router:
         if self.guard is not None and state.window_seen >= self.guard.window:
             state.window_seen = 0
             state.window_dlq = 0
+            state.window_late = 0
 
     def resume(self) -> None:
         """End a pause of the DLQ-rate guard; counting starts afresh."""
@@ -282,6 +289,16 @@ class Router:
         if guard is None or reason in guard.exempt_reasons:
             return
         state = self._guard_state
+        if reason == LATE_REASON:
+            state.window_late += 1
+            limit = (guard.late_max_ratio or 1.0) * guard.window
+            if guard.late_max_ratio is None or state.window_late <= limit:
+                self._advance_window(1)
+                return
+            why = f"{state.window_late} late of a window of {guard.window} records"
+            hint = "The watermark ran ahead (a far-future timestamp? see max_skew)"
+            self._trip(step_id, reason, f"{why} (late_max_ratio limit {limit:.0f})", hint)
+            return
         state.window_dlq += 1
         state.in_a_row += 1
         limit = guard.max_ratio * guard.window
@@ -292,10 +309,21 @@ class Router:
         else:
             self._advance_window(1)
             return
+        self._trip(step_id, reason, why)
+
+    def _trip(
+        self,
+        step_id: str,
+        reason: str,
+        why: str,
+        hint: str = "That looks like a bug or a broken dependency, not bad data",
+    ) -> None:
+        guard = self.guard
+        assert guard is not None
         message = (
             f"pipeline {self.pipeline!r}: DLQ-rate guard tripped at stage {step_id!r} "
-            f"(last reason {reason!r}): {why} were dead-lettered. That looks like a bug or a "
-            "broken dependency, not bad data; the records stay unprocessed for after the fix."
+            f"(last reason {reason!r}): {why} were dead-lettered. {hint}; the records "
+            "stay unprocessed for after the fix."
         )
         if guard.action == "pause" and self.paused.is_set():
             log.error(

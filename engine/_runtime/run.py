@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
-from riprap._runtime.allocator import DEFAULT_TRIM_THRESHOLD, keep_freed_memory
 from riprap._runtime.runtime import open_pipeline
 from riprap.observability._health import check_bindable, serve_health
 from riprap.observability._statistics import RunStatistics
@@ -64,7 +63,7 @@ def run(
     progress: ProgressHook | None = None,
     progress_interval: float = 1.0,
     health: HealthConfig | None = None,
-    malloc_trim_threshold: int | None = DEFAULT_TRIM_THRESHOLD,
+    check: bool = True,
 ) -> RunReport:
     """Run ``pipeline`` to completion in a new event loop and return its report.
 
@@ -75,9 +74,9 @@ def run(
         progress: Called with live statistics while the run goes on.
         progress_interval: Seconds between progress calls.
         health: Serve /metrics, /healthz and /readyz while the run goes on.
-        malloc_trim_threshold: Bytes of freed heap glibc may keep for the next
-            batches (see :func:`riprap.lowlevel.keep_freed_memory`); ``None`` leaves the
-            allocator alone.
+        check: Raise the error that failed the run; with ``False`` a run that
+            started and failed returns its report instead (``outcome`` is
+            ``"failed"``, ``failure`` says where), as ``riprap run`` prints it.
 
     Raises:
         PipelineError: A stage failed; done records were checkpointed first.
@@ -85,8 +84,6 @@ def run(
     """
     pipeline.validate()
     uvloop = uvloop_available() if use_uvloop is None else use_uvloop
-    if malloc_trim_threshold is not None:
-        keep_freed_memory(malloc_trim_threshold)
 
     async def main() -> RunReport:
         return await run_async(
@@ -95,6 +92,7 @@ def run(
             progress=progress,
             progress_interval=progress_interval,
             health=health,
+            check=check,
         )
 
     # Caught from before the loop exists until after it is closed: no gap.
@@ -109,12 +107,14 @@ async def run_async(
     progress: ProgressHook | None = None,
     progress_interval: float = 1.0,
     health: HealthConfig | None = None,
+    check: bool = True,
 ) -> RunReport:
     """Like :func:`run` inside a running event loop (signals off by default)."""
     if health is not None:  # a port in use stops the run before anything is read
         await anyio.to_thread.run_sync(check_bindable, health)
     with catch_signals() if handle_signals else nullcontext() as signals:
         created = None if signals is None else signals.attach
+        running: RunningPipeline | None = None
         try:
             async with (
                 open_pipeline(pipeline.plan(), created=created) as running,
@@ -133,6 +133,11 @@ async def run_async(
                     if signals is not None:
                         # The run is over (its report is final): later signals change nothing.
                         signals.detach()
+        except Exception as error:
+            # Only the run's own failure has a report; errors around it are raised.
+            if check or running is None or running.error is not error or running.report is None:
+                raise
+            return running.report
         finally:
             if signals is not None:
                 signals.detach()

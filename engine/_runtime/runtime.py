@@ -23,58 +23,62 @@ import os
 import secrets
 import socket
 import time
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
 from riprap._core.clock import SYSTEM_CLOCK, Clock
-from riprap._core.errors import ConfigError, DataError, EngineError, PipelineError, PoisonPillError
+from riprap._core.errors import ConfigError, DataError, PipelineError
 from riprap._core.options import DEFAULT_OFFLOAD_THREADS
-from riprap._core.protocols import Sink, SinkContext, Source, SourceContext, StageContext
-from riprap._core.records import Batch, DropsOrigin, IndexOrigin, SourceBatch, SourceOrigin
+from riprap._core.protocols import Sink, Source, SourceContext, StageContext
+from riprap._core.records import Batch, DropsOrigin, SourceBatch, SourceOrigin
 from riprap._core.steps import BatchStep, OpStep, Plan, StageStep, Step, is_async
 from riprap._runtime.acks import CompletionTracker, InFlight
+from riprap._runtime.allocator import keep_freed_memory
+from riprap._runtime.async_segment import AsyncSegment
 from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
+from riprap._runtime.fan_out import Branches, BranchRunner
 from riprap._runtime.fuse import refusing_awaitables
 from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
 from riprap._runtime.offload import ThreadOffload
+from riprap._runtime.outcome_labels import OutcomeLabels
+from riprap._runtime.route import RouteRunner
 from riprap._runtime.routing import Router
 from riprap._runtime.segments import (
-    AsyncSegment,
     BatchSegment,
     ErrorRouter,
     FusedSegment,
     Segment,
+    Send,
     StageSegment,
-    traced,
 )
-from riprap._runtime.sink_feed import SinkFeed
-from riprap._runtime.sink_outage import SinkOutageLog, outage_error
+from riprap._runtime.sink_runner import SinkRunner, draining_all, stack_clock
+from riprap._runtime.step_stats import entry_step_id, segment_step_stats
 from riprap.checkpoints._checkpointer import Checkpointer
-from riprap.checkpoints._guard import CrashGuard, CrashRecord, crash_key
+from riprap.checkpoints._guard import CrashGuard, crash_key, crash_record, poison_pill
 from riprap.deadletters._stores import deleted_letters
 from riprap.observability._alerts import AlertEvaluator
 from riprap.observability._metrics import create_registry
 from riprap.observability._report import PolicyCounters, RunReport, StepCounters, build_report
+from riprap.observability._runlog import LoggedDeadLetters, RunLog
 from riprap.observability._statistics import (
     CheckpointStatistics,
     LoopStatistics,
     Outcome,
     RunStatistics,
     SourceStatistics,
+    StepStats,
+    lag_seconds,
 )
 from riprap.observability._tracing import Tracing
-from riprap.policies import Bulkhead, CircuitBreaker, Policies, PolicyHook, PolicyStack, Shelter
+from riprap.policies import Bulkhead, CircuitBreaker, PolicyHook, PolicyStack, Shelter
 from riprap.policies._classify import DEFAULT_CLASSIFIER
-from riprap.policies._marks import attempts_of
-from riprap.policies._timeout import to_seconds
 
 if TYPE_CHECKING:
     from collections.abc import (
-        AsyncIterable,
         AsyncIterator,
         Awaitable,
         Callable,
@@ -178,7 +182,7 @@ def _step_call(
     stack = PolicyStack(
         step.policies,
         stage=step.step_id,
-        clock=_stack_clock(step.policies, clock),
+        clock=stack_clock(step.policies, clock),
         hooks=hooks,
         shelter=shelter,
     )
@@ -187,19 +191,6 @@ def _step_call(
         return stack.wrap(call)
     degrade = _as_async(fallback, is_async(fallback), arity=2)
     return stack.wrap(call, fallback=degrade)
-
-
-def _retry_deadline(policies: Policies | None) -> float | None:
-    """Seconds a stack's retry keeps trying, if it has a retry with a deadline."""
-    retry = None if policies is None else policies.retry
-    return None if retry is None or retry.timeout is None else to_seconds(retry.timeout)
-
-
-def _stack_clock(policies: Policies | None, clock: Clock) -> Clock:
-    """A breaker keeps its own clock; the stack must use the same one."""
-    if policies is not None and policies.breaker is not None:
-        return policies.breaker.clock
-    return clock
 
 
 def _as_async(
@@ -223,20 +214,22 @@ def _as_async(
 def config_hash(pipeline: Plan) -> str:
     """A short hash of the pipeline's shape (steps and their functions), for dead letters."""
     parts = [pipeline.name]
-    for step in pipeline.steps:
+    for step in pipeline.all_steps():
         if isinstance(step, OpStep):
             fn = getattr(step.fn, "__qualname__", type(step.fn).__qualname__)
             parts.append(f"{step.kind}:{step.step_id}:{fn}:{step.concurrency}:{step.on_error}")
         else:
             parts.append(f"{type(step).__name__}:{step.step_id}")
+    if pipeline.route is not None:
+        parts.append(f"route:{pipeline.route.step_id}")
+    parts += [f"branch:{branch.name}:{branch.sink.name}" for branch in pipeline.branches]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def distinct_policies(pipeline: Plan) -> tuple[tuple[CircuitBreaker, ...], tuple[Bulkhead, ...]]:
-    """Every distinct breaker and bulkhead of the pipeline's steps and sink, in pipeline order."""
-    stacks = [s.policies for s in pipeline.steps if isinstance(s, OpStep) and s.policies]
-    if pipeline.sink_policies is not None:
-        stacks.append(pipeline.sink_policies)
+    """Every distinct breaker and bulkhead of the pipeline's steps and sinks, in pipeline order."""
+    stacks = [s.policies for s in pipeline.all_steps() if isinstance(s, OpStep) and s.policies]
+    stacks += [policies for _, policies in pipeline.outputs() if policies is not None]
     breakers = {id(p.breaker): p.breaker for p in stacks if p.breaker is not None}
     bulkheads = {id(p.bulkhead): p.bulkhead for p in stacks if p.bulkhead is not None}
     return tuple(breakers.values()), tuple(bulkheads.values())
@@ -257,63 +250,78 @@ class Runtime:
         self.pipeline = pipeline
         self.options = pipeline.options
         self.source: Source = pipeline.source
-        self.sink: Sink = pipeline.sink
         self.clock = self.options.clock
         self.owns_backend = self.options.checkpoint is None
         self.backend = self.options.checkpoint or _default_backend(self.options.checkpoint_path)
+        self.run_log = RunLog(pipeline.name, self.options.redactor, self.clock)
+        dead_letter = self.options.dead_letter
         self.router = Router(
             pipeline=pipeline.name,
             source=self.source.name,
-            dead_letter=self.options.dead_letter,
+            dead_letter=None
+            if dead_letter is None
+            else LoggedDeadLetters(dead_letter, self.run_log),
             redactor=self.options.redactor,
             classifier=DEFAULT_CLASSIFIER,
             clock=self.clock,
             config_hash=config_hash(pipeline),
-            on_error={s.step_id: s.on_error for s in pipeline.steps if isinstance(s, OpStep)},
+            on_error={s.step_id: s.on_error for s in pipeline.all_steps() if isinstance(s, OpStep)},
             guard=self.options.dlq_guard,
         )
         self.events = PolicyCounters()
         self.breakers, self.bulkheads = distinct_policies(pipeline)
-        hooks = (self.events, *self.options.policy_hooks)
+        hooks: tuple[PolicyHook, ...] = (self.events, self.run_log, *self.options.policy_hooks)
         threshold = self.options.loop_lag_threshold
         watch = None if threshold is None else LoopWatch()
         # Owns the calls abandoned by attempt timeouts, for the whole run.
         self.shelter = Shelter()
-        self.segments = build_segments(
-            pipeline.steps,
-            self.router,
-            clock=self.clock,
-            hooks=hooks,
-            threads=ThreadOffload(self.options.offload_threads),
-            watch=watch,
-            shelter=self.shelter,
-        )
+        threads = ThreadOffload(self.options.offload_threads)  # one pool for every branch
+
+        def segments_of(steps: Sequence[Step]) -> list[Segment]:
+            return build_segments(
+                steps,
+                self.router,
+                clock=self.clock,
+                hooks=hooks,
+                threads=threads,
+                watch=watch,
+                shelter=self.shelter,
+            )
+
+        self.segments = segments_of(pipeline.steps)
         tracing = self.options.tracing
         provider = None if tracing is True else tracing
         self.tracing = Tracing(pipeline.name, provider) if tracing else None
-        for segment in self.segments:
-            segment.tracer = self.tracing
-        sink_policies = pipeline.sink_policies
-        sink_retry = None if sink_policies is None else sink_policies.retry
-        self._sink_classifier = DEFAULT_CLASSIFIER if sink_retry is None else sink_retry.classifier
-        self.sink_outage = SinkOutageLog(
-            pipeline.name, self.sink.name, self.options.redactor, _retry_deadline(sink_policies)
+        # One runner per sink: the pipeline's one sink, or each branch's.
+        self.sinks = tuple(
+            SinkRunner(
+                sink,
+                policies,
+                pipeline=pipeline.name,
+                options=self.options,
+                router=self.router,
+                hooks=hooks,
+                context_hooks=(self.events, *self.options.policy_hooks),
+                shelter=self.shelter,
+                tracing=self.tracing,
+                sinks=len(pipeline.outputs()),
+            )
+            for sink, policies in pipeline.outputs()
         )
-        if sink_policies is not None:
-            # Writes stay in the sink task, unsheltered: a write that completed is
-            # then always acknowledged, never lost to a cancellation and repeated.
-            sink_policies = replace(sink_policies, attempt_grace=None)
-        self._sink_write = PolicyStack(
-            sink_policies,
-            stage=self.sink.name,
-            clock=_stack_clock(sink_policies, self.clock),
-            hooks=(*hooks, self.sink_outage),
-            shelter=self.shelter,
-        ).wrap(self.sink.write)
-        self.sink_feed = self._bind_sink()
+        self.sink: Sink = self.sinks[0].sink
+        # No branches with one sink (zip stops at once), one per sink otherwise.
+        self.branches = tuple(
+            BranchRunner(branch.name, segments_of(branch.steps), runner)
+            for branch, runner in zip(pipeline.branches, self.sinks, strict=False)
+        )
+        route = pipeline.route
+        branch_names = [branch.name for branch in pipeline.branches]
+        self.route = None if route is None else RouteRunner(route, branch_names, self.router)
+        for segment in self.all_segments():
+            segment.tracer = self.tracing
         self.source_outcomes: dict[str, int] = {}
+        self.outcome_labels = OutcomeLabels(pipeline.name, self.source.name)
         self.quarantine: dict[str, dict[int, int]] = {}
-        self.sink_counters = StepCounters(self.sink.name)
         self.loop_monitor = (
             None
             if watch is None or threshold is None
@@ -321,6 +329,7 @@ class Runtime:
         )
         self.in_flight = InFlight(self.options.max_in_flight)
         self.records_in = 0
+        self._read_times: dict[str, float] = {}  # event time of the last record read
         self.outcome: Outcome = "completed"
         self.error: BaseException | None = None
         self.report: RunReport | None = None
@@ -383,10 +392,11 @@ class Runtime:
         now = self.clock.monotonic()
         lag = self._lag()
         checkpoint = self._checkpoint_statistics(now)
-        steps = tuple(segment.counters.freeze() for segment in self.segments)
+        steps = tuple(stats for segment in self.segments for stats in segment_step_stats(segment))
+        steps += self._branch_statistics()
         return RunStatistics(
             records_in=self.records_in,
-            records_out=self.sink_counters.records_out,
+            records_out=sum(runner.counters.records_out for runner in self.sinks),
             in_flight=self.in_flight.in_flight - self._reserved,
             dropped=sum(step.dropped for step in steps),
             dead_lettered=self.router.dead_lettered,
@@ -399,12 +409,15 @@ class Runtime:
             at=now,
             outcome=None if self.report is None else self.report.outcome,
             steps=steps,
-            sink=self.sink_counters.freeze(),
+            sink=self.sinks[0].counters.freeze(),
+            sinks=tuple(runner.counters.freeze() for runner in self.sinks) if self.branches else (),
             source=SourceStatistics(
                 name=self.source.name,
                 records_in=self.records_in,
                 outcomes=dict(self.source_outcomes),
                 lag=lag,
+                lag_seconds=lag_seconds(self._read_times, lag, self.clock.time()),
+                end_to_end=self.tracker.latency.freeze(),
             ),
             dead_letters=dict(self.router.counts),
             queue_depths=self.queue_depths(),
@@ -424,8 +437,10 @@ class Runtime:
 
     def _busy(self) -> dict[str, float]:
         """Seconds each step and the sink have spent on batches (the lag monitor's hint)."""
-        busy = {s.counters.step_id: s.counters.busy_seconds for s in self.segments}
-        busy[self.sink.name] = self.sink_counters.busy_seconds
+        busy = {s.counters.step_id: s.counters.busy_seconds for s in self.all_segments()}
+        busy.update({r.sink.name: r.counters.busy_seconds for r in self.sinks})
+        if self.route is not None:
+            busy[self.route.step.step_id] = self.route.counters.busy_seconds
         return busy
 
     def _lag(self) -> dict[str, int] | None:
@@ -455,7 +470,7 @@ class Runtime:
         """
         names = set(partitions)
         tracker = self.tracker
-        with anyio.move_on_after(within), self._sink_draining():
+        with anyio.move_on_after(within), draining_all(self.sinks):
             while any(tracker.pending(name) for name in names):
                 await self.in_flight.wait_change()
         try:
@@ -486,6 +501,8 @@ class Runtime:
 
         An abort meanwhile cancels the start-up; :meth:`run` then ends at once.
         """
+        if self.options.malloc_trim_threshold is not None:
+            keep_freed_memory(self.options.malloc_trim_threshold)
         with anyio.CancelScope() as scope:
             self._start_scope = scope
             if self._aborted:
@@ -503,7 +520,7 @@ class Runtime:
     async def _open(self) -> None:
         """:meth:`start`'s work: claim, restore, open stages, dead letters, sink and source."""
         name = self.pipeline.name
-        stateful = [s.step_id for s in self.pipeline.steps if isinstance(s, StageStep)]
+        stateful = [s.step_id for s in self.pipeline.all_steps() if isinstance(s, StageStep)]
         if stateful and not getattr(self.backend, "supports_state", True):
             raise ConfigError(
                 "checkpoint",
@@ -515,7 +532,7 @@ class Runtime:
         last = claim.checkpoint
         positions = dict(last.positions) if last else {}
         state = dict(last.state) if last else {}
-        for segment in self.segments:
+        for segment in self.all_segments():
             if isinstance(segment, StageSegment) and segment.stage.step_id in state:
                 segment.stage.restore(state[segment.stage.step_id])
         self.tracker = CompletionTracker(positions, self.in_flight, _noop)
@@ -532,13 +549,14 @@ class Runtime:
             on_saved=getattr(self.source, "committed", None),
             guard=self._guard_after(last, crash_counts),
             previous=last,
+            redact=self.options.redactor.redact,
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
         # Before any record moves, so that a run dying from here on is seen as a crash.
         # Not fatal if the store refuses (logged, retried by the periodic save): a
         # missed mark costs crash detection one crash, never a record.
         await self.checkpointer.tick()
-        for segment in self.segments:
+        for segment in self.all_segments():
             if isinstance(segment, StageSegment):
                 await segment.open(self._stage_context(segment.stage.step_id))
         self._started_at = self.clock.monotonic()
@@ -553,7 +571,8 @@ class Runtime:
             )
         if self.options.dead_letter is not None:
             await self.options.dead_letter.open()
-        await self.sink.open()
+        for runner in self.sinks:
+            await runner.sink.open()
         context = SourceContext(
             pipeline=name,
             positions=positions,
@@ -571,6 +590,7 @@ class Runtime:
         """
         try:
             if self._opened:
+                self.run_log.started(self.checkpointer.epoch, self.tracker.positions())
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(
                         self.checkpointer.run_periodic, self.options.checkpoint_interval
@@ -590,6 +610,8 @@ class Runtime:
             self._count_crash(self.error)
         with anyio.CancelScope(shield=True):
             await self._finish()
+        assert self.report is not None
+        self.run_log.ended(self.report, self.error)
         if self.error is not None:
             raise self.error
         assert self.report is not None
@@ -603,7 +625,7 @@ class Runtime:
                 await self.source.aclose()
             finally:
                 try:
-                    await self.sink.aclose()
+                    await _close_sinks([runner.sink for runner in self.sinks])
                 finally:
                     try:
                         if self.options.dead_letter is not None:
@@ -615,7 +637,7 @@ class Runtime:
     async def _close_step_functions(self) -> None:
         """``aclose()`` every step function and fallback that has one (an HTTP client), once."""
         seen: set[int] = set()
-        for step in self.pipeline.steps:
+        for step in self.pipeline.all_steps():
             if not isinstance(step, OpStep):
                 continue
             for fn in (step.fn, step.fallback):
@@ -632,22 +654,39 @@ class Runtime:
         head = segments[0] if segments and isinstance(segments[0], FusedSegment) else None
         if head is not None:
             segments = segments[1:]
+        # Branches (a fan-out or route) are fed by their fork, which the last
+        # runner before them sends into: no channel of its own.
+        branches = (
+            Branches(self.branches, self.options.queue_size, self.route) if self.branches else None
+        )
+        count = len(segments) + (1 if branches is None else 0)
         streams: list[tuple[ChannelSender[Batch], ChannelReceiver[Batch]]] = [
-            channel(self.options.queue_size) for _ in range(len(segments) + 1)
+            channel(self.options.queue_size) for _ in range(count)
         ]
-        names = [s.counters.step_id for s in segments] + [self.sink.name]
-        self._queues = {name: receive for name, (_, receive) in zip(names, streams, strict=True)}
+        sends: list[Send] = [send for send, _ in streams]
+        receives: list[ChannelReceiver[Batch]] = [receive for _, receive in streams]
+        names = [entry_step_id(s) for s in segments]
+        if branches is None:
+            names.append(self.sink.name)
+        else:
+            sends.append(branches.fork)
+        self._queues = dict(zip(names, receives, strict=True))
+        if branches is not None:
+            self._queues.update(branches.queues)
         async with anyio.create_task_group() as tg:
             self._processing_scope = tg.cancel_scope
             if self._aborted:  # between start-up and now: read nothing
                 tg.cancel_scope.cancel()
             tg.start_soon(self._drain_guard)
-            tg.start_soon(self._source_loop, streams[0][0], head)
-            for segment, (_, receive), (send, _) in zip(
-                segments, streams[:-1], streams[1:], strict=True
+            tg.start_soon(self._source_loop, sends[0], head)
+            for segment, receive, send in zip(
+                segments, receives[: len(segments)], sends[1:], strict=True
             ):
                 tg.start_soon(segment.run, receive, send)
-            tg.start_soon(self._sink_loop, streams[-1][1])
+            if branches is None:
+                tg.start_soon(self._sink_loop, receives[-1])
+            else:
+                branches.start(tg, self._sinks_ended)
 
     async def _drain_guard(self) -> None:
         with anyio.CancelScope() as scope:
@@ -667,7 +706,7 @@ class Runtime:
             if self._processing_scope is not None:
                 self._processing_scope.cancel()
 
-    async def _source_loop(self, send: ChannelSender[Batch], head: FusedSegment | None) -> None:
+    async def _source_loop(self, send: Send, head: FusedSegment | None) -> None:
         router = self.router
         checkpointer = self.checkpointer
         frontier = checkpointer.frontier
@@ -707,9 +746,7 @@ class Runtime:
                 # freed as soon as the sink is done with it.
                 del batch
 
-    async def _forward(
-        self, batch: SourceBatch, send: ChannelSender[Batch], head: FusedSegment | None
-    ) -> None:
+    async def _forward(self, batch: SourceBatch, send: Send, head: FusedSegment | None) -> None:
         """Hand a source batch on: its ack, quarantined records out, the leading fused steps."""
         n = len(batch.values)
         ack = self.tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
@@ -717,6 +754,9 @@ class Runtime:
         if n == 0:
             ack.release()
             return
+        stamps = batch.timestamps
+        if stamps and stamps[-1] is not None:
+            self._read_times[batch.partition] = stamps[-1]
         out = Batch(batch.values, ack, SourceOrigin(batch))
         if batch.partition in self.quarantine:
             out = await self._quarantine(batch, out)
@@ -732,9 +772,7 @@ class Runtime:
         if processed is not None:
             await send.send(processed)
 
-    async def _isolate(
-        self, batch: SourceBatch, send: ChannelSender[Batch], head: FusedSegment | None
-    ) -> None:
+    async def _isolate(self, batch: SourceBatch, send: Send, head: FusedSegment | None) -> None:
         """Process a batch of an isolated partition chunk by chunk, alone, behind durable marks.
 
         Before a chunk moves, everything else in flight must be done and the
@@ -743,7 +781,7 @@ class Runtime:
         """
         checkpointer = self.checkpointer
         end, chunk = checkpointer.guard.isolating[batch.partition]
-        with self._sink_draining():
+        with draining_all(self.sinks):
             for part in _chunks(batch, chunk if batch.start < end else len(batch.values)):
                 await self._wait_all_done()
                 guard = checkpointer.guard
@@ -785,75 +823,14 @@ class Runtime:
         return batch
 
     async def _sink_loop(self, receive: ChannelReceiver[Batch]) -> None:
-        counters = self.sink_counters
-        feed = self.sink_feed
-        batches: AsyncIterable[Batch] = receive if feed is None else feed.over(receive)
-        async with receive:
-            async for batch in batches:
-                counters.records_in += len(batch.items)
-                started = time.perf_counter()
-                with traced(self.tracing, self.sink.name, batch):
-                    await self._write(batch)
-                counters.timed(started)
-                self.sink_outage.written(self.clock.monotonic())
-                counters.records_out += len(batch.items)
-                self.router.observe_written(len(batch.items))
-                batch.ack.release()
-                del batch  # not kept alive while waiting for the next one
+        await self.sinks[0].run(receive)
         if self._guard_scope is not None:
             self._guard_scope.cancel()
 
-    async def _write(self, batch: Batch) -> None:
-        """Write a batch; on a ``DataError`` write its records one by one to find the bad ones."""
-        started = self.clock.monotonic()
-        try:
-            await self._sink_write(batch)
-        except DataError as error:
-            if self.options.dead_letter is None or len(batch.items) == 1:
-                self.router.handle(self.sink.name, batch, 0, batch.items[0], error)
-                await self.router.flush()
-                batch.items = []
-                return
-            kept: list[Any] = []
-            for i, item in enumerate(batch.items):
-                single = Batch([item], batch.ack, IndexOrigin(batch.origin, [i]))
-                try:
-                    await self._sink_write(single)
-                    kept.append(item)
-                except DataError as item_error:
-                    self.router.handle(self.sink.name, batch, i, item, item_error)
-                except Exception as item_error:
-                    self._stop_for(batch, i, item_error)
-            await self.router.flush()
-            batch.items = kept
-        except Exception as error:
-            if self._sink_classifier.classify(error) == "transient":
-                self._sink_gave_up(error, self.clock.monotonic() - started)
-            if isinstance(error, EngineError):
-                raise
-            self._stop_for(batch, 0, error)
-
-    def _sink_gave_up(self, error: Exception, seconds: float) -> NoReturn:
-        """The sink kept failing transiently until its retry gave up: stop, blaming no record."""
-        raise PipelineError(
-            pipeline=self.pipeline.name,
-            stage=self.sink.name,
-            partition=None,
-            offset=None,
-            error=outage_error(self.sink.name, error, seconds, attempts_of(error)),
-            redact=self.options.redactor.redact,
-        ) from error
-
-    def _stop_for(self, batch: Batch, index: int, error: Exception) -> NoReturn:
-        partition, offset = batch.position(index)
-        raise PipelineError(
-            pipeline=self.pipeline.name,
-            stage=self.sink.name,
-            partition=partition,
-            offset=offset,
-            error=error,
-            redact=self.options.redactor.redact,
-        ) from error
+    def _sinks_ended(self) -> None:
+        """Every sink of a fan-out or route has ended: the drain guard has nothing to wait for."""
+        if self._guard_scope is not None:
+            self._guard_scope.cancel()
 
     async def _quarantine(self, source: SourceBatch, batch: Batch) -> Batch:
         """Dead-letter records that crashed the run ``max_crashes`` times (``crash_loop``)."""
@@ -868,10 +845,7 @@ class Runtime:
                 continue
             marks.append(len(kept))
             crash = self.checkpointer.guard.crashes.get(crash_key(source.partition, offset))
-            how = f": {crash.error}" if crash is not None else ""
-            error = PoisonPillError(
-                f"record stopped pipeline {self.pipeline.name!r} {count} times; quarantined{how}"
-            )
+            error = poison_pill(self.pipeline.name, count, crash)
             self.router.dead_letter_record(
                 (crash.stage if crash is not None else "") or "unknown",
                 batch.ack,
@@ -958,7 +932,8 @@ class Runtime:
         with anyio.CancelScope() as scope:
             self._flush_scope = scope
             try:
-                await self.sink.flush()
+                for runner in self.sinks:
+                    await runner.sink.flush()
             finally:
                 self._flush_scope = None
 
@@ -974,7 +949,7 @@ class Runtime:
 
         counters = next(
             seg.counters
-            for seg in self.segments
+            for seg in self.all_segments()
             if isinstance(seg, StageSegment) and seg.stage.step_id == step_id
         )
 
@@ -995,40 +970,32 @@ class Runtime:
             dropped=dropped,
             absorbed=absorbed,
             source_exhausted=source_exhausted,
+            count=self._count_source_outcome,
             policy_hooks=(self.events, *self.options.policy_hooks),
             batch_size=self.options.batch_size,
             max_in_flight=self.options.max_in_flight,
+            shelter=self.shelter,
         )
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
-        for segment in self.segments:
+        for segment in self.all_segments():
             state.update(segment.snapshot())
         return state
 
-    def _bind_sink(self) -> SinkFeed | None:
-        """Give a sink that holds records back its context, and wake-ups (``bind``, ``wake_at``)."""
-        bind = getattr(self.sink, "bind", None)
-        if bind is not None:
-            options = self.options
-            bind(
-                SinkContext(
-                    pipeline=self.pipeline.name,
-                    clock=self.clock,
-                    batch_size=options.batch_size,
-                    max_in_flight=options.max_in_flight,
-                    policy_hooks=(self.events, *options.policy_hooks, self.sink_outage),
-                )
-            )
-        wake_at = getattr(self.sink, "wake_at", None)
-        return None if wake_at is None else SinkFeed(wake_at, self.sink.flush, self.clock)
+    def all_segments(self) -> tuple[Segment, ...]:
+        """The pipeline's segments, then each branch's."""
+        return (*self.segments, *(seg for branch in self.branches for seg in branch.segments))
 
-    def _sink_draining(self) -> AbstractContextManager[None]:
-        """While partitions drain, a sink that holds records back writes them after each batch."""
-        return nullcontext() if self.sink_feed is None else self.sink_feed.draining()
+    def _branch_statistics(self) -> tuple[StepStats, ...]:
+        """The route's counts, if the pipeline routes, then each branch's steps'."""
+        route = () if self.route is None else (self.route.counters.freeze(),)
+        segments = (seg for branch in self.branches for seg in branch.segments)
+        return (*route, *(stats for segment in segments for stats in segment_step_stats(segment)))
 
     def _count_source_outcome(self, outcome: str, count: int) -> None:
-        """``SourceContext.count``: what the source reports besides records."""
+        """``SourceContext.count``: what the source reports besides records (bounded labels)."""
+        outcome = self.outcome_labels.label(outcome)
         self.source_outcomes[outcome] = self.source_outcomes.get(outcome, 0) + count
 
     def _count_crash(self, error: BaseException) -> None:
@@ -1039,14 +1006,13 @@ class Runtime:
         key = f"{error.partition}@{error.offset}"
         counts = self.checkpointer.crash_counts
         counts[key] = counts.get(key, 0) + 1
-        text = self.options.redactor.redact(f"{type(error.error).__name__}: {error.error}")
         guard = self.checkpointer.guard
-        known = guard.crashes.get(key)
-        now = self.clock.time()
-        crash = (
-            CrashRecord(error.stage, text, now, now)
-            if known is None
-            else known.again(now, error.stage, text)
+        crash = crash_record(
+            guard.crashes.get(key),
+            error.stage,
+            error.error,
+            self.clock.time(),
+            self.options.redactor.redact,
         )
         self.checkpointer.guard = replace(guard, crashes={**guard.crashes, key: crash})
 
@@ -1062,6 +1028,16 @@ class Runtime:
 
 def _noop() -> None:
     return None
+
+
+async def _close_sinks(sinks: Sequence[Sink]) -> None:
+    """``aclose()`` every sink, each even if one before it failed."""
+    if not sinks:
+        return
+    try:
+        await sinks[0].aclose()
+    finally:
+        await _close_sinks(sinks[1:])
 
 
 def _chunks(batch: SourceBatch, size: int) -> list[SourceBatch]:
@@ -1139,6 +1115,11 @@ class RunningPipeline:
     def statistics(self) -> RunStatistics:
         """A frozen snapshot of the run's counters and positions right now."""
         return self._runtime.statistics()
+
+    @property
+    def report(self) -> RunReport | None:
+        """The run's report once it has ended, also when it failed (``None`` until then)."""
+        return self._runtime.report
 
     @property
     def metrics_registry(self) -> CollectorRegistry:

@@ -1,7 +1,7 @@
 """Stage runners: each is one task between two bounded batch channels.
 
 Consecutive fusable steps become one :class:`FusedSegment` (a generated loop);
-async steps run records concurrently inside a batch and re-sequence them; the
+async steps have their own runner (:mod:`riprap._runtime.async_segment`); the
 batch step regroups values; custom stages see whole batches. What a runner
 does with a failing record is decided by the :class:`ErrorRouter` it is given.
 """
@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
 
-from riprap._core.records import Batch, DropsOrigin, IndexOrigin, Record, StartsOrigin
+from riprap._core.records import Batch, DropsOrigin, StartsOrigin
 from riprap._runtime.acks import Ack, combined_ack
-from riprap._runtime.channel import ChannelReceiver, ChannelSender
+from riprap._runtime.channel import ChannelReceiver
 from riprap._runtime.fuse import Op, compile_chain
 from riprap.observability._report import StepCounters
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Sequence
+    from types import TracebackType
+    from typing import Self
 
     from riprap._core.protocols import StageContext
     from riprap._core.steps import BatchStep, OpStep, StageStep
@@ -29,7 +31,23 @@ if TYPE_CHECKING:
     from riprap.observability._tracing import Tracing
 
 Receive = ChannelReceiver[Batch]
-Send = ChannelSender[Batch]
+
+
+class Send(Protocol):
+    """Where a runner sends batches: a :class:`ChannelSender`, or the fork of a fan-out."""
+
+    async def send(self, item: Batch, /) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 class ErrorRouter(Protocol):
@@ -73,6 +91,10 @@ class FusedSegment:
         self.tracer: Tracing | None = None
         self.watch = watch
         self.chain = compile_chain([Op(step.kind, step.step_id, step.fn) for step in steps])
+        # Per step, for metrics keyed by step id (see riprap._runtime.step_stats).
+        self.op_errors = [0] * len(self.steps)
+        self.op_counts = [0] * len(self.steps)
+        self._filters = tuple(i for i, step in enumerate(self.steps) if step.kind == "filter")
 
     def snapshot(self) -> dict[str, Any]:
         return {}
@@ -95,14 +117,22 @@ class FusedSegment:
         started = time.perf_counter()
         router = self.router
         steps = self.steps
+        op_errors = self.op_errors
         errors = 0
 
         def on_error(value: Any, index: int, op: int, error: Exception) -> None:
             nonlocal errors
             errors += 1
+            op_errors[op] += 1
             router.handle(steps[op].step_id, batch, index, value, error)
 
-        out, marks, dropped = self.chain.run(batch.items, on_error)
+        out, marks, counts = self.chain.run(batch.items, on_error)
+        dropped = 0
+        if any(counts):
+            op_counts = self.op_counts
+            for op, count in enumerate(counts):
+                op_counts[op] += count
+            dropped = sum(counts[op] for op in self._filters)
         counters = self.counters
         if self.watch is not None:  # the chain held the loop all along
             self.watch.held(counters.step_id, time.perf_counter() - started)
@@ -127,126 +157,6 @@ class FusedSegment:
 def traced(tracer: Tracing | None, stage: str, batch: Batch) -> AbstractContextManager[None]:
     """A span around a batch's processing, or nothing when tracing is off."""
     return tracer.span(stage, batch) if tracer is not None else nullcontext()
-
-
-_FAILED: Any = object()
-_DROP: Any = object()
-_KEEP: Any = object()
-
-
-@final
-class AsyncSegment:
-    """One map/filter/flat_map step that is not fused.
-
-    Its function is async, wants records, has policies or a key, or is a sync
-    function offloaded to worker threads (``call`` runs it there).
-
-    Up to ``concurrency`` calls run at once within a batch; outputs keep input
-    order unless the step is unordered, then they follow completion order.
-    """
-
-    def __init__(
-        self,
-        step: OpStep,
-        router: ErrorRouter,
-        call: Callable[[Any], Awaitable[Any]],
-        counters: StepCounters | None = None,
-    ) -> None:
-        self.step = step
-        self.counters = counters or StepCounters(step.step_id)
-        self.router = router
-        self.call = call
-        self.tracer: Tracing | None = None
-
-    def snapshot(self) -> dict[str, Any]:
-        return {}
-
-    async def run(self, receive: Receive, send: Send) -> None:
-        async with receive, send:
-            async for batch in receive:
-                started = time.perf_counter()
-                with traced(self.tracer, self.step.step_id, batch):
-                    out, indices = await self._process(batch)
-                self.counters.timed(started)
-                await self.router.flush()
-                self.counters.records_in += len(batch.items)
-                self.counters.records_out += len(out)
-                if out:
-                    await send.send(Batch(out, batch.ack, IndexOrigin(batch.origin, indices)))
-                else:
-                    batch.ack.release()
-
-    async def _process(self, batch: Batch) -> tuple[list[Any], list[int]]:
-        step = self.step
-        items = batch.items
-        results: list[Any] = [_FAILED] * len(items)
-        order: list[int] = []
-        # Each unit is processed sequentially; units run concurrently. Without a
-        # key every record is a unit; with one, all records of a key form one.
-        units = self._units(batch)
-        pending = iter(units)
-
-        async def worker() -> None:
-            for unit in pending:
-                for i in unit:
-                    results[i] = await self._one(batch, i)
-                    order.append(i)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(step.concurrency, len(units))):
-                tg.start_soon(worker)
-        return self._collect(items, results, order if not step.ordered else range(len(items)))
-
-    def _units(self, batch: Batch) -> list[list[int]]:
-        key = self.step.key
-        if key is None:
-            return [[i] for i in range(len(batch.items))]
-        groups: dict[Any, list[int]] = {}
-        for i in range(len(batch.items)):
-            value = batch.record(i) if self.step.record else batch.items[i]
-            groups.setdefault(key(value), []).append(i)
-        return list(groups.values())
-
-    async def _one(self, batch: Batch, i: int) -> Any:
-        value: Any = batch.record(i) if self.step.record else batch.items[i]
-        try:
-            return self._shape(await self.call(value))
-        except Exception as error:
-            self.counters.errors += 1
-            self.router.handle(self.step.step_id, batch, i, value, error)
-            return _FAILED
-
-    def _shape(self, result: Any) -> Any:
-        kind = self.step.kind
-        if kind == "filter":
-            return _DROP if not result else _KEEP
-        if kind == "flat_map":
-            return [r.value if isinstance(r, Record) else r for r in result]
-        return result.value if isinstance(result, Record) else result
-
-    def _collect(
-        self, items: list[Any], results: list[Any], order: Sequence[int]
-    ) -> tuple[list[Any], list[int]]:
-        out: list[Any] = []
-        indices: list[int] = []
-        kind = self.step.kind
-        for i in order:
-            result = results[i]
-            if result is _FAILED:
-                continue
-            if result is _DROP:
-                self.counters.dropped += 1
-                continue
-            if kind == "filter":
-                out.append(items[i])
-                indices.append(i)
-            elif kind == "flat_map":
-                out.extend(result)
-                indices.extend([i] * len(result))
-            else:
-                out.append(result)
-                indices.append(i)
-        return out, indices
 
 
 @final

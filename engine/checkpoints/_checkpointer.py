@@ -54,8 +54,11 @@ class Checkpointer:
         on_saved: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
         guard: CrashGuard | None = None,
         previous: Checkpoint | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.pipeline = pipeline
+        self.redact = redact
+        """Cleans error text before it is logged (a store's error may name a DSN or a key)."""
         self.backend = backend
         self.epoch = epoch
         self.owner = owner
@@ -81,21 +84,28 @@ class Checkpointer:
         self._lock = anyio.Lock()
 
     def snapshot(self) -> Checkpoint:
-        """A consistent cut of the run, taken synchronously."""
-        self.seq += 1
+        """A consistent cut of the run, taken synchronously, numbered as the next save."""
+        return self._numbered(self._cut())
+
+    def _cut(self) -> Checkpoint:
+        """The cut without a number yet: operator state is built once per save (it may be large)."""
         return Checkpoint(
             pipeline=self.pipeline,
             epoch=self.epoch,
             owner=self.owner,
-            seq=self.seq,
+            seq=0,
             positions=self.tracker.positions(),
             state=dict(self.state()),
             crash_counts=dict(self.crash_counts),
             created_at=self.clock.time(),
             guard=self._current_guard(),
-            generation=self.base_generation + self.seq,
+            generation=0,
             notes=self.notes,
         )
+
+    def _numbered(self, cut: Checkpoint) -> Checkpoint:
+        self.seq += 1
+        return replace(cut, seq=self.seq, generation=self.base_generation + self.seq)
 
     def _current_guard(self) -> CrashGuard:
         guard = self.guard
@@ -129,7 +139,7 @@ class Checkpointer:
                 "checkpoint of pipeline %s failed (%s: %s); will retry",
                 self.pipeline,
                 type(exc).__name__,
-                exc,
+                self.redact(str(exc)),
                 extra={"pipeline": self.pipeline},
             )
 
@@ -150,15 +160,10 @@ class Checkpointer:
 
     async def _save_locked(self, force: bool) -> bool:
         self._prune_crash_counts(self.tracker.positions())
-        cut = (
-            self.tracker.positions(),
-            dict(self.state()),
-            dict(self.crash_counts),
-            self._current_guard(),
-        )
-        if not force and cut == self._last:
+        cut = self._cut()
+        if not force and (cut.positions, cut.state, cut.crash_counts, cut.guard) == self._last:
             return False
-        checkpoint = self.snapshot()
+        checkpoint = self._numbered(cut)
         started = self.clock.monotonic()
         async with fail_after(SAVE_TIMEOUT, clock=self.clock, kind="checkpoint"):
             await self.backend.save(checkpoint)

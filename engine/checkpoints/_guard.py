@@ -17,11 +17,14 @@ record almost every time.
 
 from __future__ import annotations
 
+import traceback as tracebacks
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from riprap._core.errors import PoisonPillError
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 ISOLATION_SPLIT = 16
 """Chunks an isolated range is cut into: a death narrows the range to one of them."""
@@ -32,19 +35,79 @@ PROCESS_DIED = (
 )
 """What a crash-loop letter says about a record whose crashes raised nothing."""
 
+MAX_TRACEBACK_CHARS = 4_000
+"""The end of a crash's traceback kept in the checkpoint (the innermost frames)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CrashRecord:
-    """How one record stopped the pipeline: where, with what, and when first and last."""
+    """How one record stopped the pipeline: where, with what, and when first and last.
+
+    ``error`` is the redacted ``Type: message`` line; ``error_type`` and
+    ``traceback`` (redacted, its last 4,000 characters) keep the original
+    exception for the record's crash-loop letter. A process that died
+    without an exception leaves ``stage`` and both of them empty.
+    """
 
     stage: str
     error: str
     first_at: float
     last_at: float
+    error_type: str = ""
+    traceback: str = ""
 
-    def again(self, at: float, stage: str, error: str) -> CrashRecord:
-        """The same record after one more crash at ``at``."""
-        return CrashRecord(stage or self.stage, error or self.error, self.first_at, at)
+    def again(
+        self, at: float, stage: str, error: str, *, error_type: str = "", traceback: str = ""
+    ) -> CrashRecord:
+        """The same record after one more crash at ``at``; what is unknown now is kept."""
+        return CrashRecord(
+            stage or self.stage,
+            error or self.error,
+            self.first_at,
+            at,
+            error_type or self.error_type,
+            traceback[-MAX_TRACEBACK_CHARS:] or self.traceback,
+        )
+
+    def to_list(self) -> list[str | float]:
+        """JSON-ready form: ``[stage, error, first, last]``, then type and traceback if known."""
+        head: list[str | float] = [self.stage, self.error, self.first_at, self.last_at]
+        if self.error_type or self.traceback:
+            head += [self.error_type, self.traceback[-MAX_TRACEBACK_CHARS:]]
+        return head
+
+
+def crash_record(
+    known: CrashRecord | None,
+    stage: str,
+    error: BaseException,
+    at: float,
+    redact: Callable[[str], str],
+) -> CrashRecord:
+    """``known`` (``None``: a first crash) after ``error`` raised in ``stage`` stopped the run."""
+    text = redact(f"{type(error).__name__}: {error}")
+    kind = _type_name(error)
+    trace = redact("".join(tracebacks.format_exception(error))[-4 * MAX_TRACEBACK_CHARS :])
+    if known is None:
+        return CrashRecord(stage, text, at, at, kind, trace[-MAX_TRACEBACK_CHARS:])
+    return known.again(at, stage, text, error_type=kind, traceback=trace)
+
+
+def poison_pill(pipeline: str, count: int, crash: CrashRecord | None) -> PoisonPillError:
+    """What a crash-loop letter carries: the original error's text, type and traceback."""
+    how = f": {crash.error}" if crash is not None else ""
+    message = f"record stopped pipeline {pipeline!r} {count} times; quarantined{how}"
+    if crash is None:
+        return PoisonPillError(message)
+    return PoisonPillError(message, error_type=crash.error_type, traceback=crash.traceback)
+
+
+def _type_name(error: BaseException) -> str:
+    """``module.QualName`` of the error's type; builtins by their bare name (as dead letters)."""
+    cls = type(error)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +141,7 @@ class CrashGuard:
             "unclean": {p: list(v) for p, v in self.unclean.items()},
             "isolating": {p: list(v) for p, v in self.isolating.items()},
             "in_progress": None if self.in_progress is None else list(self.in_progress),
-            "crashes": {
-                key: [c.stage, c.error, c.first_at, c.last_at] for key, c in self.crashes.items()
-            },
+            "crashes": {key: crash.to_list() for key, crash in self.crashes.items()},
         }
 
     @classmethod
@@ -231,9 +292,11 @@ def _int_pair(value: object, name: str) -> tuple[int, int]:
 def _crash(value: object) -> CrashRecord:
     if (
         not isinstance(value, list)
-        or len(value) != 4
-        or not all(isinstance(v, str) for v in value[:2])
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value[2:])
+        or len(value) not in (4, 6)
+        or not all(isinstance(v, str) for v in value[:2] + value[4:])
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value[2:4])
     ):
-        raise ValueError(f"guard.crashes holds {value!r}, not [stage, error, first, last]")
-    return CrashRecord(value[0], value[1], float(value[2]), float(value[3]))
+        raise ValueError(
+            f"guard.crashes holds {value!r}, not [stage, error, first, last(, type, traceback)]"
+        )
+    return CrashRecord(value[0], value[1], float(value[2]), float(value[3]), *value[4:])

@@ -45,6 +45,7 @@ from riprap._core.errors import CheckpointError, ConfigError
 from riprap.checkpoints._file import FileCheckpoints
 from riprap.checkpoints._snapshot import MAX_NOTES, Checkpoint
 from riprap.checkpoints._sqlite import SqliteCheckpoints
+from riprap.cli._help import HELP_FORMAT, plain
 from riprap.cli._locations import FileLocation, KafkaLocation, parse_location
 from riprap.cli._runs import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -67,14 +68,18 @@ def add_checkpoint_commands(
     checkpoint = subparsers.add_parser(
         "checkpoint",
         help="inspect and repair a checkpoint store",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=plain(__doc__ or ""),
+        formatter_class=HELP_FORMAT,
     )
     checkpoint.set_defaults(handler=run_checkpoint_command)
-    commands = checkpoint.add_subparsers(dest="checkpoint_command", required=True)
+    commands = checkpoint.add_subparsers(
+        dest="checkpoint_command", required=True, metavar="COMMAND"
+    )
 
     show = commands.add_parser("show", help="positions, generation, epoch, crash guard, damage")
     _add_store_arguments(show, pipeline_help="only this pipeline (default: every one)")
     show.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    show.add_argument("--stage", help="print this stage's saved state (JSON) instead")
 
     reset = commands.add_parser(
         "reset", help="accept what is stored after a rollback, or wipe it (--wipe)"
@@ -84,6 +89,10 @@ def add_checkpoint_commands(
         "--wipe",
         action="store_true",
         help="replace the checkpoint by an empty one: the pipeline starts from the beginning",
+    )
+    reset.add_argument(
+        "--stage",
+        help="drop only this stage's saved state: it starts empty, positions stay",
     )
     reset.add_argument("--yes", action="store_true", help="do it (without: say what it would do)")
 
@@ -197,6 +206,8 @@ async def _pipeline(backend: RepairableBackend, args: argparse.Namespace) -> str
 
 
 async def _show(backend: RepairableBackend, args: argparse.Namespace) -> int:
+    if args.stage is not None:
+        return await _show_stage(backend, args)
     if args.pipeline is not None:
         names = [args.pipeline]
     else:
@@ -205,8 +216,9 @@ async def _show(backend: RepairableBackend, args: argparse.Namespace) -> int:
             raise ConfigError("STORE", f"{backend.location}: no checkpoints stored there")
     statuses = [await backend.status(name) for name in names]
     out: TextIO = sys.stdout
+    as_json = args.json or getattr(args, "log_format", None) == "json"
     for status in statuses:
-        if args.json:
+        if as_json:
             out.write(orjson.dumps(status_summary(status)).decode() + "\n")
         else:
             out.write(format_status(status))
@@ -352,6 +364,8 @@ def _owner() -> str:
 
 
 async def _reset(backend: RepairableBackend, args: argparse.Namespace) -> int:
+    if args.stage is not None:
+        return await _reset_stage(backend, args)
     pipeline = await _pipeline(backend, args)
     status = await backend.status(pipeline)
     out, err = sys.stdout, sys.stderr
@@ -476,3 +490,62 @@ def _found(status: CheckpointStatus) -> str:
     if status.checkpoint is not None:
         return str(status.checkpoint.generation)
     return "unreadable" if _damaged(status) else "none"
+
+
+# -- one stage's state ----------------------------------------------------------------------
+
+
+def _stage_state(status: CheckpointStatus, stage: str) -> tuple[Checkpoint, Any]:
+    """The readable checkpoint and the saved state of ``stage`` in it.
+
+    Raises:
+        ConfigError: Nothing readable is stored, or no state of ``stage``.
+    """
+    checkpoint = status.checkpoint
+    if checkpoint is None:
+        why = status.problem or f"{status.where}: no checkpoint stored"
+        raise ConfigError("STORE", str(why))
+    if stage not in checkpoint.state:
+        stages = ", ".join(sorted(checkpoint.state)) or "none"
+        raise ConfigError("--stage", f"no state of a stage {stage!r} (stages: {stages})")
+    return checkpoint, checkpoint.state[stage]
+
+
+async def _show_stage(backend: RepairableBackend, args: argparse.Namespace) -> int:
+    status = await backend.status(await _pipeline(backend, args))
+    _, state = _stage_state(status, args.stage)
+    sys.stdout.write(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK if status.consistent else EXIT_FAILED
+
+
+async def _reset_stage(backend: RepairableBackend, args: argparse.Namespace) -> int:
+    pipeline, stage = await _pipeline(backend, args), args.stage
+    _, state = _stage_state(await backend.status(pipeline), stage)
+    size = len(orjson.dumps(state))
+    if not args.yes:
+        sys.stderr.write(
+            f"riprap checkpoint reset: would drop the state of stage {stage!r} ({size:,} bytes;"
+            " what it holds is not read again) and keep the positions; add --yes to do it\n"
+        )
+        return EXIT_USAGE
+    owner = _owner()
+
+    def build(current: CheckpointStatus, epoch: int) -> Checkpoint:
+        base, _ = _stage_state(current, stage)
+        return dataclasses.replace(
+            base,
+            epoch=epoch,
+            owner=owner,
+            seq=1,
+            generation=current.next_generation,
+            created_at=time.time(),
+            state={name: value for name, value in base.state.items() if name != stage},
+            notes=_notes(base, f"reset --stage {stage}: dropped its state ({size:,} bytes)"),
+        )
+
+    written = await backend.overwrite(pipeline, owner, build)
+    sys.stdout.write(
+        f"{backend.location}: dropped the state of stage {stage!r} of pipeline {pipeline!r};"
+        f" generation {written.generation}, epoch {written.epoch}\n"
+    )
+    return EXIT_OK

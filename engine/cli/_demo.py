@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -19,6 +19,9 @@ import orjson
 from riprap._core.errors import DataError
 from riprap._core.pipeline import Pipeline
 from riprap.cli._runs import run_with_report
+
+if TYPE_CHECKING:
+    from riprap.cli._console import Console
 
 RATES = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17}
 
@@ -106,7 +109,7 @@ def demo_pipeline(directory: Path) -> Pipeline:
     )
 
 
-def run_demo(directory: str, *, orders: int, fresh: bool, out: TextIO) -> int:
+def run_demo(directory: str, *, orders: int, fresh: bool, console: Console) -> int:
     """Generate the input if needed, run the pipeline with progress, print the report."""
     from riprap.connectors.sqlite import read_table_sync
 
@@ -117,13 +120,11 @@ def run_demo(directory: str, *, orders: int, fresh: bool, out: TextIO) -> int:
     source = path / "orders.jsonl"
     if not source.exists():
         bad = generate_orders(source, orders)
-        out.write(f"generated {orders:,} orders ({bad} malformed) in {source}\n")
+        console.message(f"generated {orders:,} orders ({bad} malformed) in {source}")
     else:
-        out.write(f"resuming over {source} (delete {path} or pass --fresh to start over)\n")
-    code = run_with_report(demo_pipeline(path), out=out)
+        console.message(f"resuming over {source} (delete {path} or pass --fresh to start over)")
+    code = run_with_report(demo_pipeline(path), console=console)
     rows = read_table_sync(str(path / "orders.db"), "orders")
-    out.write(
-        f"orders table: {len(rows):,} rows in {path / 'orders.db'}\n"
-        f"dead letters: riprap dlq inspect {path / 'dead-letters.jsonl'}\n"
-    )
+    console.result(f"orders table: {len(rows):,} rows in {path / 'orders.db'}")
+    console.result(f"dead letters: riprap dlq inspect {path / 'dead-letters.jsonl'}")
     return code

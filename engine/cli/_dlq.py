@@ -1,9 +1,11 @@
-"""``riprap dlq``: inspect and purge dead letters from the command line.
+"""``riprap dlq``: inspect, purge and replay dead letters from the command line.
 
 ``riprap dlq inspect PATH`` counts the stored letters by stage, error type and
 reason and shows the latest few: never a payload, only its size and the
 redacted error message. ``riprap dlq purge PATH --older-than 7d`` deletes the
-letters whose last failure is older than that.
+letters whose last failure is older than that (``--dry-run`` only counts
+them). ``riprap dlq replay PATH --pipeline fix.py`` sends the letters back
+through a fixed pipeline, once each.
 
 Every command sees a letter once, by its ``id``: a copy stored again (the
 failing run restarted after a crash) is folded into the first, and the counts
@@ -26,7 +28,6 @@ import argparse
 import heapq
 import re
 import sqlite3
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -34,7 +35,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from riprap.cli._locations import location_argument
+from riprap.cli._console import console_for
+from riprap.cli._help import HELP_FORMAT, plain
+from riprap.cli._locations import KafkaLocation, S3Location, location_argument
 from riprap.cli._remote import purge, scan_dead_letters
 from riprap.cli._runs import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from riprap.deadletters._stores import DeadLetterFilter
@@ -43,6 +46,7 @@ from riprap.observability._redact import DEFAULT_REDACTOR
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from riprap.cli._console import Console
     from riprap.cli._locations import DeadLetterLocation
     from riprap.deadletters._envelope import DeadLetter
 
@@ -126,10 +130,13 @@ def add_dlq_commands(
         The ``dlq`` parser's own subparsers, for more ``dlq`` commands (``replay``).
     """
     dlq = subparsers.add_parser(
-        "dlq", help="inspect and purge dead letters", description=__doc__.splitlines()[0]
+        "dlq",
+        help="inspect, purge and replay dead letters",
+        description=plain(__doc__ or ""),
+        formatter_class=HELP_FORMAT,
     )
     dlq.set_defaults(handler=run_dlq_command)
-    commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
 
     inspect_cmd = commands.add_parser("inspect", help="count dead letters and show the latest")
     add_location_arguments(inspect_cmd)
@@ -149,6 +156,9 @@ def add_dlq_commands(
         required=True,
         help="delete letters whose last failure is older than this (90s, 15m, 12h, 7d)",
     )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted; delete nothing"
+    )
     return commands
 
 
@@ -166,17 +176,23 @@ def add_location_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_dlq_command(args: argparse.Namespace) -> int:
-    """Run the parsed ``riprap dlq ...`` command; return the exit code."""
+    """Run the parsed ``riprap dlq ...`` command; return the exit code.
+
+    With ``--log-format json`` inspect answers in JSON (as with ``--json``) and
+    every other line is a JSON object too.
+    """
+    console = console_for(args)
     try:
         if args.dlq_command == "inspect":
-            return inspect_dead_letters(args, out=sys.stdout)
+            args.json = args.json or console.json
+            return inspect_dead_letters(args, out=console.out)
         if args.dlq_command == "purge":
-            return _purge(args, out=sys.stdout)
+            return _purge(args, console=console)
     except FileNotFoundError:
-        sys.stderr.write(f"riprap dlq: {args.path}: no dead letters stored there\n")
+        console.error(f"{args.path}: no dead letters stored there", command="dlq")
         return EXIT_MISSING
     except (OSError, ValueError, sqlite3.Error) as error:
-        sys.stderr.write(f"riprap dlq: {error}\n")
+        console.error(str(error), command="dlq")
         return EXIT_FAILED
     raise ValueError(f"unknown dlq command {args.dlq_command!r}")
 
@@ -277,11 +293,48 @@ def _entry(letter: DeadLetter) -> str:
     )
 
 
-def _purge(args: argparse.Namespace, *, out: TextIO) -> int:
+def _purge(args: argparse.Namespace, *, console: Console) -> int:
     before = time.time() - args.older_than
+    if args.dry_run:
+        console.result(_dry_run(args.path, before, args.endpoint_url))
+        return EXIT_OK
     removed, kept = purge(args.path, before=before, endpoint_url=args.endpoint_url)
-    out.write(f"{args.path}: {removed} last failed before {_iso(before)}{kept}\n")
+    console.result(f"{args.path}: {removed} last failed before {_iso(before)}{kept}")
     return EXIT_OK
+
+
+def _dry_run(location: DeadLetterLocation, before: float, endpoint_url: str | None) -> str:
+    """What ``purge`` would remove from ``location``, counted by reading it; nothing changes.
+
+    Raises:
+        OSError: ``location`` is a Kafka topic, which purge does not support.
+    """
+    if isinstance(location, KafkaLocation):
+        purge(location, before=before)  # raises: topics are purged by their retention
+    older = newer = 0
+
+    def visit(letter: DeadLetter) -> None:
+        nonlocal older, newer
+        if letter.last_failure_at < before:
+            older += 1
+        else:
+            newer += 1
+
+    repeats = scan_dead_letters(location, visit, endpoint_url=endpoint_url)
+    whole = (
+        " (objects are deleted whole: old letters in objects that also hold newer ones are kept)"
+        if isinstance(location, S3Location)
+        else ""
+    )
+    return (
+        f"{location}: dry run, nothing deleted: would remove {_plural(older, 'dead letter')}"
+        f" last failed before {_iso(before)}{whole} and fold"
+        f" {_plural(repeats, 'repeat')}; {newer} newer kept"
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def _iso(epoch: float) -> str:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import orjson
 
-from riprap._core.errors import DataError
+from riprap._core.errors import DataError, PoisonPillError
 
 if TYPE_CHECKING:
     from riprap._core.records import Record
@@ -263,12 +263,16 @@ class DeadLetter:
                 (_header_name(name), *encode_payload(data)) for name, data in record.headers or ()
             )
         tb = "".join(traceback.format_exception(error))
+        kind = error_type_name(error)
+        if isinstance(error, PoisonPillError) and error.error_type:
+            # A crash-loop letter keeps the exception that stopped the run, not its stand-in.
+            kind, tb = error.error_type, f"{error.traceback.rstrip()}\n\n{tb}"
         return cls(
             id=letter_id(pipeline, partition, offset, stage),
             pipeline=pipeline,
             stage=stage,
             reason=reason,
-            error_type=error_type_name(error),
+            error_type=kind,
             message=_trim_head(redactor.redact(_safe_str(error)[:_PRE_TRIM]), MAX_MESSAGE_CHARS),
             traceback=_trim_tail(redactor.redact(tb[-_PRE_TRIM:]), MAX_TRACEBACK_CHARS),
             attempts=attempts,

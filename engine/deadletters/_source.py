@@ -20,6 +20,13 @@ position of a letter replayed before it is skipped too. The ids are kept in a
 :class:`~riprap.deadletters.LetterIds`: exact, in bounded memory. An SQLite
 store holds one row per id, so nothing needs remembering there.
 
+A filtered replay reads a partition of its own, ``dlq:<path>?<filter>``, so
+the letters it passes because they do not match are not marked as replayed:
+a later replay under the same name with another filter, or none, still sends
+them. It skips, and counts as ``already_replayed``, the letters an earlier
+replay under that name sent (under any filter: every filter's position is in
+the checkpoint), and counts those it passes as ``filtered_out``.
+
 Positions are only stable while the store keeps its oldest letters: purging
 letters (which also folds repeats), or a rotation that deletes the oldest JSON
 Lines file (only with ``retention="delete_oldest"``), between two runs of the
@@ -33,6 +40,7 @@ import math
 import os
 from itertools import islice
 from typing import TYPE_CHECKING, Any, final
+from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 
@@ -43,11 +51,17 @@ from riprap.deadletters._ids import LetterIds
 from riprap.deadletters._stores import DeadLetterFilter, scan_store
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Generator, Iterator, Mapping
 
     from riprap._core.protocols import SourceContext
     from riprap._core.records import Headers
     from riprap.deadletters._envelope import DeadLetter
+
+
+ALREADY_REPLAYED = "already_replayed"
+"""Source outcome: letters a replay under the same pipeline name sent before."""
+FILTERED_OUT = "filtered_out"
+"""Source outcome: letters passed because they do not match the replay's filter."""
 
 
 @final
@@ -97,9 +111,11 @@ class DeadLetterSource:
     """Yields the original records of stored dead letters; one partition, ``dlq:<path>``.
 
     The partition is named after the absolute path, so a replay resumes
-    wherever it is started from. A batch's offsets are the letters' indexes in
-    read order; letters that fail the filter, and repeats of a letter already
-    read, are skipped but counted (see the module docstring).
+    wherever it is started from, and after the filter (``?stage=parse``) when
+    there is one. A batch's offsets are the letters' indexes in read order;
+    letters that fail the filter, letters an earlier replay under the same
+    pipeline name sent, and repeats of a letter already read, are skipped but
+    counted (see the module docstring).
 
     Args:
         path: The dead-letter store (JSON Lines or SQLite).
@@ -117,12 +133,14 @@ class DeadLetterSource:
     __slots__ = (
         "_bucket",
         "_context",
+        "_earlier",
         "_filter",
         "_letters",
         "_next",
         "_reader",
         "_reported",
         "_seen",
+        "_skipped",
         "name",
         "partition",
         "path",
@@ -139,8 +157,10 @@ class DeadLetterSource:
     ) -> None:
         self.path = os.path.abspath(path)
         self.name = name
-        self.partition = f"dlq:{self.path}"
         self._filter = filter or DeadLetterFilter()
+        self.partition = f"dlq:{self.path}{_filter_suffix(self._filter)}"
+        self._earlier: list[tuple[DeadLetterFilter, int]] = []
+        self._skipped = {ALREADY_REPLAYED: 0, FILTERED_OUT: 0}
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
         self._reader: Generator[tuple[DeadLetter, bool], None, None] | None = None
         self._letters: Iterator[tuple[int, tuple[DeadLetter, bool]]] | None = None
@@ -152,16 +172,20 @@ class DeadLetterSource:
     async def open(self, context: SourceContext) -> None:
         """Start reading after the checkpointed position (from the first letter if none).
 
-        The letters before it are read first, for their ids only.
+        The letters before it are read first, for their ids only. The positions
+        of replays of the same store under other filters say which later
+        letters were replayed already.
         """
         start = context.positions.get(self.partition, 0)
         await self.aclose()  # reopening starts a fresh read
         self._seen = LetterIds()
         self._reader = scan_store(self.path, self._seen)
         self._letters = enumerate(self._reader)
-        await anyio.to_thread.run_sync(_consume, self._letters, start)
+        self._earlier = _earlier_replays(f"dlq:{self.path}", self.partition, context.positions)
+        done = await anyio.to_thread.run_sync(_consume, self._letters, start, self._filter)
         self._context = context
         self._reported = self._seen.repeats  # the earlier run counted those
+        self._skipped = {ALREADY_REPLAYED: done, FILTERED_OUT: 0}
         self._next = start
 
     async def read(self, max_records: int) -> SourceBatch | None:
@@ -177,6 +201,7 @@ class DeadLetterSource:
             max_records = min(max_records, self._bucket.burst)
         found, scanned = await anyio.to_thread.run_sync(self._take, max(1, max_records))
         self._report_repeats()
+        self._report_skipped()
         if not found:
             self._next = scanned
             return None
@@ -199,6 +224,15 @@ class DeadLetterSource:
             self._reported = self._seen.repeats
             self._context.count("repeats_folded", folded)
 
+    def _report_skipped(self) -> None:
+        """Count the letters skipped since the last report, by why (see the module docstring)."""
+        if self._context is None:
+            return
+        for outcome, count in self._skipped.items():
+            if count:
+                self._context.count(outcome, count)
+        self._skipped = dict.fromkeys(self._skipped, 0)
+
     def _take(self, count: int) -> tuple[list[tuple[int, DeadLetter]], int]:
         """Up to ``count`` matching letters and the position after the last one read."""
         assert self._letters is not None
@@ -206,7 +240,13 @@ class DeadLetterSource:
         scanned = self._next
         for index, (letter, first) in self._letters:
             scanned = index + 1
-            if first and self._filter.matches(letter):
+            if not first:
+                continue
+            if not self._filter.matches(letter):
+                self._skipped[FILTERED_OUT] += 1
+            elif any(index < end and f.matches(letter) for f, end in self._earlier):
+                self._skipped[ALREADY_REPLAYED] += 1
+            else:
                 found.append((index, letter))
                 if len(found) == count:
                     break
@@ -237,6 +277,61 @@ def letter_batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: in
     )
 
 
-def _consume(letters: Iterator[tuple[int, tuple[DeadLetter, bool]]], count: int) -> None:
-    """Read ``count`` letters, replayed before the checkpoint: only their ids are kept."""
-    next(islice(letters, count, count), None)
+def _consume(
+    letters: Iterator[tuple[int, tuple[DeadLetter, bool]]], count: int, only: DeadLetterFilter
+) -> int:
+    """Read ``count`` letters, replayed before the checkpoint; return how many ``only`` matches.
+
+    Only their ids are kept.
+    """
+    return sum(1 for _, (letter, first) in islice(letters, count) if first and only.matches(letter))
+
+
+_FILTER_FIELDS = ("stage", "error_type", "reason", "since", "until")
+
+
+def _filter_suffix(letters: DeadLetterFilter) -> str:
+    """What a filtered replay adds to its partition's name: ``""`` for every letter."""
+    fields = [(name, getattr(letters, name)) for name in _FILTER_FIELDS]
+    query = urlencode(
+        [
+            (name, repr(value) if isinstance(value, float) else value)
+            for name, value in fields
+            if value is not None
+        ]
+    )
+    return f"?{query}" if query else ""
+
+
+def _earlier_replays(
+    store: str, partition: str, positions: Mapping[str, int]
+) -> list[tuple[DeadLetterFilter, int]]:
+    """The filter and position of every other replay of ``store`` in ``positions``.
+
+    ``store`` is the partition name of the unfiltered replay; names that do
+    not parse as a filter of it are left out.
+    """
+    earlier = []
+    for name, position in positions.items():
+        if name == partition or not (name == store or name.startswith(store + "?")):
+            continue
+        letters = _parse_filter(name[len(store) + 1 :])
+        if letters is not None:
+            earlier.append((letters, position))
+    return earlier
+
+
+def _parse_filter(query: str) -> DeadLetterFilter | None:
+    """The filter :func:`_filter_suffix` wrote as ``query``; ``None`` if it is none."""
+    fields: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in _FILTER_FIELDS or name in fields:
+            return None
+        if name in ("since", "until"):
+            try:
+                fields[name] = float(value)
+            except ValueError:
+                return None
+        else:
+            fields[name] = value
+    return DeadLetterFilter(**fields)

@@ -17,6 +17,7 @@ from riprap.observability._alerts import WebhookAlerts as WebhookAlerts
 from riprap.observability._health import HealthConfig as HealthConfig
 from riprap.observability._health import HealthServer as HealthServer
 from riprap.observability._health import serve_health as serve_health
+from riprap.observability._histogram import HistogramSnapshot as HistogramSnapshot
 from riprap.observability._logging import JsonFormatter as JsonFormatter
 from riprap.observability._redact import Redactor as Redactor
 from riprap.observability._redact import redact_url as redact_url
@@ -35,6 +36,7 @@ __all__ = (
     "CheckpointStatistics",
     "HealthConfig",
     "HealthServer",
+    "HistogramSnapshot",
     "JsonFormatter",
     "LogAlerts",
     "LoopStatistics",

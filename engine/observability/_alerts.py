@@ -44,7 +44,10 @@ class AlertRule:
     the window), ``dead_letters`` (dead letters in the window), ``lag_growth``
     (growth of the source lag over the window), ``breaker_open`` (seconds the
     longest-open breaker has been open), ``checkpoint_age`` (seconds since the
-    last checkpoint), ``restarts`` (starts of the pipeline beyond the first).
+    last checkpoint), ``restarts`` (restarts seen in the window: this run's own
+    start when it is not the pipeline's first and lies in the window, and every
+    rise of the checkpoint epoch seen since; starts of earlier processes are
+    for the Prometheus rule on ``riprap_starts``, which keeps their history).
 
     Attributes:
         name: Names the alert.
@@ -217,6 +220,8 @@ class AlertEvaluator:
         self._states = {rule.name: _RuleState() for rule in rules}
         self._samples: deque[tuple[float, int, int, int]] = deque()
         self._window = max((rule.window for rule in rules), default=0.0)
+        self._restarts: deque[float] = deque()  # when each restart seen happened
+        self._epoch: int | None = None
 
     async def run_periodic(self) -> None:
         """Evaluate until cancelled."""
@@ -240,6 +245,18 @@ class AlertEvaluator:
         self._samples.append((now, finished, stats.dead_lettered, stats.lag or 0))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self._window:
             self._samples.popleft()
+        self._sample_restarts(stats.checkpoint.epoch, now - stats.elapsed, now)
+
+    def _sample_restarts(self, epoch: int, started: float, now: float) -> None:
+        """Note restarts: the run's own (at its start) if not the first, then each epoch rise."""
+        if self._epoch is None:
+            if epoch > 1:
+                self._restarts.append(started)
+        elif epoch > self._epoch:
+            self._restarts.extend([now] * (epoch - self._epoch))
+        self._epoch = epoch if self._epoch is None else max(self._epoch, epoch)
+        while self._restarts and now - self._restarts[0] > self._window:
+            self._restarts.popleft()
 
     def _delta(self, rule: AlertRule, now: float) -> tuple[int, int, int]:
         current = self._samples[-1]
@@ -263,7 +280,7 @@ class AlertEvaluator:
             return max((now - since for since in opened), default=0.0)
         if rule.signal == "checkpoint_age":
             return stats.checkpoint.age or 0.0
-        return float(max(stats.checkpoint.epoch - 1, 0))
+        return float(sum(1 for at in self._restarts if now - at <= rule.window))
 
     def _transition(self, rule: AlertRule, value: float, now: float) -> Alert | None:
         state = self._states[rule.name]

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from riprap._core.errors import ConfigError
+from riprap.observability._exposition import render
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -184,7 +185,7 @@ async def serve_health(
     registry = running.metrics_registry
 
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
+        body = render(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

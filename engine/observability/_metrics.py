@@ -14,7 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, final
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from riprap.observability._statistics import steps_and_sink
@@ -22,6 +27,7 @@ from riprap.observability._statistics import steps_and_sink
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from riprap.observability._histogram import HistogramSnapshot
     from riprap.observability._statistics import RunStatistics
 
 BREAKER_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0, "forced_open": 3.0}
@@ -44,6 +50,8 @@ class RunCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.statistics()
         yield from self._records(stats)
+        yield from self._flow(stats)
+        yield from self._latencies(stats)
         yield from self._dead_letters(stats)
         yield from self._source_outcomes(stats)
         yield from self._gauges(stats)
@@ -70,7 +78,7 @@ class RunCollector(Collector):
         yield records
         seconds = CounterMetricFamily(
             "riprap_stage_busy_seconds",
-            "Seconds each step spent processing batches.",
+            "Seconds each step spent processing batches (fused steps: their loop's).",
             labels=["pipeline", "stage"],
         )
         batches = CounterMetricFamily(
@@ -81,6 +89,52 @@ class RunCollector(Collector):
             batches.add_metric([name, step.step_id], step.batches)
         yield seconds
         yield batches
+
+    def _flow(self, stats: RunStatistics) -> Iterator[Metric]:
+        """What goes in and what is done: the denominators of rates and the stall signal."""
+        name = self.pipeline
+        read = CounterMetricFamily(
+            "riprap_source_records",
+            "Records read from the source (the denominator of dead-letter and drop rates).",
+            labels=["pipeline", "source"],
+        )
+        read.add_metric([name, stats.source.name], stats.records_in)
+        yield read
+        done = CounterMetricFamily(
+            "riprap_records_done",
+            "Records done: written by the sink, dropped, dead-lettered or absorbed.",
+            labels=["pipeline"],
+        )
+        absorbed = sum(step.absorbed for step in stats.steps)
+        done.add_metric([name], stats.records_out + stats.dropped + stats.dead_lettered + absorbed)
+        yield done
+
+    def _latencies(self, stats: RunStatistics) -> Iterator[Metric]:
+        name = self.pipeline
+        steps = HistogramMetricFamily(
+            "riprap_step_latency_seconds",
+            "Seconds a step spent on one batch (fused steps: their loop's time).",
+            labels=["pipeline", "stage"],
+        )
+        for step in stats.steps:
+            _add_histogram(steps, [name, step.step_id], step.latency)
+        yield steps
+        sink = HistogramMetricFamily(
+            "riprap_sink_write_seconds",
+            "Seconds one sink write of a batch took, retries included.",
+            labels=["pipeline", "stage"],
+        )
+        # Every sink of a fan-out or route, or the one sink.
+        for written in stats.sinks or ((stats.sink,) if stats.sink is not None else ()):
+            _add_histogram(sink, [name, written.step_id], written.latency)
+        yield sink
+        end_to_end = HistogramMetricFamily(
+            "riprap_end_to_end_latency_seconds",
+            "Seconds from a source batch's read to its done (written, dead-lettered or dropped).",
+            labels=["pipeline"],
+        )
+        _add_histogram(end_to_end, [name], stats.source.end_to_end)
+        yield end_to_end
 
     def _dead_letters(self, stats: RunStatistics) -> Iterator[Metric]:
         name = self.pipeline
@@ -149,6 +203,14 @@ class RunCollector(Collector):
         for partition, behind in sorted((stats.source.lag or {}).items()):
             lag.add_metric([name, partition], behind)
         yield lag
+        seconds = GaugeMetricFamily(
+            "riprap_source_lag_seconds",
+            "Seconds behind per partition: the age of its last record read (0 when caught up).",
+            labels=["pipeline", "partition"],
+        )
+        for partition, behind_s in sorted(stats.source.lag_seconds.items()):
+            seconds.add_metric([name, partition], behind_s)
+        yield seconds
         starts = GaugeMetricFamily(
             "riprap_starts",
             "Times the pipeline was started, ever (its checkpoint epoch): restarts show here.",
@@ -242,7 +304,9 @@ class RunCollector(Collector):
             labels=["pipeline", "stage"],
         )
         for stage, count in sorted(stats.loop.stalls.items()):
-            stalls.add_metric([name, stage], count)
+            # A fused loop (``a+b``; a step id never holds "+") counts for each of its steps.
+            for step_id in stage.split("+"):
+                stalls.add_metric([name, step_id], count)
         yield stalls
         threads = CounterMetricFamily(
             "riprap_abandoned_threads",
@@ -253,6 +317,19 @@ class RunCollector(Collector):
             if step.threads_abandoned:
                 threads.add_metric([name, step.step_id], step.threads_abandoned)
         yield threads
+
+
+def _add_histogram(
+    family: HistogramMetricFamily, labels: list[str], snapshot: HistogramSnapshot | None
+) -> None:
+    """One labelled histogram from a snapshot (nothing when there is none)."""
+    if snapshot is None:
+        return
+    buckets = [
+        ("+Inf" if bound == float("inf") else repr(bound), count)
+        for bound, count in snapshot.cumulative()
+    ]
+    family.add_metric(labels, buckets, snapshot.total)
 
 
 def create_registry(pipeline: str, statistics: Callable[[], RunStatistics]) -> CollectorRegistry:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
+from riprap.observability._failure import describe_failure
+from riprap.observability._histogram import LatencyHistogram
 from riprap.observability._redact import DEFAULT_REDACTOR
 from riprap.observability._statistics import PolicySummary, StepStats, steps_and_sink
 from riprap.policies import (
@@ -19,6 +21,7 @@ from riprap.policies import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from riprap.observability._failure import Failure
     from riprap.observability._statistics import Outcome, RunStatistics
     from riprap.policies import Bulkhead, CircuitBreaker, PolicyEvent
 
@@ -33,6 +36,7 @@ class StepCounters:
         "busy_seconds",
         "dropped",
         "errors",
+        "latency",
         "records_in",
         "records_out",
         "step_id",
@@ -49,11 +53,14 @@ class StepCounters:
         self.batches = 0
         self.busy_seconds = 0.0
         self.threads_abandoned = 0
+        self.latency = LatencyHistogram()
 
     def timed(self, started: float) -> None:
         """Count one batch whose processing started at ``started`` (``perf_counter``)."""
+        seconds = time.perf_counter() - started
         self.batches += 1
-        self.busy_seconds += time.perf_counter() - started
+        self.busy_seconds += seconds
+        self.latency.observe(seconds)
 
     def freeze(self) -> StepStats:
         """An immutable copy."""
@@ -67,6 +74,7 @@ class StepCounters:
             self.batches,
             self.busy_seconds,
             self.threads_abandoned,
+            self.latency.freeze(),
         )
 
 
@@ -91,6 +99,7 @@ class RunReport:
         breaker_trips: Times a circuit breaker opened.
         abandoned_calls: Calls abandoned after ignoring their timeout's
             cancellation (their tasks were left running; see the log).
+        sinks: Each sink's counts when the pipeline fans out (empty with one sink).
         source_outcomes: What the source reported besides records, by outcome
             (``objects_quarantined``: objects set aside whole).
         duration: Seconds from start to the final checkpoint.
@@ -98,6 +107,8 @@ class RunReport:
         positions: The final checkpointed position of every partition.
         steps: Per-step counts.
         error: The message of the error that failed the run, if any.
+        failure: What failed the run: the step, the record's position, the
+            user's frame of the traceback and the whole traceback (redacted).
     """
 
     pipeline: str
@@ -118,18 +129,25 @@ class RunReport:
     abandoned_calls: int = 0
     source_outcomes: Mapping[str, int] = field(default_factory=dict)
     dead_letters_deleted: int = 0
+    failure: Failure | None = None
+    sinks: tuple[StepStats, ...] = ()
 
     @property
     def rate(self) -> float:
         """Records read per second over the run."""
         return self.records_in / self.duration if self.duration > 0 else 0.0
 
-    def format(self) -> str:
-        """A human-readable summary, one fact per line."""
+    def format(self, *, verbose: bool = False) -> str:
+        """A human-readable summary, one fact per line; ``verbose`` adds the whole traceback."""
         lines = [
             f"pipeline {self.pipeline}: {self.outcome}",
             f"  records in      {self.records_in:>12,}",
             f"  written         {self.records_out:>12,}",
+            # Each sink of a fan-out on its own line, aligned with the counts.
+            *(
+                f"    {s.step_id}{s.records_out:>{max(26 - len(s.step_id), 1)},}"
+                for s in self.sinks
+            ),
             f"  dropped         {self.dropped:>12,}",
             f"  absorbed        {self.absorbed:>12,}",
             f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
@@ -155,7 +173,52 @@ class RunReport:
         ]
         if self.error:
             lines.append(f"  error: {self.error}")
+        if self.failure is not None:
+            lines += _failure_lines(self.failure, verbose=verbose)
         return "\n".join(lines)
+
+    def to_dict(self, *, verbose: bool = False) -> dict[str, Any]:
+        """JSON-ready form (``riprap --log-format json``); ``verbose`` adds the whole traceback."""
+        return {
+            "pipeline": self.pipeline,
+            "outcome": self.outcome,
+            "records_in": self.records_in,
+            "records_out": self.records_out,
+            "dropped": self.dropped,
+            "absorbed": self.absorbed,
+            "dead_lettered": dict(self.dead_lettered),
+            "dead_letters_deleted": self.dead_letters_deleted,
+            "source_outcomes": dict(self.source_outcomes),
+            "fallbacks": self.fallbacks,
+            "retries": self.retries,
+            "breaker_trips": self.breaker_trips,
+            "abandoned_calls": self.abandoned_calls,
+            "duration": self.duration,
+            "rate": self.rate,
+            "checkpoints": self.checkpoints,
+            "positions": dict(self.positions),
+            "error": self.error,
+            "failure": None if self.failure is None else self.failure.to_dict(verbose=verbose),
+        }
+
+
+def _failure_lines(failure: Failure, *, verbose: bool) -> list[str]:
+    """The failing step, the record and the user's line of code; the whole chain if ``verbose``."""
+    if failure.step is None:  # not a step's failure: the message may not name the type
+        lines = [f"  exception       {failure.error_type}"]
+    else:
+        lines = [f"  failed step     {failure.step}"]
+    if failure.position is not None:
+        lines.append(f"  failed record   {failure.position}")
+    if failure.frame is not None:
+        lines.append("  in your code:")
+        lines += [f"    {line}" for line in failure.frame.format().splitlines()]
+    if verbose:
+        lines.append("  traceback:")
+        lines += [f"    {line}" for line in failure.traceback.rstrip("\n").splitlines()]
+    else:
+        lines.append("  (riprap -v shows the whole traceback)")
+    return lines
 
 
 def build_report(
@@ -188,8 +251,12 @@ def build_report(
         breaker_trips=sum(policies.trips_by_dependency.values()),
         abandoned_calls=sum(policies.abandoned_by_stage.values()),
         source_outcomes=stats.source.outcomes,
+        sinks=stats.sinks,
         dead_letters_deleted=stats.dead_letters_deleted,
         error=redact(str(error)) if error is not None else None,
+        failure=describe_failure(error, redact)
+        if error is not None and outcome == "failed"
+        else None,
     )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from riprap.observability._histogram import HistogramSnapshot
     from riprap.policies import BreakerStatistics, BulkheadStatistics
 
 Outcome = Literal["completed", "stopped", "failed", "aborted"]
@@ -22,12 +23,14 @@ Outcome = Literal["completed", "stopped", "failed", "aborted"]
 
 @dataclass(frozen=True, slots=True)
 class StepStats:
-    """Counts of one step (fused steps report together, as ``a+b+c``).
+    """Counts of one step, by its step id whether or not it was fused with others.
 
     ``absorbed`` records were folded into the step's state (windows); ``batches``
-    and ``busy_seconds`` are the batches processed and the time spent on them;
-    ``threads_abandoned`` counts calls of an offloaded step given up while their
-    worker thread ran on (a thread cannot be stopped).
+    and ``busy_seconds`` are the batches processed and the time spent on them,
+    and ``latency`` the time per batch; ``threads_abandoned`` counts calls of an
+    offloaded step given up while their worker thread ran on (a thread cannot
+    be stopped). Steps fused into one loop are timed together: each reports
+    the loop's time (the sum of its steps' times, so an upper bound of its own).
     """
 
     step_id: str
@@ -39,6 +42,7 @@ class StepStats:
     batches: int = 0
     busy_seconds: float = 0.0
     threads_abandoned: int = 0
+    latency: HistogramSnapshot | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,12 +54,18 @@ class SourceStatistics:
         records_in: Records read.
         outcomes: What it reported besides records, by outcome (``objects_quarantined``).
         lag: Records behind the end of each partition; ``None`` when the source has no ``lag()``.
+        lag_seconds: Seconds behind, per partition whose records carry timestamps:
+            the age of the last record read, or 0 when the partition's ``lag`` is 0.
+        end_to_end: Seconds from a batch's read to its done (written,
+            dead-lettered, dropped or absorbed), per source batch.
     """
 
     name: str = ""
     records_in: int = 0
     outcomes: Mapping[str, int] = field(default_factory=dict)
     lag: Mapping[str, int] | None = None
+    lag_seconds: Mapping[str, float] = field(default_factory=dict)
+    end_to_end: HistogramSnapshot | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,7 +141,7 @@ class RunStatistics:
 
     Attributes:
         records_in: Records read from the source.
-        records_out: Records the sink wrote.
+        records_out: Records the sink wrote (summed over the sinks of a fan-out).
         in_flight: Records read and not yet done.
         dropped: Records a filter removed on purpose.
         dead_lettered: Records sent to the dead-letter queue.
@@ -144,7 +154,9 @@ class RunStatistics:
         at: The pipeline clock's ``monotonic`` when the snapshot was taken.
         outcome: How the run ended; ``None`` while it runs.
         steps: Per-step counts, in pipeline order (the sink is :attr:`sink`).
-        sink: The sink's counts.
+        sink: The sink's counts (the first branch's when the pipeline fans out).
+        sinks: Every sink's counts, in branch order, when the pipeline fans
+            out (:meth:`riprap.Pipeline.fan_out`); empty with one sink.
         source: The source's counts, outcomes and lag per partition.
         dead_letters: Dead letters by reason.
         queue_depths: Batches waiting in front of each step and the sink.
@@ -171,6 +183,7 @@ class RunStatistics:
     outcome: Outcome | None = None
     steps: tuple[StepStats, ...] = ()
     sink: StepStats | None = None
+    sinks: tuple[StepStats, ...] = ()
     source: SourceStatistics = field(default_factory=SourceStatistics)
     dead_letters: Mapping[str, int] = field(default_factory=dict)
     queue_depths: Mapping[str, int] = field(default_factory=dict)
@@ -181,5 +194,23 @@ class RunStatistics:
 
 
 def steps_and_sink(stats: RunStatistics) -> tuple[StepStats, ...]:
-    """The per-step counts followed by the sink's (the run report's ``steps``)."""
+    """The per-step counts followed by the sinks' (the run report's ``steps``)."""
+    if stats.sinks:
+        return (*stats.steps, *stats.sinks)
     return stats.steps if stats.sink is None else (*stats.steps, stats.sink)
+
+
+def lag_seconds(
+    read_times: Mapping[str, float], lag: Mapping[str, int] | None, now: float
+) -> dict[str, float]:
+    """Seconds each partition is behind: the age at ``now`` of its last record read.
+
+    ``read_times`` holds the timestamp (epoch seconds) of the last record read
+    per partition; a partition the source reports as caught up (``lag`` 0) is
+    0 seconds behind however old its last record is (an idle topic is not late).
+    """
+    behind: dict[str, float] = {}
+    for partition, stamp in read_times.items():
+        caught_up = lag is not None and lag.get(partition) == 0
+        behind[partition] = 0.0 if caught_up else max(now - stamp, 0.0)
+    return behind

@@ -10,7 +10,7 @@ option nothing here is imported and the hot path pays one ``is None`` test.
 from __future__ import annotations
 
 import importlib.util
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, final
 
 from riprap._core.errors import ConfigError
@@ -46,7 +46,26 @@ class Tracing:
     @contextmanager
     def span(self, stage: str, batch: Batch) -> Iterator[None]:
         """A span around one stage's work on ``batch``, child of its first record's trace."""
+        attributes = self._attributes(stage, batch)
         parent = self._parent(batch)
+        with self._tracer.start_as_current_span(
+            f"riprap {stage}", context=parent, attributes=attributes
+        ):
+            yield
+
+    def start(self, stage: str, batch: Batch) -> Any:
+        """A started span for work on ``batch`` spread over tasks; the caller ends it."""
+        attributes = self._attributes(stage, batch)
+        parent = self._parent(batch)
+        return self._tracer.start_span(f"riprap {stage}", context=parent, attributes=attributes)
+
+    def active(self, span: Any) -> AbstractContextManager[Any]:
+        """Make ``span`` (from :meth:`start`) current in this task, without ending it."""
+        from opentelemetry import trace
+
+        return trace.use_span(span, end_on_exit=False)
+
+    def _attributes(self, stage: str, batch: Batch) -> dict[str, Any]:
         attributes: dict[str, Any] = {
             "riprap.pipeline": self.pipeline,
             "riprap.stage": stage,
@@ -56,10 +75,7 @@ class Tracing:
         if partition is not None:
             attributes["riprap.partition"] = partition
             attributes["riprap.first_offset"] = offset
-        with self._tracer.start_as_current_span(
-            f"riprap {stage}", context=parent, attributes=attributes
-        ):
-            yield
+        return attributes
 
     def _parent(self, batch: Batch) -> Any:
         if not batch.items:

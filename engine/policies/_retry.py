@@ -33,6 +33,7 @@ the record waits; only the stack's total ``timeout`` ends that wait.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import random as _random_module
 from dataclasses import dataclass, field
@@ -408,6 +409,13 @@ def retry(
     The decorated function re-raises the last exception unchanged when it
     gives up; hooks receive :class:`RetryScheduled` and :class:`RetryGaveUp`.
 
+    A plain ``def`` function is refused: wrapped, it would return a coroutine
+    that its sync callers never await, so nothing would run or be retried.
+
+    Raises:
+        TypeError: When the decorated function is not an ``async def``
+            function; it names the function.
+
     .. versionadded:: 0.1
     """
     clock = clock or SYSTEM_CLOCK
@@ -417,4 +425,22 @@ def retry(
         random=random or DEFAULT_RANDOM,
         emitter=Emitter(hooks, clock=clock, stage=stage, dependency=dependency),
     )
-    return layer.wrap
+
+    def decorate(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
+        _require_async(fn)
+        return layer.wrap(fn)
+
+    return decorate
+
+
+def _require_async(fn: object) -> None:
+    """Refuse a sync function (``def`` or ``lambda``) where a coroutine function is needed."""
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    plain = inspect.isfunction(target) or inspect.ismethod(target)
+    if plain and not inspect.iscoroutinefunction(target):
+        name = getattr(target, "__qualname__", repr(target))
+        raise TypeError(
+            f"@retry needs an async function, and {name} is not one: calling it would return "
+            "a coroutine that nothing awaits; declare it 'async def' (a sync call that "
+            "blocks belongs in a pipeline step with offload='thread' and retry=)"
+        )

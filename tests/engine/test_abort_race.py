@@ -98,7 +98,7 @@ def report_of(mode: str, directory: Path, name: str) -> dict[str, Any]:
     if mode == "script":
         out = (directory / f"{name}.out").read_bytes()
         return dict(orjson.loads(out)) if out.strip() else {}
-    text = (directory / f"{name}.err").read_text()
+    text = (directory / f"{name}.out").read_text()  # the report is on stdout
     outcome = re.search(rf"^pipeline {name}: (\w+)$", text, re.MULTILINE)
     read = re.search(r"^\s+records in\s+([\d,]+)$", text, re.MULTILINE)
     if outcome is None or read is None:

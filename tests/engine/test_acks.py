@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,6 +54,103 @@ def test_position_never_passes_an_unfinished_record(
     for partition, start, size in batches:
         ends[partition] = start + size
     assert ends == tracker.positions()
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """Where one line of a fan-out tree ends: ``done`` (written or dropped), ``dlq``, ``fail``."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Fork:
+    """A fan-out: the batch goes to every child, its ack retained once per extra child."""
+
+    children: tuple[Leaf | Fork, ...]
+
+
+def trees() -> st.SearchStrategy[Leaf | Fork]:
+    """Random fan-out trees: sinks that write, dead-letter or never finish (a failed branch)."""
+    leaves = st.builds(Leaf, st.sampled_from(["done", "done", "dlq", "fail"]))
+    return st.recursive(
+        leaves,
+        lambda children: st.builds(Fork, st.lists(children, min_size=1, max_size=3).map(tuple)),
+        max_leaves=6,
+    )
+
+
+@dataclass(frozen=True)
+class Token:
+    """One share of a batch's ack on its way through the tree; ``release`` ends a dead letter."""
+
+    batch: int
+    node: Leaf | Fork | None  # None: the dead-letter write became durable
+
+
+def expected_positions(batches: list[tuple[str, int, int]], undone: set[int]) -> dict[str, int]:
+    """Per partition: the start of the first batch not done, else the end of the last batch."""
+    positions: dict[str, int] = {}
+    blocked: set[str] = set()
+    for i, (partition, start, size) in enumerate(batches):
+        if partition in blocked:
+            continue
+        if i in undone:
+            positions[partition] = start
+            blocked.add(partition)
+        else:
+            positions[partition] = start + size
+    return positions
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 4), st.integers(0, 2), trees()),
+        min_size=1,
+        max_size=8,
+    ),
+    st.data(),
+)
+def test_done_prefix_holds_across_random_fan_out_trees(
+    drawn: list[tuple[str, int, int, Leaf | Fork]], data: st.DataObject
+) -> None:
+    """Fan-out trees, dead letters and failed branches, completed in any interleaving (I1).
+
+    Each step handles one pending share of some batch, as the runtime does: a
+    fork retains the ack once per extra child before handing it on, a sink
+    releases its share, a dead letter retains it until its write is durable, a
+    failed branch never releases. After every step each partition's position
+    is exactly the start of its first batch some branch is not done with.
+    """
+    tracker = CompletionTracker({}, InFlight(1_000), lambda: None)
+    batches: list[tuple[str, int, int]] = []
+    nxt = {"a": 0, "b": 0}
+    acks: list[Ack] = []
+    pending: list[Token] = []
+    for i, (partition, size, gap, tree) in enumerate(drawn):
+        start = nxt[partition] + gap
+        nxt[partition] = start + size
+        batches.append((partition, start, size))
+        acks.append(tracker.ack_for(partition, start, start + size, size, reserved=0))
+        pending.append(Token(i, tree))
+    failed: set[int] = set()
+    assert expected_positions(batches, set(range(len(batches)))) == tracker.positions()
+    while pending:
+        token = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+        ack, node = acks[token.batch], token.node
+        if isinstance(node, Fork):
+            ack.retain(len(node.children) - 1)
+            pending += [Token(token.batch, child) for child in node.children]
+        elif node is None or node.kind == "done":
+            ack.release()
+        elif node.kind == "dlq":
+            ack.retain()  # the router holds the record until its dead letter is durable
+            pending += [Token(token.batch, Leaf("done")), Token(token.batch, None)]
+        else:
+            failed.add(token.batch)
+        undone = failed | {t.batch for t in pending}
+        assert expected_positions(batches, undone) == tracker.positions()
+        assert all(acks[i].done == (i not in undone) for i in range(len(batches)))
 
 
 def test_in_order_completion_advances_each_batch() -> None:

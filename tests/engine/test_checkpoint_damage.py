@@ -35,10 +35,10 @@ KILL_AT = 6_000
 
 
 def finished(tmp_path: Path, name: str, *args: str) -> tuple[int, str]:
-    """Run ``python -m riprap.cli ARGS`` in ``tmp_path`` to the end: exit code and stderr."""
+    """Run ``python -m riprap.cli ARGS`` in ``tmp_path`` to the end: exit code and output."""
     with spawn([sys.executable, "-m", "riprap.cli", *args], tmp_path, name) as proc:
         code = proc.wait(timeout=DEADLINE)
-    return code, (tmp_path / f"{name}.err").read_text()
+    return code, (tmp_path / f"{name}.out").read_text() + (tmp_path / f"{name}.err").read_text()
 
 
 def records_in(report: str) -> int:

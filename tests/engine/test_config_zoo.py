@@ -309,16 +309,23 @@ def test_wrong_pipeline_is_refused_before_anything_runs(
     assert (0, 0, []) == (kit.source.opens, kit.source.reads, listing(tmp_path))
 
 
-def test_second_sink_says_a_pipeline_has_one_of_each(tmp_path: Path) -> None:
-    """Refusing a second sink says why: a pipeline has one source and one sink."""
+def test_second_sink_points_to_fan_out(tmp_path: Path) -> None:
+    """Refusing a second sink says how to write to several: fan_out or route."""
     first = MemorySink(name="first")
     with pytest.raises(riprap.ConfigError) as info:
         riprap.Pipeline("p").sink(first).sink(MemorySink(name="second"))
     expected = (
-        "sink: pipeline 'p' already has a sink ('first'); a pipeline has one source and "
-        "one sink, so .sink() is called once"
+        "sink: pipeline 'p' already has a sink ('first'); to write to several sinks, "
+        "end it with .fan_out() or .route() instead"
     )
     assert expected == str(info.value)
+
+
+def test_second_source_says_a_pipeline_reads_one(tmp_path: Path) -> None:
+    """Refusing a second source says why."""
+    with pytest.raises(riprap.ConfigError) as info:
+        riprap.Pipeline("p").source(CountingSource()).source(CountingSource())
+    assert "a pipeline reads one source, so .source() is called once" in str(info.value)
 
 
 def test_health_port_in_use_is_one_line(busy_port: int) -> None:

@@ -87,6 +87,14 @@ def test_poison_pill_is_quarantined_after_max_crashes(tmp_path: Path) -> None:
         (d.pipeline, d.partition, d.offset, d.reason, d.attempts, d.original_value())
         for d in letters
     ]
+    # The letter keeps the step and the exception that stopped the run, not a stand-in.
+    (letter,) = letters
+    assert (STAGE, "RuntimeError", True, True) == (
+        letter.stage,
+        letter.error_type,
+        f"RuntimeError: bug: cannot transform record {POISON}" in letter.message,
+        "in transform" in letter.traceback,
+    )
 
     database = tmp_path / "out.db"
     expected_rows = {

@@ -87,8 +87,19 @@ async def test_scraped_metrics_match_what_happened(tmp_path: Path) -> None:
         return found[(name, tuple(sorted([pipe, *labels.items()])))]
 
     assert 100 == value("riprap_records_total", stage="orders", outcome="in")
-    assert 5 == value("riprap_records_total", stage="parse+even", outcome="error")
-    assert 45 == value("riprap_records_total", stage="parse+even", outcome="dropped")
+    assert 100 == value("riprap_source_records_total", source="orders")
+    # parse and even run fused in one loop; their series are still their own.
+    assert 100 == value("riprap_records_total", stage="parse", outcome="in")
+    assert 5 == value("riprap_records_total", stage="parse", outcome="error")
+    assert 95 == value("riprap_records_total", stage="parse", outcome="out")
+    assert 95 == value("riprap_records_total", stage="even", outcome="in")
+    assert 45 == value("riprap_records_total", stage="even", outcome="dropped")
+    assert 50 == value("riprap_records_total", stage="even", outcome="out")
+    assert 50 == value("riprap_records_total", stage="score", outcome="in")
+    batches = value("riprap_step_latency_seconds_count", stage="even")
+    assert 4 == batches == value("riprap_step_latency_seconds_bucket", stage="parse", le="+Inf")
+    assert 4 == value("riprap_end_to_end_latency_seconds_count")
+    assert report.records_out + 50 == value("riprap_records_done_total")
     assert report.records_out == value("riprap_records_total", stage="memory", outcome="out")
     assert 5 == value("riprap_dead_letters_total", reason="validation")
     assert report.retries == value("riprap_retries_total", stage="score")
@@ -288,3 +299,40 @@ async def test_alert_fires_once_and_resolves_at_a_real_webhook() -> None:
     assert ["firing", "resolved"] == [alert["status"] for alert in received]
     assert {"errors"} == {alert["rule"] for alert in received}
     assert received[0]["value"] > 0.2
+
+
+async def test_fused_steps_report_their_own_counts(tmp_path: Path) -> None:
+    """Steps fused into one loop, two flat_maps among them, each count by their own step id."""
+
+    def check(n: int) -> int:
+        if n == 4:
+            raise riprap.DataError("four", reason="validation")
+        return n
+
+    p = (
+        riprap.Pipeline(
+            "fused",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            batch_size=30,
+        )
+        .source(IterableSource("nums", list(range(100))))
+        .flat_map("split", lambda n: [n, n])
+        .filter("even", lambda n: n % 2 == 0)
+        .flat_map("triple", lambda n: [n] * 3)
+        .map("check", check)
+        .filter("small", lambda n: n < 50)
+        .sink(MemorySink())
+    )
+    report = await p.run()
+    counts = [(s.step_id, s.records_in, s.records_out, s.errors, s.dropped) for s in report.steps]
+    # Source record 4 fails at its first child: the rest of its children never run.
+    assert [
+        ("split", 100, 199, 0, 0),
+        ("even", 199, 99, 0, 100),
+        ("triple", 99, 295, 0, 0),
+        ("check", 295, 294, 1, 0),
+        ("small", 294, 144, 0, 150),
+        ("memory", 144, 144, 0, 0),
+    ] == counts
+    assert 4 == report.steps[0].batches == report.steps[4].batches

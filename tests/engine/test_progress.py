@@ -42,3 +42,14 @@ def test_plain_output_writes_a_line_every_interval() -> None:
     for elapsed in (0.5, 1.0, 10.6, 11.0):
         printer(stats(elapsed=elapsed))
     assert 2 == len(out.getvalue().splitlines())
+
+
+def test_lag_comes_with_a_catch_up_estimate() -> None:
+    """The estimate follows the rate the lag shrank over the last minute, or says it does not."""
+    printer = ProgressPrinter("orders", io.StringIO())
+    assert printer.format(stats(elapsed=10.0, lag=10_000)).endswith("lag 10,000")
+    assert printer.format(stats(elapsed=20.0, lag=9_000)).endswith("lag 9,000 (catch-up ~1m30s)")
+    assert printer.format(stats(elapsed=30.0, lag=9_500)).endswith("(catch-up ~6m20s)")
+    grown = printer.format(stats(elapsed=90.0, lag=12_000))
+    assert grown.endswith("lag 12,000 (not catching up)")
+    assert printer.format(stats(elapsed=95.0, lag=0)).endswith("lag 0")

@@ -383,6 +383,37 @@ async def test_custom_stage_state_is_checkpointed_and_restored() -> None:
     assert {"counter": {"seen": 50}} == dict(saved.state)
 
 
+async def test_a_checkpoint_builds_operator_state_once() -> None:
+    """Each save asks every stage for its snapshot once: state may be large, and a second
+    walk over it would hold the event loop twice as long."""
+
+    class Counted:
+        step_id = "counted"
+
+        def __init__(self) -> None:
+            self.snapshots = 0
+            self.seen = 0
+
+        async def process(self, batch: riprap.Batch, emit: Any) -> None:
+            self.seen += len(batch.items)
+            await emit(batch)
+
+        async def finish(self, emit: Any) -> None: ...
+
+        def snapshot(self) -> Any:
+            self.snapshots += 1
+            return {"seen": self.seen}
+
+        def restore(self, state: Any) -> None:
+            self.seen = state["seen"]
+
+    stage = Counted()
+    p = pipeline().source(IterableSource("nums", list(range(10)))).stage(stage).sink(MemorySink())
+    report = await p.run()
+    assert report.checkpoints >= 1
+    assert report.checkpoints == stage.snapshots
+
+
 async def test_failure_does_not_cancel_the_embedding_block() -> None:
     """A failing run leaves the host's block running; wait() and leaving the block raise."""
     steps: list[str] = []

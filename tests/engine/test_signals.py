@@ -37,7 +37,7 @@ def report_of(mode: str, tmp_path: Path, name: str) -> dict[str, Any]:
     if mode == "script":
         summary: dict[str, Any] = orjson.loads((tmp_path / f"{name}.out").read_bytes())
         return {key: summary[key] for key in ("outcome", "records_in", "records_out")}
-    text = (tmp_path / f"{name}.err").read_text()
+    text = (tmp_path / f"{name}.out").read_text()  # the report is on stdout
     return {
         "outcome": report_line(rf"^pipeline {name}: (\w+)$", text),
         "records_in": int(report_line(r"^\s+records in\s+([\d,]+)$", text).replace(",", "")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pathlib
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from riprap.observability import (
     serve_health,
 )
 from riprap.observability._alerts import AlertEvaluator
+from riprap.observability._exposition import render
 from riprap.observability._health import StallDetector, readiness
 from riprap.observability._metrics import create_registry
 from riprap.observability._report import build_report
@@ -39,11 +41,14 @@ from riprap.policies import (
     CircuitBreaker,
     CircuitState,
 )
+from tests._promql import Scrapes, firing, load_rules
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
+
+RULES_FILE = pathlib.Path(__file__).parents[2] / "examples/monitoring/prometheus-alerts.yml"
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 """A sample's name and its sorted labels."""
@@ -222,13 +227,17 @@ def test_loop_stalls_and_abandoned_threads_are_metrics_of_the_snapshot() -> None
     """Event-loop lag, stalls by step and abandoned offloaded calls become metric families."""
     stats = hand_built(
         steps=(StepStats("lookup", 10, 10, 0, 0, threads_abandoned=2),),
-        loop=LoopStatistics(last_lag=0.5, max_lag=2.0, stalls={"lookup": 3, "unknown": 1}),
+        loop=LoopStatistics(
+            last_lag=0.5, max_lag=2.0, stalls={"lookup": 3, "unknown": 1, "parse+check": 2}
+        ),
     )
     found = scraped(create_registry("hand", lambda: stats))
     expected = {
         sample("riprap_event_loop_lag_seconds"): 0.5,
         sample("riprap_event_loop_stalls_total", stage="lookup"): 3.0,
         sample("riprap_event_loop_stalls_total", stage="unknown"): 1.0,
+        sample("riprap_event_loop_stalls_total", stage="parse"): 2.0,  # a fused loop's
+        sample("riprap_event_loop_stalls_total", stage="check"): 2.0,
         sample("riprap_abandoned_threads_total", stage="lookup"): 2.0,
     }
     assert expected == {key: found.get(key) for key in expected}
@@ -337,3 +346,56 @@ async def test_health_server_serves_any_object_with_statistics() -> None:
                 metrics = await response.text()
     assert (503, "run ended (completed)") == ready
     assert 'riprap_starts{pipeline="hand"} 4.0' in metrics.splitlines()
+
+
+def test_crash_loop_and_restart_rules_on_snapshots() -> None:
+    """RiprapCrashLoopQuarantine fires on a quarantine; RiprapRestarting on 4 starts in 30m."""
+    scrapes = Scrapes()
+    for i, (quarantined, epoch) in enumerate([(0, 1), (0, 2), (1, 3), (1, 4), (1, 5)]):
+        stats = hand_built(
+            dead_letters={"crash_loop": quarantined} if quarantined else {},
+            checkpoint=CheckpointStatistics(saved=1, age=1.0, epoch=epoch),
+        )
+        scrapes.add(
+            i * 120.0,
+            generate_latest(create_registry("hand", StaticRun(stats).statistics)).decode(),
+        )
+    rules = load_rules(RULES_FILE.read_text())
+    pipeline = (("pipeline", "hand"),)
+    assert {pipeline} == firing(rules["RiprapCrashLoopQuarantine"], scrapes)
+    assert set() == firing(rules["RiprapCrashLoopQuarantine"], scrapes, at=120.0)
+    assert {pipeline} == firing(rules["RiprapRestarting"], scrapes)
+    assert set() == firing(rules["RiprapRestarting"], scrapes, at=240.0)  # 3 starts
+
+
+@pytest.mark.anyio
+async def test_restarts_count_only_within_their_window() -> None:
+    """A 10th start days after the 9th is one restart, not nine; restarts leave their window."""
+    clock = SteppedClock()
+    rule = AlertRule(name="restarts", signal="restarts", threshold=2.0, window=600.0)
+    current = [hand_built(elapsed=5.0, checkpoint=CheckpointStatistics(epoch=10))]
+    evaluator = AlertEvaluator("hand", lambda: current[0], (rule,), (), interval=10.0, clock=clock)
+    clock.now = 1_000.0
+    await evaluator.evaluate()
+    assert [] == evaluator.delivered  # this run's own start: 1 restart in the window
+    clock.now = 1_100.0
+    current[0] = hand_built(elapsed=105.0, checkpoint=CheckpointStatistics(epoch=12))
+    await evaluator.evaluate()
+    clock.now = 1_596.0  # the first restart (at 995) leaves the window
+    await evaluator.evaluate()
+    clock.now = 1_701.0  # so do the other two
+    await evaluator.evaluate()
+    actual = [(a.status, a.value, a.at - 1_700_000_000.0) for a in evaluator.delivered]
+    assert [("firing", 3.0, 1_100.0), ("resolved", 2.0, 1_596.0)] == actual
+
+
+def test_metrics_render_as_the_library_renders_them() -> None:
+    """The health server's fast renderer writes exactly what generate_latest writes."""
+    stats = hand_built(
+        positions={'odd "name"\\with\nnewline': 3},
+        source=SourceStatistics(
+            name="orders", records_in=100, lag={"p0": 7}, lag_seconds={"p0": 1e9}
+        ),
+    )
+    registry = create_registry("hand", StaticRun(stats).statistics)
+    assert generate_latest(registry) == render(registry)

@@ -302,3 +302,23 @@ def test_options_are_checked() -> None:
             Dedupe("dedupe", key="id", **kwargs)
         options.append(caught.value.option)
     assert ["Dedupe", "Dedupe.ttl", "Dedupe.max_keys", "Dedupe.time"] == options
+
+
+async def test_a_far_future_event_time_is_out_of_range_and_expires_no_key() -> None:
+    """With max_skew, a timestamp far ahead is dead-lettered (timestamp_out_of_range) and does
+    not move the latest time seen, so the keys before it still catch their repeats."""
+    letters: list[tuple[int, str | None]] = []
+    stage = Dedupe("dedupe", key="k", ttl=60, time="event", max_skew=3600)
+    await stage.open(context(letters))
+    values = [{"k": 1}, {"k": 2}, {"k": 1}]
+    source = riprap.SourceBatch("p", values, start=0, timestamps=[100, 1e12, 110])
+    out: list[riprap.Batch] = []
+
+    async def emit(batch: riprap.Batch) -> None:
+        out.append(batch)
+
+    ack = riprap.lowlevel.Ack(lambda: None)
+    await stage.process(riprap.Batch(list(values), ack, SourceOrigin(source)), emit)
+    assert [(1, "timestamp_out_of_range")] == letters
+    assert [[{"k": 1}]] == [batch.items for batch in out]
+    assert 1 == stage.statistics().duplicates

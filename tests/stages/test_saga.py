@@ -331,7 +331,9 @@ async def test_records_of_one_key_never_overlap_and_keys_run_concurrently() -> N
         order.append(value)
 
     values = [(f"k{i % 4}", i) for i in range(40)]
-    saga = Saga("s", [SagaStep("only", action)], key=lambda v: v[0], concurrency=8)
+    # Real sleeps under the virtual clock: no attempt timeout, or autojump would time them out.
+    step = SagaStep("only", action, attempt_timeout=None)
+    saga = Saga("s", [step], key=lambda v: v[0], concurrency=8)
     await run(saga, values)
     assert [] == overlaps
     assert peak > 1
@@ -524,3 +526,91 @@ def test_sagas_survive_sigkill_and_a_failing_compensation(
     seen = attempts(tmp_path)
     assert frozen == {call: seen.get(call, 0) for call in frozen}
     assert mid_saga > 0  # some restarts did resume sagas from the middle
+
+
+# -- sagas that cannot hang ------------------------------------------------------------------
+
+
+async def test_a_step_that_hangs_times_out_and_is_compensated() -> None:
+    """A hung action times out (default attempt timeout), is retried, then compensated; the
+    timed-out attempts are in the run report."""
+    services = Services()
+
+    async def hang(value: Any, key: str) -> None:
+        services.journal.append(key)
+        await anyio.sleep_forever()
+
+    steps = [services.step("reserve"), SagaStep("charge", hang)]
+    saga = Saga("order", steps, key=lambda v: f"o{v}")
+    pipeline = build(saga, [1], riprap.checkpoints.MemoryCheckpoints())
+    sink = pipeline.sink_
+    assert isinstance(sink, MemorySink)
+    with anyio.fail_after(10):  # real seconds; the run itself is in virtual time
+        report = await run_pipeline(pipeline, clock=VirtualClock())
+    failure = {"failed_step": "charge", "reason": "retries_exhausted", "error": "StageTimeout"}
+    assert [outcome("o1", "compensated", ("reserve",), 1, **failure)] == sink.values
+    timeouts = services.calls("o1").count("charge")
+    assert timeouts >= 1
+    assert {"saga_attempt_timeouts": timeouts} == dict(report.source_outcomes)
+    assert timeouts == saga.statistics().attempt_timeouts
+
+
+async def test_graceful_stop_ends_within_drain_timeout_and_the_log_resumes(
+    tmp_path: Path,
+) -> None:
+    """A step that ignores cancellation cannot hold up a stop: the call is abandoned when the
+    drain time is up, and the next run resumes the saga from its log."""
+    store = tmp_path / "ckpt.db"
+    entered = anyio.Event()
+    let_go = anyio.Event()
+    calls: list[str] = []
+
+    async def stubborn(value: Any, key: str) -> str:
+        calls.append(key)
+        entered.set()
+        with anyio.CancelScope(shield=True):  # ignores the stop's cancellation
+            await let_go.wait()
+        return "late"
+
+    async def reserve(value: Any, key: str) -> str:
+        calls.append(key)
+        return "reserved"
+
+    def saga(charge: Any) -> Saga:
+        return Saga("order", [SagaStep("reserve", reserve), SagaStep("charge", charge)])
+
+    def orders(step: Any) -> riprap.Pipeline:
+        return (
+            riprap.Pipeline(
+                "p", checkpoint=riprap.checkpoints.SqliteCheckpoints(store), drain_timeout=0.05
+            )
+            .source(IterableSource("orders", [7]))
+            .stage(saga(step))
+            .sink(MemorySink())
+        )
+
+    async with orders(stubborn).open() as running:
+        try:
+            with anyio.fail_after(10):
+                await entered.wait()
+                running.stop()
+                report = await running.wait()
+        finally:
+            let_go.set()  # the abandoned call ends (on a broken stop: the run can end at all)
+    assert ("stopped", {"memory": 0}) == (report.outcome, dict(report.positions))
+    assert {"drain_abandoned": 1} == dict(report.source_outcomes)
+    saved = await anyio.to_thread.run_sync(load_checkpoint, store, "p")
+    assert saved is not None
+    log = saved.state["order"]["sagas"]["memory@0"]
+    assert ({"reserve": "reserved"}, None) == (log["results"], log["outcome"])
+
+    async def charge(value: Any, key: str) -> str:
+        calls.append(key)
+        return "charged"
+
+    resumed = orders(charge)
+    await resumed.run()
+    sink = resumed.sink_
+    assert isinstance(sink, MemorySink)
+    assert ["memory@0:reserve", "memory@0:charge", "memory@0:charge"] == calls
+    assert "completed" == sink.values[0]["outcome"]

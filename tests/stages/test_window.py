@@ -22,6 +22,7 @@ import riprap
 import riprap.checkpoints
 import riprap.deadletters
 import riprap.lowlevel
+from riprap.cli import main
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table_sync
 from riprap.lowlevel import SourceOrigin
@@ -275,6 +276,33 @@ async def test_late_records_go_to_the_side_output_when_configured() -> None:
     assert [] == h.letters
 
 
+@pytest.mark.anyio
+async def test_a_far_future_timestamp_is_out_of_range_and_never_moves_the_watermark() -> None:
+    """With max_skew, a record far ahead of the watermark is dead-lettered as
+    timestamp_out_of_range; the watermark stays, so later records are not late."""
+    stage = summing(tumbling(10), out_of_orderness=2, max_skew=60)
+    h = await Harness(stage).open()
+    await h.feed([rec("a", 1), rec("a", 5), rec("a", 1e9), rec("a", 8), rec("a", 12)])
+    assert [(2, "timestamp_out_of_range")] == [(offset, reason) for offset, reason, _ in h.letters]
+    assert (10.0, 1, 0) == (
+        stage.watermark,
+        stage.statistics().out_of_range,
+        stage.statistics().late,
+    )
+    assert [result("a", 0, 10, 3)] == h.take()
+
+
+@pytest.mark.anyio
+async def test_max_skew_from_wall_time_refuses_times_ahead_of_the_clock() -> None:
+    """With skew_from="wall", the reference is the pipeline clock, even for the first record."""
+    stage = summing(tumbling(10), max_skew=60, skew_from="wall")
+    h = await Harness(stage).open()
+    now = riprap.SystemClock().time()
+    await h.feed([rec("a", now + 3600), rec("a", now)])
+    assert [0] == [offset for offset, _, _ in h.letters]
+    assert now == stage.watermark
+
+
 # -- acks and state -------------------------------------------------------------
 
 
@@ -415,6 +443,65 @@ async def test_window_stage_runs_in_a_pipeline_and_checkpoints_its_state() -> No
     saved = await backend.load("windows")
     assert saved is not None
     assert ([], 2) == (saved.state["win"]["pending"], len(saved.state["win"]["windows"]))
+
+
+def late_burst(tmp_path: Path, guard: riprap.deadletters.DeadLetterGuard) -> riprap.Pipeline:
+    """300 records far behind the watermark after a few on time: a burst of late records."""
+    values = [rec("a", 1000 + t) for t in range(5)] + [rec("a", t % 50) for t in range(300)]
+    return (
+        riprap.Pipeline(
+            "late",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl"),
+            dlq_guard=guard,
+            batch_size=10,
+        )
+        .source(IterableSource("nums", values))
+        .stage(summing(tumbling(10)))
+        .sink(MemorySink())
+    )
+
+
+@pytest.mark.anyio
+async def test_a_late_burst_does_not_trip_the_dead_letter_guard_by_default(
+    tmp_path: Path,
+) -> None:
+    """Late records are counted apart from errors: 300 in a row do not stop the run."""
+    report = await late_burst(tmp_path, riprap.deadletters.DeadLetterGuard()).run()
+    assert ("completed", {"late": 300}) == (report.outcome, dict(report.dead_lettered))
+
+
+@pytest.mark.anyio
+async def test_late_records_trip_the_guard_above_their_own_threshold(tmp_path: Path) -> None:
+    """With late_max_ratio set, too many late records in a window stop the run, saying why."""
+    guard = riprap.deadletters.DeadLetterGuard(window=100, late_max_ratio=0.5)
+    with pytest.raises(riprap.deadletters.DeadLetterRateError, match="late of a window"):
+        await late_burst(tmp_path, guard).run()
+
+
+def test_checkpoint_cli_shows_and_resets_one_stages_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A watermark poisoned by a far-future record is visible with `checkpoint show --stage`
+    and dropped with `checkpoint reset --stage`, keeping the positions."""
+    store = tmp_path / "ckpt.db"
+    pipeline = (
+        riprap.Pipeline("windows", checkpoint=riprap.checkpoints.SqliteCheckpoints(store))
+        .source(IterableSource("nums", [rec("a", 1), rec("a", 1e9)]))
+        .stage(summing(tumbling(10)))
+        .sink(MemorySink())
+    )
+    riprap.run(pipeline)
+    capsys.readouterr()
+    assert 0 == main(["checkpoint", "show", str(store), "--stage", "win"])
+    assert 1e9 == orjson.loads(capsys.readouterr().out)["max_time"]
+    assert 2 == main(["checkpoint", "reset", str(store), "--stage", "win"])  # without --yes
+    assert 0 == main(["checkpoint", "reset", str(store), "--stage", "win", "--yes"])
+    saved = load_checkpoint(store, "windows")
+    assert saved is not None
+    assert ({}, {"memory": 2}) == (dict(saved.state), dict(saved.positions))
+    assert "reset --stage win" in saved.notes[-1]
+    assert 2 == main(["checkpoint", "show", str(store), "--stage", "win"])
 
 
 def test_windows_example_counts_every_on_time_view_and_resumes_without_rereading(

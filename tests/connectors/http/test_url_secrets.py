@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
 import pytest
@@ -93,3 +94,32 @@ def test_a_non_http_url_config_error_carries_no_secret() -> None:
     with pytest.raises(riprap.ConfigError) as caught:
         HttpSink(f"ftp://{SECRETS[0]}:{SECRETS[1]}@example.com/x{QUERY}")
     assert [] == _leaks(str(caught.value))
+
+
+def _public_text(obj: object) -> str:
+    """Every public attribute of ``obj``, and its repr, as text."""
+    names = [name for name in dir(obj) if not name.startswith("_")]
+    return repr(obj) + " ".join(str(getattr(obj, name)) for name in names)
+
+
+async def test_public_urls_are_redacted_while_requests_use_the_real_one() -> None:
+    """``HttpSink.url`` and both reprs hide the secrets; the server still receives them."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("Authorization"), request.query.get("api_key")))
+        return web.Response(status=201)
+
+    async with serve(record) as base:
+        sink = HttpSink(_secret_url(base))
+        await sink.open()
+        try:
+            await sink.write(riprap.Batch([1], riprap.lowlevel.Ack(lambda: None), None))
+        finally:
+            await sink.aclose()
+        async with HttpEnricher(_secret_url(base), decode="bytes") as enrich:
+            await enrich(1)
+            shown = _public_text(sink) + _public_text(enrich)
+    basic = "Basic " + base64.b64encode(f"{SECRETS[0]}:{SECRETS[1]}".encode()).decode()
+    assert ([], "[REDACTED:userinfo]" in sink.url) == (_leaks(shown), True)
+    assert [(basic, SECRETS[2])] * 2 == seen

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import anyio
@@ -13,37 +10,13 @@ import pytest
 
 import riprap
 import riprap.checkpoints
-from riprap.connectors.http import SIGNATURE_HEADER, WebhookSource
+from riprap.connectors.http import WebhookSource, sign_webhook
 from riprap.connectors.memory import MemorySink
 from riprap.testing import wait_until
 
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from ._webhooks import Answer, GatedSink, post, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
-
-Answer = tuple[int, Any, str | None]
-
-
-@asynccontextmanager
-async def running(
-    source: WebhookSource, sink: Any, **options: Any
-) -> AsyncIterator[tuple[riprap.RunningPipeline, aiohttp.ClientSession]]:
-    """Run source -> sink (checkpoints only on demand unless told) with a client session."""
-    options.setdefault("checkpoint_interval", 3600.0)
-    options.setdefault("checkpoint", riprap.checkpoints.MemoryCheckpoints())
-    pipeline = riprap.Pipeline("hooks", **options).source(source).sink(sink)
-    async with pipeline.open() as run, aiohttp.ClientSession() as client:
-        yield run, client
-
-
-async def post(
-    client: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
-) -> Answer:
-    """POST ``body`` (bytes as is, anything else as JSON); return status, JSON body, Retry-After."""
-    kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
-    async with client.post(url, headers=headers, **kwargs) as response:
-        return response.status, await response.json(), response.headers.get("Retry-After")
 
 
 async def test_answers_200_only_after_a_checkpoint_covers_the_records() -> None:
@@ -121,7 +94,7 @@ async def test_too_large_bad_json_and_bad_signature_are_refused() -> None:
     sink = MemorySink()
 
     def sign(body: bytes) -> dict[str, str]:
-        return {SIGNATURE_HEADER: hmac.new(secret, body, hashlib.sha256).hexdigest()}
+        return sign_webhook(secret, body)
 
     big = b'{"pad": "' + b"x" * 100 + b'"}'
     many = b"[1, 2, 3, 4]"
@@ -156,27 +129,6 @@ async def test_each_record_reaches_the_sink_exactly_once() -> None:
     assert [200] * 20 == statuses
     expected = sorted(s * 100 + i for s in range(20) for i in range(5))
     assert expected == sorted(v["id"] for v in sink.values)
-
-
-class GatedSink:
-    """A sink whose writes wait for :attr:`gate` (never set in the stop test)."""
-
-    name = "gated"
-    idempotent = False
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.gate = anyio.Event()
-
-    async def open(self) -> None: ...
-
-    async def write(self, batch: riprap.Batch) -> None:
-        self.started += 1
-        await self.gate.wait()
-
-    async def flush(self) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 async def test_stopping_answers_503_to_requests_still_pending() -> None:

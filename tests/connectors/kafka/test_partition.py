@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from riprap.connectors.kafka._partition import murmur2 as fast_murmur2
-from riprap.connectors.kafka._partition import partition_for
+from riprap.connectors.kafka._partition import partition_for, partitions_for
 
 
 @given(st.binary(max_size=64))
@@ -31,3 +31,17 @@ def test_known_kafka_hashes() -> None:
 def test_keyless_messages_spread_over_every_partition() -> None:
     seen = {partition_for(None, 4) for _ in range(400)}
     assert {0, 1, 2, 3} == seen
+
+
+@given(st.lists(st.binary(max_size=24), max_size=300), st.integers(1, 12))
+def test_partitions_for_a_column_match_one_by_one(keys: list[bytes], count: int) -> None:
+    """Keys hashed in bulk (lanes of one length together) land where each alone would."""
+    assert [partition_for(key, count) for key in keys] == partitions_for(keys, count)
+
+
+def test_partitions_for_many_keys_of_mixed_lengths_and_none() -> None:
+    """Big groups (hashed as lanes) and keyless messages (random) in one column."""
+    keys: list[bytes | None] = [str(i).encode() for i in range(2_000)] + [None] * 50
+    got = partitions_for(keys, 6)
+    assert [partition_for(key, 6) for key in keys[:2_000]] == got[:2_000]
+    assert all(0 <= partition < 6 for partition in got[2_000:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
 import pytest
 
@@ -15,13 +16,15 @@ from aiokafka.partitioner import murmur2
 from riprap import Batch, ConfigError, DataError, SourceBatch, TransientError
 from riprap.connectors.kafka import KafkaSink
 from riprap.connectors.kafka._sink import _as_riprap_error
-from riprap.lowlevel import Ack, SourceOrigin
+from riprap.lowlevel import Ack, DropsOrigin, SourceOrigin
 from tests.connectors._origins import joined
 
 if TYPE_CHECKING:
     from .conftest import KafkaHelper
 
 pytestmark = pytest.mark.anyio
+
+BIG = 123456789012345678901234567890
 
 
 def source_batch(values: list[Any], keys: list[Any]) -> Batch:
@@ -170,3 +173,117 @@ async def test_a_partitioner_out_of_range_is_a_clear_error(kafka: KafkaHelper) -
             await sink.write(source_batch([b"v"], [b"k"]))
     finally:
         await sink.aclose()
+
+
+def filtered_batch(size: int, removed: set[int]) -> tuple[SourceBatch, Batch]:
+    """A source batch and the batch a filter left of it (items at ``removed`` dropped)."""
+    source = SourceBatch(
+        "in:2",
+        [{"i": i} for i in range(size)],
+        start=0,
+        keys=[f"key-{i}".encode() for i in range(size)],
+        headers=[[("n", str(i).encode())] for i in range(size)],
+        timestamps=[1_700_000_000.0 + i for i in range(size)],
+    )
+    # DropsOrigin notes the output length at each removal: the k-th removed index minus k.
+    drops = [at - k for k, at in enumerate(sorted(removed))]
+    kept = [v for i, v in enumerate(source.values) if i not in removed]
+    return source, Batch(kept, Ack(lambda: None), DropsOrigin(SourceOrigin(source), drops))
+
+
+@pytest.mark.kafka
+async def test_filtered_batch_keeps_every_record_s_own_key_headers_and_time(
+    kafka: KafkaHelper,
+) -> None:
+    """Items left by a filter are written with their own source record's metadata."""
+    topic = await kafka.create_topic(3)
+    removed = {0, 1, 7, 50, 51, 52, 299}
+    _, batch = filtered_batch(300, removed)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap)
+    await sink.open()
+    try:
+        await sink.write(batch)
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 300 - len(removed))
+    got = {
+        m.key: (orjson.loads(m.value)["i"], list(m.headers), m.timestamp, m.partition)
+        for m in messages
+    }
+    expected = {
+        f"key-{i}".encode(): (
+            i,
+            [("n", str(i).encode())],
+            1_700_000_000_000 + i * 1000,
+            (murmur2(f"key-{i}".encode()) & 0x7FFFFFFF) % 3,
+        )
+        for i in range(300)
+        if i not in removed
+    }
+    assert expected == got
+
+
+@pytest.mark.kafka
+async def test_batches_leave_without_waiting_for_the_linger(kafka: KafkaHelper) -> None:
+    """A write returns once acknowledged even with a ten-minute linger: batches leave closed."""
+    topic = await kafka.create_topic(2)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap, linger_ms=600_000)
+    await sink.open()
+    try:
+        with anyio.fail_after(60):  # a lingering batch would hold the write for ten minutes
+            await sink.write(source_batch([{"id": i} for i in range(50)], [b"k"] * 50))
+    finally:
+        await sink.aclose()
+    assert 50 == len(await kafka.read_all(topic, 50))
+
+
+@pytest.mark.kafka
+async def test_json_values_are_exact_and_records_without_headers_get_none(
+    kafka: KafkaHelper,
+) -> None:
+    """Big integers and nulls are written exactly; a source without headers adds none."""
+    topic = await kafka.create_topic(1)
+    values = [{"big": BIG}, {"none": None}, [1.5, "x"], None]
+    source = SourceBatch("in:0", values, start=0, keys=[b"a", b"b", b"c", b"d"])
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap)
+    await sink.open()
+    try:
+        await sink.write(Batch(list(values), Ack(lambda: None), SourceOrigin(source)))
+    finally:
+        await sink.aclose()
+    messages = sorted(await kafka.read_all(topic, 4), key=lambda m: m.offset)
+    assert [b'{"big":%d}' % BIG, b'{"none":null}', b'[1.5,"x"]', b"null"] == [
+        m.value for m in messages
+    ]
+    assert [(), (), (), ()] == [tuple(m.headers) for m in messages]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("bad", [float("nan"), {"x": [float("inf")]}])
+async def test_a_non_finite_number_is_a_data_error(kafka: KafkaHelper, bad: Any) -> None:
+    """JSON cannot hold a NaN or an infinity: the write fails with ``non_finite_number``."""
+    topic = await kafka.create_topic(1)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap)
+    await sink.open()
+    try:
+        with pytest.raises(DataError) as error:
+            await sink.write(source_batch([{"ok": None}, bad], [b"a", b"b"]))
+    finally:
+        await sink.aclose()
+    assert "non_finite_number" == error.value.reason
+
+
+@pytest.mark.kafka
+async def test_a_tombstone_needs_a_key(kafka: KafkaHelper) -> None:
+    """A ``None`` value is a tombstone when keyed, and a ``DataError`` without a key."""
+    topic = await kafka.create_topic(1)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap, serializer="bytes")
+    await sink.open()
+    try:
+        await sink.write(source_batch([b"v", None], [b"a", b"b"]))
+        with pytest.raises(DataError, match="needs a key or a value"):
+            await sink.write(source_batch([b"v", None], [b"a", None]))
+    finally:
+        await sink.aclose()
+    messages = sorted(await kafka.read_all(topic, 2), key=lambda m: m.offset)
+    assert [(b"a", b"v"), (b"b", None)] == [(m.key, m.value) for m in messages]

@@ -80,5 +80,5 @@ def check_replay_of_crashed_store(store: Sequence[str], workdir: Path, repeats: 
     workdir.mkdir()
     with_fix(workdir)
     done = replay(store, workdir)
-    assert (len(FAILED), repeats) == (records_in(done.stderr), folded_in_report(done.stderr))
+    assert (len(FAILED), repeats) == (records_in(done.stdout), folded_in_report(done.stdout))
     assert dict.fromkeys(FAILED, 1) == replayed(workdir)

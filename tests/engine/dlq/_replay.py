@@ -201,10 +201,10 @@ def replay(store: Sequence[str], workdir: Path, *options: str) -> subprocess.Com
 def check_replay_sends_each_record_once(store: Sequence[str], workdir: Path) -> None:
     """The fix gets every failed record of ``store`` once; replaying again sends nothing."""
     first = replay(store, workdir)
-    assert len(FAILED) == records_in(first.stderr)
+    assert len(FAILED) == records_in(first.stdout)
     assert dict.fromkeys(FAILED, 1) == replayed(workdir)
     second = replay(store, workdir)
-    assert 0 == records_in(second.stderr)
+    assert 0 == records_in(second.stdout)
     assert dict.fromkeys(FAILED, 1) == replayed(workdir)
 
 
@@ -217,5 +217,5 @@ def check_stopped_replay_resumes(store: Sequence[str], workdir: Path) -> None:
     stopped_at = replayed(workdir).total()
     assert len(FAILED) > stopped_at
     done = replay(store, workdir)
-    assert len(FAILED) - stopped_at == records_in(done.stderr)
+    assert len(FAILED) - stopped_at == records_in(done.stdout)
     assert dict.fromkeys(FAILED, 1) == replayed(workdir)

@@ -1,0 +1,288 @@
+"""The runner of an async step: ``concurrency`` calls in flight across batch boundaries.
+
+A step that waits on a slow dependency should keep its calls in flight while
+batches come and go: with calls confined to one batch, a batch smaller than
+``concurrency`` gives the step less concurrency than asked, and every batch
+waits for its slowest call before the next one starts. Here a fixed pool of
+``concurrency`` workers takes units (a record, or all records of one key in a
+batch) from a queue that the reader refills, batch after batch, as soon as the
+workers have taken everything queued; a batch leaves, in arrival order, once
+all its calls are done. Records of one key still run one at a time, in input
+order, across batches too.
+
+The futures are asyncio's: anyio's streams and events pass through the event
+loop on every hand-over, which costs more than the hand-over itself here (the
+same reason as :mod:`riprap._runtime.channel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+
+from riprap._core.records import Batch, IndexOrigin, Record
+from riprap.observability._report import StepCounters
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from riprap._core.steps import OpStep
+    from riprap._runtime.segments import ErrorRouter, Receive, Send
+    from riprap.observability._tracing import Tracing
+
+_FAILED: Any = object()
+_DROP: Any = object()
+_KEEP: Any = object()
+
+_WINDOW_CALLS = 4
+"""A new batch is taken while fewer than this many step-concurrencies of records
+wait to leave (at least two batches always: one finishing, one starting)."""
+
+
+@final
+class _Work:
+    """One batch on its way through the step."""
+
+    __slots__ = ("batch", "done", "left", "order", "results", "span", "started")
+
+    def __init__(self, batch: Batch, done: asyncio.Future[None], units: int) -> None:
+        self.batch = batch
+        self.results: list[Any] = [_FAILED] * len(batch.items)
+        self.order: list[int] = []
+        self.left = units
+        self.done = done
+        self.started = time.perf_counter()
+        self.span: Any = None
+
+
+@final
+class _Unit:
+    """Records a worker calls one after the other; ``after`` is the previous unit of its key."""
+
+    __slots__ = ("after", "finished", "indices", "key", "work")
+
+    def __init__(self, work: _Work, indices: list[int]) -> None:
+        self.work = work
+        self.indices = indices
+        self.key: Any = None
+        self.after: asyncio.Future[None] | None = None
+        self.finished: asyncio.Future[None] | None = None
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+@final
+class AsyncSegment:
+    """One map/filter/flat_map step that is not fused.
+
+    Its function is async, wants records, has policies or a key, or is a sync
+    function offloaded to worker threads (``call`` runs it there).
+
+    Up to ``concurrency`` calls run at once, across batches; batches leave in
+    arrival order, their outputs in input order unless the step is unordered
+    (then in completion order within the batch).
+    """
+
+    def __init__(
+        self,
+        step: OpStep,
+        router: ErrorRouter,
+        call: Callable[[Any], Awaitable[Any]],
+        counters: StepCounters | None = None,
+    ) -> None:
+        self.step = step
+        self.counters = counters or StepCounters(step.step_id)
+        self.router = router
+        self.call = call
+        self.tracer: Tracing | None = None
+        self._units: deque[_Unit] = deque()
+        self._works: deque[_Work] = deque()
+        self._waiting_records = 0
+        self._tails: dict[Any, asyncio.Future[None]] = {}
+        self._closed = False
+        self._workers_wait: asyncio.Future[None] | None = None
+        self._reader_wait: asyncio.Future[None] | None = None
+        self._emitter_wait: asyncio.Future[None] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        async with receive, send, anyio.create_task_group() as tg:
+            tg.start_soon(self._emit, send)
+            for _ in range(self.step.concurrency):
+                tg.start_soon(self._work)
+            try:
+                await self._read(receive)
+            finally:
+                self._closed = True
+                _wake(self._workers_wait)
+                _wake(self._emitter_wait)
+
+    async def _read(self, receive: Receive) -> None:
+        loop = asyncio.get_running_loop()
+        room = _WINDOW_CALLS * self.step.concurrency
+        async for batch in receive:
+            groups = self._groups(batch)
+            work = _Work(batch, loop.create_future(), len(groups))
+            if self.tracer is not None:
+                work.span = self.tracer.start(self.step.step_id, batch)
+            self._works.append(work)
+            self._waiting_records += len(batch.items)
+            _wake(self._emitter_wait)
+            if not groups:
+                work.done.set_result(None)
+                continue
+            self._queue(work, groups, loop)
+            _wake(self._workers_wait)
+            while self._units or (len(self._works) > 1 and self._waiting_records >= room):
+                self._reader_wait = loop.create_future()
+                try:
+                    await self._reader_wait
+                finally:
+                    self._reader_wait = None
+
+    def _groups(self, batch: Batch) -> list[list[int]]:
+        """Each unit's input indices: every record alone, or all records of a key."""
+        key = self.step.key
+        if key is None:
+            return [[i] for i in range(len(batch.items))]
+        groups: dict[Any, list[int]] = {}
+        for i in range(len(batch.items)):
+            value = batch.record(i) if self.step.record else batch.items[i]
+            groups.setdefault(key(value), []).append(i)
+        return list(groups.values())
+
+    def _queue(self, work: _Work, groups: list[list[int]], loop: asyncio.AbstractEventLoop) -> None:
+        if self.step.key is None:
+            self._units.extend([_Unit(work, indices) for indices in groups])
+            return
+        key = self.step.key
+        batch = work.batch
+        for indices in groups:
+            unit = _Unit(work, indices)
+            first = batch.record(indices[0]) if self.step.record else batch.items[indices[0]]
+            unit.key = key(first)
+            unit.after = self._tails.get(unit.key)
+            unit.finished = self._tails[unit.key] = loop.create_future()
+            self._units.append(unit)
+
+    async def _work(self) -> None:
+        units = self._units
+        ordered = self.step.ordered
+        loop = asyncio.get_running_loop()
+        while True:
+            if not units:
+                if self._closed:
+                    return
+                if self._workers_wait is None or self._workers_wait.done():
+                    self._workers_wait = loop.create_future()
+                await self._workers_wait
+                continue
+            unit = units.popleft()
+            if not units:
+                _wake(self._reader_wait)
+            if unit.after is not None and not unit.after.done():
+                await unit.after
+            work = unit.work
+            if work.span is None:
+                await self._call(work, unit.indices, ordered)
+            else:
+                assert self.tracer is not None
+                with self.tracer.active(work.span):
+                    await self._call(work, unit.indices, ordered)
+            if unit.finished is not None:
+                unit.finished.set_result(None)
+                if self._tails.get(unit.key) is unit.finished:
+                    del self._tails[unit.key]
+            work.left -= 1
+            if not work.left:
+                work.done.set_result(None)
+
+    async def _call(self, work: _Work, indices: list[int], ordered: bool) -> None:
+        for i in indices:
+            work.results[i] = await self._one(work.batch, i)
+            if not ordered:
+                work.order.append(i)
+
+    async def _emit(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        works = self._works
+        counters = self.counters
+        while True:
+            if not works:
+                if self._closed:
+                    return
+                self._emitter_wait = loop.create_future()
+                try:
+                    await self._emitter_wait
+                finally:
+                    self._emitter_wait = None
+                continue
+            work = works[0]
+            if not work.done.done():
+                await work.done
+            works.popleft()
+            batch = work.batch
+            self._waiting_records -= len(batch.items)
+            _wake(self._reader_wait)
+            if work.span is not None:
+                work.span.end()
+            order = range(len(batch.items)) if self.step.ordered else work.order
+            out, indices = self._collect(batch.items, work.results, order)
+            counters.timed(work.started)
+            await self.router.flush()
+            counters.records_in += len(batch.items)
+            counters.records_out += len(out)
+            if out:
+                await send.send(Batch(out, batch.ack, IndexOrigin(batch.origin, indices)))
+            else:
+                batch.ack.release()
+
+    async def _one(self, batch: Batch, i: int) -> Any:
+        value: Any = batch.record(i) if self.step.record else batch.items[i]
+        try:
+            return self._shape(await self.call(value))
+        except Exception as error:
+            self.counters.errors += 1
+            self.router.handle(self.step.step_id, batch, i, value, error)
+            return _FAILED
+
+    def _shape(self, result: Any) -> Any:
+        kind = self.step.kind
+        if kind == "filter":
+            return _DROP if not result else _KEEP
+        if kind == "flat_map":
+            return [r.value if isinstance(r, Record) else r for r in result]
+        return result.value if isinstance(result, Record) else result
+
+    def _collect(
+        self, items: list[Any], results: list[Any], order: Sequence[int]
+    ) -> tuple[list[Any], list[int]]:
+        out: list[Any] = []
+        indices: list[int] = []
+        kind = self.step.kind
+        for i in order:
+            result = results[i]
+            if result is _FAILED:
+                continue
+            if result is _DROP:
+                self.counters.dropped += 1
+                continue
+            if kind == "filter":
+                out.append(items[i])
+                indices.append(i)
+            elif kind == "flat_map":
+                out.extend(result)
+                indices.extend([i] * len(result))
+            else:
+                out.append(result)
+                indices.append(i)
+        return out, indices

@@ -1,0 +1,30 @@
+"""Loading a pipeline from a Python file, as ``riprap run`` and ``riprap dlq replay`` do."""
+
+from __future__ import annotations
+
+import runpy
+
+from riprap._core.errors import ConfigError
+from riprap._core.pipeline import Pipeline
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Load ``path/to/file.py[:name]``; ``name`` (default ``pipeline``) may be a factory.
+
+    Raises:
+        ConfigError: The file or the name does not exist, or is not a pipeline.
+    """
+    path, _, attr = spec.partition(":")
+    attr = attr or "pipeline"
+    try:
+        namespace = runpy.run_path(path, run_name="__riprap__")
+    except FileNotFoundError:
+        raise ConfigError("pipeline file", f"{path!r} does not exist") from None
+    if attr not in namespace:
+        raise ConfigError("pipeline", f"{path!r} defines no {attr!r}")
+    obj = namespace[attr]
+    if callable(obj) and not isinstance(obj, Pipeline):
+        obj = obj()
+    if not isinstance(obj, Pipeline):
+        raise ConfigError("pipeline", f"{path}:{attr} is {type(obj).__name__}, not a Pipeline")
+    return obj

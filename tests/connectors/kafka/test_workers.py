@@ -1,0 +1,96 @@
+"""``riprap run --workers 2`` on Kafka: two members of one group read every record once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+pytest.importorskip("aiokafka")
+
+if TYPE_CHECKING:
+    from .conftest import KafkaHelper, Message
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.anyio]
+
+PIPELINE = Path(__file__).with_name("_workers_pipeline.py")
+DEADLINE = 60.0
+"""Seconds any one wait may take."""
+ROUND = 20
+"""Messages produced per round while waiting for both workers to read."""
+
+
+def origins(folder: Path) -> dict[str, list[tuple[str, int]]]:
+    """Per output file (one per worker process): the (partition, offset) of each record."""
+    found = {}
+    for path in sorted(folder.glob("out-*.jsonl")):
+        lines = path.read_bytes().splitlines()
+        found[path.name] = [(r["p"], r["o"]) for r in map(orjson.loads, lines)]
+    return found
+
+
+def start(command: list[str], folder: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``command`` in ``folder``, its output in ``run.out`` and ``run.err``."""
+    with (folder / "run.out").open("wb") as out, (folder / "run.err").open("wb") as err:
+        return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err)
+
+
+def tail(path: Path) -> str:
+    """The end of the supervisor's stderr, to say why it failed."""
+    return path.read_text(errors="replace")[-3000:]
+
+
+async def test_two_workers_share_the_partitions_and_read_each_record_once(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """Both workers read, together every partition, and every message lands exactly once."""
+    topic = await kafka.create_topic(partitions=4)
+    env = {
+        **os.environ,
+        "RIPRAP_TEST_BOOTSTRAP": kafka.bootstrap,
+        "RIPRAP_TEST_TOPIC": topic,
+        "RIPRAP_TEST_GROUP": f"g-{uuid.uuid4().hex[:8]}",
+    }
+    command = [sys.executable, "-m", "riprap.cli", "run", "-q", str(PIPELINE), "--workers", "2"]
+    err = tmp_path / "run.err"
+    produced = 0
+    proc = start(command, tmp_path, env)
+    try:
+        deadline = time.monotonic() + DEADLINE
+        # Produce in rounds until both workers have read (both are then members).
+        while len([v for v in origins(tmp_path).values() if v]) < 2:
+            assert proc.poll() is None, tail(err)
+            assert time.monotonic() < deadline, f"one worker never read:\n{tail(err)}"
+            messages: list[Message] = [
+                (str(produced + n).encode(), b"{}", []) for n in range(ROUND)
+            ]
+            await kafka.produce(topic, messages)
+            produced += ROUND
+            await anyio.sleep(0.3)
+        while sum(map(len, origins(tmp_path).values())) < produced:
+            assert proc.poll() is None, tail(err)
+            assert time.monotonic() < deadline, f"records missing:\n{tail(err)}"
+            await anyio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        returncode = await anyio.to_thread.run_sync(proc.wait, DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            await anyio.to_thread.run_sync(proc.wait, DEADLINE)
+    assert 0 == returncode, tail(err)
+
+    read = [origin for per_worker in origins(tmp_path).values() for origin in per_worker]
+    assert 2 == len(origins(tmp_path))
+    assert produced == len(read)
+    assert len(read) == len(set(read)), "a record was read twice"
+    assert {f"{topic}:{p}" for p in range(4)} == {partition for partition, _ in read}
+    assert "pipeline kafka-workers: stopped" == (tmp_path / "run.out").read_text().splitlines()[0]

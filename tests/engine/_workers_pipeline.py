@@ -1,0 +1,112 @@
+"""Pipelines for the worker tests, loaded by ``riprap run --workers N`` in the test's directory.
+
+``plain``
+    Reads ``in-*.jsonl`` (JSON Lines of ``{"id": ..., "n": ...}``) and upserts
+    each record by id into an SQLite table: idempotent, so a replay after a
+    crash leaves no duplicate.
+``gated``
+    The same pipeline (same name, same checkpoints) through an async step that,
+    in each process, creates ``started-<pid>`` on its first record and then
+    holds every record until the file ``go`` exists: the test decides when the
+    workers may go on (a kill or a signal in between).
+``stateful``
+    Deduplicates by id: stateful, so refused under more than one worker.
+``unsplittable``
+    Reads from a source that has no ``for_worker``: refused under more than one worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+import riprap
+from riprap.connectors.files import JsonLinesSource
+from riprap.connectors.sqlite import SqliteSink
+from riprap.stages.dedupe import Dedupe
+
+CHECKPOINTS = "checkpoints.db"
+DATABASE = "out.db"
+TABLE = "orders"
+NAME = "orders"
+GO = "go"
+GATE_POLLS = 6_000
+"""Looks for ``go`` a held record may take (10 ms apart): a minute at most."""
+
+_started = False
+
+
+def plain() -> riprap.Pipeline:
+    """``in-*.jsonl`` upserted into ``out.db`` by id."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS, checkpoint_interval=0.2)
+        .source(JsonLinesSource("in-*.jsonl", decode=True))
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id", timeout=30.0))
+    )
+
+
+async def _gate(value: Any) -> Any:
+    """Mark this process as started on its first record; hold records until ``go`` exists."""
+    global _started
+    if not _started:
+        _started = True
+        await anyio.Path(f"started-{os.getpid()}").touch()
+    for _ in range(GATE_POLLS):
+        if await anyio.Path(GO).exists():
+            return value
+        await anyio.sleep(0.01)
+    raise TimeoutError("the test never created 'go'")
+
+
+def gated() -> riprap.Pipeline:
+    """``plain`` through the gate."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS, checkpoint_interval=0.2)
+        .source(JsonLinesSource("in-*.jsonl", decode=True))
+        .map("gate", _gate)
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id", timeout=30.0))
+    )
+
+
+def stateful() -> riprap.Pipeline:
+    """``plain`` with a dedupe stage."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS)
+        .source(JsonLinesSource("in-*.jsonl", decode=True))
+        .stage(Dedupe("unique", key="id", max_keys=10_000))
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id"))
+    )
+
+
+class _Numbers:
+    """A source with no ``for_worker``: a few numbers, one partition."""
+
+    name = "numbers"
+
+    def __init__(self) -> None:
+        self._done = False
+
+    async def open(self, context: riprap.SourceContext) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def read(self, max_records: int) -> riprap.SourceBatch | None:
+        await anyio.lowlevel.checkpoint()
+        if self._done:
+            return None
+        self._done = True
+        return riprap.SourceBatch("numbers", [{"id": "1"}], start=0)
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+def unsplittable() -> riprap.Pipeline:
+    """Numbers from a source that cannot be split."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS)
+        .source(_Numbers())
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id"))
+    )
