@@ -6,7 +6,9 @@ one bad message is dead-lettered instead of stopping the source.
 :class:`KafkaSink` waits for every acknowledgement and is at-least-once.
 :class:`KafkaDeadLetters` writes dead letters to a topic;
 :func:`iter_kafka_dead_letters` and :class:`KafkaDeadLetterSource` read them back
-(``riprap dlq inspect|replay kafka://...``).
+(``riprap dlq inspect|replay kafka://...``); :func:`topic_replay_pipeline`
+produces dead letters' original records back to a topic (``riprap dlq replay
+--to-topic``), each marked with ``LETTER_ID_HEADER``.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ from ._deadletters import letter_from_message as letter_from_message
 from ._dlq_reader import KafkaDeadLetterSource as KafkaDeadLetterSource
 from ._dlq_reader import iter_kafka_dead_letters as iter_kafka_dead_letters
 from ._gaps import OffsetGapError as OffsetGapError
+from ._replay_topic import LETTER_ID_HEADER as LETTER_ID_HEADER
+from ._replay_topic import topic_replay_pipeline as topic_replay_pipeline
 from ._sink import KafkaSink as KafkaSink
 from ._source import KafkaSource as KafkaSource
 
 __all__ = (
     "HEADER_PREFIX",
+    "LETTER_ID_HEADER",
     "KafkaCheckpoints",
     "KafkaDeadLetterSource",
     "KafkaDeadLetters",
@@ -54,6 +59,7 @@ __all__ = (
     "partition_lag",
     "partition_name",
     "str_value",
+    "topic_replay_pipeline",
 )
 
 fixup_module_metadata(__name__, globals())

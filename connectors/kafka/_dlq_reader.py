@@ -437,12 +437,16 @@ class KafkaDeadLetterSource:
         consumer_options: Further ``AIOKafkaConsumer`` keyword arguments
             (security, fetch sizes).
         stall_timeout: Seconds without a fetch response before the read fails.
+        id_header: When given, each record also carries the letter's id in a
+            header of that name (a replay to a topic marks its messages so).
 
     Raises:
         ConfigError: An impossible rate limit or stall timeout, or a consumer
             option the source sets itself.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``id_header``.
     """
 
     def __init__(
@@ -456,9 +460,11 @@ class KafkaDeadLetterSource:
         clock: Clock | None = None,
         consumer_options: Mapping[str, Any] | None = None,
         stall_timeout: float = 30.0,
+        id_header: str | None = None,
     ) -> None:
         self.topic = topic
         self.name = name
+        self._id_header = id_header
         self._reader = _BoundedReader(topic, bootstrap_servers, consumer_options, stall_timeout)
         self._filter = filter or DeadLetterFilter()
         self._bucket = (
@@ -527,7 +533,7 @@ class KafkaDeadLetterSource:
             return SourceBatch(name, [], start=records[0].offset, end=end)
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
-        return letter_batch(name, found, end=end)
+        return letter_batch(name, found, end=end, id_header=self._id_header)
 
     async def aclose(self) -> None:
         """Stop the consumer and forget the ids read."""

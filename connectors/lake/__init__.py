@@ -9,7 +9,8 @@
   resumed mid-file from a row position; a corrupt file is quarantined.
 * :class:`DeltaSource`: the rows of a Delta table at a version, the same way.
 * :func:`rollback_delta`: restore a Delta sink's table to an earlier version
-  and say which positions the pipeline resumes from (``riprap checkpoint set``).
+  and say which positions the pipeline resumes from (``riprap checkpoint set``);
+  ``riprap rollback`` does both, through :meth:`DeltaSink.rollback`.
 * :class:`LakeS3Options`: how to reach S3 for an ``s3://`` location.
 
 Needs the ``lake`` extra (``pyarrow``, ``deltalake``).

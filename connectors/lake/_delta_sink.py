@@ -23,12 +23,13 @@ from riprap import ConfigError, SystemClock
 
 from ._arrow import NewColumns, TableEncoder, check_schema
 from ._batches import by_partition, describer, pick, positive, seconds
+from ._rollback import DeltaRollback, rollback_delta
 from ._storage import LakeS3Options, storage_options, table_uri
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     from riprap import Batch, Clock, SinkContext
     from riprap.lowlevel import Ack
@@ -148,6 +149,7 @@ class DeltaSink:
         self.max_rows = positive("max_rows", max_rows)
         self.max_age = seconds("max_age", max_age)
         self.commit_retries = positive("commit_retries", commit_retries) or 1
+        self._s3 = s3
         self._options: Mapping[str, str] | None = storage_options(self.uri, s3)
         self._declared = check_schema("schema", schema)
         self._given_clock = clock
@@ -167,6 +169,27 @@ class DeltaSink:
     def app_id(self, partition: str) -> str:
         """The Delta app transaction id of ``partition``'s commits."""
         return f"riprap/{self._pipeline}/{self.name}/{partition}"
+
+    def rollback(
+        self, *, pipeline: str, to: int | datetime, dry_run: bool = True, force: bool = False
+    ) -> DeltaRollback:
+        """Restore this sink's table to version ``to`` (or the one current at a time).
+
+        The hook ``riprap rollback`` calls on every sink that has it; see
+        :func:`rollback_delta`, whose result this is. Blocking.
+
+        Raises:
+            ConfigError: As :func:`rollback_delta`.
+        """
+        return rollback_delta(
+            self.uri,
+            pipeline=pipeline,
+            to=to,
+            sink=self.name,
+            dry_run=dry_run,
+            force=force,
+            s3=self._s3,
+        )
 
     def bind(self, context: SinkContext) -> None:
         """Take the pipeline's name, clock and in-flight bound (called by the runtime).

@@ -120,7 +120,10 @@ def rollback_delta(
     positions = {p: past.transaction_version(prefix + p) or 0 for p in partitions}
     if not dry_run:
         transactions = [Transaction(prefix + p, n) for p, n in positions.items()]
-        table.restore(target, commit_properties=CommitProperties(app_transactions=transactions))
+        metadata = {"riprap.pipeline": pipeline, "riprap.sink": sink, "riprap.positions": positions}
+        # Signed like the sink's commits: a rerun after a crash undoes it without force.
+        properties = CommitProperties(custom_metadata=metadata, app_transactions=transactions)
+        table.restore(target, commit_properties=properties)
     return DeltaRollback(uri, current, target, positions, undone, not dry_run)
 
 

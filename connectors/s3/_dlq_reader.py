@@ -354,11 +354,15 @@ class S3DeadLetterSource:
         endpoint_url: A non-AWS endpoint (MinIO, a test server).
         client_config: Timeouts, retries, region and credentials.
         clock: Paces the rate limit (a virtual clock in tests).
+        id_header: When given, each record also carries the letter's id in a
+            header of that name (a replay to a topic marks its messages so).
 
     Raises:
         ConfigError: ``rate_limit`` is not a positive finite number.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``id_header``.
     """
 
     def __init__(
@@ -372,8 +376,10 @@ class S3DeadLetterSource:
         endpoint_url: str | None = None,
         client_config: S3ClientConfig | None = None,
         clock: Clock | None = None,
+        id_header: str | None = None,
     ) -> None:
         self.bucket = check_bucket("S3DeadLetterSource", bucket)
+        self._id_header = id_header
         self.prefix = prefix
         self.name = name
         self.endpoint_url = endpoint_url
@@ -524,4 +530,4 @@ class S3DeadLetterSource:
         letters.handed = end
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
-        return letter_batch(letters.partition, found, end=end)
+        return letter_batch(letters.partition, found, end=end, id_header=self._id_header)

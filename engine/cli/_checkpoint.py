@@ -428,6 +428,28 @@ async def _reset(backend: RepairableBackend, args: argparse.Namespace) -> int:
 async def _set(backend: RepairableBackend, args: argparse.Namespace) -> int:
     pipeline = await _pipeline(backend, args)
     wanted: dict[str, int] = dict(args.positions)
+    written, dropped = await set_positions(backend, pipeline, wanted)
+    if dropped:
+        sys.stderr.write(
+            f"riprap checkpoint set: the stored checkpoint could not be read ({dropped});"
+            " its state and crash counts are gone\n"
+        )
+    sys.stdout.write(
+        f"{backend.location}: pipeline {pipeline!r} now resumes from "
+        + ", ".join(f"{p}={written.positions[p]}" for p in sorted(wanted))
+        + f"; generation {written.generation}, epoch {written.epoch}\n"
+    )
+    return EXIT_OK
+
+
+async def set_positions(
+    backend: RepairableBackend, pipeline: str, wanted: Mapping[str, int], *, action: str = "set"
+) -> tuple[Checkpoint, str | None]:
+    """Store ``pipeline``'s checkpoint with ``wanted`` positions, fenced, as a new generation.
+
+    Returns what was stored and, if the stored checkpoint could not be read
+    (its state and crash counts are then gone), why.
+    """
     owner = _owner()
     dropped: list[str] = []
 
@@ -453,21 +475,11 @@ async def _set(backend: RepairableBackend, args: argparse.Namespace) -> int:
             created_at=time.time(),
             positions=positions,
             guard=_forget(base.guard, wanted, positions),
-            notes=_notes(base, f"set {changes}"),
+            notes=_notes(base, f"{action} {changes}"),
         )
 
     written = await backend.overwrite(pipeline, owner, build)
-    if dropped:
-        sys.stderr.write(
-            f"riprap checkpoint set: the stored checkpoint could not be read ({dropped[0]});"
-            " its state and crash counts are gone\n"
-        )
-    sys.stdout.write(
-        f"{backend.location}: pipeline {pipeline!r} now resumes from "
-        + ", ".join(f"{p}={written.positions[p]}" for p in sorted(wanted))
-        + f"; generation {written.generation}, epoch {written.epoch}\n"
-    )
-    return EXIT_OK
+    return written, dropped[0] if dropped else None
 
 
 def _forget(

@@ -5,7 +5,8 @@ reason and shows the latest few: never a payload, only its size and the
 redacted error message. ``riprap dlq purge PATH --older-than 7d`` deletes the
 letters whose last failure is older than that (``--dry-run`` only counts
 them). ``riprap dlq replay PATH --pipeline fix.py`` sends the letters back
-through a fixed pipeline, once each.
+through a fixed pipeline, once each; ``--to-topic kafka://HOST:PORT/TOPIC``
+instead produces their original records back to a Kafka topic.
 
 Every command sees a letter once, by its ``id``: a copy stored again (the
 failing run restarted after a crash) is folded into the first, and the counts

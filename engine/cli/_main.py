@@ -29,6 +29,7 @@ from riprap.cli._help import HELP_FORMAT, plain
 from riprap.cli._load import load_pipeline as load_pipeline
 from riprap.cli._replay import add_replay_command
 from riprap.cli._replay import replay_pipeline as replay_pipeline
+from riprap.cli._rollback import add_rollback_command
 from riprap.cli._runs import EXIT_FAILED, EXIT_USAGE, run_with_report
 from riprap.cli._s3 import add_s3_commands
 from riprap.cli._workers import add_worker_options, run_supervised, run_worker
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backfill_command(commands)
     add_checkpoint_commands(commands)
     add_gate_commands(commands)
+    add_rollback_command(commands)
     add_s3_commands(commands)
     return parser
 

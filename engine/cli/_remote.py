@@ -22,6 +22,7 @@ from riprap.deadletters._stores import JsonLinesDeadLetters, purge_dead_letters,
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable
 
+    from riprap._core.pipeline import Pipeline
     from riprap._core.protocols import Source
     from riprap.cli._locations import DeadLetterLocation
     from riprap.deadletters._envelope import DeadLetter
@@ -101,14 +102,19 @@ def replay_source(
     filter: DeadLetterFilter,
     rate_limit: float | None,
     endpoint_url: str | None = None,
+    id_header: str | None = None,
 ) -> Source:
     """The source a replay of ``location`` reads: positions resume where the last one stopped.
+
+    With ``id_header``, each record carries its letter's id in a header of that name.
 
     Raises:
         ConfigError: The location's extra is not installed, or the rate is impossible.
     """
     if isinstance(location, FileLocation):
-        return DeadLetterSource(location.path, filter=filter, rate_limit=rate_limit)
+        return DeadLetterSource(
+            location.path, filter=filter, rate_limit=rate_limit, id_header=id_header
+        )
     if isinstance(location, KafkaLocation):
         _require("kafka", location)
         from riprap.connectors.kafka import KafkaDeadLetterSource
@@ -118,6 +124,7 @@ def replay_source(
             bootstrap_servers=list(location.bootstrap_servers),
             filter=filter,
             rate_limit=rate_limit,
+            id_header=id_header,
         )
     _require("s3", location)
     from riprap.connectors.s3 import S3DeadLetterSource
@@ -128,6 +135,7 @@ def replay_source(
         filter=filter,
         rate_limit=rate_limit,
         endpoint_url=endpoint_url,
+        id_header=id_header,
     )
 
 
@@ -150,6 +158,26 @@ def dead_letter_sink(
     from riprap.connectors.s3 import S3DeadLetters
 
     return S3DeadLetters(location.bucket, location.prefix, endpoint_url=endpoint_url)
+
+
+def topic_replay(location: KafkaLocation, *, checkpoint: str) -> tuple[Pipeline, str]:
+    """The pipeline producing letters' original records to ``location``, and its id header.
+
+    ``checkpoint`` is the SQLite file the replay records its progress in.
+
+    Raises:
+        ConfigError: The kafka extra is not installed.
+    """
+    _require("kafka", location)
+    from riprap.checkpoints import SqliteCheckpoints
+    from riprap.connectors.kafka import LETTER_ID_HEADER, topic_replay_pipeline
+
+    pipeline = topic_replay_pipeline(
+        location.topic,
+        bootstrap_servers=list(location.bootstrap_servers),
+        checkpoint=SqliteCheckpoints(checkpoint),
+    )
+    return pipeline, LETTER_ID_HEADER
 
 
 def purge(

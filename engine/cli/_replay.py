@@ -10,6 +10,12 @@ them. ``--name`` starts a replay with a checkpoint of its own, which sends
 every matching letter again. Kafka and S3 stores keep one position per
 replay name whatever the filter: letters a filtered replay of them left out
 count as read, and the replay says so.
+
+``--to-topic kafka://HOST:PORT/TOPIC`` instead of ``--pipeline`` produces the
+letters' original records back to a topic (the pipeline comes from
+:func:`riprap.connectors.kafka.topic_replay_pipeline`, imported lazily), each
+marked with its letter id; the replay checkpoints in the SQLite file
+``--checkpoint`` (default ``<topic>.replay-checkpoint.db`` here).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from riprap.cli._dlq import add_location_arguments, parse_time
 from riprap.cli._load import load_pipeline
 from riprap.cli._locations import (
     FileLocation,
+    KafkaLocation,
     default_failed_to,
     location_argument,
     same_store,
@@ -46,15 +53,28 @@ def add_replay_command(
     """Add ``replay`` to the ``riprap dlq`` subcommands; return its parser."""
     replay = dlq.add_parser(
         "replay",
-        help="send dead letters back through a fixed pipeline",
-        description="Send dead letters back through a fixed pipeline, once each.",
+        help="send dead letters back through a fixed pipeline or to a Kafka topic",
+        description="Send dead letters back through a fixed pipeline, or their original"
+        " records to a Kafka topic, once each.",
     )
     add_location_arguments(replay)
-    replay.add_argument("--pipeline", required=True, help="path/to/file.py[:name] of the fix")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pipeline", help="path/to/file.py[:name] of the fix")
+    target.add_argument(
+        "--to-topic",
+        type=location_argument,
+        help="kafka://HOST:PORT[,HOST:PORT]/TOPIC: produce each letter's original key, value"
+        " and headers there, plus a riprap-letter-id header (consumers dedupe by it)",
+    )
+    replay.add_argument(
+        "--checkpoint",
+        help="with --to-topic: the SQLite file the replay checkpoints in"
+        " (default <topic>.replay-checkpoint.db here)",
+    )
     replay.add_argument(
         "--name",
-        help="the replay's checkpoint name (default <pipeline>.replay); a new name replays"
-        " letters an earlier replay read or passed",
+        help="the replay's checkpoint name (default <pipeline>.replay, or"
+        " dlq-to-<topic>.replay); a new name replays letters an earlier replay read or passed",
     )
     replay.add_argument("--stage", help="only letters of this stage")
     replay.add_argument("--error-type", help="only this error type")
@@ -80,13 +100,13 @@ def run_replay(args: argparse.Namespace) -> int:
     A store that cannot be read is an error line and exit 1 (see ``run_with_report``).
 
     Raises:
-        ConfigError: The pipeline, a filter or ``--failed-to`` is invalid.
+        ConfigError: The pipeline, ``--to-topic``, a filter or ``--failed-to`` is invalid.
     """
     from riprap.cli._remote import dead_letter_sink, replay_source
     from riprap.deadletters._stores import DeadLetterFilter
 
     console = console_for(args)
-    pipeline = load_pipeline(args.pipeline)
+    pipeline, id_header = replay_target(args)
     letters = DeadLetterFilter(
         stage=args.stage,
         error_type=args.error_type,
@@ -97,17 +117,23 @@ def run_replay(args: argparse.Namespace) -> int:
     failed_to = args.failed_to or default_failed_to(args.path)
     if same_store(failed_to, args.path):
         raise ConfigError("--failed-to", f"{failed_to} is the store being replayed")
+    if args.to_topic is not None and same_store(failed_to, args.to_topic):
+        raise ConfigError("--failed-to", f"{failed_to} is the topic replayed to")
     replay = replay_pipeline(
         pipeline,
         replay_source(
-            args.path, filter=letters, rate_limit=args.rate, endpoint_url=args.endpoint_url
+            args.path,
+            filter=letters,
+            rate_limit=args.rate,
+            endpoint_url=args.endpoint_url,
+            id_header=id_header,
         ),
         dead_letter_sink(failed_to, endpoint_url=args.endpoint_url),
         name=args.name,
     )
+    where = f"to {args.to_topic}" if args.to_topic else f"through {pipeline.name!r}"
     console.message(
-        f"replaying {args.path} through {pipeline.name!r} as {replay.name!r}; "
-        f"records failing again go to {failed_to}"
+        f"replaying {args.path} {where} as {replay.name!r}; records failing again go to {failed_to}"
     )
     if not isinstance(args.path, FileLocation) and letters != DeadLetterFilter():
         console.message(
@@ -121,6 +147,30 @@ def run_replay(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         after=functools.partial(explain_skips, console),
     )
+
+
+def replay_target(args: argparse.Namespace) -> tuple[Pipeline, str | None]:
+    """The pipeline a replay feeds (the fix, or one producing to ``--to-topic``) and its id header.
+
+    Raises:
+        ConfigError: ``--to-topic`` is not a topic or is the store replayed;
+            ``--checkpoint`` without ``--to-topic``; the fix cannot be loaded.
+    """
+    target = args.to_topic
+    if target is None:
+        if args.checkpoint is not None:
+            raise ConfigError(
+                "--checkpoint", "goes with --to-topic: a --pipeline replay checkpoints as it says"
+            )
+        return load_pipeline(args.pipeline), None
+    if not isinstance(target, KafkaLocation):
+        raise ConfigError("--to-topic", f"{target} is not a kafka://HOST:PORT/TOPIC location")
+    if same_store(target, args.path):
+        raise ConfigError("--to-topic", f"{target} is the store being replayed")
+    from riprap.cli._remote import topic_replay
+
+    checkpoint = args.checkpoint or f"{target.topic}.replay-checkpoint.db"
+    return topic_replay(target, checkpoint=checkpoint)
 
 
 def explain_skips(console: Console, report: RunReport) -> None:

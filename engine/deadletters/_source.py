@@ -123,11 +123,15 @@ class DeadLetterSource:
         rate_limit: At most this many records per second; unlimited when ``None``.
         name: The step name of the source.
         clock: Paces the rate limit (a virtual clock in tests).
+        id_header: When given, each record also carries the letter's id in a
+            header of that name (a replay to a topic marks its messages so).
 
     Raises:
         ConfigError: ``rate_limit`` is not a positive finite number.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``id_header``.
     """
 
     __slots__ = (
@@ -135,6 +139,7 @@ class DeadLetterSource:
         "_context",
         "_earlier",
         "_filter",
+        "_id_header",
         "_letters",
         "_next",
         "_reader",
@@ -154,9 +159,11 @@ class DeadLetterSource:
         rate_limit: float | None = None,
         name: str = "dlq-replay",
         clock: Clock = SYSTEM_CLOCK,
+        id_header: str | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self.name = name
+        self._id_header = id_header
         self._filter = filter or DeadLetterFilter()
         self.partition = f"dlq:{self.path}{_filter_suffix(self._filter)}"
         self._earlier: list[tuple[DeadLetterFilter, int]] = []
@@ -208,7 +215,7 @@ class DeadLetterSource:
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
         self._next = scanned
-        return letter_batch(self.partition, found, end=scanned)
+        return letter_batch(self.partition, found, end=scanned, id_header=self._id_header)
 
     async def aclose(self) -> None:
         """Close the underlying file or database and forget the ids read."""
@@ -253,10 +260,17 @@ class DeadLetterSource:
         return found, scanned
 
 
-def letter_batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: int) -> SourceBatch:
+def letter_batch(
+    partition: str,
+    found: list[tuple[int, DeadLetter]],
+    *,
+    end: int,
+    id_header: str | None = None,
+) -> SourceBatch:
     """The original records of ``found`` (position, letter) pairs as one batch ending at ``end``.
 
-    Shared with the Kafka and S3 replay sources.
+    Shared with the Kafka and S3 replay sources. With ``id_header``, each
+    record's headers end with ``(id_header, letter id as ASCII bytes)``.
 
     Raises:
         ValueError: A stored payload cannot be decoded.
@@ -264,6 +278,11 @@ def letter_batch(partition: str, found: list[tuple[int, DeadLetter]], *, end: in
     offsets = [index for index, _ in found]
     letters = [letter for _, letter in found]
     headers: list[Headers] = [letter.original_headers() for letter in letters]
+    if id_header is not None:
+        headers = [
+            [*header, (id_header, letter.id.encode("ascii"))]
+            for header, letter in zip(headers, letters, strict=True)
+        ]
     values: list[Any] = [letter.original_value() for letter in letters]
     return SourceBatch(
         partition,
