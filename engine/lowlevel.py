@@ -2,9 +2,10 @@
 
 Acks tie derived records to their source position; origins map a batch's items
 back to source records; ``Emit`` is how a stage hands on results;
-``fsync_directory`` makes a file sink's new files and renames durable, and
+``fsync_directory`` makes a file sink's new files and renames durable,
 ``make_directory`` creates a sink's missing directory the way riprap's own
-stores do.
+stores do, and ``optional_limit``/``optional_seconds`` check a plug-in's
+options with the same errors as riprap's own.
 
 .. versionadded:: 0.1
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from riprap._core.files import fsync_directory as fsync_directory
 from riprap._core.files import make_directory as make_directory
+from riprap._core.options import optional_limit as optional_limit
+from riprap._core.options import optional_seconds as optional_seconds
 from riprap._core.protocols import Emit as Emit
 from riprap._core.public import fixup_module_metadata as fixup_module_metadata
 from riprap._core.records import DropsOrigin as DropsOrigin
@@ -33,6 +36,8 @@ __all__ = (
     "fsync_directory",
     "keep_freed_memory",
     "make_directory",
+    "optional_limit",
+    "optional_seconds",
 )
 
 fixup_module_metadata(__name__, globals())

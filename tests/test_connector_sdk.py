@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import orjson
 import pytest
 
 import riprap
+import riprap.lowlevel
 from riprap.checkpoints import MemoryCheckpoints
 
 if TYPE_CHECKING:
@@ -67,3 +69,37 @@ async def test_a_second_run_resumes_after_the_checkpoint(
     assert expected == written(output)
     assert (2, 1) == (first.records_out, second.records_out)
     assert {"lines:in.txt": 3} == dict(second.positions)
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "expected"),
+    [
+        (riprap.lowlevel.optional_limit, None, None),
+        (riprap.lowlevel.optional_limit, 5, 5),
+        (riprap.lowlevel.optional_seconds, None, None),
+        (riprap.lowlevel.optional_seconds, 2, 2.0),
+        (riprap.lowlevel.optional_seconds, datetime.timedelta(minutes=1), 60.0),
+    ],
+)
+def test_option_checks_pass_good_values(check: Any, value: Any, expected: Any) -> None:
+    """A plug-in's option checks hand back what they accept, seconds as float."""
+    assert expected == check("opt", value)
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (riprap.lowlevel.optional_limit, 0),
+        (riprap.lowlevel.optional_limit, True),
+        (riprap.lowlevel.optional_limit, 1.5),
+        (riprap.lowlevel.optional_seconds, 0),
+        (riprap.lowlevel.optional_seconds, float("nan")),
+        (riprap.lowlevel.optional_seconds, float("inf")),
+        (riprap.lowlevel.optional_seconds, "5"),
+    ],
+)
+def test_option_checks_name_the_option(check: Any, value: Any) -> None:
+    """Anything else is a ConfigError naming the plug-in's option."""
+    with pytest.raises(riprap.ConfigError) as info:
+        check("MySink.max_age", value)
+    assert "MySink.max_age" == info.value.option

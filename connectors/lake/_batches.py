@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import math
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from riprap import ConfigError
 from riprap.lowlevel import SourceOrigin
 
 if TYPE_CHECKING:
@@ -83,35 +80,6 @@ def _grouped(wheres: list[Where], sink: str) -> dict[str, tuple[list[int], list[
         offsets.append(source.offset_of(at))
         indexes.append(index)
     return parts
-
-
-def positive(option: str, value: int | None) -> int | None:
-    """A positive integer limit, or ``None``.
-
-    Raises:
-        ConfigError: Anything else, naming ``option``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(option, f"must be a positive integer or None, got {value!r}")
-    return value
-
-
-def seconds(option: str, value: float | timedelta | None) -> float | None:
-    """Positive, finite seconds, or ``None``.
-
-    Raises:
-        ConfigError: Anything else, naming ``option``.
-    """
-    if value is None:
-        return None
-    number = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(number, bool) or not isinstance(number, int | float):
-        raise ConfigError(option, f"must be seconds (a number or timedelta), got {value!r}")
-    if not (number > 0 and math.isfinite(number)):
-        raise ConfigError(option, f"must be positive and finite, got {value!r}")
-    return float(number)
 
 
 def describer(partition: str, offsets: list[int]) -> Callable[[int], str]:

@@ -20,9 +20,10 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import TableNotFoundError
 
 from riprap import ConfigError, SystemClock
+from riprap.lowlevel import optional_limit, optional_seconds
 
 from ._arrow import NewColumns, TableEncoder, check_schema
-from ._batches import by_partition, describer, pick, positive, seconds
+from ._batches import by_partition, describer, pick
 from ._rollback import DeltaRollback, rollback_delta
 from ._storage import LakeS3Options, storage_options, table_uri
 
@@ -146,9 +147,9 @@ class DeltaSink:
         self.uri = table_uri(location)
         self.new_columns: NewColumns = new_columns
         self.compression = compression
-        self.max_rows = positive("max_rows", max_rows)
-        self.max_age = seconds("max_age", max_age)
-        self.commit_retries = positive("commit_retries", commit_retries) or 1
+        self.max_rows = optional_limit("max_rows", max_rows)
+        self.max_age = optional_seconds("max_age", max_age)
+        self.commit_retries = optional_limit("commit_retries", commit_retries) or 1
         self._s3 = s3
         self._options: Mapping[str, str] | None = storage_options(self.uri, s3)
         self._declared = check_schema("schema", schema)

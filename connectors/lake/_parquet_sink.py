@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from riprap import ConfigError, SystemClock
+from riprap.lowlevel import optional_limit, optional_seconds
 
 from ._arrow import TableEncoder, check_schema
-from ._batches import by_partition, describer, pick, positive, seconds
+from ._batches import by_partition, describer, pick
 from ._storage import LakeS3Options, Storage, open_storage
 
 if TYPE_CHECKING:
@@ -173,10 +174,10 @@ class ParquetSink:
         self.name = name
         self.location = location
         self.compression = compression
-        self.max_rows = positive("max_rows", max_rows)
-        self.max_age = seconds("max_age", max_age)
-        self.row_group_rows = positive("row_group_rows", row_group_rows) or 1
-        self.row_group_bytes = positive("row_group_bytes", row_group_bytes)
+        self.max_rows = optional_limit("max_rows", max_rows)
+        self.max_age = optional_seconds("max_age", max_age)
+        self.row_group_rows = optional_limit("row_group_rows", row_group_rows) or 1
+        self.row_group_bytes = optional_limit("row_group_bytes", row_group_bytes)
         self._storage: Storage = open_storage(location, s3)
         self._declared = check_schema("schema", schema)
         self._encoder = TableEncoder(self._declared, new_columns="refuse")

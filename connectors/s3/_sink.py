@@ -18,9 +18,7 @@ import functools
 import gzip as gzip_module
 import io
 import itertools
-import math
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
@@ -29,6 +27,7 @@ import anyio.to_thread
 
 from riprap import ConfigError, DataError, SystemClock
 from riprap.connectors.files import encode_json_lines
+from riprap.lowlevel import optional_limit, optional_seconds
 
 from ._assembly import Assembler, Ready
 from ._client import S3ClientConfig, call, check_bucket, open_client
@@ -37,6 +36,7 @@ from ._retries import report_retries
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from datetime import timedelta
 
     from riprap import Batch, Clock, SinkContext, SourceBatch
 
@@ -174,9 +174,9 @@ class S3Sink:
         self.format = format
         self.fieldnames = list(fieldnames or ())
         self.gzip = gzip
-        self.max_records = _limit("max_records", max_records)
-        self.max_bytes = _limit("max_bytes", max_bytes)
-        self.max_age = _seconds("max_age", max_age)
+        self.max_records = optional_limit("max_records", max_records)
+        self.max_bytes = optional_limit("max_bytes", max_bytes)
+        self.max_age = optional_seconds("max_age", max_age)
         self.sse = sse
         self.sse_kms_key_id = sse_kms_key_id
         self.endpoint_url = endpoint_url
@@ -462,32 +462,3 @@ def _in_order(
         [chunks[i] for i in order],
         [sources[i] for i in order],
     )
-
-
-def _limit(option: str, value: int | None) -> int | None:
-    """A positive integer limit, or ``None``.
-
-    Raises:
-        ConfigError: Anything else, naming ``option``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(option, f"must be a positive integer or None, got {value!r}")
-    return value
-
-
-def _seconds(option: str, value: float | timedelta | None) -> float | None:
-    """Positive, finite seconds, or ``None``.
-
-    Raises:
-        ConfigError: Anything else, naming ``option``.
-    """
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ConfigError(option, f"must be seconds (a number or timedelta), got {value!r}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ConfigError(option, f"must be positive and finite, got {value!r}")
-    return float(seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any, Literal
 
 from riprap._core.clock import SYSTEM_CLOCK, Clock
@@ -152,6 +153,35 @@ OPTION_NAMES = tuple(f.name for f in fields(PipelineOptions))
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def optional_limit(option: str, value: int | None) -> int | None:
+    """``value`` if it is a positive integer, ``None`` for no limit; a plug-in's option check.
+
+    Raises:
+        ConfigError: Anything else, naming ``option``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(option, f"must be a positive integer or None, got {value!r}")
+    return value
+
+
+def optional_seconds(option: str, value: float | timedelta | None) -> float | None:
+    """``value`` as positive, finite float seconds (a number or a timedelta), or ``None``.
+
+    Raises:
+        ConfigError: Anything else, naming ``option``.
+    """
+    if value is None:
+        return None
+    number = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise ConfigError(option, f"must be seconds (a number or timedelta), got {value!r}")
+    if not (number > 0 and math.isfinite(number)):
+        raise ConfigError(option, f"must be positive and finite, got {value!r}")
+    return float(number)
 
 
 def positive_int(option: str, value: object) -> None:

@@ -47,10 +47,12 @@ wait to leave (at least two batches always: one finishing, one starting)."""
 class _Work:
     """One batch on its way through the step."""
 
-    __slots__ = ("batch", "done", "left", "order", "results", "span", "started")
+    __slots__ = ("batch", "done", "left", "next", "order", "results", "span", "started")
 
     def __init__(self, batch: Batch, done: asyncio.Future[None], units: int) -> None:
         self.batch = batch
+        self.next = 0
+        """The next record a worker takes (steps without a key: no unit objects)."""
         self.results: list[Any] = [_FAILED] * len(batch.items)
         self.order: list[int] = []
         self.left = units
@@ -103,11 +105,15 @@ class AsyncSegment:
         self.call = call
         self.tracer: Tracing | None = None
         self._units: deque[_Unit] = deque()
+        """Units of a keyed step not yet taken by a worker."""
+        self._taking: deque[_Work] = deque()
+        """Batches of a step without a key whose records are not all taken yet."""
         self._works: deque[_Work] = deque()
         self._waiting_records = 0
         self._tails: dict[Any, asyncio.Future[None]] = {}
         self._closed = False
-        self._workers_wait: asyncio.Future[None] | None = None
+        self._idle: deque[asyncio.Future[None]] = deque()
+        """One future per worker waiting for units, woken one per unit queued (no herd)."""
         self._reader_wait: asyncio.Future[None] | None = None
         self._emitter_wait: asyncio.Future[None] | None = None
 
@@ -123,37 +129,54 @@ class AsyncSegment:
                 await self._read(receive)
             finally:
                 self._closed = True
-                _wake(self._workers_wait)
+                self._wake_workers(len(self._idle))
                 _wake(self._emitter_wait)
 
     async def _read(self, receive: Receive) -> None:
         loop = asyncio.get_running_loop()
         room = _WINDOW_CALLS * self.step.concurrency
+        keyed = self.step.key is not None
         async for batch in receive:
-            groups = self._groups(batch)
-            work = _Work(batch, loop.create_future(), len(groups))
+            groups = self._groups(batch) if keyed else []
+            units = len(groups) if keyed else len(batch.items)
+            work = _Work(batch, loop.create_future(), units)
             if self.tracer is not None:
                 work.span = self.tracer.start(self.step.step_id, batch)
             self._works.append(work)
             self._waiting_records += len(batch.items)
             _wake(self._emitter_wait)
-            if not groups:
+            if not units:
                 work.done.set_result(None)
                 continue
-            self._queue(work, groups, loop)
-            _wake(self._workers_wait)
-            while self._units or (len(self._works) > 1 and self._waiting_records >= room):
+            if keyed:
+                self._queue(work, groups, loop)
+            else:
+                self._taking.append(work)
+            self._wake_workers(units)
+            while (
+                self._units
+                or self._taking
+                or (len(self._works) > 1 and self._waiting_records >= room)
+            ):
                 self._reader_wait = loop.create_future()
                 try:
                     await self._reader_wait
                 finally:
                     self._reader_wait = None
 
+    def _wake_workers(self, count: int) -> None:
+        """Wake up to ``count`` idle workers (a worker with units to take keeps going by itself)."""
+        idle = self._idle
+        while count and idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled worker's future is skipped
+                waiter.set_result(None)
+                count -= 1
+
     def _groups(self, batch: Batch) -> list[list[int]]:
-        """Each unit's input indices: every record alone, or all records of a key."""
+        """Each unit's input indices: all records of a key."""
         key = self.step.key
-        if key is None:
-            return [[i] for i in range(len(batch.items))]
+        assert key is not None
         groups: dict[Any, list[int]] = {}
         for i in range(len(batch.items)):
             value = batch.record(i) if self.step.record else batch.items[i]
@@ -161,10 +184,8 @@ class AsyncSegment:
         return list(groups.values())
 
     def _queue(self, work: _Work, groups: list[list[int]], loop: asyncio.AbstractEventLoop) -> None:
-        if self.step.key is None:
-            self._units.extend([_Unit(work, indices) for indices in groups])
-            return
         key = self.step.key
+        assert key is not None
         batch = work.batch
         for indices in groups:
             unit = _Unit(work, indices)
@@ -175,6 +196,46 @@ class AsyncSegment:
             self._units.append(unit)
 
     async def _work(self) -> None:
+        if self.step.key is None:
+            await self._work_each()
+        else:
+            await self._work_units()
+
+    async def _work_each(self) -> None:
+        """A worker of a step without a key: one record after another, from the oldest batch."""
+        taking = self._taking
+        ordered = self.step.ordered
+        loop = asyncio.get_running_loop()
+        one = self._one
+        while True:
+            if not taking:
+                if self._closed:
+                    return
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            work = taking[0]
+            i = work.next
+            work.next = i + 1
+            if work.next == len(work.results):
+                taking.popleft()
+                if not taking:
+                    _wake(self._reader_wait)
+            if work.span is None:
+                work.results[i] = await one(work.batch, i)
+            else:
+                assert self.tracer is not None
+                with self.tracer.active(work.span):
+                    work.results[i] = await one(work.batch, i)
+            if not ordered:
+                work.order.append(i)
+            work.left -= 1
+            if not work.left:
+                work.done.set_result(None)
+
+    async def _work_units(self) -> None:
+        """A worker of a keyed step: all records of one key in a batch, after the key's last."""
         units = self._units
         ordered = self.step.ordered
         loop = asyncio.get_running_loop()
@@ -182,9 +243,9 @@ class AsyncSegment:
             if not units:
                 if self._closed:
                     return
-                if self._workers_wait is None or self._workers_wait.done():
-                    self._workers_wait = loop.create_future()
-                await self._workers_wait
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
                 continue
             unit = units.popleft()
             if not units:
