@@ -1,7 +1,9 @@
 """Cost of metrics: W1 with a health server scraped every 100 ms against W1 without one.
 
 riprap's metrics are read from counters the runtime keeps per batch anyway, so
-"metrics on" means a health server running and Prometheus scraping it.
+"metrics on" means a health server running and Prometheus scraping it. The
+scraper is a process of its own, as Prometheus is: what it costs to send
+requests and parse answers is not riprap's.
 
 Run: ``python -m benchmarks.bench_metrics [--records N] [--repeat K]``.
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import subprocess
+import sys
 import time
 
-import aiohttp
 import anyio
 
 import riprap
@@ -21,6 +24,20 @@ import riprap.observability
 from benchmarks.bench_memory import CountSink, make_records, riprap_pipeline
 
 SCRAPE_EVERY = 0.1
+
+SCRAPER = """
+import sys, time, urllib.request
+url, every = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            answer.read()
+    except OSError:
+        pass
+    time.sleep(every)
+"""
+"""Prometheus's part: GET /metrics every ``SCRAPE_EVERY`` s until terminated (10 min at most)."""
 
 
 async def run_once(records: list[bytes], *, scrape: bool) -> float:
@@ -32,22 +49,19 @@ async def run_once(records: list[bytes], *, scrape: bool) -> float:
         if not scrape:
             await running.wait()
         else:
-            async with (
-                riprap.observability.serve_health(running) as server,
-                aiohttp.ClientSession() as session,
-                anyio.create_task_group() as tg,
-            ):
-
-                async def scraper() -> None:
-                    url = f"http://127.0.0.1:{server.port}/metrics"
-                    while True:
-                        async with session.get(url) as response:
-                            await response.read()
-                        await anyio.sleep(SCRAPE_EVERY)
-
-                tg.start_soon(scraper)
-                await running.wait()
-                tg.cancel_scope.cancel()
+            async with riprap.observability.serve_health(running) as server:
+                url = f"http://127.0.0.1:{server.port}/metrics"
+                scraper = await anyio.open_process(
+                    [sys.executable, "-c", SCRAPER, url, str(SCRAPE_EVERY)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+                try:
+                    await running.wait()
+                finally:
+                    scraper.terminate()
+                    with anyio.fail_after(10, shield=True):
+                        await scraper.wait()
     return time.perf_counter() - started
 
 
