@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from riprap._core.errors import ConfigError
 from riprap.cli._console import console_for
-from riprap.cli._load import load_pipeline
+from riprap.cli._load import load_pipeline, source_hook
 from riprap.cli._runs import run_with_report
 
 if TYPE_CHECKING:
@@ -100,16 +100,7 @@ def backfill_pipeline(
     """
     if start >= stop:
         raise ConfigError("--to", f"{stop.isoformat()} is not after --from {start.isoformat()}")
-    source = pipeline.source_
-    if source is None:
-        raise ConfigError("source", f"pipeline {pipeline.name!r} has no source; call .source()")
-    backfill = getattr(source, "backfill", None)
-    if not callable(backfill):
-        raise ConfigError(
-            "source",
-            f"source {source.name!r} of pipeline {pipeline.name!r} cannot backfill: it has "
-            "no backfill(start, stop) method (KafkaSource has one)",
-        )
+    backfill = source_hook(pipeline, "backfill", "backfill(start, stop)", "KafkaSource")
     # Every sink: a fan-out's or route's branches end in sinks of their own.
     sinks = [pipeline.sink_, *(branch.sink_ for _, branch in pipeline.branches)]
     for sink in sinks:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from riprap._core.errors import ConfigError
 from riprap.cli._console import console_for
-from riprap.cli._load import load_pipeline
+from riprap.cli._load import load_pipeline, source_hook
 from riprap.cli._runs import run_with_report
 
 if TYPE_CHECKING:
@@ -63,14 +62,5 @@ def requeue_pipeline(pipeline: Pipeline, *, name: str | None = None) -> Pipeline
     Raises:
         ConfigError: The pipeline has no source, or its source cannot requeue.
     """
-    source = pipeline.source_
-    if source is None:
-        raise ConfigError("source", f"pipeline {pipeline.name!r} has no source; call .source()")
-    requeue = getattr(source, "requeue", None)
-    if not callable(requeue):
-        raise ConfigError(
-            "source",
-            f"source {source.name!r} of pipeline {pipeline.name!r} cannot requeue: it has "
-            "no requeue() method (S3Source has one)",
-        )
+    requeue = source_hook(pipeline, "requeue", "requeue()", "S3Source")
     return pipeline.renamed(name or f"{pipeline.name}.requeue").with_source(requeue())
