@@ -376,6 +376,10 @@ class CircuitBreaker:
 
         .. versionadded:: 0.2
         """
+        if self._state is _CLOSED:  # the hot path, as in allow()
+            return CallPermit(
+                self, self._generation, self._clock.monotonic(), probe=False, stage=stage
+            )
         return self._try_acquire(stage)
 
     def _refuse(self, stage: str | None) -> NoReturn:

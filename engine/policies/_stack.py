@@ -313,6 +313,8 @@ def _coroutine_function(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[
     """``fn`` itself if calling it gives a coroutine, else a thin ``async def`` around it."""
     if inspect.iscoroutinefunction(fn):
         return fn
+    if not inspect.isfunction(fn) and inspect.iscoroutinefunction(type(fn).__call__):
+        return fn  # type: ignore[return-value]  # an instance whose __call__ is async def
 
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         return await fn(*args, **kwargs)

@@ -327,6 +327,26 @@ async def test_empty_stack_passes_calls_through() -> None:
     assert 5 == await PolicyStack().wrap(identity)(5)
 
 
+class _AsyncCallable:
+    """A dependency client called as an object: ``await client(x)``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, x: int) -> int:
+        self.calls += 1
+        return x * 2
+
+
+@pytest.mark.anyio
+async def test_an_async_callable_object_is_called_without_a_wrapper() -> None:
+    """An object whose ``__call__`` is ``async def`` needs no frame of its own around it."""
+    client = _AsyncCallable()
+    assert client is PolicyStack().wrap(client)
+    wrapped = PolicyStack(Policies(retry=Retry(attempts=2))).wrap(client)
+    assert (8, 1) == (await wrapped(4), client.calls)
+
+
 @pytest.mark.anyio
 async def test_full_stack_on_the_system_clock() -> None:
     """Every layer together on the real clock: a flaky call succeeds on its second attempt."""
