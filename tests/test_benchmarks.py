@@ -14,6 +14,7 @@ from benchmarks import (
     bench_memory,
     bench_metrics,
     bench_policies,
+    bench_topology,
     suite,
     w1_memory,
     w2_kafka,
@@ -40,6 +41,13 @@ def test_policy_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """The policy overhead benchmark runs with a few calls and prints the full stack."""
     bench_policies.main(["--calls", "200", "--repeat", "1"])
     assert "full stack" in capsys.readouterr().out
+
+
+def test_topology_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """T1 runs on 2,000 records: one sink, a fan-out and a route count the same records."""
+    bench_topology.main(["--records", "2000", "--repeat", "1"])
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert ["single sink", "fan-out to 2", "route to 2"] == [line[:16].strip() for line in lines]
 
 
 def test_metrics_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
