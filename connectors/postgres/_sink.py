@@ -213,8 +213,12 @@ class PostgresSink:
 
     def _rows(self, batch: Batch, sql: _Statements) -> list[Row]:
         """The last operation per key as staged text rows (one write per key and statement)."""
-        last: dict[tuple[str | None, ...], Row] = {}
         end = 1 + len(self.key)
+        if not self.cdc:
+            plain = _plain_rows(batch.items, sql.columns, end)
+            if plain is not None:
+                return plain
+        last: dict[tuple[str | None, ...], Row] = {}
         for index, value in enumerate(batch.items):
             row = self._row(batch, index, value, sql.columns)
             if row is not None:
@@ -255,6 +259,40 @@ class PostgresSink:
         partition, offset = batch.position(index)
         where = f"record at {partition}@{offset}" if partition is not None else f"item {index}"
         return DataError(f"{self.name}: {self.where}: {where}: {problem}", reason=reason)
+
+
+_OTHER = object()
+"""Stands for a value :func:`_plain_rows` leaves to :func:`as_text`."""
+
+
+def _plain_rows(items: list[Any], columns: Sequence[str], end: int) -> list[Row] | None:
+    """The rows of a batch of plain dicts of text, numbers and nulls, converted inline.
+
+    The common batch costs no function call per value; ``None`` when a value
+    needs :func:`as_text` or a record is not a dict or lacks a key column, and
+    the record-by-record path then converts it or names what is wrong.
+    """
+    last: dict[tuple[str | None, ...], Row] = {}
+    for value in items:
+        if value.__class__ is not dict:
+            return None
+        row: tuple[Any, ...] = (
+            "u",
+            *[
+                x
+                if x.__class__ is str or x is None
+                else str(x)
+                if x.__class__ is int
+                else repr(x)
+                if x.__class__ is float
+                else _OTHER
+                for x in map(value.get, columns)
+            ],
+        )
+        if _OTHER in row or None in row[1:end]:
+            return None
+        last[row[1:end]] = row  # text and nulls only: no _OTHER left
+    return list(last.values())
 
 
 _COLUMNS = """

@@ -65,6 +65,35 @@ async def test_last_value_per_key_in_a_batch_wins(items: PostgresSink, pg: PgHel
     assert {1: {"id": 1, "name": "b", "qty": 2}} == await pg.table("items")
 
 
+@pytest.mark.parametrize(
+    ("odd", "stored"),
+    [(None, None), (True, "t"), ({"not": "a column"}, '{"not":"a column"}')],
+    ids=["plain", "a bool", "a mapping"],
+)
+async def test_a_key_written_as_int_and_as_text_is_one_row(
+    items: PostgresSink, pg: PgHelper, odd: Any, stored: str | None
+) -> None:
+    """Keys compare as PostgreSQL text (5 and "5" are one key), whatever else the batch holds.
+
+    A batch of plain values, and one with a value that needs the careful
+    conversion (a bool, a mapping as JSON text), give the same rows.
+    """
+    values: list[Any] = [
+        {"id": 5, "name": "int", "qty": 1},
+        {"id": "5", "name": "text", "qty": 2},
+        {"id": 6, "name": "six", "qty": None},
+    ]
+    expected: dict[int, dict[str, Any]] = {
+        5: {"id": 5, "name": "text", "qty": 2},
+        6: {"id": 6, "name": "six", "qty": None},
+    }
+    if odd is not None:
+        values.append({"id": 7, "name": odd, "qty": 4})
+        expected[7] = {"id": 7, "name": stored, "qty": 4}
+    await items.write(batch_of(values))
+    assert expected == await pg.table("items")
+
+
 async def test_change_events_upsert_and_delete(pg: PgHelper) -> None:
     """In CDC mode creates and updates upsert ``after``; a delete removes ``before``'s key."""
     await pg.execute(TABLE, "INSERT INTO items VALUES (9, 'old', 1)")
