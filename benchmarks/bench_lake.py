@@ -9,7 +9,9 @@ ratio (loop time / riprap time, wall clock and CPU) shows what riprap's
 checkpoints, acks, schema checks and exactly-once bookkeeping cost on top.
 Target: 0.80 or more.
 
-Run: ``python -m benchmarks.bench_lake [--records N] [--repeat K]``.
+Run: ``python -m benchmarks.bench_lake [--records N] [--repeat K]``. The
+suite runs the same work one implementation per process as W7 (Parquet) and
+W8 (Delta): see :func:`child_impls`.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ import pyarrow.parquet as pq
 from deltalake import WriterProperties, write_deltalake
 
 import riprap
+from benchmarks._child import start_measuring
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.lake import DeltaSink, ParquetSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from benchmarks._child import Impl, Result
 
 BATCH = 10_000
 FILE_ROWS = 50_000
@@ -119,7 +124,9 @@ def pipeline(path: Path, sink: riprap.Sink, state: Path) -> riprap.Pipeline:
             "bench-lake",
             checkpoint_path=str(state),
             batch_size=BATCH,
-            max_in_flight=FILE_ROWS + 2 * BATCH,
+            # Room for one file being stored (in a worker thread) while the next
+            # one fills: the engine overlaps the two, the loop does one, then the other.
+            max_in_flight=2 * FILE_ROWS + 2 * BATCH,
         )
         .source(JsonLinesSource(str(path)))
         .map("parse", orjson.loads)
@@ -158,6 +165,36 @@ def best(
         cpus.append(time.process_time() - cpu)
         shutil.rmtree(out, ignore_errors=True)
     return min(walls), min(cpus)
+
+
+def child_impls(target: str) -> dict[str, Impl]:
+    """The suite's implementations for ``target`` (``"parquet"`` or ``"delta"``): loop, riprap."""
+    loop, engine = (
+        (loop_parquet, riprap_parquet) if target == "parquet" else (loop_delta, riprap_delta)
+    )
+    return {"pyarrow loop": _measured(loop), "riprap": _measured(engine)}
+
+
+def _measured(run: Callable[[Path, Path], None]) -> Impl:
+    """One measured run of ``run`` over ``--records`` orders written to a temporary file."""
+
+    def impl(args: argparse.Namespace) -> Result:
+        with tempfile.TemporaryDirectory() as folder:
+            work = Path(folder)
+            path = work / "orders.jsonl"
+            make_input(path, args.records)
+            start_measuring()
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(path, work / "out")
+            seconds = time.perf_counter() - wall
+            cpu_s = time.process_time() - cpu
+        return {
+            "seconds": seconds,
+            "count": args.records,
+            "records_per_cpu_s": args.records / cpu_s,
+        }
+
+    return impl
 
 
 def main() -> None:

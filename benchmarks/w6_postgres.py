@@ -1,40 +1,53 @@
-"""W6: upserts into PostgreSQL, riprap's sink against a raw asyncpg loop; and CDC throughput.
+"""W6 for the suite: a JSON Lines file upserted into PostgreSQL, one implementation per process.
 
-Both upsert sides write the same records (``{id, name, qty, price}``, ids
-repeating so half the writes are updates) into the same table with the same
-batch size, each batch one transaction:
+The input is ``--records`` rows ``{id, name, qty, price}`` over half as many
+ids (each id is written twice: an insert, then an update), written to a JSON
+Lines file before the clock starts. Both sides parse every line with orjson
+and write batches of riprap's default size (1,000), each batch one
+transaction, into a fresh table:
 
-* **asyncpg loop** (the limit): per batch, binary COPY of the text values into
-  a temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``.
-* **riprap**: an in-memory source -> ``PostgresSink`` (the same COPY + merge,
-  plus key checks and per-batch de-duplication), checkpoints in memory.
+* **asyncpg loop** (the limit): per batch, the last row per id, binary COPY of
+  the text values into a temporary table and one
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``.
+* **riprap**: ``JsonLinesSource(path, decode=True)`` -> ``PostgresSink`` with
+  every option at its default (the same COPY + merge plus key checks, a pool
+  of 4, SQLite checkpoints), run with ``riprap.run`` as a script runs it.
 
-**CDC**: rows inserted in transactions of 1,000 are read back from a logical
-replication slot by ``PostgresCDCSource`` through a pipeline into a counting
-sink: change events per second, decoding included.
+Each run gets a database of its own (created before the clock, dropped
+after), and the child checks that the table holds every id with its last
+write. The suite starts one server (``riprap.testing.postgres_server``, the
+dev extra's binaries, ``fsync=off``, on the same cores) and passes ``--dsn``;
+standalone, the child starts its own.
 
-The server is a throw-away one from ``riprap.testing.postgres_server`` (the dev
-extra's binaries, ``fsync=off``) on the same cores as the benchmark.
-
-Run: ``python -m benchmarks.w6_postgres [--records 500000] [--batch 5000] [--cdc 200000]``.
+Run: ``python -m benchmarks.w6_postgres [--impl NAME] [--records N] [--dsn DSN] [--json]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
+import functools
+import tempfile
 import time
-from typing import Any
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import orjson
 
 import riprap
-import riprap.checkpoints
-from benchmarks.bench_memory import CountSink
-from riprap.connectors.memory import IterableSource
-from riprap.connectors.postgres import PostgresCDCSource, PostgresSink
+from benchmarks._child import Result, Skipped, child_main, peak_rss_mib, start_measuring
+from riprap.connectors.files import JsonLinesSource
+from riprap.connectors.postgres import PostgresSink
 from riprap.testing import postgres_server
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator
+
+BATCH = 1_000
+"""Records per batch on both sides: riprap's default ``batch_size``."""
 TABLE = "CREATE TABLE IF NOT EXISTS target (id int PRIMARY KEY, name text, qty int, price numeric)"
 STAGE = "CREATE TEMP TABLE IF NOT EXISTS stage (id text, name text, qty text, price text)"
 MERGE = (
@@ -45,114 +58,156 @@ MERGE = (
 )
 
 
-def make_records(n: int) -> list[dict[str, Any]]:
-    """``n`` rows over ``n // 2`` ids: every id is written twice (an insert, then an update)."""
-    return [
-        {"id": i % (n // 2), "name": f"item-{i}", "qty": i % 7, "price": f"{i % 100}.25"}
-        for i in range(n)
-    ]
+def record(i: int, ids: int) -> dict[str, Any]:
+    """Row ``i`` of the input: ids repeat every ``ids`` rows, so later rows update earlier ones."""
+    return {"id": i % ids, "name": f"item-{i}", "qty": i % 7, "price": f"{i % 100}.25"}
 
 
-async def raw_loop(dsn: str, records: list[dict[str, Any]], batch: int) -> float:
-    """The asyncpg COPY + merge loop; returns seconds."""
+def write_input(path: Path, n: int) -> dict[int, int]:
+    """Write ``n`` rows over ``n // 2`` ids as JSON Lines; ``{id: qty}`` of each id's last write.
+
+    Each id is written twice (an insert, then an update); rows are made one at
+    a time, so the child's peak RSS is its run's and not the input's.
+    """
+    last: dict[int, int] = {}
+    ids = max(n // 2, 1)
+    with path.open("wb") as out:
+        for i in range(n):
+            row = record(i, ids)
+            out.write(orjson.dumps(row) + b"\n")
+            last[row["id"]] = row["qty"]
+    return last
+
+
+def batches(path: Path, size: int) -> Iterator[list[Any]]:
+    """The file's records, parsed, ``size`` at a time."""
+    with path.open("rb") as lines:
+        batch: list[Any] = []
+        for line in lines:
+            batch.append(orjson.loads(line))
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+async def raw_loop(dsn: str, path: Path, batch: int = BATCH) -> None:
+    """The asyncpg COPY + merge loop over the file, one transaction per batch."""
     conn = await asyncpg.connect(dsn)
     try:
-        started = time.perf_counter()
-        for at in range(0, len(records), batch):
-            chunk = records[at : at + batch]
+        for chunk in batches(path, batch):
             last = {row["id"]: row for row in chunk}  # one write per key and statement
             rows = [(str(r["id"]), r["name"], str(r["qty"]), r["price"]) for r in last.values()]
             async with conn.transaction():
                 await conn.execute(STAGE + " ON COMMIT DELETE ROWS")
                 await conn.copy_records_to_table("stage", records=rows)
                 await conn.execute(MERGE)
-        return time.perf_counter() - started
     finally:
         await conn.close()
 
 
-async def riprap_sink(dsn: str, records: list[dict[str, Any]], batch: int) -> float:
-    """In-memory source -> PostgresSink; returns seconds."""
-    pipeline = (
-        riprap.Pipeline(
-            "bench-w6", checkpoint=riprap.checkpoints.MemoryCheckpoints(), batch_size=batch
-        )
-        .source(IterableSource("rows", records))
-        .sink(PostgresSink(dsn, "target", pool_size=1))
+def riprap_pipeline(dsn: str, path: Path, checkpoints: Path) -> riprap.Pipeline:
+    """File -> ``PostgresSink`` at the defaults (SQLite checkpoints under ``checkpoints``)."""
+    return (
+        riprap.Pipeline("bench-w6", checkpoint_path=str(checkpoints / "checkpoints.db"))
+        .source(JsonLinesSource(str(path), decode=True))
+        .sink(PostgresSink(dsn, "target"))
     )
-    started = time.perf_counter()
-    await pipeline.run()
-    return time.perf_counter() - started
 
 
-async def cdc(dsn: str, rows: int) -> float:
-    """Seconds for the CDC source to hand over ``rows`` inserts already waiting in its slot.
+def run_riprap(dsn: str, path: Path, checkpoints: Path) -> None:
+    """Run the pipeline to the end of the file with ``riprap.run``."""
+    riprap.run(riprap_pipeline(dsn, path, checkpoints), handle_signals=False)
 
-    Raises:
-        RuntimeError: Not every insert arrived within 600 s.
-    """
+
+@contextlib.contextmanager
+def server(dsn: str | None) -> Iterator[str]:
+    """The server the suite passed in, or one of our own for a standalone run."""
+    if dsn:
+        yield dsn
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            own = stack.enter_context(postgres_server())
+        except RuntimeError as error:
+            raise Skipped(f"no PostgreSQL server: {error}") from None
+        yield own
+
+
+@contextlib.contextmanager
+def fresh_database(dsn: str) -> Iterator[str]:
+    """A new database holding an empty ``target`` table; its DSN. Dropped on exit."""
+    name = f"w6_{uuid.uuid4().hex[:12]}"
+    own = dsn.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(_execute(dsn, f"CREATE DATABASE {name}"))
+    try:
+        asyncio.run(_execute(own, TABLE))
+        yield own
+    finally:
+        asyncio.run(_execute(dsn, f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+async def _execute(dsn: str, statement: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("CREATE TABLE events (id int PRIMARY KEY, body text)")
-        await conn.execute("CREATE PUBLICATION bench FOR TABLE events")
-        await conn.execute("SELECT pg_create_logical_replication_slot('bench', 'pgoutput')")
-        for at in range(0, rows, 1_000):
-            await conn.execute(
-                "INSERT INTO events SELECT i, repeat('x', 50) FROM generate_series($1::int, $2) i",
-                at,
-                min(at + 1_000, rows) - 1,
-            )
+        await conn.execute(statement)
     finally:
         await conn.close()
-    source = PostgresCDCSource(dsn, slot="bench", publication="bench", snapshot=False)
-    sink = CountSink()
-    pipeline = (
-        riprap.Pipeline("bench-cdc", checkpoint=riprap.checkpoints.MemoryCheckpoints())
-        .source(source)
-        .sink(sink)
-    )
-    started = time.perf_counter()
-    async with pipeline.open() as running:
-        for _ in range(60_000):  # at most 600 s
-            if sink.count >= rows:
-                break
-            await asyncio.sleep(0.01)
-        seconds = time.perf_counter() - started
-        running.stop()
-    if sink.count < rows:
-        raise RuntimeError(f"the CDC source handed over {sink.count} of {rows} inserts")
-    return seconds
 
 
-async def main(args: argparse.Namespace, dsn: str) -> None:
-    records = make_records(args.records)
+async def table_state(dsn: str) -> dict[int, int]:
+    """``{id: qty}`` of every row of ``target``."""
     conn = await asyncpg.connect(dsn)
-    await conn.execute(TABLE)
-    best: dict[str, float] = {}
-    for _ in range(args.repeat):
-        for name, run in (("asyncpg loop", raw_loop), ("riprap", riprap_sink)):
-            await conn.execute("TRUNCATE target")
-            seconds = await run(dsn, records, args.batch)
-            best[name] = min(best.get(name, seconds), seconds)
-    await conn.close()
-    print(f"W6 upsert: {args.records:,} records, batch {args.batch:,}, best of {args.repeat}")
-    for name, seconds in best.items():
-        print(f"  {name:<14} {seconds:7.2f} s  {args.records / seconds:>10,.0f} records/s")
-    print(f"  riprap / loop  {best['asyncpg loop'] / best['riprap']:.2f}")
-    if args.cdc:
-        seconds = await cdc(dsn, args.cdc)
-        print(
-            f"W6 CDC: {args.cdc:,} inserts read in {seconds:.2f} s: "
-            f"{args.cdc / seconds:,.0f} events/s"
-        )
+    try:
+        return {row["id"]: row["qty"] for row in await conn.fetch("SELECT id, qty FROM target")}
+    finally:
+        await conn.close()
+
+
+def measure(name: str, args: argparse.Namespace) -> Result:
+    """Write the input, then time one run of implementation ``name`` and check the table."""
+    with (
+        server(args.dsn) as dsn,
+        fresh_database(dsn) as own,
+        tempfile.TemporaryDirectory(prefix="w6-") as work,
+    ):
+        path = Path(work) / "input.jsonl"
+        expected = write_input(path, args.records)
+        rss_start = start_measuring()
+        cpu = time.process_time()
+        started = time.perf_counter()
+        if name == "riprap":
+            run_riprap(own, path, Path(work))
+        else:
+            asyncio.run(raw_loop(own, path))
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        peak = peak_rss_mib()
+        if asyncio.run(table_state(own)) != expected:
+            raise SystemExit(f"{name}: the table does not hold every id's last write")
+    return {
+        "seconds": seconds,
+        "count": len(expected),
+        "batch": BATCH,
+        "records_per_cpu_s": round(args.records / cpu) if cpu > 0 else None,
+        "rss_start_mib": round(rss_start, 1),
+        "peak_rss_mib": peak,
+    }
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dsn", help="the server's DSN (default: start one)")
+
+
+IMPLEMENTATIONS = {name: functools.partial(measure, name) for name in ("asyncpg loop", "riprap")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    child_main(
+        __doc__, IMPLEMENTATIONS, argv, default_records=500_000, add_arguments=_add_arguments
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=500_000)
-    parser.add_argument("--batch", type=int, default=5_000)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cdc", type=int, default=200_000)
-    arguments = parser.parse_args()
-    with postgres_server() as server_dsn:
-        asyncio.run(main(arguments, server_dsn))
+    main()

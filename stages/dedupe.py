@@ -13,6 +13,11 @@ that brought it in is itself done (written or dead-lettered): a record that
 was let through but not yet written when the checkpoint was taken is replayed
 and let through again, never lost.
 
+Taking the keys for a checkpoint costs the event loop O(1) whatever their
+number: they are kept copy-on-write (``riprap.stages._timed_keys``) and
+:meth:`Dedupe.snapshot` hands over a frozen :class:`DedupeSnapshot`, which the
+checkpoint backend turns into JSON in a worker thread.
+
 Keys are compared, and saved, as strings: ``str(key)``. ``1`` and ``"1"`` are
 therefore the same key; use a key function that returns a string when that
 matters.
@@ -23,8 +28,7 @@ matters.
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, final
@@ -32,13 +36,18 @@ from typing import TYPE_CHECKING, Any, Literal, final
 from riprap import Batch, ConfigError, DataError
 from riprap.lowlevel import Ack, DropsOrigin
 
+from ._timed_keys import TimedKeys
+
 if TYPE_CHECKING:
     from riprap import StageContext
     from riprap.lowlevel import Emit
 
-__all__ = ("Dedupe", "DedupeStatistics", "TimeSource")
+    from ._timed_keys import FrozenKeys
 
-_STATE_VERSION = 1
+__all__ = ("Dedupe", "DedupeSnapshot", "DedupeStatistics", "TimeSource")
+
+_STATE_VERSION = 2
+"""2: keys and their times in two parallel lists (1: a list of ``[key, time]`` pairs)."""
 _MISSING: Any = object()
 
 TimeSource = Literal["clock", "event"] | Callable[[Any], float]
@@ -65,6 +74,53 @@ class DedupeStatistics:
     keys: int
     pending: int
     evicted: int
+
+
+@final
+class DedupeSnapshot:
+    """A :class:`Dedupe` state at a checkpoint cut, handed over without copying the keys.
+
+    A :class:`~riprap.checkpoints.DeferredState`: the checkpoint backend calls
+    :meth:`materialize` in a worker thread when it encodes the checkpoint.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_keys", "_pending", "watermark")
+
+    _keys: FrozenKeys
+    _pending: frozenset[str]
+    watermark: float | None
+    """The latest time seen at the cut (``None`` before any)."""
+
+    @classmethod
+    def _taken(
+        cls, keys: FrozenKeys, pending: frozenset[str], watermark: float | None
+    ) -> DedupeSnapshot:
+        """The snapshot :meth:`Dedupe.snapshot` hands out (not built by users)."""
+        snapshot = cls.__new__(cls)
+        snapshot._keys, snapshot._pending, snapshot.watermark = keys, pending, watermark
+        return snapshot
+
+    def materialize(self) -> dict[str, Any]:
+        """The state as saved: the keys whose records were done at the cut, oldest first, their
+        times in a parallel list, and the latest time seen.
+
+        Built in slices by C code into two flat lists (no object per key for
+        the garbage collector to scan), so the thread building it shares the
+        GIL often; when due, the stage's key levels are merged here too.
+        """
+        view = self._keys
+        if view.compact:
+            view.merged()  # the stage puts it in place of the levels at its next snapshot
+        keys, times = view.visible(self._pending)
+        view.dispose()  # frees replaced key tables here, off the loop
+        return {
+            "version": _STATE_VERSION,
+            "keys": keys,
+            "times": times,
+            "watermark": self.watermark,
+        }
 
 
 def _key_function(key: str | Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -130,10 +186,12 @@ class Dedupe:
     """
 
     __slots__ = (
+        "_changes",
         "_context",
         "_duplicates",
         "_evicted",
         "_key",
+        "_last",
         "_pending",
         "_records_in",
         "_seen",
@@ -172,8 +230,12 @@ class Dedupe:
         self.max_keys = max_keys
         self.time = time
         self._context: StageContext | None = None
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen = TimedKeys()
         self._pending: dict[str, int] = {}
+        self._changes = 0
+        """Bumped by every change of what a snapshot would hold."""
+        self._last: tuple[int, DedupeSnapshot] | None = None
+        """The last snapshot and the change count it saw: handed out again while unchanged."""
         self._watermark = float("-inf")
         self._records_in = 0
         self._duplicates = 0
@@ -187,8 +249,9 @@ class Dedupe:
         """
         self._context = context
         for key in self._pending:
-            self._seen.pop(key, None)
+            self._seen.discard(key)
         self._pending = {}
+        self._changes += 1
 
     async def process(self, batch: Batch, emit: Emit) -> None:
         """Emit the records whose key is new (or expired); drop the others."""
@@ -199,7 +262,9 @@ class Dedupe:
         kept: list[Any] = []
         drops: list[int] = []
         keys: list[str] = []
-        seen, ttl, max_keys = self._seen, self.ttl, self.max_keys
+        seen, ttl = self._seen, self.ttl
+        remembered, remember = seen.get, seen.add
+        limit = self.max_keys if self.max_keys is not None else float("inf")
         duplicates = self._duplicates
         for index, value in enumerate(batch.items):
             try:
@@ -209,20 +274,20 @@ class Dedupe:
                 drops.append(len(kept))
                 context.dead_letter(batch, index, error, None)
                 continue
-            before = seen.get(key)
+            before = remembered(key)
             if before is not None and (ttl is None or now - before < ttl):
                 drops.append(len(kept))
                 self._duplicates += 1
                 continue
             if before is not None:
-                del seen[key]  # expired: re-enter at the back with the new time
-            seen[key] = now
-            if max_keys is not None and len(seen) > max_keys:
-                seen.popitem(last=False)
+                seen.discard(key)  # expired: re-enter at the back with the new time
+            if remember(key, now) > limit:
+                seen.pop_oldest()
                 self._evicted += 1
             kept.append(value)
             keys.append(key)
         self._records_in += len(batch.items)
+        self._changes += 1
         context.dropped(self._duplicates - duplicates)  # the run report counts them (I7)
         self._evict()
         if not kept:
@@ -233,12 +298,19 @@ class Dedupe:
     async def finish(self, emit: Emit) -> None:
         """Nothing is held back."""
 
-    def snapshot(self) -> dict[str, Any]:
-        """The remembered keys whose records are done, with their times, oldest first."""
-        pending = self._pending
-        keys = [[key, at] for key, at in self._seen.items() if key not in pending]
+    def snapshot(self) -> DedupeSnapshot:
+        """The remembered keys whose records are done, as a frozen :class:`DedupeSnapshot`.
+
+        O(1) in the number of keys (O(keys not done yet)): the same object while
+        nothing changed, so an unchanged state is recognised without a comparison.
+        """
+        last = self._last
+        if last is not None and last[0] == self._changes:
+            return last[1]
         watermark = self._watermark if self._watermark != float("-inf") else None
-        return {"version": _STATE_VERSION, "keys": keys, "watermark": watermark}
+        snapshot = DedupeSnapshot._taken(self._seen.freeze(), frozenset(self._pending), watermark)
+        self._last = (self._changes, snapshot)
+        return snapshot
 
     def restore(self, state: Any) -> None:
         """Take back what :meth:`snapshot` saved.
@@ -246,10 +318,17 @@ class Dedupe:
         Raises:
             ValueError: ``state`` is not a dedupe snapshot of a known version.
         """
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        if version not in (1, _STATE_VERSION):
             raise ValueError(f"stage {self.step_id!r}: not a dedupe snapshot: {state!r:.80}")
-        self._seen = OrderedDict((str(key), float(at)) for key, at in state["keys"])
+        pairs: Iterable[tuple[str, float]]
+        if version == 1:
+            pairs = ((str(key), float(at)) for key, at in state["keys"])
+        else:
+            pairs = zip(map(str, state["keys"]), map(float, state["times"]), strict=True)
+        self._seen = TimedKeys(pairs)
         self._pending = {}
+        self._changes += 1
         watermark = state.get("watermark")
         self._watermark = float("-inf") if watermark is None else float(watermark)
         self._evict()
@@ -315,11 +394,11 @@ class Dedupe:
             horizon = self._watermark - self.ttl
             # Keys enter in time order, except out-of-order event times: those
             # stay a little longer, which costs memory, never correctness.
-            while seen and next(iter(seen.values())) <= horizon:
-                seen.popitem(last=False)
+            while (oldest := seen.oldest()) is not None and oldest[1] <= horizon:
+                seen.pop_oldest()
         if self.max_keys is not None:
             while len(seen) > self.max_keys:
-                seen.popitem(last=False)
+                seen.pop_oldest()
         self._evicted += before - len(seen)
 
     def _output(self, batch: Batch, kept: list[Any], drops: list[int], keys: list[str]) -> Batch:
@@ -340,4 +419,5 @@ class Dedupe:
                 pending[key] = left
             else:
                 pending.pop(key, None)
+        self._changes += 1
         upstream.release()

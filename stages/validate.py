@@ -400,12 +400,16 @@ class Validate:
 
     As a stage (``pipeline.stage(Validate(...))``) a failing record goes to the
     dead-letter queue with reason ``validation`` and the rest of the batch goes
-    on. As a function (``pipeline.map("check", Validate(...))``) it returns the
+    on; with ``rejects=`` it goes to that side output instead (its value as it
+    came), which the pipeline wires to a sink with ``Pipeline.side_output``.
+    As a function (``pipeline.map("check", Validate(...))``) it returns the
     value or raises :class:`ValidationError`, which the step dead-letters.
 
     Args:
         step_id: The step's name.
         *rules: :class:`Rule` objects, usually from :class:`Expect`.
+        rejects: The side output failing records go to, instead of the
+            dead-letter queue (as a stage only).
 
     Raises:
         ConfigError: No rule, or an argument that is not a rule.
@@ -413,9 +417,18 @@ class Validate:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_context", "_failed", "_failures", "_records_in", "rules", "step_id")
+    __slots__ = (
+        "_context",
+        "_failed",
+        "_failures",
+        "_records_in",
+        "_rejects",
+        "rules",
+        "side_outputs",
+        "step_id",
+    )
 
-    def __init__(self, step_id: str, *rules: Rule) -> None:
+    def __init__(self, step_id: str, *rules: Rule, rejects: str | None = None) -> None:
         if not rules:
             raise ConfigError(f"Validate({step_id!r}).rules", "give at least one rule")
         for rule in rules:
@@ -423,6 +436,9 @@ class Validate:
                 raise ConfigError(f"Validate({step_id!r}).rules", f"{rule!r} is not a Rule")
         self.step_id = step_id
         self.rules = rules
+        self.side_outputs: tuple[str, ...] = () if rejects is None else (rejects,)
+        """The side output of the failing records, when ``rejects`` names one."""
+        self._rejects: Emit | None = None
         self._context: StageContext | None = None
         self._records_in = 0
         self._failed = 0
@@ -448,36 +464,56 @@ class Validate:
 
         Raises:
             ValidationError: ``value`` breaks a rule.
+            ConfigError: ``rejects`` is set: only the stage form has side outputs.
         """
+        if self.side_outputs:
+            raise ConfigError(
+                f"Validate({self.step_id!r}).rejects",
+                "sends failing records to a side output only as a stage: use .stage(...)",
+            )
         found = self._checked(value)
         if found:
             raise ValidationError(found)
         return value
 
     async def open(self, context: StageContext) -> None:
-        """Keep the context: its ``dead_letter`` takes the failing records."""
+        """Keep the context: its ``dead_letter`` or the ``rejects`` output takes failing records."""
         self._context = context
+        if self.side_outputs:
+            self._rejects = context.side_output(self.side_outputs[0])
 
     async def process(self, batch: Batch, emit: Emit) -> None:
-        """Emit the valid records; dead-letter the others (reason ``validation``)."""
+        """Emit the valid records; dead-letter the others (reason ``validation``) or reject them."""
         context = self._context
         if context is None:
             raise RuntimeError(f"stage {self.step_id!r} was not opened")
         kept: list[Any] = []
         drops: list[int] = []
+        failed: list[Any] = []
+        passes: list[int] = []
         for index, value in enumerate(batch.items):
             found = self._checked(value)
             if not found:
+                passes.append(len(failed))
                 kept.append(value)
                 continue
             drops.append(len(kept))
-            context.dead_letter(batch, index, ValidationError(found), "validation")
+            if self._rejects is None:
+                context.dead_letter(batch, index, ValidationError(found), "validation")
+            else:
+                failed.append(value)
+        if failed:  # the rejects' share of the ack, taken before the valid records go on
+            batch.ack.retain()
+            rejected = Batch(failed, batch.ack, DropsOrigin(batch.origin, passes))
         if not drops:
             await emit(batch)
         elif kept:
             await emit(Batch(kept, batch.ack, DropsOrigin(batch.origin, drops)))
         else:
-            batch.ack.release()  # every record is held by its dead-letter write
+            batch.ack.release()  # every record is held by its dead-letter write or the rejects
+        if failed:
+            assert self._rejects is not None
+            await self._rejects(rejected)
 
     async def finish(self, emit: Emit) -> None:
         """Nothing is held."""

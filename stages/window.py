@@ -13,7 +13,9 @@ Time
     result again (same key and start: an upserting sink keeps the last one).
     Once the watermark passes ``end + allowed_lateness`` the window is purged.
     A record all of whose windows are purged is *late*: it goes to the
-    dead-letter queue with reason ``"late"``, or to an ``on_late`` callback.
+    dead-letter queue with reason ``"late"``, to the side output ``late``
+    (``on_late="output"``, wired with ``Pipeline.side_output("late", sink)``),
+    or to an ``on_late`` callback.
 
 Bounded event time
     With ``max_skew`` set, a record whose event time is more than
@@ -67,7 +69,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, final
 import orjson
 
 from riprap import Batch, ConfigError, DataError, Record
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, DropsOrigin
 
 if TYPE_CHECKING:
     from riprap import SourceBatch, StageContext
@@ -336,9 +338,13 @@ class Window:
             event time seen.
         allowed_lateness: Seconds a window stays open for late updates after
             the watermark has passed its end.
-        on_late: ``"dlq"`` dead-letters late records with reason ``late``; a
-            callable receives each late :class:`~riprap.Record` instead (the
-            record then counts as done, like a filtered one).
+        on_late: ``"dlq"`` dead-letters late records with reason ``late``;
+            ``"output"`` emits them (their values, as they came) to the side
+            output ``late_output``, which the pipeline must wire to a sink
+            (they are done once that sink has them); a callable receives each
+            late :class:`~riprap.Record` instead (the record then counts as
+            done, like a filtered one).
+        late_output: The side output's name for ``on_late="output"``.
         max_skew: Seconds an event time may be ahead of the watermark (or of
             wall time); beyond it the record is dead-lettered with reason
             ``timestamp_out_of_range``. ``None`` (the default) accepts any time.
@@ -368,7 +374,8 @@ class Window:
         initial: Any = None,
         out_of_orderness: float = 0.0,
         allowed_lateness: float = 0.0,
-        on_late: Literal["dlq"] | LateHandler = "dlq",
+        on_late: Literal["dlq", "output"] | LateHandler = "dlq",
+        late_output: str = "late",
         max_skew: float | None = None,
         skew_from: Literal["watermark", "wall"] = "watermark",
     ) -> None:
@@ -379,9 +386,12 @@ class Window:
         self._time = time
         self.out_of_orderness = _not_negative("out_of_orderness", out_of_orderness)
         self.allowed_lateness = _not_negative("allowed_lateness", allowed_lateness)
-        if on_late != "dlq" and not callable(on_late):
-            raise ConfigError("on_late", f"must be 'dlq' or a callable, got {on_late!r}")
+        if on_late not in ("dlq", "output") and not callable(on_late):
+            raise ConfigError("on_late", f"must be 'dlq', 'output' or a callable, got {on_late!r}")
         self.on_late = on_late
+        self.side_outputs: tuple[str, ...] = (late_output,) if on_late == "output" else ()
+        """The side output late records go to (with ``on_late="output"``)."""
+        self._late_emit: Emit | None = None
         if max_skew is not None:
             _positive("max_skew", max_skew)
         if skew_from not in ("watermark", "wall"):
@@ -403,12 +413,15 @@ class Window:
         self._replay: list[tuple[tuple[Any, Any], int]] = []
         self._absorbed = _Absorbed()
         self._counts = {"absorbed": 0, "late": 0, "skipped": 0, "out_of_range": 0}
+        self._late_now: list[int] = []
 
     # -- the Stage protocol -------------------------------------------------------
 
     async def open(self, context: StageContext) -> None:
-        """Keep the context: late records are dead-lettered through it."""
+        """Keep the context: late records are dead-lettered or sent to a side output through it."""
         self._context = context
+        if self.side_outputs:
+            self._late_emit = context.side_output(self.side_outputs[0])
 
     async def process(self, batch: Batch, emit: Emit) -> None:
         """Absorb a batch, release its ack, then emit the results that became due."""
@@ -417,8 +430,12 @@ class Window:
         if self._context is not None:  # the report and the DLQ guard see absorbed records
             self._context.absorbed(self._counts["absorbed"] + self._counts["skipped"] - before)
         results = self._collect(self.watermark)
+        late = self._late_batch(batch)  # retains the ack for the side output
         batch.ack.release()  # absorbed (or dead-lettered, which retained the ack)
         await self._emit(results, emit)
+        if late is not None:
+            assert self._late_emit is not None
+            await self._late_emit(late)
 
     async def finish(self, emit: Emit) -> None:
         """End of input: emit every changed window (see the module docstring)."""
@@ -634,7 +651,11 @@ class Window:
 
     def _late(self, batch: Batch, index: int, t: float) -> None:
         self._counts["late"] += 1
-        if self.on_late == "dlq":
+        if self.on_late == "output":
+            if self._late_emit is None:
+                raise RuntimeError(f"window step {self.step_id!r} was not opened; no side output")
+            self._late_now.append(index)
+        elif self.on_late == "dlq":
             error = DataError(
                 f"event time {t!r} is too late: its windows closed at watermark {self.watermark!r}"
                 f" (out_of_orderness {self.out_of_orderness!r}, allowed_lateness "
@@ -644,6 +665,22 @@ class Window:
             self._dead_letter(batch, index, error, error.reason)
         else:
             self.on_late(batch.record(index))
+
+    def _late_batch(self, batch: Batch) -> Batch | None:
+        """The late records of ``batch`` for the side output, under its ack (retained once)."""
+        late, self._late_now = self._late_now, []
+        if not late:
+            return None
+        batch.ack.retain()
+        chosen = set(late)
+        items: list[Any] = []
+        drops: list[int] = []
+        for i, value in enumerate(batch.items):
+            if i in chosen:
+                items.append(value)
+            else:
+                drops.append(len(items))
+        return Batch(items, batch.ack, DropsOrigin(batch.origin, drops))
 
     def _dead_letter(self, batch: Batch, index: int, error: DataError, reason: str) -> None:
         if self._context is None:

@@ -11,6 +11,7 @@ import pytest
 
 import riprap
 from benchmarks import (
+    bench_checkpoint_lag,
     bench_memory,
     bench_metrics,
     bench_policies,
@@ -35,6 +36,14 @@ def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert ["plain loop", "plain loop, same fns", "riprap", "riprap embedded"] == [
         line.split("  ")[0] for line in out.splitlines()[2:]
     ]
+
+
+def test_checkpoint_lag_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The checkpoint-lag benchmark runs W1 through a small filled dedupe and prints the lags."""
+    bench_checkpoint_lag.main(["--records", "3000", "--keys", "2000", "--interval", "0.02"])
+    out = capsys.readouterr().out
+    assert "lag_p99_during_ms" in out
+    assert "saves" in out
 
 
 def test_policy_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,6 +123,9 @@ class TableEncoder:
             index, item = next((i, x) for i, x in enumerate(items) if not isinstance(x, dict))
             problem = f"expected a dict, got {type(item).__name__}"
             raise DataError(f"cannot write {describe(index)}: {problem}", reason="schema")
+        exact = self._exact(items)
+        if exact is not None:
+            return exact
         # Every record's fields count, not only the first record's (as from_pylist would).
         names = dict.fromkeys(itertools.chain.from_iterable(items))
         try:
@@ -136,6 +139,31 @@ class TableEncoder:
         table = self._conformed(inferred, schema, items, describe)
         self.schema = schema
         return table
+
+    def _exact(self, items: list[Any]) -> pa.Table | None:
+        """The items as a table if each has exactly the schema's fields, of their types, not null.
+
+        The common case, checked in one conversion and no per-column work: a
+        column with no nulls means every record has that field, and a field
+        count of ``len(items) * len(schema)`` then leaves no room for another.
+        Anything else (``None``) takes the general path, which names the problem.
+        """
+        schema = self.schema
+        if schema is None or not items:
+            return None
+        try:
+            inferred = pa.Table.from_pylist(items)
+        except _ARROW_ERRORS:
+            return None
+        width = len(schema)
+        if inferred.num_columns != width or sum(map(len, items)) != len(items) * width:
+            return None
+        types = dict(zip(inferred.column_names, inferred.schema.types, strict=True))
+        if any(types.get(f.name) != f.type for f in schema) or any(
+            column.null_count for column in inferred.columns
+        ):
+            return None
+        return pa.Table.from_arrays([inferred.column(name) for name in schema.names], schema=schema)
 
     def _widened(
         self, inferred: pa.Table, items: list[Any], describe: Callable[[int], str]

@@ -1,6 +1,8 @@
 """The Delta Lake sink: records committed in transactions that name the positions they cover.
 
-Each commit carries one Delta app transaction per source partition it holds,
+Records are written to data files as batches arrive (see ``_delta_files``);
+each commit adds the files written since the last one. Each commit carries
+one Delta app transaction per source partition it holds,
 ``riprap/<pipeline>/<sink>/<partition>``, whose version is the partition's
 position after the commit (the next offset to read, as a checkpoint stores
 it). The table itself therefore says how far each partition is committed, and
@@ -16,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import TableNotFoundError
 
 from riprap import ConfigError, SystemClock
@@ -24,13 +26,16 @@ from riprap.lowlevel import optional_limit, optional_seconds
 
 from ._arrow import NewColumns, TableEncoder, check_schema
 from ._batches import by_partition, describer, pick
+from ._delta_files import commit_files, delta_arrow_schema, write_data_file
 from ._rollback import DeltaRollback, rollback_delta
-from ._storage import LakeS3Options, storage_options, table_uri
+from ._storage import LakeS3Options, Storage, open_storage, storage_options, table_uri
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
     from datetime import datetime, timedelta
+
+    from deltalake.transaction import AddAction
 
     from riprap import Batch, Clock, SinkContext
     from riprap.lowlevel import Ack
@@ -47,18 +52,25 @@ class DeltaSinkStatistics:
         commits: Table versions this sink committed.
         records_pending: Records waiting for the next commit.
         records_skipped: Replayed records the table already held.
+        files_pending: Data files written and waiting for the next commit.
+        bytes_buffered: Arrow bytes of records not yet written to a data
+            file; below ``file_bytes`` whenever a write returns.
     """
 
     commits: int
     records_pending: int
     records_skipped: int
+    files_pending: int = 0
+    bytes_buffered: int = 0
 
 
 @dataclass(slots=True)
 class _Pending:
-    """Records taken but not committed: their tables, new positions and acks."""
+    """Records taken but not committed: buffered tables, written files, new positions and acks."""
 
     tables: list[pa.Table] = field(default_factory=list)
+    nbytes: int = 0
+    files: list[AddAction] = field(default_factory=list)
     rows: int = 0
     ends: dict[str, int] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)
@@ -74,10 +86,14 @@ class DeltaSink:
     the first of them arrived, on ``flush``, or earlier when the sink would
     otherwise hold more than ``max_in_flight - batch_size`` source records.
     Without ``max_rows`` and ``max_age`` every write is a commit. Until then
-    the records wait as Arrow tables in memory (bounded by the pipeline's
-    ``max_in_flight``); the commit writes their data files and the log entry.
-    A record is done (its position may be checkpointed) only once its commit
-    succeeded.
+    the records are written to Parquet data files in the table's directory as
+    they arrive: they wait as Arrow tables in memory only until about
+    ``file_bytes`` have gathered, which then become one file. The commit
+    writes the last file and one log entry adding every file since the last
+    commit. A record is done (its position may be checkpointed) only once its
+    commit succeeded. Files written by a run that was killed before their
+    commit are in no version of the table: readers never see them and a full
+    ``VACUUM`` (``DeltaTable.vacuum(full=True)``) removes them.
 
     **Exactly once.** Every commit carries, per source partition, a Delta app
     transaction ``riprap/<pipeline>/<sink>/<partition>`` whose version is the
@@ -108,6 +124,8 @@ class DeltaSink:
         name: The step name of the sink.
         schema: The Arrow schema of a new table (``None``: inferred).
         compression: The Parquet codec of the data files.
+        file_bytes: Arrow bytes of records held in memory before they are
+            written as a data file (about; the sink's memory bound).
         max_rows: Records per commit (``None``: no count limit).
         max_age: Seconds (or a ``timedelta``) from a record's arrival to its
             commit at the latest (``None``: no time limit).
@@ -133,6 +151,7 @@ class DeltaSink:
         name: str = "delta",
         schema: pa.Schema | None = None,
         compression: Compression = "zstd",
+        file_bytes: int = 64 << 20,
         max_rows: int | None = None,
         max_age: float | timedelta | None = None,
         commit_retries: int = 15,
@@ -147,11 +166,13 @@ class DeltaSink:
         self.uri = table_uri(location)
         self.new_columns: NewColumns = new_columns
         self.compression = compression
+        self.file_bytes = optional_limit("file_bytes", file_bytes) or 1
         self.max_rows = optional_limit("max_rows", max_rows)
         self.max_age = optional_seconds("max_age", max_age)
         self.commit_retries = optional_limit("commit_retries", commit_retries) or 1
         self._s3 = s3
         self._options: Mapping[str, str] | None = storage_options(self.uri, s3)
+        self._storage: Storage = open_storage(self.uri, s3)
         self._declared = check_schema("schema", schema)
         self._given_clock = clock
         self._clock: Clock = clock or SystemClock()
@@ -172,9 +193,14 @@ class DeltaSink:
         return f"riprap/{self._pipeline}/{self.name}/{partition}"
 
     def rollback(
-        self, *, pipeline: str, to: int | datetime, dry_run: bool = True, force: bool = False
+        self,
+        *,
+        pipeline: str,
+        to: int | datetime | Mapping[str, int],
+        dry_run: bool = True,
+        force: bool = False,
     ) -> DeltaRollback:
-        """Restore this sink's table to version ``to`` (or the one current at a time).
+        """Restore this sink's table to version ``to`` (a time's, or a checkpoint positions').
 
         The hook ``riprap rollback`` calls on every sink that has it; see
         :func:`rollback_delta`, whose result this is. Blocking.
@@ -211,7 +237,10 @@ class DeltaSink:
 
     def statistics(self) -> DeltaSinkStatistics:
         """Counts since the sink was opened."""
-        return DeltaSinkStatistics(self._commits, self._pending.rows, self._skipped)
+        pending = self._pending
+        return DeltaSinkStatistics(
+            self._commits, pending.rows, self._skipped, len(pending.files), pending.nbytes
+        )
 
     async def open(self) -> None:
         """Load the table if it exists (its schema wins); forget what an earlier run held.
@@ -221,12 +250,13 @@ class DeltaSink:
         """
         async with self._lock:
             self._table = await anyio.to_thread.run_sync(self._load)
-            schema = self._declared
+            declared = self._declared
+            schema = None if declared is None else self._as_stored("schema", declared)
             if self._table is not None:
-                schema = pa.schema(self._table.schema().to_arrow())
-                declared = self._declared
-                if declared is not None and self.new_columns == "refuse" and declared != schema:
-                    raise ConfigError("schema", f"the table's schema is {schema}, not {declared}")
+                stored = pa.schema(self._table.schema().to_arrow())
+                if schema is not None and self.new_columns == "refuse" and schema != stored:
+                    raise ConfigError("schema", f"the table's schema is {stored}, not {declared}")
+                schema = stored
             self._encoder = TableEncoder(schema, new_columns=self.new_columns)
             self._committed, self._last = {}, {}
             self._pending = _Pending()
@@ -234,10 +264,11 @@ class DeltaSink:
             self._commits = self._skipped = 0
 
     async def write(self, batch: Batch) -> None:
-        """Take the batch's new records; commit if a limit is reached.
+        """Take the batch's new records, write a data file if enough wait; commit if due.
 
         An empty batch commits waiting records whose ``max_age`` has passed. A
-        retried call with the same batch (after a failed commit) only commits.
+        retried call with the same batch (after a failed file write or commit)
+        only writes and commits.
 
         Raises:
             DataError: A record does not fit the schema; nothing of the batch is taken.
@@ -253,6 +284,8 @@ class DeltaSink:
                 self._taken = batch
             if self._due(now):
                 await self._commit()
+            elif self._pending.nbytes >= self.file_bytes:
+                await self._write_file()
             self._taken = None
 
     async def flush(self) -> None:
@@ -261,7 +294,10 @@ class DeltaSink:
             await self._commit()
 
     async def aclose(self) -> None:
-        """Drop the table handle; records not committed stay not done (they are replayed)."""
+        """Drop the table handle; records not committed stay not done (they are replayed).
+
+        Their data files already written stay in the table's directory, in no version.
+        """
         self._table = None
         await anyio.lowlevel.checkpoint()
 
@@ -293,6 +329,7 @@ class DeltaSink:
             return
         pending = self._pending
         pending.tables.extend(tables)
+        pending.nbytes += sum(t.nbytes for t in tables)
         pending.rows += sum(t.num_rows for t in tables)
         pending.ends.update(ends)
         batch.ack.retain()
@@ -337,12 +374,23 @@ class DeltaSink:
 
     # -- committing ----------------------------------------------------------------
 
+    async def _write_file(self) -> None:
+        """Write the buffered records as one data file, to be added by the next commit."""
+        pending = self._pending
+        action = await anyio.to_thread.run_sync(
+            write_data_file, self._storage, pending.tables, self.compression
+        )
+        pending.files.append(action)
+        pending.tables, pending.nbytes = [], 0
+
     async def _commit(self) -> None:
         """Commit the waiting records in one table version; release their acks."""
         pending = self._pending
         if not pending.rows:
             await anyio.lowlevel.checkpoint()
             return
+        if pending.tables:
+            await self._write_file()
         await anyio.to_thread.run_sync(self._commit_blocking, pending)
         self._committed.update(pending.ends)
         self._pending = _Pending()
@@ -359,27 +407,40 @@ class DeltaSink:
             table.update_incremental()
         if table is not None and self._landed(table, pending.ends):
             return  # a commit that raised after it was written: it is in the table
-        data = pa.concat_tables(pending.tables, promote_options="default")
+        signature = {"riprap.pipeline": self._pipeline, "riprap.sink": self.name}
         properties = CommitProperties(
             custom_metadata={
-                "riprap.pipeline": self._pipeline,
-                "riprap.sink": self.name,
+                **signature,
                 "riprap.positions": dict(pending.ends),  # what a rollback reads back
+                "riprap.rows": pending.rows,
             },
             max_commit_retries=self.commit_retries,
             app_transactions=[Transaction(self.app_id(p), end) for p, end in pending.ends.items()],
         )
-        write_deltalake(
-            table if table is not None else self.uri,
-            data,
-            mode="append",
-            schema_mode="merge" if self.new_columns == "add" else None,
-            storage_options=None if self._options is None else dict(self._options),
-            writer_properties=WriterProperties(compression=self.compression.upper()),  # type: ignore[arg-type]
-            commit_properties=properties,
+        created = commit_files(
+            table,
+            self.uri,
+            schema=self._encoder.schema or pa.schema([]),
+            actions=pending.files,
+            properties=properties,
+            schema_properties=CommitProperties(
+                custom_metadata=signature, max_commit_retries=self.commit_retries
+            ),
+            options=self._options,
         )
-        if table is None:
+        if created or table is None:
             self._table = self._load()
+
+    def _as_stored(self, option: str, schema: pa.Schema) -> pa.Schema:
+        """``schema`` with Delta's types, so records are checked against what the table holds.
+
+        Raises:
+            ConfigError: A type Delta cannot store.
+        """
+        try:
+            return delta_arrow_schema(schema)
+        except Exception as exc:  # the Delta library raises plain exceptions here
+            raise ConfigError(option, f"Delta Lake cannot store {schema}: {exc}") from None
 
     def _landed(self, table: DeltaTable, ends: Mapping[str, int]) -> bool:
         """Whether ``ends`` are already committed; raise if someone else moved our transactions.

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from riprap import Batch, Clock, SinkContext
     from riprap.lowlevel import Ack
 
+    from ._storage import Writable
+
 Compression = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
 
 _NAME = re.compile(r"(\d{20})-(\d{20})\.parquet")
@@ -362,13 +364,15 @@ class ParquetSink:
         rows = self.row_group_rows
         if self.row_group_bytes is not None and table.nbytes:
             rows = max(1, min(rows, self.row_group_bytes * table.num_rows // table.nbytes))
-        out = pa.BufferOutputStream()
-        pq.write_table(
-            table,
-            out,
-            row_group_size=rows,
-            compression=self.compression,
-            write_page_checksum=True,  # readers (ParquetSource) verify every page
-        )
         name = f"{file.first:020d}-{file.last:020d}.parquet"
-        self._storage.put(quote(file.partition, safe=""), name, memoryview(out.getvalue()))
+
+        def fill(out: Writable) -> None:
+            pq.write_table(
+                table,
+                out,
+                row_group_size=rows,
+                compression=self.compression,
+                write_page_checksum=True,  # readers (ParquetSource) verify every page
+            )
+
+        self._storage.write(quote(file.partition, safe=""), name, fill)

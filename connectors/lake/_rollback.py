@@ -8,6 +8,7 @@ records its pipeline, its sink and the positions it covers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, final
@@ -20,7 +21,6 @@ from ._storage import LakeS3Options, storage_options, table_uri
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping
 
 
 @final
@@ -69,7 +69,7 @@ def rollback_delta(
     location: str | os.PathLike[str],
     *,
     pipeline: str,
-    to: int | datetime,
+    to: int | datetime | Mapping[str, int],
     sink: str = "delta",
     dry_run: bool = True,
     force: bool = False,
@@ -86,15 +86,19 @@ def rollback_delta(
     Args:
         location: The table: a local directory or ``s3://bucket/prefix``.
         pipeline: The pipeline whose sink wrote the table.
-        to: The version to restore, or a ``datetime`` (the version current then).
+        to: The version to restore, a ``datetime`` (the version current then),
+            or a checkpoint's positions: the newest version whose commits of
+            this sink hold no record at or after them (the version that
+            matches that checkpoint; it may be the current one).
         sink: The sink's step name.
         dry_run: Only say what would change (the default).
         force: Also undo commits of other writers (refused without it).
         s3: How to reach S3 for an ``s3://`` table.
 
     Raises:
-        ConfigError: ``to`` is not an earlier version, or commits of other
-            writers would be undone without ``force``.
+        ConfigError: ``to`` is not an earlier version (or, for positions, no
+            version is that old), or commits of other writers would be undone
+            without ``force``.
 
     .. versionadded:: 0.1
     """
@@ -102,13 +106,19 @@ def rollback_delta(
     options = storage_options(uri, s3)
     table = DeltaTable(uri, storage_options=None if options is None else dict(options))
     current = table.version()
-    target = _version_at(uri, options, to)
-    if not 0 <= target < current:
+    if isinstance(to, Mapping):
+        target = _version_holding(table, pipeline, sink, to)
+        low = 0
+    else:
+        target, low = _version_at(uri, options, to), 1
+    if not 0 <= target <= current - low:
         raise ConfigError(
             "to", f"version {target} is not an earlier version of {uri!r} ({current})"
         )
-    history = table.history(current - target)
-    undone = tuple(_undone(commit) for commit in history if commit["version"] > target)
+    undone: tuple[tuple[int, str, str | None, str | None, int], ...] = ()
+    if target < current:
+        history = table.history(current - target)
+        undone = tuple(_undone(commit) for commit in history if commit["version"] > target)
     others = [u for u in undone if (u[2], u[3]) != (pipeline, sink)]
     if others and not force:
         raise ConfigError("force", f"undoing version {others[0][0]} of another writer needs force")
@@ -118,7 +128,7 @@ def rollback_delta(
     )
     prefix = f"riprap/{pipeline}/{sink}/"
     positions = {p: past.transaction_version(prefix + p) or 0 for p in partitions}
-    if not dry_run:
+    if not dry_run and target < current:  # a table at the checkpoint's version stays as it is
         transactions = [Transaction(prefix + p, n) for p, n in positions.items()]
         metadata = {"riprap.pipeline": pipeline, "riprap.sink": sink, "riprap.positions": positions}
         # Signed like the sink's commits: a rerun after a crash undoes it without force.
@@ -138,9 +148,33 @@ def _version_at(uri: str, options: Mapping[str, str] | None, to: int | datetime)
     return table.version()
 
 
+def _version_holding(
+    table: DeltaTable, pipeline: str, sink: str, positions: Mapping[str, int]
+) -> int:
+    """The newest version at which the sink's commits stay below ``positions`` everywhere.
+
+    The positions a version holds are those its sink commits (and restores,
+    which sign the positions they restore) last recorded, per partition.
+
+    Raises:
+        ConfigError: Even the first version holds more than ``positions``.
+    """
+    held: dict[str, int] = {}
+    found = -1
+    for commit in sorted(table.history(), key=lambda c: int(c["version"])):
+        if _positions(commit, pipeline, sink):
+            held.update(commit["riprap.positions"])
+        if all(n <= positions.get(p, 0) for p, n in held.items()):
+            found = int(commit["version"])
+    if found < 0:
+        raise ConfigError("to", f"no version of {table.table_uri!r} is as old as those positions")
+    return found
+
+
 def _undone(commit: Mapping[str, Any]) -> tuple[int, str, str | None, str | None, int]:
     metrics = commit.get("operationMetrics") or {}
-    rows = int(metrics.get("num_added_rows", 0) or 0)
+    # A sink's commit of files written earlier has no metrics of Delta's: it signs its count.
+    rows = int(metrics.get("num_added_rows", 0) or commit.get("riprap.rows", 0) or 0)
     return (
         int(commit["version"]),
         str(commit.get("operation", "?")),

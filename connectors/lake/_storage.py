@@ -8,10 +8,11 @@ an S3 object appears whole when its upload completes.
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias, final
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -20,7 +21,10 @@ from riprap import ConfigError
 from riprap.lowlevel import fsync_directory, make_directory
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+Writable: TypeAlias = BinaryIO | pa.NativeFile
+"""What a ``fill`` writes to: an Arrow file, or a memory buffer on the way to S3."""
 
 _TEMP = ".tmp-"
 """Prefix of a local file being written; listings skip such files."""
@@ -91,8 +95,8 @@ class Storage:
         self.local = local
 
     def path(self, *parts: str) -> str:
-        """The full path of ``parts`` joined under the root."""
-        return "/".join((self.root, *parts))
+        """The full path of ``parts`` joined under the root (empty parts left out)."""
+        return "/".join((self.root, *(part for part in parts if part)))
 
     def names(self, folder: str) -> list[str]:
         """The file names directly in ``folder`` (none if it does not exist), temp files skipped."""
@@ -133,24 +137,41 @@ class Storage:
 
     def put(self, folder: str, name: str, data: bytes | memoryview) -> None:
         """Store ``data`` as ``folder/name``, whole or not at all, durably."""
+        self.write(folder, name, lambda out: out.write(data))
+
+    def write(self, folder: str, name: str, fill: Callable[[Writable], object]) -> int:
+        """Store what ``fill(out)`` writes as ``folder/name``, whole or not at all; its size.
+
+        A local file is filled under a temp name, fsynced and renamed, with no
+        copy in memory; an S3 object is gathered in memory first and uploaded
+        whole, so a ``fill`` that fails half-way never leaves a partial object.
+        """
         if not self.local:
+            buffer = io.BytesIO()
+            fill(buffer)
             with self.filesystem.open_output_stream(self.path(folder, name)) as out:
-                out.write(data)
-            return
+                out.write(buffer.getbuffer())
+            return buffer.tell()
         directory = self.path(folder)
         make_directory(directory)
         temp = os.path.join(directory, f"{_TEMP}{uuid.uuid4().hex}")
         try:
-            with open(temp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            # Arrow's own file, not Python's: its writes never wait for the interpreter lock.
+            with pa.OSFile(temp, "wb") as out:
+                fill(out)
+                size = int(out.tell())
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp, os.path.join(directory, name))
         except BaseException:
             if os.path.exists(temp):
                 os.unlink(temp)
             raise
         fsync_directory(directory)
+        return size
 
 
 def open_storage(location: str | os.PathLike[str], s3: LakeS3Options | None) -> Storage:

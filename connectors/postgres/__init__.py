@@ -19,8 +19,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
 
 from ._cdc import PostgresCDCSource as PostgresCDCSource
 from ._errors import ReplicationSlotError as ReplicationSlotError
+from ._lag import PostgresCDCStatistics as PostgresCDCStatistics
 from ._sink import PostgresSink as PostgresSink
 
-__all__ = ("PostgresCDCSource", "PostgresSink", "ReplicationSlotError")
+__all__ = ("PostgresCDCSource", "PostgresCDCStatistics", "PostgresSink", "ReplicationSlotError")
 
 fixup_module_metadata(__name__, globals())

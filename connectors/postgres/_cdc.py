@@ -24,10 +24,11 @@ import anyio
 import anyio.lowlevel
 import asyncpg
 
-from riprap import ConfigError, SourceBatch, TransientError
+from riprap import ConfigError, SourceBatch, SystemClock, TransientError
 
 from . import _pgoutput as pgoutput
 from ._errors import ReplicationSlotError, classify, format_lsn
+from ._lag import PostgresCDCStatistics, WalLag
 from ._positions import SNAPSHOT_LIMIT, SnapshotCut, decode, encode, parse_lsn
 from ._snapshot import Shape, SnapshotReader
 from ._values import converter
@@ -83,6 +84,8 @@ class PostgresCDCSource:
         timeout: Seconds for connecting.
         reconnect_timeout: Seconds of connection failures in a row, while
             streaming, before the run stops with the last one.
+        lag_interval: Seconds (on the pipeline's clock) between two look-ups
+            of the server's WAL position for :meth:`lag`.
         name: The source's name (also the connections' ``application_name``).
 
     Raises:
@@ -101,6 +104,7 @@ class PostgresCDCSource:
         poll_interval: float = 0.2,
         timeout: float = 30.0,
         reconnect_timeout: float = 900.0,
+        lag_interval: float = 5.0,
         name: str = "postgres-cdc",
     ) -> None:
         if not isinstance(slot, str) or not _SLOT_NAME.match(slot):
@@ -111,6 +115,7 @@ class PostgresCDCSource:
             ("poll_interval", poll_interval),
             ("timeout", timeout),
             ("reconnect_timeout", reconnect_timeout),
+            ("lag_interval", lag_interval),
         ):
             if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
                 raise ConfigError(
@@ -129,6 +134,7 @@ class PostgresCDCSource:
         self._snapshot_ms = 0
         self._confirmed = 0  # the slot's confirmed LSN, as far as this source moved it
         self._confirm_to = 0  # the latest LSN a checkpoint holds
+        self._wal = WalLag(slot, float(lag_interval), SystemClock())
 
     async def open(self, context: SourceContext) -> None:
         """Connect, check the server and the slot, and start the snapshot or the stream.
@@ -140,6 +146,7 @@ class PostgresCDCSource:
             TransientError: The server cannot be reached.
         """
         position = context.positions.get(self.partition, 0)
+        self._wal = WalLag(self.slot, self._wal.interval, context.clock or SystemClock())
         try:
             self._conn = conn = await self._connect()
             await self._check_server(conn)
@@ -150,6 +157,9 @@ class PostgresCDCSource:
                 self._stream.resume(lsn, index, None)
             else:
                 await self._start(conn, slot, position)
+            self._wal.confirmed(self._confirmed)
+            self._wal.read_to(self._stream.position_lsn)
+            await self._wal.look_up(conn)
         except Exception as exc:
             await self._disconnect()
             raise classify(exc, f"{self.name}: slot {self.slot}") from None
@@ -229,6 +239,8 @@ class PostgresCDCSource:
         """
         if self._next < self._snapshot_end:
             try:
+                if self._wal.due() and self._conn is not None:
+                    await self._wal.look_up(self._conn)
                 return await self._read_snapshot(max_records)
             except Exception as exc:
                 raise classify(exc, f"{self.name}: slot {self.slot}") from None
@@ -306,16 +318,21 @@ class PostgresCDCSource:
         conn = self._conn
         if conn is None:  # after a lost connection
             self._conn = conn = await self._connect()
-        stream = self._stream
+        stream, wal = self._stream, self._wal
+        if wal.due():
+            await wal.look_up(conn)
         if stream.cursor is None:
             await self._confirm(conn)
             stream.transaction = conn.transaction(readonly=True)
             await stream.transaction.start()
             stream.cursor = await conn.cursor(_PEEK, self.slot, self.publication)
             stream.began()
+            wal.peek_began()
         rows = await stream.cursor.fetch(max_records)
         if rows:
+            wal.read_to(parse_lsn(rows[-1][0]))
             return stream.decode(rows)
+        wal.peek_ended()
         await stream.end_peek()
         if not stream.fresh_in_peek:
             await anyio.sleep(self.poll_interval)
@@ -327,6 +344,7 @@ class PostgresCDCSource:
             advance = "SELECT pg_replication_slot_advance($1, $2::pg_lsn)"
             await conn.execute(advance, self.slot, self._confirm_to)
             self._confirmed = self._confirm_to
+            self._wal.confirmed(self._confirmed)
 
     async def committed(self, positions: Mapping[str, int]) -> None:
         """Note the checkpointed position: the slot is advanced to it before the next peek."""
@@ -334,6 +352,21 @@ class PostgresCDCSource:
         if position >= SNAPSHOT_LIMIT:
             self._confirm_to = max(self._confirm_to, decode(position)[0])
         await anyio.lowlevel.checkpoint()
+
+    def lag(self) -> dict[str, int]:
+        """Bytes of WAL between the server and what the source has read; 0 when caught up.
+
+        The server's position is looked up at most every ``lag_interval`` seconds.
+        """
+        behind = self._wal.bytes_behind()
+        return {} if behind is None else {self.partition: behind}
+
+    def statistics(self) -> PostgresCDCStatistics | None:
+        """The server's, the source's and the slot's WAL positions and the lags between them.
+
+        ``None`` before the source is open.
+        """
+        return self._wal.statistics()
 
     async def aclose(self) -> None:
         """End the snapshot and the peek, confirm what the last checkpoint holds, disconnect."""

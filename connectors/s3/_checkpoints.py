@@ -35,6 +35,12 @@ restored, a copy from elsewhere) or deleted is then behind the record, and a
 claim refuses it with :class:`~riprap.checkpoints.CheckpointIntegrityError`.
 Readers read the record first, so a save between the two reads cannot look
 like a rollback. Deleting both objects looks like a first start.
+
+History: after each save (and operator overwrite) the snapshot is also put
+as ``<prefix><name>.history/<generation:020d>.json``, and older ones beyond
+``history`` are thinned (:func:`~riprap.checkpoints.stale_generations`).
+Only a save that won its fenced write gets there, and a kept snapshot is
+verified like the latest when read back.
 """
 
 from __future__ import annotations
@@ -63,7 +69,10 @@ from riprap.checkpoints import (
     decode_generation,
     encode,
     encode_generation,
+    encode_in_thread,
+    stale_generations,
 )
+from riprap.lowlevel import optional_limit
 
 from ._client import (
     S3ClientConfig,
@@ -117,11 +126,12 @@ class S3Checkpoints:
         client_config: Timeouts, retries, region and credentials.
         race_attempts: How often a claim or save re-reads after losing a
             conditional-write race before it raises ``CheckpointError``.
+        history: Snapshots kept per pipeline, the latest included (see :meth:`history`).
 
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_session", "bucket", "client_config", "endpoint_url", "prefix")
+    __slots__ = ("_history", "_session", "bucket", "client_config", "endpoint_url", "prefix")
 
     race_attempts = 10
 
@@ -132,7 +142,9 @@ class S3Checkpoints:
         *,
         endpoint_url: str | None = None,
         client_config: S3ClientConfig | None = None,
+        history: int = 10,
     ) -> None:
+        self._history = optional_limit("history", history) or 1
         self.bucket = check_bucket("S3Checkpoints", bucket)
         self.prefix = prefix
         self.endpoint_url = endpoint_url
@@ -184,7 +196,7 @@ class S3Checkpoints:
                 generation is below the recorded one, S3 failed, or every
                 attempt lost a race.
         """
-        data = encode(checkpoint)
+        data = await encode_in_thread(checkpoint)  # off the loop, however large the state
         pipeline = checkpoint.pipeline
         async with self._s3() as client:
             record = await self._read_record(client, pipeline)
@@ -208,6 +220,7 @@ class S3Checkpoints:
                 raise self._raced(pipeline, "save")
             # Only once the snapshot is stored: the record must never be ahead of it.
             await self._record(client, pipeline, checkpoint.generation, record)
+            await self._keep(client, pipeline, checkpoint.generation, data)
 
     async def load(self, pipeline: str) -> Checkpoint | None:
         """The latest snapshot of ``pipeline``, or ``None``.
@@ -219,6 +232,59 @@ class S3Checkpoints:
         async with self._s3() as client:
             record = await self._read_record(client, pipeline)
             return (await self._read_trusted(client, pipeline, record.generation)).checkpoint
+
+    async def history(self, pipeline: str) -> list[Checkpoint]:
+        """The kept snapshots of ``pipeline``, newest first, each verified.
+
+        Raises:
+            CheckpointIntegrityError: A kept snapshot is damaged.
+            CheckpointError: S3 failed.
+        """
+        async with self._s3() as client:
+            kept = []
+            for key in reversed(await self._kept_keys(client, pipeline)):
+                data, _ = await self._get(client, key)
+                if data is not None:  # deleted by a save since the listing
+                    kept.append(decode(data, where=f"s3://{self.bucket}/{key}", pipeline=pipeline))
+            return kept
+
+    async def _keep(
+        self, client: Any, pipeline: str, generation: int, data: bytes, *, prune: bool = True
+    ) -> None:
+        """Put the snapshot just saved as a kept generation; delete the oldest kept.
+
+        An operator's overwrite (``prune=False``) deletes nothing: the tool may
+        not know the ``history`` the pipeline's runs keep.
+        """
+        key = f"{self._history_prefix(pipeline)}{generation:020d}.json"
+        errors: tuple[type[BaseException], ...] = (*client_error_types(), TimeoutError)
+        try:
+            request = client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            await call(self.client_config, request)
+            kept = await self._kept_keys(client, pipeline) if prune else []
+            prefix = self._history_prefix(pipeline)
+            generations = [int(k[len(prefix) : -5]) for k in kept]
+            for old in stale_generations(generations, self._history):
+                stale = client.delete_object(Bucket=self.bucket, Key=f"{prefix}{old:020d}.json")
+                await call(self.client_config, stale)
+        except errors as exc:
+            raise CheckpointError(
+                f"s3://{self.bucket}/{key}: cannot keep generation {generation}"
+                f" (the checkpoint itself is saved): {exc}"
+            ) from exc
+
+    async def _kept_keys(self, client: Any, pipeline: str) -> list[str]:
+        """The kept snapshots' keys, oldest first."""
+        prefix = self._history_prefix(pipeline)
+        errors: tuple[type[BaseException], ...] = (*client_error_types(), TimeoutError)
+        try:
+            keys = await list_keys(self.client_config, client, self.bucket, prefix)
+        except errors as exc:
+            raise CheckpointError(f"s3://{self.bucket}/{prefix}: cannot list: {exc}") from exc
+        return sorted(k for k in keys if k.endswith(".json") and k[len(prefix) : -5].isdigit())
+
+    def _history_prefix(self, pipeline: str) -> str:
+        return f"{self.prefix}{quote(pipeline, safe='')}.history/"
 
     async def aclose(self) -> None:
         """Nothing to release: every call opens and closes its own client."""
@@ -264,9 +330,11 @@ class S3Checkpoints:
                 epoch = max(status.epoch, last) + 1
                 checkpoint = build(status, epoch)
                 status.check_replacement(checkpoint, epoch=epoch, owner=owner)
-                body = _container(pipeline, epoch, owner, encode(checkpoint))
+                data = encode(checkpoint)
+                body = _container(pipeline, epoch, owner, data)
                 if await self._write(client, pipeline, body, etag, attempt):
                     await self._record(client, pipeline, checkpoint.generation, None, repair=True)
+                    await self._keep(client, pipeline, checkpoint.generation, data, prune=False)
                     return checkpoint
         raise self._raced(pipeline, "overwrite")
 

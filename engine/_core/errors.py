@@ -7,9 +7,12 @@
     ├── PipelineError                    the pipeline stopped: a stage raised a bug
     ├── CheckpointError
     │   ├── FencedError                  a stale owner or an older epoch tried to write
-    │   └── CheckpointIntegrityError     a stored checkpoint is damaged, missing or rolled back
+    │   ├── CheckpointIntegrityError     a stored checkpoint is damaged, missing or rolled back
+    │   └── StateStoreError              a keyed state store disagrees with the checkpoint
     ├── DataError                        permanent, about one record: never retried
-    │   └── DecodeError                  a payload could not be decoded
+    │   ├── DecodeError                  a payload could not be decoded
+    │   ├── MissingKeyError              a keyed step got a record without a key
+    │   └── StateValueError              a keyed state value JSON cannot hold
     ├── TransientError                   worth retrying (the resilience policies decide)
     ├── CircuitOpenError                 a circuit breaker refused the call: not a record failure
     ├── BulkheadFullError                a bulkhead's waiting queue is full: never retried

@@ -36,7 +36,9 @@ from riprap._core.steps import (
     sink_policies_for,
     step_policies,
 )
-from riprap._core.topology import Branch, branch_plans, route_step
+from riprap._core.topology import Branch, branch_plans, route_step, side_output_plans
+from riprap._runtime.keyed_map import keyed_map
+from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.runtime import open_pipeline
 
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ class Pipeline:
     sink_policies: Policies | None
     branches: tuple[tuple[str, Branch], ...]
     route_: RouteStep | None
+    side_outputs: tuple[tuple[str, Branch], ...]
 
     def __init__(self, name: str, **options: Any) -> None:
         for key in options:
@@ -99,6 +102,7 @@ class Pipeline:
         object.__setattr__(self, "sink_policies", None)
         object.__setattr__(self, "branches", ())
         object.__setattr__(self, "route_", None)
+        object.__setattr__(self, "side_outputs", ())
 
     def _with(self, **changes: Any) -> Pipeline:
         new = object.__new__(Pipeline)
@@ -121,6 +125,30 @@ class Pipeline:
         implements("source", source, Source, "name, open, read, aclose")
         self._refuse_second("source", self.source_)
         return self._with(source_=source)
+
+    def sources(self, **sources: Source) -> Pipeline:
+        """Read several sources at once, each under a name::
+
+            pipeline.sources(
+                orders=KafkaSource(topic="orders", ...),
+                backfill=JsonLinesSource("orders-2025.jsonl"),
+            )
+
+        Every source is read concurrently into the one pipeline; the in-flight
+        bound (``max_in_flight``) and backpressure hold across them, and a
+        source that ends leaves the others reading (the run's input ends with
+        the last). A source's partitions are named ``name/partition`` in the
+        checkpoint, its metrics and dead letters, so positions stay with the
+        name: keep the names when the pipeline changes.
+
+        Raises:
+            ConfigError: No source, a name that is not a plain name, one source
+                object under two names, or a source already set.
+        """
+        for name, source in sources.items():
+            implements(f"sources.{name}", source, Source, "name, open, read, aclose")
+        self._refuse_second("source", self.source_)
+        return self._with(source_=MergedSource(sources))
 
     def with_source(self, source: Source) -> Pipeline:
         """A copy reading from another source (the CLI replays dead letters this way).
@@ -234,14 +262,64 @@ class Pipeline:
         branch_plans(self.name, (*self.steps, step), branches, self.options, call="route")
         return self._with(branches=tuple(branches.items()), route_=step)
 
+    def side_output(
+        self,
+        name: str,
+        to: Sink | Branch,
+        *,
+        retry: Retry | None = DEFAULT_SINK_RETRY,
+        timeout: float | None = None,
+        attempt_timeout: float | None = DEFAULT_SINK_ATTEMPT_TIMEOUT,
+        breaker: CircuitBreaker | None = None,
+        bulkhead: Bulkhead | None = None,
+    ) -> Pipeline:
+        """Wire the side output ``name`` that stages emit to: to a sink, or a :class:`Branch`.
+
+        A stage names the outputs it may emit to in its ``side_outputs`` and
+        gets an emit for each from ``StageContext.side_output(name)`` (a window
+        stage's late records, for example). The records there are done only
+        once this sink is done with them, as with :meth:`fan_out`. A sink gets
+        the policies of :meth:`sink`; a branch may have steps of its own, and
+        its sink's policies are given to its ``.sink()``.
+
+        Raises:
+            ConfigError: A name that is not a plain name or is wired twice, or
+                policies given with a branch. When the pipeline is built, an
+                output a stage emits to but nobody wired, and one no stage
+                emits to.
+        """
+        check_name("side_output", name)
+        if any(name == wired for wired, _ in self.side_outputs):
+            raise ConfigError(f"side_output.{name}", f"side output {name!r} is wired twice")
+        if isinstance(to, Branch):
+            given = (retry, timeout, attempt_timeout, breaker, bulkhead)
+            if given != (DEFAULT_SINK_RETRY, None, DEFAULT_SINK_ATTEMPT_TIMEOUT, None, None):
+                raise ConfigError(
+                    f"side_output.{name}",
+                    "policies for a branch go to its .sink(), not to .side_output()",
+                )
+            branch = to
+        else:
+            branch = Branch().sink(
+                to,
+                retry=retry,
+                timeout=timeout,
+                attempt_timeout=attempt_timeout,
+                breaker=breaker,
+                bulkhead=bulkhead,
+            )
+        return self._with(side_outputs=(*self.side_outputs, (name, branch)))
+
     def map(self, step_id: str, fn: Callable[..., Any], **options: Unpack[StepOptions]) -> Pipeline:
         """Replace each value with ``fn(value)``; ``fn`` may be sync or async.
 
         Args:
             step_id: Names the step in logs, metrics and checkpoints.
-            fn: The function; with ``record=True`` it receives a :class:`~riprap.Record`.
+            fn: The function; with ``record=True`` it receives a :class:`~riprap.Record`;
+                with ``state=`` it is called as ``fn(value, state)``, ``state``
+                being the :class:`~riprap.state.State` of the record's key.
             **options: See :class:`StepOptions` (concurrency, ordering, keys, error
-                routing and resilience policies).
+                routing, resilience policies, keyed state).
         """
         return self._add_op("map", step_id, fn, options)
 
@@ -279,6 +357,9 @@ class Pipeline:
         options: StepOptions,
     ) -> Pipeline:
         self._check_step_id(step_id)
+        if kind == "map" and options.get("state"):  # fn(value, state): a stage keeps the state
+            stage = keyed_map(step_id, fn, options, self.steps)
+            return self._with(steps=(*self.steps, StageStep(stage)))
         return self._with(steps=(*self.steps, op_step(kind, step_id, fn, options)))
 
     def _refuse_second(self, what: str, current: Source | Sink | None) -> None:
@@ -288,7 +369,7 @@ class Pipeline:
         if what == "sink":
             hint = "to write to several sinks, end it with .fan_out() or .route() instead"
         else:
-            hint = "a pipeline reads one source, so .source() is called once"
+            hint = "to read several sources, name each in one .sources(a=..., b=...)"
         raise ConfigError(
             what, f"pipeline {self.name!r} already has a {what} ({current.name!r}); {hint}"
         )
@@ -324,7 +405,8 @@ class Pipeline:
         """The validated, immutable plan a run executes.
 
         Raises:
-            ConfigError: The pipeline has no source or sink, or an option is impossible.
+            ConfigError: The pipeline has no source or sink, an option is impossible,
+                or a side output is not wired or has no stage emitting to it.
         """
         self.validate()
         assert self.source_ is not None
@@ -335,6 +417,10 @@ class Pipeline:
             if self.branches
             else ()
         )
+        steps = (*trunk, *(step for branch in branches for step in branch.steps))
+        sinks = [branch.sink.name for branch in branches]
+        sinks += [self.sink_.name] if self.sink_ is not None else []
+        sides = side_output_plans(self.name, steps, sinks, dict(self.side_outputs), self.options)
         return Plan(
             name=self.name,
             options=self.options,
@@ -344,6 +430,7 @@ class Pipeline:
             sink_policies=sink_policies_for(self.sink_policies, self.options),
             branches=branches,
             route=self.route_,
+            side_outputs=sides,
         )
 
     def describe(self, form: DescribeFormat = "text") -> str:
@@ -361,6 +448,7 @@ class Pipeline:
             self.branches,
             self.route_,
             form,
+            side_outputs=self.side_outputs,
         )
 
     def open(self) -> AbstractAsyncContextManager[RunningPipeline]:

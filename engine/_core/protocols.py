@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from riprap._core.errors import ConfigError
 from riprap._core.records import Batch, SourceBatch
 
 if TYPE_CHECKING:
@@ -146,6 +147,21 @@ def _never() -> bool:
     return False
 
 
+def _no_positions() -> Mapping[str, int]:
+    """The default ``positions`` of a hand-made context: no partition is tracked."""
+    return {}
+
+
+def _no_saves() -> int:
+    """The default ``checkpoints_saved`` of a hand-made context."""
+    return 0
+
+
+def _no_side_output(name: str) -> Emit:
+    """The default ``side_output`` of a hand-made context: no output is wired."""
+    raise ConfigError(f"side_output.{name}", "this stage context has no side outputs")
+
+
 @dataclass(frozen=True, slots=True)
 class StageContext:
     """What a custom stage may use while it runs (handed to its optional ``open``).
@@ -176,6 +192,18 @@ class StageContext:
         shelter: The run's :class:`~riprap.policies.Shelter`, for the stage's
             own policy stacks: the run closes it when its drain time is up, so
             a call that ignores cancellation cannot hold up a stop.
+        side_output: ``side_output(name)`` is the emit of the side output
+            ``name``, one the stage declares in its ``side_outputs`` (the
+            pipeline wires each to a sink, see ``Pipeline.side_output``).
+            Batches emitted there follow the rules of ``emit``: their acks
+            cover their records, which are done once that sink is done.
+        positions: ``positions()`` is the run's committable position per source
+            partition right now. Read inside ``snapshot`` it gives exactly the
+            positions of the checkpoint being cut, so a stage can save the
+            state those positions imply (keyed state does, I3).
+        checkpoints_saved: ``checkpoints_saved()`` is how many checkpoints the
+            run has saved so far; once it has grown by two since a ``snapshot``,
+            a checkpoint cut after that snapshot is durable (saves never overlap).
     """
 
     pipeline: str
@@ -189,6 +217,9 @@ class StageContext:
     batch_size: int = 1_000
     max_in_flight: int = 10_000
     shelter: Shelter | None = None
+    side_output: Callable[[str], Emit] = _no_side_output
+    positions: Callable[[], Mapping[str, int]] = _no_positions
+    checkpoints_saved: Callable[[], int] = _no_saves
 
 
 @runtime_checkable
@@ -203,6 +234,15 @@ class Stage(Protocol):
     context: StageContext)``, called once before the first batch. ``snapshot``
     returns JSON-serialisable state saved in the same checkpoint as the source
     positions (I3); it is called with no await in between, so it must not await.
+    It is encoded later, in a worker thread: the stage must never change what it
+    returned (return a copy, or a :class:`~riprap.checkpoints.DeferredState`
+    view when copying a large state would hold the event loop).
+
+    Side outputs: a stage that emits elsewhere too (late records, rejects)
+    names those outputs in a ``side_outputs`` tuple attribute and emits there
+    through ``context.side_output(name)``; a pipeline that does not wire one
+    of them to a sink is refused when it is built, so nothing emitted there
+    is lost.
     """
 
     step_id: str

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from riprap._core.protocols import Sink, Source, Stage
+    from riprap._core.state_stores import StateStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 """What names of pipelines, steps and branches look like."""
@@ -65,6 +66,11 @@ class StepOptions(TypedDict, total=False):
             can fire. A thread cannot be killed: a call that times out is
             abandoned (counted), its thread runs on and keeps its slot until
             the function returns. Without it a sync step runs on the event loop.
+        state: ``map`` only: ``True`` (in memory) or a store
+            (``riprap.state.SqliteStore(directory)``) makes it call
+            ``fn(value, state)``, ``state`` being the keyed state of the
+            record's key (see the keyed state guide); records then go one at a
+            time, in order, and the other options are refused.
     """
 
     concurrency: int
@@ -81,6 +87,7 @@ class StepOptions(TypedDict, total=False):
     bulkhead: Bulkhead | None
     fallback: Callable[..., Any] | None
     offload: Literal["thread"] | None
+    state: bool | StateStore
 
 
 STEP_OPTIONS = tuple(StepOptions.__annotations__)
@@ -175,6 +182,7 @@ class Plan:
 
     A pipeline ends either in one ``sink`` or in ``branches``, never both:
     every record goes to every branch (a fan-out), or to those ``route`` picks.
+    ``side_outputs`` are branches fed by stages that emit to them by name.
     """
 
     name: str
@@ -185,16 +193,21 @@ class Plan:
     sink_policies: Policies | None
     branches: tuple[BranchPlan, ...] = ()
     route: RouteStep | None = None
+    side_outputs: tuple[BranchPlan, ...] = ()
 
     def outputs(self) -> tuple[tuple[Sink, Policies | None], ...]:
-        """Every sink with its policies: the one sink, or each branch's in order."""
-        if self.sink is not None:
-            return ((self.sink, self.sink_policies),)
-        return tuple((branch.sink, branch.sink_policies) for branch in self.branches)
+        """Every sink with its policies: the one sink or each branch's, then each side output's."""
+        main = self.branches if self.sink is None else ()
+        ends: tuple[tuple[Sink, Policies | None], ...] = (
+            ((self.sink, self.sink_policies),) if self.sink is not None else ()
+        )
+        ends += tuple((branch.sink, branch.sink_policies) for branch in main)
+        return ends + tuple((side.sink, side.sink_policies) for side in self.side_outputs)
 
     def all_steps(self) -> tuple[Step, ...]:
-        """The steps before the sinks, then each branch's steps in order (not the route)."""
-        return self.steps + tuple(step for branch in self.branches for step in branch.steps)
+        """The steps before the sinks, then each branch's and side output's (not the route)."""
+        branches = self.branches + self.side_outputs
+        return self.steps + tuple(step for branch in branches for step in branch.steps)
 
 
 def check_name(what: str, name: object) -> None:
@@ -218,6 +231,8 @@ def op_step(
     check_known(where, options, STEP_OPTIONS)
     if not callable(fn):
         raise ConfigError(f"{where}.fn", f"must be callable, got {fn!r}")
+    if options.get("state"):
+        raise ConfigError(f"{where}.state", "keyed state is for the map steps of a Pipeline")
     concurrency = options.get("concurrency", 1)
     positive_int(f"{where}.concurrency", concurrency)
     fn_is_async = is_async(fn)

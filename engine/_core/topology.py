@@ -234,3 +234,79 @@ def route_step(
             f"branch {unreachable[0]!r} has no predicate in by=, so no record could reach it",
         )
     return RouteStep(step_id, None, tuple((name, by[name]) for name in branches), on_unmatched)
+
+
+def declared_outputs(stage: Stage) -> tuple[str, ...]:
+    """The side outputs ``stage`` may emit to (its optional ``side_outputs``), checked.
+
+    Raises:
+        ConfigError: ``side_outputs`` is not a collection of names.
+    """
+    names = getattr(stage, "side_outputs", ())
+    if isinstance(names, str) or not isinstance(names, tuple | list | frozenset | set):
+        raise ConfigError(
+            f"stage {stage.step_id!r}.side_outputs",
+            f"must be a tuple of output names, got {names!r}",
+        )
+    for name in names:
+        check_name(f"stage {stage.step_id!r}.side_outputs", name)
+    return tuple(names)
+
+
+def side_output_plans(
+    pipeline: str,
+    steps: Iterable[Step | RouteStep],
+    sinks: Iterable[str],
+    outputs: Mapping[str, Branch],
+    options: PipelineOptions,
+) -> tuple[BranchPlan, ...]:
+    """Side outputs as plans, checked against the stages that emit to them.
+
+    ``steps`` are every step of the pipeline and its branches, ``sinks`` the
+    names of their sinks.
+
+    Raises:
+        ConfigError: A stage emits to an output that is not wired (nothing it
+            emitted there could go anywhere), an output no stage emits to, a
+            stage of a side output that emits to side outputs itself, a step id
+            used twice or a sink name used twice; naming the stage and output.
+    """
+    steps = tuple(steps)
+    emitters: dict[str, list[str]] = {}
+    for step in steps:
+        if isinstance(step, StageStep):
+            for name in declared_outputs(step.stage):
+                emitters.setdefault(name, []).append(step.step_id)
+    for name, stages in emitters.items():
+        if name not in outputs:
+            raise ConfigError(
+                f"stage {stages[0]!r}",
+                f"emits to side output {name!r}, which is not wired; wire it with "
+                f".side_output({name!r}, sink) (or stop the stage emitting there)",
+            )
+    for name in outputs:
+        if name not in emitters:
+            raise ConfigError(
+                f"side_output.{name}",
+                f"no stage emits to side output {name!r}, so its sink would never get a "
+                "record; a stage names its outputs in side_outputs",
+            )
+    if not outputs:
+        return ()
+    plans = branch_plans(pipeline, steps, outputs, options, call="side_output")
+    taken = set(sinks)
+    for plan in plans:
+        for step in plan.steps:
+            if isinstance(step, StageStep) and declared_outputs(step.stage):
+                raise ConfigError(
+                    f"stage {step.step_id!r}",
+                    f"is in side output {plan.name!r} and emits to side outputs itself; "
+                    "side outputs do not feed each other (that could make a cycle)",
+                )
+        if plan.sink.name in taken:
+            raise ConfigError(
+                f"side_output.{plan.name}",
+                f"ends in a sink named {plan.sink.name!r}, as another sink of the pipeline "
+                "does; sinks of one pipeline need distinct names",
+            )
+    return plans

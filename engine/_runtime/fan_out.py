@@ -58,7 +58,7 @@ class Branches:
         route: Picks each record's branches; ``None``: every branch gets every batch.
     """
 
-    __slots__ = ("_branches", "_streams", "fork", "queues")
+    __slots__ = ("_branches", "_streams", "entries", "fork", "queues")
 
     def __init__(
         self, branches: Sequence[BranchRunner], queue_size: int, route: RouteRunner | None
@@ -68,6 +68,8 @@ class Branches:
             [channel(queue_size) for _ in range(len(branch.segments) + 1)] for branch in branches
         ]
         entries = [streams[0][0] for streams in self._streams]
+        self.entries = tuple(entries)
+        """The channel into each branch (a side output's stages send there, not the fork)."""
         self.fork = Fork(entries) if route is None else RouteFork(entries, route)
         self.queues: dict[str, ChannelReceiver[Batch]] = {}
         """The queue in front of each branch step and sink, by its name (``queue_depths``)."""

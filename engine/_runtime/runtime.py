@@ -43,6 +43,7 @@ from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
 from riprap._runtime.fan_out import Branches, BranchRunner
 from riprap._runtime.fuse import refusing_awaitables
 from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
+from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.offload import ThreadOffload
 from riprap._runtime.outcome_labels import OutcomeLabels
 from riprap._runtime.route import RouteRunner
@@ -55,6 +56,7 @@ from riprap._runtime.segments import (
     Send,
     StageSegment,
 )
+from riprap._runtime.shared_send import SharedSend
 from riprap._runtime.sink_runner import SinkRunner, draining_all, stack_clock
 from riprap._runtime.step_stats import entry_step_id, segment_step_stats
 from riprap.checkpoints._checkpointer import Checkpointer
@@ -223,6 +225,7 @@ def config_hash(pipeline: Plan) -> str:
     if pipeline.route is not None:
         parts.append(f"route:{pipeline.route.step_id}")
     parts += [f"branch:{branch.name}:{branch.sink.name}" for branch in pipeline.branches]
+    parts += [f"side:{side.name}:{side.sink.name}" for side in pipeline.side_outputs]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -250,6 +253,11 @@ class Runtime:
         self.pipeline = pipeline
         self.options = pipeline.options
         self.source: Source = pipeline.source
+        # What the source loops read: each source of a merge in a task of its own.
+        source = pipeline.source
+        self.feeds: tuple[Source, ...] = (
+            source.members if isinstance(source, MergedSource) else (source,)
+        )
         self.clock = self.options.clock
         self.owns_backend = self.options.checkpoint is None
         self.backend = self.options.checkpoint or _default_backend(self.options.checkpoint_path)
@@ -314,6 +322,13 @@ class Runtime:
             BranchRunner(branch.name, segments_of(branch.steps), runner)
             for branch, runner in zip(pipeline.branches, self.sinks, strict=False)
         )
+        # The side outputs' sinks come last (Plan.outputs).
+        side_runners = self.sinks[len(self.sinks) - len(pipeline.side_outputs) :]
+        self.side_branches = tuple(
+            BranchRunner(side.name, segments_of(side.steps), runner)
+            for side, runner in zip(pipeline.side_outputs, side_runners, strict=True)
+        )
+        self._side_sends: dict[str, SharedSend] = {}
         route = pipeline.route
         branch_names = [branch.name for branch in pipeline.branches]
         self.route = None if route is None else RouteRunner(route, branch_names, self.router)
@@ -335,7 +350,9 @@ class Runtime:
         self.report: RunReport | None = None
         self.finished = anyio.Event()
         self._stop_requested = anyio.Event()
-        self._read_scope: asyncio.Timeout | None = None
+        self._read_scopes: set[asyncio.Timeout] = set()
+        self._isolation = anyio.Lock()  # an isolated chunk moves alone (see _isolate)
+        self._sink_groups_left = 0
         self._processing_scope: anyio.CancelScope | None = None
         self._start_scope: anyio.CancelScope | None = None
         self._flush_scope: anyio.CancelScope | None = None
@@ -362,9 +379,9 @@ class Runtime:
         if self.outcome == "completed":
             self.outcome = "stopped"
         self._stop_requested.set()
-        if self._read_scope is not None:
+        for scope in self._read_scopes:
             # Expire the read's scope now: the wait or read in progress is cancelled.
-            self._read_scope.reschedule(asyncio.get_running_loop().time())
+            scope.reschedule(asyncio.get_running_loop().time())
 
     def abort(self) -> None:
         """Stop at once without draining; done records are still checkpointed.
@@ -410,7 +427,9 @@ class Runtime:
             outcome=None if self.report is None else self.report.outcome,
             steps=steps,
             sink=self.sinks[0].counters.freeze(),
-            sinks=tuple(runner.counters.freeze() for runner in self.sinks) if self.branches else (),
+            sinks=tuple(runner.counters.freeze() for runner in self.sinks)
+            if len(self.sinks) > 1
+            else (),
             source=SourceStatistics(
                 name=self.source.name,
                 records_in=self.records_in,
@@ -446,7 +465,8 @@ class Runtime:
     def _lag(self) -> dict[str, int] | None:
         """Records behind each of the source's partition ends, if the source knows."""
         lag = getattr(self.source, "lag", None)
-        return dict(lag()) if callable(lag) else None
+        known = lag() if callable(lag) else None
+        return None if known is None else dict(known)
 
     def _checkpoint_statistics(self, now: float) -> CheckpointStatistics:
         """The checkpointer's counts, its age measured at ``now``."""
@@ -460,6 +480,8 @@ class Runtime:
             last_duration=ck.last_duration,
             age=None if ck.last_saved_at is None else now - ck.last_saved_at,
             epoch=ck.epoch,
+            last_interval=ck.last_interval,
+            late=ck.late,
         )
 
     async def drain(self, partitions: Collection[str], within: float) -> dict[str, int]:
@@ -649,9 +671,13 @@ class Runtime:
 
     async def _process(self) -> None:
         # A leading fused segment runs inside the source task: a batch is processed
-        # right after it is read (cache-hot), with one queue hop fewer.
+        # right after it is read (cache-hot), with one queue hop fewer. The sources
+        # of a merge share the first queue instead, each in a task of its own.
         segments = self.segments
-        head = segments[0] if segments and isinstance(segments[0], FusedSegment) else None
+        alone = len(self.feeds) == 1
+        fused = bool(segments) and isinstance(segments[0], FusedSegment)
+        head = segments[0] if alone and fused else None
+        assert head is None or isinstance(head, FusedSegment)
         if head is not None:
             segments = segments[1:]
         # Branches (a fan-out or route) are fed by their fork, which the last
@@ -673,12 +699,16 @@ class Runtime:
         self._queues = dict(zip(names, receives, strict=True))
         if branches is not None:
             self._queues.update(branches.queues)
+        sides = self._side_outputs()
+        self._sink_groups_left = 1 + (sides is not None)
+        first: Send = sends[0] if alone else SharedSend(sends[0], len(self.feeds))
         async with anyio.create_task_group() as tg:
             self._processing_scope = tg.cancel_scope
             if self._aborted:  # between start-up and now: read nothing
                 tg.cancel_scope.cancel()
             tg.start_soon(self._drain_guard)
-            tg.start_soon(self._source_loop, sends[0], head)
+            for feed in self.feeds:
+                tg.start_soon(self._source_loop, feed, first, head)
             for segment, receive, send in zip(
                 segments, receives[: len(segments)], sends[1:], strict=True
             ):
@@ -687,6 +717,23 @@ class Runtime:
                 tg.start_soon(self._sink_loop, receives[-1])
             else:
                 branches.start(tg, self._sinks_ended)
+            if sides is not None:
+                sides.start(tg, self._sinks_ended)
+
+    def _side_outputs(self) -> Branches | None:
+        """The side outputs' branches, each stage that emits to one holding a share of it."""
+        if not self.side_branches:
+            return None
+        sides = Branches(self.side_branches, self.options.queue_size, None)
+        self._queues.update(sides.queues)
+        stages = [seg for seg in self.all_segments() if isinstance(seg, StageSegment)]
+        for branch, entry in zip(self.side_branches, sides.entries, strict=True):
+            emitters = [s for s in stages if branch.name in getattr(s.stage, "side_outputs", ())]
+            shared = SharedSend(entry, len(emitters))
+            self._side_sends[branch.name] = shared
+            for segment in emitters:
+                segment.side = (*segment.side, shared)
+        return sides
 
     async def _drain_guard(self) -> None:
         with anyio.CancelScope() as scope:
@@ -706,11 +753,15 @@ class Runtime:
             if self._processing_scope is not None:
                 self._processing_scope.cancel()
 
-    async def _source_loop(self, send: Send, head: FusedSegment | None) -> None:
+    async def _source_loop(self, source: Source, send: Send, head: FusedSegment | None) -> None:
         router = self.router
         checkpointer = self.checkpointer
         frontier = checkpointer.frontier
         size = self.options.batch_size
+        if len(self.feeds) > 1:
+            # The sources of a merge each read at most their share of the in-flight
+            # bound, so that one waiting for records never holds up the others' reads.
+            size = min(size, max(1, self.in_flight.capacity // len(self.feeds)))
         # After an unclean end, the read frontier is made durable before records
         # beyond it move, so that a crash's suspect range is known (CrashGuard).
         watchful = self._after_unclean_end
@@ -723,18 +774,21 @@ class Runtime:
                 scope = asyncio.timeout(None)
                 try:
                     async with scope:
-                        self._read_scope = scope
+                        self._read_scopes.add(scope)
                         if not router.paused.is_set():
                             await router.paused.wait()
-                        batch = await self._read(size)
+                        batch = await self._read(source, size)
                 except TimeoutError:
                     if not scope.expired():
                         raise  # the source's own TimeoutError
                     return
                 finally:
-                    self._read_scope = None
+                    self._read_scopes.discard(scope)
                 if batch is None:
                     return
+                if self._isolation.locked():  # another source's isolated chunk moves alone
+                    async with self._isolation:
+                        pass
                 frontier[batch.partition] = batch.end
                 if watchful:
                     await checkpointer.save()
@@ -779,6 +833,12 @@ class Runtime:
         chunk is named in the checkpoint (``in_progress``); it must be done before
         anything else moves. A death is then known to lie in that chunk.
         """
+        async with self._isolation:
+            await self._isolate_chunks(batch, send, head)
+
+    async def _isolate_chunks(
+        self, batch: SourceBatch, send: Send, head: FusedSegment | None
+    ) -> None:
         checkpointer = self.checkpointer
         end, chunk = checkpointer.guard.isolating[batch.partition]
         with draining_all(self.sinks):
@@ -807,16 +867,16 @@ class Runtime:
         while tracker.any_pending():
             await self.in_flight.wait_change()
 
-    async def _read(self, size: int) -> SourceBatch | None:
-        """The next source batch with its in-flight slots taken; ``None`` at the end."""
+    async def _read(self, source: Source, size: int) -> SourceBatch | None:
+        """The next batch of ``source`` with its in-flight slots taken; ``None`` at its end."""
         in_flight = self.in_flight
         await in_flight.acquire(size)
-        self._reserved = size
+        self._reserved += size
         batch: SourceBatch | None = None
         try:
-            batch = await self.source.read(size)
+            batch = await source.read(size)
         finally:
-            self._reserved = 0
+            self._reserved -= size
             taken = len(batch.values) if batch is not None else 0
             if taken < size:
                 in_flight.release(size - taken)
@@ -824,12 +884,15 @@ class Runtime:
 
     async def _sink_loop(self, receive: ChannelReceiver[Batch]) -> None:
         await self.sinks[0].run(receive)
-        if self._guard_scope is not None:
-            self._guard_scope.cancel()
+        self._sinks_ended()
 
     def _sinks_ended(self) -> None:
-        """Every sink of a fan-out or route has ended: the drain guard has nothing to wait for."""
-        if self._guard_scope is not None:
+        """A group of sinks ended: the sink, the branches or the side outputs.
+
+        After the last group the drain guard has nothing left to wait for.
+        """
+        self._sink_groups_left -= 1
+        if self._sink_groups_left <= 0 and self._guard_scope is not None:
             self._guard_scope.cancel()
 
     async def _quarantine(self, source: SourceBatch, batch: Batch) -> Batch:
@@ -913,17 +976,36 @@ class Runtime:
         )
 
     async def _finish(self) -> None:
-        with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT):
-            try:
-                await self._final_flush()
-            finally:
-                if self._claimed():  # an abort during start-up may come before the claim
-                    # The run ended on its own: the next start is not after a crash.
-                    ck = self.checkpointer
-                    ck.guard = replace(ck.guard, running=False, in_progress=None, unclean={})
-                    await ck.save(force=True)
-        self.report = self._report()
-        self.finished.set()
+        """Flush, save the final checkpoint, then report: whatever fails, the run ends.
+
+        A flush or final save that fails is the run's error when it had none
+        (the records it held are read again on the next start); after an
+        earlier error it is logged, and the earlier error stays the run's.
+        """
+        try:
+            with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT):
+                try:
+                    await self._final_flush()
+                finally:
+                    if self._claimed():  # an abort during start-up may come before the claim
+                        # The run ended on its own: the next start is not after a crash.
+                        ck = self.checkpointer
+                        ck.guard = replace(ck.guard, running=False, in_progress=None, unclean={})
+                        await ck.save(force=True)
+        except Exception as exc:
+            if self.error is None:
+                self.error, self.outcome = exc, "failed"
+            else:
+                log.warning(
+                    "pipeline %s: the final flush or checkpoint failed too (%s: %s)",
+                    self.pipeline.name,
+                    type(exc).__name__,
+                    self.options.redactor.redact(str(exc)),
+                    extra={"pipeline": self.pipeline.name},
+                )
+        finally:
+            self.report = self._report()
+            self.finished.set()
 
     async def _final_flush(self) -> None:
         """Flush the sink, if it was opened; an abort cancels the flush (not the checkpoint)."""
@@ -963,6 +1045,20 @@ class Runtime:
         def source_exhausted() -> bool:
             return self.outcome == "completed" and self.error is None
 
+        stage = next(
+            seg.stage
+            for seg in self.all_segments()
+            if isinstance(seg, StageSegment) and seg.stage.step_id == step_id
+        )
+
+        def side_output(name: str) -> Callable[[Batch], Awaitable[None]]:
+            if name not in getattr(stage, "side_outputs", ()):
+                raise ConfigError(
+                    f"stage {step_id!r}",
+                    f"asks for side output {name!r}, which it does not name in side_outputs",
+                )
+            return self._side_emit(name)
+
         return StageContext(
             pipeline=self.pipeline.name,
             clock=self.clock,
@@ -975,7 +1071,18 @@ class Runtime:
             batch_size=self.options.batch_size,
             max_in_flight=self.options.max_in_flight,
             shelter=self.shelter,
+            side_output=side_output,
+            positions=lambda: self.tracker.positions(),
+            checkpoints_saved=lambda: self.checkpointer.saved,
         )
+
+    def _side_emit(self, name: str) -> Callable[[Batch], Awaitable[None]]:
+        """The emit of side output ``name``: into its branch, once the run has made its channel."""
+
+        async def emit(batch: Batch) -> None:
+            await self._side_sends[name].send(batch)
+
+        return emit
 
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
@@ -984,13 +1091,15 @@ class Runtime:
         return state
 
     def all_segments(self) -> tuple[Segment, ...]:
-        """The pipeline's segments, then each branch's."""
-        return (*self.segments, *(seg for branch in self.branches for seg in branch.segments))
+        """The pipeline's segments, then each branch's and each side output's."""
+        branches = (*self.branches, *self.side_branches)
+        return (*self.segments, *(seg for branch in branches for seg in branch.segments))
 
     def _branch_statistics(self) -> tuple[StepStats, ...]:
-        """The route's counts, if the pipeline routes, then each branch's steps'."""
+        """The route's counts, if the pipeline routes, then each branch's (side outputs too)."""
         route = () if self.route is None else (self.route.counters.freeze(),)
-        segments = (seg for branch in self.branches for seg in branch.segments)
+        branches = (*self.branches, *self.side_branches)
+        segments = (seg for branch in branches for seg in branch.segments)
         return (*route, *(stats for segment in segments for stats in segment_step_stats(segment)))
 
     def _count_source_outcome(self, outcome: str, count: int) -> None:

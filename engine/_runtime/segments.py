@@ -223,6 +223,8 @@ class StageSegment:
         self.counters = StepCounters(step.step_id)
         self.router = router
         self.tracer: Tracing | None = None
+        self.side: tuple[Send, ...] = ()
+        """The side outputs the stage emits to: closed (its share) when the stage ends."""
 
     async def open(self, context: StageContext) -> None:
         """Hand the stage its context, if it wants one."""
@@ -240,13 +242,17 @@ class StageSegment:
             counters.records_out += len(batch.items)
             await send.send(batch)
 
-        async with receive, send:
-            async for batch in receive:
-                counters.records_in += len(batch.items)
-                started = time.perf_counter()
-                with traced(self.tracer, self.stage.step_id, batch):
-                    await self.stage.process(batch, emit)
-                counters.timed(started)
+        try:
+            async with receive, send:
+                async for batch in receive:
+                    counters.records_in += len(batch.items)
+                    started = time.perf_counter()
+                    with traced(self.tracer, self.stage.step_id, batch):
+                        await self.stage.process(batch, emit)
+                    counters.timed(started)
+                    await self.router.flush()
+                await self.stage.finish(emit)
                 await self.router.flush()
-            await self.stage.finish(emit)
-            await self.router.flush()
+        finally:
+            for side in self.side:
+                side.close()

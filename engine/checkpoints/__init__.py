@@ -7,9 +7,11 @@ generation outside the store too, so a damaged, missing or rolled-back
 checkpoint stops the run with a :class:`CheckpointIntegrityError` instead of
 restarting from an older position. :func:`encode`, :func:`decode`,
 :func:`check_save`, :func:`claim_problem`, :func:`check_generation`,
-:func:`encode_generation` and :func:`decode_generation` are what a third-party
-backend (see ``riprap.connectors.s3``) builds on; :class:`RepairableBackend` is
-what the ``riprap checkpoint`` command needs of one.
+:func:`encode_generation`, :func:`decode_generation`, :func:`encode_in_thread`
+and :func:`stale_generations` are what a third-party backend (see
+``riprap.connectors.s3``) builds on; :class:`RepairableBackend` is what the
+``riprap checkpoint`` command needs of one. A stage with a large state hands
+it over as a :class:`DeferredState`, encoded off the event loop.
 
 .. versionadded:: 0.1
 """
@@ -20,9 +22,11 @@ from riprap._core.errors import CheckpointError as CheckpointError
 from riprap._core.errors import CheckpointIntegrityError as CheckpointIntegrityError
 from riprap._core.errors import FencedError as FencedError
 from riprap._core.public import fixup_module_metadata
+from riprap.checkpoints._canonical import DeferredState as DeferredState
 from riprap.checkpoints._file import FileCheckpoints as FileCheckpoints
 from riprap.checkpoints._guard import CrashGuard as CrashGuard
 from riprap.checkpoints._guard import CrashRecord as CrashRecord
+from riprap.checkpoints._history import stale_generations as stale_generations
 from riprap.checkpoints._integrity import CheckpointStatus as CheckpointStatus
 from riprap.checkpoints._integrity import RepairableBackend as RepairableBackend
 from riprap.checkpoints._integrity import check_generation as check_generation
@@ -37,6 +41,7 @@ from riprap.checkpoints._snapshot import Checkpoint as Checkpoint
 from riprap.checkpoints._snapshot import CheckpointBackend as CheckpointBackend
 from riprap.checkpoints._snapshot import Claim as Claim
 from riprap.checkpoints._sqlite import SqliteCheckpoints as SqliteCheckpoints
+from riprap.checkpoints._threaded import encode_in_thread as encode_in_thread
 
 __all__ = (
     "Checkpoint",
@@ -47,6 +52,7 @@ __all__ = (
     "Claim",
     "CrashGuard",
     "CrashRecord",
+    "DeferredState",
     "FencedError",
     "FileCheckpoints",
     "MemoryCheckpoints",
@@ -59,6 +65,8 @@ __all__ = (
     "decode_generation",
     "encode",
     "encode_generation",
+    "encode_in_thread",
+    "stale_generations",
 )
 
 fixup_module_metadata(__name__, globals())

@@ -1,9 +1,19 @@
 """Periodic, on-demand and final checkpoints of one run (I3, I4).
 
 A snapshot (positions, operator state, crash counts) is taken with no await
-in between, so it is a consistent cut under asyncio. Saves are serialised by a
-lock: a periodic tick that finds a save still running skips instead of queueing
-behind it, and processing never waits for a save.
+in between, so it is a consistent cut under asyncio. The cut only takes
+references: each stage's ``snapshot()`` returns data it never changes again
+(a large state as a :class:`~riprap.checkpoints.DeferredState`, handed over
+in O(1)), and the backend encodes it in a worker thread, so a checkpoint holds
+the event loop for milliseconds whatever the size of the state. Saves are
+serialised by a lock: a periodic tick that finds a save still running skips
+instead of queueing behind it, and processing never waits for a save.
+
+Whether anything changed since the last save is an identity check for a stage
+that hands out the same snapshot object while its state is unchanged (as
+``Dedupe`` does), never a walk over a large state. The real interval between
+periodic checkpoints is measured; one that runs over the configured interval
+by :data:`LATE_FACTOR` is counted and logged (at most once a minute).
 
 Each snapshot's generation is the claimed snapshot's plus its ``seq``, so it
 grows with every save call of the pipeline, across runs (I5); operator notes
@@ -34,6 +44,12 @@ SAVE_TIMEOUT = 60.0
 """Seconds one checkpoint save may take; a hung store must not hang the run."""
 
 StateSource = Callable[[], Mapping[str, Any]]
+
+LATE_FACTOR = 2.0
+"""A periodic checkpoint this many configured intervals after the previous one is late."""
+
+LATE_LOG_EVERY = 60.0
+"""Seconds of the clock between two warnings about late checkpoints."""
 
 
 @final
@@ -80,6 +96,12 @@ class Checkpointer:
         self.last_saved_at: float | None = None
         self.last_duration: float | None = None
         self.last_error: BaseException | None = None
+        self.last_interval: float | None = None
+        """Seconds between the last two periodic checkpoints, measured (``None`` before two)."""
+        self.late = 0
+        """Periodic checkpoints that came :data:`LATE_FACTOR` intervals or more after the last."""
+        self._ticked_at: float | None = None
+        self._late_logged: tuple[float, int] | None = None
         self._last: tuple[Any, ...] | None = None
         self._lock = anyio.Lock()
 
@@ -147,7 +169,35 @@ class Checkpointer:
         """Checkpoint every ``interval`` seconds of the clock until cancelled."""
         while True:
             await self.clock.sleep(interval)
+            self._measure_interval(interval)
             await self.tick()
+
+    def _measure_interval(self, interval: float) -> None:
+        """Record the real interval since the last periodic checkpoint; count and log a late one."""
+        now = self.clock.monotonic()
+        before, self._ticked_at = self._ticked_at, now
+        if before is None:
+            return
+        self.last_interval = real = now - before
+        if real < interval * LATE_FACTOR:
+            return
+        self.late += 1
+        logged = self._late_logged
+        if logged is not None and now - logged[0] < LATE_LOG_EVERY:
+            return
+        since = self.late - (logged[1] if logged is not None else 0)
+        self._late_logged = (now, self.late)
+        log.warning(
+            "pipeline %s: checkpoints come %.1f s apart, not every %g s (checkpoint_interval):"
+            " the last save took %.1f s; %d late since the last warning. A save that takes"
+            " longer than the interval, or code holding the event loop, delays them",
+            self.pipeline,
+            real,
+            interval,
+            self.last_duration or 0.0,
+            since,
+            extra={"pipeline": self.pipeline},
+        )
 
     def _prune_crash_counts(self, positions: Mapping[str, int]) -> None:
         """Forget crash counts of records the position has moved past (they are done)."""

@@ -10,6 +10,9 @@ mode 0600:
   ``{"version", "pipeline", "generation"}``, written after the snapshot it
   describes is durable. A snapshot file replaced by an older copy (or
   deleted) is then behind the record, and a claim refuses it;
+* ``<name>.history/<generation:020d>.json`` (directory mode 0700): the last
+  ``history`` snapshots saved, the latest included, each a hard link to the snapshot file as it was
+  written (a copy where links are not supported), older ones deleted;
 * ``<name>.lock``: an empty file; an exclusive ``flock`` on it serialises every
   claim and save of that pipeline across threads and processes, so reading the
   claim, checking it and writing happen as one step (I5). It is never deleted:
@@ -37,10 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 from urllib.parse import quote, unquote
 
+import anyio.to_thread
 import orjson
 
 from riprap._core.errors import CheckpointError, CheckpointIntegrityError
-from riprap._core.files import make_directory, replace_file
+from riprap._core.files import fsync_directory, make_directory, replace_file
+from riprap.checkpoints._history import DEFAULT_HISTORY, check_history, stale_generations
 from riprap.checkpoints._integrity import (
     CheckpointStatus,
     check_generation,
@@ -58,6 +63,7 @@ _SNAPSHOT = ".checkpoint.json"
 _CLAIM = ".claim.json"
 _RECORD = ".generation.json"
 _LOCK = ".lock"
+_HISTORY = ".history"
 
 
 @final
@@ -67,13 +73,21 @@ class FileCheckpoints(ThreadedCheckpoints):
     Args:
         directory: Where the files live; several pipelines may share it.
         lock_timeout: Seconds to wait for another writer's lock before giving up.
+        history: Snapshots kept per pipeline, the latest included (see :meth:`history`).
     """
 
-    __slots__ = ("_lock_timeout", "directory")
+    __slots__ = ("_history", "_lock_timeout", "directory")
 
-    def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        lock_timeout: float = 30.0,
+        history: int = DEFAULT_HISTORY,
+    ) -> None:
         self.directory = Path(directory)
         self._lock_timeout = lock_timeout
+        self._history = check_history(history)
 
     @property
     def location(self) -> str:
@@ -103,11 +117,63 @@ class FileCheckpoints(ThreadedCheckpoints):
             recorded = self._recorded(pipeline)
             check_save(checkpoint, epoch=epoch, owner=owner, saved=saved, recorded=recorded)
             self._write(self._path(pipeline, _SNAPSHOT), data)
+            self._keep(pipeline, checkpoint.generation, data)
             if checkpoint.generation > recorded:
                 self._record(pipeline, checkpoint.generation)
 
     def _load_sync(self, pipeline: str) -> Checkpoint | None:
         return self._trusted(pipeline, self._recorded(pipeline))
+
+    async def history(self, pipeline: str) -> list[Checkpoint]:
+        """The kept snapshots of ``pipeline``, newest first, each verified."""
+        return await anyio.to_thread.run_sync(self._history_sync, pipeline)
+
+    def _history_sync(self, pipeline: str) -> list[Checkpoint]:
+        folder = self._path(pipeline, _HISTORY)
+        kept = []
+        for name in reversed(self._kept_names(folder)):
+            data = _read(folder / name)
+            if data is not None:  # pruned by a save since the listing
+                kept.append(decode(data, where=str(folder / name), pipeline=pipeline))
+        return kept
+
+    def _keep(self, pipeline: str, generation: int, data: bytes, *, prune: bool = True) -> None:
+        """Keep the snapshot just written as generation ``generation``; thin the older kept ones.
+
+        An operator's overwrite (``prune=False``) drops nothing: the tool may not
+        know the ``history`` the pipeline's runs keep.
+        """
+        folder = self._path(pipeline, _HISTORY)
+        if not folder.is_dir():
+            _make_directory(folder)
+            folder.chmod(0o700)  # the snapshots are as private as the latest one
+        target = folder / f"{generation:020d}.json"
+        try:
+            target.unlink(missing_ok=True)
+            # Each write of the snapshot is a new file (temp + rename): a link keeps this one.
+            os.link(self._path(pipeline, _SNAPSHOT), target)
+            fsync_directory(folder)
+        except OSError:
+            self._write(target, data)
+        if not prune:
+            return
+        try:
+            kept = [int(name[:-5]) for name in self._kept_names(folder)]
+            for stale in stale_generations(kept, self._history):
+                (folder / f"{stale:020d}.json").unlink(missing_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"{folder}: cannot drop old snapshots: {exc}") from exc
+
+    @staticmethod
+    def _kept_names(folder: Path) -> list[str]:
+        """The kept snapshots' file names, oldest first."""
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CheckpointError(f"{folder}: cannot list: {exc}") from exc
+        return sorted(n for n in names if n.endswith(".json") and n[:-5].isdigit())
 
     def _close_sync(self) -> None:
         """Nothing to release: no file stays open between calls."""
@@ -155,6 +221,7 @@ class FileCheckpoints(ThreadedCheckpoints):
             claim = {"version": 1, "pipeline": pipeline, "epoch": epoch, "owner": owner}
             self._write(self._path(pipeline, _CLAIM), orjson.dumps(claim))
             self._write(self._path(pipeline, _SNAPSHOT), data)
+            self._keep(pipeline, checkpoint.generation, data, prune=False)
             # Replaces a corrupt record too: the new generation is above every known one.
             self._write(
                 self._path(pipeline, _RECORD), encode_generation(pipeline, checkpoint.generation)

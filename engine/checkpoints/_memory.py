@@ -15,13 +15,15 @@ recorded generation without being refused, since its generation counts as 0.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
 import anyio.lowlevel
+import anyio.to_thread
 import orjson
 
 from riprap._core.errors import CheckpointError, CheckpointIntegrityError, FencedError
+from riprap.checkpoints._history import DEFAULT_HISTORY, check_history, stale_generations
 from riprap.checkpoints._integrity import CheckpointStatus, is_generation
 from riprap.checkpoints._snapshot import Checkpoint, Claim, checksum_problem
 
@@ -174,6 +176,8 @@ class _Entry:
     owner: str | None
     snapshot: bytes | None = None
     saved: tuple[int, int] | None = None
+    kept: dict[int, bytes] = field(default_factory=dict)
+    """The kept snapshots by generation, the latest included."""
 
 
 @final
@@ -185,15 +189,19 @@ class MemoryCheckpoints:
     stored by a durable backend fails here too; their checksum is verified on
     every read. Nothing survives the process, so no generation is recorded
     outside the store: there is nothing to roll back.
+
+    Args:
+        history: Snapshots kept per pipeline, the latest included (see :meth:`history`).
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_history")
 
     location = "memory"
     """No ``riprap checkpoint`` command reaches this store; the name is for messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, history: int = DEFAULT_HISTORY) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._history = check_history(history)
 
     async def claim(self, pipeline: str, owner: str) -> Claim:
         """Take the next epoch of ``pipeline`` for ``owner``; return it with the latest snapshot."""
@@ -205,17 +213,37 @@ class MemoryCheckpoints:
 
     async def save(self, checkpoint: Checkpoint) -> None:
         """Store ``checkpoint`` if its writer still holds the claim (see :func:`check_save`)."""
-        data = encode(checkpoint)
-        await anyio.lowlevel.checkpoint()
+        data = await anyio.to_thread.run_sync(encode, checkpoint)  # off the loop, however large
         # An unclaimed pipeline gets a throwaway entry of epoch 0, which check_save refuses.
         entry = self._entries.get(checkpoint.pipeline) or _Entry(0, None)
         check_save(checkpoint, epoch=entry.epoch, owner=entry.owner, saved=entry.saved)
         entry.snapshot, entry.saved = data, (checkpoint.epoch, checkpoint.seq)
+        self._keep(entry, data, checkpoint.generation)
 
     async def load(self, pipeline: str) -> Checkpoint | None:
         """The latest snapshot of ``pipeline``, or ``None``."""
         await anyio.lowlevel.checkpoint()
         return self._decode(pipeline, self._entries.get(pipeline))
+
+    async def history(self, pipeline: str) -> list[Checkpoint]:
+        """The kept snapshots of ``pipeline``, newest first, each verified."""
+        await anyio.lowlevel.checkpoint()
+        entry = self._entries.get(pipeline)
+        kept = entry.kept if entry is not None else {}
+        return [
+            decode(kept[generation], where="memory (history)", pipeline=pipeline)
+            for generation in sorted(kept, reverse=True)
+        ]
+
+    def _keep(self, entry: _Entry, data: bytes, generation: int, *, prune: bool = True) -> None:
+        """Keep ``data`` as the newest snapshot of the history, thinning the older ones.
+
+        An operator's overwrite (``prune=False``) drops nothing: the tool may not
+        know the ``history`` the pipeline's runs keep.
+        """
+        entry.kept[generation] = data
+        for stale in stale_generations(entry.kept, self._history) if prune else ():
+            del entry.kept[stale]
 
     async def aclose(self) -> None:
         """Nothing to release: the data lives as long as the object, across pipeline runs."""
@@ -245,7 +273,11 @@ class MemoryCheckpoints:
         checkpoint = build(status, epoch)
         status.check_replacement(checkpoint, epoch=epoch, owner=owner)
         data = encode(checkpoint)
-        self._entries[pipeline] = _Entry(epoch, owner, data, (epoch, checkpoint.seq))
+        entry = _Entry(epoch, owner, data, (epoch, checkpoint.seq))
+        if pipeline in self._entries:
+            entry.kept = self._entries[pipeline].kept
+        self._keep(entry, data, checkpoint.generation, prune=False)
+        self._entries[pipeline] = entry
         return checkpoint
 
     def _status(self, pipeline: str) -> CheckpointStatus:

@@ -15,13 +15,12 @@ store rolled back to an older copy.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
+from riprap.checkpoints._canonical import canonical_parts, sha256_of
 from riprap.checkpoints._guard import CrashGuard
 
 if TYPE_CHECKING:
@@ -36,13 +35,6 @@ MAX_NOTES = 20
 _CHECKSUM_PREFIX = "sha256:"
 
 
-def _plain(value: object) -> object:
-    """A dataclass as a dict, so that its keys are sorted like every other mapping's."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
-
-
 def canonical_json(body: Mapping[str, Any]) -> bytes:
     """``body`` as canonical JSON: keys sorted at every level, no whitespace.
 
@@ -53,12 +45,11 @@ def canonical_json(body: Mapping[str, Any]) -> bytes:
     Raises:
         TypeError: A value is not JSON-serialisable (``orjson.JSONEncodeError``).
     """
-    option = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-    return orjson.dumps(body, default=_plain, option=option)
+    return b"".join(canonical_parts(body))
 
 
 def _checksum(canonical: bytes) -> str:
-    return _CHECKSUM_PREFIX + hashlib.sha256(canonical).hexdigest()
+    return _CHECKSUM_PREFIX + sha256_of((canonical,))
 
 
 def checksum_problem(raw: Mapping[str, Any]) -> str | None:
@@ -91,7 +82,8 @@ class Checkpoint:
         seq: Increases by one with every save of an epoch; ordering within the epoch.
         positions: Per source partition, the position to resume from: every record
             before it is done (I1).
-        state: Operator state by ``step_id``; JSON-serialisable values.
+        state: Operator state by ``step_id``; JSON-serialisable values or
+            :class:`~riprap.checkpoints.DeferredState` views, built when encoded.
         crash_counts: Per ``"partition@offset"``, how often that record stopped the pipeline.
         created_at: Wall-clock time of the snapshot, seconds since the epoch.
         guard: Crash bookkeeping: whether the run was live, its read frontier, unclean
@@ -118,10 +110,13 @@ class Checkpoint:
     def to_json(self) -> bytes:
         """The snapshot as stored: canonical JSON with its checksum (backends store this).
 
+        Built in pieces of bounded cost: called in a worker thread, it leaves the
+        event loop free however large the operator state.
+
         Raises:
             TypeError: The operator state is not JSON-serialisable.
         """
-        canonical = canonical_json(
+        parts = canonical_parts(
             {
                 "version": FORMAT_VERSION,
                 "pipeline": self.pipeline,
@@ -137,8 +132,10 @@ class Checkpoint:
                 "notes": list(self.notes),
             }
         )
+        checksum = _CHECKSUM_PREFIX + sha256_of(parts)
         # "checksum" sorts first, so the stored bytes are canonical JSON as well.
-        return b'{"checksum":"' + _checksum(canonical).encode() + b'",' + canonical[1:]
+        parts[0] = b'{"checksum":"' + checksum.encode() + b'",' + parts[0][1:]
+        return b"".join(parts)
 
     @classmethod
     def from_json(cls, data: bytes) -> Checkpoint:

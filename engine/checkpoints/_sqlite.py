@@ -1,7 +1,8 @@
 """The SQLite checkpoint backend, riprap's default: one row per pipeline, one transaction per call.
 
-The table keeps the latest claim and the latest snapshot of each pipeline (no
-history). ``claim`` and ``save`` each run in one ``BEGIN IMMEDIATE``
+The table keeps the latest claim and the latest snapshot of each pipeline; a
+second table keeps the last ``history`` snapshots of each, written in the
+same transaction as the latest. ``claim`` and ``save`` each run in one ``BEGIN IMMEDIATE``
 transaction, which takes SQLite's write lock before reading, so reading the
 claim, checking it and writing are one step for every process sharing the
 file (I5). WAL mode lets loads run beside a writer; ``synchronous=FULL``
@@ -31,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
+import anyio.to_thread
 import orjson
 
 from riprap._core.errors import CheckpointError, CheckpointIntegrityError
 from riprap._core.files import make_directory, replace_file
+from riprap.checkpoints._history import DEFAULT_HISTORY, check_history, stale_generations
 from riprap.checkpoints._integrity import (
     CheckpointStatus,
     check_generation,
@@ -56,6 +59,15 @@ CREATE TABLE IF NOT EXISTS riprap_checkpoints (
     saved_epoch INTEGER,           -- (epoch, seq) of the stored snapshot, so that a
     saved_seq   INTEGER,           -- save need not read and parse the snapshot
     snapshot    BLOB               -- Checkpoint.to_json(); NULL until the first save
+)
+"""
+
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS riprap_checkpoint_history (
+    pipeline    TEXT NOT NULL,
+    generation  INTEGER NOT NULL,
+    snapshot    BLOB NOT NULL,     -- Checkpoint.to_json(), as saved
+    PRIMARY KEY (pipeline, generation)
 )
 """
 
@@ -84,13 +96,21 @@ class SqliteCheckpoints(ThreadedCheckpoints):
         path: The database file; several pipelines and processes may share it.
             Its generation record is ``<path>.generation.json`` (none for ``":memory:"``).
         timeout: Seconds to wait for another process's write lock before giving up.
+        history: Snapshots kept per pipeline, the latest included (see :meth:`history`).
     """
 
-    __slots__ = ("_connection", "_lock", "_timeout", "path")
+    __slots__ = ("_connection", "_history", "_lock", "_timeout", "path")
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 30.0,
+        history: int = DEFAULT_HISTORY,
+    ) -> None:
         self.path = os.fspath(path)
         self._timeout = timeout
+        self._history = check_history(history)
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -140,6 +160,7 @@ class SqliteCheckpoints(ThreadedCheckpoints):
                 " WHERE pipeline = ?",
                 (checkpoint.epoch, checkpoint.seq, data, checkpoint.pipeline),
             )
+            self._keep(db, checkpoint.pipeline, checkpoint.generation, data)
         # Only once the snapshot is durable: the record must never be ahead of the store.
         self._record(checkpoint.pipeline, checkpoint.generation)
 
@@ -148,6 +169,51 @@ class SqliteCheckpoints(ThreadedCheckpoints):
             recorded = self._recorded(pipeline)  # before the database: see the module docstring
             with self._transaction("BEGIN") as db:
                 return self._trusted(db, pipeline, self._row(db, pipeline), recorded)
+
+    async def history(self, pipeline: str) -> list[Checkpoint]:
+        """The kept snapshots of ``pipeline``, newest first, each verified."""
+        return await anyio.to_thread.run_sync(self._history_sync, pipeline)
+
+    def _history_sync(self, pipeline: str) -> list[Checkpoint]:
+        if self._missing():  # looking must not create the database
+            return []
+        with self._transaction("BEGIN") as db:
+            rows = db.execute(
+                "SELECT generation, snapshot FROM riprap_checkpoint_history WHERE pipeline = ?"
+                " ORDER BY generation DESC",
+                (pipeline,),
+            ).fetchall()
+        where = f"{self.path} (pipeline {pipeline!r}, kept generation {{}})"
+        return [decode(data, where=where.format(g), pipeline=pipeline) for g, data in rows]
+
+    def _keep(
+        self,
+        db: sqlite3.Connection,
+        pipeline: str,
+        generation: int,
+        data: bytes,
+        *,
+        prune: bool = True,
+    ) -> None:
+        """Keep ``data`` as generation ``generation``; thin the older kept ones.
+
+        An operator's overwrite (``prune=False``) drops nothing: the tool may not
+        know the ``history`` the pipeline's runs keep.
+        """
+        db.execute(
+            "INSERT OR REPLACE INTO riprap_checkpoint_history (pipeline, generation, snapshot)"
+            " VALUES (?, ?, ?)",
+            (pipeline, generation, data),
+        )
+        if not prune:
+            return
+        kept = db.execute(
+            "SELECT generation FROM riprap_checkpoint_history WHERE pipeline = ?", (pipeline,)
+        ).fetchall()
+        db.executemany(
+            "DELETE FROM riprap_checkpoint_history WHERE pipeline = ? AND generation = ?",
+            [(pipeline, g) for g in stale_generations((g for (g,) in kept), self._history)],
+        )
 
     def _close_sync(self) -> None:
         """Close the connection; idempotent, and a later call opens a new one."""
@@ -230,6 +296,7 @@ class SqliteCheckpoints(ThreadedCheckpoints):
                 " snapshot = excluded.snapshot",
                 (pipeline, epoch, owner, epoch, checkpoint.seq, data),
             )
+            self._keep(db, pipeline, checkpoint.generation, data, prune=False)
         self._record(pipeline, checkpoint.generation, repair=True)
         return checkpoint
 
@@ -428,6 +495,7 @@ class SqliteCheckpoints(ThreadedCheckpoints):
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
             db.execute(_SCHEMA)
+            db.execute(_HISTORY_SCHEMA)
         except BaseException:
             db.close()
             raise

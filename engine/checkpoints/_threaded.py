@@ -2,8 +2,10 @@
 
 Such a backend writes its work as plain blocking methods; this base class runs
 each one in a worker thread, so the event loop never waits on a disk. The
-snapshot is encoded before the hop, on the loop, so the bytes are a consistent
-cut of the state (I3).
+snapshot is encoded in the same worker thread, so the loop never waits on the
+encoding of a large state either: the cut was taken on the loop, and what it
+refers to no longer changes (see :class:`~riprap.checkpoints.DeferredState`),
+so the bytes are still a consistent cut (I3).
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ if TYPE_CHECKING:
 
     from riprap.checkpoints._integrity import CheckpointStatus
     from riprap.checkpoints._snapshot import Checkpoint, Claim
+
+
+async def encode_in_thread(checkpoint: Checkpoint) -> bytes:
+    """:func:`~riprap.checkpoints.encode` in a worker thread: what an async backend calls.
+
+    Raises:
+        CheckpointError: The operator state is not JSON-serialisable.
+    """
+    return await anyio.to_thread.run_sync(encode, checkpoint)
 
 
 class ThreadedCheckpoints(ABC):
@@ -39,8 +50,11 @@ class ThreadedCheckpoints(ABC):
 
     async def save(self, checkpoint: Checkpoint) -> None:
         """Store ``checkpoint`` atomically and durably if its writer still holds the claim."""
-        data = encode(checkpoint)
-        await anyio.to_thread.run_sync(self._save_sync, checkpoint, data)
+        await anyio.to_thread.run_sync(self._encode_and_save, checkpoint)
+
+    def _encode_and_save(self, checkpoint: Checkpoint) -> None:
+        """Encode and store in one hop to the worker thread."""
+        self._save_sync(checkpoint, encode(checkpoint))
 
     async def load(self, pipeline: str) -> Checkpoint | None:
         """The latest snapshot of ``pipeline``, or ``None``."""

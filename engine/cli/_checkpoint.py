@@ -6,6 +6,9 @@ recorded), the epoch and its owner, the crash guard, the operators' notes and
 whether the store is consistent with its recorded generation: whether a run
 would start from it or stop with a ``CheckpointIntegrityError``.
 
+``riprap checkpoint history STORE`` lists the generations the store keeps (the
+last few snapshots, newest first), which ``riprap rollback --to`` picks from.
+
 ``riprap checkpoint reset STORE --yes`` accepts what is stored after a
 rollback (an older copy, a lost SQLite ``-wal``); with ``--wipe`` it replaces
 the checkpoint by an empty one instead, so the pipeline starts from the
@@ -46,6 +49,7 @@ from riprap.checkpoints._file import FileCheckpoints
 from riprap.checkpoints._snapshot import MAX_NOTES, Checkpoint
 from riprap.checkpoints._sqlite import SqliteCheckpoints
 from riprap.cli._help import HELP_FORMAT, plain
+from riprap.cli._kept import show_history
 from riprap.cli._locations import FileLocation, KafkaLocation, parse_location
 from riprap.cli._runs import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -80,6 +84,10 @@ def add_checkpoint_commands(
     _add_store_arguments(show, pipeline_help="only this pipeline (default: every one)")
     show.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     show.add_argument("--stage", help="print this stage's saved state (JSON) instead")
+
+    history = commands.add_parser("history", help="the generations kept, newest first")
+    _add_store_arguments(history)
+    history.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
 
     reset = commands.add_parser(
         "reset", help="accept what is stored after a rollback, or wipe it (--wipe)"
@@ -139,6 +147,7 @@ def run_checkpoint_command(args: argparse.Namespace) -> int:
     backend = open_store(args.store, endpoint_url=args.endpoint_url)
     commands: dict[str, Callable[[RepairableBackend, argparse.Namespace], Awaitable[int]]] = {
         "show": _show,
+        "history": _history,
         "reset": _reset,
         "set": _set,
     }
@@ -223,6 +232,12 @@ async def _show(backend: RepairableBackend, args: argparse.Namespace) -> int:
         else:
             out.write(format_status(status))
     return EXIT_OK if all(status.consistent for status in statuses) else EXIT_FAILED
+
+
+async def _history(backend: RepairableBackend, args: argparse.Namespace) -> int:
+    pipeline = await _pipeline(backend, args)
+    as_json = args.json or getattr(args, "log_format", None) == "json"
+    return await show_history(backend, pipeline, as_json=as_json)
 
 
 def status_summary(status: CheckpointStatus) -> dict[str, Any]:

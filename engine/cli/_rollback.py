@@ -1,12 +1,17 @@
 """``riprap rollback``: undo a bad release of a pipeline that writes a lakehouse table.
 
-The pipeline is loaded as ``riprap run`` loads it. Every sink with a
+The pipeline is loaded as ``riprap run`` loads it. ``--to`` names a checkpoint
+generation the store keeps (``riprap checkpoint history`` lists them), or an
+ISO time: the newest kept generation saved by then. Every sink with a
 ``rollback(*, pipeline, to, dry_run, force)`` method (``DeltaSink`` has one)
-restores its table to the version ``--to`` names (a version number, or an ISO
-time: the version current then) and says, per source partition, the position
-the restored table holds it to. The pipeline's checkpoint then moves back to
-those positions (never forward), so a fixed pipeline reprocesses the undone
-range. Without ``--yes`` the command only prints the plan.
+restores its table to the version that matches that checkpoint (the newest
+whose commits hold nothing past its positions) and says, per source
+partition, the position the restored table holds it to. The pipeline's
+checkpoint then moves back to the checkpoint's positions, or lower where a
+table holds less (never forward), so a fixed pipeline reprocesses the undone
+range. ``--to-version`` names a table version instead (one Delta sink).
+Without ``--yes`` the command only prints the plan: the tables' versions and
+the positions, now and after.
 
 Order: the checkpoint is set first, the tables are restored after. A crash in
 between leaves positions behind what the tables hold, which a Delta sink's
@@ -15,13 +20,13 @@ rows are still there), and running the command again finishes the job. The
 other order would leave restored tables behind a checkpoint that has moved
 past the undone range: a run would never write it again.
 
-Rolling back to a checkpoint *generation* needs the generations' positions,
-and checkpoint stores keep only the latest snapshot: give a version or a time.
+Only positions move back: operator state (windows, dedupe) stays as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -30,9 +35,11 @@ import anyio
 import anyio.to_thread
 
 from riprap._core.errors import ConfigError
+from riprap.checkpoints._history import kept_snapshot
 from riprap.checkpoints._integrity import RepairableBackend
 from riprap.cli._backfill import instant
 from riprap.cli._checkpoint import set_positions
+from riprap.cli._kept import iso, kept_history
 from riprap.cli._load import load_pipeline
 from riprap.cli._runs import EXIT_OK
 
@@ -42,6 +49,10 @@ if TYPE_CHECKING:
 
     from riprap._core.pipeline import Pipeline
     from riprap._core.protocols import Sink
+    from riprap.checkpoints._snapshot import Checkpoint
+
+    Target = int | datetime | Mapping[str, int]
+    """What a sink's table goes back to: a version, a time, or a checkpoint's positions."""
 
 
 class TableRollback(Protocol):
@@ -65,7 +76,7 @@ class RollbackSink(Protocol):
     name: str
 
     def rollback(
-        self, *, pipeline: str, to: int | datetime, dry_run: bool = True, force: bool = False
+        self, *, pipeline: str, to: Target, dry_run: bool = True, force: bool = False
     ) -> TableRollback: ...
 
 
@@ -73,17 +84,25 @@ def add_rollback_command(commands: argparse._SubParsersAction[argparse.ArgumentP
     """Add ``riprap rollback`` to the commands."""
     cmd = commands.add_parser(
         "rollback",
-        help="restore a pipeline's Delta table to an earlier version and move its positions back",
-        description="Restore the tables of a pipeline's Delta sinks to an earlier version "
-        "and move its checkpoint back to the positions they hold; a dry run without --yes.",
+        help="move a pipeline and its Delta tables back to an earlier checkpoint generation",
+        description="Restore the tables of a pipeline's Delta sinks to the versions that "
+        "match a kept checkpoint generation and move its positions back to it; "
+        "a dry run without --yes.",
     )
     cmd.add_argument("pipeline", help="path/to/file.py[:name] (name defaults to 'pipeline')")
-    cmd.add_argument(
+    goal = cmd.add_mutually_exclusive_group(required=True)
+    goal.add_argument(
         "--to",
-        required=True,
         type=target,
-        metavar="VERSION|TIME",
-        help="a table version, or an ISO time with a timezone (the version current then)",
+        metavar="GENERATION|TIME",
+        help="a kept checkpoint generation (`riprap checkpoint history`), or an ISO time"
+        " with a timezone (the newest generation saved by then)",
+    )
+    goal.add_argument(
+        "--to-version",
+        type=_version,
+        metavar="VERSION",
+        help="a table version instead (a pipeline with one Delta sink)",
     )
     cmd.add_argument("--force", action="store_true", help="also undo commits of other writers")
     cmd.add_argument("--yes", action="store_true", help="do it (without: print the plan only)")
@@ -91,7 +110,7 @@ def add_rollback_command(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def target(text: str) -> int | datetime:
-    """A table version or an ISO time, as an argparse ``type``.
+    """A checkpoint generation or an ISO time, as an argparse ``type``.
 
     Raises:
         argparse.ArgumentTypeError: Neither a non-negative integer nor an ISO time with a timezone.
@@ -101,7 +120,13 @@ def target(text: str) -> int | datetime:
     try:
         return instant(text)
     except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"not a table version, and {exc}") from None
+        raise argparse.ArgumentTypeError(f"not a generation, and {exc}") from None
+
+
+def _version(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a table version (0, 1, ...)")
+    return int(text)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
@@ -114,8 +139,8 @@ def run_rollback(args: argparse.Namespace) -> int:
     """
     pipeline = load_pipeline(args.pipeline)
     sinks = rollback_sinks(pipeline)
-    if isinstance(args.to, int) and len(sinks) > 1:
-        raise ConfigError("--to", "a version names one table; give a time for several sinks")
+    if args.to_version is not None and len(sinks) > 1:
+        raise ConfigError("--to-version", "a version names one table; give --to for several sinks")
     backend = _backend(pipeline)
 
     async def run() -> int:
@@ -188,18 +213,25 @@ async def _rollback(
         why = status.problem or f"{status.where}: no checkpoint of {pipeline.name!r}"
         raise ConfigError("checkpoint", f"{why}; repair it with `riprap checkpoint` first")
     now = status.checkpoint.positions
-    plans = [await _call(sink, pipeline.name, args, dry_run=True) for sink in sinks]
-    after = positions_after(now, plans)
+    goal: Checkpoint | None = None
+    to: Target = args.to_version
+    if args.to is not None:
+        goal = kept_snapshot(await kept_history(backend, pipeline.name), args.to)
+        to = dict(goal.positions)
+    plans = [await _call(sink, pipeline.name, to, args.force, dry_run=True) for sink in sinks]
+    after = positions_after(now, plans, {} if goal is None else goal.positions)
     out = sys.stdout
+    if goal is not None:
+        out.write(f"checkpoint generation {goal.generation}, saved {iso(goal.created_at)}\n")
     out.write(format_plan(pipeline.name, backend.location, plans, now, after))
     if not args.yes:
         out.write("dry run: nothing changed; add --yes to do it\n")
         return EXIT_OK
     if after:  # first the checkpoint, then the tables: see the module docstring
         await set_positions(backend, pipeline.name, after, action="rollback: set")
-    restored = [await _call(sink, pipeline.name, args, dry_run=False) for sink in sinks]
+    restored = [await _call(sink, pipeline.name, to, args.force, dry_run=False) for sink in sinks]
     # A partition first committed after the plan was made: move it back too, or it has a gap.
-    later = {p: n for p, n in positions_after(now, restored).items() if n < after.get(p, n + 1)}
+    later = {p: n for p, n in positions_after(now, restored, {}).items() if n < after.get(p, n + 1)}
     if later:
         await set_positions(backend, pipeline.name, later, action="rollback: set")
     out.write("done: run the fixed pipeline to reprocess the undone range\n")
@@ -207,25 +239,28 @@ async def _rollback(
 
 
 async def _call(
-    sink: RollbackSink, pipeline: str, args: argparse.Namespace, *, dry_run: bool
+    sink: RollbackSink, pipeline: str, to: Target, force: bool, *, dry_run: bool
 ) -> TableRollback:
     def call() -> TableRollback:
-        return sink.rollback(pipeline=pipeline, to=args.to, dry_run=dry_run, force=args.force)
+        return sink.rollback(pipeline=pipeline, to=to, dry_run=dry_run, force=force)
 
     return await anyio.to_thread.run_sync(call)
 
 
-def positions_after(now: Mapping[str, int], plans: Sequence[TableRollback]) -> dict[str, int]:
-    """The positions to set: per checkpointed partition, the lowest a restored table holds.
+def positions_after(
+    now: Mapping[str, int], plans: Sequence[TableRollback], goal: Mapping[str, int]
+) -> dict[str, int]:
+    """The positions to set: per checkpointed partition, the lowest of the goal's and the tables'.
 
-    A position never moves forward: what a table holds beyond the checkpoint
-    is skipped on the replay anyway, and other sinks may still lack it.
+    ``goal`` holds the positions of the generation rolled back to (empty for a
+    table version). A position never moves forward: what a table holds beyond
+    the checkpoint is skipped on the replay anyway, and other sinks may still lack it.
     """
     after: dict[str, int] = {}
-    for plan in plans:
-        for partition, position in plan.positions.items():
-            if partition in now and position < now[partition]:
-                after[partition] = min(position, after.get(partition, position))
+    found = [goal, *(plan.positions for plan in plans)]
+    for partition, position in itertools.chain.from_iterable(p.items() for p in found):
+        if partition in now and position < now[partition]:
+            after[partition] = min(position, after.get(partition, position))
     return after
 
 

@@ -241,6 +241,21 @@ class RunCollector(Collector):
         if ck.age is not None:
             age.add_metric([name], ck.age)
         yield age
+        interval = GaugeMetricFamily(
+            "riprap_checkpoint_interval_seconds",
+            "Real seconds between the last two periodic checkpoints.",
+            labels=["pipeline"],
+        )
+        if ck.last_interval is not None:
+            interval.add_metric([name], ck.last_interval)
+        yield interval
+        late = CounterMetricFamily(
+            "riprap_checkpoint_late_intervals",
+            "Periodic checkpoints that came twice the configured interval or more after the last.",
+            labels=["pipeline"],
+        )
+        late.add_metric([name], ck.late)
+        yield late
 
     def _policies(self, stats: RunStatistics) -> Iterator[Metric]:
         name = self.pipeline

@@ -79,6 +79,9 @@ class CheckpointStatistics:
         last_duration: Seconds the last save took (``None`` before the first).
         age: Seconds since the last save (``None`` before the first).
         epoch: Times the pipeline was started, ever: restarts show here.
+        last_interval: Seconds between the last two periodic checkpoints, measured.
+        late: Periodic checkpoints that came twice the configured interval or
+            more after the previous one (logged as a warning).
     """
 
     saved: int = 0
@@ -87,6 +90,8 @@ class CheckpointStatistics:
     last_duration: float | None = None
     age: float | None = None
     epoch: int = 0
+    last_interval: float | None = None
+    late: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

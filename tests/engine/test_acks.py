@@ -70,14 +70,30 @@ class Fork:
     children: tuple[Leaf | Fork, ...]
 
 
-def trees() -> st.SearchStrategy[Leaf | Fork]:
-    """Random fan-out trees: sinks that write, dead-letter or never finish (a failed branch)."""
+@dataclass(frozen=True)
+class Side:
+    """A stage with a side output: some records to ``side``, the rest on to ``main``.
+
+    As a window or a validation stage does: the ack is retained once for the
+    side output before the stage hands the rest on, or releases its own share
+    when nothing goes on (``main`` is ``None``: absorbed or all sent aside).
+    """
+
+    main: Leaf | Fork | Side | None
+    side: Leaf | Fork | Side
+
+
+def trees() -> st.SearchStrategy[Leaf | Fork | Side]:
+    """Random fan-out trees with side outputs: sinks that write, dead-letter or never finish."""
     leaves = st.builds(Leaf, st.sampled_from(["done", "done", "dlq", "fail"]))
-    return st.recursive(
-        leaves,
-        lambda children: st.builds(Fork, st.lists(children, min_size=1, max_size=3).map(tuple)),
-        max_leaves=6,
-    )
+
+    def nodes(
+        children: st.SearchStrategy[Leaf | Fork | Side],
+    ) -> st.SearchStrategy[Leaf | Fork | Side]:
+        forks = st.builds(Fork, st.lists(children, min_size=1, max_size=3).map(tuple))
+        return forks | st.builds(Side, st.none() | children, children)
+
+    return st.recursive(leaves, nodes, max_leaves=6)
 
 
 @dataclass(frozen=True)
@@ -85,7 +101,7 @@ class Token:
     """One share of a batch's ack on its way through the tree; ``release`` ends a dead letter."""
 
     batch: int
-    node: Leaf | Fork | None  # None: the dead-letter write became durable
+    node: Leaf | Fork | Side | None  # None: the dead-letter write became durable
 
 
 def expected_positions(batches: list[tuple[str, int, int]], undone: set[int]) -> dict[str, int]:
@@ -112,12 +128,13 @@ def expected_positions(batches: list[tuple[str, int, int]], undone: set[int]) ->
     st.data(),
 )
 def test_done_prefix_holds_across_random_fan_out_trees(
-    drawn: list[tuple[str, int, int, Leaf | Fork]], data: st.DataObject
+    drawn: list[tuple[str, int, int, Leaf | Fork | Side]], data: st.DataObject
 ) -> None:
-    """Fan-out trees, dead letters and failed branches, completed in any interleaving (I1).
+    """Fan-out trees, side outputs, dead letters and failed branches, in any interleaving (I1).
 
     Each step handles one pending share of some batch, as the runtime does: a
-    fork retains the ack once per extra child before handing it on, a sink
+    fork retains the ack once per extra child before handing it on, a stage
+    with a side output retains it once before its own share goes on, a sink
     releases its share, a dead letter retains it until its write is durable, a
     failed branch never releases. After every step each partition's position
     is exactly the start of its first batch some branch is not done with.
@@ -141,6 +158,13 @@ def test_done_prefix_holds_across_random_fan_out_trees(
         if isinstance(node, Fork):
             ack.retain(len(node.children) - 1)
             pending += [Token(token.batch, child) for child in node.children]
+        elif isinstance(node, Side):
+            ack.retain()  # the side output's share, before the stage's own goes on
+            pending.append(Token(token.batch, node.side))
+            if node.main is None:
+                ack.release()
+            else:
+                pending.append(Token(token.batch, node.main))
         elif node is None or node.kind == "done":
             ack.release()
         elif node.kind == "dlq":

@@ -395,7 +395,7 @@ async def test_sqlite_not_a_database(tmp_path: Path) -> None:
 
 
 async def test_file_leaves_no_temp_files(tmp_path: Path) -> None:
-    """Claims, saves and refused saves leave exactly the pipeline's three files."""
+    """Claims, saves and refused saves leave exactly the pipeline's files and its history."""
     store = FileCheckpoints(tmp_path)
     for seq, owner in enumerate(("a", "b"), start=1):
         claim = await store.claim("orders", owner)
@@ -406,6 +406,7 @@ async def test_file_leaves_no_temp_files(tmp_path: Path) -> None:
         "orders.checkpoint.json",
         "orders.claim.json",
         "orders.generation.json",
+        "orders.history",
         "orders.lock",
     }
     assert expected == set(os.listdir(tmp_path))
@@ -429,6 +430,7 @@ async def test_file_failed_write_cleans_up(tmp_path: Path, monkeypatch: pytest.M
         "orders.checkpoint.json",
         "orders.claim.json",
         "orders.generation.json",
+        "orders.history",
         "orders.lock",
     }
     assert (expected, first) == (set(os.listdir(tmp_path)), await store.load("orders"))
@@ -524,6 +526,8 @@ async def test_files_are_private(durable_kind: str, tmp_path: Path) -> None:
     }[durable_kind]
     names |= {"orders.lock"} if durable_kind == "file" else {"checkpoints.db.generation.json"}
     expected = dict.fromkeys(names, 0o600)
+    if durable_kind == "file":
+        expected["orders.history"] = 0o700  # the kept snapshots' directory
     assert expected == modes
 
 

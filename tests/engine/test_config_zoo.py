@@ -321,11 +321,11 @@ def test_second_sink_points_to_fan_out(tmp_path: Path) -> None:
     assert expected == str(info.value)
 
 
-def test_second_source_says_a_pipeline_reads_one(tmp_path: Path) -> None:
-    """Refusing a second source says why."""
+def test_second_source_says_how_to_read_several(tmp_path: Path) -> None:
+    """Refusing a second source says how to read several instead."""
     with pytest.raises(riprap.ConfigError) as info:
         riprap.Pipeline("p").source(CountingSource()).source(CountingSource())
-    assert "a pipeline reads one source, so .source() is called once" in str(info.value)
+    assert "to read several sources, name each in one .sources(a=..., b=...)" in str(info.value)
 
 
 def test_health_port_in_use_is_one_line(busy_port: int) -> None:

@@ -80,7 +80,14 @@ def hand_built(**changes: Any) -> riprap.RunStatistics:
         dead_letters={"validation": 4, "crash_loop": 1},
         queue_depths={"score": 2, "out": 0},
         checkpoint=CheckpointStatistics(
-            saved=3, skipped=1, failed=2, last_duration=0.25, age=400.0, epoch=4
+            saved=3,
+            skipped=1,
+            failed=2,
+            last_duration=0.25,
+            age=400.0,
+            epoch=4,
+            last_interval=31.0,
+            late=2,
         ),
         policies=PolicySummary(
             retries_by_stage={"score": 6},
@@ -213,6 +220,8 @@ def test_metrics_come_from_a_hand_built_snapshot() -> None:
         sample("riprap_checkpoints_total", outcome="failed"): 2.0,
         sample("riprap_checkpoint_duration_seconds"): 0.25,
         sample("riprap_checkpoint_age_seconds"): 400.0,
+        sample("riprap_checkpoint_interval_seconds"): 31.0,
+        sample("riprap_checkpoint_late_intervals_total"): 2.0,
         sample("riprap_retries_total", stage="score"): 6.0,
         sample("riprap_fallbacks_total", stage="score"): 2.0,
         sample("riprap_breaker_trips_total", dependency="scores"): 1.0,

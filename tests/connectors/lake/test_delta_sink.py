@@ -177,7 +177,13 @@ async def test_bad_records_go_to_the_dead_letter_store(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("new_columns", "maybe"), ("max_rows", 0), ("max_age", 0), ("compression", "zip")],
+    [
+        ("new_columns", "maybe"),
+        ("max_rows", 0),
+        ("max_age", 0),
+        ("compression", "zip"),
+        ("file_bytes", 0),
+    ],
 )
 def test_bad_options_are_refused(tmp_path: Path, option: str, value: Any) -> None:
     """An invalid option is a ConfigError that names it."""

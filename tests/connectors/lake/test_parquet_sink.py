@@ -152,6 +152,18 @@ async def test_every_records_fields_count(tmp_path: Path) -> None:
     assert [{"n": 0}] == rows(tmp_path / "in")
 
 
+async def test_a_field_in_place_of_another_is_refused(tmp_path: Path) -> None:
+    """Same field count, one name swapped: the unknown field is refused, never dropped."""
+    schema = pa.schema([("n", pa.int64()), ("s", pa.string())])
+    sink = ParquetSink(tmp_path, schema=schema)
+    await sink.open()
+    with pytest.raises(DataError, match=r"the record at in@1: field 't'"):
+        await sink.write(batch_of([{"n": 0, "s": "a"}, {"n": 1, "t": "b"}]))
+    await sink.write(batch_of([{"s": "c", "n": 2}, {"n": 3, "s": "d"}], start=2))
+    await sink.flush()
+    assert [{"n": 2, "s": "c"}, {"n": 3, "s": "d"}] == rows(tmp_path / "in")
+
+
 async def test_a_struct_may_not_lose_fields(tmp_path: Path) -> None:
     """A nested field the declared struct lacks is refused, never dropped."""
     schema = pa.schema([("point", pa.struct([("x", pa.int64())]))])

@@ -95,3 +95,19 @@ def test_commits_of_other_writers_are_not_undone_silently(tmp_path: Path) -> Non
         rollback_delta(tmp_path / "table", pipeline=PIPELINE, to=version)
     preview = rollback_delta(tmp_path / "table", pipeline=PIPELINE, to=version, force=True)
     assert f"undo version {version + 1}: WRITE by other/delta, 10 rows" in preview.describe()
+
+
+def test_positions_pick_the_newest_version_that_holds_no_more(tmp_path: Path) -> None:
+    """A checkpoint's positions match the newest version at or below them, even between commits."""
+    write_orders(tmp_path / "orders.jsonl", 0, 70)
+    run(tmp_path, tmp_path / "table", "state.db", fixed)  # commits end at 21, 42, 63 and 70
+    partition = str(tmp_path / "orders.jsonl")
+    history = DeltaTable(str(tmp_path / "table")).history()
+    ends = {int(c["version"]): c["riprap.positions"][partition] for c in history}
+    between = rollback_delta(tmp_path / "table", pipeline=PIPELINE, to={partition: 50})
+    exact = rollback_delta(tmp_path / "table", pipeline=PIPELINE, to={partition: 70})
+    picked = (between.to_version, dict(between.positions), exact.to_version, exact.undone)
+    assert (max(v for v, end in ends.items() if end <= 50), {partition: 42}) == picked[:2]
+    assert (max(ends), ()) == picked[2:]
+    with pytest.raises(ConfigError, match="as old as those positions"):
+        rollback_delta(tmp_path / "table", pipeline=PIPELINE, to={partition: 3})

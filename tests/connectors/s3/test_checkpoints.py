@@ -223,13 +223,17 @@ async def test_names_are_escaped(backend: CheckpointBackend, store: Store) -> No
         await backend.claim(name, "a")
         await backend.save(snapshot(1, "a", seq=1, pipeline=name))
     loaded = [await backend.load(name) for name in names]
+    kept = ".history/00000000000000000101.json"  # the kept copy of generation 101
     expected_keys = [
         PREFIX + "..%2Fescape.checkpoint.json",
         PREFIX + "..%2Fescape.generation.json",
+        PREFIX + "..%2Fescape" + kept,
         PREFIX + "a%2Fb.checkpoint.json",
         PREFIX + "a%2Fb.generation.json",
+        PREFIX + "a%2Fb" + kept,
         PREFIX + "x.checkpoint.checkpoint.json",
         PREFIX + "x.checkpoint.generation.json",
+        PREFIX + "x.checkpoint" + kept,
     ]
     assert ([snapshot(1, "a", seq=1, pipeline=n) for n in names], expected_keys) == (
         loaded,

@@ -1,0 +1,126 @@
+"""The stage behind ``.map(step_id, fn, state=...)``: ``fn(value, state)`` per record.
+
+It is a :class:`~riprap.Stage`, so its state reaches the checkpoint the way
+every stage's does (``snapshot``/``restore``, cut with the positions, I3).
+Records are processed one at a time, in order (an async ``fn`` is awaited
+before the next record starts), because the state a record sees must be the
+one its predecessors of the partition left.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, final
+
+from riprap._core.errors import ConfigError, DataError
+from riprap._core.records import Batch, DropsOrigin
+from riprap._core.steps import STEP_OPTIONS, OpStep, check_known, check_name, is_async
+from riprap._runtime.fuse import refuse_awaitable
+from riprap._runtime.keyed_state import KeyedState
+from riprap._runtime.state_memory import MemoryStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from riprap._core.protocols import Emit, StageContext
+    from riprap._core.state_stores import StateStore
+    from riprap._core.steps import Step
+
+STATE_OPTIONS = ("state",)
+"""What ``.map`` accepts next to ``state=``: records go one at a time, in order, unretried."""
+
+
+@final
+class KeyedMapStage:
+    """Replaces each value with ``fn(value, state)``, ``state`` being its key's :class:`State`."""
+
+    def __init__(self, step_id: str, fn: Callable[..., Any], store: StateStore) -> None:
+        self.step_id = step_id
+        self.fn = fn
+        self.is_async = is_async(fn)
+        self.keyed = KeyedState(store)
+        self._context: StageContext | None = None
+        self._checked = False
+
+    async def open(self, context: StageContext) -> None:
+        """Open the state store, reconciled with the restored checkpoint."""
+        self._context = context
+        self.keyed.open(context, self.step_id)
+
+    async def process(self, batch: Batch, emit: Emit) -> None:
+        """Call ``fn`` per record; a ``DataError`` dead-letters the record and drops its changes."""
+        context = self._context
+        if context is None:
+            raise RuntimeError(f"stage {self.step_id!r} was not opened")
+        out: list[Any] = []
+        drops: list[int] = []
+        for index, (value, where) in enumerate(zip(batch.items, batch.sources(), strict=True)):
+            try:
+                state = self.keyed._bind(where, deferred=True)
+                result = self.fn(value, state)
+                if self.is_async:
+                    result = await result
+                elif not self._checked:  # one look is enough: fn is sync or it is not
+                    refuse_awaitable(result, "map", self.step_id)
+                    self._checked = True
+            except DataError as error:
+                drops.append(len(out))
+                context.dead_letter(batch, index, error, None)
+                continue
+            state._commit()
+            out.append(result)
+        if not drops:
+            await emit(Batch(out, batch.ack, batch.origin))
+        elif out:
+            await emit(Batch(out, batch.ack, DropsOrigin(batch.origin, drops)))
+        else:
+            batch.ack.release()  # every record is held by its dead-letter write
+
+    async def finish(self, emit: Emit) -> None:
+        """Nothing is held back: every result went out with its record."""
+
+    def snapshot(self) -> Any:
+        return self.keyed.snapshot()
+
+    def restore(self, state: Any) -> None:
+        self.keyed.restore(state)
+
+
+def keyed_map(
+    step_id: str, fn: Callable[..., Any], options: Mapping[str, Any], before: Sequence[Step]
+) -> KeyedMapStage:
+    """The stage of ``.map(step_id, fn, state=...)`` after the steps ``before``, checked.
+
+    Raises:
+        ConfigError: Naming the step and the option: ``fn`` not callable, a
+            ``state`` that is not ``True`` or a store, an option keyed state
+            does not take (records go one at a time, in order, unretried), or
+            an earlier step that does not keep the order of records.
+    """
+    where = f"map({step_id!r})"
+    check_name("step_id", step_id)
+    check_known(where, options, STEP_OPTIONS)
+    for name in options:
+        if name not in STATE_OPTIONS:
+            raise ConfigError(
+                f"{where}.{name}",
+                "is not available with state=: a keyed-state step calls its function "
+                "once per record, in order, without retries",
+            )
+    if not callable(fn):
+        raise ConfigError(f"{where}.fn", f"must be callable, got {fn!r}")
+    unordered = [s.step_id for s in before if isinstance(s, OpStep) and not s.ordered]
+    if unordered:
+        raise ConfigError(
+            f"{where}.state",
+            f"step {unordered[0]!r} runs with ordered=False, but keyed state needs the "
+            "records of a partition in order (so that a replay repeats the same changes)",
+        )
+    store = options["state"]
+    if store is True:
+        store = MemoryStore()
+    if not (hasattr(store, "open") and isinstance(getattr(store, "kind", None), str)):
+        raise ConfigError(
+            f"{where}.state",
+            f"must be True, MemoryStore() or SqliteStore(directory), got {store!r}",
+        )
+    return KeyedMapStage(step_id, fn, store)

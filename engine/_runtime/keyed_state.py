@@ -1,0 +1,341 @@
+"""Keyed state of one step: per-key values, partitioned like the input, cut with the positions.
+
+Why a checkpoint's state matches its positions exactly (I3): a record changes
+the state when a step processes it, but its source position is done only
+once its sink is done, and positions advance over a done *prefix*; a sync
+step runs well ahead of the sink. So every change is kept in a per-partition
+log tagged with the offset of the source record behind it, and reads see the
+newest change. At a checkpoint cut (no await in between, see
+:meth:`KeyedState.snapshot`) the changes of records *below* the cut's position
+are applied to the store and saved with the checkpoint, and the others stay in
+the log: a change of a record the checkpoint does not cover is never in it.
+After a crash the source replays from the positions, and the replayed records
+make their changes again on top of exactly the state the positions imply: a
+keyed running count ends as in a run that never crashed.
+
+This needs records of one partition to reach the step in offset order, which
+steps keep unless told ``ordered=False``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Any, final
+
+from riprap._core.errors import ConfigError
+from riprap._core.state_values import (
+    MissingKeyError,
+    decode_value,
+    encode_value,
+    key_token,
+)
+
+if TYPE_CHECKING:
+    from riprap._core.clock import Clock
+    from riprap._core.protocols import StageContext
+    from riprap._core.records import Batch, Where
+    from riprap._core.state_stores import Backing, Partitions, StateStore
+    from riprap._core.state_values import Entry
+
+_UNSET: Any = object()
+"""No change pending in a :class:`State` (``None`` is a change: a delete)."""
+
+_CUTS_KEPT = 64
+"""Cuts remembered while waiting to learn that a checkpoint covering them was saved."""
+
+
+@final
+class PartitionLog:
+    """One partition's changes since the last cut, in offset order, and the newest per key.
+
+    Three parallel lists (offsets, tokens, entries): a cut finds its split with
+    one bisection and keeps each key's last change below it with one
+    ``dict(zip(...))``, both in C, so a checkpoint costs little loop time
+    however many changes a checkpoint interval holds.
+    """
+
+    __slots__ = ("backing", "entries", "newest", "offsets", "partition", "step_id", "tokens")
+
+    def __init__(self, step_id: str, partition: str, backing: Backing) -> None:
+        self.step_id = step_id
+        self.partition = partition
+        self.backing = backing
+        self.offsets: list[int] = []
+        self.tokens: list[str] = []
+        self.entries: list[Entry] = []
+        self.newest: dict[str, Entry] = {}
+
+    def read(self, token: str) -> tuple[str, float | None] | None:
+        if token in self.newest:
+            return self.newest[token]
+        return self.backing.read(token)
+
+    def write(self, offset: int, token: str, entry: Entry) -> None:
+        """Log a change of the record at ``offset``.
+
+        Raises:
+            ConfigError: ``offset`` is below the last change's: records of the
+                partition came out of order, so a cut could not tell which
+                changes its positions cover.
+        """
+        offsets = self.offsets
+        if offsets and offset < offsets[-1]:
+            raise ConfigError(
+                f"state({self.step_id!r})",
+                f"partition {self.partition!r} reached the step out of order (offset "
+                f"{offset} after {offsets[-1]}): keyed state needs the records of a "
+                "partition in order; a stage before it reorders them",
+            )
+        offsets.append(offset)
+        self.tokens.append(token)
+        self.entries.append(entry)
+        self.newest[token] = entry
+
+    def cut(self, position: int, now: float) -> bool:
+        """Apply each key's last change of the records below ``position``; whether any were."""
+        split = bisect_left(self.offsets, position)
+        if not split:
+            return False
+        self.backing.apply(
+            dict(zip(self.tokens[:split], self.entries[:split], strict=True)), position, now
+        )
+        del self.offsets[:split], self.tokens[:split], self.entries[:split]
+        self.newest = dict(zip(self.tokens, self.entries, strict=True))
+        return True
+
+
+@final
+class State:
+    """The state of one key, bound to the record being processed.
+
+    Handed to a step's function (``.map(step_id, fn, state=True)`` calls
+    ``fn(value, state)``) or taken by a stage from
+    :meth:`KeyedState.state`. Values are stored as JSON (str, int, float,
+    bool, None, lists, dicts with str keys); a tuple comes back as a list.
+    Valid while its record is processed; do not keep it.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_clock", "_deferred", "_log", "_offset", "_pending", "_step_id", "_token", "key")
+
+    key: Any
+    """The record's key, which this state belongs to."""
+    _step_id: str
+    _token: str
+    _log: PartitionLog
+    _offset: int
+    _clock: Clock
+    _deferred: bool
+    _pending: Any
+
+    def __init__(self) -> None:
+        raise TypeError("riprap hands a State to the step's function; it is not made directly")
+
+    def get(self, default: Any = None) -> Any:
+        """The key's value, or ``default`` when it has none (or it has expired)."""
+        entry = self._pending if self._pending is not _UNSET else self._log.read(self._token)
+        if entry is None or (entry[1] is not None and entry[1] <= self._clock.time()):
+            return default
+        return decode_value(entry[0])
+
+    def set(self, value: Any, *, ttl: float | None = None) -> None:
+        """Store ``value`` for the key; with ``ttl``, it expires after that many seconds.
+
+        Expiry runs on the pipeline's clock (wall time, so it holds across restarts).
+
+        Raises:
+            StateValueError: JSON cannot hold ``value`` exactly (a data error
+                naming the step and the key).
+            ConfigError: ``ttl`` is not a positive number.
+        """
+        if ttl is not None and (isinstance(ttl, bool) or not ttl > 0):
+            raise ConfigError(f"state({self._step_id!r}).ttl", f"must be > 0, got {ttl!r}")
+        expires = None if ttl is None else self._clock.time() + ttl
+        self._change((encode_value(self._step_id, self.key, value), expires))
+
+    def delete(self) -> None:
+        """Remove the key's value."""
+        self._change(None)
+
+    def _change(self, entry: Entry) -> None:
+        if self._deferred:
+            self._pending = entry
+        else:
+            self._log.write(self._offset, self._token, entry)
+
+    def _commit(self) -> None:
+        """Make a deferred change (the function returned): it is kept from now on."""
+        if self._pending is not _UNSET:
+            self._log.write(self._offset, self._token, self._pending)
+            self._pending = _UNSET
+
+
+def bound_state(
+    step_id: str, key: object, log: PartitionLog, offset: int, clock: Clock, *, deferred: bool
+) -> State:
+    """The :class:`State` of ``key`` for the record at ``offset``, its changes going to ``log``.
+
+    Raises:
+        StateValueError: ``key`` is not str, bytes or int.
+    """
+    state = object.__new__(State)
+    state.key = key
+    state._step_id = step_id
+    state._token = key_token(step_id, key)
+    state._log = log
+    state._offset = offset
+    state._clock = clock
+    state._deferred = deferred
+    state._pending = _UNSET
+    return state
+
+
+@final
+class KeyedState:
+    """The keyed state of one step, for custom stages (the ``state=`` of ``.map`` uses it too).
+
+    A stage creates it in ``__init__``, opens it in ``open``, and hands it to
+    the checkpoint through its own ``snapshot``/``restore``::
+
+        class RunningCount:
+            step_id = "count"
+
+            def __init__(self) -> None:
+                self.counts = KeyedState(MemoryStore())
+
+            async def open(self, context: StageContext) -> None:
+                self.counts.open(context, self.step_id)
+
+            async def process(self, batch: Batch, emit: Emit) -> None:
+                for index in range(len(batch.items)):
+                    state = self.counts.state(batch, index)
+                    state.set(state.get(0) + 1)
+                await emit(batch)
+
+            async def finish(self, emit: Emit) -> None: ...
+
+            def snapshot(self) -> Any:
+                return self.counts.snapshot()
+
+            def restore(self, state: Any) -> None:
+                self.counts.restore(state)
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_context",
+        "_cuts",
+        "_logs",
+        "_partitions",
+        "_restored",
+        "_snapshot",
+        "_step_id",
+        "store",
+    )
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._restored: Any = None
+        self._context: StageContext | None = None
+        self._partitions: Partitions | None = None
+        self._step_id = ""
+        self._logs: dict[str, PartitionLog] = {}
+        self._cuts: list[tuple[int, dict[str, int]]] = []
+        self._snapshot: Any = None
+        """The last snapshot, handed out again while nothing changes."""
+
+    def restore(self, state: Any) -> None:
+        """Take the state the checkpoint saved (before :meth:`open`)."""
+        self._restored = state
+
+    def open(self, context: StageContext, step_id: str) -> None:
+        """Open the store, reconciled with the restored checkpoint.
+
+        Raises:
+            StateStoreError: The store disagrees with the checkpoint (see
+                :class:`~riprap.state.SqliteStore`).
+        """
+        self._context = context
+        self._step_id = step_id
+        # A pipeline run again starts from its checkpoint.
+        self._logs, self._cuts, self._snapshot = {}, [], None
+        self._partitions = self.store.open(
+            pipeline=context.pipeline, step_id=step_id, restored=self._restored
+        )
+        self._restored = None
+
+    def state(self, batch: Batch, index: int) -> State:
+        """The state of the key of the record behind ``batch.items[index]``.
+
+        Raises:
+            MissingKeyError: The record has no key (a data error).
+            StateValueError: Its key is not str, bytes or int (a data error).
+            ConfigError: The item has no source record behind it (it was built
+                by a batch step or a stage that emits without origins).
+        """
+        return self._bind(batch.locate(index))
+
+    def _bind(self, where: Where, *, deferred: bool = False) -> State:
+        """:meth:`state` for a located item; ``deferred`` changes wait for ``_commit``."""
+        context = self._context
+        if context is None:
+            raise RuntimeError(f"keyed state of step {self._step_id!r} is used before open()")
+        if where is None:
+            raise ConfigError(
+                f"state({self._step_id!r})",
+                "an item reached the step with no source record behind it (after a batch "
+                "step or a stage that emits new records): keyed state needs the record's key",
+            )
+        source, index = where
+        key = source.keys[index] if source.keys is not None else None
+        offset = source.offset_of(index)
+        if key is None:
+            raise MissingKeyError(self._step_id, source.partition, offset)
+        log = self._log(source.partition)
+        return bound_state(self._step_id, key, log, offset, context.clock, deferred=deferred)
+
+    def _log(self, partition: str) -> PartitionLog:
+        log = self._logs.get(partition)
+        if log is None:
+            assert self._partitions is not None
+            backing = self._partitions.partition(partition)
+            log = self._logs[partition] = PartitionLog(self._step_id, partition, backing)
+        return log
+
+    def snapshot(self) -> Any:
+        """The state at the positions of the checkpoint being cut (call it only from ``snapshot``).
+
+        Applies the changes of records below each partition's position to the
+        store and returns what the checkpoint must hold: the whole state (memory)
+        or each partition's commit (SQLite).
+        """
+        context, partitions = self._context, self._partitions
+        if context is None or partitions is None:  # not opened: what was restored, unchanged
+            empty = {"store": self.store.kind, "partitions": {}}
+            return self._restored if self._restored is not None else empty
+        positions = context.positions()
+        now = context.clock.time()
+        changed = self._snapshot is None
+        for name, log in self._logs.items():
+            position = positions.get(name)
+            if position is not None and log.cut(position, now):
+                changed = True
+        self._remember_cut(context.checkpoints_saved(), partitions)
+        if changed:  # else the same object: the checkpointer sees "unchanged" at a glance
+            self._snapshot = partitions.snapshot(now)
+        return self._snapshot
+
+    def _remember_cut(self, saved: int, partitions: Partitions) -> None:
+        """Tell the store which commits a saved checkpoint covers.
+
+        Two saves completed after a cut prove that a checkpoint cut after it
+        was saved (saves never overlap, so at most one was under way at the cut).
+        """
+        while self._cuts and self._cuts[0][0] + 2 <= saved:
+            partitions.confirmed(self._cuts.pop(0)[1])
+        commits = partitions.commits()
+        if commits and (not self._cuts or self._cuts[-1][1] != commits):
+            self._cuts.append((saved, commits))
+            del self._cuts[:-_CUTS_KEPT]

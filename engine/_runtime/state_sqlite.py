@@ -1,0 +1,317 @@
+"""Keyed state on local disk: one SQLite database per step and source partition.
+
+The state can outgrow memory: only values changed since the last checkpoint
+are held in memory, the rest is read from the database. The checkpoint holds
+just a commit number per partition; the database holds the values.
+
+Why the two agree after any crash (I3): at every checkpoint cut, inside the
+cut (no await), each partition's changes below the cut's position are written
+in one SQLite transaction that also records the commit number and the
+position, together with *undo records* (the values the commit replaced). The
+cut then carries those commit numbers into the checkpoint, which is saved
+after. A crash can therefore leave a database ahead of the saved checkpoint
+(its commit written, the checkpoint's save lost), never behind it. On start,
+each database is reconciled with the checkpoint: a database ahead is rolled
+back with its undo records to the checkpoint's commit; one behind it (deleted,
+restored from an older copy, its ``-wal`` lost) or ahead beyond its undo
+records stops the run with a :class:`~riprap.state.StateStoreError`. Undo
+records are deleted once a checkpoint that covers them is known saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+from riprap._core.files import make_directory
+from riprap._core.state_values import StateStoreError, restored_partitions
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from riprap._core.state_values import Entry
+
+log = logging.getLogger("riprap.state")
+
+KIND = "sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS commits (id INTEGER PRIMARY KEY, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS undo (
+    commit_id INTEGER NOT NULL, key TEXT NOT NULL, value TEXT, expires_at REAL,
+    PRIMARY KEY (commit_id, key)) WITHOUT ROWID;
+"""
+
+_UNDO_CHANGED = (
+    "INSERT OR IGNORE INTO undo (commit_id, key, value, expires_at) "
+    "SELECT ?1, ?2, s.value, s.expires_at FROM (SELECT 1) LEFT JOIN state s ON s.key = ?2"
+)
+_UNDO_EXPIRED = (
+    "INSERT OR IGNORE INTO undo (commit_id, key, value, expires_at) "
+    "SELECT ?, key, value, expires_at FROM state WHERE expires_at <= ?"
+)
+_UPSERT = (
+    "INSERT INTO state (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) "
+    "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SqliteStore:
+    """Keyed state in SQLite files under ``directory``, one per step and source partition.
+
+    Files are ``directory/<pipeline>/<step>/<partition>-<hash>.db`` (mode
+    0600); keep the directory with the checkpoint store and on local disk.
+
+    Args:
+        directory: Where the databases live.
+
+    .. versionadded:: 0.1
+    """
+
+    directory: str | os.PathLike[str]
+    kind = KIND
+
+    def open(self, *, pipeline: str, step_id: str, restored: Any) -> SqlitePartitions:
+        """The step's databases, each reconciled with the restored checkpoint (``None``: none).
+
+        Raises:
+            StateStoreError: The checkpoint holds other state under the step, or a
+                database is missing, behind, ahead beyond its undo records, or
+                belongs to another pipeline, step or partition.
+        """
+        root = Path(self.directory) / pipeline / step_id
+        expected = restored_partitions(KIND, str(root), restored)
+        partitions = SqlitePartitions(root, pipeline, step_id)
+        partitions.reconcile(expected)
+        return partitions
+
+
+def file_name(partition: str) -> str:
+    """A file name for ``partition``: readable, safe on any file system, unique by its hash."""
+    digest = hashlib.sha256(partition.encode()).hexdigest()[:16]
+    return f"{_UNSAFE.sub('_', partition)[:60]}-{digest}.db"
+
+
+@final
+class SqlitePartitions:
+    """Every partition database of one step."""
+
+    __slots__ = ("partitions", "pipeline", "root", "step_id")
+
+    def __init__(self, root: Path, pipeline: str, step_id: str) -> None:
+        self.root = root
+        self.pipeline = pipeline
+        self.step_id = step_id
+        self.partitions: dict[str, SqliteBacking] = {}
+
+    def reconcile(self, expected: Mapping[str, Mapping[str, int]]) -> None:
+        """Open the databases the checkpoint names, and any other found, each at its commit."""
+        make_directory(self.root)
+        for name, info in expected.items():
+            self._open(name).reconcile(int(info["commit"]), int(info["position"]))
+        for path in sorted(self.root.glob("*.db")):
+            if not any(b.path == path for b in self.partitions.values()):
+                backing = SqliteBacking(path, None, self.pipeline, self.step_id)
+                self.partitions[backing.partition] = backing
+                backing.reconcile(0, 0)
+
+    def partition(self, name: str) -> SqliteBacking:
+        backing = self.partitions.get(name)
+        if backing is None:
+            backing = self._open(name)
+            backing.reconcile(0, 0)
+        return backing
+
+    def _open(self, name: str) -> SqliteBacking:
+        backing = SqliteBacking(self.root / file_name(name), name, self.pipeline, self.step_id)
+        self.partitions[name] = backing
+        return backing
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Each partition's last commit and its position: what the databases must match."""
+        parts = {
+            name: {"commit": b.head, "position": b.position}
+            for name, b in self.partitions.items()
+            if b.head > 0
+        }
+        return {"store": KIND, "partitions": parts}
+
+    def commits(self) -> dict[str, int]:
+        """Each partition's last commit."""
+        return {name: b.head for name, b in self.partitions.items() if b.head > 0}
+
+    def confirmed(self, commits: Mapping[str, int]) -> None:
+        """A saved checkpoint covers these commits: their undo records go at the next commit."""
+        for name, commit in commits.items():
+            backing = self.partitions.get(name)
+            if backing is not None:
+                backing.durable = max(backing.durable, commit)
+
+    def close(self) -> None:
+        for backing in self.partitions.values():
+            backing.close()
+
+
+@final
+class SqliteBacking:
+    """One partition's database: its values, its commit number and position, its undo records."""
+
+    __slots__ = (
+        "__weakref__",
+        "created",
+        "db",
+        "durable",
+        "head",
+        "partition",
+        "path",
+        "position",
+    )
+
+    def __init__(self, path: Path, partition: str | None, pipeline: str, step_id: str) -> None:
+        self.path = path
+        existed = path.exists()
+        if not existed:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        # isolation_level=None: no implicit transactions; every commit BEGINs its own.
+        # Used from the event loop's thread only; the finalizer that closes it may run
+        # wherever the garbage collector does (a checkpoint's worker thread).
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        weakref.finalize(self, self.db.close)  # a run that ends leaves no connection open
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.executescript(_SCHEMA)
+        meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        if not meta:
+            if partition is None:
+                raise StateStoreError(str(path), "has no partition record: not a riprap store")
+            meta = {"pipeline": pipeline, "step": step_id, "partition": partition}
+            meta |= {"head": "0", "position": "0"}
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        expected = {
+            "pipeline": pipeline,
+            "step": step_id,
+            "partition": partition if partition is not None else meta.get("partition"),
+        }
+        found = {name: meta.get(name) for name in expected}
+        if found != expected:
+            raise StateStoreError(str(path), f"belongs to {found}, not to {expected}")
+        self.partition: str = meta["partition"]
+        self.head = int(meta["head"])
+        self.position = int(meta["position"])
+        self.durable = 0
+        """The highest commit a saved checkpoint covers: undo records up to it can go."""
+        self.created = not existed
+
+    def read(self, token: str) -> tuple[str, float | None] | None:
+        row = self.db.execute("SELECT value, expires_at FROM state WHERE key = ?", (token,))
+        found: tuple[str, float | None] | None = row.fetchone()
+        return found
+
+    def apply(self, changes: Mapping[str, Entry], position: int, now: float) -> None:
+        """Write the changes below ``position`` as the next commit, with their undo records.
+
+        One transaction: the values, the undo records of what they replace (and
+        of what expired), the commit's number and position, and the removal of
+        undo records a saved checkpoint has made useless.
+        """
+        head = self.head + 1
+        upserts = [(t, e[0], e[1]) for t, e in changes.items() if e is not None]
+        deletes = [(t,) for t, e in changes.items() if e is None]
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(_UNDO_CHANGED, ((head, token) for token in changes))
+            db.execute(_UNDO_EXPIRED, (head, now))
+            db.execute("DELETE FROM state WHERE expires_at <= ?", (now,))
+            db.executemany(_UPSERT, upserts)
+            db.executemany("DELETE FROM state WHERE key = ?", deletes)
+            db.execute("INSERT INTO commits VALUES (?, ?)", (head, position))
+            db.execute("DELETE FROM undo WHERE commit_id <= ?", (self.durable,))
+            db.execute("DELETE FROM commits WHERE id <= ?", (self.durable,))
+            self._set_head(head, position)
+        self.head, self.position = head, position
+
+    def reconcile(self, commit: int, position: int) -> None:
+        """Bring the database to the checkpoint's ``commit``, undoing any commit after it.
+
+        Raises:
+            StateStoreError: The database is missing although the checkpoint
+                expects a commit, behind the checkpoint, or ahead of it beyond its
+                undo records.
+        """
+        where = f"{self.path} (partition {self.partition!r})"
+        if self.created and commit > 0:
+            raise StateStoreError(
+                where,
+                f"is missing, but the checkpoint expects its commit {commit} (position "
+                f"{position}): it was deleted or moved; put it back, or start the pipeline "
+                "over (riprap checkpoint reset --wipe, then delete the store's directory)",
+            )
+        if self.head < commit:
+            raise StateStoreError(
+                where,
+                f"holds commit {self.head} (position {self.position}), behind the checkpoint's "
+                f"commit {commit} (position {position}): it was rolled back, replaced by an "
+                "older copy, or lost its -wal file; put the newer copy back, or start over",
+            )
+        if self.head > commit:
+            self._roll_back(where, commit, position)
+        self.durable = commit
+
+    def _roll_back(self, where: str, commit: int, position: int) -> None:
+        """Undo every commit after ``commit``, newest first, in one transaction."""
+        db = self.db
+        kept = db.execute("SELECT COUNT(*), MIN(id) FROM commits WHERE id > ?", (commit,))
+        count, first = kept.fetchone()
+        if count != self.head - commit or (count and first != commit + 1):
+            raise StateStoreError(
+                where,
+                f"holds commit {self.head}, ahead of the checkpoint's commit {commit}, and "
+                "no longer has the undo records to go back: the checkpoint was rolled back "
+                "or wiped; restore the matching checkpoint, or start over",
+            )
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for undone in range(self.head, commit, -1):
+                rows = db.execute(
+                    "SELECT key, value, expires_at FROM undo WHERE commit_id = ?", (undone,)
+                ).fetchall()
+                db.executemany(_UPSERT, [row for row in rows if row[1] is not None])
+                db.executemany(
+                    "DELETE FROM state WHERE key = ?", [(row[0],) for row in rows if row[1] is None]
+                )
+            db.execute("DELETE FROM undo WHERE commit_id > ?", (commit,))
+            db.execute("DELETE FROM commits WHERE id > ?", (commit,))
+            self._set_head(commit, position)
+        log.info(
+            "keyed state store %s was ahead of the checkpoint: undid commits %d to %d",
+            where,
+            commit + 1,
+            self.head,
+        )
+        self.head, self.position = commit, position
+
+    def _set_head(self, head: int, position: int) -> None:
+        self.db.executemany(
+            "UPDATE meta SET value = ? WHERE name = ?",
+            ((str(head), "head"), (str(position), "position")),
+        )
+
+    def close(self) -> None:
+        self.db.close()
