@@ -41,36 +41,15 @@ class SavesFail:
         await self.store.aclose()
 
 
-class FlushFails:
-    """A sink that takes every batch and fails its final flush."""
-
-    name = "flaky-flush"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.written = 0
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, batch: Batch) -> None:
-        self.written += len(batch.items)
-
-    async def flush(self) -> None:
-        raise ConnectionResetError("peer reset during flush")
-
-    async def aclose(self) -> None:
-        return None
-
-
 class Count:
-    """Counts what it is given."""
+    """Counts what it is given; its final flush raises ``flush_error``, if one is given."""
 
-    name = "count"
     idempotent = True
 
-    def __init__(self) -> None:
+    def __init__(self, flush_error: Exception | None = None) -> None:
+        self.name = "count"
         self.written = 0
+        self.flush_error = flush_error
 
     async def open(self) -> None:
         return None
@@ -79,14 +58,15 @@ class Count:
         self.written += len(batch.items)
 
     async def flush(self) -> None:
-        return None
+        if self.flush_error is not None:
+            raise self.flush_error
 
     async def aclose(self) -> None:
         return None
 
 
 def pipeline(
-    backend: CheckpointBackend, sink: Count | FlushFails, step: Callable[[int], int]
+    backend: CheckpointBackend, sink: Count, step: Callable[[int], int]
 ) -> riprap.Pipeline:
     return (
         riprap.Pipeline("ending", checkpoint=backend, checkpoint_interval=60)
@@ -110,7 +90,7 @@ async def test_a_final_flush_that_fails_is_the_runs_error() -> None:
     backend = MemoryCheckpoints()
     with anyio.fail_after(BOUND):
         with pytest.raises(ConnectionResetError, match="peer reset"):
-            await pipeline(backend, FlushFails(), lambda n: n).run()
+            await pipeline(backend, Count(ConnectionResetError("peer reset")), lambda n: n).run()
     saved = await backend.load("ending")
     assert saved is not None
     assert not saved.guard.running

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 import riprap
 import riprap.checkpoints
-from riprap import Batch, ConfigError, SourceBatch, SourceContext
+from riprap import ConfigError, SourceBatch, SourceContext
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.testing import wait_all_tasks_blocked, wait_until
+from tests._sinks import GatedSink
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -68,30 +69,6 @@ class GatedSource:
 
     async def aclose(self) -> None:
         self.closed = True
-        await anyio.lowlevel.checkpoint()
-
-
-class GatedSink:
-    """Writes only while its gate is open."""
-
-    idempotent = False
-
-    def __init__(self, name: str = "gated") -> None:
-        self.name = name
-        self.gate = anyio.Event()
-        self.values: list[Any] = []
-
-    async def open(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def write(self, batch: Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
 
 

@@ -16,6 +16,7 @@ from riprap import Batch, Branch, ConfigError, StageContext
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.lowlevel import DropsOrigin
 from riprap.testing import wait_all_tasks_blocked, wait_until
+from tests._sinks import GatedSink
 
 if TYPE_CHECKING:
     from riprap.lowlevel import Emit
@@ -67,30 +68,6 @@ def _subset(batch: Batch, chosen: list[int]) -> Batch:
         else:
             drops.append(len(items))
     return Batch(items, batch.ack, DropsOrigin(batch.origin, drops))
-
-
-class GatedSink:
-    """Writes only while its gate is open."""
-
-    idempotent = False
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.gate = anyio.Event()
-        self.values: list[Any] = []
-
-    async def open(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def write(self, batch: Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await anyio.lowlevel.checkpoint()
 
 
 def pipeline(values: int = 50, **options: Any) -> riprap.Pipeline:

@@ -18,6 +18,7 @@ from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.deadletters import JsonLinesDeadLetters, read_dead_letters
 from riprap.stages.dedupe import Dedupe
 from riprap.testing import wait_until
+from tests._sinks import GatedSink
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,30 +32,6 @@ def pipeline(name: str = "p", **options: Any) -> riprap.Pipeline:
     return riprap.Pipeline(name, **options).source(
         IterableSource("nums", list(range(50)), partition="nums")
     )
-
-
-class GatedSink:
-    """Writes only while its gate is open; a sink that is slow, or down, until the test says."""
-
-    idempotent = False
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.gate = anyio.Event()
-        self.values: list[Any] = []
-
-    async def open(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def write(self, batch: Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await anyio.lowlevel.checkpoint()
 
 
 class RejectingSink:

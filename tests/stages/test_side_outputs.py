@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import anyio
-import anyio.lowlevel
 import pytest
 
 import riprap
@@ -15,9 +13,7 @@ from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.stages.validate import Expect, Validate
 from riprap.stages.window import Window, tumbling
 from riprap.testing import wait_all_tasks_blocked, wait_until
-
-if TYPE_CHECKING:
-    from riprap import Batch
+from tests._sinks import GatedSink
 
 pytestmark = pytest.mark.anyio
 
@@ -44,30 +40,6 @@ def windowed(values: list[Any], **options: Any) -> riprap.Pipeline:
         .stage(window)
         .sink(MemorySink("results"))
     )
-
-
-class GatedSink:
-    """Writes only while its gate is open."""
-
-    idempotent = False
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.gate = anyio.Event()
-        self.values: list[Any] = []
-
-    async def open(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def write(self, batch: Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await anyio.lowlevel.checkpoint()
 
 
 async def test_late_records_go_to_the_wired_side_output_not_to_dead_letters() -> None:
