@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 _UNSET: Any = object()
 """No change pending in a :class:`State` (``None`` is a change: a delete)."""
 
+_new_state = object.__new__
+"""Makes a :class:`State` without its refusing ``__init__``."""
+
 _CUTS_KEPT = 64
 """Cuts remembered while waiting to learn that a checkpoint covering them was saved."""
 
@@ -64,11 +67,6 @@ class PartitionLog:
         self.tokens: list[str] = []
         self.entries: list[Entry] = []
         self.newest: dict[str, Entry] = {}
-
-    def read(self, token: str) -> tuple[str, float | None] | None:
-        if token in self.newest:
-            return self.newest[token]
-        return self.backing.read(token)
 
     def write(self, offset: int, token: str, entry: Entry) -> None:
         """Log a change of the record at ``offset``.
@@ -134,7 +132,11 @@ class State:
 
     def get(self, default: Any = None) -> Any:
         """The key's value, or ``default`` when it has none (or it has expired)."""
-        entry = self._pending if self._pending is not _UNSET else self._log.read(self._token)
+        entry = self._pending
+        if entry is _UNSET:
+            newest = self._log.newest
+            token = self._token
+            entry = newest[token] if token in newest else self._log.backing.read(token)
         if entry is None or (entry[1] is not None and entry[1] <= self._clock.time()):
             return default
         return decode_value(entry[0])
@@ -152,7 +154,11 @@ class State:
         if ttl is not None and (isinstance(ttl, bool) or not ttl > 0):
             raise ConfigError(f"state({self._step_id!r}).ttl", f"must be > 0, got {ttl!r}")
         expires = None if ttl is None else self._clock.time() + ttl
-        self._change((encode_value(self._step_id, self.key, value), expires))
+        entry = (encode_value(self._step_id, self.key, value), expires)
+        if self._deferred:
+            self._pending = entry
+        else:
+            self._log.write(self._offset, self._token, entry)
 
     def delete(self) -> None:
         """Remove the key's value."""
@@ -169,26 +175,6 @@ class State:
         if self._pending is not _UNSET:
             self._log.write(self._offset, self._token, self._pending)
             self._pending = _UNSET
-
-
-def bound_state(
-    step_id: str, key: object, log: PartitionLog, offset: int, clock: Clock, *, deferred: bool
-) -> State:
-    """The :class:`State` of ``key`` for the record at ``offset``, its changes going to ``log``.
-
-    Raises:
-        StateValueError: ``key`` is not str, bytes or int.
-    """
-    state = object.__new__(State)
-    state.key = key
-    state._step_id = step_id
-    state._token = key_token(step_id, key)
-    state._log = log
-    state._offset = offset
-    state._clock = clock
-    state._deferred = deferred
-    state._pending = _UNSET
-    return state
 
 
 @final
@@ -289,12 +275,24 @@ class KeyedState:
                 "step or a stage that emits new records): keyed state needs the record's key",
             )
         source, index = where
-        key = source.keys[index] if source.keys is not None else None
-        offset = source.offset_of(index)
+        keys, offsets = source.keys, source.offsets
+        key = keys[index] if keys is not None else None
+        offset = offsets[index] if offsets is not None else source.start + index
+        step_id = self._step_id
         if key is None:
-            raise MissingKeyError(self._step_id, source.partition, offset)
-        log = self._log(source.partition)
-        return bound_state(self._step_id, key, log, offset, context.clock, deferred=deferred)
+            raise MissingKeyError(step_id, source.partition, offset)
+        # Per record, so without a call that is not needed: the common str key inline.
+        token = "s:" + key if key.__class__ is str else key_token(step_id, key)
+        state = _new_state(State)
+        state.key = key
+        state._step_id = step_id
+        state._token = token
+        state._log = self._logs.get(source.partition) or self._log(source.partition)
+        state._offset = offset
+        state._clock = context.clock
+        state._deferred = deferred
+        state._pending = _UNSET
+        return state
 
     def _log(self, partition: str) -> PartitionLog:
         log = self._logs.get(partition)
