@@ -179,9 +179,14 @@ class CallPermit:
 
     def record(self, error: BaseException | None = None) -> None:
         """Report the call's outcome: ``None`` for success, else what it raised."""
-        if not self._done:
-            self._done = True
-            self._breaker._record(self, error)
+        if self._done:
+            return
+        self._done = True
+        breaker = self._breaker
+        if error is None and breaker._state is _CLOSED and self._generation == breaker._generation:
+            breaker._closed_outcome(self, failed=False)  # the hot path, one call deep
+        else:
+            breaker._record(self, error)
 
     def release(self) -> None:
         """Give the permit back without an outcome (the call never happened)."""
@@ -489,10 +494,7 @@ class CircuitBreaker:
             return
         if self._state is _CLOSED:
             if failed is not None:
-                now = self._clock.monotonic()
-                slow = now - permit._started > self._slow_duration
-                self._window.add(now, failed=failed, slow=slow)
-                self._evaluate_closed(now, permit.stage, changed=failed or slow)
+                self._closed_outcome(permit, failed=failed)
         elif self._state is _HALF_OPEN and permit.probe:
             if failed is None:
                 self._probes_admitted -= 1  # let another probe through
@@ -501,6 +503,13 @@ class CircuitBreaker:
                     self._changed = None
             else:
                 self._record_probe(permit, failed)
+
+    def _closed_outcome(self, permit: CallPermit, *, failed: bool) -> None:
+        """Count an outcome of a call admitted in the current closed state."""
+        now = self._clock.monotonic()
+        slow = now - permit._started > self._slow_duration
+        self._window.add(now, failed=failed, slow=slow)
+        self._evaluate_closed(now, permit.stage, changed=failed or slow)
 
     def _evaluate_closed(self, now: float, stage: str | None, *, changed: bool) -> None:
         calls, failures, slow = self._window.totals(now)
