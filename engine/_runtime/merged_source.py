@@ -143,6 +143,29 @@ class MergedSource:
         for member in self.members:
             await member.committed(positions)
 
+    def for_worker(self, index: int, count: int) -> MergedSource:
+        """Worker ``index`` of ``count``: each member's share, under the same names.
+
+        A merge of consumer-group members only (each shares itself) is itself.
+
+        Raises:
+            ConfigError: A member cannot be split (it has no ``for_worker``, or
+                its own refuses), named.
+        """
+        shares: dict[str, Source] = {}
+        for member in self.members:
+            split = getattr(member.source, "for_worker", None)
+            if not callable(split):
+                raise ConfigError(
+                    "workers",
+                    f"source {member.name!r} of the merge ({type(member.source).__name__}) "
+                    f"cannot be split among {count} workers: it has no for_worker(index, count)",
+                )
+            shares[member.name] = split(index, count)
+        if all(shares[member.name] is member.source for member in self.members):
+            return self
+        return MergedSource(shares)
+
     def lag(self) -> dict[str, int] | None:
         """Every member's lag that is known, by prefixed partition; ``None`` if none knows."""
         known = [lag for member in self.members if (lag := member.lag()) is not None]

@@ -96,8 +96,8 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
     ``None``.
 
     Raises:
-        ConfigError: For ``count`` below 1, a stateful stage (``count > 1``) or a
-            source without ``for_worker`` (``count > 1``).
+        ConfigError: For ``count`` below 1, a stateful stage (``count > 1``), a
+            source without ``for_worker`` or whose ``for_worker`` refuses (``count > 1``).
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError("workers", f"must be a whole number >= 1, not {count!r}")
@@ -118,7 +118,9 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
             f"source {plan.source.name!r} ({type(plan.source).__name__}) cannot be split among "
             f"{count} workers: it has no for_worker(index, count) and is no consumer-group member",
         )
-    return cast("SplittableSource", plan.source)
+    split = cast("SplittableSource", plan.source)
+    split.for_worker(0, count)  # a share it cannot make is refused now, before any worker starts
+    return split
 
 
 def _stateful(stage: Stage) -> bool:

@@ -13,6 +13,11 @@
     Deduplicates by id: stateful, so refused under more than one worker.
 ``unsplittable``
     Reads from a source that has no ``for_worker``: refused under more than one worker.
+``merged``
+    ``plain`` reading ``in-[0-2].jsonl`` and ``in-[3-5].jsonl`` as two sources
+    merged (``early`` and ``late``): each worker reads its share of each.
+``merged_unsplittable``
+    Files merged with a source that has no ``for_worker``: refused, naming it.
 """
 
 from __future__ import annotations
@@ -101,6 +106,27 @@ class _Numbers:
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
+
+
+def merged() -> riprap.Pipeline:
+    """``plain`` over two merged file sources."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS, checkpoint_interval=0.2)
+        .sources(
+            early=JsonLinesSource("in-[0-2].jsonl", decode=True),
+            late=JsonLinesSource("in-[3-5].jsonl", decode=True),
+        )
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id", timeout=30.0))
+    )
+
+
+def merged_unsplittable() -> riprap.Pipeline:
+    """Files merged with numbers from a source that cannot be split."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS)
+        .sources(files=JsonLinesSource("in-*.jsonl", decode=True), numbers=_Numbers())
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id"))
+    )
 
 
 def unsplittable() -> riprap.Pipeline:

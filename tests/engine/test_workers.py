@@ -109,6 +109,25 @@ def test_two_workers_write_what_one_writes(tmp_path: Path) -> None:
     assert expected_positions == positions[0] | positions[1]
 
 
+def test_two_workers_split_each_source_of_a_merge(tmp_path: Path) -> None:
+    """Two merged file sources under two workers: the rows of one worker, positions by name."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        write_input(folder)
+    single = run_to_end(one, "merged")
+    double = run_to_end(two, "merged", "--workers", "2")
+    assert (0, 0) == (single.returncode, double.returncode), double.stderr
+    assert FILES * LINES == len(rows(one))
+    assert rows(one) == rows(two)
+    shares = [load_checkpoint(two / CHECKPOINTS, f"{NAME}.worker-{i}-of-2") for i in range(2)]
+    positions = [dict(c.positions) if c else {} for c in shares]
+    assert set() == set(positions[0]) & set(positions[1])
+    expected = {f"early/in-{f}.jsonl": LINES for f in range(3)}
+    expected |= {f"late/in-{f}.jsonl": LINES for f in range(3, FILES)}
+    assert expected == positions[0] | positions[1]
+
+
 def test_changing_the_worker_count_of_a_file_pipeline_is_refused(tmp_path: Path) -> None:
     """Positions of two workers are not reused by three: the run is refused, naming them."""
     write_input(tmp_path)
@@ -123,6 +142,10 @@ def test_changing_the_worker_count_of_a_file_pipeline_is_refused(tmp_path: Path)
     [
         ("stateful", "pipeline 'orders' has a stateful stage 'unique'"),
         ("unsplittable", r"source 'numbers' \(_Numbers\) cannot be split among 2 workers"),
+        (
+            "merged_unsplittable",
+            r"source 'numbers' of the merge \(_Numbers\) cannot be split among 2 workers",
+        ),
     ],
 )
 def test_pipelines_that_cannot_be_shared_are_refused(
