@@ -80,15 +80,16 @@ def json_value(value: bytes | Record | None) -> Any:
             with the original bytes and headers, the pipeline goes on).
     """
     if value.__class__ is bytes:
-        # The common case in one call and one C pass: what parse_json_line does
-        # first, and parse_json_line itself for anything it would look at twice.
-        try:
-            decoded = _loads(value)
-        except orjson.JSONDecodeError:
-            return parse_json_line(value)  # raises the DecodeError
-        if _LONG_DIGITS in value.translate(_DIGITS_AS_ZERO):
-            return parse_json_line(value)  # big integers exact
-        return decoded
+        # The common case in two C passes and one orjson call: parse_json_line
+        # only for a value with a run of 19 digits (big integers exact) or one
+        # orjson refuses (it raises the DecodeError). ``find`` rather than
+        # ``in``: the operator goes through the buffer protocol, twice as slow.
+        if _translate(value, _DIGITS_AS_ZERO).find(_LONG_DIGITS) < 0:
+            try:
+                return _loads(value)
+            except orjson.JSONDecodeError:
+                pass
+        return parse_json_line(value)
     data, topic, partition = _payload(value)
     if data is None:
         return None
@@ -96,6 +97,7 @@ def json_value(value: bytes | Record | None) -> Any:
 
 
 _loads = orjson.loads
+_translate = bytes.translate
 _LONG_DIGITS = b"0" * 19
 """A run of 19 digits or more may be an integer orjson turned into a float."""
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")

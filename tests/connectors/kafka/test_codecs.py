@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import riprap
+from riprap.connectors.json_codec import parse_json_line
 from riprap.connectors.kafka import json_value
 
 BIG = 123456789012345678901234567890
@@ -18,3 +19,44 @@ def test_json_value_keeps_big_integers() -> None:
         json_value(record)
     expected = ("orders", "orders:3", "decode_error")
     assert expected == (error.value.source, error.value.partition, error.value.reason)
+
+
+CAREFUL_CASES = [
+    b'{"id": 1, "amount": 3.25, "email": "a@example.com"}',
+    b'{"n": 1234567890123456789}',  # 19 digits, within 64 bits
+    b'{"n": 12345678901234567890}',  # 20 digits, an unsigned 64-bit integer
+    b'{"n": -9999999999999999999}',  # 19 digits, below the signed 64-bit range
+    b"[18446744073709551616]",  # 2**64
+    b'{"big": %d, "small": 7}' % BIG,
+    b'{"s": "12345678901234567890123"}',  # a long digit run inside a string
+    b'{"f": 1.2345678901234567890123}',  # a long digit run in a fraction
+    b'{"e": 12345678901234567890123e-3}',
+    b"null",
+    b'"text"',
+    b"[]",
+    b"0",
+]
+
+
+@pytest.mark.parametrize("raw", CAREFUL_CASES)
+def test_json_value_matches_the_careful_parser(raw: bytes) -> None:
+    """The fast path decodes every value as ``parse_json_line`` does, types included."""
+    expected = parse_json_line(raw)
+    got = json_value(raw)
+    assert (repr(expected), type(expected)) == (repr(got), type(got))
+
+
+@pytest.mark.parametrize("raw", [b'{"a":', b"", b"\xff", b'{"n": 1234567890123456789012', b"nul"])
+def test_json_value_refuses_what_the_careful_parser_refuses(raw: bytes) -> None:
+    """Invalid JSON, with or without a long digit run, is the careful parser's DecodeError."""
+    with pytest.raises(riprap.DecodeError) as careful:
+        parse_json_line(raw)
+    with pytest.raises(riprap.DecodeError) as fast:
+        json_value(raw)
+    assert (str(careful.value), careful.value.reason) == (str(fast.value), fast.value.reason)
+
+
+def test_json_value_of_a_tombstone_record_is_none() -> None:
+    """A record without a value (a tombstone) decodes to ``None``."""
+    assert json_value(riprap.Record(None, partition="orders:0", offset=1)) is None
+    assert json_value(None) is None

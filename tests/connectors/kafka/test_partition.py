@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -45,3 +46,33 @@ def test_partitions_for_many_keys_of_mixed_lengths_and_none() -> None:
     got = partitions_for(keys, 6)
     assert [partition_for(key, 6) for key in keys[:2_000]] == got[:2_000]
     assert all(0 <= partition < 6 for partition in got[2_000:])
+
+
+KEY_COLUMNS = {
+    "one length": [str(100_000 + i * 7).encode() for i in range(1_000)],
+    "lengths 1 to 6": [str(i).encode() for i in range(0, 200_000, 97)],
+    "empty keys": [b""] * 40,
+    "long keys": [b"customer-%032d" % i for i in range(64)],
+    "a few": [b"a", b"bb", b"ccc"],
+    "none": [],
+}
+
+
+@pytest.mark.parametrize("column", sorted(KEY_COLUMNS))
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 6, 8, 16, 64])
+def test_partitions_for_a_column_match_the_default_partitioner(column: str, count: int) -> None:
+    """Lanes of one length, several lengths, powers of two or not: each key lands as alone."""
+    keys = KEY_COLUMNS[column]
+    partitions = list(range(count))
+    expected = [DefaultPartitioner()(key, partitions, partitions) for key in keys]
+    assert expected == partitions_for(keys, count)
+
+
+def test_partitions_for_keys_with_none_among_one_length() -> None:
+    """Keyless messages among keys of one length: the keyed ones still land by their hash."""
+    keys: list[bytes | None] = [None if i % 10 == 0 else b"%06d" % i for i in range(500)]
+    got = partitions_for(keys, 8)
+    assert [partition_for(key, 8) for key in keys if key is not None] == [
+        partition for key, partition in zip(keys, got, strict=True) if key is not None
+    ]
+    assert all(0 <= partition < 8 for partition in got)

@@ -14,12 +14,15 @@ from aiokafka.errors import KafkaConnectionError, UnknownError
 from aiokafka.partitioner import murmur2
 
 from riprap import Batch, ConfigError, DataError, SourceBatch, TransientError
+from riprap.connectors.json_codec import encode_json
 from riprap.connectors.kafka import KafkaSink
-from riprap.connectors.kafka._sink import _as_riprap_error
+from riprap.connectors.kafka._sink import _as_riprap_error, _milliseconds
 from riprap.lowlevel import Ack, DropsOrigin, SourceOrigin
 from tests.connectors._origins import joined
 
 if TYPE_CHECKING:
+    from riprap.lowlevel import Headers
+
     from .conftest import KafkaHelper
 
 pytestmark = pytest.mark.anyio
@@ -287,3 +290,93 @@ async def test_a_tombstone_needs_a_key(kafka: KafkaHelper) -> None:
         await sink.aclose()
     messages = sorted(await kafka.read_all(topic, 2), key=lambda m: m.offset)
     assert [(b"a", b"v"), (b"b", None)] == [(m.key, m.value) for m in messages]
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        [1_700_000_000.123, 1_700_000_000.0005, 0.0025, -1.5, 1e-4, 1.0006, -2.0004],
+        [1_700_000_000, 5, 0],
+        [1.5, None, 2],
+        [None, None],
+    ],
+)
+def test_milliseconds_match_rounding_each_timestamp(stamps: list[float | None]) -> None:
+    """The column-wise conversion gives ``round(s * 1000)`` of each timestamp, ``None`` kept."""
+    expected = [None if s is None else round(s * 1000) for s in stamps]
+    assert expected == list(_milliseconds(stamps))
+
+
+def edge_batch(count: int) -> tuple[list[Any], list[Any], list[float | None]]:
+    """Values with big integers, keys of every kind (None, bytes, str, int), mixed timestamps."""
+    values: list[Any] = [{"id": i, "big": BIG + i, "amount": i / 4} for i in range(count)]
+    keys = [
+        None if i % 4 == 0 else b"b-%04d" % i if i % 4 == 1 else f"s-{i:04d}" if i % 4 == 2 else i
+        for i in range(count)
+    ]
+    stamps: list[float | None] = [
+        None if i % 7 == 0 else 1_700_000_000 + i / 8 for i in range(count)
+    ]
+    return values, keys, stamps
+
+
+def careful_key(key: Any) -> bytes | None:
+    """A message key as the sink documents it: bytes, UTF-8 text, decimal integers."""
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()
+
+
+def careful_partition(key: bytes, count: int) -> int:
+    """Where aiokafka's own (one key at a time) murmur2 puts a key."""
+    return int((murmur2(key) & 0x7FFFFFFF) % count)
+
+
+@pytest.mark.kafka
+async def test_column_wise_writes_match_the_careful_path_per_message(kafka: KafkaHelper) -> None:
+    """Every message carries what encoding, hashing and rounding it alone would give."""
+    topic = await kafka.create_topic(6)
+    values, keys, stamps = edge_batch(400)
+    headers: list[Headers] = [[("n", str(i).encode())] if i % 3 else [] for i in range(400)]
+    source = SourceBatch("in:0", values, start=0, keys=keys, headers=headers, timestamps=stamps)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap)
+    await sink.open()
+    try:
+        await sink.write(Batch(list(values), Ack(lambda: None), SourceOrigin(source)))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 400)
+    got = {orjson.loads(m.value)["id"]: m for m in messages}
+    assert 400 == len(messages) == len(got)
+    for i, (value, key, stamp) in enumerate(zip(values, keys, stamps, strict=True)):
+        message = got[i]
+        raw_key = careful_key(key)
+        assert (encode_json(value), raw_key, headers[i]) == (
+            message.value,
+            message.key,
+            list(message.headers),
+        )
+        if raw_key is not None:
+            assert careful_partition(raw_key, 6) == message.partition
+        if stamp is not None:
+            assert round(stamp * 1000) == message.timestamp
+
+
+@pytest.mark.kafka
+async def test_tombstones_and_bytes_keep_their_key_partition(kafka: KafkaHelper) -> None:
+    """Tombstones among values, keyed by str and int, land where their key hashes."""
+    topic = await kafka.create_topic(4)
+    values = [None if i % 2 else b"v%d" % i for i in range(64)]
+    keys: list[Any] = [f"k{i:03d}" if i % 3 else i for i in range(64)]
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap, serializer="bytes")
+    await sink.open()
+    try:
+        await sink.write(source_batch(values, keys))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 64)
+    expected = {
+        careful_key(k): (v, careful_partition(careful_key(k) or b"", 4))
+        for k, v in zip(keys, values, strict=True)
+    }
+    assert expected == {m.key: (m.value, m.partition) for m in messages}
