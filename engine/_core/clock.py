@@ -21,16 +21,15 @@ class Clock(Protocol):
 
 @final
 class SystemClock:
-    """The real clock: ``time.monotonic``, ``time.time`` and ``anyio.sleep``.
-
-    The two readings are the C functions themselves (no Python frame): the
-    policies read the clock several times per call.
-    """
+    """The real clock: ``time.monotonic``, ``time.time`` and ``anyio.sleep``."""
 
     __slots__ = ()
 
-    monotonic = staticmethod(time.monotonic)
-    time = staticmethod(time.time)
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
