@@ -91,6 +91,7 @@ PathSpec = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 _BOM = codecs.BOM_UTF8
 _CHUNK = 1 << 16
+_BLOCK = 1 << 18  # JSON Lines are split a block at a time: fewer, longer runs
 
 
 # -- lines --------------------------------------------------------------------------
@@ -151,6 +152,74 @@ def _consume(lines: Iterator[Any], count: int) -> int:
     """Skip up to ``count`` lines in C; return how many there were."""
     last = deque(enumerate(islice(lines, count), 1), maxlen=1)
     return last[0][0] if last else 0
+
+
+@final
+class _LineBlocks:
+    """A binary file's lines without their endings, taken in runs (for JSON Lines).
+
+    The same lines as :func:`_lines` with ``rstrip(b"\\r\\n")`` applied, but
+    split a block at a time by ``bytes.splitlines`` (which breaks at LF, CRLF
+    and a lone CR, as ``_lines`` does): no Python step per line.
+    """
+
+    __slots__ = ("_at", "_block", "_blocks")
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._blocks = _blocks(file)
+        self._block: list[bytes] = []
+        self._at = 0
+
+    def take(self, count: int) -> list[bytes]:
+        """The next up to ``count`` lines; fewer only at the end of the file."""
+        taken: list[bytes] = []
+        while len(taken) < count:
+            if self._at >= len(self._block):
+                self._block, self._at = next(self._blocks, []), 0
+                if not self._block:
+                    break
+            at = self._at
+            piece = self._block[at : at + count - len(taken)]
+            self._at = at + len(piece)
+            if taken:
+                taken += piece
+            else:
+                taken = piece
+        return taken
+
+    def skip(self, count: int) -> int:
+        """Skip up to ``count`` lines; return how many there were."""
+        skipped = 0
+        while skipped < count:
+            if self._at >= len(self._block):
+                self._block, self._at = next(self._blocks, []), 0
+                if not self._block:
+                    break
+            step = min(count - skipped, len(self._block) - self._at)
+            self._at += step
+            skipped += step
+        return skipped
+
+
+def _blocks(file: IO[bytes]) -> Iterator[list[bytes]]:
+    """Runs of a binary file's lines without their endings (never an empty run)."""
+    read = file.read
+    parts: list[bytes] = []  # the unfinished line so far
+    while chunk := read(_BLOCK):
+        if chunk.endswith(b"\r"):
+            chunk += read(1)  # a CRLF is never cut between two blocks
+        if parts:
+            parts.append(chunk)
+            if b"\n" not in chunk and b"\r" not in chunk:
+                continue  # no line break in the whole chunk
+            chunk, parts = b"".join(parts), []
+        lines = chunk.splitlines()
+        if not chunk.endswith((b"\n", b"\r")):
+            parts.append(lines.pop())
+        if lines:
+            yield lines
+    if parts:
+        yield [b"".join(parts)]
 
 
 # -- sources ------------------------------------------------------------------------
@@ -263,7 +332,7 @@ class _FileSource:
     def _batch(
         self,
         values: list[Any],
-        offsets: list[int],
+        offsets: Sequence[int],
         end: int,
         errors: dict[int, DataError] | None = None,
     ) -> SourceBatch | None:
@@ -275,7 +344,7 @@ class _FileSource:
             values,
             start=offsets[0],
             end=end,
-            offsets=None if contiguous else offsets,
+            offsets=None if contiguous else list(offsets),
             errors=errors or None,
         )
 
@@ -326,7 +395,7 @@ class JsonLinesSource(_FileSource):
         super().__init__(paths, name=name)
         self.decode = bool(decode)
         self._file: IO[bytes] | None = None
-        self._lines: Iterator[bytes] = iter(())
+        self._lines: _LineBlocks | None = None
         self._line = 0
 
     def _is_open(self) -> bool:
@@ -334,17 +403,30 @@ class JsonLinesSource(_FileSource):
 
     def _open_file(self, position: int) -> None:
         self._file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
-        self._lines = _lines(self._file)
-        self._line = _consume(self._lines, position)
+        self._lines = _LineBlocks(self._file)
+        self._line = self._lines.skip(position)
         if self._line < position:
             raise self._past_end(position, self._line)
 
     def _next_batch(self, max_records: int) -> SourceBatch | None:
+        assert self._lines is not None
+        first = self._line
+        chunk = self._lines.take(max_records)
+        if first and len(chunk) == max_records and b"" not in chunk:
+            # The common case: a full run of lines, none empty, not the first.
+            self._line += max_records
+            if self.decode:
+                return self._decoded(chunk, range(first, self._line))
+            return SourceBatch(self._path, chunk, start=first, end=self._line)
+        return self._gathered(chunk, max_records)
+
+    def _gathered(self, chunk: list[bytes], max_records: int) -> SourceBatch | None:
+        """A batch from ``chunk`` and more lines: empty lines skipped, the BOM removed."""
+        assert self._lines is not None
         values: list[bytes] = []
         offsets: list[int] = []
-        while len(values) < max_records:
+        while True:
             wanted = max_records - len(values)
-            chunk = [line.rstrip(b"\r\n") for line in islice(self._lines, wanted)]
             first = self._line
             if first == 0 and chunk:
                 chunk[0] = chunk[0].removeprefix(_BOM)
@@ -355,13 +437,14 @@ class JsonLinesSource(_FileSource):
             else:
                 offsets.extend(range(first, self._line))
                 values.extend(chunk)
-            if len(chunk) < wanted:
+            if len(chunk) < wanted or len(values) >= max_records:
                 break
+            chunk = self._lines.take(max_records - len(values))
         if self.decode and values:
             return self._decoded(values, offsets)
         return self._batch(values, offsets, self._line)
 
-    def _decoded(self, raw: list[bytes], offsets: list[int]) -> SourceBatch | None:
+    def _decoded(self, raw: list[bytes], offsets: Sequence[int]) -> SourceBatch | None:
         try:
             return self._batch(parse_json_values(raw), offsets, self._line)
         except DecodeError:
@@ -382,7 +465,7 @@ class JsonLinesSource(_FileSource):
         if self._file is not None:
             self._file.close()
             self._file = None
-            self._lines = iter(())
+            self._lines = None
 
 
 @final

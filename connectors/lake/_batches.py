@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     Where = tuple[SourceBatch, int] | None
 
 
-def by_partition(batch: Batch, sink: str) -> dict[str, tuple[list[int], Sequence[int]]]:
+def by_partition(batch: Batch, sink: str) -> dict[str, tuple[Sequence[int], Sequence[int]]]:
     """``partition -> (offsets, item indexes)``, each sorted by offset (stably).
+
+    Both are ranges when the items are exactly a source batch's records at
+    consecutive positions (the common case): no per-record list is built.
 
     An unordered step may mix one partition's records within a batch; sorting
     undoes that, so a file or commit always covers a contiguous run of positions.
@@ -37,7 +40,7 @@ def by_partition(batch: Batch, sink: str) -> dict[str, tuple[list[int], Sequence
     if source is not None and all(where is not None and where[0] is source for where in wheres):
         # The common case, one source batch behind the whole batch: no per-item grouping.
         at = [where[1] for where in wheres if where is not None]
-        parts: dict[str, tuple[list[int], Sequence[int]]]
+        parts: dict[str, tuple[Sequence[int], Sequence[int]]]
         parts = {source.partition: (_offsets(source, at), range(len(at)))}
     else:
         parts = dict(_grouped(wheres, sink))
@@ -55,13 +58,13 @@ def pick(items: list[Any], indexes: Sequence[int]) -> list[Any]:
     return [items[i] for i in indexes]
 
 
-def _offsets(source: SourceBatch, at: Sequence[int]) -> list[int]:
+def _offsets(source: SourceBatch, at: Sequence[int]) -> Sequence[int]:
     """The offsets of ``source``'s items at ``at``."""
     if source.offsets is not None:
         given = source.offsets
         return [given[i] for i in at]
-    if isinstance(at, range):
-        return list(range(source.start + at.start, source.start + at.stop))
+    if isinstance(at, range) and at.step == 1:
+        return range(source.start + at.start, source.start + at.stop)
     start = source.start
     return [start + i for i in at]
 
@@ -82,7 +85,7 @@ def _grouped(wheres: list[Where], sink: str) -> dict[str, tuple[list[int], list[
     return parts
 
 
-def describer(partition: str, offsets: list[int]) -> Callable[[int], str]:
+def describer(partition: str, offsets: Sequence[int]) -> Callable[[int], str]:
     """``describe(i)``: names the record at ``offsets[i]`` of ``partition`` in errors."""
 
     def describe(index: int) -> str:

@@ -36,10 +36,28 @@ if TYPE_CHECKING:
 def delta_arrow_schema(schema: pa.Schema) -> pa.Schema:
     """``schema`` as the table stores it (Delta's types: ``timestamp[us]``, ``string``...).
 
+    A timestamp with a time zone other than UTC (a datetime with an offset)
+    is stored as Delta's ``timestamp``, which is UTC: the same instants.
+
     Raises:
         Exception: A type Delta cannot store (the Delta library's own error).
     """
-    return pa.schema(DeltaSchema.from_arrow(schema).to_arrow())
+    utc = pa.schema([f.with_type(_utc(f.type)) for f in schema], metadata=schema.metadata)
+    return pa.schema(DeltaSchema.from_arrow(utc).to_arrow())
+
+
+def _utc(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with every zoned timestamp in it zoned UTC."""
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
+        return pa.timestamp(kind.unit, tz="UTC")
+    if pa.types.is_struct(kind):
+        return pa.struct(
+            [kind.field(i).with_type(_utc(kind.field(i).type)) for i in range(kind.num_fields)]
+        )
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        item = kind.value_field.with_type(_utc(kind.value_type))
+        return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    return kind
 
 
 def write_data_file(storage: Storage, tables: list[pa.Table], compression: str) -> AddAction:
@@ -49,7 +67,11 @@ def write_data_file(storage: Storage, tables: list[pa.Table], compression: str) 
     that no version references, never a file a version already holds.
     """
     data = pa.concat_tables(tables, promote_options="default")
-    data = data.cast(delta_arrow_schema(data.schema))
+    stored = delta_arrow_schema(data.schema)
+    if not data.schema.equals(stored, check_metadata=True):
+        # Not when the types are already Delta's (the usual case): a process's first
+        # cast sets up Arrow's cast kernels, which costs more than writing a small file.
+        data = data.cast(stored)
     name = f"part-{uuid.uuid4().hex}.{compression}.parquet"
 
     def fill(out: Writable) -> None:

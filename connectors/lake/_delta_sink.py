@@ -21,7 +21,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import TableNotFoundError
 
-from riprap import ConfigError, SystemClock
+from riprap import ConfigError, DataError, SystemClock
 from riprap.lowlevel import optional_limit, optional_seconds
 
 from ._arrow import NewColumns, TableEncoder, check_schema
@@ -309,6 +309,7 @@ class DeltaSink:
         ends: dict[str, int] = {}
         lasts: dict[str, int] = {}
         skipped = 0
+        schema = self._encoder.schema
         for partition, (offsets, indexes) in by_partition(batch, self.name).items():
             self._check_order(partition, offsets[0])
             committed = await self._committed_end(partition)
@@ -322,6 +323,8 @@ class DeltaSink:
                 items = pick(batch.items, indexes)
                 tables.append(self._encoder.encode(items, describer(partition, kept)))
                 ends[partition] = kept[-1] + 1
+        if self._encoder.schema is not schema:
+            self._check_storable(schema)
         # Only now that every record fits does the batch count as taken.
         self._skipped += skipped
         self._last.update(lasts)
@@ -336,6 +339,22 @@ class DeltaSink:
         pending.acks.append(batch.ack)
         if pending.started is None:
             pending.started = now
+
+    def _check_storable(self, before: pa.Schema | None) -> None:
+        """Refuse a batch whose records gave the table a type Delta cannot store.
+
+        Raises:
+            DataError: Naming the type; the schema is what it was before the
+                batch, so the records that fit are written when taken one by one.
+        """
+        widened = self._encoder.schema
+        assert widened is not None
+        try:
+            delta_arrow_schema(widened)
+        except Exception as exc:  # the Delta library raises plain exceptions here
+            self._encoder.schema = before
+            problem = f"Delta Lake cannot store a column of this record: {exc}".strip()
+            raise DataError(f"{self.name}: {problem}", reason="schema") from None
 
     def _check_order(self, partition: str, first: int) -> None:
         last = self._last.get(partition)

@@ -33,6 +33,7 @@ from ._storage import LakeS3Options, Storage, open_storage
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
     from datetime import timedelta
 
     from riprap import Batch, Clock, SinkContext
@@ -259,7 +260,7 @@ class ParquetSink:
 
     async def _take(self, batch: Batch, now: float) -> None:
         """Encode the batch's new records, then add them to their partitions' files."""
-        added: list[tuple[_Partition, list[int], pa.Table]] = []
+        added: list[tuple[_Partition, Sequence[int], pa.Table]] = []
         skipped = 0
         for name, (offsets, indexes) in by_partition(batch, self.name).items():
             partition = await self._partition(name)
@@ -296,7 +297,7 @@ class ParquetSink:
         return partition
 
     def _add(
-        self, partition: _Partition, offsets: list[int], table: pa.Table, ack: Ack, now: float
+        self, partition: _Partition, offsets: Sequence[int], table: pa.Table, ack: Ack, now: float
     ) -> None:
         """Add rows to ``partition``'s files, cutting at ``max_rows`` and before stored files."""
         start, total = 0, len(offsets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -597,3 +598,82 @@ def test_csv_options_are_checked_when_built(tmp_path: Path) -> None:
             build()
         problems.append(error.value.option)
     assert ["CsvSource.encoding", "CsvSource.delimiter", "CsvSink.encoding"] == problems
+
+
+BLOCK = 1 << 18
+"""The size of the blocks JsonLinesSource splits into lines (edge cases are placed around it)."""
+
+
+def awkward_jsonl() -> bytes:
+    """JSON Lines with every kind of line ending, empty lines and lines across block boundaries."""
+    parts = [b"\xef\xbb\xbf1\n", b"\n", b"2\r\n", b"3\r", b"\r\n", b"4"]
+    size = sum(map(len, parts))
+    for boundary, tail in (
+        (BLOCK, b"\r\n"),  # a CRLF cut by the block boundary
+        (2 * BLOCK, b"\r"),  # a lone CR that ends a block
+        (3 * BLOCK, b"\n"),  # an LF that ends a block
+        (4 * BLOCK + 3, b"\n"),  # a line that starts just after a boundary
+    ):
+        filler = boundary - size - 3  # the tail starts at the last byte of a block
+        parts.append(b'"' + b"x" * (filler - 2) + b'"' + b"\n")
+        parts.append(b"5" + tail)
+        size = sum(map(len, parts))
+    parts.append(b'"' + b"y" * (BLOCK * 2) + b'"\n')  # a line longer than two blocks
+    parts.append(b"6\n\n\r\n7")
+    return b"".join(parts)
+
+
+def expected_records(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """Non-empty lines by index (split at LF, CRLF or lone CR, BOM removed) and the line count."""
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if lines[-1] == b"":
+        lines.pop()  # the file ends with a line break: no line after it
+    lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")
+    return [(i, line) for i, line in enumerate(lines) if line], len(lines)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("max_records", [1, 3, 1000])
+async def test_jsonl_lines_across_blocks(tmp_path: Path, max_records: int) -> None:
+    """Lines split a block at a time are the same as split one by one, wherever blocks end."""
+    data = awkward_jsonl()
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    records, count = expected_records(data)
+    batches = await read_to_end(JsonLinesSource(str(path)), max_records=max_records)
+    got = [(b.offset_of(i), v) for b in batches for i, v in enumerate(b.values)]
+    assert records == got
+    assert count == batches[-1].end
+    assert all(len(b) <= max_records for b in batches)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("position", [1, 5, 9, 10, 11, 13])
+async def test_jsonl_resume_across_blocks(tmp_path: Path, position: int) -> None:
+    """A resumed file skips exactly the lines before its position, across block boundaries."""
+    data = awkward_jsonl()
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    records, count = expected_records(data)
+    batches = await read_to_end(JsonLinesSource(str(path)), 4, {str(path): position})
+    got = [(b.offset_of(i), v) for b in batches for i, v in enumerate(b.values)]
+    assert [r for r in records if r[0] >= position] == got
+    assert count == (batches[-1].end if batches else count)
+
+
+@pytest.mark.anyio
+async def test_jsonl_decoded_full_batches_keep_errors(tmp_path: Path) -> None:
+    """Past the first batch, full runs of lines decode the same: bad lines keep their errors."""
+    path = write_lines(tmp_path / "a.jsonl", ["1", "2", "3", "{oops", "5", "[6,", "7"])
+    batches = await read_to_end(JsonLinesSource(path, decode=True), max_records=2)
+    expected = [
+        ([1, 2], 0, 2, {}),
+        ([3, b"{oops"], 2, 4, {3: f"{path}:4"}),
+        ([5, b"[6,"], 4, 6, {5: f"{path}:6"}),
+        ([7], 6, 7, {}),
+    ]
+    got = [
+        (b.values, b.start, b.end, {o: m.partition(": ")[0] for o, (_, m) in rejected(b).items()})
+        for b in batches
+    ]
+    assert expected == got

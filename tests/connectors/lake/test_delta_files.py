@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
@@ -89,3 +91,27 @@ async def test_files_of_a_run_killed_before_its_commit_are_orphans(tmp_path: Pat
     swept = table.vacuum(0, dry_run=True, enforce_retention_duration=False, full=True)
     assert (1, list(range(PER_BATCH + SPILL))) == (len(orphans), numbers)
     assert orphans == {uri.rsplit("/", 1)[-1] for uri in swept}
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"n": 0, "tags": [1, 2]}, {"n": 1, "tags": None}, {"n": 2, "tags": []}],
+        [{"n": 0, "point": {"x": 1, "y": None}}, {"n": 1, "point": None}],
+    ],
+    ids=["list: cast to Delta's item name", "struct: Delta's types"],
+)
+async def test_data_files_hold_nested_values_and_nulls(
+    tmp_path: Path, records: list[dict[str, Any]]
+) -> None:
+    """Data files hold the table's types (cast only when needed); nested values and nulls kept."""
+    sink = DeltaSink(tmp_path, new_columns="refuse")
+    sink.bind(SinkContext(pipeline="p", clock=SystemClock()))
+    await sink.open()
+    await sink.write(batch_of(records))
+    await sink.flush()
+    delta = DeltaTable(str(tmp_path))
+    stored = pa.schema(delta.schema().to_arrow())
+    (data_file,) = delta.file_uris()
+    assert stored == pq.read_schema(data_file)  # the file holds the table's own types
+    assert records == sorted(delta.to_pyarrow_table().to_pylist(), key=lambda row: row["n"])

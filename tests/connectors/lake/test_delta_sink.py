@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,11 +15,12 @@ from riprap import ConfigError, DataError, Sink, SinkContext, SystemClock
 from riprap.connectors.lake import DeltaSink
 from riprap.connectors.memory import IterableSource
 from riprap.deadletters import SqliteDeadLetters, read_dead_letters
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, DropsOrigin
 
 from ._helpers import batch_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from riprap import Batch
@@ -175,6 +177,38 @@ async def test_bad_records_go_to_the_dead_letter_store(tmp_path: Path) -> None:
     assert 5 == table.transaction_version("riprap/to-delta/delta/memory")
 
 
+async def test_a_column_delta_cannot_store_dead_letters_its_records(tmp_path: Path) -> None:
+    """A new field of a type Delta has no column for is the record's error, not the run's.
+
+    Datetimes with an offset are stored as Delta's UTC timestamps (the same
+    instants); a duration has no Delta type, so its record is dead-lettered.
+    """
+    plus_two = datetime.timezone(datetime.timedelta(hours=2))
+    at = datetime.datetime(2026, 12, 6, 10, 0, tzinfo=plus_two)
+    values: list[Any] = [
+        {"n": 0, "at": at},
+        {"n": 1, "at": at, "took": datetime.timedelta(seconds=3)},
+        {"n": 2, "at": at + datetime.timedelta(hours=1)},
+    ]
+    pipeline = (
+        riprap.Pipeline(
+            "to-delta",
+            checkpoint_path=str(tmp_path / "state.db"),
+            dead_letter=SqliteDeadLetters(tmp_path / "dlq.db"),
+        )
+        .source(IterableSource("events", values))
+        .sink(DeltaSink(tmp_path / "table", new_columns="add"))
+    )
+    report = await pipeline.run()
+    letters = list(read_dead_letters(tmp_path / "dlq.db"))
+    assert "completed" == report.outcome
+    assert [(1, "schema")] == [(letter.offset, letter.reason) for letter in letters]
+    assert "Duration" in letters[0].message
+    rows = sorted(DeltaTable(str(tmp_path / "table")).to_pyarrow_table().to_pylist(), key=str)
+    assert [0, 2] == [row["n"] for row in sorted(rows, key=lambda row: row["n"])]
+    assert {at, at + datetime.timedelta(hours=1)} == {row["at"] for row in rows}
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
@@ -190,3 +224,24 @@ def test_bad_options_are_refused(tmp_path: Path, option: str, value: Any) -> Non
     options: dict[str, Any] = {"new_columns": "refuse", option: value}
     with pytest.raises(ConfigError, match=option):
         DeltaSink(tmp_path, **options)
+
+
+def located(batch: Batch) -> Batch:
+    """``batch`` with an origin the sink must locate item by item (the general path)."""
+    return riprap.Batch(batch.items, batch.ack, DropsOrigin(batch.origin, []))
+
+
+@pytest.mark.parametrize("origin", [lambda b: b, located], ids=["straight", "located"])
+async def test_straight_batches_are_committed_as_located_ones(
+    tmp_path: Path, origin: Callable[[Batch], Batch]
+) -> None:
+    """Straight from the source or located item by item: same skips, same errors, same rows."""
+    await write_all(bound(DeltaSink(tmp_path, new_columns="refuse")), batch_of(numbered(0, 3)))
+    sink = bound(DeltaSink(tmp_path, new_columns="refuse"))
+    await sink.open()
+    with pytest.raises(DataError, match=r"the record at in@5: field 'extra'"):
+        await sink.write(origin(batch_of([*numbered(2, 4), {"n": 5, "extra": 1}], start=2)))
+    await sink.write(origin(batch_of(numbered(2, 6), start=2)))
+    await sink.flush()
+    assert numbered(0, 6) == table_rows(tmp_path)
+    assert (2, 1) == (sink.statistics().records_skipped, sink.statistics().commits)

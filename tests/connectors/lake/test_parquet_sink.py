@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,14 +11,16 @@ import pytest
 
 import riprap
 from riprap import ConfigError, DataError, Sink
+from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.lake import ParquetSink
 from riprap.connectors.memory import IterableSource
 from riprap.deadletters import SqliteDeadLetters, read_dead_letters
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, DropsOrigin
 
 from ._helpers import batch_of, files, folders, rows
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from riprap import Batch
@@ -230,3 +233,80 @@ def test_bad_options_are_refused(tmp_path: Path, option: str, value: Any) -> Non
     """An invalid option is a ConfigError that names it."""
     with pytest.raises(ConfigError, match=option):
         ParquetSink(tmp_path, **{option: value})
+
+
+def located(batch: Batch) -> Batch:
+    """``batch`` with an origin the sink must locate item by item (the general path)."""
+    return riprap.Batch(batch.items, batch.ack, DropsOrigin(batch.origin, []))
+
+
+@pytest.mark.parametrize("origin", [lambda b: b, located], ids=["straight", "located"])
+async def test_straight_batches_are_written_as_located_ones(
+    tmp_path: Path, origin: Callable[[Batch], Batch]
+) -> None:
+    """Straight from the source or located item by item: same files, same skips, same errors."""
+    point = pa.struct([("x", pa.int64())])
+    schema = pa.schema([("n", pa.int64()), ("tag", pa.string()), ("point", point)])
+    records = [{"n": n, "tag": None, "point": {"x": n} if n % 2 else None} for n in range(9)]
+    await write_all(ParquetSink(tmp_path, schema=schema), origin(batch_of(records[3:6], start=3)))
+    sink = ParquetSink(tmp_path, schema=schema, max_rows=4)
+    await sink.open()
+    with pytest.raises(DataError, match=r"the record at in@2: field 'extra'"):
+        await sink.write(origin(batch_of([*records[:2], {**records[2], "extra": 1}])))
+    await sink.write(origin(batch_of(records[:3])))
+    await sink.write(origin(batch_of(records[3:], start=3)))
+    await sink.flush()
+    expected_files = [
+        "00000000000000000000-00000000000000000002.parquet",
+        "00000000000000000003-00000000000000000005.parquet",
+        "00000000000000000006-00000000000000000008.parquet",
+    ]
+    assert (expected_files, records) == (files(tmp_path / "in"), rows(tmp_path / "in"))
+    assert 3 == sink.statistics().records_skipped
+
+
+async def lines_to_parquet(path: Path, out: Path, batch_size: int) -> list[tuple[Any, ...]]:
+    """Run ``path`` (JSON Lines, decoded by the source) into Parquet; the dead letters, sorted."""
+    schema = pa.schema(
+        [("n", pa.int64()), ("tag", pa.string()), ("point", pa.struct([("x", pa.int64())]))]
+    )
+    pipeline = (
+        riprap.Pipeline(
+            "lines-to-parquet",
+            checkpoint_path=str(out / "state.db"),
+            dead_letter=SqliteDeadLetters(out / "dlq.db"),
+            batch_size=batch_size,
+        )
+        .source(JsonLinesSource(str(path), decode=True))
+        .sink(ParquetSink(out / "table", schema=schema, max_rows=4))
+    )
+    report = await pipeline.run()
+    assert "completed" == report.outcome
+    letters = read_dead_letters(out / "dlq.db")
+    return sorted((letter.offset or 0, letter.reason, letter.value) for letter in letters)
+
+
+async def test_json_lines_in_full_batches_land_as_in_one_careful_batch(tmp_path: Path) -> None:
+    """Batches of lines read in full runs give the rows and dead letters of one careful batch."""
+    lines = [
+        b'{"n": 0, "tag": "a", "point": {"x": 1}}',
+        b'{"n": 1, "tag": null}',
+        b"",
+        b'{"n": 2, "point": {"x": 2, "y": 3}}',  # a nested field the schema lacks
+        b'{"n": 3, "tag": "b"',  # not JSON
+        b'{"n": 4, "tag": 5}',  # a number for a string
+        b'{"n": 5, "extra": true}',
+        b'{"n": 6, "point": null}',
+        b"[7]",
+        b'{"n": 8, "tag": "c"}',
+        b'{"n": 9}',
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\r\n".join(lines))
+    careful = await lines_to_parquet(path, tmp_path / "careful", 1000)
+    batched = await lines_to_parquet(path, tmp_path / "batched", 2)
+    careful_rows = rows(tmp_path / "careful" / "table" / quote(str(path), safe=""))
+    batched_rows = rows(tmp_path / "batched" / "table" / quote(str(path), safe=""))
+    assert [0, 1, 6, 8, 9] == [row["n"] for row in careful_rows]
+    assert [3, 4, 5, 6, 8] == [offset for offset, *_ in careful]
+    assert (careful_rows, careful) == (batched_rows, batched)
