@@ -374,6 +374,22 @@ def _notes(base: Checkpoint | None, action: str) -> tuple[str, ...]:
     return (*earlier, _note(action))[-MAX_NOTES:]
 
 
+def rewritten(
+    base: Checkpoint, current: CheckpointStatus, epoch: int, owner: str, action: str, **changes: Any
+) -> Checkpoint:
+    """``base`` as an operator writes it back: the claimed epoch, the next generation, noted."""
+    return dataclasses.replace(
+        base,
+        epoch=epoch,
+        owner=owner,
+        seq=1,
+        generation=current.next_generation,
+        created_at=time.time(),
+        notes=_notes(base, action),
+        **changes,
+    )
+
+
 def _owner() -> str:
     return f"riprap checkpoint:{_who()}:{os.getpid()}"
 
@@ -421,15 +437,7 @@ async def _reset(backend: RepairableBackend, args: argparse.Namespace) -> int:
             raise CheckpointError(f"{current.where}: changed meanwhile; nothing readable to accept")
         else:
             action = f"reset: accepted generation {base.generation} (recorded {current.recorded})"
-        return dataclasses.replace(
-            base,
-            epoch=epoch,
-            owner=owner,
-            seq=1,
-            generation=current.next_generation,
-            created_at=time.time(),
-            notes=_notes(base, action),
-        )
+        return rewritten(base, current, epoch, owner, action)
 
     owner = _owner()
     written = await backend.overwrite(pipeline, owner, build)
@@ -481,16 +489,14 @@ async def set_positions(
             for partition, position in sorted(wanted.items())
         )
         positions = {**before, **wanted}
-        return dataclasses.replace(
+        return rewritten(
             base,
-            epoch=epoch,
-            owner=owner,
-            seq=1,
-            generation=current.next_generation,
-            created_at=time.time(),
+            current,
+            epoch,
+            owner,
+            f"{action} {changes}",
             positions=positions,
             guard=_forget(base.guard, wanted, positions),
-            notes=_notes(base, f"{action} {changes}"),
         )
 
     written = await backend.overwrite(pipeline, owner, build)
@@ -559,15 +565,13 @@ async def _reset_stage(backend: RepairableBackend, args: argparse.Namespace) -> 
 
     def build(current: CheckpointStatus, epoch: int) -> Checkpoint:
         base, _ = _stage_state(current, stage)
-        return dataclasses.replace(
+        return rewritten(
             base,
-            epoch=epoch,
-            owner=owner,
-            seq=1,
-            generation=current.next_generation,
-            created_at=time.time(),
+            current,
+            epoch,
+            owner,
+            f"reset --stage {stage}: dropped its state ({size:,} bytes)",
             state={name: value for name, value in base.state.items() if name != stage},
-            notes=_notes(base, f"reset --stage {stage}: dropped its state ({size:,} bytes)"),
         )
 
     written = await backend.overwrite(pipeline, owner, build)

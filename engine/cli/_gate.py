@@ -17,15 +17,13 @@ or ``--yes`` is missing.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from riprap._core.errors import ConfigError
-from riprap.cli._checkpoint import _add_store_arguments, _notes, _owner, _pipeline, open_store
+from riprap.cli._checkpoint import _add_store_arguments, _owner, _pipeline, open_store, rewritten
 from riprap.cli._help import HELP_FORMAT, plain
 from riprap.cli._runs import EXIT_OK, EXIT_USAGE
 
@@ -101,16 +99,8 @@ async def _release(backend: RepairableBackend, args: argparse.Namespace) -> int:
     def build(current: CheckpointStatus, epoch: int) -> Checkpoint:
         base = _checkpoint_with(current, gate)
         state = {**base.state, gate: _released_state(base.state[gate], gate, window)}
-        return dataclasses.replace(
-            base,
-            epoch=epoch,
-            owner=owner,
-            seq=1,
-            generation=current.next_generation,
-            created_at=time.time(),
-            state=state,
-            notes=_notes(base, f"gate release {gate} --window {window} ({at})"),
-        )
+        action = f"gate release {gate} --window {window} ({at})"
+        return rewritten(base, current, epoch, owner, action, state=state)
 
     written = await backend.overwrite(pipeline, owner, build)
     sys.stdout.write(
