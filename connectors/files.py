@@ -244,6 +244,9 @@ class _FileSource:
         self._lock = anyio.Lock()
         self._share = (0, 1)  # (worker index, worker count): every file by default
 
+    whole_partitions = True
+    """A worker's share is whole files (partitions), each always its own: keyed state splits too."""
+
     def for_worker(self, index: int, count: int) -> Self:
         """This source for worker ``index`` of ``count``: the files whose path hashes to it.
 

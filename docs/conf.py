@@ -34,7 +34,7 @@ _ALIASES = (
     r"Emit|Headers|Header|Outcome|Signal|Jitter|GiveUpReason|RejectionReason|Verdict|Format|"
     r"Encryption|Decode|Partitioner|Serializer|FallbackFn|ProgressHook|QuarantineHook|"
     r"WindowKind|SagaPhase|SagaResult|TimeSource|LateHandler|OnError|PathSpec|MonitoredRun|"
-    r"Runtime|Emitter|GapKind|DEFAULT_CLASSIFIER|NewColumns|Compression|"
+    r"Runtime|Emitter|GapKind|DEFAULT_CLASSIFIER|NewColumns|Compression|Entry|Stored|StateLog|"
     r"Where a record's time comes from.*"
 )
 nitpick_ignore_regex = [

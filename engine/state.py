@@ -5,7 +5,10 @@
 State is partitioned like the input and a checkpoint holds exactly the state
 its positions imply (I3), in memory (:class:`MemoryStore`, saved whole in the
 checkpoint) or on local disk (:class:`SqliteStore`, one database per
-partition, reconciled with the checkpoint on start).
+partition, reconciled with the checkpoint on start). With a :class:`Changelog`
+(``Pipeline(..., changelog=KafkaChangelog(...))``) every change is also
+logged there, so a partition's state follows it to whichever process is
+given the partition.
 
 .. versionadded:: 0.1
 """
@@ -13,6 +16,8 @@ partition, reconciled with the checkpoint on start).
 from __future__ import annotations
 
 from riprap._core.public import fixup_module_metadata
+from riprap._core.state_stores import Changelog as Changelog
+from riprap._core.state_stores import RestoredState as RestoredState
 from riprap._core.state_stores import StateStore as StateStore
 from riprap._core.state_values import MissingKeyError as MissingKeyError
 from riprap._core.state_values import StateStoreError as StateStoreError
@@ -23,9 +28,11 @@ from riprap._runtime.state_memory import MemoryStore as MemoryStore
 from riprap._runtime.state_sqlite import SqliteStore as SqliteStore
 
 __all__ = (
+    "Changelog",
     "KeyedState",
     "MemoryStore",
     "MissingKeyError",
+    "RestoredState",
     "SqliteStore",
     "State",
     "StateStore",

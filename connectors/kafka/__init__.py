@@ -4,6 +4,8 @@
 bytes; decode in a step with :func:`json_value` or :func:`str_value` so that
 one bad message is dead-lettered instead of stopping the source.
 :class:`KafkaSink` waits for every acknowledgement and is at-least-once.
+:class:`KafkaChangelog` logs a pipeline's keyed state to a compacted topic, so
+that a partition's state follows it to whichever group member reads it.
 :class:`KafkaDeadLetters` writes dead letters to a topic;
 :func:`iter_kafka_dead_letters` and :class:`KafkaDeadLetterSource` read them back
 (``riprap dlq inspect|replay kafka://...``); :func:`topic_replay_pipeline`
@@ -22,6 +24,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
         "riprap.connectors.kafka needs aiokafka: pip install 'riprap[kafka]'", name=exc.name
     ) from exc
 
+from ._changelog import KafkaChangelog as KafkaChangelog
 from ._checkpoints import KafkaCheckpoints as KafkaCheckpoints
 from ._codecs import Serializer as Serializer
 from ._codecs import json_value as json_value
@@ -44,6 +47,7 @@ from ._source import KafkaSource as KafkaSource
 __all__ = (
     "HEADER_PREFIX",
     "LETTER_ID_HEADER",
+    "KafkaChangelog",
     "KafkaCheckpoints",
     "KafkaDeadLetterSource",
     "KafkaDeadLetters",

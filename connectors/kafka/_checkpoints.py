@@ -8,7 +8,9 @@ session timeout wakes up fenced, its commit is dropped, and when it gets its
 partitions back it starts from the offsets the group committed meanwhile.
 Operator state and crash counts have nowhere to go, so a pipeline with
 stateful stages is refused before it runs: use
-:class:`~riprap.checkpoints.SqliteCheckpoints` or the S3 backend for those.
+:class:`~riprap.checkpoints.SqliteCheckpoints` or the S3 backend for those,
+or keep keyed state in a :class:`~riprap.connectors.kafka.KafkaChangelog`,
+which this backend accepts.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class KafkaCheckpoints:
                 the commit (this member was fenced by a rebalance or its session
                 expired: nothing was committed) or timed out.
         """
-        if checkpoint.state:
-            stages = ", ".join(sorted(checkpoint.state))
+        held = sorted(step for step, state in checkpoint.state.items() if state is not None)
+        if held:  # keyed state kept in a changelog snapshots as None
+            stages = ", ".join(held)
             raise CheckpointError(
                 f"KafkaCheckpoints keeps only positions, but stages {stages} have state; "
                 "use SqliteCheckpoints or S3Checkpoints"

@@ -16,6 +16,7 @@ from aiokafka.errors import (
 )
 
 from riprap import ConfigError, SourceBatch
+from riprap.state import StateStoreError
 
 from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, timed_offsets
 from ._codecs import lag_by_partition, parse_partition, partition_name
@@ -601,8 +602,8 @@ class KafkaSource:
             self._unpositioned.add(tp)
         try:
             await self._position(self._unpositioned)
-        except OffsetGapError as exc:
-            self._failure = exc  # read() raises it: the run stops naming the gap
+        except (OffsetGapError, StateStoreError) as exc:
+            self._failure = exc  # read() raises it: the run stops naming the gap or the state
         except Exception as exc:  # read() positions them again, or fails
             log.warning(
                 "source %s: positioning newly assigned partitions failed (%s: %s); "
@@ -633,14 +634,33 @@ class KafkaSource:
                 timed = await timed_offsets(consumer, tps, self._bounds.start_ms, earliest)
             if assignments != self._assignments:
                 return  # a rebalance meanwhile: its own positioning looks the offsets up again
+            floors = await self._restore_state(tps, group)
+            if assignments != self._assignments:
+                return
             for tp in tps:
                 if tp not in pending or tp not in consumer.assignment():
                     continue  # revoked meanwhile
                 at_time = None if timed is None else timed.get(tp, latest[tp])
-                await self._start(tp, group.get(tp), earliest[tp], latest[tp], at_time)
+                floor = floors.get(partition_name(tp.topic, tp.partition))
+                await self._start(tp, group.get(tp), earliest[tp], latest[tp], at_time, floor)
                 pending.discard(tp)
                 if tp not in self._paused:
                     consumer.resume(tp)
+
+    async def _restore_state(self, tps: Sequence[Any], group: Mapping[Any, int]) -> dict[str, int]:
+        """Have the pipeline restore state kept for ``tps`` (a changelog); each one's floor.
+
+        Raises:
+            StateStoreError: The state kept for a partition is behind where it resumes.
+        """
+        if self._context is None:
+            return {}
+        starts: dict[str, int | None] = {}
+        for tp in tps:
+            name = partition_name(tp.topic, tp.partition)
+            known = [o for o in (group.get(tp), self._positions.get(name)) if o is not None]
+            starts[name] = max(known) if known else None
+        return dict(await self._context.assigned(starts))
 
     async def _group_offsets(self, tps: Sequence[Any]) -> dict[Any, int]:
         """The group's committed offset of each partition that has one."""
@@ -659,13 +679,22 @@ class KafkaSource:
         return offsets
 
     async def _start(
-        self, tp: Any, group: int | None, earliest: int, latest: int, timed: int | None = None
+        self,
+        tp: Any,
+        group: int | None,
+        earliest: int,
+        latest: int,
+        timed: int | None = None,
+        floor: int | None = None,
     ) -> None:
-        """Seek ``tp`` to its start; ``timed``: where ``start_at``'s time puts it, if given."""
+        """Seek ``tp`` to its start; ``timed``: where ``start_at``'s time puts it, if given.
+
+        ``floor``: a position the pipeline's state says every record below is done.
+        """
         consumer = self._consumer
         name = partition_name(tp.topic, tp.partition)
         local = self._positions.get(name)
-        known = [offset for offset in (group, local) if offset is not None]
+        known = [offset for offset in (group, local, floor) if offset is not None]
         self._bounds.positioned(tp, latest, at_start_time=not known and timed is not None)
         if group is not None:
             self._committed[tp] = group

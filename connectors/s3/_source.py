@@ -260,6 +260,9 @@ class S3Source:
             client_config=self.client_config,
         )
 
+    whole_partitions = True
+    """A worker's share is whole objects (partitions), each always its own."""
+
     def for_worker(self, index: int, count: int) -> S3Source:
         """This source for worker ``index`` of ``count`` on one machine: the keys that hash to it.
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from riprap._core.clock import SYSTEM_CLOCK, Clock
 from riprap._core.errors import ConfigError
 from riprap._core.protocols import Sink
+from riprap._core.state_stores import Changelog
 from riprap.checkpoints._snapshot import CheckpointBackend
 from riprap.deadletters._guard import DeadLetterGuard
 from riprap.deadletters._stores import DeadLetterSink
@@ -74,6 +75,11 @@ class PipelineOptions:
             process-wide when the run starts (every entry point: ``riprap.run``,
             the CLI, ``Pipeline.run`` and ``Pipeline.open``); ``None`` leaves the
             allocator alone. See :func:`riprap.lowlevel.keep_freed_memory`.
+        changelog: Where keyed-state steps log their changes (a
+            :class:`~riprap.state.Changelog` such as
+            :class:`~riprap.connectors.kafka.KafkaChangelog`), so that the state of
+            a source partition follows it to whichever process reads it; ``None``:
+            keyed state lives in the checkpoint (see :mod:`riprap.state`).
     """
 
     checkpoint: CheckpointBackend | None = None
@@ -98,6 +104,7 @@ class PipelineOptions:
     offload_threads: int = DEFAULT_OFFLOAD_THREADS
     loop_lag_threshold: float | None = 1.0
     malloc_trim_threshold: int | None = DEFAULT_MALLOC_TRIM_THRESHOLD
+    changelog: Changelog | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
@@ -133,6 +140,10 @@ class PipelineOptions:
         positive_number("alert_interval", self.alert_interval)
         if self.malloc_trim_threshold is not None:
             positive_int("malloc_trim_threshold", self.malloc_trim_threshold)
+        if self.changelog is not None:
+            implements(
+                "changelog", self.changelog, Changelog, "open, restore, write, flush, aclose"
+            )
         if self.tracing and not otel_available():
             raise ConfigError("tracing", "needs opentelemetry-api: pip install 'riprap[otel]'")
         for rule in self.alerts:

@@ -15,6 +15,7 @@ from riprap._core.records import Batch, SourceBatch
 
 if TYPE_CHECKING:
     from riprap._core.clock import Clock
+    from riprap._core.state_stores import StateLog
     from riprap.policies import Shelter
 
 Emit = Callable[[Batch], Awaitable[None]]
@@ -27,6 +28,11 @@ async def _no_drain(partitions: Collection[str], within: float) -> Mapping[str, 
 
 def _no_count(outcome: str, count: int) -> None:
     """The ``count`` of a hand-made context: reports nothing."""
+
+
+async def _no_assigned(starts: Mapping[str, int | None]) -> Mapping[str, int]:
+    """The ``assigned`` of a hand-made context: no state to restore, no floor."""
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,12 @@ class SourceContext:
             client library makes by itself (``riprap.policies.RetryScheduled``)
             reach the run report and the metrics with riprap's own.
         clock: The pipeline's clock (events are stamped with its ``monotonic()``).
+        assigned: ``await assigned({partition: start})`` when partitions are
+            given to the source (a rebalance), before any of their records is
+            read; ``start`` is where the source would resume (``None``: no stored
+            position). It restores state kept for them elsewhere (a changelog)
+            and returns, per partition, a position the source must start at or
+            after: records below it are done already.
     """
 
     pipeline: str
@@ -56,6 +68,7 @@ class SourceContext:
     count: Callable[[str, int], None] = _no_count
     policy_hooks: tuple[Callable[[Any], None], ...] = ()
     clock: Clock | None = None
+    assigned: Callable[[Mapping[str, int | None]], Awaitable[Mapping[str, int]]] = _no_assigned
 
 
 @runtime_checkable
@@ -204,6 +217,9 @@ class StageContext:
         checkpoints_saved: ``checkpoints_saved()`` is how many checkpoints the
             run has saved so far; once it has grown by two since a ``snapshot``,
             a checkpoint cut after that snapshot is durable (saves never overlap).
+        state_log: The run's changelog for keyed state (``None``: the pipeline
+            has none, and keyed state is saved in checkpoints);
+            :class:`~riprap.state.KeyedState` uses it.
     """
 
     pipeline: str
@@ -220,6 +236,7 @@ class StageContext:
     side_output: Callable[[str], Emit] = _no_side_output
     positions: Callable[[], Mapping[str, int]] = _no_positions
     checkpoints_saved: Callable[[], int] = _no_saves
+    state_log: StateLog | None = None
 
 
 @runtime_checkable

@@ -8,7 +8,8 @@ the last checkpoint cut (see :mod:`riprap._runtime.keyed_state`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,3 +48,72 @@ class StateStore(Protocol):
         ...
 
     def open(self, *, pipeline: str, step_id: str, restored: Any) -> Partitions: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredState:
+    """What a changelog holds for one source partition: its values and the position they imply.
+
+    Attributes:
+        position: The source position of the last complete commit (``None``: nothing
+            was ever committed for the partition). Every record below it is done.
+        values: Per step, per key token: ``(JSON text, expiry or None)``.
+    """
+
+    position: int | None
+    values: Mapping[str, Mapping[str, tuple[str, float | None]]]
+
+
+@runtime_checkable
+class Changelog(Protocol):
+    """Where the changes of a pipeline's keyed state are logged, so another process can take over.
+
+    One changelog serves every keyed-state step of a pipeline: a commit for
+    source partition P writes each step's changes of P and then one mark of
+    P's position, so after any crash all steps agree with one position.
+    :class:`~riprap.connectors.kafka.KafkaChangelog` is the one riprap ships.
+
+    Attributes:
+        accept_behind: Whether a partition whose last commit is behind where its
+            source resumes (the group was moved on, or the log was deleted) starts
+            there with the state it has, instead of refusing to run.
+
+    .. versionadded:: 0.4
+    """
+
+    accept_behind: bool
+
+    async def open(self, pipeline: str) -> None:
+        """Connect; called once before the run's first restore."""
+        ...
+
+    async def restore(self, partition: str) -> RestoredState:
+        """Read what is logged for source ``partition`` up to its last complete commit."""
+        ...
+
+    async def write(
+        self, partition: str, changes: Mapping[str, Mapping[str, Entry]], position: int
+    ) -> None:
+        """Log each step's changes of ``partition`` (step -> token -> entry), then its position.
+
+        May buffer: the commit is durable once :meth:`flush` returns.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Make everything written so far durable; raises if any of it failed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; what is not flushed is not committed."""
+        ...
+
+
+class StateLog(Protocol):
+    """The run's side of a changelog, as keyed state sees it (``StageContext.state_log``)."""
+
+    def attach(self, step_id: str, owner: Any) -> None: ...
+
+    def require(self, step_id: str, partition: str) -> None: ...
+
+    def stage(self, step_id: str, partition: str, changes: Mapping[str, Entry]) -> None: ...

@@ -25,16 +25,20 @@ from typing import TYPE_CHECKING, Any, final
 from riprap._core.errors import ConfigError
 from riprap._core.state_values import (
     MissingKeyError,
+    StateStoreError,
     decode_value,
     encode_value,
     key_token,
 )
+from riprap._runtime.state_memory import MemoryPartitions, MemoryStore
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from riprap._core.clock import Clock
     from riprap._core.protocols import StageContext
     from riprap._core.records import Batch, Where
-    from riprap._core.state_stores import Backing, Partitions, StateStore
+    from riprap._core.state_stores import Backing, Partitions, StateLog, StateStore
     from riprap._core.state_values import Entry
 
 _UNSET: Any = object()
@@ -89,17 +93,16 @@ class PartitionLog:
         self.entries.append(entry)
         self.newest[token] = entry
 
-    def cut(self, position: int, now: float) -> bool:
-        """Apply each key's last change of the records below ``position``; whether any were."""
+    def cut(self, position: int, now: float) -> dict[str, Entry] | None:
+        """Apply each key's last change of the records below ``position``; those changes."""
         split = bisect_left(self.offsets, position)
         if not split:
-            return False
-        self.backing.apply(
-            dict(zip(self.tokens[:split], self.entries[:split], strict=True)), position, now
-        )
+            return None
+        changes = dict(zip(self.tokens[:split], self.entries[:split], strict=True))
+        self.backing.apply(changes, position, now)
         del self.offsets[:split], self.tokens[:split], self.entries[:split]
         self.newest = dict(zip(self.tokens, self.entries, strict=True))
-        return True
+        return changes
 
 
 @final
@@ -213,6 +216,7 @@ class KeyedState:
     __slots__ = (
         "_context",
         "_cuts",
+        "_hub",
         "_logs",
         "_partitions",
         "_restored",
@@ -231,6 +235,8 @@ class KeyedState:
         self._cuts: list[tuple[int, dict[str, int]]] = []
         self._snapshot: Any = None
         """The last snapshot, handed out again while nothing changes."""
+        self._hub: StateLog | None = None
+        """The run's changelog, when it has one: the state lives there, not in checkpoints."""
 
     def restore(self, state: Any) -> None:
         """Take the state the checkpoint saved (before :meth:`open`)."""
@@ -247,10 +253,48 @@ class KeyedState:
         self._step_id = step_id
         # A pipeline run again starts from its checkpoint.
         self._logs, self._cuts, self._snapshot = {}, [], None
+        self._hub = hub = context.state_log
+        if hub is not None:
+            self._open_logged(hub)
+            return
         self._partitions = self.store.open(
             pipeline=context.pipeline, step_id=step_id, restored=self._restored
         )
         self._restored = None
+
+    def _open_logged(self, hub: StateLog) -> None:
+        """Open for a run with a changelog: partitions arrive with :meth:`load`."""
+        step_id = self._step_id
+        if not isinstance(self.store, MemoryStore):
+            raise ConfigError(
+                f"state({step_id!r})",
+                f"with a changelog, keyed state is held in memory (MemoryStore, state=True) "
+                f"and restored from the changelog; {type(self.store).__name__} is not "
+                "supported with one",
+            )
+        restored = self._restored
+        if isinstance(restored, dict) and restored.get("partitions"):
+            raise StateStoreError(
+                f"of step {step_id!r}",
+                "the checkpoint holds this step's state, but the run keeps keyed state in a "
+                "changelog: the state would be lost. Run without the changelog, or reset the "
+                f"step's state (riprap checkpoint reset --stage {step_id} --yes)",
+            )
+        self._restored = None
+        self._partitions = MemoryPartitions()
+        hub.attach(step_id, self)
+
+    def load(self, partition: str, values: Mapping[str, Any]) -> None:
+        """Take ``partition``'s state as the changelog restored it (any earlier one is dropped)."""
+        assert isinstance(self._partitions, MemoryPartitions)
+        self._logs.pop(partition, None)
+        self._partitions.partition(partition).load(values)
+
+    def release(self, partition: str) -> None:
+        """Drop ``partition``'s state: it was given up, its next owner restores it."""
+        self._logs.pop(partition, None)
+        if isinstance(self._partitions, MemoryPartitions):
+            self._partitions.partitions.pop(partition, None)
 
     def state(self, batch: Batch, index: int) -> State:
         """The state of the key of the record behind ``batch.items[index]``.
@@ -298,6 +342,8 @@ class KeyedState:
         log = self._logs.get(partition)
         if log is None:
             assert self._partitions is not None
+            if self._hub is not None:
+                self._hub.require(self._step_id, partition)
             backing = self._partitions.partition(partition)
             log = self._logs[partition] = PartitionLog(self._step_id, partition, backing)
         return log
@@ -315,6 +361,9 @@ class KeyedState:
             return self._restored if self._restored is not None else empty
         positions = context.positions()
         now = context.clock.time()
+        if self._hub is not None:
+            self._cut_logged(self._hub, positions, now)
+            return None
         changed = self._snapshot is None
         for name, log in self._logs.items():
             position = positions.get(name)
@@ -324,6 +373,19 @@ class KeyedState:
         if changed:  # else the same object: the checkpointer sees "unchanged" at a glance
             self._snapshot = partitions.snapshot(now)
         return self._snapshot
+
+    def _cut_logged(self, hub: StateLog, positions: Mapping[str, int], now: float) -> None:
+        """The cut with a changelog: each partition's changes below its position go to it."""
+        assert isinstance(self._partitions, MemoryPartitions)
+        step_id = self._step_id
+        for name, log in self._logs.items():
+            position = positions.get(name)
+            changes = None if position is None else log.cut(position, now)
+            expired = self._partitions.partition(name).expire(now)
+            if expired:
+                changes = {**(changes or {}), **dict.fromkeys(expired)}
+            if changes:
+                hub.stage(step_id, name, changes)
 
     def _remember_cut(self, saved: int, partitions: Partitions) -> None:
         """Tell the store which commits a saved checkpoint covers.

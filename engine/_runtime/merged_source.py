@@ -143,6 +143,11 @@ class MergedSource:
         for member in self.members:
             await member.committed(positions)
 
+    @property
+    def whole_partitions(self) -> bool:
+        """Whether every member's shares are whole partitions, each always one worker's."""
+        return all(getattr(m.source, "whole_partitions", False) for m in self.members)
+
     def for_worker(self, index: int, count: int) -> MergedSource:
         """Worker ``index`` of ``count``: each member's share, under the same names.
 

@@ -39,9 +39,11 @@ from riprap._core.steps import BatchStep, OpStep, Plan, StageStep, Step, is_asyn
 from riprap._runtime.acks import CompletionTracker, InFlight
 from riprap._runtime.allocator import keep_freed_memory
 from riprap._runtime.async_segment import AsyncSegment
+from riprap._runtime.changelog import ChangelogHub
 from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
 from riprap._runtime.fan_out import Branches, BranchRunner
 from riprap._runtime.fuse import refusing_awaitables
+from riprap._runtime.keyed_map import KeyedMapStage
 from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
 from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.offload import ThreadOffload
@@ -59,6 +61,7 @@ from riprap._runtime.segments import (
 from riprap._runtime.shared_send import SharedSend
 from riprap._runtime.sink_runner import SinkRunner, draining_all, stack_clock
 from riprap._runtime.step_stats import entry_step_id, segment_step_stats
+from riprap._runtime.worker_names import pipeline_name
 from riprap.checkpoints._checkpointer import Checkpointer
 from riprap.checkpoints._guard import CrashGuard, crash_key, crash_record, poison_pill
 from riprap.deadletters._stores import deleted_letters
@@ -261,6 +264,20 @@ class Runtime:
         self.clock = self.options.clock
         self.owns_backend = self.options.checkpoint is None
         self.backend = self.options.checkpoint or _default_backend(self.options.checkpoint_path)
+        changelog = self.options.changelog
+        # Workers of one pipeline share its changelog: a partition's state follows it among them.
+        shared = pipeline_name(pipeline.name)
+        self.state_log = None if changelog is None else ChangelogHub(changelog, shared)
+        self._logged_steps = frozenset(
+            ()
+            if changelog is None
+            else (
+                s.step_id
+                for s in pipeline.all_steps()
+                if isinstance(s, StageStep) and isinstance(s.stage, KeyedMapStage)
+            )
+        )
+        """Keyed-state steps whose state the changelog holds: not the checkpoint's to save."""
         self.run_log = RunLog(pipeline.name, self.options.redactor, self.clock)
         dead_letter = self.options.dead_letter
         self.router = Router(
@@ -503,6 +520,8 @@ class Runtime:
             # and their next start comes from the group, not from this tracker.
             for name in names:
                 tracker.forget(name)
+            if self.state_log is not None:
+                self.state_log.release(names)
         return positions
 
     def queue_depths(self) -> dict[str, int]:
@@ -542,7 +561,11 @@ class Runtime:
     async def _open(self) -> None:
         """:meth:`start`'s work: claim, restore, open stages, dead letters, sink and source."""
         name = self.pipeline.name
-        stateful = [s.step_id for s in self.pipeline.all_steps() if isinstance(s, StageStep)]
+        stateful = [
+            s.step_id
+            for s in self.pipeline.all_steps()
+            if isinstance(s, StageStep) and s.step_id not in self._logged_steps
+        ]
         if stateful and not getattr(self.backend, "supports_state", True):
             raise ConfigError(
                 "checkpoint",
@@ -572,12 +595,15 @@ class Runtime:
             guard=self._guard_after(last, crash_counts),
             previous=last,
             redact=self.options.redactor.redact,
+            before_save=None if self.state_log is None else self.state_log.commit,
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
         # Before any record moves, so that a run dying from here on is seen as a crash.
         # Not fatal if the store refuses (logged, retried by the periodic save): a
         # missed mark costs crash detection one crash, never a record.
         await self.checkpointer.tick()
+        if self.state_log is not None:
+            await self.state_log.open()
         for segment in self.all_segments():
             if isinstance(segment, StageSegment):
                 await segment.open(self._stage_context(segment.stage.step_id))
@@ -602,6 +628,7 @@ class Runtime:
             count=self._count_source_outcome,
             policy_hooks=(self.events, *self.options.policy_hooks),
             clock=self.clock,
+            **({} if self.state_log is None else {"assigned": self.state_log.assigned}),
         )
         await self.source.open(context)
 
@@ -653,8 +680,12 @@ class Runtime:
                         if self.options.dead_letter is not None:
                             await self.options.dead_letter.aclose()
                     finally:
-                        if self.owns_backend:
-                            await self.backend.aclose()
+                        try:
+                            if self.state_log is not None:
+                                await self.state_log.aclose()
+                        finally:
+                            if self.owns_backend:
+                                await self.backend.aclose()
 
     async def _close_step_functions(self) -> None:
         """``aclose()`` every step function and fallback that has one (an HTTP client), once."""
@@ -1074,6 +1105,7 @@ class Runtime:
             side_output=side_output,
             positions=lambda: self.tracker.positions(),
             checkpoints_saved=lambda: self.checkpointer.saved,
+            state_log=self.state_log,
         )
 
     def _side_emit(self, name: str) -> Callable[[Batch], Awaitable[None]]:
@@ -1088,6 +1120,8 @@ class Runtime:
         state: dict[str, Any] = {}
         for segment in self.all_segments():
             state.update(segment.snapshot())
+        for step_id in self._logged_steps:  # their state is in the changelog
+            state.pop(step_id, None)
         return state
 
     def all_segments(self) -> tuple[Segment, ...]:

@@ -8,13 +8,14 @@ checkpoint: for states that outgrow that, :class:`~riprap.state.SqliteStore`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
 from riprap._core.state_values import restored_partitions
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from riprap._core.state_values import Entry
 
@@ -48,14 +49,19 @@ class MemoryStore:
 class MemoryBacking:
     """One partition's state at the last checkpoint's position: token -> (JSON, expiry)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "next_expiry")
 
     def __init__(self) -> None:
         self.data: dict[str, tuple[str, float | None]] = {}
+        self.next_expiry = math.inf
+        """No value expires before this (wall seconds): :meth:`expire` scans only from then."""
 
-    def load(self, data: Mapping[str, list[Any]]) -> None:
-        """Take the state saved in a checkpoint."""
+    def load(self, data: Mapping[str, Sequence[Any]]) -> None:
+        """Take the state saved in a checkpoint (or restored from a changelog)."""
         self.data = {token: (text, expires) for token, (text, expires) in data.items()}
+        self.next_expiry = min(
+            (e for _, e in self.data.values() if e is not None), default=math.inf
+        )
 
     def read(self, token: str) -> tuple[str, float | None] | None:
         return self.data.get(token)
@@ -68,6 +74,19 @@ class MemoryBacking:
                 data.pop(token, None)
             else:
                 data[token] = entry
+                if entry[1] is not None and entry[1] < self.next_expiry:
+                    self.next_expiry = entry[1]
+
+    def expire(self, now: float) -> list[str]:
+        """Drop the values expired at ``now``; their tokens (a scan only once one is due)."""
+        if now < self.next_expiry:
+            return []
+        data = self.data
+        expired = [t for t, (_, e) in data.items() if e is not None and e <= now]
+        for token in expired:
+            del data[token]
+        self.next_expiry = min((e for _, e in data.values() if e is not None), default=math.inf)
+        return expired
 
     def snapshot(self, now: float) -> dict[str, list[Any]]:
         """A copy for the checkpoint; expired values are dropped here and from the store."""

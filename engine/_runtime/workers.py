@@ -9,9 +9,13 @@ delays; forwards the first SIGINT/SIGTERM to every worker as one SIGTERM (each
 drains and writes a final checkpoint) and every later one as another (each
 aborts); and adds the workers' reports up into one.
 
-Only stateless pipelines are split for now: a stage's state holds what its
-own worker saw, and no worker could take another's state over when the input
-moves, so a stateful pipeline under more than one worker is refused.
+A stage's state holds what its own worker saw, and no worker could take
+another's over when the input moves, so a stateful stage under more than one
+worker is refused. Keyed state (``.map(state=...)``) is the exception where
+it cannot move wrongly: it is kept per source partition, so it splits with
+the input when each worker reads whole partitions that stay its own (files,
+S3 objects: ``whole_partitions``), or follows its partitions through a
+changelog when the group moves them (Kafka with ``changelog=``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import orjson
 
 from riprap._core.errors import ConfigError
 from riprap._core.steps import StageStep
+from riprap._runtime.keyed_map import KeyedMapStage
 from riprap._runtime.run import SIGNALS, catch_signals
+from riprap._runtime.worker_names import worker_name
 from riprap.observability._report import RunReport
 
 if TYPE_CHECKING:
@@ -66,13 +72,12 @@ class SplittableSource(Protocol):
     """A source that can be split among worker processes (the optional protocol extension)."""
 
     def for_worker(self, index: int, count: int) -> Source:
-        """What worker ``index`` of ``count`` reads: its share, or itself for a group member."""
+        """What worker ``index`` of ``count`` reads: its share, or itself for a group member.
+
+        A share that reads whole partitions, each always the same worker's for a
+        given count, says so with a true ``whole_partitions`` attribute.
+        """
         ...
-
-
-def worker_name(name: str, index: int, count: int) -> str:
-    """The checkpoint name of worker ``index`` of ``count``: the pipeline's own for one worker."""
-    return name if count == 1 else f"{name}.worker-{index}-of-{count}"
 
 
 def worker_pipeline(pipeline: Pipeline, index: int, count: int) -> Pipeline:
@@ -104,8 +109,11 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
     plan = pipeline.plan()
     if count == 1:
         return cast("SplittableSource", plan.source)
+    keyed = []
     for step in plan.all_steps():
-        if isinstance(step, StageStep) and _stateful(step.stage):
+        if isinstance(step, StageStep) and isinstance(step.stage, KeyedMapStage):
+            keyed.append(step.step_id)
+        elif isinstance(step, StageStep) and _stateful(step.stage):
             raise ConfigError(
                 "workers",
                 f"pipeline {pipeline.name!r} has a stateful stage {step.step_id!r}: its state "
@@ -119,8 +127,35 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
             f"{count} workers: it has no for_worker(index, count) and is no consumer-group member",
         )
     split = cast("SplittableSource", plan.source)
-    split.for_worker(0, count)  # a share it cannot make is refused now, before any worker starts
+    share = split.for_worker(0, count)  # a share it cannot make is refused now
+    if keyed:
+        shared = share is cast("object", split)  # a group member shares itself
+        _check_keyed(pipeline, keyed, shared, getattr(share, "whole_partitions", False))
     return split
+
+
+def _check_keyed(pipeline: Pipeline, steps: list[str], shared: bool, whole: bool) -> None:
+    """Refuse keyed state that could not follow its partitions among workers.
+
+    Raises:
+        ConfigError: The workers share a group without a changelog, or split
+            partitions among themselves (a key's records would meet several states).
+    """
+    named = ", ".join(repr(step) for step in steps)
+    if shared and pipeline.plan().options.changelog is None:
+        raise ConfigError(
+            "workers",
+            f"pipeline {pipeline.name!r} keeps keyed state ({named}) and its workers share a "
+            "consumer group, which moves partitions among them: keep the state in a changelog "
+            "(changelog=KafkaChangelog(...)) so that it follows them",
+        )
+    if not shared and not whole:
+        raise ConfigError(
+            "workers",
+            f"pipeline {pipeline.name!r} keeps keyed state ({named}), but its source "
+            f"{pipeline.plan().source.name!r} splits partitions among workers: the records of "
+            "one key would meet a different state in each; run it with one worker",
+        )
 
 
 def _stateful(stage: Stage) -> bool:

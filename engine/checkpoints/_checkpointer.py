@@ -71,8 +71,11 @@ class Checkpointer:
         guard: CrashGuard | None = None,
         previous: Checkpoint | None = None,
         redact: Callable[[str], str] = str,
+        before_save: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.before_save = before_save
+        """Awaited with a cut's positions before it is saved (a changelog commits the cut)."""
         self.redact = redact
         """Cleans error text before it is logged (a store's error may name a DSN or a key)."""
         self.backend = backend
@@ -216,6 +219,8 @@ class Checkpointer:
         checkpoint = self._numbered(cut)
         started = self.clock.monotonic()
         async with fail_after(SAVE_TIMEOUT, clock=self.clock, kind="checkpoint"):
+            if self.before_save is not None:
+                await self.before_save(checkpoint.positions)
             await self.backend.save(checkpoint)
         self.last_duration = self.clock.monotonic() - started
         self.last_saved_at = self.clock.monotonic()

@@ -40,9 +40,10 @@ def _tail(path: Path) -> str:
 class Members:
     """Worker processes of one group, started from the same arguments, each under a name."""
 
-    def __init__(self, workdir: Path, args: list[str]) -> None:
+    def __init__(self, workdir: Path, args: list[str], worker: Path = WORKER) -> None:
         self.workdir = workdir
         self.args = args
+        self.worker = worker
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         """The running members by name."""
         self.started = 0
@@ -54,7 +55,7 @@ class Members:
         stem = self.workdir / f"{name}-{self.started}"
         with stem.with_suffix(".out").open("wb") as out, stem.with_suffix(".err").open("wb") as err:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, str(WORKER), *self.args, checkpoint, *extra],
+                [sys.executable, str(self.worker), *self.args, checkpoint, *extra],
                 cwd=self.workdir,
                 stdout=out,
                 stderr=err,
@@ -212,15 +213,30 @@ class GroupWatch:
         await until(moved, "every partition's committed offset moving on", members)
 
 
+def _order(i: int) -> tuple[bytes, bytes]:
+    """The ``i``-th keyed order: key ``k<i>``."""
+    return f"k{i}".encode(), orjson.dumps({"id": i, "qty": i % 5})
+
+
 @final
 class Feeder:
     """Produces keyed orders (``k0``, ``k1``, ...) in small rounds until stopped."""
 
-    def __init__(self, bootstrap: str, topic: str, *, per_round: int, limit: int) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        per_round: int,
+        limit: int,
+        message: Callable[[int], tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.per_round = per_round
         self.limit = limit
+        self.message = message or _order
+        """``message(i)``: the key and value of the ``i``-th message."""
         self.produced = 0
         self._stop = anyio.Event()
         self._done = anyio.Event()
@@ -255,12 +271,10 @@ class Feeder:
     async def _rounds(self, producer: Any, gather: Callable[..., Awaitable[Any]]) -> None:
         while not self._stop.is_set() and self.produced < self.limit:
             start = self.produced
-            futures = [
-                await producer.send(
-                    self.topic, orjson.dumps({"id": i, "qty": i % 5}), key=f"k{i}".encode()
-                )
-                for i in range(start, min(start + self.per_round, self.limit))
-            ]
+            futures = []
+            for i in range(start, min(start + self.per_round, self.limit)):
+                key, value = self.message(i)
+                futures.append(await producer.send(self.topic, value, key=key))
             await gather(*futures)
             self.produced += len(futures)
             await anyio.sleep(POLL)

@@ -230,9 +230,9 @@ def keyed_pipeline() -> riprap.Pipeline:
 def test_workers_refuse_a_keyed_state_pipeline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keyed state cannot be split among workers yet: refused before any worker starts."""
+    """A source that splits one partition among workers would split a key's state: refused."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(riprap.ConfigError, match="stateful stage 'count'"):
+    with pytest.raises(riprap.ConfigError, match="'count'.*splits partitions among workers"):
         riprap.run_workers(f"{Path(__file__)}:keyed_pipeline", workers=2)
 
 

@@ -1,0 +1,368 @@
+"""Keyed state logged to a compacted Kafka topic, so a partition's state follows the partition.
+
+The changelog of a pipeline is one topic with as many partitions as its
+source topics have: source partition ``orders:3`` logs to changelog partition
+3. Each record's key names the source partition, the step and the state key
+(``[partition, step, token]`` in JSON), its value is the stored value (or a
+tombstone for a delete), so compaction keeps each key's last value. A commit
+ends with a *mark* per source partition (key ``[partition]``, value its
+position); a restore reads the changelog partition from its start and takes
+the changes up to the source partition's last mark. Changes after it belong
+to a commit that a crash cut short: the restore drops them and writes the
+values they replaced back (then the mark again), so that compaction cannot
+later keep an unfinished change in place of a committed one.
+
+No Kafka transactions: a member frozen past its session timeout that wakes
+in the middle of a commit can still log that commit after the partition's
+next owner restored it (Kafka fences its offset commit, not its produce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from riprap import ConfigError
+from riprap.state import RestoredState, StateStoreError
+
+from ._codecs import parse_partition
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+log = logging.getLogger("riprap.state")
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_FORBIDDEN_OPTIONS = frozenset({"bootstrap_servers", "enable_idempotence", "acks"})
+_READ_BATCH = 10_000
+"""Records one fetch of a restore returns at most."""
+
+Stored = tuple[str, float | None]
+
+
+@final
+class KafkaChangelog:
+    """A pipeline's keyed state logged to a compacted topic (``Pipeline(changelog=...)``).
+
+    With it, a keyed-state step's state of source partition P is restored from
+    the changelog by whichever process is given P, and
+    :class:`KafkaCheckpoints` accepts the pipeline. The topic is created on
+    first use (``cleanup.policy=compact``, as many partitions as the largest
+    source topic); one that exists must have at least as many partitions.
+
+    Args:
+        bootstrap_servers: ``host:port`` of one or more brokers.
+        topic: The changelog topic (default ``riprap-<pipeline>-changelog``).
+        accept_behind: Start a partition whose last commit is behind where its
+            source resumes (its group offsets were moved on, or the topic was
+            deleted) with the state it has, instead of stopping the run.
+        replication_factor: Of the topic, when riprap creates it.
+        restore_timeout: Seconds one partition's restore may take.
+        producer_options: Further ``AIOKafkaProducer`` keyword arguments (security, ...).
+        consumer_options: Further ``AIOKafkaConsumer`` keyword arguments for restores.
+
+    Raises:
+        ConfigError: An invalid topic name, a bound below 1, or an option this
+            changelog sets itself.
+
+    .. versionadded:: 0.4
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        *,
+        topic: str | None = None,
+        accept_behind: bool = False,
+        replication_factor: int = 1,
+        restore_timeout: float = 300.0,
+        producer_options: Mapping[str, Any] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if topic is not None and not _TOPIC.fullmatch(topic):
+            raise ConfigError("topic", f"not a Kafka topic name: {topic!r}")
+        if replication_factor < 1:
+            raise ConfigError("replication_factor", f"must be >= 1, got {replication_factor}")
+        if not restore_timeout > 0:
+            raise ConfigError("restore_timeout", f"must be > 0 seconds, got {restore_timeout!r}")
+        for option, given in (
+            ("producer_options", producer_options),
+            ("consumer_options", consumer_options),
+        ):
+            clash = sorted(_FORBIDDEN_OPTIONS & set(given or {}))
+            if clash:
+                raise ConfigError(option, f"{clash[0]!r} is set by the changelog itself")
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.accept_behind = accept_behind
+        self.replication_factor = replication_factor
+        self.restore_timeout = restore_timeout
+        self._producer_options = dict(producer_options or {})
+        self._consumer_options = dict(consumer_options or {})
+        self._producer: Any = None
+        self._pending: list[asyncio.Future[Any]] = []
+        self._partitions: int | None = None
+        """Partitions of the changelog topic, once known."""
+
+    async def open(self, pipeline: str) -> None:
+        """Name the topic after ``pipeline`` (unless given) and start the producer.
+
+        Raises:
+            ConfigError: The pipeline's name does not make a valid topic name.
+        """
+        if self.topic is None:
+            name = f"riprap-{pipeline}-changelog"
+            if not _TOPIC.fullmatch(name):
+                raise ConfigError(
+                    "changelog.topic",
+                    f"pipeline name {pipeline!r} makes no valid topic name; pass topic=",
+                )
+            self.topic = name
+        producer = AIOKafkaProducer(
+            **self._producer_options,
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            enable_idempotence=False,
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def restore(self, partition: str) -> RestoredState:
+        """Read source ``partition``'s values up to its last mark; repair an unfinished tail.
+
+        Raises:
+            StateStoreError: The changelog topic has fewer partitions than the
+                source topic, or a record of it cannot be read.
+            TimeoutError: The restore took longer than ``restore_timeout``.
+        """
+        source_topic, number = _parse(partition)
+        await self._ensure_topic(source_topic, number)
+        with anyio.fail_after(self.restore_timeout):
+            position, values, tail = await self._read(partition, number)
+        if tail:
+            await self._repair(partition, number, position, values, tail)
+        return RestoredState(position=position, values=values)
+
+    async def write(
+        self,
+        partition: str,
+        changes: Mapping[str, Mapping[str, Stored | None]],
+        position: int,
+    ) -> None:
+        """Send each step's changes of ``partition``, then its mark; durable after :meth:`flush`."""
+        _, number = _parse(partition)
+        records: list[tuple[bytes, bytes | None]] = []
+        for step_id, tokens in changes.items():
+            for token, entry in tokens.items():
+                value = None if entry is None else orjson.dumps(entry)
+                records.append((orjson.dumps([partition, step_id, token]), value))
+        records.append((orjson.dumps([partition]), orjson.dumps({"position": position})))
+        await self._send(records, number)
+
+    async def flush(self) -> None:
+        """Wait for every record sent since the last flush; raise the first failure."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def aclose(self) -> None:
+        """Stop the producer; records not flushed are not committed."""
+        producer, self._producer = self._producer, None
+        self._pending = []
+        if producer is not None:
+            await producer.stop()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _require_open(self) -> Any:
+        if self._producer is None or self.topic is None:
+            raise RuntimeError("the changelog is used before open() or after aclose()")
+        return self._producer
+
+    async def _send(self, records: Sequence[tuple[bytes, bytes | None]], number: int) -> None:
+        """Send ``records`` to changelog partition ``number`` in order, in as few batches as fit."""
+        producer = self._require_open()
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                batch.close()
+                self._pending.append(await producer.send_batch(batch, self.topic, partition=number))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise StateStoreError(
+                        f"changelog {self.topic!r}",
+                        "a state value is larger than the producer's max_batch_size",
+                    )
+        batch.close()
+        self._pending.append(await producer.send_batch(batch, self.topic, partition=number))
+
+    async def _ensure_topic(self, source_topic: str, number: int) -> None:
+        """Create the changelog topic if missing; check it has a partition for ``number``."""
+        if self._partitions is None or number >= self._partitions:
+            producer = self._require_open()
+            wanted = len(await producer.partitions_for(source_topic))
+            existing = await self._topic_partitions()
+            if existing is None:
+                await self._create(max(wanted, number + 1))
+                existing = await self._topic_partitions()
+            self._partitions = existing
+        if self._partitions is None or number >= self._partitions:
+            raise StateStoreError(
+                f"changelog {self.topic!r}",
+                f"has {self._partitions or 0} partitions, but source topic {source_topic!r} has "
+                f"partition {number}: give it as many partitions as the source topics have",
+            )
+
+    async def _topic_partitions(self) -> int | None:
+        """The changelog topic's partition count, ``None`` when it does not exist."""
+        producer = self._require_open()
+        topics = await producer.client.fetch_all_metadata()
+        partitions = topics.partitions_for_topic(self.topic)
+        return None if not partitions else len(partitions)
+
+    async def _create(self, partitions: int) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            **{
+                k: v
+                for k, v in self._producer_options.items()
+                if k.startswith(("security", "sasl", "ssl"))
+            },
+        )
+        await admin.start()
+        try:
+            response = await admin.create_topics(
+                [
+                    NewTopic(
+                        self.topic,
+                        partitions,
+                        self.replication_factor,
+                        topic_configs={"cleanup.policy": "compact"},
+                    )
+                ]
+            )
+        finally:
+            await admin.close()
+        for _, code, *rest in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):  # another member made it first
+                message = rest[0] if rest else ""
+                raise StateStoreError(
+                    f"changelog {self.topic!r}", f"could not be created (error {code}: {message})"
+                )
+        log.info("changelog topic %s created with %d partitions", self.topic, partitions)
+
+    async def _read(
+        self, partition: str, number: int
+    ) -> tuple[int | None, dict[str, dict[str, Stored]], dict[str, dict[str, Stored | None]]]:
+        """The position of the last mark, the values up to it, and the changes after it."""
+        consumer = AIOKafkaConsumer(
+            **self._consumer_options,
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topic, number)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            values: dict[str, dict[str, Stored]] = {}
+            tail: dict[str, dict[str, Stored | None]] = {}
+            position: int | None = None
+            while True:
+                fetched = await consumer.getmany(tp, timeout_ms=200, max_records=_READ_BATCH)
+                for message in fetched.get(tp, ()):
+                    marked = self._take(partition, message, tail)
+                    if marked is not None:
+                        _fold(values, tail)
+                        tail = {}
+                        position = marked
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    return position, values, tail
+        finally:
+            await consumer.stop()
+
+    def _take(
+        self, partition: str, message: Any, tail: dict[str, dict[str, Stored | None]]
+    ) -> int | None:
+        """Add ``message`` to ``tail`` if it is a change of ``partition``; a mark's position."""
+        try:
+            key = orjson.loads(message.key)
+            if key[0] != partition:
+                return None  # another source topic's partition of the same number
+            if len(key) == 1:
+                return int(orjson.loads(message.value)["position"])
+            _, step_id, token = key
+            entry = None if message.value is None else orjson.loads(message.value)
+            tail.setdefault(step_id, {})[token] = (
+                None if entry is None else (str(entry[0]), entry[1])
+            )
+        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexError) as exc:
+            raise StateStoreError(
+                f"changelog {self.topic!r}",
+                f"record at offset {message.offset} of partition {message.partition} is not "
+                f"a riprap changelog record ({type(exc).__name__}): is the topic shared?",
+            ) from exc
+        return None
+
+    async def _repair(
+        self,
+        partition: str,
+        number: int,
+        position: int | None,
+        values: Mapping[str, Mapping[str, Stored]],
+        tail: Mapping[str, Mapping[str, Stored | None]],
+    ) -> None:
+        """Write back what an unfinished commit's changes replaced, then the last mark again."""
+        undone = {
+            step_id: {token: values.get(step_id, {}).get(token) for token in tokens}
+            for step_id, tokens in tail.items()
+        }
+        count = sum(len(tokens) for tokens in undone.values())
+        log.info(
+            "changelog %s: %d changes of %s after its last commit were cut short; undone",
+            self.topic,
+            count,
+            partition,
+        )
+        if position is None:
+            records = [
+                (orjson.dumps([partition, step_id, token]), None)
+                for step_id, tokens in undone.items()
+                for token in tokens
+            ]
+            await self._send(records, number)
+        else:
+            await self.write(partition, undone, position)
+        await self.flush()
+
+
+def _parse(partition: str) -> tuple[str, int]:
+    try:
+        return parse_partition(partition)
+    except ValueError as exc:
+        raise ConfigError(
+            "changelog", f"{exc}: a KafkaChangelog keeps the state of Kafka partitions"
+        ) from exc
+
+
+def _fold(
+    values: dict[str, dict[str, Stored]], changes: Mapping[str, Mapping[str, Stored | None]]
+) -> None:
+    """Apply a committed commit's changes to ``values``."""
+    for step_id, tokens in changes.items():
+        target = values.setdefault(step_id, {})
+        for token, entry in tokens.items():
+            if entry is None:
+                target.pop(token, None)
+            else:
+                target[token] = entry
