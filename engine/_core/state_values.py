@@ -41,7 +41,8 @@ class MissingKeyError(DataError):
         where = f" (partition {partition!r}, offset {offset})" if partition is not None else ""
         super().__init__(
             f"step {step_id!r} keeps keyed state, but the record{where} has no key; "
-            "keyed state needs records with keys (set them in the source)"
+            "keyed state needs records with keys (set them in the source, or give the "
+            "step key=fn to take the key from the value)"
         )
 
 

@@ -44,7 +44,8 @@ class StepOptions(TypedDict, total=False):
         ordered: Keep input order in the output (default) or emit as completed.
         record: Pass whole :class:`~riprap.Record` objects instead of plain values.
         key: Process records of one key one at a time, in order, while different
-            keys run concurrently (up to ``concurrency``).
+            keys run concurrently (up to ``concurrency``). With ``state=``: the
+            state's key, ``key(value)``, instead of the record's.
         on_error: ``"dlq"`` (default) dead-letters records that raise a
             ``DataError`` when the pipeline has a dead-letter sink; ``"stop"``
             stops the run instead.

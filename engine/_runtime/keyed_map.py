@@ -25,17 +25,26 @@ if TYPE_CHECKING:
     from riprap._core.state_stores import StateStore
     from riprap._core.steps import Step
 
-STATE_OPTIONS = ("state",)
-"""What ``.map`` accepts next to ``state=``: records go one at a time, in order, unretried."""
+STATE_OPTIONS = ("state", "key")
+"""What ``.map`` accepts next to ``state=`` (``key``: the state's key from the value);
+records go one at a time, in order, unretried."""
 
 
 @final
 class KeyedMapStage:
     """Replaces each value with ``fn(value, state)``, ``state`` being its key's :class:`State`."""
 
-    def __init__(self, step_id: str, fn: Callable[..., Any], store: StateStore) -> None:
+    def __init__(
+        self,
+        step_id: str,
+        fn: Callable[..., Any],
+        store: StateStore,
+        key: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.step_id = step_id
         self.fn = fn
+        self.key = key
+        """``key(value)``: the state's key, instead of the record's."""
         self.is_async = is_async(fn)
         self.keyed = KeyedState(store)
         self._context: StageContext | None = None
@@ -55,7 +64,10 @@ class KeyedMapStage:
         drops: list[int] = []
         for index, (value, where) in enumerate(zip(batch.items, batch.sources(), strict=True)):
             try:
-                state = self.keyed._bind(where, deferred=True)
+                if self.key is None:
+                    state = self.keyed._bind(where, deferred=True)
+                else:
+                    state = self.keyed._bind(where, deferred=True, key=self.key(value))
                 result = self.fn(value, state)
                 if self.is_async:
                     result = await result
@@ -123,4 +135,7 @@ def keyed_map(
             f"{where}.state",
             f"must be True, MemoryStore() or SqliteStore(directory), got {store!r}",
         )
-    return KeyedMapStage(step_id, fn, store)
+    key = options.get("key")
+    if key is not None and not callable(key):
+        raise ConfigError(f"{where}.key", f"must be a function of the value, got {key!r}")
+    return KeyedMapStage(step_id, fn, store, key)

@@ -296,8 +296,11 @@ class KeyedState:
         if isinstance(self._partitions, MemoryPartitions):
             self._partitions.partitions.pop(partition, None)
 
-    def state(self, batch: Batch, index: int) -> State:
+    def state(self, batch: Batch, index: int, key: Any = _UNSET) -> State:
         """The state of the key of the record behind ``batch.items[index]``.
+
+        ``key`` gives the key instead (one taken from the value): the state is
+        still that of the record's source partition.
 
         Raises:
             MissingKeyError: The record has no key (a data error).
@@ -305,9 +308,9 @@ class KeyedState:
             ConfigError: The item has no source record behind it (it was built
                 by a batch step or a stage that emits without origins).
         """
-        return self._bind(batch.locate(index))
+        return self._bind(batch.locate(index), key=key)
 
-    def _bind(self, where: Where, *, deferred: bool = False) -> State:
+    def _bind(self, where: Where, *, deferred: bool = False, key: Any = _UNSET) -> State:
         """:meth:`state` for a located item; ``deferred`` changes wait for ``_commit``."""
         context = self._context
         if context is None:
@@ -320,7 +323,8 @@ class KeyedState:
             )
         source, index = where
         keys, offsets = source.keys, source.offsets
-        key = keys[index] if keys is not None else None
+        if key is _UNSET:
+            key = keys[index] if keys is not None else None
         offset = offsets[index] if offsets is not None else source.start + index
         step_id = self._step_id
         if key is None:

@@ -11,6 +11,10 @@
     workers may go on (a kill or a signal in between).
 ``stateful``
     Deduplicates by id: stateful, so refused under more than one worker.
+``keyed``
+    ``plain`` with a keyed running count (``n % 7`` of each file, taken from
+    the value with ``key=``): keyed state is per file, so workers that each
+    read whole files count what one worker counts.
 ``unsplittable``
     Reads from a source that has no ``for_worker``: refused under more than one worker.
 ``merged``
@@ -23,7 +27,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -32,6 +36,9 @@ import riprap
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink
 from riprap.stages.dedupe import Dedupe
+
+if TYPE_CHECKING:
+    from riprap.state import State
 
 CHECKPOINTS = "checkpoints.db"
 DATABASE = "out.db"
@@ -83,6 +90,23 @@ def stateful() -> riprap.Pipeline:
         .source(JsonLinesSource("in-*.jsonl", decode=True))
         .stage(Dedupe("unique", key="id", max_keys=10_000))
         .sink(SqliteSink(DATABASE, table=TABLE, key="id"))
+    )
+
+
+def _tally(record: dict[str, Any], state: State) -> dict[str, Any]:
+    """The record with how many records of its file so far had its ``n % 7``."""
+    seen: int = state.get(0) + 1
+    state.set(seen)
+    return {**record, "seen": seen}
+
+
+def keyed() -> riprap.Pipeline:
+    """``plain`` through a keyed running count."""
+    return (
+        riprap.Pipeline(NAME, checkpoint_path=CHECKPOINTS, checkpoint_interval=0.2)
+        .source(JsonLinesSource("in-*.jsonl", decode=True))
+        .map("tally", _tally, state=True, key=lambda record: record["n"] % 7)
+        .sink(SqliteSink(DATABASE, table=TABLE, key="id", timeout=30.0))
     )
 
 

@@ -109,6 +109,23 @@ def test_two_workers_write_what_one_writes(tmp_path: Path) -> None:
     assert expected_positions == positions[0] | positions[1]
 
 
+def test_two_workers_keep_keyed_state_as_one_does(tmp_path: Path) -> None:
+    """Keyed state lives with its file, so two workers count exactly what one counts."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        write_input(folder)
+    single = run_to_end(one, "keyed")
+    double = run_to_end(two, "keyed", "--workers", "2")
+    assert (0, 0) == (single.returncode, double.returncode), double.stderr
+    expected = rows(one)
+    assert FILES * LINES == len(expected)
+    assert expected == rows(two)
+    last = {i: orjson.loads(v)["seen"] for i, v in expected}
+    same_key = [n for n in range(LINES) if n % 7 == (LINES - 1) % 7]
+    assert len(same_key) == last[f"0-{LINES - 1}"]
+
+
 def test_two_workers_split_each_source_of_a_merge(tmp_path: Path) -> None:
     """Two merged file sources under two workers: the rows of one worker, positions by name."""
     one, two = tmp_path / "one", tmp_path / "two"

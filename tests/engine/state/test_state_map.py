@@ -124,6 +124,36 @@ async def test_a_record_without_key_is_dead_lettered(tmp_path: Path) -> None:
     assert [(0, "missing_key"), (3, "missing_key")] == found
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_key_takes_the_state_key_from_the_value(tmp_path: Path, kind: str) -> None:
+    """Records without keys count by a field of their value; a record without one is a letter."""
+    letters = tmp_path / "dlq.jsonl"
+    sink = MemorySink()
+    orders = [{"user": "ann"}, {"user": "bob"}, {}, {"user": "ann"}, {"user": 7}, {"user": "ann"}]
+    pipeline = (
+        riprap.Pipeline(
+            "counts", checkpoint=MemoryCheckpoints(), dead_letter=JsonLinesDeadLetters(letters)
+        )
+        .source(IterableSource("orders", orders))
+        .map("count", count, state=stores(tmp_path)[kind], key=lambda order: order.get("user"))
+        .sink(sink)
+    )
+    await run_pipeline(pipeline, clock=VirtualClock())
+    assert [("ann", 1), ("bob", 1), ("ann", 2), (7, 1), ("ann", 3)] == sink.values
+    [letter] = read_dead_letters(letters)
+    assert (2, "missing_key") == (letter.offset, letter.reason)
+    assert "key=fn" in letter.message
+
+
+def test_key_must_be_a_function() -> None:
+    """A key that is not callable is refused when the pipeline is built, naming the option."""
+    with pytest.raises(riprap.ConfigError, match="must be a function of the value") as caught:
+        riprap.Pipeline("counts").source(IterableSource("n", [1])).map(
+            "count", count, state=True, key="user"
+        )
+    assert "map('count').key" == caught.value.option
+
+
 async def test_an_async_function_keeps_state_too() -> None:
     """An async function is awaited record by record and sees its predecessors' changes."""
 
@@ -232,7 +262,7 @@ def test_workers_refuse_a_keyed_state_pipeline(
 ) -> None:
     """A source that splits one partition among workers would split a key's state: refused."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(riprap.ConfigError, match="'count'.*splits partitions among workers"):
+    with pytest.raises(riprap.ConfigError, match=r"'count'.*splits partitions among workers"):
         riprap.run_workers(f"{Path(__file__)}:keyed_pipeline", workers=2)
 
 
