@@ -158,11 +158,13 @@ class CallPermit:
         breaker: CircuitBreaker,
         generation: int,
         started: float,
-        *,
         probe: bool,
         stage: str | None,
+        *,
         wait: bool = False,
     ) -> None:
+        # probe and stage may come by position: a keyword call costs the hot
+        # path (a permit per call) about 0.1 µs more.
         self._breaker = breaker
         self._generation = generation
         self._started = started
@@ -184,7 +186,7 @@ class CallPermit:
         self._done = True
         breaker = self._breaker
         if error is None and breaker._state is _CLOSED and self._generation == breaker._generation:
-            breaker._closed_outcome(self, failed=False)  # the hot path, one call deep
+            breaker._closed_outcome(self, False)  # the hot path, one call deep
         else:
             breaker._record(self, error)
 
@@ -342,10 +344,10 @@ class CircuitBreaker:
         now = self._clock.monotonic()
         state = self._current(now, stage)
         if state is _CLOSED:
-            return CallPermit(self, self._generation, now, probe=False, stage=stage)
+            return CallPermit(self, self._generation, now, False, stage)
         if state is _HALF_OPEN and self._probes_admitted < self.config.half_open_probes:
             self._probes_admitted += 1
-            return CallPermit(self, self._generation, now, probe=True, stage=stage)
+            return CallPermit(self, self._generation, now, True, stage)
         return None
 
     def admissible(self, *, stage: str | None = None) -> bool:
@@ -382,9 +384,7 @@ class CircuitBreaker:
         .. versionadded:: 0.2
         """
         if self._state is _CLOSED:  # the hot path, as in allow()
-            return CallPermit(
-                self, self._generation, self._clock.monotonic(), probe=False, stage=stage
-            )
+            return CallPermit(self, self._generation, self._clock.monotonic(), False, stage)
         return self._try_acquire(stage)
 
     def _refuse(self, stage: str | None) -> NoReturn:
@@ -401,9 +401,7 @@ class CircuitBreaker:
                 with every probe taken.
         """
         if self._state is _CLOSED:  # the hot path
-            return CallPermit(
-                self, self._generation, self._clock.monotonic(), probe=False, stage=stage
-            )
+            return CallPermit(self, self._generation, self._clock.monotonic(), False, stage)
         permit = self._try_acquire(stage)
         if permit is not None:
             return permit
@@ -494,7 +492,7 @@ class CircuitBreaker:
             return
         if self._state is _CLOSED:
             if failed is not None:
-                self._closed_outcome(permit, failed=failed)
+                self._closed_outcome(permit, failed)
         elif self._state is _HALF_OPEN and permit.probe:
             if failed is None:
                 self._probes_admitted -= 1  # let another probe through
@@ -504,22 +502,21 @@ class CircuitBreaker:
             else:
                 self._record_probe(permit, failed)
 
-    def _closed_outcome(self, permit: CallPermit, *, failed: bool) -> None:
+    def _closed_outcome(self, permit: CallPermit, failed: bool) -> None:
         """Count an outcome of a call admitted in the current closed state."""
         now = self._clock.monotonic()
         slow = now - permit._started > self._slow_duration
-        self._window.add(now, failed=failed, slow=slow)
-        self._evaluate_closed(now, permit.stage, changed=failed or slow)
-
-    def _evaluate_closed(self, now: float, stage: str | None, *, changed: bool) -> None:
-        calls, failures, slow = self._window.totals(now)
-        minimum = self.config.minimum_calls
+        window = self._window
+        window.add(now, failed, slow)
         # In a count window a fast success cannot raise either rate, so once the
         # window holds enough calls only failures and slow calls need a look. In
         # a time window it can (older successes expire): always evaluate there.
-        if calls > minimum and not changed and not self._evaluate_every_call:
-            return
-        if calls >= minimum:
+        if failed or slow or self._evaluate_every_call or window.calls <= self.config.minimum_calls:
+            self._evaluate_closed(now, permit.stage)
+
+    def _evaluate_closed(self, now: float, stage: str | None) -> None:
+        calls, failures, slow = self._window.totals(now)
+        if calls >= self.config.minimum_calls:
             self._decide(calls, failures, slow, stage, close=False)
 
     def _record_probe(self, permit: CallPermit, failed: bool) -> None:

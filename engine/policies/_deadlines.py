@@ -137,8 +137,8 @@ class DeadlineWatch:
         if deadline.fired:
             deadline.withdraw()
             return  # an expired deadline has left the pending ones already
-        watch = self._last if self._last is not None and self._last.loop is loop else None
-        if watch is None:
+        watch = self._last
+        if watch is None or watch.loop is not loop:
             watch = self._loops.get(loop)
         if watch is not None:
             watch.pending.pop(deadline, None)

@@ -58,18 +58,23 @@ def with_fallback(
         except Exception as exc:
             if not on(exc):
                 raise
-            if emitter.hooks:
-                emitter.emit(
-                    FallbackUsed(
-                        stage=emitter.stage,
-                        dependency=emitter.dependency,
-                        at=emitter.clock.monotonic(),
-                        error=exc,
-                    )
-                )
+            announce(emitter, exc)
             return await fallback_fn(exc, *args, **kwargs)
 
     return functools.wraps(fn)(call)
+
+
+def announce(emitter: Emitter, error: Exception) -> None:
+    """Tell the hooks that the fallback's result replaces ``error``."""
+    if emitter.hooks:
+        emitter.emit(
+            FallbackUsed(
+                stage=emitter.stage,
+                dependency=emitter.dependency,
+                at=emitter.clock.monotonic(),
+                error=error,
+            )
+        )
 
 
 def fallback(

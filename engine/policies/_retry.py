@@ -271,17 +271,23 @@ class RetryLayer:
         """``fn`` retried under this policy."""
 
         async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-            if self._budget is not None:
+            if self._budget is not None:  # as start() does, without its frame
                 self._budget.deposit()
             started = self._clock.monotonic()
             try:
                 return await fn(*args, **kwargs)
             except Exception as exc:  # cancellation is a BaseException: never retried
-                return await self._again(fn, args, kwargs, exc, started)
+                return await self.again(fn, args, kwargs, exc, started)
 
         return functools.wraps(fn)(call)
 
-    async def _again(
+    def start(self) -> float:
+        """Count a new call (not a retry) in the budget; the time it started."""
+        if self._budget is not None:
+            self._budget.deposit()
+        return self._clock.monotonic()
+
+    async def again(
         self,
         fn: Callable[..., Awaitable[T]],
         args: Any,

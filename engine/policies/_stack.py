@@ -22,7 +22,10 @@ grace period (see ``_shelter``). The fallback sees only what is left.
 Each policy wraps an async callable and returns one with the same signature;
 the stack walks its layers in reverse to build the chain once per wrapped
 function, so a call costs one function frame per layer and no allocation
-beyond what the policies themselves need.
+beyond what the policies themselves need. A stack of two layers or more puts
+a fused path in front of that chain (see ``_fused``): while every layer is
+idle (the breaker closed, a bulkhead slot free), a call runs all of them
+inline in one frame, and takes the chain the moment one is not.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from riprap._core.errors import ConfigError
 from ._admission import admission
 from ._events import Emitter, PolicyHook
 from ._fallback import FallbackFn, falls_back, with_fallback
+from ._fused import fuse
 from ._retry import DEFAULT_RANDOM, RandomSource, Retry, RetryLayer
 from ._shelter import Shelter
 from ._timeout import TimeoutLayer, check_duration, to_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable
     from datetime import timedelta
 
     from riprap._core.clock import Clock
@@ -203,7 +207,19 @@ class PolicyStack:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_emitter", "_layers", "clock", "dependency", "policies", "shelter", "stage")
+    __slots__ = (
+        "_admission",
+        "_attempt",
+        "_emitter",
+        "_layers",
+        "_retry",
+        "_total",
+        "clock",
+        "dependency",
+        "policies",
+        "shelter",
+        "stage",
+    )
 
     def __init__(
         self,
@@ -233,22 +249,29 @@ class PolicyStack:
                 breaker.add_hook(hook)
             if bulkhead is not None:
                 bulkhead.add_hook(hook)
-        self._layers = tuple(self._build(random or DEFAULT_RANDOM))
+        self._build(random or DEFAULT_RANDOM)
 
-    def _build(self, random: RandomSource) -> Iterator[Layer]:
+    def _build(self, random: RandomSource) -> None:
         """The layers, outermost first (the fallback is added per wrapped function)."""
         p, clock, stage, dep = self.policies, self.clock, self.stage, self.dependency
+        self._total: TimeoutLayer | None = None
+        self._retry: RetryLayer | None = None
+        self._admission: _AdmissionLayer | None = None
+        self._attempt: TimeoutLayer | None = None
         if p.timeout is not None:
-            yield TimeoutLayer(p.timeout, clock=clock, kind="total", stage=stage, dependency=dep)
+            self._total = TimeoutLayer(
+                p.timeout, clock=clock, kind="total", stage=stage, dependency=dep
+            )
         if p.retry is not None:
             cap = None if p.timeout is None else to_seconds(p.timeout)
-            yield RetryLayer(
+            self._retry = RetryLayer(
                 p.retry, clock=clock, random=random, emitter=self._emitter, timeout_cap=cap
             )
         if p.breaker is not None or p.bulkhead is not None:
-            yield _AdmissionLayer(p.breaker, p.bulkhead, wait=p.on_open == "wait", stage=stage)
+            wait = p.on_open == "wait"
+            self._admission = _AdmissionLayer(p.breaker, p.bulkhead, wait=wait, stage=stage)
         if p.attempt_timeout is not None:
-            yield TimeoutLayer(
+            self._attempt = TimeoutLayer(
                 p.attempt_timeout,
                 clock=clock,
                 kind="attempt",
@@ -258,6 +281,8 @@ class PolicyStack:
                 shelter=self.shelter,
                 emitter=self._emitter,
             )
+        layers = (self._total, self._retry, self._admission, self._attempt)
+        self._layers: tuple[Layer, ...] = tuple(layer for layer in layers if layer is not None)
 
     def wrap(
         self,
@@ -279,14 +304,59 @@ class PolicyStack:
         Returns:
             An async callable with ``fn``'s signature, name and docstring.
         """
-        wrapped = _coroutine_function(fn)
+        call = _coroutine_function(fn)
+        wrapped = attempted = retried = call
         for layer in reversed(self._layers):
+            if layer is self._retry:
+                retried = wrapped  # what the retry repeats: admission and attempt
             wrapped = layer.wrap(wrapped)
+            if layer is self._attempt:
+                attempted = wrapped  # the call under its attempt timeout
         if fallback is not None:
             wrapped = with_fallback(wrapped, fallback, on=fallback_on, emitter=self._emitter)
+        if self._fusable(fallback is not None):
+            wrapped = self._fuse(call, wrapped, attempted, retried, fallback, fallback_on)
         if wrapped is not fn:
             functools.update_wrapper(wrapped, fn)
         return wrapped
+
+    def _fuse(
+        self,
+        call: Callable[P, Coroutine[Any, Any, T]],
+        layered: Callable[P, Coroutine[Any, Any, T]],
+        attempted: Callable[P, Coroutine[Any, Any, T]],
+        retried: Callable[P, Coroutine[Any, Any, T]],
+        fallback: FallbackFn[P, T] | None,
+        fallback_on: Callable[[Exception], bool],
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        """The fused path in front of ``layered`` (see ``_fused``)."""
+        attempt = self._attempt if self._attempt is not None and self._attempt.inline else None
+        admission = self._admission
+        return fuse(
+            call if attempt is not None else attempted,  # an attempt in a task stays a layer
+            layered,
+            retried,
+            total=self._total,
+            retry=self._retry,
+            breaker=None if admission is None else admission.breaker,
+            bulkhead=None if admission is None else admission.bulkhead,
+            wait=admission is not None and admission.wait,
+            stage=self.stage,
+            attempt=attempt,
+            fallback=fallback,
+            fallback_on=fallback_on,
+            emitter=self._emitter,
+        )
+
+    def _fusable(self, fallback: bool) -> bool:
+        """Whether ``wrap`` runs idle calls on the fused path (see ``_fused``).
+
+        It pays with two layers or more, and needs a total timeout (if any)
+        that runs in the caller's task.
+        """
+        if self._total is not None and not self._total.inline:
+            return False
+        return len(self._layers) + fallback >= 2
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` through the stack (builds the chain each time)."""

@@ -90,13 +90,12 @@ class TimeoutLayer:
                 emitter=self.emitter,
                 kind=self.kind,
             )
-        if isinstance(self.clock, SystemClock):
+        if self.inline:
             return self._wrap_real(fn)
         return self._wrap_virtual(fn)
 
     def _wrap_real(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
-        watch = DeadlineWatch(seconds)
+        watch = self.watch()
         current_task = asyncio.current_task
         get_loop = asyncio.get_running_loop
 
@@ -109,19 +108,49 @@ class TimeoutLayer:
             try:
                 return await fn(*args, **kwargs)
             except asyncio.CancelledError as exc:
-                # Only this deadline's cancellations become a timeout; an outer
-                # one (a stop, a cancel scope) still counts and propagates.
-                if deadline.fired and _take_back(watch, loop, task, deadline) <= cancelling:
-                    error = StageTimeout(seconds, kind=kind, stage=stage, dependency=dependency)
-                    copy_attempts(exc, error)
-                    raise error from None
+                if deadline.fired:
+                    error = self.expired(watch, loop, task, deadline, cancelling, exc)
+                    if error is not None:
+                        raise error from None
                 raise
             finally:
                 watch.stop(loop, deadline)
                 if deadline.fired:  # it swallowed the cancellations and ended anyway
-                    _take_back(watch, loop, task, deadline)
+                    take_back(watch, loop, task, deadline)
 
         return functools.wraps(fn)(call_real)
+
+    @property
+    def inline(self) -> bool:
+        """Whether calls run in the caller's task under a :meth:`watch` (system clock, no grace)."""
+        return self.grace is None and isinstance(self.clock, SystemClock)
+
+    def watch(self) -> DeadlineWatch:
+        """A fresh shared timer for the deadlines of one wrapped function (see ``_deadlines``)."""
+        return DeadlineWatch(self.seconds)
+
+    def expired(
+        self,
+        watch: DeadlineWatch,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[Any],
+        deadline: Deadline,
+        cancelling: int,
+        exc: BaseException,
+    ) -> StageTimeout | None:
+        """The timeout replacing ``exc``, a cancellation seen after ``deadline`` fired, or ``None``.
+
+        Only this deadline's cancellations become a timeout; an outer one (a
+        stop, a cancel scope) still counts and ``exc`` must propagate.
+        ``cancelling`` is the task's count when the deadline started.
+        """
+        if take_back(watch, loop, task, deadline) > cancelling:
+            return None
+        error = StageTimeout(
+            self.seconds, kind=self.kind, stage=self.stage, dependency=self.dependency
+        )
+        copy_attempts(exc, error)
+        return error
 
     def _wrap_virtual(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         seconds, kind, stage, dependency = self.seconds, self.kind, self.stage, self.dependency
@@ -142,7 +171,7 @@ class TimeoutLayer:
         return functools.wraps(fn)(call_virtual)
 
 
-def _take_back(
+def take_back(
     watch: DeadlineWatch,
     loop: asyncio.AbstractEventLoop,
     task: asyncio.Task[Any],

@@ -13,7 +13,10 @@ from typing import Protocol, final
 class OutcomeWindow(Protocol):
     """Totals of the outcomes recorded recently."""
 
-    def add(self, now: float, *, failed: bool, slow: bool) -> None: ...
+    calls: int
+    """Outcomes recorded and not expired yet (a time window expires them in ``totals``)."""
+
+    def add(self, now: float, failed: bool, slow: bool) -> None: ...
 
     def totals(self, now: float) -> tuple[int, int, int]:
         """``(calls, failures, slow calls)`` in the window at time ``now``."""
@@ -33,18 +36,23 @@ class CountWindow:
         self._pos = 0
         self.calls = self.failures = self.slow = 0
 
-    def add(self, now: float, *, failed: bool, slow: bool) -> None:
-        ring = self._ring
+    def add(self, now: float, failed: bool, slow: bool) -> None:
+        ring, pos = self._ring, self._pos
         if self.calls == len(ring):
-            old = ring[self._pos]
-            self.failures -= old & 1
-            self.slow -= old >> 1
+            old = ring[pos]
+            if old:  # most calls neither fail nor are slow: nothing to take back
+                self.failures -= old & 1
+                self.slow -= old >> 1
         else:
             self.calls += 1
-        ring[self._pos] = failed | (slow << 1)
-        self.failures += failed
-        self.slow += slow
-        self._pos = (self._pos + 1) % len(ring)
+        if failed or slow:
+            ring[pos] = failed | (slow << 1)
+            self.failures += failed
+            self.slow += slow
+        else:
+            ring[pos] = 0
+        pos += 1
+        self._pos = 0 if pos == len(ring) else pos
 
     def totals(self, now: float) -> tuple[int, int, int]:
         return self.calls, self.failures, self.slow
@@ -98,7 +106,7 @@ class TimeWindow:
         self.slow -= self._slow[slot]
         self._calls[slot] = self._failures[slot] = self._slow[slot] = 0
 
-    def add(self, now: float, *, failed: bool, slow: bool) -> None:
+    def add(self, now: float, failed: bool, slow: bool) -> None:
         slot = self._advance(now) % TIME_BUCKETS
         self._calls[slot] += 1
         self._failures[slot] += failed
