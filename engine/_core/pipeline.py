@@ -37,7 +37,7 @@ from riprap._core.steps import (
     step_policies,
 )
 from riprap._core.topology import Branch, branch_plans, route_step, side_output_plans
-from riprap._runtime.keyed_map import keyed_map
+from riprap._runtime.keyed_map import keyed_step
 from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.runtime import open_pipeline
 
@@ -357,8 +357,8 @@ class Pipeline:
         options: StepOptions,
     ) -> Pipeline:
         self._check_step_id(step_id)
-        if kind == "map" and options.get("state"):  # fn(value, state): a stage keeps the state
-            stage = keyed_map(step_id, fn, options, self.steps)
+        if options.get("state"):  # fn(value, state): a stage keeps the state
+            stage = keyed_step(kind, step_id, fn, options, self.steps)
             return self._with(steps=(*self.steps, StageStep(stage)))
         return self._with(steps=(*self.steps, op_step(kind, step_id, fn, options)))
 

@@ -67,7 +67,7 @@ class StepOptions(TypedDict, total=False):
             can fire. A thread cannot be killed: a call that times out is
             abandoned (counted), its thread runs on and keeps its slot until
             the function returns. Without it a sync step runs on the event loop.
-        state: ``map`` only: ``True`` (in memory) or a store
+        state: ``True`` (in memory) or a store
             (``riprap.state.SqliteStore(directory)``) makes it call
             ``fn(value, state)``, ``state`` being the keyed state of the
             record's key (see the keyed state guide); records then go one at a
@@ -233,7 +233,9 @@ def op_step(
     if not callable(fn):
         raise ConfigError(f"{where}.fn", f"must be callable, got {fn!r}")
     if options.get("state"):
-        raise ConfigError(f"{where}.state", "keyed state is for the map steps of a Pipeline")
+        raise ConfigError(
+            f"{where}.state", "keyed state is for the steps of a Pipeline, not of a Branch"
+        )
     concurrency = options.get("concurrency", 1)
     positive_int(f"{where}.concurrency", concurrency)
     fn_is_async = is_async(fn)

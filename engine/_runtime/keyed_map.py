@@ -1,4 +1,4 @@
-"""The stage behind ``.map(step_id, fn, state=...)``: ``fn(value, state)`` per record.
+"""The stage behind ``.map``, ``.filter`` and ``.flat_map`` with ``state=``: ``fn(value, state)``.
 
 It is a :class:`~riprap.Stage`, so its state reaches the checkpoint the way
 every stage's does (``snapshot``/``restore``, cut with the positions, I3).
@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, final
 
 from riprap._core.errors import ConfigError, DataError
-from riprap._core.records import Batch, DropsOrigin
+from riprap._core.records import Batch, DropsOrigin, IndexOrigin
 from riprap._core.steps import STEP_OPTIONS, OpStep, check_known, check_name, is_async
-from riprap._runtime.fuse import refuse_awaitable
+from riprap._runtime.fuse import OpKind, refuse_awaitable
 from riprap._runtime.keyed_state import KeyedState
 from riprap._runtime.state_memory import MemoryStore
 
@@ -26,13 +26,17 @@ if TYPE_CHECKING:
     from riprap._core.steps import Step
 
 STATE_OPTIONS = ("state", "key")
-"""What ``.map`` accepts next to ``state=`` (``key``: the state's key from the value);
+"""What a step accepts next to ``state=`` (``key``: the state's key from the value);
 records go one at a time, in order, unretried."""
 
 
 @final
 class KeyedMapStage:
-    """Replaces each value with ``fn(value, state)``, ``state`` being its key's :class:`State`."""
+    """Calls ``fn(value, state)``, ``state`` being its key's :class:`State`, as its kind says.
+
+    ``map`` replaces the value with the result, ``filter`` keeps the value when
+    the result is truthy, ``flat_map`` replaces it with the result's items.
+    """
 
     def __init__(
         self,
@@ -40,8 +44,10 @@ class KeyedMapStage:
         fn: Callable[..., Any],
         store: StateStore,
         key: Callable[[Any], Any] | None = None,
+        kind: OpKind = "map",
     ) -> None:
         self.step_id = step_id
+        self.kind = kind
         self.fn = fn
         self.key = key
         """``key(value)``: the state's key, instead of the record's."""
@@ -60,8 +66,13 @@ class KeyedMapStage:
         context = self._context
         if context is None:
             raise RuntimeError(f"stage {self.step_id!r} was not opened")
+        kind = self.kind
         out: list[Any] = []
         drops: list[int] = []
+        """Map: the output length at each record dead-lettered."""
+        indices: list[int] = []
+        """Filter, flat_map: the input index of each output."""
+        dropped = 0
         for index, (value, where) in enumerate(zip(batch.items, batch.sources(), strict=True)):
             try:
                 if self.key is None:
@@ -72,20 +83,36 @@ class KeyedMapStage:
                 if self.is_async:
                     result = await result
                 elif not self._checked:  # one look is enough: fn is sync or it is not
-                    refuse_awaitable(result, "map", self.step_id)
+                    refuse_awaitable(result, kind, self.step_id)
                     self._checked = True
+                if kind == "flat_map":
+                    result = list(result)
             except DataError as error:
                 drops.append(len(out))
                 context.dead_letter(batch, index, error, None)
                 continue
             state._commit()
-            out.append(result)
-        if not drops:
-            await emit(Batch(out, batch.ack, batch.origin))
-        elif out:
+            if kind == "map":
+                out.append(result)
+            elif kind == "filter":
+                if result:
+                    out.append(value)
+                    indices.append(index)
+                else:
+                    dropped += 1
+            else:
+                out.extend(result)
+                indices.extend([index] * len(result))
+        if dropped:
+            context.dropped(dropped)
+        if not out:
+            batch.ack.release()  # dropped, or held by its dead-letter write
+        elif kind != "map":
+            await emit(Batch(out, batch.ack, IndexOrigin(batch.origin, indices)))
+        elif drops:
             await emit(Batch(out, batch.ack, DropsOrigin(batch.origin, drops)))
         else:
-            batch.ack.release()  # every record is held by its dead-letter write
+            await emit(Batch(out, batch.ack, batch.origin))
 
     async def finish(self, emit: Emit) -> None:
         """Nothing is held back: every result went out with its record."""
@@ -97,10 +124,14 @@ class KeyedMapStage:
         self.keyed.restore(state)
 
 
-def keyed_map(
-    step_id: str, fn: Callable[..., Any], options: Mapping[str, Any], before: Sequence[Step]
+def keyed_step(
+    kind: OpKind,
+    step_id: str,
+    fn: Callable[..., Any],
+    options: Mapping[str, Any],
+    before: Sequence[Step],
 ) -> KeyedMapStage:
-    """The stage of ``.map(step_id, fn, state=...)`` after the steps ``before``, checked.
+    """The stage of ``.map(step_id, fn, state=...)`` (or filter, flat_map) after ``before``.
 
     Raises:
         ConfigError: Naming the step and the option: ``fn`` not callable, a
@@ -108,7 +139,7 @@ def keyed_map(
             does not take (records go one at a time, in order, unretried), or
             an earlier step that does not keep the order of records.
     """
-    where = f"map({step_id!r})"
+    where = f"{kind}({step_id!r})"
     check_name("step_id", step_id)
     check_known(where, options, STEP_OPTIONS)
     for name in options:
@@ -138,4 +169,4 @@ def keyed_map(
     key = options.get("key")
     if key is not None and not callable(key):
         raise ConfigError(f"{where}.key", f"must be a function of the value, got {key!r}")
-    return KeyedMapStage(step_id, fn, store, key)
+    return KeyedMapStage(step_id, fn, store, key, kind)

@@ -1,7 +1,9 @@
 """Subprocess for the kill -9 tests of keyed state: a keyed running count, slowly.
 
-Usage: ``python _count_worker.py STORE MICROSECONDS``, run in the test's
-directory; ``STORE`` is ``memory`` or ``sqlite``. The pipeline counts records
+Usage: ``python _count_worker.py STORE MICROSECONDS [dedupe]``, run in the
+test's directory; ``STORE`` is ``memory`` or ``sqlite``. With ``dedupe`` it
+keeps the first record of each id (ids ``number // 3``) through a keyed-state
+filter instead, so a lost state change shows as a row too many. The pipeline counts records
 per key and upserts each record's count into ``out.db`` by record number, so a
 record replayed after a crash rewrites its row: the table ends equal to a
 crash-free run's only if every count is right. ``MICROSECONDS`` of sleep per
@@ -66,9 +68,36 @@ def build(store: str, work: float) -> riprap.Pipeline:
     )
 
 
+def first_of_each_id(store: str, work: float) -> riprap.Pipeline:
+    """A keyed dedupe: only the first record of each id goes on."""
+
+    def first(number: int, state: State) -> bool:
+        time.sleep(work)
+        if state.get(False):
+            return False
+        state.set(True)
+        return True
+
+    kept = MemoryStore() if store == "memory" else SqliteStore("state")
+    return (
+        riprap.Pipeline(
+            PIPELINE,
+            checkpoint=SqliteCheckpoints("checkpoints.db"),
+            batch_size=20,
+            max_in_flight=100,
+            checkpoint_interval=0.05,
+        )
+        .source(IterableSource("numbers", list(range(RECORDS)), keys=lambda n: f"id-{n // 3}"))
+        .filter("first", first, state=kept)
+        .map("row", lambda number: {"number": number, "n": 1})
+        .sink(SqliteSink("out.db", table=TABLE, key="number", columns=("n",)))
+    )
+
+
 def main(argv: list[str]) -> int:
     """Run to completion; exit 0 when the input is done."""
-    report = riprap.run(build(argv[0], int(argv[1]) / 1_000_000))
+    make = first_of_each_id if argv[2:] == ["dedupe"] else build
+    report = riprap.run(make(argv[0], int(argv[1]) / 1_000_000))
     return 0 if report.outcome == "completed" else 1
 
 

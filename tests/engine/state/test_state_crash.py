@@ -32,14 +32,8 @@ def rows(directory: Path) -> int:
     return count(directory / "out.db", f"SELECT COUNT(*) FROM {TABLE}")
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite"])
-def test_a_running_count_killed_five_times_ends_as_without_crash(
-    tmp_path: Path, store: str
-) -> None:
-    """Five SIGKILLs at random points, five restarts: every record's count is exact."""
-    args = [sys.executable, str(WORKER), store, WORK_MICROSECONDS]
-    rng = random.Random(f"kill-9-{store}")
-    marks = sorted(rng.sample(range(RECORDS // 10, RECORDS * 8 // 10), KILLS))
+def kill_five_times_then_finish(tmp_path: Path, args: list[str], marks: list[int]) -> None:
+    """Kill the worker with SIGKILL once ``out.db`` has each mark's rows, then run it to the end."""
     for number, mark in enumerate(marks):
         with spawn(args, tmp_path, f"run-{number}") as proc:
             wait_for_child(lambda: rows(tmp_path) >= mark, proc, f"{mark} rows written")  # noqa: B023
@@ -51,5 +45,29 @@ def test_a_running_count_killed_five_times_ends_as_without_crash(
         except subprocess.TimeoutExpired:
             pytest.fail(f"the last run did not finish within {DEADLINE}s")
     assert 0 == code, (tmp_path / "last.err").read_text()[-2000:]
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_running_count_killed_five_times_ends_as_without_crash(
+    tmp_path: Path, store: str
+) -> None:
+    """Five SIGKILLs at random points, five restarts: every record's count is exact."""
+    args = [sys.executable, str(WORKER), store, WORK_MICROSECONDS]
+    rng = random.Random(f"kill-9-{store}")
+    marks = sorted(rng.sample(range(RECORDS // 10, RECORDS * 8 // 10), KILLS))
+    kill_five_times_then_finish(tmp_path, args, marks)
     found = dict(query(tmp_path / "out.db", f"SELECT number, n FROM {TABLE}"))
     assert expected() == found
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_keyed_dedupe_killed_five_times_keeps_the_first_of_each_id(
+    tmp_path: Path, store: str
+) -> None:
+    """A filter with keyed state, killed five times: exactly the first record of each id."""
+    args = [sys.executable, str(WORKER), store, WORK_MICROSECONDS, "dedupe"]
+    rng = random.Random(f"kill-9-dedupe-{store}")
+    marks = sorted(rng.sample(range(RECORDS // 30, RECORDS * 8 // 30), KILLS))
+    kill_five_times_then_finish(tmp_path, args, marks)
+    found = query(tmp_path / "out.db", f"SELECT number FROM {TABLE} ORDER BY number")
+    assert list(range(0, RECORDS, 3)) == [number for (number,) in found]

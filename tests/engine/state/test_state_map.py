@@ -149,9 +149,84 @@ def test_key_must_be_a_function() -> None:
     """A key that is not callable is refused when the pipeline is built, naming the option."""
     with pytest.raises(riprap.ConfigError, match="must be a function of the value") as caught:
         riprap.Pipeline("counts").source(IterableSource("n", [1])).map(
-            "count", count, state=True, key="user"
+            "count",
+            count,
+            state=True,
+            key="user",  # type: ignore[arg-type]
         )
     assert "map('count').key" == caught.value.option
+
+
+async def test_a_filter_with_state_keeps_the_first_record_of_each_key() -> None:
+    """A keyed dedupe: repeats of a key are dropped on purpose, and the report says so."""
+
+    def first(value: int, state: State) -> bool:
+        if state.get(False):
+            return False
+        state.set(True)
+        return True
+
+    sink = MemorySink()
+    pipeline = (
+        riprap.Pipeline("unique", checkpoint=MemoryCheckpoints())
+        .source(IterableSource("numbers", list(range(10)), keys=lambda v: f"id-{v % 4}"))
+        .filter("first", first, state=True)
+        .sink(sink)
+    )
+    report = await run_pipeline(pipeline, clock=VirtualClock())
+    assert ([0, 1, 2, 3], 6) == (sink.values, report.dropped)
+
+
+def tumbling(reading: tuple[int, float], state: State) -> list[tuple[Any, int, float]]:
+    """Per key, sum readings in windows of 10 time units; emit a window once a later one starts."""
+    at, amount = reading
+    window = at // 10
+    current = state.get()
+    if current is not None and current[0] == window:
+        state.set([window, current[1] + amount])
+        return []
+    state.set([window, amount])
+    return [] if current is None else [(state.key, current[0], current[1])]
+
+
+async def test_a_flat_map_with_state_emits_each_keys_windows_as_they_close() -> None:
+    """Windows per key: each closes when that key's next window starts (no timers)."""
+    readings = [(1, 1.0), (3, 2.0), (12, 4.0), (5, 8.0), (25, 16.0), (14, 32.0), (31, 64.0)]
+    keys = ["a", "a", "a", "b", "a", "b", "b"]
+    sink = MemorySink()
+    pipeline = (
+        riprap.Pipeline("windows", checkpoint=MemoryCheckpoints())
+        .source(IterableSource("readings", readings, keys=keys))
+        .flat_map("tumbling", tumbling, state=True)
+        .sink(sink)
+    )
+    await run_pipeline(pipeline, clock=VirtualClock())
+    assert [("a", 0, 3.0), ("a", 1, 4.0), ("b", 0, 8.0), ("b", 1, 32.0)] == sorted(sink.values)
+
+
+async def test_a_flat_map_that_fails_changes_nothing(tmp_path: Path) -> None:
+    """A DataError dead-letters the record; its change is dropped, the outputs of others go on."""
+
+    def repeat(value: int, state: State) -> list[int]:
+        n: int = state.get(0) + 1
+        state.set(n)
+        if value == 2:
+            raise riprap.DataError("no twos")
+        return [n] * value
+
+    letters = tmp_path / "dlq.jsonl"
+    sink = MemorySink()
+    pipeline = (
+        riprap.Pipeline(
+            "repeat", checkpoint=MemoryCheckpoints(), dead_letter=JsonLinesDeadLetters(letters)
+        )
+        .source(IterableSource("numbers", [1, 2, 3, 0, 1], keys="kkkkk"))
+        .flat_map("repeat", repeat, state=True)
+        .sink(sink)
+    )
+    await run_pipeline(pipeline, clock=VirtualClock())
+    assert [1, 2, 2, 2, 4] == sink.values  # the 2 counted nothing; the 0 gave no output
+    assert [1] == [letter.offset for letter in read_dead_letters(letters)]
 
 
 async def test_an_async_function_keeps_state_too() -> None:
@@ -181,8 +256,8 @@ async def test_an_async_function_keeps_state_too() -> None:
         (lambda p: p.map("m", count, state=True, retry=None), "map('m').retry"),
         (lambda p: p.map("m", count, state=True, staet=1), "map('m').staet"),
         (lambda p: p.map("m", count, state="memory"), "map('m').state"),
-        (lambda p: p.filter("m", bool, state=True), "filter('m').state"),
-        (lambda p: p.flat_map("m", list, state=MemoryStore()), "flat_map('m').state"),
+        (lambda p: riprap.Branch().filter("m", bool, state=True), "filter('m').state"),
+        (lambda p: p.flat_map("m", list, state=True, ordered=False), "flat_map('m').ordered"),
         (
             lambda p: p.map("u", abs, concurrency=2, ordered=False, offload="thread").map(
                 "m", count, state=True
