@@ -10,7 +10,8 @@ position); a restore reads the changelog partition from its start and takes
 the changes up to the source partition's last mark. Changes after it belong
 to a commit that a crash cut short: the restore drops them and writes the
 values they replaced back (then the mark again), so that compaction cannot
-later keep an unfinished change in place of a committed one.
+later keep an unfinished change in place of a committed one. A restore may
+start at an offset (a local copy's): it then returns the changes after it.
 
 No Kafka transactions: a member frozen past its session timeout that wakes
 in the middle of a commit can still log that commit after the partition's
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -73,6 +75,10 @@ class KafkaChangelog:
         ConfigError: An invalid topic name, a bound below 1, or an option this
             changelog sets itself.
 
+    Attributes:
+        restored_records: Changelog records the restores of this run read (a
+            step's local copy in a :class:`~riprap.state.SqliteStore` spares them).
+
     .. versionadded:: 0.4
     """
 
@@ -109,6 +115,10 @@ class KafkaChangelog:
         self._consumer_options = dict(consumer_options or {})
         self._producer: Any = None
         self._pending: list[asyncio.Future[Any]] = []
+        self._marks: dict[str, asyncio.Future[Any]] = {}
+        """Per partition written since the last flush: its mark's send."""
+        self.restored_records = 0
+        """Changelog records read by restores (a local copy spares most of them)."""
         self._partitions: int | None = None
         """Partitions of the changelog topic, once known."""
 
@@ -135,8 +145,11 @@ class KafkaChangelog:
         await producer.start()
         self._producer = producer
 
-    async def restore(self, partition: str) -> RestoredState:
+    async def restore(self, partition: str, since: int | None = None) -> RestoredState:
         """Read source ``partition``'s values up to its last mark; repair an unfinished tail.
+
+        With ``since``, only the changes after that offset, when the topic still
+        holds it and nothing after it is unfinished; else the whole state.
 
         Raises:
             StateStoreError: The changelog topic has fewer partitions than the
@@ -146,10 +159,22 @@ class KafkaChangelog:
         source_topic, number = _parse(partition)
         await self._ensure_topic(source_topic, number)
         with anyio.fail_after(self.restore_timeout):
-            position, values, tail = await self._read(partition, number)
-        if tail:
-            await self._repair(partition, number, position, values, tail)
-        return RestoredState(position=position, values=values)
+            if since is not None:
+                read = await self._read(partition, number, since)
+                if read is not None and not read.tail:
+                    self.restored_records += read.records
+                    return RestoredState(
+                        position=read.position,
+                        values=read.values,
+                        offset=read.offset,
+                        complete=False,
+                    )
+            read = await self._read(partition, number, None)
+        assert read is not None
+        self.restored_records += read.records
+        if read.tail:
+            await self._repair(partition, number, read)
+        return RestoredState(position=read.position, values=read.values, offset=read.offset)
 
     async def write(
         self,
@@ -164,19 +189,26 @@ class KafkaChangelog:
             for token, entry in tokens.items():
                 value = None if entry is None else orjson.dumps(entry)
                 records.append((orjson.dumps([partition, step_id, token]), value))
-        records.append((orjson.dumps([partition]), orjson.dumps({"position": position})))
-        await self._send(records, number)
+        if records:
+            self._pending.append(await self._send(records, number))
+        mark = [(orjson.dumps([partition]), orjson.dumps({"position": position}))]
+        self._marks[partition] = await self._send(mark, number)  # alone: its offset is the batch's
 
-    async def flush(self) -> None:
-        """Wait for every record sent since the last flush; raise the first failure."""
+    async def flush(self) -> dict[str, int]:
+        """Wait for every record sent since the last flush; raise the first failure.
+
+        Returns, per partition written, the offset just past its mark.
+        """
         pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        marks, self._marks = self._marks, {}
+        if pending or marks:
+            await asyncio.gather(*pending, *marks.values())
+        return {partition: future.result().offset + 1 for partition, future in marks.items()}
 
     async def aclose(self) -> None:
         """Stop the producer; records not flushed are not committed."""
         producer, self._producer = self._producer, None
-        self._pending = []
+        self._pending, self._marks = [], {}
         if producer is not None:
             await producer.stop()
 
@@ -187,8 +219,14 @@ class KafkaChangelog:
             raise RuntimeError("the changelog is used before open() or after aclose()")
         return self._producer
 
-    async def _send(self, records: Sequence[tuple[bytes, bytes | None]], number: int) -> None:
-        """Send ``records`` to changelog partition ``number`` in order, in as few batches as fit."""
+    async def _send(
+        self, records: Sequence[tuple[bytes, bytes | None]], number: int
+    ) -> asyncio.Future[Any]:
+        """Send ``records`` to changelog partition ``number`` in order; the last batch's future.
+
+        Every batch but the last goes to ``_pending``: one partition's batches
+        are sent in order, so the last one's acknowledgement comes last.
+        """
         producer = self._require_open()
         batch = producer.create_batch()
         for key, value in records:
@@ -202,7 +240,8 @@ class KafkaChangelog:
                         "a state value is larger than the producer's max_batch_size",
                     )
         batch.close()
-        self._pending.append(await producer.send_batch(batch, self.topic, partition=number))
+        future: asyncio.Future[Any] = await producer.send_batch(batch, self.topic, partition=number)
+        return future
 
     async def _ensure_topic(self, source_topic: str, number: int) -> None:
         """Create the changelog topic if missing; check it has a partition for ``number``."""
@@ -259,10 +298,12 @@ class KafkaChangelog:
                 )
         log.info("changelog topic %s created with %d partitions", self.topic, partitions)
 
-    async def _read(
-        self, partition: str, number: int
-    ) -> tuple[int | None, dict[str, dict[str, Stored]], dict[str, dict[str, Stored | None]]]:
-        """The position of the last mark, the values up to it, and the changes after it."""
+    async def _read(self, partition: str, number: int, since: int | None) -> _Read | None:
+        """Read changelog partition ``number`` from ``since`` (or its start) for ``partition``.
+
+        ``None`` when ``since`` is outside what the topic holds (compacted or
+        deleted away, or the topic was made anew): the caller reads it all.
+        """
         consumer = AIOKafkaConsumer(
             **self._consumer_options,
             bootstrap_servers=self.bootstrap_servers,
@@ -273,21 +314,32 @@ class KafkaChangelog:
         try:
             tp = TopicPartition(self.topic, number)
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            values: dict[str, dict[str, Stored]] = {}
-            tail: dict[str, dict[str, Stored | None]] = {}
-            position: int | None = None
+            if since is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                earliest = (await consumer.beginning_offsets([tp]))[tp]
+                if since < earliest:
+                    return None
+                consumer.seek(tp, since)
+            read = _Read(complete=since is None)
+            pending: dict[str, dict[str, Stored | None]] = {}
             while True:
                 fetched = await consumer.getmany(tp, timeout_ms=200, max_records=_READ_BATCH)
                 for message in fetched.get(tp, ()):
-                    marked = self._take(partition, message, tail)
+                    read.records += 1
+                    marked = self._take(partition, message, pending)
                     if marked is not None:
-                        _fold(values, tail)
-                        tail = {}
-                        position = marked
+                        _fold(read.values, pending, keep_deletes=not read.complete)
+                        pending = {}
+                        read.position, read.offset = marked, message.offset + 1
                 highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    return position, values, tail
+                if highwater is None:
+                    continue
+                if since is not None and since > highwater:
+                    return None  # the topic was made anew: the offset means nothing here
+                if await consumer.position(tp) >= highwater:
+                    read.tail = pending
+                    return read
         finally:
             await consumer.stop()
 
@@ -314,15 +366,9 @@ class KafkaChangelog:
             ) from exc
         return None
 
-    async def _repair(
-        self,
-        partition: str,
-        number: int,
-        position: int | None,
-        values: Mapping[str, Mapping[str, Stored]],
-        tail: Mapping[str, Mapping[str, Stored | None]],
-    ) -> None:
+    async def _repair(self, partition: str, number: int, read: _Read) -> None:
         """Write back what an unfinished commit's changes replaced, then the last mark again."""
+        position, values, tail = read.position, read.values, read.tail
         undone = {
             step_id: {token: values.get(step_id, {}).get(token) for token in tokens}
             for step_id, tokens in tail.items()
@@ -340,10 +386,11 @@ class KafkaChangelog:
                 for step_id, tokens in undone.items()
                 for token in tokens
             ]
-            await self._send(records, number)
+            self._pending.append(await self._send(records, number))
+            await self.flush()
         else:
             await self.write(partition, undone, position)
-        await self.flush()
+            read.offset = (await self.flush())[partition]
 
 
 def _parse(partition: str) -> tuple[str, int]:
@@ -355,14 +402,34 @@ def _parse(partition: str) -> tuple[str, int]:
         ) from exc
 
 
+@dataclass(slots=True)
+class _Read:
+    """What a read of one source partition's changes found."""
+
+    complete: bool
+    """Read from the start: ``values`` is the whole state (else changes, deletes as ``None``)."""
+    values: dict[str, dict[str, Stored | None]] = field(default_factory=dict)
+    position: int | None = None
+    """The last mark's position."""
+    offset: int | None = None
+    """The offset just past the last mark."""
+    tail: dict[str, dict[str, Stored | None]] = field(default_factory=dict)
+    """Changes after the last mark: an unfinished commit."""
+    records: int = 0
+    """Records read."""
+
+
 def _fold(
-    values: dict[str, dict[str, Stored]], changes: Mapping[str, Mapping[str, Stored | None]]
+    values: dict[str, dict[str, Stored | None]],
+    changes: Mapping[str, Mapping[str, Stored | None]],
+    *,
+    keep_deletes: bool,
 ) -> None:
-    """Apply a committed commit's changes to ``values``."""
+    """Apply a complete commit's changes to ``values`` (keeping deletes as ``None``, if asked)."""
     for step_id, tokens in changes.items():
         target = values.setdefault(step_id, {})
         for token, entry in tokens.items():
-            if entry is None:
+            if entry is None and not keep_deletes:
                 target.pop(token, None)
             else:
                 target[token] = entry

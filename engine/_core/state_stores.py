@@ -55,13 +55,19 @@ class RestoredState:
     """What a changelog holds for one source partition: its values and the position they imply.
 
     Attributes:
-        position: The source position of the last complete commit (``None``: nothing
-            was ever committed for the partition). Every record below it is done.
-        values: Per step, per key token: ``(JSON text, expiry or None)``.
+        position: The source position of the last complete commit read (``None``:
+            none). Every record below it is done.
+        values: Per step, per key token: ``(JSON text, expiry or None)``; when not
+            ``complete``, the changes since the offset asked for, ``None`` for a delete.
+        offset: The log's offset just past the last complete commit read (``None``:
+            none), from which a later restore of a local copy reads on.
+        complete: Whether ``values`` is the whole state (else changes to apply).
     """
 
     position: int | None
-    values: Mapping[str, Mapping[str, tuple[str, float | None]]]
+    values: Mapping[str, Mapping[str, tuple[str, float | None] | None]]
+    offset: int | None = None
+    complete: bool = True
 
 
 @runtime_checkable
@@ -87,8 +93,12 @@ class Changelog(Protocol):
         """Connect; called once before the run's first restore."""
         ...
 
-    async def restore(self, partition: str) -> RestoredState:
-        """Read what is logged for source ``partition`` up to its last complete commit."""
+    async def restore(self, partition: str, since: int | None = None) -> RestoredState:
+        """Read what is logged for source ``partition`` up to its last complete commit.
+
+        With ``since`` (the ``offset`` of an earlier restore or flush), the
+        changes after it, if the log still holds them all; else the whole state.
+        """
         ...
 
     async def write(
@@ -100,8 +110,11 @@ class Changelog(Protocol):
         """
         ...
 
-    async def flush(self) -> None:
-        """Make everything written so far durable; raises if any of it failed."""
+    async def flush(self) -> Mapping[str, int]:
+        """Make everything written so far durable; raises if any of it failed.
+
+        Returns, per partition written, the log's offset just past its mark.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ resumes at the mark.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 from riprap._core.errors import ConfigError
@@ -26,7 +27,7 @@ from riprap._core.state_values import StateStoreError
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-    from riprap._core.state_stores import Changelog
+    from riprap._core.state_stores import Changelog, RestoredState
     from riprap._core.state_values import Entry
 
 log = logging.getLogger("riprap.state")
@@ -35,7 +36,19 @@ log = logging.getLogger("riprap.state")
 class Owner(Protocol):
     """A step's keyed state, as the hub moves partitions in and out of it."""
 
-    def load(self, partition: str, values: Mapping[str, tuple[str, float | None]]) -> None: ...
+    def local(self, partition: str) -> tuple[int, int] | None: ...
+
+    def load(
+        self,
+        partition: str,
+        values: Mapping[str, Entry],
+        *,
+        complete: bool,
+        offset: int | None,
+        position: int | None,
+    ) -> None: ...
+
+    def logged(self, partition: str, offset: int | None, position: int) -> None: ...
 
     def release(self, partition: str) -> None: ...
 
@@ -107,13 +120,23 @@ class ChangelogHub:
             if partition in self._marks:
                 mark = self._marks[partition]
             else:
-                restored = await self.changelog.restore(partition)
-                mark = self._check(partition, restored.position, start)
-                self._load(partition, restored.values)
+                mark = await self._restore(partition, start)
                 self._marks[partition] = mark
             if mark is not None:
                 floors[partition] = mark
         return floors
+
+    async def _restore(self, partition: str, start: int | None) -> int | None:
+        """Restore ``partition`` into every step, from their local copies when all have one."""
+        copies = [owner.local(partition) for owner in self._owners.values()]
+        since = None if not copies or None in copies else min(c for c in copies if c is not None)
+        restored = await self.changelog.restore(partition, None if since is None else since[0])
+        if not restored.complete and since is not None and restored.position is None:
+            # Nothing committed since the copies: they are the state, at their position.
+            restored = replace(restored, position=since[1], offset=since[0])
+        mark = self._check(partition, restored.position, start)
+        self._load(partition, restored)
+        return mark
 
     def _check(self, partition: str, mark: int | None, start: int | None) -> int | None:
         """The mark to resume from, after refusing (or accepting) one behind ``start``."""
@@ -148,9 +171,16 @@ class ChangelogHub:
         )
         return None
 
-    def _load(self, partition: str, values: Mapping[str, Mapping[str, Any]]) -> None:
+    def _load(self, partition: str, restored: RestoredState) -> None:
+        values = restored.values
         for step_id, owner in self._owners.items():
-            owner.load(partition, values.get(step_id, {}))
+            owner.load(
+                partition,
+                values.get(step_id, {}),
+                complete=restored.complete,
+                offset=restored.offset,
+                position=restored.position,
+            )
         unknown = sorted(set(values) - set(self._owners))
         if unknown:
             log.warning(
@@ -188,14 +218,15 @@ class ChangelogHub:
                 await self.changelog.write(
                     partition, staged.get(partition, {}), positions[partition]
                 )
-            if targets:
-                await self.changelog.flush()
+            offsets = await self.changelog.flush() if targets else {}
         except BaseException:
             self._restage(staged)
             raise
         for partition in targets:
             if partition in self._marks:  # not released meanwhile
-                self._marks[partition] = positions[partition]
+                self._marks[partition] = position = positions[partition]
+                for owner in self._owners.values():
+                    owner.logged(partition, offsets.get(partition), position)
 
     def _restage(self, staged: dict[str, dict[str, dict[str, Entry]]]) -> None:
         """Put back changes a failed commit did not log, under any cut since."""

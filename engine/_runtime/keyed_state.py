@@ -20,6 +20,7 @@ steps keep unless told ``ordered=False``.
 from __future__ import annotations
 
 from bisect import bisect_left
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 from riprap._core.errors import ConfigError
@@ -31,6 +32,7 @@ from riprap._core.state_values import (
     key_token,
 )
 from riprap._runtime.state_memory import MemoryPartitions, MemoryStore
+from riprap._runtime.state_sqlite import SqlitePartitions, SqliteStore
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -265,13 +267,6 @@ class KeyedState:
     def _open_logged(self, hub: StateLog) -> None:
         """Open for a run with a changelog: partitions arrive with :meth:`load`."""
         step_id = self._step_id
-        if not isinstance(self.store, MemoryStore):
-            raise ConfigError(
-                f"state({step_id!r})",
-                f"with a changelog, keyed state is held in memory (MemoryStore, state=True) "
-                f"and restored from the changelog; {type(self.store).__name__} is not "
-                "supported with one",
-            )
         restored = self._restored
         if isinstance(restored, dict) and restored.get("partitions"):
             raise StateStoreError(
@@ -281,20 +276,68 @@ class KeyedState:
                 f"step's state (riprap checkpoint reset --stage {step_id} --yes)",
             )
         self._restored = None
-        self._partitions = MemoryPartitions()
+        store = self.store
+        if isinstance(store, MemoryStore):
+            self._partitions = MemoryPartitions()
+        elif isinstance(store, SqliteStore):
+            assert self._context is not None
+            root = Path(store.directory) / self._context.pipeline / step_id
+            self._partitions = SqlitePartitions(root, self._context.pipeline, step_id, logged=True)
+        else:
+            raise ConfigError(
+                f"state({step_id!r})",
+                f"with a changelog, keyed state is kept in a MemoryStore or a SqliteStore "
+                f"(its local copy), not in a {type(store).__name__}",
+            )
         hub.attach(step_id, self)
 
-    def load(self, partition: str, values: Mapping[str, Any]) -> None:
-        """Take ``partition``'s state as the changelog restored it (any earlier one is dropped)."""
-        assert isinstance(self._partitions, MemoryPartitions)
+    # -- the changelog's side ---------------------------------------------------------
+
+    def local(self, partition: str) -> tuple[int, int] | None:
+        """The changelog offset and position of ``partition``'s local copy, if usable."""
+        partitions = self._partitions
+        return partitions.local(partition) if isinstance(partitions, SqlitePartitions) else None
+
+    def load(
+        self,
+        partition: str,
+        values: Mapping[str, Entry],
+        *,
+        complete: bool,
+        offset: int | None,
+        position: int | None,
+    ) -> None:
+        """Take ``partition``'s state as the changelog restored it: whole, or changes since.
+
+        The log of changes starts afresh; a local copy records ``offset`` and ``position``.
+        """
         self._logs.pop(partition, None)
-        self._partitions.partition(partition).load(values)
+        partitions = self._partitions
+        if isinstance(partitions, SqlitePartitions):
+            backing = partitions.partition(partition)
+            backing.restore(values, complete=complete, offset=offset, position=position)
+            return
+        assert isinstance(partitions, MemoryPartitions)
+        memory = partitions.partition(partition)
+        if complete:
+            memory.load({t: e for t, e in values.items() if e is not None})
+        else:
+            memory.apply(values, 0, 0.0)
+
+    def logged(self, partition: str, offset: int | None, position: int) -> None:
+        """The changelog holds ``partition``'s commit up to ``offset``: a local copy writes it."""
+        partitions = self._partitions
+        if isinstance(partitions, SqlitePartitions) and partition in partitions.partitions:
+            partitions.partitions[partition].write_pending(offset, position)
 
     def release(self, partition: str) -> None:
         """Drop ``partition``'s state: it was given up, its next owner restores it."""
         self._logs.pop(partition, None)
-        if isinstance(self._partitions, MemoryPartitions):
-            self._partitions.partitions.pop(partition, None)
+        partitions = self._partitions
+        if isinstance(partitions, MemoryPartitions):
+            partitions.partitions.pop(partition, None)
+        elif isinstance(partitions, SqlitePartitions):
+            partitions.release(partition)
 
     def state(self, batch: Batch, index: int, key: Any = _UNSET) -> State:
         """The state of the key of the record behind ``batch.items[index]``.
@@ -380,7 +423,7 @@ class KeyedState:
 
     def _cut_logged(self, hub: StateLog, positions: Mapping[str, int], now: float) -> None:
         """The cut with a changelog: each partition's changes below its position go to it."""
-        assert isinstance(self._partitions, MemoryPartitions)
+        assert isinstance(self._partitions, (MemoryPartitions, SqlitePartitions))
         step_id = self._step_id
         for name, log in self._logs.items():
             position = positions.get(name)

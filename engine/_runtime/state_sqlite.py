@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ _UPSERT = (
     "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_COPY_OFFSET, _COPY_POSITION, _COPY_AT = "changelog_offset", "changelog_position", "changelog_at"
+"""Meta rows of a changelog's local copy: the offset and position it matches, and when."""
+
+LOCAL_COPY_MAX_AGE = 12 * 3600.0
+"""Seconds after which a local copy is rebuilt from the changelog rather than brought up to date."""
 
 
 @final
@@ -110,12 +116,14 @@ def file_name(partition: str) -> str:
 class SqlitePartitions:
     """Every partition database of one step."""
 
-    __slots__ = ("partitions", "pipeline", "root", "step_id")
+    __slots__ = ("logged", "partitions", "pipeline", "root", "step_id")
 
-    def __init__(self, root: Path, pipeline: str, step_id: str) -> None:
+    def __init__(self, root: Path, pipeline: str, step_id: str, *, logged: bool = False) -> None:
         self.root = root
         self.pipeline = pipeline
         self.step_id = step_id
+        self.logged = logged
+        """Whether the databases are local copies of a changelog (no checkpoint commits)."""
         self.partitions: dict[str, SqliteBacking] = {}
 
     def reconcile(self, expected: Mapping[str, Mapping[str, int]]) -> None:
@@ -133,13 +141,29 @@ class SqlitePartitions:
         backing = self.partitions.get(name)
         if backing is None:
             backing = self._open(name)
-            backing.reconcile(0, 0)
+            if not self.logged:
+                backing.reconcile(0, 0)
         return backing
 
     def _open(self, name: str) -> SqliteBacking:
-        backing = SqliteBacking(self.root / file_name(name), name, self.pipeline, self.step_id)
+        if self.logged:
+            make_directory(self.root)
+        path = self.root / file_name(name)
+        backing = SqliteBacking(path, name, self.pipeline, self.step_id, logged=self.logged)
         self.partitions[name] = backing
         return backing
+
+    def local(self, name: str) -> tuple[int, int] | None:
+        """The changelog offset and position of ``name``'s local copy, if it has a usable one."""
+        if name not in self.partitions and not (self.root / file_name(name)).exists():
+            return None
+        return self.partition(name).local()
+
+    def release(self, name: str) -> None:
+        """Close ``name``'s database; its file stays, a local copy for when it comes back."""
+        backing = self.partitions.pop(name, None)
+        if backing is not None:
+            backing.close()
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Each partition's last commit and its position: what the databases must match."""
@@ -172,16 +196,27 @@ class SqliteBacking:
 
     __slots__ = (
         "__weakref__",
+        "copy",
         "created",
         "db",
         "durable",
         "head",
+        "logged",
         "partition",
         "path",
+        "pending",
         "position",
     )
 
-    def __init__(self, path: Path, partition: str | None, pipeline: str, step_id: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        partition: str | None,
+        pipeline: str,
+        step_id: str,
+        *,
+        logged: bool = False,
+    ) -> None:
         self.path = path
         existed = path.exists()
         if not existed:
@@ -217,8 +252,28 @@ class SqliteBacking:
         self.durable = 0
         """The highest commit a saved checkpoint covers: undo records up to it can go."""
         self.created = not existed
+        self.logged = logged
+        """A changelog's local copy: cut changes wait in ``pending`` until the log has them."""
+        self.pending: dict[str, Entry] = {}
+        self.copy: tuple[int, int, float] | None = None
+        """As a local copy: the changelog offset and position it matches, and when."""
+        if _COPY_OFFSET in meta:
+            self.copy = (
+                int(meta[_COPY_OFFSET]),
+                int(meta[_COPY_POSITION]),
+                float(meta[_COPY_AT]),
+            )
+        if self.copy is not None and not logged:
+            raise StateStoreError(
+                str(path),
+                "is the local copy of a changelog, not a store the checkpoint covers: run the "
+                "pipeline with its changelog, or delete the file to start this step over",
+            )
 
     def read(self, token: str) -> tuple[str, float | None] | None:
+        pending = self.pending
+        if token in pending:
+            return pending[token]
         row = self.db.execute("SELECT value, expires_at FROM state WHERE key = ?", (token,))
         found: tuple[str, float | None] | None = row.fetchone()
         return found
@@ -228,8 +283,12 @@ class SqliteBacking:
 
         One transaction: the values, the undo records of what they replace (and
         of what expired), the commit's number and position, and the removal of
-        undo records a saved checkpoint has made useless.
+        undo records a saved checkpoint has made useless. A local copy keeps
+        them pending instead, until the changelog has them (:meth:`write_pending`).
         """
+        if self.logged:
+            self.pending.update(changes)
+            return
         head = self.head + 1
         upserts = [(t, e[0], e[1]) for t, e in changes.items() if e is not None]
         deletes = [(t,) for t, e in changes.items() if e is None]
@@ -306,6 +365,81 @@ class SqliteBacking:
             self.head,
         )
         self.head, self.position = commit, position
+
+    # -- as a changelog's local copy ------------------------------------------------
+
+    def local(self) -> tuple[int, int] | None:
+        """The changelog offset and position this copy matches, unless too old to trust.
+
+        A copy older than :data:`LOCAL_COPY_MAX_AGE` is not offered: the changelog
+        may have dropped the deletes it missed since (Kafka keeps a compacted
+        topic's tombstones for ``delete.retention.ms``, a day by default).
+        """
+        copy = self.copy
+        if copy is None or time.time() - copy[2] > LOCAL_COPY_MAX_AGE:
+            return None
+        return copy[0], copy[1]
+
+    def expire(self, now: float) -> list[str]:
+        """Mark the values expired at ``now`` deleted (pending); their tokens."""
+        pending = self.pending
+        rows = self.db.execute("SELECT key FROM state WHERE expires_at <= ?", (now,))
+        expired = [token for (token,) in rows.fetchall() if token not in pending]
+        expired += [
+            t for t, e in pending.items() if e is not None and e[1] is not None and e[1] <= now
+        ]
+        for token in expired:
+            pending[token] = None
+        return expired
+
+    def write_pending(self, offset: int | None, position: int) -> None:
+        """The changelog has the pending changes up to ``offset``: write them, one transaction."""
+        self._write(self.pending, complete=False, offset=offset, position=position)
+        self.pending = {}
+
+    def restore(
+        self,
+        values: Mapping[str, Entry],
+        *,
+        complete: bool,
+        offset: int | None,
+        position: int | None,
+    ) -> None:
+        """Take what the changelog restored: the whole state, or the changes since this copy."""
+        self.pending = {}
+        self._write(values, complete=complete, offset=offset, position=position)
+
+    def _write(
+        self,
+        values: Mapping[str, Entry],
+        *,
+        complete: bool,
+        offset: int | None,
+        position: int | None,
+    ) -> None:
+        upserts = [(t, e[0], e[1]) for t, e in values.items() if e is not None]
+        deletes = [(t,) for t, e in values.items() if e is None]
+        at = time.time()
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if complete:
+                db.execute("DELETE FROM state")
+                db.execute("DELETE FROM undo")
+                db.execute("DELETE FROM commits")
+            db.executemany(_UPSERT, upserts)
+            db.executemany("DELETE FROM state WHERE key = ?", deletes)
+            if offset is not None and position is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (
+                        (_COPY_OFFSET, str(offset)),
+                        (_COPY_POSITION, str(position)),
+                        (_COPY_AT, repr(at)),
+                    ),
+                )
+        if offset is not None and position is not None:
+            self.copy = (offset, position, at)
 
     def _set_head(self, head: int, position: int) -> None:
         self.db.executemany(

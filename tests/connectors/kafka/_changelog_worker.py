@@ -1,17 +1,20 @@
 """Child process for the changelog group test: a keyed windowed count, Kafka -> Kafka.
 
-Usage: ``python _changelog_worker.py BOOTSTRAP SOURCE OUT GROUP CHANGELOG``.
+Usage: ``python _changelog_worker.py BOOTSTRAP SOURCE OUT GROUP CHANGELOG [sqlite]``.
 Each input value is ``{"id": i, "user": ...}`` keyed by its user; the window
 of a record is ``id // WINDOW``. The step keeps, per user, the current window
 and its count, and emits ``{"user", "window", "count"}`` keyed by user: the
 last output of a (user, window) is its count. Positions are the group's
-offsets (:class:`KafkaCheckpoints`), state is in the changelog topic CHANGELOG.
+offsets (:class:`KafkaCheckpoints`), state is in the changelog topic CHANGELOG
+(and with ``sqlite``, in a local copy of the process's own, as on a machine
+of its own).
 Runs until killed or stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,7 @@ from riprap.connectors.kafka import (
     KafkaSource,
     json_value,
 )
+from riprap.state import MemoryStore, SqliteStore
 
 if TYPE_CHECKING:
     from riprap.state import State
@@ -40,7 +44,9 @@ def window_count(order: dict[str, Any], state: State) -> dict[str, Any]:
     return {"user": order["user"], "window": window, "count": seen}
 
 
-def main(bootstrap: str, source: str, out: str, group: str, changelog: str) -> None:
+def main(
+    bootstrap: str, source: str, out: str, group: str, changelog: str, store: str = "memory"
+) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     kafka = KafkaSource(
         source,
@@ -48,6 +54,7 @@ def main(bootstrap: str, source: str, out: str, group: str, changelog: str) -> N
         group_id=group,
         consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
     )
+    kept = SqliteStore(f"state-{os.getpid()}") if store == "sqlite" else MemoryStore()
     pipeline = (
         riprap.Pipeline(
             "window-counts",
@@ -59,7 +66,7 @@ def main(bootstrap: str, source: str, out: str, group: str, changelog: str) -> N
         )
         .source(kafka)
         .map("decode", json_value)
-        .map("window_count", window_count, state=True)
+        .map("window_count", window_count, state=kept)
         .sink(KafkaSink(out, bootstrap_servers=bootstrap, key=lambda v: v["user"]))
     )
     report = riprap.run(pipeline)
@@ -79,4 +86,4 @@ def no_changelog() -> riprap.Pipeline:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:7])

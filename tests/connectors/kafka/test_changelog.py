@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +17,7 @@ pytest.importorskip("aiokafka")
 import riprap
 from riprap.connectors.kafka import KafkaChangelog, KafkaCheckpoints, KafkaSource
 from riprap.connectors.memory import MemorySink
-from riprap.state import State, StateStoreError
+from riprap.state import SqliteStore, State, StateStoreError
 
 from .conftest import FAST_GROUP
 
@@ -191,3 +192,56 @@ def test_workers_sharing_a_group_need_a_changelog_for_keyed_state(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(riprap.ConfigError, match=r"'window_count'.*keep the state in a changelog"):
         riprap.run_workers(f"{WORKER}:no_changelog", workers=2)
+
+
+@pytest.mark.anyio
+async def test_a_local_sqlite_copy_is_brought_up_to_date_or_rebuilt(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """A local copy reads only what it misses; one deleted or put back old still counts right."""
+    topic = await kafka.create_topic(2)
+    group = f"g-{uuid.uuid4().hex}"
+    state = tmp_path / "state"
+    produced = 0
+
+    async def run_more(records: int) -> tuple[list[Any], KafkaChangelog]:
+        nonlocal produced
+        await kafka.produce(topic, messages(3, produced, produced + records))
+        produced += records
+        sink = MemorySink()
+        changelog = KafkaChangelog(kafka.bootstrap, topic=f"{topic}-changelog")
+        source = KafkaSource(
+            topic, bootstrap_servers=kafka.bootstrap, group_id=group, consumer_options=FAST_GROUP
+        )
+        pipeline = (
+            riprap.Pipeline(
+                "counts",
+                checkpoint=KafkaCheckpoints(source),
+                checkpoint_interval=0.1,
+                changelog=changelog,
+            )
+            .source(source)
+            .map("count", count, state=SqliteStore(state))
+            .sink(sink)
+        )
+        await run_until(pipeline, sink, records)
+        return sink.values, changelog
+
+    first, changelog = await run_more(30)
+    assert {b"k0": 10, b"k1": 10, b"k2": 10} == dict(first)
+    assert 0 == changelog.restored_records  # a new changelog: nothing to read
+    shutil.copytree(state, tmp_path / "old")
+
+    second, changelog = await run_more(30)
+    assert {b"k0": 20, b"k1": 20, b"k2": 20} == dict(second)
+    assert 0 == changelog.restored_records  # the local copy was up to date
+
+    shutil.rmtree(state)
+    third, changelog = await run_more(30)
+    assert {b"k0": 30, b"k1": 30, b"k2": 30} == dict(third)
+    assert changelog.restored_records > 0  # rebuilt from the whole changelog
+
+    shutil.rmtree(state)
+    shutil.copytree(tmp_path / "old", state)  # a copy two runs old
+    fourth, changelog = await run_more(30)
+    assert {b"k0": 40, b"k1": 40, b"k2": 40} == dict(fourth)

@@ -7,7 +7,8 @@ of every (user, window) must equal that window's count in the input: a lost
 state change or one counted twice would show there. Then every member stops
 and a fresh process, with nothing local, restores the whole state from the
 changelog and goes on counting from it (as a member of a new group, whose
-positions come from the changelog's marks).
+positions come from the changelog's marks). With the SQLite store each process
+keeps a local copy of its own, as on machines of their own.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def last_counts(messages: list[Any]) -> dict[tuple[str, int], int]:
     return last
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
 async def test_three_members_a_kill_and_a_late_joiner_count_every_window_exactly(
-    kafka: KafkaHelper, tmp_path: Path
+    kafka: KafkaHelper, tmp_path: Path, store: str
 ) -> None:
     source, out = await kafka.create_topic(PARTITIONS), await kafka.create_topic(PARTITIONS)
     group, changelog = f"g-{uuid.uuid4().hex}", f"{source}-changelog"
@@ -69,7 +71,7 @@ async def test_three_members_a_kill_and_a_late_joiner_count_every_window_exactly
     with members:
         async with feeder, GroupWatch(kafka.bootstrap, source, group, PARTITIONS) as watch:
             for name in ("a", "b", "c"):
-                members.start(name, changelog)
+                members.start(name, changelog, store)
             await until(lambda: at_least(watch, 2_000), "2,000 records committed by three", members)
             members.signal("b", signal.SIGKILL)
             del members.procs["b"]
@@ -77,7 +79,7 @@ async def test_three_members_a_kill_and_a_late_joiner_count_every_window_exactly
             await until(
                 lambda: at_least(watch, committed + 2_000), "progress after the kill", members
             )
-            members.start("d", changelog)
+            members.start("d", changelog, store)
             await until(fed(feeder), "the whole input produced", members)
             produced = await feeder.stop()
             assert RECORDS == produced
@@ -95,7 +97,7 @@ async def test_three_members_a_kill_and_a_late_joiner_count_every_window_exactly
         await kafka.produce(source, [(*order(i), []) for i in more])
         fresh = f"{group}-fresh"
         members.args = [kafka.bootstrap, source, out, fresh]
-        members.start("e", changelog)
+        members.start("e", changelog, store)
         async with GroupWatch(kafka.bootstrap, source, fresh, PARTITIONS) as watch:
             await until(lambda: at_least(watch, produced + USERS), "the last records", members)
         assert 0 == await members.stop("e"), members.stderr("e")
