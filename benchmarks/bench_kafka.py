@@ -277,7 +277,7 @@ def transform(raw: bytes) -> bytes | None:
     return orjson.dumps(add_cents(order))
 
 
-class _Clock:
+class SplitClock:
     """Marks a run's phases on the wall clock and the process's CPU clock."""
 
     def __init__(self) -> None:
@@ -303,7 +303,7 @@ async def raw_loop(job: KafkaJob, settings: LoopSettings | None = None) -> Timin
 
     settings = settings or riprap_settings()
     consumer_options, producer_options = client_defaults()
-    clock = _Clock()
+    clock = SplitClock()
     consumer = AIOKafkaConsumer(
         job.source,
         bootstrap_servers=job.bootstrap,
@@ -386,7 +386,7 @@ async def riprap_run(job: KafkaJob) -> Timing:
     """The README pipeline with SQLite checkpoints in a temporary directory, until all is done."""
     with tempfile.TemporaryDirectory(prefix="w2-riprap-") as directory:
         pipeline = readme_pipeline(job, os.path.join(directory, "checkpoints.db"))
-        clock = _Clock()
+        clock = SplitClock()
         deadline = time.monotonic() + DEADLINE
         started = False
         async with pipeline.open() as running:

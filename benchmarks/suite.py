@@ -16,6 +16,9 @@ ratio is taken within a round, against the workload's limit:
   100 and 10.
 * W4 latency: a plain async loop over the same rate-limited source, 20,000
   records/s for 30 s.
+* W5 keyed running count, Kafka -> Kafka: a raw aiokafka loop counting in a
+  dict, 1,000,000 records keyed by user (10,000 users) on 4 partitions, on
+  the same broker as W2; riprap keeps its counts in ``SqliteStore``.
 * W6 file -> PostgreSQL upsert: a raw asyncpg COPY + merge loop at the same
   batch size, 500,000 records (half of them updates). The suite starts one
   server (``riprap.testing.postgres_server``) and passes its DSN to every W6
@@ -24,7 +27,7 @@ ratio is taken within a round, against the workload's limit:
   (and deltalake) loop doing the same parsing, conversion and writes,
   500,000 records. Without the ``lake`` extra both are skipped.
 
-Peers (Bytewax, Quix Streams, Faust) join W1 and W2 when installed;
+Peers (Bytewax, Quix Streams, Faust) join W1, W2 and W5 when installed;
 ``--peer-python`` runs them with another interpreter, so they can live in a
 throwaway venv.
 
@@ -70,6 +73,7 @@ class Sizes:
     w3_records: int = 50_000
     w4_rate: int = 20_000
     w4_seconds: float = 30.0
+    w5_records: int = 1_000_000
     w6_records: int = 500_000
     w7_records: int = 500_000
     """Records of W7 and W8 (the lake workloads) alike."""
@@ -81,6 +85,7 @@ QUICK = Sizes(
     w3_records=2_000,
     w4_rate=20_000,
     w4_seconds=2.0,
+    w5_records=5_000,
     w6_records=5_000,
     w7_records=5_000,
 )
@@ -115,6 +120,8 @@ class Workload:
             return sizes.w2_records
         if self.key == "W3":
             return sizes.w3_records
+        if self.key == "W5":
+            return sizes.w5_records
         if self.key == "W6":
             return sizes.w6_records
         if self.key in ("W7", "W8"):
@@ -153,6 +160,15 @@ WORKLOADS = (
         "benchmarks.w4_latency",
         "plain loop",
         ("plain loop", "riprap"),
+    ),
+    Workload(
+        "W5",
+        "keyed count, Kafka",
+        "benchmarks.w5_keyed",
+        "raw",
+        ("raw", "riprap", "riprap changelog"),
+        peers=("quixstreams", "faust"),
+        broker=True,
     ),
     Workload(
         "W6",
@@ -370,6 +386,7 @@ def print_table(
             label = ""
     _print_latency(results.get("W4"), sizes)
     _print_kafka(results.get("W2"))
+    _print_kafka(results.get("W5"), "W5")
     _print_postgres(results.get("W6"))
 
 
@@ -384,16 +401,17 @@ def _print_postgres(results: dict[str, Any] | None) -> None:
         print(f"{impl:<22}{entry['records_per_cpu_s']:>15,.0f}")
 
 
-def _print_kafka(results: dict[str, Any] | None) -> None:
-    """W2's split clock: records/s above are steady rates; the group join is apart."""
-    rows = [(impl, e) for impl, e in (results or {}).items() if "join_s" in e]
+def _print_kafka(results: dict[str, Any] | None, key: str = "W2") -> None:
+    """W2's (or W5's) split clock: records/s above are steady rates; the group join is apart."""
+    rows = [(impl, e) for impl, e in (results or {}).items() if "records_per_cpu_s" in e]
     if not rows:
         return
     print()
-    print("W2 records/s above: steady, after the group join (peers: whole run)")
+    print(f"{key} records/s above: steady, after the group join (peers: whole run)")
     print(f"{'implementation':<22}{'join s':>8}{'records/CPU-s':>15}")
     for impl, entry in rows:
-        print(f"{impl:<22}{entry['join_s']:>8.2f}{entry['records_per_cpu_s']:>15,.0f}")
+        join = f"{entry['join_s']:.2f}" if "join_s" in entry else ""
+        print(f"{impl:<22}{join:>8}{entry['records_per_cpu_s']:>15,.0f}")
 
 
 def _print_latency(results: dict[str, Any] | None, sizes: Sizes) -> None:
@@ -455,6 +473,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--w3-records", type=int)
     parser.add_argument("--w4-rate", type=int)
     parser.add_argument("--w4-seconds", type=float)
+    parser.add_argument("--w5-records", type=int)
     parser.add_argument("--w6-records", type=int)
     parser.add_argument("--w7-records", type=int, help="records of W7 and W8")
     return parser.parse_args(argv)
@@ -479,6 +498,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         w3_records=args.w3_records or base.w3_records,
         w4_rate=args.w4_rate or base.w4_rate,
         w4_seconds=args.w4_seconds or base.w4_seconds,
+        w5_records=args.w5_records or base.w5_records,
         w6_records=args.w6_records or base.w6_records,
         w7_records=args.w7_records or base.w7_records,
     )

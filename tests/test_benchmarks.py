@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections import Counter
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 
 import riprap
@@ -22,6 +24,7 @@ from benchmarks import (
     w2_peers,
     w3_enrich,
     w4_latency,
+    w5_keyed,
 )
 
 if TYPE_CHECKING:
@@ -220,3 +223,41 @@ def test_suite_runs_w2_on_its_own_broker_and_keeps_other_figures(
     peers = [results["W2"][peer] for peer in w2_peers.RUNS]
     assert all("records_per_s" in entry or "skipped" in entry for entry in peers)
     assert "W2 Kafka -> Kafka (1,000)" in capsys.readouterr().out
+
+
+def test_w5_check_refuses_a_wrong_count() -> None:
+    """The W5 check stops a run whose output misses one of a user's counts."""
+    expected = Counter({"user-1": 3, "user-2": 1})
+    with pytest.raises(SystemExit, match="user-1"):
+        w5_keyed.check(
+            "raw", expected, Counter({"user-1": 3, "user-2": 1}), {"user-1": 2, "user-2": 1}
+        )
+    w5_keyed.check("raw", expected, Counter(expected), dict(expected))
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("impl", ["raw", "riprap", "riprap changelog"])
+def test_w5_child_counts_every_key(
+    impl: str, w2_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W5 counts 1,000 records keyed by user: every user's counts 1..n written, all committed."""
+    w5_keyed.main(["--impl", impl, "--records", "1000", "--bootstrap", w2_bootstrap, "--json"])
+    line = json.loads(capsys.readouterr().out)
+    users = len({orjson.loads(raw)["user"] for raw in bench_memory.make_records(1000)})
+    figures = (line["impl"], line["count"], line["committed"], line["keys"])
+    assert (impl, 1000, 1000, users) == figures
+    assert line["records_per_cpu_s"] > 0
+
+
+@pytest.mark.kafka
+def test_suite_runs_w5_with_its_peers_or_their_reasons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--only W5`` starts a broker and runs the raw loop, riprap and each peer (or skips it)."""
+    pytest.importorskip("aiokafka")
+    suite.main(["--only", "W5", "--runs", "1", "--w5-records", "1000", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "latest.json").read_text())["results"]["W5"]
+    assert [1.0, 1000] == [results["raw"]["vs_limit"], results["riprap"]["runs"][0]["count"]]
+    peers = [results[peer] for peer in ("quixstreams", "faust")]
+    assert all("records_per_s" in entry or "skipped" in entry for entry in peers)
+    assert "W5 keyed count, Kafka (1,000)" in capsys.readouterr().out

@@ -46,6 +46,9 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _FORBIDDEN_OPTIONS = frozenset({"bootstrap_servers", "enable_idempotence", "acks"})
 _READ_BATCH = 10_000
 """Records one fetch of a restore returns at most."""
+_FETCH_WAIT_MS = 20
+"""How long the broker may hold a restore's fetch for more data (Kafka's default, 500 ms,
+would be spent in full on every changelog partition that has caught up, or is empty)."""
 
 Stored = tuple[str, float | None]
 
@@ -114,6 +117,7 @@ class KafkaChangelog:
         self._producer_options = dict(producer_options or {})
         self._consumer_options = dict(consumer_options or {})
         self._producer: Any = None
+        self._consumer: Any = None
         self._pending: list[asyncio.Future[Any]] = []
         self._marks: dict[str, asyncio.Future[Any]] = {}
         """Per partition written since the last flush: its mark's send."""
@@ -208,9 +212,14 @@ class KafkaChangelog:
     async def aclose(self) -> None:
         """Stop the producer; records not flushed are not committed."""
         producer, self._producer = self._producer, None
+        consumer, self._consumer = self._consumer, None
         self._pending, self._marks = [], {}
-        if producer is not None:
-            await producer.stop()
+        try:
+            if consumer is not None:
+                await consumer.stop()
+        finally:
+            if producer is not None:
+                await producer.stop()
 
     # -- internals -----------------------------------------------------------------
 
@@ -304,13 +313,7 @@ class KafkaChangelog:
         ``None`` when ``since`` is outside what the topic holds (compacted or
         deleted away, or the topic was made anew): the caller reads it all.
         """
-        consumer = AIOKafkaConsumer(
-            **self._consumer_options,
-            bootstrap_servers=self.bootstrap_servers,
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await consumer.start()
+        consumer = await self._reader()
         try:
             tp = TopicPartition(self.topic, number)
             consumer.assign([tp])
@@ -324,7 +327,7 @@ class KafkaChangelog:
             read = _Read(complete=since is None)
             pending: dict[str, dict[str, Stored | None]] = {}
             while True:
-                fetched = await consumer.getmany(tp, timeout_ms=200, max_records=_READ_BATCH)
+                fetched = await consumer.getmany(tp, timeout_ms=50, max_records=_READ_BATCH)
                 for message in fetched.get(tp, ()):
                     read.records += 1
                     marked = self._take(partition, message, pending)
@@ -341,7 +344,20 @@ class KafkaChangelog:
                     read.tail = pending
                     return read
         finally:
-            await consumer.stop()
+            consumer.unsubscribe()  # the next restore assigns its own partition
+
+    async def _reader(self) -> Any:
+        """The consumer restores read with, started on first use (no group: it assigns)."""
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                **{"fetch_max_wait_ms": _FETCH_WAIT_MS, **self._consumer_options},
+                bootstrap_servers=self.bootstrap_servers,
+                enable_auto_commit=False,
+                group_id=None,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
 
     def _take(
         self, partition: str, message: Any, tail: dict[str, dict[str, Stored | None]]

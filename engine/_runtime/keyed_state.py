@@ -35,7 +35,7 @@ from riprap._runtime.state_memory import MemoryPartitions, MemoryStore
 from riprap._runtime.state_sqlite import SqlitePartitions, SqliteStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from riprap._core.clock import Clock
     from riprap._core.protocols import StageContext
@@ -49,6 +49,9 @@ _UNSET: Any = object()
 _new_state = object.__new__
 """Makes a :class:`State` without its refusing ``__init__``."""
 
+_FOLD_AT = 4_096
+"""Changes a partition's log holds before it first folds those of done records."""
+
 _CUTS_KEPT = 64
 """Cuts remembered while waiting to learn that a checkpoint covering them was saved."""
 
@@ -61,18 +64,43 @@ class PartitionLog:
     one bisection and keeps each key's last change below it with one
     ``dict(zip(...))``, both in C, so a checkpoint costs little loop time
     however many changes a checkpoint interval holds.
+
+    Memory is bounded by the keys changed and the records in flight, not by
+    the records of a checkpoint interval: once the lists have doubled, the
+    changes of records below the partition's position now (done, so below
+    every later cut too) are folded to each key's last one.
     """
 
-    __slots__ = ("backing", "entries", "newest", "offsets", "partition", "step_id", "tokens")
+    __slots__ = (
+        "backing",
+        "entries",
+        "limit",
+        "newest",
+        "offsets",
+        "partition",
+        "position",
+        "step_id",
+        "tokens",
+    )
 
-    def __init__(self, step_id: str, partition: str, backing: Backing) -> None:
+    def __init__(
+        self,
+        step_id: str,
+        partition: str,
+        backing: Backing,
+        position: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.step_id = step_id
         self.partition = partition
         self.backing = backing
+        self.position = position
+        """The partition's committable position now (``None``: not tracked)."""
         self.offsets: list[int] = []
         self.tokens: list[str] = []
         self.entries: list[Entry] = []
         self.newest: dict[str, Entry] = {}
+        self.limit = _FOLD_AT
+        """Changes held when the next fold is tried."""
 
     def write(self, offset: int, token: str, entry: Entry) -> None:
         """Log a change of the record at ``offset``.
@@ -94,6 +122,21 @@ class PartitionLog:
         self.tokens.append(token)
         self.entries.append(entry)
         self.newest[token] = entry
+        if len(offsets) >= self.limit:
+            self.fold()
+
+    def fold(self) -> None:
+        """Keep one change per key of the records below the position now (they are done)."""
+        offsets = self.offsets
+        position = self.position()
+        split = 0 if position is None else bisect_left(offsets, position)
+        if split > 1:
+            done = dict(zip(self.tokens[:split], self.entries[:split], strict=True))
+            below = offsets[split - 1]  # below every later cut's position, in order
+            self.offsets = [below] * len(done) + offsets[split:]
+            self.tokens = [*done, *self.tokens[split:]]
+            self.entries = [*done.values(), *self.entries[split:]]
+        self.limit = max(_FOLD_AT, 2 * len(self.offsets))
 
     def cut(self, position: int, now: float) -> dict[str, Entry] | None:
         """Apply each key's last change of the records below ``position``; those changes."""
@@ -392,7 +435,11 @@ class KeyedState:
             if self._hub is not None:
                 self._hub.require(self._step_id, partition)
             backing = self._partitions.partition(partition)
-            log = self._logs[partition] = PartitionLog(self._step_id, partition, backing)
+            context = self._context
+            assert context is not None
+            log = self._logs[partition] = PartitionLog(
+                self._step_id, partition, backing, lambda: context.positions().get(partition)
+            )
         return log
 
     def snapshot(self) -> Any:

@@ -223,3 +223,19 @@ def test_an_unchanged_state_hands_out_the_same_snapshot() -> None:
     assert first is harness.keyed.snapshot()
     harness.positions["p0"] = 2
     assert first is not harness.keyed.snapshot()
+
+
+def test_changes_of_done_records_fold_to_one_per_key() -> None:
+    """Memory follows the keys and the records in flight, not the records between two cuts."""
+    harness = Harness()
+    for offset in range(60_000):
+        harness.positions["p0"] = max(0, offset - 100)  # the sink is 100 records behind
+        state = harness.state(f"k{offset % 10}", offset)
+        state.set(state.get(0) + 1)
+    held = len(harness.keyed._logs["p0"].offsets)
+    assert held < 10_000, f"{held} changes held for 10 keys and 100 records in flight"
+    harness.positions["p0"] = 59_950  # the cut is still exact
+    cut = harness.keyed.snapshot()["partitions"]["p0"]
+    expected = {f"s:k{k}": [str(len(range(k, 59_950, 10))), None] for k in range(10)}
+    assert expected == cut
+    assert 6_000 == harness.state("k0", 60_000).get()  # the step sees its newest changes
