@@ -1,14 +1,15 @@
 """A stateful pipeline scales from one to three processes and back; one is killed, one joins late.
 
-Three members of one group run a keyed windowed count (state in a changelog,
-positions in the group's offsets) while the input is still being produced;
-one is killed with SIGKILL mid-run and another joins later. The last output
-of every (user, window) must equal that window's count in the input: a lost
-state change or one counted twice would show there. Then every member stops
-and a fresh process, with nothing local, restores the whole state from the
-changelog and goes on counting from it (as a member of a new group, whose
-positions come from the changelog's marks). With the SQLite store each process
-keeps a local copy of its own, as on machines of their own.
+One member of a group starts a keyed windowed count (state in a changelog,
+positions in the group's offsets) while the input is still being produced,
+two more join it; one of the three is killed with SIGKILL mid-run and
+another joins later. The last output of every (user, window) must equal that
+window's count in the input: a lost state change or one counted twice would
+show there. Then every member stops and a fresh process, with nothing local,
+restores the whole state from the changelog and goes on counting from it (as
+a member of a new group, whose positions come from the changelog's marks).
+With the SQLite store each process keeps a local copy of its own, as on
+machines of their own.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
 WORKER = Path(__file__).with_name("_changelog_worker.py")
 PARTITIONS = 6
 USERS = 40
-RECORDS = 12_000
+RECORDS = 16_000
 
 
 def order(i: int) -> tuple[bytes, bytes]:
@@ -70,9 +71,11 @@ async def test_three_members_a_kill_and_a_late_joiner_count_every_window_exactly
     feeder = Feeder(kafka.bootstrap, source, per_round=100, limit=RECORDS, message=order)
     with members:
         async with feeder, GroupWatch(kafka.bootstrap, source, group, PARTITIONS) as watch:
-            for name in ("a", "b", "c"):
+            members.start("a", changelog, store)  # one process alone first
+            await until(lambda: at_least(watch, 1_000), "1,000 records committed by one", members)
+            for name in ("b", "c"):
                 members.start(name, changelog, store)
-            await until(lambda: at_least(watch, 2_000), "2,000 records committed by three", members)
+            await watch.wait_stable(3, members)  # all three at work
             members.signal("b", signal.SIGKILL)
             del members.procs["b"]
             committed = watch.total()
