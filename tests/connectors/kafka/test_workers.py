@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -94,3 +95,66 @@ async def test_two_workers_share_the_partitions_and_read_each_record_once(
     assert len(read) == len(set(read)), "a record was read twice"
     assert {f"{topic}:{p}" for p in range(4)} == {partition for partition, _ in read}
     assert "pipeline kafka-workers: stopped" == (tmp_path / "run.out").read_text().splitlines()[0]
+
+
+async def test_two_workers_keep_keyed_state_in_a_changelog(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """Keyed counts under ``--workers 2`` with a changelog: every key counts 1..n, once each."""
+    topic = await kafka.create_topic(partitions=4)
+    env = {
+        **os.environ,
+        "RIPRAP_TEST_BOOTSTRAP": kafka.bootstrap,
+        "RIPRAP_TEST_TOPIC": topic,
+        "RIPRAP_TEST_GROUP": f"g-{uuid.uuid4().hex[:8]}",
+    }
+    command = [
+        *[sys.executable, "-m", "riprap.cli", "run", "-q", f"{PIPELINE}:counts"],
+        *["--workers", "2"],
+    ]
+    err = tmp_path / "run.err"
+    produced = 0
+    proc = start(command, tmp_path, env)
+    try:
+        deadline = time.monotonic() + DEADLINE
+        # Produce in rounds until both workers have counted (the second joined and restored).
+        while len([lines for lines in outputs(tmp_path).values() if lines]) < 2:
+            assert proc.poll() is None, tail(err)
+            assert time.monotonic() < deadline, f"one worker never counted:\n{tail(err)}"
+            messages: list[Message] = [
+                (f"k{(produced + n) % 7}".encode(), str(produced + n).encode(), [])
+                for n in range(ROUND)
+            ]
+            await kafka.produce(topic, messages)
+            produced += ROUND
+            await anyio.sleep(0.3)
+        while len({line["i"] for lines in outputs(tmp_path).values() for line in lines}) < produced:
+            assert proc.poll() is None, tail(err)
+            assert time.monotonic() < deadline, f"records missing:\n{tail(err)}"
+            await anyio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        returncode = await anyio.to_thread.run_sync(proc.wait, DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            await anyio.to_thread.run_sync(proc.wait, DEADLINE)
+    assert 0 == returncode, tail(err)
+    lines = [line for per_worker in outputs(tmp_path).values() for line in per_worker]
+    counted: dict[str, set[int]] = {}
+    for line in lines:
+        counted.setdefault(line["k"], set()).add(line["n"])
+    per_key = Counter(f"k{i % 7}" for i in range(produced))
+    assert {k: set(range(1, n + 1)) for k, n in per_key.items()} == counted
+    # A record read twice (a rebalance's replay) counts the same both times.
+    by_id: dict[int, set[int]] = {}
+    for line in lines:
+        by_id.setdefault(line["i"], set()).add(line["n"])
+    assert [] == [i for i, ns in by_id.items() if len(ns) > 1]
+
+
+def outputs(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per output file (one per worker process): its lines."""
+    return {
+        path.name: [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        for path in sorted(folder.glob("out-*.jsonl"))
+    }
