@@ -23,6 +23,9 @@ Entry: TypeAlias = "tuple[str, float | None] | None"
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 """Refuse what JSON would hold only as another type (a datetime back as a string)."""
 
+_INT_LIMIT = 2**63
+"""Integers in ``-2**63 <= n < 2**63`` are written as their digits, as orjson does."""
+
 KEY_SHOWN = 60
 """Characters of a key an error message shows."""
 
@@ -131,6 +134,8 @@ def encode_value(step_id: str, key: object, value: Any) -> str:
         StateValueError: JSON cannot hold it: an unsupported type, an integer
             beyond 64 bits, a dict key that is not a string, NaN or infinity.
     """
+    if value.__class__ is int and -_INT_LIMIT <= value < _INT_LIMIT:
+        return str(value)  # what orjson writes, without its call (counters are most values)
     try:
         encoded = orjson.dumps(value, option=_OPTIONS)
     except TypeError as error:  # orjson.JSONEncodeError is a TypeError
