@@ -48,7 +48,7 @@ class Owner(Protocol):
         position: int | None,
     ) -> None: ...
 
-    def logged(self, partition: str, offset: int | None, position: int) -> None: ...
+    async def logged(self, partition: str, offset: int | None, position: int) -> None: ...
 
     def release(self, partition: str) -> None: ...
 
@@ -226,7 +226,7 @@ class ChangelogHub:
             if partition in self._marks:  # not released meanwhile
                 self._marks[partition] = position = positions[partition]
                 for owner in self._owners.values():
-                    owner.logged(partition, offsets.get(partition), position)
+                    await owner.logged(partition, offsets.get(partition), position)
 
     def _restage(self, staged: dict[str, dict[str, dict[str, Entry]]]) -> None:
         """Put back changes a failed commit did not log, under any cut since."""

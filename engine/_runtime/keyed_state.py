@@ -23,6 +23,8 @@ from bisect import bisect_left
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
+import anyio
+
 from riprap._core.errors import ConfigError
 from riprap._core.state_values import (
     MissingKeyError,
@@ -367,11 +369,16 @@ class KeyedState:
         else:
             memory.apply(values, 0, 0.0)
 
-    def logged(self, partition: str, offset: int | None, position: int) -> None:
-        """The changelog holds ``partition``'s commit up to ``offset``: a local copy writes it."""
+    async def logged(self, partition: str, offset: int | None, position: int) -> None:
+        """The changelog holds ``partition``'s commit up to ``offset``: a local copy writes it.
+
+        In a worker thread, on a connection of its own: the loop goes on meanwhile,
+        reading the changes from memory until the transaction is committed.
+        """
         partitions = self._partitions
         if isinstance(partitions, SqlitePartitions) and partition in partitions.partitions:
-            partitions.partitions[partition].write_pending(offset, position)
+            backing = partitions.partitions[partition]
+            await anyio.to_thread.run_sync(backing.write_pending, offset, position)
 
     def release(self, partition: str) -> None:
         """Drop ``partition``'s state: it was given up, its next owner restores it."""

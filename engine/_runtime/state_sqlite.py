@@ -196,6 +196,7 @@ class SqliteBacking:
 
     __slots__ = (
         "__weakref__",
+        "connections",
         "copy",
         "created",
         "db",
@@ -206,6 +207,7 @@ class SqliteBacking:
         "path",
         "pending",
         "position",
+        "writer",
     )
 
     def __init__(
@@ -221,13 +223,13 @@ class SqliteBacking:
         existed = path.exists()
         if not existed:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        # isolation_level=None: no implicit transactions; every commit BEGINs its own.
-        # Used from the event loop's thread only; the finalizer that closes it may run
-        # wherever the garbage collector does (a checkpoint's worker thread).
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        weakref.finalize(self, self.db.close)  # a run that ends leaves no connection open
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = FULL")
+        # Used from the event loop's thread; the finalizer that closes the connections
+        # may run wherever the garbage collector does (a checkpoint's worker thread).
+        self.db = _connect(path)
+        self.writer: sqlite3.Connection | None = None
+        """A local copy's second connection, for commits from a worker thread."""
+        self.connections = [self.db]
+        weakref.finalize(self, _close_all, self.connections)  # a run leaves none open
         self.db.executescript(_SCHEMA)
         meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         if not meta:
@@ -393,8 +395,16 @@ class SqliteBacking:
         return expired
 
     def write_pending(self, offset: int | None, position: int) -> None:
-        """The changelog has the pending changes up to ``offset``: write them, one transaction."""
-        self._write(self.pending, complete=False, offset=offset, position=position)
+        """The changelog has the pending changes up to ``offset``: write them, one transaction.
+
+        Runs in a worker thread, on a connection of its own (WAL: the loop's
+        reads go on meanwhile); the pending changes stay readable until it is
+        committed. No cut changes them meanwhile: the checkpoint waits for this.
+        """
+        if self.writer is None:
+            self.writer = _connect(self.path)
+            self.connections.append(self.writer)
+        self._write(self.pending, complete=False, offset=offset, position=position, db=self.writer)
         self.pending = {}
 
     def restore(
@@ -416,11 +426,12 @@ class SqliteBacking:
         complete: bool,
         offset: int | None,
         position: int | None,
+        db: sqlite3.Connection | None = None,
     ) -> None:
         upserts = [(t, e[0], e[1]) for t, e in values.items() if e is not None]
         deletes = [(t,) for t, e in values.items() if e is None]
         at = time.time()
-        db = self.db
+        db = db or self.db
         with db:
             db.execute("BEGIN IMMEDIATE")
             if complete:
@@ -448,4 +459,18 @@ class SqliteBacking:
         )
 
     def close(self) -> None:
-        self.db.close()
+        _close_all(self.connections)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection to ``path``: WAL, every commit synced."""
+    # isolation_level=None: no implicit transactions; every commit BEGINs its own.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    for db in connections:
+        db.close()

@@ -243,3 +243,69 @@ async def test_a_store_ahead_of_a_lost_save_is_rolled_back_and_counts_stay_exact
     again, sink = paced_counts(values, store, saved, clock)
     await run_pipeline(again, clock=clock)
     assert expected_counts(values)[checkpoint.positions["memory"] :] == sink.values
+
+
+@final
+class RecordingLog:
+    """The run's side of a changelog, as keyed state sees it: it takes the cut's changes."""
+
+    def __init__(self) -> None:
+        self.staged: dict[str, dict[str, Any]] = {}
+
+    def attach(self, step_id: str, owner: Any) -> None:
+        """Nothing to remember: the test moves partitions itself."""
+
+    def require(self, step_id: str, partition: str) -> None:
+        """Every partition the test uses was loaded."""
+
+    def stage(self, step_id: str, partition: str, changes: Any) -> None:
+        self.staged.setdefault(partition, {}).update(changes)
+
+
+async def test_a_local_copy_commits_in_a_thread_while_the_loop_goes_on(tmp_path: Path) -> None:
+    """Writing a commit to a changelog's local copy never holds the event loop."""
+    import anyio
+
+    from riprap.lowlevel import Ack, SourceOrigin
+    from riprap.state import KeyedState
+
+    keyed = KeyedState(SqliteStore(tmp_path))
+    changelog = RecordingLog()
+    context = riprap.StageContext(
+        pipeline="p",
+        clock=VirtualClock(),
+        dead_letter=lambda batch, index, error, reason: None,
+        positions=lambda: {"t:0": 10**9},
+        state_log=changelog,
+    )
+    keyed.open(context, "count")
+    keyed.load("t:0", {}, complete=True, offset=0, position=0)
+    keys = 50_000
+    source = riprap.SourceBatch("t:0", [None] * keys, start=0, keys=[f"k{i}" for i in range(keys)])
+    batch = riprap.Batch([None] * keys, Ack(lambda: None), SourceOrigin(source))
+    for index in range(keys):
+        keyed.state(batch, index).set(index)
+    keyed.snapshot()  # the cut: the changes wait in memory for the changelog
+    assert keys == len(changelog.staged["t:0"])
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        for _ in range(10_000_000):
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        started = ticks
+        await keyed.logged("t:0", 7, 10**9)
+        during = ticks - started
+        tg.cancel_scope.cancel()
+    assert during > 0, "the loop was held while the commit was written"
+    assert 12_345 == keyed.state(batch, 12_345).get()  # read back from the database
+    databases = [path async for path in anyio.Path(tmp_path).rglob("*.db")]
+    rows = sqlite3.connect(str(databases[0])).execute("SELECT COUNT(*) FROM state")
+    assert (keys,) == rows.fetchone()
+    keyed.release("t:0")
