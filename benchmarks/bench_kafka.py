@@ -293,17 +293,11 @@ class SplitClock:
         return Timing(first - start, done - first, end - done, time.process_time() - self._cpu)
 
 
-async def raw_loop(job: KafkaJob, settings: LoopSettings | None = None) -> Timing:
-    """getmany, transform, one closed batch per partition, wait for the acks, commit: the limit.
-
-    A closed builder is sent at once (an open one waits out the linger for
-    more records that the loop never adds).
-    """
+def raw_clients(job: KafkaJob, settings: LoopSettings) -> tuple[Any, Any]:
+    """A raw loop's consumer (a member of the job's group) and producer, not started yet."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    settings = settings or riprap_settings()
     consumer_options, producer_options = client_defaults()
-    clock = SplitClock()
     consumer = AIOKafkaConsumer(
         job.source,
         bootstrap_servers=job.bootstrap,
@@ -317,6 +311,19 @@ async def raw_loop(job: KafkaJob, settings: LoopSettings | None = None) -> Timin
         max_batch_size=settings.max_batch_size,
         **producer_options,
     )
+    return consumer, producer
+
+
+async def raw_loop(job: KafkaJob, settings: LoopSettings | None = None) -> Timing:
+    """getmany, transform, one closed batch per partition, wait for the acks, commit: the limit.
+
+    A closed builder is sent at once (an open one waits out the linger for
+    more records that the loop never adds).
+    """
+
+    settings = settings or riprap_settings()
+    clock = SplitClock()
+    consumer, producer = raw_clients(job, settings)
     await consumer.start()
     await producer.start()
     read = 0
@@ -385,24 +392,34 @@ def readme_pipeline(job: KafkaJob, checkpoint_path: str) -> Any:
 async def riprap_run(job: KafkaJob) -> Timing:
     """The README pipeline with SQLite checkpoints in a temporary directory, until all is done."""
     with tempfile.TemporaryDirectory(prefix="w2-riprap-") as directory:
-        pipeline = readme_pipeline(job, os.path.join(directory, "checkpoints.db"))
-        clock = SplitClock()
-        deadline = time.monotonic() + DEADLINE
-        started = False
-        async with pipeline.open() as running:
-            while time.monotonic() < deadline:
-                stats = running.statistics()
-                if not started and stats.records_in:
-                    clock.mark()
-                    started = True
-                if stats.records_in >= job.records and stats.in_flight == 0:
-                    break
-                if running.error is not None:
-                    raise running.error  # a failed run would otherwise wait for the deadline
-                await asyncio.sleep(0.02)
-            clock.mark()
-            running.stop()  # leaving the block drains, checkpoints and commits
-        return clock.timing()
+        return await timed_until_done(
+            readme_pipeline(job, os.path.join(directory, "checkpoints.db")), job.records
+        )
+
+
+async def timed_until_done(pipeline: Any, records: int) -> Timing:
+    """Run ``pipeline`` until ``records`` are in and none in flight; its split timing.
+
+    The steady clock starts at the first record in; leaving the block drains,
+    checkpoints and commits.
+    """
+    clock = SplitClock()
+    deadline = time.monotonic() + DEADLINE
+    started = False
+    async with pipeline.open() as running:
+        while time.monotonic() < deadline:
+            stats = running.statistics()
+            if not started and stats.records_in:
+                clock.mark()
+                started = True
+            if stats.records_in >= records and stats.in_flight == 0:
+                break
+            if running.error is not None:
+                raise running.error  # a failed run would otherwise wait for the deadline
+            await asyncio.sleep(0.02)
+        clock.mark()
+        running.stop()
+    return clock.timing()
 
 
 def runs() -> list[tuple[str, Callable[[KafkaJob], Awaitable[Timing]]]]:

@@ -65,11 +65,12 @@ from benchmarks.bench_kafka import (
     SplitClock,
     Timing,
     as_figures,
-    client_defaults,
     committed,
     delete_topics,
+    raw_clients,
     riprap_settings,
     run_async,
+    timed_until_done,
 )
 from benchmarks.peers import peer_version, require
 from benchmarks.w2_kafka import broker
@@ -199,45 +200,15 @@ async def riprap_run(job: KafkaJob, changelog: bool = False) -> Timing:
     """The pipeline with its state and checkpoints in a temporary directory, until all is done."""
     with tempfile.TemporaryDirectory(prefix="w5-riprap-") as directory:
         pipeline = riprap_pipeline(job, directory, changelog=changelog)
-        clock = SplitClock()
-        deadline = time.monotonic() + DEADLINE
-        started = False
-        async with pipeline.open() as running:
-            while time.monotonic() < deadline:
-                stats = running.statistics()
-                if not started and stats.records_in:
-                    clock.mark()
-                    started = True
-                if stats.records_in >= job.records and stats.in_flight == 0:
-                    break
-                if running.error is not None:
-                    raise running.error  # a failed run would otherwise wait for the deadline
-                await asyncio.sleep(0.02)
-            clock.mark()
-            running.stop()  # leaving the block drains, commits the state and the offsets
-        return clock.timing()
+        return await timed_until_done(pipeline, job.records)
 
 
 async def raw_loop(job: KafkaJob) -> Timing:
     """getmany, parse, count in a dict, one closed batch per partition, acks, commit: the limit."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     settings = riprap_settings()
-    consumer_options, producer_options = client_defaults()
     clock = SplitClock()
-    consumer = AIOKafkaConsumer(
-        job.source,
-        bootstrap_servers=job.bootstrap,
-        group_id=job.group,
-        max_poll_records=settings.max_records,
-        **consumer_options,
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=job.bootstrap,
-        linger_ms=settings.linger_ms,
-        max_batch_size=settings.max_batch_size,
-        **producer_options,
-    )
+    consumer, producer = raw_clients(job, settings)
     await consumer.start()
     await producer.start()
     counts: dict[bytes, int] = {}

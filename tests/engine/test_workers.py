@@ -81,19 +81,31 @@ def run_to_end(folder: Path, factory: str, *options: str) -> subprocess.Complete
     )
 
 
-def test_two_workers_write_what_one_writes(tmp_path: Path) -> None:
-    """Two workers over six files write exactly the rows one worker writes."""
+def one_and_two_workers(
+    tmp_path: Path, factory: str
+) -> tuple[list[tuple[str, str]], subprocess.CompletedProcess[str]]:
+    """Run ``factory`` over the same input with one worker and with two.
+
+    Returns the rows of one worker (equal to those of two) and the two
+    workers' run.
+    """
     one, two = tmp_path / "one", tmp_path / "two"
     for folder in (one, two):
         folder.mkdir()
         write_input(folder)
-    single = run_to_end(one, "plain")
-    double = run_to_end(two, "plain", "--workers", "2")
+    single = run_to_end(one, factory)
+    double = run_to_end(two, factory, "--workers", "2")
     assert (0, 0) == (single.returncode, double.returncode), double.stderr
-
     expected = rows(one)
     assert FILES * LINES == len(expected)
     assert expected == rows(two)
+    return expected, double
+
+
+def test_two_workers_write_what_one_writes(tmp_path: Path) -> None:
+    """Two workers over six files write exactly the rows one worker writes."""
+    _, double = one_and_two_workers(tmp_path, "plain")
+    two = tmp_path / "two"
     aggregate = double.stdout
     assert f"pipeline {NAME}: completed" == aggregate.splitlines()[0]
     assert (f"{FILES * LINES:,}", "2", "0") == (
@@ -111,16 +123,7 @@ def test_two_workers_write_what_one_writes(tmp_path: Path) -> None:
 
 def test_two_workers_keep_keyed_state_as_one_does(tmp_path: Path) -> None:
     """Keyed state lives with its file, so two workers count exactly what one counts."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    for folder in (one, two):
-        folder.mkdir()
-        write_input(folder)
-    single = run_to_end(one, "keyed")
-    double = run_to_end(two, "keyed", "--workers", "2")
-    assert (0, 0) == (single.returncode, double.returncode), double.stderr
-    expected = rows(one)
-    assert FILES * LINES == len(expected)
-    assert expected == rows(two)
+    expected, _ = one_and_two_workers(tmp_path, "keyed")
     last = {i: orjson.loads(v)["seen"] for i, v in expected}
     same_key = [n for n in range(LINES) if n % 7 == (LINES - 1) % 7]
     assert len(same_key) == last[f"0-{LINES - 1}"]

@@ -19,6 +19,8 @@ import pytest
 pytest.importorskip("aiokafka")
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .conftest import KafkaHelper, Message
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.anyio]
@@ -28,15 +30,6 @@ DEADLINE = 60.0
 """Seconds any one wait may take."""
 ROUND = 20
 """Messages produced per round while waiting for both workers to read."""
-
-
-def origins(folder: Path) -> dict[str, list[tuple[str, int]]]:
-    """Per output file (one per worker process): the (partition, offset) of each record."""
-    found = {}
-    for path in sorted(folder.glob("out-*.jsonl")):
-        lines = path.read_bytes().splitlines()
-        found[path.name] = [(r["p"], r["o"]) for r in map(orjson.loads, lines)]
-    return found
 
 
 def start(command: list[str], folder: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -50,10 +43,19 @@ def tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:]
 
 
-async def test_two_workers_share_the_partitions_and_read_each_record_once(
-    kafka: KafkaHelper, tmp_path: Path
-) -> None:
-    """Both workers read, together every partition, and every message lands exactly once."""
+async def run_two_workers(
+    kafka: KafkaHelper,
+    tmp_path: Path,
+    factory: str,
+    message: Callable[[int], Message],
+    done: Callable[[int], bool],
+) -> tuple[str, int]:
+    """``riprap run --workers 2 _workers_pipeline.py:factory`` until ``done(produced)``.
+
+    Messages are produced in rounds until both workers have written (both are
+    then members), then the run is stopped with SIGTERM and must exit 0.
+    Returns the topic and how many messages were produced.
+    """
     topic = await kafka.create_topic(partitions=4)
     env = {
         **os.environ,
@@ -61,23 +63,19 @@ async def test_two_workers_share_the_partitions_and_read_each_record_once(
         "RIPRAP_TEST_TOPIC": topic,
         "RIPRAP_TEST_GROUP": f"g-{uuid.uuid4().hex[:8]}",
     }
-    command = [sys.executable, "-m", "riprap.cli", "run", "-q", str(PIPELINE), "--workers", "2"]
+    command = [sys.executable, "-m", "riprap.cli", "run", "-q", f"{PIPELINE}:{factory}"]
     err = tmp_path / "run.err"
     produced = 0
-    proc = start(command, tmp_path, env)
+    proc = start([*command, "--workers", "2"], tmp_path, env)
     try:
         deadline = time.monotonic() + DEADLINE
-        # Produce in rounds until both workers have read (both are then members).
-        while len([v for v in origins(tmp_path).values() if v]) < 2:
+        while len([lines for lines in outputs(tmp_path).values() if lines]) < 2:
             assert proc.poll() is None, tail(err)
-            assert time.monotonic() < deadline, f"one worker never read:\n{tail(err)}"
-            messages: list[Message] = [
-                (str(produced + n).encode(), b"{}", []) for n in range(ROUND)
-            ]
-            await kafka.produce(topic, messages)
+            assert time.monotonic() < deadline, f"one worker never wrote:\n{tail(err)}"
+            await kafka.produce(topic, [message(produced + n) for n in range(ROUND)])
             produced += ROUND
             await anyio.sleep(0.3)
-        while sum(map(len, origins(tmp_path).values())) < produced:
+        while not done(produced):
             assert proc.poll() is None, tail(err)
             assert time.monotonic() < deadline, f"records missing:\n{tail(err)}"
             await anyio.sleep(0.05)
@@ -88,9 +86,22 @@ async def test_two_workers_share_the_partitions_and_read_each_record_once(
             proc.kill()
             await anyio.to_thread.run_sync(proc.wait, DEADLINE)
     assert 0 == returncode, tail(err)
+    return topic, produced
 
-    read = [origin for per_worker in origins(tmp_path).values() for origin in per_worker]
-    assert 2 == len(origins(tmp_path))
+
+async def test_two_workers_share_the_partitions_and_read_each_record_once(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """Both workers read, together every partition, and every message lands exactly once."""
+
+    def all_read(produced: int) -> bool:
+        return sum(map(len, outputs(tmp_path).values())) >= produced
+
+    topic, produced = await run_two_workers(
+        kafka, tmp_path, "pipeline", lambda i: (str(i).encode(), b"{}", []), all_read
+    )
+    read = [(line["p"], line["o"]) for lines in outputs(tmp_path).values() for line in lines]
+    assert 2 == len(outputs(tmp_path))
     assert produced == len(read)
     assert len(read) == len(set(read)), "a record was read twice"
     assert {f"{topic}:{p}" for p in range(4)} == {partition for partition, _ in read}
@@ -101,44 +112,18 @@ async def test_two_workers_keep_keyed_state_in_a_changelog(
     kafka: KafkaHelper, tmp_path: Path
 ) -> None:
     """Keyed counts under ``--workers 2`` with a changelog: every key counts 1..n, once each."""
-    topic = await kafka.create_topic(partitions=4)
-    env = {
-        **os.environ,
-        "RIPRAP_TEST_BOOTSTRAP": kafka.bootstrap,
-        "RIPRAP_TEST_TOPIC": topic,
-        "RIPRAP_TEST_GROUP": f"g-{uuid.uuid4().hex[:8]}",
-    }
-    command = [
-        *[sys.executable, "-m", "riprap.cli", "run", "-q", f"{PIPELINE}:counts"],
-        *["--workers", "2"],
-    ]
-    err = tmp_path / "run.err"
-    produced = 0
-    proc = start(command, tmp_path, env)
-    try:
-        deadline = time.monotonic() + DEADLINE
-        # Produce in rounds until both workers have counted (the second joined and restored).
-        while len([lines for lines in outputs(tmp_path).values() if lines]) < 2:
-            assert proc.poll() is None, tail(err)
-            assert time.monotonic() < deadline, f"one worker never counted:\n{tail(err)}"
-            messages: list[Message] = [
-                (f"k{(produced + n) % 7}".encode(), str(produced + n).encode(), [])
-                for n in range(ROUND)
-            ]
-            await kafka.produce(topic, messages)
-            produced += ROUND
-            await anyio.sleep(0.3)
-        while len({line["i"] for lines in outputs(tmp_path).values() for line in lines}) < produced:
-            assert proc.poll() is None, tail(err)
-            assert time.monotonic() < deadline, f"records missing:\n{tail(err)}"
-            await anyio.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        returncode = await anyio.to_thread.run_sync(proc.wait, DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            await anyio.to_thread.run_sync(proc.wait, DEADLINE)
-    assert 0 == returncode, tail(err)
+
+    def all_counted(produced: int) -> bool:
+        ids = {line["i"] for lines in outputs(tmp_path).values() for line in lines}
+        return len(ids) >= produced
+
+    _, produced = await run_two_workers(
+        kafka,
+        tmp_path,
+        "counts",
+        lambda i: (f"k{i % 7}".encode(), str(i).encode(), []),
+        all_counted,
+    )
     lines = [line for per_worker in outputs(tmp_path).values() for line in per_worker]
     counted: dict[str, set[int]] = {}
     for line in lines:
