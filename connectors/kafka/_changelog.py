@@ -410,8 +410,9 @@ class KafkaChangelog:
 
 
 def _parse(partition: str) -> tuple[str, int]:
+    """The source topic and partition number of ``partition`` (``member/topic:3`` in a merge)."""
     try:
-        return parse_partition(partition)
+        return parse_partition(partition.rpartition("/")[2])  # no "/" in a topic name
     except ValueError as exc:
         raise ConfigError(
             "changelog", f"{exc}: a KafkaChangelog keeps the state of Kafka partitions"

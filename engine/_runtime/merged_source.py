@@ -60,8 +60,15 @@ class MemberSource:
             drained = await drain([prefix + p for p in partitions], within)
             return _own(prefix, drained)
 
+        assigned = context.assigned
+
+        async def assigned_own(starts: Mapping[str, int | None]) -> Mapping[str, int]:
+            floors = await assigned({prefix + p: start for p, start in starts.items()})
+            return _own(prefix, floors)
+
         positions = _own(prefix, context.positions)
-        await self.source.open(replace(context, positions=positions, drain=drain_own))
+        own = replace(context, positions=positions, drain=drain_own, assigned=assigned_own)
+        await self.source.open(own)
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The member's next batch, its partition renamed ``name/partition``."""

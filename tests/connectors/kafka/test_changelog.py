@@ -245,3 +245,47 @@ async def test_a_local_sqlite_copy_is_brought_up_to_date_or_rebuilt(
     shutil.copytree(tmp_path / "old", state)  # a copy two runs old
     fourth, changelog = await run_more(30)
     assert {b"k0": 40, b"k1": 40, b"k2": 40} == dict(fourth)
+
+
+@pytest.mark.anyio
+async def test_merged_kafka_sources_keep_their_keyed_state_in_one_changelog(
+    kafka: KafkaHelper,
+) -> None:
+    """Two topics merged: each member's partitions are restored under their merged names."""
+    from riprap.checkpoints import MemoryCheckpoints
+
+    first, second = await kafka.create_topic(2), await kafka.create_topic(2)
+    checkpoints = MemoryCheckpoints()  # kept across the two runs, as a file would be
+
+    def build_merged(sink: MemorySink) -> riprap.Pipeline:
+        def member(topic: str) -> KafkaSource:
+            return KafkaSource(
+                topic,
+                bootstrap_servers=kafka.bootstrap,
+                group_id=f"g-{topic}",
+                consumer_options=FAST_GROUP,
+            )
+
+        return (
+            riprap.Pipeline(
+                "merged-counts",
+                checkpoint=checkpoints,
+                checkpoint_interval=0.1,
+                changelog=KafkaChangelog(kafka.bootstrap, topic=f"{first}-changelog"),
+            )
+            .sources(a=member(first), b=member(second))
+            .map("count", count, state=True)
+            .sink(sink)
+        )
+
+    await kafka.produce(first, messages(2, 0, 20))
+    await kafka.produce(second, messages(2, 0, 20))
+    before = MemorySink()
+    await run_until(build_merged(before), before, 40)
+    await kafka.produce(first, messages(2, 20, 24))
+    await kafka.produce(second, messages(2, 20, 24))
+    after = MemorySink()
+    await run_until(build_merged(after), after, 8)
+    # Each key's count goes on from the first run's (10), in each member's partition.
+    expected = sorted([(key, seen) for key in (b"k0", b"k1") for seen in (11, 12)] * 2)
+    assert expected == sorted(after.values)
