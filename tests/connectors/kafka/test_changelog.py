@@ -289,3 +289,26 @@ async def test_merged_kafka_sources_keep_their_keyed_state_in_one_changelog(
     # Each key's count goes on from the first run's (10), in each member's partition.
     expected = sorted([(key, seen) for key in (b"k0", b"k1") for seen in (11, 12)] * 2)
     assert expected == sorted(after.values)
+
+
+@pytest.mark.anyio
+async def test_a_changelog_under_a_source_that_does_not_announce_partitions_is_refused(
+    kafka: KafkaHelper,
+) -> None:
+    """State could not be restored before the records: the run stops, saying why."""
+    from riprap.checkpoints import MemoryCheckpoints
+    from riprap.connectors.memory import IterableSource
+
+    pipeline = (
+        riprap.Pipeline(
+            "counts",
+            checkpoint=MemoryCheckpoints(),
+            changelog=KafkaChangelog(kafka.bootstrap, topic=f"t-{uuid.uuid4().hex[:8]}"),
+        )
+        .source(IterableSource("numbers", [1, 2], keys=["a", "b"]))
+        .map("count", count, state=True)
+        .sink(MemorySink())
+    )
+    with pytest.raises(riprap.ConfigError, match="announces the partitions it is given"):
+        with anyio.fail_after(DEADLINE):
+            await pipeline.run()
