@@ -2,19 +2,19 @@
 
 Keyed state lives with its source partition, so a count per customer needs
 every order of a customer in one partition. The topic ``orders`` is keyed by
-order id, so this example re-keys it first::
+order id, so this pipeline re-keys it on the way, with ``.through()``::
 
-    "orders" (by order) -> rekey -> "orders-by-customer" (by customer)
-    "orders-by-customer" -> once per order -> count -> "customer-counts"
+    "orders" (by order) -> decode -> "orders-by-customer" (by customer)
+        -> parse -> once per order -> count -> "customer-counts"
 
-The first pipeline writes each order under its customer, and Kafka's key
-partitioner puts a customer's orders in one partition. The second keeps, in
-a changelog, which orders it has counted (a re-keying pipeline restarted
-after a crash writes the orders since its last checkpoint again: they are
-dropped here, per customer partition, for a day) and each customer's count,
-and writes ``{"customer": ..., "orders": n}`` under the customer. Both keep
-their positions in their groups' offsets; they run in this process here, and
-each scales out on its own (``riprap run --workers N``, more machines).
+The first half writes each order under its customer, and Kafka's key
+partitioner puts a customer's orders in one partition; the second half reads
+that topic in a group of its own, keeps in a changelog which orders it has
+counted (the first half, restarted after a crash, writes the orders since its
+last checkpoint again: they are dropped here, per customer partition, for a
+day) and each customer's count, and writes ``{"customer": ..., "orders": n}``
+under the customer. One run runs both halves, each checkpointed in its own
+group's offsets.
 
 It needs a Kafka-protocol broker; the bootstrap address comes from
 ``RIPRAP_KAFKA_BOOTSTRAP`` (default ``127.0.0.1:9092``)::
@@ -72,23 +72,6 @@ def source(topic: str, group: str) -> KafkaSource:
     )
 
 
-def rekey() -> riprap.Pipeline:
-    """Orders keyed by order id -> the same orders keyed by customer."""
-    orders = source("orders", "rekey")
-    return (
-        riprap.Pipeline(name("rekey"), checkpoint=KafkaCheckpoints(orders), checkpoint_interval=1.0)
-        .source(orders)
-        .map("decode", json_value)
-        .sink(
-            KafkaSink(
-                name("orders-by-customer"),
-                bootstrap_servers=BOOTSTRAP,
-                key=lambda order: order["customer"],
-            )
-        )
-    )
-
-
 def first_time(order: dict[str, Any], state: State) -> bool:
     """Whether this order (the state's key is its id) is new: a re-keying replay is not."""
     if state.get(False):
@@ -105,17 +88,29 @@ def count(order: dict[str, Any], state: State) -> dict[str, Any]:
 
 
 def counts() -> riprap.Pipeline:
-    """Orders keyed by customer -> each counted once -> the customer's running count."""
+    """Orders keyed by order id -> by customer -> each counted once -> the customer's count."""
+    orders = source("orders", "rekey")
     by_customer = source("orders-by-customer", "counts")
     return (
         riprap.Pipeline(
             name("customer-counts"),
-            checkpoint=KafkaCheckpoints(by_customer),
+            checkpoint=KafkaCheckpoints(orders),
             checkpoint_interval=1.0,
             changelog=KafkaChangelog(BOOTSTRAP, topic=name("customer-counts-changelog")),
         )
-        .source(by_customer)
+        .source(orders)
         .map("decode", json_value)
+        .through(
+            "by_customer",
+            KafkaSink(
+                name("orders-by-customer"),
+                bootstrap_servers=BOOTSTRAP,
+                key=lambda order: order["customer"],
+            ),
+            by_customer,
+            checkpoint=KafkaCheckpoints(by_customer),
+        )
+        .map("parse", json_value)
         .filter("once", first_time, state=True, key=lambda order: order["id"])
         .map("count", count, state=True)
         .sink(
@@ -128,19 +123,16 @@ def counts() -> riprap.Pipeline:
     )
 
 
-async def run_both(done: Any, within: float) -> tuple[riprap.RunReport, riprap.RunReport]:
-    """Run both pipelines until ``await done()`` is true (or ``within`` seconds); their reports."""
+async def run_until(done: Any, within: float) -> riprap.RunReport:
+    """Run the pipeline until ``await done()`` is true (or ``within`` seconds); its report."""
     deadline = time.monotonic() + within
-    async with rekey().open() as first, counts().open() as second:
+    async with counts().open() as running:
         while time.monotonic() < deadline and not await done():
-            for running in (first, second):
-                if running.error is not None:
-                    raise running.error
+            if running.error is not None:
+                raise running.error
             await asyncio.sleep(0.1)
-        first.stop()
-        second.stop()
-        reports = await first.wait(), await second.wait()
-    return reports
+        running.stop()
+    return await running.wait()
 
 
 async def create_topics() -> None:
@@ -175,7 +167,7 @@ async def produce_orders(count: int, seed: int = 7) -> dict[str, int]:
 
 
 async def counted_until_done(total: int, within: float) -> dict[str, int]:
-    """Run both pipelines until ``total`` orders are counted (or ``within`` s); the counts."""
+    """Run the pipeline until ``total`` orders are counted (or ``within`` s); the counts."""
     counted: dict[str, int] = {}
 
     async def every_order_counted() -> bool:
@@ -198,8 +190,7 @@ async def counted_until_done(total: int, within: float) -> dict[str, int]:
 
     watcher = asyncio.create_task(watch())
     try:
-        for report in await run_both(every_order_counted, within):
-            print(report.format())
+        print((await run_until(every_order_counted, within)).format())
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -596,6 +596,8 @@ class KafkaSource:
 
     async def _assigned(self, assigned: Iterable[Any]) -> None:
         """Position new partitions: paused at once, resumed once their start is known."""
+        if self._consumer is None:
+            return  # closed while the group was assigning: nothing to read them with
         self._assignments += 1
         for tp in assigned:
             self._consumer.pause(tp)
@@ -635,8 +637,8 @@ class KafkaSource:
             if assignments != self._assignments:
                 return  # a rebalance meanwhile: its own positioning looks the offsets up again
             floors = await self._restore_state(tps, group)
-            if assignments != self._assignments:
-                return
+            if assignments != self._assignments or self._consumer is None:
+                return  # another rebalance, or closed meanwhile
             for tp in tps:
                 if tp not in pending or tp not in consumer.assignment():
                     continue  # revoked meanwhile

@@ -37,7 +37,7 @@ from riprap._core.steps import (
     step_policies,
 )
 from riprap._core.topology import Branch, branch_plans, route_step, side_output_plans
-from riprap._runtime.keyed_map import keyed_step
+from riprap._runtime.keyed_map import KeyedMapStage, keyed_step
 from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.runtime import open_pipeline
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from riprap._runtime.runtime import RunningPipeline
+    from riprap.checkpoints import CheckpointBackend
     from riprap.observability._report import RunReport
     from riprap.policies import Bulkhead, CircuitBreaker, Policies, Retry
 
@@ -84,6 +85,7 @@ class Pipeline:
     branches: tuple[tuple[str, Branch], ...]
     route_: RouteStep | None
     side_outputs: tuple[tuple[str, Branch], ...]
+    upstream: Pipeline | None
 
     def __init__(self, name: str, **options: Any) -> None:
         for key in options:
@@ -103,6 +105,7 @@ class Pipeline:
         object.__setattr__(self, "branches", ())
         object.__setattr__(self, "route_", None)
         object.__setattr__(self, "side_outputs", ())
+        object.__setattr__(self, "upstream", None)
 
     def _with(self, **changes: Any) -> Pipeline:
         new = object.__new__(Pipeline)
@@ -184,6 +187,67 @@ class Pipeline:
         self._refuse_after_branches(".sink()")
         policies = step_policies("sink", retry, timeout, attempt_timeout, breaker, "wait", bulkhead)
         return self._with(sink_=sink, sink_policies=policies)
+
+    def through(
+        self,
+        step_id: str,
+        sink: Sink,
+        source: Source,
+        *,
+        checkpoint: CheckpointBackend | None = None,
+    ) -> Pipeline:
+        """Write every record so far to ``sink``, and go on from ``source``, which reads it back.
+
+        The way to re-key a stream: write to a Kafka topic keyed by something
+        else, and read that topic in a consumer group of its own, so that keyed
+        state after this point sees each new key in one partition::
+
+            pipeline.through(
+                "by_customer",
+                KafkaSink("orders-by-customer", bootstrap_servers=..., key=lambda o: o["customer"]),
+                KafkaSource("orders-by-customer", bootstrap_servers=..., group_id="counts"),
+                checkpoint=KafkaCheckpoints(by_customer),
+            )
+
+        One run runs both halves: the steps so far (checkpointed under the name
+        ``<pipeline>.<step_id>``, with the pipeline's options but no changelog)
+        and the steps after (under the pipeline's name, checkpointed to
+        ``checkpoint``, by default SQLite at ``checkpoint_path``). They start,
+        stop and fail together; each is at-least-once on its own, so a record
+        written again by the first half after a crash reaches the second half
+        twice (drop it there with a keyed filter on its id).
+
+        Raises:
+            ConfigError: No source yet, the pipeline already ends (a sink, a
+                fan-out or a route), or a keyed-state step before this point
+                while the pipeline keeps keyed state in a changelog.
+        """
+        self._check_step_id(step_id)
+        implements("through.sink", sink, Sink, "name, idempotent, open, write, flush, aclose")
+        implements("through.source", source, Source, "name, open, read, aclose")
+        if self.source_ is None:
+            raise ConfigError("through", f"pipeline {self.name!r} has no source before .through()")
+        if self.sink_ is not None or self.branches:
+            raise ConfigError("through", f"pipeline {self.name!r} already ends before .through()")
+        if self.options.changelog is not None and any(
+            isinstance(step, StageStep) and isinstance(step.stage, KeyedMapStage)
+            for step in self.steps
+        ):
+            raise ConfigError(
+                "through",
+                "keyed-state steps before .through() would keep their state without the "
+                "pipeline's changelog: put them after it",
+            )
+        first = self._with(options=replace(self.options, changelog=None))
+        first = first.renamed(f"{self.name}.{step_id}").sink(sink)
+        first.plan()  # checked now, like a branch
+        return self._with(
+            options=replace(self.options, checkpoint=checkpoint),
+            steps=(),
+            source_=source,
+            side_outputs=(),
+            upstream=first,
+        )
 
     def fan_out(self, **branches: Branch) -> Pipeline:
         """End the pipeline in several branches; every record goes to every branch.
@@ -431,6 +495,7 @@ class Pipeline:
             branches=branches,
             route=self.route_,
             side_outputs=sides,
+            upstream=None if self.upstream is None else self.upstream.plan(),
         )
 
     def describe(self, form: DescribeFormat = "text") -> str:
@@ -438,9 +503,11 @@ class Pipeline:
 
         Shows the source, every step, the fan-out or route and each branch's
         steps and sink, by kind and name only (no values, no options that could
-        hold secrets). Parts not yet given are shown as missing.
+        hold secrets). Parts not yet given are shown as missing. A pipeline in
+        two halves (:meth:`through`) shows the first half first, in text.
         """
-        return describe(
+        first = "" if self.upstream is None or form != "text" else self.upstream.describe()
+        return (first and first + "\n") + describe(
             self.name,
             self.source_,
             self.steps,

@@ -195,6 +195,8 @@ class Plan:
     branches: tuple[BranchPlan, ...] = ()
     route: RouteStep | None = None
     side_outputs: tuple[BranchPlan, ...] = ()
+    upstream: Plan | None = None
+    """The pipeline before a ``through()``: it runs with this one, writing what this one reads."""
 
     def outputs(self) -> tuple[tuple[Sink, Policies | None], ...]:
         """Every sink with its policies: the one sink or each branch's, then each side output's."""

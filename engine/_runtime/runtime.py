@@ -264,6 +264,9 @@ class Runtime:
         self.clock = self.options.clock
         self.owns_backend = self.options.checkpoint is None
         self.backend = self.options.checkpoint or _default_backend(self.options.checkpoint_path)
+        self.upstreams = () if pipeline.upstream is None else (Runtime(pipeline.upstream),)
+        """The pipeline before a through(): it runs, stops and fails with this one."""
+        self._upstreams_started: list[Runtime] = []
         changelog = self.options.changelog
         # Workers of one pipeline share its changelog: a partition's state follows it among them.
         shared = pipeline_name(pipeline.name)
@@ -409,6 +412,8 @@ class Runtime:
         """
         if self.finished.is_set():
             return
+        for upstream in self.upstreams:
+            upstream.abort()
         self.stop()
         if self.outcome != "failed":
             self.outcome = "aborted"
@@ -550,6 +555,9 @@ class Runtime:
                 scope.cancel()
             try:
                 await self._open()
+                for upstream in self.upstreams:  # the pipeline before a through(), if any
+                    self._upstreams_started.append(upstream)
+                    await upstream.start()
                 self._opened = True
             finally:
                 self._start_scope = None
@@ -648,8 +656,15 @@ class Runtime:
                         outer.start_soon(self.alerts.run_periodic)
                     if self.loop_monitor is not None:
                         outer.start_soon(self.loop_monitor.run)
+                    ended = [anyio.Event() for _ in self._upstreams_started]
+                    for upstream, done in zip(self._upstreams_started, ended, strict=True):
+                        outer.start_soon(_run_upstream, upstream, done)
                     try:
                         await self._process()
+                        for upstream in self._upstreams_started:
+                            upstream.stop()  # it drains and checkpoints, then ends
+                        for done in ended:
+                            await done.wait()
                     finally:
                         outer.cancel_scope.cancel()
         except BaseException as exc:
@@ -670,6 +685,8 @@ class Runtime:
         """Close the source, the sink, step functions that hold resources, and the backend."""
         with anyio.CancelScope(shield=True):
             try:
+                for upstream in reversed(self._upstreams_started):
+                    await upstream.aclose()
                 await self._close_step_functions()
                 await self.source.aclose()
             finally:
@@ -1212,6 +1229,14 @@ def _errors_between(batch: SourceBatch, i: int, j: int) -> dict[int, DataError] 
     if not batch.errors:
         return None
     return {k - i: error for k, error in batch.errors.items() if i <= k < j} or None
+
+
+async def _run_upstream(upstream: Runtime, done: anyio.Event) -> None:
+    """Run the pipeline before a through(); its failure fails the run (the task group's)."""
+    try:
+        await upstream.run()
+    finally:
+        done.set()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

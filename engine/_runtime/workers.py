@@ -109,6 +109,12 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
     plan = pipeline.plan()
     if count == 1:
         return cast("SplittableSource", plan.source)
+    if plan.upstream is not None:
+        raise ConfigError(
+            "workers",
+            f"pipeline {pipeline.name!r} runs in two halves (.through()), which workers do "
+            "not split yet: run it with one worker, or each half as a pipeline of its own",
+        )
     keyed = []
     for step in plan.all_steps():
         if isinstance(step, StageStep) and isinstance(step.stage, KeyedMapStage):

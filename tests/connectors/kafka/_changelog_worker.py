@@ -85,5 +85,19 @@ def no_changelog() -> riprap.Pipeline:
     )
 
 
+def two_halves() -> riprap.Pipeline:
+    """The count after a re-keying through a topic (refused under several workers)."""
+    by_user = KafkaSource("by-user", bootstrap_servers="127.0.0.1:9", group_id="counts")
+    return (
+        riprap.Pipeline("window-counts")
+        .source(KafkaSource("orders", bootstrap_servers="127.0.0.1:9", group_id="rekey"))
+        .map("decode", json_value)
+        .through("by_user", KafkaSink("by-user", bootstrap_servers="127.0.0.1:9"), by_user)
+        .map("decode_again", json_value)
+        .map("window_count", window_count, state=True)
+        .sink(KafkaSink("out", bootstrap_servers="127.0.0.1:9"))
+    )
+
+
 if __name__ == "__main__":
     main(*sys.argv[1:7])
