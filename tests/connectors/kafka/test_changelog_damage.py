@@ -95,3 +95,19 @@ async def test_a_partition_that_is_not_kafkas_is_a_config_error(kafka: KafkaHelp
             await changelog.restore("orders.jsonl")
     finally:
         await changelog.aclose()
+
+
+async def test_a_large_state_value_is_logged_and_restored(kafka: KafkaHelper) -> None:
+    """A value of 200 KB (past a producer batch's 16 KiB) is logged in a batch of its own, whole."""
+    source = await kafka.create_topic(1)
+    partition = f"{source}:0"
+    large = orjson.dumps(["x" * 200_000]).decode()
+    changelog = await opened(kafka, f"{source}-changelog")
+    try:
+        await changelog.restore(partition)
+        await changelog.write(partition, {"count": {"s:a": (large, None)}}, 3)
+        await changelog.flush()
+        restored = await changelog.restore(partition)
+    finally:
+        await changelog.aclose()
+    assert (3, {"count": {"s:a": (large, None)}}) == (restored.position, restored.values)
