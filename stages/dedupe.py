@@ -22,6 +22,12 @@ Keys are compared, and saved, as strings: ``str(key)``. ``1`` and ``"1"`` are
 therefore the same key; use a key function that returns a string when that
 matters.
 
+With ``store=`` (a :class:`~riprap.state.MemoryStore` or
+:class:`~riprap.state.SqliteStore`) the keys are keyed state instead: kept
+per source partition, cut with the positions like every keyed state, on disk
+with the SQLite store, and in the pipeline's changelog when it has one, so a
+dedupe scales out with its partitions (consumer-group members, ``--workers``).
+
 .. versionadded:: 0.1
 """
 
@@ -35,12 +41,14 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 from riprap import Batch, ConfigError, DataError
 from riprap.lowlevel import Ack, DropsOrigin
+from riprap.state import KeyedState
 
 from ._timed_keys import TimedKeys
 
 if TYPE_CHECKING:
     from riprap import StageContext
     from riprap.lowlevel import Emit
+    from riprap.state import StateStore
 
     from ._timed_keys import FrozenKeys
 
@@ -63,17 +71,19 @@ class DedupeStatistics:
         records_in: Records seen.
         passed: Records let through.
         duplicates: Records dropped as duplicates.
-        keys: Keys remembered now.
-        pending: Keys let through whose records are not done yet (not saved).
-        evicted: Keys forgotten because they expired or the bound was reached.
+        keys: Keys remembered now (``None`` with a store: it holds them per partition).
+        pending: Keys let through whose records are not done yet (not saved;
+            ``None`` with a store).
+        evicted: Keys forgotten because they expired or the bound was reached
+            (``None`` with a store: they expire there).
     """
 
     records_in: int
     passed: int
     duplicates: int
-    keys: int
-    pending: int
-    evicted: int
+    keys: int | None
+    pending: int | None
+    evicted: int | None
 
 
 @final
@@ -178,6 +188,12 @@ class Dedupe:
             is not used, so one far-future timestamp cannot expire every key
             at once. ``None`` (the default) accepts any time; the first record
             of a stage without state is never refused.
+        store: Keep the keys as keyed state in this store, per source
+            partition (see the module's docs): a repeat is found within its
+            partition, so give the records of one key the same partition (a
+            Kafka key). Needs ``ttl`` and the clock; ``max_keys`` is not
+            available (a bound per partition would forget keys by an order
+            the store does not keep).
 
     Raises:
         ConfigError: An invalid option.
@@ -196,6 +212,7 @@ class Dedupe:
         "_records_in",
         "_seen",
         "_watermark",
+        "keyed_state",
         "max_keys",
         "max_skew",
         "step_id",
@@ -212,6 +229,7 @@ class Dedupe:
         max_keys: int | None = None,
         time: TimeSource = "clock",
         max_skew: float | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.step_id = step_id
         self.max_skew = _seconds("Dedupe.max_skew", max_skew)
@@ -229,6 +247,8 @@ class Dedupe:
             )
         self.max_keys = max_keys
         self.time = time
+        self.keyed_state = None if store is None else self._keyed(store)
+        """The keys as keyed state, when a store keeps them (``store=``)."""
         self._context: StageContext | None = None
         self._seen = TimedKeys()
         self._pending: dict[str, int] = {}
@@ -241,6 +261,27 @@ class Dedupe:
         self._duplicates = 0
         self._evicted = 0
 
+    def _keyed(self, store: StateStore) -> KeyedState:
+        """The keyed state ``store=`` asks for, once its options are checked."""
+        if not isinstance(getattr(store, "kind", None), str):
+            raise ConfigError(
+                "Dedupe.store", f"must be MemoryStore() or SqliteStore(directory), got {store!r}"
+            )
+        if self.max_keys is not None:
+            raise ConfigError(
+                "Dedupe.max_keys",
+                "is not available with store=: the store keeps keys per partition, bounded by ttl",
+            )
+        if self.ttl is None:
+            raise ConfigError("Dedupe.ttl", "is required with store=, so the state stays bounded")
+        if self.time != "clock":
+            raise ConfigError(
+                "Dedupe.time",
+                f"must be 'clock' with store= (keyed state expires on the pipeline clock), "
+                f"got {self.time!r}",
+            )
+        return KeyedState(store)
+
     async def open(self, context: StageContext) -> None:
         """Keep the context (its clock and dead-letter hook) and start a new run.
 
@@ -248,6 +289,9 @@ class Dedupe:
         became done are forgotten, so their replays go through again.
         """
         self._context = context
+        if self.keyed_state is not None:
+            self.keyed_state.open(context, self.step_id)
+            return
         for key in self._pending:
             self._seen.discard(key)
         self._pending = {}
@@ -258,6 +302,9 @@ class Dedupe:
         context = self._context
         if context is None:
             raise RuntimeError(f"stage {self.step_id!r} was not opened")
+        if self.keyed_state is not None:
+            await self._process_keyed(self.keyed_state, batch, emit, context)
+            return
         times = self._times(batch, context)
         kept: list[Any] = []
         drops: list[int] = []
@@ -295,15 +342,50 @@ class Dedupe:
             return
         await emit(self._output(batch, kept, drops, keys))
 
+    async def _process_keyed(
+        self, keyed: KeyedState, batch: Batch, emit: Emit, context: StageContext
+    ) -> None:
+        """:meth:`process` with a store: each key's state says whether it was let through."""
+        kept: list[Any] = []
+        drops: list[int] = []
+        ttl = self.ttl
+        duplicates = 0
+        for index, value in enumerate(batch.items):
+            try:
+                state = keyed.state(batch, index, str(self._key(value)))
+            except DataError as error:
+                drops.append(len(kept))
+                context.dead_letter(batch, index, error, None)
+                continue
+            if state.get(False):
+                drops.append(len(kept))
+                duplicates += 1
+                continue
+            state.set(True, ttl=ttl)
+            kept.append(value)
+        self._records_in += len(batch.items)
+        self._duplicates += duplicates
+        context.dropped(duplicates)
+        if not kept:
+            batch.ack.release()
+            return
+        # The keys' changes are cut with the positions: no ack of its own is needed.
+        await emit(
+            Batch(kept, batch.ack, DropsOrigin(batch.origin, drops) if drops else batch.origin)
+        )
+
     async def finish(self, emit: Emit) -> None:
         """Nothing is held back."""
 
-    def snapshot(self) -> DedupeSnapshot:
+    def snapshot(self) -> Any:
         """The remembered keys whose records are done, as a frozen :class:`DedupeSnapshot`.
 
         O(1) in the number of keys (O(keys not done yet)): the same object while
         nothing changed, so an unchanged state is recognised without a comparison.
+        With a store, what its keyed state hands the checkpoint.
         """
+        if self.keyed_state is not None:
+            return self.keyed_state.snapshot()
         last = self._last
         if last is not None and last[0] == self._changes:
             return last[1]
@@ -318,6 +400,9 @@ class Dedupe:
         Raises:
             ValueError: ``state`` is not a dedupe snapshot of a known version.
         """
+        if self.keyed_state is not None:
+            self.keyed_state.restore(state)
+            return
         version = state.get("version") if isinstance(state, dict) else None
         if version not in (1, _STATE_VERSION):
             raise ValueError(f"stage {self.step_id!r}: not a dedupe snapshot: {state!r:.80}")
@@ -335,6 +420,15 @@ class Dedupe:
 
     def statistics(self) -> DedupeStatistics:
         """What the stage has seen, let through and dropped, and what it remembers."""
+        if self.keyed_state is not None:
+            return DedupeStatistics(
+                records_in=self._records_in,
+                passed=self._records_in - self._duplicates,
+                duplicates=self._duplicates,
+                keys=None,
+                pending=None,
+                evicted=None,
+            )
         return DedupeStatistics(
             records_in=self._records_in,
             passed=self._records_in - self._duplicates,

@@ -37,7 +37,8 @@ from riprap._core.steps import (
     step_policies,
 )
 from riprap._core.topology import Branch, branch_plans, route_step, side_output_plans
-from riprap._runtime.keyed_map import KeyedMapStage, keyed_step
+from riprap._runtime.keyed_map import keyed_step
+from riprap._runtime.keyed_state import keeps_keyed_state
 from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.runtime import open_pipeline
 
@@ -230,8 +231,7 @@ class Pipeline:
         if self.sink_ is not None or self.branches:
             raise ConfigError("through", f"pipeline {self.name!r} already ends before .through()")
         if self.options.changelog is not None and any(
-            isinstance(step, StageStep) and isinstance(step.stage, KeyedMapStage)
-            for step in self.steps
+            isinstance(step, StageStep) and keeps_keyed_state(step.stage) for step in self.steps
         ):
             raise ConfigError(
                 "through",

@@ -52,14 +52,14 @@ class KeyedMapStage:
         self.key = key
         """``key(value)``: the state's key, instead of the record's."""
         self.is_async = is_async(fn)
-        self.keyed = KeyedState(store)
+        self.keyed_state = KeyedState(store)
         self._context: StageContext | None = None
         self._checked = False
 
     async def open(self, context: StageContext) -> None:
         """Open the state store, reconciled with the restored checkpoint."""
         self._context = context
-        self.keyed.open(context, self.step_id)
+        self.keyed_state.open(context, self.step_id)
 
     async def process(self, batch: Batch, emit: Emit) -> None:
         """Call ``fn`` per record; a ``DataError`` dead-letters the record and drops its changes."""
@@ -76,9 +76,9 @@ class KeyedMapStage:
         for index, (value, where) in enumerate(zip(batch.items, batch.sources(), strict=True)):
             try:
                 if self.key is None:
-                    state = self.keyed._bind(where, deferred=True)
+                    state = self.keyed_state._bind(where, deferred=True)
                 else:
-                    state = self.keyed._bind(where, deferred=True, key=self.key(value))
+                    state = self.keyed_state._bind(where, deferred=True, key=self.key(value))
                 result = self.fn(value, state)
                 if self.is_async:
                     result = await result
@@ -118,10 +118,10 @@ class KeyedMapStage:
         """Nothing is held back: every result went out with its record."""
 
     def snapshot(self) -> Any:
-        return self.keyed.snapshot()
+        return self.keyed_state.snapshot()
 
     def restore(self, state: Any) -> None:
-        self.keyed.restore(state)
+        self.keyed_state.restore(state)
 
 
 def keyed_step(

@@ -58,6 +58,15 @@ _CUTS_KEPT = 64
 """Cuts remembered while waiting to learn that a checkpoint covering them was saved."""
 
 
+def keeps_keyed_state(stage: object) -> bool:
+    """Whether ``stage`` keeps all its state in a :class:`KeyedState` (its ``keyed_state``).
+
+    Such a stage's state is partitioned like the input, so it can live in a
+    changelog and follow its partitions among workers and group members.
+    """
+    return isinstance(getattr(stage, "keyed_state", None), KeyedState)
+
+
 @final
 class PartitionLog:
     """One partition's changes since the last cut, in offset order, and the newest per key.

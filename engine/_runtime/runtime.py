@@ -43,7 +43,7 @@ from riprap._runtime.changelog import ChangelogHub
 from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
 from riprap._runtime.fan_out import Branches, BranchRunner
 from riprap._runtime.fuse import refusing_awaitables
-from riprap._runtime.keyed_map import KeyedMapStage
+from riprap._runtime.keyed_state import keeps_keyed_state
 from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
 from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.offload import ThreadOffload
@@ -277,7 +277,7 @@ class Runtime:
             else (
                 s.step_id
                 for s in pipeline.all_steps()
-                if isinstance(s, StageStep) and isinstance(s.stage, KeyedMapStage)
+                if isinstance(s, StageStep) and keeps_keyed_state(s.stage)
             )
         )
         """Keyed-state steps whose state the changelog holds: not the checkpoint's to save."""

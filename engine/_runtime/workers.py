@@ -11,8 +11,9 @@ aborts); and adds the workers' reports up into one.
 
 A stage's state holds what its own worker saw, and no worker could take
 another's over when the input moves, so a stateful stage under more than one
-worker is refused. Keyed state (``.map(state=...)``) is the exception where
-it cannot move wrongly: it is kept per source partition, so it splits with
+worker is refused. Keyed state (``.map(state=...)``, and stages that keep
+theirs in a ``keyed_state`` attribute) is the exception where it cannot move
+wrongly: it is kept per source partition, so it splits with
 the input when each worker reads whole partitions that stay its own (files,
 S3 objects: ``whole_partitions``), or follows its partitions through a
 changelog when the group moves them (Kafka with ``changelog=``).
@@ -38,7 +39,7 @@ import orjson
 
 from riprap._core.errors import ConfigError
 from riprap._core.steps import StageStep
-from riprap._runtime.keyed_map import KeyedMapStage
+from riprap._runtime.keyed_state import keeps_keyed_state
 from riprap._runtime.run import SIGNALS, catch_signals
 from riprap._runtime.worker_names import worker_name
 from riprap.observability._report import RunReport
@@ -117,7 +118,7 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
         )
     keyed = []
     for step in plan.all_steps():
-        if isinstance(step, StageStep) and isinstance(step.stage, KeyedMapStage):
+        if isinstance(step, StageStep) and keeps_keyed_state(step.stage):
             keyed.append(step.step_id)
         elif isinstance(step, StageStep) and _stateful(step.stage):
             raise ConfigError(

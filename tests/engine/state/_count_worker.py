@@ -1,9 +1,10 @@
 """Subprocess for the kill -9 tests of keyed state: a keyed running count, slowly.
 
-Usage: ``python _count_worker.py STORE MICROSECONDS [dedupe]``, run in the
-test's directory; ``STORE`` is ``memory`` or ``sqlite``. With ``dedupe`` it
+Usage: ``python _count_worker.py STORE MICROSECONDS [dedupe|Dedupe]``, run in
+the test's directory; ``STORE`` is ``memory`` or ``sqlite``. With ``dedupe`` it
 keeps the first record of each id (ids ``number // 3``) through a keyed-state
-filter instead, so a lost state change shows as a row too many. The pipeline counts records
+filter instead, with ``Dedupe`` through the built-in stage on keyed state, so
+a lost state change shows as a row too many. The pipeline counts records
 per key and upserts each record's count into ``out.db`` by record number, so a
 record replayed after a crash rewrites its row: the table ends equal to a
 crash-free run's only if every count is right. ``MICROSECONDS`` of sleep per
@@ -20,6 +21,7 @@ import riprap
 from riprap.checkpoints import SqliteCheckpoints
 from riprap.connectors.memory import IterableSource
 from riprap.connectors.sqlite import SqliteSink
+from riprap.stages.dedupe import Dedupe
 from riprap.state import MemoryStore, SqliteStore, State
 
 PIPELINE = "running-count"
@@ -68,8 +70,8 @@ def build(store: str, work: float) -> riprap.Pipeline:
     )
 
 
-def first_of_each_id(store: str, work: float) -> riprap.Pipeline:
-    """A keyed dedupe: only the first record of each id goes on."""
+def first_of_each_id(store: str, work: float, *, stage: bool = False) -> riprap.Pipeline:
+    """A keyed dedupe: only the first record of each id goes on (``stage``: a ``Dedupe``)."""
 
     def first(number: int, state: State) -> bool:
         time.sleep(work)
@@ -78,26 +80,39 @@ def first_of_each_id(store: str, work: float) -> riprap.Pipeline:
         state.set(True)
         return True
 
+    def slow(number: int) -> int:
+        time.sleep(work)
+        return number
+
     kept = MemoryStore() if store == "memory" else SqliteStore("state")
-    return (
-        riprap.Pipeline(
-            PIPELINE,
-            checkpoint=SqliteCheckpoints("checkpoints.db"),
-            batch_size=20,
-            max_in_flight=100,
-            checkpoint_interval=0.05,
-        )
-        .source(IterableSource("numbers", list(range(RECORDS)), keys=lambda n: f"id-{n // 3}"))
-        .filter("first", first, state=kept)
-        .map("row", lambda number: {"number": number, "n": 1})
-        .sink(SqliteSink("out.db", table=TABLE, key="number", columns=("n",)))
+    pipeline = riprap.Pipeline(
+        PIPELINE,
+        checkpoint=SqliteCheckpoints("checkpoints.db"),
+        batch_size=20,
+        max_in_flight=100,
+        checkpoint_interval=0.05,
+    ).source(IterableSource("numbers", list(range(RECORDS)), keys=lambda n: f"id-{n // 3}"))
+    if stage:
+        dedupe = Dedupe("first", key=lambda number: number // 3, ttl=3600, store=kept)
+        pipeline = pipeline.map("work", slow).stage(dedupe)
+    else:
+        pipeline = pipeline.filter("first", first, state=kept)
+    return pipeline.map("row", lambda number: {"number": number, "n": 1}).sink(
+        SqliteSink("out.db", table=TABLE, key="number", columns=("n",))
     )
 
 
 def main(argv: list[str]) -> int:
     """Run to completion; exit 0 when the input is done."""
-    make = first_of_each_id if argv[2:] == ["dedupe"] else build
-    report = riprap.run(make(argv[0], int(argv[1]) / 1_000_000))
+    store, work = argv[0], int(argv[1]) / 1_000_000
+    mode = argv[2:]
+    if mode == ["dedupe"]:
+        pipeline = first_of_each_id(store, work)
+    elif mode == ["Dedupe"]:
+        pipeline = first_of_each_id(store, work, stage=True)
+    else:
+        pipeline = build(store, work)
+    report = riprap.run(pipeline)
     return 0 if report.outcome == "completed" else 1
 
 

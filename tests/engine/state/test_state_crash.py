@@ -60,12 +60,13 @@ def test_a_running_count_killed_five_times_ends_as_without_crash(
     assert expected() == found
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite"])
+@pytest.mark.parametrize(("store", "how"), [("memory", "dedupe"), ("sqlite", "Dedupe")])
 def test_a_keyed_dedupe_killed_five_times_keeps_the_first_of_each_id(
-    tmp_path: Path, store: str
+    tmp_path: Path, store: str, how: str
 ) -> None:
-    """A filter with keyed state, killed five times: exactly the first record of each id."""
-    args = [sys.executable, str(WORKER), store, WORK_MICROSECONDS, "dedupe"]
+    """A keyed dedupe (a filter with keyed state, or the ``Dedupe`` stage on a store), killed
+    five times: exactly the first record of each id."""
+    args = [sys.executable, str(WORKER), store, WORK_MICROSECONDS, how]
     rng = random.Random(f"kill-9-dedupe-{store}")
     marks = sorted(rng.sample(range(RECORDS // 30, RECORDS * 8 // 30), KILLS))
     kill_five_times_then_finish(tmp_path, args, marks)
