@@ -20,6 +20,7 @@ from riprap._core.protocols import Emit as Emit
 from riprap._core.public import fixup_module_metadata as fixup_module_metadata
 from riprap._core.records import DropsOrigin as DropsOrigin
 from riprap._core.records import Headers as Headers
+from riprap._core.records import IndexOrigin as IndexOrigin
 from riprap._core.records import Origin as Origin
 from riprap._core.records import SourceOrigin as SourceOrigin
 from riprap._runtime.acks import Ack as Ack
@@ -30,6 +31,7 @@ __all__ = (
     "DropsOrigin",
     "Emit",
     "Headers",
+    "IndexOrigin",
     "Origin",
     "SourceOrigin",
     "fixup_module_metadata",

@@ -54,6 +54,17 @@ End of input
 State (keys, accumulators, results) must be JSON data: it is saved in
 checkpoints. Keys that are tuples come back as tuples; other values come back
 as JSON gives them (lists for tuples).
+
+Keyed state (``store=``)
+    With a :class:`~riprap.state.MemoryStore` or
+    :class:`~riprap.state.SqliteStore` the windows are keyed state, kept per
+    source partition, and each partition has its own time and watermark
+    (the greatest event time absorbed from it): the state scales out with
+    its partitions (a changelog, ``--workers``). A result goes out with the
+    record that closed its window, so a replay closes it again; the state
+    keeps no pending results and no absorbed offsets. Give the records of a
+    key one partition (a Kafka key): a key read from two partitions has
+    windows in each.
 """
 
 from __future__ import annotations
@@ -69,11 +80,14 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, final
 import orjson
 
 from riprap import Batch, ConfigError, DataError, Record
-from riprap.lowlevel import Ack, DropsOrigin
+from riprap.lowlevel import Ack, DropsOrigin, IndexOrigin
+
+from ._keyed_window import KeyedWindows
 
 if TYPE_CHECKING:
     from riprap import SourceBatch, StageContext
     from riprap.lowlevel import Emit
+    from riprap.state import KeyedState, StateStore
 
 __all__ = (
     "Aggregate",
@@ -224,15 +238,16 @@ class WindowStatistics:
         late: Records behind the allowed lateness (dead-lettered or handed to ``on_late``).
         skipped: Replayed records already absorbed before a restart.
         out_of_range: Records whose event time was beyond ``max_skew``.
-        open_windows: Windows held in the state.
+        open_windows: Windows held in the state (``None`` with a store: it holds them).
         pending: Results emitted and not yet done downstream.
-        watermark: The current watermark (``None`` before the first record).
+        watermark: The current watermark (``None`` before the first record,
+            and with a store: each partition has its own).
     """
 
     absorbed: int
     late: int
     skipped: int
-    open_windows: int
+    open_windows: int | None
     pending: int
     watermark: float | None
     out_of_range: int = 0
@@ -350,6 +365,8 @@ class Window:
             ``timestamp_out_of_range``. ``None`` (the default) accepts any time.
         skew_from: ``"watermark"`` or ``"wall"`` (the pipeline clock's
             ``time()``): what ``max_skew`` is measured from.
+        store: Keep the windows as keyed state in this store, per source
+            partition, each with its own watermark (see the module's docs).
 
     Raises:
         ConfigError: An option is missing or impossible; session windows need
@@ -378,6 +395,7 @@ class Window:
         late_output: str = "late",
         max_skew: float | None = None,
         skew_from: Literal["watermark", "wall"] = "watermark",
+        store: StateStore | None = None,
     ) -> None:
         self.step_id = step_id
         self.window = window
@@ -399,6 +417,15 @@ class Window:
         self.max_skew = max_skew
         self.skew_from = skew_from
         self._context: StageContext | None = None
+        if store is not None and not isinstance(getattr(store, "kind", None), str):
+            raise ConfigError(
+                "Window.store", f"must be MemoryStore() or SqliteStore(directory), got {store!r}"
+            )
+        self._keyed = None if store is None else KeyedWindows(self, store)
+        self.keyed_state: KeyedState | None = (
+            None if self._keyed is None else self._keyed.keyed_state
+        )
+        """The windows as keyed state, when a store keeps them (``store=``)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -422,9 +449,14 @@ class Window:
         self._context = context
         if self.side_outputs:
             self._late_emit = context.side_output(self.side_outputs[0])
+        if self._keyed is not None:
+            self._keyed.open(context)
 
     async def process(self, batch: Batch, emit: Emit) -> None:
         """Absorb a batch, release its ack, then emit the results that became due."""
+        if self._keyed is not None:
+            await self._process_keyed(self._keyed, batch, emit)
+            return
         before = self._counts["absorbed"] + self._counts["skipped"]
         self._absorb(batch)
         if self._context is not None:  # the report and the DLQ guard see absorbed records
@@ -437,12 +469,40 @@ class Window:
             assert self._late_emit is not None
             await self._late_emit(late)
 
+    async def _process_keyed(self, keyed: KeyedWindows, batch: Batch, emit: Emit) -> None:
+        """:meth:`process` with a store: results go out with the records that closed them."""
+        before = self._counts["absorbed"]
+        out, indices = keyed.absorb(batch)
+        if self._context is not None:
+            self._context.absorbed(self._counts["absorbed"] - before)
+        late = self._late_batch(batch)  # retains the ack for the side output
+        if not out:
+            batch.ack.release()
+        else:
+            firsts = range(0, len(out), _EMIT_CHUNK)
+            batch.ack.retain(len(firsts) - 1)  # each output batch holds the input
+            for first in firsts:
+                last = first + _EMIT_CHUNK
+                origin = IndexOrigin(batch.origin, indices[first:last])
+                await emit(Batch(out[first:last], batch.ack, origin))
+        if late is not None:
+            assert self._late_emit is not None
+            await self._late_emit(late)
+
     async def finish(self, emit: Emit) -> None:
         """End of input: emit every changed window (see the module docstring)."""
+        if self._keyed is not None:
+            await self._keyed.finish(emit, _EMIT_CHUNK)
+            return
         await self._emit(self._collect_all(), emit)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The state as JSON data: a copy, so later updates cannot leak into a checkpoint."""
+    def snapshot(self) -> Any:
+        """The state as JSON data: a copy, so later updates cannot leak into a checkpoint.
+
+        With a store, what its keyed state hands the checkpoint.
+        """
+        if self.keyed_state is not None:
+            return self.keyed_state.snapshot()
         windows = [
             [w.key, w.start, w.end, w.acc, w.dirty]
             for w in itertools.chain(self._aligned.values(), *self._sessions.values())
@@ -462,6 +522,9 @@ class Window:
         Raises:
             ValueError: The snapshot has an unknown format version.
         """
+        if self.keyed_state is not None:
+            self.keyed_state.restore(state)
+            return
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"window step {self.step_id!r}: unknown state {state.get('version')!r}"
@@ -493,7 +556,9 @@ class Window:
             late=self._counts["late"],
             skipped=self._counts["skipped"],
             out_of_range=self._counts["out_of_range"],
-            open_windows=len(self._aligned) + sum(map(len, self._sessions.values())),
+            open_windows=None
+            if self._keyed is not None
+            else len(self._aligned) + sum(map(len, self._sessions.values())),
             pending=len(self._pending),
             watermark=self.watermark,
         )
@@ -515,14 +580,14 @@ class Window:
                     continue
             try:
                 t = self._event_time(value, place)
-                self._check_skew(t)
+                self._check_skew(t, self.watermark)
                 key = self._key_of(value, place)
                 folded = self._fold(key, t, value)
             except DataError as error:
                 self._dead_letter(batch, i, error, error.reason)
                 continue
             if not folded:
-                self._late(batch, i, t)
+                self._late(batch, i, t, self.watermark)
                 continue
             self._counts["absorbed"] += 1
             if self._max_time is None or t > self._max_time:
@@ -551,7 +616,7 @@ class Window:
             raise DataError(f"no usable event time: {t!r}", reason="no_event_time")
         return t
 
-    def _check_skew(self, t: float) -> None:
+    def _check_skew(self, t: float, watermark: float | None) -> None:
         """Refuse an event time too far ahead: it would move the watermark for good."""
         if self.max_skew is None:
             return
@@ -560,7 +625,7 @@ class Window:
                 raise RuntimeError(f"window step {self.step_id!r} was not opened")
             reference: float | None = self._context.clock.time()
         else:
-            reference = self.watermark
+            reference = watermark
         if reference is None or t <= reference + self.max_skew:
             return
         self._counts["out_of_range"] += 1
@@ -649,7 +714,7 @@ class Window:
         expiry = win.end + self.allowed_lateness
         heapq.heappush(self._expiry, (expiry, next(self._seq), win, win.end))
 
-    def _late(self, batch: Batch, index: int, t: float) -> None:
+    def _late(self, batch: Batch, index: int, t: float, watermark: float | None) -> None:
         self._counts["late"] += 1
         if self.on_late == "output":
             if self._late_emit is None:
@@ -657,7 +722,7 @@ class Window:
             self._late_now.append(index)
         elif self.on_late == "dlq":
             error = DataError(
-                f"event time {t!r} is too late: its windows closed at watermark {self.watermark!r}"
+                f"event time {t!r} is too late: its windows closed at watermark {watermark!r}"
                 f" (out_of_orderness {self.out_of_orderness!r}, allowed_lateness "
                 f"{self.allowed_lateness!r})",
                 reason="late",

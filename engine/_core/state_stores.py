@@ -22,6 +22,10 @@ class Backing(Protocol):
 
     def read(self, token: str) -> tuple[str, float | None] | None: ...
 
+    def tokens(self, now: float) -> list[str]:
+        """The tokens with a value not expired at ``now``."""
+        ...
+
     def apply(self, changes: Mapping[str, Entry], position: int, now: float) -> None: ...
 
 

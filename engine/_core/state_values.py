@@ -127,6 +127,16 @@ def key_token(step_id: str, key: object) -> str:
     )
 
 
+def token_key(token: str) -> str | bytes | int:
+    """The key ``token`` stands for (the inverse of :func:`key_token`)."""
+    kind, text = token[:2], token[2:]
+    if kind == "s:":
+        return text
+    if kind == "b:":
+        return base64.b64decode(text)
+    return int(text)
+
+
 def encode_value(step_id: str, key: object, value: Any) -> str:
     """``value`` as JSON text.
 

@@ -32,6 +32,7 @@ from riprap._core.state_values import (
     decode_value,
     encode_value,
     key_token,
+    token_key,
 )
 from riprap._runtime.state_memory import MemoryPartitions, MemoryStore
 from riprap._runtime.state_sqlite import SqlitePartitions, SqliteStore
@@ -274,6 +275,7 @@ class KeyedState:
         "_cuts",
         "_hub",
         "_logs",
+        "_on_load",
         "_partitions",
         "_restored",
         "_snapshot",
@@ -281,8 +283,10 @@ class KeyedState:
         "store",
     )
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, on_load: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self._on_load = on_load
+        """Told a partition's name when its state was loaded anew or released (changelog)."""
         self._restored: Any = None
         self._context: StageContext | None = None
         self._partitions: Partitions | None = None
@@ -366,6 +370,8 @@ class KeyedState:
         The log of changes starts afresh; a local copy records ``offset`` and ``position``.
         """
         self._logs.pop(partition, None)
+        if self._on_load is not None:
+            self._on_load(partition)
         partitions = self._partitions
         if isinstance(partitions, SqlitePartitions):
             backing = partitions.partition(partition)
@@ -392,6 +398,8 @@ class KeyedState:
     def release(self, partition: str) -> None:
         """Drop ``partition``'s state: it was given up, its next owner restores it."""
         self._logs.pop(partition, None)
+        if self._on_load is not None:
+            self._on_load(partition)
         partitions = self._partitions
         if isinstance(partitions, MemoryPartitions):
             partitions.partitions.pop(partition, None)
@@ -411,6 +419,28 @@ class KeyedState:
                 by a batch step or a stage that emits without origins).
         """
         return self._bind(batch.locate(index), key=key)
+
+    def keys(self, batch: Batch, index: int) -> list[Any]:
+        """Every key with a value (not expired) in the partition of the record behind
+        ``batch.items[index]``, changes not yet cut included: O(keys of the partition).
+
+        For a stage that must find keys without their records (a window closed by
+        the partition's time); ``on_load`` tells it when a partition was loaded anew.
+        """
+        where = batch.locate(index)
+        if where is None or self._context is None:
+            self._bind(where)  # raises, naming the problem
+        assert where is not None
+        assert self._context is not None
+        log = self._log(where[0].partition)
+        now = self._context.clock.time()
+        found = set(log.backing.tokens(now))
+        for token, entry in log.newest.items():
+            if entry is None or (entry[1] is not None and entry[1] <= now):
+                found.discard(token)
+            else:
+                found.add(token)
+        return [token_key(token) for token in sorted(found)]
 
     def _bind(self, where: Where, *, deferred: bool = False, key: Any = _UNSET) -> State:
         """:meth:`state` for a located item; ``deferred`` changes wait for ``_commit``."""

@@ -66,6 +66,9 @@ class MemoryBacking:
     def read(self, token: str) -> tuple[str, float | None] | None:
         return self.data.get(token)
 
+    def tokens(self, now: float) -> list[str]:
+        return [t for t, (_, e) in self.data.items() if e is None or e > now]
+
     def apply(self, changes: Mapping[str, Entry], position: int, now: float) -> None:
         """Apply the last change of every key made below ``position``."""
         data = self.data

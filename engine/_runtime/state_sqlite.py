@@ -280,6 +280,18 @@ class SqliteBacking:
         found: tuple[str, float | None] | None = row.fetchone()
         return found
 
+    def tokens(self, now: float) -> list[str]:
+        rows = self.db.execute(
+            "SELECT key FROM state WHERE expires_at IS NULL OR expires_at > ?", (now,)
+        )
+        found = {token for (token,) in rows.fetchall()}
+        for token, entry in self.pending.items():
+            if entry is None or (entry[1] is not None and entry[1] <= now):
+                found.discard(token)
+            else:
+                found.add(token)
+        return sorted(found)
+
     def apply(self, changes: Mapping[str, Entry], position: int, now: float) -> None:
         """Write the changes below ``position`` as the next commit, with their undo records.
 

@@ -1,6 +1,7 @@
 """Subprocess for the window crash test: JSON Lines -> tumbling window -> SQLite upsert.
 
-Usage: ``python _window_worker.py INPUT CHECKPOINTS DATABASE DEAD_LETTERS``.
+Usage: ``python _window_worker.py INPUT CHECKPOINTS DATABASE DEAD_LETTERS [STORE]``;
+``STORE`` (``sqlite``) keeps the windows as keyed state in ``state/``.
 The run resumes from the checkpoint, so the test can kill it with SIGKILL at
 any moment and start it again. Each input line is ``{"id", "key", "t", "n"}``;
 the window sums ``n`` per key over tumbling windows of ``SIZE`` seconds of
@@ -24,6 +25,7 @@ import riprap.deadletters
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink
 from riprap.stages.window import Window, tumbling
+from riprap.state import SqliteStore
 
 PIPELINE = "window-crash"
 TABLE = "windows"
@@ -50,7 +52,9 @@ def window_id(result: dict[str, Any]) -> str:
     return f"{result['key']}@{result['start']}"
 
 
-def build(source: str, checkpoints: str, database: str, dead_letters: str) -> riprap.Pipeline:
+def build(
+    source: str, checkpoints: str, database: str, dead_letters: str, store: str = ""
+) -> riprap.Pipeline:
     """The pipeline under test, with frequent checkpoints and small batches."""
     window = Window(
         "sums",
@@ -61,6 +65,7 @@ def build(source: str, checkpoints: str, database: str, dead_letters: str) -> ri
         initial=0,
         out_of_orderness=OUT_OF_ORDERNESS,
         allowed_lateness=LATENESS,
+        store=SqliteStore("state") if store == "sqlite" else None,
     )
     return (
         riprap.Pipeline(

@@ -573,7 +573,7 @@ def checkpointed(path: Path) -> int:
     return 0 if checkpoint is None else next(iter(checkpoint.positions.values()), 0)
 
 
-def worker(tmp_path: Path, run: int) -> Any:
+def worker(tmp_path: Path, run: int, store: str) -> Any:
     """Start run number ``run`` of the worker in ``tmp_path``."""
     args: Sequence[str] = [
         sys.executable,
@@ -582,22 +582,25 @@ def worker(tmp_path: Path, run: int) -> Any:
         "ckpt.db",
         "out.db",
         "dlq.jsonl",
+        store,
     ]
     return spawn(args, tmp_path, f"run-{run}")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store", ["", "sqlite"])
 def test_shuffled_stream_across_sigkill_matches_batch_aggregates_and_dlq_holds_the_late(
-    tmp_path: Path,
+    tmp_path: Path, store: str
 ) -> None:
     """Killed with SIGKILL twice and restarted, the sink equals a batch computation over the
-    on-time records, and the late records are exactly the DLQ's "late" letters.
+    on-time records, and the late records are exactly the DLQ's "late" letters; the same with
+    the windows as keyed state in an SQLite store.
     """
     rng = random.Random(SEED)
     expected, late = write_stream(tmp_path / "in.jsonl", rng)
     checkpoints = tmp_path / "ckpt.db"
     for run, target in enumerate((RECORDS // 4, RECORDS // 2)):
-        with worker(tmp_path, run) as proc:
+        with worker(tmp_path, run, store) as proc:
             wait_for_child(
                 lambda: checkpointed(checkpoints) >= target,  # noqa: B023
                 proc,
@@ -606,7 +609,7 @@ def test_shuffled_stream_across_sigkill_matches_batch_aggregates_and_dlq_holds_t
             proc.kill()
             proc.wait(timeout=DEADLINE)
         assert -signal.SIGKILL == proc.returncode, f"run {run} ended before it could be killed"
-    with worker(tmp_path, 2) as proc:
+    with worker(tmp_path, 2, store) as proc:
         returncode = proc.wait(timeout=DEADLINE)
     assert 0 == returncode, (tmp_path / "run-2.err").read_text()
 
