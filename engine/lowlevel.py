@@ -18,6 +18,7 @@ from riprap._core.options import optional_limit as optional_limit
 from riprap._core.options import optional_seconds as optional_seconds
 from riprap._core.protocols import Emit as Emit
 from riprap._core.public import fixup_module_metadata as fixup_module_metadata
+from riprap._core.records import Assignment as Assignment
 from riprap._core.records import DropsOrigin as DropsOrigin
 from riprap._core.records import Headers as Headers
 from riprap._core.records import IndexOrigin as IndexOrigin
@@ -28,6 +29,7 @@ from riprap._runtime.allocator import keep_freed_memory as keep_freed_memory
 
 __all__ = (
     "Ack",
+    "Assignment",
     "DropsOrigin",
     "Emit",
     "Headers",

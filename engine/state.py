@@ -20,6 +20,7 @@ from riprap._core.state_stores import Changelog as Changelog
 from riprap._core.state_stores import RestoredState as RestoredState
 from riprap._core.state_stores import StateStore as StateStore
 from riprap._core.state_values import MissingKeyError as MissingKeyError
+from riprap._core.state_values import PartitionGivenUp as PartitionGivenUp
 from riprap._core.state_values import StateStoreError as StateStoreError
 from riprap._core.state_values import StateValueError as StateValueError
 from riprap._runtime.keyed_state import KeyedState as KeyedState
@@ -32,6 +33,7 @@ __all__ = (
     "KeyedState",
     "MemoryStore",
     "MissingKeyError",
+    "PartitionGivenUp",
     "RestoredState",
     "SqliteStore",
     "State",

@@ -20,7 +20,7 @@ import orjson
 
 from riprap import Batch, DataError
 from riprap.lowlevel import Ack
-from riprap.state import KeyedState
+from riprap.state import KeyedState, PartitionGivenUp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,6 +65,8 @@ class Owner(Protocol):
     def allowed_lateness(self) -> float: ...
     @property
     def _counts(self) -> dict[str, int]: ...
+    @property
+    def _context(self) -> StageContext | None: ...
 
     def _event_time(self, value: Any, place: tuple[SourceBatch, int] | None) -> float: ...
     def _check_skew(self, t: float, watermark: float | None) -> None: ...
@@ -150,13 +152,18 @@ class KeyedWindows:
         window, keyed, seq = self.window, self.keyed_state, self._seq
         out: list[Any] = []
         indices: list[int] = []
+        given_up = 0
         for i, value in enumerate(batch.items):
             place = batch.locate(i)
             if place is None:
                 keyed.state(batch, i)  # raises, naming the problem
                 continue
             partition = place[0].partition
-            due = self._index(partition, batch, i)
+            try:
+                due = self._index(partition, batch, i)
+            except PartitionGivenUp:  # its new owner processes it again
+                given_up += 1
+                continue
             watermark = self.watermark(partition)
             try:
                 t = window._event_time(value, place)
@@ -182,6 +189,8 @@ class KeyedWindows:
             results = self._close(due, self.watermark(partition), batch, i)
             out.extend(results)
             indices.extend([i] * len(results))
+        if given_up and window._context is not None:
+            window._context.count("handed_over", given_up)
         return out, indices
 
     async def finish(self, emit: Emit, chunk: int) -> None:

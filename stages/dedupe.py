@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 from riprap import Batch, ConfigError, DataError
 from riprap.lowlevel import Ack, DropsOrigin
-from riprap.state import KeyedState
+from riprap.state import KeyedState, PartitionGivenUp
 
 from ._timed_keys import TimedKeys
 
@@ -349,13 +349,17 @@ class Dedupe:
         kept: list[Any] = []
         drops: list[int] = []
         ttl = self.ttl
-        duplicates = 0
+        duplicates = given_up = 0
         for index, value in enumerate(batch.items):
             try:
                 state = keyed.state(batch, index, str(self._key(value)))
             except DataError as error:
                 drops.append(len(kept))
                 context.dead_letter(batch, index, error, None)
+                continue
+            except PartitionGivenUp:  # its new owner processes it again
+                drops.append(len(kept))
+                given_up += 1
                 continue
             if state.get(False):
                 drops.append(len(kept))
@@ -366,6 +370,8 @@ class Dedupe:
         self._records_in += len(batch.items)
         self._duplicates += duplicates
         context.dropped(duplicates)
+        if given_up:
+            context.count("handed_over", given_up)
         if not kept:
             batch.ack.release()
             return

@@ -41,10 +41,23 @@ metric as ``saga_attempt_timeouts``. On a graceful stop, sagas still running
 when the pipeline's ``drain_timeout`` is up are cancelled (calls ignoring it
 are abandoned at once): the stop ends on time and the log shows only the
 steps that returned, so the next start resumes them.
+
+The log as keyed state
+----------------------
+
+With ``store=`` (a :class:`~riprap.state.MemoryStore` or
+:class:`~riprap.state.SqliteStore`) each entry is keyed state of its record's
+source partition, written as it changes (cut whether or not its record is
+done, as the log must be) and deleted once its outcome is done: in the
+pipeline's changelog when it has one, so the log follows its partition to
+another member or worker. A record whose partition was given up while its
+saga ran is left to the partition's next owner (counted as
+``handed_over``): it replays the record from the log as last committed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -56,8 +69,9 @@ import anyio.lowlevel
 import orjson
 
 from riprap import Batch, ConfigError, DataError, EngineError
-from riprap.lowlevel import Ack
+from riprap.lowlevel import Ack, DropsOrigin
 from riprap.policies import DEFAULT_CLASSIFIER, Policies, PolicyStack, Retry, RetryScheduled
+from riprap.state import KeyedState, PartitionGivenUp
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,6 +79,7 @@ if TYPE_CHECKING:
     from riprap import Clock, StageContext
     from riprap.lowlevel import Emit
     from riprap.policies import PolicyHook, Shelter, Verdict
+    from riprap.state import StateStore
 
 __all__ = (
     "DEFAULT_ATTEMPT_GRACE",
@@ -235,10 +250,22 @@ class SagaStatistics:
 class _Entry:
     """One saga in the log; mutated only between awaits, so snapshots are consistent."""
 
-    __slots__ = ("error", "failed", "key", "outcome", "reason", "restored", "results", "undone")
+    __slots__ = (
+        "error",
+        "failed",
+        "key",
+        "outcome",
+        "reason",
+        "restored",
+        "results",
+        "undone",
+        "where",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key
+        self.where: tuple[Batch, int, str] | None = None
+        """With a store: the record's batch, index and log identity, which its writes use."""
         self.results: dict[str, Any] = {}
         self.failed: str | None = None
         self.reason: str | None = None
@@ -319,9 +346,12 @@ class Saga:
             built from it, so it must identify the business transaction: a
             second record with the same key runs under the same idempotency keys.
         concurrency: Most sagas running at once.
+        store: Keep the saga log as keyed state in this store (see the
+            module's docs), so that it scales out with its partitions.
 
     Raises:
-        ConfigError: No steps, duplicate step names, or ``concurrency < 1``.
+        ConfigError: No steps, duplicate step names, ``concurrency < 1``, or
+            a ``store`` that is not one.
 
     Example::
 
@@ -351,6 +381,7 @@ class Saga:
         "_timeouts",
         "concurrency",
         "key",
+        "keyed_state",
         "step_id",
         "steps",
     )
@@ -362,7 +393,13 @@ class Saga:
         *,
         key: Callable[[Any], object] | None = None,
         concurrency: int = 16,
+        store: StateStore | None = None,
     ) -> None:
+        if store is not None and not isinstance(getattr(store, "kind", None), str):
+            raise ConfigError(
+                f"Saga({step_id!r}).store",
+                f"must be MemoryStore() or SqliteStore(directory), got {store!r}",
+            )
         if not steps:
             raise ConfigError(f"Saga({step_id!r}).steps", "needs at least one step")
         names = [step.name for step in steps]
@@ -374,6 +411,8 @@ class Saga:
         self.steps = tuple(steps)
         self.key = key
         self.concurrency = concurrency
+        self.keyed_state = None if store is None else KeyedState(store, in_flight=True)
+        """The log as keyed state, when a store keeps it (``store=``)."""
         self._log: dict[str, _Entry] = {}
         self._emissions: dict[str | None, deque[_Emission]] = {}
         self._completed = 0
@@ -393,6 +432,9 @@ class Saga:
         self._context = context
         hooks = (*context.policy_hooks, self._on_policy_event)
         self._calls = self._wrap(context.clock, hooks, context.shelter)
+        if self.keyed_state is not None:
+            self._log, self._emissions = {}, {}
+            self.keyed_state.open(context, self.step_id)
         await anyio.lowlevel.checkpoint()
 
     async def process(self, batch: Batch, emit: Emit) -> None:
@@ -424,17 +466,30 @@ class Saga:
             error = _first_error(group)
             raise error from error.__cause__
         finished: list[tuple[str, _Entry]] = []
+        drops: list[int] = []
         for identity, entry in zip(identities, entries, strict=True):
-            assert entry is not None  # every worker ran to the end
-            finished.append((identity, entry))
-        await self._emit(batch, finished, emit)
+            if entry is None:  # handed over to the partition's next owner
+                drops.append(len(finished))
+            else:
+                finished.append((identity, entry))
+        if drops and self._context is not None:
+            self._context.count("handed_over", len(drops))
+        if not finished:
+            batch.ack.release()
+            return
+        await self._emit(batch, finished, emit, drops)
 
     async def finish(self, emit: Emit) -> None:
         """Nothing is buffered: every batch's outcomes were emitted with it."""
         await anyio.lowlevel.checkpoint()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The saga log (a JSON copy), saved in the same checkpoint as the positions."""
+    def snapshot(self) -> Any:
+        """The saga log (a JSON copy), saved in the same checkpoint as the positions.
+
+        With a store, what its keyed state hands the checkpoint.
+        """
+        if self.keyed_state is not None:
+            return self.keyed_state.snapshot()
         sagas = {identity: entry.dump() for identity, entry in self._log.items()}
         state: dict[str, Any] = orjson.loads(
             orjson.dumps({"version": _LOG_VERSION, "sagas": sagas})
@@ -448,18 +503,29 @@ class Saga:
             ConfigError: The log has an unknown version or names a step the
                 saga no longer has.
         """
+        if self.keyed_state is not None:
+            self.keyed_state.restore(state)
+            return
         option = f"Saga({self.step_id!r}) state"
         if not isinstance(state, dict) or state.get("version") != _LOG_VERSION:
             raise ConfigError(option, f"unknown saga log format: {state!r:.80}")
-        names = {step.name for step in self.steps}
         for identity, raw in state["sagas"].items():
-            entry = _Entry.load(raw)
-            unknown = entry.steps() - names
-            if unknown:
-                raise ConfigError(
-                    option, f"saga {entry.key!r} names steps the saga lacks: {sorted(unknown)}"
-                )
-            self._log[identity] = entry
+            self._log[identity] = self._loaded(raw)
+
+    def _loaded(self, raw: dict[str, Any]) -> _Entry:
+        """A logged saga, checked against the steps.
+
+        Raises:
+            ConfigError: It names a step the saga no longer has.
+        """
+        entry = _Entry.load(raw)
+        unknown = entry.steps() - {step.name for step in self.steps}
+        if unknown:
+            raise ConfigError(
+                f"Saga({self.step_id!r}) state",
+                f"saga {entry.key!r} names steps the saga lacks: {sorted(unknown)}",
+            )
+        return entry
 
     def statistics(self) -> SagaStatistics:
         """Counts of sagas in the log, completed, compensated and resumed."""
@@ -476,13 +542,24 @@ class Saga:
 
     # -- running one saga ------------------------------------------------------
 
-    async def _run(self, batch: Batch, index: int, key: str, identity: str) -> _Entry:
+    async def _run(self, batch: Batch, index: int, key: str, identity: str) -> _Entry | None:
+        """The record's saga, run or resumed to its outcome (``None``: handed over)."""
         entry = self._log.get(identity)
+        if entry is not None and entry.where is not None and _given_up(*entry.where[:2]):
+            entry = None  # a run of the record under an assignment since revoked: not ours
+        if entry is None and self.keyed_state is not None:
+            try:
+                raw = self.keyed_state.state(batch, index, identity).get()
+            except PartitionGivenUp:
+                return None
+            if raw is not None:
+                entry = self._log[identity] = self._loaded(raw)
         if entry is not None and entry.restored:
             entry.restored = False
             self._resumed += 1
         else:
             entry = self._log[identity] = _Entry(key)
+        entry.where = (batch, index, identity)
         if entry.outcome is not None:  # finished before the restart: re-emit only
             return entry
         value = batch.items[index]
@@ -495,7 +572,27 @@ class Saga:
         else:
             entry.outcome = "completed"
             self._completed += 1
+        self._save(entry)
         return entry
+
+    def _save(self, entry: _Entry) -> None:
+        """With a store: write the entry as it is now (no await since it changed)."""
+        if self.keyed_state is None or entry.where is None:
+            return
+        batch, index, identity = entry.where
+        try:
+            self.keyed_state.state(batch, index, identity).set(entry.dump())
+        except PartitionGivenUp:
+            entry.where = None  # the next owner replays the record from the log it has
+
+    def _forget(self, identity: str, entry: _Entry) -> None:
+        """The entry's outcome is done: it leaves the log (and the store)."""
+        del self._log[identity]
+        if self.keyed_state is not None and entry.where is not None:
+            batch, index, _ = entry.where
+            entry.where = None
+            with contextlib.suppress(PartitionGivenUp):  # the next owner's log, not ours
+                self.keyed_state.state(batch, index, identity).delete()
 
     async def _forward(self, entry: _Entry, value: Any, batch: Batch, index: int) -> None:
         for step in self.steps:
@@ -512,6 +609,7 @@ class Saga:
                 entry.failed = step.name
                 entry.reason = error.reason if isinstance(error, DataError) else "retries_exhausted"
                 entry.error = type(error).__name__
+                self._save(entry)
                 return
             # Logged before the next await: a checkpoint never shows the step done
             # without its result, and a step it shows done is never called again.
@@ -519,6 +617,7 @@ class Saga:
                 entry.results[step.name] = orjson.loads(orjson.dumps(result))
             except TypeError as error:  # not JSON-serialisable: a bug of the action
                 raise self._error(entry, step.name, "action", batch, index, error) from error
+            self._save(entry)
 
     async def _compensate(self, entry: _Entry, value: Any, batch: Batch, index: int) -> None:
         for step in reversed(self.steps):
@@ -534,6 +633,7 @@ class Saga:
                     phase: SagaPhase = "compensation"
                     raise self._error(entry, step.name, phase, batch, index, error) from error
             entry.undone.append(step.name)
+            self._save(entry)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -595,12 +695,15 @@ class Saga:
             identities.append(position if position is not None else f"key={key}")
         return identities, keys
 
-    async def _emit(self, batch: Batch, entries: list[tuple[str, _Entry]], emit: Emit) -> None:
+    async def _emit(
+        self, batch: Batch, entries: list[tuple[str, _Entry]], emit: Emit, drops: list[int]
+    ) -> None:
         partition = batch.position(0)[0]
         emission = _Emission(entries)
         self._emissions.setdefault(partition, deque()).append(emission)
         ack = Ack(functools.partial(self._emitted, partition, emission, batch.ack))
-        await emit(Batch([entry.output() for _, entry in entries], ack, batch.origin))
+        origin = DropsOrigin(batch.origin, drops) if drops else batch.origin
+        await emit(Batch([entry.output() for _, entry in entries], ack, origin))
 
     def _emitted(self, partition: str | None, emission: _Emission, input_ack: Ack) -> None:
         """Outcomes done: drop their log entries, in emission order, and release the input.
@@ -614,7 +717,7 @@ class Saga:
         while queue and queue[0].done:
             for identity, entry in queue.popleft().entries:
                 if self._log.get(identity) is entry:
-                    del self._log[identity]
+                    self._forget(identity, entry)
         if not queue:
             del self._emissions[partition]
         input_ack.release()
@@ -632,6 +735,13 @@ class Saga:
             offset=offset,
             error=error,
         )
+
+
+def _given_up(batch: Batch, index: int) -> bool:
+    """Whether the record's partition was given up since it was read (a group rebalance)."""
+    where = batch.locate(index)
+    assignment = None if where is None else where[0].assignment
+    return assignment is not None and assignment.revoked
 
 
 def _stack(

@@ -16,6 +16,7 @@ from aiokafka.errors import (
 )
 
 from riprap import ConfigError, SourceBatch
+from riprap.lowlevel import Assignment
 from riprap.state import StateStoreError
 
 from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, timed_offsets
@@ -232,6 +233,8 @@ class KafkaSource:
         self._unpositioned: set[Any] = set()
         """Assigned partitions not yet positioned (paused until they are)."""
         self._unconfirmed: dict[Any, tuple[int, int, int]] = {}
+        self._leases: dict[Any, Assignment] = {}
+        """Each assigned partition's current assignment, carried by its batches."""
         """Positions past the listed latest offset: ``(offset, earliest, latest)``, see _confirm."""
         self._fresh: set[Any] = set()
         """Partitions started at ``auto_offset_reset`` that have handed out nothing yet."""
@@ -451,6 +454,7 @@ class KafkaSource:
             keys=[r.key for r in records],
             headers=[r.headers for r in records],
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],
+            assignment=self._leases.get(tp),
         )
 
     # -- offsets -----------------------------------------------------------------
@@ -586,6 +590,9 @@ class KafkaSource:
                 self._forget(tp, name)
 
     def _forget(self, tp: Any, name: str) -> None:
+        lease = self._leases.pop(tp, None)
+        if lease is not None:  # records of it still in flight are the next owner's
+            lease.revoked = True
         for per_tp in (self._committed, self._floor, self._fetch_next, self._unconfirmed):
             per_tp.pop(tp, None)
         self._unpositioned.discard(tp)
@@ -600,6 +607,7 @@ class KafkaSource:
             return  # closed while the group was assigning: nothing to read them with
         self._assignments += 1
         for tp in assigned:
+            self._leases[tp] = Assignment()
             self._consumer.pause(tp)
             self._unpositioned.add(tp)
         try:

@@ -75,6 +75,24 @@ Where: TypeAlias = tuple["SourceBatch", int] | None
 
 
 @final
+class Assignment:
+    """One assignment of a partition to a reader (a consumer-group member), shared by the
+    batches read under it.
+
+    The source marks it revoked when it gives the partition up: records of it
+    still in flight then belong to the partition's next owner (which reads them
+    again), even once the partition is assigned back.
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = ("revoked",)
+
+    def __init__(self) -> None:
+        self.revoked = False
+
+
+@final
 class SourceBatch:
     """Consecutive records of one source partition, as a source hands them over.
 
@@ -88,9 +106,13 @@ class SourceBatch:
     step sees it: dead-lettered with the error's reason (or the run stops
     without a dead-letter store), so a bad record never blocks the rest of
     its partition (I7).
+
+    ``assignment`` is the :class:`~riprap.lowlevel.Assignment` a group member read the records
+    under (``None`` for sources whose partitions never move).
     """
 
     __slots__ = (
+        "assignment",
         "end",
         "errors",
         "headers",
@@ -114,8 +136,10 @@ class SourceBatch:
         headers: list[Headers] | None = None,
         timestamps: list[float | None] | None = None,
         errors: Mapping[int, DataError] | None = None,
+        assignment: Assignment | None = None,
     ) -> None:
         self.partition = partition
+        self.assignment = assignment
         self.values = values
         self.start = start
         self.end = start + len(values) if end is None else end

@@ -65,6 +65,23 @@ class StateValueError(DataError):
         super().__init__(f"step {step_id!r}, key {shown}: {problem}")
 
 
+class PartitionGivenUp(Exception):
+    """The record's partition was given up while the record was in flight.
+
+    The record belongs to the partition's next owner, which reads it again from
+    the committed position (even when that owner is this process again, under
+    a new assignment): a keyed stage skips it (counted as ``handed_over``)
+    instead of changing state that is no longer its to change.
+
+    Attributes:
+        partition: The partition given up.
+    """
+
+    def __init__(self, partition: str) -> None:
+        self.partition = partition
+        super().__init__(f"partition {partition!r} was given to another member")
+
+
 class StateStoreError(CheckpointError):
     """A keyed-state store disagrees with the checkpoint, so the run refuses to start.
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from riprap._core.errors import ConfigError, DataError
 from riprap._core.records import Batch, DropsOrigin, IndexOrigin
+from riprap._core.state_values import PartitionGivenUp
 from riprap._core.steps import STEP_OPTIONS, OpStep, check_known, check_name, is_async
 from riprap._runtime.fuse import OpKind, refuse_awaitable
 from riprap._runtime.keyed_state import KeyedState
@@ -72,7 +73,7 @@ class KeyedMapStage:
         """Map: the output length at each record dead-lettered."""
         indices: list[int] = []
         """Filter, flat_map: the input index of each output."""
-        dropped = 0
+        dropped = given_up = 0
         for index, (value, where) in enumerate(zip(batch.items, batch.sources(), strict=True)):
             try:
                 if self.key is None:
@@ -91,6 +92,10 @@ class KeyedMapStage:
                 drops.append(len(out))
                 context.dead_letter(batch, index, error, None)
                 continue
+            except PartitionGivenUp:  # its new owner processes it again
+                drops.append(len(out))
+                given_up += 1
+                continue
             state._commit()
             if kind == "map":
                 out.append(result)
@@ -105,6 +110,8 @@ class KeyedMapStage:
                 indices.extend([index] * len(result))
         if dropped:
             context.dropped(dropped)
+        if given_up:
+            context.count("handed_over", given_up)
         if not out:
             batch.ack.release()  # dropped, or held by its dead-letter write
         elif kind != "map":

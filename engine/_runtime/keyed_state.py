@@ -28,6 +28,7 @@ import anyio
 from riprap._core.errors import ConfigError
 from riprap._core.state_values import (
     MissingKeyError,
+    PartitionGivenUp,
     StateStoreError,
     decode_value,
     encode_value,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from riprap._core.clock import Clock
     from riprap._core.protocols import StageContext
-    from riprap._core.records import Batch, Where
+    from riprap._core.records import Batch, SourceBatch, Where
     from riprap._core.state_stores import Backing, Partitions, StateLog, StateStore
     from riprap._core.state_values import Entry
 
@@ -57,6 +58,11 @@ _FOLD_AT = 4_096
 
 _CUTS_KEPT = 64
 """Cuts remembered while waiting to learn that a checkpoint covering them was saved."""
+
+
+def _given_up(source: SourceBatch) -> bool:
+    """Whether ``source`` was read under an assignment since revoked."""
+    return source.assignment is not None and source.assignment.revoked
 
 
 def keeps_keyed_state(stage: object) -> bool:
@@ -267,6 +273,15 @@ class KeyedState:
             def restore(self, state: Any) -> None:
                 self.counts.restore(state)
 
+    Args:
+        store: Where the state lives: ``MemoryStore()`` or ``SqliteStore(directory)``.
+        on_load: Called with a partition's name when its state was loaded anew
+            from the changelog, or released: what the stage derived from it
+            (an index of its keys, say) must be built again.
+        in_flight: Changes are cut when made, not when their record is done,
+            for state a replay must find (a saga's log of calls already made);
+            the stage deletes it itself once its record is done.
+
     .. versionadded:: 0.1
     """
 
@@ -280,11 +295,21 @@ class KeyedState:
         "_restored",
         "_snapshot",
         "_step_id",
+        "in_flight",
         "store",
     )
 
-    def __init__(self, store: StateStore, *, on_load: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        on_load: Callable[[str], None] | None = None,
+        in_flight: bool = False,
+    ) -> None:
         self.store = store
+        self.in_flight = in_flight
+        """Cut every change, done or not: state a replay must find (a saga's log), which the
+        stage removes itself once it is no longer needed."""
         self._on_load = on_load
         """Told a partition's name when its state was loaded anew or released (changelog)."""
         self._restored: Any = None
@@ -417,6 +442,9 @@ class KeyedState:
             StateValueError: Its key is not str, bytes or int (a data error).
             ConfigError: The item has no source record behind it (it was built
                 by a batch step or a stage that emits without origins).
+            PartitionGivenUp: The record's partition was given to another
+                member while the record was in flight: skip it, its new owner
+                processes it again.
         """
         return self._bind(batch.locate(index), key=key)
 
@@ -428,7 +456,7 @@ class KeyedState:
         the partition's time); ``on_load`` tells it when a partition was loaded anew.
         """
         where = batch.locate(index)
-        if where is None or self._context is None:
+        if where is None or self._context is None or _given_up(where[0]):
             self._bind(where)  # raises, naming the problem
         assert where is not None
         assert self._context is not None
@@ -454,6 +482,8 @@ class KeyedState:
                 "step or a stage that emits new records): keyed state needs the record's key",
             )
         source, index = where
+        if _given_up(source):
+            raise PartitionGivenUp(source.partition)
         keys, offsets = source.keys, source.offsets
         if key is _UNSET:
             key = keys[index] if keys is not None else None
@@ -468,7 +498,8 @@ class KeyedState:
         state._step_id = step_id
         state._token = token
         state._log = self._logs.get(source.partition) or self._log(source.partition)
-        state._offset = offset
+        # In flight: every change is below every position, so every cut takes it.
+        state._offset = -1 if self.in_flight else offset
         state._clock = context.clock
         state._deferred = deferred
         state._pending = _UNSET

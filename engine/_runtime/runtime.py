@@ -1219,6 +1219,7 @@ def _chunks(batch: SourceBatch, size: int) -> list[SourceBatch]:
                 headers=None if batch.headers is None else batch.headers[i:j],
                 timestamps=None if batch.timestamps is None else batch.timestamps[i:j],
                 errors=_errors_between(batch, i, j),
+                assignment=batch.assignment,
             )
         )
     return parts

@@ -8,6 +8,8 @@ a few milliseconds, so kills land between the steps of running sagas.
 With ``RIPRAP_SAGA_BREAK_COMPENSATION=PATH`` set and no file at ``PATH``, the
 first inventory compensation of the run creates the file and raises a bug: the
 run stops with a ``SagaError`` (traceback, exit code 1) in the middle of compensating.
+With ``RIPRAP_SAGA_STORE=memory`` the saga keeps its log as keyed state
+(``store=MemoryStore()``), which the checkpoint holds per partition.
 
 On completion the run's report is written to stdout as one JSON object.
 """
@@ -26,6 +28,7 @@ import orjson
 
 import riprap
 from riprap.stages.saga import Saga
+from riprap.state import MemoryStore
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "saga_orders.py"
 BREAK_ENV = "RIPRAP_SAGA_BREAK_COMPENSATION"
+STORE_ENV = "RIPRAP_SAGA_STORE"
 ORDERS = 240
 DELAY = 0.003
 """Seconds per service call."""
@@ -69,11 +73,14 @@ def build(directory: Path) -> riprap.Pipeline:
     services = example.create_services(directory / "services.db", delay=DELAY)
     saga: Saga = example.build_saga(services)
     marker = os.environ.get(BREAK_ENV)
+    steps = list(saga.steps)
     if marker:
-        reserve, *rest = saga.steps
+        reserve, *rest = steps
         assert reserve.compensate is not None
-        broken = dataclasses.replace(reserve, compensate=broken_once(reserve.compensate, marker))
-        saga = Saga(saga.step_id, [broken, *rest], key=saga.key, concurrency=saga.concurrency)
+        steps = [dataclasses.replace(reserve, compensate=broken_once(reserve.compensate, marker))]
+        steps += rest
+    store = MemoryStore() if os.environ.get(STORE_ENV) == "memory" else None
+    saga = Saga(saga.step_id, steps, key=saga.key, concurrency=saga.concurrency, store=store)
     pipeline: riprap.Pipeline = example.build_pipeline(
         directory, orders=ORDERS, saga=saga, checkpoint_interval=0.02
     )

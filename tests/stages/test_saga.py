@@ -412,7 +412,10 @@ def saga_log(directory: Path) -> tuple[int, dict[str, Any]]:
     checkpoint = load_checkpoint(directory / "checkpoints.db", PIPELINE)
     if checkpoint is None:
         return 0, {}
-    sagas: dict[str, Any] = checkpoint.state.get("order", {}).get("sagas", {})
+    state = checkpoint.state.get("order", {})
+    sagas: dict[str, Any] = state.get("sagas", {})
+    for partition in state.get("partitions", {}).values():  # kept as keyed state
+        sagas |= {token: orjson.loads(text) for token, (text, _) in partition.items()}
     return checkpoint.positions.get("orders", 0), sagas
 
 
@@ -501,13 +504,16 @@ def check_effects(directory: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store", ["", "memory"])
 def test_sagas_survive_sigkill_and_a_failing_compensation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
 ) -> None:
     """After SIGKILLs between steps and a compensation bug, restarts finish every saga:
     each is complete or fully compensated, no effect is applied twice, and no call the
-    checkpointed saga log shows done is ever made again.
+    checkpointed saga log shows done is ever made again; the same with the log as keyed
+    state.
     """
+    monkeypatch.setenv("RIPRAP_SAGA_STORE", store)
     rng = random.Random(SEED)
     frozen: dict[tuple[str, str], int] = {}
     mid_saga = 0

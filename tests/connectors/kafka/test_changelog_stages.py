@@ -1,8 +1,9 @@
-"""Stages on keyed state (the built-in Dedupe and Window on a store, a custom stage) in a
-Kafka changelog."""
+"""Stages on keyed state (the built-in Dedupe, Window and Saga on a store, a custom stage) in
+a Kafka changelog."""
 
 from __future__ import annotations
 
+import collections
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -12,10 +13,13 @@ import pytest
 
 pytest.importorskip("aiokafka")
 
+import anyio.lowlevel
+
 import riprap
 from riprap.connectors.kafka import KafkaChangelog, KafkaCheckpoints, KafkaSource, json_value
 from riprap.connectors.memory import MemorySink
 from riprap.stages.dedupe import Dedupe
+from riprap.stages.saga import Saga, SagaError, SagaStep
 from riprap.stages.window import Aggregate, Window, tumbling
 from riprap.state import KeyedState, MemoryStore
 
@@ -237,3 +241,79 @@ async def test_windows_follow_their_partitions_to_a_second_member_and_back(
     expected |= {(f"u{u}", 10): 5 for u in range(5, 10)}  # their clicks start at 15
     expected |= {(f"u{u}", 20): 15 for u in range(5, 10)}
     assert expected == {window: n for window, n in last.items() if window[1] < 40}
+
+
+class Ledger:
+    """Counts calls by idempotency key; ``charge`` fails with a bug for one order, once."""
+
+    def __init__(self, broken: int | None) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.broken = broken
+
+    async def reserve(self, order: dict[str, Any], key: str) -> str:
+        self.calls[key] += 1
+        await anyio.lowlevel.checkpoint()
+        return f"r{order['id']}"
+
+    async def charge(self, order: dict[str, Any], key: str) -> str:
+        self.calls[key] += 1
+        await anyio.lowlevel.checkpoint()
+        if order["id"] == self.broken:
+            raise RuntimeError("payments bug")
+        return f"c{order['id']}"
+
+
+def orders(
+    kafka: KafkaHelper, topic: str, group: str, ledger: Ledger, sink: MemorySink
+) -> riprap.Pipeline:
+    source = KafkaSource(
+        topic, bootstrap_servers=kafka.bootstrap, group_id=group, consumer_options=FAST_GROUP
+    )
+    saga = Saga(
+        "order",
+        [SagaStep("reserve", ledger.reserve), SagaStep("charge", ledger.charge)],
+        key=lambda order: order["id"],
+        store=MemoryStore(),
+    )
+    return (
+        riprap.Pipeline(
+            "orders",
+            checkpoint=KafkaCheckpoints(source),
+            checkpoint_interval=0.05,
+            batch_size=10,
+            changelog=KafkaChangelog(kafka.bootstrap, topic=f"{topic}-changelog"),
+        )
+        .source(source)
+        .map("decode", json_value)
+        .stage(saga)
+        .sink(sink)
+    )
+
+
+@pytest.mark.anyio
+async def test_a_saga_stopped_mid_way_resumes_from_the_log_in_the_changelog(
+    kafka: KafkaHelper,
+) -> None:
+    """A bug in a step stops the run after the saga's first step: the next run, with a fresh
+    in-memory store, finds the step done in the changelog and does not call it again."""
+    topic = await kafka.create_topic(3)
+    group = f"g-{uuid.uuid4().hex}"
+    await kafka.produce(
+        topic, [(f"c{i % 4}".encode(), orjson.dumps({"id": i}), []) for i in range(40)]
+    )
+    first = Ledger(broken=25)
+    with pytest.raises(SagaError, match="payments bug"):
+        await orders(kafka, topic, group, first, MemorySink()).run()
+    assert 1 == first.calls["25:reserve"]
+    second = Ledger(broken=None)
+    charges = {f"{i}:charge" for i in range(40)}
+    async with orders(kafka, topic, group, second, MemorySink()).open() as running:
+        await wait_for(
+            lambda: "25:charge" in second.calls and charges <= {*first.calls, *second.calls},
+            "every order charged",
+        )
+        running.stop()
+    calls = first.calls + second.calls
+    assert 0 == second.calls["25:reserve"], "the logged step was called again"
+    assert 1 == second.calls["25:charge"]
+    assert {f"{i}:{step}" for i in range(40) for step in ("reserve", "charge")} == set(calls)
