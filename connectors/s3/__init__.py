@@ -5,6 +5,9 @@ connector opens its client, so importing this package is cheap.
 
 * :class:`S3Source`: JSON Lines or CSV objects under a prefix, one partition
   per object, resumable inside an object; corrupt objects are quarantined whole.
+* :class:`S3ObjectReader`: a ``.flat_map`` step that reads the objects a record
+  names (keys or S3 event notifications delivered through Kafka), so that a
+  consumer group spreads objects over machines.
 * :class:`S3Sink`: each source partition's records in objects cut by count,
   size and age, named by the source positions they hold: exactly once, even
   when a replay cuts them differently.
@@ -28,6 +31,7 @@ from ._dlq_reader import S3DeadLetterSource as S3DeadLetterSource
 from ._dlq_reader import S3PurgeReport as S3PurgeReport
 from ._dlq_reader import iter_s3_dead_letters as iter_s3_dead_letters
 from ._dlq_reader import purge_s3_dead_letters as purge_s3_dead_letters
+from ._objects import S3ObjectReader as S3ObjectReader
 from ._reads import S3ReadError as S3ReadError
 from ._sink import S3Sink as S3Sink
 from ._sink import S3SinkStatistics as S3SinkStatistics
@@ -43,6 +47,7 @@ __all__ = (
     "S3ClientConfig",
     "S3DeadLetterSource",
     "S3DeadLetters",
+    "S3ObjectReader",
     "S3PurgeReport",
     "S3ReadError",
     "S3Sink",

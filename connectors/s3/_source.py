@@ -49,12 +49,8 @@ stops the run, which resumes from the checkpoint when restarted.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import csv
-import gzip
 import inspect
-import io
 import logging
 import math
 import time
@@ -62,7 +58,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, final
+from typing import Any, final
 
 import anyio
 import anyio.lowlevel
@@ -72,6 +68,7 @@ from riprap import ConfigError, SourceBatch, SourceContext, SystemClock
 from riprap.checkpoints import CheckpointError
 
 from ._client import Listed, S3ClientConfig, call, check_bucket, list_objects, open_client
+from ._formats import CorruptObjectError, Format, decode_object
 from ._reads import download
 from ._retries import report_retries
 
@@ -82,13 +79,6 @@ _REASON = ".reason.json"
 
 OBJECT_COMPLETE = 1 << 62
 """The position that marks an object as completely read (or quarantined)."""
-
-Format = Literal["jsonl", "csv"]
-
-
-@final
-class CorruptObjectError(Exception):
-    """An object cannot be read as a whole; it is quarantined (never raised by ``read``)."""
 
 
 @final
@@ -459,45 +449,14 @@ class S3Source:
         Raises:
             CorruptObjectError: The object cannot be read as a whole.
         """
-        if self.gzip or (self.gzip is None and key.endswith(".gz")):
-            try:
-                data = gzip.decompress(data)
-            except EOFError:
-                raise CorruptObjectError("truncated gzip stream") from None
-            except (OSError, zlib.error) as exc:
-                raise CorruptObjectError(f"not a valid gzip stream: {exc}") from None
-        if self.format == "csv":
-            return self._decode_csv(data)
-        return _decode_lines(data)
-
-    def _decode_csv(self, data: bytes) -> tuple[list[Any], list[int], int]:
-        utf8 = codecs.lookup(self.encoding).name == "utf-8"
-        try:  # a UTF-8 byte order mark must not rename the first column
-            text = data.decode("utf-8-sig" if utf8 else self.encoding)
-        except UnicodeDecodeError as exc:
-            raise CorruptObjectError(f"not valid {self.encoding} text: {exc.reason}") from None
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
-        values: list[Any] = []
-        offsets: list[int] = []
-        try:
-            header = next(reader, [])
-            while True:
-                offset = reader.line_num
-                row = next(reader, None)
-                if row is None:
-                    break
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise CorruptObjectError(
-                        f"line {offset + 1}: expected {len(header)} fields (the header's), "
-                        f"got {len(row)}"
-                    )
-                values.append(dict(zip(header, row, strict=True)))
-                offsets.append(offset)
-        except csv.Error as exc:
-            raise CorruptObjectError(f"malformed CSV after line {reader.line_num}: {exc}") from None
-        return values, offsets, reader.line_num
+        return decode_object(
+            key,
+            data,
+            format=self.format,
+            gzip=self.gzip,
+            encoding=self.encoding,
+            delimiter=self.delimiter,
+        )
 
     async def _quarantine(self, key: str, partition: str, reason: str, data: bytes) -> None:
         """Set ``key`` aside durably before its position moves past it."""
@@ -537,20 +496,3 @@ def _any_key(key: str) -> bool:
 
 def _not_a_reason(key: str) -> bool:
     return not key.endswith(_REASON)
-
-
-def _decode_lines(data: bytes) -> tuple[list[Any], list[int], int]:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorruptObjectError(f"not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
-    lines = data.splitlines()  # LF, CRLF or a lone CR ends a line
-    if lines:
-        lines[0] = lines[0].removeprefix(codecs.BOM_UTF8)
-    values: list[Any] = []
-    offsets: list[int] = []
-    for offset, line in enumerate(lines):
-        if line:
-            values.append(line)
-            offsets.append(offset)
-    return values, offsets, len(lines)

@@ -14,6 +14,9 @@ import pytest
 from riprap.connectors.s3 import S3ClientConfig
 from riprap.connectors.s3._client import list_keys, open_client, read_body
 
+# The Kafka broker too, for objects whose keys go through a topic (test_objects_over_kafka).
+from ..kafka.conftest import kafka, kafka_bootstrap  # noqa: F401
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
