@@ -537,7 +537,8 @@ class Runtime:
     def registry(self) -> CollectorRegistry:
         """The run's own Prometheus registry (created on first use)."""
         if self._registry is None:
-            self._registry = create_registry(self.pipeline.name, self.statistics)
+            upstream = [(u.pipeline.name, u.statistics) for u in self.upstreams]
+            self._registry = create_registry(self.pipeline.name, self.statistics, upstream)
         return self._registry
 
     # -- lifecycle -------------------------------------------------------------
@@ -1177,13 +1178,16 @@ class Runtime:
         self.checkpointer.guard = replace(guard, crashes={**guard.crashes, key: crash})
 
     def _report(self) -> RunReport:
-        return build_report(
+        report = build_report(
             self.pipeline.name,
             self.outcome,
             self.statistics(),
             self.error,
             redact=self.options.redactor.redact,
         )
+        if not self._upstreams_started:
+            return report
+        return replace(report, upstream=self._upstreams_started[0]._report())
 
 
 def _noop() -> None:

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from riprap.observability._statistics import steps_and_sink
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from riprap.observability._histogram import HistogramSnapshot
     from riprap.observability._statistics import RunStatistics
@@ -347,8 +347,35 @@ def _add_histogram(
     family.add_metric(labels, buckets, snapshot.total)
 
 
-def create_registry(pipeline: str, statistics: Callable[[], RunStatistics]) -> CollectorRegistry:
-    """A registry of its own holding the collector of the run ``statistics`` describes."""
+def create_registry(
+    pipeline: str,
+    statistics: Callable[[], RunStatistics],
+    upstream: Sequence[tuple[str, Callable[[], RunStatistics]]] = (),
+) -> CollectorRegistry:
+    """A registry of its own holding the collector of the run ``statistics`` describes.
+
+    ``upstream``: the pipelines before a ``.through()``, each ``(name, statistics)``:
+    their samples join the same families, under their own ``pipeline`` label.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunCollector(pipeline, statistics))
+    collectors = [RunCollector(pipeline, statistics)]
+    collectors += [RunCollector(name, stats) for name, stats in upstream]
+    registry.register(collectors[0] if len(collectors) == 1 else _Joined(collectors))
     return registry
+
+
+@final
+class _Joined(Collector):
+    """Several runs' collectors as one: each family once, with every run's samples."""
+
+    def __init__(self, collectors: Sequence[RunCollector]) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                known = families.setdefault(family.name, family)
+                if known is not family:
+                    known.samples.extend(family.samples)
+        yield from families.values()

@@ -109,6 +109,8 @@ class RunReport:
         error: The message of the error that failed the run, if any.
         failure: What failed the run: the step, the record's position, the
             user's frame of the traceback and the whole traceback (redacted).
+        upstream: The report of the pipeline's first half when it is split by
+            ``.through()`` (its own counts, positions and outcome).
     """
 
     pipeline: str
@@ -131,6 +133,7 @@ class RunReport:
     dead_letters_deleted: int = 0
     failure: Failure | None = None
     sinks: tuple[StepStats, ...] = ()
+    upstream: RunReport | None = None
 
     @property
     def rate(self) -> float:
@@ -175,6 +178,9 @@ class RunReport:
             lines.append(f"  error: {self.error}")
         if self.failure is not None:
             lines += _failure_lines(self.failure, verbose=verbose)
+        if self.upstream is not None:  # the first half of a through(), indented under it
+            first = self.upstream.format(verbose=verbose).splitlines()
+            lines += ["  first half:", *(f"  {line}" for line in first)]
         return "\n".join(lines)
 
     def to_dict(self, *, verbose: bool = False) -> dict[str, Any]:
@@ -199,6 +205,7 @@ class RunReport:
             "positions": dict(self.positions),
             "error": self.error,
             "failure": None if self.failure is None else self.failure.to_dict(verbose=verbose),
+            **({} if self.upstream is None else {"upstream": self.upstream.to_dict()}),
         }
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from prometheus_client import generate_latest
 
 pytest.importorskip("aiokafka")
 
@@ -102,14 +103,29 @@ async def test_a_stream_rekeyed_through_a_topic_counts_per_customer_in_one_run(
             if len(sink.values) >= ORDERS or time.monotonic() > deadline:
                 break
             await anyio.sleep(0.02)
+        scraped = generate_latest(running.metrics_registry).decode()
         running.stop()
     report = await running.wait()
+    # Both halves in one scrape: one family each, the first half under its own label.
+    assert 1 == scraped.count("# TYPE riprap_records_total counter")
+    first_half = 'riprap_records_total{outcome="in",pipeline="counts.by_customer",stage="orders"}'
+    assert f"{first_half} {ORDERS}.0" in scraped
     placed = Counter(order["customer"] for order in values)
     finals: dict[str, int] = {}
     for customer, seen in sink.values:
         finals[customer] = max(finals.get(customer, 0), seen)
     assert dict(placed) == finals
     assert (ORDERS, "stopped") == (report.records_in, report.outcome)
+    half = report.upstream  # the first half's own figures, in the run's report
+    assert half is not None
+    assert ("counts.by_customer", ORDERS, ORDERS) == (
+        half.pipeline,
+        half.records_in,
+        half.records_out,
+    )
+    assert half.outcome in ("completed", "stopped")
+    assert "  first half:\n  pipeline counts.by_customer:" in report.format()
+    assert ORDERS == report.to_dict()["upstream"]["records_in"]
     first = await upstream.load("counts.by_customer")  # the first half's own checkpoint
     assert first is not None
     assert {"memory": ORDERS} == dict(first.positions)  # IterableSource's one partition
