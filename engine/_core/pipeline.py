@@ -154,6 +154,16 @@ class Pipeline:
         self._refuse_second("source", self.source_)
         return self._with(source_=MergedSource(sources))
 
+    def with_upstream(self, upstream: Pipeline) -> Pipeline:
+        """A copy whose half before its ``.through()`` is ``upstream`` (a worker's share of it).
+
+        Raises:
+            ConfigError: The pipeline has no ``.through()``.
+        """
+        if self.upstream is None:
+            raise ConfigError("with_upstream", f"pipeline {self.name!r} has no .through()")
+        return self._with(upstream=upstream)
+
     def with_source(self, source: Source) -> Pipeline:
         """A copy reading from another source (the CLI replays dead letters this way).
 

@@ -41,7 +41,7 @@ from riprap._core.errors import ConfigError
 from riprap._core.steps import StageStep
 from riprap._runtime.keyed_state import keeps_keyed_state
 from riprap._runtime.run import SIGNALS, catch_signals
-from riprap._runtime.worker_names import worker_name
+from riprap._runtime.worker_names import pipeline_name, worker_name
 from riprap.observability._report import RunReport
 
 if TYPE_CHECKING:
@@ -92,7 +92,11 @@ def worker_pipeline(pipeline: Pipeline, index: int, count: int) -> Pipeline:
     if count == 1:
         return pipeline
     source = split.for_worker(index, count)
-    return pipeline.with_source(source).renamed(worker_name(pipeline.name, index, count))
+    worker = pipeline.with_source(source).renamed(worker_name(pipeline.name, index, count))
+    if pipeline.upstream is None:
+        return worker
+    # The half before a through() splits its own source; its name gets the worker's too.
+    return worker.with_upstream(worker_pipeline(pipeline.upstream, index, count))
 
 
 def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
@@ -110,12 +114,8 @@ def check_splittable(pipeline: Pipeline, count: int) -> SplittableSource:
     plan = pipeline.plan()
     if count == 1:
         return cast("SplittableSource", plan.source)
-    if plan.upstream is not None:
-        raise ConfigError(
-            "workers",
-            f"pipeline {pipeline.name!r} runs in two halves (.through()), which workers do "
-            "not split yet: run it with one worker, or each half as a pipeline of its own",
-        )
+    if pipeline.upstream is not None:  # each half is split by its own rules
+        check_splittable(pipeline.upstream, count)
     keyed = []
     for step in plan.all_steps():
         if isinstance(step, StageStep) and keeps_keyed_state(step.stage):
@@ -186,6 +186,8 @@ def check_layout(pipeline: Pipeline, count: int) -> None:
         ConfigError: Positions of another worker count exist; names them.
     """
     source = check_splittable(pipeline, count)
+    if pipeline.upstream is not None:
+        check_layout(pipeline.upstream, count)
     backend = _backend(pipeline)
     if backend is None or _shared(source, count):
         return
@@ -282,8 +284,13 @@ def report_to_json(report: RunReport) -> bytes:
 
 def report_from_json(data: bytes) -> RunReport:
     """A worker's report written by :func:`report_to_json` (no per-step counts, no traceback)."""
-    raw = orjson.loads(data)
+    return _report_from_dict(orjson.loads(data))
+
+
+def _report_from_dict(raw: dict[str, Any]) -> RunReport:
+    upstream = raw.get("upstream")
     return RunReport(
+        upstream=None if upstream is None else _report_from_dict(upstream),
         pipeline=raw["pipeline"],
         outcome=raw["outcome"],
         records_in=raw["records_in"],
@@ -323,7 +330,12 @@ def merge_reports(pipeline: str, reports: Sequence[RunReport | None]) -> RunRepo
     for r in done:
         for partition, position in r.positions.items():
             positions[partition] = max(position, positions.get(partition, position))
+    halves = [r.upstream for r in done if r.upstream is not None]
+    upstream = None  # the first halves of a through(), added up the same way
+    if halves:
+        upstream = merge_reports(pipeline_name(halves[0].pipeline), halves)
     return RunReport(
+        upstream=upstream,
         pipeline=pipeline,
         outcome=max(outcomes, key=_WORST.index, default="failed"),
         records_in=sum(r.records_in for r in done),

@@ -158,12 +158,13 @@ def test_through_needs_a_source_and_no_end_yet(kafka: KafkaHelper) -> None:
         keyed.through("x", sink, source)
 
 
-def test_workers_refuse_a_pipeline_in_two_halves(
+def test_workers_check_each_half_of_a_pipeline_by_its_own_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Workers split one source; a pipeline in two halves is refused, named, before any starts."""
+    """A second half keeping keyed state over a group without a changelog is refused under
+    two workers, named, before any starts (as a pipeline of one half would be)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(riprap.ConfigError, match=r"two halves \(\.through\(\)\)"):
+    with pytest.raises(riprap.ConfigError, match=r"'window_count'.*changelog"):
         riprap.run_workers(f"{WORKER}:two_halves", workers=2)
 
 
