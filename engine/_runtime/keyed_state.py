@@ -90,6 +90,7 @@ class PartitionLog:
     """
 
     __slots__ = (
+        "assignment",
         "backing",
         "entries",
         "limit",
@@ -111,6 +112,8 @@ class PartitionLog:
         self.step_id = step_id
         self.partition = partition
         self.backing = backing
+        self.assignment: object = None
+        """The assignment of the partition its records were read under (group sources)."""
         self.position = position
         """The partition's committable position now (``None``: not tracked)."""
         self.offsets: list[int] = []
@@ -460,7 +463,7 @@ class KeyedState:
             self._bind(where)  # raises, naming the problem
         assert where is not None
         assert self._context is not None
-        log = self._log(where[0].partition)
+        log = self._log(where[0].partition, where[0].assignment)
         now = self._context.clock.time()
         found = set(log.backing.tokens(now))
         for token, entry in log.newest.items():
@@ -497,7 +500,10 @@ class KeyedState:
         state.key = key
         state._step_id = step_id
         state._token = token
-        state._log = self._logs.get(source.partition) or self._log(source.partition)
+        log = self._logs.get(source.partition)
+        if log is None or log.assignment is not source.assignment:
+            log = self._log(source.partition, source.assignment)
+        state._log = log
         # In flight: every change is below every position, so every cut takes it.
         state._offset = -1 if self.in_flight else offset
         state._clock = context.clock
@@ -505,9 +511,14 @@ class KeyedState:
         state._pending = _UNSET
         return state
 
-    def _log(self, partition: str) -> PartitionLog:
+    def _log(self, partition: str, assignment: object = None) -> PartitionLog:
+        """The partition's log, a new one when the partition was assigned anew.
+
+        The changes not yet cut are those of records the committed position does not
+        cover: under a new assignment the source reads them again, so they go.
+        """
         log = self._logs.get(partition)
-        if log is None:
+        if log is None or log.assignment is not assignment:
             assert self._partitions is not None
             if self._hub is not None:
                 self._hub.require(self._step_id, partition)
@@ -517,6 +528,7 @@ class KeyedState:
             log = self._logs[partition] = PartitionLog(
                 self._step_id, partition, backing, lambda: context.positions().get(partition)
             )
+            log.assignment = assignment
         return log
 
     def snapshot(self) -> Any:
