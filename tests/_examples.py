@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import ModuleType
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -28,3 +29,18 @@ def load_example(file_name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def with_consumer_options(module: ModuleType, options: Mapping[str, Any]) -> None:
+    """Have the example's ``KafkaSource`` take ``options`` over its own consumer options.
+
+    For short group timeouts in tests: the test broker holds a group join for
+    half the session timeout, so an example's production settings would make
+    each join take seconds.
+    """
+    make = module.KafkaSource
+
+    def source(*args: Any, consumer_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        return make(*args, consumer_options={**(consumer_options or {}), **options}, **kwargs)
+
+    module.__dict__["KafkaSource"] = source

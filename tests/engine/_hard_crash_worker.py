@@ -1,10 +1,10 @@
 """Subprocess for the hard-crash tests: records that kill the process without an exception.
 
-Usage: ``python _hard_crash_worker.py HOW POISON[,POISON...] [MILLISECONDS]``,
+Usage: ``python _hard_crash_worker.py [ID=HOW[,ID=HOW...]] [MILLISECONDS]``,
 run in the test's directory. The pipeline reads ids from ``input.jsonl`` into
 an SQLite table, spending ``MILLISECONDS`` on each record (CPU work, so that a
-kill from outside lands mid-run). Its ``parse`` step ends the process on a poison id the way
-native crashes do: ``exit`` calls ``os._exit(3)``, ``abort`` calls
+kill from outside lands mid-run). Its ``parse`` step ends the process on a poison ID the way
+native crashes do, as its HOW says: ``exit`` calls ``os._exit(3)``, ``abort`` calls
 ``os.abort()`` (SIGABRT, as a failed assertion in a C library), ``kill`` sends
 itself SIGKILL (as the OOM killer does). A run that ends on its own prints its
 report as JSON and exits 0.
@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,6 +25,9 @@ from riprap.checkpoints import SqliteCheckpoints
 from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.sqlite import SqliteSink
 from riprap.deadletters import JsonLinesDeadLetters
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PIPELINE = "hard-crash"
 TABLE = "items"
@@ -42,13 +45,13 @@ def die(how: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build(how: str, poison: frozenset[int], work: float = 0.0) -> riprap.Pipeline:
+def build(poison: Mapping[int, str], work: float = 0.0) -> riprap.Pipeline:
     """The pipeline under test, with small batches so runs checkpoint partial progress."""
 
     def parse(line: bytes) -> dict[str, Any]:
         value: dict[str, Any] = orjson.loads(line)
         if value["id"] in poison:
-            die(how)
+            die(poison[value["id"]])
         if work:
             time.sleep(work)  # stands in for CPU work in the step
         return value
@@ -71,9 +74,10 @@ def build(how: str, poison: frozenset[int], work: float = 0.0) -> riprap.Pipelin
 
 def main(argv: list[str]) -> int:
     """Run to completion and print the report as JSON."""
-    how, poison = argv[0], frozenset(int(p) for p in argv[1].split(",") if p)
-    work = float(argv[2]) / 1000 if len(argv) > 2 else 0.0
-    report = riprap.run(build(how, poison, work))
+    pills = (pill.partition("=") for pill in argv[0].split(",") if pill)
+    poison = {int(offset): how for offset, _, how in pills}
+    work = float(argv[1]) / 1000 if len(argv) > 1 else 0.0
+    report = riprap.run(build(poison, work))
     summary = {"outcome": report.outcome, "dead_lettered": dict(report.dead_lettered)}
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0 if report.outcome == "completed" else 1

@@ -58,7 +58,8 @@ def main(bootstrap: str, topic: str) -> None:
         topic,
         bootstrap_servers=bootstrap,
         group_id=f"{topic}-counts",
-        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
+        # A short session: a restart waits out its killed predecessor's session before it joins.
+        consumer_options={"session_timeout_ms": 1000, "heartbeat_interval_ms": 150},
     )
     pipeline = (
         riprap.Pipeline(

@@ -21,7 +21,7 @@ from riprap.connectors.kafka import KafkaChangelog, KafkaCheckpoints, KafkaSourc
 if TYPE_CHECKING:
     from riprap.state import State
 
-FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+FAST_GROUP = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 150}
 """As in the conftest (this file is loaded by path, not imported from the package)."""
 
 

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 """A message to produce: key (or ``None``), value and headers."""
 
-FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
-"""Consumer options for tests: this broker waits half a session timeout before a join completes."""
+FAST_GROUP = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 150}
+"""Consumer options for tests: this broker holds a join for half a session timeout (1 s at
+least), and the next member of a group that just stopped can wait out a whole session."""
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +100,39 @@ class KafkaHelper:
         finally:
             await consumer.stop()
 
+    async def read_to_end(self, topic: str, *, within: float = 60.0) -> list[Any]:
+        """Every message of ``topic`` up to its end as of this call (bounded).
+
+        For topics whose writers have stopped: it returns as soon as the end is
+        reached, where :meth:`read_all` with a count above the length (to catch
+        duplicates) would wait out ``within``. The end of a partition is the
+        later of its listed end offset and a fetch's high watermark, since this
+        broker lists the start of the last record batch as the end.
+        """
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads the metadata of every topic
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            listed = await consumer.end_offsets(tps)
+            messages: list[Any] = []
+            deadline = time.monotonic() + within
+            for _ in range(100_000):
+                fetched = await consumer.getmany(timeout_ms=100, max_records=5000)
+                for records in fetched.values():
+                    messages.extend(records)
+                if await _at_end(consumer, listed):
+                    return messages
+                if time.monotonic() > deadline:
+                    break
+            pytest.fail(f"{topic} not read to its end {listed} within {within} s")
+        finally:
+            await consumer.stop()
+
     async def committed(self, topic: str, group_id: str, partitions: int = 4) -> dict[str, int]:
         """The group's committed offsets as ``{"topic:p": offset}`` (partitions with one)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -116,6 +150,15 @@ class KafkaHelper:
             return offsets
         finally:
             await consumer.stop()
+
+
+async def _at_end(consumer: Any, listed: dict[Any, int]) -> bool:
+    """Whether ``consumer`` has read every partition past its listed end and high watermark."""
+    for tp, end in listed.items():
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < max(end, highwater):
+            return False
+    return True
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from tests._examples import load_example
+from tests._examples import load_example, with_consumer_options
+
+from .conftest import FAST_GROUP
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,6 +29,7 @@ def example(kafka: KafkaHelper) -> Iterator[ModuleType]:
     """The example module, on topics and groups of this test's own on the test broker."""
     module = load_example("repartition.py")
     module.__dict__.update(BOOTSTRAP=kafka.bootstrap, TOPIC_PREFIX=f"t-{uuid.uuid4().hex[:8]}-")
+    with_consumer_options(module, FAST_GROUP)
     yield module
     del sys.modules[module.__name__]
 

@@ -116,12 +116,19 @@ def kill_and_restart(
     assert list(range(records)) == table.numbers()
 
 
-@pytest.mark.parametrize("mode", ["each", "limits"], ids=["commit-per-write", "count-and-time"])
-def test_kill_and_restart_commits_every_record_once(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "records"),
+    # A commit per write of 10 records is slow: ten kills cover a few hundred of them.
+    [("each", 1000), ("limits", RECORDS)],
+    ids=["commit-per-write", "count-and-time"],
+)
+def test_kill_and_restart_commits_every_record_once(
+    tmp_path: Path, mode: str, records: int
+) -> None:
     """SIGKILLed runs never checkpoint past uncommitted records, and after the last run
     the local table holds every input record exactly once.
     """
-    kill_and_restart(tmp_path, Table(str(tmp_path / "table"), None), [mode])
+    kill_and_restart(tmp_path, Table(str(tmp_path / "table"), None), [mode], records)
 
 
 @pytest.mark.s3
@@ -129,7 +136,7 @@ def test_kill_and_restart_on_s3(tmp_path: Path, moto_endpoint: str, bucket: str)
     """The same on S3: commits by count and time, each record once in the table."""
     table = Table(f"s3://{bucket}/table", moto_endpoint)
     # S3 commits are slower, so a kill overshoots less: less input suffices.
-    kill_and_restart(tmp_path, table, ["limits", moto_endpoint], records=2000)
+    kill_and_restart(tmp_path, table, ["limits", moto_endpoint], records=1200)
 
 
 def test_kill_and_restart_writes_each_record_to_one_parquet_file(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests._examples import load_example
+from tests._examples import load_example, with_consumer_options
+from tests.connectors.kafka.conftest import FAST_GROUP
 
 from ._writer import eventually
 
@@ -54,6 +55,7 @@ async def test_capture_and_apply_keep_the_replica_equal(
 ) -> None:
     """Snapshot, inserts, updates and deletes travel through Kafka into the replica table."""
     example = load_example("postgres_cdc.py")
+    with_consumer_options(example, FAST_GROUP)
     await pg.execute(*SETUP)
     await create_topic(bootstrap, example.TOPIC)
     expected: list[Any] = []

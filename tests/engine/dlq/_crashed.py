@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import pytest
 
 WORKER = Path(__file__).with_name("_dlq_crash_worker.py")
+PAUSE = "0.005"
+"""Seconds each record of the killed run takes: it lasts seconds, the kill lands mid-run."""
 KILL_AFTER = 120
 """Letters the first run must have written when it is killed (of ``len(FAILED)``).
 
@@ -46,14 +48,14 @@ def crash_then_finish(location: str, workdir: Path, *, endpoint_url: str | None 
         one more batch before the log said so).
     """
     endpoint = [] if endpoint_url is None else [endpoint_url]
-    killed = [sys.executable, str(WORKER), location, "10", *endpoint]
+    killed = [sys.executable, str(WORKER), location, "10", PAUSE, *endpoint]
     with spawn(killed, workdir, "killed") as proc:
         wait_for_child(lambda: written(workdir) >= KILL_AFTER, proc, f"{KILL_AFTER} dead letters")
         proc.send_signal(signal.SIGKILL)
         assert -signal.SIGKILL == proc.wait(timeout=DEADLINE)
     before = written(workdir)
     assert len(FAILED) > before  # killed mid-run: letters were still to come
-    rerun = [sys.executable, str(WORKER), location, "7", *endpoint]
+    rerun = [sys.executable, str(WORKER), location, "7", "0", *endpoint]  # nothing to kill
     with spawn(rerun, workdir, "rerun") as proc:
         code = proc.wait(timeout=DEADLINE)
         assert 0 == code, (workdir / "rerun.err").read_text()

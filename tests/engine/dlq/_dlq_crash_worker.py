@@ -1,13 +1,14 @@
 """Child process for the dead-letter crash tests: the failing orders pipeline, slowed down.
 
-Usage: ``python _dlq_crash_worker.py STORE BATCH_SIZE [ENDPOINT_URL]``, run in a
-work directory. STORE is a JSON Lines file, an SQLite file (``.db``),
+Usage: ``python _dlq_crash_worker.py STORE BATCH_SIZE PAUSE [ENDPOINT_URL]``, run in
+a work directory. STORE is a JSON Lines file, an SQLite file (``.db``),
 ``kafka://HOST:PORT/TOPIC`` or ``s3://BUCKET/PREFIX``. The pipeline is the one
 of :mod:`tests.engine.dlq._replay` (a third of :data:`ORDERS` dead-lettered),
-with a step that sleeps a few milliseconds per record so that a run lasts
-seconds. Its checkpoint interval is an hour: the only checkpoint is the final
-one, so a SIGKILL always lands after some dead-letter writes and before the
-checkpoint that would cover them, and the restarted run writes them again.
+with a step that sleeps PAUSE seconds per record (a few milliseconds make a run
+last seconds, for a run to be killed; 0 for the run that finishes). Its
+checkpoint interval is an hour: the only checkpoint is the final one, so a
+SIGKILL always lands after some dead-letter writes and before the checkpoint
+that would cover them, and the restarted run writes them again.
 
 After every durable dead-letter write it appends one line per letter to
 ``written.log``, which the test polls to know how many letters are stored.
@@ -31,14 +32,12 @@ from riprap.connectors.memory import IterableSource, MemorySink
 from tests.engine.dlq._replay import ORDERS, check, orders, strict_parse
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from riprap.deadletters import DeadLetter, DeadLetterSink
 
 LOG = "written.log"
 """One line per dead letter written durably, appended after each write."""
-PAUSE = 0.005
-"""Seconds each record takes (the run lasts ``ORDERS * PAUSE`` seconds and more)."""
 
 
 class LoggedDeadLetters:
@@ -65,10 +64,15 @@ def note_written(count: int) -> None:
         log.write(b"x\n" * count)
 
 
-def slow(value: Any) -> Any:
-    """Take :data:`PAUSE` seconds, so that the test can kill the run in the middle."""
-    time.sleep(PAUSE)
-    return value
+def slow_step(pause: float) -> Callable[[Any], Any]:
+    """A step taking ``pause`` seconds per record, so that the test can kill the run mid-way."""
+
+    def slow(value: Any) -> Any:
+        if pause:
+            time.sleep(pause)
+        return value
+
+    return slow
 
 
 def store_sink(store: str, endpoint_url: str | None) -> DeadLetterSink:
@@ -91,7 +95,7 @@ def store_sink(store: str, endpoint_url: str | None) -> DeadLetterSink:
 
 def main(argv: list[str]) -> int:
     """Run the failing pipeline on ``STORE`` until it ends (or is killed)."""
-    store, batch_size, *endpoint = argv
+    store, batch_size, pause, *endpoint = argv
     pipeline = (
         riprap.Pipeline(
             "orders",
@@ -102,7 +106,7 @@ def main(argv: list[str]) -> int:
             batch_size=int(batch_size),
         )
         .source(IterableSource("orders", orders(ORDERS)))
-        .map("slow", slow)
+        .map("slow", slow_step(float(pause)))
         .map("parse", strict_parse)
         .map("check", check)
         .sink(MemorySink())
