@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 from riprap.deadletters import read_dead_letters
 
 from ._hard_crash_worker import INPUT, MAX_CRASHES, RECORDS, TABLE
-from ._subprocesses import DEADLINE, query, spawn
+from ._subprocesses import DEADLINE, query, spawn, wait_for_child
 
 pytestmark = pytest.mark.slow
 
@@ -83,16 +84,32 @@ def test_records_that_kill_the_process_are_quarantined(tmp_path: Path) -> None:
     assert set(DYING.values()) == set(codes[:-1])
 
 
+def rows(directory: Path) -> int:
+    """Rows in the sink table so far (0 before it exists)."""
+    database = directory / "out.db"
+    if not database.exists():
+        return 0
+    try:
+        return len(query(database, f"SELECT id FROM {TABLE}"))
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
 def test_operator_kills_never_quarantine_a_healthy_record(tmp_path: Path) -> None:
-    """Forty SIGKILLs at random moments end with every record in the sink and no dead letter."""
+    """Twenty SIGKILLs, each once the run has written a few more records (so records are in
+    flight, not Python starting up), end with every record in the sink and no dead letter."""
     rng = random.Random("operator-kills")
     write_input(tmp_path)
     args = [sys.executable, str(WORKER), "", "3"]
-    for number in range(40):
+    for number in range(20):
+        target = rows(tmp_path) + rng.randint(1, 15)
+        if target >= RECORDS:
+            break
         with spawn(args, tmp_path, f"killed-{number}") as proc:
-            time.sleep(rng.uniform(0.05, 0.6))
+            wait_for_child(lambda: rows(tmp_path) >= target, proc, f"{target} rows")  # noqa: B023
+            time.sleep(rng.uniform(0, 0.01))
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=DEADLINE)
+            assert -signal.SIGKILL == proc.wait(timeout=DEADLINE)
     codes = supervise(tmp_path, {})
     assert [0] == codes
     assert list(range(RECORDS)) == stored_ids(tmp_path)
