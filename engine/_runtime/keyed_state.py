@@ -485,7 +485,8 @@ class KeyedState:
                 "step or a stage that emits new records): keyed state needs the record's key",
             )
         source, index = where
-        if _given_up(source):
+        assignment = source.assignment  # inline: once per record
+        if assignment is not None and assignment.revoked:
             raise PartitionGivenUp(source.partition)
         keys, offsets = source.keys, source.offsets
         if key is _UNSET:
