@@ -233,9 +233,9 @@ class KafkaSource:
         self._unpositioned: set[Any] = set()
         """Assigned partitions not yet positioned (paused until they are)."""
         self._unconfirmed: dict[Any, tuple[int, int, int]] = {}
+        """Positions past the listed latest offset: ``(offset, earliest, latest)``, see _confirm."""
         self._leases: dict[Any, Assignment] = {}
         """Each assigned partition's current assignment, carried by its batches."""
-        """Positions past the listed latest offset: ``(offset, earliest, latest)``, see _confirm."""
         self._fresh: set[Any] = set()
         """Partitions started at ``auto_offset_reset`` that have handed out nothing yet."""
         self._failure: BaseException | None = None
