@@ -35,6 +35,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from riprap import ConfigError
 from riprap.state import RestoredState, StateStoreError
 
+from ._closing import stop_client
 from ._codecs import parse_partition
 
 if TYPE_CHECKING:
@@ -216,10 +217,10 @@ class KafkaChangelog:
         self._pending, self._marks = [], {}
         try:
             if consumer is not None:
-                await consumer.stop()
+                await stop_client(consumer.stop, "changelog restore")
         finally:
             if producer is not None:
-                await producer.stop()
+                await stop_client(producer.stop, "changelog")
 
     # -- internals -----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from riprap.deadletters import DeadLetter, decode_payload, encode_payload
 
+from ._closing import stop_client
 from ._sink import _as_riprap_error
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ class KafkaDeadLetters:
             raise mapped from exc
 
     async def aclose(self) -> None:
-        """Flush and stop the producer."""
+        """Flush and stop the producer (every letter written was acknowledged already)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await stop_client(producer.stop, "dead letters")

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeEr
 
 from riprap import ConfigError, DataError, TransientError
 
+from ._closing import stop_client
 from ._codecs import Serializer, keys_bytes, resolve_encoder
 from ._columns import columns
 from ._partition import partitions_for
@@ -290,10 +291,10 @@ class KafkaSink:
         await producer.flush()
 
     async def aclose(self) -> None:
-        """Stop the producer (it sends what it still holds first)."""
+        """Stop the producer (it sends what it still holds first; abandoned after a bound)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await stop_client(producer.stop, f"sink {self.name!r}")
 
     def _require_open(self) -> Any:
         if self._producer is None:

@@ -20,6 +20,7 @@ from riprap.lowlevel import Assignment
 from riprap.state import StateStoreError
 
 from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, timed_offsets
+from ._closing import stop_client
 from ._codecs import lag_by_partition, parse_partition, partition_name
 from ._gaps import OffsetGapError, describe_gap, offset_gap
 
@@ -319,7 +320,7 @@ class KafkaSource:
         """Leave the group and stop the consumer (committing nothing)."""
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_client(consumer.stop, f"source {self.name!r}")
         self._buffer.clear()
         self._buffered = 0
         self._paused.clear()

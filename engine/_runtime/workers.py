@@ -65,6 +65,8 @@ POLL = 0.05
 """Seconds between two looks at the workers."""
 EXIT_USAGE = 2
 """A worker's exit code when its pipeline was refused: restarting it cannot help."""
+SUPERVISOR_ENV = "RIPRAP_SUPERVISOR_PID"
+"""Tells a worker its supervisor's pid: once its parent is another, the supervisor is gone."""
 _WORST = ("completed", "stopped", "aborted", "failed")
 """Outcomes from best to worst: the aggregate's is its workers' worst."""
 
@@ -526,6 +528,8 @@ class _Supervisor:
         with _signals_blocked():  # inherited: held until the worker's handlers are in place
             slot.process = subprocess.Popen(
                 slot.command,
+                # The worker knows its supervisor even if it dies before the worker looks.
+                env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
                 stdout=2,  # the worker's own report joins the logs on stderr
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor alone
             )

@@ -11,7 +11,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from riprap._runtime.run import hold_signals, ignore_signals
-from riprap._runtime.workers import run_workers, unblock_signals, worker_pipeline, write_report
+from riprap._runtime.workers import (
+    SUPERVISOR_ENV,
+    run_workers,
+    unblock_signals,
+    worker_pipeline,
+    write_report,
+)
 from riprap.cli._load import load_pipeline
 from riprap.cli._runs import exit_code, run_with_report
 
@@ -54,7 +60,9 @@ def run_worker(args: argparse.Namespace, console: Console, health: HealthConfig 
         health = replace(health, port=health.port + index if health.port else 0)
     hold_signals()
     unblock_signals()
-    parent = os.getppid()
+    # The supervisor's pid as it said it (it may have died before this line: then the
+    # parent is already another), else the parent now.
+    parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
     path = args.worker_report
 

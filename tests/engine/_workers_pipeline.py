@@ -9,6 +9,8 @@
     in each process, creates ``started-<pid>`` on its first record and then
     holds every record until the file ``go`` exists: the test decides when the
     workers may go on (a kill or a signal in between).
+``slow_to_load``
+    ``gated``, loaded slowly by each worker: its supervisor can die before it looks.
 ``stateful``
     Deduplicates by id: stateful, so refused under more than one worker.
 ``keyed``
@@ -27,6 +29,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -81,6 +84,13 @@ def gated() -> riprap.Pipeline:
         .map("gate", _gate)
         .sink(SqliteSink(DATABASE, table=TABLE, key="id", timeout=30.0))
     )
+
+
+def slow_to_load() -> riprap.Pipeline:
+    """``gated``, but a worker takes a while to load it (its supervisor may die meanwhile)."""
+    if os.environ.get("RIPRAP_SUPERVISOR_PID"):
+        time.sleep(1.0)
+    return gated()
 
 
 def stateful() -> riprap.Pipeline:

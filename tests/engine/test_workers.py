@@ -7,6 +7,7 @@ every wait bounded (see ``_subprocesses``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -245,6 +246,44 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.slow
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(child) for child in listed.split()]
+
+
+@pytest.mark.slow
+def test_workers_whose_supervisor_died_before_they_looked_stop_too(tmp_path: Path) -> None:
+    """The supervisor is killed while its workers are still loading the pipeline (before
+    they could see their parent): they learn its pid from it, see it gone, and end."""
+    write_input(tmp_path)
+    with spawn(riprap_run("slow_to_load", "--workers", "2"), tmp_path, "run") as proc:
+        wait_for_child(lambda: len(children(proc.pid)) == 2, proc, "two workers started")
+        workers = children(proc.pid)
+        proc.kill()
+        proc.wait(timeout=DEADLINE)
+    err = tmp_path / "run.err"
+    deadline = time.monotonic() + DEADLINE
+    while err.read_text().count("SIGTERM received") < 2:  # the gate holds them until then
+        if time.monotonic() > deadline:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the orphaned workers never stopped:\n{err.read_text()[-2000:]}")
+        time.sleep(0.05)
+    (tmp_path / GO).touch()
+    while not all(map(gone, workers)):
+        if time.monotonic() > deadline:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail("the orphaned workers never ended")
+        time.sleep(0.05)
+
+
 def test_workers_of_a_killed_supervisor_stop_gracefully(tmp_path: Path) -> None:
     """SIGKILL the supervisor: its workers notice, drain and checkpoint what they wrote."""
     write_input(tmp_path)
