@@ -10,7 +10,8 @@
     holds every record until the file ``go`` exists: the test decides when the
     workers may go on (a kill or a signal in between).
 ``slow_to_load``
-    ``gated``, loaded slowly by each worker: its supervisor can die before it looks.
+    ``gated``, loaded by each worker only once the file ``load`` exists: the test kills
+    the supervisor before the workers look at it.
 ``stateful``
     Deduplicates by id: stateful, so refused under more than one worker.
 ``keyed``
@@ -48,6 +49,7 @@ DATABASE = "out.db"
 TABLE = "orders"
 NAME = "orders"
 GO = "go"
+LOAD = "load"
 GATE_POLLS = 6_000
 """Looks for ``go`` a held record may take (10 ms apart): a minute at most."""
 
@@ -87,9 +89,12 @@ def gated() -> riprap.Pipeline:
 
 
 def slow_to_load() -> riprap.Pipeline:
-    """``gated``, but a worker takes a while to load it (its supervisor may die meanwhile)."""
+    """``gated``, but a worker loads it only once ``load`` exists (its supervisor may die first)."""
     if os.environ.get("RIPRAP_SUPERVISOR_PID"):
-        time.sleep(1.0)
+        for _ in range(GATE_POLLS):
+            if os.path.exists(LOAD):
+                break
+            time.sleep(0.01)
     return gated()
 
 

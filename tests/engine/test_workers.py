@@ -22,7 +22,7 @@ import pytest
 import riprap
 
 from ._subprocesses import DEADLINE, load_checkpoint, query, spawn, wait_for_child
-from ._workers_pipeline import CHECKPOINTS, DATABASE, GO, NAME, TABLE
+from ._workers_pipeline import CHECKPOINTS, DATABASE, GO, LOAD, NAME, TABLE
 
 PIPELINES = Path(__file__).with_name("_workers_pipeline.py")
 FILES = 6
@@ -265,6 +265,7 @@ def test_workers_whose_supervisor_died_before_they_looked_stop_too(tmp_path: Pat
         workers = children(proc.pid)
         proc.kill()
         proc.wait(timeout=DEADLINE)
+    (tmp_path / LOAD).touch()  # the workers load the pipeline only now, orphaned already
     err = tmp_path / "run.err"
     deadline = time.monotonic() + DEADLINE
     while err.read_text().count("SIGTERM received") < 2:  # the gate holds them until then

@@ -32,6 +32,18 @@ COUNT: Aggregate[Any, int, int] = Aggregate(
 )
 
 
+def counting(store: StateStore) -> Window:
+    """Clicks per ``key`` in tumbling windows of 10 s of ``t``, kept in ``store``."""
+    return Window(
+        "w",
+        window=tumbling(10),
+        key=lambda value: value["key"],
+        time=lambda value: value["t"],
+        aggregate=COUNT,
+        store=store,
+    )
+
+
 def store_of(kind: str, tmp_path: Path) -> StateStore:
     return MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "state")
 
@@ -120,16 +132,7 @@ async def test_each_partition_has_its_own_watermark(tmp_path: Path) -> None:
     pipeline = (
         riprap.Pipeline("files", checkpoint=MemoryCheckpoints())
         .source(JsonLinesSource(str(tmp_path / "*.jsonl"), decode=True))
-        .stage(
-            Window(
-                "w",
-                window=tumbling(10),
-                key=lambda value: value["key"],
-                time=lambda value: value["t"],
-                aggregate=COUNT,
-                store=MemoryStore(),
-            )
-        )
+        .stage(counting(MemoryStore()))
         .sink(sink)
     )
     report = await pipeline.run()
@@ -148,16 +151,7 @@ async def test_windows_go_on_across_runs_from_the_store(tmp_path: Path) -> None:
         pipeline = (
             riprap.Pipeline("runs", checkpoint=checkpoints)
             .source(IterableSource("feed", values[:stop], partition="p"))
-            .stage(
-                Window(
-                    "w",
-                    window=tumbling(10),
-                    key=lambda value: value["key"],
-                    time=lambda value: value["t"],
-                    aggregate=COUNT,
-                    store=SqliteStore(tmp_path / "state"),
-                )
-            )
+            .stage(counting(SqliteStore(tmp_path / "state")))
             .sink(sink)
         )
         await pipeline.run()
@@ -188,16 +182,7 @@ async def test_keys_come_back_as_they_went_in_and_others_are_dead_lettered(
             dlq_guard=None,
         )
         .source(IterableSource("feed", values))
-        .stage(
-            Window(
-                "w",
-                window=tumbling(10),
-                key=lambda value: value["key"],
-                time=lambda value: value["t"],
-                aggregate=COUNT,
-                store=MemoryStore(),
-            )
-        )
+        .stage(counting(MemoryStore()))
         .sink(sink)
     )
     report = await pipeline.run()

@@ -7,11 +7,17 @@ to TOPIC keyed by its customer; the second half reads TOPIC as a group member
 (positions in the group, state in a changelog), drops an order it has counted
 already, counts the rest per customer and upserts ``{"customer", "orders"}``
 into ``out.db``. Runs until killed or stopped by SIGTERM.
+
+``pipeline`` is the same for ``riprap run --workers 2`` (broker and topic from
+``RIPRAP_TEST_BOOTSTRAP`` and ``RIPRAP_TEST_TOPIC``): the first half reads
+``in-*.jsonl`` (the workers split the files), and the second writes one row
+per (customer, count).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -84,6 +90,43 @@ def main(bootstrap: str, topic: str) -> None:
         .sink(SqliteSink("out.db", table="counts", key="customer", columns=("orders",)))
     )
     riprap.run(pipeline)
+
+
+def pipeline() -> riprap.Pipeline:
+    bootstrap = os.environ["RIPRAP_TEST_BOOTSTRAP"]
+    topic = os.environ["RIPRAP_TEST_TOPIC"]
+    by_customer = KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-counts",
+        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
+    )
+    return (
+        riprap.Pipeline(
+            "through-counts",
+            checkpoint_path="checkpoints.db",
+            checkpoint_interval=0.1,
+            changelog=KafkaChangelog(bootstrap, topic=f"{topic}-changelog"),
+        )
+        .source(JsonLinesSource("in-*.jsonl", decode=True))
+        .through(
+            "by_customer",
+            KafkaSink(topic, bootstrap_servers=bootstrap, key=lambda order: order["customer"]),
+            by_customer,
+            checkpoint=KafkaCheckpoints(by_customer),
+        )
+        .map("decode", json_value)
+        .filter("first", first_time, state=True, key=lambda order: order["id"])
+        .map("count", count, state=True)
+        .sink(
+            SqliteSink(
+                "out.db",
+                table="counts",
+                key=lambda row: f"{row['customer']}:{row['orders']}",
+                timeout=30.0,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ async def test_a_consumer_whose_broker_died_stops_without_leaking_a_cancellation
         await consumer.getmany(timeout_ms=200)  # a fetch in flight from now on
     finally:
         broker.__exit__(None, None, None)
-    await anyio.sleep(0.5)  # the fetcher meets the dead broker and backs off
     source = KafkaSource("t", bootstrap_servers=bootstrap, group_id="g")
     source._consumer = consumer  # the source's own client, as open() leaves it
     caplog.set_level(logging.WARNING, logger="riprap.connectors.kafka")

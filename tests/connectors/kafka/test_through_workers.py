@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-PIPELINE = Path(__file__).with_name("_through_workers.py")
+PIPELINE = Path(__file__).with_name("_through_worker.py")
 FILES = 4
 ORDERS = 60
 CUSTOMERS = 7
