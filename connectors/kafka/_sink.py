@@ -173,18 +173,31 @@ class KafkaSink:
                 partly written: a retry produces duplicates).
             DataError: A value could not be serialised, or is too large.
         """
+        await (await self.start_write(batch))
+
+    async def start_write(self, batch: Batch) -> asyncio.Future[None]:
+        """Send the batch; the future completes when every message is acknowledged.
+
+        The pipeline sends the next batches while this one is acknowledged
+        (see :class:`~riprap.Sink`); the future raises what :meth:`write` would.
+
+        Raises:
+            TransientError: The batch could not be handed to the producer.
+            DataError: A value could not be serialised, or is too large.
+        """
         producer = self._require_open()
         try:
             futures = await self._send(producer, batch)
         except KafkaError as exc:
             raise _as_riprap_error(exc) from exc
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                error = _as_riprap_error(result)
-                if error is result:
-                    raise result
-                raise error from result
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not futures:
+            delivered.set_result(None)
+            return delivered
+        asyncio.gather(*futures, return_exceptions=True).add_done_callback(
+            lambda acks: _settle(delivered, acks)
+        )
+        return delivered
 
     async def _send(self, producer: Any, batch: Batch) -> list[asyncio.Future[Any]]:
         items = batch.items
@@ -300,6 +313,23 @@ class KafkaSink:
         if self._producer is None:
             raise RuntimeError(f"sink {self.name!r} is not open")
         return self._producer
+
+
+def _settle(delivered: asyncio.Future[None], acks: asyncio.Future[list[Any]]) -> None:
+    """Complete ``delivered`` with the first failure among ``acks`` (as riprap's error), if any."""
+    if delivered.done():
+        return
+    if acks.cancelled():
+        delivered.set_exception(KafkaError("the acknowledgements were cancelled"))
+        return
+    for result in acks.result():
+        if isinstance(result, BaseException):
+            error = _as_riprap_error(result)
+            if error is not result:
+                error.__cause__ = result
+            delivered.set_exception(error)
+            return
+    delivered.set_result(None)
 
 
 def _check_tombstones(keys: Sequence[bytes | None] | None, values: list[bytes | None]) -> None:

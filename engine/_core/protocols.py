@@ -113,6 +113,15 @@ class Sink(Protocol):
     batch has come, and the runtime then calls ``write`` with an empty batch.
     While a partition is drained (a rebalance), such a sink's ``flush`` is
     called after each batch, from the task that calls ``write``.
+
+    Optional: ``async def start_write(self, batch) -> Awaitable[None]`` starts
+    a write and returns what completes once the batch is durable (raising what
+    ``write`` would). The runtime then sends the next batches while earlier
+    ones are acknowledged (up to four on their way, acks released in input
+    order); when one fails, it and every batch after it are written again,
+    in order, through ``write`` and the sink's policies, so the last copy of
+    every record keeps input order. A sink with a breaker, a bulkhead,
+    ``wake_at`` or tracing on writes one batch at a time.
     """
 
     name: str
