@@ -146,6 +146,20 @@ def test_suite_rounds_rotate_which_implementation_runs_first() -> None:
     ] == orders
 
 
+def test_a_swept_limit_is_its_best_setting_by_median_not_each_rounds_luckiest_point() -> None:
+    """Setting ``a`` is faster in two rounds of three: its own runs are the limit's figures."""
+    sweeps = [{"a": 100.0, "b": 90.0}, {"a": 95.0, "b": 130.0}, {"a": 105.0, "b": 92.0}]
+    limit = suite.Outcome(runs=[{"records_per_s": max(s.values()), "sweep": s} for s in sweeps])
+    riprap_runs = suite.Outcome(runs=[{"records_per_s": 90.0, "peak_rss_mib": 1.0}] * 3)
+    for run in limit.runs:
+        run["peak_rss_mib"] = 1.0
+    w2 = next(w for w in suite.WORKLOADS if w.key == "W2")
+    summary = suite.summarise(w2, {w2.limit: limit, "riprap": riprap_runs})
+    assert [100.0, 95.0, 105.0] == [run["records_per_s"] for run in limit.runs]
+    assert {"a"} == {run["settings"] for run in limit.runs}
+    assert 90.0 / 100.0 == summary["riprap"]["vs_limit"]  # the median of 0.90, 0.95, 0.86
+
+
 def test_suite_refuses_an_unknown_workload() -> None:
     """``--only`` with a workload that does not exist stops before running anything."""
     with pytest.raises(SystemExit, match="W9"):
