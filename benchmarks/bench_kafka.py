@@ -18,8 +18,8 @@ The limit is a raw aiokafka loop: ``getmany``, transform, one closed
 Its clients get the same configuration as riprap's at their defaults (fetch
 sizes, acks, compression, idempotence: :func:`client_defaults`); the loop's own
 knobs (records per ``getmany``, producer batch bytes, linger) are swept
-(:data:`SWEEP`) and the best point is the limit. riprap is the pipeline as the
-README writes it, every option at its default: ``KafkaSource`` ->
+(:data:`SWEEP`) and the setting with the best median is the limit. riprap is
+the pipeline as the README writes it, every option at its default: ``KafkaSource`` ->
 ``json_value`` -> W1's steps -> ``KafkaSink`` (JSON, key partitioner), SQLite
 checkpoints.
 

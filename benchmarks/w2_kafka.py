@@ -11,8 +11,10 @@ group's committed offsets, and deletes the topics.
   closed ``send_batch`` per partition, commit
   (:func:`benchmarks.bench_kafka.raw_loop`), with riprap's client settings;
   every point of :func:`benchmarks.bench_kafka.sweep` (records per poll,
-  producer batch bytes, linger) runs once on the same input and the best is
-  the result (``settings``; ``sweep`` has every point's rate).
+  producer batch bytes, linger) runs once on the same input; the fastest is
+  the result (``settings``; ``sweep`` has every point's rate), and the suite
+  takes the setting with the best median over its rounds instead
+  (:func:`benchmarks.suite.settle_sweep`).
 * **riprap**: the README's pipeline with every option at its default
   (:func:`benchmarks.bench_kafka.readme_pipeline`).
 
