@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import random
 import statistics
 import time
@@ -165,6 +166,8 @@ IMPLEMENTATIONS: dict[str, Callable[[list[bytes]], int]] = {
     "riprap": run_riprap,
     "riprap embedded": run_riprap_embedded,
 }
+if importlib.util.find_spec("uvloop") is not None:
+    IMPLEMENTATIONS["riprap embedded uvloop"] = run_riprap_embedded_uvloop
 
 
 def measure(n: int, repeat: int) -> dict[str, tuple[float, float]]:

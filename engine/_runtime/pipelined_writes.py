@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 
@@ -22,13 +22,34 @@ if TYPE_CHECKING:
     from riprap._core.records import Batch
     from riprap._runtime.channel import ChannelReceiver
     from riprap._runtime.sink_feed import SinkFeed
-    from riprap._runtime.sink_runner import SinkRunner
+    from riprap.observability._report import StepCounters
     from riprap.policies import Policies
 
 log = logging.getLogger("riprap.runtime")
 
 PIPELINED_WRITES = 4
 """Batches a sink with ``start_write`` may have on their way at once."""
+
+
+class SinkWriter(Protocol):
+    """What overlapping writes need of a sink's runner (its ordinary write path, its counts)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def counters(self) -> StepCounters: ...
+
+    @property
+    def delivery_timeout(self) -> float | None: ...
+
+    async def write(self, batch: Batch) -> None: ...
+
+    def written(self, batch: Batch, started: float) -> None: ...
+
+    async def wait_for(self, deliveries: list[asyncio.Future[None]]) -> None: ...
+
+    def redact(self, text: str) -> str: ...
 
 
 def can_pipeline(
@@ -83,7 +104,7 @@ class PipelinedWrites:
     __slots__ = ("_runner", "_start", "_window")
 
     def __init__(
-        self, runner: SinkRunner, start: Callable[[Batch], Awaitable[Awaitable[None]]]
+        self, runner: SinkWriter, start: Callable[[Batch], Awaitable[Awaitable[None]]]
     ) -> None:
         self._runner = runner
         self._start = start
@@ -143,9 +164,10 @@ class PipelinedWrites:
 
     async def _write_again(self, error: BaseException) -> None:
         runner, window = self._runner, self._window
+        runner.counters.errors += 1  # the sink's errors metric and report count it
         log.warning(
             "sink %s: a write failed on its way (%s); writing it and the %d after it again",
-            runner.sink.name,
+            runner.name,
             runner.redact(f"{type(error).__name__}: {error}"),
             len(window) - 1,
         )

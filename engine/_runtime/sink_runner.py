@@ -174,6 +174,11 @@ class SinkRunner:
                 del batch  # not kept alive while waiting for the next one
 
     @property
+    def name(self) -> str:
+        """The sink's name."""
+        return self.sink.name
+
+    @property
     def delivery_timeout(self) -> float | None:
         """Seconds a started write may take to be acknowledged (the sink's attempt timeout)."""
         return self._delivery_timeout

@@ -161,6 +161,7 @@ async def test_a_write_lost_on_its_way_is_written_again_with_those_after_it(
     assert RECORDS[:first_lost] == sink.landed[:first_lost]  # before it: exactly once
     assert len(sink.landed) > len(RECORDS)
     assert len(RECORDS) == report.records_out
+    assert 1 == next(step.errors for step in report.steps if step.step_id == "answering")
 
 
 async def test_a_write_never_answered_is_written_again_after_the_attempt_timeout(
