@@ -1032,7 +1032,7 @@ class Runtime:
         earlier error it is logged, and the earlier error stays the run's.
         """
         try:
-            with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT):
+            with anyio.move_on_after(FINAL_CHECKPOINT_TIMEOUT) as scope:
                 try:
                     await self._final_flush()
                 finally:
@@ -1041,6 +1041,15 @@ class Runtime:
                         ck = self.checkpointer
                         ck.guard = replace(ck.guard, running=False, in_progress=None, unclean={})
                         await ck.save(force=True)
+            if scope.cancelled_caught:
+                log.warning(
+                    "pipeline %s: the final flush and checkpoint did not finish within %g s "
+                    "and were given up (a sink or checkpoint store that does not answer); "
+                    "the next start reads again from the last checkpoint that was saved",
+                    self.pipeline.name,
+                    FINAL_CHECKPOINT_TIMEOUT,
+                    extra={"pipeline": self.pipeline.name},
+                )
         except Exception as exc:
             if self.error is None:
                 self.error, self.outcome = exc, "failed"

@@ -120,3 +120,26 @@ async def test_an_open_run_ends_when_its_final_save_fails() -> None:
         with pytest.raises(OSError, match="no space left"):
             async with pipeline(SavesFail(), Count(), lambda n: n).open() as running:
                 await running.wait()
+
+
+class NeverFlushes(Count):
+    """Its final flush waits for an answer that never comes (a store gone silent)."""
+
+    async def flush(self) -> None:
+        await anyio.Event().wait()
+
+
+async def test_a_final_flush_that_never_ends_is_given_up_and_said(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run ends at the final checkpoint's bound, says so, and the next start reads again."""
+    from riprap._runtime import runtime
+
+    monkeypatch.setattr(runtime, "FINAL_CHECKPOINT_TIMEOUT", 0.2)
+    caplog.set_level(logging.WARNING, logger="riprap.runtime")
+    backend = MemoryCheckpoints()
+    with anyio.fail_after(BOUND):
+        await pipeline(backend, NeverFlushes(), lambda n: n).run()
+    assert any("did not finish within 0.2 s" in r.getMessage() for r in caplog.records)
+    saved = await backend.load("ending")
+    assert saved is None or saved.guard.running  # not a clean end: the next run knows
