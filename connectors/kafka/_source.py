@@ -445,15 +445,13 @@ class KafkaSource:
             self._consumer.resume(tp)
         self._buffered -= len(records)
         name = partition_name(tp.topic, tp.partition)
-        start, end = records[0].offset, records[-1].offset + 1
-        self._next[name] = end
+        self._next[name] = records[-1].offset + 1
         return SourceBatch(
             name,
             [r.value for r in records],
-            start=start,
-            end=end,
-            # Listed only where they are not start, start + 1, ... (compaction, transactions).
-            offsets=None if end - start == len(records) else [r.offset for r in records],
+            start=records[0].offset,
+            end=records[-1].offset + 1,
+            offsets=[r.offset for r in records],
             keys=[r.key for r in records],
             headers=[r.headers for r in records],
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],
