@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 
+from riprap.policies import move_on_after
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from riprap._core.clock import Clock
     from riprap._core.records import Batch
     from riprap._runtime.channel import ChannelReceiver
     from riprap._runtime.sink_feed import SinkFeed
@@ -40,16 +43,9 @@ class SinkWriter(Protocol):
     @property
     def counters(self) -> StepCounters: ...
 
-    @property
-    def delivery_timeout(self) -> float | None: ...
-
     async def write(self, batch: Batch) -> None: ...
 
     def written(self, batch: Batch, started: float) -> None: ...
-
-    async def wait_for(self, deliveries: list[asyncio.Future[None]]) -> None: ...
-
-    def redact(self, text: str) -> str: ...
 
 
 def can_pipeline(
@@ -99,15 +95,31 @@ class PipelinedWrites:
     sink rejects dead-lettered, the run stopped naming the batch): the last
     copy of every record is then in input order, and a failure costs
     duplicates, never a record.
+
+    Args:
+        runner: The sink's runner (its ordinary write path and its counts).
+        start: The sink's ``start_write``.
+        timeout: Seconds a delivery may take (the sink's attempt timeout).
+        clock: The pipeline's clock, which ``timeout`` runs on.
+        redact: The pipeline's redactor, for the failure it logs.
     """
 
-    __slots__ = ("_runner", "_start", "_window")
+    __slots__ = ("_clock", "_redact", "_runner", "_start", "_timeout", "_window")
 
     def __init__(
-        self, runner: SinkWriter, start: Callable[[Batch], Awaitable[Awaitable[None]]]
+        self,
+        runner: SinkWriter,
+        start: Callable[[Batch], Awaitable[Awaitable[None]]],
+        *,
+        timeout: float | None,
+        clock: Clock,
+        redact: Callable[[str], str],
     ) -> None:
         self._runner = runner
         self._start = start
+        self._timeout = timeout
+        self._clock = clock
+        self._redact = redact
         self._window: deque[_Sending] = deque()
 
     async def run(self, receive: ChannelReceiver[Batch]) -> None:
@@ -148,10 +160,10 @@ class PipelinedWrites:
         runner, window = self._runner, self._window
         oldest = window[0]
         delivery = oldest.delivery
-        await runner.wait_for([delivery])
+        await self._wait_for([delivery])
         error: BaseException | None
         if not delivery.done():
-            error = TimeoutError(f"not acknowledged within {runner.delivery_timeout} s")
+            error = TimeoutError(f"not acknowledged within {self._timeout} s")
         elif delivery.cancelled():
             error = RuntimeError("the write was cancelled on its way")
         else:
@@ -168,12 +180,23 @@ class PipelinedWrites:
         log.warning(
             "sink %s: a write failed on its way (%s); writing it and the %d after it again",
             runner.name,
-            runner.redact(f"{type(error).__name__}: {error}"),
+            self._redact(f"{type(error).__name__}: {error}"),
             len(window) - 1,
         )
-        await runner.wait_for([s.delivery for s in window])
+        await self._wait_for([s.delivery for s in window])
         while window:
             sending = window.popleft()
             _observed(sending.delivery)
             await runner.write(sending.batch)
             runner.written(sending.batch, sending.started)
+
+    async def _wait_for(self, deliveries: list[asyncio.Future[None]]) -> None:
+        """Wait until ``deliveries`` are done, or the delivery timeout passed."""
+        pending = [d for d in deliveries if not d.done()]
+        if not pending:
+            return
+        if self._timeout is None:
+            await asyncio.wait(pending)
+            return
+        async with move_on_after(self._timeout, clock=self._clock):
+            await asyncio.wait(pending)

@@ -12,7 +12,6 @@ sent while earlier ones wait for their acknowledgements (see
 
 from __future__ import annotations
 
-import asyncio
 import time
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import replace
@@ -26,7 +25,7 @@ from riprap._runtime.segments import traced
 from riprap._runtime.sink_feed import SinkFeed
 from riprap._runtime.sink_outage import SinkOutageLog, outage_error
 from riprap.observability._report import StepCounters
-from riprap.policies import Policies, PolicyHook, PolicyStack, Shelter, move_on_after
+from riprap.policies import Policies, PolicyHook, PolicyStack, Shelter
 from riprap.policies._classify import DEFAULT_CLASSIFIER
 from riprap.policies._marks import attempts_of
 from riprap.policies._timeout import to_seconds
@@ -156,13 +155,20 @@ class SinkRunner:
 
     async def run(self, receive: ChannelReceiver[Batch]) -> None:
         """Write every batch of ``receive`` until it ends; release each batch's ack when durable."""
+        if self._pipelined is not None:
+            options = self._options
+            await PipelinedWrites(
+                self,
+                self._pipelined,
+                timeout=self._delivery_timeout,
+                clock=options.clock,
+                redact=options.redactor.redact,
+            ).run(receive)
+            return
         counters = self.counters
         feed = self.feed
         tracing = self._tracing
         name = self.sink.name
-        if self._pipelined is not None:
-            await PipelinedWrites(self, self._pipelined).run(receive)
-            return
         batches: AsyncIterable[Batch] = receive if feed is None else feed.over(receive)
         async with receive:
             async for batch in batches:
@@ -177,27 +183,6 @@ class SinkRunner:
     def name(self) -> str:
         """The sink's name."""
         return self.sink.name
-
-    @property
-    def delivery_timeout(self) -> float | None:
-        """Seconds a started write may take to be acknowledged (the sink's attempt timeout)."""
-        return self._delivery_timeout
-
-    async def wait_for(self, deliveries: list[asyncio.Future[None]]) -> None:
-        """Wait until ``deliveries`` are done, or the delivery timeout passed."""
-        pending = [d for d in deliveries if not d.done()]
-        if not pending:
-            return
-        seconds = self._delivery_timeout
-        if seconds is None:
-            await asyncio.wait(pending)
-            return
-        async with move_on_after(seconds, clock=self._options.clock):
-            await asyncio.wait(pending)
-
-    def redact(self, text: str) -> str:
-        """``text`` without what the pipeline's redactor hides."""
-        return self._options.redactor.redact(text)
 
     def written(self, batch: Batch, started: float) -> None:
         """``batch`` is durable: count it and release its ack."""

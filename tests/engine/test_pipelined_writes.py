@@ -9,6 +9,7 @@ not on what the engine counted.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -68,6 +69,7 @@ class AnsweringSink:
         self.fates = fates
         self.rejects = rejects
         self.latency = latency
+        self.lost_message = "connection lost mid-write"
         self.landed: list[Any] = []
         self.started = 0
         self.waiting = 0
@@ -101,7 +103,7 @@ class AnsweringSink:
             delivery.set_result(None)
         elif fate == "lose":
             self.landed.extend(items[: len(items) // 2])
-            delivery.set_exception(TransientError("connection lost mid-write"))
+            delivery.set_exception(TransientError(self.lost_message))
         else:
             delivery.set_exception(ValueError("the server refuses the write"))
 
@@ -162,6 +164,24 @@ async def test_a_write_lost_on_its_way_is_written_again_with_those_after_it(
     assert len(sink.landed) > len(RECORDS)
     assert len(RECORDS) == report.records_out
     assert 1 == next(step.errors for step in report.steps if step.step_id == "answering")
+
+
+async def test_a_lost_write_is_logged_without_the_secrets_its_error_carries(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning names the failure, redacted: no password of a DSN, no bearer token."""
+    sink = AnsweringSink(clock, lambda n: "lose" if n == 2 else "ok")
+    sink.lost_message = (
+        "connect postgres://app:hunter2-secret@db.internal:5432/orders failed; "
+        "sent Authorization: Bearer tok-9f8e7d6c5b4a"
+    )
+    caplog.set_level(logging.WARNING, logger="riprap.runtime")
+    await run(pipeline(sink), clock)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "writing it and the" in logged
+    assert "hunter2-secret" not in logged
+    assert "tok-9f8e7d6c5b4a" not in logged
+    assert RECORDS == in_order_of_last_copies(sink.landed)
 
 
 async def test_a_write_never_answered_is_written_again_after_the_attempt_timeout(

@@ -58,26 +58,29 @@ def count(order: dict[str, Any], state: State) -> dict[str, Any]:
     return {"customer": order["customer"], "orders": orders}
 
 
-def main(bootstrap: str, topic: str) -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+def counting(
+    bootstrap: str,
+    topic: str,
+    source: riprap.Pipeline,
+    sink: SqliteSink,
+    *,
+    session_ms: int,
+    **options: Any,
+) -> riprap.Pipeline:
+    """``source``'s orders through TOPIC by customer, each counted once, into ``sink``."""
     by_customer = KafkaSource(
         topic,
         bootstrap_servers=bootstrap,
         group_id=f"{topic}-counts",
-        # A short session: a restart waits out its killed predecessor's session before it joins.
-        consumer_options={"session_timeout_ms": 1000, "heartbeat_interval_ms": 150},
+        consumer_options={"session_timeout_ms": session_ms, "heartbeat_interval_ms": 150},
     )
-    pipeline = (
-        riprap.Pipeline(
-            "through-counts",
+    return (
+        source.with_options(
             checkpoint_path="checkpoints.db",
             checkpoint_interval=0.1,
-            batch_size=50,
-            max_in_flight=200,
             changelog=KafkaChangelog(bootstrap, topic=f"{topic}-changelog"),
+            **options,
         )
-        .source(JsonLinesSource("orders.jsonl", decode=True))
-        .map("work", work)
         .through(
             "by_customer",
             KafkaSink(topic, bootstrap_servers=bootstrap, key=lambda order: order["customer"]),
@@ -87,45 +90,39 @@ def main(bootstrap: str, topic: str) -> None:
         .map("parse", json_value)
         .filter("once", first_time, state=True, key=lambda order: order["id"])
         .map("count", count, state=True)
-        .sink(SqliteSink("out.db", table="counts", key="customer", columns=("orders",)))
+        .sink(sink)
     )
-    riprap.run(pipeline)
+
+
+def main(bootstrap: str, topic: str) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    orders = (
+        riprap.Pipeline("through-counts")
+        .source(JsonLinesSource("orders.jsonl", decode=True))
+        .map("work", work)
+    )
+    totals = SqliteSink("out.db", table="counts", key="customer", columns=("orders",))
+    # A short session: a restart waits out its killed predecessor's session before it joins.
+    riprap.run(
+        counting(
+            bootstrap, topic, orders, totals, session_ms=1000, batch_size=50, max_in_flight=200
+        )
+    )
 
 
 def pipeline() -> riprap.Pipeline:
-    bootstrap = os.environ["RIPRAP_TEST_BOOTSTRAP"]
-    topic = os.environ["RIPRAP_TEST_TOPIC"]
-    by_customer = KafkaSource(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"{topic}-counts",
-        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
+    counts = SqliteSink(
+        "out.db",
+        table="counts",
+        key=lambda row: f"{row['customer']}:{row['orders']}",
+        timeout=30.0,
     )
-    return (
-        riprap.Pipeline(
-            "through-counts",
-            checkpoint_path="checkpoints.db",
-            checkpoint_interval=0.1,
-            changelog=KafkaChangelog(bootstrap, topic=f"{topic}-changelog"),
-        )
-        .source(JsonLinesSource("in-*.jsonl", decode=True))
-        .through(
-            "by_customer",
-            KafkaSink(topic, bootstrap_servers=bootstrap, key=lambda order: order["customer"]),
-            by_customer,
-            checkpoint=KafkaCheckpoints(by_customer),
-        )
-        .map("decode", json_value)
-        .filter("first", first_time, state=True, key=lambda order: order["id"])
-        .map("count", count, state=True)
-        .sink(
-            SqliteSink(
-                "out.db",
-                table="counts",
-                key=lambda row: f"{row['customer']}:{row['orders']}",
-                timeout=30.0,
-            )
-        )
+    return counting(
+        os.environ["RIPRAP_TEST_BOOTSTRAP"],
+        os.environ["RIPRAP_TEST_TOPIC"],
+        riprap.Pipeline("through-counts").source(JsonLinesSource("in-*.jsonl", decode=True)),
+        counts,
+        session_ms=2000,
     )
 
 
