@@ -58,11 +58,24 @@ def crash_and_restart(args: list[str], workdir: Path, database: Path) -> list[in
         seen.append(now)
         if now >= RECORDS:
             break
+    before = saves(database)
     with spawn(args, workdir, "final") as proc:
-        wait_for_child(lambda: done(database) >= RECORDS, proc, "every record checkpointed")
+        # Its own save first: the killed runs may have checkpointed everything already, and a
+        # SIGTERM before the run has started (still importing) is not a stop it can handle.
+        wait_for_child(
+            lambda: saves(database) > before and done(database) >= RECORDS,
+            proc,
+            "every record checkpointed, by the final run too",
+        )
         proc.send_signal(signal.SIGTERM)
         assert 0 == proc.wait(timeout=60)
     return seen
+
+
+def saves(database: Path) -> int:
+    """The generation of the last checkpoint: how many saves all runs made so far."""
+    checkpoint = load_checkpoint(database, "kafka-crash")
+    return checkpoint.generation if checkpoint is not None else 0
 
 
 async def test_kill_9_ten_times_loses_no_key(
