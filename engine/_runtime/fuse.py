@@ -1,12 +1,12 @@
-"""Fusion of consecutive sync map/filter/flat_map steps into one loop per batch.
+"""Fusion of consecutive sync map/filter/flat_map steps into one runner per batch.
 
-A chain of sync steps is compiled (once, when the pipeline starts) into a
-single Python function with one ``for`` loop over the batch, so a record costs
-one call per user function and nothing else: no task, no queue hop, no await.
-The generated loop notes only what it must to map outputs back to inputs (the
-output length at each drop, or where each input's outputs start when a
-flat_map expands records), and on an exception it finds the failing step from
-the traceback's line number, so the happy path pays nothing for either.
+Maps and filters alone run step by step over the batch in C-level loops
+(:mod:`riprap._runtime.column_chain`). A chain with a flat_map is compiled
+(once, when the pipeline starts) into a single Python function with one
+``for`` loop over the batch, so a record costs one call per user function and
+nothing else: no task, no queue hop, no await. The generated loop notes only
+where each input's outputs start, and on an exception it finds the failing
+step from the traceback's line number, so the happy path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, final
 
 from riprap._core.errors import ConfigError
+from riprap._runtime.column_chain import ColumnChain, ErrorHandler
 
 OpKind = Literal["map", "filter", "flat_map"]
-
-ErrorHandler = Callable[[Any, int, int, Exception], None]
-"""``(input value, input index, step index, error)``; may raise to stop the run."""
 
 ChainFn = Callable[[list[Any], ErrorHandler], tuple[list[Any], list[int], list[int]]]
 """Runs a chain over a batch: ``(outputs, marks, counts)``; see :class:`CompiledChain`."""
@@ -58,10 +57,18 @@ class CompiledChain:
 
 
 def compile_chain(ops: Sequence[Op]) -> CompiledChain:
-    """Generate the fused loop for ``ops`` (at least one)."""
+    """The fastest runner for ``ops`` (at least one).
+
+    A chain of maps and filters runs step by step (:class:`ColumnChain`); one
+    with a flat_map gets a generated loop, record by record.
+    """
     if not ops:
         raise ValueError("a chain needs at least one step")
-    expands = any(op.kind == "flat_map" for op in ops)
+    if not any(op.kind == "flat_map" for op in ops):
+        column = ColumnChain([op.kind == "filter" for op in ops], [op.fn for op in ops])
+        for i, op in enumerate(ops):
+            column.set_fn(i, _first_call_checked(op, partial(column.set_fn, i, op.fn)))
+        return CompiledChain(ops=tuple(ops), run=column.run, expands=False, source="")
     lines = [
         "def chain(items, on_error):",
         "    out = []",
@@ -70,14 +77,13 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
         "    mark = marks.append",
         *(f"    c{i} = 0" for i in range(len(ops))),
         "    for x in items:",
+        "        mark(len(out))",
+        "        try:",
     ]
-    if expands:
-        lines.append("        mark(len(out))")
-    lines.append("        try:")
     line_to_op: dict[int, int] = {}
     indent = " " * 12
     var = "x"
-    last_flat_map = max(i for i, op in enumerate(ops) if op.kind == "flat_map") if expands else -1
+    last_flat_map = max(i for i, op in enumerate(ops) if op.kind == "flat_map")
     for index, op in enumerate(ops):
         fn = f"f{index}"
         line_to_op[len(lines) + 1] = index
@@ -87,8 +93,6 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
         elif op.kind == "filter":
             lines.append(f"{indent}if not {fn}({var}):")
             lines.append(f"{indent}    c{index} += 1")
-            if not expands:
-                lines.append(f"{indent}    mark(len(out))")
             # At the top level this skips the input; inside a flat_map, one child.
             lines.append(f"{indent}    continue")
         else:
@@ -100,21 +104,16 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
     lines.append(f"{indent}ap({var})")
     lines.append("        except Exception as e:")
     lines.append("            op = LINES.get(e.__traceback__.tb_lineno, 0)")
-    if expands:
-        lines.append("            on_error(x, len(marks) - 1, op, e)")
-    else:
-        lines.append("            i = len(out) + len(marks)")
-        lines.append("            mark(len(out))")
-        lines.append("            on_error(x, i, op, e)")
+    lines.append("            on_error(x, len(marks) - 1, op, e)")
     lines.append(f"    return out, marks, [{', '.join(f'c{i}' for i in range(len(ops)))}]")
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {}
     for i, op in enumerate(ops):
-        namespace[f"f{i}"] = _first_call_checked(namespace, f"f{i}", op)
+        namespace[f"f{i}"] = _first_call_checked(op, partial(namespace.__setitem__, f"f{i}", op.fn))
     namespace["LINES"] = line_to_op
     code = compile(source, f"<riprap chain {'+'.join(op.step_id for op in ops)}>", "exec")
     exec(code, namespace)
-    return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=expands, source=source)
+    return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=True, source=source)
 
 
 def refuse_awaitable(result: Any, kind: str, step_id: str) -> None:
@@ -148,18 +147,18 @@ def refusing_awaitables(fn: Callable[..., Any], kind: str, step_id: str) -> Call
     return checked
 
 
-def _first_call_checked(namespace: dict[str, Any], name: str, op: Op) -> Callable[[Any], Any]:
-    """``op.fn`` whose first result is checked, after which the loop calls ``op.fn`` itself.
+def _first_call_checked(op: Op, put_back: Callable[[], object]) -> Callable[[Any], Any]:
+    """``op.fn`` whose first result is checked; ``put_back`` then has the chain call ``op.fn``.
 
-    The generated loop looks its functions up in ``namespace`` on every call, so
-    putting ``op.fn`` back makes the check cost nothing from the second record on.
+    The chain looks its functions up on every call (the generated loop) or
+    every batch (a column chain), so the check costs nothing afterwards.
     """
     fn = op.fn
 
     def first_call(value: Any) -> Any:
         result = fn(value)
         refuse_awaitable(result, op.kind, op.step_id)
-        namespace[name] = fn
+        put_back()
         return result
 
     return first_call

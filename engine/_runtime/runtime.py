@@ -54,6 +54,7 @@ from riprap._runtime.segments import (
     BatchSegment,
     ErrorRouter,
     FusedSegment,
+    FusedSend,
     Segment,
     Send,
     StageSegment,
@@ -729,6 +730,16 @@ class Runtime:
         assert head is None or isinstance(head, FusedSegment)
         if head is not None:
             segments = segments[1:]
+        # A fused segment after another runner runs in that runner's task, too.
+        tails: list[FusedSegment | None] = []
+        runners: list[Segment] = []
+        for segment in segments:
+            if isinstance(segment, FusedSegment) and runners and tails[-1] is None:
+                tails[-1] = segment
+                continue
+            runners.append(segment)
+            tails.append(None)
+        segments = runners
         # Branches (a fan-out or route) are fed by their fork, which the last
         # runner before them sends into: no channel of its own.
         branches = (
@@ -745,6 +756,9 @@ class Runtime:
             names.append(self.sink.name)
         else:
             sends.append(branches.fork)
+        for i, tail in enumerate(tails):
+            if tail is not None:
+                sends[i + 1] = FusedSend(tail, sends[i + 1])
         self._queues = dict(zip(names, receives, strict=True))
         if branches is not None:
             self._queues.update(branches.queues)

@@ -80,7 +80,7 @@ class Segment(Protocol):
 
 @final
 class FusedSegment:
-    """Consecutive sync map/filter/flat_map steps, run as one generated loop per batch."""
+    """Consecutive sync map/filter/flat_map steps, run as one chain per batch (see fuse.py)."""
 
     def __init__(
         self, steps: Sequence[OpStep], router: ErrorRouter, watch: LoopWatch | None = None
@@ -152,6 +152,43 @@ class FusedSegment:
                 StartsOrigin(origin, marks) if self.chain.expands else DropsOrigin(origin, marks)
             )
         return Batch(out, batch.ack, origin)
+
+
+@final
+class FusedSend:
+    """A send that runs a fused segment first: the segment runs in its sender's task.
+
+    A run of sync steps after an async step (or a batch step, or a stage)
+    needs no task and queue of its own: the batch is processed right where it
+    was finished, while its memory is hot, and one queue hop is saved.
+    """
+
+    __slots__ = ("_segment", "_send")
+
+    def __init__(self, segment: FusedSegment, send: Send) -> None:
+        self._segment = segment
+        self._send = send
+
+    async def send(self, batch: Batch, /) -> None:
+        """Process ``batch`` through the segment, then send what is left."""
+        out = await self._segment.process(batch)
+        if out is not None:
+            await self._send.send(out)
+
+    def close(self) -> None:
+        """Close the send behind the segment."""
+        self._send.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def traced(tracer: Tracing | None, stage: str, batch: Batch) -> AbstractContextManager[None]:

@@ -323,3 +323,57 @@ async def test_dlq_guard_pause_waits_for_resume(tmp_path: Path) -> None:
         report = await running.wait()
     assert list(range(50)) == sink.values
     assert {"data_error": 30} == report.dead_lettered
+
+
+async def test_sync_steps_after_an_async_step_dead_letter_in_input_order(tmp_path: Path) -> None:
+    """Sync steps that run in an async step's task route failures as their own runner would.
+
+    Failures of a batch reach the DLQ in input order (a later step's before an
+    earlier step's later record), as consumed; nothing else is lost, and no
+    queue waits in front of the inlined steps.
+    """
+
+    async def fetch(value: dict[str, Any]) -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint()
+        return value
+
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        if value["id"] % 5 == 3:
+            raise riprap.DataError("id ends in 3 or 8", reason="validation")
+        return value
+
+    def positive(value: dict[str, Any]) -> bool:
+        if value["id"] == 6:
+            raise riprap.DataError("six", reason="six")
+        return True
+
+    dlq = JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
+    sink = MemorySink()
+    p = (
+        riprap.Pipeline(
+            "orders",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=dlq,
+            batch_size=10,
+        )
+        .source(IterableSource("in", records(20, {})))
+        .map("parse", parse)
+        .map("fetch", fetch, concurrency=4)
+        .filter("positive", positive)
+        .map("check", check)
+        .sink(sink)
+    )
+    depths: list[set[str]] = []
+    async with p.open() as run:
+        report = await run.wait()
+        depths.append(set(run.statistics().queue_depths))
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    assert [(3, "check"), (6, "positive"), (8, "check"), (13, "check"), (18, "check")] == [
+        (d.offset, d.stage) for d in letters
+    ]
+    assert [orjson.dumps({"id": 6, "email": "u6@x.io"})] == [
+        d.original_value() for d in letters if d.offset == 6
+    ]
+    assert [i for i in range(20) if i % 5 != 3 and i != 6] == [v["id"] for v in sink.values]
+    assert {"validation": 4, "six": 1} == report.dead_lettered
+    assert [{"fetch", "memory"}] == depths
