@@ -152,7 +152,7 @@ WORKLOADS = (
         "async enrichment",
         "benchmarks.w3_enrich",
         "worker pool",
-        ("worker pool", "riprap", "riprap batch 100", "riprap batch 10"),
+        ("worker pool", "riprap", "riprap batch 100", "riprap batch 10", "riprap no policies"),
     ),
     Workload(
         "W4",

@@ -13,6 +13,8 @@ shared ``aiohttp.ClientSession`` (a 64-connection pool).
   bulkhead, attempt timeout and total timeout), embedded (``await
   pipeline.run()``), at the default batch size (1,000) and at 100 and 10:
   the step keeps 64 calls in flight across batch boundaries.
+* **riprap no policies**: the same at 1,000 with no policy on the call, the
+  same work as the worker pool: what the policy stack costs is the difference.
 
 Both run on uvloop when it is installed. Every run is bounded: exactly one
 call per record, a deadline on the whole run, and the server exits when its
@@ -148,35 +150,46 @@ async def worker_pool(records: list[bytes], enrich: Enricher) -> int:
 
 
 def enrich_pipeline(
-    records: list[bytes], enrich: Enricher, sink: CountSink, batch_size: int | None = None
+    records: list[bytes],
+    enrich: Enricher,
+    sink: CountSink,
+    batch_size: int | None = None,
+    *,
+    policies: bool = True,
 ) -> riprap.Pipeline:
     """W1's pipeline with the enrichment step, full policy stack on, otherwise at the defaults."""
     sizes = {} if batch_size is None else {"batch_size": batch_size}
+    stack: dict[str, Any] = {}
+    if policies:
+        stack = {
+            "retry": Retry(attempts=3, timeout=30.0, wait_initial=0.05, wait_max=1.0),
+            "breaker": CircuitBreaker("enrich-api"),
+            "bulkhead": Bulkhead(CONCURRENCY, name="enrich-api"),
+            "attempt_timeout": 5.0,
+            "timeout": 30.0,
+        }
     return (
         riprap.Pipeline("bench-enrich", checkpoint=riprap.checkpoints.MemoryCheckpoints(), **sizes)
         .source(IterableSource("records", records))
         .map("parse", orjson.loads)
         .filter("has_email", has_email)
-        .map(
-            "enrich",
-            enrich,
-            concurrency=CONCURRENCY,
-            retry=Retry(attempts=3, timeout=30.0, wait_initial=0.05, wait_max=1.0),
-            breaker=CircuitBreaker("enrich-api"),
-            bulkhead=Bulkhead(CONCURRENCY, name="enrich-api"),
-            attempt_timeout=5.0,
-            timeout=30.0,
-        )
+        .map("enrich", enrich, concurrency=CONCURRENCY, **stack)
         .map("add_cents", add_cents)
         .map("serialize", orjson.dumps)
         .sink(sink)
     )
 
 
-async def run_riprap(records: list[bytes], enrich: Enricher, batch_size: int | None = None) -> int:
+async def run_riprap(
+    records: list[bytes],
+    enrich: Enricher,
+    batch_size: int | None = None,
+    *,
+    policies: bool = True,
+) -> int:
     """Run the enrichment pipeline once, embedded; return the records counted by the sink."""
     sink = CountSink()
-    await enrich_pipeline(records, enrich, sink, batch_size).run()
+    await enrich_pipeline(records, enrich, sink, batch_size, policies=policies).run()
     return sink.count
 
 
@@ -185,6 +198,7 @@ RUNS: dict[str, Callable[[list[bytes], Enricher], Awaitable[int]]] = {
     "riprap": run_riprap,
     "riprap batch 100": functools.partial(run_riprap, batch_size=100),
     "riprap batch 10": functools.partial(run_riprap, batch_size=10),
+    "riprap no policies": functools.partial(run_riprap, policies=False),
 }
 
 

@@ -190,6 +190,8 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/engine/test_fuse.py": frozenset(
         {"riprap._runtime.fuse", "riprap._runtime.column_chain", "riprap._core.records"}
     ),
+    # Which batches a run after a crash watches (the runtime builds the watch).
+    "tests/engine/test_crash_guard.py": frozenset({"riprap.checkpoints._guard"}),
     # The origins other than SourceOrigin, which only the runtime builds.
     "tests/engine/test_records.py": frozenset({"riprap._core.records"}),
     # Observers fed a hand-built snapshot: stall detector, readiness, alert evaluator,

@@ -64,7 +64,13 @@ from riprap._runtime.sink_runner import SinkRunner, draining_all, stack_clock
 from riprap._runtime.step_stats import entry_step_id, segment_step_stats
 from riprap._runtime.worker_names import pipeline_name
 from riprap.checkpoints._checkpointer import Checkpointer
-from riprap.checkpoints._guard import CrashGuard, crash_key, crash_record, poison_pill
+from riprap.checkpoints._guard import (
+    CrashGuard,
+    CrashWatch,
+    crash_key,
+    crash_record,
+    poison_pill,
+)
 from riprap.deadletters._stores import deleted_letters
 from riprap.observability._alerts import AlertEvaluator
 from riprap.observability._metrics import create_registry
@@ -101,6 +107,10 @@ log = logging.getLogger("riprap.runtime")
 
 FINAL_CHECKPOINT_TIMEOUT = 30.0
 """Seconds the final checkpoint may take before the run gives up on it."""
+
+READ_BOUND_FACTOR = 10
+"""A run reads at most this many ``max_in_flight`` of records past its last saved
+frontier before it saves again: what a run after a crash must watch is bounded."""
 
 
 def default_owner() -> str:
@@ -385,7 +395,8 @@ class Runtime:
         self._registry: CollectorRegistry | None = None
         self.alerts: AlertEvaluator | None = None
         self._started_at = self.clock.monotonic()
-        self._after_unclean_end = False
+        self._watch: CrashWatch | None = None
+        """After an unclean end: the batches whose frontier is saved before they move."""
         # Until the claim restores the real positions: an empty tracker, so that a
         # run aborted during start-up still has statistics and a report.
         self.tracker = CompletionTracker({}, self.in_flight, _noop)
@@ -819,15 +830,15 @@ class Runtime:
     async def _source_loop(self, source: Source, send: Send, head: FusedSegment | None) -> None:
         router = self.router
         checkpointer = self.checkpointer
-        frontier = checkpointer.frontier
         size = self.options.batch_size
         if len(self.feeds) > 1:
             # The sources of a merge each read at most their share of the in-flight
             # bound, so that one waiting for records never holds up the others' reads.
             size = min(size, max(1, self.in_flight.capacity // len(self.feeds)))
-        # After an unclean end, the read frontier is made durable before records
-        # beyond it move, so that a crash's suspect range is known (CrashGuard).
-        watchful = self._after_unclean_end
+        # After an unclean end, the read frontier is made durable before the records
+        # the dead run may have read move, so that a crash's suspect range is known
+        # (CrashGuard); every run saves before reading past its bound.
+        watch = self._watch
         async with send:
             while not self._stop_requested.is_set():
                 # Only waiting for room and reading can be cancelled by stop(): a batch
@@ -852,8 +863,10 @@ class Runtime:
                 if self._isolation.locked():  # another source's isolated chunk moves alone
                     async with self._isolation:
                         pass
-                frontier[batch.partition] = batch.end
-                if watchful:
+                n = len(batch.values)
+                if checkpointer.note_read(batch.partition, batch.end, n):
+                    await checkpointer.save_bound()
+                elif watch is not None and watch.covers(batch.partition, batch.start, n):
                     await checkpointer.save()
                 if batch.partition in checkpointer.guard.isolating:
                     await self._isolate(batch, send, head)
@@ -1024,19 +1037,25 @@ class Runtime:
         return found
 
     def _guard_after(self, last: Checkpoint | None, crash_counts: dict[str, int]) -> CrashGuard:
-        """This run's crash guard: an unclean end of the last run is counted (see CrashGuard)."""
+        """This run's crash guard: an unclean end of the last run is counted (see CrashGuard).
+
+        Every run bounds its reads past its last saved frontier (``read_bound``);
+        after an unclean end it watches the batches the dead run may have read.
+        """
+        bound = READ_BOUND_FACTOR * self.options.max_in_flight
         if last is None:
-            return CrashGuard(running=True)
+            return CrashGuard(running=True, read_bound=bound)
         guard = last.guard
         if not guard.running:
-            return guard.after_clean_end()
-        self._after_unclean_end = True
+            return replace(guard.after_clean_end(), read_bound=bound)
+        self._watch = CrashWatch.after(guard)
         died = guard.died()
         if died is not None:
             crash_counts[died] = crash_counts.get(died, 0) + 1
-        return guard.after_unclean_end(
+        after = guard.after_unclean_end(
             last.positions, max_crashes=self.options.max_crashes, now=self.clock.time()
         )
+        return replace(after, read_bound=bound)
 
     async def _finish(self) -> None:
         """Flush, save the final checkpoint, then report: whatever fails, the run ends.

@@ -92,6 +92,10 @@ class Checkpointer:
         self.notes = previous.notes if previous is not None else ()
         self.frontier: dict[str, int] = dict(self.guard.frontier)
         """End of the last batch read per partition; the source loop keeps it current."""
+        self.reads = 0
+        """Records read by this run (see :meth:`note_read`)."""
+        self._durable_reads = 0
+        self._bound_retry_at = 0
         self.seq = 0
         self.saved = 0
         self.skipped = 0
@@ -138,6 +142,44 @@ class Checkpointer:
             guard = self.guard = replace(guard, frontier=dict(self.frontier))
         return guard
 
+    def note_read(self, partition: str, end: int, records: int) -> bool:
+        """A batch of ``records`` was read up to ``end``: whether a save must come before it moves.
+
+        True when the run would otherwise have more than the guard's
+        ``read_bound`` records read past its last saved frontier (see
+        :meth:`save_bound`).
+        """
+        self.frontier[partition] = end
+        self.reads += records
+        bound = self.guard.read_bound
+        return (
+            bound is not None
+            and self.reads - self._durable_reads > bound
+            and self.reads >= self._bound_retry_at
+        )
+
+    async def save_bound(self) -> None:
+        """Save so that the frontier a crash leaves behind is at most ``read_bound`` records old.
+
+        Nothing waits for the store: while another save is still running this
+        does nothing (the next batch asks again), and a save that fails is
+        logged and counted like a periodic one and tried again ``read_bound``
+        records later. A slow or failing store slows no record down; a crash
+        meanwhile may need one more unclean end to be counted.
+
+        Raises:
+            FencedError: Another owner has claimed the pipeline.
+        """
+        if self._lock.locked():
+            return
+        try:
+            await self.save(force=True)
+        except FencedError:
+            raise
+        except Exception as exc:
+            self._bound_retry_at = self.reads + (self.guard.read_bound or 0)
+            self._failed(exc)
+
     async def save(self, *, force: bool = False) -> bool:
         """Save a snapshot now (waiting for a running save first); return whether one was written.
 
@@ -158,15 +200,19 @@ class Checkpointer:
             raise
         except Exception as exc:
             # Not fatal: the next tick retries; the age metric and the log show it.
-            self.failures += 1
-            self.last_error = exc
-            log.warning(
-                "checkpoint of pipeline %s failed (%s: %s); will retry",
-                self.pipeline,
-                type(exc).__name__,
-                self.redact(str(exc)),
-                extra={"pipeline": self.pipeline},
-            )
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Count and log a save that failed and will be tried again."""
+        self.failures += 1
+        self.last_error = exc
+        log.warning(
+            "checkpoint of pipeline %s failed (%s: %s); will retry",
+            self.pipeline,
+            type(exc).__name__,
+            self.redact(str(exc)),
+            extra={"pipeline": self.pipeline},
+        )
 
     async def run_periodic(self, interval: float) -> None:
         """Checkpoint every ``interval`` seconds of the clock until cancelled."""
@@ -213,6 +259,7 @@ class Checkpointer:
 
     async def _save_locked(self, force: bool) -> bool:
         self._prune_crash_counts(self.tracker.positions())
+        reads = self.reads
         cut = self._cut()
         if not force and (cut.positions, cut.state, cut.crash_counts, cut.guard) == self._last:
             return False
@@ -224,6 +271,7 @@ class Checkpointer:
             await self.backend.save(checkpoint)
         self.last_duration = self.clock.monotonic() - started
         self.last_saved_at = self.clock.monotonic()
+        self._durable_reads = max(self._durable_reads, reads)
         self.saved += 1
         self._last = (
             checkpoint.positions,

@@ -124,6 +124,9 @@ class CrashGuard:
             (exclusive) is processed ``chunk`` records at a time.
         in_progress: ``(partition, start, end)`` of the chunk being processed in isolation.
         crashes: Per ``"partition@offset"``, how that record stopped the pipeline.
+        read_bound: Most records the run that wrote this snapshot reads beyond its
+            last saved frontier (it saves before reading more); ``None`` for
+            snapshots of runs that did not bound their reads.
     """
 
     running: bool = False
@@ -132,10 +135,13 @@ class CrashGuard:
     isolating: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     in_progress: tuple[str, int, int] | None = None
     crashes: Mapping[str, CrashRecord] = field(default_factory=dict)
+    read_bound: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (checkpoints store this)."""
+        bound = {} if self.read_bound is None else {"read_bound": self.read_bound}
         return {
+            **bound,
             "running": self.running,
             "frontier": dict(self.frontier),
             "unclean": {p: list(v) for p, v in self.unclean.items()},
@@ -156,7 +162,11 @@ class CrashGuard:
         running = raw.get("running", False)
         if not isinstance(running, bool):
             raise ValueError("guard.running is not a boolean")
+        bound = raw.get("read_bound")
+        if bound is not None and (not _is_int(bound) or bound < 1):
+            raise ValueError("guard.read_bound is not a positive integer")
         return cls(
+            read_bound=bound,
             running=running,
             frontier=_int_map(raw.get("frontier", {}), "frontier"),
             unclean={p: _int_pair(v, "unclean") for p, v in _map(raw, "unclean").items()},
@@ -234,6 +244,41 @@ class CrashGuard:
         if crashes == self.crashes and isolating == self.isolating:
             return self
         return replace(self, crashes=crashes, isolating=isolating)
+
+
+@dataclass(slots=True)
+class CrashWatch:
+    """Which batches a run after an unclean end checkpoints its frontier for, before they move.
+
+    The dead run read at most ``bound`` records past its last saved frontier,
+    so a record that killed it lies below ``frontier + bound`` in a partition
+    of that frontier, or among the first ``bound`` records of another
+    partition. Batches there are watched (the next crash's suspect range is
+    then exact); past them the run goes at full speed. Without a bound (a
+    snapshot of an older version) every batch is watched.
+    """
+
+    bound: int | None
+    limits: Mapping[str, int]
+    read: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def after(cls, dead: CrashGuard) -> CrashWatch:
+        """The watch for the run after ``dead``'s run died."""
+        bound = dead.read_bound
+        limits = {} if bound is None else {p: end + bound for p, end in dead.frontier.items()}
+        return cls(bound, limits)
+
+    def covers(self, partition: str, start: int, records: int) -> bool:
+        """Whether the batch of ``records`` at ``start`` must be watched."""
+        if self.bound is None:
+            return True
+        limit = self.limits.get(partition)
+        if limit is not None:
+            return start < limit
+        read = self.read.get(partition, 0)
+        self.read[partition] = read + records
+        return read < self.bound
 
 
 def _chunk_size(span: int) -> int:

@@ -1,12 +1,13 @@
 """Subprocess for the hard-crash tests: records that kill the process without an exception.
 
-Usage: ``python _hard_crash_worker.py [ID=HOW[,ID=HOW...]] [MILLISECONDS]``,
-run in the test's directory. The pipeline reads ids from ``input.jsonl`` into
-an SQLite table, spending ``MILLISECONDS`` on each record (CPU work, so that a
-kill from outside lands mid-run). Its ``parse`` step ends the process on a poison ID the way
-native crashes do, as its HOW says: ``exit`` calls ``os._exit(3)``, ``abort`` calls
-``os.abort()`` (SIGABRT, as a failed assertion in a C library), ``kill`` sends
-itself SIGKILL (as the OOM killer does). A run that ends on its own prints its
+Usage: ``python _hard_crash_worker.py [ID=HOW[,ID=HOW...]] [MILLISECONDS] [MAX_IN_FLIGHT
+[CHECKPOINT_INTERVAL]]``, run in the test's directory. The pipeline reads ids
+from ``input.jsonl`` into an SQLite table, spending ``MILLISECONDS`` on each
+record (CPU work, so that a kill from outside lands mid-run). Its ``parse``
+step ends the process on a poison ID the way native crashes do, as its HOW
+says: ``exit`` calls ``os._exit(3)``, ``abort`` calls ``os.abort()``
+(SIGABRT, as a failed assertion in a C library), ``kill`` sends itself
+SIGKILL (as the OOM killer does). A run that ends on its own prints its
 report as JSON and exits 0.
 """
 
@@ -45,7 +46,12 @@ def die(how: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build(poison: Mapping[int, str], work: float = 0.0) -> riprap.Pipeline:
+def build(
+    poison: Mapping[int, str],
+    work: float = 0.0,
+    max_in_flight: int = 100,
+    checkpoint_interval: float = 0.05,
+) -> riprap.Pipeline:
     """The pipeline under test, with small batches so runs checkpoint partial progress."""
 
     def parse(line: bytes) -> dict[str, Any]:
@@ -62,9 +68,9 @@ def build(poison: Mapping[int, str], work: float = 0.0) -> riprap.Pipeline:
             checkpoint=SqliteCheckpoints("checkpoints.db"),
             dead_letter=JsonLinesDeadLetters("dlq.jsonl"),
             max_crashes=MAX_CRASHES,
-            batch_size=20,
-            max_in_flight=100,
-            checkpoint_interval=0.05,
+            batch_size=min(20, max_in_flight),
+            max_in_flight=max_in_flight,
+            checkpoint_interval=checkpoint_interval,
         )
         .source(JsonLinesSource(INPUT))
         .map("parse", parse)
@@ -77,7 +83,9 @@ def main(argv: list[str]) -> int:
     pills = (pill.partition("=") for pill in argv[0].split(",") if pill)
     poison = {int(offset): how for offset, _, how in pills}
     work = float(argv[1]) / 1000 if len(argv) > 1 else 0.0
-    report = riprap.run(build(poison, work))
+    max_in_flight = int(argv[2]) if len(argv) > 2 else 100
+    interval = float(argv[3]) if len(argv) > 3 else 0.05
+    report = riprap.run(build(poison, work, max_in_flight, interval))
     summary = {"outcome": report.outcome, "dead_lettered": dict(report.dead_lettered)}
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0 if report.outcome == "completed" else 1

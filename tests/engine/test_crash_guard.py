@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
 
 import riprap
-from riprap.checkpoints import Checkpoint, CrashGuard, CrashRecord, MemoryCheckpoints
+from riprap.checkpoints import Checkpoint, Claim, CrashGuard, CrashRecord, MemoryCheckpoints
+from riprap.checkpoints._guard import CrashWatch
 from riprap.connectors.memory import IterableSource, MemorySink
 
 pytestmark = pytest.mark.anyio
@@ -78,6 +80,7 @@ def test_the_guard_survives_the_checkpoint_codec() -> None:
         isolating={"p": (30, 2)},
         in_progress=("p", 11, 13),
         crashes={"p@11": CrashRecord("", "died", 1.0, 2.0)},
+        read_bound=500,
     )
     checkpoint = Checkpoint("orders", 1, "me", seq=1, positions={"p": 10}, guard=guard)
     assert guard == Checkpoint.from_json(checkpoint.to_json()).guard
@@ -92,6 +95,8 @@ def test_the_guard_survives_the_checkpoint_codec() -> None:
         ({"crashes": {"p@1": ["s", "e", 1.0]}}, "crashes"),
         ({"in_progress": "p@3"}, "in_progress"),
         ({"isolating": {"p": 3}}, "isolating"),
+        ({"read_bound": 0}, "read_bound"),
+        ({"read_bound": "100"}, "read_bound"),
     ],
 )
 def test_a_damaged_guard_is_refused_with_the_field_named(raw: object, field: str) -> None:
@@ -114,3 +119,88 @@ async def test_quarantine_without_a_dead_letter_store_stops_with_a_clear_error()
     )
     with pytest.raises(riprap.ConfigError, match=r"^dead_letter: record numbers@1 stopped"):
         await pipeline.run()
+
+
+def test_a_watch_covers_what_the_dead_run_may_have_read() -> None:
+    """Below frontier + bound in a partition of the frontier, the first bound records of others."""
+    watch = CrashWatch.after(CrashGuard(running=True, frontier={"p": 100}, read_bound=50))
+    assert watch.covers("p", 145, 5)
+    assert not watch.covers("p", 150, 5)
+    assert [True, True, False] == [watch.covers("q", start, 25) for start in (7, 32, 57)]
+
+
+def test_a_watch_after_a_run_without_a_bound_covers_everything() -> None:
+    """A snapshot of a version that did not bound its reads: every batch is watched."""
+    watch = CrashWatch.after(CrashGuard(running=True, frontier={"p": 100}))
+    assert watch.covers("p", 10**9, 5)
+    assert watch.covers("q", 10**9, 5)
+
+
+class CountingCheckpoints:
+    """Memory checkpoints that keep every checkpoint saved."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryCheckpoints()
+        self.saved: list[Checkpoint] = []
+
+    async def claim(self, pipeline: str, owner: str) -> Claim:
+        return await self.inner.claim(pipeline, owner)
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        await self.inner.save(checkpoint)
+        self.saved.append(checkpoint)
+
+    async def load(self, pipeline: str) -> Checkpoint | None:
+        return await self.inner.load(pipeline)
+
+    async def aclose(self) -> None: ...
+
+
+def bounded(backend: CountingCheckpoints, records: int) -> riprap.Pipeline:
+    """A pipeline whose read bound is 100 records and whose periodic checkpoints never come."""
+    return (
+        riprap.Pipeline(
+            "bounded", checkpoint=backend, batch_size=5, max_in_flight=10, checkpoint_interval=3600
+        )
+        .source(IterableSource("numbers", list(range(records)), partition="p"))
+        .sink(MemorySink())
+    )
+
+
+async def test_a_run_saves_before_reading_past_its_bound() -> None:
+    """Between two saves a run reads at most read_bound records (plus the batch that crossed it)."""
+    backend = CountingCheckpoints()
+    await bounded(backend, 1_000).run()
+    frontiers = [0] + [c.guard.frontier.get("p", 0) for c in backend.saved]
+    gaps = [after - before for before, after in itertools.pairwise(frontiers)]
+    assert 9 <= len(backend.saved)
+    assert max(gaps) <= 100 + 5
+    assert {100} == {c.guard.read_bound for c in backend.saved}
+
+
+async def seeded(backend: CountingCheckpoints, guard: CrashGuard) -> None:
+    """A dead run's last snapshot: position 80, read up to 100."""
+    claim = await backend.claim("bounded", "dead")
+    await backend.save(
+        Checkpoint("bounded", claim.epoch, "dead", seq=1, positions={"p": 80}, guard=guard)
+    )
+    backend.saved.clear()
+
+
+async def test_a_run_after_a_crash_watches_only_what_the_dead_run_may_have_read() -> None:
+    """Saves before each batch below frontier + bound (80 to 150), then at the bound only."""
+    backend = CountingCheckpoints()
+    await seeded(backend, CrashGuard(running=True, frontier={"p": 100}, read_bound=50))
+    await bounded(backend, 1_000).run()
+    watched = [c for c in backend.saved if c.guard.frontier.get("p", 0) <= 150]
+    assert 14 <= len(watched)
+    assert len(backend.saved) < 14 + 20
+    assert {"p": 1_000} == backend.saved[-1].positions
+
+
+async def test_a_run_after_a_crash_of_an_unbounded_run_watches_every_batch() -> None:
+    """The dead run's snapshot has no read bound: every batch is watched, as before bounds."""
+    backend = CountingCheckpoints()
+    await seeded(backend, CrashGuard(running=True, frontier={"p": 100}))
+    await bounded(backend, 1_000).run()
+    assert (1_000 - 80) // 5 <= len(backend.saved)

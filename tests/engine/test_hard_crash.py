@@ -41,10 +41,10 @@ def write_input(directory: Path) -> None:
     (directory / INPUT).write_bytes(b"".join(lines))
 
 
-def supervise(directory: Path, poison: dict[int, str]) -> list[int]:
+def supervise(directory: Path, poison: dict[int, str], *options: str) -> list[int]:
     """Restart the worker until it exits 0; return every exit code (bounded in starts)."""
     pills = ",".join(f"{offset}={how}" for offset, how in sorted(poison.items()))
-    args = [sys.executable, str(WORKER), pills]
+    args = [sys.executable, str(WORKER), pills, *options]
     codes: list[int] = []
     for number in range(MAX_STARTS):
         with spawn(args, directory, f"start-{number}") as proc:
@@ -79,6 +79,26 @@ def test_records_that_kill_the_process_are_quarantined(tmp_path: Path) -> None:
     assert {"crash_loop"} == {letter.reason for letter in letters}
     assert all(letter.attempts >= MAX_CRASHES for letter in letters)
     assert all("without a Python exception" in letter.message for letter in letters)
+    assert sorted(set(range(RECORDS)) - poison.keys()) == stored_ids(tmp_path)
+    assert 0 == codes[-1]
+    assert set(DYING.values()) == set(codes[:-1])
+
+
+def test_pills_are_caught_when_only_the_read_bound_saves(tmp_path: Path) -> None:
+    """A run after a crash watches only what the dead run may have read; later pills still end.
+
+    No periodic checkpoint comes (an hour apart): only the read bound saves
+    (with ``max_in_flight=10`` a run reads at most 100 records past its last
+    saved frontier), so a pill's first crash may come long after the last
+    save. The bound keeps it within what the next run watches, and every
+    pill is quarantined.
+    """
+    poison = {30: "exit", 230: "abort", 370: "kill"}
+    write_input(tmp_path)
+    codes = supervise(tmp_path, poison, "0", "10", "3600")
+    letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
+    assert sorted(poison) == sorted(letter.offset or 0 for letter in letters)
+    assert {"crash_loop"} == {letter.reason for letter in letters}
     assert sorted(set(range(RECORDS)) - poison.keys()) == stored_ids(tmp_path)
     assert 0 == codes[-1]
     assert set(DYING.values()) == set(codes[:-1])
