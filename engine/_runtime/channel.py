@@ -63,8 +63,29 @@ async def _wait(state: _State[T], *, sender: bool) -> None:
             state.receiver = None
 
 
+class ClosesOnExit:
+    """An end that ``async with`` closes on the way out (channel ends, forks, shared sends)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        """Close this end."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 @final
-class ChannelSender(Generic[T]):
+class ChannelSender(ClosesOnExit, Generic[T]):
     """The sending end of a :func:`channel`."""
 
     __slots__ = ("_state",)
@@ -98,20 +119,9 @@ class ChannelSender(Generic[T]):
         self._state.send_closed = True
         _wake(self._state.receiver)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 @final
-class ChannelReceiver(Generic[T]):
+class ChannelReceiver(ClosesOnExit, Generic[T]):
     """The receiving end of a :func:`channel`; iterate it to get items until the sender closes."""
 
     __slots__ = ("_state",)
@@ -154,17 +164,6 @@ class ChannelReceiver(Generic[T]):
             return await self.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def channel(capacity: int) -> tuple[ChannelSender[T], ChannelReceiver[T]]:

@@ -17,13 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, final
 
 from riprap._core.records import Batch
-from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
+from riprap._runtime.channel import ChannelReceiver, ChannelSender, ClosesOnExit, channel
 from riprap._runtime.step_stats import entry_step_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from types import TracebackType
-    from typing import Self
 
     from anyio.abc import TaskGroup
 
@@ -102,7 +100,7 @@ class Branches:
             tg.start_soon(run_sink, branch.sink, streams[-1][1])
 
 
-class _ForkBase:
+class _ForkBase(ClosesOnExit):
     """Closing a fork closes every branch's entry: each branch ends after what it holds."""
 
     __slots__ = ("_sends",)
@@ -113,17 +111,6 @@ class _ForkBase:
     def close(self) -> None:
         for send in self._sends:
             send.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @final

@@ -16,7 +16,7 @@ import anyio
 
 from riprap._core.records import Batch, DropsOrigin, StartsOrigin
 from riprap._runtime.acks import Ack, combined_ack
-from riprap._runtime.channel import ChannelReceiver
+from riprap._runtime.channel import ChannelReceiver, ClosesOnExit
 from riprap._runtime.fuse import Op, compile_chain
 from riprap.observability._report import StepCounters
 
@@ -155,7 +155,7 @@ class FusedSegment:
 
 
 @final
-class FusedSend:
+class FusedSend(ClosesOnExit):
     """A send that runs a fused segment first: the segment runs in its sender's task.
 
     A run of sync steps after an async step (or a batch step, or a stage)
@@ -178,17 +178,6 @@ class FusedSend:
     def close(self) -> None:
         """Close the send behind the segment."""
         self._send.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def traced(tracer: Tracing | None, stage: str, batch: Batch) -> AbstractContextManager[None]:

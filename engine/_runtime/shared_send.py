@@ -12,16 +12,15 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-if TYPE_CHECKING:
-    from types import TracebackType
-    from typing import Self
+from riprap._runtime.channel import ClosesOnExit
 
+if TYPE_CHECKING:
     from riprap._core.records import Batch
     from riprap._runtime.segments import Send
 
 
 @final
-class SharedSend:
+class SharedSend(ClosesOnExit):
     """``users`` tasks sending into ``send`` in turn; each closes its share once.
 
     Args:
@@ -50,14 +49,3 @@ class SharedSend:
         self._left -= 1
         if self._left == 0:
             self._send.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
