@@ -1,4 +1,4 @@
-"""A chain of sync map/filter steps run step by step over a whole batch, in C-level loops.
+"""A chain of sync map/filter steps run step by step over chunks of a batch, in C-level loops.
 
 Each step is one ``list.extend(map(fn, values))``: the interpreter runs no
 bytecode of its own between two calls of the user's function, which makes a
@@ -71,12 +71,37 @@ def merged(removed: list[int], more: list[int]) -> list[int]:
     return removed
 
 
-def keep_mask(flags: list[Any]) -> bytes | list[bool]:
-    """``flags`` as bytes (booleans and small ints, in one C call) or as booleans."""
+def keep_mask(flags: list[Any]) -> tuple[bytes | list[bool], list[tuple[int, Exception]]]:
+    """``flags`` as bytes (booleans and small ints, in one C call) or as booleans.
+
+    A flag whose truth cannot be told (its ``__bool__`` raises, as a NumPy
+    array's does) counts as false and comes back as ``(position, error)``.
+    """
     try:
-        return bytes(flags)
+        return bytes(flags), []
     except (TypeError, ValueError):  # not all ints in 0..255
-        return list(map(operator.truth, flags))
+        pass
+    try:
+        return list(map(operator.truth, flags)), []
+    except Exception:  # some flag has no truth value: find which, one by one
+        pass
+    mask: list[bool] = []
+    failures: list[tuple[int, Exception]] = []
+    for position, flag in enumerate(flags):
+        try:
+            mask.append(bool(flag))
+        except Exception as error:
+            mask.append(False)
+            failures.append((position, error))
+    return mask, failures
+
+
+def all_true(flags: list[Any]) -> bool:
+    """Whether every flag is true (``False`` when some flag's truth cannot be told)."""
+    try:
+        return all(flags)
+    except Exception:
+        return False
 
 
 def zero_positions(mask: bytes | list[bool]) -> list[int]:
@@ -150,26 +175,40 @@ class ColumnChain:
                 break
             results, failures = apply(self._fns[step], values)
             if failures:
-                positions = [position for position, _ in failures]
-                lost = originals(positions, removed)
-                failed.extend(
-                    (offset + index, step, error)
-                    for index, (_, error) in zip(lost, failures, strict=True)
-                )
+                removed = self._fail(failures, removed, offset, step, failed)
                 if is_filter:
-                    gone = set(positions)
+                    gone = {position for position, _ in failures}
                     values = [value for i, value in enumerate(values) if i not in gone]
-                removed = merged(removed, lost)
             if not is_filter:
                 values = results
-            elif not all(results):
+            elif not all_true(results):
                 # The mask decides both which values go and where they were.
-                mask = keep_mask(results)
+                mask, unknown = keep_mask(results)
                 drops = zero_positions(mask)
+                if unknown:
+                    undecided = {position for position, _ in unknown}
+                    drops = [position for position in drops if position not in undecided]
                 counts[step] += len(drops)
                 lost = originals(drops, removed)
                 values = list(compress(values, mask))
+                if unknown:
+                    removed = self._fail(unknown, removed, offset, step, failed)
                 removed = merged(removed, lost)
         if offset and removed:
             removed = [offset + index for index in removed]
         return values, removed
+
+    @staticmethod
+    def _fail(
+        failures: list[tuple[int, Exception]],
+        removed: list[int],
+        offset: int,
+        step: int,
+        failed: list[Failure],
+    ) -> list[int]:
+        """Note ``failures`` (positions among the values left) of ``step``; the removed, merged."""
+        lost = originals([position for position, _ in failures], removed)
+        failed.extend(
+            (offset + index, step, error) for index, (_, error) in zip(lost, failures, strict=True)
+        )
+        return merged(removed, lost)

@@ -66,6 +66,18 @@ def _raise_on(v: int, bad: int) -> int:
     return v
 
 
+class Verdict:
+    """A filter result whose truth cannot be told for some values (as a NumPy array's)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __bool__(self) -> bool:
+        if self.value % 11 == 4:
+            raise ZeroDivisionError(f"no truth for {self.value}")
+        return self.value % 2 == 0
+
+
 MAP_FILTER_OPS = {
     "map": OPS["map"],
     "filter": OPS["filter"],
@@ -75,6 +87,7 @@ MAP_FILTER_OPS = {
     "int filter": Op("filter", "ints", lambda v: v % 4),
     "large int filter": Op("filter", "large", lambda v: (v % 5) * 1_000),
     "str filter": Op("filter", "str", lambda v: "x" * (v % 2)),
+    "undecidable filter": Op("filter", "verdict", Verdict),
 }
 
 
