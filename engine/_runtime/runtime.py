@@ -108,7 +108,7 @@ log = logging.getLogger("riprap.runtime")
 FINAL_CHECKPOINT_TIMEOUT = 30.0
 """Seconds the final checkpoint may take before the run gives up on it."""
 
-READ_BOUND_FACTOR = 10
+READ_BOUND_FACTOR = 100
 """A run reads at most this many ``max_in_flight`` of records past its last saved
 frontier before it saves again: what a run after a crash must watch is bounded."""
 

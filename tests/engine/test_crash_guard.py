@@ -157,10 +157,10 @@ class CountingCheckpoints:
 
 
 def bounded(backend: CountingCheckpoints, records: int) -> riprap.Pipeline:
-    """A pipeline whose read bound is 100 records and whose periodic checkpoints never come."""
+    """A pipeline whose read bound is 500 records and whose periodic checkpoints never come."""
     return (
         riprap.Pipeline(
-            "bounded", checkpoint=backend, batch_size=5, max_in_flight=10, checkpoint_interval=3600
+            "bounded", checkpoint=backend, batch_size=5, max_in_flight=5, checkpoint_interval=3600
         )
         .source(IterableSource("numbers", list(range(records)), partition="p"))
         .sink(MemorySink())
@@ -170,12 +170,12 @@ def bounded(backend: CountingCheckpoints, records: int) -> riprap.Pipeline:
 async def test_a_run_saves_before_reading_past_its_bound() -> None:
     """Between two saves a run reads at most read_bound records (plus the batch that crossed it)."""
     backend = CountingCheckpoints()
-    await bounded(backend, 1_000).run()
+    await bounded(backend, 5_000).run()
     frontiers = [0] + [c.guard.frontier.get("p", 0) for c in backend.saved]
     gaps = [after - before for before, after in itertools.pairwise(frontiers)]
     assert 9 <= len(backend.saved)
-    assert max(gaps) <= 100 + 5
-    assert {100} == {c.guard.read_bound for c in backend.saved}
+    assert max(gaps) <= 500 + 5
+    assert {500} == {c.guard.read_bound for c in backend.saved}
 
 
 async def seeded(backend: CountingCheckpoints, guard: CrashGuard) -> None:
@@ -191,16 +191,16 @@ async def test_a_run_after_a_crash_watches_only_what_the_dead_run_may_have_read(
     """Saves before each batch below frontier + bound (80 to 150), then at the bound only."""
     backend = CountingCheckpoints()
     await seeded(backend, CrashGuard(running=True, frontier={"p": 100}, read_bound=50))
-    await bounded(backend, 1_000).run()
+    await bounded(backend, 5_000).run()
     watched = [c for c in backend.saved if c.guard.frontier.get("p", 0) <= 150]
     assert 14 <= len(watched)
     assert len(backend.saved) < 14 + 20
-    assert {"p": 1_000} == backend.saved[-1].positions
+    assert {"p": 5_000} == backend.saved[-1].positions
 
 
 async def test_a_run_after_a_crash_of_an_unbounded_run_watches_every_batch() -> None:
     """The dead run's snapshot has no read bound: every batch is watched, as before bounds."""
     backend = CountingCheckpoints()
     await seeded(backend, CrashGuard(running=True, frontier={"p": 100}))
-    await bounded(backend, 1_000).run()
-    assert (1_000 - 80) // 5 <= len(backend.saved)
+    await bounded(backend, 5_000).run()
+    assert (5_000 - 80) // 5 <= len(backend.saved)
