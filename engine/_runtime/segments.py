@@ -1,7 +1,8 @@
 """Stage runners: each is one task between two bounded batch channels.
 
-Consecutive fusable steps become one :class:`FusedSegment` (a generated loop);
-async steps have their own runner (:mod:`riprap._runtime.async_segment`); the
+Consecutive fusable steps become one :class:`FusedSegment` (see ``fuse``),
+run in the task before it (:class:`FusedSend`) when there is one; async steps
+have their own runner (:mod:`riprap._runtime.async_segment`); the
 batch step regroups values; custom stages see whole batches. What a runner
 does with a failing record is decided by the :class:`ErrorRouter` it is given.
 """
