@@ -88,14 +88,14 @@ def test_pills_are_caught_when_only_the_read_bound_saves(tmp_path: Path) -> None
     """A run after a crash watches only what the dead run may have read; later pills still end.
 
     No periodic checkpoint comes (an hour apart): only the read bound saves
-    (with ``max_in_flight=1`` a run reads at most 100 records past its last
+    (with ``max_in_flight=2`` a run reads at most 200 records past its last
     saved frontier), so a pill's first crash may come long after the last
     save. The bound keeps it within what the next run watches, and every
     pill is quarantined.
     """
     poison = {30: "exit", 230: "abort", 370: "kill"}
     write_input(tmp_path)
-    codes = supervise(tmp_path, poison, "0", "1", "3600")
+    codes = supervise(tmp_path, poison, "0", "2", "3600")
     letters = list(read_dead_letters(tmp_path / "dlq.jsonl"))
     assert sorted(poison) == sorted(letter.offset or 0 for letter in letters)
     assert {"crash_loop"} == {letter.reason for letter in letters}
