@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import replace
 
+import anyio
 import pytest
 
 import riprap
@@ -204,3 +206,50 @@ async def test_a_run_after_a_crash_of_an_unbounded_run_watches_every_batch() -> 
     await seeded(backend, CrashGuard(running=True, frontier={"p": 100}))
     await bounded(backend, 5_000).run()
     assert (5_000 - 80) // 5 <= len(backend.saved)
+
+
+class RefusingCheckpoints(CountingCheckpoints):
+    """Counting checkpoints whose saves fail (naming a DSN with a password) until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = False
+        self.attempts = 0
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        self.attempts += 1
+        if self.refusing:
+            raise OSError("connect postgres://app:hunter2-secret@db.internal/ckpt refused")
+        await super().save(checkpoint)
+
+
+async def test_a_store_that_refuses_bound_saves_slows_no_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every bound save fails: the run still ends with every record, retries a bound apart.
+
+    The failures are logged (redacted) and counted; nothing waits for the store.
+    """
+    backend = RefusingCheckpoints()
+    sink = MemorySink()
+    pipeline = (
+        riprap.Pipeline(
+            "bounded", checkpoint=backend, batch_size=5, max_in_flight=5, checkpoint_interval=3600
+        )
+        .source(IterableSource("numbers", list(range(5_000)), partition="p"))
+        .sink(sink)
+    )
+    caplog.set_level(logging.WARNING, logger="riprap")
+    async with pipeline.open() as running:
+        backend.refusing = True  # after the start-up mark
+        with anyio.fail_after(10):
+            while len(sink.values) < 4_000:
+                await anyio.lowlevel.checkpoint()
+        backend.refusing = False
+        report = await running.wait()
+    assert list(range(5_000)) == sink.values
+    assert {"p": 5_000} == report.positions
+    warnings = [r.getMessage() for r in caplog.records if "will retry" in r.getMessage()]
+    assert 3 <= len(warnings)
+    assert backend.attempts < 5_000 // 500 + 5  # a bound apart, not one per batch
+    assert all("hunter2-secret" not in message for message in warnings)
