@@ -30,7 +30,7 @@ import anyio.lowlevel
 
 from riprap import ConfigError, DataError, TransientError
 from riprap.connectors.json_codec import encode_json, parse_json_line
-from riprap.lowlevel import make_directory
+from riprap.lowlevel import make_directory, use_wal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -171,7 +171,7 @@ class SqliteSink:
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn, self.timeout)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(self._sql.create)
             have = {row[1] for row in conn.execute(self._sql.table_info)}

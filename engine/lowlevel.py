@@ -4,8 +4,10 @@ Acks tie derived records to their source position; origins map a batch's items
 back to source records; ``Emit`` is how a stage hands on results;
 ``fsync_directory`` makes a file sink's new files and renames durable,
 ``make_directory`` creates a sink's missing directory the way riprap's own
-stores do, and ``optional_limit``/``optional_seconds`` check a plug-in's
-options with the same errors as riprap's own.
+stores do, ``use_wal`` puts a SQLite connection in WAL mode even while
+another process opens the same new database, and
+``optional_limit``/``optional_seconds`` check a plug-in's options with the
+same errors as riprap's own.
 
 .. versionadded:: 0.1
 """
@@ -24,6 +26,7 @@ from riprap._core.records import Headers as Headers
 from riprap._core.records import IndexOrigin as IndexOrigin
 from riprap._core.records import Origin as Origin
 from riprap._core.records import SourceOrigin as SourceOrigin
+from riprap._core.sqlite_wal import use_wal as use_wal
 from riprap._runtime.acks import Ack as Ack
 from riprap._runtime.allocator import keep_freed_memory as keep_freed_memory
 
@@ -42,6 +45,7 @@ __all__ = (
     "make_directory",
     "optional_limit",
     "optional_seconds",
+    "use_wal",
 )
 
 fixup_module_metadata(__name__, globals())

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 from riprap._core.files import make_directory
+from riprap._core.sqlite_wal import use_wal
 from riprap._core.state_values import StateStoreError, restored_partitions
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ _UPSERT = (
     "INSERT INTO state (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) "
     "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
+_LOCK_WAIT = 5.0
+"""Seconds a connection waits for another's lock (SQLite's own default)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _COPY_OFFSET, _COPY_POSITION, _COPY_AT = "changelog_offset", "changelog_position", "changelog_at"
 """Meta rows of a changelog's local copy: the offset and position it matches, and when."""
@@ -477,8 +480,8 @@ class SqliteBacking:
 def _connect(path: Path) -> sqlite3.Connection:
     """A connection to ``path``: WAL, every commit synced."""
     # isolation_level=None: no implicit transactions; every commit BEGINs its own.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode = WAL")
+    db = sqlite3.connect(path, timeout=_LOCK_WAIT, isolation_level=None, check_same_thread=False)
+    use_wal(db, _LOCK_WAIT)
     db.execute("PRAGMA synchronous = FULL")
     return db
 

@@ -37,6 +37,7 @@ import orjson
 
 from riprap._core.errors import CheckpointError, CheckpointIntegrityError
 from riprap._core.files import make_directory, replace_file
+from riprap._core.sqlite_wal import use_wal
 from riprap.checkpoints._history import DEFAULT_HISTORY, check_history, stale_generations
 from riprap.checkpoints._integrity import (
     CheckpointStatus,
@@ -492,7 +493,7 @@ class SqliteCheckpoints(ThreadedCheckpoints):
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute("PRAGMA journal_mode = WAL")
+            use_wal(db, self._timeout)
             db.execute("PRAGMA synchronous = FULL")
             db.execute(_SCHEMA)
             db.execute(_HISTORY_SCHEMA)

@@ -55,6 +55,7 @@ import orjson
 
 from riprap._core.errors import ConfigError
 from riprap._core.files import fsync_directory, make_directory
+from riprap._core.sqlite_wal import use_wal
 from riprap.deadletters._envelope import DeadLetter
 from riprap.deadletters._ids import LetterIds
 
@@ -474,7 +475,7 @@ def _connect(path: Path, *, timeout: float, create: bool) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA synchronous = FULL")  # fsync the log on every commit
         if create:
-            db.execute("PRAGMA journal_mode = WAL")
+            use_wal(db, timeout)
             db.executescript(_SCHEMA)
             ensure_unique_ids(db, path)
     except BaseException:
