@@ -113,7 +113,7 @@ def test_two_workers_write_what_one_writes(tmp_path: Path) -> None:
         report_value(aggregate, "records in"),
         report_value(aggregate, "workers"),
         report_value(aggregate, "restarts"),
-    )
+    ), double.stderr
     # Each worker kept its own positions: together they cover every file, once.
     shares = [load_checkpoint(two / CHECKPOINTS, f"{NAME}.worker-{i}-of-2") for i in range(2)]
     positions = [dict(c.positions) if c else {} for c in shares]
