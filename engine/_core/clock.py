@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol, final, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, final, runtime_checkable
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @runtime_checkable
@@ -36,3 +39,8 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def monotonic_of(clock: Clock) -> Callable[[], float]:
+    """``clock.monotonic``; ``time.monotonic`` itself for the system clock (one frame less)."""
+    return time.monotonic if isinstance(clock, SystemClock) else clock.monotonic

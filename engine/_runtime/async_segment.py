@@ -202,11 +202,17 @@ class AsyncSegment:
             await self._work_units()
 
     async def _work_each(self) -> None:
-        """A worker of a step without a key: one record after another, from the oldest batch."""
+        """A worker of a step without a key: one record after another, from the oldest batch.
+
+        The untraced call of a map is :meth:`_one` inline: a coroutine and two
+        frames less per record.
+        """
         taking = self._taking
         ordered = self.step.ordered
         loop = asyncio.get_running_loop()
         one = self._one
+        plain = self.step.kind == "map" and not self.step.record
+        call, step_id, router, counters = self.call, self.step.step_id, self.router, self.counters
         while True:
             if not taking:
                 if self._closed:
@@ -222,12 +228,24 @@ class AsyncSegment:
                 taking.popleft()
                 if not taking:
                     _wake(self._reader_wait)
-            if work.span is None:
-                work.results[i] = await one(work.batch, i)
-            else:
+            if work.span is not None:
                 assert self.tracer is not None
                 with self.tracer.active(work.span):
                     work.results[i] = await one(work.batch, i)
+            elif plain:
+                value = work.batch.items[i]
+                try:
+                    result = await call(value)
+                except Exception as error:
+                    counters.errors += 1
+                    router.handle(step_id, work.batch, i, value, error)
+                    result = _FAILED
+                else:
+                    if isinstance(result, Record):
+                        result = result.value
+                work.results[i] = result
+            else:
+                work.results[i] = await one(work.batch, i)
             if not ordered:
                 work.order.append(i)
             work.left -= 1

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, fi
 
 import anyio
 
-from riprap._core.clock import SYSTEM_CLOCK
+from riprap._core.clock import SYSTEM_CLOCK, monotonic_of
 from riprap._core.errors import BulkheadFullError, CircuitOpenError, ConfigError
 
 from ._classify import DEFAULT_CLASSIFIER, Classifier
@@ -229,6 +229,7 @@ class CircuitBreaker:
         "_emitter",
         "_evaluate_every_call",
         "_generation",
+        "_now",
         "_open_duration",
         "_opened_at",
         "_probe_calls",
@@ -256,6 +257,7 @@ class CircuitBreaker:
         self.config = config = config or BreakerConfig()
         self._classifier = classifier or DEFAULT_CLASSIFIER
         self._clock = clock or SYSTEM_CLOCK
+        self._now = monotonic_of(self._clock)
         self._emitter = Emitter(hooks, clock=self._clock, dependency=name)
         self._slow_duration = to_seconds(config.slow_call_duration)
         self._open_duration = to_seconds(config.open_duration)
@@ -504,7 +506,7 @@ class CircuitBreaker:
 
     def _closed_outcome(self, permit: CallPermit, failed: bool) -> None:
         """Count an outcome of a call admitted in the current closed state."""
-        now = self._clock.monotonic()
+        now = self._now()
         slow = now - permit._started > self._slow_duration
         window = self._window
         window.add(now, failed, slow)
@@ -513,6 +515,31 @@ class CircuitBreaker:
         # a time window it can (older successes expire): always evaluate there.
         if failed or slow or self._evaluate_every_call or window.calls <= self.config.minimum_calls:
             self._evaluate_closed(now, permit.stage)
+
+    def succeeded(self, permit: CallPermit) -> None:
+        """``permit.record(None)`` in one frame: the fused stack's happy path.
+
+        A full count window whose oldest call was a plain success, taking a
+        fast success, only moves its position on: its totals stay as they were,
+        and every change of them that could raise a rate was evaluated when it
+        came. Anything else takes the general path.
+        """
+        if permit._done:
+            return
+        permit._done = True
+        if self._state is not _CLOSED or permit._generation != self._generation:
+            self._record(permit, None)
+            return
+        now = self._now()
+        window = self._window
+        if type(window) is CountWindow and now - permit._started <= self._slow_duration:
+            ring, pos = window._ring, window._pos
+            size = len(ring)
+            if window.calls == size and not ring[pos]:
+                pos += 1
+                window._pos = 0 if pos == size else pos
+                return
+        self._closed_outcome(permit, False)
 
     def _evaluate_closed(self, now: float, stage: str | None) -> None:
         calls, failures, slow = self._window.totals(now)

@@ -4,52 +4,56 @@
 scheduled and cancelled, plus its state machine), paid by every attempt of
 every record that has a timeout policy. A timeout layer's deadlines all have
 the same length, so they expire in the order they were set: this watch keeps
-them in insertion order and arms one timer for the earliest. Starting and
-ending a deadline is a dict insert and delete; the timer fires about once per
-duration, not once per call. Expiry cancels the task, and the wrapper turns
-that cancellation (and only that one) into :class:`~riprap.policies.StageTimeout`,
-counting cancellations as ``asyncio.timeout`` does so outer cancel scopes
-still win.
+them in insertion order and arms one timer for the earliest. A running
+deadline is a key and a tuple in a dict, with no object of its own; starting
+and ending one is an insert and a delete, cheap enough to inline in the fused
+policy stack; the timer fires about once per duration, not once per call.
+Only a deadline that passes becomes a :class:`Deadline`, which cancels the
+task (again until the call ends); the wrapper turns that cancellation (and
+only that one) into :class:`~riprap.policies.StageTimeout`, counting
+cancellations as ``asyncio.timeout`` does so outer cancel scopes still win.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 import weakref
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    import asyncio
+    from collections.abc import Callable
 
 RECANCEL_EVERY = 0.05
 """Seconds between the cancellations an expired deadline sends a call that ignores them."""
 
+KEYS = itertools.count()
+"""Keys of running deadlines: unique in the process, so no two calls ever share one."""
+
+Entry = tuple[float, "asyncio.Task[Any]", "asyncio.Future[None] | None"]
+"""A running deadline: when it passes, the task it cancels, the waiter it wakes instead."""
+
 
 @final
 class Deadline:
-    """One running call's deadline.
+    """A deadline that passed while its call still ran.
 
     ``fired`` counts the cancellations sent to ``task`` for it (the wrapper
     takes back as many with ``task.uncancel()``), or is 1 once ``waiter`` was
     woken instead.
     """
 
-    __slots__ = ("_again", "at", "fired", "task", "waiter")
+    __slots__ = ("_again", "fired", "task", "waiter")
 
-    def __init__(
-        self,
-        at: float,
-        task: asyncio.Task[Any],
-        waiter: asyncio.Future[None] | None = None,
-    ) -> None:
-        self.at = at
+    def __init__(self, task: asyncio.Task[Any], waiter: asyncio.Future[None] | None) -> None:
         self.task = task
         self.waiter = waiter
         self.fired = 0
         self._again: asyncio.TimerHandle | None = None
 
     def expire(self) -> None:
-        """The deadline passed: wake the waiter, or cancel the task (again, on a timer)."""
+        """Wake the waiter, or cancel the task (again, on a timer)."""
         waiter = self.waiter
         if waiter is not None:
             self.fired = 1
@@ -63,12 +67,6 @@ class Deadline:
         task.cancel()
         self._again = task.get_loop().call_later(RECANCEL_EVERY, self.expire)
 
-    def wake(self, _task: object = None) -> None:
-        """Wake the waiter (a done-callback of the sheltered call's task)."""
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     def withdraw(self) -> None:
         """The call ended: send no further cancellation."""
         if self._again is not None:
@@ -76,27 +74,67 @@ class Deadline:
             self._again = None
 
 
+def wake(waiter: asyncio.Future[None], _task: object = None) -> None:
+    """Wake ``waiter`` unless it is done (a done-callback of a sheltered call's task)."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @final
-class _LoopWatch:
-    """The deadlines of one watch on one event loop."""
+class LoopDeadlines:
+    """The running and the passed deadlines of one watch on one event loop."""
 
-    __slots__ = ("handle", "loop", "pending")
+    __slots__ = ("expired", "handle", "loop", "now", "pending", "seconds")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         self.loop = loop
-        self.pending: OrderedDict[Deadline, None] = OrderedDict()
+        self.seconds = seconds
+        # A dict keeps insertion order; finding the first entry walks over the slots
+        # of removed ones, but only when the timer fires (about once per duration).
+        self.pending: dict[int, Entry] = {}
+        self.expired: dict[int, Deadline] = {}
         self.handle: asyncio.TimerHandle | None = None
+        # asyncio's own loop.time() is time.monotonic() one frame deeper.
+        uses_monotonic = type(loop).time is asyncio.BaseEventLoop.time
+        self.now: Callable[[], float] = time.monotonic if uses_monotonic else loop.time
+
+    def start(self, task: asyncio.Task[Any], waiter: asyncio.Future[None] | None = None) -> int:
+        """Cancel ``task`` (or wake ``waiter``) in ``seconds`` unless :meth:`stop` comes first.
+
+        Returns the deadline's key. The fused policy stack does the same inline.
+        """
+        key = next(KEYS)
+        at = self.now() + self.seconds
+        self.pending[key] = (at, task, waiter)
+        if self.handle is None:
+            self.handle = self.loop.call_at(at, self.fire)
+        return key
+
+    def stop(self, key: int) -> Deadline | None:
+        """The call ended: forget its deadline; the :class:`Deadline` if it had passed.
+
+        A passed deadline sends no further cancellation; the caller takes back
+        those it sent (:func:`~riprap.policies._timeout.take_back`).
+        """
+        if self.pending.pop(key, None) is not None:
+            return None
+        deadline = self.expired.pop(key, None)
+        if deadline is not None:
+            deadline.withdraw()
+        return deadline
 
     def fire(self) -> None:
+        """Expire the deadlines that passed; arm the timer for the next one."""
         self.handle = None
-        now = self.loop.time()
+        now = self.now()
         pending = self.pending
         while pending:
-            deadline = next(iter(pending))
-            if deadline.at > now:
-                self.handle = self.loop.call_at(deadline.at, self.fire)
+            key, (at, task, waiter) = next(iter(pending.items()))
+            if at > now:
+                self.handle = self.loop.call_at(at, self.fire)
                 return
-            del pending[deadline]
+            del pending[key]
+            deadline = self.expired[key] = Deadline(task, waiter)
             deadline.expire()
 
 
@@ -104,41 +142,23 @@ class _LoopWatch:
 class DeadlineWatch:
     """Deadlines ``seconds`` after their start, on whichever loop runs the call."""
 
-    __slots__ = ("_last", "_loops", "seconds")
+    __slots__ = ("_loops", "last", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._last: _LoopWatch | None = None
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatch] = (
+        self.last: LoopDeadlines | None = None
+        """The deadlines of the loop asked for last (the fused stack checks it inline)."""
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopDeadlines] = (
             weakref.WeakKeyDictionary()
         )
 
-    def start(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        task: asyncio.Task[Any],
-        waiter: asyncio.Future[None] | None = None,
-    ) -> Deadline:
-        """Cancel ``task`` (or wake ``waiter``) in ``seconds`` unless :meth:`stop` comes first."""
-        watch = self._last
-        if watch is None or watch.loop is not loop:
-            watch = self._loops.get(loop)
-            if watch is None:
-                watch = self._loops[loop] = _LoopWatch(loop)
-            self._last = watch
-        deadline = Deadline(loop.time() + self.seconds, task, waiter)
-        watch.pending[deadline] = None
-        if watch.handle is None:
-            watch.handle = loop.call_at(deadline.at, watch.fire)
-        return deadline
-
-    def stop(self, loop: asyncio.AbstractEventLoop, deadline: Deadline) -> None:
-        """The call ended: forget its deadline (the timer re-arms itself when it fires)."""
-        if deadline.fired:
-            deadline.withdraw()
-            return  # an expired deadline has left the pending ones already
-        watch = self._last
-        if watch is None or watch.loop is not loop:
-            watch = self._loops.get(loop)
-        if watch is not None:
-            watch.pending.pop(deadline, None)
+    def on(self, loop: asyncio.AbstractEventLoop) -> LoopDeadlines:
+        """The deadlines running on ``loop``."""
+        last = self.last
+        if last is not None and last.loop is loop:
+            return last
+        deadlines = self._loops.get(loop)
+        if deadlines is None:
+            deadlines = self._loops[loop] = LoopDeadlines(loop, self.seconds)
+        self.last = deadlines
+        return deadlines

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import time
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from riprap._core.clock import monotonic_of
+
 from ._breaker import PERMIT, CallPermit, failed
+from ._deadlines import KEYS
 from ._events import CircuitState
 from ._fallback import announce
 from ._timeout import take_back
@@ -86,11 +91,10 @@ def fuse(
     total_watch = None if total is None else total.watch()
     attempt_watch = None if attempt is None else attempt.watch()
     timed = total is not None or attempt is not None
-    get_loop, current_task, cancelled = (
-        asyncio.get_running_loop,
-        asyncio.current_task,
-        asyncio.CancelledError,
-    )
+    get_loop, current_task = asyncio.get_running_loop, task_lookup()
+    cancelled, keys = asyncio.CancelledError, KEYS
+    budget = None if retry is None else retry._budget
+    now = time.monotonic if retry is None else monotonic_of(retry._clock)
 
     async def fused(*args: P.args, **kwargs: P.kwargs) -> T:
         if (breaker is not None and breaker._state is not _CLOSED) or (
@@ -107,11 +111,20 @@ def fuse(
             task = current_task(loop)
             cancelling = task.cancelling()
         try:  # fallback
-            tw, total_at = total_watch, None
-            if tw is not None:
-                total_at = tw.start(loop, task)
+            # A deadline is a key in its loop's pending ones (``_deadlines``), started inline.
+            if total_watch is not None:
+                last = total_watch.last
+                td = last if last is not None and last.loop is loop else total_watch.on(loop)
+                total_key = next(keys)
+                at = td.now() + td.seconds
+                td.pending[total_key] = (at, task, None)
+                if td.handle is None:
+                    td.handle = td.loop.call_at(at, td.fire)
             try:  # total timeout
-                started = 0.0 if retry is None else retry.start()
+                if retry is not None:
+                    if budget is not None:
+                        budget.deposit()
+                    started = now()
                 try:  # retry
                     if bulkhead is not None:
                         bulkhead._in_use += 1  # idle: a slot is free, as acquire() would find
@@ -124,7 +137,7 @@ def fuse(
                             permit = CallPermit(
                                 breaker,
                                 breaker._generation,
-                                started if retry is not None else breaker._clock.monotonic(),
+                                started if retry is not None else breaker._now(),
                                 False,
                                 stage,
                             )
@@ -132,26 +145,37 @@ def fuse(
                                 permit.wait = True
                             token = PERMIT.set(permit)
                         try:  # breaker
-                            aw, attempt_at = attempt_watch, None
-                            if aw is not None:
-                                attempt_at = aw.start(loop, task)
+                            if attempt_watch is not None:
+                                last = attempt_watch.last
+                                ad = (
+                                    last
+                                    if last is not None and last.loop is loop
+                                    else attempt_watch.on(loop)
+                                )
+                                attempt_key = next(keys)
+                                at = ad.now() + ad.seconds
+                                ad.pending[attempt_key] = (at, task, None)
+                                if ad.handle is None:
+                                    ad.handle = ad.loop.call_at(at, ad.fire)
                             try:  # attempt timeout
                                 result = await call(*args, **kwargs)
                             except cancelled as exc:
-                                if attempt_at is not None and attempt_at.fired:
-                                    assert attempt is not None
-                                    assert aw is not None
-                                    error = attempt.expired(
-                                        aw, loop, task, attempt_at, cancelling, exc
-                                    )
-                                    if error is not None:
-                                        raise error from None
+                                if attempt_watch is not None:
+                                    expired = ad.expired.get(attempt_key)
+                                    if expired is not None:
+                                        assert attempt is not None
+                                        error = attempt.expired(expired, task, cancelling, exc)
+                                        if error is not None:
+                                            raise error from None
                                 raise
                             finally:
-                                if aw is not None and attempt_at is not None:
-                                    aw.stop(loop, attempt_at)
-                                    if attempt_at.fired:  # it swallowed them and ended anyway
-                                        take_back(aw, loop, task, attempt_at)
+                                if (
+                                    attempt_watch is not None
+                                    and ad.pending.pop(attempt_key, None) is None
+                                ):
+                                    expired = ad.stop(attempt_key)
+                                    if expired is not None and expired.fired:
+                                        take_back(expired, task)  # swallowed, ended anyway
                         except BaseException as exc:
                             if permit is not None:
                                 failed(permit, exc, 0.0)
@@ -161,27 +185,31 @@ def fuse(
                                 PERMIT.reset(token)
                     finally:
                         if bulkhead is not None:
-                            bulkhead.release()
-                    if permit is not None:
-                        permit.record(None)
+                            if bulkhead._waiters or bulkhead._in_use <= 0:
+                                bulkhead.release()
+                            else:
+                                bulkhead._in_use -= 1  # as release() would, one frame less
+                    if permit is not None and breaker is not None:
+                        breaker.succeeded(permit)
                     return result
                 except Exception as exc:  # cancellation is a BaseException: never retried
                     if retry is None:
                         raise
                     return await retry.again(retried, args, kwargs, exc, started)
             except cancelled as exc:
-                if total_at is not None and total_at.fired:
-                    assert total is not None
-                    assert tw is not None
-                    error = total.expired(tw, loop, task, total_at, cancelling, exc)
-                    if error is not None:
-                        raise error from None
+                if total_watch is not None:
+                    expired = td.expired.get(total_key)
+                    if expired is not None:
+                        assert total is not None
+                        error = total.expired(expired, task, cancelling, exc)
+                        if error is not None:
+                            raise error from None
                 raise
             finally:
-                if tw is not None and total_at is not None:
-                    tw.stop(loop, total_at)
-                    if total_at.fired:
-                        take_back(tw, loop, task, total_at)
+                if total_watch is not None and td.pending.pop(total_key, None) is None:
+                    expired = td.stop(total_key)
+                    if expired is not None and expired.fired:
+                        take_back(expired, task)
         except Exception as exc:
             if fallback is None or not fallback_on(exc):
                 raise
@@ -189,3 +217,15 @@ def fuse(
             return await fallback(exc, *args, **kwargs)
 
     return functools.wraps(call)(fused)
+
+
+def task_lookup() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    """``asyncio.current_task(loop)``, without its Python frame where it has one (CPython 3.11).
+
+    There it is ``asyncio.tasks._current_tasks.get(loop)``; later versions
+    implement it in C, and it is used as it is.
+    """
+    current = getattr(asyncio.tasks, "_current_tasks", None)
+    if inspect.isfunction(asyncio.current_task) and isinstance(current, dict):
+        return current.get
+    return asyncio.current_task

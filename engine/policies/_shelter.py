@@ -42,7 +42,7 @@ import anyio
 from riprap._core.clock import SystemClock
 from riprap._core.errors import StageTimeout
 
-from ._deadlines import RECANCEL_EVERY, DeadlineWatch
+from ._deadlines import RECANCEL_EVERY, DeadlineWatch, wake
 from ._events import CallAbandoned
 from ._scopes import move_on_after
 
@@ -335,12 +335,13 @@ def _sheltered_real(
             if child.done():
                 return child.result()
             waiter: asyncio.Future[None] = loop.create_future()
-            deadline = watch.start(loop, child, waiter)
-            child.add_done_callback(deadline.wake)
+            deadlines = watch.on(loop)
+            key = deadlines.start(child, waiter)
+            child.add_done_callback(functools.partial(wake, waiter))
             try:
                 await waiter
             finally:
-                watch.stop(loop, deadline)
+                deadlines.stop(key)
         except asyncio.CancelledError:
             await guard.cancelled(child)
             raise

@@ -104,19 +104,21 @@ class TimeoutLayer:
             task = current_task(loop)
             assert task is not None
             cancelling = task.cancelling()
-            deadline = watch.start(loop, task)
+            deadlines = watch.on(loop)
+            key = deadlines.start(task)
             try:
                 return await fn(*args, **kwargs)
             except asyncio.CancelledError as exc:
-                if deadline.fired:
-                    error = self.expired(watch, loop, task, deadline, cancelling, exc)
+                expired = deadlines.expired.get(key)
+                if expired is not None:
+                    error = self.expired(expired, task, cancelling, exc)
                     if error is not None:
                         raise error from None
                 raise
             finally:
-                watch.stop(loop, deadline)
-                if deadline.fired:  # it swallowed the cancellations and ended anyway
-                    take_back(watch, loop, task, deadline)
+                expired = deadlines.stop(key)
+                if expired is not None and expired.fired:  # it swallowed them and ended anyway
+                    take_back(expired, task)
 
         return functools.wraps(fn)(call_real)
 
@@ -130,21 +132,15 @@ class TimeoutLayer:
         return DeadlineWatch(self.seconds)
 
     def expired(
-        self,
-        watch: DeadlineWatch,
-        loop: asyncio.AbstractEventLoop,
-        task: asyncio.Task[Any],
-        deadline: Deadline,
-        cancelling: int,
-        exc: BaseException,
+        self, deadline: Deadline, task: asyncio.Task[Any], cancelling: int, exc: BaseException
     ) -> StageTimeout | None:
-        """The timeout replacing ``exc``, a cancellation seen after ``deadline`` fired, or ``None``.
+        """The timeout replacing ``exc``, a cancellation after ``deadline`` passed, or ``None``.
 
         Only this deadline's cancellations become a timeout; an outer one (a
         stop, a cancel scope) still counts and ``exc`` must propagate.
         ``cancelling`` is the task's count when the deadline started.
         """
-        if take_back(watch, loop, task, deadline) > cancelling:
+        if take_back(deadline, task) > cancelling:
             return None
         error = StageTimeout(
             self.seconds, kind=self.kind, stage=self.stage, dependency=self.dependency
@@ -171,14 +167,9 @@ class TimeoutLayer:
         return functools.wraps(fn)(call_virtual)
 
 
-def take_back(
-    watch: DeadlineWatch,
-    loop: asyncio.AbstractEventLoop,
-    task: asyncio.Task[Any],
-    deadline: Deadline,
-) -> int:
-    """Stop the fired ``deadline`` and withdraw the cancellations it sent; the count left."""
-    watch.stop(loop, deadline)
+def take_back(deadline: Deadline, task: asyncio.Task[Any]) -> int:
+    """Withdraw the cancellations the passed ``deadline`` sent ``task``; the count left."""
+    deadline.withdraw()
     fired, deadline.fired = deadline.fired, 0
     left = task.cancelling()
     for _ in range(fired):

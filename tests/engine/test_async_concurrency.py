@@ -215,3 +215,28 @@ async def test_an_empty_input_ends() -> None:
     p = pipeline([], batch_size=4, sink=sink).map("call", call, concurrency=4)
     await run_pipeline(p.sink(sink))
     assert [] == sink.values
+
+
+@pytest.mark.parametrize("record", [False, True])
+async def test_an_async_map_may_return_records_and_fail_records(
+    tmp_path: Path, record: bool
+) -> None:
+    """A ``Record`` result passes on its value; a failing call's record goes to the DLQ."""
+    sink = MemorySink()
+    dlq = SqliteDeadLetters(tmp_path / "dlq.db")
+
+    async def call(x: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        value = x.value if record else x
+        if value % 5 == 3:
+            raise riprap.DataError(f"no {value}")
+        return riprap.Record(value * 10) if value % 2 else value * 10
+
+    p = pipeline(list(range(20)), batch_size=4, sink=sink, dlq=dlq)
+    p = p.map("call", call, concurrency=3, record=record, retry=None)
+    await run_pipeline(p.sink(sink))
+    assert [v * 10 for v in range(20) if v % 5 != 3] == sink.values
+    letters = read_dead_letters(tmp_path / "dlq.db")
+    assert [(3, "no 3"), (8, "no 8"), (13, "no 13"), (18, "no 18")] == [
+        (letter.offset, letter.message) for letter in letters
+    ]
