@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
     from riprap import Batch, Record, SourceContext
 
-__all__ = ("IterableSource", "ListSink", "MemorySink")
+__all__ = ("YIELD_EVERY", "IterableSource", "ListSink", "MemorySink")
+
+YIELD_EVERY = 1_000
+"""Records an :class:`IterableSource` reads between two turns it gives the event loop."""
 
 
 @final
@@ -52,6 +55,7 @@ class IterableSource:
         "_keys",
         "_list",
         "_next",
+        "_unyielded",
         "name",
         "partition",
     )
@@ -73,6 +77,7 @@ class IterableSource:
         self._keys = None if keys is None or callable(keys) else keys
         self._key_fn = keys if callable(keys) else None
         self._next = 0
+        self._unyielded = 0  # records read since the last turn given to the event loop
         self._index, self._count = 0, 1  # this worker reads items index, index + count, ...
 
     def for_worker(self, index: int, count: int) -> IterableSource:
@@ -119,8 +124,17 @@ class IterableSource:
         await anyio.lowlevel.checkpoint()
 
     async def read(self, max_records: int) -> SourceBatch | None:
-        """The next at most ``max_records`` values, or ``None`` at the end."""
-        await anyio.lowlevel.checkpoint()
+        """The next at most ``max_records`` values, or ``None`` at the end.
+
+        It gives the event loop a turn (a checkpoint: cancellation lands
+        there) once per :data:`YIELD_EVERY` records: the values are at hand,
+        and a turn per small batch would pace the whole pipeline at one batch
+        per turn.
+        """
+        if self._unyielded >= YIELD_EVERY:
+            self._unyielded = 0
+            await anyio.lowlevel.checkpoint()
+        self._unyielded += max_records
         if self._count > 1:
             return self._read_share(max_records)
         start = self._next

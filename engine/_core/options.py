@@ -38,6 +38,12 @@ OnError = Literal["dlq", "stop"]
 """What a step does with a record that raised a ``DataError``: dead-letter it, or stop."""
 
 
+QUEUE_BATCHES = 4
+"""Batches a queue between two stages holds by default, at least."""
+QUEUE_RECORDS = 1_000
+"""Records a queue between two stages holds by default, at least (in smaller batches)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineOptions:
     """How a pipeline runs; every field is a keyword of :class:`Pipeline`.
@@ -48,7 +54,9 @@ class PipelineOptions:
         checkpoint_interval: Seconds between periodic checkpoints.
         max_in_flight: Records read from the source and not yet done (I9).
         batch_size: Most records the source hands over at once.
-        queue_size: Batches buffered between two stages.
+        queue_size: Batches buffered between two stages; ``None`` (the default):
+            4, or as many as hold :data:`QUEUE_RECORDS` records when batches
+            are smaller (:attr:`queue_batches`).
         drain_timeout: Seconds a graceful stop waits for in-flight records.
         owner: Identity written with checkpoints (fencing); defaults to host:pid:random.
         clock: Time source for the checkpoint interval (tests pass a virtual clock).
@@ -87,7 +95,7 @@ class PipelineOptions:
     checkpoint_interval: float = 5.0
     max_in_flight: int = 10_000
     batch_size: int = 1_000
-    queue_size: int = 4
+    queue_size: int | None = None
     drain_timeout: float = 30.0
     owner: str | None = None
     clock: Clock = SYSTEM_CLOCK
@@ -106,11 +114,24 @@ class PipelineOptions:
     malloc_trim_threshold: int | None = DEFAULT_MALLOC_TRIM_THRESHOLD
     changelog: Changelog | None = None
 
+    @property
+    def queue_batches(self) -> int:
+        """Batches a queue between two stages holds (``queue_size``, or its default).
+
+        Four batches of 10 records run dry between two turns of a busy event
+        loop, and an async step's workers then wait for input; ``max_in_flight``
+        bounds the records in all queues together whatever their length.
+        """
+        if self.queue_size is not None:
+            return self.queue_size
+        return max(QUEUE_BATCHES, -(-QUEUE_RECORDS // self.batch_size))
+
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first impossible value."""
         positive_int("batch_size", self.batch_size)
         positive_int("max_in_flight", self.max_in_flight)
-        positive_int("queue_size", self.queue_size)
+        if self.queue_size is not None:
+            positive_int("queue_size", self.queue_size)
         if self.max_in_flight < self.batch_size:
             raise ConfigError(
                 "max_in_flight",

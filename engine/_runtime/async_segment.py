@@ -108,6 +108,8 @@ class AsyncSegment:
         """Units of a keyed step not yet taken by a worker."""
         self._taking: deque[_Work] = deque()
         """Batches of a step without a key whose records are not all taken yet."""
+        self._untaken = 0
+        """Records in ``_taking`` no worker has taken yet."""
         self._works: deque[_Work] = deque()
         self._waiting_records = 0
         self._tails: dict[Any, asyncio.Future[None]] = {}
@@ -134,7 +136,8 @@ class AsyncSegment:
 
     async def _read(self, receive: Receive) -> None:
         loop = asyncio.get_running_loop()
-        room = _WINDOW_CALLS * self.step.concurrency
+        concurrency = self.step.concurrency
+        room = _WINDOW_CALLS * concurrency
         keyed = self.step.key is not None
         async for batch in receive:
             groups = self._groups(batch) if keyed else []
@@ -152,10 +155,14 @@ class AsyncSegment:
                 self._queue(work, groups, loop)
             else:
                 self._taking.append(work)
+                self._untaken += units
             self._wake_workers(units)
+            # Read ahead until a step-concurrency of records waits to be taken, so a
+            # worker that ends a call takes the next record at once instead of idling
+            # until the next batch comes (batches smaller than the concurrency).
             while (
                 self._units
-                or self._taking
+                or self._untaken >= concurrency
                 or (len(self._works) > 1 and self._waiting_records >= room)
             ):
                 self._reader_wait = loop.create_future()
@@ -209,6 +216,7 @@ class AsyncSegment:
         """
         taking = self._taking
         ordered = self.step.ordered
+        concurrency = self.step.concurrency
         loop = asyncio.get_running_loop()
         one = self._one
         plain = self.step.kind == "map" and not self.step.record
@@ -226,8 +234,9 @@ class AsyncSegment:
             work.next = i + 1
             if work.next == len(work.results):
                 taking.popleft()
-                if not taking:
-                    _wake(self._reader_wait)
+            self._untaken -= 1
+            if self._untaken == concurrency - 1:  # the reader may read ahead again
+                _wake(self._reader_wait)
             if work.span is not None:
                 assert self.tracer is not None
                 with self.tracer.active(work.span):

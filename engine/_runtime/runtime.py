@@ -753,12 +753,11 @@ class Runtime:
         segments = runners
         # Branches (a fan-out or route) are fed by their fork, which the last
         # runner before them sends into: no channel of its own.
-        branches = (
-            Branches(self.branches, self.options.queue_size, self.route) if self.branches else None
-        )
+        queue = self.options.queue_batches
+        branches = Branches(self.branches, queue, self.route) if self.branches else None
         count = len(segments) + (1 if branches is None else 0)
         streams: list[tuple[ChannelSender[Batch], ChannelReceiver[Batch]]] = [
-            channel(self.options.queue_size) for _ in range(count)
+            channel(queue) for _ in range(count)
         ]
         sends: list[Send] = [send for send, _ in streams]
         receives: list[ChannelReceiver[Batch]] = [receive for _, receive in streams]
@@ -798,7 +797,7 @@ class Runtime:
         """The side outputs' branches, each stage that emits to one holding a share of it."""
         if not self.side_branches:
             return None
-        sides = Branches(self.side_branches, self.options.queue_size, None)
+        sides = Branches(self.side_branches, self.options.queue_batches, None)
         self._queues.update(sides.queues)
         stages = [seg for seg in self.all_segments() if isinstance(seg, StageSegment)]
         for branch, entry in zip(self.side_branches, sides.entries, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
@@ -60,7 +61,9 @@ class StepCounters:
         seconds = time.perf_counter() - started
         self.batches += 1
         self.busy_seconds += seconds
-        self.latency.observe(seconds)
+        latency = self.latency  # observe(), one frame less: once per batch and step
+        latency.counts[bisect_left(latency.bounds, seconds)] += 1
+        latency.total += seconds
 
     def freeze(self) -> StepStats:
         """An immutable copy."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from riprap import Batch, Record, Sink, Source, SourceBatch, SourceContext
-from riprap.connectors.memory import IterableSource, ListSink, MemorySink
+from riprap.connectors.memory import YIELD_EVERY, IterableSource, ListSink, MemorySink
 from riprap.lowlevel import Ack, SourceOrigin
 from tests._sources import read_batches
 
@@ -149,3 +151,43 @@ def test_memory_sink_is_not_idempotent() -> None:
 def test_list_sink_alias() -> None:
     """ListSink is the same class as MemorySink."""
     assert MemorySink is ListSink
+
+
+@pytest.mark.anyio
+async def test_the_source_gives_the_loop_a_turn_per_thousand_records_not_per_batch() -> None:
+    """Batches of 10: another task runs once per ``YIELD_EVERY`` records read, not per batch."""
+    source = IterableSource("numbers", list(range(5 * YIELD_EVERY)))
+    await source.open(context())
+    turns = 0
+    done = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await anyio.lowlevel.checkpoint()  # let it start
+        started = turns
+        read = 0
+        while (batch := await source.read(10)) is not None:
+            read += len(batch.values)
+        done = True
+    assert 5 * YIELD_EVERY == read
+    assert 4 <= turns - started <= 6  # a turn per YIELD_EVERY records (500 batches)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_reader_stops_within_a_thousand_records() -> None:
+    """Reads in a cancelled scope end at the next turn, ``YIELD_EVERY`` records at most."""
+    source = IterableSource("numbers", list(range(10 * YIELD_EVERY)))
+    await source.open(context())
+    read = 0
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        while await source.read(10) is not None:
+            read += 10
+    assert scope.cancelled_caught
+    assert read <= YIELD_EVERY

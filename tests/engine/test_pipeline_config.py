@@ -193,3 +193,21 @@ def test_with_source_replaces_the_source_on_purpose() -> None:
         p.source(second)
     replaced = p.with_source(second)
     assert (second, p.sink_, first) == (replaced.source_, replaced.sink_, p.source_)
+
+
+@pytest.mark.parametrize(
+    ("options", "batches"),
+    [
+        ({}, 4),
+        ({"batch_size": 300}, 4),
+        ({"batch_size": 100}, 10),
+        ({"batch_size": 10}, 100),
+        ({"batch_size": 1}, 1_000),
+        ({"batch_size": 10, "queue_size": 2}, 2),
+    ],
+)
+def test_queues_hold_four_batches_or_a_thousand_records(
+    options: dict[str, Any], batches: int
+) -> None:
+    """By default a queue holds 4 batches, more when that is under 1,000 records; or as told."""
+    assert batches == pipeline(**options).options.queue_batches

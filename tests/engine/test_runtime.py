@@ -225,6 +225,44 @@ async def test_backpressure_bounds_records_in_flight() -> None:
         running.abort()
 
 
+@pytest.mark.parametrize(("queue_size", "read"), [(None, 1_020), (4, 60)])
+async def test_queues_of_small_batches_hold_a_thousand_records_by_default(
+    queue_size: int | None, read: int
+) -> None:
+    """Batches of 10 queue 100 deep by default (1,000 records), as deep as told otherwise.
+
+    With a sink stuck in a write, the source reads what the queue holds, the
+    batch in the write and the one it waits to send.
+    """
+    never = anyio.Event()
+
+    class StuckSink:
+        name = "stuck"
+        idempotent = False
+
+        async def open(self) -> None: ...
+
+        async def write(self, batch: riprap.Batch) -> None:
+            await never.wait()
+
+        async def flush(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    p = (
+        pipeline(batch_size=10, queue_size=queue_size, drain_timeout=0)
+        .source(IterableSource("numbers", list(range(100_000))))
+        .map("inc", lambda v: v + 1)
+        .sink(StuckSink())
+    )
+    assert (100 if queue_size is None else queue_size) == p.options.queue_batches
+    async with p.open() as running:
+        for _ in range(50):
+            await anyio.wait_all_tasks_blocked()
+        assert read == running.statistics().records_in
+        running.abort()
+
+
 class ManualClock:
     """A clock that moves only when the test ticks it; sleeps end at their deadline."""
 
