@@ -55,8 +55,8 @@ class PipelineOptions:
         max_in_flight: Records read from the source and not yet done (I9).
         batch_size: Most records the source hands over at once.
         queue_size: Batches buffered between two stages; ``None`` (the default):
-            4, or as many as hold :data:`QUEUE_RECORDS` records when batches
-            are smaller (:attr:`queue_batches`).
+            4, or as many as hold 1,000 records when batches are smaller
+            (:attr:`queue_batches`).
         drain_timeout: Seconds a graceful stop waits for in-flight records.
         owner: Identity written with checkpoints (fencing); defaults to host:pid:random.
         clock: Time source for the checkpoint interval (tests pass a virtual clock).
