@@ -186,9 +186,24 @@ async def test_stop_drains_and_checkpoints_exactly_what_was_written() -> None:
     assert {"memory": len(sink.values)} == dict(saved.positions)
 
 
+class StuckSink:
+    """A sink whose every write waits forever."""
+
+    name = "stuck"
+    idempotent = False
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: riprap.Batch) -> None:
+        await anyio.sleep_forever()
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 async def test_backpressure_bounds_records_in_flight() -> None:
     """With a sink that never finishes, records in flight stop at the configured bound."""
-    never = anyio.Event()
     generated = 0
 
     def endless() -> Iterator[int]:
@@ -196,19 +211,6 @@ async def test_backpressure_bounds_records_in_flight() -> None:
         for i in range(10_000_000):
             generated += 1
             yield i
-
-    class StuckSink:
-        name = "stuck"
-        idempotent = False
-
-        async def open(self) -> None: ...
-
-        async def write(self, batch: riprap.Batch) -> None:
-            await never.wait()
-
-        async def flush(self) -> None: ...
-
-        async def aclose(self) -> None: ...
 
     p = (
         pipeline(batch_size=100, max_in_flight=1_000, queue_size=50, drain_timeout=0)
@@ -234,21 +236,6 @@ async def test_queues_of_small_batches_hold_a_thousand_records_by_default(
     With a sink stuck in a write, the source reads what the queue holds, the
     batch in the write and the one it waits to send.
     """
-    never = anyio.Event()
-
-    class StuckSink:
-        name = "stuck"
-        idempotent = False
-
-        async def open(self) -> None: ...
-
-        async def write(self, batch: riprap.Batch) -> None:
-            await never.wait()
-
-        async def flush(self) -> None: ...
-
-        async def aclose(self) -> None: ...
-
     p = (
         pipeline(batch_size=10, queue_size=queue_size, drain_timeout=0)
         .source(IterableSource("numbers", list(range(100_000))))
