@@ -198,6 +198,26 @@ async def test_a_call_that_swallows_its_deadline_is_cancelled_again() -> None:
     assert 0 == current_cancellations()
 
 
+async def test_a_call_that_swallows_its_deadline_and_returns_leaves_no_cancellation() -> None:
+    """A call that catches the attempt's cancellation and returns keeps its result; the
+    caller's task is left with no cancellation pending, so its next await runs."""
+    events: list[PolicyEvent] = []
+
+    async def stubborn() -> str:
+        try:
+            await anyio.sleep_forever()
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "unreachable"
+
+    wrapped = full_stack(events, attempt_timeout=0.005).wrap(stubborn)
+    with anyio.fail_after(5):
+        assert "swallowed" == await wrapped()
+    assert 0 == current_cancellations()
+    await anyio.sleep(0.06)  # past a re-cancellation, had one been left armed
+    assert 0 == current_cancellations()
+
+
 async def test_errors_are_classified_as_in_the_layers() -> None:
     """Transient errors are retried and fail the breaker; DataError and bugs pass at once."""
     events: list[PolicyEvent] = []
