@@ -22,7 +22,7 @@ async def test_only_the_deadlines_that_passed_expire_and_the_timer_waits_for_the
     deadlines = DeadlineWatch(30.0).on(loop)
     now = [0.0]
     deadlines.now = lambda: now[0]
-    keys = []
+    keys: list[int] = []
     for start in (0.0, 10.0, 20.0):
         now[0] = start
         keys.append(deadlines.start(tasks[len(keys)]))
