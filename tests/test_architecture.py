@@ -180,6 +180,8 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/engine/test_acks.py": frozenset({"riprap._runtime.acks"}),
     # The bounded batch channel between runner tasks.
     "tests/engine/test_channel.py": frozenset({"riprap._runtime.channel"}),
+    # A timeout layer's shared timer, fired by hand on a moved clock.
+    "tests/engine/policies/test_deadlines.py": frozenset({"riprap.policies._deadlines"}),
     # Aborts at awkward moments: a send into a channel closed by its own cancellation,
     # an abort during start-up (through the handle open_pipeline hands out before it),
     # signals caught before the run exists.
