@@ -189,9 +189,7 @@ WHITE_BOX: dict[str, frozenset[str]] = {
         {"riprap._runtime.channel", "riprap._runtime.run", "riprap._runtime.runtime"}
     ),
     # Fused step loops, checked against the origins they build.
-    "tests/engine/test_fuse.py": frozenset(
-        {"riprap._runtime.fuse", "riprap._runtime.column_chain", "riprap._core.records"}
-    ),
+    "tests/engine/test_fuse.py": frozenset({"riprap._runtime.fuse", "riprap._core.records"}),
     # Which batches a run after a crash watches (the runtime builds the watch).
     "tests/engine/test_crash_guard.py": frozenset({"riprap.checkpoints._guard"}),
     # The origins other than SourceOrigin, which only the runtime builds.

@@ -1,12 +1,13 @@
 """Fusion of consecutive sync map/filter/flat_map steps into one runner per batch.
 
-Maps and filters alone run step by step over the batch in C-level loops
-(:mod:`riprap._runtime.column_chain`). A chain with a flat_map is compiled
-(once, when the pipeline starts) into a single Python function with one
-``for`` loop over the batch, so a record costs one call per user function and
-nothing else: no task, no queue hop, no await. The generated loop notes only
-where each input's outputs start, and on an exception it finds the failing
-step from the traceback's line number, so the happy path pays nothing for it.
+A chain is compiled (once, when the pipeline starts) into a single Python
+function with one ``for`` loop over the batch, so a record costs one call per
+user function and nothing else: no task, no queue hop, no await, and each
+record's intermediate values die while they are still in the CPU's caches.
+A chain of maps and filters notes only where a record was dropped (a chain
+with a flat_map, where each input's outputs start), and on an exception it
+finds the failing step from the traceback's line number, so the happy path
+pays nothing for either.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from functools import partial
 from typing import Any, Literal, final
 
 from riprap._core.errors import ConfigError
-from riprap._runtime.column_chain import ColumnChain, ErrorHandler
 
 OpKind = Literal["map", "filter", "flat_map"]
+
+ErrorHandler = Callable[[Any, int, int, Exception], None]
+"""``(input value, input index, step index, error)``; may raise to stop the run."""
 
 ChainFn = Callable[[list[Any], ErrorHandler], tuple[list[Any], list[int], list[int]]]
 """Runs a chain over a batch: ``(outputs, marks, counts)``; see :class:`CompiledChain`."""
@@ -57,18 +60,62 @@ class CompiledChain:
 
 
 def compile_chain(ops: Sequence[Op]) -> CompiledChain:
-    """The fastest runner for ``ops`` (at least one).
-
-    A chain of maps and filters runs step by step (:class:`ColumnChain`); one
-    with a flat_map gets a generated loop, record by record.
-    """
+    """The chain of ``ops`` (at least one) as one generated loop, record by record."""
     if not ops:
         raise ValueError("a chain needs at least one step")
-    if not any(op.kind == "flat_map" for op in ops):
-        column = ColumnChain([op.kind == "filter" for op in ops], [op.fn for op in ops])
-        for i, op in enumerate(ops):
-            column.set_fn(i, _first_call_checked(op, partial(column.set_fn, i, op.fn)))
-        return CompiledChain(ops=tuple(ops), run=column.run, expands=False, source="")
+    expands = any(op.kind == "flat_map" for op in ops)
+    lines, line_to_op = (_expanding if expands else _dropping)(ops)
+    source = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {}
+    for i, op in enumerate(ops):
+        namespace[f"f{i}"] = _first_call_checked(op, partial(namespace.__setitem__, f"f{i}", op.fn))
+    namespace["LINES"] = line_to_op
+    code = compile(source, f"<riprap chain {'+'.join(op.step_id for op in ops)}>", "exec")
+    exec(code, namespace)
+    return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=expands, source=source)
+
+
+def _dropping(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
+    """Source of a map/filter chain: a mark (the output length) per input that is left out.
+
+    An input's index is the number of inputs before it, each either in the
+    output or marked, so the loop keeps no counter.
+    """
+    lines = [
+        "def chain(items, on_error):",
+        "    out = []",
+        "    ap = out.append",
+        "    marks = []",
+        "    mark = marks.append",
+        *(f"    c{i} = 0" for i, op in enumerate(ops) if op.kind == "filter"),
+        "    for x in items:",
+        "        try:",
+    ]
+    line_to_op: dict[int, int] = {}
+    var = "x"
+    for index, op in enumerate(ops):
+        line_to_op[len(lines) + 1] = index
+        if op.kind == "map":
+            lines.append(f"            v = f{index}({var})")
+            var = "v"
+        else:
+            lines.append(f"            if not f{index}({var}):")
+            lines.append(f"                c{index} += 1")
+            lines.append("                mark(len(out))")
+            lines.append("                continue")
+    lines.append("        except Exception as e:")
+    lines.append("            mark(len(out))")
+    lines.append("            op = LINES.get(e.__traceback__.tb_lineno, 0)")
+    lines.append("            on_error(x, len(out) + len(marks) - 1, op, e)")
+    lines.append("            continue")
+    lines.append(f"        ap({var})")
+    counts = ", ".join(f"c{i}" if op.kind == "filter" else "0" for i, op in enumerate(ops))
+    lines.append(f"    return out, marks, [{counts}]")
+    return lines, line_to_op
+
+
+def _expanding(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
+    """Source of a chain with a flat_map: the output length at the start of every input."""
     lines = [
         "def chain(items, on_error):",
         "    out = []",
@@ -106,14 +153,7 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
     lines.append("            op = LINES.get(e.__traceback__.tb_lineno, 0)")
     lines.append("            on_error(x, len(marks) - 1, op, e)")
     lines.append(f"    return out, marks, [{', '.join(f'c{i}' for i in range(len(ops)))}]")
-    source = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {}
-    for i, op in enumerate(ops):
-        namespace[f"f{i}"] = _first_call_checked(op, partial(namespace.__setitem__, f"f{i}", op.fn))
-    namespace["LINES"] = line_to_op
-    code = compile(source, f"<riprap chain {'+'.join(op.step_id for op in ops)}>", "exec")
-    exec(code, namespace)
-    return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=True, source=source)
+    return lines, line_to_op
 
 
 def refuse_awaitable(result: Any, kind: str, step_id: str) -> None:

@@ -1,7 +1,8 @@
 """Fused sync steps: same results as step-by-step evaluation, errors located exactly.
 
-Map/filter chains run column by column (``ColumnChain``), chains with a
-flat_map as one generated loop; both are held to the same reference.
+Every chain is one generated loop, record by record: map/filter chains mark
+the records they leave out, chains with a flat_map where each input's outputs
+start; both are held to the same reference.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from hypothesis import strategies as st
 
 from riprap import ConfigError, SourceBatch
 from riprap._core.records import StartsOrigin
-from riprap._runtime.column_chain import ColumnChain
 from riprap._runtime.fuse import Op, compile_chain
 from riprap.lowlevel import DropsOrigin, SourceOrigin
 
@@ -117,18 +117,17 @@ def test_fused_chain_matches_reference(kinds: list[str], items: list[int]) -> No
 @given(
     st.lists(st.sampled_from(sorted(MAP_FILTER_OPS)), min_size=1, max_size=5),
     st.lists(st.integers(min_value=0, max_value=200), max_size=60),
-    st.sampled_from([1, 3, 7, 256]),
 )
-def test_column_chain_matches_record_by_record(
-    kinds: list[str], items: list[int], chunk: int
-) -> None:
-    """Maps and filters run column by column, in chunks, give what record-by-record gives.
+def test_map_filter_chain_matches_record_by_record(kinds: list[str], items: list[int]) -> None:
+    """Maps and filters with failing steps give what the reference gives.
 
-    Failures are reported once each, in input order, with the failing step;
-    every output maps back to its input.
+    Failures are reported once each, in input order, with the failing step
+    and the input's index; every output maps back to its input; each
+    filter counts its drops.
     """
     ops = [MAP_FILTER_OPS[k] for k in kinds]
-    chain = ColumnChain([op.kind == "filter" for op in ops], [op.fn for op in ops], chunk=chunk)
+    chain = compile_chain(ops)
+    assert not chain.expands
     reported: list[tuple[int, int, Any]] = []
     out, marks, counts = chain.run(items, lambda x, i, op, e: reported.append((i, op, x)))
     failures: list[tuple[int, int]] = []
@@ -140,13 +139,15 @@ def test_column_chain_matches_record_by_record(
     assert dropped == sum(counts[i] for i, op in enumerate(ops) if op.kind == "filter")
 
 
-def test_column_chain_reports_every_failure_of_a_step() -> None:
-    """A step that fails on many records resumes after each one (a chunk, its edges)."""
-    chain = ColumnChain([False], [lambda v: 12 // (v % 4)], chunk=4)
+def test_map_filter_chain_reports_every_failure_of_a_step() -> None:
+    """A step that fails on many records goes on after each one, marking where each was."""
+    chain = compile_chain([Op("map", "inv", lambda v: 12 // (v % 4))])
     errors: list[int] = []
-    out, _, _ = chain.run(list(range(12)), lambda x, i, op, e: errors.append(i))
+    out, marks, counts = chain.run(list(range(12)), lambda x, i, op, e: errors.append(i))
     assert [0, 4, 8] == errors
     assert [12 // (v % 4) for v in range(12) if v % 4] == out
+    assert [0, 3, 6] == marks
+    assert [0] == counts
 
 
 @pytest.mark.parametrize("then", [[], [Op("flat_map", "one", lambda v: [v])]])
@@ -206,12 +207,12 @@ def test_raising_handler_stops_the_loop() -> None:
         chain.run([1, 0, 1], handler)
 
 
-def test_column_chain_does_not_set_off_the_garbage_collector() -> None:
-    """Parsing a batch into dicts keeps fewer new containers alive than gen 0's threshold.
+def test_chain_does_not_set_off_the_garbage_collector() -> None:
+    """Parsing records into dicts keeps no more than one new container alive at a time.
 
-    Column by column over a whole batch, 20,000 parsed records would set off
-    about thirty collections; chunk by chunk, the dicts of one chunk are freed
-    before the next is parsed.
+    Step by step over a whole batch, 20,000 parsed records would set off
+    about thirty collections; record by record, each dict is freed before
+    the next record is parsed.
     """
     chain = compile_chain([Op("map", "parse", lambda v: {"v": v}), Op("map", "read", len)])
     items = list(range(20_000))
