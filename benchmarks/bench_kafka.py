@@ -19,9 +19,9 @@ Its clients get the same configuration as riprap's at their defaults (fetch
 sizes, acks, compression, idempotence: :func:`client_defaults`); the loop's own
 knobs (records per ``getmany``, producer batch bytes, linger) are swept
 (:data:`SWEEP`) and the setting with the best median is the limit. riprap is
-the pipeline as the README writes it, every option at its default: ``KafkaSource`` ->
-``json_value`` -> W1's steps -> ``KafkaSink`` (JSON, key partitioner), SQLite
-checkpoints.
+the pipeline as the connectors guide writes it, every option at its default:
+``KafkaSource(decode="json")`` -> W1's steps -> ``KafkaSink`` (JSON, key
+partitioner), SQLite checkpoints.
 
 Each run's clock is split: *join* from the start to the first record in hand
 (the group join and the first fetch, about 1 s on the test broker whatever
@@ -367,10 +367,13 @@ async def _send_transformed(
     return futures
 
 
-def readme_pipeline(job: KafkaJob, checkpoint_path: str) -> Any:
-    """The W2 pipeline as the README writes it: every option at its default."""
+def guide_pipeline(job: KafkaJob, checkpoint_path: str) -> Any:
+    """The W2 pipeline as the connectors guide writes it: values decoded by the source.
+
+    Every option but the value format is at its default.
+    """
     import riprap
-    from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
+    from riprap.connectors.kafka import KafkaSink, KafkaSource
 
     return (
         riprap.Pipeline(job.group, checkpoint_path=checkpoint_path)
@@ -380,9 +383,9 @@ def readme_pipeline(job: KafkaJob, checkpoint_path: str) -> Any:
                 bootstrap_servers=job.bootstrap,
                 group_id=job.group,
                 consumer_options=GROUP_TIMEOUTS,
+                decode="json",
             )
         )
-        .map("decode", json_value)
         .filter("has_email", has_email)
         .map("add_cents", add_cents)
         .sink(KafkaSink(job.out, bootstrap_servers=job.bootstrap))
@@ -390,10 +393,10 @@ def readme_pipeline(job: KafkaJob, checkpoint_path: str) -> Any:
 
 
 async def riprap_run(job: KafkaJob) -> Timing:
-    """The README pipeline with SQLite checkpoints in a temporary directory, until all is done."""
+    """The guide's pipeline with SQLite checkpoints in a temporary directory, until all is done."""
     with tempfile.TemporaryDirectory(prefix="w2-riprap-") as directory:
         return await timed_until_done(
-            readme_pipeline(job, os.path.join(directory, "checkpoints.db")), job.records
+            guide_pipeline(job, os.path.join(directory, "checkpoints.db")), job.records
         )
 
 

@@ -15,8 +15,8 @@ group's committed offsets, and deletes the topics.
   the result (``settings``; ``sweep`` has every point's rate), and the suite
   takes the setting with the best median over its rounds instead
   (:func:`benchmarks.suite.settle_sweep`).
-* **riprap**: the README's pipeline with every option at its default
-  (:func:`benchmarks.bench_kafka.readme_pipeline`).
+* **riprap**: the connectors guide's pipeline, every option at its default
+  (:func:`benchmarks.bench_kafka.guide_pipeline`).
 
 Both run once, untimed, over 20,000 records of their own topics before the
 measured run (as W1's and W3's implementations warm up): the raw loop's

@@ -21,7 +21,7 @@ from riprap.state import StateStoreError
 
 from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, timed_offsets
 from ._closing import stop_client
-from ._codecs import lag_by_partition, parse_partition, partition_name
+from ._codecs import json_column, lag_by_partition, parse_partition, partition_name
 from ._gaps import OffsetGapError, describe_gap, offset_gap
 
 if TYPE_CHECKING:
@@ -137,18 +137,25 @@ class KafkaSource:
             partition when the run starts) or a timezone-aware datetime.
         consumer_options: Further ``AIOKafkaConsumer`` keyword arguments
             (security, session timeouts, ...).
+        decode: ``"json"`` decodes each value as :func:`json_value` would,
+            a whole batch at a time (cheaper than a ``json_value`` step); a
+            value that is not JSON comes as its bytes with a
+            :class:`~riprap.DecodeError` and is dead-lettered, a tombstone
+            stays ``None``. ``None`` (default): values are bytes.
 
     Raises:
         ConfigError: Neither or both of ``topics`` and ``pattern``, a bound
-            below 1, an unknown ``on_gap``, ``start_at`` or ``stop_at``, a
-            datetime without a timezone, or an option this source controls
-            itself.
+            below 1, an unknown ``on_gap``, ``start_at``, ``stop_at`` or
+            ``decode``, a datetime without a timezone, or an option this
+            source controls itself.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         Positions never move backwards; ``on_gap``.
     .. versionchanged:: 0.3
         ``start_at``, ``stop_at`` (bounded runs), ``group_id=None`` and :meth:`backfill`.
+    .. versionchanged:: 0.4
+        ``decode``.
     """
 
     def __init__(
@@ -169,7 +176,11 @@ class KafkaSource:
         consumer_options: Mapping[str, Any] | None = None,
         start_at: Literal["committed", "earliest", "latest"] | datetime = "committed",
         stop_at: Literal["end"] | datetime | None = None,
+        decode: Literal["json"] | None = None,
     ) -> None:
+        if decode not in (None, "json"):
+            raise ConfigError("decode", f"expected 'json' or None, not {decode!r}")
+        self.decode = decode
         self.topics = (topics,) if isinstance(topics, str) else tuple(topics)
         if bool(self.topics) == (pattern is not None):
             raise ConfigError("topics", "give either topics or a pattern, not both or neither")
@@ -296,6 +307,7 @@ class KafkaSource:
             consumer_options=options,
             start_at=start,
             stop_at=stop,
+            decode=self.decode,
         )
 
     def for_worker(self, index: int, count: int) -> KafkaSource:
@@ -446,15 +458,20 @@ class KafkaSource:
         self._buffered -= len(records)
         name = partition_name(tp.topic, tp.partition)
         self._next[name] = records[-1].offset + 1
+        values = [r.value for r in records]
+        errors = None
+        if self.decode is not None:
+            values, errors = json_column(values, topic=tp.topic, partition=name)
         return SourceBatch(
             name,
-            [r.value for r in records],
+            values,
             start=records[0].offset,
             end=records[-1].offset + 1,
             offsets=[r.offset for r in records],
             keys=[r.key for r in records],
             headers=[r.headers for r in records],
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],
+            errors=errors or None,
             assignment=self._leases.get(tp),
         )
 

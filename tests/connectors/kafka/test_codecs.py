@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import riprap
 from riprap.connectors.json_codec import parse_json_line
 from riprap.connectors.kafka import json_value
+from riprap.connectors.kafka._codecs import json_column
 
 BIG = 123456789012345678901234567890
 
@@ -60,3 +65,27 @@ def test_json_value_of_a_tombstone_record_is_none() -> None:
     """A record without a value (a tombstone) decodes to ``None``."""
     assert json_value(riprap.Record(None, partition="orders:0", offset=1)) is None
     assert json_value(None) is None
+
+
+BAD_CASES = [b'{"a":', b"", b"\xff", b'{"n": 1234567890123456789012', b"nul"]
+
+
+@given(st.lists(st.sampled_from([*CAREFUL_CASES, *BAD_CASES, None]), max_size=30))
+def test_a_decoded_batch_is_json_value_of_each_value(values: list[bytes | None]) -> None:
+    """``KafkaSource(decode="json")`` decodes a batch as ``json_value`` decodes each value.
+
+    A value ``json_value`` refuses stays its bytes, with the same error under its index.
+    """
+    decoded, errors = json_column(values, topic="orders", partition="orders:2")
+    expected: list[Any] = []
+    refused: dict[int, tuple[str, str, str, str]] = {}
+    for index, value in enumerate(values):
+        record = riprap.Record(value, partition="orders:2", offset=index)
+        try:
+            expected.append(json_value(record))
+        except riprap.DecodeError as error:
+            expected.append(value)
+            refused[index] = (str(error), error.reason, error.source, error.partition)
+    assert [(repr(v), type(v)) for v in expected] == [(repr(v), type(v)) for v in decoded]
+    found = {i: (str(e), e.reason, e.source, e.partition) for i, e in errors.items()}
+    assert refused == found

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import orjson
@@ -18,6 +18,7 @@ import riprap.checkpoints
 import riprap.connectors.memory
 import riprap.deadletters
 from riprap.connectors.kafka import KafkaSink, KafkaSource, json_value
+from riprap.testing import wait_until
 
 from .conftest import FAST_GROUP
 
@@ -141,6 +142,76 @@ async def test_malformed_message_is_dead_lettered_and_the_run_goes_on(
     assert ("decode_error", "decode") == (letter.reason, letter.stage)
     assert letter.partition is not None
     assert letter.partition.startswith(f"{source}:")
+
+
+@pytest.mark.kafka
+async def test_source_decoding_dead_letters_bad_values_and_keeps_the_rest_exact(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """``decode="json"``: big integers exact, a tombstone ``None``, a bad value dead-lettered.
+
+    The bad value reaches the dead-letter store as consumed (bytes and headers),
+    named by the source; every offset is checkpointed.
+    """
+    big = 123456789012345678901234567890
+    source = await kafka.create_topic(1)
+    messages = [
+        (b"a", b'{"id": 1}', []),
+        (b"b", b'{"id": %d}' % big, []),
+        (b"bad", b'{"id": 3,', [("trace", b"abc"), ("origin", b"\xff\x00")]),
+        (b"gone", None, []),
+        (b"c", b'{"id": 5, "tags": ["x"]}', []),
+    ]
+    await kafka.produce(source, cast("list[Message]", messages))
+    dlq = tmp_path / "dlq.jsonl"
+    sink = riprap.connectors.memory.MemorySink()
+    pipeline = (
+        riprap.Pipeline(
+            "decoded",
+            checkpoint=riprap.checkpoints.SqliteCheckpoints(tmp_path / "checkpoints.db"),
+            dead_letter=riprap.deadletters.JsonLinesDeadLetters(dlq),
+        )
+        .source(
+            KafkaSource(
+                source,
+                bootstrap_servers=kafka.bootstrap,
+                group_id=f"g-{uuid.uuid4().hex}",
+                consumer_options=FAST_GROUP,
+                decode="json",
+                name="orders-in",
+            )
+        )
+        .sink(sink)
+    )
+    async with pipeline.open() as running:
+        await wait_until(lambda: len(sink.values) >= 4, timeout=DEADLINE, what="4 values")
+        running.stop()
+        report = await running.wait()
+    assert [{"id": 1}, {"id": big}, None, {"id": 5, "tags": ["x"]}] == sink.values
+    letters = list(riprap.deadletters.read_dead_letters(dlq))
+    assert 1 == len(letters)
+    letter = letters[0]
+    original = (letter.original_key(), letter.original_value(), list(letter.original_headers()))
+    assert (b"bad", b'{"id": 3,', [("trace", b"abc"), ("origin", b"\xff\x00")]) == original
+    assert ("decode_error", "orders-in", f"{source}:0") == (
+        letter.reason,
+        letter.stage,
+        letter.partition,
+    )
+    assert 5 == report.records_in
+    backend = riprap.checkpoints.SqliteCheckpoints(tmp_path / "checkpoints.db")
+    try:
+        checkpoint = await backend.load("decoded")
+    finally:
+        await backend.aclose()
+    assert checkpoint is not None
+    assert {f"{source}:0": 5} == dict(checkpoint.positions)
+
+
+def test_source_decoding_names_an_unknown_format() -> None:
+    """``decode`` takes ``"json"`` or ``None``; anything else is a ConfigError naming it."""
+    with pytest.raises(riprap.ConfigError, match=r"^decode: expected 'json' or None, not 'xml'"):
+        KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g", decode="xml")  # type: ignore[arg-type]
 
 
 @pytest.mark.kafka
