@@ -75,6 +75,16 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
     return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=expands, source=source)
 
 
+_HEAD = (
+    "def chain(items, on_error):",
+    "    out = []",
+    "    ap = out.append",
+    "    marks = []",
+    "    mark = marks.append",
+)
+"""The first lines of every generated chain: its outputs and marks, and their appends."""
+
+
 def _dropping(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
     """Source of a map/filter chain: a mark (the output length) per input that is left out.
 
@@ -82,11 +92,7 @@ def _dropping(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
     output or marked, so the loop keeps no counter.
     """
     lines = [
-        "def chain(items, on_error):",
-        "    out = []",
-        "    ap = out.append",
-        "    marks = []",
-        "    mark = marks.append",
+        *_HEAD,
         *(f"    c{i} = 0" for i, op in enumerate(ops) if op.kind == "filter"),
         "    for x in items:",
         "        try:",
@@ -117,11 +123,7 @@ def _dropping(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
 def _expanding(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
     """Source of a chain with a flat_map: the output length at the start of every input."""
     lines = [
-        "def chain(items, on_error):",
-        "    out = []",
-        "    ap = out.append",
-        "    marks = []",
-        "    mark = marks.append",
+        *_HEAD,
         *(f"    c{i} = 0" for i in range(len(ops))),
         "    for x in items:",
         "        mark(len(out))",

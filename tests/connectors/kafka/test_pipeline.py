@@ -74,11 +74,11 @@ async def wait_for_output(kafka: KafkaHelper, topic: str, count: int) -> list[An
     return messages
 
 
-async def load_positions(tmp_path: Path) -> dict[str, int]:
+async def load_positions(tmp_path: Path, pipeline: str = "orders") -> dict[str, int]:
     """The positions of the pipeline's last checkpoint."""
     backend = riprap.checkpoints.SqliteCheckpoints(tmp_path / "checkpoints.db")
     try:
-        checkpoint = await backend.load("orders")
+        checkpoint = await backend.load(pipeline)
     finally:
         await backend.aclose()
     assert checkpoint is not None
@@ -199,13 +199,7 @@ async def test_source_decoding_dead_letters_bad_values_and_keeps_the_rest_exact(
         letter.partition,
     )
     assert 5 == report.records_in
-    backend = riprap.checkpoints.SqliteCheckpoints(tmp_path / "checkpoints.db")
-    try:
-        checkpoint = await backend.load("decoded")
-    finally:
-        await backend.aclose()
-    assert checkpoint is not None
-    assert {f"{source}:0": 5} == dict(checkpoint.positions)
+    assert {f"{source}:0": 5} == await load_positions(tmp_path, "decoded")
 
 
 def test_source_decoding_names_an_unknown_format() -> None:
