@@ -47,13 +47,25 @@ wait to leave (at least two batches always: one finishing, one starting)."""
 class _Work:
     """One batch on its way through the step."""
 
-    __slots__ = ("batch", "done", "left", "next", "order", "results", "span", "started")
+    __slots__ = (
+        "batch",
+        "done",
+        "failed",
+        "left",
+        "next",
+        "order",
+        "results",
+        "span",
+        "started",
+    )
 
     def __init__(self, batch: Batch, done: asyncio.Future[None], units: int) -> None:
         self.batch = batch
         self.next = 0
         """The next record a worker takes (steps without a key: no unit objects)."""
         self.results: list[Any] = [_FAILED] * len(batch.items)
+        self.failed = 0
+        """Records whose call failed (their result is ``_FAILED``)."""
         self.order: list[int] = []
         self.left = units
         self.done = done
@@ -240,13 +252,17 @@ class AsyncSegment:
             if work.span is not None:
                 assert self.tracer is not None
                 with self.tracer.active(work.span):
-                    work.results[i] = await one(work.batch, i)
+                    result = await one(work.batch, i)
+                if result is _FAILED:
+                    work.failed += 1
+                work.results[i] = result
             elif plain:
                 value = work.batch.items[i]
                 try:
                     result = await call(value)
                 except Exception as error:
                     counters.errors += 1
+                    work.failed += 1
                     router.handle(step_id, work.batch, i, value, error)
                     result = _FAILED
                 else:
@@ -254,7 +270,10 @@ class AsyncSegment:
                         result = result.value
                 work.results[i] = result
             else:
-                work.results[i] = await one(work.batch, i)
+                result = await one(work.batch, i)
+                if result is _FAILED:
+                    work.failed += 1
+                work.results[i] = result
             if not ordered:
                 work.order.append(i)
             work.left -= 1
@@ -296,7 +315,10 @@ class AsyncSegment:
 
     async def _call(self, work: _Work, indices: list[int], ordered: bool) -> None:
         for i in indices:
-            work.results[i] = await self._one(work.batch, i)
+            result = await self._one(work.batch, i)
+            if result is _FAILED:
+                work.failed += 1
+            work.results[i] = result
             if not ordered:
                 work.order.append(i)
 
@@ -304,6 +326,8 @@ class AsyncSegment:
         loop = asyncio.get_running_loop()
         works = self._works
         counters = self.counters
+        # A map in input order: a batch none of whose calls failed leaves as it is.
+        whole = self.step.kind == "map" and self.step.ordered
         while True:
             if not works:
                 if self._closed:
@@ -323,14 +347,18 @@ class AsyncSegment:
             _wake(self._reader_wait)
             if work.span is not None:
                 work.span.end()
-            order = range(len(batch.items)) if self.step.ordered else work.order
-            out, indices = self._collect(batch.items, work.results, order)
+            if whole and not work.failed:  # every record has its one value, in order
+                out, origin = work.results, batch.origin
+            else:
+                order = range(len(batch.items)) if self.step.ordered else work.order
+                out, indices = self._collect(batch.items, work.results, order)
+                origin = IndexOrigin(batch.origin, indices)
             counters.timed(work.started)
             await self.router.flush()
             counters.records_in += len(batch.items)
             counters.records_out += len(out)
             if out:
-                await send.send(Batch(out, batch.ack, IndexOrigin(batch.origin, indices)))
+                await send.send(Batch(out, batch.ack, origin))
             else:
                 batch.ack.release()
 

@@ -240,3 +240,44 @@ async def test_an_async_map_may_return_records_and_fail_records(
     assert [(3, "no 3"), (8, "no 8"), (13, "no 13"), (18, "no 18")] == [
         (letter.offset, letter.message) for letter in letters
     ]
+
+
+@pytest.mark.parametrize("calls_fail", [False, True])
+@pytest.mark.parametrize("options", [{}, {"record": True}, {"key": lambda x: x % 3}])
+async def test_records_failing_after_an_async_map_are_named_by_their_source_offset(
+    tmp_path: Path, calls_fail: bool, options: dict[str, Any]
+) -> None:
+    """A step after an async map dead-letters the right source record.
+
+    With no call failing a batch leaves the async step as it came (its
+    origin unchanged); with some failing, its survivors are mapped back.
+    """
+    sink = MemorySink()
+    dlq = SqliteDeadLetters(tmp_path / "dlq.db")
+
+    async def call(x: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        value = x.value if options.get("record") else x
+        if calls_fail and value % 7 == 2:
+            raise riprap.DataError(f"call {value}")
+        return value + 1000
+
+    def check(v: int) -> int:
+        if v % 5 == 0:
+            raise riprap.DataError(f"check {v}")
+        return v
+
+    p = pipeline(list(range(40)), batch_size=6, sink=sink, dlq=dlq)
+    p = p.map("call", call, concurrency=4, retry=None, **options).map("check", check)
+    await run_pipeline(p.sink(sink))
+    failed_call = {x for x in range(40) if calls_fail and x % 7 == 2}
+    failed_check = {x for x in range(40) if x not in failed_call and (x + 1000) % 5 == 0}
+    kept = [x + 1000 for x in range(40) if x not in failed_call | failed_check]
+    assert (kept if "key" not in options else sorted(kept)) == (
+        sink.values if "key" not in options else sorted(sink.values)
+    )
+    letters = list(read_dead_letters(tmp_path / "dlq.db"))
+    expected = [(x, f"call {x}") for x in sorted(failed_call)]
+    expected += [(x, f"check {x + 1000}") for x in sorted(failed_check)]
+    assert sorted(expected) == sorted((letter.offset, letter.message) for letter in letters)
+    assert all(letter.original_value() == letter.offset for letter in letters)
