@@ -65,8 +65,8 @@ from riprap.checkpoints import CheckpointError
 from riprap.connectors.json_codec import encode_json as encode_json
 from riprap.connectors.json_codec import encode_json_lines as encode_json_lines
 from riprap.connectors.json_codec import parse_json_batch as parse_json_batch
+from riprap.connectors.json_codec import parse_json_column
 from riprap.connectors.json_codec import parse_json_line as parse_json_line
-from riprap.connectors.json_codec import parse_json_values
 from riprap.lowlevel import fsync_directory, make_directory
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ class _FileSource:
         values: list[Any],
         offsets: Sequence[int],
         end: int,
-        errors: dict[int, DataError] | None = None,
+        errors: Mapping[int, DataError] | None = None,
     ) -> SourceBatch | None:
         if not values:
             return None
@@ -448,21 +448,11 @@ class JsonLinesSource(_FileSource):
         return self._batch(values, offsets, self._line)
 
     def _decoded(self, raw: list[bytes], offsets: Sequence[int]) -> SourceBatch | None:
-        try:
-            return self._batch(parse_json_values(raw), offsets, self._line)
-        except DecodeError:
-            pass
-        values: list[Any] = []
-        errors: dict[int, DataError] = {}
-        for index, (line, offset) in enumerate(zip(raw, offsets, strict=True)):
-            try:
-                values.append(
-                    parse_json_line(line, source=self._path, line=offset + 1, partition=self._path)
-                )
-            except DecodeError as exc:
-                values.append(line)
-                errors[index] = exc
-        return self._batch(values, offsets, self._line, errors)
+        path = self._path
+        values, errors = parse_json_column(
+            raw, lambda i: {"source": path, "line": offsets[i] + 1, "partition": path}
+        )
+        return self._batch(values, offsets, self._line, errors or None)
 
     def _close(self) -> None:
         if self._file is not None:

@@ -39,7 +39,7 @@ import orjson
 from riprap import DataError, DecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from riprap import Batch
 
@@ -47,6 +47,7 @@ __all__ = (
     "encode_json",
     "encode_json_lines",
     "parse_json_batch",
+    "parse_json_column",
     "parse_json_line",
     "parse_json_values",
 )
@@ -149,6 +150,39 @@ def parse_json_values(items: Sequence[Any]) -> list[Any]:
             if _has_long_digits(item):
                 values[index] = parse_json_line(item)
     return values
+
+
+def parse_json_column(
+    items: Sequence[Any], located: Callable[[int], Mapping[str, Any]]
+) -> tuple[list[Any], dict[int, DecodeError]]:
+    """Parse a source's batch losslessly, setting aside each item that is not JSON.
+
+    Returns the values and, by index, the :class:`~riprap.DecodeError` of
+    each item that is not valid JSON; such an item stays as it was, for the
+    dead-letter store (a source hands both over as ``SourceBatch.errors``).
+    ``located(index)`` gives the ``source``, ``line`` and ``partition`` of
+    :func:`parse_json_line` for an item's error. ``None`` (a Kafka tombstone)
+    stays ``None``. A batch of valid items takes one fast pass
+    (:func:`parse_json_values`), any other one item at a time.
+
+    .. versionadded:: 0.4
+    """
+    try:
+        return parse_json_values(items), {}
+    except DecodeError:  # an item is not JSON, or is None (not text)
+        pass
+    values: list[Any] = []
+    errors: dict[int, DecodeError] = {}
+    for index, item in enumerate(items):
+        if item is None:
+            values.append(None)
+            continue
+        try:
+            values.append(parse_json_line(item, **located(index)))
+        except DecodeError as error:
+            values.append(item)
+            errors[index] = error
+    return values, errors
 
 
 def encode_json(value: Any) -> bytes:

@@ -188,8 +188,6 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/engine/test_abort.py": frozenset(
         {"riprap._runtime.channel", "riprap._runtime.run", "riprap._runtime.runtime"}
     ),
-    # The source's batch decoding, held to the per-value decoder it replaces.
-    "tests/connectors/kafka/test_codecs.py": frozenset({"riprap.connectors.kafka._codecs"}),
     # Fused step loops, checked against the origins they build.
     "tests/engine/test_fuse.py": frozenset({"riprap._runtime.fuse", "riprap._core.records"}),
     # Which batches a run after a crash watches (the runtime builds the watch).

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import orjson
 
 from riprap import ConfigError, DataError, DecodeError, Record
-from riprap.connectors.json_codec import encode_json, parse_json_line, parse_json_values
+from riprap.connectors.json_codec import encode_json, parse_json_line
 
 Serializer = Literal["json", "bytes", "str"] | Callable[[Any], bytes | None]
 """How :class:`~riprap.connectors.kafka.KafkaSink` turns a value into message bytes."""
@@ -94,34 +94,6 @@ def json_value(value: bytes | Record | None) -> Any:
     if data is None:
         return None
     return parse_json_line(data, source=topic, partition=partition)
-
-
-def json_column(
-    values: list[bytes | None], *, topic: str, partition: str
-) -> tuple[list[Any], dict[int, DecodeError]]:
-    """Decode a batch of message values as :func:`json_value` decodes each one.
-
-    Returns the decoded values and, by index, the error of each value that is
-    not JSON (that value stays its bytes, for the dead-letter store). The
-    whole batch goes through one fast pass; a batch with a tombstone or a bad
-    value is decoded one value at a time.
-    """
-    try:
-        return parse_json_values(values), {}
-    except DecodeError:  # a value is not JSON, or a tombstone (None) is not text
-        pass
-    decoded: list[Any] = []
-    errors: dict[int, DecodeError] = {}
-    for index, value in enumerate(values):
-        if value is None:
-            decoded.append(None)
-            continue
-        try:
-            decoded.append(parse_json_line(value, source=topic, partition=partition))
-        except DecodeError as error:
-            decoded.append(value)
-            errors[index] = error
-    return decoded, errors
 
 
 _loads = orjson.loads

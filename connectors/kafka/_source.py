@@ -16,12 +16,13 @@ from aiokafka.errors import (
 )
 
 from riprap import ConfigError, SourceBatch
+from riprap.connectors.json_codec import parse_json_column
 from riprap.lowlevel import Assignment
 from riprap.state import StateStoreError
 
 from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, timed_offsets
 from ._closing import stop_client
-from ._codecs import json_column, lag_by_partition, parse_partition, partition_name
+from ._codecs import lag_by_partition, parse_partition, partition_name
 from ._gaps import OffsetGapError, describe_gap, offset_gap
 
 if TYPE_CHECKING:
@@ -461,7 +462,8 @@ class KafkaSource:
         values = [r.value for r in records]
         errors = None
         if self.decode is not None:
-            values, errors = json_column(values, topic=tp.topic, partition=name)
+            where = {"source": tp.topic, "partition": name}
+            values, errors = parse_json_column(values, lambda _: where)
         return SourceBatch(
             name,
             values,

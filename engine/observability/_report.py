@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
@@ -61,9 +60,7 @@ class StepCounters:
         seconds = time.perf_counter() - started
         self.batches += 1
         self.busy_seconds += seconds
-        latency = self.latency  # observe(), one frame less: once per batch and step
-        latency.counts[bisect_left(latency.bounds, seconds)] += 1
-        latency.total += seconds
+        self.latency.observe(seconds)
 
     def freeze(self) -> StepStats:
         """An immutable copy."""

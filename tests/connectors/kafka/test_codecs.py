@@ -9,9 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import riprap
-from riprap.connectors.json_codec import parse_json_line
+from riprap.connectors.json_codec import parse_json_column, parse_json_line
 from riprap.connectors.kafka import json_value
-from riprap.connectors.kafka._codecs import json_column
 
 BIG = 123456789012345678901234567890
 
@@ -76,7 +75,8 @@ def test_a_decoded_batch_is_json_value_of_each_value(values: list[bytes | None])
 
     A value ``json_value`` refuses stays its bytes, with the same error under its index.
     """
-    decoded, errors = json_column(values, topic="orders", partition="orders:2")
+    where = {"source": "orders", "partition": "orders:2"}  # as KafkaSource places errors
+    decoded, errors = parse_json_column(values, lambda _: where)
     expected: list[Any] = []
     refused: dict[int, tuple[str, str, str, str]] = {}
     for index, value in enumerate(values):

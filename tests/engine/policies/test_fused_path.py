@@ -37,6 +37,8 @@ from riprap.policies import (
     retry,
 )
 
+from ._doubles import returns_when_cancelled
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -203,14 +205,7 @@ async def test_a_call_that_swallows_its_deadline_and_returns_leaves_no_cancellat
     caller's task is left with no cancellation pending, so its next await runs."""
     events: list[PolicyEvent] = []
 
-    async def stubborn() -> str:
-        try:
-            await anyio.sleep_forever()
-        except asyncio.CancelledError:
-            return "swallowed"
-        return "unreachable"
-
-    wrapped = full_stack(events, attempt_timeout=0.005).wrap(stubborn)
+    wrapped = full_stack(events, attempt_timeout=0.005).wrap(returns_when_cancelled)
     with anyio.fail_after(5):
         assert "swallowed" == await wrapped()
     assert 0 == current_cancellations()

@@ -11,6 +11,8 @@ import pytest
 from riprap import ConfigError, SystemClock
 from riprap.policies import StageTimeout, fail_after, move_on_after, timeout
 
+from ._doubles import returns_when_cancelled
+
 if TYPE_CHECKING:
     from riprap.testing import VirtualClock
 
@@ -249,14 +251,7 @@ async def test_system_clock_finished_calls_leave_no_cancellation_behind() -> Non
 async def test_system_clock_call_that_swallows_the_cancellation_leaves_none_pending() -> None:
     """A call that catches its deadline's cancellation and returns keeps its result."""
 
-    @timeout(0.001, clock=SystemClock())
-    async def stubborn() -> str:
-        try:
-            await anyio.sleep_forever()
-        except asyncio.CancelledError:
-            return "swallowed"
-        return "unreachable"
-
+    stubborn = timeout(0.001, clock=SystemClock())(returns_when_cancelled)
     assert "swallowed" == await stubborn()
     task = asyncio.current_task()
     assert task is not None
