@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import orjson
 
+from benchmarks._child import as_a_riprap_run_sets
 from benchmarks.bench_memory import add_cents, has_email, make_records
 
 if TYPE_CHECKING:
@@ -442,10 +443,9 @@ def _bound(settings: LoopSettings) -> Callable[[KafkaJob], Awaitable[Timing]]:
 
 async def measure(n: int, repeat: int) -> dict[str, list[Timing]]:
     """Every implementation's timings over ``repeat`` rounds, the order rotating each round."""
-    from riprap.lowlevel import keep_freed_memory
     from riprap.testing import kafka_broker
 
-    keep_freed_memory()  # what every riprap run sets: the raw loop gets it from the start
+    as_a_riprap_run_sets()  # the raw loop gets them from the start
     records = make_records(n)
     expected = sum(1 for raw in records if transform(raw) is not None)
     implementations = runs()

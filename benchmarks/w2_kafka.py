@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks import w2_peers
 from benchmarks._child import (
     Result,
+    as_a_riprap_run_sets,
     child_main,
     expected_count,
     make_input,
@@ -83,11 +84,9 @@ Figures = dict[str, Any]
 def _run_raw(job: KafkaJob) -> Figures:
     """Every sweep point on the same input, each with its own group and output; the best.
 
-    The process keeps freed memory for reuse, as every riprap run sets it.
+    The process gets the settings every riprap run applies (:func:`as_a_riprap_run_sets`).
     """
-    from riprap.lowlevel import keep_freed_memory
-
-    keep_freed_memory()
+    as_a_riprap_run_sets()
     points: list[tuple[str, Timing]] = []
     for settings in sweep():
         own = job if not points else run_async(_next_job, job)

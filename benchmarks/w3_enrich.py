@@ -44,7 +44,14 @@ from aiohttp import web
 
 import riprap
 import riprap.checkpoints
-from benchmarks._child import Result, child_main, expected_count, make_input, start_measuring
+from benchmarks._child import (
+    Result,
+    as_a_riprap_run_sets,
+    child_main,
+    expected_count,
+    make_input,
+    start_measuring,
+)
 from benchmarks.bench_memory import CountSink, add_cents, has_email
 from riprap.connectors.memory import IterableSource
 from riprap.policies import Bulkhead, CircuitBreaker, Retry
@@ -203,7 +210,11 @@ RUNS: dict[str, Callable[[list[bytes], Enricher], Awaitable[int]]] = {
 
 
 def measure(name: str, args: argparse.Namespace) -> Result:
-    """Start the service, warm up, then time one run of implementation ``name``."""
+    """Start the service, warm up, then time one run of implementation ``name``.
+
+    The process gets the settings every riprap run applies, whichever runs.
+    """
+    as_a_riprap_run_sets()
     records = make_input(args.records)
     run = RUNS[name]
 

@@ -55,7 +55,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from benchmarks import w5_peers
-from benchmarks._child import Result, child_main, make_input, peak_rss_mib, start_measuring
+from benchmarks._child import (
+    Result,
+    as_a_riprap_run_sets,
+    child_main,
+    make_input,
+    peak_rss_mib,
+    start_measuring,
+)
 from benchmarks.bench_kafka import (
     DEADLINE,
     GROUP_TIMEOUTS,
@@ -302,9 +309,7 @@ def check(name: str, expected: Counter[str], seen: Counter[str], highest: dict[s
 
 
 def _run_raw(job: KafkaJob) -> dict[str, Any]:
-    from riprap.lowlevel import keep_freed_memory
-
-    keep_freed_memory()  # what every riprap run sets
+    as_a_riprap_run_sets()
     return as_figures(job.records, run_async(raw_loop, job))
 
 

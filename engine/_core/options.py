@@ -34,6 +34,11 @@ DEFAULT_MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
 the records in flight at the defaults (10,000 of up to 4 KiB, with batches of up to
 about 8,000), so a batch's memory is reused instead of returned and faulted in again."""
 
+DEFAULT_GC_THRESHOLD = 10_000
+"""The cyclic garbage collector's first-generation threshold while a run is active, unless
+the pipeline says otherwise: the records in flight at the defaults (``max_in_flight``), so
+the container objects of a batch of decoded records do not each set off a collection."""
+
 OnError = Literal["dlq", "stop"]
 """What a step does with a record that raised a ``DataError``: dead-letter it, or stop."""
 
@@ -83,6 +88,12 @@ class PipelineOptions:
             process-wide when the run starts (every entry point: ``riprap.run``,
             the CLI, ``Pipeline.run`` and ``Pipeline.open``); ``None`` leaves the
             allocator alone. See :func:`riprap.lowlevel.keep_freed_memory`.
+        gc_threshold: The cyclic garbage collector's first-generation
+            threshold while the run is active (every entry point; a higher one
+            already set is kept, and the last run to end puts back what was
+            there): a batch of decoded records alone outgrows Python's default
+            of 700, and set off a collection per batch. ``None`` leaves the
+            collector alone.
         changelog: Where keyed-state steps log their changes (a
             :class:`~riprap.state.Changelog` such as
             :class:`~riprap.connectors.kafka.KafkaChangelog`), so that the state of
@@ -112,6 +123,7 @@ class PipelineOptions:
     offload_threads: int = DEFAULT_OFFLOAD_THREADS
     loop_lag_threshold: float | None = 1.0
     malloc_trim_threshold: int | None = DEFAULT_MALLOC_TRIM_THRESHOLD
+    gc_threshold: int | None = DEFAULT_GC_THRESHOLD
     changelog: Changelog | None = None
 
     @property
@@ -161,6 +173,8 @@ class PipelineOptions:
         positive_number("alert_interval", self.alert_interval)
         if self.malloc_trim_threshold is not None:
             positive_int("malloc_trim_threshold", self.malloc_trim_threshold)
+        if self.gc_threshold is not None:
+            positive_int("gc_threshold", self.gc_threshold)
         if self.changelog is not None:
             implements(
                 "changelog", self.changelog, Changelog, "open, restore, write, flush, aclose"

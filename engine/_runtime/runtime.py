@@ -43,6 +43,7 @@ from riprap._runtime.changelog import ChangelogHub
 from riprap._runtime.channel import ChannelReceiver, ChannelSender, channel
 from riprap._runtime.fan_out import Branches, BranchRunner
 from riprap._runtime.fuse import refusing_awaitables
+from riprap._runtime.gc_threshold import hold_gc_threshold
 from riprap._runtime.keyed_state import keeps_keyed_state
 from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
 from riprap._runtime.merged_source import MergedSource
@@ -386,6 +387,8 @@ class Runtime:
         self._sink_groups_left = 0
         self._processing_scope: anyio.CancelScope | None = None
         self._start_scope: anyio.CancelScope | None = None
+        self._release_gc: Callable[[], None] = _noop
+        """Puts back the collector's threshold that :meth:`start` raised (once)."""
         self._flush_scope: anyio.CancelScope | None = None
         self._aborted = False
         self._opened = False
@@ -562,6 +565,8 @@ class Runtime:
         """
         if self.options.malloc_trim_threshold is not None:
             keep_freed_memory(self.options.malloc_trim_threshold)
+        if self.options.gc_threshold is not None and self._release_gc is _noop:
+            self._release_gc = hold_gc_threshold(self.options.gc_threshold)
         with anyio.CancelScope() as scope:
             self._start_scope = scope
             if self._aborted:
@@ -698,6 +703,7 @@ class Runtime:
         """Close the source, the sink, step functions that hold resources, and the backend."""
         with anyio.CancelScope(shield=True):
             try:
+                self._release_gc()
                 for upstream in reversed(self._upstreams_started):
                     await upstream.aclose()
                 await self._close_step_functions()
