@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import struct
+from itertools import repeat
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
@@ -55,19 +56,25 @@ def partition_for(key: bytes | None, partitions: int) -> int:
 def partitions_for(keys: Sequence[bytes | None], partitions: int) -> list[int]:
     """:func:`partition_for` of every key, computed column-wise.
 
-    Keys of one length are hashed together: each is a 64-bit lane of one
-    big integer, and murmur2's multiplications, shifts and masks run once
-    over all the lanes (a product of two 32-bit values never carries into
-    the next lane). About 0.1 µs a short key, against 1.5 µs one by one.
+    Each key is a 64-bit lane of one big integer, and murmur2's
+    multiplications, shifts and masks run once over all the lanes (a product
+    of two 32-bit values never carries into the next lane). Keys of mixed
+    lengths share the lanes too: each 4-byte word applies, lane by lane, as a
+    body word, as the tail, or not at all. About 0.1 µs a short key, against
+    1.5 µs one by one.
     """
     present = cast("Sequence[bytes]", keys)  # a None fails len() at once
     try:
         lengths = list(map(len, present))
     except TypeError:  # a key is None: those go to random partitions
         return _with_keyless(keys, partitions)
+    if len(lengths) < 16:  # too few to pay for building the lanes
+        return [(murmur2(key) & 0x7FFFFFFF) % partitions for key in present]
     distinct = set(lengths)
     if len(distinct) == 1:
         return _hash_group(present, lengths[0], partitions)
+    if max(distinct) <= _LANES_UP_TO:
+        return _hash_mixed(present, lengths, partitions)
     out = [0] * len(lengths)
     for length in distinct:
         indexes = [i for i, n in enumerate(lengths) if n == length]
@@ -106,6 +113,57 @@ def _hash_group(keys: Sequence[bytes], length: int, partitions: int) -> list[int
         h = ((h * _M) & low) ^ ((k * _M) & low)
     if length > body:
         h = ((h ^ _lanes(joined, length, body, length - body, n)) * _M) & low
+    return _finish(h, ones, low, n, partitions)
+
+
+_LANES_UP_TO = 32
+"""The longest key :func:`_hash_mixed` takes (longer ones are hashed a length at a time)."""
+_FILL = b"\0"
+
+
+def _hash_mixed(keys: Sequence[bytes], lengths: list[int], partitions: int) -> list[int]:
+    """The partitions of keys of up to ``_LANES_UP_TO`` bytes and several lengths, in lanes.
+
+    Every key is padded with zero bytes to the same stride. Word ``j`` of a
+    key is a body word when the key has all four of its bytes, the tail (zero
+    padded, as murmur2 reads it) when the key ends inside it, and nothing
+    after that; masks built from the lengths pick, lane by lane, which update
+    applies.
+    """
+    n = len(keys)
+    stride = (max(lengths) + 3) & ~3
+    ones = int.from_bytes(_LANE * n, "little")
+    low = _MASK * ones
+    joined = b"".join(map(bytes.ljust, keys, repeat(stride), repeat(_FILL)))
+    sizes = bytes(lengths)
+    h = (_SEED * ones) ^ _byte_lanes(sizes, n)  # the seed xor the length, lane by lane
+    for first in range(0, stride, 4):
+        k = _lanes(joined, stride, first, 4, n)
+        whole = _byte_lanes(sizes.translate(_AT_LEAST[first + 4]), n) * _MASK
+        tail = _byte_lanes(sizes.translate(_TAIL_IN[first]), n) * _MASK
+        m = (k * _M) & low
+        m = (m ^ (m >> 24)) & low
+        as_body = ((h * _M) & low) ^ ((m * _M) & low)
+        as_tail = ((h ^ k) * _M) & low
+        h = (as_body & whole) | (as_tail & tail) | (h & (low ^ (whole | tail)))
+    return _finish(h, ones, low, n, partitions)
+
+
+_AT_LEAST = [bytes(size >= end for size in range(256)) for end in range(_LANES_UP_TO + 5)]
+"""``_AT_LEAST[end]`` maps a key length to 1 when the key has a byte ``end - 1``, else 0."""
+_TAIL_IN = [bytes(first < size < first + 4 for size in range(256)) for first in range(_LANES_UP_TO)]
+"""``_TAIL_IN[first]`` maps a key length to 1 when the key ends inside the word at ``first``."""
+
+
+def _byte_lanes(column: bytes, n: int) -> int:
+    """Lane ``i`` holds ``column[i]`` in its low byte (times 0xFFFFFFFF: a mask where it is 1)."""
+    lanes = bytearray(8 * n)
+    lanes[::8] = column
+    return int.from_bytes(lanes, "little")
+
+
+def _finish(h: int, ones: int, low: int, n: int, partitions: int) -> list[int]:
+    """murmur2's final mix of every lane, then each lane's partition."""
     h = (h ^ (h >> 13)) & low
     h = (h * _M) & low
     h = (h ^ (h >> 15)) & (0x7FFFFFFF * ones)

@@ -51,6 +51,8 @@ def test_partitions_for_many_keys_of_mixed_lengths_and_none() -> None:
 KEY_COLUMNS = {
     "one length": [str(100_000 + i * 7).encode() for i in range(1_000)],
     "lengths 1 to 6": [str(i).encode() for i in range(0, 200_000, 97)],
+    "lengths 0 to 32 in lanes together": [bytes(range(7, 7 + i % 33)) for i in range(330)],
+    "lengths 0 to 40, a length at a time": [b"\xffk" * (i % 21) for i in range(420)],
     "empty keys": [b""] * 40,
     "long keys": [b"customer-%032d" % i for i in range(64)],
     "a few": [b"a", b"bb", b"ccc"],
