@@ -49,6 +49,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -570,6 +571,16 @@ def _previous(path: Path, quick: bool) -> dict[str, Any]:
     return previous if previous.get("quick") == quick else {}
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end the suite as Ctrl-C would, through its clean-up.
+
+    Python's default for SIGTERM ends the process at once, which leaves the
+    broker and the PostgreSQL server the suite started (and a child's run)
+    behind; a ``SystemExit`` unwinds the context managers that stop them.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     workloads = chosen(args.only)
@@ -589,4 +600,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

