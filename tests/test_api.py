@@ -30,6 +30,21 @@ def test_import_needs_no_optional_extras() -> None:
     assert "[]" == done.stdout.strip()
 
 
+def test_import_leaves_the_http_client_and_server_to_those_who_use_them() -> None:
+    """A script, the CLI and every worker process import riprap; aiohttp alone took 0.14 s of it.
+
+    The webhook alert sink and the health server import it when they are used.
+    """
+    code = (
+        "import sys, riprap, riprap.cli, riprap.observability, riprap.checkpoints\n"
+        "print('aiohttp' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "False" == done.stdout.strip()
+
+
 def test_version_comes_from_package_metadata() -> None:
     """The version is read from the installed distribution."""
     metadata = importlib.import_module("importlib.metadata")

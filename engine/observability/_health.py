@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from riprap._core.errors import ConfigError
@@ -27,6 +26,7 @@ from riprap.observability._exposition import render
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from aiohttp import web
     from prometheus_client import CollectorRegistry
 
     from riprap.observability._statistics import RunStatistics
@@ -180,6 +180,8 @@ async def serve_health(
 
     Only ``running.statistics()`` and ``running.metrics_registry`` are used.
     """
+    from aiohttp import web  # here: importing riprap should not cost aiohttp's import
+
     config = config or HealthConfig()
     stall = StallDetector(config.stall_after)
     registry = running.metrics_registry
