@@ -73,8 +73,9 @@ def partitions_for(keys: Sequence[bytes | None], partitions: int) -> list[int]:
     distinct = set(lengths)
     if len(distinct) == 1:
         return _hash_group(present, lengths[0], partitions)
-    if max(distinct) <= _LANES_UP_TO:
-        return _hash_mixed(present, lengths, partitions)
+    longest = max(distinct)
+    if longest <= _LANES_UP_TO:
+        return _hash_mixed(present, lengths, longest, partitions)
     out = [0] * len(lengths)
     for length in distinct:
         indexes = [i for i, n in enumerate(lengths) if n == length]
@@ -121,7 +122,9 @@ _LANES_UP_TO = 32
 _FILL = b"\0"
 
 
-def _hash_mixed(keys: Sequence[bytes], lengths: list[int], partitions: int) -> list[int]:
+def _hash_mixed(
+    keys: Sequence[bytes], lengths: list[int], longest: int, partitions: int
+) -> list[int]:
     """The partitions of keys of up to ``_LANES_UP_TO`` bytes and several lengths, in lanes.
 
     Every key is padded with zero bytes to the same stride. Word ``j`` of a
@@ -131,7 +134,7 @@ def _hash_mixed(keys: Sequence[bytes], lengths: list[int], partitions: int) -> l
     applies.
     """
     n = len(keys)
-    stride = (max(lengths) + 3) & ~3
+    stride = (longest + 3) & ~3
     ones = int.from_bytes(_LANE * n, "little")
     low = _MASK * ones
     joined = b"".join(map(bytes.ljust, keys, repeat(stride), repeat(_FILL)))

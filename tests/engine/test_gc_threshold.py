@@ -85,20 +85,16 @@ def test_riprap_run_raises_it_too() -> None:
     assert gc.get_threshold() == HOST
 
 
-async def test_a_higher_threshold_of_the_host_is_kept() -> None:
-    gc.set_threshold(50_000, 20, 30)
+@pytest.mark.parametrize(
+    "host",
+    [pytest.param((50_000, 20, 30), id="higher"), pytest.param((0, 10, 10), id="collection-off")],
+)
+async def test_a_higher_threshold_or_collection_off_is_kept(host: tuple[int, int, int]) -> None:
+    gc.set_threshold(*host)
     sink = ThresholdSink()
     await pipeline(sink).run()
-    assert sink.seen == [(50_000, 20, 30)]
-    assert gc.get_threshold() == (50_000, 20, 30)
-
-
-async def test_a_host_that_turned_collection_off_keeps_it_off() -> None:
-    gc.set_threshold(0, 10, 10)
-    sink = ThresholdSink()
-    await pipeline(sink).run()
-    assert sink.seen == [(0, 10, 10)]
-    assert gc.get_threshold() == (0, 10, 10)
+    assert sink.seen == [host]
+    assert gc.get_threshold() == host
 
 
 async def test_none_leaves_the_collector_alone() -> None:
@@ -116,6 +112,25 @@ async def test_a_change_by_the_host_during_the_run_is_not_undone() -> None:
 async def test_a_run_that_fails_to_start_puts_it_back() -> None:
     with pytest.raises(OSError, match="server is down"):
         await pipeline(ThresholdSink(fail_open=True)).run()
+    assert gc.get_threshold() == HOST
+
+
+async def test_a_run_cancelled_in_a_hanging_write_puts_it_back() -> None:
+    writing = anyio.Event()
+
+    class HangingSink(ThresholdSink):
+        async def write(self, batch: riprap.Batch) -> None:
+            await super().write(batch)
+            writing.set()
+            await anyio.sleep_forever()  # a sink that never answers
+
+    sink = HangingSink()
+    with anyio.CancelScope() as scope:
+        async with pipeline(sink).open():
+            await writing.wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert sink.seen == [(DEFAULT, 10, 10)]
     assert gc.get_threshold() == HOST
 
 
