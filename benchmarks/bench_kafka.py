@@ -135,12 +135,18 @@ def riprap_settings() -> LoopSettings:
 def client_defaults() -> tuple[dict[str, Any], dict[str, Any]]:
     """Consumer and producer settings riprap's connectors use at their defaults, beyond the loop's.
 
-    The connectors pass aiokafka's defaults for everything else (fetch sizes
-    and waits, compression), so the raw loop does too.
+    The source holds a fetch at most its poll timeout; the connectors pass
+    aiokafka's defaults for everything else (fetch sizes, compression), so the
+    raw loop does too.
     """
-    from riprap.connectors.kafka import KafkaSink
+    from riprap.connectors.kafka import KafkaSink, KafkaSource
 
-    consumer = {**GROUP_TIMEOUTS, "enable_auto_commit": False, "auto_offset_reset": "earliest"}
+    consumer = {
+        **GROUP_TIMEOUTS,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": round(_default(KafkaSource, "poll_timeout") * 1000),
+    }
     producer = {
         "acks": _default(KafkaSink, "acks"),
         "enable_idempotence": _default(KafkaSink, "enable_idempotence"),

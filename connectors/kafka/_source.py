@@ -120,7 +120,12 @@ class KafkaSource:
             buffer size at which the partition is paused.
         max_buffered: Most records buffered in the source (default twice
             ``max_poll_records``).
-        poll_timeout: Seconds one poll waits for records before trying again.
+        poll_timeout: Seconds one poll waits for records before trying again;
+            also the longest the broker holds a fetch for new records (the
+            consumer's ``fetch_max_wait_ms``, unless ``consumer_options`` sets
+            it): aiokafka fetches from a broker one request at a time, so a
+            fetch for caught-up partitions alone held for aiokafka's default
+            500 ms stalls the partitions behind it that still have records.
         commit_timeout: Seconds an offset commit, or the offset look-ups on an
             assignment, may take.
         drain_timeout: Seconds a revoked partition's records in flight get to
@@ -156,7 +161,7 @@ class KafkaSource:
     .. versionchanged:: 0.3
         ``start_at``, ``stop_at`` (bounded runs), ``group_id=None`` and :meth:`backfill`.
     .. versionchanged:: 0.4
-        ``decode``.
+        ``decode``; the consumer's ``fetch_max_wait_ms`` follows ``poll_timeout``.
     """
 
     def __init__(
@@ -219,6 +224,9 @@ class KafkaSource:
         self._commit_timeout = commit_timeout
         self._matcher = re.compile(pattern) if pattern is not None else None
         self._config: dict[str, Any] = {
+            # A fetch holds every partition of its broker: one for caught-up partitions
+            # alone waits out this bound while the others' next records wait behind it.
+            "fetch_max_wait_ms": self._poll_ms,
             **options,
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -464,12 +472,15 @@ class KafkaSource:
         if self.decode is not None:
             where = {"source": tp.topic, "partition": name}
             values, errors = parse_json_column(values, lambda _: where)
+        start, end = records[0].offset, records[-1].offset + 1
         return SourceBatch(
             name,
             values,
-            start=records[0].offset,
-            end=records[-1].offset + 1,
-            offsets=[r.offset for r in records],
+            start=start,
+            end=end,
+            # Offsets in a row (no compaction or transaction markers between them)
+            # are start + i: no list of them to build and hold.
+            offsets=None if end - start == len(records) else [r.offset for r in records],
             keys=[r.key for r in records],
             headers=[r.headers for r in records],
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],

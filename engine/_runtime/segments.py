@@ -181,9 +181,13 @@ class FusedSend(ClosesOnExit):
         self._send.close()
 
 
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+"""What :func:`traced` gives when tracing is off: one shared, reentrant no-op."""
+
+
 def traced(tracer: Tracing | None, stage: str, batch: Batch) -> AbstractContextManager[None]:
     """A span around a batch's processing, or nothing when tracing is off."""
-    return tracer.span(stage, batch) if tracer is not None else nullcontext()
+    return tracer.span(stage, batch) if tracer is not None else _NO_SPAN
 
 
 @final

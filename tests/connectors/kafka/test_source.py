@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -43,6 +43,11 @@ def messages(count: int) -> list[tuple[bytes | None, bytes, list[tuple[str, byte
     return [(f"k{i}".encode(), f"v{i}".encode(), [("n", str(i).encode())]) for i in range(count)]
 
 
+def offsets_of(batch: SourceBatch) -> list[int]:
+    """The offset of every record of ``batch``."""
+    return [batch.offset_of(i) for i in range(len(batch))]
+
+
 async def read_until(source: KafkaSource, count: int, max_records: int = 100) -> list[SourceBatch]:
     """Batches read until ``count`` records have come (bounded in time and reads)."""
     batches: list[SourceBatch] = []
@@ -71,14 +76,14 @@ async def test_reads_every_message_with_key_headers_and_offsets(kafka: KafkaHelp
         await source.aclose()
     seen = {}
     for batch in batches:
-        assert batch.offsets is not None
         assert batch.keys is not None
         assert batch.headers is not None
         assert batch.partition.startswith(f"{topic}:")
         assert len(batch) <= 30
-        assert batch.offsets[-1] + 1 == batch.end
+        assert batch.offset_of(len(batch) - 1) + 1 == batch.end
         for i, value in enumerate(batch.values):
-            seen[batch.keys[i]] = (value, list(batch.headers[i]), batch.partition, batch.offsets[i])
+            offset = batch.offset_of(i)
+            seen[batch.keys[i]] = (value, list(batch.headers[i]), batch.partition, offset)
     assert {f"k{i}".encode() for i in range(200)} == set(seen)
     for i in range(200):
         value, headers, _, _ = seen[f"k{i}".encode()]
@@ -118,7 +123,7 @@ async def test_resumes_from_the_checkpointed_position(kafka: KafkaHelper) -> Non
         batches = await read_until(source, 30)
     finally:
         await source.aclose()
-    offsets = [offset for batch in batches for offset in batch.offsets or []]
+    offsets = [offset for batch in batches for offset in offsets_of(batch)]
     assert list(range(20, 50)) == offsets
 
 
@@ -138,7 +143,33 @@ async def test_pauses_a_partition_whose_buffer_is_full(kafka: KafkaHelper) -> No
     finally:
         await source.aclose()
     assert (1, 0) == (paused_while_buffered, paused_after_drain)
-    assert list(range(20)) == [o for b in [first, *rest] for o in b.offsets or []]
+    assert list(range(20)) == [o for b in [first, *rest] for o in offsets_of(b)]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("options", "held_ms"),
+    [
+        ({}, 100),
+        ({"poll_timeout": 0.25}, 250),
+        ({"consumer_options": {**FAST_GROUP, "fetch_max_wait_ms": 40}}, 40),
+    ],
+)
+async def test_the_broker_holds_a_fetch_at_most_the_poll_timeout(
+    kafka: KafkaHelper, options: dict[str, Any], held_ms: int
+) -> None:
+    """The consumer's fetch wait follows ``poll_timeout`` (aiokafka's 500 ms stalls a backlog
+    behind caught-up partitions); ``consumer_options`` still sets it."""
+    topic = await kafka.create_topic(1)
+    settings: dict[str, Any] = {"consumer_options": FAST_GROUP, **options}
+    source = KafkaSource(
+        topic, bootstrap_servers=kafka.bootstrap, group_id=f"g-{uuid.uuid4().hex}", **settings
+    )
+    await source.open(SourceContext(pipeline="p", positions={}))
+    try:
+        assert held_ms == source._consumer._fetcher._fetch_max_wait_ms
+    finally:
+        await source.aclose()
 
 
 @pytest.mark.kafka
@@ -209,3 +240,27 @@ async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> N
         await source.aclose()
     assert [[first.partition]] == drained
     assert [other] == [batch.partition for batch in rest]
+
+
+@pytest.mark.parametrize(
+    ("offsets", "listed"),
+    [([5, 6, 7], None), ([3, 4, 7], [3, 4, 7])],
+    ids=["in a row", "with a gap"],
+)
+def test_a_batch_lists_its_offsets_only_when_they_are_not_in_a_row(
+    offsets: list[int], listed: list[int] | None
+) -> None:
+    """Offsets in a row are ``start + i`` (no list held); after a gap (compaction,
+    transaction markers) every record keeps its own."""
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    source = KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
+    tp = TopicPartition("t", 0)
+    source._buffer[tp] = [
+        ConsumerRecord("t", 0, offset, 1_000, 0, None, b"v", None, 0, 1, ()) for offset in offsets
+    ]
+    source._buffered = len(offsets)
+    batch = source._take(10)
+    assert batch is not None
+    assert (listed, offsets[0], offsets[-1] + 1) == (batch.offsets, batch.start, batch.end)
+    assert offsets == offsets_of(batch)
