@@ -152,6 +152,28 @@ def plain_loop_calls(records: list[bytes]) -> int:
     return count
 
 
+BATCH = 1_000
+"""Records per slice of :func:`batched_loop`: riprap's default ``batch_size``."""
+
+
+def batched_loop(records: list[bytes]) -> int:
+    """The loop calling the same functions a slice of :data:`BATCH` at a time, each slice's
+    results kept together until it is done: the least any engine that hands batches on does.
+    """
+    loads = orjson.loads
+    dumps = orjson.dumps
+    count = 0
+    for start in range(0, len(records), BATCH):
+        results = []
+        for raw in records[start : start + BATCH]:
+            order = loads(raw)
+            if not has_email(order):
+                continue
+            results.append(dumps(add_cents(order)))
+        count += len(results)
+    return count
+
+
 def timed(fn: Callable[[list[bytes]], int], records: list[bytes]) -> tuple[float, int]:
     """Seconds taken and the count returned."""
     gc.collect()
@@ -163,6 +185,7 @@ def timed(fn: Callable[[list[bytes]], int], records: list[bytes]) -> tuple[float
 IMPLEMENTATIONS: dict[str, Callable[[list[bytes]], int]] = {
     "plain loop": plain_loop,
     "plain loop, same fns": plain_loop_calls,
+    "plain loop, batches held": batched_loop,
     "riprap": run_riprap,
     "riprap embedded": run_riprap_embedded,
 }
@@ -204,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = measure(args.records, args.repeat)
     print(f"W1 in-memory, {args.records:,} records, median of {args.repeat} rounds")
-    print(f"{'implementation':<22}{'records/s':>12}{'vs plain loop':>15}")
+    print(f"{'implementation':<26}{'records/s':>12}{'vs plain loop':>15}")
     for label, (rate, ratio) in results.items():
-        print(f"{label:<22}{rate:>12,.0f}{ratio:>15.1%}")
+        print(f"{label:<26}{rate:>12,.0f}{ratio:>15.1%}")
 
 
 if __name__ == "__main__":

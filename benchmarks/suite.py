@@ -136,7 +136,14 @@ WORKLOADS = (
         "in memory",
         "benchmarks.w1_memory",
         "plain loop",
-        ("plain loop", "riprap", "riprap embedded", "riprap embedded uvloop"),
+        (
+            "plain loop",
+            "plain loop, same fns",
+            "plain loop, batches held",
+            "riprap",
+            "riprap embedded",
+            "riprap embedded uvloop",
+        ),
         peers=("bytewax", "quixstreams", "faust"),
     ),
     Workload(

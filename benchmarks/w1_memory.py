@@ -2,7 +2,11 @@
 
 The workload is :mod:`benchmarks.bench_memory`'s (parse with orjson, drop null
 emails, add ``amount_cents``, serialise, count) on the same records; the plain
-loop is the limit. riprap runs at its defaults three ways: through
+loop is the limit. Two references show what the limit asks of an engine: the
+loop calling the step functions riprap calls (``same fns``), and that loop
+over slices of 1,000 keeping each slice's results together (``batches
+held``, with the process settings a riprap run applies), the least an engine
+that hands batches on does. riprap runs at its defaults three ways: through
 ``riprap.run`` (scripts and the CLI), embedded in a service with
 ``asyncio.run(pipeline.run())``, and embedded on uvloop. ``bench_memory``
 itself interleaves implementations in one process for the steadiest ratio;
@@ -17,9 +21,18 @@ import time
 from typing import TYPE_CHECKING
 
 from benchmarks import peers
-from benchmarks._child import Result, child_main, expected_count, make_input, start_measuring
+from benchmarks._child import (
+    Result,
+    as_a_riprap_run_sets,
+    child_main,
+    expected_count,
+    make_input,
+    start_measuring,
+)
 from benchmarks.bench_memory import (
+    batched_loop,
     plain_loop,
+    plain_loop_calls,
     run_riprap,
     run_riprap_embedded,
     run_riprap_embedded_uvloop,
@@ -32,8 +45,18 @@ if TYPE_CHECKING:
 WARM_UP = 1_000
 """Records run once before the measured run (lazy imports, caches, the event loop policy)."""
 
+
+def batched_loop_as_riprap_runs(records: list[bytes]) -> int:
+    """:func:`batched_loop` in a process with the settings every riprap run applies (the
+    heap it frees a batch at a time kept for the next), as riprap's runs have them."""
+    as_a_riprap_run_sets()
+    return batched_loop(records)
+
+
 RUNS: dict[str, Callable[[list[bytes]], int]] = {
     "plain loop": plain_loop,
+    "plain loop, same fns": plain_loop_calls,
+    "plain loop, batches held": batched_loop_as_riprap_runs,
     "riprap": run_riprap,
     "riprap embedded": run_riprap_embedded,
     "riprap embedded uvloop": run_riprap_embedded_uvloop,

@@ -44,9 +44,13 @@ def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(bench_memory.IMPLEMENTATIONS) == [
         line.split("  ")[0] for line in out.splitlines()[2:]
     ]
-    assert ["plain loop", "plain loop, same fns", "riprap", "riprap embedded"] == list(
-        bench_memory.IMPLEMENTATIONS
-    )[:4]
+    assert [
+        "plain loop",
+        "plain loop, same fns",
+        "plain loop, batches held",
+        "riprap",
+        "riprap embedded",
+    ] == list(bench_memory.IMPLEMENTATIONS)[:5]
 
 
 def test_checkpoint_lag_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,9 +88,10 @@ def test_w1_child_runs_every_implementation(capsys: pytest.CaptureFixture[str]) 
     """The W1 child prints one JSON line per implementation, each counting 99% of 500 records."""
     w1_memory.main(["--records", "500", "--json"])
     lines = _json_lines(capsys.readouterr().out)
+    loops = ["plain loop", "plain loop, same fns", "plain loop, batches held"]
     riprap_runs = ["riprap", "riprap embedded", "riprap embedded uvloop"]
-    assert ["plain loop", *riprap_runs, "bytewax", "quixstreams", "faust"] == list(lines)
-    assert [495] * 4 == [lines[name]["count"] for name in ["plain loop", *riprap_runs]]
+    assert [*loops, *riprap_runs, "bytewax", "quixstreams", "faust"] == list(lines)
+    assert [495] * 6 == [lines[name]["count"] for name in [*loops, *riprap_runs]]
     assert all("count" in line or "skipped" in line for line in lines.values())
     assert "skipped" in lines["quixstreams"]
     assert "skipped" in lines["faust"]
