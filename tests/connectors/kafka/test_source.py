@@ -264,3 +264,34 @@ def test_a_batch_lists_its_offsets_only_when_they_are_not_in_a_row(
     assert batch is not None
     assert (listed, offsets[0], offsets[-1] + 1) == (batch.offsets, batch.start, batch.end)
     assert offsets == offsets_of(batch)
+
+
+def test_a_buffer_that_went_back_in_offsets_lists_every_offset() -> None:
+    """Records of a recreated topic land behind old ones still buffered: runs that each rise
+    but whose ends span exactly their count ([10, 12] then [11, 13]) are listed, not guessed."""
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    tp = TopicPartition("t", 0)
+
+    class Assigned:
+        """The consumer's one answer ``_add`` needs: which partitions are assigned."""
+
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+    def records(*offsets: int) -> list[ConsumerRecord[bytes, bytes]]:
+        return [ConsumerRecord("t", 0, o, 1_000, 0, None, b"v", None, 0, 1, ()) for o in offsets]
+
+    source = KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
+    source._consumer = Assigned()
+    source._fetch_next[tp] = 10
+    source._add({tp: records(10, 12)})
+    source._fetch_next[tp] = 11  # the partition's offsets started again below
+    source._add({tp: records(11, 13)})
+    batch = source._take(10)
+    assert batch is not None
+    assert [10, 12, 11, 13] == batch.offsets
+    source._add({tp: records(14, 15)})  # the buffer drained: in a row again
+    after = source._take(10)
+    assert after is not None
+    assert (None, [14, 15]) == (after.offsets, offsets_of(after))
