@@ -242,9 +242,6 @@ class KafkaSource:
         self._paused: set[Any] = set()
         self._full: set[Any] = set()
         """Partitions whose buffer reached ``max_poll_records`` in this read."""
-        self._unordered: set[Any] = set()
-        """Partitions whose buffer went back in offsets (a topic recreated under a
-        partition with records still buffered): their batches list every offset."""
         self._positions: dict[str, int] = {}
         """The pipeline's checkpointed position per partition (durable in its store)."""
         self._next: dict[str, int] = {}
@@ -348,7 +345,6 @@ class KafkaSource:
         self._buffer.clear()
         self._buffered = 0
         self._paused.clear()
-        self._unordered.clear()
 
     # -- reading -----------------------------------------------------------------
 
@@ -444,8 +440,6 @@ class KafkaSource:
                     continue
             self._fresh.discard(tp)
             buffer = self._buffer.setdefault(tp, [])
-            if buffer and records[0].offset <= buffer[-1].offset:
-                self._unordered.add(tp)
             buffer.extend(records)
             self._buffered += len(records)
             if len(buffer) >= self.max_poll_records:
@@ -465,14 +459,11 @@ class KafkaSource:
         records, rest = buffer[:max_records], buffer[max_records:]
         # Re-insert at the end so that partitions take turns.
         del self._buffer[tp]
-        unordered = tp in self._unordered
         if rest:
             self._buffer[tp] = rest
-        else:
-            self._unordered.discard(tp)
-            if tp in self._paused:
-                self._paused.discard(tp)
-                self._consumer.resume(tp)
+        elif tp in self._paused:
+            self._paused.discard(tp)
+            self._consumer.resume(tp)
         self._buffered -= len(records)
         name = partition_name(tp.topic, tp.partition)
         self._next[name] = records[-1].offset + 1
@@ -481,20 +472,12 @@ class KafkaSource:
         if self.decode is not None:
             where = {"source": tp.topic, "partition": name}
             values, errors = parse_json_column(values, lambda _: where)
-        start, end = records[0].offset, records[-1].offset + 1
         return SourceBatch(
             name,
             values,
-            start=start,
-            end=end,
-            # Offsets in a row (no compaction or transaction markers between them)
-            # are start + i: no list of them to build and hold. A fetch's offsets
-            # always rise, so in a buffer that never went back the ends tell.
-            offsets=(
-                None
-                if end - start == len(records) and not unordered
-                else [r.offset for r in records]
-            ),
+            start=records[0].offset,
+            end=records[-1].offset + 1,
+            offsets=[r.offset for r in records],
             keys=[r.key for r in records],
             headers=[r.headers for r in records],
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],
@@ -616,7 +599,6 @@ class KafkaSource:
                 dropped = self._buffer.pop(tp, [])
                 self._buffered -= len(dropped)
                 self._paused.discard(tp)
-                self._unordered.discard(tp)
             if self._context is not None and names:
                 try:
                     await self._context.drain(names, self.drain_timeout)

@@ -173,7 +173,7 @@ async def read_offsets(source: KafkaSource, count: int = 0, *, through: int = -1
                 break
             batch: SourceBatch | None = await source.read(count - len(offsets) if count else 100)
             assert batch is not None
-            offsets.extend(batch.offset_of(i) for i in range(len(batch)))
+            offsets.extend(batch.offsets or [])
     return offsets
 
 

@@ -43,11 +43,6 @@ def messages(count: int) -> list[tuple[bytes | None, bytes, list[tuple[str, byte
     return [(f"k{i}".encode(), f"v{i}".encode(), [("n", str(i).encode())]) for i in range(count)]
 
 
-def offsets_of(batch: SourceBatch) -> list[int]:
-    """The offset of every record of ``batch``."""
-    return [batch.offset_of(i) for i in range(len(batch))]
-
-
 async def read_until(source: KafkaSource, count: int, max_records: int = 100) -> list[SourceBatch]:
     """Batches read until ``count`` records have come (bounded in time and reads)."""
     batches: list[SourceBatch] = []
@@ -76,14 +71,14 @@ async def test_reads_every_message_with_key_headers_and_offsets(kafka: KafkaHelp
         await source.aclose()
     seen = {}
     for batch in batches:
+        assert batch.offsets is not None
         assert batch.keys is not None
         assert batch.headers is not None
         assert batch.partition.startswith(f"{topic}:")
         assert len(batch) <= 30
-        assert batch.offset_of(len(batch) - 1) + 1 == batch.end
+        assert batch.offsets[-1] + 1 == batch.end
         for i, value in enumerate(batch.values):
-            offset = batch.offset_of(i)
-            seen[batch.keys[i]] = (value, list(batch.headers[i]), batch.partition, offset)
+            seen[batch.keys[i]] = (value, list(batch.headers[i]), batch.partition, batch.offsets[i])
     assert {f"k{i}".encode() for i in range(200)} == set(seen)
     for i in range(200):
         value, headers, _, _ = seen[f"k{i}".encode()]
@@ -123,7 +118,7 @@ async def test_resumes_from_the_checkpointed_position(kafka: KafkaHelper) -> Non
         batches = await read_until(source, 30)
     finally:
         await source.aclose()
-    offsets = [offset for batch in batches for offset in offsets_of(batch)]
+    offsets = [offset for batch in batches for offset in batch.offsets or []]
     assert list(range(20, 50)) == offsets
 
 
@@ -143,7 +138,7 @@ async def test_pauses_a_partition_whose_buffer_is_full(kafka: KafkaHelper) -> No
     finally:
         await source.aclose()
     assert (1, 0) == (paused_while_buffered, paused_after_drain)
-    assert list(range(20)) == [o for b in [first, *rest] for o in offsets_of(b)]
+    assert list(range(20)) == [o for b in [first, *rest] for o in b.offsets or []]
 
 
 @pytest.mark.kafka
@@ -240,58 +235,3 @@ async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> N
         await source.aclose()
     assert [[first.partition]] == drained
     assert [other] == [batch.partition for batch in rest]
-
-
-@pytest.mark.parametrize(
-    ("offsets", "listed"),
-    [([5, 6, 7], None), ([3, 4, 7], [3, 4, 7])],
-    ids=["in a row", "with a gap"],
-)
-def test_a_batch_lists_its_offsets_only_when_they_are_not_in_a_row(
-    offsets: list[int], listed: list[int] | None
-) -> None:
-    """Offsets in a row are ``start + i`` (no list held); after a gap (compaction,
-    transaction markers) every record keeps its own."""
-    from aiokafka.structs import ConsumerRecord, TopicPartition
-
-    source = KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
-    tp = TopicPartition("t", 0)
-    source._buffer[tp] = [
-        ConsumerRecord("t", 0, offset, 1_000, 0, None, b"v", None, 0, 1, ()) for offset in offsets
-    ]
-    source._buffered = len(offsets)
-    batch = source._take(10)
-    assert batch is not None
-    assert (listed, offsets[0], offsets[-1] + 1) == (batch.offsets, batch.start, batch.end)
-    assert offsets == offsets_of(batch)
-
-
-def test_a_buffer_that_went_back_in_offsets_lists_every_offset() -> None:
-    """Records of a recreated topic land behind old ones still buffered: runs that each rise
-    but whose ends span exactly their count ([10, 12] then [11, 13]) are listed, not guessed."""
-    from aiokafka.structs import ConsumerRecord, TopicPartition
-
-    tp = TopicPartition("t", 0)
-
-    class Assigned:
-        """The consumer's one answer ``_add`` needs: which partitions are assigned."""
-
-        def assignment(self) -> set[TopicPartition]:
-            return {tp}
-
-    def records(*offsets: int) -> list[ConsumerRecord[bytes, bytes]]:
-        return [ConsumerRecord("t", 0, o, 1_000, 0, None, b"v", None, 0, 1, ()) for o in offsets]
-
-    source = KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
-    source._consumer = Assigned()
-    source._fetch_next[tp] = 10
-    source._add({tp: records(10, 12)})
-    source._fetch_next[tp] = 11  # the partition's offsets started again below
-    source._add({tp: records(11, 13)})
-    batch = source._take(10)
-    assert batch is not None
-    assert [10, 12, 11, 13] == batch.offsets
-    source._add({tp: records(14, 15)})  # the buffer drained: in a row again
-    after = source._take(10)
-    assert after is not None
-    assert (None, [14, 15]) == (after.offsets, offsets_of(after))
