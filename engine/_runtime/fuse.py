@@ -192,8 +192,8 @@ def refusing_awaitables(fn: Callable[..., Any], kind: str, step_id: str) -> Call
 def _first_call_checked(op: Op, put_back: Callable[[], object]) -> Callable[[Any], Any]:
     """``op.fn`` whose first result is checked; ``put_back`` then has the chain call ``op.fn``.
 
-    The chain looks its functions up on every call (the generated loop) or
-    every batch (a column chain), so the check costs nothing afterwards.
+    The generated loop looks its functions up on every call, so the check
+    costs nothing afterwards.
     """
     fn = op.fn
 
