@@ -9,35 +9,77 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gzip as gzip_module
 import io
 import zlib
 from typing import Any, Literal, final
 
 Format = Literal["jsonl", "csv"]
 
+DEFAULT_MAX_OBJECT_BYTES = 256 * 1024 * 1024
+"""The largest object the S3 readers hold, as stored and once decompressed (256 MiB)."""
 
-@final
+COPY_LIMIT = 5 * 1024**3
+"""The largest object S3 copies in one ``CopyObject`` call (5 GiB)."""
+
+
 class CorruptObjectError(Exception):
     """An object cannot be read as a whole (bad or truncated gzip, bytes that are not text,
-    CSV rows that do not fit the header)."""
+    CSV rows that do not fit the header, more bytes than the reader holds)."""
+
+
+@final
+class ObjectTooLargeError(CorruptObjectError):
+    """An object is larger than ``max_object_bytes``, as stored or once decompressed.
+
+    ``size`` is its stored size when that is what is over the limit, else ``None``.
+    """
+
+    def __init__(self, reason: str, size: int | None = None) -> None:
+        super().__init__(reason)
+        self.size = size
+
+
+def check_max_object_bytes(owner: str, value: int) -> int:
+    """``value`` if it is a positive int.
+
+    Raises:
+        ConfigError: It is not.
+    """
+    from riprap import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            "max_object_bytes", f"{owner}: must be a positive number of bytes, got {value!r}"
+        )
+    return value
+
+
+def too_large(size: int, limit: int) -> str:
+    """Why an object of ``size`` bytes is refused."""
+    return f"{size} bytes, over max_object_bytes ({limit}); raise it to read the object"
 
 
 def decode_object(
-    key: str, data: bytes, *, format: Format, gzip: bool | None, encoding: str, delimiter: str
+    key: str,
+    data: bytes,
+    *,
+    format: Format,
+    gzip: bool | None,
+    encoding: str,
+    delimiter: str,
+    limit: int = DEFAULT_MAX_OBJECT_BYTES,
 ) -> tuple[list[Any], list[int], int]:
-    """``(values, line offsets, line count)`` of a whole object.
+    """``(values, line offsets, line count)`` of a whole object of at most ``limit`` bytes.
 
     Raises:
+        ObjectTooLargeError: The object holds more than ``limit`` bytes, as
+            stored or once decompressed (decompression stops there).
         CorruptObjectError: The object cannot be read as a whole.
     """
+    if len(data) > limit:
+        raise ObjectTooLargeError(too_large(len(data), limit), len(data))
     if gzip or (gzip is None and key.endswith(".gz")):
-        try:
-            data = gzip_module.decompress(data)
-        except EOFError:
-            raise CorruptObjectError("truncated gzip stream") from None
-        except (OSError, zlib.error) as exc:
-            raise CorruptObjectError(f"not a valid gzip stream: {exc}") from None
+        data = _gunzip(data, limit)
     if format == "csv":
         return _decode_csv(data, encoding, delimiter)
     return _decode_lines(data)
@@ -88,3 +130,35 @@ def _decode_lines(data: bytes) -> tuple[list[Any], list[int], int]:
             values.append(line)
             offsets.append(offset)
     return values, offsets, len(lines)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """The gzip members of ``data`` decompressed, stopping once they pass ``limit`` bytes.
+
+    A few MiB of gzip can hold gigabytes (a decompression bomb), so the
+    output is bounded while it is produced, not checked afterwards.
+
+    Raises:
+        ObjectTooLargeError: More than ``limit`` bytes once decompressed.
+        CorruptObjectError: Not gzip, a failed check, or a truncated stream.
+    """
+    members: list[bytes] = []
+    size = 0
+    rest = data
+    while rest:
+        member = zlib.decompressobj(wbits=31)  # a gzip header and trailer, both checked
+        try:
+            out = member.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise CorruptObjectError(f"not a valid gzip stream: {exc}") from None
+        size += len(out)
+        if size > limit:
+            raise ObjectTooLargeError(
+                f"more than {limit} bytes once decompressed, over max_object_bytes; "
+                "raise it to read the object"
+            )
+        if not member.eof:
+            raise CorruptObjectError("truncated gzip stream")
+        members.append(out)
+        rest = member.unused_data.lstrip(b"\x00")  # members may be padded with zeros
+    return b"".join(members)

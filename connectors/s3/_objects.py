@@ -19,7 +19,14 @@ import orjson
 from riprap import ConfigError, DataError
 
 from ._client import S3ClientConfig, check_bucket, client_error_types, is_missing, open_client
-from ._formats import CorruptObjectError, Format, decode_object
+from ._formats import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    CorruptObjectError,
+    Format,
+    ObjectTooLargeError,
+    check_max_object_bytes,
+    decode_object,
+)
 from ._reads import download
 
 if TYPE_CHECKING:
@@ -51,11 +58,14 @@ class S3ObjectReader:
         delimiter: CSV field delimiter.
         endpoint_url: An S3-compatible endpoint instead of AWS.
         client_config: Timeouts, retries and client options.
+        max_object_bytes: The largest object read, as stored and once
+            decompressed (each is held in memory while it is read).
 
     A record naming no key (reason ``no_object_key``), an object that does
-    not exist (``missing_object``) or cannot be read as a whole
-    (``corrupt_object``) is dead-lettered; other S3 errors go to the step's
-    policies (retried, then the run stops).
+    not exist (``missing_object``), is larger than ``max_object_bytes``
+    (``object_too_large``: its body is not read) or cannot be read as a
+    whole (``corrupt_object``) is dead-lettered; other S3 errors go to the
+    step's policies (retried, then the run stops).
 
     .. versionadded:: 0.2
     """
@@ -71,9 +81,11 @@ class S3ObjectReader:
         delimiter: str = ",",
         endpoint_url: str | None = None,
         client_config: S3ClientConfig | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     ) -> None:
         if format not in ("jsonl", "csv"):
             raise ConfigError("format", f"expected 'jsonl' or 'csv', not {format!r}")
+        self.max_object_bytes = check_max_object_bytes("S3ObjectReader", max_object_bytes)
         self.bucket = check_bucket("S3ObjectReader", bucket)
         self.key = key
         self.format: Format = format
@@ -96,7 +108,13 @@ class S3ObjectReader:
         records: list[Any] = []
         for key in self._keys(value):
             try:
-                data, _ = await download(self.client_config, client, self.bucket, key)
+                data, _ = await download(
+                    self.client_config, client, self.bucket, key, max_bytes=self.max_object_bytes
+                )
+            except ObjectTooLargeError as exc:
+                raise DataError(
+                    f"s3://{self.bucket}/{key} is not read: {exc}", reason="object_too_large"
+                ) from None
             except client_error_types() as exc:
                 if is_missing(exc):
                     raise DataError(
@@ -111,7 +129,12 @@ class S3ObjectReader:
                     gzip=self.gzip,
                     encoding=self.encoding,
                     delimiter=self.delimiter,
+                    limit=self.max_object_bytes,
                 )
+            except ObjectTooLargeError as exc:
+                raise DataError(
+                    f"s3://{self.bucket}/{key} is not read: {exc}", reason="object_too_large"
+                ) from None
             except CorruptObjectError as exc:
                 raise DataError(
                     f"s3://{self.bucket}/{key} cannot be read: {exc}", reason="corrupt_object"

@@ -32,6 +32,7 @@ from ._client import (
     client_error_types,
     is_precondition_failure,
 )
+from ._formats import ObjectTooLargeError, too_large
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -86,6 +87,7 @@ async def download(
     clock: Clock | None = None,
     hooks: Sequence[PolicyHook] = (),
     stage: str | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """The whole object ``key`` and its GET response, verified (see the module docstring).
 
@@ -93,6 +95,8 @@ async def download(
     (default 3) attempts in all, each retry reported to ``hooks``.
 
     Raises:
+        ObjectTooLargeError: The answer announces more than ``max_bytes``
+            bytes; none of the body is read.
         S3ReadError: Every attempt read the object short, cut off or corrupted.
         botocore.exceptions.ClientError: S3 refused the GET (after botocore's retries).
         TimeoutError: The GET took longer than ``config.call_timeout``.
@@ -105,15 +109,21 @@ async def download(
         classifier=_READS_ONLY,
     )
     fetch = retry(policy, clock=clock, hooks=hooks, stage=stage, dependency="s3")(get_verified)
-    return await fetch(config, client, bucket, key, listed)
+    return await fetch(config, client, bucket, key, listed, max_bytes)
 
 
 async def get_verified(
-    config: S3ClientConfig, client: Any, bucket: str, key: str, listed: Listed | None
+    config: S3ClientConfig,
+    client: Any,
+    bucket: str,
+    key: str,
+    listed: Listed | None,
+    max_bytes: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """One GET of the whole object, its bytes checked; no retry.
 
     Raises:
+        ObjectTooLargeError: The answer announces more than ``max_bytes`` bytes.
         S3ReadError: The bytes are short, cut off or fail the object's checksum.
     """
     try:
@@ -125,6 +135,10 @@ async def get_verified(
         listed = await _head(config, client, bucket, key)
         response = await _get(config, client, bucket, key, listed)
     announced = response.get("ContentLength")
+    if max_bytes is not None and announced is not None and announced > max_bytes:
+        async with response["Body"]:  # hands the connection back without reading the body
+            pass
+        raise ObjectTooLargeError(too_large(announced, max_bytes), announced)
     expected = listed.size if listed is not None else announced
     data = await _read(config, response, bucket, key, expected)
     got = len(data)

@@ -13,20 +13,25 @@ Reading
     Objects are listed in key order and read one at a time; each object is
     downloaded, decompressed (gzip: by the ``.gz`` suffix unless told) and
     checked whole before its first record is handed over, so it is held in
-    memory while it is read: keep objects to a size that fits. JSON Lines
+    memory while it is read. ``max_object_bytes`` (256 MiB by default) bounds
+    that: a larger object, by its listed size or once decompressed, is
+    quarantined (below) without being downloaded or fully decompressed. JSON Lines
     values are the raw line bytes (decode them in a step with
     :func:`~riprap.connectors.files.parse_json_batch`, so a bad line is one
     record's ``DecodeError``); CSV values are dicts keyed by the header.
 
 Quarantine
     An object that cannot be read as a whole (bad or truncated gzip, bytes
-    that are not valid text, a malformed CSV row) is quarantined, never
+    that are not valid text, a malformed CSV row, more than
+    ``max_object_bytes``) is quarantined, never
     skipped silently: the reason is logged, the object is added to
     :attr:`S3Source.quarantined`, counted in :meth:`S3Source.statistics` and
     in the run report and the ``riprap_source_outcomes`` metric (as
     ``objects_quarantined``, through ``SourceContext.count``), ``on_quarantine``
     is called, and with ``quarantine_prefix`` the object is copied to
-    ``<quarantine_prefix><key>`` next to ``<key>.reason.json``. Only
+    ``<quarantine_prefix><key>`` next to ``<key>.reason.json`` (an object too
+    large to download is copied by S3 itself, up to the 5 GiB one copy call
+    takes; a larger one is set aside without a copy). Only
     then is its position set to :data:`OBJECT_COMPLETE`, and the run goes on
     with the next object. Nothing of a quarantined object reaches the sink.
 
@@ -68,7 +73,16 @@ from riprap import ConfigError, SourceBatch, SourceContext, SystemClock
 from riprap.checkpoints import CheckpointError
 
 from ._client import Listed, S3ClientConfig, call, check_bucket, list_objects, open_client
-from ._formats import CorruptObjectError, Format, decode_object
+from ._formats import (
+    COPY_LIMIT,
+    DEFAULT_MAX_OBJECT_BYTES,
+    CorruptObjectError,
+    Format,
+    ObjectTooLargeError,
+    check_max_object_bytes,
+    decode_object,
+    too_large,
+)
 from ._reads import download
 from ._retries import report_retries
 
@@ -154,6 +168,9 @@ class S3Source:
         delimiter: CSV field separator.
         endpoint_url: A non-AWS endpoint (MinIO, a test server).
         client_config: Timeouts, retries, region and credentials.
+        max_object_bytes: The largest object read, as stored and once
+            decompressed: each is held in memory while it is read. A larger
+            one is quarantined.
 
     Raises:
         ConfigError: An option is invalid.
@@ -177,9 +194,11 @@ class S3Source:
         delimiter: str = ",",
         endpoint_url: str | None = None,
         client_config: S3ClientConfig | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     ) -> None:
         if format not in ("jsonl", "csv"):
             raise ConfigError("format", f"expected 'jsonl' or 'csv', not {format!r}")
+        self.max_object_bytes = check_max_object_bytes("S3Source", max_object_bytes)
         if poll_interval is not None and not 0 < poll_interval < math.inf:
             raise ConfigError(
                 "poll_interval", f"must be positive and finite, or None, got {poll_interval!r}"
@@ -248,6 +267,7 @@ class S3Source:
             delimiter=self.delimiter,
             endpoint_url=self.endpoint_url,
             client_config=self.client_config,
+            max_object_bytes=self.max_object_bytes,
         )
 
     whole_partitions = True
@@ -282,6 +302,7 @@ class S3Source:
             delimiter=self.delimiter,
             endpoint_url=self.endpoint_url,
             client_config=self.client_config,
+            max_object_bytes=self.max_object_bytes,
         )
         return clone
 
@@ -390,7 +411,17 @@ class S3Source:
             self._listed.pop(key, None)
             await anyio.lowlevel.checkpoint()
             return None
-        data = await self._download(key)
+        listed = self._listed.get(key)
+        try:
+            if listed is not None and listed.size > self.max_object_bytes:
+                del self._listed[key]
+                raise ObjectTooLargeError(
+                    too_large(listed.size, self.max_object_bytes), listed.size
+                )
+            data = await self._download(key)
+        except ObjectTooLargeError as exc:  # nothing of it read: S3 copies it aside
+            await self._quarantine(key, partition, str(exc), None, exc.size or 0)
+            return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
         try:
             values, offsets, lines = self._decode(key, data)
         except CorruptObjectError as exc:
@@ -409,19 +440,26 @@ class S3Source:
         return None
 
     async def _download(self, key: str) -> bytes:
-        """The whole object, verified (retried if it arrives incomplete)."""
+        """The whole object, verified (retried if it arrives incomplete).
+
+        Raises:
+            ObjectTooLargeError: It grew past ``max_object_bytes`` since it was listed.
+        """
         context = self._context
-        data, _ = await download(
-            self.client_config,
-            self._client,
-            self.bucket,
-            key,
-            listed=self._listed.get(key),
-            clock=context.clock if context is not None else None,
-            hooks=context.policy_hooks if context is not None else (),
-            stage=self.name,
-        )
-        del self._listed[key]
+        try:
+            data, _ = await download(
+                self.client_config,
+                self._client,
+                self.bucket,
+                key,
+                listed=self._listed.get(key),
+                clock=context.clock if context is not None else None,
+                hooks=context.policy_hooks if context is not None else (),
+                stage=self.name,
+                max_bytes=self.max_object_bytes,
+            )
+        finally:
+            self._listed.pop(key, None)
         return data
 
     def _take(self, current: _Object, max_records: int) -> SourceBatch:
@@ -456,19 +494,30 @@ class S3Source:
             gzip=self.gzip,
             encoding=self.encoding,
             delimiter=self.delimiter,
+            limit=self.max_object_bytes,
         )
 
-    async def _quarantine(self, key: str, partition: str, reason: str, data: bytes) -> None:
-        """Set ``key`` aside durably before its position moves past it."""
+    async def _quarantine(
+        self, key: str, partition: str, reason: str, data: bytes | None, size: int = 0
+    ) -> None:
+        """Set ``key`` aside durably before its position moves past it.
+
+        ``data`` is the object's bytes, or ``None`` for S3 to copy the object
+        itself (one of ``size`` bytes over :data:`COPY_LIMIT` is not copied).
+        """
         target = None
-        if self.quarantine_prefix is not None:
+        if self.quarantine_prefix is not None and (data is not None or size <= COPY_LIMIT):
             target = f"{self.quarantine_prefix}{key}"
-            await call(
-                self.client_config,
-                self._client.put_object(
+            request = (
+                self._client.copy_object(
+                    Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": key}
+                )
+                if data is None
+                else self._client.put_object(
                     Bucket=self.bucket, Key=target, Body=data, ChecksumAlgorithm="CRC32"
-                ),
+                )
             )
+            await call(self.client_config, request)
             note = {"source": partition, "reason": reason, "quarantined_at": time.time()}
             await call(
                 self.client_config,

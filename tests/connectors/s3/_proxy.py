@@ -92,7 +92,8 @@ class _Rule:
 class FaultProxy:
     """Forwards requests to ``upstream``, injecting the faults added with :meth:`add`.
 
-    ``injected`` counts the faults injected by action; ``calls`` every request by method.
+    ``injected`` counts the faults injected by action; ``calls`` every request by
+    method, ``requests`` by method and (unquoted) path.
     """
 
     def __init__(self, upstream: str, session: aiohttp.ClientSession) -> None:
@@ -100,6 +101,7 @@ class FaultProxy:
         self.session = session
         self.injected: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._rules: list[_Rule] = []
 
     def add(self, *faults: Fault) -> None:
@@ -113,6 +115,7 @@ class FaultProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward ``request``, or fault it."""
         self.calls[request.method] += 1
+        self.requests[request.method, unquote(request.path)] += 1
         fault = next((rule.fault for rule in self._rules if rule.fires(request)), None)
         body = await request.read()
         if fault is not None:
