@@ -12,7 +12,10 @@ Sources
     position (no decoding). File I/O runs in a worker thread, one hop per
     batch. Files are read as they are: the sources do not follow appends, so a
     last line without a newline is taken as a complete record because it ends
-    the file; do not point a source at a file still being written. Under
+    the file; do not point a source at a file still being written. A line
+    is held up to ``max_line_bytes`` (16 MiB by default) and no further: a
+    longer one is a record of its first 1,024 bytes with a
+    :class:`~riprap.DecodeError` (reason ``line_too_long``). Under
     ``riprap run --workers N`` each worker reads the files whose path hashes
     to it (``for_worker``).
 
@@ -55,7 +58,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from copy import copy
 from itertools import islice
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Self, final
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, cast, final
 
 import anyio
 import anyio.lowlevel
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
     from riprap import Batch, SourceContext
 
 __all__ = (
+    "DEFAULT_MAX_LINE_BYTES",
     "CsvSink",
     "CsvSource",
     "JsonLinesSink",
@@ -93,29 +97,81 @@ _BOM = codecs.BOM_UTF8
 _CHUNK = 1 << 16
 _BLOCK = 1 << 18  # JSON Lines are split a block at a time: fewer, longer runs
 
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+"""The longest JSON Lines line read whole by default (16 MiB)."""
+_KEPT = 1024
+"""Bytes of an over-long line handed over as its record (and the least ``max_line_bytes``)."""
+
+
+@final
+class _Overlong:
+    """Stands for a line over the limit among the lines of a block: its first bytes and length."""
+
+    __slots__ = ("kept", "length")
+
+    def __init__(self, kept: bytes, length: int) -> None:
+        self.kept = kept
+        self.length = length
+
 
 # -- lines --------------------------------------------------------------------------
 
 
-def _lines(file: IO[bytes]) -> Iterator[bytes]:
-    """The lines of a binary file, each ending at LF, CRLF or a lone CR (endings kept)."""
+def _lines(file: IO[bytes], limit: int) -> Iterator[bytes | _Overlong]:
+    """The lines of a binary file, each ending at LF, CRLF or a lone CR (endings kept).
+
+    A line longer than ``limit`` bytes (its ending aside) is held only up to
+    the limit and comes as an :class:`_Overlong`.
+    """
     read = file.read
-    parts: list[bytes] = []  # the unfinished line so far
-    while chunk := read(_CHUNK):
+    size = min(_CHUNK, limit)
+    parts: list[bytes] = []  # the unfinished line so far, up to the limit
+    held = 0  # the unfinished line's length
+    while chunk := read(size):
         if chunk.endswith(b"\r"):
             chunk += read(1)  # a CRLF is never cut between two chunks
-        lines = chunk.splitlines(keepends=True)
         if parts:
-            parts.append(lines[0])
-            if not lines[0].endswith((b"\n", b"\r")):
-                continue  # no line break in the whole chunk
-            lines[0] = b"".join(parts)
-            parts = []
+            chunk, parts, held, overlong = _continued(chunk, parts, held, limit, keepends=True)
+            if overlong is not None:
+                yield overlong
+            if not chunk:
+                continue
+        lines = chunk.splitlines(keepends=True)
         if not lines[-1].endswith((b"\n", b"\r")):
-            parts.append(lines.pop())
+            tail = lines.pop()
+            parts, held = [tail], len(tail)
         yield from lines
-    if parts:
+    if held > limit:
+        yield _Overlong(b"".join(parts)[:_KEPT], held)
+    elif parts:
         yield b"".join(parts)
+
+
+def _continued(
+    chunk: bytes, parts: list[bytes], held: int, limit: int, *, keepends: bool = False
+) -> tuple[bytes, list[bytes], int, _Overlong | None]:
+    """An unfinished line of ``held`` bytes (``parts``) continued by ``chunk``.
+
+    Returns what of ``chunk`` is left to split into lines (empty while the
+    line goes on; with the line in front once it ends under the limit), the
+    unfinished line's parts and length, and the line as an :class:`_Overlong`
+    once it ended over the limit. Over the limit, only its first bytes are
+    kept (and its line ending, with ``keepends``).
+    """
+    end = _line_break(chunk)
+    before, held = held, held + (len(chunk) if end < 0 else end)
+    if held <= limit:
+        parts.append(chunk)
+        if end < 0:
+            return b"", parts, held, None  # no line break in the whole chunk
+        return b"".join(parts), [], 0, None
+    if before < _KEPT:
+        parts.append(chunk[: _KEPT - before])  # what of it is handed over
+    if end < 0:
+        return b"", parts, held, None
+    after = end + (2 if chunk.startswith(b"\r\n", end) else 1)
+    kept = b"".join(parts)[:_KEPT] + (chunk[end:after] if keepends else b"")
+    return chunk[after:], [], 0, _Overlong(kept, held)
 
 
 def _resolve(spec: PathSpec) -> list[str]:
@@ -161,23 +217,36 @@ class _LineBlocks:
     The same lines as :func:`_lines` with ``rstrip(b"\\r\\n")`` applied, but
     split a block at a time by ``bytes.splitlines`` (which breaks at LF, CRLF
     and a lone CR, as ``_lines`` does): no Python step per line.
+
+    A line longer than ``limit`` is one :class:`_Overlong` in place of its
+    bytes (alone in its block, so only a new block is checked for one), and
+    ``overlong`` counts those taken: the reader looks for them only when it
+    moved.
     """
 
-    __slots__ = ("_at", "_block", "_blocks")
+    __slots__ = ("_at", "_block", "_blocks", "overlong")
 
-    def __init__(self, file: IO[bytes]) -> None:
-        self._blocks = _blocks(file)
-        self._block: list[bytes] = []
+    def __init__(self, file: IO[bytes], limit: int) -> None:
+        self._blocks = _blocks(file, limit)
+        self._block: list[bytes | _Overlong] = []
         self._at = 0
+        self.overlong = 0
 
-    def take(self, count: int) -> list[bytes]:
+    def _next_block(self) -> bool:
+        """Move to the next block; ``False`` at the end of the file."""
+        self._block, self._at = next(self._blocks, []), 0
+        if not self._block:
+            return False
+        if type(self._block[0]) is _Overlong:
+            self.overlong += 1
+        return True
+
+    def take(self, count: int) -> list[bytes | _Overlong]:
         """The next up to ``count`` lines; fewer only at the end of the file."""
-        taken: list[bytes] = []
+        taken: list[bytes | _Overlong] = []
         while len(taken) < count:
-            if self._at >= len(self._block):
-                self._block, self._at = next(self._blocks, []), 0
-                if not self._block:
-                    break
+            if self._at >= len(self._block) and not self._next_block():
+                break
             at = self._at
             piece = self._block[at : at + count - len(taken)]
             self._at = at + len(piece)
@@ -191,35 +260,50 @@ class _LineBlocks:
         """Skip up to ``count`` lines; return how many there were."""
         skipped = 0
         while skipped < count:
-            if self._at >= len(self._block):
-                self._block, self._at = next(self._blocks, []), 0
-                if not self._block:
-                    break
+            if self._at >= len(self._block) and not self._next_block():
+                break
             step = min(count - skipped, len(self._block) - self._at)
             self._at += step
             skipped += step
         return skipped
 
 
-def _blocks(file: IO[bytes]) -> Iterator[list[bytes]]:
-    """Runs of a binary file's lines without their endings (never an empty run)."""
+def _blocks(file: IO[bytes], limit: int) -> Iterator[list[bytes | _Overlong]]:
+    """Runs of a binary file's lines without their endings (never an empty run).
+
+    A line longer than ``limit`` bytes is held only up to the limit and comes
+    as an :class:`_Overlong`, alone in its run. A block is never longer than
+    ``limit``, so only a line that spans blocks can be.
+    """
     read = file.read
-    parts: list[bytes] = []  # the unfinished line so far
-    while chunk := read(_BLOCK):
+    size = min(_BLOCK, limit)
+    parts: list[bytes] = []  # the unfinished line so far, up to the limit
+    held = 0  # the unfinished line's length
+    while chunk := read(size):
         if chunk.endswith(b"\r"):
             chunk += read(1)  # a CRLF is never cut between two blocks
         if parts:
-            parts.append(chunk)
-            if b"\n" not in chunk and b"\r" not in chunk:
-                continue  # no line break in the whole chunk
-            chunk, parts = b"".join(parts), []
+            chunk, parts, held, overlong = _continued(chunk, parts, held, limit)
+            if overlong is not None:
+                yield [overlong]
+            if not chunk:
+                continue
         lines = chunk.splitlines()
-        if not chunk.endswith((b"\n", b"\r")):
-            parts.append(lines.pop())
+        if chunk and not chunk.endswith((b"\n", b"\r")):
+            tail = lines.pop()
+            parts, held = [tail], len(tail)
         if lines:
-            yield lines
-    if parts:
+            yield cast("list[bytes | _Overlong]", lines)
+    if held > limit:
+        yield [_Overlong(b"".join(parts)[:_KEPT], held)]
+    elif parts:
         yield [b"".join(parts)]
+
+
+def _line_break(chunk: bytes) -> int:
+    """The index of the first LF or CR in ``chunk``, or -1."""
+    lf, cr = chunk.find(b"\n"), chunk.find(b"\r")
+    return lf if cr < 0 else cr if lf < 0 else min(lf, cr)
 
 
 # -- sources ------------------------------------------------------------------------
@@ -381,6 +465,10 @@ class JsonLinesSource(_FileSource):
             worker thread; a line that is not valid JSON is handed over as its
             bytes with a :class:`~riprap.DecodeError`, which the engine
             dead-letters. ``"json"`` is the same as ``True``.
+        max_line_bytes: The longest line read (at least 1,024 bytes). A
+            longer one is never held whole: its first 1,024 bytes are handed
+            over with a ``DecodeError`` (reason ``line_too_long``) naming its
+            length, which the engine dead-letters, and the next line is read.
 
     Values are the bytes of each line without its line ending (LF, CRLF or a
     lone CR) and, on the first line, without a UTF-8 byte order mark. A line
@@ -388,13 +476,21 @@ class JsonLinesSource(_FileSource):
     record (and, decoded, a ``DecodeError``).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``max_line_bytes``: a line is no longer read whole whatever its length.
     """
 
     def __init__(
-        self, paths: PathSpec, *, name: str = "jsonl", decode: bool | Literal["json"] = False
+        self,
+        paths: PathSpec,
+        *,
+        name: str = "jsonl",
+        decode: bool | Literal["json"] = False,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         if decode not in (False, True, "json"):
             raise ConfigError("decode", f"expected True, False or 'json', not {decode!r}")
+        self.max_line_bytes = _checked_line_limit(max_line_bytes)
         super().__init__(paths, name=name)
         self.decode = bool(decode)
         self._file: IO[bytes] | None = None
@@ -406,32 +502,38 @@ class JsonLinesSource(_FileSource):
 
     def _open_file(self, position: int) -> None:
         self._file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
-        self._lines = _LineBlocks(self._file)
+        self._lines = _LineBlocks(self._file, self.max_line_bytes)
         self._line = self._lines.skip(position)
         if self._line < position:
             raise self._past_end(position, self._line)
 
     def _next_batch(self, max_records: int) -> SourceBatch | None:
-        assert self._lines is not None
-        first = self._line
-        chunk = self._lines.take(max_records)
-        if first and len(chunk) == max_records and b"" not in chunk:
-            # The common case: a full run of lines, none empty, not the first.
+        lines = self._lines
+        assert lines is not None
+        first, overlong = self._line, lines.overlong
+        chunk = lines.take(max_records)
+        if first and len(chunk) == max_records and b"" not in chunk and lines.overlong == overlong:
+            # The common case: a full run of lines, none empty or too long, not the first.
             self._line += max_records
+            taken = cast("list[bytes]", chunk)
             if self.decode:
-                return self._decoded(chunk, range(first, self._line))
-            return SourceBatch(self._path, chunk, start=first, end=self._line)
-        return self._gathered(chunk, max_records)
+                return self._decoded(taken, range(first, self._line))
+            return SourceBatch(self._path, taken, start=first, end=self._line)
+        return self._gathered(chunk, max_records, overlong)
 
-    def _gathered(self, chunk: list[bytes], max_records: int) -> SourceBatch | None:
-        """A batch from ``chunk`` and more lines: empty lines skipped, the BOM removed."""
+    def _gathered(
+        self, chunk: list[bytes | _Overlong], max_records: int, overlong: int
+    ) -> SourceBatch | None:
+        """A batch from ``chunk`` and more lines: empty lines skipped, the BOM removed,
+        lines over the limit cut to their first bytes, each with its ``DecodeError``.
+        """
         assert self._lines is not None
-        values: list[bytes] = []
+        values: list[bytes | _Overlong] = []
         offsets: list[int] = []
         while True:
             wanted = max_records - len(values)
             first = self._line
-            if first == 0 and chunk:
+            if first == 0 and chunk and type(chunk[0]) is bytes:
                 chunk[0] = chunk[0].removeprefix(_BOM)
             self._line += len(chunk)
             if b"" in chunk:
@@ -443,15 +545,39 @@ class JsonLinesSource(_FileSource):
             if len(chunk) < wanted or len(values) >= max_records:
                 break
             chunk = self._lines.take(max_records - len(values))
-        if self.decode and values:
-            return self._decoded(values, offsets)
-        return self._batch(values, offsets, self._line)
+        too_long = self._cut(values, offsets) if self._lines.overlong != overlong else {}
+        raw = cast("list[bytes]", values)
+        if self.decode and raw:
+            return self._decoded(raw, offsets, too_long)
+        return self._batch(raw, offsets, self._line, too_long)
 
-    def _decoded(self, raw: list[bytes], offsets: Sequence[int]) -> SourceBatch | None:
+    def _cut(self, values: list[bytes | _Overlong], offsets: list[int]) -> dict[int, DecodeError]:
+        """Put each over-long line's first bytes in its place; its ``DecodeError`` by index."""
+        errors: dict[int, DecodeError] = {}
+        for i, value in enumerate(values):
+            if type(value) is _Overlong:
+                values[i] = value.kept
+                error = self._undecodable(
+                    f"the line is {value.length} bytes, over max_line_bytes "
+                    f"({self.max_line_bytes}); its first {len(value.kept)} bytes are kept",
+                    offsets[i] + 1,
+                )
+                error.reason = "line_too_long"
+                errors[i] = error
+        return errors
+
+    def _decoded(
+        self,
+        raw: list[bytes],
+        offsets: Sequence[int],
+        too_long: Mapping[int, DecodeError] | None = None,
+    ) -> SourceBatch | None:
         path = self._path
         values, errors = parse_json_column(
             raw, lambda i: {"source": path, "line": offsets[i] + 1, "partition": path}
         )
+        if too_long:
+            errors = {**(errors or {}), **too_long}
         return self._batch(values, offsets, self._line, errors or None)
 
     def _close(self) -> None:
@@ -467,27 +593,55 @@ class _RowLines:
 
     A line that is not valid in the encoding is decoded with ``surrogateescape``
     so that the reader still finds where its row ends; the row is then set
-    aside whole (``bad`` says which line and why).
+    aside whole (``bad`` says which line and why). So is a row with a line
+    over the limit (``too_long``), which the reader sees as one short field.
     """
 
-    __slots__ = ("_bom", "_encoding", "_lines", "_pending", "bad", "consumed", "row")
+    __slots__ = (
+        "_bom",
+        "_encoding",
+        "_limit",
+        "_lines",
+        "_pending",
+        "bad",
+        "consumed",
+        "row",
+        "too_long",
+    )
 
-    def __init__(self, lines: Iterator[bytes], encoding: str, *, bom: bool) -> None:
+    def __init__(
+        self, lines: Iterator[bytes | _Overlong], encoding: str, *, bom: bool, limit: int
+    ) -> None:
         self._lines = lines
         self._encoding = encoding
         self._bom = bom  # strip a UTF-8 byte order mark from the first line
-        self._pending: deque[bytes] = deque()
+        self._limit = limit
+        self._pending: deque[bytes | _Overlong] = deque()
         self.consumed = 0  # lines handed to the reader: the next line's index
-        self.row: list[bytes] = []
+        self.row: list[bytes | _Overlong] = []
         self.bad: tuple[int, str] | None = None
+        self.too_long = False
 
     def __iter__(self) -> _RowLines:
         return self
+
+    def raw(self, lines: int | None = None) -> bytes:
+        """The current row's bytes (its first ``lines`` lines), over-long lines cut short."""
+        return b"".join(line.kept if type(line) is _Overlong else line for line in self.row[:lines])
 
     def __next__(self) -> str:
         raw = self._pending.popleft() if self._pending else next(self._lines)
         self.consumed += 1
         self.row.append(raw)
+        if type(raw) is _Overlong:
+            self._bom = False
+            self.too_long = True
+            if self.bad is None:
+                self.bad = (
+                    self.consumed,
+                    f"a line of {raw.length} bytes, over max_line_bytes ({self._limit})",
+                )
+            return "-\n"  # one field: the row is set aside, whatever its quotes
         if self._bom:
             self._bom = False
             raw = raw.removeprefix(_BOM)
@@ -503,9 +657,10 @@ class _RowLines:
         """Forget the last row; return the index of the next line (the next row's offset)."""
         self.row = []
         self.bad = None
+        self.too_long = False
         return self.consumed
 
-    def push_back(self, lines: list[bytes]) -> None:
+    def push_back(self, lines: list[bytes | _Overlong]) -> None:
         """Hand ``lines`` to the reader again, before any line not read yet."""
         self._pending.extendleft(reversed(lines))
         self.consumed -= len(lines)
@@ -543,17 +698,25 @@ class CsvSource(_FileSource):
     named twice) is set aside whole: its header line is handed over with the
     ``DecodeError`` and the rest of the file is not read.
 
+    - a row with a line over ``max_line_bytes`` (reason ``line_too_long``):
+      the line is never held whole, and the row comes with its first 1,024
+      bytes.
+
     Args:
         paths: A path, a glob pattern, or a sequence of either.
         name: The step name of the source.
         delimiter: The field separator.
         encoding: The text encoding of the files; one that writes CR and LF as
             those ASCII bytes (utf-8, latin-1, cp1252..., not utf-16).
+        max_line_bytes: The longest line read (at least 1,024 bytes).
 
     Raises:
-        ConfigError: For an unknown or unsupported encoding or a bad delimiter.
+        ConfigError: For an unknown or unsupported encoding, a bad delimiter
+            or line limit.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``max_line_bytes``: a line is no longer read whole whatever its length.
     """
 
     def __init__(
@@ -563,7 +726,9 @@ class CsvSource(_FileSource):
         name: str = "csv",
         delimiter: str = ",",
         encoding: str = "utf-8",
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
+        self.max_line_bytes = _checked_line_limit(max_line_bytes)
         super().__init__(paths, name=name)
         self.delimiter = _checked_delimiter("CsvSource", delimiter)
         self.encoding = encoding
@@ -572,20 +737,25 @@ class CsvSource(_FileSource):
         self._rows: _RowLines | None = None
         self._reader: _CsvReader | None = None
         self._header: list[str] = []
-        self._set_aside: tuple[int, str, bytes] | None = None
+        self._set_aside: tuple[int, str, bytes, bool] | None = None
 
     def _is_open(self) -> bool:
         return self._file is not None
 
     def _open_file(self, position: int) -> None:
         self._file = file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
-        self._rows = rows = _RowLines(_lines(file), self._codec, bom=self._codec == "utf-8")
+        self._rows = rows = _RowLines(
+            _lines(file, self.max_line_bytes),
+            self._codec,
+            bom=self._codec == "utf-8",
+            limit=self.max_line_bytes,
+        )
         self._reader = csv.reader(rows, delimiter=self.delimiter, strict=True)
         self._set_aside = None
         line, problem = self._read_header()
         if problem is not None:
             if position <= line:  # else the file was set aside before this run
-                self._set_aside = (line, problem, rows.row[0])
+                self._set_aside = (line, problem, rows.raw(1), rows.too_long)
             rows.skip(sys.maxsize)  # the rest of the file is not read
             return
         skip = position - rows.consumed
@@ -622,7 +792,7 @@ class CsvSource(_FileSource):
         header, width = self._header, len(self._header)
         values: list[Any] = []
         offsets: list[int] = []
-        errors: dict[int, DataError] = {}
+        errors: dict[int, DecodeError] = {}
         while len(values) < max_records:
             start = rows.start_row()
             try:
@@ -630,7 +800,8 @@ class CsvSource(_FileSource):
             except csv.Error as exc:
                 # Most likely a quote opened on the row's first line and never
                 # closed: set that line aside and read on from the next one.
-                raw, line, problem = rows.row[:1], start + 1, f"malformed CSV: {exc}"
+                raw, line, problem = rows.raw(1), start + 1, f"malformed CSV: {exc}"
+                too_long = type(rows.row[0]) is _Overlong
                 rows.push_back(rows.row[1:])
             else:
                 if row is None:
@@ -641,18 +812,23 @@ class CsvSource(_FileSource):
                     values.append(dict(zip(header, row, strict=True)))
                     offsets.append(start)
                     continue
-                raw, (line, problem) = rows.row, rows.bad or (start + 1, _ragged(width, len(row)))
-            errors[len(values)] = self._undecodable(problem, line)
-            values.append(b"".join(raw).rstrip(b"\r\n"))
+                raw, (line, problem) = rows.raw(), rows.bad or (start + 1, _ragged(width, len(row)))
+                too_long = rows.too_long
+            error = errors[len(values)] = self._undecodable(problem, line)
+            if too_long:
+                error.reason = "line_too_long"
+            values.append(raw.rstrip(b"\r\n"))
             offsets.append(start)
         return self._batch(values, offsets, rows.consumed, errors)
 
     def _whole_file_aside(self) -> SourceBatch | None:
         assert self._rows is not None
         assert self._set_aside is not None
-        line, problem, raw = self._set_aside
+        line, problem, raw, too_long = self._set_aside
         self._set_aside = None
         error = self._undecodable(f"{problem}; the file is set aside whole", line + 1)
+        if too_long:
+            error.reason = "line_too_long"
         return SourceBatch(
             self._path,
             [raw.rstrip(b"\r\n")],
@@ -667,6 +843,19 @@ class CsvSource(_FileSource):
             self._file = None
             self._rows = None
             self._reader = None
+
+
+def _checked_line_limit(limit: int) -> int:
+    """``limit`` if it is a whole number of bytes, at least the bytes an over-long line keeps.
+
+    Raises:
+        ConfigError: It is not.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ConfigError("max_line_bytes", f"expected a number of bytes, not {limit!r}")
+    if limit < _KEPT:
+        raise ConfigError("max_line_bytes", f"must be at least {_KEPT} bytes, got {limit}")
+    return limit
 
 
 def _ragged(width: int, count: int) -> str:
