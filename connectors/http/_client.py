@@ -121,16 +121,24 @@ def create_session(
     )
 
 
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""The largest response body an enricher reads by default (16 MiB)."""
+
+
 async def send(
     session: aiohttp.ClientSession,
     method: str,
     url: str,
     *,
     clock: Clock,
+    max_bytes: int,
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
-) -> bytes:
+) -> bytes | None:
     """Make one request and return the body of a 2xx response.
+
+    The body is read up to ``max_bytes`` (once decompressed) and no further:
+    ``None`` stands for a longer one.
 
     Raises:
         HttpTransientError: A connection error, a timeout, or 408/429/5xx.
@@ -146,7 +154,7 @@ async def send(
         raise DataError(f"{method} {shown!r}: {problem}", reason="invalid_url")
     try:
         async with session.request(method, url, data=data, headers=headers) as response:
-            body = await response.read()
+            body = await _bounded_body(response, max_bytes)
             status = response.status
             response_headers = response.headers
     except aiohttp.InvalidURL as exc:  # before ClientError: a bad URL is not transient
@@ -162,6 +170,27 @@ async def send(
         ) from exc
     check_status(method, shown, status, response_headers, now=clock.time())
     return body
+
+
+async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it is known to pass ``limit`` bytes.
+
+    A compressed body is counted as it is decompressed: a small gzip body can
+    hold gigabytes.
+    """
+    length = response.content_length
+    if length is not None and length > limit:
+        return None
+    if length is not None and "Content-Encoding" not in response.headers:
+        return await response.read()  # exactly ``length`` bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None  # the connection is closed, not reused: the rest is never read
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _scrub(text: str, url: str, shown: str) -> str:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal, final
 
-from riprap import ConfigError, DecodeError, SystemClock
+from riprap import ConfigError, DataError, DecodeError, SystemClock
 from riprap.connectors.json_codec import encode_json, parse_json_line
 from riprap.observability import redact_url
 
-from ._client import Slots, check_positive, check_url, create_session, send
+from ._client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Slots,
+    check_positive,
+    check_url,
+    create_session,
+    send,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -48,7 +55,9 @@ class HttpEnricher:
     up on at once when it ends past the retry deadline); other 4xx raise
     :class:`~riprap.connectors.http.HttpDataError`
     (reason ``http_<status>``, dead-lettered); a connection error or a timeout
-    is transient; a body that does not decode is a :class:`~riprap.DecodeError`.
+    is transient; a body that does not decode is a :class:`~riprap.DecodeError`,
+    and one over ``max_response_bytes`` a :class:`~riprap.DataError` (reason
+    ``response_too_large``; reading stops there).
 
     Calls beyond ``limit`` (or ``limit_per_host``) wait for a connection in
     front of the pool, and a call asks the step's circuit breaker again once it
@@ -67,11 +76,15 @@ class HttpEnricher:
             decoded response replaces the value.
         body: For POST, ``body(value)`` gives the JSON payload (default: the value).
         clock: Wall time for ``Retry-After`` HTTP dates (default: the system clock).
+        max_response_bytes: The longest response body read, once
+            decompressed: ``concurrency`` calls may each hold one.
 
     Raises:
         ConfigError: For an unknown method or decode mode or a bad number.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``max_response_bytes``: a body is no longer read whatever its size.
     """
 
     __slots__ = (
@@ -82,6 +95,7 @@ class HttpEnricher:
         "_limit",
         "_limit_per_host",
         "_loop",
+        "_max_bytes",
         "_merge",
         "_method",
         "_session",
@@ -103,6 +117,7 @@ class HttpEnricher:
         merge: Callable[[Any, Any], Any] | None = None,
         body: Callable[[Any], Any] | None = None,
         clock: Clock | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if method not in ("GET", "POST"):
             raise ConfigError("HttpEnricher.method", f"must be 'GET' or 'POST', got {method!r}")
@@ -117,6 +132,13 @@ class HttpEnricher:
         check_positive("HttpEnricher.timeout", timeout)
         check_positive("HttpEnricher.limit", limit, zero=True)
         check_positive("HttpEnricher.limit_per_host", limit_per_host, zero=True)
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
+            raise ConfigError(
+                "HttpEnricher.max_response_bytes",
+                f"must be a whole number of bytes, got {max_response_bytes!r}",
+            )
+        check_positive("HttpEnricher.max_response_bytes", max_response_bytes)
+        self._max_bytes = max_response_bytes
         self._url = url
         self._method = method
         self._timeout = timeout
@@ -155,7 +177,19 @@ class HttpEnricher:
         assert self._slots is not None
         async with self._slots.slot(url):
             raw = await send(
-                session, self._method, url, clock=self._clock, data=data, headers=headers
+                session,
+                self._method,
+                url,
+                clock=self._clock,
+                max_bytes=self._max_bytes,
+                data=data,
+                headers=headers,
+            )
+        if raw is None:
+            raise DataError(
+                f"{self._method} {redact_url(url)}: the response is over max_response_bytes "
+                f"({self._max_bytes}); it was not read further",
+                reason="response_too_large",
             )
         return self._merge(value, self._decoded(raw, url))
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from riprap import Batch, Clock
 
 _JSON = {"Content-Type": "application/json"}
+_ANSWER_BYTES = 64 * 1024
+"""Bytes of a write's answer read (so that its connection is reused); the rest is not."""
 
 
 @final
@@ -194,8 +196,14 @@ class HttpSink:
             raise RuntimeError(f"sink {self.name!r} is not open")
         headers = {**_JSON, "Idempotency-Key": key}
         async with self._slots.slot(self._url):
-            await send(
-                self._session, "POST", self._url, clock=self._clock, data=body, headers=headers
+            await send(  # the answer's body is not used: a long one is not read
+                self._session,
+                "POST",
+                self._url,
+                clock=self._clock,
+                max_bytes=_ANSWER_BYTES,
+                data=body,
+                headers=headers,
             )
 
     async def flush(self) -> None:
