@@ -702,6 +702,12 @@ class CsvSource(_FileSource):
       the line is never held whole, and the row comes with its first 1,024
       bytes.
 
+    A field may be as long as ``max_line_bytes``, in characters, even quoted
+    over several lines: the ``csv`` module's own limit (131,072) is raised to
+    it, process-wide. A longer field stops the reader inside its row, whose
+    end cannot then be told, so the rest of the file is set aside from that
+    row (reason ``field_too_long``) rather than its lines read as rows.
+
     Args:
         paths: A path, a glob pattern, or a sequence of either.
         name: The step name of the source.
@@ -750,6 +756,7 @@ class CsvSource(_FileSource):
             bom=self._codec == "utf-8",
             limit=self.max_line_bytes,
         )
+        _allow_fields_of(self.max_line_bytes)
         self._reader = csv.reader(rows, delimiter=self.delimiter, strict=True)
         self._set_aside = None
         line, problem = self._read_header()
@@ -798,6 +805,11 @@ class CsvSource(_FileSource):
             try:
                 row = next(reader, None)
             except csv.Error as exc:
+                if _FIELD_LIMIT in str(exc):
+                    values.append(rows.raw(1).rstrip(b"\r\n"))
+                    offsets.append(start)
+                    errors[len(values) - 1] = self._rest_aside(start)
+                    break
                 # Most likely a quote opened on the row's first line and never
                 # closed: set that line aside and read on from the next one.
                 raw, line, problem = rows.raw(1), start + 1, f"malformed CSV: {exc}"
@@ -821,6 +833,25 @@ class CsvSource(_FileSource):
             offsets.append(start)
         return self._batch(values, offsets, rows.consumed, errors)
 
+    def _rest_aside(self, start: int) -> DecodeError:
+        """Set aside the rest of the file from the row at ``start``, whose field passes the limit.
+
+        The reader stopped inside the field, so where its row ends cannot be
+        told (the field may be quoted over many lines, or its quote never
+        closed): reading on from the next line could turn the field's lines
+        into rows. The row's first line stands for it all.
+        """
+        assert self._rows is not None
+        self._rows.skip(sys.maxsize)
+        error = self._undecodable(
+            f"a field passes the CSV field limit ({csv.field_size_limit()} characters; "
+            "max_line_bytes raises it): where its row ends cannot be told, so the rest "
+            f"of the file, lines {start + 1} to {self._rows.consumed}, is set aside",
+            start + 1,
+        )
+        error.reason = "field_too_long"
+        return error
+
     def _whole_file_aside(self) -> SourceBatch | None:
         assert self._rows is not None
         assert self._set_aside is not None
@@ -843,6 +874,21 @@ class CsvSource(_FileSource):
             self._file = None
             self._rows = None
             self._reader = None
+
+
+_FIELD_LIMIT = "field larger than field limit"
+"""What the ``csv`` module says of a field over its limit."""
+
+
+def _allow_fields_of(limit: int) -> None:
+    """Raise the ``csv`` module's field limit to ``limit`` characters, process-wide.
+
+    Its default (131,072) is below a line's limit, and a field over it stops
+    the reader in the middle of its row. Only raised, never lowered, so a
+    higher limit set by anyone else stays.
+    """
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
 
 
 def _checked_line_limit(limit: int) -> int:

@@ -10,6 +10,7 @@ A CSV row with such a line is dead-lettered whole, however its quotes run.
 
 from __future__ import annotations
 
+import csv
 import random
 import tracemalloc
 from typing import TYPE_CHECKING, Any
@@ -209,9 +210,14 @@ LONG = 5_000
 
 async def read_csv(tmp_path: Path, data: bytes, start: int = 0) -> Read:
     """What a CsvSource with a 2,048-byte limit hands over of ``data``, from line ``start``."""
+    return await read_csv_with(tmp_path, data, start, max_line_bytes=2 * KEPT)
+
+
+async def read_csv_with(tmp_path: Path, data: bytes, start: int = 0, **options: Any) -> Read:
+    """What a CsvSource with ``options`` hands over of ``data``, from line ``start``."""
     path = tmp_path / "in.csv"
     path.write_bytes(data)
-    source = CsvSource(path, max_line_bytes=2 * KEPT)
+    source = CsvSource(path, **options)
     return flattened(await read_to_end(source, 2, positions={str(path): start} if start else None))
 
 
@@ -245,3 +251,35 @@ async def test_a_csv_file_whose_header_is_over_long_is_set_aside_whole(tmp_path:
     values, offsets, errors = await read_csv(tmp_path, b"a" * LONG + b"\n1\n2\n")
     assert ([b"a" * KEPT], [0]) == (values, offsets)
     assert {0: ("line_too_long", f"the header is a line of {LONG} bytes")} == errors
+
+
+async def test_csv_fields_longer_than_the_csv_modules_default_are_read(tmp_path: Path) -> None:
+    """A 200 KB field on one line and one quoted over several lines, both under the line
+    limit, are read whole (the ``csv`` module alone stops at 131,072 characters a field).
+    """
+    wide, tall = "x" * 200_000, "a\n" + "y" * 200_000 + "\nb"
+    data = f'id,text\n1,{wide}\n2,"{tall}"\n3,fine\n'.encode()
+    values, offsets, errors = await read_csv_with(tmp_path, data)
+    expected = [{"id": "1", "text": wide}, {"id": "2", "text": tall}, {"id": "3", "text": "fine"}]
+    assert (expected, [1, 2, 5], {}) == (values, offsets, errors)
+
+
+async def test_a_csv_field_past_the_field_limit_sets_the_rest_of_the_file_aside(
+    tmp_path: Path,
+) -> None:
+    """A quoted field over the field limit, in lines each under the line limit: where its row
+    ends cannot be told, so its first line stands for the rest of the file (reason
+    ``field_too_long``) and none of the field's lines is read as a row.
+    """
+    field = "\n".join(["z" * 50_000] * 4)  # 200,003 characters, lines of 50,000 bytes
+    data = f'id,text\n1,ok\n2,"{field}"\n3,"looks like, a row"\n4,fine\n'.encode()
+    limit = csv.field_size_limit(131_072)  # a test before may have raised it
+    try:
+        values, offsets, errors = await read_csv_with(tmp_path, data, max_line_bytes=65_536)
+    finally:
+        csv.field_size_limit(limit)
+    assert ([{"id": "1", "text": "ok"}, b'2,"' + b"z" * 50_000], [1, 2]) == (values, offsets)
+    assert {2: ("field_too_long", "a field passes the CSV field limit (131072 characters; ")} == {
+        offset: (reason, message[: len("a field passes the CSV field limit (131072 characters; ")])
+        for offset, (reason, message) in errors.items()
+    }
