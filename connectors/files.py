@@ -54,7 +54,7 @@ import os
 import sys
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from copy import copy
 from itertools import islice
 from pathlib import Path
@@ -98,7 +98,7 @@ _CHUNK = 1 << 16
 _BLOCK = 1 << 18  # JSON Lines are split a block at a time: fewer, longer runs
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-"""The longest JSON Lines line read whole by default (16 MiB)."""
+"""The longest line the file sources read by default (16 MiB)."""
 _KEPT = 1024
 """Bytes of an over-long line handed over as its record (and the least ``max_line_bytes``)."""
 
@@ -128,8 +128,7 @@ def _lines(file: IO[bytes], limit: int) -> Iterator[bytes | _Overlong]:
     parts: list[bytes] = []  # the unfinished line so far, up to the limit
     held = 0  # the unfinished line's length
     while chunk := read(size):
-        if chunk.endswith(b"\r"):
-            chunk += read(1)  # a CRLF is never cut between two chunks
+        chunk = _whole_crlf(chunk, read)  # a CRLF is never cut between two chunks
         if parts:
             chunk, parts, held, overlong = _continued(chunk, parts, held, limit, keepends=True)
             if overlong is not None:
@@ -280,8 +279,7 @@ def _blocks(file: IO[bytes], limit: int) -> Iterator[list[bytes | _Overlong]]:
     parts: list[bytes] = []  # the unfinished line so far, up to the limit
     held = 0  # the unfinished line's length
     while chunk := read(size):
-        if chunk.endswith(b"\r"):
-            chunk += read(1)  # a CRLF is never cut between two blocks
+        chunk = _whole_crlf(chunk, read)  # a CRLF is never cut between two blocks
         if parts:
             chunk, parts, held, overlong = _continued(chunk, parts, held, limit)
             if overlong is not None:
@@ -289,7 +287,7 @@ def _blocks(file: IO[bytes], limit: int) -> Iterator[list[bytes | _Overlong]]:
             if not chunk:
                 continue
         lines = chunk.splitlines()
-        if chunk and not chunk.endswith((b"\n", b"\r")):
+        if not chunk.endswith((b"\n", b"\r")):
             tail = lines.pop()
             parts, held = [tail], len(tail)
         if lines:
@@ -298,6 +296,13 @@ def _blocks(file: IO[bytes], limit: int) -> Iterator[list[bytes | _Overlong]]:
         yield [_Overlong(b"".join(parts)[:_KEPT], held)]
     elif parts:
         yield [b"".join(parts)]
+
+
+def _whole_crlf(chunk: bytes, read: Callable[[int], bytes]) -> bytes:
+    """``chunk``, with the next bytes read while it ends in CR (a CR, CR, LF run included)."""
+    while chunk.endswith(b"\r") and (more := read(1)):
+        chunk += more
+    return chunk
 
 
 def _line_break(chunk: bytes) -> int:

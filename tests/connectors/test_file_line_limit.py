@@ -283,3 +283,22 @@ async def test_a_csv_field_past_the_field_limit_sets_the_rest_of_the_file_aside(
         offset: (reason, message[: len("a field passes the CSV field limit (131072 characters; ")])
         for offset, (reason, message) in errors.items()
     }
+
+
+async def test_a_cr_cr_lf_run_cut_by_a_read_ends_two_lines(tmp_path: Path) -> None:
+    """CR, CR, LF with the read cut after the first CR is two line ends, as ``splitlines``
+    says, not three: the lines after keep their positions (the read size is the limit).
+    """
+    jsonl = b"a" * (KEPT - 1) + b"\r\r\n" + b'"b"\n'
+    assert [0, 2] == (await read_lines(tmp_path, jsonl))[1]
+    csv_data = b"h\n" + b"a" * (KEPT - 3) + b"\r\r\n" + b"b\n"
+    assert ([{"h": "a" * (KEPT - 3)}, {"h": "b"}], [1, 3]) == (
+        await read_csv_with(tmp_path, csv_data, max_line_bytes=KEPT)
+    )[:2]
+
+
+async def read_lines(tmp_path: Path, data: bytes) -> Read:
+    """What a JsonLinesSource with the smallest limit hands over of ``data``."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    return flattened(await read_to_end(JsonLinesSource(path, max_line_bytes=KEPT), 10))
