@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import TYPE_CHECKING
 
 from riprap import SourceContext
@@ -31,5 +32,25 @@ async def read_to_end(
     await source.open(SourceContext(pipeline=pipeline, positions=positions or {}))
     try:
         return await read_batches(source, max_records)
+    finally:
+        await source.aclose()
+
+
+async def read_to_end_traced(
+    source: Source, max_records: int = 100
+) -> tuple[list[SourceBatch], int]:
+    """:func:`read_to_end` from the start, and the most memory Python allocated while reading.
+
+    Tracing starts once the source is open, so what it counts is the reading
+    (a client's start-up, loading its service models, is not).
+    """
+    await source.open(SourceContext(pipeline="test", positions={}))
+    try:
+        tracemalloc.start()
+        try:
+            batches = await read_batches(source, max_records)
+            return batches, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
     finally:
         await source.aclose()

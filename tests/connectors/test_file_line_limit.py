@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import csv
 import random
-import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 
 import riprap
-from riprap import ConfigError, SourceBatch, SourceContext
+from riprap import ConfigError, SourceBatch
 from riprap.checkpoints import MemoryCheckpoints
 from riprap.connectors.files import CsvSource, JsonLinesSource
 from riprap.connectors.memory import MemorySink
 from riprap.deadletters import SqliteDeadLetters, read_dead_letters
-from tests._sources import read_batches, read_to_end
+from tests._sources import read_to_end, read_to_end_traced
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -128,16 +127,7 @@ def one_line_file(path: Path, head: bytes, tail: bytes) -> int:
 
 async def held_while_reading(source: JsonLinesSource | CsvSource) -> tuple[Read, int]:
     """What ``source`` hands over, and the most memory allocated while it read."""
-    await source.open(SourceContext(pipeline="test", positions={}))
-    try:
-        tracemalloc.start()
-        try:
-            batches = await read_batches(source, 100)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-    finally:
-        await source.aclose()
+    batches, peak = await read_to_end_traced(source)
     return flattened(batches), peak
 
 

@@ -9,7 +9,6 @@ a higher limit, the object reader dead-letters the record that named it.
 from __future__ import annotations
 
 import gzip
-import tracemalloc
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +16,13 @@ import orjson
 import pytest
 
 import riprap
-from riprap import ConfigError, SourceContext
+from riprap import ConfigError
 from riprap.checkpoints import MemoryCheckpoints
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.s3 import S3ObjectReader, S3Source
 from riprap.connectors.s3._formats import CorruptObjectError, ObjectTooLargeError, decode_object
 from riprap.deadletters import SqliteDeadLetters, read_dead_letters
-from tests._sources import read_batches
+from tests._sources import read_to_end_traced
 
 from ._proxy import fault_proxy
 from .conftest import client_config
@@ -82,16 +81,7 @@ async def test_objects_over_the_limit_are_quarantined_and_never_read_whole(store
             endpoint_url=url,
             client_config=client_config(),
         )
-        await source.open(SourceContext(pipeline="test", positions={}))
-        try:
-            tracemalloc.start()  # the client is open: what is traced is reading
-            try:
-                batches = await read_batches(source, 1_000)
-                _, peak = tracemalloc.get_traced_memory()
-            finally:
-                tracemalloc.stop()
-        finally:
-            await source.aclose()
+        batches, peak = await read_to_end_traced(source, 1_000)
     assert list(range(10)) == numbers([v for b in batches for v in b.values])
     assert peak < 16 * LIMIT  # gzip.decompress would have made 128 MiB of it
     assert 0 == proxy.requests["GET", f"/{store.bucket}/in/b.jsonl"]
