@@ -71,9 +71,11 @@ def parse_json_line(
         partition: The source partition, kept on the error.
 
     Raises:
-        DecodeError: ``data`` is not valid JSON (reason ``decode_error``), or holds
-            an integer too long to convert (reason ``number_out_of_range``); the
-            message reads ``source:line: why``.
+        DecodeError: ``data`` is not valid JSON (reason ``decode_error``, also
+            for integers of 19 or more digits nested deeper than Python's
+            recursion limit lets them be decoded exactly), or holds an integer
+            too long to convert (reason ``number_out_of_range``); the message
+            reads ``source:line: why``.
     """
     try:
         value = orjson.loads(data)
@@ -103,6 +105,13 @@ def parse_json_line(
         )
         error.reason = "number_out_of_range"
         raise error from None
+    except RecursionError:  # the exact parser recurses per level, orjson goes to 1,024
+        raise DecodeError(
+            "nested too deep to decode its integers of 19 or more digits exactly",
+            source=source,
+            line=line,
+            partition=partition,
+        ) from None
 
 
 def parse_json_batch(batch: Batch) -> list[Any]:

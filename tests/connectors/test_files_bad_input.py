@@ -102,6 +102,29 @@ async def test_raw_lines_parsed_in_a_step_keep_big_integers(tmp_path: Path) -> N
     assert expected == [summary(letter) for letter in letters(tmp_path)]
 
 
+async def test_big_integers_nested_too_deep_to_decode_exactly_are_a_decode_error(
+    tmp_path: Path,
+) -> None:
+    """A big integer 1,000 arrays deep is valid for orjson but too deep for the exact decoder:
+    the line is dead-lettered (``decode_error``, saying why), not a RecursionError that
+    stops the run, and the lines around it are read.
+    """
+    data = tmp_path / "in.jsonl"
+    deep = b"[" * 1000 + b"%d" % BIG + b"]" * 1000
+    data.write_bytes(b'{"id": 1}\n' + deep + b'\n{"id": 3}\n')
+    out = tmp_path / "good.jsonl"
+    report = (
+        await pipeline(tmp_path, JsonLinesSource(str(data), decode=True))
+        .sink(JsonLinesSink(out))
+        .run()
+    )
+    assert b'{"id":1}\n{"id":3}\n' == out.read_bytes()
+    [letter] = letters(tmp_path)
+    assert ("jsonl", "decode_error", 1, deep) == summary(letter)[:4]
+    assert letter.message.startswith(f"{data}:2: nested too deep to decode its integers")
+    assert {"decode_error": 1} == report.dead_lettered
+
+
 async def test_csv_bad_rows_are_dead_lettered_with_file_and_line(tmp_path: Path) -> None:
     """Ragged rows, a quote never closed and invalid UTF-8 are dead-lettered; good rows go on."""
     data = tmp_path / "in.csv"
