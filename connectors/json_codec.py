@@ -245,6 +245,12 @@ def encode_json_lines(
     return payload
 
 
+_BIG_INTEGER = "Integer exceeds 64-bit range"
+"""What orjson says of an integer it cannot write."""
+_TOO_DEEP = "Recursion limit reached"
+"""What orjson says of a value nested over 255 levels, or one that holds itself."""
+
+
 class _Unwritable(Exception):
     """Why a value cannot be written as JSON, and the dead-letter reason."""
 
@@ -264,15 +270,24 @@ def _dumps(value: Any, option: int, *, check_finite: bool = True) -> bytes:
     try:
         data = orjson.dumps(value, option=option)
     except orjson.JSONEncodeError as first:
+        if _BIG_INTEGER not in str(first):  # nested too deep, a cycle, a type: no second try
+            raise _Unwritable(_unwritable_why(first), "not_json_serializable") from None
         try:  # orjson refuses integers beyond 64 bits: give them as exact text
             data = orjson.dumps(_big_ints_exact(value), option=option)
-        except orjson.JSONEncodeError:
-            raise _Unwritable(f"not JSON-serialisable: {first}", "not_json_serializable") from None
+        except (orjson.JSONEncodeError, RecursionError) as second:
+            raise _Unwritable(_unwritable_why(second), "not_json_serializable") from None
     if check_finite and b"null" in data:
         found = _non_finite(value)
         if found is not None:
             raise _Unwritable(_non_finite_why(found), "non_finite_number")
     return data
+
+
+def _unwritable_why(error: Exception) -> str:
+    """Why orjson (or the exact writer, recursing) could not write a value."""
+    if isinstance(error, RecursionError) or _TOO_DEEP in str(error):
+        return "not JSON-serialisable: nested too deep (over 255 levels), or it holds itself"
+    return f"not JSON-serialisable: {error}"
 
 
 def _non_finite_why(found: float) -> str:

@@ -15,6 +15,7 @@ import pytest
 import riprap
 import riprap.checkpoints
 from riprap.connectors.files import CsvSource, JsonLinesSink, JsonLinesSource, parse_json_line
+from riprap.connectors.memory import IterableSource
 from riprap.connectors.sqlite import SqliteSink, read_table
 from riprap.deadletters import DeadLetter, JsonLinesDeadLetters, read_dead_letters
 
@@ -223,3 +224,42 @@ async def test_non_finite_numbers_are_dead_lettered_at_the_sink(tmp_path: Path, 
     assert [(kind, "non_finite_number", 1), (kind, "non_finite_number", 2)] == [
         (letter.stage, letter.reason, letter.offset) for letter in letters(tmp_path)
     ]
+
+
+def holds_itself() -> dict[str, Any]:
+    """A record whose step put it inside itself."""
+    record: dict[str, Any] = {"id": 2}
+    record["me"] = record
+    return record
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A record holding lists ``depth`` deep."""
+    inner: list[Any] = []
+    record = {"id": 2, "tree": inner}
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return record
+
+
+@pytest.mark.parametrize("sink_kind", ["jsonl", "sqlite"])
+@pytest.mark.parametrize("make", [holds_itself, lambda: nested(3_000)], ids=["cycle", "deep"])
+async def test_a_value_json_cannot_nest_is_dead_lettered_not_a_stopped_run(
+    tmp_path: Path, sink_kind: str, make: Any
+) -> None:
+    """A record that holds itself, or is nested thousands of levels deep, is dead-lettered at
+    the sink (``not_json_serializable``, saying why), with the records around it written:
+    not a RecursionError that stops the run at every restart.
+    """
+    sink: riprap.Sink = (
+        JsonLinesSink(tmp_path / "db" / "out.jsonl")
+        if sink_kind == "jsonl"
+        else SqliteSink(tmp_path / "db" / "out.sqlite", "rows", key="id")
+    )
+    values = [{"id": 1}, make(), {"id": 3}]
+    report = await pipeline(tmp_path, IterableSource("rows", values)).sink(sink).run()
+    [letter] = letters(tmp_path)
+    assert (2, {"not_json_serializable": 1}) == (report.records_out, report.dead_lettered)
+    assert (sink_kind, 1) == (letter.stage, letter.offset)
+    assert "nested too deep (over 255 levels), or it holds itself" in letter.message
