@@ -2,7 +2,8 @@
 
 Sources
     One partition per file, named by its path as given (or as the glob
-    returned it); files are read in sorted order, one after another. A line
+    returned it; a name that is not valid UTF-8 has its bad bytes written as
+    ``\\xNN`` escapes); files are read in sorted order, one after another. A line
     ends at LF, CRLF or a lone CR (old Mac files are not one giant record),
     and a UTF-8 byte order mark at the start of a file is skipped. A position
     counts the lines of a file consumed so far, 0-based, so a record's offset
@@ -190,6 +191,21 @@ def _resolve(spec: PathSpec) -> list[str]:
     return sorted(paths)
 
 
+def _partition_name(path: str) -> str:
+    """The partition name of the file at ``path``: the path, as text any store can hold.
+
+    A file name that is not valid UTF-8 comes from the OS with its bad bytes
+    as lone surrogates, which no JSON, SQLite or metrics text can hold; they
+    are written as ``\\xNN`` escapes instead (``café`` in Latin-1 is
+    ``caf\\xe9``), the same on every run.
+    """
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
 def _worker_of(path: str, count: int) -> int:
     """The worker a file belongs to: a stable hash of its path, the same in every process."""
     return zlib.crc32(path.encode("utf-8", "surrogateescape")) % count if count > 1 else 0
@@ -329,6 +345,7 @@ class _FileSource:
         self._positions: Mapping[str, int] = {}
         self._index = 0
         self._path = ""
+        self._name = ""  # the file's partition name (see _partition_name)
         self._ready: SourceBatch | None = None
         self._lock = anyio.Lock()
         self._share = (0, 1)  # (worker index, worker count): every file by default
@@ -407,8 +424,9 @@ class _FileSource:
         while self._index < len(self._paths):
             if not self._is_open():
                 self._path = self._paths[self._index]
+                self._name = _partition_name(self._path)
                 try:
-                    self._open_file(self._positions.get(self._path, 0))
+                    self._open_file(self._positions.get(self._name, 0))
                 except BaseException:
                     self._close()
                     raise
@@ -419,7 +437,7 @@ class _FileSource:
             self._index += 1
 
     def _undecodable(self, problem: str, line: int) -> DecodeError:
-        return DecodeError(problem, source=self._path, line=line, partition=self._path)
+        return DecodeError(problem, source=self._name, line=line, partition=self._name)
 
     def _batch(
         self,
@@ -432,7 +450,7 @@ class _FileSource:
             return None
         contiguous = offsets[-1] - offsets[0] + 1 == len(offsets)
         return SourceBatch(
-            self._path,
+            self._name,
             values,
             start=offsets[0],
             end=end,
@@ -442,7 +460,7 @@ class _FileSource:
 
     def _past_end(self, position: int, lines: int) -> CheckpointError:
         return CheckpointError(
-            f"{self._path}: the checkpoint resumes at line {position}, but the file has "
+            f"{self._name}: the checkpoint resumes at line {position}, but the file has "
             f"only {lines} lines; was it truncated or replaced?"
         )
 
@@ -523,7 +541,7 @@ class JsonLinesSource(_FileSource):
             taken = cast("list[bytes]", chunk)
             if self.decode:
                 return self._decoded(taken, range(first, self._line))
-            return SourceBatch(self._path, taken, start=first, end=self._line)
+            return SourceBatch(self._name, taken, start=first, end=self._line)
         return self._gathered(chunk, max_records, overlong)
 
     def _gathered(
@@ -577,7 +595,7 @@ class JsonLinesSource(_FileSource):
         offsets: Sequence[int],
         too_long: Mapping[int, DecodeError] | None = None,
     ) -> SourceBatch | None:
-        path = self._path
+        path = self._name
         values, errors = parse_json_column(
             raw, lambda i: {"source": path, "line": offsets[i] + 1, "partition": path}
         )
@@ -866,7 +884,7 @@ class CsvSource(_FileSource):
         if too_long:
             error.reason = "line_too_long"
         return SourceBatch(
-            self._path,
+            self._name,
             [raw.rstrip(b"\r\n")],
             start=line,
             end=max(self._rows.consumed, line + 1),

@@ -229,12 +229,19 @@ def key_bytes(key: Any) -> bytes | None:
     """A message key as bytes: bytes as they are, text as UTF-8, integers as decimal text.
 
     Raises:
-        DataError: A key of another type.
+        DataError: A key of another type, or text that is not valid Unicode
+            (a lone surrogate, as ``surrogateescape`` leaves undecodable bytes).
     """
     if key is None or isinstance(key, bytes):
         return key
     if isinstance(key, str):
-        return key.encode()
+        try:
+            return key.encode()
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"the message key is not valid text at character {exc.start}: {exc.reason}",
+                reason="encode_error",
+            ) from None
     if isinstance(key, int) and not isinstance(key, bool):
         return str(key).encode()
     if isinstance(key, bytearray | memoryview):

@@ -7,6 +7,7 @@ reason, file and line. Good records next to a bad one arrive intact and in order
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -263,3 +264,29 @@ async def test_a_value_json_cannot_nest_is_dead_lettered_not_a_stopped_run(
     assert (2, {"not_json_serializable": 1}) == (report.records_out, report.dead_lettered)
     assert (sink_kind, 1) == (letter.stage, letter.offset)
     assert "nested too deep (over 255 levels), or it holds itself" in letter.message
+
+
+async def test_a_file_name_that_is_not_utf8_is_read_checkpointed_and_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """A Latin-1 file name (its bad byte a lone surrogate in the OS's text) is a partition
+    named with a ``\\xNN`` escape: the run checkpoints it, a bad line in it is dead-lettered
+    naming it, and a second run reads nothing again.
+    """
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.jsonl")).write_bytes(b'{"id": 1}\nnope\n{"id": 3}\n')
+    out = tmp_path / "out.jsonl"
+    reports = []
+    for _ in range(2):
+        run = pipeline(tmp_path, JsonLinesSource(str(folder / "*.jsonl"), decode=True))
+        reports.append(await run.sink(JsonLinesSink(out)).run())
+    [letter] = letters(tmp_path)
+    escaped = f"{folder}/caf\\xe9.jsonl"
+    assert b'{"id":1}\n{"id":3}\n' == out.read_bytes()
+    assert [3, 0] == [report.records_in for report in reports]
+    assert (escaped, 1, f"{escaped}:2: invalid JSON") == (
+        letter.partition,
+        letter.offset,
+        letter.message[: len(f"{escaped}:2: invalid JSON")],
+    )

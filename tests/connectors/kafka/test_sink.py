@@ -277,6 +277,35 @@ async def test_a_non_finite_number_is_a_data_error(kafka: KafkaHelper, bad: Any)
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("caf\udce9", "the message key is not valid text at character 3"),
+        ({"id": 1}, "cannot use a dict as a message key"),
+        (True, "cannot use a bool as a message key"),
+    ],
+    ids=["lone surrogate", "dict", "bool"],
+)
+async def test_a_key_that_cannot_be_bytes_is_a_data_error(
+    kafka: KafkaHelper, key: Any, problem: str
+) -> None:
+    """Text with a lone surrogate (as ``surrogateescape`` decodes bad bytes), a dict or a
+    bool as a key is an ``encode_error`` naming the problem, and nothing of the batch is sent.
+    """
+    topic = await kafka.create_topic(1)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap, key=lambda value: value["k"])
+    await sink.open()
+    try:
+        with pytest.raises(DataError, match=problem) as error:
+            await sink.write(source_batch([{"k": "fine"}, {"k": key}], [None, None]))
+        await sink.write(source_batch([{"k": "after"}], [None]))
+    finally:
+        await sink.aclose()
+    messages = await kafka.read_all(topic, 1)
+    assert ("encode_error", [b"after"]) == (error.value.reason, [m.key for m in messages])
+
+
+@pytest.mark.kafka
 async def test_a_tombstone_needs_a_key(kafka: KafkaHelper) -> None:
     """A ``None`` value is a tombstone when keyed, and a ``DataError`` without a key."""
     topic = await kafka.create_topic(1)
