@@ -7,7 +7,9 @@ without a version bump; a removed or changed field needs a new version.
 
 Payloads (key, value, header values) keep the bytes as consumed: valid UTF-8 is
 stored as text (encoding ``"utf-8"``), other bytes as base64 (``"base64"``), and
-values that were already decoded into objects as JSON text (``"json"``). What
+values that were already decoded into objects as JSON text (``"json"``),
+exactly: an integer beyond 64 bits keeps its digits and a lone surrogate is a
+``\\udcNN`` escape, so the letter stays valid UTF-8. What
 JSON cannot hold is converted, so it comes back changed: bytes inside an object
 become text (or base64), sets become lists, non-string keys become strings, and
 anything else (a custom class) its ``str()``. Building an envelope never fails
@@ -31,6 +33,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import re
 import secrets
 import traceback
 from collections.abc import Mapping
@@ -44,6 +47,9 @@ from riprap._core.errors import DataError, PoisonPillError
 if TYPE_CHECKING:
     from riprap._core.records import Record
     from riprap.observability._redact import Redactor
+
+_LONG_DIGITS = re.compile(r"\d{19}")
+"""A run of digits that may be an integer beyond 64 bits."""
 
 SCHEMA_VERSION = 1
 """The envelope version this module writes (and the only one it reads)."""
@@ -98,15 +104,21 @@ def encode_payload(obj: Any) -> tuple[str, str]:
 
 
 def _json_text(obj: Any) -> str:
-    """JSON text for ``obj``; never raises, since a dead letter must always be writable."""
+    """JSON text for ``obj``; never raises, since a dead letter must always be writable.
+
+    What orjson refuses (an integer beyond 64 bits, text with a lone
+    surrogate, nesting deeper than it goes) is written by the standard
+    library as ASCII, so a lone surrogate is a ``\\udcNN`` escape that any
+    store can hold and :func:`decode_payload` gives back exactly.
+    """
     try:
         return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:
-        pass  # e.g. an integer beyond 64 bits, or nesting deeper than orjson allows
+        pass
     try:
-        return json.dumps(obj, default=_jsonable, ensure_ascii=False, allow_nan=False)
+        return json.dumps(obj, default=_jsonable, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        return orjson.dumps(_safe_str(obj)).decode()
+        return json.dumps(_safe_str(obj))
 
 
 def _optional_payload(obj: Any) -> tuple[str | None, str | None]:
@@ -126,10 +138,33 @@ def decode_payload(encoding: str, data: str, *, what: str = "payload") -> Any:
         if encoding == "base64":
             return base64.b64decode(data, validate=True)
         if encoding == "json":
-            return orjson.loads(data)
-    except (binascii.Error, orjson.JSONDecodeError, UnicodeEncodeError) as exc:
+            return _json_value(data)
+    except (binascii.Error, json.JSONDecodeError, UnicodeEncodeError, RecursionError) as exc:
         raise ValueError(f"dead letter {what}: invalid {encoding} data: {exc}") from None
     raise ValueError(f"dead letter {what}: unknown encoding {encoding!r}")
+
+
+def _json_value(data: str) -> Any:
+    """The value of JSON text :func:`_json_text` wrote, exactly.
+
+    orjson reads integers beyond 64 bits as floats and refuses escaped lone
+    surrogates; text holding either is read by the standard library.
+    """
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def _printable(text: str) -> str:
+    """``text``, any lone surrogate in it (undecodable bytes) as a ``\\udcNN`` escape."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _jsonable(obj: Any) -> Any:
@@ -151,7 +186,7 @@ def _safe_str(obj: object) -> str:
 def _header_name(name: object) -> str:
     if isinstance(name, bytes):
         return name.decode("utf-8", "backslashreplace")
-    return name if isinstance(name, str) else _safe_str(name)
+    return _printable(name if isinstance(name, str) else _safe_str(name))
 
 
 def _trim_head(text: str, limit: int) -> str:
@@ -273,8 +308,10 @@ class DeadLetter:
             stage=stage,
             reason=reason,
             error_type=kind,
-            message=_trim_head(redactor.redact(_safe_str(error)[:_PRE_TRIM]), MAX_MESSAGE_CHARS),
-            traceback=_trim_tail(redactor.redact(tb[-_PRE_TRIM:]), MAX_TRACEBACK_CHARS),
+            message=_printable(
+                _trim_head(redactor.redact(_safe_str(error)[:_PRE_TRIM]), MAX_MESSAGE_CHARS)
+            ),
+            traceback=_printable(_trim_tail(redactor.redact(tb[-_PRE_TRIM:]), MAX_TRACEBACK_CHARS)),
             attempts=attempts,
             first_failure_at=first_failure_at,
             last_failure_at=last_failure_at,

@@ -186,6 +186,34 @@ def test_values_json_cannot_hold_are_converted(value: object, expected: object) 
     assert expected == letter.original_value()
 
 
+@pytest.mark.parametrize(
+    "value",
+    [10**30 + 1, {"id": -(10**25) - 7, "tags": [2**64]}, "caf\udce9", {"k": ["x\udc80y"]}],
+    ids=["big-int", "big-ints-inside", "lone-surrogate", "lone-surrogate-inside"],
+)
+@pytest.mark.parametrize("as_key", [False, True], ids=["value", "key"])
+def test_what_orjson_refuses_comes_back_exactly(value: object, as_key: bool) -> None:
+    """An integer beyond 64 bits comes back as the same int (not a float that rounds it), and
+    text with a lone surrogate (bytes a decoder escaped) as the same text; the envelope
+    itself is valid UTF-8, so every store can hold it.
+    """
+    letter = make_letter(key=value) if as_key else make_letter(value=value)
+    data = letter.to_json()
+    back = DeadLetter.from_json(data)
+    got = back.original_key() if as_key else back.original_value()
+    assert (value, repr(value)) == (got, repr(got))
+    data.decode("utf-8")
+
+
+def test_a_message_with_a_lone_surrogate_is_stored_escaped() -> None:
+    """An error message quoting undecodable text keeps it as an escape: the letter stays
+    writable (a lone surrogate would fail every store's UTF-8 encoding).
+    """
+    letter = make_letter(error=DataError("bad key caf\udce9"), headers=(("h\udce9", b"1"),))
+    back = DeadLetter.from_json(letter.to_json())
+    assert ("bad key caf\\udce9", "h\\udce9") == (back.message, back.headers[0][0])
+
+
 def test_bytes_header_names_become_text() -> None:
     """A header name given as bytes is stored as text, so the envelope stays valid."""
     letter = make_letter(headers=((b"x-id", b"1"),))  # type: ignore[arg-type]
