@@ -7,6 +7,7 @@ or a human console format; embedding services attach it to their own handlers.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, final
 
@@ -43,7 +44,10 @@ class JsonFormatter(logging.Formatter):
                 event[name] = value
         if record.exc_info:
             event["error"] = self.redactor.redact(self.formatException(record.exc_info))
-        return orjson.dumps(event, default=str).decode()
+        try:
+            return orjson.dumps(event, default=str).decode()
+        except TypeError:  # text with a lone surrogate, an integer beyond 64 bits
+            return json.dumps(event, default=str)  # ASCII: every stream can take the line
 
 
 @final

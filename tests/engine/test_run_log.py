@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +188,20 @@ async def test_json_lines_carry_the_context_and_no_secret(
     }
     assert EMAIL not in line
     assert TOKEN not in line
+
+
+def test_a_json_line_with_a_lone_surrogate_is_still_written() -> None:
+    """A message or context quoting undecodable text (a lone surrogate) is one JSON line with
+    it escaped, not a logging error in place of the line.
+    """
+    record = logging.LogRecord(
+        "riprap", logging.WARNING, __file__, 1, "quarantined %s", ("caf\udce9",), None
+    )
+    record.partition = "caf\udce9.jsonl"
+    line = JsonFormatter().format(record)
+    line.encode()  # valid UTF-8: any stream takes it
+    event = json.loads(line)
+    assert ("quarantined caf\udce9", "caf\udce9.jsonl") == (event["message"], event["partition"])
 
 
 def test_line_budget_counts_what_it_holds_back_per_interval() -> None:
