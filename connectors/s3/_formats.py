@@ -13,6 +13,8 @@ import io
 import zlib
 from typing import Any, Literal, final
 
+from riprap import ConfigError
+
 Format = Literal["jsonl", "csv"]
 
 DEFAULT_MAX_OBJECT_BYTES = 256 * 1024 * 1024
@@ -45,8 +47,6 @@ def check_max_object_bytes(owner: str, value: int) -> int:
     Raises:
         ConfigError: It is not.
     """
-    from riprap import ConfigError
-
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(
             "max_object_bytes", f"{owner}: must be a positive number of bytes, got {value!r}"
