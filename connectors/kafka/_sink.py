@@ -48,7 +48,10 @@ def _as_riprap_error(exc: BaseException) -> BaseException:
 Partitioner = Literal["key", "source"] | Callable[[bytes | None, Any, int], int]
 """How the sink picks a message's partition; see :class:`KafkaSink`."""
 
-_NO_HEADERS: list[tuple[str, bytes]] = []
+_Header = tuple[str, bytes | None]
+"""A message header as the producer's record builder takes it (``None``: a null value)."""
+
+_NO_HEADERS: list[_Header] = []
 """Shared by every message without headers (the record builder only reads it)."""
 
 
@@ -85,8 +88,9 @@ class KafkaSink:
             default the source record's key.
         serializer: ``"json"`` (default), ``"bytes"``, ``"str"`` or
             ``fn(value) -> bytes``.
-        headers: ``headers(value)`` gives ``(name, bytes)`` pairs; by default
-            the source record's headers.
+        headers: ``headers(value)`` gives ``(name, bytes)`` pairs (a text
+            value is sent as UTF-8; a value of another type is a
+            :class:`~riprap.DataError`); by default the source record's headers.
         partitioner: ``"key"``, ``"source"`` or ``fn(key, value, partitions)``.
         acks: ``"all"`` (default), ``1`` or ``0``.
         enable_idempotence: Turn on the idempotent producer (the broker must
@@ -254,10 +258,20 @@ class KafkaSink:
 
     def _header_column(
         self, items: list[Any], headers: Sequence[Headers] | None
-    ) -> Iterable[list[tuple[str, bytes]]]:
-        """Each message's headers as the list the producer's record builder takes."""
+    ) -> Iterable[list[_Header]]:
+        """Each message's headers as the list the producer's record builder takes.
+
+        Raises:
+            DataError: A header ``headers(value)`` gave that is not a ``(str,
+                bytes)`` pair (text values are sent as UTF-8), checked before
+                anything of the batch is sent. A source's own headers are
+                taken as they are.
+        """
         if self._headers is not None:
-            headers = list(map(self._headers, items))
+            given = map(self._headers, items)
+            return [
+                _checked_headers(h, index) if h else _NO_HEADERS for index, h in enumerate(given)
+            ]
         if headers is None:
             return repeat(_NO_HEADERS)
         return [h if h.__class__ is list else list(h) for h in headers]
@@ -269,7 +283,7 @@ class KafkaSink:
         targets: Iterable[int],
         keys: Iterable[bytes | None],
         values: Iterable[bytes | None],
-        headers: Iterable[list[tuple[str, bytes]]],
+        headers: Iterable[list[_Header]],
         stamps: Iterable[int | None],
     ) -> list[asyncio.Future[Any]]:
         """Append each message to its partition's batch; send every batch closed.
@@ -330,6 +344,44 @@ def _settle(delivered: asyncio.Future[None], acks: asyncio.Future[list[Any]]) ->
             delivered.set_exception(error)
             return
     delivered.set_result(None)
+
+
+def _checked_headers(headers: Headers, index: int) -> list[_Header]:
+    """``headers`` as the producer takes them: text names, bytes values (text as UTF-8).
+
+    Raises:
+        DataError: A header of message ``index`` is not a (name, value) pair of
+            text (or bytes) and bytes (or text, or ``None``).
+    """
+    checked: list[_Header] = []
+    for header in headers:
+        pair: Any = header  # whatever the user's function gave
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise DataError(
+                f"message {index}: a header must be a (name, value) pair, "
+                f"got {type(header).__name__}",
+                reason="encode_error",
+            ) from None
+        try:
+            if isinstance(name, bytes):
+                name = name.decode()
+            if isinstance(value, str):
+                value = value.encode()
+        except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+            raise DataError(
+                f"message {index}: header {name!r} is not valid text: {exc.reason}",
+                reason="encode_error",
+            ) from None
+        if not isinstance(name, str) or not (value is None or isinstance(value, bytes)):
+            raise DataError(
+                f"message {index}: header {name!r} needs a text name and a bytes value, "
+                f"got {type(name).__name__} and {type(value).__name__}",
+                reason="encode_error",
+            )
+        checked.append((name, value))
+    return checked
 
 
 def _check_tombstones(keys: Sequence[bytes | None] | None, values: list[bytes | None]) -> None:

@@ -306,6 +306,28 @@ async def test_a_key_that_cannot_be_bytes_is_a_data_error(
 
 
 @pytest.mark.kafka
+async def test_headers_take_text_values_and_refuse_what_kafka_cannot_carry(
+    kafka: KafkaHelper,
+) -> None:
+    """Text header values are sent as UTF-8 and bytes names as text; a header value of another
+    type is an ``encode_error`` naming the header, and nothing of that batch is sent.
+    """
+    given: list[Any] = [[("a", "text"), (b"b", b"raw"), ("c", None)], [], [("n", 5)]]
+    topic = await kafka.create_topic(1)
+    sink = KafkaSink(topic, bootstrap_servers=kafka.bootstrap, headers=lambda i: given[i])
+    await sink.open()
+    try:
+        await sink.write(source_batch([0], [b"k"]))
+        with pytest.raises(DataError, match="message 1: header 'n' needs a text name") as error:
+            await sink.write(source_batch([1, 2], [b"x", b"y"]))
+    finally:
+        await sink.aclose()
+    [message] = await kafka.read_all(topic, 1)
+    assert [("a", b"text"), ("b", b"raw"), ("c", None)] == list(message.headers)
+    assert "encode_error" == error.value.reason
+
+
+@pytest.mark.kafka
 async def test_a_tombstone_needs_a_key(kafka: KafkaHelper) -> None:
     """A ``None`` value is a tombstone when keyed, and a ``DataError`` without a key."""
     topic = await kafka.create_topic(1)
