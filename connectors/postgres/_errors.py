@@ -29,6 +29,9 @@ def classify(exc: Exception, where: str) -> Exception:
         return exc  # type: ignore[no-any-return]  # asyncpg is untyped: exc is an Exception
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return TransientError(f"{where}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, UnicodeEncodeError):  # text with a lone surrogate: no UTF-8 for it
+        problem = f"text that is not valid Unicode at character {exc.start}: {exc.reason}"
+        return DataError(f"{where}: {problem}", reason="invalid_value")
     return exc
 
 

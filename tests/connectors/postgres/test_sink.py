@@ -160,6 +160,32 @@ async def test_only_the_bad_row_is_dead_lettered(pg: PgHelper, tmp_path: Path) -
     assert [("constraint_violation", 3)] == [(d.reason, d.offset) for d in letters]
 
 
+async def test_text_with_a_lone_surrogate_is_that_row_s_dead_letter(
+    pg: PgHelper, tmp_path: Path
+) -> None:
+    """Text no UTF-8 can hold (a lone surrogate, from bytes a decoder escaped) fails only its
+    row (``invalid_value``), as a row the table refuses does: not a UnicodeEncodeError that
+    stops the run.
+    """
+    await pg.execute(TABLE)
+    values = [{"id": i, "name": "caf\udce9" if i == 2 else f"n{i}", "qty": i} for i in range(4)]
+    dlq = tmp_path / "dlq.jsonl"
+    pipeline = (
+        riprap.Pipeline(
+            "pg-text",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=JsonLinesDeadLetters(dlq),
+        )
+        .source(IterableSource("in", values))
+        .sink(PostgresSink(pg.dsn, "items"))
+    )
+    await pipeline.run()
+    assert {0, 1, 3} == set(await pg.table("items"))
+    letters = list(read_dead_letters(dlq))
+    assert [("invalid_value", 2)] == [(d.reason, d.offset) for d in letters]
+    assert "not valid Unicode" in letters[0].message
+
+
 async def test_missing_table_and_key_index_are_config_errors(pg: PgHelper) -> None:
     """Opening names a missing table, a missing column and a key without a unique index."""
     await pg.execute("CREATE TABLE loose (id int, name text)")
