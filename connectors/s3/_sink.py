@@ -371,7 +371,11 @@ class S3Sink:
             csv.DictWriter(text, self.fieldnames, extrasaction="raise").writerow(item)
         except ValueError as exc:
             raise self._record_error(batch, index, str(exc)) from None
-        return text.getvalue().encode()
+        try:
+            return text.getvalue().encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, from bytes a decoder escaped
+            problem = f"not valid Unicode text at character {exc.start}: {exc.reason}"
+            raise self._record_error(batch, index, problem) from None
 
     def _csv_header(self) -> bytes:
         text = io.StringIO()

@@ -105,13 +105,26 @@ async def test_csv_objects_have_headers(store: Store) -> None:
     assert b"id,name\r\n1,a\r\n2,\r\n" == data
 
 
-async def test_unencodable_item_is_a_data_error(store: Store) -> None:
-    """An item orjson cannot encode fails the batch with DataError naming it; nothing is written."""
-    sink = make_sink(store)
+@pytest.mark.parametrize(
+    ("options", "bad"),
+    [
+        ({}, {"bad": object()}),
+        ({}, {"id": 2, "name": "caf\udce9"}),
+        ({"format": "csv", "fieldnames": ["id", "name"]}, {"id": 2, "name": "caf\udce9"}),
+    ],
+    ids=["json-object", "json-lone-surrogate", "csv-lone-surrogate"],
+)
+async def test_unencodable_item_is_a_data_error(
+    store: Store, options: dict[str, Any], bad: dict[str, Any]
+) -> None:
+    """An item the format cannot encode (an object JSON does not know, text with a lone
+    surrogate) fails the batch with a DataError naming it; nothing is written.
+    """
+    sink = make_sink(store, **options)
     await sink.open()
     try:
         with pytest.raises(DataError, match=r"in@1"):
-            await sink.write(batch_of([{"ok": 1}, {"bad": object()}]))
+            await sink.write(batch_of([{"id": 1, "name": "ok"}, bad]))
     finally:
         await sink.aclose()
     assert [] == await store.keys("out/")
