@@ -183,14 +183,23 @@ async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes |
         return None
     if length is not None and "Content-Encoding" not in response.headers:
         return await response.read()  # exactly ``length`` bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None  # the connection is closed, not reused: the rest is never read
-        chunks.append(chunk)
-    return b"".join(chunks)
+    # Past the limit the connection is closed, not reused: the rest is never read.
+    return await read_at_most(response.content, limit)
+
+
+async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """All of ``stream``, or ``None`` once it passes ``limit`` bytes.
+
+    Not ``read()``: that also lets the stream buffer up to ``limit`` bytes
+    ahead of the reader; here a body costs at most twice its size, for the
+    moment of the final copy.
+    """
+    body = bytearray()
+    async for chunk in stream.iter_any():
+        if len(body) + len(chunk) > limit:
+            return None
+        body += chunk
+    return bytes(body)
 
 
 def _scrub(text: str, url: str, shown: str) -> str:
@@ -223,6 +232,12 @@ def check_url(option: str, url: object) -> None:
     if problem is not None:
         shown = redact_url(url) if isinstance(url, str) else url
         raise ConfigError(option, f"{shown!r}: {problem}")
+
+
+def check_count(option: str, value: object) -> None:
+    """Raise :class:`~riprap.ConfigError` unless ``value`` is a positive integer (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(option, f"must be a positive integer, got {value!r}")
 
 
 def check_positive(option: str, value: float, *, zero: bool = False) -> None:

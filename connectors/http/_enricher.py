@@ -12,6 +12,7 @@ from riprap.observability import redact_url
 from ._client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     Slots,
+    check_count,
     check_positive,
     check_url,
     create_session,
@@ -132,12 +133,7 @@ class HttpEnricher:
         check_positive("HttpEnricher.timeout", timeout)
         check_positive("HttpEnricher.limit", limit, zero=True)
         check_positive("HttpEnricher.limit_per_host", limit_per_host, zero=True)
-        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
-            raise ConfigError(
-                "HttpEnricher.max_response_bytes",
-                f"must be a whole number of bytes, got {max_response_bytes!r}",
-            )
-        check_positive("HttpEnricher.max_response_bytes", max_response_bytes)
+        check_count("HttpEnricher.max_response_bytes", max_response_bytes)
         self._max_bytes = max_response_bytes
         self._url = url
         self._method = method

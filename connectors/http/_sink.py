@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, final
 import anyio
 import anyio.lowlevel
 
-from riprap import ConfigError, SystemClock
+from riprap import SystemClock
 from riprap.connectors.json_codec import encode_json
 from riprap.observability import redact_url
 
-from ._client import Slots, check_positive, check_url, create_session, send
+from ._client import Slots, check_count, check_positive, check_url, create_session, send
 from ._errors import HttpDataError, HttpTransientError
 
 if TYPE_CHECKING:
@@ -98,13 +98,9 @@ class HttpSink:
         idempotent: bool = False,
         clock: Clock | None = None,
     ) -> None:
-        for option, number in (("batch_size", batch_size), ("concurrency", concurrency)):
-            if number is not None and (
-                not isinstance(number, int) or isinstance(number, bool) or number < 1
-            ):
-                raise ConfigError(
-                    f"HttpSink.{option}", f"must be a positive integer, got {number!r}"
-                )
+        if batch_size is not None:
+            check_count("HttpSink.batch_size", batch_size)
+        check_count("HttpSink.concurrency", concurrency)
         check_url("HttpSink.url", url)
         check_positive("HttpSink.timeout", timeout)
         check_positive("HttpSink.limit", limit, zero=True)

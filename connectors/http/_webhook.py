@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.lowlevel
 import orjson
-from aiohttp import HttpVersion11, StreamReader, web
+from aiohttp import HttpVersion11, web
 
 from riprap import ConfigError, DecodeError, SourceBatch, SystemClock
 from riprap.connectors.json_codec import parse_json_line
 
-from ._client import bind_error, check_positive
+from ._client import bind_error, check_count, check_positive, read_at_most
 from ._signature import Signature, SignatureError, read_signature
 
 if TYPE_CHECKING:
@@ -435,7 +435,7 @@ class WebhookSource:
     async def _read_body(self, request: web.Request, pending: _Pending) -> bytes | web.Response:
         """The body, read within ``body_timeout`` and ``max_body_bytes``, or the refusal."""
         with anyio.move_on_after(self.body_timeout):
-            body = await _read_at_most(request.content, self.max_body_bytes)
+            body = await read_at_most(request.content, self.max_body_bytes)
             if body is None:
                 return self._too_large(close=True)
             # Shrink the reservation to the body (a chunked one reserved max_body_bytes).
@@ -472,27 +472,10 @@ class WebhookSource:
         return _answer(200, {"accepted": count, "first": first, "last": pending.end - 1})
 
 
-async def _read_at_most(stream: StreamReader, limit: int) -> bytes | None:
-    """All of ``stream``, or ``None`` once it passes ``limit`` bytes.
-
-    Not ``request.read()``: that also lets the stream buffer up to ``limit``
-    bytes ahead of the reader; here a body costs at most twice its size, for
-    the moment of the final copy.
-    """
-    body = bytearray()
-    async for chunk in stream.iter_any():
-        if len(body) + len(chunk) > limit:
-            return None
-        body += chunk
-    return bytes(body)
-
-
 def _check_counts(**counts: int) -> None:
     """Raise :class:`~riprap.ConfigError` for a count that is not a positive integer."""
     for option, number in counts.items():
-        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-            problem = f"must be a positive integer, got {number!r}"
-            raise ConfigError(f"WebhookSource.{option}", problem)
+        check_count(f"WebhookSource.{option}", number)
     if counts["max_pending_bytes"] < counts["max_body_bytes"]:
         raise ConfigError(
             "WebhookSource.max_pending_bytes",

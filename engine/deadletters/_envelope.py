@@ -114,7 +114,7 @@ def _json_text(obj: Any) -> str:
     try:
         return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:
-        pass
+        pass  # written below by the standard library instead
     try:
         return json.dumps(obj, default=_jsonable, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
@@ -154,7 +154,7 @@ def _json_value(data: str) -> Any:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
-            pass
+            pass  # an escaped lone surrogate: read below by the standard library
     return json.loads(data)
 
 
