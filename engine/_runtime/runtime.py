@@ -128,11 +128,13 @@ def build_segments(
     threads: ThreadOffload | None = None,
     watch: LoopWatch | None = None,
     shelter: Shelter | None = None,
+    part_outputs: int = 1_000,
 ) -> list[Segment]:
     """Group consecutive fusable steps into fused loops; everything else runs on its own.
 
     Offloaded steps run in ``threads``; sync steps on the loop report to ``watch``
-    how long they held it; policy stacks leave abandoned calls to ``shelter``.
+    how long they held it; policy stacks leave abandoned calls to ``shelter``;
+    an expanding chain sends about ``part_outputs`` outputs at a time.
     """
     segments: list[Segment] = []
     run: list[OpStep] = []
@@ -141,7 +143,7 @@ def build_segments(
             run.append(step)
             continue
         if run:
-            segments.append(FusedSegment(run, router, watch))
+            segments.append(FusedSegment(run, router, watch, part_outputs=part_outputs))
             run = []
         if isinstance(step, OpStep):
             counters = StepCounters(step.step_id)
@@ -155,7 +157,7 @@ def build_segments(
         elif isinstance(step, StageStep):
             segments.append(StageSegment(step, router))
     if run:
-        segments.append(FusedSegment(run, router, watch))
+        segments.append(FusedSegment(run, router, watch, part_outputs=part_outputs))
     return segments
 
 
@@ -326,6 +328,7 @@ class Runtime:
                 threads=threads,
                 watch=watch,
                 shelter=self.shelter,
+                part_outputs=self.options.batch_size,
             )
 
         self.segments = segments_of(pipeline.steps)
@@ -903,9 +906,10 @@ class Runtime:
             if not out.items:
                 ack.release()
                 return
-        processed = out if head is None else await head.process(out)
-        if processed is not None:
-            await send.send(processed)
+        if head is None:
+            await send.send(out)
+        else:
+            await head.pass_on(out, send)
 
     async def _isolate(self, batch: SourceBatch, send: Send, head: FusedSegment | None) -> None:
         """Process a batch of an isolated partition chunk by chunk, alone, behind durable marks.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
 
-from riprap._core.records import Batch, DropsOrigin, StartsOrigin
+from riprap._core.records import Batch, DropsOrigin, IndexOrigin, StartsOrigin
 from riprap._runtime.acks import Ack, combined_ack
 from riprap._runtime.channel import ChannelReceiver, ClosesOnExit
 from riprap._runtime.fuse import Op, compile_chain
@@ -81,11 +81,28 @@ class Segment(Protocol):
 
 @final
 class FusedSegment:
-    """Consecutive sync map/filter/flat_map steps, run as one chain per batch (see fuse.py)."""
+    """Consecutive sync map/filter/flat_map steps, run as one chain per batch (see fuse.py).
+
+    A chain with a flat_map runs a batch in parts of about ``part_outputs``
+    outputs (the pipeline's ``batch_size``), each sent on before the next is
+    made, so that what a batch holds does not grow with the expansion: the
+    channel's bound stops the chain as it stops a source.
+    """
 
     def __init__(
-        self, steps: Sequence[OpStep], router: ErrorRouter, watch: LoopWatch | None = None
+        self,
+        steps: Sequence[OpStep],
+        router: ErrorRouter,
+        watch: LoopWatch | None = None,
+        *,
+        part_outputs: int = 1_000,
     ) -> None:
+        if part_outputs < 1:
+            raise ValueError(f"part_outputs must be at least 1, got {part_outputs}")
+        self.part_outputs = part_outputs
+        # Inputs of the next part of an expanding chain, from the last expansion seen;
+        # the first part of a run is one record, whatever its expansion.
+        self._part_inputs = 1
         self.steps = tuple(steps)
         self.counters = StepCounters("+".join(step.step_id for step in steps))
         self.router = router
@@ -103,9 +120,41 @@ class FusedSegment:
     async def run(self, receive: Receive, send: Send) -> None:
         async with receive, send:
             async for batch in receive:
-                out = await self.process(batch)
-                if out is not None:
-                    await send.send(out)
+                await self.pass_on(batch, send)
+
+    async def pass_on(self, batch: Batch, send: Send) -> None:
+        """Process ``batch`` and send what is left; an expanding chain sends it in parts."""
+        if not self.chain.expands:
+            out = await self.process(batch)
+            if out is not None:
+                await send.send(out)
+            return
+        items, ack, origin = batch.items, batch.ack, batch.origin
+        n = len(items)
+        if n <= self._part_inputs:
+            out = await self.process(batch)
+            self._expanded(n, out)
+            if out is not None:
+                await send.send(out)
+            return
+        start = 0
+        while start < n:
+            end = min(n, start + self._part_inputs)
+            ack.retain()  # the part's own; the batch's is given back once all are out
+            part = Batch(items[start:end], ack, IndexOrigin(origin, list(range(start, end))))
+            out = await self.process(part)
+            self._expanded(end - start, out)
+            if out is not None:
+                await send.send(out)
+            start = end
+        # Only once every part is out: a failure above leaves the ack pending (read again).
+        ack.release()
+
+    def _expanded(self, inputs: int, out: Batch | None) -> None:
+        """Size the next part from the expansion of the last one (at most ``part_outputs``)."""
+        outputs = 0 if out is None else len(out.items)
+        cap = self.part_outputs
+        self._part_inputs = max(1, min(cap, cap * inputs // max(outputs, 1)))
 
     async def process(self, batch: Batch) -> Batch | None:
         """Run the chain over one batch; ``None`` (ack released) when nothing is left."""
@@ -172,9 +221,7 @@ class FusedSend(ClosesOnExit):
 
     async def send(self, batch: Batch, /) -> None:
         """Process ``batch`` through the segment, then send what is left."""
-        out = await self._segment.process(batch)
-        if out is not None:
-            await self._send.send(out)
+        await self._segment.pass_on(batch, self._send)
 
     def close(self) -> None:
         """Close the send behind the segment."""

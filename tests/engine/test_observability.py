@@ -335,4 +335,5 @@ async def test_fused_steps_report_their_own_counts(tmp_path: Path) -> None:
         ("small", 294, 144, 0, 150),
         ("memory", 144, 144, 0, 0),
     ] == counts
-    assert 4 == report.steps[0].batches == report.steps[4].batches
+    # One chain: every step of it counts the same runs (an expanding chain runs in parts).
+    assert report.steps[0].batches == report.steps[4].batches >= 4

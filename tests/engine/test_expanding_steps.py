@@ -1,0 +1,175 @@
+"""A flat_map that multiplies its records: what a batch holds does not grow with the expansion.
+
+The chain runs a batch in parts of about ``batch_size`` outputs, each sent on
+before the next is made; positions still move only once every part is done.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import TYPE_CHECKING
+
+import pytest
+
+import riprap
+import riprap.checkpoints
+import riprap.deadletters
+from riprap.connectors.memory import IterableSource
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+EXPANSION = 1_000
+
+
+class BatchSink:
+    """Keeps every value and the size of every write; fails write number ``fail_at``."""
+
+    name = "batches"
+    idempotent = False
+
+    def __init__(self, *, keep: bool = True, fail_at: int | None = None) -> None:
+        self.keep = keep
+        self.fail_at = fail_at
+        self.sizes: list[int] = []
+        self.values: list[int] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def write(self, batch: riprap.Batch) -> None:
+        if self.fail_at is not None and len(self.sizes) + 1 == self.fail_at:
+            raise RuntimeError("the sink is down")
+        self.sizes.append(len(batch.items))
+        if self.keep:
+            self.values.extend(batch.items)
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def explode(n: int) -> range:
+    """``EXPANSION`` distinct values for record ``n``, in order."""
+    return range(n * EXPANSION, (n + 1) * EXPANSION)
+
+
+def expanding(
+    sink: BatchSink,
+    records: int,
+    *,
+    batch_size: int = 100,
+    checkpoint: riprap.checkpoints.MemoryCheckpoints | None = None,
+    dead_letter: riprap.deadletters.JsonLinesDeadLetters | None = None,
+) -> riprap.Pipeline:
+    return (
+        riprap.Pipeline(
+            "expand",
+            checkpoint=checkpoint or riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=dead_letter,
+            batch_size=batch_size,
+        )
+        .source(IterableSource("nums", list(range(records))))
+        .flat_map("explode", explode)
+    )
+
+
+async def test_outputs_go_on_in_parts_in_order() -> None:
+    """40 records of 1,000 outputs each in one batch: no write holds more than one record's."""
+    sink = BatchSink()
+    report = await expanding(sink, 40).sink(sink).run()
+    assert list(range(40 * EXPANSION)) == sink.values
+    assert max(sink.sizes) <= EXPANSION  # one batch of 40,000 before
+    assert len(sink.sizes) >= 40
+    assert {"memory": 40} == report.positions
+    assert 40 * EXPANSION == report.records_out
+
+
+async def test_parts_after_an_async_step() -> None:
+    """A chain after an async step (run in that step's task) sends its outputs in parts too."""
+
+    async def same(n: int) -> int:
+        return n
+
+    sink = BatchSink()
+    pipeline = (
+        riprap.Pipeline("expand", checkpoint=riprap.checkpoints.MemoryCheckpoints(), batch_size=50)
+        .source(IterableSource("nums", list(range(30))))
+        .map("same", same, concurrency=4)
+        .flat_map("explode", explode)
+        .filter("even", lambda v: v % 2 == 0)
+        .sink(sink)
+    )
+    report = await pipeline.run()
+    assert list(range(0, 30 * EXPANSION, 2)) == sink.values
+    assert max(sink.sizes) <= EXPANSION
+    assert {"memory": 30} == report.positions
+
+
+async def test_memory_does_not_grow_with_the_expansion() -> None:
+    """A million outputs from one batch of 1,000 records: a few parts are alive at a time."""
+    sink = BatchSink(keep=False)
+    pipeline = expanding(sink, 1_000, batch_size=1_000).sink(sink)
+    tracemalloc.start()
+    try:
+        report = await pipeline.run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 1_000 * EXPANSION == sum(sink.sizes) == report.records_out
+    # The whole batch's outputs (a million ints and their list) are over 36 MiB.
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+async def test_a_failure_in_a_later_part_names_its_record(tmp_path: Path) -> None:
+    """A record failing in the third part is dead-lettered as itself; the others all go out."""
+
+    def explode_but_37(n: int) -> range:
+        if n == 37:
+            raise riprap.DataError("thirty-seven", reason="validation")
+        return explode(n)
+
+    letters = riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
+    sink = BatchSink()
+    pipeline = (
+        riprap.Pipeline(
+            "expand",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            dead_letter=letters,
+            batch_size=50,
+        )
+        .source(IterableSource("nums", list(range(50))))
+        .flat_map("explode", explode_but_37)
+        .sink(sink)
+    )
+    report = await pipeline.run()
+    assert [v for n in range(50) if n != 37 for v in explode(n)] == sink.values
+    assert len(sink.sizes) > 3
+    (letter,) = riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl")
+    assert ("memory", 37, 37, "validation") == (
+        letter.partition,
+        letter.offset,
+        letter.original_value(),
+        letter.reason,
+    )
+    assert {"memory": 50} == report.positions
+
+
+async def test_positions_wait_for_every_part() -> None:
+    """The sink fails at the third part: no position passes the batch; a rerun writes it all."""
+    backend = riprap.checkpoints.MemoryCheckpoints()
+    failing = BatchSink(fail_at=3)
+    with pytest.raises(riprap.PipelineError, match="the sink is down"):
+        await expanding(failing, 40, checkpoint=backend).sink(failing).run()
+    assert 2 == len(failing.sizes)  # two parts were written before the failure
+    saved = await backend.load("expand")
+    assert saved is None or dict(saved.positions).get("memory", 0) == 0
+
+    sink = BatchSink()
+    report = await expanding(sink, 40, checkpoint=backend).sink(sink).run()
+    assert list(range(40 * EXPANSION)) == sink.values
+    assert {"memory": 40} == report.positions
