@@ -8,7 +8,10 @@ waits for its slowest call before the next one starts. Here a fixed pool of
 batch) from a queue that the reader refills, batch after batch, as soon as the
 workers have taken everything queued; a batch leaves, in arrival order, once
 all its calls are done. Records of one key still run one at a time, in input
-order, across batches too.
+order, across batches too. A flat_map without a key takes a batch in parts
+of about ``part_outputs`` outputs (at least ``concurrency`` records), each
+leaving on its own, so that the outputs waiting to leave stay near the
+read-ahead window instead of growing with the batch.
 
 The futures are asyncio's: anyio's streams and events pass through the event
 loop on every hand-over, which costs more than the hand-over itself here (the
@@ -28,7 +31,7 @@ from riprap._core.records import Batch, IndexOrigin, Record
 from riprap.observability._report import StepCounters
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from riprap._core.steps import OpStep
     from riprap._runtime.segments import ErrorRouter, Receive, Send
@@ -110,7 +113,15 @@ class AsyncSegment:
         router: ErrorRouter,
         call: Callable[[Any], Awaitable[Any]],
         counters: StepCounters | None = None,
+        *,
+        part_outputs: int = 1_000,
     ) -> None:
+        if part_outputs < 1:
+            raise ValueError(f"part_outputs must be at least 1, got {part_outputs}")
+        self.part_outputs = part_outputs
+        # Records of the next part of a flat_map's batch, from the expansion last seen.
+        self._part_inputs = step.concurrency
+        self._parted = step.kind == "flat_map" and step.key is None
         self.step = step
         self.counters = counters or StepCounters(step.step_id)
         self.router = router
@@ -151,37 +162,71 @@ class AsyncSegment:
         concurrency = self.step.concurrency
         room = _WINDOW_CALLS * concurrency
         keyed = self.step.key is not None
-        async for batch in receive:
-            groups = self._groups(batch) if keyed else []
-            units = len(groups) if keyed else len(batch.items)
-            work = _Work(batch, loop.create_future(), units)
-            if self.tracer is not None:
-                work.span = self.tracer.start(self.step.step_id, batch)
-            self._works.append(work)
-            self._waiting_records += len(batch.items)
-            _wake(self._emitter_wait)
-            if not units:
-                work.done.set_result(None)
+        async for whole in receive:
+            if not self._parted:
+                await self._take(whole, loop, keyed, concurrency, room)
                 continue
-            if keyed:
-                self._queue(work, groups, loop)
-            else:
-                self._taking.append(work)
-                self._untaken += units
-            self._wake_workers(units)
-            # Read ahead until a step-concurrency of records waits to be taken, so a
-            # worker that ends a call takes the next record at once instead of idling
-            # until the next batch comes (batches smaller than the concurrency).
-            while (
-                self._units
-                or self._untaken >= concurrency
-                or (len(self._works) > 1 and self._waiting_records >= room)
-            ):
-                self._reader_wait = loop.create_future()
-                try:
-                    await self._reader_wait
-                finally:
-                    self._reader_wait = None
+            for batch in self._parts(whole):
+                await self._take(batch, loop, keyed, concurrency, room)
+
+    def _parts(self, batch: Batch) -> Iterator[Batch]:
+        """``batch``, or a flat_map's batch in consecutive parts, each with a hold on its ack.
+
+        The batch's own hold is given back after its last part is taken: a
+        failure or a stop half-way leaves the ack pending (read again).
+        """
+        n = len(batch.items)
+        if n <= self._part_inputs:
+            yield batch
+            return
+        items, ack, origin = batch.items, batch.ack, batch.origin
+        start = 0
+        while start < n:
+            end = min(n, start + self._part_inputs)
+            ack.retain()
+            yield Batch(items[start:end], ack, IndexOrigin(origin, list(range(start, end))))
+            start = end
+        ack.release()
+
+    async def _take(
+        self,
+        batch: Batch,
+        loop: asyncio.AbstractEventLoop,
+        keyed: bool,
+        concurrency: int,
+        room: int,
+    ) -> None:
+        """Queue ``batch``'s calls, then wait while enough are queued or waiting to leave."""
+        groups = self._groups(batch) if keyed else []
+        units = len(groups) if keyed else len(batch.items)
+        work = _Work(batch, loop.create_future(), units)
+        if self.tracer is not None:
+            work.span = self.tracer.start(self.step.step_id, batch)
+        self._works.append(work)
+        self._waiting_records += len(batch.items)
+        _wake(self._emitter_wait)
+        if not units:
+            work.done.set_result(None)
+            return
+        if keyed:
+            self._queue(work, groups, loop)
+        else:
+            self._taking.append(work)
+            self._untaken += units
+        self._wake_workers(units)
+        # Read ahead until a step-concurrency of records waits to be taken, so a
+        # worker that ends a call takes the next record at once instead of idling
+        # until the next batch comes (batches smaller than the concurrency).
+        while (
+            self._units
+            or self._untaken >= concurrency
+            or (len(self._works) > 1 and self._waiting_records >= room)
+        ):
+            self._reader_wait = loop.create_future()
+            try:
+                await self._reader_wait
+            finally:
+                self._reader_wait = None
 
     def _wake_workers(self, count: int) -> None:
         """Wake up to ``count`` idle workers (a worker with units to take keeps going by itself)."""
@@ -353,6 +398,10 @@ class AsyncSegment:
                 order = range(len(batch.items)) if self.step.ordered else work.order
                 out, indices = self._collect(batch.items, work.results, order)
                 origin = IndexOrigin(batch.origin, indices)
+            if self._parted:  # the next parts, from this expansion
+                cap = self.part_outputs
+                inputs = cap * len(batch.items) // max(len(out), 1)
+                self._part_inputs = max(self.step.concurrency, min(cap, inputs))
             counters.timed(work.started)
             await self.router.flush()
             counters.records_in += len(batch.items)

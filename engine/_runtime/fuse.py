@@ -13,7 +13,7 @@ pays nothing for either.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, final
@@ -27,6 +27,12 @@ ErrorHandler = Callable[[Any, int, int, Exception], None]
 
 ChainFn = Callable[[list[Any], ErrorHandler], tuple[list[Any], list[int], list[int]]]
 """Runs a chain over a batch: ``(outputs, marks, counts)``; see :class:`CompiledChain`."""
+
+Part = tuple[list[Any], list[int], int, "list[int] | None"]
+"""One part of an expanding chain's outputs: ``(outputs, starts, first input, counts)``."""
+
+PartsFn = Callable[[list[Any], ErrorHandler, int], Iterator[Part]]
+"""Runs an expanding chain over a batch, a part of at most ``cap`` outputs at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +57,19 @@ class CompiledChain:
     drops; the outputs of a flat_map followed by another flat_map (its
     outputs cannot be derived from the batch's lengths); 0 otherwise. Each
     costs an add only when it happens, so plain map chains pay nothing.
+
+    ``parts`` (expanding chains only) is the same loop as a generator that
+    hands over its outputs every ``cap`` of them, also in the middle of one
+    input's: each part comes with the output length at the start of each
+    input it holds (the first may have begun in the part before), the index
+    of that first input, and, with the last part only, the counts.
     """
 
     ops: tuple[Op, ...]
     run: ChainFn
     expands: bool
     source: str
+    parts: PartsFn | None = None
 
 
 def compile_chain(ops: Sequence[Op]) -> CompiledChain:
@@ -65,6 +78,10 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
         raise ValueError("a chain needs at least one step")
     expands = any(op.kind == "flat_map" for op in ops)
     lines, line_to_op = (_expanding if expands else _dropping)(ops)
+    if expands:  # the generator that hands over parts, in the same namespace
+        part_lines, part_ops = _expanding(ops, parts=True)
+        line_to_op.update({line + len(lines): op for line, op in part_ops.items()})
+        lines = [*lines, *part_lines]
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {}
     for i, op in enumerate(ops):
@@ -72,7 +89,13 @@ def compile_chain(ops: Sequence[Op]) -> CompiledChain:
     namespace["LINES"] = line_to_op
     code = compile(source, f"<riprap chain {'+'.join(op.step_id for op in ops)}>", "exec")
     exec(code, namespace)
-    return CompiledChain(ops=tuple(ops), run=namespace["chain"], expands=expands, source=source)
+    return CompiledChain(
+        ops=tuple(ops),
+        run=namespace["chain"],
+        expands=expands,
+        source=source,
+        parts=namespace.get("parts"),
+    )
 
 
 _HEAD = (
@@ -120,15 +143,21 @@ def _dropping(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
     return lines, line_to_op
 
 
-def _expanding(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
-    """Source of a chain with a flat_map: the output length at the start of every input."""
-    lines = [
-        *_HEAD,
-        *(f"    c{i} = 0" for i in range(len(ops))),
-        "    for x in items:",
-        "        mark(len(out))",
-        "        try:",
-    ]
+def _expanding(ops: Sequence[Op], *, parts: bool = False) -> tuple[list[str], dict[int, int]]:
+    """Source of a chain with a flat_map: the output length at the start of every input.
+
+    With ``parts``, the generator ``parts(items, on_error, cap)`` (see
+    :class:`CompiledChain`): it counts inputs in ``i`` and, after an output
+    that fills ``cap``, hands the part over and goes on in a new one.
+    """
+    head = ["def parts(items, on_error, cap):", *_HEAD[1:]] if parts else list(_HEAD)
+    lines = [*head, *(f"    c{i} = 0" for i in range(len(ops)))]
+    if parts:
+        lines += ["    first = 0", "    i = -1"]
+    lines += ["    for x in items:"]
+    if parts:
+        lines += ["        i += 1"]
+    lines += ["        mark(len(out))", "        try:"]
     line_to_op: dict[int, int] = {}
     indent = " " * 12
     var = "x"
@@ -151,10 +180,22 @@ def _expanding(ops: Sequence[Op]) -> tuple[list[str], dict[int, int]]:
             if index < last_flat_map:
                 lines.append(f"{indent}c{index} += 1")
     lines.append(f"{indent}ap({var})")
+    if parts:
+        lines.append(f"{indent}if len(out) >= cap:")
+        lines.append(f"{indent}    yield out, marks, first, None")
+        lines.append(f"{indent}    out = []")
+        lines.append(f"{indent}    ap = out.append")
+        lines.append(f"{indent}    marks = [0]")
+        lines.append(f"{indent}    mark = marks.append")
+        lines.append(f"{indent}    first = i")
     lines.append("        except Exception as e:")
     lines.append("            op = LINES.get(e.__traceback__.tb_lineno, 0)")
-    lines.append("            on_error(x, len(marks) - 1, op, e)")
-    lines.append(f"    return out, marks, [{', '.join(f'c{i}' for i in range(len(ops)))}]")
+    lines.append(f"            on_error(x, {'i' if parts else 'len(marks) - 1'}, op, e)")
+    counts = f"[{', '.join(f'c{i}' for i in range(len(ops)))}]"
+    if parts:
+        lines.append(f"    yield out, marks, first, {counts}")
+    else:
+        lines.append(f"    return out, marks, {counts}")
     return lines, line_to_op
 
 

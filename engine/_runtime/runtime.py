@@ -150,7 +150,13 @@ def build_segments(
             threads = threads or ThreadOffload(DEFAULT_OFFLOAD_THREADS)
             call = _base_call(_refusing_awaitables(step), counters, threads, watch)
             segments.append(
-                AsyncSegment(step, router, _step_call(step, call, clock, hooks, shelter), counters)
+                AsyncSegment(
+                    step,
+                    router,
+                    _step_call(step, call, clock, hooks, shelter),
+                    counters,
+                    part_outputs=part_outputs,
+                )
             )
         elif isinstance(step, BatchStep):
             segments.append(BatchSegment(step))

@@ -18,7 +18,7 @@ import anyio
 from riprap._core.records import Batch, DropsOrigin, IndexOrigin, StartsOrigin
 from riprap._runtime.acks import Ack, combined_ack
 from riprap._runtime.channel import ChannelReceiver, ClosesOnExit
-from riprap._runtime.fuse import Op, compile_chain
+from riprap._runtime.fuse import Op, PartsFn, compile_chain
 from riprap.observability._report import StepCounters
 
 if TYPE_CHECKING:
@@ -83,10 +83,11 @@ class Segment(Protocol):
 class FusedSegment:
     """Consecutive sync map/filter/flat_map steps, run as one chain per batch (see fuse.py).
 
-    A chain with a flat_map runs a batch in parts of about ``part_outputs``
-    outputs (the pipeline's ``batch_size``), each sent on before the next is
-    made, so that what a batch holds does not grow with the expansion: the
-    channel's bound stops the chain as it stops a source.
+    A chain with a flat_map hands its outputs on ``part_outputs`` at a time
+    (the pipeline's ``batch_size``), also in the middle of one record's,
+    each part sent before the next is made, so that what a batch holds does
+    not grow with the expansion: the channel's bound stops the chain as it
+    stops a source.
     """
 
     def __init__(
@@ -100,9 +101,6 @@ class FusedSegment:
         if part_outputs < 1:
             raise ValueError(f"part_outputs must be at least 1, got {part_outputs}")
         self.part_outputs = part_outputs
-        # Inputs of the next part of an expanding chain, from the last expansion seen;
-        # the first part of a run is one record, whatever its expansion.
-        self._part_inputs = 1
         self.steps = tuple(steps)
         self.counters = StepCounters("+".join(step.step_id for step in steps))
         self.router = router
@@ -124,37 +122,64 @@ class FusedSegment:
 
     async def pass_on(self, batch: Batch, send: Send) -> None:
         """Process ``batch`` and send what is left; an expanding chain sends it in parts."""
-        if not self.chain.expands:
+        parts = self.chain.parts
+        if parts is None:
             out = await self.process(batch)
             if out is not None:
                 await send.send(out)
-            return
-        items, ack, origin = batch.items, batch.ack, batch.origin
-        n = len(items)
-        if n <= self._part_inputs:
-            out = await self.process(batch)
-            self._expanded(n, out)
-            if out is not None:
-                await send.send(out)
-            return
-        start = 0
-        while start < n:
-            end = min(n, start + self._part_inputs)
-            ack.retain()  # the part's own; the batch's is given back once all are out
-            part = Batch(items[start:end], ack, IndexOrigin(origin, list(range(start, end))))
-            out = await self.process(part)
-            self._expanded(end - start, out)
-            if out is not None:
-                await send.send(out)
-            start = end
-        # Only once every part is out: a failure above leaves the ack pending (read again).
-        ack.release()
+        elif self.tracer is not None:
+            with self.tracer.span(self.counters.step_id, batch):
+                await self._pass_on_parts(batch, send, parts)
+        else:
+            await self._pass_on_parts(batch, send, parts)
 
-    def _expanded(self, inputs: int, out: Batch | None) -> None:
-        """Size the next part from the expansion of the last one (at most ``part_outputs``)."""
-        outputs = 0 if out is None else len(out.items)
-        cap = self.part_outputs
-        self._part_inputs = max(1, min(cap, cap * inputs // max(outputs, 1)))
+    async def _pass_on_parts(self, batch: Batch, send: Send, parts: PartsFn) -> None:
+        """Run an expanding chain over ``batch``, sending its outputs on ``part_outputs`` at a time.
+
+        Each part takes a hold on the batch's ack; the batch's own is given
+        back after the last part is out, so a failure half-way leaves the ack
+        pending (its records are read again).
+        """
+        router = self.router
+        steps = self.steps
+        op_errors = self.op_errors
+        counters = self.counters
+        errors = flushed = 0
+
+        def on_error(value: Any, index: int, op: int, error: Exception) -> None:
+            nonlocal errors
+            errors += 1
+            op_errors[op] += 1
+            router.handle(steps[op].step_id, batch, index, value, error)
+
+        items, ack, origin = batch.items, batch.ack, batch.origin
+        written = 0
+        last: list[int] | None = None
+        started = time.perf_counter()
+        for out, marks, first, counts in parts(items, on_error, self.part_outputs):
+            if self.watch is not None:  # the chain held the loop for this part
+                self.watch.held(counters.step_id, time.perf_counter() - started)
+            counters.timed(started)
+            last = counts
+            if errors > flushed:
+                flushed = errors
+                await router.flush()
+            if out:
+                written += len(out)
+                inputs = origin
+                if first or len(marks) < len(items):
+                    inputs = IndexOrigin(origin, list(range(first, first + len(marks))))
+                ack.retain()
+                await send.send(Batch(out, ack, StartsOrigin(inputs, marks)))
+            started = time.perf_counter()
+        if last is not None and any(last):
+            for op, count in enumerate(last):
+                self.op_counts[op] += count
+            counters.dropped += sum(last[op] for op in self._filters)
+        counters.records_in += len(items)
+        counters.records_out += written
+        counters.errors += errors
+        ack.release()
 
     async def process(self, batch: Batch) -> Batch | None:
         """Run the chain over one batch; ``None`` (ack released) when nothing is left."""

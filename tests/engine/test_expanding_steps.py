@@ -1,7 +1,9 @@
 """A flat_map that multiplies its records: what a batch holds does not grow with the expansion.
 
-The chain runs a batch in parts of about ``batch_size`` outputs, each sent on
-before the next is made; positions still move only once every part is done.
+A fused chain hands its outputs on ``batch_size`` at a time, also in the
+middle of one record's, each part sent before the next is made; an async
+flat_map takes a batch in parts of a few records. Positions still move only
+once every part is done.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import tracemalloc
 from typing import TYPE_CHECKING
 
+import anyio.lowlevel
 import pytest
 
 import riprap
@@ -17,6 +20,7 @@ import riprap.deadletters
 from riprap.connectors.memory import IterableSource
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
@@ -58,33 +62,59 @@ def explode(n: int) -> range:
     return range(n * EXPANSION, (n + 1) * EXPANSION)
 
 
+def failing_at(bad: int | None) -> Callable[[int], range]:
+    """:func:`explode`, raising a data error for record ``bad``."""
+
+    def explode_but(n: int) -> range:
+        if n == bad:
+            raise riprap.DataError(f"record {n}", reason="validation")
+        return explode(n)
+
+    return explode_but
+
+
+def with_explode(pipeline: riprap.Pipeline, kind: str, bad: int | None = None) -> riprap.Pipeline:
+    """``pipeline`` with the explode step, sync (fused) or async (two calls at a time)."""
+    fn = failing_at(bad)
+    if kind == "sync":
+        return pipeline.flat_map("explode", fn)
+
+    async def explode_later(n: int) -> range:
+        await anyio.lowlevel.checkpoint()
+        return fn(n)
+
+    return pipeline.flat_map("explode", explode_later, concurrency=2)
+
+
 def expanding(
-    sink: BatchSink,
     records: int,
+    kind: str,
     *,
     batch_size: int = 100,
     checkpoint: riprap.checkpoints.MemoryCheckpoints | None = None,
     dead_letter: riprap.deadletters.JsonLinesDeadLetters | None = None,
+    bad: int | None = None,
 ) -> riprap.Pipeline:
-    return (
-        riprap.Pipeline(
-            "expand",
-            checkpoint=checkpoint or riprap.checkpoints.MemoryCheckpoints(),
-            dead_letter=dead_letter,
-            batch_size=batch_size,
-        )
-        .source(IterableSource("nums", list(range(records))))
-        .flat_map("explode", explode)
-    )
+    pipeline = riprap.Pipeline(
+        "expand",
+        checkpoint=checkpoint or riprap.checkpoints.MemoryCheckpoints(),
+        dead_letter=dead_letter,
+        batch_size=batch_size,
+    ).source(IterableSource("nums", list(range(records))))
+    return with_explode(pipeline, kind, bad)
 
 
-async def test_outputs_go_on_in_parts_in_order() -> None:
-    """40 records of 1,000 outputs each in one batch: no write holds more than one record's."""
+KINDS = pytest.mark.parametrize("kind", ["sync", "async"])
+
+
+@KINDS
+async def test_outputs_go_on_in_parts_in_order(kind: str) -> None:
+    """40 records of 1,000 outputs each in one batch: no write holds more than two records'."""
     sink = BatchSink()
-    report = await expanding(sink, 40).sink(sink).run()
+    report = await expanding(40, kind).sink(sink).run()
     assert list(range(40 * EXPANSION)) == sink.values
-    assert max(sink.sizes) <= EXPANSION  # one batch of 40,000 before
-    assert len(sink.sizes) >= 40
+    assert max(sink.sizes) <= (100 if kind == "sync" else 2 * EXPANSION)  # 40,000 before
+    assert len(sink.sizes) >= 20
     assert {"memory": 40} == report.positions
     assert 40 * EXPANSION == report.records_out
 
@@ -110,10 +140,11 @@ async def test_parts_after_an_async_step() -> None:
     assert {"memory": 30} == report.positions
 
 
-async def test_memory_does_not_grow_with_the_expansion() -> None:
+@KINDS
+async def test_memory_does_not_grow_with_the_expansion(kind: str) -> None:
     """A million outputs from one batch of 1,000 records: a few parts are alive at a time."""
     sink = BatchSink(keep=False)
-    pipeline = expanding(sink, 1_000, batch_size=1_000).sink(sink)
+    pipeline = expanding(1_000, kind, batch_size=1_000).sink(sink)
     tracemalloc.start()
     try:
         report = await pipeline.run()
@@ -121,31 +152,16 @@ async def test_memory_does_not_grow_with_the_expansion() -> None:
     finally:
         tracemalloc.stop()
     assert 1_000 * EXPANSION == sum(sink.sizes) == report.records_out
-    # The whole batch's outputs (a million ints and their list) are over 36 MiB.
+    # The whole batch's outputs (a million ints and their lists) are over 36 MiB.
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
 
 
-async def test_a_failure_in_a_later_part_names_its_record(tmp_path: Path) -> None:
-    """A record failing in the third part is dead-lettered as itself; the others all go out."""
-
-    def explode_but_37(n: int) -> range:
-        if n == 37:
-            raise riprap.DataError("thirty-seven", reason="validation")
-        return explode(n)
-
+@KINDS
+async def test_a_failure_in_a_later_part_names_its_record(kind: str, tmp_path: Path) -> None:
+    """A record failing in a later part is dead-lettered as itself; the others all go out."""
     letters = riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
     sink = BatchSink()
-    pipeline = (
-        riprap.Pipeline(
-            "expand",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            dead_letter=letters,
-            batch_size=50,
-        )
-        .source(IterableSource("nums", list(range(50))))
-        .flat_map("explode", explode_but_37)
-        .sink(sink)
-    )
+    pipeline = expanding(50, kind, batch_size=50, dead_letter=letters, bad=37).sink(sink)
     report = await pipeline.run()
     assert [v for n in range(50) if n != 37 for v in explode(n)] == sink.values
     assert len(sink.sizes) > 3
@@ -159,17 +175,55 @@ async def test_a_failure_in_a_later_part_names_its_record(tmp_path: Path) -> Non
     assert {"memory": 50} == report.positions
 
 
-async def test_positions_wait_for_every_part() -> None:
+@KINDS
+async def test_positions_wait_for_every_part(kind: str) -> None:
     """The sink fails at the third part: no position passes the batch; a rerun writes it all."""
     backend = riprap.checkpoints.MemoryCheckpoints()
     failing = BatchSink(fail_at=3)
     with pytest.raises(riprap.PipelineError, match="the sink is down"):
-        await expanding(failing, 40, checkpoint=backend).sink(failing).run()
+        await expanding(40, kind, checkpoint=backend).sink(failing).run()
     assert 2 == len(failing.sizes)  # two parts were written before the failure
     saved = await backend.load("expand")
     assert saved is None or dict(saved.positions).get("memory", 0) == 0
 
     sink = BatchSink()
-    report = await expanding(sink, 40, checkpoint=backend).sink(sink).run()
+    report = await expanding(40, kind, checkpoint=backend).sink(sink).run()
     assert list(range(40 * EXPANSION)) == sink.values
     assert {"memory": 40} == report.positions
+
+
+async def test_one_record_expanded_lazily_goes_on_in_parts(tmp_path: Path) -> None:
+    """One record naming a million lines, read by a generator: never held whole, in order.
+
+    The generator fails after 600,000 lines: what it gave stays written, the
+    record is dead-lettered once, and the next record goes on.
+    """
+
+    def lines(n: int) -> Iterator[int]:
+        for k in range(1_000_000):
+            if n == 1 and k == 600_000:
+                raise riprap.DataError("cut short", reason="truncated")
+            yield k
+
+    letters = riprap.deadletters.JsonLinesDeadLetters(tmp_path / "dlq.jsonl")
+    sink = BatchSink(keep=False)
+    pipeline = (
+        riprap.Pipeline(
+            "lines", checkpoint=riprap.checkpoints.MemoryCheckpoints(), dead_letter=letters
+        )
+        .source(IterableSource("files", [0, 1, 2]))
+        .flat_map("read", lines)
+        .sink(sink)
+    )
+    tracemalloc.start()
+    try:
+        report = await pipeline.run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 2_600_000 == sum(sink.sizes) == report.records_out
+    assert max(sink.sizes) <= 1_000
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # 36 MiB a million ints
+    (letter,) = riprap.deadletters.read_dead_letters(tmp_path / "dlq.jsonl")
+    assert (1, "truncated") == (letter.offset, letter.reason)
+    assert {"memory": 3} == report.positions

@@ -114,6 +114,39 @@ def test_fused_chain_matches_reference(kinds: list[str], items: list[int]) -> No
     assert [i for i, _ in expected] == resolve(chain.expands, marks, len(items), len(out))
 
 
+EXPANDING_OPS = {
+    **OPS,
+    "failing flat_map": Op("flat_map", "fails", lambda v: [_raise_on(v, 3)] * (v % 4)),
+}
+
+
+@given(
+    st.lists(st.sampled_from(sorted(EXPANDING_OPS)), min_size=1, max_size=5),
+    st.lists(st.integers(min_value=0, max_value=50), max_size=40),
+    st.integers(min_value=1, max_value=7),
+)
+def test_parts_match_the_whole_chain(kinds: list[str], items: list[int], cap: int) -> None:
+    """An expanding chain in parts of ``cap``: the same outputs, inputs, failures and counts."""
+    ops = [EXPANDING_OPS[k] for k in [*kinds, "flat_map"]]
+    chain = compile_chain(ops)
+    whole_errors: list[tuple[int, int]] = []
+    out, marks, counts = chain.run(items, lambda x, i, op, e: whole_errors.append((i, op)))
+    assert chain.parts is not None
+    part_errors: list[tuple[int, int]] = []
+    parts = list(chain.parts(items, lambda x, i, op, e: part_errors.append((i, op)), cap))
+    outputs: list[Any] = []
+    inputs: list[int] = []
+    for values, starts, first, _ in parts:
+        assert len(values) <= cap
+        outputs.extend(values)
+        located = resolve(True, starts, len(starts), len(values))
+        inputs.extend(first + i for i in located)
+    assert out == outputs
+    assert resolve(True, marks, len(items), len(out)) == inputs
+    assert whole_errors == part_errors
+    assert [p[3] for p in parts] == [None] * (len(parts) - 1) + [counts]
+
+
 @given(
     st.lists(st.sampled_from(sorted(MAP_FILTER_OPS)), min_size=1, max_size=5),
     st.lists(st.integers(min_value=0, max_value=200), max_size=60),
