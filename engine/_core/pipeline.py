@@ -32,6 +32,7 @@ from riprap._core.steps import (
     Step,
     StepOptions,
     check_name,
+    check_steps_fit,
     op_step,
     sink_policies_for,
     step_policies,
@@ -492,6 +493,7 @@ class Pipeline:
             else ()
         )
         steps = (*trunk, *(step for branch in branches for step in branch.steps))
+        check_steps_fit(steps, self.options)
         sinks = [branch.sink.name for branch in branches]
         sinks += [self.sink_.name] if self.sink_ is not None else []
         sides = side_output_plans(self.name, steps, sinks, dict(self.side_outputs), self.options)

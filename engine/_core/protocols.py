@@ -148,6 +148,8 @@ class SinkContext:
             holds stay in flight, and the source reads only while a whole batch
             fits: a sink must not hold more than ``max_in_flight - batch_size``
             source records once ``write`` returns, or the run can stall for good.
+            A held record keeps its whole source batch in flight, so a sink with
+            ``wake_at`` is also flushed whenever the source waits for room.
         policy_hooks: Hooks for policy events, so that retries the sink's client
             library makes by itself (``riprap.policies.RetryScheduled``) reach
             the run report and the metrics with riprap's own.

@@ -23,7 +23,7 @@ from riprap._core.options import (
 from riprap.policies import Bulkhead, CircuitBreaker, Policies, Retry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from riprap._core.protocols import Sink, Source, Stage
     from riprap._core.state_stores import StateStore
@@ -349,6 +349,25 @@ def check_sync_step(where: str, options: StepOptions, *, fn_is_async: bool) -> O
             "(sync steps run on the event loop, fused in one loop)",
         )
     return None
+
+
+def check_steps_fit(steps: Iterable[Step | RouteStep], options: PipelineOptions) -> None:
+    """Refuse a step with more calls at once than ``max_in_flight`` records.
+
+    At most ``max_in_flight`` records are in flight, so the rest of the calls
+    could never run; their workers would only take memory (a worker task each).
+
+    Raises:
+        ConfigError: Naming the step, its concurrency and ``max_in_flight``.
+    """
+    limit = options.max_in_flight
+    for step in steps:
+        if isinstance(step, OpStep) and step.concurrency > limit:
+            raise ConfigError(
+                f"{step.kind}({step.step_id!r}).concurrency",
+                f"{step.concurrency} calls can never run at once: at most max_in_flight "
+                f"({limit}) records are in flight; lower it or raise max_in_flight",
+            )
 
 
 def sink_policies_for(policies: Policies | None, options: PipelineOptions) -> Policies | None:

@@ -121,18 +121,32 @@ class PartitionTracker:
 class InFlight:
     """Bounds the records between the source and done (I9); the source waits for room."""
 
-    __slots__ = ("_changed", "capacity", "in_flight")
+    __slots__ = ("_changed", "_on_wait", "capacity", "in_flight", "waiting")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_flight = 0
+        self.waiting = 0
+        """Acquires waiting for room now (sources that cannot read on)."""
         self._changed: anyio.Event | None = None
+        self._on_wait: list[Callable[[], None]] = []
+
+    def on_wait(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever an acquire starts waiting for room."""
+        self._on_wait.append(callback)
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` more records fit, then count them in."""
         n = min(n, self.capacity)
-        while self.in_flight + n > self.capacity:
-            await self._wait_change()
+        if self.in_flight + n > self.capacity:
+            self.waiting += 1
+            try:
+                for callback in self._on_wait:
+                    callback()
+                while self.in_flight + n > self.capacity:
+                    await self._wait_change()
+            finally:
+                self.waiting -= 1
         self.in_flight += n
 
     def release(self, n: int) -> None:

@@ -129,12 +129,14 @@ def build_segments(
     watch: LoopWatch | None = None,
     shelter: Shelter | None = None,
     part_outputs: int = 1_000,
+    in_flight: InFlight | None = None,
 ) -> list[Segment]:
     """Group consecutive fusable steps into fused loops; everything else runs on its own.
 
     Offloaded steps run in ``threads``; sync steps on the loop report to ``watch``
     how long they held it; policy stacks leave abandoned calls to ``shelter``;
-    an expanding chain sends about ``part_outputs`` outputs at a time.
+    an expanding chain sends about ``part_outputs`` outputs at a time; batch
+    steps let a partial group go when the source waits for room in ``in_flight``.
     """
     segments: list[Segment] = []
     run: list[OpStep] = []
@@ -159,7 +161,7 @@ def build_segments(
                 )
             )
         elif isinstance(step, BatchStep):
-            segments.append(BatchSegment(step))
+            segments.append(BatchSegment(step, in_flight))
         elif isinstance(step, StageStep):
             segments.append(StageSegment(step, router))
     if run:
@@ -324,6 +326,7 @@ class Runtime:
         # Owns the calls abandoned by attempt timeouts, for the whole run.
         self.shelter = Shelter()
         threads = ThreadOffload(self.options.offload_threads)  # one pool for every branch
+        self.in_flight = InFlight(self.options.max_in_flight)
 
         def segments_of(steps: Sequence[Step]) -> list[Segment]:
             return build_segments(
@@ -335,6 +338,7 @@ class Runtime:
                 watch=watch,
                 shelter=self.shelter,
                 part_outputs=self.options.batch_size,
+                in_flight=self.in_flight,
             )
 
         self.segments = segments_of(pipeline.steps)
@@ -354,6 +358,7 @@ class Runtime:
                 shelter=self.shelter,
                 tracing=self.tracing,
                 sinks=len(pipeline.outputs()),
+                in_flight=self.in_flight,
             )
             for sink, policies in pipeline.outputs()
         )
@@ -383,7 +388,6 @@ class Runtime:
             if watch is None or threshold is None
             else LoopLagMonitor(pipeline.name, watch, self._busy, threshold=threshold)
         )
-        self.in_flight = InFlight(self.options.max_in_flight)
         self.records_in = 0
         self._read_times: dict[str, float] = {}  # event time of the last record read
         self.outcome: Outcome = "completed"

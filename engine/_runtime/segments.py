@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 import anyio
 
 from riprap._core.records import Batch, DropsOrigin, IndexOrigin, StartsOrigin
-from riprap._runtime.acks import Ack, combined_ack
+from riprap._runtime.acks import Ack, InFlight, combined_ack
 from riprap._runtime.channel import ChannelReceiver, ClosesOnExit
 from riprap._runtime.fuse import Op, PartsFn, compile_chain
 from riprap.observability._report import StepCounters
@@ -264,14 +264,29 @@ def traced(tracer: Tracing | None, stage: str, batch: Batch) -> AbstractContextM
 
 @final
 class BatchSegment:
-    """Groups values into lists of ``size``; a partial group goes out after ``timeout``."""
+    """Groups values into lists of ``size``; a partial group goes out after ``timeout``.
 
-    def __init__(self, step: BatchStep) -> None:
+    A partial group also goes out when the source waits for room in flight
+    and nothing more is queued here: the group's records are in flight, so
+    waiting for the rest could wait forever (a filter before the step that
+    keeps one record a source batch holds every batch's slots).
+    """
+
+    def __init__(self, step: BatchStep, in_flight: InFlight | None = None) -> None:
         self.step = step
         self.counters = StepCounters(step.step_id)
         self.tracer: Tracing | None = None
         self._items: list[Any] = []
         self._acks: list[Ack] = []
+        self._in_flight = in_flight
+        self._waiting: anyio.CancelScope | None = None
+        if in_flight is not None:
+            in_flight.on_wait(self._source_waits)
+
+    def _source_waits(self) -> None:
+        """The source waits for room: a partial group waiting for input goes out now."""
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     def snapshot(self) -> dict[str, Any]:
         return {}
@@ -302,10 +317,21 @@ class BatchSegment:
             await self._flush(send)
 
     async def _receive(self, receive: Receive) -> Batch | None:
-        if self.step.timeout is None or not self._items:
+        """The next batch, or ``None`` when the partial group should go out now."""
+        if not self._items:
             return await receive.receive()
-        with anyio.move_on_after(self.step.timeout):
-            return await receive.receive()
+        in_flight = self._in_flight
+        if in_flight is not None and in_flight.waiting and not receive.buffered():
+            return None
+        timeout = self.step.timeout
+        with anyio.CancelScope() as scope:
+            if timeout is not None:
+                scope.deadline = anyio.current_time() + timeout
+            self._waiting = scope
+            try:
+                return await receive.receive()
+            finally:
+                self._waiting = None
         return None
 
     async def _flush(self, send: Send) -> None:

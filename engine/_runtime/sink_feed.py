@@ -5,8 +5,11 @@ object is full or old enough. Batches alone cannot tell it that time has
 passed on a quiet stream, so :class:`SinkFeed` waits for the next batch only
 until the sink's deadline and then hands over an empty batch. While a
 partition is drained it also flushes the sink before every wait, so the
-drained records become done instead of waiting for more input. Sinks without
-``wake_at`` are fed straight from their channel: nothing here is on their path.
+drained records become done instead of waiting for more input; and so it does
+while the source waits for room in flight, since what the sink holds keeps
+that room taken (a filter that keeps one record a source batch pins the
+whole batch's slots). Sinks without ``wake_at`` are fed straight from their
+channel: nothing here is on their path.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, final
 import anyio
 
 from riprap._core.records import Batch
-from riprap._runtime.acks import Ack
+from riprap._runtime.acks import Ack, InFlight
 from riprap.policies import move_on_after
 
 if TYPE_CHECKING:
@@ -32,6 +35,8 @@ class Receiver(Protocol):
 
     async def receive(self) -> Batch: ...
 
+    def buffered(self) -> int: ...
+
 
 def _nothing() -> None:
     """The completion of an empty wake-up batch: it holds no record."""
@@ -45,28 +50,38 @@ class SinkFeed:
         wake_at: The sink's ``wake_at``.
         flush: The sink's ``flush``.
         clock: The pipeline's clock, the one ``wake_at`` answers on.
+        in_flight: The run's in-flight bound: while its source waits for room,
+            the sink is flushed before every wait.
     """
 
-    __slots__ = ("_clock", "_draining", "_flush", "_wait", "_wake_at")
+    __slots__ = ("_clock", "_draining", "_flush", "_in_flight", "_wait", "_wake_at")
 
     def __init__(
         self,
         wake_at: Callable[[], float | None],
         flush: Callable[[], Awaitable[None]],
         clock: Clock,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._wake_at = wake_at
         self._flush = flush
         self._clock = clock
         self._draining = 0
         self._wait: anyio.CancelScope | None = None
+        self._in_flight = in_flight
+        if in_flight is not None:
+            in_flight.on_wait(self._wake)
+
+    def _wake(self) -> None:
+        """Look again now (a drain began, or the source waits for room)."""
+        if self._wait is not None:
+            self._wait.cancel()
 
     @contextlib.contextmanager
     def draining(self) -> Iterator[None]:
         """Flush the sink before every wait while the block runs (and wake it now)."""
         self._draining += 1
-        if self._wait is not None:
-            self._wait.cancel()
+        self._wake()
         try:
             yield
         finally:
@@ -83,7 +98,10 @@ class SinkFeed:
             anyio.EndOfStream: The channel ended.
         """
         while True:
-            if self._draining:
+            in_flight = self._in_flight
+            if self._draining or (
+                in_flight is not None and in_flight.waiting and not receiver.buffered()
+            ):
                 await self._flush()
             deadline = self._wake_at()
             if deadline is None:
@@ -101,7 +119,7 @@ class SinkFeed:
                         return await receiver.receive()
                 finally:
                     self._wait = None
-            # The deadline passed or a drain began: look again.
+            # The deadline passed, a drain began or the source waits: look again.
 
 
 @final

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from riprap._core.clock import Clock
     from riprap._core.options import PipelineOptions
+    from riprap._runtime.acks import InFlight
     from riprap._runtime.channel import ChannelReceiver
     from riprap._runtime.routing import Router
     from riprap.observability._tracing import Tracing
@@ -75,6 +76,7 @@ class SinkRunner:
     __slots__ = (
         "_classifier",
         "_delivery_timeout",
+        "_in_flight",
         "_options",
         "_pipeline",
         "_pipelined",
@@ -100,8 +102,10 @@ class SinkRunner:
         shelter: Shelter,
         tracing: Tracing | None,
         sinks: int = 1,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.sink = sink
+        self._in_flight = in_flight
         self._pipeline = pipeline
         self._options = options
         self._router = router
@@ -147,7 +151,9 @@ class SinkRunner:
                 )
             )
         wake_at = getattr(sink, "wake_at", None)
-        return None if wake_at is None else SinkFeed(wake_at, sink.flush, options.clock)
+        if wake_at is None:
+            return None
+        return SinkFeed(wake_at, sink.flush, options.clock, self._in_flight)
 
     def draining(self) -> AbstractContextManager[None]:
         """While partitions drain, a sink that holds records back writes them after each batch."""

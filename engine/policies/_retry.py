@@ -333,7 +333,7 @@ class RetryLayer:
             delay = max(delay, asked)  # never earlier than the server asks
         left = self._time_left(tally)
         # A wait ending at the deadline would leave no time for the attempt.
-        if left is not None and delay >= left:
+        if left is not None and (delay >= left or self._ends_past(tally, delay)):
             fits = asked is None or asked < left
             return self._give_up(exc, tally, "deadline" if fits else "retry_after_exceeds_deadline")
         if not probe and self._budget is not None and not self._budget.try_withdraw():
@@ -352,6 +352,18 @@ class RetryLayer:
                 )
             )
         return delay
+
+    def _ends_past(self, tally: _Tally, delay: float) -> bool:
+        """Whether a wait of ``delay`` ends at or past a deadline, on the clock's own sums.
+
+        ``delay >= left`` alone can miss by a rounding: 1.1 - 1.0 is a little
+        more than 0.1, yet 1.0 + 0.1 is 1.1, and the attempt would start on
+        the deadline.
+        """
+        elapsed = self._clock.monotonic() - tally.started
+        if self._timeout is not None and elapsed - tally.paused + delay >= self._timeout:
+            return True
+        return self._cap is not None and elapsed + delay >= self._cap
 
     def _time_left(self, tally: _Tally) -> float | None:
         """Seconds to the nearer deadline: the retry's (breaker waits excluded) or the total."""

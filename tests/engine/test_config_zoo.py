@@ -183,6 +183,11 @@ ZOO = [
         "batch('b').timeout",
     ),
     Case(
+        "more calls at once than records in flight",
+        lambda k: k.run(k.complete().map("m", twice, concurrency=10_001)),
+        "map('m').concurrency",
+    ),
+    Case(
         "NaN sink timeout", lambda k: k.pipeline().sink(MemorySink(), timeout=NAN), "sink.timeout"
     ),
     Case(

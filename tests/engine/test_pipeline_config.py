@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import riprap
@@ -211,3 +212,42 @@ def test_queues_hold_four_batches_or_a_thousand_records(
 ) -> None:
     """By default a queue holds 4 batches, more when that is under 1,000 records; or as told."""
     assert batches == pipeline(**options).options.queue_batches
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [8, 9_000])
+async def test_a_batch_step_after_a_rare_filter_never_waits_forever(size: int) -> None:
+    """A filter keeps one record of each source batch, a batch step without timeout groups them.
+
+    Each kept record holds its whole source batch in flight, so the source
+    runs out of room long before a group is full: the partial group goes out
+    then, instead of the run waiting for records that cannot be read.
+    """
+    sink = MemorySink()
+    p = (
+        pipeline(batch_size=3, max_in_flight=10)
+        .source(IterableSource("nums", list(range(300))))
+        .filter("rare", lambda n: n % 3 == 1)
+        .batch("groups", size)
+        .sink(sink)
+    )
+    with anyio.fail_after(30):  # a stall fails here instead of hanging the suite
+        report = await p.run()
+    assert list(range(1, 300, 3)) == [n for group in sink.values for n in group]
+    assert max(len(group) for group in sink.values) <= size
+    assert {"memory": 300} == report.positions
+
+
+@pytest.mark.anyio
+async def test_full_groups_while_the_source_can_read() -> None:
+    """Without pressure on the in-flight bound, every group but the last is full."""
+    sink = MemorySink()
+    p = (
+        pipeline(batch_size=10, max_in_flight=100)
+        .source(IterableSource("nums", list(range(95))))
+        .batch("groups", 20)
+        .sink(sink)
+    )
+    with anyio.fail_after(30):
+        await p.run()
+    assert [20, 20, 20, 20, 15] == [len(group) for group in sink.values]

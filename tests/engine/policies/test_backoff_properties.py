@@ -8,7 +8,7 @@ import random
 from typing import get_args
 
 import anyio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from riprap import TransientError
@@ -97,6 +97,8 @@ def test_retries_respect_limits_and_deadline(
     wait_max=st.floats(min_value=0.0, max_value=50.0, allow_nan=False),
     cost=st.floats(min_value=0.5, max_value=5.0, allow_nan=False),
 )
+# 1.1 - 1.0 is a little over 0.1, but 1.0 + 0.1 is 1.1: the wait ends on the deadline.
+@example(jitter="none", seed=0, timeout=1.1, wait_max=1.0, cost=1.0)
 def test_deadline_alone_bounds_unlimited_attempts(
     jitter: str, seed: int, timeout: float, wait_max: float, cost: float
 ) -> None:
