@@ -107,6 +107,16 @@ def expanding(
 KINDS = pytest.mark.parametrize("kind", ["sync", "async"])
 
 
+async def traced_run(pipeline: riprap.Pipeline) -> tuple[riprap.RunReport, int]:
+    """Run ``pipeline``; its report and the peak of the memory Python allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        report = await pipeline.run()
+        return report, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @KINDS
 async def test_outputs_go_on_in_parts_in_order(kind: str) -> None:
     """40 records of 1,000 outputs each in one batch: no write holds more than two records'."""
@@ -145,12 +155,7 @@ async def test_memory_does_not_grow_with_the_expansion(kind: str) -> None:
     """A million outputs from one batch of 1,000 records: a few parts are alive at a time."""
     sink = BatchSink(keep=False)
     pipeline = expanding(1_000, kind, batch_size=1_000).sink(sink)
-    tracemalloc.start()
-    try:
-        report = await pipeline.run()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    report, peak = await traced_run(pipeline)
     assert 1_000 * EXPANSION == sum(sink.sizes) == report.records_out
     # The whole batch's outputs (a million ints and their lists) are over 36 MiB.
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
@@ -215,12 +220,7 @@ async def test_one_record_expanded_lazily_goes_on_in_parts(tmp_path: Path) -> No
         .flat_map("read", lines)
         .sink(sink)
     )
-    tracemalloc.start()
-    try:
-        report = await pipeline.run()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    report, peak = await traced_run(pipeline)
     assert 2_600_000 == sum(sink.sizes) == report.records_out
     assert max(sink.sizes) <= 1_000
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # 36 MiB a million ints
