@@ -114,6 +114,20 @@ class _Overlong:
         self.kept = kept
         self.length = length
 
+    def __len__(self) -> int:
+        """The bytes held of the line (what it weighs in a batch)."""
+        return len(self.kept)
+
+
+def _prefix_of(piece: list[bytes | _Overlong], room: int) -> int:
+    """How many lines of ``piece`` first hold ``room`` bytes or more (all of them if never)."""
+    held = 0
+    for k, line in enumerate(piece, 1):
+        held += len(line)
+        if held >= room:
+            return k
+    return len(piece)
+
 
 # -- lines --------------------------------------------------------------------------
 
@@ -239,13 +253,15 @@ class _LineBlocks:
     moved.
     """
 
-    __slots__ = ("_at", "_block", "_blocks", "overlong")
+    __slots__ = ("_at", "_block", "_blocks", "capped", "overlong", "taken_bytes")
 
     def __init__(self, file: IO[bytes], limit: int) -> None:
         self._blocks = _blocks(file, limit)
         self._block: list[bytes | _Overlong] = []
         self._at = 0
         self.overlong = 0
+        self.taken_bytes = 0  # the bytes of the lines the last take() returned
+        self.capped = False  # whether the last take() stopped at its byte limit
 
     def _next_block(self) -> bool:
         """Move to the next block; ``False`` at the end of the file."""
@@ -256,19 +272,33 @@ class _LineBlocks:
             self.overlong += 1
         return True
 
-    def take(self, count: int) -> list[bytes | _Overlong]:
-        """The next up to ``count`` lines; fewer only at the end of the file."""
+    def take(self, count: int, max_bytes: int | None = None) -> list[bytes | _Overlong]:
+        """The next up to ``count`` lines; fewer only at the end of the file or, with
+        ``max_bytes``, once they hold that many bytes (``capped``; at least one line).
+        """
         taken: list[bytes | _Overlong] = []
+        held = 0
+        self.capped = False
         while len(taken) < count:
             if self._at >= len(self._block) and not self._next_block():
                 break
             at = self._at
             piece = self._block[at : at + count - len(taken)]
+            if max_bytes is not None:
+                size = sum(map(len, piece))
+                if held + size >= max_bytes:
+                    piece = piece[: _prefix_of(piece, max_bytes - held)]
+                    size = sum(map(len, piece))
+                    self.capped = True
+                held += size
             self._at = at + len(piece)
             if taken:
                 taken += piece
             else:
                 taken = piece
+            if self.capped:
+                break
+        self.taken_bytes = held
         return taken
 
     def skip(self, count: int) -> int:
@@ -349,6 +379,7 @@ class _FileSource:
         self._ready: SourceBatch | None = None
         self._lock = anyio.Lock()
         self._share = (0, 1)  # (worker index, worker count): every file by default
+        self._max_batch_bytes: int | None = None  # the pipeline's (SourceContext)
 
     whole_partitions = True
     """A worker's share is whole files (partitions), each always its own: keyed state splits too."""
@@ -390,6 +421,7 @@ class _FileSource:
             index, count = self._share
             self._paths = [p for p in paths if _worker_of(p, count) == index]
             self._positions = dict(context.positions)
+            self._max_batch_bytes = context.max_batch_bytes
             self._index = 0
             self._ready = None
 
@@ -534,14 +566,18 @@ class JsonLinesSource(_FileSource):
         lines = self._lines
         assert lines is not None
         first, overlong = self._line, lines.overlong
-        chunk = lines.take(max_records)
+        chunk = lines.take(max_records, self._max_batch_bytes)
         if first and len(chunk) == max_records and b"" not in chunk and lines.overlong == overlong:
             # The common case: a full run of lines, none empty or too long, not the first.
             self._line += max_records
             taken = cast("list[bytes]", chunk)
             if self.decode:
-                return self._decoded(taken, range(first, self._line))
-            return SourceBatch(self._name, taken, start=first, end=self._line)
+                batch = self._decoded(taken, range(first, self._line))
+            else:
+                batch = SourceBatch(self._name, taken, start=first, end=self._line)
+            if batch is not None:
+                batch.nbytes = lines.taken_bytes
+            return batch
         return self._gathered(chunk, max_records, overlong)
 
     def _gathered(
@@ -550,7 +586,10 @@ class JsonLinesSource(_FileSource):
         """A batch from ``chunk`` and more lines: empty lines skipped, the BOM removed,
         lines over the limit cut to their first bytes, each with its ``DecodeError``.
         """
-        assert self._lines is not None
+        lines = self._lines
+        assert lines is not None
+        limit = self._max_batch_bytes
+        held = lines.taken_bytes
         values: list[bytes | _Overlong] = []
         offsets: list[int] = []
         while True:
@@ -565,14 +604,19 @@ class JsonLinesSource(_FileSource):
             else:
                 offsets.extend(range(first, self._line))
                 values.extend(chunk)
-            if len(chunk) < wanted or len(values) >= max_records:
+            if len(chunk) < wanted or len(values) >= max_records or lines.capped:
                 break
-            chunk = self._lines.take(max_records - len(values))
-        too_long = self._cut(values, offsets) if self._lines.overlong != overlong else {}
+            chunk = lines.take(max_records - len(values), None if limit is None else limit - held)
+            held += lines.taken_bytes
+        too_long = self._cut(values, offsets) if lines.overlong != overlong else {}
         raw = cast("list[bytes]", values)
         if self.decode and raw:
-            return self._decoded(raw, offsets, too_long)
-        return self._batch(raw, offsets, self._line, too_long)
+            batch = self._decoded(raw, offsets, too_long)
+        else:
+            batch = self._batch(raw, offsets, self._line, too_long)
+        if batch is not None:
+            batch.nbytes = held
+        return batch
 
     def _cut(self, values: list[bytes | _Overlong], offsets: list[int]) -> dict[int, DecodeError]:
         """Put each over-long line's first bytes in its place; its ``DecodeError`` by index."""
@@ -628,6 +672,7 @@ class _RowLines:
         "_pending",
         "bad",
         "consumed",
+        "read_bytes",
         "row",
         "too_long",
     )
@@ -641,6 +686,7 @@ class _RowLines:
         self._limit = limit
         self._pending: deque[bytes | _Overlong] = deque()
         self.consumed = 0  # lines handed to the reader: the next line's index
+        self.read_bytes = 0  # the bytes of those lines
         self.row: list[bytes | _Overlong] = []
         self.bad: tuple[int, str] | None = None
         self.too_long = False
@@ -655,6 +701,7 @@ class _RowLines:
     def __next__(self) -> str:
         raw = self._pending.popleft() if self._pending else next(self._lines)
         self.consumed += 1
+        self.read_bytes += len(raw)
         self.row.append(raw)
         if type(raw) is _Overlong:
             self._bom = False
@@ -687,6 +734,7 @@ class _RowLines:
         """Hand ``lines`` to the reader again, before any line not read yet."""
         self._pending.extendleft(reversed(lines))
         self.consumed -= len(lines)
+        self.read_bytes -= sum(map(len, lines))
 
     def skip(self, count: int) -> int:
         """Skip up to ``count`` lines without decoding them; return how many there were."""
@@ -823,7 +871,11 @@ class CsvSource(_FileSource):
         values: list[Any] = []
         offsets: list[int] = []
         errors: dict[int, DecodeError] = {}
+        limit = self._max_batch_bytes
+        first_byte = rows.read_bytes
         while len(values) < max_records:
+            if limit is not None and rows.read_bytes - first_byte >= limit:
+                break
             start = rows.start_row()
             try:
                 row = next(reader, None)
@@ -854,7 +906,10 @@ class CsvSource(_FileSource):
                 error.reason = "line_too_long"
             values.append(raw.rstrip(b"\r\n"))
             offsets.append(start)
-        return self._batch(values, offsets, rows.consumed, errors)
+        batch = self._batch(values, offsets, rows.consumed, errors)
+        if batch is not None:
+            batch.nbytes = rows.read_bytes - first_byte
+        return batch
 
     def _rest_aside(self, start: int) -> DecodeError:
         """Set aside the rest of the file from the row at ``start``, whose field passes the limit.

@@ -30,6 +30,8 @@ DEFAULT_OFFLOAD_THREADS = 16
 """Worker threads shared by the offloaded steps of a run unless the pipeline says otherwise."""
 
 DEFAULT_MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
+DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
+"""Bytes of records read and not yet done, as sources count them (``max_in_flight_bytes``)."""
 """Bytes of freed heap glibc may keep for the next batches unless the pipeline says otherwise:
 the records in flight at the defaults (10,000 of up to 4 KiB, with batches of up to
 about 8,000), so a batch's memory is reused instead of returned and faulted in again."""
@@ -58,6 +60,10 @@ class PipelineOptions:
         checkpoint_path: File of the default SQLite checkpoint store.
         checkpoint_interval: Seconds between periodic checkpoints.
         max_in_flight: Records read from the source and not yet done (I9).
+        max_in_flight_bytes: Bytes of those records, as the sources that know
+            them count (files): the source waits while this many are in flight,
+            and caps a batch at an eighth of it (at least one record). ``None``:
+            records only.
         batch_size: Most records the source hands over at once.
         queue_size: Batches buffered between two stages; ``None`` (the default):
             4, or as many as hold 1,000 records when batches are smaller
@@ -105,6 +111,7 @@ class PipelineOptions:
     checkpoint_path: str = ".riprap/checkpoints.db"
     checkpoint_interval: float = 5.0
     max_in_flight: int = 10_000
+    max_in_flight_bytes: int | None = DEFAULT_MAX_IN_FLIGHT_BYTES
     batch_size: int = 1_000
     queue_size: int | None = None
     drain_timeout: float = 30.0
@@ -127,6 +134,12 @@ class PipelineOptions:
     changelog: Changelog | None = None
 
     @property
+    def max_batch_bytes(self) -> int | None:
+        """Bytes at which a source that counts them ends a batch (an eighth of the bound)."""
+        limit = self.max_in_flight_bytes
+        return None if limit is None else max(1, limit // 8)
+
+    @property
     def queue_batches(self) -> int:
         """Batches a queue between two stages holds (``queue_size``, or its default).
 
@@ -142,6 +155,8 @@ class PipelineOptions:
         """Raise :class:`ConfigError` for the first impossible value."""
         positive_int("batch_size", self.batch_size)
         positive_int("max_in_flight", self.max_in_flight)
+        if self.max_in_flight_bytes is not None:
+            positive_int("max_in_flight_bytes", self.max_in_flight_bytes)
         if self.queue_size is not None:
             positive_int("queue_size", self.queue_size)
         if self.max_in_flight < self.batch_size:

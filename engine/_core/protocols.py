@@ -60,6 +60,9 @@ class SourceContext:
             position). It restores state kept for them elsewhere (a changelog)
             and returns, per partition, a position the source must start at or
             after: records below it are done already.
+        max_batch_bytes: A source that knows how many bytes it reads (and says
+            so in ``SourceBatch.nbytes``) ends a batch once it holds this many,
+            with at least one record in it; ``None``: no byte limit.
     """
 
     pipeline: str
@@ -69,6 +72,7 @@ class SourceContext:
     policy_hooks: tuple[Callable[[Any], None], ...] = ()
     clock: Clock | None = None
     assigned: Callable[[Mapping[str, int | None]], Awaitable[Mapping[str, int]]] = _no_assigned
+    max_batch_bytes: int | None = None
 
 
 @runtime_checkable

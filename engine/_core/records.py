@@ -109,6 +109,9 @@ class SourceBatch:
 
     ``assignment`` is the :class:`~riprap.lowlevel.Assignment` a group member read the records
     under (``None`` for sources whose partitions never move).
+
+    ``nbytes`` is how many bytes the source read for these records (0 when it
+    does not count them); the pipeline's ``max_in_flight_bytes`` bounds them.
     """
 
     __slots__ = (
@@ -117,6 +120,7 @@ class SourceBatch:
         "errors",
         "headers",
         "keys",
+        "nbytes",
         "offsets",
         "partition",
         "start",
@@ -137,8 +141,10 @@ class SourceBatch:
         timestamps: list[float | None] | None = None,
         errors: Mapping[int, DataError] | None = None,
         assignment: Assignment | None = None,
+        nbytes: int = 0,
     ) -> None:
         self.partition = partition
+        self.nbytes = nbytes
         self.assignment = assignment
         self.values = values
         self.start = start

@@ -119,12 +119,27 @@ class PartitionTracker:
 
 @final
 class InFlight:
-    """Bounds the records between the source and done (I9); the source waits for room."""
+    """Bounds the records between the source and done, and their bytes (I9); the source waits.
 
-    __slots__ = ("_changed", "_on_wait", "capacity", "in_flight", "waiting")
+    Records are taken before a read (``acquire``); bytes, which a source knows
+    only once it has read, are counted when its batch is handed on, so the
+    bound in bytes may be passed by the batch read last.
+    """
 
-    def __init__(self, capacity: int) -> None:
+    __slots__ = (
+        "_changed",
+        "_on_wait",
+        "byte_capacity",
+        "bytes",
+        "capacity",
+        "in_flight",
+        "waiting",
+    )
+
+    def __init__(self, capacity: int, byte_capacity: int | None = None) -> None:
         self.capacity = capacity
+        self.byte_capacity = byte_capacity
+        self.bytes = 0
         self.in_flight = 0
         self.waiting = 0
         """Acquires waiting for room now (sources that cannot read on)."""
@@ -135,23 +150,28 @@ class InFlight:
         """Call ``callback`` whenever an acquire starts waiting for room."""
         self._on_wait.append(callback)
 
+    def _full(self, n: int) -> bool:
+        limit = self.byte_capacity
+        return self.in_flight + n > self.capacity or (limit is not None and self.bytes >= limit)
+
     async def acquire(self, n: int) -> None:
-        """Wait until ``n`` more records fit, then count them in."""
+        """Wait until ``n`` more records fit, and the bytes are under their bound; count them in."""
         n = min(n, self.capacity)
-        if self.in_flight + n > self.capacity:
+        if self._full(n):
             self.waiting += 1
             try:
                 for callback in self._on_wait:
                     callback()
-                while self.in_flight + n > self.capacity:
+                while self._full(n):
                     await self._wait_change()
             finally:
                 self.waiting -= 1
         self.in_flight += n
 
-    def release(self, n: int) -> None:
-        """Count ``n`` records out."""
+    def release(self, n: int, nbytes: int = 0) -> None:
+        """Count ``n`` records (and ``nbytes`` of theirs) out."""
         self.in_flight -= n
+        self.bytes -= nbytes
         event = self._changed
         if event is not None:
             self._changed = None
@@ -198,18 +218,21 @@ class CompletionTracker:
             tracker = self._partitions[name] = PartitionTracker(name, default_position)
         return tracker
 
-    def ack_for(self, partition: str, start: int, end: int, size: int, reserved: int) -> Ack:
-        """An ack for a new source batch; ``reserved`` in-flight slots return when done."""
+    def ack_for(
+        self, partition: str, start: int, end: int, size: int, reserved: int, nbytes: int = 0
+    ) -> Ack:
+        """An ack for a new source batch; ``reserved`` slots and ``nbytes`` return when done."""
         tracker = self.partition(partition, start)
         rng = tracker.open(start, end, size)
         in_flight = self.in_flight
+        in_flight.bytes += nbytes
         on_change = self.on_change
         latency = self.latency
         read_at = perf_counter()
 
         def on_done() -> None:
             tracker.complete(rng)
-            in_flight.release(reserved)
+            in_flight.release(reserved, nbytes)
             latency.observe(perf_counter() - read_at)
             on_change()
 

@@ -326,7 +326,7 @@ class Runtime:
         # Owns the calls abandoned by attempt timeouts, for the whole run.
         self.shelter = Shelter()
         threads = ThreadOffload(self.options.offload_threads)  # one pool for every branch
-        self.in_flight = InFlight(self.options.max_in_flight)
+        self.in_flight = InFlight(self.options.max_in_flight, self.options.max_in_flight_bytes)
 
         def segments_of(steps: Sequence[Step]) -> list[Segment]:
             return build_segments(
@@ -667,6 +667,7 @@ class Runtime:
             count=self._count_source_outcome,
             policy_hooks=(self.events, *self.options.policy_hooks),
             clock=self.clock,
+            max_batch_bytes=self.options.max_batch_bytes,
             **({} if self.state_log is None else {"assigned": self.state_log.assigned}),
         )
         await self.source.open(context)
@@ -897,7 +898,9 @@ class Runtime:
     async def _forward(self, batch: SourceBatch, send: Send, head: FusedSegment | None) -> None:
         """Hand a source batch on: its ack, quarantined records out, the leading fused steps."""
         n = len(batch.values)
-        ack = self.tracker.ack_for(batch.partition, batch.start, batch.end, n, reserved=n)
+        ack = self.tracker.ack_for(
+            batch.partition, batch.start, batch.end, n, reserved=n, nbytes=batch.nbytes
+        )
         self.records_in += n
         if n == 0:
             ack.release()
@@ -1273,6 +1276,7 @@ def _chunks(batch: SourceBatch, size: int) -> list[SourceBatch]:
     parts = []
     for i in range(0, n, size):
         j = min(i + size, n)
+        nbytes = batch.nbytes * j // n - batch.nbytes * i // n  # the parts sum to the whole
         parts.append(
             SourceBatch(
                 batch.partition,
@@ -1285,6 +1289,7 @@ def _chunks(batch: SourceBatch, size: int) -> list[SourceBatch]:
                 timestamps=None if batch.timestamps is None else batch.timestamps[i:j],
                 errors=_errors_between(batch, i, j),
                 assignment=batch.assignment,
+                nbytes=nbytes,
             )
         )
     return parts
