@@ -75,6 +75,19 @@ class GatedSink:
         return None
 
 
+def bounded(source: riprap.Source, sink: GatedSink, max_bytes: int | None) -> riprap.Pipeline:
+    """``source`` to ``sink`` with ``max_in_flight_bytes=max_bytes``, checkpoints in memory."""
+    return (
+        riprap.Pipeline(
+            "bytes",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            max_in_flight_bytes=max_bytes,
+        )
+        .source(source)
+        .sink(sink)
+    )
+
+
 async def settle() -> None:
     """Give the run many turns of the event loop to read more if it could."""
     for _ in range(500):
@@ -88,16 +101,7 @@ async def test_the_source_waits_while_the_bytes_are_in_flight() -> None:
     (four batches, plus the one written and the one being sent).
     """
     source, sink = HeavySource(100), GatedSink()
-    pipeline = (
-        riprap.Pipeline(
-            "heavy",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=8 * MIB,
-        )
-        .source(source)
-        .sink(sink)
-    )
-    async with pipeline.open() as running:
+    async with bounded(source, sink, 8 * MIB).open() as running:
         await wait_until(lambda: source.reads >= 2, what="two reads")
         await settle()
         assert 2 == source.reads
@@ -112,16 +116,7 @@ async def test_the_source_waits_while_the_bytes_are_in_flight() -> None:
 async def test_records_only_without_a_byte_bound() -> None:
     """``max_in_flight_bytes=None``: the source reads on until the queue holds it up."""
     source, sink = HeavySource(100), GatedSink()
-    pipeline = (
-        riprap.Pipeline(
-            "heavy",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=None,
-        )
-        .source(source)
-        .sink(sink)
-    )
-    async with pipeline.open() as running:
+    async with bounded(source, sink, None).open() as running:
         await wait_until(lambda: source.reads > 2, what="a third read")
         sink.gate.set()
         await running.wait()
@@ -152,16 +147,7 @@ async def test_a_file_of_long_lines_is_read_a_few_mib_at_a_time(tmp_path: Path) 
 
     source.read = counted  # type: ignore[method-assign]
     sink = GatedSink()
-    pipeline = (
-        riprap.Pipeline(
-            "long",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=4 * MIB,
-        )
-        .source(source)
-        .sink(sink)
-    )
-    async with pipeline.open() as running:
+    async with bounded(source, sink, 4 * MIB).open() as running:
         await wait_until(lambda: sum(reads) >= 4 * MIB, what="4 MiB read")
         await settle()
         # Reading stopped with the batch that brought the bytes to the bound
