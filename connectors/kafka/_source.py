@@ -24,6 +24,7 @@ from ._bounds import Bounds, all_partitions, check_start_at, check_stop_at, time
 from ._closing import stop_client
 from ._codecs import lag_by_partition, parse_partition, partition_name
 from ._gaps import OffsetGapError, describe_gap, offset_gap
+from ._weight import cut, weigh
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -57,7 +58,12 @@ class KafkaSource:
     Memory stays bounded: at most ``max_buffered`` records wait in the source
     between polls, and a partition that reached ``max_poll_records`` of them
     and still holds some after the read is paused (its fetching stops) until
-    its buffer is empty again.
+    its buffer is empty again. In bytes (each record weighs its serialized key
+    and value), a batch ends once it holds the pipeline's
+    ``SourceContext.max_batch_bytes`` and says what it weighs, so the
+    pipeline's ``max_in_flight_bytes`` holds for Kafka records too; the source
+    stops polling while twice that waits in it, and pauses a partition that
+    holds a batch's worth.
 
     Offsets never move backwards. Auto-commit is off. :meth:`committed` (called
     by the engine after each durable checkpoint) commits those positions for
@@ -239,6 +245,11 @@ class KafkaSource:
         self._consumer: Any = None
         self._buffer: dict[Any, list[Any]] = {}
         self._buffered = 0
+        self._buffer_bytes: dict[Any, int] = {}
+        """Per partition: what its buffered records weigh (see ``_weight``)."""
+        self._buffered_bytes = 0
+        self._max_batch_bytes: int | None = None
+        """The pipeline's byte limit of one batch (``SourceContext``), ``None`` for none."""
         self._paused: set[Any] = set()
         self._full: set[Any] = set()
         """Partitions whose buffer reached ``max_poll_records`` in this read."""
@@ -271,6 +282,7 @@ class KafkaSource:
     async def open(self, context: SourceContext) -> None:
         """Join the group; assigned partitions resume where the group or the checkpoint is."""
         self._context = context
+        self._max_batch_bytes = context.max_batch_bytes
         self._positions = {p: v for p, v in context.positions.items() if self.owns(p)}
         self._next = dict(self._positions)
         consumer = AIOKafkaConsumer(**self._config)
@@ -344,6 +356,8 @@ class KafkaSource:
             await stop_client(consumer.stop, f"source {self.name!r}")
         self._buffer.clear()
         self._buffered = 0
+        self._buffer_bytes.clear()
+        self._buffered_bytes = 0
         self._paused.clear()
 
     # -- reading -----------------------------------------------------------------
@@ -364,7 +378,7 @@ class KafkaSource:
                 raise self._failure
             if self._unpositioned:
                 await self._position(self._unpositioned)
-            if self._buffered < self.max_buffered:
+            if self._room():
                 timeout = 0 if self._buffered else self._poll_ms
                 try:
                     fetched = await _getmany(
@@ -392,6 +406,14 @@ class KafkaSource:
                 return batch
             if self._bounds.bounded and await self._ended():
                 return None
+
+    def _room(self) -> bool:
+        """Whether the buffer takes another poll: under ``max_buffered`` records and two
+        batches' worth of bytes."""
+        limit = self._max_batch_bytes
+        return self._buffered < self.max_buffered and (
+            limit is None or self._buffered_bytes < 2 * limit
+        )
 
     def _pause_full(self) -> None:
         """Pause the partitions that filled their buffer and still hold records after this read.
@@ -442,7 +464,11 @@ class KafkaSource:
             buffer = self._buffer.setdefault(tp, [])
             buffer.extend(records)
             self._buffered += len(records)
-            if len(buffer) >= self.max_poll_records:
+            nbytes = weigh(records)
+            held = self._buffer_bytes[tp] = self._buffer_bytes.get(tp, 0) + nbytes
+            self._buffered_bytes += nbytes
+            limit = self._max_batch_bytes
+            if len(buffer) >= self.max_poll_records or (limit is not None and held >= limit):
                 self._full.add(tp)  # paused after the read if it still holds records
 
     def _admit(self, tp: Any, records: list[Any]) -> list[Any]:
@@ -456,11 +482,22 @@ class KafkaSource:
         if tp is None:
             return None
         buffer = self._buffer[tp]
-        records, rest = buffer[:max_records], buffer[max_records:]
+        held = self._buffer_bytes.pop(tp)
+        count = min(max_records, len(buffer))
+        limit = self._max_batch_bytes
+        if count == len(buffer) and (limit is None or held <= limit):
+            nbytes = held  # the whole buffer: weighed when it came
+        elif limit is None:
+            nbytes = weigh(buffer[:count])
+        else:
+            count, nbytes = cut(buffer[:count], limit)
+        records, rest = buffer[:count], buffer[count:]
         # Re-insert at the end so that partitions take turns.
         del self._buffer[tp]
+        self._buffered_bytes -= nbytes
         if rest:
             self._buffer[tp] = rest
+            self._buffer_bytes[tp] = held - nbytes
         elif tp in self._paused:
             self._paused.discard(tp)
             self._consumer.resume(tp)
@@ -483,6 +520,7 @@ class KafkaSource:
             timestamps=[None if r.timestamp is None else r.timestamp / 1000 for r in records],
             errors=errors or None,
             assignment=self._leases.get(tp),
+            nbytes=nbytes,
         )
 
     # -- offsets -----------------------------------------------------------------
@@ -598,6 +636,7 @@ class KafkaSource:
             for tp in revoked:
                 dropped = self._buffer.pop(tp, [])
                 self._buffered -= len(dropped)
+                self._buffered_bytes -= self._buffer_bytes.pop(tp, 0)
                 self._paused.discard(tp)
             if self._context is not None and names:
                 try:
