@@ -234,6 +234,10 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/connectors/kafka/test_partition.py": frozenset({"riprap.connectors.kafka._partition"}),
     "tests/connectors/kafka/test_sink.py": frozenset({"riprap.connectors.kafka._sink"}),
     "tests/connectors/kafka/test_source.py": frozenset({"riprap.connectors.kafka._source"}),
+    # The CDC source's fetch sizing by bytes, without a server.
+    "tests/connectors/postgres/test_fetch_sizer.py": frozenset(
+        {"riprap.connectors.postgres._weight"}
+    ),
     # The offset-gap rule (below the earliest, beyond the latest offset) on its own.
     "tests/connectors/kafka/test_gaps.py": frozenset({"riprap.connectors.kafka._gaps"}),
     # S3 connector internals: its client setup for raw bucket access, the conditional delete.

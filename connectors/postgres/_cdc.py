@@ -32,6 +32,7 @@ from ._lag import PostgresCDCStatistics, WalLag
 from ._positions import SNAPSHOT_LIMIT, SnapshotCut, decode, encode, parse_lsn
 from ._snapshot import Shape, SnapshotReader
 from ._values import converter
+from ._weight import FetchSizer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -135,6 +136,9 @@ class PostgresCDCSource:
         self._confirmed = 0  # the slot's confirmed LSN, as far as this source moved it
         self._confirm_to = 0  # the latest LSN a checkpoint holds
         self._wal = WalLag(slot, float(lag_interval), SystemClock())
+        self._sizer = FetchSizer(None)
+        self._pending: list[Any] = []
+        """Rows of the current peek fetched but not handed out yet (a fetch cut by bytes)."""
 
     async def open(self, context: SourceContext) -> None:
         """Connect, check the server and the slot, and start the snapshot or the stream.
@@ -146,6 +150,7 @@ class PostgresCDCSource:
             TransientError: The server cannot be reached.
         """
         position = context.positions.get(self.partition, 0)
+        self._sizer = FetchSizer(context.max_batch_bytes)
         self._wal = WalLag(self.slot, self._wal.interval, context.clock or SystemClock())
         try:
             self._conn = conn = await self._connect()
@@ -328,10 +333,23 @@ class PostgresCDCSource:
             stream.cursor = await conn.cursor(_PEEK, self.slot, self.publication)
             stream.began()
             wal.peek_began()
-        rows = await stream.cursor.fetch(max_records)
+            self._pending = []  # a new peek reads them again
+        sizer = self._sizer
+        if self._pending:
+            rows, self._pending = self._pending, []
+            sizes = [len(row[2]) for row in rows]
+        else:
+            rows = await stream.cursor.fetch(sizer.size(max_records))
+            sizes = sizer.weigh(rows)
         if rows:
+            count, nbytes = sizer.cut(sizes)
+            if count < len(rows):
+                rows, self._pending = rows[:count], rows[count:]
             wal.read_to(parse_lsn(rows[-1][0]))
-            return stream.decode(rows)
+            batch = stream.decode(rows)
+            if batch is not None:
+                batch.nbytes = nbytes
+            return batch
         wal.peek_ended()
         await stream.end_peek()
         if not stream.fresh_in_peek:
@@ -381,6 +399,7 @@ class PostgresCDCSource:
         """Close the snapshot's connection and the slot's, confirming nothing."""
         reader, self._reader = self._reader, None
         conn, self._conn = self._conn, None
+        self._pending = []
         try:
             if reader is not None:
                 await reader.aclose()

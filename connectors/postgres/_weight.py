@@ -1,0 +1,58 @@
+"""What streamed WAL messages weigh, and how many to fetch, for the bound in bytes.
+
+A change is weighed by its pgoutput message (the bytes the server sent for
+it, every column value included). How many messages the next fetch asks for
+follows the heaviest message seen lately, so that one fetch stays about one
+batch's worth of bytes; a fetch that still weighs more is cut, and its rest
+handed out by the next reads.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+PROBE = 16
+"""Messages the first fetch asks for while nothing has been weighed yet."""
+
+
+@final
+class FetchSizer:
+    """Sizes fetches from the heaviest message seen, forgetting a quarter of it per fetch."""
+
+    __slots__ = ("_heaviest", "limit")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._heaviest = 0
+
+    def size(self, max_records: int) -> int:
+        """Messages the next fetch asks for: at most ``max_records``, at least one."""
+        limit = self.limit
+        if limit is None:
+            return max_records
+        if not self._heaviest:
+            return min(max_records, PROBE)
+        return max(1, min(max_records, limit // self._heaviest))
+
+    def weigh(self, rows: Sequence[Any]) -> list[int]:
+        """Each fetched row's message size; the heaviest is remembered for the next fetch."""
+        sizes = [len(row[2]) for row in rows]
+        if sizes:
+            self._heaviest = max(max(sizes), self._heaviest * 3 // 4)
+        return sizes
+
+    def cut(self, sizes: Sequence[int]) -> tuple[int, int]:
+        """How many of the rows weighing ``sizes`` one batch takes, and their bytes.
+
+        A batch ends with the row that brings it to the limit (at least one row).
+        """
+        sums = list(accumulate(sizes))
+        if self.limit is None or sums[-1] <= self.limit:
+            return len(sums), sums[-1]
+        count = min(len(sums), bisect_left(sums, self.limit) + 1)
+        return count, sums[count - 1]

@@ -1,0 +1,158 @@
+"""The CDC source and the bound in bytes: streamed changes weigh their WAL messages.
+
+A batch of changes says what its messages weighed and ends with the one that
+reaches ``SourceContext.max_batch_bytes``; fetches are sized from the
+heaviest message seen, so one fetch holds about a batch's worth.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import riprap
+import riprap.checkpoints
+from riprap import SourceBatch, SourceContext
+from riprap.connectors.postgres import PostgresCDCSource
+from riprap.testing import wait_until
+
+from ._writer import ITEMS
+
+if TYPE_CHECKING:
+    from .conftest import PgHelper
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+KIB = 1024
+NAME_BYTES = 100 * KIB
+SETUP = (ITEMS.format("items"), "CREATE PUBLICATION pub FOR TABLE items")
+
+
+def insert(first: int, count: int) -> str:
+    """One transaction inserting rows ``first..first+count-1``, each with a 100 KiB name."""
+    return (
+        "INSERT INTO items SELECT i, lpad(i::text, 6, '0') || repeat('.', "
+        f"{NAME_BYTES - 6}), 0, NULL FROM generate_series({first}, {first + count - 1}) i"
+    )
+
+
+def source_for(pg: PgHelper) -> PostgresCDCSource:
+    return PostgresCDCSource(pg.dsn, slot="s1", publication="pub", poll_interval=0.01)
+
+
+async def read_changes(source: PostgresCDCSource, count: int) -> list[SourceBatch]:
+    """Batches read until ``count`` changes came (bounded in time)."""
+    batches: list[SourceBatch] = []
+    with anyio.fail_after(20):
+        while sum(len(b) for b in batches) < count:
+            batch = await source.read(500)
+            assert batch is not None
+            if batch.values:
+                batches.append(batch)
+    return batches
+
+
+def ids(batches: list[SourceBatch]) -> list[int]:
+    return [int(v["after"]["name"][:6]) for b in batches for v in b.values]
+
+
+async def test_changes_come_in_batches_of_about_the_byte_limit(pg: PgHelper) -> None:
+    """Limit 250,000 bytes, changes of 100 KiB: the first fetch (before anything is weighed)
+    is cut into batches of three, later fetches ask for two messages; each batch says its
+    weight and every change comes once, in order."""
+    await pg.execute(*SETUP)
+    source = source_for(pg)
+    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=250_000))
+    try:
+        await pg.execute(insert(0, 12))
+        first = await read_changes(source, 12)
+        await pg.execute(insert(12, 12))
+        second = await read_changes(source, 12)
+    finally:
+        await source.aclose()
+    assert list(range(24)) == ids(first + second)
+    assert [3, 3, 3, 3] == [len(b) for b in first]
+    assert all(len(b) <= 2 for b in second)
+    for batch in first + second:
+        assert len(batch) * NAME_BYTES < batch.nbytes < len(batch) * NAME_BYTES + 2 * KIB
+
+
+async def test_without_a_limit_a_fetch_is_one_batch(pg: PgHelper) -> None:
+    """No byte limit: the changes of one transaction come as one batch, still weighed."""
+    await pg.execute(*SETUP)
+    source = source_for(pg)
+    await source.open(SourceContext(pipeline="p", positions={}))
+    try:
+        await pg.execute(insert(0, 12))
+        batches = await read_changes(source, 12)
+    finally:
+        await source.aclose()
+    assert [12] == [len(b) for b in batches]
+    assert 12 * NAME_BYTES < batches[0].nbytes
+
+
+class GatedSink:
+    """Takes no write until ``gate`` is set; then keeps every value."""
+
+    name = "gated"
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.values: list[Any] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def write(self, batch: riprap.Batch) -> None:
+        await self.gate.wait()
+        self.values.extend(batch.items)
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_pipeline_reads_no_more_changes_than_its_bytes_in_flight(pg: PgHelper) -> None:
+    """40 changes of 100 KiB behind a stalled sink, ``max_in_flight_bytes`` 1 MiB: reading
+    stops with the batch that reaches 1 MiB (all 4 MiB were read before); once the sink
+    moves every change arrives, once and in order."""
+    await pg.execute(*SETUP)
+    source = source_for(pg)
+    weights: list[int] = []
+    read = source.read
+
+    async def counted(max_records: int) -> SourceBatch | None:
+        batch = await read(max_records)
+        if batch is not None and batch.values:
+            weights.append(batch.nbytes)
+        return batch
+
+    source.read = counted  # type: ignore[method-assign]
+    sink = GatedSink()
+    pipeline = (
+        riprap.Pipeline(
+            "cdc-bytes",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            max_in_flight_bytes=1024 * KIB,
+        )
+        .source(source)
+        .sink(sink)
+    )
+    async with pipeline.open() as running:
+        await pg.execute(insert(0, 40))
+        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
+        for _ in range(500):  # many turns of the loop to read more if it could
+            await anyio.lowlevel.checkpoint()
+        await anyio.sleep(0.2)  # and a few looks at the slot
+        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
+        sink.gate.set()
+        await wait_until(lambda: len(sink.values) >= 40, what="40 changes written", timeout=20)
+        running.stop()
+        await running.wait()
+    assert list(range(40)) == [int(v["after"]["name"][:6]) for v in sink.values]
