@@ -76,10 +76,37 @@ def decode_object(
             stored or once decompressed (decompression stops there).
         CorruptObjectError: The object cannot be read as a whole.
     """
+    return decode_bytes(
+        object_bytes(key, data, gzip=gzip, limit=limit),
+        format=format,
+        encoding=encoding,
+        delimiter=delimiter,
+    )
+
+
+def object_bytes(key: str, data: bytes, *, gzip: bool | None, limit: int) -> bytes:
+    """An object's content: ``data`` decompressed when it is gzip, at most ``limit`` bytes.
+
+    Raises:
+        ObjectTooLargeError: The object holds more than ``limit`` bytes, as
+            stored or once decompressed (decompression stops there).
+        CorruptObjectError: It is not valid gzip.
+    """
     if len(data) > limit:
         raise ObjectTooLargeError(too_large(len(data), limit), len(data))
     if gzip or (gzip is None and key.endswith(".gz")):
         data = _gunzip(data, limit)
+    return data
+
+
+def decode_bytes(
+    data: bytes, *, format: Format, encoding: str, delimiter: str
+) -> tuple[list[Any], list[int], int]:
+    """``(values, line offsets, line count)`` of an object's content (see :func:`object_bytes`).
+
+    Raises:
+        CorruptObjectError: The content cannot be read as a whole.
+    """
     if format == "csv":
         return _decode_csv(data, encoding, delimiter)
     return _decode_lines(data)

@@ -80,7 +80,8 @@ from ._formats import (
     Format,
     ObjectTooLargeError,
     check_max_object_bytes,
-    decode_object,
+    decode_bytes,
+    object_bytes,
     too_large,
 )
 from ._reads import download
@@ -137,12 +138,24 @@ class S3SourceStatistics:
 
 @dataclass(slots=True)
 class _Object:
-    """The object being read: its records, their line offsets, and the next index."""
+    """The object being read: its records, their line offsets, the next index, and the
+    bytes of its content (decompressed), which its records share by count."""
 
     partition: str
     values: list[Any]
     offsets: list[int]
     index: int
+    nbytes: int
+
+    def weight(self, start: int, stop: int) -> int:
+        """The bytes records ``start..stop-1`` stand for (the parts sum to the whole)."""
+        count = len(self.values)
+        return self.nbytes * stop // count - self.nbytes * start // count
+
+    def fitting(self, limit: int) -> int:
+        """Records of average weight that reach ``limit`` bytes (at least one)."""
+        count = len(self.values)
+        return max(1, -(-limit * count // self.nbytes)) if self.nbytes else count
 
 
 QuarantineHook = Callable[[QuarantinedObject], "Awaitable[None] | None"]
@@ -423,7 +436,8 @@ class S3Source:
             await self._quarantine(key, partition, str(exc), None, exc.size or 0)
             return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
         try:
-            values, offsets, lines = self._decode(key, data)
+            content = self._content(key, data)
+            values, offsets, lines = self._decode(content)
         except CorruptObjectError as exc:
             await self._quarantine(key, partition, str(exc), data)
             return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
@@ -436,7 +450,7 @@ class S3Source:
         self._counts["read"] += 1
         if index == len(offsets):
             return SourceBatch(partition, [], start=position, end=OBJECT_COMPLETE)
-        self._current = _Object(partition, values, offsets, index)
+        self._current = _Object(partition, values, offsets, index, len(content))
         return None
 
     async def _download(self, key: str) -> bytes:
@@ -463,6 +477,9 @@ class S3Source:
         return data
 
     def _take(self, current: _Object, max_records: int) -> SourceBatch:
+        limit = self._context.max_batch_bytes if self._context is not None else None
+        if limit is not None:
+            max_records = min(max_records, current.fitting(limit))
         start, stop = current.index, min(current.index + max_records, len(current.values))
         offsets = current.offsets[start:stop]
         last = stop == len(current.values)
@@ -474,6 +491,7 @@ class S3Source:
             start=offsets[0],
             end=end,
             offsets=None if contiguous else offsets,
+            nbytes=current.weight(start, stop),
         )
         current.index = stop
         if last:
@@ -481,20 +499,22 @@ class S3Source:
         self._counts["records"] += len(offsets)
         return batch
 
-    def _decode(self, key: str, data: bytes) -> tuple[list[Any], list[int], int]:
-        """``(values, line offsets, line count)`` of a whole object.
+    def _content(self, key: str, data: bytes) -> bytes:
+        """A downloaded object's content, decompressed when it is gzip.
+
+        Raises:
+            CorruptObjectError: Not valid gzip, or larger than ``max_object_bytes``.
+        """
+        return object_bytes(key, data, gzip=self.gzip, limit=self.max_object_bytes)
+
+    def _decode(self, content: bytes) -> tuple[list[Any], list[int], int]:
+        """``(values, line offsets, line count)`` of a whole object's content.
 
         Raises:
             CorruptObjectError: The object cannot be read as a whole.
         """
-        return decode_object(
-            key,
-            data,
-            format=self.format,
-            gzip=self.gzip,
-            encoding=self.encoding,
-            delimiter=self.delimiter,
-            limit=self.max_object_bytes,
+        return decode_bytes(
+            content, format=self.format, encoding=self.encoding, delimiter=self.delimiter
         )
 
     async def _quarantine(

@@ -1,0 +1,142 @@
+"""S3Source and the bound in bytes: an object's records share its content's bytes by count.
+
+A batch says what its records stand for (the decompressed content over its
+records, in proportion) and ends once it reaches ``SourceContext.max_batch_bytes``;
+the pipeline then waits before downloading another object while its bound is
+in flight.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import riprap
+import riprap.checkpoints
+from riprap import SourceBatch, SourceContext
+from riprap.connectors.s3 import S3Source
+from riprap.testing import wait_until
+from tests._sources import read_batches
+
+from .conftest import client_config
+
+if TYPE_CHECKING:
+    from .conftest import Store
+
+pytestmark = [pytest.mark.s3, pytest.mark.anyio]
+
+KIB = 1024
+LINE = 100 * KIB
+"""Bytes of one test line, its newline included."""
+
+
+def heavy(first: int, count: int) -> list[bytes]:
+    """``count`` lines of ``LINE`` bytes with their newline, each starting with its index."""
+    return [f"{i:06}".encode().ljust(LINE - 1, b".") for i in range(first, first + count)]
+
+
+def make_source(store: Store, **options: Any) -> S3Source:
+    return S3Source(
+        store.bucket, "in/", endpoint_url=store.endpoint, client_config=client_config(), **options
+    )
+
+
+async def read_all(source: S3Source, max_batch_bytes: int | None) -> list[SourceBatch]:
+    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=max_batch_bytes))
+    try:
+        return await read_batches(source, 100)
+    finally:
+        await source.aclose()
+
+
+def numbers(batches: list[SourceBatch]) -> list[int]:
+    return [int(v[:6]) for b in batches for v in b.values]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+async def test_batches_end_at_the_byte_limit_and_weigh_the_content(
+    store: Store, compress: bool
+) -> None:
+    """Ten lines of 100 KiB, limit 250,000 bytes: batches of three (the third reaches it),
+    each weighing its share of the content, decompressed for a gzip object."""
+    await store.put_lines(
+        "in/a.jsonl.gz" if compress else "in/a.jsonl", heavy(0, 10), compress=compress
+    )
+    batches = await read_all(make_source(store), 250_000)
+    assert [3, 3, 3, 1] == [len(b) for b in batches]
+    assert [3 * LINE, 3 * LINE, 3 * LINE, LINE] == [b.nbytes for b in batches]
+    assert list(range(10)) == numbers(batches)
+
+
+async def test_without_a_limit_batches_are_cut_by_count_and_still_weighed(store: Store) -> None:
+    await store.put_lines("in/a.jsonl", heavy(0, 10))
+    batches = await read_all(make_source(store), None)
+    assert [(10, 10 * LINE)] == [(len(b), b.nbytes) for b in batches]
+
+
+class GatedSink:
+    """Takes no write until ``gate`` is set; then keeps every value."""
+
+    name = "gated"
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.values: list[Any] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def write(self, batch: riprap.Batch) -> None:
+        await self.gate.wait()
+        self.values.extend(batch.items)
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_pipeline_downloads_no_more_than_its_bytes_in_flight(store: Store) -> None:
+    """Four objects of ten 100 KiB lines behind a stalled sink, ``max_in_flight_bytes`` 1 MiB:
+    batches of two lines (128 KiB, an eighth of the bound), and reading stops with the batch
+    that reaches 1 MiB, two lines into the second object, before the third is downloaded (all
+    four were read before); once the sink moves, every line arrives in order."""
+    for n in range(4):
+        await store.put_lines(f"in/{n}.jsonl", heavy(10 * n, 10))
+    source = make_source(store)
+    weights: list[int] = []
+    read = source.read
+
+    async def counted(max_records: int) -> SourceBatch | None:
+        batch = await read(max_records)
+        if batch is not None and batch.values:
+            weights.append(batch.nbytes)
+        return batch
+
+    source.read = counted  # type: ignore[method-assign]
+    sink = GatedSink()
+    pipeline = (
+        riprap.Pipeline(
+            "s3-bytes",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            max_in_flight_bytes=1024 * KIB,
+        )
+        .source(source)
+        .sink(sink)
+    )
+    async with pipeline.open() as running:
+        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
+        for _ in range(500):  # many turns of the loop to read more if it could
+            await anyio.lowlevel.checkpoint()
+        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
+        assert all(w == 2 * LINE for w in weights)
+        assert (2, 12) == (source.statistics().objects_read, source.statistics().records)
+        sink.gate.set()
+        report = await running.wait()
+    assert list(range(40)) == [int(v[:6]) for v in sink.values]
+    assert 4 == len(report.positions)
