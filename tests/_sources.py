@@ -5,12 +5,15 @@ from __future__ import annotations
 import tracemalloc
 from typing import TYPE_CHECKING
 
-from riprap import SourceContext
+import anyio.lowlevel
+
+from riprap import Pipeline, SourceContext
+from riprap.checkpoints import MemoryCheckpoints
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from riprap import Source, SourceBatch
+    from riprap import Sink, Source, SourceBatch
 
 
 async def read_batches(source: Source, max_records: int = 100) -> list[SourceBatch]:
@@ -54,3 +57,37 @@ async def read_to_end_traced(
             tracemalloc.stop()
     finally:
         await source.aclose()
+
+
+def weighed_reads(source: Source) -> list[int]:
+    """Record the ``nbytes`` of every batch of records ``source`` reads from now on.
+
+    The source's ``read`` is wrapped in place, so that what a pipeline read
+    is counted where it is read; batches without records are left out.
+    """
+    weights: list[int] = []
+    read = source.read
+
+    async def weighed(max_records: int) -> SourceBatch | None:
+        batch = await read(max_records)
+        if batch is not None and batch.values:
+            weights.append(batch.nbytes)
+        return batch
+
+    source.read = weighed  # type: ignore[method-assign]
+    return weights
+
+
+def bounded_in_bytes(name: str, source: Source, sink: Sink, max_bytes: int | None) -> Pipeline:
+    """``source`` to ``sink`` with ``max_in_flight_bytes=max_bytes``, checkpoints in memory."""
+    return (
+        Pipeline(name, checkpoint=MemoryCheckpoints(), max_in_flight_bytes=max_bytes)
+        .source(source)
+        .sink(sink)
+    )
+
+
+async def settle() -> None:
+    """Give a run many turns of the event loop to read more if it could."""
+    for _ in range(500):
+        await anyio.lowlevel.checkpoint()

@@ -1,22 +1,23 @@
 """The in-flight bound in bytes: a source waits while ``max_in_flight_bytes`` are in flight.
 
-Sources that know what they read say so in ``SourceBatch.nbytes`` (the file
-sources do) and end a batch at ``SourceContext.max_batch_bytes``; the bound
-is checked before each read, beside the bound in records.
+Sources that know what they read say so in ``SourceBatch.nbytes`` (the file,
+S3, Kafka and PostgreSQL CDC sources do: each has its own tests) and end a
+batch at ``SourceContext.max_batch_bytes``; the bound is checked before each
+read, beside the bound in records.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import anyio
 import anyio.lowlevel
 import pytest
 
 import riprap
-import riprap.checkpoints
 from riprap.connectors.files import JsonLinesSource
 from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import bounded_in_bytes, settle, weighed_reads
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,49 +52,6 @@ class HeavySource:
         return None
 
 
-class GatedSink:
-    """Takes no write until ``gate`` is set; then keeps every value."""
-
-    name = "gated"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.gate = anyio.Event()
-        self.values: list[object] = []
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, batch: riprap.Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-def bounded(source: riprap.Source, sink: GatedSink, max_bytes: int | None) -> riprap.Pipeline:
-    """``source`` to ``sink`` with ``max_in_flight_bytes=max_bytes``, checkpoints in memory."""
-    return (
-        riprap.Pipeline(
-            "bytes",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=max_bytes,
-        )
-        .source(source)
-        .sink(sink)
-    )
-
-
-async def settle() -> None:
-    """Give the run many turns of the event loop to read more if it could."""
-    for _ in range(500):
-        await anyio.lowlevel.checkpoint()
-
-
 async def test_the_source_waits_while_the_bytes_are_in_flight() -> None:
     """A stalled sink: 8 MiB read, then no more; released, every record goes through.
 
@@ -101,7 +59,7 @@ async def test_the_source_waits_while_the_bytes_are_in_flight() -> None:
     (four batches, plus the one written and the one being sent).
     """
     source, sink = HeavySource(100), GatedSink()
-    async with bounded(source, sink, 8 * MIB).open() as running:
+    async with bounded_in_bytes("bytes", source, sink, 8 * MIB).open() as running:
         await wait_until(lambda: source.reads >= 2, what="two reads")
         await settle()
         assert 2 == source.reads
@@ -116,7 +74,7 @@ async def test_the_source_waits_while_the_bytes_are_in_flight() -> None:
 async def test_records_only_without_a_byte_bound() -> None:
     """``max_in_flight_bytes=None``: the source reads on until the queue holds it up."""
     source, sink = HeavySource(100), GatedSink()
-    async with bounded(source, sink, None).open() as running:
+    async with bounded_in_bytes("bytes", source, sink, None).open() as running:
         await wait_until(lambda: source.reads > 2, what="a third read")
         sink.gate.set()
         await running.wait()
@@ -136,18 +94,9 @@ async def test_a_file_of_long_lines_is_read_a_few_mib_at_a_time(tmp_path: Path) 
     path = tmp_path / "long.jsonl"
     write_lines(path, 40, MIB)
     source = JsonLinesSource(path, decode=True)
-    reads: list[int] = []
-    read = source.read
-
-    async def counted(max_records: int) -> riprap.SourceBatch | None:
-        batch = await read(max_records)
-        if batch is not None:
-            reads.append(batch.nbytes)
-        return batch
-
-    source.read = counted  # type: ignore[method-assign]
+    reads = weighed_reads(source)
     sink = GatedSink()
-    async with bounded(source, sink, 4 * MIB).open() as running:
+    async with bounded_in_bytes("bytes", source, sink, 4 * MIB).open() as running:
         await wait_until(lambda: sum(reads) >= 4 * MIB, what="4 MiB read")
         await settle()
         # Reading stopped with the batch that brought the bytes to the bound
@@ -156,7 +105,7 @@ async def test_a_file_of_long_lines_is_read_a_few_mib_at_a_time(tmp_path: Path) 
         assert all(MIB - 100 <= nbytes <= MIB for nbytes in reads)
         sink.gate.set()
         report = await running.wait()
-    assert list(range(40)) == [row["i"] for row in sink.values]  # type: ignore[index]
+    assert list(range(40)) == [row["i"] for row in sink.values]
     assert {"long.jsonl": 40} == {k.rsplit("/", 1)[-1]: v for k, v in report.positions.items()}
 
 

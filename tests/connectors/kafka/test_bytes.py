@@ -11,16 +11,15 @@ import uuid
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 pytest.importorskip("aiokafka")
 
-import riprap
-import riprap.checkpoints
 from riprap import SourceBatch, SourceContext
 from riprap.connectors.kafka import KafkaSource
 from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import bounded_in_bytes, settle, weighed_reads
 
 from .conftest import FAST_GROUP
 
@@ -109,30 +108,6 @@ async def test_without_a_byte_limit_batches_are_cut_by_count_and_still_weighed(
     assert [len(b) * 11 for b in batches] == [b.nbytes for b in batches]
 
 
-class GatedSink:
-    """Takes no write until ``gate`` is set; then keeps every value."""
-
-    name = "gated"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.gate = anyio.Event()
-        self.values: list[bytes] = []
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, batch: riprap.Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
 async def test_a_pipeline_reads_no_more_than_its_bytes_in_flight(kafka: KafkaHelper) -> None:
     """40 records of 100 KiB behind a stalled sink, ``max_in_flight_bytes`` 1 MiB: reading
     stops with the batch that reaches 1 MiB (every record, 4 MiB, was read before); once the
@@ -141,30 +116,11 @@ async def test_a_pipeline_reads_no_more_than_its_bytes_in_flight(kafka: KafkaHel
     topic = await kafka.create_topic(1)
     await kafka.produce(topic, heavy(40))
     source = make_source(kafka, topic)
-    weights: list[int] = []
-    read = source.read
-
-    async def counted(max_records: int) -> SourceBatch | None:
-        batch = await read(max_records)
-        if batch is not None:
-            weights.append(batch.nbytes)
-        return batch
-
-    source.read = counted  # type: ignore[method-assign]
+    weights = weighed_reads(source)
     sink = GatedSink()
-    pipeline = (
-        riprap.Pipeline(
-            "kafka-bytes",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=1024 * KIB,
-        )
-        .source(source)
-        .sink(sink)
-    )
-    async with pipeline.open() as running:
+    async with bounded_in_bytes("kafka-bytes", source, sink, 1024 * KIB).open() as running:
         await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=30)
-        for _ in range(500):  # many turns of the loop to read more if it could
-            await anyio.lowlevel.checkpoint()
+        await settle()
         await anyio.sleep(0.3)  # and a few polls of the broker
         assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
         assert all(w <= 2 * WEIGHT for w in weights)  # batches end at 128 KiB

@@ -7,17 +7,16 @@ heaviest message seen, so one fetch holds about a batch's worth.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
-import anyio.lowlevel
 import pytest
 
-import riprap
-import riprap.checkpoints
 from riprap import SourceBatch, SourceContext
 from riprap.connectors.postgres import PostgresCDCSource
 from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import bounded_in_bytes, settle, weighed_reads
 
 from ._writer import ITEMS
 
@@ -94,61 +93,18 @@ async def test_without_a_limit_a_fetch_is_one_batch(pg: PgHelper) -> None:
     assert 12 * NAME_BYTES < batches[0].nbytes
 
 
-class GatedSink:
-    """Takes no write until ``gate`` is set; then keeps every value."""
-
-    name = "gated"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.gate = anyio.Event()
-        self.values: list[Any] = []
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, batch: riprap.Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
 async def test_a_pipeline_reads_no_more_changes_than_its_bytes_in_flight(pg: PgHelper) -> None:
     """40 changes of 100 KiB behind a stalled sink, ``max_in_flight_bytes`` 1 MiB: reading
     stops with the batch that reaches 1 MiB (all 4 MiB were read before); once the sink
     moves every change arrives, once and in order."""
     await pg.execute(*SETUP)
     source = source_for(pg)
-    weights: list[int] = []
-    read = source.read
-
-    async def counted(max_records: int) -> SourceBatch | None:
-        batch = await read(max_records)
-        if batch is not None and batch.values:
-            weights.append(batch.nbytes)
-        return batch
-
-    source.read = counted  # type: ignore[method-assign]
+    weights = weighed_reads(source)
     sink = GatedSink()
-    pipeline = (
-        riprap.Pipeline(
-            "cdc-bytes",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=1024 * KIB,
-        )
-        .source(source)
-        .sink(sink)
-    )
-    async with pipeline.open() as running:
+    async with bounded_in_bytes("cdc-bytes", source, sink, 1024 * KIB).open() as running:
         await pg.execute(insert(0, 40))
         await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
-        for _ in range(500):  # many turns of the loop to read more if it could
-            await anyio.lowlevel.checkpoint()
+        await settle()
         await anyio.sleep(0.2)  # and a few looks at the slot
         assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
         sink.gate.set()

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.lowlevel
 import pytest
 
-import riprap
-import riprap.checkpoints
 from riprap import SourceBatch, SourceContext
 from riprap.connectors.s3 import S3Source
 from riprap.testing import wait_until
-from tests._sources import read_batches
+from tests._sinks import GatedSink
+from tests._sources import bounded_in_bytes, read_batches, settle, weighed_reads
 
 from .conftest import client_config
 
@@ -77,30 +74,6 @@ async def test_without_a_limit_batches_are_cut_by_count_and_still_weighed(store:
     assert [(10, 10 * LINE)] == [(len(b), b.nbytes) for b in batches]
 
 
-class GatedSink:
-    """Takes no write until ``gate`` is set; then keeps every value."""
-
-    name = "gated"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.gate = anyio.Event()
-        self.values: list[Any] = []
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, batch: riprap.Batch) -> None:
-        await self.gate.wait()
-        self.values.extend(batch.items)
-
-    async def flush(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
 async def test_a_pipeline_downloads_no_more_than_its_bytes_in_flight(store: Store) -> None:
     """Four objects of ten 100 KiB lines behind a stalled sink, ``max_in_flight_bytes`` 1 MiB:
     batches of two lines (128 KiB, an eighth of the bound), and reading stops with the batch
@@ -109,30 +82,11 @@ async def test_a_pipeline_downloads_no_more_than_its_bytes_in_flight(store: Stor
     for n in range(4):
         await store.put_lines(f"in/{n}.jsonl", heavy(10 * n, 10))
     source = make_source(store)
-    weights: list[int] = []
-    read = source.read
-
-    async def counted(max_records: int) -> SourceBatch | None:
-        batch = await read(max_records)
-        if batch is not None and batch.values:
-            weights.append(batch.nbytes)
-        return batch
-
-    source.read = counted  # type: ignore[method-assign]
+    weights = weighed_reads(source)
     sink = GatedSink()
-    pipeline = (
-        riprap.Pipeline(
-            "s3-bytes",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            max_in_flight_bytes=1024 * KIB,
-        )
-        .source(source)
-        .sink(sink)
-    )
-    async with pipeline.open() as running:
+    async with bounded_in_bytes("s3-bytes", source, sink, 1024 * KIB).open() as running:
         await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
-        for _ in range(500):  # many turns of the loop to read more if it could
-            await anyio.lowlevel.checkpoint()
+        await settle()
         assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
         assert all(w == 2 * LINE for w in weights)
         assert (2, 12) == (source.statistics().objects_read, source.statistics().records)
