@@ -118,8 +118,12 @@ class _FileReader:
         self.group = -1
         self.table: pa.Table | None = None
 
-    def read(self, max_records: int) -> list[Any]:
-        """Up to ``max_records`` rows from ``next`` on, within one row group."""
+    def read(self, max_records: int, max_bytes: int | None = None) -> tuple[list[Any], int]:
+        """Up to ``max_records`` rows from ``next`` on, within one row group, and their bytes.
+
+        A row weighs its row group's bytes in memory (as Arrow holds them) over
+        its rows; with ``max_bytes`` the rows end with the one that reaches it.
+        """
         group = self._group_of(self.next)
         if group != self.group or self.table is None:
             try:
@@ -129,10 +133,14 @@ class _FileReader:
                     raise _CorruptFile(f"row group {group}: {exc}") from None
                 raise
             self.group = group
+        table = self.table
         offset = self.next - self.starts[group]
-        rows: list[Any] = self.table.slice(offset, max_records).to_pylist()
+        count, size = table.num_rows, table.nbytes
+        if max_bytes is not None and size:
+            max_records = min(max_records, max(1, -(-max_bytes * count // size)))
+        rows: list[Any] = table.slice(offset, max_records).to_pylist()
         self.next += len(rows)
-        return rows
+        return rows, size * (offset + len(rows)) // count - size * offset // count
 
     def _group_of(self, row: int) -> int:
         group = self.group if self.group >= 0 else 0
@@ -208,12 +216,13 @@ class RowFiles:
             if start >= reader.rows:
                 await self._close_reader()
                 continue
+            limit = self._context.max_batch_bytes if self._context is not None else None
             try:
-                rows = await anyio.to_thread.run_sync(reader.read, max_records)
+                rows, nbytes = await anyio.to_thread.run_sync(reader.read, max_records, limit)
             except _CorruptFile as exc:
                 await self._close_reader()
                 return await self._set_aside(self._current, str(exc), start)
-            return SourceBatch(partition, rows, start=start)
+            return SourceBatch(partition, rows, start=start, nbytes=nbytes)
 
     async def aclose(self) -> None:
         """Close the file being read."""

@@ -1,9 +1,9 @@
 """The in-flight bound in bytes: a source waits while ``max_in_flight_bytes`` are in flight.
 
 Sources that know what they read say so in ``SourceBatch.nbytes`` (the file,
-S3, Kafka and PostgreSQL CDC sources do: each has its own tests) and end a
-batch at ``SourceContext.max_batch_bytes``; the bound is checked before each
-read, beside the bound in records.
+S3, Parquet, Delta, Kafka and PostgreSQL CDC sources do: each has its own
+tests) and end a batch at ``SourceContext.max_batch_bytes``; the bound is
+checked before each read, beside the bound in records.
 """
 
 from __future__ import annotations
