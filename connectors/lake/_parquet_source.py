@@ -140,6 +140,8 @@ class _FileReader:
             max_records = min(max_records, max(1, -(-max_bytes * count // size)))
         rows: list[Any] = table.slice(offset, max_records).to_pylist()
         self.next += len(rows)
+        if not rows:
+            return rows, 0
         return rows, size * (offset + len(rows)) // count - size * offset // count
 
     def _group_of(self, row: int) -> int:
