@@ -30,9 +30,13 @@ async def read_to_end(
     positions: Mapping[str, int] | None = None,
     *,
     pipeline: str = "test",
+    max_batch_bytes: int | None = None,
 ) -> list[SourceBatch]:
     """Open ``source`` at ``positions`` (default: the start), read it to the end, close it."""
-    await source.open(SourceContext(pipeline=pipeline, positions=positions or {}))
+    context = SourceContext(
+        pipeline=pipeline, positions=positions or {}, max_batch_bytes=max_batch_bytes
+    )
+    await source.open(context)
     try:
         return await read_batches(source, max_records)
     finally:

@@ -13,14 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from riprap import SourceContext
 from riprap.connectors.lake import ParquetSource
-from tests._sources import read_batches
+from tests._sources import read_to_end
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from riprap import SourceBatch
 
 pytestmark = pytest.mark.anyio
 
@@ -43,19 +41,11 @@ def about(rows: int) -> range:
     return range(rows * TEXT, rows * (TEXT + 32))
 
 
-async def read_all(source: ParquetSource, max_batch_bytes: int | None) -> list[SourceBatch]:
-    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=max_batch_bytes))
-    try:
-        return await read_batches(source, 100)
-    finally:
-        await source.aclose()
-
-
 async def test_batches_end_at_the_byte_limit_and_say_their_weight(tmp_path: Path) -> None:
     """Ten rows of 100 KiB in row groups of five, limit 250,000 bytes: batches of three rows
     (the third reaches it), cut again at each row group's end; each batch weighs its rows."""
     write_heavy(tmp_path / "in" / "a.parquet", 10, group=5)
-    batches = await read_all(ParquetSource(tmp_path / "in"), 250_000)
+    batches = await read_to_end(ParquetSource(tmp_path / "in"), max_batch_bytes=250_000)
     rows = [len(b) for b in batches if b.values]
     assert [3, 2, 3, 2] == rows
     assert all(b.nbytes in about(len(b)) for b in batches if b.values)
@@ -64,6 +54,6 @@ async def test_batches_end_at_the_byte_limit_and_say_their_weight(tmp_path: Path
 
 async def test_without_a_limit_rows_are_cut_by_count_and_still_weighed(tmp_path: Path) -> None:
     write_heavy(tmp_path / "in" / "a.parquet", 10, group=10)
-    batches = [b for b in await read_all(ParquetSource(tmp_path / "in"), None) if b.values]
+    batches = [b for b in await read_to_end(ParquetSource(tmp_path / "in")) if b.values]
     assert [10] == [len(b) for b in batches]
     assert batches[0].nbytes in about(10)

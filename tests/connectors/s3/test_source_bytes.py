@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from riprap import SourceBatch, SourceContext
 from riprap.connectors.s3 import S3Source
 from riprap.testing import wait_until
 from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, read_batches, settle, weighed_reads
+from tests._sources import bounded_in_bytes, read_to_end, settle, weighed_reads
 
 from .conftest import client_config
 
 if TYPE_CHECKING:
+    from riprap import SourceBatch
+
     from .conftest import Store
 
 pytestmark = [pytest.mark.s3, pytest.mark.anyio]
@@ -41,14 +42,6 @@ def make_source(store: Store, **options: Any) -> S3Source:
     )
 
 
-async def read_all(source: S3Source, max_batch_bytes: int | None) -> list[SourceBatch]:
-    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=max_batch_bytes))
-    try:
-        return await read_batches(source, 100)
-    finally:
-        await source.aclose()
-
-
 def numbers(batches: list[SourceBatch]) -> list[int]:
     return [int(v[:6]) for b in batches for v in b.values]
 
@@ -62,7 +55,7 @@ async def test_batches_end_at_the_byte_limit_and_weigh_the_content(
     await store.put_lines(
         "in/a.jsonl.gz" if compress else "in/a.jsonl", heavy(0, 10), compress=compress
     )
-    batches = await read_all(make_source(store), 250_000)
+    batches = await read_to_end(make_source(store), max_batch_bytes=250_000)
     assert [3, 3, 3, 1] == [len(b) for b in batches]
     assert [3 * LINE, 3 * LINE, 3 * LINE, LINE] == [b.nbytes for b in batches]
     assert list(range(10)) == numbers(batches)
@@ -70,7 +63,7 @@ async def test_batches_end_at_the_byte_limit_and_weigh_the_content(
 
 async def test_without_a_limit_batches_are_cut_by_count_and_still_weighed(store: Store) -> None:
     await store.put_lines("in/a.jsonl", heavy(0, 10))
-    batches = await read_all(make_source(store), None)
+    batches = await read_to_end(make_source(store))
     assert [(10, 10 * LINE)] == [(len(b), b.nbytes) for b in batches]
 
 
