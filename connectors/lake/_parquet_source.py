@@ -117,6 +117,7 @@ class _FileReader:
             total += metadata.row_group(group).num_rows
         self.group = -1
         self.table: pa.Table | None = None
+        self.group_bytes = 0  # what the row group read holds in memory
 
     def read(self, max_records: int, max_bytes: int | None = None) -> tuple[list[Any], int]:
         """Up to ``max_records`` rows from ``next`` on, within one row group, and their bytes.
@@ -133,9 +134,10 @@ class _FileReader:
                     raise _CorruptFile(f"row group {group}: {exc}") from None
                 raise
             self.group = group
+            self.group_bytes = self.table.nbytes
         table = self.table
         offset = self.next - self.starts[group]
-        count, size = table.num_rows, table.nbytes
+        count, size = table.num_rows, self.group_bytes
         if max_bytes is not None and size:
             max_records = min(max_records, max(1, -(-max_bytes * count // size)))
         rows: list[Any] = table.slice(offset, max_records).to_pylist()

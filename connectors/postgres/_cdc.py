@@ -32,7 +32,7 @@ from ._lag import PostgresCDCStatistics, WalLag
 from ._positions import SNAPSHOT_LIMIT, SnapshotCut, decode, encode, parse_lsn
 from ._snapshot import Shape, SnapshotReader
 from ._values import converter
-from ._weight import FetchSizer
+from ._weight import FetchSizer, sizes_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -337,7 +337,7 @@ class PostgresCDCSource:
         sizer = self._sizer
         if self._pending:
             rows, self._pending = self._pending, []
-            sizes = [len(row[2]) for row in rows]
+            sizes = sizes_of(rows)  # not remembered: weighed when fetched
         else:
             rows = await stream.cursor.fetch(sizer.size(max_records))
             sizes = sizer.weigh(rows)

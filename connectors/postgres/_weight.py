@@ -20,6 +20,11 @@ PROBE = 16
 """Messages the first fetch asks for while nothing has been weighed yet."""
 
 
+def sizes_of(rows: Sequence[Any]) -> list[int]:
+    """Each peeked row's pgoutput message size (``lsn, xid, data`` rows)."""
+    return [len(row[2]) for row in rows]
+
+
 @final
 class FetchSizer:
     """Sizes fetches from the heaviest message seen, forgetting a quarter of it per fetch."""
@@ -41,7 +46,7 @@ class FetchSizer:
 
     def weigh(self, rows: Sequence[Any]) -> list[int]:
         """Each fetched row's message size; the heaviest is remembered for the next fetch."""
-        sizes = [len(row[2]) for row in rows]
+        sizes = sizes_of(rows)
         if sizes:
             self._heaviest = max(max(sizes), self._heaviest * 3 // 4)
         return sizes

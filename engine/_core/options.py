@@ -29,9 +29,10 @@ DEFAULT_SINK_ATTEMPT_TIMEOUT = 60.0
 DEFAULT_OFFLOAD_THREADS = 16
 """Worker threads shared by the offloaded steps of a run unless the pipeline says otherwise."""
 
-DEFAULT_MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 """Bytes of records read and not yet done, as sources count them (``max_in_flight_bytes``)."""
+
+DEFAULT_MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
 """Bytes of freed heap glibc may keep for the next batches unless the pipeline says otherwise:
 the records in flight at the defaults (10,000 of up to 4 KiB, with batches of up to
 about 8,000), so a batch's memory is reused instead of returned and faulted in again."""
@@ -61,7 +62,8 @@ class PipelineOptions:
         checkpoint_interval: Seconds between periodic checkpoints.
         max_in_flight: Records read from the source and not yet done (I9).
         max_in_flight_bytes: Bytes of those records, as the sources that know
-            them count (files): the source waits while this many are in flight,
+            them count (files, S3, Parquet, Delta, Kafka, PostgreSQL changes):
+            the source waits while this many are in flight,
             and caps a batch at an eighth of it (at least one record). ``None``:
             records only.
         batch_size: Most records the source hands over at once.

@@ -235,3 +235,34 @@ async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> N
         await source.aclose()
     assert [[first.partition]] == drained
     assert [other] == [batch.partition for batch in rest]
+
+
+@pytest.mark.kafka
+async def test_a_revoked_partition_gives_back_its_buffered_bytes(kafka: KafkaHelper) -> None:
+    """With a byte limit, the bytes a revoked partition had waiting are no longer counted: the
+    other partition is read to its end (they would keep the source from polling forever)."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    from riprap.connectors.kafka._source import _Listener
+
+    topic = await kafka.create_topic(2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for i in range(40):
+            await producer.send_and_wait(topic, b"x" * 100_000, partition=i % 2)
+    finally:
+        await producer.stop()
+    source = make_source(kafka, topic, f"g-{uuid.uuid4().hex}")
+    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=250_000))
+    try:
+        first = await source.read(100)
+        assert first is not None
+        revoked = TopicPartition(topic, int(first.partition.rpartition(":")[2]))
+        other = f"{topic}:{1 - revoked.partition}"
+        await _Listener(source).on_partitions_revoked([revoked])
+        rest = await read_until(source, 20, max_records=100)
+    finally:
+        await source.aclose()
+    assert [other] == sorted({batch.partition for batch in rest})
+    assert list(range(20)) == [o for b in rest for o in b.offsets or []]

@@ -112,3 +112,28 @@ async def test_a_pipeline_reads_no_more_changes_than_its_bytes_in_flight(pg: PgH
         running.stop()
         await running.wait()
     assert list(range(40)) == [int(v["after"]["name"][:6]) for v in sink.values]
+
+
+async def test_a_lost_connection_with_a_cut_fetch_pending_loses_and_repeats_nothing(
+    pg: PgHelper,
+) -> None:
+    """The server drops the connection while the rest of a cut fetch waits in the source, and
+    the next read finds out (its WAL look-up, due at every read here): every change still
+    comes once, in order (the new peek reads the rest again, skipping what was handed out)."""
+    await pg.execute(*SETUP)
+    source = PostgresCDCSource(
+        pg.dsn, slot="s1", publication="pub", poll_interval=0.01, lag_interval=1e-6, name="cdc_cut"
+    )
+    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=250_000))
+    try:
+        await pg.execute(insert(0, 12))
+        first = await read_changes(source, 3)
+        await pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'cdc_cut'",
+            insert(12, 4),
+        )
+        rest = await read_changes(source, 13)
+    finally:
+        await source.aclose()
+    assert list(range(16)) == ids(first + rest)
