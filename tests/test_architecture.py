@@ -180,6 +180,8 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/engine/test_acks.py": frozenset({"riprap._runtime.acks"}),
     # The bounded batch channel between runner tasks.
     "tests/engine/test_channel.py": frozenset({"riprap._runtime.channel"}),
+    # Where a stop may cancel a source's task.
+    "tests/engine/test_read_stop.py": frozenset({"riprap._runtime.read_stop"}),
     # A timeout layer's shared timer, fired by hand on a moved clock.
     "tests/engine/policies/test_deadlines.py": frozenset({"riprap.policies._deadlines"}),
     # Aborts at awkward moments: a send into a channel closed by its own cancellation,

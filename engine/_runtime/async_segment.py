@@ -403,7 +403,8 @@ class AsyncSegment:
                 inputs = cap * len(batch.items) // max(len(out), 1)
                 self._part_inputs = max(self.step.concurrency, min(cap, inputs))
             counters.timed(work.started)
-            await self.router.flush()
+            if work.failed:  # its records' dead letters, queued by the workers
+                await self.router.flush()
             counters.records_in += len(batch.items)
             counters.records_out += len(out)
             if out:

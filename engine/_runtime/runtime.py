@@ -49,6 +49,7 @@ from riprap._runtime.loop_lag import LoopLagMonitor, LoopWatch
 from riprap._runtime.merged_source import MergedSource
 from riprap._runtime.offload import ThreadOffload
 from riprap._runtime.outcome_labels import OutcomeLabels
+from riprap._runtime.read_stop import ReadStop
 from riprap._runtime.route import RouteRunner
 from riprap._runtime.routing import Router
 from riprap._runtime.segments import (
@@ -395,7 +396,7 @@ class Runtime:
         self.report: RunReport | None = None
         self.finished = anyio.Event()
         self._stop_requested = anyio.Event()
-        self._read_scopes: set[asyncio.Timeout] = set()
+        self._read_stops: list[ReadStop] = []
         self._isolation = anyio.Lock()  # an isolated chunk moves alone (see _isolate)
         self._sink_groups_left = 0
         self._processing_scope: anyio.CancelScope | None = None
@@ -427,9 +428,8 @@ class Runtime:
         if self.outcome == "completed":
             self.outcome = "stopped"
         self._stop_requested.set()
-        for scope in self._read_scopes:
-            # Expire the read's scope now: the wait or read in progress is cancelled.
-            scope.reschedule(asyncio.get_running_loop().time())
+        for read_stop in self._read_stops:
+            read_stop.request()  # the wait or read in progress is cancelled
 
     def abort(self) -> None:
         """Stop at once without draining; done records are still checkpointed.
@@ -858,25 +858,23 @@ class Runtime:
         # the dead run may have read move, so that a crash's suspect range is known
         # (CrashGuard); every run saves before reading past its bound.
         watch = self._watch
+        read_stop = ReadStop()
+        self._read_stops.append(read_stop)
         async with send:
             while not self._stop_requested.is_set():
                 # Only waiting for room and reading can be cancelled by stop(): a batch
                 # once read always goes on, so every record read is accounted for.
-                # asyncio's timeout scope is a third of the cost of an anyio cancel
-                # scope, paid on every batch; the two nest correctly (3.11+).
-                scope = asyncio.timeout(None)
+                read_stop.enter()
                 try:
-                    async with scope:
-                        self._read_scopes.add(scope)
-                        if not router.paused.is_set():
-                            await router.paused.wait()
-                        batch = await self._read(source, size)
-                except TimeoutError:
-                    if not scope.expired():
-                        raise  # the source's own TimeoutError
-                    return
+                    if not router.paused.is_set():
+                        await router.paused.wait()
+                    batch = await self._read(source, size)
+                except asyncio.CancelledError:
+                    if read_stop.caught():
+                        return
+                    raise
                 finally:
-                    self._read_scopes.discard(scope)
+                    read_stop.leave()
                 if batch is None:
                     return
                 if self._isolation.locked():  # another source's isolated chunk moves alone

@@ -111,6 +111,8 @@ class FusedSegment:
         self.op_errors = [0] * len(self.steps)
         self.op_counts = [0] * len(self.steps)
         self._filters = tuple(i for i, step in enumerate(self.steps) if step.kind == "filter")
+        self._batch: Batch | None = None  # the batch the chain is running over
+        self._errors = 0  # its records that failed so far
 
     def snapshot(self) -> dict[str, Any]:
         return {}
@@ -183,43 +185,53 @@ class FusedSegment:
 
     async def process(self, batch: Batch) -> Batch | None:
         """Run the chain over one batch; ``None`` (ack released) when nothing is left."""
-        if self.tracer is not None:
+        if self.tracer is None:
+            out = self.run_chain(batch)
+        else:
             with self.tracer.span(self.counters.step_id, batch):
-                return await self._process(batch)
-        return await self._process(batch)
+                out = self.run_chain(batch)
+        if self._errors:
+            await self.router.flush()
+        if out is None:
+            batch.ack.release()
+        return out
 
-    async def _process(self, batch: Batch) -> Batch | None:
-        started = time.perf_counter()
-        router = self.router
-        steps = self.steps
-        op_errors = self.op_errors
-        errors = 0
+    def _on_error(self, value: Any, index: int, op: int, error: Exception) -> None:
+        """A record failed in step ``op`` of the batch being run: route it (may raise)."""
+        self._errors += 1
+        self.op_errors[op] += 1
+        assert self._batch is not None
+        self.router.handle(self.steps[op].step_id, self._batch, index, value, error)
 
-        def on_error(value: Any, index: int, op: int, error: Exception) -> None:
-            nonlocal errors
-            errors += 1
-            op_errors[op] += 1
-            router.handle(steps[op].step_id, batch, index, value, error)
+    def run_chain(self, batch: Batch) -> Batch | None:
+        """The chain over ``batch``, counted: what is left, or ``None`` when nothing is.
 
-        out, marks, counts = self.chain.run(batch.items, on_error)
-        dropped = 0
+        Synchronous, so the batch and its error count can live on the segment
+        (no closure per batch); records that failed went to the router, and
+        ``_errors`` says how many, for the caller to flush.
+        """
+        perf_counter = time.perf_counter
+        started = perf_counter()
+        self._errors = 0
+        self._batch = batch
+        try:
+            out, marks, counts = self.chain.run(batch.items, self._on_error)
+        finally:
+            self._batch = None
+        elapsed = perf_counter() - started
         if any(counts):
             op_counts = self.op_counts
             for op, count in enumerate(counts):
                 op_counts[op] += count
-            dropped = sum(counts[op] for op in self._filters)
+            self.counters.dropped += sum(counts[op] for op in self._filters)
         counters = self.counters
         if self.watch is not None:  # the chain held the loop all along
-            self.watch.held(counters.step_id, time.perf_counter() - started)
+            self.watch.held(counters.step_id, elapsed)
         counters.records_in += len(batch.items)
         counters.records_out += len(out)
-        counters.errors += errors
-        counters.dropped += dropped
-        counters.timed(started)
-        if errors:
-            await router.flush()
+        counters.errors += self._errors
+        counters.took(elapsed)
         if not out:
-            batch.ack.release()
             return None
         origin = batch.origin
         if marks:

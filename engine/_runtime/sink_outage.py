@@ -17,6 +17,8 @@ from riprap._core.errors import TransientError
 from riprap.policies import RetryScheduled
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from riprap.observability._redact import Redactor
     from riprap.policies import PolicyEvent
 
@@ -77,15 +79,15 @@ class SinkOutageLog:
                 extra=extra,
             )
 
-    def written(self, now: float) -> None:
-        """A write succeeded (at ``now``): an outage in progress is over."""
+    def written(self, now: Callable[[], float]) -> None:
+        """A write succeeded (at ``now()``, read only if an outage was in progress: it is over)."""
         if self._since is None:
             return
         log.warning(
             "pipeline %s: sink %s recovered after %.0f s and %d retries",
             self.pipeline,
             self.sink,
-            now - self._since,
+            now() - self._since,
             self._retries,
             extra={"pipeline": self.pipeline, "stage": self.sink},
         )

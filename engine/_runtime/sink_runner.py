@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
+from riprap._core.clock import monotonic_of
 from riprap._core.errors import DataError, EngineError, PipelineError
 from riprap._core.protocols import Sink, SinkContext
 from riprap._core.records import Batch, IndexOrigin
@@ -77,6 +78,7 @@ class SinkRunner:
         "_classifier",
         "_delivery_timeout",
         "_in_flight",
+        "_now",
         "_options",
         "_pipeline",
         "_pipelined",
@@ -110,6 +112,7 @@ class SinkRunner:
         self._options = options
         self._router = router
         self._tracing = tracing
+        self._now = monotonic_of(options.clock)
         retry = None if policies is None else policies.retry
         self._classifier = DEFAULT_CLASSIFIER if retry is None else retry.classifier
         self.outage = SinkOutageLog(pipeline, sink.name, options.redactor, retry_deadline(policies))
@@ -180,8 +183,11 @@ class SinkRunner:
             async for batch in batches:
                 counters.records_in += len(batch.items)
                 started = time.perf_counter()
-                with traced(tracing, name, batch):
+                if tracing is None:
                     await self.write(batch)
+                else:
+                    with traced(tracing, name, batch):
+                        await self.write(batch)
                 self.written(batch, started)
                 del batch  # not kept alive while waiting for the next one
 
@@ -193,20 +199,20 @@ class SinkRunner:
     def written(self, batch: Batch, started: float) -> None:
         """``batch`` is durable: count it and release its ack."""
         self.counters.timed(started)
-        self.outage.written(self._options.clock.monotonic())
+        self.outage.written(self._now)
         self.counters.records_out += len(batch.items)
         self._router.observe_written(len(batch.items))
         batch.ack.release()
 
     async def write(self, batch: Batch) -> None:
         """Write a batch; on a ``DataError`` write its records one by one to find the bad ones."""
-        clock = self._options.clock
-        started = clock.monotonic()
-        router = self._router
-        name = self.sink.name
+        now = self._now
+        started = now()
         try:
             await self._write_call(batch)
         except DataError as error:
+            router = self._router
+            name = self.sink.name
             if self._options.dead_letter is None or len(batch.items) == 1:
                 router.handle(name, batch, 0, batch.items[0], error)
                 await router.flush()
@@ -226,7 +232,7 @@ class SinkRunner:
             batch.items = kept
         except Exception as error:
             if self._classifier.classify(error) == "transient":
-                self._gave_up(error, clock.monotonic() - started)
+                self._gave_up(error, now() - started)
             if isinstance(error, EngineError):
                 raise
             self._stop_for(batch, 0, error)

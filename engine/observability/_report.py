@@ -57,7 +57,10 @@ class StepCounters:
 
     def timed(self, started: float) -> None:
         """Count one batch whose processing started at ``started`` (``perf_counter``)."""
-        seconds = time.perf_counter() - started
+        self.took(time.perf_counter() - started)
+
+    def took(self, seconds: float) -> None:
+        """Count one batch that took ``seconds`` to process."""
         self.batches += 1
         self.busy_seconds += seconds
         self.latency.observe(seconds)
