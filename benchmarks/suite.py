@@ -140,6 +140,7 @@ WORKLOADS = (
             "plain loop",
             "plain loop, same fns",
             "plain loop, batches held",
+            "batches handed over",
             "riprap",
             "riprap embedded",
             "riprap embedded uvloop",

@@ -2,12 +2,14 @@
 
 The workload is :mod:`benchmarks.bench_memory`'s (parse with orjson, drop null
 emails, add ``amount_cents``, serialise, count) on the same records; the plain
-loop is the limit. Two references show what the limit asks of an engine: the
-loop calling the step functions riprap calls (``same fns``), and that loop
-over slices of 1,000 keeping each slice's results together (``batches
-held``, with the process settings a riprap run applies), the least an engine
-that hands batches on does. riprap runs at its defaults three ways: through
-``riprap.run`` (scripts and the CLI), embedded in a service with
+loop is the limit. Three references show what the limit asks of an engine: the
+loop calling the step functions riprap calls (``same fns``); that loop over
+slices of 1,000 keeping each slice's results together (``batches held``, with
+the process settings a riprap run applies), the least an engine that hands
+batches on does; and those slices handed from one asyncio task to another
+through a bounded queue (``batches handed over``), the least an asyncio engine
+with a source task and a sink task does. riprap runs at its defaults three
+ways: through ``riprap.run`` (scripts and the CLI), embedded in a service with
 ``asyncio.run(pipeline.run())``, and embedded on uvloop. ``bench_memory``
 itself interleaves implementations in one process for the steadiest ratio;
 this module runs one of them alone so that its peak RSS is its own.
@@ -31,6 +33,7 @@ from benchmarks._child import (
 )
 from benchmarks.bench_memory import (
     batched_loop,
+    handed_over_loop,
     plain_loop,
     plain_loop_calls,
     run_riprap,
@@ -53,10 +56,17 @@ def batched_loop_as_riprap_runs(records: list[bytes]) -> int:
     return batched_loop(records)
 
 
+def handed_over_as_riprap_runs(records: list[bytes]) -> int:
+    """:func:`handed_over_loop` with the process settings of a riprap run."""
+    as_a_riprap_run_sets()
+    return handed_over_loop(records)
+
+
 RUNS: dict[str, Callable[[list[bytes]], int]] = {
     "plain loop": plain_loop,
     "plain loop, same fns": plain_loop_calls,
     "plain loop, batches held": batched_loop_as_riprap_runs,
+    "batches handed over": handed_over_as_riprap_runs,
     "riprap": run_riprap,
     "riprap embedded": run_riprap_embedded,
     "riprap embedded uvloop": run_riprap_embedded_uvloop,

@@ -48,9 +48,10 @@ def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
         "plain loop",
         "plain loop, same fns",
         "plain loop, batches held",
+        "batches handed over",
         "riprap",
         "riprap embedded",
-    ] == list(bench_memory.IMPLEMENTATIONS)[:5]
+    ] == list(bench_memory.IMPLEMENTATIONS)[:6]
 
 
 def test_checkpoint_lag_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,10 +89,15 @@ def test_w1_child_runs_every_implementation(capsys: pytest.CaptureFixture[str]) 
     """The W1 child prints one JSON line per implementation, each counting 99% of 500 records."""
     w1_memory.main(["--records", "500", "--json"])
     lines = _json_lines(capsys.readouterr().out)
-    loops = ["plain loop", "plain loop, same fns", "plain loop, batches held"]
+    loops = [
+        "plain loop",
+        "plain loop, same fns",
+        "plain loop, batches held",
+        "batches handed over",
+    ]
     riprap_runs = ["riprap", "riprap embedded", "riprap embedded uvloop"]
     assert [*loops, *riprap_runs, "bytewax", "quixstreams", "faust"] == list(lines)
-    assert [495] * 6 == [lines[name]["count"] for name in [*loops, *riprap_runs]]
+    assert [495] * 7 == [lines[name]["count"] for name in [*loops, *riprap_runs]]
     assert all("count" in line or "skipped" in line for line in lines.values())
     assert "skipped" in lines["quixstreams"]
     assert "skipped" in lines["faust"]
