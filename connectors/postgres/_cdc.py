@@ -32,7 +32,7 @@ from ._lag import PostgresCDCStatistics, WalLag
 from ._positions import SNAPSHOT_LIMIT, SnapshotCut, decode, encode, parse_lsn
 from ._snapshot import Shape, SnapshotReader
 from ._values import converter
-from ._weight import FetchSizer, sizes_of
+from ._weight import FetchSizer, sizes_of, text_sizes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -139,6 +139,9 @@ class PostgresCDCSource:
         self._sizer = FetchSizer(None)
         self._pending: list[Any] = []
         """Rows of the current peek fetched but not handed out yet (a fetch cut by bytes)."""
+        self._snapshot_sizer = FetchSizer(None, text_sizes)
+        self._snapshot_rest: tuple[Shape, list[Any]] | None = None
+        """Snapshot rows fetched but not handed out yet (a fetch cut by bytes)."""
 
     async def open(self, context: SourceContext) -> None:
         """Connect, check the server and the slot, and start the snapshot or the stream.
@@ -151,6 +154,7 @@ class PostgresCDCSource:
         """
         position = context.positions.get(self.partition, 0)
         self._sizer = FetchSizer(context.max_batch_bytes)
+        self._snapshot_sizer = FetchSizer(context.max_batch_bytes, text_sizes)
         self._wal = WalLag(self.slot, self._wal.interval, context.clock or SystemClock())
         try:
             self._conn = conn = await self._connect()
@@ -206,6 +210,7 @@ class PostgresCDCSource:
             lsn = self._check_slot(slot, parse_lsn(slot["confirmed_flush_lsn"]))
         self._confirmed = lsn
         self._next, self._snapshot_end = position, encode(lsn, 0)
+        self._snapshot_rest = None
         if self._snapshot_end <= position:
             raise RuntimeError(f"slot {self.slot}: LSN {lsn} is too low for snapshot positions")
         cut: SnapshotCut | None = None
@@ -295,15 +300,25 @@ class PostgresCDCSource:
         )
 
     async def _read_snapshot(self, max_records: int) -> SourceBatch:
-        got = None if self._reader is None else await self._reader.fetch(max_records)
+        sizer = self._snapshot_sizer
+        if self._snapshot_rest is not None:
+            (shape, rows), self._snapshot_rest = self._snapshot_rest, None
+            sizes = text_sizes(rows)  # not remembered: weighed when fetched
+        else:
+            reader = self._reader
+            got = None if reader is None else await reader.fetch(sizer.size(max_records))
+            if got is None:  # done: the position moves to the stream's start
+                start, self._reader = self._next, None
+                if reader is not None:
+                    await reader.aclose()
+                self._next = self._snapshot_end
+                return SourceBatch(self.partition, [], start=start, end=self._snapshot_end)
+            shape, rows = got
+            sizes = sizer.weigh(rows)
+        count, nbytes = sizer.cut(sizes)
+        if count < len(rows):
+            rows, self._snapshot_rest = rows[:count], (shape, rows[count:])
         start = self._next
-        if got is None:  # done: the position moves to the stream's start
-            if self._reader is not None:
-                reader, self._reader = self._reader, None
-                await reader.aclose()
-            self._next = self._snapshot_end
-            return SourceBatch(self.partition, [], start=start, end=self._snapshot_end)
-        shape, rows = got
         self._next += len(rows)
         if self._next >= SNAPSHOT_LIMIT:
             raise OverflowError(f"slot {self.slot}: a snapshot of {SNAPSHOT_LIMIT} rows or more")
@@ -316,7 +331,9 @@ class PostgresCDCSource:
             values.append(_event("r", None, after, source, self._snapshot_ms))
             keys.append({key: after[key] for key in shape.keys} or None)
         stamps: list[float | None] = [self._snapshot_ms / 1000] * len(values)
-        return SourceBatch(self.partition, values, start=start, keys=keys, timestamps=stamps)
+        return SourceBatch(
+            self.partition, values, start=start, keys=keys, timestamps=stamps, nbytes=nbytes
+        )
 
     async def _read_stream(self, max_records: int) -> SourceBatch | None:
         """One cursor fetch of the current peek; ``None`` when it held nothing new."""
@@ -399,7 +416,7 @@ class PostgresCDCSource:
         """Close the snapshot's connection and the slot's, confirming nothing."""
         reader, self._reader = self._reader, None
         conn, self._conn = self._conn, None
-        self._pending = []
+        self._pending, self._snapshot_rest = [], None
         try:
             if reader is not None:
                 await reader.aclose()

@@ -1,10 +1,10 @@
-"""What streamed WAL messages weigh, and how many to fetch, for the bound in bytes.
+"""What streamed changes and snapshot rows weigh, and how many to fetch, for the bound in bytes.
 
 A change is weighed by its pgoutput message (the bytes the server sent for
-it, every column value included). How many messages the next fetch asks for
-follows the heaviest message seen lately, so that one fetch stays about one
-batch's worth of bytes; a fetch that still weighs more is cut, and its rest
-handed out by the next reads.
+it, every column value included); a snapshot row by its column texts. How
+many rows the next fetch asks for follows the heaviest row seen lately, so
+that one fetch stays about one batch's worth of bytes; a fetch that still
+weighs more is cut, and its rest handed out by the next reads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 PROBE = 16
 """Messages the first fetch asks for while nothing has been weighed yet."""
@@ -25,18 +25,29 @@ def sizes_of(rows: Sequence[Any]) -> list[int]:
     return [len(row[2]) for row in rows]
 
 
+def text_sizes(rows: Sequence[Sequence[str | None]]) -> list[int]:
+    """Each snapshot row's weight: its column texts' lengths, and one a column."""
+    return [sum(1 if text is None else len(text) + 1 for text in row) for row in rows]
+
+
 @final
 class FetchSizer:
-    """Sizes fetches from the heaviest message seen, forgetting a quarter of it per fetch."""
+    """Sizes fetches from the heaviest row seen, forgetting a quarter of it per fetch.
 
-    __slots__ = ("_heaviest", "limit")
+    ``measure`` weighs fetched rows: WAL messages (the default) or snapshot rows.
+    """
 
-    def __init__(self, limit: int | None) -> None:
+    __slots__ = ("_heaviest", "limit", "measure")
+
+    def __init__(
+        self, limit: int | None, measure: Callable[[Sequence[Any]], list[int]] = sizes_of
+    ) -> None:
         self.limit = limit
+        self.measure = measure
         self._heaviest = 0
 
     def size(self, max_records: int) -> int:
-        """Messages the next fetch asks for: at most ``max_records``, at least one."""
+        """Rows the next fetch asks for: at most ``max_records``, at least one."""
         limit = self.limit
         if limit is None:
             return max_records
@@ -45,8 +56,8 @@ class FetchSizer:
         return max(1, min(max_records, limit // self._heaviest))
 
     def weigh(self, rows: Sequence[Any]) -> list[int]:
-        """Each fetched row's message size; the heaviest is remembered for the next fetch."""
-        sizes = sizes_of(rows)
+        """Each fetched row's weight; the heaviest is remembered for the next fetch."""
+        sizes = self.measure(rows)
         if sizes:
             self._heaviest = max(max(sizes), self._heaviest * 3 // 4)
         return sizes

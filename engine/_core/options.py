@@ -62,8 +62,8 @@ class PipelineOptions:
         checkpoint_interval: Seconds between periodic checkpoints.
         max_in_flight: Records read from the source and not yet done (I9).
         max_in_flight_bytes: Bytes of those records, as the sources that know
-            them count (files, S3, Parquet, Delta, Kafka, PostgreSQL changes):
-            the source waits while this many are in flight,
+            them count (files, S3, Parquet, Delta, Kafka, PostgreSQL changes
+            and snapshots): the source waits while this many are in flight,
             and caps a batch at an eighth of it (at least one record). ``None``:
             records only.
         batch_size: Most records the source hands over at once.

@@ -1,8 +1,8 @@
-"""How the CDC source sizes its fetches by bytes: the heaviest message seen, forgotten slowly."""
+"""How the CDC source sizes its fetches by bytes: the heaviest row seen, forgotten slowly."""
 
 from __future__ import annotations
 
-from riprap.connectors.postgres._weight import PROBE, FetchSizer
+from riprap.connectors.postgres._weight import PROBE, FetchSizer, text_sizes
 
 
 def rows(*sizes: int) -> list[tuple[str, int, bytes]]:
@@ -45,3 +45,15 @@ def test_a_batch_ends_with_the_message_that_reaches_the_limit() -> None:
     assert (2, 110) == sizer.cut([60, 50, 50])  # the one that passes it, included
     assert (1, 500) == sizer.cut([500, 1])  # a message heavier than the limit goes alone
     assert (3, 90) == sizer.cut([30, 30, 30])  # under the limit: all of them
+
+
+def test_a_snapshot_row_weighs_its_texts_and_one_a_column() -> None:
+    """A NULL still weighs one, so a row of NULLs is never free and sums stay ordered."""
+    assert [3 + 1 + 0 + 1 + 1, 3] == text_sizes([("abc", "", None), (None, None, None)])
+
+
+def test_snapshot_fetches_follow_the_heaviest_row() -> None:
+    sizer = FetchSizer(1000, text_sizes)
+    assert PROBE == sizer.size(500)
+    sizer.weigh([("x" * 99,), ("x" * 9,)])
+    assert 10 == sizer.size(500)
