@@ -48,6 +48,7 @@ from riprap import ConfigError, SourceBatch, SystemClock
 from riprap.deadletters import DeadLetterFilter, LetterIds, TokenBucket, letter_batch
 
 from ._deadletters import letter_from_message, letter_id_of
+from ._weight import cut, weights
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -225,15 +226,20 @@ class _BoundedReader:
                     f" {sorted(pending)} in {self.stall_timeout:g} s"
                 )
 
-    async def next_chunk(self, max_records: int) -> tuple[int, list[Any]] | None:
+    async def next_chunk(
+        self, max_records: int, max_bytes: int | None = None
+    ) -> tuple[int, list[Any]] | None:
         """Up to ``max_records`` consecutive messages of one partition; ``None`` at the end.
+
+        With ``max_bytes``, the chunk ends with the message that brings it to
+        that many bytes (at least one message).
 
         Raises:
             OSError: Kafka failed.
             TimeoutError: No fetch response came for ``stall_timeout`` seconds.
         """
         while True:
-            chunk = self._take(max_records)
+            chunk = self._take(max_records, max_bytes)
             if chunk is not None or not self._pending:
                 return chunk
             try:
@@ -253,14 +259,17 @@ class _BoundedReader:
         else:
             await anyio.lowlevel.checkpoint()
 
-    def _take(self, max_records: int) -> tuple[int, list[Any]] | None:
+    def _take(self, max_records: int, max_bytes: int | None) -> tuple[int, list[Any]] | None:
         partition = next(iter(self._buffer), None)
         if partition is None:
             return None
         records = self._buffer.pop(partition)
-        if len(records) > max_records:  # re-inserted last: partitions take turns
-            self._buffer[partition] = records[max_records:]
-        return partition, records[:max_records]
+        count = min(len(records), max_records)
+        if max_bytes is not None:
+            count, _ = cut(records[:count], max_bytes)
+        if len(records) > count:  # re-inserted last: partitions take turns
+            self._buffer[partition] = records[count:]
+        return partition, records[:count]
 
     async def _fetch(self, max_records: int) -> None:
         consumer = self._consumer
@@ -513,18 +522,20 @@ class KafkaDeadLetterSource:
         """
         if self._bucket is not None:
             max_records = min(max_records, self._bucket.burst)
-        chunk = await self._reader.next_chunk(max(1, max_records))
+        max_bytes = None if self._context is None else self._context.max_batch_bytes
+        chunk = await self._reader.next_chunk(max(1, max_records), max_bytes)
         if chunk is None:
             return None
         partition, records = chunk
         name = replay_partition(self.topic, partition)
         end = records[-1].offset + 1
-        found = [
-            (record.offset, letter)
-            for record in records
-            if self._seen.add((letter := _letter(self.topic, record)).id)
-            and self._filter.matches(letter)
-        ]
+        found: list[tuple[int, DeadLetter]] = []
+        nbytes = 0
+        for record, weight in zip(records, weights(records), strict=True):
+            letter = _letter(self.topic, record)
+            if self._seen.add(letter.id) and self._filter.matches(letter):
+                found.append((record.offset, letter))
+                nbytes += weight
         folded = self._seen.repeats - self._reported
         if folded and self._context is not None:
             self._reported = self._seen.repeats
@@ -533,7 +544,7 @@ class KafkaDeadLetterSource:
             return SourceBatch(name, [], start=records[0].offset, end=end)
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
-        return letter_batch(name, found, end=end, id_header=self._id_header)
+        return letter_batch(name, found, end=end, id_header=self._id_header, nbytes=nbytes)
 
     async def aclose(self) -> None:
         """Stop the consumer and forget the ids read."""

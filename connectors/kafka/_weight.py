@@ -17,14 +17,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def _weights(records: Sequence[Any]) -> list[int]:
+def weights(records: Sequence[Any]) -> list[int]:
+    """Each record's bytes: its key's and value's sizes, and one for each."""
     # A list comprehension: its attribute reads specialise (faster than attrgetter maps).
     return [r.serialized_key_size + r.serialized_value_size + 2 for r in records]
 
 
 def weigh(records: Sequence[Any]) -> int:
     """Bytes of ``records``' keys and values."""
-    return sum(_weights(records))
+    return sum(weights(records))
 
 
 def cut(records: Sequence[Any], limit: int) -> tuple[int, int]:
@@ -33,6 +34,6 @@ def cut(records: Sequence[Any], limit: int) -> tuple[int, int]:
     The batch ends with the record that brings it to ``limit`` (so a record
     heavier than ``limit`` goes alone), and holds at least one record.
     """
-    sums = list(accumulate(_weights(records)))
+    sums = list(accumulate(weights(records)))
     count = min(len(sums), bisect_left(sums, limit) + 1)
     return count, sums[count - 1]

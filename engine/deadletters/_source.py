@@ -266,11 +266,13 @@ def letter_batch(
     *,
     end: int,
     id_header: str | None = None,
+    nbytes: int = 0,
 ) -> SourceBatch:
     """The original records of ``found`` (position, letter) pairs as one batch ending at ``end``.
 
     Shared with the Kafka and S3 replay sources. With ``id_header``, each
-    record's headers end with ``(id_header, letter id as ASCII bytes)``.
+    record's headers end with ``(id_header, letter id as ASCII bytes)``;
+    ``nbytes`` is what the letters weighed as read (the bound in bytes).
 
     Raises:
         ValueError: A stored payload cannot be decoded.
@@ -293,6 +295,7 @@ def letter_batch(
         keys=[letter.original_key() for letter in letters],
         headers=headers,
         timestamps=[letter.timestamp for letter in letters],
+        nbytes=nbytes,
     )
 
 

@@ -21,7 +21,9 @@ from riprap.connectors.kafka import (
 )
 from riprap.connectors.kafka._deadletters import letter_headers, payload_bytes
 from riprap.deadletters import DeadLetterFilter
-from tests._sources import read_to_end
+from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import bounded_in_bytes, read_to_end, settle, weighed_reads
 from tests.engine.dlq._letters import make_letter
 
 if TYPE_CHECKING:
@@ -191,3 +193,58 @@ async def test_a_position_past_the_end_hands_out_nothing_earlier(kafka: KafkaHel
     await produce_letters(kafka, topic, [make_letter(i) for i in range(3)])
     source = KafkaDeadLetterSource(topic, bootstrap_servers=kafka.bootstrap)
     assert [] == await drain(source, {f"dlq:kafka:{topic}:0": 50})
+
+
+KIB = 1024
+
+
+@pytest.mark.kafka
+async def test_a_replay_ends_its_batches_at_the_byte_limit(kafka: KafkaHelper) -> None:
+    """Twelve letters of 100 KiB, batches of at most 100 records and 250,000 bytes: each
+    batch but the last reaches the limit with its last letter and not before, and says
+    what it weighs; every letter comes once, in order."""
+    topic = await kafka.create_topic(1)
+    values = [f"{i:06d}".encode() + b"." * (100 * KIB - 6) for i in range(12)]
+    await produce_letters(kafka, topic, [make_letter(i, value=v) for i, v in enumerate(values)])
+    source = KafkaDeadLetterSource(topic, bootstrap_servers=kafka.bootstrap)
+    batches = await read_to_end(source, 100, max_batch_bytes=250_000)
+    assert values == [v for b in batches for v in b.values]
+    assert 1 < len(batches) < 12
+    for batch in batches:
+        assert len(batch) * 100 * KIB < batch.nbytes < len(batch) * 110 * KIB
+    for batch in batches[:-1]:
+        each = batch.nbytes / len(batch)
+        assert batch.nbytes - each < 250_000 <= batch.nbytes
+
+
+@pytest.mark.kafka
+async def test_without_a_byte_limit_a_replay_batch_is_cut_by_count_and_weighed(
+    kafka: KafkaHelper,
+) -> None:
+    topic = await kafka.create_topic(1)
+    letters = [make_letter(i, value=b"." * (100 * KIB)) for i in range(6)]
+    await produce_letters(kafka, topic, letters)
+    source = KafkaDeadLetterSource(topic, bootstrap_servers=kafka.bootstrap)
+    batches = await read_to_end(source, 4)
+    assert [4, 2] == [len(b) for b in batches]
+    assert all(len(b) * 100 * KIB < b.nbytes for b in batches)
+
+
+@pytest.mark.kafka
+async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(kafka: KafkaHelper) -> None:
+    """40 letters of 100 KiB replayed behind a stalled sink, ``max_in_flight_bytes`` 1 MiB:
+    reading stops with the batch that reaches 1 MiB (before, letters counted by records only
+    and all 4 MiB were read); once the sink moves every letter arrives once, in order."""
+    topic = await kafka.create_topic(1)
+    values = [f"{i:06d}".encode() + b"." * (100 * KIB - 6) for i in range(40)]
+    await produce_letters(kafka, topic, [make_letter(i, value=v) for i, v in enumerate(values)])
+    source = KafkaDeadLetterSource(topic, bootstrap_servers=kafka.bootstrap)
+    weights = weighed_reads(source)
+    sink = GatedSink()
+    async with bounded_in_bytes("dlq-bytes", source, sink, 1024 * KIB).open() as running:
+        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
+        await settle()
+        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
+        sink.gate.set()
+        await running.wait()
+    assert values == sink.values
