@@ -82,6 +82,28 @@ def weighed_reads(source: Source) -> list[int]:
     return weights
 
 
+class Weighed:
+    """``source`` with the ``nbytes`` of every batch of records it reads recorded in
+    ``weights``, for sources whose ``read`` cannot be wrapped in place (slotted ones)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = source.name
+        self.weights: list[int] = []
+
+    async def open(self, context: SourceContext) -> None:
+        await self.source.open(context)
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        batch = await self.source.read(max_records)
+        if batch is not None and batch.values:
+            self.weights.append(batch.nbytes)
+        return batch
+
+    async def aclose(self) -> None:
+        await self.source.aclose()
+
+
 def bounded_in_bytes(name: str, source: Source, sink: Sink, max_bytes: int | None) -> Pipeline:
     """``source`` to ``sink`` with ``max_in_flight_bytes=max_bytes``, checkpoints in memory."""
     return (

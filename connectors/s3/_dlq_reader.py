@@ -513,11 +513,22 @@ class S3DeadLetterSource:
             self._context.count("repeats_folded", folded)
 
     async def _take(self, letters: _ObjectLetters, max_records: int) -> SourceBatch:
+        """The next letters of ``letters``: ``max_records``, or up to the one that reaches the
+        batch limit in bytes (each weighs its line)."""
+        limit = None if self._context is None else self._context.max_batch_bytes
+        lines = letters.lines
         found: list[tuple[int, DeadLetter]] = []
+        nbytes = 0
         if letters.pending is not None:
             found.append(letters.pending)
-        while len(found) < max_records and (match := letters.next_letter(self._seen, self._filter)):
+            nbytes += len(lines[letters.pending[0]]) + 1
+        while (
+            len(found) < max_records
+            and (limit is None or nbytes < limit)
+            and (match := letters.next_letter(self._seen, self._filter))
+        ):
             found.append(match)
+            nbytes += len(lines[match[0]]) + 1
         # Read one match ahead: without one, this batch finishes the object.
         letters.pending = letters.next_letter(self._seen, self._filter) if found else None
         end = OBJECT_COMPLETE if letters.pending is None else letters.pending[0]
@@ -530,4 +541,6 @@ class S3DeadLetterSource:
         letters.handed = end
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
-        return letter_batch(letters.partition, found, end=end, id_header=self._id_header)
+        return letter_batch(
+            letters.partition, found, end=end, id_header=self._id_header, nbytes=nbytes
+        )

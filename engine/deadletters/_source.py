@@ -115,7 +115,8 @@ class DeadLetterSource:
     there is one. A batch's offsets are the letters' indexes in read order;
     letters that fail the filter, letters an earlier replay under the same
     pipeline name sent, and repeats of a letter already read, are skipped but
-    counted (see the module docstring).
+    counted (see the module docstring). A letter weighs its stored key and
+    value for the pipeline's bound in bytes.
 
     Args:
         path: The dead-letter store (JSON Lines or SQLite).
@@ -206,7 +207,10 @@ class DeadLetterSource:
             raise RuntimeError(f"source {self.name!r}: read before open")
         if self._bucket is not None:
             max_records = min(max_records, self._bucket.burst)
-        found, scanned = await anyio.to_thread.run_sync(self._take, max(1, max_records))
+        limit = None if self._context is None else self._context.max_batch_bytes
+        found, scanned, nbytes = await anyio.to_thread.run_sync(
+            self._take, max(1, max_records), limit
+        )
         self._report_repeats()
         self._report_skipped()
         if not found:
@@ -215,7 +219,9 @@ class DeadLetterSource:
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
         self._next = scanned
-        return letter_batch(self.partition, found, end=scanned, id_header=self._id_header)
+        return letter_batch(
+            self.partition, found, end=scanned, id_header=self._id_header, nbytes=nbytes
+        )
 
     async def aclose(self) -> None:
         """Close the underlying file or database and forget the ids read."""
@@ -240,10 +246,12 @@ class DeadLetterSource:
                 self._context.count(outcome, count)
         self._skipped = dict.fromkeys(self._skipped, 0)
 
-    def _take(self, count: int) -> tuple[list[tuple[int, DeadLetter]], int]:
-        """Up to ``count`` matching letters and the position after the last one read."""
+    def _take(self, count: int, limit: int | None) -> tuple[list[tuple[int, DeadLetter]], int, int]:
+        """Up to ``count`` matching letters (or up to the one that brings them to ``limit``
+        bytes), the position after the last one read, and their bytes."""
         assert self._letters is not None
         found: list[tuple[int, DeadLetter]] = []
+        nbytes = 0
         scanned = self._next
         for index, (letter, first) in self._letters:
             scanned = index + 1
@@ -255,9 +263,15 @@ class DeadLetterSource:
                 self._skipped[ALREADY_REPLAYED] += 1
             else:
                 found.append((index, letter))
-                if len(found) == count:
+                nbytes += stored_size(letter)
+                if len(found) == count or (limit is not None and nbytes >= limit):
                     break
-        return found, scanned
+        return found, scanned, nbytes
+
+
+def stored_size(letter: DeadLetter) -> int:
+    """What a letter weighs for the bound in bytes: its stored key and value, and one each."""
+    return len(letter.key or "") + len(letter.value or "") + 2
 
 
 def letter_batch(

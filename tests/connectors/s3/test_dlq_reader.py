@@ -18,7 +18,9 @@ from riprap.connectors.s3 import (
 )
 from riprap.connectors.s3._dlq_reader import _delete
 from riprap.deadletters import DeadLetterFilter
-from tests._sources import read_to_end
+from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import bounded_in_bytes, read_to_end, settle, weighed_reads
 from tests.engine.dlq._letters import T0, make_letter
 
 from .conftest import client_config
@@ -186,3 +188,46 @@ async def test_purge_keeps_an_object_replaced_since_it_was_read(store: Store) ->
     await store.put("dlq/a.jsonl", make_letter(1, at=T0 + 1).to_json() + b"\n")
     outcome = await _delete(client_config(), store.client, store.bucket, "dlq/a.jsonl", etag)
     assert ("changed", ["dlq/a.jsonl"]) == (outcome, await store.keys("dlq/"))
+
+
+KIB = 1024
+
+
+def big_letters(count: int) -> tuple[list[DeadLetter], list[str]]:
+    """``count`` letters whose values are texts of 100 KiB, numbered; and those values."""
+    values = [f"{i:06d}" + "." * (100 * KIB - 6) for i in range(count)]
+    return [make_letter(i, value=v) for i, v in enumerate(values)], values
+
+
+async def test_a_replay_ends_its_batches_at_the_byte_limit(store: Store) -> None:
+    """Twelve letters of 100 KiB in one object, batches of at most 100 records and 250,000
+    bytes: each batch but the last reaches the limit with its last letter and not before, and
+    says what its lines weigh; every letter comes once, in order."""
+    letters, values = big_letters(12)
+    await write(store, letters)
+    batches = await read_to_end(source(store), 100, max_batch_bytes=250_000)
+    assert values == [v for b in batches for v in b.values]
+    assert 1 < len(batches) < 12
+    for batch in batches:
+        assert len(batch) * 100 * KIB < batch.nbytes < len(batch) * 110 * KIB
+    for batch in batches[:-1]:
+        each = batch.nbytes / len(batch)
+        assert batch.nbytes - each < 250_000 <= batch.nbytes
+
+
+async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(store: Store) -> None:
+    """40 letters of 100 KiB replayed behind a stalled sink, ``max_in_flight_bytes`` 1 MiB:
+    reading stops with the batch that reaches 1 MiB (before, letters counted by records only);
+    once the sink moves every letter arrives once, in order."""
+    letters, values = big_letters(40)
+    await write(store, letters)
+    replay = source(store)
+    weights = weighed_reads(replay)
+    sink = GatedSink()
+    async with bounded_in_bytes("dlq-bytes", replay, sink, 1024 * KIB).open() as running:
+        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
+        await settle()
+        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
+        sink.gate.set()
+        await running.wait()
+    assert values == sink.values

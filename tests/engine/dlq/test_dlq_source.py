@@ -15,7 +15,9 @@ from riprap.deadletters import (
     JsonLinesDeadLetters,
     SqliteDeadLetters,
 )
-from tests._sources import read_batches
+from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import Weighed, bounded_in_bytes, read_batches, read_to_end, settle
 
 from ._letters import make_letter
 
@@ -179,3 +181,43 @@ async def test_replaying_twice_under_one_name_does_not_duplicate(tmp_path: Path)
     assert [] == await replay()
     await store(path, [make_letter(12, value="c")])
     assert ["c"] == await replay()
+
+
+KIB = 1024
+
+
+def big_letters(count: int) -> tuple[list[DeadLetter], list[str]]:
+    """``count`` letters whose values are texts of 100 KiB, numbered; and those values."""
+    values = [f"{i:06d}" + "." * (100 * KIB - 6) for i in range(count)]
+    return [make_letter(i, value=v) for i, v in enumerate(values)], values
+
+
+@pytest.mark.parametrize("name", ["dlq.jsonl", "dlq.db"])
+async def test_a_replay_ends_its_batches_at_the_byte_limit(tmp_path: Path, name: str) -> None:
+    """Twelve letters of 100 KiB, batches of at most 100 records and 250,000 bytes: batches of
+    three (the third reaches the limit), each weighing its stored values; every letter once."""
+    letters, values = big_letters(12)
+    await store(tmp_path / name, letters)
+    batches = await read_to_end(DeadLetterSource(tmp_path / name), 100, max_batch_bytes=250_000)
+    assert values == [v for b in batches for v in b.values]
+    assert [3, 3, 3, 3] == [len(b) for b in batches]
+    for batch in batches:
+        assert len(batch) * 100 * KIB < batch.nbytes < len(batch) * (100 * KIB + 64)
+
+
+async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(tmp_path: Path) -> None:
+    """40 letters of 100 KiB replayed behind a stalled sink, ``max_in_flight_bytes`` 1 MiB:
+    reading stops with the batch that reaches 1 MiB (before, letters counted by records only);
+    once the sink moves every letter arrives once, in order."""
+    letters, values = big_letters(40)
+    await store(tmp_path / "dlq.jsonl", letters)
+    replay = Weighed(DeadLetterSource(tmp_path / "dlq.jsonl"))
+    weights = replay.weights
+    sink = GatedSink()
+    async with bounded_in_bytes("dlq-bytes", replay, sink, 1024 * KIB).open() as running:
+        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
+        await settle()
+        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
+        sink.gate.set()
+        await running.wait()
+    assert values == sink.values
