@@ -207,13 +207,30 @@ def test_lag_by_partition_leaves_out_unknown_partitions() -> None:
     assert {"t:0": 6} == lag_by_partition(ends, positions)
 
 
-@pytest.mark.kafka
-async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> None:
-    """On revocation the partition's waiting records are dropped and the engine drains it."""
+async def revoke_after_first_read(
+    source: KafkaSource, context: SourceContext, first: int, rest: int, max_records: int
+) -> tuple[SourceBatch, str, list[SourceBatch]]:
+    """Open ``source``, read one batch of at most ``first`` records, revoke that batch's
+    partition, read ``rest`` records more; the first batch, the other partition, the rest."""
     from aiokafka import TopicPartition
 
     from riprap.connectors.kafka._source import _Listener
 
+    await source.open(context)
+    try:
+        batch = await source.read(first)
+        assert batch is not None
+        topic, _, number = batch.partition.rpartition(":")
+        await _Listener(source).on_partitions_revoked([TopicPartition(topic, int(number))])
+        others = await read_until(source, rest, max_records=max_records)
+    finally:
+        await source.aclose()
+    return batch, f"{topic}:{1 - int(number)}", others
+
+
+@pytest.mark.kafka
+async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> None:
+    """On revocation the partition's waiting records are dropped and the engine drains it."""
     topic = await kafka.create_topic(2)
     await kafka.produce(topic, messages(200))
     drained: list[list[str]] = []
@@ -223,16 +240,8 @@ async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> N
         return {}
 
     source = make_source(kafka, topic, f"g-{uuid.uuid4().hex}", max_poll_records=500)
-    await source.open(SourceContext(pipeline="p", positions={}, drain=drain))
-    try:
-        first = await source.read(5)
-        assert first is not None
-        revoked = TopicPartition(topic, int(first.partition.rpartition(":")[2]))
-        other = f"{topic}:{1 - revoked.partition}"
-        await _Listener(source).on_partitions_revoked([revoked])
-        rest = await read_until(source, 1, max_records=1000)
-    finally:
-        await source.aclose()
+    context = SourceContext(pipeline="p", positions={}, drain=drain)
+    first, other, rest = await revoke_after_first_read(source, context, 5, 1, 1000)
     assert [[first.partition]] == drained
     assert [other] == [batch.partition for batch in rest]
 
@@ -241,9 +250,7 @@ async def test_revoked_partition_is_dropped_and_drained(kafka: KafkaHelper) -> N
 async def test_a_revoked_partition_gives_back_its_buffered_bytes(kafka: KafkaHelper) -> None:
     """With a byte limit, the bytes a revoked partition had waiting are no longer counted: the
     other partition is read to its end (they would keep the source from polling forever)."""
-    from aiokafka import AIOKafkaProducer, TopicPartition
-
-    from riprap.connectors.kafka._source import _Listener
+    from aiokafka import AIOKafkaProducer
 
     topic = await kafka.create_topic(2)
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=False)
@@ -254,15 +261,7 @@ async def test_a_revoked_partition_gives_back_its_buffered_bytes(kafka: KafkaHel
     finally:
         await producer.stop()
     source = make_source(kafka, topic, f"g-{uuid.uuid4().hex}")
-    await source.open(SourceContext(pipeline="p", positions={}, max_batch_bytes=250_000))
-    try:
-        first = await source.read(100)
-        assert first is not None
-        revoked = TopicPartition(topic, int(first.partition.rpartition(":")[2]))
-        other = f"{topic}:{1 - revoked.partition}"
-        await _Listener(source).on_partitions_revoked([revoked])
-        rest = await read_until(source, 20, max_records=100)
-    finally:
-        await source.aclose()
+    context = SourceContext(pipeline="p", positions={}, max_batch_bytes=250_000)
+    _, other, rest = await revoke_after_first_read(source, context, 100, 20, 100)
     assert [other] == sorted({batch.partition for batch in rest})
     assert list(range(20)) == [o for b in rest for o in b.offsets or []]
