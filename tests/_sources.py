@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import tracemalloc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
 from riprap import Pipeline, SourceContext
 from riprap.checkpoints import MemoryCheckpoints
+from riprap.testing import wait_until
+from tests._sinks import GatedSink
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from riprap import Sink, Source, SourceBatch
+
+MIB = 1024 * 1024
 
 
 async def read_batches(source: Source, max_records: int = 100) -> list[SourceBatch]:
@@ -117,3 +121,21 @@ async def settle() -> None:
     """Give a run many turns of the event loop to read more if it could."""
     for _ in range(500):
         await anyio.lowlevel.checkpoint()
+
+
+async def stalled_at_the_bound(
+    name: str, source: Source, weights: list[int], count: int, limit: int = MIB
+) -> list[Any]:
+    """Run ``source`` (its reads weighed into ``weights``) into a stalled sink with
+    ``max_in_flight_bytes=limit``: reading must stop with the batch that reaches ``limit``.
+    Then the sink moves; the first ``count`` values it wrote."""
+    sink = GatedSink()
+    async with bounded_in_bytes(name, source, sink, limit).open() as running:
+        await wait_until(lambda: sum(weights) >= limit, what=f"{limit} bytes read", timeout=20)
+        await settle()
+        assert sum(weights[:-1]) < limit <= sum(weights)
+        sink.gate.set()
+        await wait_until(lambda: len(sink.values) >= count, what=f"{count} written", timeout=20)
+        running.stop()
+        await running.wait()
+    return sink.values[:count]

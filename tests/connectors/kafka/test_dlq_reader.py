@@ -21,9 +21,7 @@ from riprap.connectors.kafka import (
 )
 from riprap.connectors.kafka._deadletters import letter_headers, payload_bytes
 from riprap.deadletters import DeadLetterFilter
-from riprap.testing import wait_until
-from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, read_to_end, settle, weighed_reads
+from tests._sources import read_to_end, stalled_at_the_bound, weighed_reads
 from tests.engine.dlq._letters import make_letter
 
 if TYPE_CHECKING:
@@ -240,11 +238,4 @@ async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(kafka: Ka
     await produce_letters(kafka, topic, [make_letter(i, value=v) for i, v in enumerate(values)])
     source = KafkaDeadLetterSource(topic, bootstrap_servers=kafka.bootstrap)
     weights = weighed_reads(source)
-    sink = GatedSink()
-    async with bounded_in_bytes("dlq-bytes", source, sink, 1024 * KIB).open() as running:
-        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
-        await settle()
-        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
-        sink.gate.set()
-        await running.wait()
-    assert values == sink.values
+    assert values == await stalled_at_the_bound("dlq-bytes", source, weights, 40)

@@ -17,7 +17,7 @@ from riprap import SourceBatch, SourceContext
 from riprap.connectors.postgres import PostgresCDCSource
 from riprap.testing import wait_until
 from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, settle, weighed_reads
+from tests._sources import bounded_in_bytes, settle, stalled_at_the_bound, weighed_reads
 
 from ._writer import ITEMS
 
@@ -168,16 +168,8 @@ async def test_a_pipeline_reads_no_more_snapshot_rows_than_its_bytes_in_flight(
     await pg.execute(*SETUP, insert(0, 40))
     source = source_for(pg)
     weights = weighed_reads(source)
-    sink = GatedSink()
-    async with bounded_in_bytes("cdc-snapshot-bytes", source, sink, 1024 * KIB).open() as running:
-        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
-        await settle()
-        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
-        sink.gate.set()
-        await wait_until(lambda: len(sink.values) >= 40, what="40 rows written", timeout=20)
-        running.stop()
-        await running.wait()
-    assert list(range(40)) == [int(v["after"]["name"][:6]) for v in sink.values]
+    values = await stalled_at_the_bound("cdc-snapshot-bytes", source, weights, 40)
+    assert list(range(40)) == [int(v["after"]["name"][:6]) for v in values]
 
 
 async def test_a_restart_with_snapshot_rows_pending_takes_the_snapshot_again(

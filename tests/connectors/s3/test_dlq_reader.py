@@ -18,9 +18,7 @@ from riprap.connectors.s3 import (
 )
 from riprap.connectors.s3._dlq_reader import _delete
 from riprap.deadletters import DeadLetterFilter
-from riprap.testing import wait_until
-from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, read_to_end, settle, weighed_reads
+from tests._sources import read_to_end, stalled_at_the_bound, weighed_reads
 from tests.engine.dlq._letters import T0, make_letter
 
 from .conftest import client_config
@@ -223,11 +221,4 @@ async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(store: St
     await write(store, letters)
     replay = source(store)
     weights = weighed_reads(replay)
-    sink = GatedSink()
-    async with bounded_in_bytes("dlq-bytes", replay, sink, 1024 * KIB).open() as running:
-        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
-        await settle()
-        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
-        sink.gate.set()
-        await running.wait()
-    assert values == sink.values
+    assert values == await stalled_at_the_bound("dlq-bytes", replay, weights, 40)

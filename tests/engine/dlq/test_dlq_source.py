@@ -15,9 +15,7 @@ from riprap.deadletters import (
     JsonLinesDeadLetters,
     SqliteDeadLetters,
 )
-from riprap.testing import wait_until
-from tests._sinks import GatedSink
-from tests._sources import Weighed, bounded_in_bytes, read_batches, read_to_end, settle
+from tests._sources import Weighed, read_batches, read_to_end, stalled_at_the_bound
 
 from ._letters import make_letter
 
@@ -212,12 +210,4 @@ async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(tmp_path:
     letters, values = big_letters(40)
     await store(tmp_path / "dlq.jsonl", letters)
     replay = Weighed(DeadLetterSource(tmp_path / "dlq.jsonl"))
-    weights = replay.weights
-    sink = GatedSink()
-    async with bounded_in_bytes("dlq-bytes", replay, sink, 1024 * KIB).open() as running:
-        await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)
-        await settle()
-        assert sum(weights[:-1]) < 1024 * KIB <= sum(weights)
-        sink.gate.set()
-        await running.wait()
-    assert values == sink.values
+    assert values == await stalled_at_the_bound("dlq-bytes", replay, replay.weights, 40)
