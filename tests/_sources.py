@@ -88,7 +88,8 @@ def weighed_reads(source: Source) -> list[int]:
 
 class Weighed:
     """``source`` with the ``nbytes`` of every batch of records it reads recorded in
-    ``weights``, for sources whose ``read`` cannot be wrapped in place (slotted ones)."""
+    ``weights``, for sources whose ``read`` cannot be wrapped in place (slotted ones);
+    everything else is the source's."""
 
     def __init__(self, source: Source) -> None:
         self.source = source
@@ -106,6 +107,10 @@ class Weighed:
 
     async def aclose(self) -> None:
         await self.source.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        """The source's own optional hooks (``committed``, ``lag``...) and attributes."""
+        return getattr(self.source, name)
 
 
 def bounded_in_bytes(name: str, source: Source, sink: Sink, max_bytes: int | None) -> Pipeline:

@@ -91,7 +91,8 @@ class WebhookSource:
     its headers alone, before any of its body is read: the ``Content-Length``
     (``max_body_bytes`` for a chunked or compressed body) is reserved against
     ``max_pending_bytes`` and stays reserved until a checkpoint covers the
-    request's records. Refusals on the headers close the connection.
+    request's records. Refusals on the headers close the connection. A record
+    weighs its share of its body for the pipeline's bound in bytes.
 
     Answers, before the body is read: 503 with ``Retry-After`` when the source
     is stopping or ``max_requests`` requests are in progress; 413 for a
@@ -161,6 +162,7 @@ class WebhookSource:
         "_closing",
         "_committed",
         "_count",
+        "_max_batch_bytes",
         "_next",
         "_pending_bytes",
         "_read_position",
@@ -168,6 +170,7 @@ class WebhookSource:
         "_runner",
         "_secret",
         "_waiting",
+        "_weights",
         "ack_timeout",
         "body_timeout",
         "clock",
@@ -235,6 +238,8 @@ class WebhookSource:
         self._clock: Clock = clock or SystemClock()
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self._buffer: deque[Any] = deque()
+        self._weights: deque[int] = deque()  # each buffered record's share of its body
+        self._max_batch_bytes: int | None = None
         self._waiting: deque[_Pending] = deque()
         self._available: anyio.Event | None = None
         self._next = 0  # position of the next record to arrive
@@ -271,6 +276,8 @@ class WebhookSource:
         position = context.positions.get(self.partition, 0)
         self._next = self._read_position = self._committed = position
         self._buffer.clear()
+        self._weights.clear()
+        self._max_batch_bytes = context.max_batch_bytes
         self._closing = False
         self._available = anyio.Event()
         self._clock = self.clock or context.clock or SystemClock()
@@ -295,14 +302,22 @@ class WebhookSource:
             assert self._available is not None, "read() before open()"
             await self._available.wait()
         await anyio.lowlevel.checkpoint()
-        buffer = self._buffer
+        buffer, weights, limit = self._buffer, self._weights, self._max_batch_bytes
         count = min(max_records, len(buffer))
+        nbytes = 0
+        for taken in range(1, count + 1):  # up to the record that reaches the byte limit
+            nbytes += weights[taken - 1]
+            if limit is not None and nbytes >= limit:
+                count = taken
+                break
         values = [buffer.popleft() for _ in range(count)]
+        for _ in range(count):
+            weights.popleft()
         if not buffer:
             self._available = anyio.Event()
         start = self._read_position
         self._read_position += count
-        return SourceBatch(self.partition, values, start=start)
+        return SourceBatch(self.partition, values, start=start, nbytes=nbytes)
 
     async def committed(self, positions: Mapping[str, int]) -> None:
         """Answer 200 to every request whose records the saved checkpoint covers.
@@ -334,6 +349,7 @@ class WebhookSource:
             self._release(pending)
             pending.event.set()
         self._buffer.clear()
+        self._weights.clear()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -460,6 +476,9 @@ class WebhookSource:
         first = self._next
         self._next += count
         self._buffer.extend(values)
+        each, rest = divmod(pending.size, count)  # a record weighs its share of the body
+        self._weights.extend([each + 1] * count)
+        self._weights[-count] += rest
         if self._available is not None:
             self._available.set()
         pending.end = self._next  # from now on the checkpoint releases its bytes

@@ -63,9 +63,9 @@ class PipelineOptions:
         max_in_flight: Records read from the source and not yet done (I9).
         max_in_flight_bytes: Bytes of those records, as the sources that know
             them count (files, S3, Parquet, Delta, Kafka, PostgreSQL changes
-            and snapshots, dead-letter replays): the source waits while this
-            many are in flight, and caps a batch at an eighth of it (at least
-            one record). ``None``: records only.
+            and snapshots, webhook bodies, dead-letter replays): the source
+            waits while this many are in flight, and caps a batch at an eighth
+            of it (at least one record). ``None``: records only.
         batch_size: Most records the source hands over at once.
         queue_size: Batches buffered between two stages; ``None`` (the default):
             4, or as many as hold 1,000 records when batches are smaller

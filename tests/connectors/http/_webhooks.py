@@ -14,14 +14,13 @@ import riprap.checkpoints
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from riprap.connectors.http import WebhookSource
 
 Answer = tuple[int, Any, str | None]
 
 
 @asynccontextmanager
 async def running(
-    source: WebhookSource, sink: Any, **options: Any
+    source: riprap.Source, sink: Any, **options: Any
 ) -> AsyncIterator[tuple[riprap.RunningPipeline, aiohttp.ClientSession]]:
     """Run source -> sink (checkpoints only on demand unless told) with a client session."""
     options.setdefault("checkpoint_interval", 3600.0)

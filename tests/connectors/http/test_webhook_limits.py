@@ -12,6 +12,8 @@ import riprap
 from riprap.connectors.http import WebhookSource, WebhookStatistics
 from riprap.connectors.memory import MemorySink
 from riprap.testing import wait_until
+from tests._sinks import GatedSink
+from tests._sources import Weighed, settle
 
 from ._webhooks import Answer, HeldBody, post, post_held, running
 
@@ -171,3 +173,39 @@ async def test_a_client_session_keeps_working_after_refusals() -> None:
             statuses.append(response.status)
     assert [413, 413, 413, 200] == statuses
     assert isinstance(client, aiohttp.ClientSession)
+
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+async def test_bodies_count_toward_the_bytes_in_flight() -> None:
+    """Eight requests of five records of 50 KiB behind a stalled sink, ``max_in_flight_bytes``
+    1 MiB: each record weighs its share of its body, a batch ends with the record that reaches
+    an eighth of the bound, and reading stops with the batch that reaches 1 MiB (before,
+    bodies counted by records only); once the sink moves and a checkpoint covers them, every
+    record arrives once and every request gets 200."""
+    source = WebhookSource()
+    weighed = Weighed(source)
+    sink = GatedSink()
+    bodies = [[{"n": 5 * r + i, "pad": "x" * 50 * KIB} for i in range(5)] for r in range(8)]
+    answers: list[Answer] = []
+    # Queues long enough that only the bound in bytes stops the reading.
+    async with running(weighed, sink, max_in_flight_bytes=MIB, queue_size=100) as (run, client):
+
+        async def send(body: list[dict[str, Any]]) -> None:
+            answers.append(await post(client, source.url, body))
+
+        async with anyio.create_task_group() as tg:
+            for body in bodies:
+                tg.start_soon(send, body)
+            weights = weighed.weights
+            await wait_until(lambda: sum(weights) >= MIB, what="1 MiB read", timeout=20)
+            await settle()
+            assert sum(weights[:-1]) < MIB <= sum(weights)
+            assert all(w - 51 * KIB < MIB // 8 <= w for w in weights)
+            sink.gate.set()
+            await wait_until(lambda: len(sink.values) == 40, what="40 records written")
+            await run.checkpoint()
+    assert list(range(40)) == sorted(v["n"] for v in sink.values)
+    assert [200] * 8 == [status for status, _, _ in answers], answers
