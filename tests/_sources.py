@@ -67,29 +67,10 @@ async def read_to_end_traced(
         await source.aclose()
 
 
-def weighed_reads(source: Source) -> list[int]:
-    """Record the ``nbytes`` of every batch of records ``source`` reads from now on.
-
-    The source's ``read`` is wrapped in place, so that what a pipeline read
-    is counted where it is read; batches without records are left out.
-    """
-    weights: list[int] = []
-    read = source.read
-
-    async def weighed(max_records: int) -> SourceBatch | None:
-        batch = await read(max_records)
-        if batch is not None and batch.values:
-            weights.append(batch.nbytes)
-        return batch
-
-    source.read = weighed  # type: ignore[method-assign]
-    return weights
-
-
 class Weighed:
     """``source`` with the ``nbytes`` of every batch of records it reads recorded in
-    ``weights``, for sources whose ``read`` cannot be wrapped in place (slotted ones);
-    everything else is the source's."""
+    ``weights`` (batches without records left out), so that what a pipeline read is
+    counted where it is read; everything else is the source's."""
 
     def __init__(self, source: Source) -> None:
         self.source = source
@@ -129,13 +110,15 @@ async def settle() -> None:
 
 
 async def stalled_at_the_bound(
-    name: str, source: Source, weights: list[int], count: int, limit: int = MIB
+    name: str, source: Source, count: int, limit: int = MIB
 ) -> list[Any]:
-    """Run ``source`` (its reads weighed into ``weights``) into a stalled sink with
-    ``max_in_flight_bytes=limit``: reading must stop with the batch that reaches ``limit``.
-    Then the sink moves; the first ``count`` values it wrote."""
+    """Run ``source`` into a stalled sink with ``max_in_flight_bytes=limit``: reading must
+    stop with the batch that reaches ``limit``. Then the sink moves; the first ``count``
+    values it wrote."""
     sink = GatedSink()
-    async with bounded_in_bytes(name, source, sink, limit).open() as running:
+    weighed = Weighed(source)
+    weights = weighed.weights
+    async with bounded_in_bytes(name, weighed, sink, limit).open() as running:
         await wait_until(lambda: sum(weights) >= limit, what=f"{limit} bytes read", timeout=20)
         await settle()
         assert sum(weights[:-1]) < limit <= sum(weights)

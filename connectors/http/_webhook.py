@@ -303,20 +303,16 @@ class WebhookSource:
             await self._available.wait()
         await anyio.lowlevel.checkpoint()
         buffer, weights, limit = self._buffer, self._weights, self._max_batch_bytes
-        count = min(max_records, len(buffer))
+        values: list[Any] = []
         nbytes = 0
-        for taken in range(1, count + 1):  # up to the record that reaches the byte limit
-            nbytes += weights[taken - 1]
-            if limit is not None and nbytes >= limit:
-                count = taken
-                break
-        values = [buffer.popleft() for _ in range(count)]
-        for _ in range(count):
-            weights.popleft()
+        # Up to max_records, or to the record that reaches the byte limit.
+        while buffer and len(values) < max_records and (limit is None or nbytes < limit):
+            values.append(buffer.popleft())
+            nbytes += weights.popleft()
         if not buffer:
             self._available = anyio.Event()
         start = self._read_position
-        self._read_position += count
+        self._read_position += len(values)
         return SourceBatch(self.partition, values, start=start, nbytes=nbytes)
 
     async def committed(self, positions: Mapping[str, int]) -> None:

@@ -48,7 +48,7 @@ from riprap import ConfigError, SourceBatch, SystemClock
 from riprap.deadletters import DeadLetterFilter, LetterIds, TokenBucket, letter_batch
 
 from ._deadletters import letter_from_message, letter_id_of
-from ._weight import cut, weights
+from ._weight import cut_weights, weights
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -228,8 +228,9 @@ class _BoundedReader:
 
     async def next_chunk(
         self, max_records: int, max_bytes: int | None = None
-    ) -> tuple[int, list[Any]] | None:
-        """Up to ``max_records`` consecutive messages of one partition; ``None`` at the end.
+    ) -> tuple[int, list[Any], list[int]] | None:
+        """Up to ``max_records`` consecutive messages of one partition, with what each
+        weighs (see ``_weight``); ``None`` at the end.
 
         With ``max_bytes``, the chunk ends with the message that brings it to
         that many bytes (at least one message).
@@ -259,17 +260,20 @@ class _BoundedReader:
         else:
             await anyio.lowlevel.checkpoint()
 
-    def _take(self, max_records: int, max_bytes: int | None) -> tuple[int, list[Any]] | None:
+    def _take(
+        self, max_records: int, max_bytes: int | None
+    ) -> tuple[int, list[Any], list[int]] | None:
         partition = next(iter(self._buffer), None)
         if partition is None:
             return None
         records = self._buffer.pop(partition)
-        count = min(len(records), max_records)
+        sizes = weights(records[:max_records])
+        count = len(sizes)
         if max_bytes is not None:
-            count, _ = cut(records[:count], max_bytes)
+            count, _ = cut_weights(sizes, max_bytes)
         if len(records) > count:  # re-inserted last: partitions take turns
             self._buffer[partition] = records[count:]
-        return partition, records[:count]
+        return partition, records[:count], sizes[:count]
 
     async def _fetch(self, max_records: int) -> None:
         consumer = self._consumer
@@ -526,12 +530,12 @@ class KafkaDeadLetterSource:
         chunk = await self._reader.next_chunk(max(1, max_records), max_bytes)
         if chunk is None:
             return None
-        partition, records = chunk
+        partition, records, sizes = chunk
         name = replay_partition(self.topic, partition)
         end = records[-1].offset + 1
         found: list[tuple[int, DeadLetter]] = []
         nbytes = 0
-        for record, weight in zip(records, weights(records), strict=True):
+        for record, weight in zip(records, sizes, strict=True):
             letter = _letter(self.topic, record)
             if self._seen.add(letter.id) and self._filter.matches(letter):
                 found.append((record.offset, letter))

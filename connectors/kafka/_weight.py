@@ -34,6 +34,11 @@ def cut(records: Sequence[Any], limit: int) -> tuple[int, int]:
     The batch ends with the record that brings it to ``limit`` (so a record
     heavier than ``limit`` goes alone), and holds at least one record.
     """
-    sums = list(accumulate(weights(records)))
+    return cut_weights(weights(records), limit)
+
+
+def cut_weights(sizes: Sequence[int], limit: int) -> tuple[int, int]:
+    """:func:`cut` over records already weighed (``sizes``, at least one)."""
+    sums = list(accumulate(sizes))
     count = min(len(sums), bisect_left(sums, limit) + 1)
     return count, sums[count - 1]

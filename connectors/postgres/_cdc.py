@@ -32,7 +32,7 @@ from ._lag import PostgresCDCStatistics, WalLag
 from ._positions import SNAPSHOT_LIMIT, SnapshotCut, decode, encode, parse_lsn
 from ._snapshot import Shape, SnapshotReader
 from ._values import converter
-from ._weight import FetchSizer, sizes_of, text_sizes
+from ._weight import FetchSizer, text_sizes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -137,11 +137,12 @@ class PostgresCDCSource:
         self._confirm_to = 0  # the latest LSN a checkpoint holds
         self._wal = WalLag(slot, float(lag_interval), SystemClock())
         self._sizer = FetchSizer(None)
-        self._pending: list[Any] = []
-        """Rows of the current peek fetched but not handed out yet (a fetch cut by bytes)."""
+        self._pending: tuple[list[Any], list[int]] | None = None
+        """Rows of the current peek fetched but not handed out yet (a fetch cut by bytes),
+        with their weights."""
         self._snapshot_sizer = FetchSizer(None, text_sizes)
-        self._snapshot_rest: tuple[Shape, list[Any]] | None = None
-        """Snapshot rows fetched but not handed out yet (a fetch cut by bytes)."""
+        self._snapshot_rest: tuple[Shape, list[Any], list[int]] | None = None
+        """Snapshot rows fetched but not handed out yet (a fetch cut by bytes), weighed."""
 
     async def open(self, context: SourceContext) -> None:
         """Connect, check the server and the slot, and start the snapshot or the stream.
@@ -302,8 +303,7 @@ class PostgresCDCSource:
     async def _read_snapshot(self, max_records: int) -> SourceBatch:
         sizer = self._snapshot_sizer
         if self._snapshot_rest is not None:
-            (shape, rows), self._snapshot_rest = self._snapshot_rest, None
-            sizes = text_sizes(rows)  # not remembered: weighed when fetched
+            (shape, rows, sizes), self._snapshot_rest = self._snapshot_rest, None
         else:
             reader = self._reader
             got = None if reader is None else await reader.fetch(sizer.size(max_records))
@@ -317,7 +317,7 @@ class PostgresCDCSource:
             sizes = sizer.weigh(rows)
         count, nbytes = sizer.cut(sizes)
         if count < len(rows):
-            rows, self._snapshot_rest = rows[:count], (shape, rows[count:])
+            rows, self._snapshot_rest = rows[:count], (shape, rows[count:], sizes[count:])
         start = self._next
         self._next += len(rows)
         if self._next >= SNAPSHOT_LIMIT:
@@ -350,18 +350,17 @@ class PostgresCDCSource:
             stream.cursor = await conn.cursor(_PEEK, self.slot, self.publication)
             stream.began()
             wal.peek_began()
-            self._pending = []  # a new peek reads them again
+            self._pending = None  # a new peek reads them again
         sizer = self._sizer
-        if self._pending:
-            rows, self._pending = self._pending, []
-            sizes = sizes_of(rows)  # not remembered: weighed when fetched
+        if self._pending is not None:
+            (rows, sizes), self._pending = self._pending, None
         else:
             rows = await stream.cursor.fetch(sizer.size(max_records))
             sizes = sizer.weigh(rows)
         if rows:
             count, nbytes = sizer.cut(sizes)
             if count < len(rows):
-                rows, self._pending = rows[:count], rows[count:]
+                rows, self._pending = rows[:count], (rows[count:], sizes[count:])
             wal.read_to(parse_lsn(rows[-1][0]))
             batch = stream.decode(rows)
             if batch is not None:
@@ -416,7 +415,7 @@ class PostgresCDCSource:
         """Close the snapshot's connection and the slot's, confirming nothing."""
         reader, self._reader = self._reader, None
         conn, self._conn = self._conn, None
-        self._pending, self._snapshot_rest = [], None
+        self._pending = self._snapshot_rest = None
         try:
             if reader is not None:
                 await reader.aclose()

@@ -17,7 +17,7 @@ import riprap
 from riprap.connectors.files import JsonLinesSource
 from riprap.testing import wait_until
 from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, settle, weighed_reads
+from tests._sources import Weighed, bounded_in_bytes, settle
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -93,8 +93,8 @@ async def test_a_file_of_long_lines_is_read_a_few_mib_at_a_time(tmp_path: Path) 
     """40 lines of 1 MiB behind a stalled sink: batches of one line, 4 MiB read, then none."""
     path = tmp_path / "long.jsonl"
     write_lines(path, 40, MIB)
-    source = JsonLinesSource(path, decode=True)
-    reads = weighed_reads(source)
+    source = Weighed(JsonLinesSource(path, decode=True))
+    reads = source.weights
     sink = GatedSink()
     async with bounded_in_bytes("bytes", source, sink, 4 * MIB).open() as running:
         await wait_until(lambda: sum(reads) >= 4 * MIB, what="4 MiB read")

@@ -19,7 +19,7 @@ from riprap import SourceBatch, SourceContext
 from riprap.connectors.kafka import KafkaSource
 from riprap.testing import wait_until
 from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, settle, weighed_reads
+from tests._sources import Weighed, bounded_in_bytes, settle
 
 from .conftest import FAST_GROUP
 
@@ -115,8 +115,8 @@ async def test_a_pipeline_reads_no_more_than_its_bytes_in_flight(kafka: KafkaHel
     """
     topic = await kafka.create_topic(1)
     await kafka.produce(topic, heavy(40))
-    source = make_source(kafka, topic)
-    weights = weighed_reads(source)
+    source = Weighed(make_source(kafka, topic))
+    weights = source.weights
     sink = GatedSink()
     async with bounded_in_bytes("kafka-bytes", source, sink, 1024 * KIB).open() as running:
         await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=30)

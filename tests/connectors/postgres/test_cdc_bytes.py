@@ -17,7 +17,7 @@ from riprap import SourceBatch, SourceContext
 from riprap.connectors.postgres import PostgresCDCSource
 from riprap.testing import wait_until
 from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, settle, stalled_at_the_bound, weighed_reads
+from tests._sources import Weighed, bounded_in_bytes, settle, stalled_at_the_bound
 
 from ._writer import ITEMS
 
@@ -99,8 +99,8 @@ async def test_a_pipeline_reads_no_more_changes_than_its_bytes_in_flight(pg: PgH
     stops with the batch that reaches 1 MiB (all 4 MiB were read before); once the sink
     moves every change arrives, once and in order."""
     await pg.execute(*SETUP)
-    source = source_for(pg)
-    weights = weighed_reads(source)
+    source = Weighed(source_for(pg))
+    weights = source.weights
     sink = GatedSink()
     async with bounded_in_bytes("cdc-bytes", source, sink, 1024 * KIB).open() as running:
         await pg.execute(insert(0, 40))
@@ -166,9 +166,7 @@ async def test_a_pipeline_reads_no_more_snapshot_rows_than_its_bytes_in_flight(
     records only and all 4 MiB were read); once the sink moves every row arrives once, in
     order."""
     await pg.execute(*SETUP, insert(0, 40))
-    source = source_for(pg)
-    weights = weighed_reads(source)
-    values = await stalled_at_the_bound("cdc-snapshot-bytes", source, weights, 40)
+    values = await stalled_at_the_bound("cdc-snapshot-bytes", source_for(pg), 40)
     assert list(range(40)) == [int(v["after"]["name"][:6]) for v in values]
 
 

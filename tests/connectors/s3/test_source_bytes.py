@@ -15,7 +15,7 @@ import pytest
 from riprap.connectors.s3 import S3Source
 from riprap.testing import wait_until
 from tests._sinks import GatedSink
-from tests._sources import bounded_in_bytes, read_to_end, settle, weighed_reads
+from tests._sources import Weighed, bounded_in_bytes, read_to_end, settle
 
 from .conftest import client_config
 
@@ -74,8 +74,8 @@ async def test_a_pipeline_downloads_no_more_than_its_bytes_in_flight(store: Stor
     four were read before); once the sink moves, every line arrives in order."""
     for n in range(4):
         await store.put_lines(f"in/{n}.jsonl", heavy(10 * n, 10))
-    source = make_source(store)
-    weights = weighed_reads(source)
+    source = Weighed(make_source(store))
+    weights = source.weights
     sink = GatedSink()
     async with bounded_in_bytes("s3-bytes", source, sink, 1024 * KIB).open() as running:
         await wait_until(lambda: sum(weights) >= 1024 * KIB, what="1 MiB read", timeout=20)

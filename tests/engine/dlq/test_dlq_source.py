@@ -15,7 +15,7 @@ from riprap.deadletters import (
     JsonLinesDeadLetters,
     SqliteDeadLetters,
 )
-from tests._sources import Weighed, read_batches, read_to_end, stalled_at_the_bound
+from tests._sources import read_batches, read_to_end, stalled_at_the_bound
 
 from ._letters import make_letter
 
@@ -209,5 +209,5 @@ async def test_a_replay_reads_no_more_letters_than_its_bytes_in_flight(tmp_path:
     once the sink moves every letter arrives once, in order."""
     letters, values = big_letters(40)
     await store(tmp_path / "dlq.jsonl", letters)
-    replay = Weighed(DeadLetterSource(tmp_path / "dlq.jsonl"))
-    assert values == await stalled_at_the_bound("dlq-bytes", replay, replay.weights, 40)
+    replay = DeadLetterSource(tmp_path / "dlq.jsonl")
+    assert values == await stalled_at_the_bound("dlq-bytes", replay, 40)
