@@ -127,3 +127,14 @@ async def stalled_at_the_bound(
         running.stop()
         await running.wait()
     return sink.values[:count]
+
+
+def assert_cut_at_the_limit(batches: list[SourceBatch], limit: int, record_bytes: int) -> None:
+    """Records of about ``record_bytes`` each (at most a tenth more) were cut at ``limit``:
+    every batch weighs its records, and each but the last reaches ``limit`` with its last
+    record and not before."""
+    assert 1 < len(batches) < sum(len(b) for b in batches)
+    for batch in batches:
+        assert len(batch) * record_bytes < batch.nbytes < len(batch) * record_bytes * 11 // 10
+    for batch in batches[:-1]:
+        assert batch.nbytes - batch.nbytes / len(batch) < limit <= batch.nbytes

@@ -21,7 +21,7 @@ from riprap.connectors.kafka import (
 )
 from riprap.connectors.kafka._deadletters import letter_headers, payload_bytes
 from riprap.deadletters import DeadLetterFilter
-from tests._sources import read_to_end, stalled_at_the_bound
+from tests._sources import assert_cut_at_the_limit, read_to_end, stalled_at_the_bound
 from tests.engine.dlq._letters import make_letter
 
 if TYPE_CHECKING:
@@ -207,12 +207,7 @@ async def test_a_replay_ends_its_batches_at_the_byte_limit(kafka: KafkaHelper) -
     source = KafkaDeadLetterSource(topic, bootstrap_servers=kafka.bootstrap)
     batches = await read_to_end(source, 100, max_batch_bytes=250_000)
     assert values == [v for b in batches for v in b.values]
-    assert 1 < len(batches) < 12
-    for batch in batches:
-        assert len(batch) * 100 * KIB < batch.nbytes < len(batch) * 110 * KIB
-    for batch in batches[:-1]:
-        each = batch.nbytes / len(batch)
-        assert batch.nbytes - each < 250_000 <= batch.nbytes
+    assert_cut_at_the_limit(batches, 250_000, 100 * KIB)
 
 
 @pytest.mark.kafka
