@@ -18,6 +18,7 @@ from riprap._core.errors import DataError as DataError
 from riprap._core.errors import DecodeError as DecodeError
 from riprap._core.errors import EngineError as EngineError
 from riprap._core.errors import PipelineError as PipelineError
+from riprap._core.errors import StalledError as StalledError
 from riprap._core.errors import TransientError as TransientError
 from riprap._core.options import PipelineOptions as PipelineOptions
 from riprap._core.pipeline import Pipeline as Pipeline
@@ -63,6 +64,7 @@ __all__ = (
     "SourceContext",
     "Stage",
     "StageContext",
+    "StalledError",
     "StepOptions",
     "SystemClock",
     "TransientError",

@@ -341,9 +341,11 @@ class QualityGate:
     A held window keeps its records in flight, so ``window`` plus the
     pipeline's ``batch_size`` must stay below ``max_in_flight`` (counted in
     source records: a filter upstream that drops most records multiplies the
-    source records a window holds); otherwise the source waits for room that
-    never comes. Windows close by count only: on a quiet stream, up to
-    ``window - 1`` records wait for more input or the end of the run.
+    source records a window holds). A run whose open window holds every record
+    in flight, so that the source can read no more, stops with
+    :class:`~riprap.StalledError` naming the gate. Windows close by count only:
+    on a quiet stream, up to ``window - 1`` records wait for more input or the
+    end of the run.
 
     Args:
         step_id: The step's name.
@@ -594,6 +596,8 @@ class QualityGate:
 
     def _hold(self, part: Batch) -> None:
         self._held.append(part)
+        if self._context is not None:
+            self._context.park(part)  # an open window waits for more input
         self._count += len(part.items)
         if self._records_in is not None:
             span = self._source_span(part)
@@ -629,6 +633,9 @@ class QualityGate:
     async def _close(self, emit: Emit) -> None:
         held, records_in, ranges = self._held, self._records_in, self._ranges
         self._held, self._count, self._records_in, self._ranges = [], 0, 0, {}
+        if self._context is not None:
+            for part in held:
+                self._context.unpark(part)
         items = [item for part in held for item in part.items]
         window = GateWindow(self._index, items, records_in)
         results = tuple(check.evaluate(window) for check in self.checks)

@@ -307,6 +307,39 @@ class PipelineError(EngineError):
         super().__init__(message if redact is None else redact(message))
 
 
+class StalledError(EngineError):
+    """The run cannot move: every record in flight is kept by steps that wait for more input.
+
+    The source waits for room under ``max_in_flight`` (or ``max_in_flight_bytes``)
+    while stages such as a quality gate hold all of those records for an open
+    window, so no record can reach them to close it. The run stops with this
+    error instead of waiting forever; none of the held records is done, so a
+    restart with more room reads them again.
+
+    Attributes:
+        stages: The steps that hold the records.
+        records: The records in flight.
+        bound: The full bound: ``"max_in_flight"`` or ``"max_in_flight_bytes"``.
+        limit: Its value.
+    """
+
+    def __init__(self, *, stages: tuple[str, ...], records: int, bound: str, limit: int) -> None:
+        self.stages = stages
+        self.records = records
+        self.bound = bound
+        self.limit = limit
+        names = ", ".join(repr(s) for s in stages)
+        one = len(stages) == 1
+        super().__init__(
+            f"the run cannot go on: all {records} records in flight are held by "
+            f"{'step' if one else 'steps'} {names}, waiting for more input, and the source "
+            f"waits for room under {bound}={limit} that only {'its' if one else 'their'} "
+            f"output would free. Raise {bound} (a filter upstream that drops most records "
+            "multiplies the source records a window holds) or make "
+            f"{'the step' if one else 'those steps'} hold fewer records"
+        )
+
+
 class PoisonPillError(EngineError):
     """Stands in for the crash of a record quarantined after stopping the run repeatedly.
 

@@ -175,6 +175,10 @@ def _never() -> bool:
     return False
 
 
+def _not_tracked(batch: Batch) -> None:
+    """The default ``park``/``unpark`` of a hand-made context: no bound to watch."""
+
+
 def _no_positions() -> Mapping[str, int]:
     """The default ``positions`` of a hand-made context: no partition is tracked."""
     return {}
@@ -235,6 +239,13 @@ class StageContext:
         state_log: The run's changelog for keyed state (``None``: the pipeline
             has none, and keyed state is saved in checkpoints);
             :class:`~riprap.state.KeyedState` uses it.
+        park: ``park(batch)`` says the stage keeps ``batch`` (and its ack)
+            until more input arrives, as a gate keeps an open window;
+            ``unpark(batch)`` when it lets the batch go (emitted, dead-lettered
+            or dropped). A run whose every record in flight is parked while the
+            source waits for room can never move on: it stops with
+            :class:`~riprap.StalledError` naming the stages instead of waiting
+            forever.
     """
 
     pipeline: str
@@ -252,6 +263,8 @@ class StageContext:
     positions: Callable[[], Mapping[str, int]] = _no_positions
     checkpoints_saved: Callable[[], int] = _no_saves
     state_log: StateLog | None = None
+    park: Callable[[Batch], None] = _not_tracked
+    unpark: Callable[[Batch], None] = _not_tracked
 
 
 @runtime_checkable
@@ -262,7 +275,10 @@ class Stage(Protocol):
     batches must carry acks that cover the input (share ``batch.ack``, or
     ``retain`` it once per extra output); a stage that absorbs records into its
     state releases their ack and emits later results under acks of its own
-    (``riprap.lowlevel.Ack(on_done)``). A stage may define ``async def open(self,
+    (``riprap.lowlevel.Ack(on_done)``); one that keeps batches until more input
+    arrives (a window not yet full) says so with ``context.park``, so that a run
+    it would hold forever stops with :class:`~riprap.StalledError` instead. A
+    stage may define ``async def open(self,
     context: StageContext)``, called once before the first batch. ``snapshot``
     returns JSON-serialisable state saved in the same checkpoint as the source
     positions (I3); it is called with no await in between, so it must not await.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from riprap._core.errors import StalledError
 from riprap.observability._histogram import END_TO_END_BUCKETS, LatencyHistogram
 
 if TYPE_CHECKING:
@@ -26,11 +27,13 @@ if TYPE_CHECKING:
 class Ack:
     """A reference count over records that share one completion callback."""
 
-    __slots__ = ("_on_done", "_pending")
+    __slots__ = ("_on_done", "_pending", "_records")
 
     def __init__(self, on_done: Callable[[], None]) -> None:
         self._pending = 1
         self._on_done = on_done
+        self._records = 0
+        """Records of the in-flight bound it gives back when done (a source batch's)."""
 
     @property
     def done(self) -> bool:
@@ -124,11 +127,16 @@ class InFlight:
     Records are taken before a read (``acquire``); bytes, which a source knows
     only once it has read, are counted when its batch is handed on, so the
     bound in bytes may be passed by the batch read last.
+
+    Stages that keep batches until more input arrives say so (``park``). A
+    source waiting for room while every record in flight is parked would wait
+    forever (no record can reach those stages): it gets :class:`StalledError`.
     """
 
     __slots__ = (
         "_changed",
         "_on_wait",
+        "_parked",
         "byte_capacity",
         "bytes",
         "capacity",
@@ -145,6 +153,7 @@ class InFlight:
         """Acquires waiting for room now (sources that cannot read on)."""
         self._changed: anyio.Event | None = None
         self._on_wait: list[Callable[[], None]] = []
+        self._parked: dict[Ack, list[str]] = {}
 
     def on_wait(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever an acquire starts waiting for room."""
@@ -163,15 +172,59 @@ class InFlight:
                 for callback in self._on_wait:
                     callback()
                 while self._full(n):
+                    if self._parked:
+                        self._check_stall(n)
                     await self._wait_change()
             finally:
                 self.waiting -= 1
         self.in_flight += n
 
+    def park(self, ack: Ack, stage: str) -> None:
+        """``stage`` keeps a batch under ``ack`` until more input arrives; look for a stall."""
+        self._parked.setdefault(ack, []).append(stage)
+        if self.waiting:
+            self._wake()
+
+    def unpark(self, ack: Ack, stage: str) -> None:
+        """``stage`` let go of a batch it parked under ``ack``."""
+        stages = self._parked.get(ack)
+        if stages is None or stage not in stages:
+            raise RuntimeError(f"stage {stage!r} unparked a batch it did not park")
+        stages.remove(stage)
+        if not stages:
+            del self._parked[ack]
+
+    def _check_stall(self, n: int) -> None:
+        """Raise :class:`StalledError` if every record in flight is parked.
+
+        Only source batches parked by nothing but stages count (an ack also held
+        elsewhere, say by a part still on its way, may yet bring records): a
+        stall found is certain, a stall missed only waits as before.
+        """
+        parked = 0
+        stages: set[str] = set()
+        for ack, holders in self._parked.items():
+            if ack._pending == len(holders):
+                parked += ack._records
+                stages.update(holders)
+        if parked >= self.in_flight:
+            bound, limit = "max_in_flight", self.capacity
+            if self.in_flight + n <= self.capacity and self.byte_capacity is not None:
+                bound, limit = "max_in_flight_bytes", self.byte_capacity
+            raise StalledError(
+                stages=tuple(sorted(stages)), records=self.in_flight, bound=bound, limit=limit
+            )
+
     def release(self, n: int, nbytes: int = 0) -> None:
         """Count ``n`` records (and ``nbytes`` of theirs) out."""
         self.in_flight -= n
         self.bytes -= nbytes
+        event = self._changed  # inline, not _wake(): once per batch
+        if event is not None:
+            self._changed = None
+            event.set()
+
+    def _wake(self) -> None:
         event = self._changed
         if event is not None:
             self._changed = None
@@ -236,7 +289,9 @@ class CompletionTracker:
             latency.observe(perf_counter() - read_at)
             on_change()
 
-        return Ack(on_done)
+        ack = Ack(on_done)
+        ack._records = reserved
+        return ack
 
     def positions(self) -> dict[str, int]:
         """The committable position of every partition (a consistent cut, no await)."""

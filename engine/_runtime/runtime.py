@@ -408,6 +408,8 @@ class Runtime:
         self._opened = False
         self._guard_scope: anyio.CancelScope | None = None
         self._reserved = 0
+        self._inputs_ended = 0
+        """Source loops that reached the end of their input (not a stop, not an error)."""
         self._queues: dict[str, ChannelReceiver[Batch]] = {}
         self._registry: CollectorRegistry | None = None
         self.alerts: AlertEvaluator | None = None
@@ -876,6 +878,7 @@ class Runtime:
                 finally:
                     read_stop.leave()
                 if batch is None:
+                    self._inputs_ended += 1
                     return
                 if self._isolation.locked():  # another source's isolated chunk moves alone
                     async with self._isolation:
@@ -1154,7 +1157,10 @@ class Runtime:
             router.observe_written(count)
 
         def source_exhausted() -> bool:
-            return self.outcome == "completed" and self.error is None
+            # A source loop that raised closes its channel too: only reaching the
+            # end of every input is an end of input.
+            ended = self._inputs_ended == len(self.feeds)
+            return ended and self.outcome == "completed" and self.error is None
 
         stage = next(
             seg.stage
@@ -1186,6 +1192,8 @@ class Runtime:
             positions=lambda: self.tracker.positions(),
             checkpoints_saved=lambda: self.checkpointer.saved,
             state_log=self.state_log,
+            park=lambda batch: self.in_flight.park(batch.ack, step_id),
+            unpark=lambda batch: self.in_flight.unpark(batch.ack, step_id),
         )
 
     def _side_emit(self, name: str) -> Callable[[Batch], Awaitable[None]]:

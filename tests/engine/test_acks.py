@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from riprap import StalledError
 from riprap._runtime.acks import CompletionTracker, InFlight, PartitionTracker, combined_ack
 from riprap.lowlevel import Ack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @st.composite
@@ -227,8 +233,6 @@ def test_over_release_is_an_error() -> None:
 @pytest.mark.anyio
 async def test_in_flight_waits_for_room() -> None:
     """The in-flight bound makes the next acquire wait until records are released."""
-    import anyio
-
     bound = InFlight(10)
     await bound.acquire(8)
     got = anyio.Event()
@@ -244,3 +248,89 @@ async def test_in_flight_waits_for_room() -> None:
         bound.release(8)
         await got.wait()
     assert 5 == bound.in_flight
+
+
+def _source_acks(bound: InFlight, sizes: list[int]) -> list[Ack]:
+    """One source batch's ack per size, its records taken from ``bound``."""
+    tracker = CompletionTracker({}, bound, lambda: None)
+    acks = []
+    start = 0
+    for size in sizes:
+        bound.in_flight += size
+        acks.append(tracker.ack_for("p", start, start + size, size, size))
+        start += size
+    return acks
+
+
+async def _acquire_outcome(bound: InFlight, n: int, park: Callable[[], None]) -> str:
+    """Start an acquire of ``n`` that must wait, ``park`` while it waits, and say how it ended."""
+    outcome = "waiting"
+
+    async def taker() -> None:
+        nonlocal outcome
+        try:
+            await bound.acquire(n)
+        except StalledError as exc:
+            outcome = f"stalled: {exc.stages} {exc.records} {exc.bound}={exc.limit}"
+        else:
+            outcome = "acquired"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(taker)
+        await anyio.wait_all_tasks_blocked()
+        park()
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    return outcome
+
+
+@pytest.mark.anyio
+async def test_a_source_waiting_while_every_record_in_flight_is_parked_is_stalled() -> None:
+    """Parking the last batch in flight while the source waits ends the wait with StalledError."""
+    bound = InFlight(10)
+    first, second = _source_acks(bound, [6, 4])
+    bound.park(first, "gate")
+    outcome = await _acquire_outcome(bound, 5, lambda: bound.park(second, "window"))
+    assert "stalled: ('gate', 'window') 10 max_in_flight=10" == outcome
+
+
+@pytest.mark.anyio
+async def test_a_record_in_flight_that_is_not_parked_may_still_arrive() -> None:
+    """A batch nobody parked keeps the source waiting (it may yet reach the waiting stage)."""
+    bound = InFlight(10)
+    first, _ = _source_acks(bound, [6, 4])
+    assert "waiting" == await _acquire_outcome(bound, 5, lambda: bound.park(first, "gate"))
+
+
+@pytest.mark.anyio
+async def test_a_parked_ack_also_held_elsewhere_is_not_a_stall() -> None:
+    """A source batch cut into parts, one parked and one still on its way, may yet arrive."""
+    bound = InFlight(10)
+    (ack,) = _source_acks(bound, [10])
+    ack.retain()  # a second part of the batch, still upstream
+    assert "waiting" == await _acquire_outcome(bound, 1, lambda: bound.park(ack, "gate"))
+    bound.park(ack, "gate")  # the second part arrives and is parked too
+    outcome = await _acquire_outcome(bound, 1, lambda: None)
+    assert "stalled: ('gate',) 10 max_in_flight=10" == outcome
+
+
+@pytest.mark.anyio
+async def test_a_stall_under_the_byte_bound_names_it() -> None:
+    """With room in records but none in bytes, the error names max_in_flight_bytes."""
+    bound = InFlight(100, byte_capacity=1_000)
+    (ack,) = _source_acks(bound, [3])
+    bound.bytes = 1_000
+    outcome = await _acquire_outcome(bound, 1, lambda: bound.park(ack, "gate"))
+    assert "stalled: ('gate',) 3 max_in_flight_bytes=1000" == outcome
+
+
+def test_unparking_a_batch_never_parked_is_an_error() -> None:
+    """Park and unpark come in pairs per stage; a stray unpark is a bug, not ignored."""
+    bound = InFlight(10)
+    (ack,) = _source_acks(bound, [2])
+    bound.park(ack, "gate")
+    with pytest.raises(RuntimeError, match="'window' unparked a batch it did not park"):
+        bound.unpark(ack, "window")
+    bound.unpark(ack, "gate")
+    with pytest.raises(RuntimeError, match="did not park"):
+        bound.unpark(ack, "gate")

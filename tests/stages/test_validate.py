@@ -8,6 +8,7 @@ import math
 import types
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
+import anyio
 import pytest
 
 import riprap
@@ -412,6 +413,103 @@ async def test_window_must_fit_in_the_in_flight_bound_when_the_context_says() ->
     context = types.SimpleNamespace(max_in_flight=1_000, batch_size=100)
     with pytest.raises(riprap.ConfigError, match="max_in_flight"):
         await gate.open(cast("riprap.StageContext", context))
+
+
+def counting_gate(window: int, windows: list[int]) -> QualityGate:
+    """A gate of ``window`` records that passes any window with an id, noting each size."""
+    return QualityGate(
+        "gate",
+        window=window,
+        checks=[DistinctCount("id", min=1)],
+        on_breach="halt",
+        on_window=lambda result: windows.append(result.records),
+    )
+
+
+async def test_a_window_that_holds_every_record_in_flight_stops_the_run_by_name(
+    tmp_path: Path,
+) -> None:
+    """Behind a filter that keeps 1 record in 100, a window of 50 needs 5,000 source records
+    in flight: with room for 1,000 the run stops with StalledError naming the gate instead
+    of waiting forever; nothing was written, and a rerun with room gets every record once.
+    """
+    backend = riprap.checkpoints.MemoryCheckpoints()
+    orders = [order(n) for n in range(20_000)]
+    windows: list[int] = []
+
+    def gated(sink: MemorySink, max_in_flight: int) -> riprap.Pipeline:
+        return (
+            pipeline(tmp_path, checkpoint=backend, batch_size=100, max_in_flight=max_in_flight)
+            .source(IterableSource("orders", orders))
+            .filter("rare", lambda o: o["id"] % 100 == 0)
+            .stage(counting_gate(50, windows))
+            .sink(sink)
+        )
+
+    stalled = MemorySink()
+    with anyio.fail_after(30), pytest.raises(riprap.StalledError) as caught:
+        await gated(stalled, max_in_flight=1_000).run()
+    assert (("gate",), 1_000, "max_in_flight", 1_000) == (
+        caught.value.stages,
+        caught.value.records,
+        caught.value.bound,
+        caught.value.limit,
+    )
+    assert "held by step 'gate'" in str(caught.value)
+    assert [] == stalled.values
+
+    sink = MemorySink()
+    report = await gated(sink, max_in_flight=10_000).run()
+    assert list(range(0, 20_000, 100)) == [v["id"] for v in sink.values]
+    assert [50] * 4 == windows
+    assert {"memory": 20_000} == report.positions
+
+
+class FailsAfter:
+    """``source`` that raises ``OSError`` on the read after its first ``reads``."""
+
+    def __init__(self, source: riprap.Source, reads: int) -> None:
+        self.source = source
+        self.name = source.name
+        self.reads = reads
+
+    async def open(self, context: riprap.SourceContext) -> None:
+        await self.source.open(context)
+
+    async def read(self, max_records: int) -> riprap.SourceBatch | None:
+        if self.reads == 0:
+            raise OSError("connection reset by peer")
+        self.reads -= 1
+        return await self.source.read(max_records)
+
+    async def aclose(self) -> None:
+        await self.source.aclose()
+
+
+async def test_a_source_that_fails_leaves_the_open_window_open(tmp_path: Path) -> None:
+    """A failing read is not the end of the input: the partial window is not judged or
+    let through, and the next run completes it with the records read again.
+    """
+    backend = riprap.checkpoints.MemoryCheckpoints()
+    orders = [order(n) for n in range(95)]
+    windows: list[int] = []
+
+    def gated(source: riprap.Source, sink: MemorySink) -> riprap.Pipeline:
+        return (
+            pipeline(tmp_path, checkpoint=backend, batch_size=7, max_in_flight=21)
+            .source(source)
+            .stage(counting_gate(10, windows))
+            .sink(sink)
+        )
+
+    first = MemorySink()
+    with pytest.raises(Exception, match="connection reset by peer"):
+        await gated(FailsAfter(IterableSource("orders", orders), reads=5), first).run()
+    assert [10, 10, 10] == windows  # 35 records read: the open window's 5 stay open
+    second = MemorySink()
+    await gated(IterableSource("orders", orders), second).run()
+    assert [10] * 9 + [5] == windows
+    assert list(range(95)) == sorted({v["id"] for v in [*first.values, *second.values]})
 
 
 async def test_example_runs_and_halts_on_the_zeroed_amounts(tmp_path: Path) -> None:
