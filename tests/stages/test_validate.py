@@ -9,11 +9,13 @@ import types
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import anyio
+import orjson
 import pytest
 
 import riprap
 import riprap.checkpoints
 import riprap.deadletters
+from riprap.connectors.files import JsonLinesSource
 from riprap.connectors.memory import IterableSource, MemorySink
 from riprap.connectors.sqlite import read_table
 from riprap.stages.quality import (
@@ -29,6 +31,7 @@ from riprap.stages.quality import (
 )
 from riprap.stages.validate import Expect, Validate, ValidationError
 from tests._examples import load_example
+from tests._sources import MIB
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -463,6 +466,31 @@ async def test_a_window_that_holds_every_record_in_flight_stops_the_run_by_name(
     assert list(range(0, 20_000, 100)) == [v["id"] for v in sink.values]
     assert [50] * 4 == windows
     assert {"memory": 20_000} == report.positions
+
+
+async def test_a_window_that_holds_every_byte_in_flight_names_the_byte_bound(
+    tmp_path: Path,
+) -> None:
+    """10 KiB lines, one in 12 kept: a window of 20 needs about 2.5 MiB of source batches
+    in flight; under a 1 MiB bound in bytes the run stops naming ``max_in_flight_bytes``.
+    """
+    path = tmp_path / "orders.jsonl"
+    pad = "x" * 10_240
+    path.write_text(
+        "".join(orjson.dumps({"id": n, "pad": pad}).decode() + "\n" for n in range(2_400))
+    )
+    sink = MemorySink()
+    p = (
+        pipeline(tmp_path, max_in_flight_bytes=MIB)
+        .source(JsonLinesSource(str(path), decode=True))
+        .filter("rare", lambda o: o["id"] % 12 == 0)
+        .stage(counting_gate(20, []))
+        .sink(sink)
+    )
+    with anyio.fail_after(30), pytest.raises(riprap.StalledError) as caught:
+        await p.run()
+    assert ("max_in_flight_bytes", MIB) == (caught.value.bound, caught.value.limit)
+    assert [] == sink.values
 
 
 class FailsAfter:
