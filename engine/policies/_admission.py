@@ -54,8 +54,9 @@ async def admit() -> None:
     For code that waited after the policies admitted the call (for a
     connection of a pool, a slot of its own limiter): if the breaker changed
     state since, the call takes a new permit, waiting for one while the breaker
-    refuses (``on_open="wait"``) or raising. Outside a call behind a breaker, or
-    when nothing changed, it returns at once without yielding. Do not wait here
+    refuses (``on_open="wait"``) or raising. Outside a call behind a breaker
+    (a call that has ended counts as none), or when nothing changed, it returns
+    at once without yielding. Do not wait here
     while holding a place a probe may need: see :func:`admit_nowait`.
 
     Raises:
@@ -64,7 +65,7 @@ async def admit() -> None:
     .. versionadded:: 0.2
     """
     permit = PERMIT.get()
-    if permit is not None and not permit.current:
+    if permit is not None and not permit._done and not permit.current:
         await permit._breaker._renew(permit)
 
 
@@ -92,7 +93,7 @@ def admit_nowait() -> None:
     .. versionadded:: 0.2
     """
     permit = PERMIT.get()
-    if permit is not None and not permit.current:
+    if permit is not None and not permit._done and not permit.current:
         permit._breaker._renew_nowait(permit)
 
 

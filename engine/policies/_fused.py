@@ -130,6 +130,7 @@ def fuse(
                         bulkhead._in_use += 1  # idle: a slot is free, as acquire() would find
                     try:  # bulkhead
                         permit: CallPermit | None = None
+                        outer: CallPermit | None = None
                         if breaker is not None:
                             # Closed, as allow() would find it: its permit, one frame less,
                             # stamped with the retry's reading of the same clock (the stack
@@ -143,6 +144,7 @@ def fuse(
                             )
                             if wait:
                                 permit.wait = True
+                            outer = PERMIT.get()
                             token = PERMIT.set(permit)
                         try:  # breaker
                             if attempt_watch is not None:
@@ -181,7 +183,9 @@ def fuse(
                                 failed(permit, exc, 0.0)
                             raise
                         finally:
-                            if permit is not None:
+                            # A permit left behind is done, which admit() ignores: put
+                            # back only a live outer call's (one context write less).
+                            if outer is not None and not outer._done:
                                 PERMIT.reset(token)
                     finally:
                         if bulkhead is not None:

@@ -16,6 +16,7 @@ from riprap.policies import (
     CircuitState,
     Policies,
     PolicyStack,
+    Retry,
     admit,
     admit_nowait,
 )
@@ -135,3 +136,49 @@ async def test_an_open_breaker_refuses_before_the_caller_queues_for_a_slot(
             await stack.wrap(slow)(2)
         assert (1, 0) == (bulkhead.statistics().in_use, bulkhead.statistics().waiting)
         busy.set()
+
+
+def guarded(breaker: CircuitBreaker, clock: VirtualClock) -> PolicyStack:
+    """A stack of a retry and ``breaker``: idle calls take its one-frame path."""
+    return PolicyStack(Policies(breaker=breaker, retry=Retry(attempts=2)), clock=clock)
+
+
+async def test_admit_after_a_call_in_the_same_task_returns_at_once(clock: VirtualClock) -> None:
+    """A call that has ended is no call: admit() later in its task does not re-check its permit,
+    even once its breaker has opened.
+    """
+    breaker = make_breaker(clock)
+
+    async def call() -> str:
+        return "sent"
+
+    assert "sent" == await guarded(breaker, clock).wrap(call)()
+    breaker.force_open()
+    admit_nowait()
+    await admit()
+    assert 0 == breaker.statistics().rejected
+
+
+async def test_admit_in_an_outer_call_after_an_inner_one_checks_the_outer_permit(
+    clock: VirtualClock,
+) -> None:
+    """A call behind one breaker that makes a call behind another, in the same task, gets its
+    own permit back when the inner call ends: admit() then re-checks the outer breaker.
+    """
+    outer_breaker = make_breaker(clock)
+    inner_breaker = CircuitBreaker("profiles", clock=clock)
+
+    async def lookup() -> str:
+        return "profile"
+
+    inner = guarded(inner_breaker, clock).wrap(lookup)
+
+    async def call() -> str:
+        await inner()
+        outer_breaker.force_open()
+        await admit()  # the outer call's breaker has opened since its permit
+        return "sent"
+
+    with pytest.raises(CircuitOpenError):
+        await guarded(outer_breaker, clock).wrap(call)()
+    assert 1 == outer_breaker.statistics().rejected
