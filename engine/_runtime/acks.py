@@ -27,13 +27,17 @@ if TYPE_CHECKING:
 class Ack:
     """A reference count over records that share one completion callback."""
 
-    __slots__ = ("_on_done", "_pending", "_records")
+    __slots__ = ("_bound", "_on_done", "_parks", "_pending", "_records")
 
     def __init__(self, on_done: Callable[[], None]) -> None:
         self._pending = 1
         self._on_done = on_done
         self._records = 0
         """Records of the in-flight bound it gives back when done (a source batch's)."""
+        self._parks = 0
+        """Holders that are stages waiting for more input (``InFlight.park``)."""
+        self._bound: InFlight | None = None
+        """The bound told when only parks are left holding it."""
 
     @property
     def done(self) -> bool:
@@ -51,6 +55,9 @@ class Ack:
         self._pending -= 1
         if self._pending == 0:
             self._on_done()
+        elif self._pending == self._parks:  # only stages waiting for input hold it now
+            assert self._bound is not None
+            self._bound.nudge()
         elif self._pending < 0:
             raise RuntimeError("ack released more often than retained")
 
@@ -182,8 +189,9 @@ class InFlight:
     def park(self, ack: Ack, stage: str) -> None:
         """``stage`` keeps a batch under ``ack`` until more input arrives; look for a stall."""
         self._parked.setdefault(ack, []).append(stage)
-        if self.waiting:
-            self._wake()
+        ack._parks += 1
+        ack._bound = self
+        self.nudge()
 
     def unpark(self, ack: Ack, stage: str) -> None:
         """``stage`` let go of a batch it parked under ``ack``."""
@@ -191,8 +199,14 @@ class InFlight:
         if stages is None or stage not in stages:
             raise RuntimeError(f"stage {stage!r} unparked a batch it did not park")
         stages.remove(stage)
+        ack._parks -= 1
         if not stages:
             del self._parked[ack]
+
+    def nudge(self) -> None:
+        """Have a source waiting for room look for a stall again (a park, a share let go)."""
+        if self.waiting:
+            self._wake()
 
     def _check_stall(self, n: int) -> None:
         """Raise :class:`StalledError` if every record in flight is parked.
@@ -204,7 +218,7 @@ class InFlight:
         parked = 0
         stages: set[str] = set()
         for ack, holders in self._parked.items():
-            if ack._pending == len(holders):
+            if ack._pending == ack._parks:
                 parked += ack._records
                 stages.update(holders)
         if parked >= self.in_flight:

@@ -315,6 +315,19 @@ async def test_a_parked_ack_also_held_elsewhere_is_not_a_stall() -> None:
 
 
 @pytest.mark.anyio
+async def test_the_last_other_holder_letting_go_while_the_source_waits_is_a_stall() -> None:
+    """A batch one branch still writes and another parked: once the writer lets go, only the
+    park holds it, and the waiting source finds the stall without any record completing.
+    """
+    bound = InFlight(10)
+    (ack,) = _source_acks(bound, [10])
+    ack.retain()  # the other branch's share
+    bound.park(ack, "gate")
+    outcome = await _acquire_outcome(bound, 1, ack.release)
+    assert "stalled: ('gate',) 10 max_in_flight=10" == outcome
+
+
+@pytest.mark.anyio
 async def test_a_stall_under_the_byte_bound_names_it() -> None:
     """With room in records but none in bytes, the error names max_in_flight_bytes."""
     bound = InFlight(100, byte_capacity=1_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 import riprap
@@ -97,3 +98,29 @@ async def test_a_stage_that_needs_more_than_the_bound_lets_in_is_named() -> None
         caught.value.limit,
     )
     assert [] == sink.values
+
+
+async def test_a_branch_whose_stage_holds_every_record_in_flight_is_named() -> None:
+    """Fanned out, each batch is written at once by one branch and held by the other: once the
+    first branch is done with them, the held records are all that is in flight.
+    """
+    written = MemorySink("written")
+    held = MemorySink("held")
+    pipeline = (
+        riprap.Pipeline(
+            "fan",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            batch_size=10,
+            max_in_flight=30,
+        )
+        .source(IterableSource("numbers", range(100)))
+        .fan_out(
+            written=riprap.Branch().sink(written),
+            held=riprap.Branch().stage(HoldUntil("hold", 40)).sink(held),
+        )
+    )
+    with anyio.fail_after(30), pytest.raises(riprap.StalledError, match="'hold'") as caught:
+        await pipeline.run()
+    assert 30 == caught.value.records
+    assert [] == held.values
+    assert list(range(30)) == sorted(written.values)
