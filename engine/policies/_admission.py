@@ -56,8 +56,8 @@ async def admit() -> None:
     state since, the call takes a new permit, waiting for one while the breaker
     refuses (``on_open="wait"``) or raising. Outside a call behind a breaker
     (a call that has ended counts as none), or when nothing changed, it returns
-    at once without yielding. Do not wait here
-    while holding a place a probe may need: see :func:`admit_nowait`.
+    at once without yielding. Do not wait here while holding a place a probe
+    may need: see :func:`admit_nowait`.
 
     Raises:
         CircuitOpenError: If the breaker refuses the call now (``on_open="raise"``).
