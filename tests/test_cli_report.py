@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -10,6 +11,9 @@ import pytest
 import riprap
 import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def parse_amount(value: int) -> int:
@@ -161,3 +165,31 @@ async def test_an_embedded_failed_run_keeps_its_report() -> None:
     report = running.report
     assert report is not None
     assert ("failed", "parse") == (report.outcome, report.failure and report.failure.step)
+
+
+def test_a_failed_run_says_how_many_records_it_leaves_to_the_next() -> None:
+    """Every record read is in the report: those of batches not done when a step failed are
+    ``left_in_flight``, exactly what lies past the checkpoint, and the next run reads them.
+    """
+    backend = riprap.checkpoints.MemoryCheckpoints()
+
+    def numbers(step: Callable[[int], int]) -> riprap.Pipeline:
+        return (
+            riprap.Pipeline("numbers", checkpoint=backend, batch_size=100)
+            .source(IterableSource("in", range(2_000)))
+            .map("check", step)
+            .sink(MemorySink())
+        )
+
+    def fails_at_500(n: int) -> int:
+        if n == 500:
+            raise RuntimeError("a bug")
+        return n
+
+    failed = riprap.run(numbers(fails_at_500), handle_signals=False, check=False)
+    left = failed.source_outcomes.get("left_in_flight", 0)
+    assert ("failed", failed.records_in - failed.positions["memory"]) == (failed.outcome, left)
+    assert left >= 100  # at least the failing record's batch
+    assert "left_in_flight" in failed.format()
+    rerun = riprap.run(numbers(lambda n: n), handle_signals=False)
+    assert (2_000 - failed.positions["memory"], {}) == (rerun.records_in, rerun.source_outcomes)

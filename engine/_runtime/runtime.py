@@ -1118,6 +1118,11 @@ class Runtime:
                     extra={"pipeline": self.pipeline.name},
                 )
         finally:
+            left = self.in_flight.in_flight - self._reserved
+            if left > 0 and self.outcome in ("failed", "aborted"):
+                # Read and not done: the checkpoint stays before them, the next run
+                # reads them again. Said in the report, so every record read is in it.
+                self._count_source_outcome("left_in_flight", left)
             self.report = self._report()
             self.finished.set()
 

@@ -104,7 +104,11 @@ class RunReport:
             cancellation (their tasks were left running; see the log).
         sinks: Each sink's counts when the pipeline fans out (empty with one sink).
         source_outcomes: What the source reported besides records, by outcome
-            (``objects_quarantined``: objects set aside whole).
+            (``objects_quarantined``: objects set aside whole), and the records
+            of the source batches a failed or aborted run left not done
+            (``left_in_flight``: the checkpoint stays before them and the next
+            run reads them all again, also those of them this run already
+            wrote or dropped, as ``drain_abandoned`` counts them for a stop).
         duration: Seconds from start to the final checkpoint.
         checkpoints: Checkpoints written.
         positions: The final checkpointed position of every partition.
