@@ -4,7 +4,7 @@ by mistake: a stage holding part of a batch whose other parts are still on the w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -57,19 +57,23 @@ async def passed_on(n: int) -> int:
     return n
 
 
+def numbers(name: str, max_in_flight: int, **options: Any) -> riprap.Pipeline:
+    """100 numbers in batches of 10 under ``max_in_flight``, checkpoints in memory."""
+    return riprap.Pipeline(
+        name,
+        checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+        batch_size=10,
+        max_in_flight=max_in_flight,
+        **options,
+    ).source(IterableSource("numbers", range(100)))
+
+
 def expanding(max_in_flight: int, hold: int, sink: MemorySink) -> riprap.Pipeline:
     """Each record becomes three, sent on in parts of ``batch_size`` outputs one at a
     time (queues of one batch), into a hold.
     """
     return (
-        riprap.Pipeline(
-            "expand",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            batch_size=10,
-            max_in_flight=max_in_flight,
-            queue_size=1,
-        )
-        .source(IterableSource("numbers", range(100)))
+        numbers("expand", max_in_flight, queue_size=1)
         .map("pass", passed_on)
         .flat_map("triple", lambda n: [n, n, n])
         .stage(HoldUntil("hold", hold))
@@ -106,18 +110,9 @@ async def test_a_branch_whose_stage_holds_every_record_in_flight_is_named() -> N
     """
     written = MemorySink("written")
     held = MemorySink("held")
-    pipeline = (
-        riprap.Pipeline(
-            "fan",
-            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
-            batch_size=10,
-            max_in_flight=30,
-        )
-        .source(IterableSource("numbers", range(100)))
-        .fan_out(
-            written=riprap.Branch().sink(written),
-            held=riprap.Branch().stage(HoldUntil("hold", 40)).sink(held),
-        )
+    pipeline = numbers("fan", max_in_flight=30).fan_out(
+        written=riprap.Branch().sink(written),
+        held=riprap.Branch().stage(HoldUntil("hold", 40)).sink(held),
     )
     with anyio.fail_after(30), pytest.raises(riprap.StalledError, match="'hold'") as caught:
         await pipeline.run()
