@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 import pytest
 
 import riprap
 import riprap.checkpoints
 from riprap.connectors.memory import IterableSource, MemorySink
+from riprap.testing import wait_until
+from tests._sinks import GatedSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -193,3 +196,34 @@ def test_a_failed_run_says_how_many_records_it_leaves_to_the_next() -> None:
     assert "left_in_flight" in failed.format()
     rerun = riprap.run(numbers(lambda n: n), handle_signals=False)
     assert (2_000 - failed.positions["memory"], {}) == (rerun.records_in, rerun.source_outcomes)
+
+
+@pytest.mark.anyio
+async def test_an_aborted_run_says_how_many_records_it_leaves_to_the_next() -> None:
+    """Behind a sink that writes nothing, an abort leaves every record read not done: all of
+    them are ``left_in_flight``, and the checkpoint has not moved.
+    """
+    sink = GatedSink()
+    pipeline = (
+        riprap.Pipeline(
+            "stuck",
+            checkpoint=riprap.checkpoints.MemoryCheckpoints(),
+            batch_size=10,
+            max_in_flight=50,
+        )
+        .source(IterableSource("in", range(1_000)))
+        .sink(sink)
+    )
+    with anyio.fail_after(10):
+        async with pipeline.open() as running:
+            await wait_until(lambda: running.statistics().records_in == 50, what="a full bound")
+            running.abort()
+            report = await running.wait()
+    expected = ("aborted", 50, {"left_in_flight": 50}, {"memory": 0})
+    assert expected == (
+        report.outcome,
+        report.records_in,
+        dict(report.source_outcomes),
+        dict(report.positions),
+    )
+    assert [] == sink.values
