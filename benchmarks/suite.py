@@ -161,7 +161,15 @@ WORKLOADS = (
         "async enrichment",
         "benchmarks.w3_enrich",
         "worker pool",
-        ("worker pool", "riprap", "riprap batch 100", "riprap batch 10", "riprap no policies"),
+        (
+            "worker pool",
+            "riprap",
+            "riprap batch 100",
+            "riprap batch 10",
+            "riprap no policies",
+            "riprap no policies batch 100",
+            "riprap no policies batch 10",
+        ),
     ),
     Workload(
         "W4",
@@ -394,7 +402,7 @@ def print_table(
     """The suite's table: workload x implementation, medians of ``runs`` runs."""
     print(f"riprap benchmark suite, median of {runs} run(s), {os.cpu_count()} CPUs")
     print(
-        f"{'workload':<34}{'implementation':<24}{'records/s':>12}{'us/rec':>8}"
+        f"{'workload':<34}{'implementation':<30}{'records/s':>12}{'us/rec':>8}"
         f"{'vs limit':>10}{'spread':>11}{'peak RSS':>11}"
     )
     for workload in workloads:
@@ -403,11 +411,11 @@ def print_table(
             name = f"{impl} (limit)" if impl == workload.limit else impl
             if "records_per_s" not in entry:
                 reason = entry.get("skipped") or entry.get("error")
-                print(f"{label:<34}{name:<24}  skipped: {reason}")
+                print(f"{label:<34}{name:<30}  skipped: {reason}")
             else:
                 ratio, spread = entry["vs_limit"], entry.get("vs_limit_spread")
                 print(
-                    f"{label:<34}{name:<24}{entry['records_per_s']:>12,.0f}"
+                    f"{label:<34}{name:<30}{entry['records_per_s']:>12,.0f}"
                     f"{entry['us_per_record']:>8.2f}"
                     f"{'' if ratio is None else f'{ratio:.0%}':>10}"
                     f"{'' if not spread else f'{spread[0]:.0%}-{spread[1]:.0%}':>11}"

@@ -67,6 +67,26 @@ def test_the_users_frame_is_the_innermost_line_of_user_code() -> None:
     )
 
 
+def test_every_count_of_the_text_report_ends_in_one_column() -> None:
+    """Counts under long dead-letter reasons, steps and outcomes line up with the totals."""
+    report = riprap.RunReport(
+        pipeline="p",
+        outcome="failed",
+        records_in=1_000,
+        records_out=900,
+        dropped=0,
+        duration=1.0,
+        checkpoints=1,
+        positions={},
+        steps=(),
+        dead_lettered={"data_error": 60, "not_json_serializable": 40},
+        source_outcomes={"left_in_flight": 7},
+    )
+    counted = [line for line in report.format().splitlines() if line[-1:].isdigit()]
+    assert len(counted) >= 8
+    assert {len("  records in      ") + 12} == {len(line) for line in counted}
+
+
 def test_the_text_report_shows_the_frame_and_verbose_the_chain() -> None:
     """format() shows step, record and frame; format(verbose=True) adds the whole traceback."""
     report = riprap.run(failing_pipeline(), handle_signals=False, check=False)

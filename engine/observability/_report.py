@@ -162,7 +162,10 @@ class RunReport:
             f"  absorbed        {self.absorbed:>12,}",
             f"  dead-lettered   {sum(self.dead_lettered.values()):>12,}",
         ]
-        lines += [f"    {reason:<14}{count:>12,}" for reason, count in self.dead_lettered.items()]
+        lines += [
+            f"    {reason}{count:>{max(26 - len(reason), 1)},}"
+            for reason, count in self.dead_lettered.items()
+        ]
         if self.dead_letters_deleted:
             lines.append(f"  dlq deleted     {self.dead_letters_deleted:>12,}  (retention)")
         if self.source_outcomes:
