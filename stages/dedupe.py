@@ -20,7 +20,9 @@ checkpoint backend turns into JSON in a worker thread.
 
 Keys are compared, and saved, as strings: ``str(key)``. ``1`` and ``"1"`` are
 therefore the same key; use a key function that returns a string when that
-matters.
+matters. A key longer than 64 characters is remembered by its BLAKE2b digest
+(65 characters), so ``max_keys`` bounds the bytes the keys hold too, whatever
+the records carry.
 
 With ``store=`` (a :class:`~riprap.state.MemoryStore` or
 :class:`~riprap.state.SqliteStore`) the keys are keyed state instead: kept
@@ -34,6 +36,7 @@ dedupe scales out with its partitions (consumer-group members, ``--workers``).
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,9 +57,14 @@ if TYPE_CHECKING:
 
 __all__ = ("Dedupe", "DedupeSnapshot", "DedupeStatistics", "TimeSource")
 
-_STATE_VERSION = 2
-"""2: keys and their times in two parallel lists (1: a list of ``[key, time]`` pairs)."""
+_STATE_VERSION = 3
+"""3: keys (long ones as digests) and their times in two parallel lists.
+
+2: the same with long keys whole; 1: a list of ``[key, time]`` pairs.
+"""
 _MISSING: Any = object()
+_LONG_KEY = 64
+"""Characters beyond which a key is remembered by its digest."""
 
 TimeSource = Literal["clock", "event"] | Callable[[Any], float]
 """Where a record's time comes from: the pipeline clock, the record's event time, or a function."""
@@ -133,6 +141,19 @@ class DedupeSnapshot:
         }
 
 
+def _key_text(key: Any) -> str:
+    """The string a key is compared and saved as: ``str(key)``, or its digest when long.
+
+    A digest is ``#`` and 64 hex digits, 65 characters, a length no key kept
+    whole has, so the two never meet.
+    """
+    text = str(key)
+    if len(text) <= _LONG_KEY:
+        return text
+    whole = text.encode("utf-8", "surrogatepass")
+    return "#" + hashlib.blake2b(whole, digest_size=32).hexdigest()
+
+
 def _key_function(key: str | Callable[[Any], Any]) -> Callable[[Any], Any]:
     if callable(key):
         return key
@@ -167,7 +188,8 @@ class Dedupe:
     Args:
         step_id: The step's name; it keys the state in the checkpoint.
         key: A field name (mapping key or attribute) or a function of the
-            value. Keys are compared as ``str(key)``. A missing or ``None``
+            value. Keys are compared as ``str(key)`` (a long one by its
+            digest, see the module's docs). A missing or ``None``
             field, or a function raising :class:`~riprap.DataError`,
             dead-letters the record (reason ``missing_key``, or the error's).
         ttl: Seconds (or a ``timedelta``) a key is remembered after the record
@@ -315,7 +337,7 @@ class Dedupe:
         duplicates = self._duplicates
         for index, value in enumerate(batch.items):
             try:
-                key = str(self._key(value))
+                key = _key_text(self._key(value))
                 now = times(index, value)
             except DataError as error:
                 drops.append(len(kept))
@@ -352,7 +374,7 @@ class Dedupe:
         duplicates = given_up = 0
         for index, value in enumerate(batch.items):
             try:
-                state = keyed.state(batch, index, str(self._key(value)))
+                state = keyed.state(batch, index, _key_text(self._key(value)))
             except DataError as error:
                 drops.append(len(kept))
                 context.dead_letter(batch, index, error, None)
@@ -410,13 +432,14 @@ class Dedupe:
             self.keyed_state.restore(state)
             return
         version = state.get("version") if isinstance(state, dict) else None
-        if version not in (1, _STATE_VERSION):
+        if version not in (1, 2, _STATE_VERSION):
             raise ValueError(f"stage {self.step_id!r}: not a dedupe snapshot: {state!r:.80}")
         pairs: Iterable[tuple[str, float]]
         if version == 1:
-            pairs = ((str(key), float(at)) for key, at in state["keys"])
-        else:
-            pairs = zip(map(str, state["keys"]), map(float, state["times"]), strict=True)
+            pairs = ((_key_text(key), float(at)) for key, at in state["keys"])
+        else:  # version 2 kept long keys whole: they are digested as they come back
+            keys = map(str if version == _STATE_VERSION else _key_text, state["keys"])
+            pairs = zip(keys, map(float, state["times"]), strict=True)
         self._seen = TimedKeys(pairs)
         self._pending = {}
         self._changes += 1

@@ -322,3 +322,44 @@ async def test_a_far_future_event_time_is_out_of_range_and_expires_no_key() -> N
     assert [(1, "timestamp_out_of_range")] == letters
     assert [[{"k": 1}]] == [batch.items for batch in out]
     assert 1 == stage.statistics().duplicates
+
+
+async def test_long_keys_are_kept_as_digests_so_max_keys_bounds_bytes(tmp_path: Path) -> None:
+    """Keys of 64 KiB: each repeat is dropped, keys equal but for their end are not, and
+    the checkpoint stays small."""
+    long_tail = "x" * 65_536
+    keys = [f"{i:03d}{long_tail}" for i in range(100)] + [f"{long_tail}{i:03d}" for i in range(100)]
+    values = [{"id": key} for key in keys * 2]
+    sink = CountingSink()
+    store = tmp_path / "checkpoints.db"
+    stage = Dedupe("dedupe", key="id", max_keys=1_000)
+    pipeline = (
+        riprap.Pipeline("long-keys", checkpoint=riprap.checkpoints.SqliteCheckpoints(store))
+        .source(IterableSource("feed", values))
+        .stage(stage)
+        .sink(sink)
+    )
+    await pipeline.run()
+    assert dict.fromkeys(keys, 1) == dict(sink.counts)
+    state = stage.snapshot().materialize()
+    assert (200, {65}) == (len(state["keys"]), {len(key) for key in state["keys"]})
+    assert store.stat().st_size < 256 * 1024  # the keys whole would take 13 MiB
+
+
+async def test_a_saved_state_with_a_long_key_whole_still_drops_its_repeat() -> None:
+    """A version 2 state kept long keys whole: restored, they match the digests."""
+    long_key = "k" * 100
+    stage = Dedupe("dedupe", key="id", max_keys=10)
+    stage.restore({"version": 2, "keys": [long_key, "short"], "times": [0.0, 0.0]})
+    await stage.open(context([]))
+    out: list[riprap.Batch] = []
+
+    async def emit(batch: riprap.Batch) -> None:
+        out.append(batch)
+
+    values = [{"id": long_key}, {"id": "short"}, {"id": "new"}]
+    await stage.process(riprap.Batch(values, riprap.lowlevel.Ack(lambda: None), None), emit)
+    assert [[{"id": "new"}]] == [batch.items for batch in out]
+    out[0].ack.release()
+    state = stage.snapshot().materialize()
+    assert (3, [65, 5, 3]) == (state["version"], [len(key) for key in state["keys"]])
