@@ -10,10 +10,14 @@ Sources
     is the index of its (first) line and a batch's ``end``, which the
     checkpoint stores, is the next line to read. Empty lines are skipped but
     still counted. On open, a file skips the lines before its checkpointed
-    position (no decoding). File I/O runs in a worker thread, one hop per
-    batch. Files are read as they are: the sources do not follow appends, so a
-    last line without a newline is taken as a complete record because it ends
-    the file; do not point a source at a file still being written. A line
+    position (no decoding), once the digest of its first 4 KiB (saved with
+    the positions, see ``identities``) shows it is the file that position was
+    counted in: a file replaced under its name stops the run with a
+    :class:`~riprap.checkpoints.CheckpointError` instead (appending keeps the
+    head). File I/O runs in a worker thread, one hop per batch. Files are read
+    as they are: the sources do not follow appends, so a last line without a
+    newline is taken as a complete record because it ends the file; do not
+    point a source at a file still being written. A line
     is held up to ``max_line_bytes`` (16 MiB by default) and no further: a
     longer one is a record of its first 1,024 bytes with a
     :class:`~riprap.DecodeError` (reason ``line_too_long``). Under
@@ -50,6 +54,7 @@ import codecs
 import csv
 import errno
 import glob
+import hashlib
 import io
 import os
 import sys
@@ -101,6 +106,8 @@ _BLOCK = 1 << 18  # JSON Lines are split a block at a time: fewer, longer runs
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 """The longest line the file sources read by default (16 MiB)."""
 _KEPT = 1024
+_HEAD = 4096
+"""Bytes at the start of a file whose digest tells it from another under its name."""
 """Bytes of an over-long line handed over as its record (and the least ``max_line_bytes``)."""
 
 
@@ -203,6 +210,11 @@ def _resolve(spec: PathSpec) -> list[str]:
             os.stat(path)  # raises FileNotFoundError naming the path
             paths.add(path)
     return sorted(paths)
+
+
+def _fingerprint(head: bytes) -> str:
+    """``head``'s length and digest: ``"4096:9f86d081..."``."""
+    return f"{len(head)}:{hashlib.blake2b(head, digest_size=16).hexdigest()}"
 
 
 def _partition_name(path: str) -> str:
@@ -380,6 +392,11 @@ class _FileSource:
         self._lock = anyio.Lock()
         self._share = (0, 1)  # (worker index, worker count): every file by default
         self._max_batch_bytes: int | None = None  # the pipeline's (SourceContext)
+        # Per file, the fingerprint of its head (set in the worker thread, counted in
+        # _changes so that identities() copies it again) and the copy last handed out.
+        self._heads: dict[str, str] = {}
+        self._changes = 0
+        self._handed: tuple[int, Mapping[str, str]] = (0, {})
 
     whole_partitions = True
     """A worker's share is whole files (partitions), each always its own: keyed state splits too."""
@@ -421,9 +438,25 @@ class _FileSource:
             index, count = self._share
             self._paths = [p for p in paths if _worker_of(p, count) == index]
             self._positions = dict(context.positions)
+            self._heads = dict(context.identities)
+            self._changes += 1
             self._max_batch_bytes = context.max_batch_bytes
             self._index = 0
             self._ready = None
+
+    def identities(self) -> Mapping[str, str]:
+        """Per file, a digest of its first 4 KiB (at most) when it was first read from its start.
+
+        Saved with the positions: a later run refuses to resume a file whose
+        head differs (it was replaced under its name), where counting its lines
+        on would skip the new file's first ones. Appending keeps the head.
+        """
+        changes, handed = self._handed
+        if changes != self._changes:
+            changes = self._changes  # read first: a change during the copy shows next time
+            handed = dict(self._heads)
+            self._handed = (changes, handed)
+        return handed
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` records of the current file, or ``None`` at the end.
@@ -432,7 +465,8 @@ class _FileSource:
         :class:`~riprap.DecodeError` in the batch's ``errors``.
 
         Raises:
-            CheckpointError: A file is shorter than its checkpointed position.
+            CheckpointError: A file is shorter than its checkpointed position,
+                or it is not the file that position was counted in.
         """
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, not {max_records}")
@@ -457,8 +491,10 @@ class _FileSource:
             if not self._is_open():
                 self._path = self._paths[self._index]
                 self._name = _partition_name(self._path)
+                position = self._positions.get(self._name, 0)
                 try:
-                    self._open_file(self._positions.get(self._name, 0))
+                    self._check_head(position)
+                    self._open_file(position)
                 except BaseException:
                     self._close()
                     raise
@@ -489,6 +525,25 @@ class _FileSource:
             offsets=None if contiguous else list(offsets),
             errors=errors or None,
         )
+
+    def _check_head(self, position: int) -> None:
+        """Refuse to resume in a file whose head is not the one noted; note a new one's."""
+        known = self._heads.get(self._name)
+        with open(self._path, "rb") as file:
+            if position > 0 and known is not None:
+                size = known.partition(":")[0]
+                head = file.read(int(size)) if size.isdigit() else b""
+                if _fingerprint(head) != known:
+                    raise CheckpointError(
+                        f"{self._name}: the checkpoint resumes at line {position}, but the "
+                        f"file is not the one it was counted in (its first {len(head):,} "
+                        "bytes differ); was it replaced? To read it from its start, set the "
+                        "partition's position to 0 (riprap checkpoint set)"
+                    )
+                return
+            head = file.read(_HEAD)
+        self._heads[self._name] = _fingerprint(head)
+        self._changes += 1
 
     def _past_end(self, position: int, lines: int) -> CheckpointError:
         return CheckpointError(

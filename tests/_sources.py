@@ -35,10 +35,14 @@ async def read_to_end(
     *,
     pipeline: str = "test",
     max_batch_bytes: int | None = None,
+    identities: Mapping[str, str] | None = None,
 ) -> list[SourceBatch]:
     """Open ``source`` at ``positions`` (default: the start), read it to the end, close it."""
     context = SourceContext(
-        pipeline=pipeline, positions=positions or {}, max_batch_bytes=max_batch_bytes
+        pipeline=pipeline,
+        positions=positions or {},
+        max_batch_bytes=max_batch_bytes,
+        identities=identities or {},
     )
     await source.open(context)
     try:

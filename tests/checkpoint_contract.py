@@ -68,6 +68,7 @@ def snapshot(epoch: int, owner: str, seq: int, pipeline: str = "orders", **kw: A
         crash_counts=kw.get("crash_counts", {"orders-0@41": 2}),
         created_at=1_700_000_000.25,
         generation=kw.get("generation", 100 * epoch + seq),
+        identities=kw.get("identities", {"orders-0": "4096:3f2a"}),
     )
 
 
@@ -111,7 +112,7 @@ async def test_claim_increments_epoch(backend: CheckpointBackend) -> None:
 
 
 async def test_save_load_round_trip(backend: CheckpointBackend) -> None:
-    """Positions, operator state and crash counts come back exactly as saved."""
+    """Positions, operator state, crash counts and identities come back exactly as saved."""
     await backend.claim("orders", "a")
     saved = snapshot(1, "a", seq=1)
     await backend.save(saved)

@@ -8,6 +8,10 @@ Positions
     record ends at :data:`OBJECT_COMPLETE` instead of the line count: the
     checkpoint then says "done" without anyone having to count the object's
     lines again, and a restart skips the object without downloading it.
+    The checkpoint also keeps each object's ETag from when it was first read
+    (:meth:`S3Source.identities`): an object written over since stops the
+    next run with a :class:`~riprap.checkpoints.CheckpointError` naming it,
+    where resuming would skip lines of the new one, or all of it.
 
 Reading
     Objects are listed in key order and read one at a time; each object is
@@ -244,6 +248,9 @@ class S3Source:
         self._listed_once = False
         self._counts = {"read": 0, "skipped": 0, "records": 0}
         self._lock = anyio.Lock()
+        self._etags: dict[str, str] = {}  # per partition, the ETag it was read from the start at
+        self._handed: tuple[int, dict[str, str]] = (0, {})  # the last copy handed out, and when
+        self._etag_changes = 0
 
     def requeue(self, *, name: str | None = None) -> S3Source:
         """A source over this source's quarantined copies, to read them again once fixed.
@@ -340,6 +347,19 @@ class S3Source:
             return {}
         return {current.partition: len(current.values) - current.index}
 
+    def identities(self) -> dict[str, str]:
+        """Per object (partition), the ETag it had when it was first read from its start.
+
+        Saved with the positions: a later run refuses an object whose listed
+        ETag differs (it was written over), instead of resuming in it or
+        skipping it as read.
+        """
+        changes, handed = self._handed
+        if changes != self._etag_changes:  # the same mapping while nothing changed
+            handed = dict(self._etags)
+            self._handed = (self._etag_changes, handed)
+        return handed
+
     async def open(self, context: SourceContext) -> None:
         """Open the S3 client and remember where each object resumes."""
         async with self._lock:
@@ -355,6 +375,8 @@ class S3Source:
             self._stack = stack
             self._context = context
             self._positions = dict(context.positions)
+            self._etags = dict(context.identities)
+            self._etag_changes += 1
             self._seen.clear()
             self._listed.clear()
             self._pending.clear()
@@ -419,12 +441,24 @@ class S3Source:
         """Download and check ``key``; a completing empty batch, or ``None`` to go on."""
         partition = self.partition_of(key)
         position = self._positions.get(partition, 0)
+        listed = self._listed.get(key)
+        etag = None if listed is None else listed.etag
+        known = self._etags.get(partition)
+        if position > 0 and known is not None and etag is not None and etag != known:
+            read = "whole" if position >= OBJECT_COMPLETE else f"up to line {position}"
+            raise CheckpointError(
+                f"{partition}: the checkpoint has it read {read}, but the object was "
+                f"written over since (ETag {known}, now {etag}); to read it from its "
+                "start, set the partition's position to 0 (riprap checkpoint set)"
+            )
+        if etag is not None and etag != known and (position == 0 or known is None):
+            self._etags[partition] = etag
+            self._etag_changes += 1
         if position >= OBJECT_COMPLETE:
             self._counts["skipped"] += 1
             self._listed.pop(key, None)
             await anyio.lowlevel.checkpoint()
             return None
-        listed = self._listed.get(key)
         try:
             if listed is not None and listed.size > self.max_object_bytes:
                 del self._listed[key]

@@ -7,7 +7,7 @@ receive :class:`~riprap.Batch` objects. None of them may block the event loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from riprap._core.errors import ConfigError
@@ -63,6 +63,10 @@ class SourceContext:
         max_batch_bytes: A source that knows how many bytes it reads (and says
             so in ``SourceBatch.nbytes``) ends a batch once it holds this many,
             with at least one record in it; ``None``: no byte limit.
+        identities: What the source's ``identities()`` said, per partition, in
+            the checkpoint the run resumes from (empty without one): a source
+            resuming a partition checks that its position still counts in
+            the same thing (a file not replaced under its name).
     """
 
     pipeline: str
@@ -73,6 +77,7 @@ class SourceContext:
     clock: Clock | None = None
     assigned: Callable[[Mapping[str, int | None]], Awaitable[Mapping[str, int]]] = _no_assigned
     max_batch_bytes: int | None = None
+    identities: Mapping[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -88,7 +93,12 @@ class Source(Protocol):
     Optional: ``async def committed(self, positions)`` is called after every
     successful checkpoint with the positions it saved (a Kafka source commits
     them as the group's offsets); ``def lag(self) -> dict[str, int]`` reports
-    records behind the end of each partition (a metric).
+    records behind the end of each partition (a metric); ``def identities(self)
+    -> Mapping[str, str]`` says, per partition, what its position counts in (a
+    file's fingerprint): it is saved with the positions (by backends that keep
+    state) and handed back in ``SourceContext.identities``, so the source can
+    refuse to resume in something else. It is called at every checkpoint:
+    return the same mapping, never changed afterwards, while nothing changed.
     """
 
     name: str

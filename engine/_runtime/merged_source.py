@@ -14,7 +14,7 @@ positions it opens at, ``committed``, ``lag`` and the ``drain`` of a rebalance.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 from riprap._core.errors import ConfigError
 from riprap._core.steps import check_name
@@ -25,12 +25,14 @@ if TYPE_CHECKING:
     from riprap._core.protocols import Source, SourceContext
     from riprap._core.records import SourceBatch
 
+T = TypeVar("T")
+
 SEPARATOR = "/"
 """Between a member's name and its own partition name (names cannot hold it)."""
 
 
-def _own(prefix: str, positions: Mapping[str, int]) -> dict[str, int]:
-    """The positions under ``prefix``, by the member's own partition names."""
+def _own(prefix: str, positions: Mapping[str, T]) -> dict[str, T]:
+    """The positions (or identities) under ``prefix``, by the member's own partition names."""
     cut = len(prefix)
     return {p[cut:]: pos for p, pos in positions.items() if p.startswith(prefix)}
 
@@ -44,12 +46,13 @@ class MemberSource:
         source: The source itself.
     """
 
-    __slots__ = ("name", "prefix", "source")
+    __slots__ = ("_identities", "name", "prefix", "source")
 
     def __init__(self, name: str, source: Source) -> None:
         self.name = name
         self.source = source
         self.prefix = name + SEPARATOR
+        self._identities: tuple[Mapping[str, str] | None, Mapping[str, str]] = (None, {})
 
     async def open(self, context: SourceContext) -> None:
         """Open the member at its own positions, with a ``drain`` that speaks its names."""
@@ -66,8 +69,13 @@ class MemberSource:
             floors = await assigned({prefix + p: start for p, start in starts.items()})
             return _own(prefix, floors)
 
-        positions = _own(prefix, context.positions)
-        own = replace(context, positions=positions, drain=drain_own, assigned=assigned_own)
+        own = replace(
+            context,
+            positions=_own(prefix, context.positions),
+            drain=drain_own,
+            assigned=assigned_own,
+            identities=_own(prefix, context.identities),
+        )
         await self.source.open(own)
 
     async def read(self, max_records: int) -> SourceBatch | None:
@@ -83,6 +91,16 @@ class MemberSource:
         own = _own(self.prefix, positions)
         if committed is not None and own:
             await committed(own)
+
+    def identities(self) -> Mapping[str, str]:
+        """The member's identities by prefixed partition (none if it has no such hook)."""
+        identities = getattr(self.source, "identities", None)
+        if not callable(identities):
+            return {}
+        own = identities()
+        if own is not self._identities[0]:  # the same mapping while nothing changed
+            self._identities = (own, {self.prefix + p: i for p, i in own.items()})
+        return self._identities[1]
 
     def lag(self) -> dict[str, int] | None:
         """The member's lag by prefixed partition, ``None`` if it does not know."""
@@ -177,6 +195,10 @@ class MergedSource:
         if all(shares[member.name] is member.source for member in self.members):
             return self
         return MergedSource(shares)
+
+    def identities(self) -> Mapping[str, str]:
+        """Every member's identities, by prefixed partition."""
+        return {p: i for member in self.members for p, i in member.identities().items()}
 
     def lag(self) -> dict[str, int] | None:
         """Every member's lag that is known, by prefixed partition; ``None`` if none knows."""

@@ -623,6 +623,9 @@ class Runtime:
                 segment.stage.restore(state[segment.stage.step_id])
         self.tracker = CompletionTracker(positions, self.in_flight, _noop)
         crash_counts = dict(last.crash_counts) if last else {}
+        identities = getattr(self.source, "identities", None)
+        if not callable(identities) or not getattr(self.backend, "supports_state", True):
+            identities = None  # positions only: the source checks nothing
         self.checkpointer = Checkpointer(
             pipeline=name,
             backend=self.backend,
@@ -637,6 +640,7 @@ class Runtime:
             previous=last,
             redact=self.options.redactor.redact,
             before_save=None if self.state_log is None else self.state_log.commit,
+            identities=identities,
         )
         self.quarantine = self._quarantined(self.checkpointer.crash_counts)
         # Before any record moves, so that a run dying from here on is seen as a crash.
@@ -670,6 +674,7 @@ class Runtime:
             policy_hooks=(self.events, *self.options.policy_hooks),
             clock=self.clock,
             max_batch_bytes=self.options.max_batch_bytes,
+            identities=dict(last.identities) if last and identities is not None else {},
             **({} if self.state_log is None else {"assigned": self.state_log.assigned}),
         )
         await self.source.open(context)

@@ -72,8 +72,11 @@ class Checkpointer:
         previous: Checkpoint | None = None,
         redact: Callable[[str], str] = str,
         before_save: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
+        identities: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.identities = identities
+        """The source's ``identities()``, saved with the positions (``None``: it has none)."""
         self.before_save = before_save
         """Awaited with a cut's positions before it is saved (a changelog commits the cut)."""
         self.redact = redact
@@ -130,6 +133,7 @@ class Checkpointer:
             guard=self._current_guard(),
             generation=0,
             notes=self.notes,
+            identities={} if self.identities is None else self.identities(),
         )
 
     def _numbered(self, cut: Checkpoint) -> Checkpoint:
@@ -261,7 +265,13 @@ class Checkpointer:
         self._prune_crash_counts(self.tracker.positions())
         reads = self.reads
         cut = self._cut()
-        if not force and (cut.positions, cut.state, cut.crash_counts, cut.guard) == self._last:
+        if not force and self._last == (
+            cut.positions,
+            cut.state,
+            cut.crash_counts,
+            cut.guard,
+            cut.identities,
+        ):
             return False
         checkpoint = self._numbered(cut)
         started = self.clock.monotonic()
@@ -278,6 +288,7 @@ class Checkpointer:
             checkpoint.state,
             checkpoint.crash_counts,
             checkpoint.guard,
+            checkpoint.identities,
         )
         if self.on_saved is not None:
             # Only after the checkpoint is durable may a source acknowledge upstream.

@@ -117,6 +117,11 @@ def _problem(cp: Checkpoint, pipeline: str) -> str | None:
         return "crash_counts is not a mapping of string to integer"
     if not isinstance(cp.state, dict):
         return "state is not a mapping"
+    identities: object = cp.identities  # typed, but from_json does not check
+    if not isinstance(identities, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in identities.items()
+    ):
+        return "identities is not a mapping of partition to string"
     if not isinstance(cp.created_at, int | float) or isinstance(cp.created_at, bool):
         return f"created_at {cp.created_at!r} is not a number"
     if not is_generation(cp.generation):

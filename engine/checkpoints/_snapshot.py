@@ -93,6 +93,9 @@ class Checkpoint:
             older copy is detected (0: written before riprap recorded generations).
         notes: What operators did to this checkpoint (``riprap checkpoint reset``
             or ``set``): who, when, what; the latest 20 are kept.
+        identities: Per source partition, what its position counts in (a
+            file's fingerprint), as the source's ``identities()`` gave it: the
+            next run's source refuses to resume in something else.
     """
 
     pipeline: str
@@ -106,6 +109,7 @@ class Checkpoint:
     guard: CrashGuard = field(default_factory=CrashGuard)
     generation: int = 0
     notes: tuple[str, ...] = ()
+    identities: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """The snapshot as stored: canonical JSON with its checksum (backends store this).
@@ -116,22 +120,23 @@ class Checkpoint:
         Raises:
             TypeError: The operator state is not JSON-serialisable.
         """
-        parts = canonical_parts(
-            {
-                "version": FORMAT_VERSION,
-                "pipeline": self.pipeline,
-                "generation": self.generation,
-                "epoch": self.epoch,
-                "owner": self.owner,
-                "seq": self.seq,
-                "positions": dict(self.positions),
-                "state": dict(self.state),
-                "crash_counts": dict(self.crash_counts),
-                "created_at": self.created_at,
-                "guard": self.guard.to_dict(),
-                "notes": list(self.notes),
-            }
-        )
+        fields: dict[str, Any] = {
+            "version": FORMAT_VERSION,
+            "pipeline": self.pipeline,
+            "generation": self.generation,
+            "epoch": self.epoch,
+            "owner": self.owner,
+            "seq": self.seq,
+            "positions": dict(self.positions),
+            "state": dict(self.state),
+            "crash_counts": dict(self.crash_counts),
+            "created_at": self.created_at,
+            "guard": self.guard.to_dict(),
+            "notes": list(self.notes),
+        }
+        if self.identities:  # left out when empty: a snapshot without them reads the same
+            fields["identities"] = dict(self.identities)
+        parts = canonical_parts(fields)
         checksum = _CHECKSUM_PREFIX + sha256_of(parts)
         # "checksum" sorts first, so the stored bytes are canonical JSON as well.
         parts[0] = b'{"checksum":"' + checksum.encode() + b'",' + parts[0][1:]
@@ -171,6 +176,7 @@ class Checkpoint:
             guard=CrashGuard.from_dict(raw.get("guard", {})),
             generation=raw["generation"] if version == FORMAT_VERSION else 0,
             notes=tuple(notes),
+            identities=raw.get("identities", {}),
         )
 
 

@@ -262,6 +262,7 @@ def status_summary(status: CheckpointStatus) -> dict[str, Any]:
             "owner": checkpoint.owner,
             "created_at": checkpoint.created_at,
             "positions": dict(checkpoint.positions),
+            "identities": dict(checkpoint.identities),
             "state_stages": sorted(checkpoint.state),
             "state_bytes": _state_size(checkpoint),
             "crash_counts": dict(checkpoint.crash_counts),
@@ -298,8 +299,10 @@ def format_status(status: CheckpointStatus) -> str:
     )
     lines.append(f"  positions    {_count(len(checkpoint.positions), 'partition')}")
     width = max((len(partition) for partition in checkpoint.positions), default=0)
+    identities = checkpoint.identities
     lines.extend(
         f"    {partition:<{width}}  {position}"
+        + (f"  identity {identities[partition]}" if partition in identities else "")
         for partition, position in sorted(checkpoint.positions.items())
     )
     stages = ", ".join(sorted(checkpoint.state)) or "no stage"
@@ -497,6 +500,8 @@ async def set_positions(
             f"{action} {changes}",
             positions=positions,
             guard=_forget(base.guard, wanted, positions),
+            # The operator says where to resume: what the source saw there no longer binds.
+            identities={p: i for p, i in base.identities.items() if p not in wanted},
         )
 
     written = await backend.overwrite(pipeline, owner, build)

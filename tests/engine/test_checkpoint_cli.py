@@ -32,7 +32,7 @@ pipeline 'orders'
   epoch        1, claimed by a
   saved        2023-11-14T22:13:20Z by a (epoch 1, seq 1)
   positions    2 partitions
-    orders-0  10
+    orders-0  10  identity 4096:3f2a
     orders-1  7
   state        53 bytes (dedupe, window)
   crash counts 1 record

@@ -601,7 +601,7 @@ async def test_legacy_snapshot_accepted_once_with_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A version-1 snapshot in a store with no record is trusted with a warning, then upgraded."""
-    old = snapshot(1, "a", seq=2, generation=0)
+    old = snapshot(1, "a", seq=2, generation=0, identities={})
     store = FileCheckpoints(tmp_path)
     tmp_path.joinpath("orders.checkpoint.json").write_bytes(legacy_snapshot(old))
     with caplog.at_level(logging.WARNING, logger="riprap.checkpoint"):
@@ -618,7 +618,7 @@ async def test_legacy_snapshot_behind_record_refused(tmp_path: Path) -> None:
     store = FileCheckpoints(tmp_path)
     await store.claim("orders", "a")
     await store.save(snapshot(1, "a", seq=2))
-    old = snapshot(1, "a", seq=1, generation=0)
+    old = snapshot(1, "a", seq=1, generation=0, identities={})
     tmp_path.joinpath("orders.checkpoint.json").write_bytes(legacy_snapshot(old))
     with pytest.raises(CheckpointIntegrityError) as caught:
         await store.claim("orders", "b")
