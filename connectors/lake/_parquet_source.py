@@ -8,6 +8,7 @@ there: nothing before the position is decoded again.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import os
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from riprap import SourceBatch
+from riprap.checkpoints import CheckpointError
 
 from ._storage import LakeS3Options, Storage, open_storage
 
@@ -100,15 +102,19 @@ class _FileReader:
     def __init__(self, storage: Storage, relative: str, position: int, columns: list[str] | None):
         self.columns = columns
         self.next = position
+        source = storage.open_input(relative)
         try:
-            self.file = pq.ParquetFile(
-                storage.open_input(relative), page_checksum_verification=True
-            )
+            self.file = pq.ParquetFile(source, page_checksum_verification=True)
         except Exception as exc:
             if _corrupt(exc):
                 raise _CorruptFile(str(exc)) from None
             raise
         metadata = self.file.metadata
+        # The footer (read back whole: it is what tells one file from another, row
+        # group offsets and statistics included) and the size: the file's identity.
+        size, footer = source.size(), metadata.serialized_size
+        digest = hashlib.blake2b(source.read_at(footer + 8, size - footer - 8), digest_size=16)
+        self.identity = f"{size}:{digest.hexdigest()}"
         self.rows = metadata.num_rows
         self.starts: list[int] = []
         total = 0
@@ -180,6 +186,9 @@ class RowFiles:
         """Every file quarantined since the source was created."""
         self._context: SourceContext | None = None
         self._positions: dict[str, int] = {}
+        self._identities: dict[str, str] = {}
+        self._handed: tuple[int, dict[str, str]] = (0, {})  # the last copy handed out, and when
+        self._changes = 0
         self._pending: deque[str] = deque()
         self._reader: _FileReader | None = None
         self._current = ""
@@ -197,10 +206,24 @@ class RowFiles:
         """Counts since the source was created."""
         return ParquetSourceStatistics(self._read, self._skipped, len(self.quarantined))
 
+    def identities(self) -> dict[str, str]:
+        """Per file, its size and a digest of its footer when it was first read from its start.
+
+        Saved with the positions: a later run refuses to resume a file that was
+        written over under its name (a Parquet file is never appended to).
+        """
+        changes, handed = self._handed
+        if changes != self._changes:  # the same mapping while nothing changed
+            handed = dict(self._identities)
+            self._handed = (self._changes, handed)
+        return handed
+
     async def open(self, context: SourceContext) -> None:
         """List the files; resume each from its checkpointed position."""
         self._context = context
         self._positions = dict(context.positions)
+        self._identities = dict(context.identities)
+        self._changes += 1
         files = await anyio.to_thread.run_sync(self.list_files)
         self._pending = deque(files)
 
@@ -244,6 +267,19 @@ class RowFiles:
             )
         except _CorruptFile as exc:
             return await self._set_aside(relative, str(exc), position)
+        partition = self.partition_of(relative)
+        known = self._identities.get(partition)
+        if position > 0 and known is not None and known != reader.identity:
+            await anyio.to_thread.run_sync(reader.close)
+            raise CheckpointError(
+                f"{partition}: the checkpoint resumes at row {position}, but the file is not "
+                "the one it was counted in (its size or footer differ); was it written over? "
+                "To read it from its start, set the partition's position to 0 "
+                "(riprap checkpoint set)"
+            )
+        if known != reader.identity and (position == 0 or known is None):
+            self._identities[partition] = reader.identity
+            self._changes += 1
         if position >= reader.rows:
             self._skipped += 1
             await anyio.to_thread.run_sync(reader.close)
@@ -300,6 +336,10 @@ class ParquetSource(RowFiles):
     **Positions.** A record's offset is its row index in the file; a restart
     reopens the file, seeks to the row group holding its position (from the
     footer) and reads on from there. A file is held one row group at a time.
+    The checkpoint also keeps each file's size and a digest of its footer
+    (``identities()``): a file written over under its name stops the next
+    run with a :class:`~riprap.checkpoints.CheckpointError` naming it,
+    instead of being resumed at the old row count or skipped as read.
 
     **Quarantine.** A file whose footer or a row group cannot be decoded (not
     Parquet, truncated, a failed page checksum, corrupt compressed data) is

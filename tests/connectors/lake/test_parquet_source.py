@@ -154,3 +154,53 @@ async def test_the_report_counts_a_quarantine_in_a_memory_run(tmp_path: Path) ->
     report = await pipeline.run()
     assert ({"files_quarantined": 1}, []) == (dict(report.source_outcomes), sink.values)
     assert "files_quarantined" in report.format()
+
+
+async def test_a_file_written_over_under_its_name_is_refused(tmp_path: Path) -> None:
+    """Read whole, then replaced by a longer file: the next run names it and reads nothing."""
+    store = tmp_path / "checkpoints.db"
+    write_file(tmp_path / "in" / "daily.parquet", parquet_bytes(0, 100))
+
+    async def run() -> list[int]:
+        sink = MemorySink()
+        pipeline = (
+            riprap.Pipeline("daily", checkpoint=riprap.checkpoints.SqliteCheckpoints(store))
+            .source(ParquetSource(tmp_path / "in"))
+            .sink(sink)
+        )
+        await pipeline.run()
+        return [value["n"] for value in sink.values]
+
+    assert list(range(100)) == await run()
+    assert [] == await run()  # unchanged: skipped as read
+    write_file(tmp_path / "in" / "daily.parquet", parquet_bytes(5000, 300))
+    with pytest.raises(riprap.checkpoints.CheckpointError) as caught:
+        await run()
+    partition = ParquetSource(tmp_path / "in").partition_of("daily.parquet")
+    assert str(caught.value).startswith(
+        f"{partition}: the checkpoint resumes at row 100, but the file is not the one"
+    )
+
+
+async def test_a_resume_inside_a_file_checks_its_footer(tmp_path: Path) -> None:
+    """The same rows written again with other row groups are another file: refused."""
+    write_file(tmp_path / "a.parquet", parquet_bytes(0, 700))
+    source = ParquetSource(tmp_path)
+    partition = source.partition_of("a.parquet")
+    await read_all(source)
+    identity = source.identities()[partition]
+    await source.open(
+        SourceContext(pipeline="p", positions={partition: 450}, identities={partition: identity})
+    )
+    batch = await source.read(100)
+    await source.aclose()
+    assert batch is not None
+    assert (450, 450) == (batch.start, batch.values[0]["n"])
+    write_file(tmp_path / "a.parquet", parquet_bytes(0, 700, group=100))
+    context = SourceContext(
+        pipeline="p", positions={partition: 450}, identities={partition: identity}
+    )
+    await source.open(context)
+    with pytest.raises(riprap.checkpoints.CheckpointError, match="resumes at row 450"):
+        await source.read(100)
+    await source.aclose()
