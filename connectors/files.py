@@ -76,7 +76,7 @@ from riprap.connectors.json_codec import encode_json_lines as encode_json_lines
 from riprap.connectors.json_codec import parse_json_batch as parse_json_batch
 from riprap.connectors.json_codec import parse_json_column
 from riprap.connectors.json_codec import parse_json_line as parse_json_line
-from riprap.lowlevel import fsync_directory, make_directory
+from riprap.lowlevel import PartitionIdentities, fsync_directory, make_directory
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
@@ -106,9 +106,9 @@ _BLOCK = 1 << 18  # JSON Lines are split a block at a time: fewer, longer runs
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 """The longest line the file sources read by default (16 MiB)."""
 _KEPT = 1024
+"""Bytes of an over-long line handed over as its record (and the least ``max_line_bytes``)."""
 _HEAD = 4096
 """Bytes at the start of a file whose digest tells it from another under its name."""
-"""Bytes of an over-long line handed over as its record (and the least ``max_line_bytes``)."""
 
 
 @final
@@ -392,11 +392,7 @@ class _FileSource:
         self._lock = anyio.Lock()
         self._share = (0, 1)  # (worker index, worker count): every file by default
         self._max_batch_bytes: int | None = None  # the pipeline's (SourceContext)
-        # Per file, the fingerprint of its head (set in the worker thread, counted in
-        # _changes so that identities() copies it again) and the copy last handed out.
-        self._heads: dict[str, str] = {}
-        self._changes = 0
-        self._handed: tuple[int, Mapping[str, str]] = (0, {})
+        self._heads = PartitionIdentities()  # per file, the digest of its head
 
     whole_partitions = True
     """A worker's share is whole files (partitions), each always its own: keyed state splits too."""
@@ -438,8 +434,7 @@ class _FileSource:
             index, count = self._share
             self._paths = [p for p in paths if _worker_of(p, count) == index]
             self._positions = dict(context.positions)
-            self._heads = dict(context.identities)
-            self._changes += 1
+            self._heads = PartitionIdentities(context.identities)
             self._max_batch_bytes = context.max_batch_bytes
             self._index = 0
             self._ready = None
@@ -451,12 +446,7 @@ class _FileSource:
         head differs (it was replaced under its name), where counting its lines
         on would skip the new file's first ones. Appending keeps the head.
         """
-        changes, handed = self._handed
-        if changes != self._changes:
-            changes = self._changes  # read first: a change during the copy shows next time
-            handed = dict(self._heads)
-            self._handed = (changes, handed)
-        return handed
+        return self._heads.snapshot()
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` records of the current file, or ``None`` at the end.
@@ -542,8 +532,7 @@ class _FileSource:
                     )
                 return
             head = file.read(_HEAD)
-        self._heads[self._name] = _fingerprint(head)
-        self._changes += 1
+        self._heads.note(self._name, _fingerprint(head))
 
     def _past_end(self, position: int, lines: int) -> CheckpointError:
         return CheckpointError(

@@ -7,7 +7,8 @@ back to source records; ``Emit`` is how a stage hands on results;
 stores do, ``use_wal`` puts a SQLite connection in WAL mode even while
 another process opens the same new database, and
 ``optional_limit``/``optional_seconds`` check a plug-in's options with the
-same errors as riprap's own.
+same errors as riprap's own, and ``PartitionIdentities`` keeps what a
+source's positions count in (its ``identities()``).
 
 .. versionadded:: 0.1
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from riprap._core.files import fsync_directory as fsync_directory
 from riprap._core.files import make_directory as make_directory
+from riprap._core.identities import PartitionIdentities as PartitionIdentities
 from riprap._core.options import optional_limit as optional_limit
 from riprap._core.options import optional_seconds as optional_seconds
 from riprap._core.protocols import Emit as Emit
@@ -38,6 +40,7 @@ __all__ = (
     "Headers",
     "IndexOrigin",
     "Origin",
+    "PartitionIdentities",
     "SourceOrigin",
     "fixup_module_metadata",
     "fsync_directory",

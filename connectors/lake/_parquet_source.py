@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from riprap import SourceBatch
 from riprap.checkpoints import CheckpointError
+from riprap.lowlevel import PartitionIdentities
 
 from ._storage import LakeS3Options, Storage, open_storage
 
@@ -186,9 +187,7 @@ class RowFiles:
         """Every file quarantined since the source was created."""
         self._context: SourceContext | None = None
         self._positions: dict[str, int] = {}
-        self._identities: dict[str, str] = {}
-        self._handed: tuple[int, dict[str, str]] = (0, {})  # the last copy handed out, and when
-        self._changes = 0
+        self._identities = PartitionIdentities()  # per file, its size and footer digest
         self._pending: deque[str] = deque()
         self._reader: _FileReader | None = None
         self._current = ""
@@ -206,24 +205,19 @@ class RowFiles:
         """Counts since the source was created."""
         return ParquetSourceStatistics(self._read, self._skipped, len(self.quarantined))
 
-    def identities(self) -> dict[str, str]:
+    def identities(self) -> Mapping[str, str]:
         """Per file, its size and a digest of its footer when it was first read from its start.
 
         Saved with the positions: a later run refuses to resume a file that was
         written over under its name (a Parquet file is never appended to).
         """
-        changes, handed = self._handed
-        if changes != self._changes:  # the same mapping while nothing changed
-            handed = dict(self._identities)
-            self._handed = (self._changes, handed)
-        return handed
+        return self._identities.snapshot()
 
     async def open(self, context: SourceContext) -> None:
         """List the files; resume each from its checkpointed position."""
         self._context = context
         self._positions = dict(context.positions)
-        self._identities = dict(context.identities)
-        self._changes += 1
+        self._identities = PartitionIdentities(context.identities)
         files = await anyio.to_thread.run_sync(self.list_files)
         self._pending = deque(files)
 
@@ -277,9 +271,8 @@ class RowFiles:
                 "To read it from its start, set the partition's position to 0 "
                 "(riprap checkpoint set)"
             )
-        if known != reader.identity and (position == 0 or known is None):
-            self._identities[partition] = reader.identity
-            self._changes += 1
+        if position == 0 or known is None:
+            self._identities.note(partition, reader.identity)
         if position >= reader.rows:
             self._skipped += 1
             await anyio.to_thread.run_sync(reader.close)

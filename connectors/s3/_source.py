@@ -65,7 +65,7 @@ import math
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -75,6 +75,7 @@ import orjson
 
 from riprap import ConfigError, SourceBatch, SourceContext, SystemClock
 from riprap.checkpoints import CheckpointError
+from riprap.lowlevel import PartitionIdentities
 
 from ._client import Listed, S3ClientConfig, call, check_bucket, list_objects, open_client
 from ._formats import (
@@ -248,9 +249,7 @@ class S3Source:
         self._listed_once = False
         self._counts = {"read": 0, "skipped": 0, "records": 0}
         self._lock = anyio.Lock()
-        self._etags: dict[str, str] = {}  # per partition, the ETag it was read from the start at
-        self._handed: tuple[int, dict[str, str]] = (0, {})  # the last copy handed out, and when
-        self._etag_changes = 0
+        self._etags = PartitionIdentities()  # per object, the ETag it was read from the start at
 
     def requeue(self, *, name: str | None = None) -> S3Source:
         """A source over this source's quarantined copies, to read them again once fixed.
@@ -347,18 +346,14 @@ class S3Source:
             return {}
         return {current.partition: len(current.values) - current.index}
 
-    def identities(self) -> dict[str, str]:
+    def identities(self) -> Mapping[str, str]:
         """Per object (partition), the ETag it had when it was first read from its start.
 
         Saved with the positions: a later run refuses an object whose listed
         ETag differs (it was written over), instead of resuming in it or
         skipping it as read.
         """
-        changes, handed = self._handed
-        if changes != self._etag_changes:  # the same mapping while nothing changed
-            handed = dict(self._etags)
-            self._handed = (self._etag_changes, handed)
-        return handed
+        return self._etags.snapshot()
 
     async def open(self, context: SourceContext) -> None:
         """Open the S3 client and remember where each object resumes."""
@@ -375,8 +370,7 @@ class S3Source:
             self._stack = stack
             self._context = context
             self._positions = dict(context.positions)
-            self._etags = dict(context.identities)
-            self._etag_changes += 1
+            self._etags = PartitionIdentities(context.identities)
             self._seen.clear()
             self._listed.clear()
             self._pending.clear()
@@ -451,9 +445,8 @@ class S3Source:
                 f"written over since (ETag {known}, now {etag}); to read it from its "
                 "start, set the partition's position to 0 (riprap checkpoint set)"
             )
-        if etag is not None and etag != known and (position == 0 or known is None):
-            self._etags[partition] = etag
-            self._etag_changes += 1
+        if etag is not None and (position == 0 or known is None):
+            self._etags.note(partition, etag)
         if position >= OBJECT_COMPLETE:
             self._counts["skipped"] += 1
             self._listed.pop(key, None)

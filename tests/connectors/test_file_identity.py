@@ -21,6 +21,7 @@ from riprap.checkpoints import (
 from riprap.cli import main
 from riprap.connectors.files import CsvSource, JsonLinesSource
 from riprap.connectors.memory import MemorySink
+from riprap.lowlevel import PartitionIdentities
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -172,6 +173,19 @@ def test_identities_that_are_not_strings_are_damage() -> None:
     data = encode(Checkpoint("p", 1, "a", 1, {"orders.jsonl": 3}, identities=bad))
     with pytest.raises(CheckpointIntegrityError, match="identities is not a mapping"):
         decode(data, where="store", pipeline="p")
+
+
+def test_partition_identities_hand_out_copies_that_never_change() -> None:
+    """A snapshot is the same object until a new identity is noted, and never changes."""
+    identities = PartitionIdentities({"a": "1:x"})
+    first = identities.snapshot()
+    identities.note("a", "1:x")
+    assert first is identities.snapshot()
+    identities.note("b", "2:y")
+    second = identities.snapshot()
+    identities.note("a", "3:z")
+    assert ({"a": "1:x"}, {"a": "1:x", "b": "2:y"}) == (first, second)
+    assert ("3:z", None) == (identities.get("a"), identities.get("c"))
 
 
 async def test_identities_hand_out_one_mapping_until_a_file_is_opened(tmp_path: Path) -> None:
