@@ -439,7 +439,7 @@ class _FileSource:
             self._index = 0
             self._ready = None
 
-    def identities(self) -> Mapping[str, str]:
+    def identities(self, positions: Mapping[str, int] | None = None) -> Mapping[str, str]:
         """Per file, a digest of its first 4 KiB (at most) when it was first read from its start.
 
         Saved with the positions: a later run refuses to resume a file whose

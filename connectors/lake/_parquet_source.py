@@ -205,7 +205,7 @@ class RowFiles:
         """Counts since the source was created."""
         return ParquetSourceStatistics(self._read, self._skipped, len(self.quarantined))
 
-    def identities(self) -> Mapping[str, str]:
+    def identities(self, positions: Mapping[str, int] | None = None) -> Mapping[str, str]:
         """Per file, its size and a digest of its footer when it was first read from its start.
 
         Saved with the positions: a later run refuses to resume a file that was

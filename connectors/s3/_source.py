@@ -346,7 +346,7 @@ class S3Source:
             return {}
         return {current.partition: len(current.values) - current.index}
 
-    def identities(self) -> Mapping[str, str]:
+    def identities(self, positions: Mapping[str, int] | None = None) -> Mapping[str, str]:
         """Per object (partition), the ETag it had when it was first read from its start.
 
         Saved with the positions: a later run refuses an object whose listed

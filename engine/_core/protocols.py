@@ -93,12 +93,13 @@ class Source(Protocol):
     Optional: ``async def committed(self, positions)`` is called after every
     successful checkpoint with the positions it saved (a Kafka source commits
     them as the group's offsets); ``def lag(self) -> dict[str, int]`` reports
-    records behind the end of each partition (a metric); ``def identities(self)
-    -> Mapping[str, str]`` says, per partition, what its position counts in (a
-    file's fingerprint): it is saved with the positions (by backends that keep
+    records behind the end of each partition (a metric); ``def identities(self,
+    positions) -> Mapping[str, str]`` says, per partition, what its position
+    counts in at the ``positions`` being checkpointed (a file's fingerprint, the
+    letter a replay sent last): it is saved with them (by backends that keep
     state) and handed back in ``SourceContext.identities``, so the source can
-    refuse to resume in something else. It is called at every checkpoint:
-    return the same mapping, never changed afterwards, while nothing changed.
+    refuse to resume in something else. It is called at every checkpoint, with
+    no await around it: keep it cheap, and never change what it returned.
     """
 
     name: str

@@ -92,12 +92,12 @@ class MemberSource:
         if committed is not None and own:
             await committed(own)
 
-    def identities(self) -> Mapping[str, str]:
+    def identities(self, positions: Mapping[str, int]) -> Mapping[str, str]:
         """The member's identities by prefixed partition (none if it has no such hook)."""
         identities = getattr(self.source, "identities", None)
         if not callable(identities):
             return {}
-        own = identities()
+        own = identities(_own(self.prefix, positions))
         if own is not self._identities[0]:  # the same mapping while nothing changed
             self._identities = (own, {self.prefix + p: i for p, i in own.items()})
         return self._identities[1]
@@ -196,9 +196,10 @@ class MergedSource:
             return self
         return MergedSource(shares)
 
-    def identities(self) -> Mapping[str, str]:
-        """Every member's identities, by prefixed partition."""
-        return {p: i for member in self.members for p, i in member.identities().items()}
+    def identities(self, positions: Mapping[str, int]) -> Mapping[str, str]:
+        """Every member's identities at ``positions``, by prefixed partition."""
+        members = self.members
+        return {p: i for member in members for p, i in member.identities(positions).items()}
 
     def lag(self) -> dict[str, int] | None:
         """Every member's lag that is known, by prefixed partition; ``None`` if none knows."""

@@ -410,6 +410,7 @@ class Runtime:
         self._reserved = 0
         self._inputs_ended = 0
         """Source loops that reached the end of their input (not a stop, not an error)."""
+        self._source_open = False
         self._queues: dict[str, ChannelReceiver[Batch]] = {}
         self._registry: CollectorRegistry | None = None
         self.alerts: AlertEvaluator | None = None
@@ -626,6 +627,8 @@ class Runtime:
         identities = getattr(self.source, "identities", None)
         if not callable(identities) or not getattr(self.backend, "supports_state", True):
             identities = None  # positions only: the source checks nothing
+        else:
+            identities = self._identities_of(identities, dict(last.identities) if last else {})
         self.checkpointer = Checkpointer(
             pipeline=name,
             backend=self.backend,
@@ -678,6 +681,23 @@ class Runtime:
             **({} if self.state_log is None else {"assigned": self.state_log.assigned}),
         )
         await self.source.open(context)
+        self._source_open = True
+
+    def _identities_of(
+        self,
+        source: Callable[[Mapping[str, int]], Mapping[str, str]],
+        saved: Mapping[str, str],
+    ) -> Callable[[Mapping[str, int]], Mapping[str, str]]:
+        """What each position counts in for a cut: the source's, once it is open and has them.
+
+        Until then (the checkpoint marking the start, a start-up that fails) the
+        ones the run resumed from are saved again, so none is ever lost.
+        """
+
+        def identities(positions: Mapping[str, int]) -> Mapping[str, str]:
+            return source(positions) if self._source_open else saved
+
+        return identities
 
     async def run(self) -> RunReport:
         """Process until the source ends or a stop; always end with a final checkpoint.

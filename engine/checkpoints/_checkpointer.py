@@ -72,7 +72,7 @@ class Checkpointer:
         previous: Checkpoint | None = None,
         redact: Callable[[str], str] = str,
         before_save: Callable[[Mapping[str, int]], Awaitable[None]] | None = None,
-        identities: Callable[[], Mapping[str, str]] | None = None,
+        identities: Callable[[Mapping[str, int]], Mapping[str, str]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.identities = identities
@@ -121,19 +121,20 @@ class Checkpointer:
 
     def _cut(self) -> Checkpoint:
         """The cut without a number yet: operator state is built once per save (it may be large)."""
+        positions = self.tracker.positions()
         return Checkpoint(
             pipeline=self.pipeline,
             epoch=self.epoch,
             owner=self.owner,
             seq=0,
-            positions=self.tracker.positions(),
+            positions=positions,
             state=dict(self.state()),
             crash_counts=dict(self.crash_counts),
             created_at=self.clock.time(),
             guard=self._current_guard(),
             generation=0,
             notes=self.notes,
-            identities={} if self.identities is None else self.identities(),
+            identities={} if self.identities is None else self.identities(positions),
         )
 
     def _numbered(self, cut: Checkpoint) -> Checkpoint:

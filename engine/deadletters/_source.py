@@ -30,8 +30,12 @@ the checkpoint), and counts those it passes as ``filtered_out``.
 Positions are only stable while the store keeps its oldest letters: purging
 letters (which also folds repeats), or a rotation that deletes the oldest JSON
 Lines file (only with ``retention="delete_oldest"``), between two runs of the
-same replay shifts the indexes, and the resumed replay would skip letters.
-Letters also carry an ``idempotency_key`` for sinks that can deduplicate on it.
+same replay shifts the indexes. So the checkpoint also keeps, with each
+position, the id of the last letter read before it (:meth:`DeadLetterSource.identities`),
+and a replay whose positions no longer follow that letter stops with a
+:class:`~riprap.checkpoints.CheckpointError` naming where it should resume,
+instead of skipping letters stored since. Letters also carry an
+``idempotency_key`` for sinks that can deduplicate on it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from urllib.parse import parse_qsl, urlencode
 import anyio.to_thread
 
 from riprap._core.clock import SYSTEM_CLOCK, Clock
-from riprap._core.errors import ConfigError
+from riprap._core.errors import CheckpointError, ConfigError
 from riprap._core.records import SourceBatch
 from riprap.deadletters._ids import LetterIds
 from riprap.deadletters._stores import DeadLetterFilter, scan_store
@@ -136,7 +140,9 @@ class DeadLetterSource:
     """
 
     __slots__ = (
+        "_anchors",
         "_bucket",
+        "_carried",
         "_context",
         "_earlier",
         "_filter",
@@ -176,6 +182,26 @@ class DeadLetterSource:
         self._context: SourceContext | None = None
         self._reported = 0
         self._next = 0
+        # Per position this replay may be checkpointed at, the id of the last letter
+        # (first copy) read before it; and the other replays' ones, as they were saved.
+        self._anchors: dict[int, str] = {}
+        self._carried: dict[str, str] = {}
+
+    def identities(self, positions: Mapping[str, int]) -> Mapping[str, str]:
+        """The id of the last letter read before this replay's position, and the other replays'.
+
+        Saved with the positions: a later run checks that each still follows
+        that letter (see the module docstring).
+        """
+        position = positions.get(self.partition)
+        anchors = self._anchors
+        if position is not None:
+            for passed in [end for end in anchors if end < position]:
+                del anchors[passed]  # a checkpoint never goes back
+        anchor = None if position is None else anchors.get(position)
+        if anchor is None:
+            return self._carried
+        return {**self._carried, self.partition: anchor}
 
     async def open(self, context: SourceContext) -> None:
         """Start reading after the checkpointed position (from the first letter if none).
@@ -186,11 +212,24 @@ class DeadLetterSource:
         """
         start = context.positions.get(self.partition, 0)
         await self.aclose()  # reopening starts a fresh read
+        store = f"dlq:{self.path}"
+        replays = {
+            name: (position, context.identities[name])
+            for name, position in context.positions.items()
+            if (name == store or name.startswith(store + "?"))
+            and position > 0
+            and name in context.identities
+        }
+        if replays:
+            await anyio.to_thread.run_sync(_check_anchors, self.path, replays, context.pipeline)
+        self._carried = {name: anchor for name, (_, anchor) in replays.items()}
+        self._carried.pop(self.partition, None)
         self._seen = LetterIds()
         self._reader = scan_store(self.path, self._seen)
         self._letters = enumerate(self._reader)
-        self._earlier = _earlier_replays(f"dlq:{self.path}", self.partition, context.positions)
-        done = await anyio.to_thread.run_sync(_consume, self._letters, start, self._filter)
+        self._earlier = _earlier_replays(store, self.partition, context.positions)
+        done, last = await anyio.to_thread.run_sync(_consume, self._letters, start, self._filter)
+        self._anchors = {} if last is None else {start: last}
         self._context = context
         self._reported = self._seen.repeats  # the earlier run counted those
         self._skipped = {ALREADY_REPLAYED: done, FILTERED_OUT: 0}
@@ -208,9 +247,10 @@ class DeadLetterSource:
         if self._bucket is not None:
             max_records = min(max_records, self._bucket.burst)
         limit = None if self._context is None else self._context.max_batch_bytes
-        found, scanned, nbytes = await anyio.to_thread.run_sync(
+        found, scanned, nbytes, anchors = await anyio.to_thread.run_sync(
             self._take, max(1, max_records), limit
         )
+        self._anchors.update(anchors)
         self._report_repeats()
         self._report_skipped()
         if not found:
@@ -246,17 +286,25 @@ class DeadLetterSource:
                 self._context.count(outcome, count)
         self._skipped = dict.fromkeys(self._skipped, 0)
 
-    def _take(self, count: int, limit: int | None) -> tuple[list[tuple[int, DeadLetter]], int, int]:
+    def _take(
+        self, count: int, limit: int | None
+    ) -> tuple[list[tuple[int, DeadLetter]], int, int, dict[int, str]]:
         """Up to ``count`` matching letters (or up to the one that brings them to ``limit``
-        bytes), the position after the last one read, and their bytes."""
+        bytes), the position after the last one read, their bytes, and the id of the last
+        letter read before each position a checkpoint may stop at (see :meth:`identities`)."""
         assert self._letters is not None
         found: list[tuple[int, DeadLetter]] = []
         nbytes = 0
         scanned = self._next
+        anchors: dict[int, str] = {}
+        last = self._anchors.get(scanned)
         for index, (letter, first) in self._letters:
             scanned = index + 1
             if not first:
                 continue
+            if last is not None:
+                anchors[index] = last  # a record's offset: a split batch stops there
+            last = letter.id
             if not self._filter.matches(letter):
                 self._skipped[FILTERED_OUT] += 1
             elif any(index < end and f.matches(letter) for f, end in self._earlier):
@@ -266,7 +314,9 @@ class DeadLetterSource:
                 nbytes += stored_size(letter)
                 if len(found) == count or (limit is not None and nbytes >= limit):
                     break
-        return found, scanned, nbytes
+        if last is not None:
+            anchors[scanned] = last
+        return found, scanned, nbytes, anchors
 
 
 def stored_size(letter: DeadLetter) -> int:
@@ -315,12 +365,72 @@ def letter_batch(
 
 def _consume(
     letters: Iterator[tuple[int, tuple[DeadLetter, bool]]], count: int, only: DeadLetterFilter
-) -> int:
-    """Read ``count`` letters, replayed before the checkpoint; return how many ``only`` matches.
+) -> tuple[int, str | None]:
+    """Read ``count`` letters, replayed before the checkpoint: how many ``only`` matches, and
+    the id of the last of them (first copies only).
 
     Only their ids are kept.
     """
-    return sum(1 for _, (letter, first) in islice(letters, count) if first and only.matches(letter))
+    matched, last = 0, None
+    for _, (letter, first) in islice(letters, count):
+        if first:
+            last = letter.id
+            matched += only.matches(letter)
+    return matched, last
+
+
+def _check_anchors(path: str, replays: Mapping[str, tuple[int, str]], pipeline: str) -> None:
+    """Check that each replay's position still follows the letter saved with it.
+
+    ``replays`` maps a replay's partition to its position and the id saved
+    with it: the last letter (first copy) stored before that position.
+
+    Raises:
+        CheckpointError: Letters were purged or rotated away before a position;
+            it names where each such replay should resume.
+    """
+    positions = {position for position, _ in replays.values()}
+    saved = {anchor for _, anchor in replays.values()}
+    before: dict[int, str | None] = {}  # per position, the last letter before it now
+    now: dict[str, int] = {}  # per saved letter, the position right after it now
+    last: str | None = None
+    read = 0  # copies read
+    reader = scan_store(path, LetterIds())
+    try:
+        for letter, first in reader:
+            if read in positions:
+                before[read] = last
+            if read >= max(positions):
+                break
+            read += 1
+            if first:
+                last = letter.id
+                if last in saved:
+                    now.setdefault(last, read)
+        else:
+            before.setdefault(read, last)  # a position at the end of the store
+    finally:
+        reader.close()
+    moved = [
+        (name, position, anchor, now.get(anchor))
+        for name, (position, anchor) in sorted(replays.items())
+        if before.get(position) != anchor
+    ]
+    if moved:
+        where = "; ".join(
+            f"{name} stopped at {position}, right after letter {anchor[:12]}, "
+            + ("which is no longer stored" if at is None else f"which is now at {at}")
+            for name, position, anchor, at in moved
+        )
+        settings = " ".join(f"'{name}={at or 0}'" for name, _, _, at in moved)
+        raise CheckpointError(
+            "letters were purged or rotated out of the dead-letter store since the last "
+            f"replay under {pipeline!r}, and resuming where it stopped would skip letters "
+            f"stored now: {where}. Resume right after that letter, or from the start where "
+            f"it is gone: riprap checkpoint set STORE --pipeline {pipeline} {settings} (from "
+            "the start, letters sent before and still stored are sent again: their "
+            "idempotency_key marks them)"
+        )
 
 
 _FILTER_FIELDS = ("stage", "error_type", "reason", "since", "until")

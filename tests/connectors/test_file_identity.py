@@ -201,3 +201,41 @@ async def test_identities_hand_out_one_mapping_until_a_file_is_opened(tmp_path: 
     assert ({}, [str(path)]) == (before, list(after))
     assert after is source.identities()
     await source.aclose()
+
+
+class SinkThatWillNotOpen:
+    """A sink whose open fails: the run stops before its source is opened."""
+
+    name = "down"
+    idempotent = True
+
+    async def open(self) -> None:
+        raise ConnectionError("the sink's server is down")
+
+    async def write(self, batch: riprap.Batch) -> None:
+        raise AssertionError("never opened")
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_run_that_fails_before_reading_keeps_what_it_resumed_from(
+    tmp_path: Path,
+) -> None:
+    """The start-up mark and the failed run's checkpoint carry the identities on."""
+    path, store = tmp_path / "orders.jsonl", tmp_path / "checkpoints.db"
+    export(path, 1, 100)
+    await ids_read(JsonLinesSource(path), store)
+    failing = (
+        riprap.Pipeline("exports", checkpoint=SqliteCheckpoints(store))
+        .source(JsonLinesSource(path))
+        .sink(SinkThatWillNotOpen())
+    )
+    with pytest.raises(ConnectionError):
+        await failing.run()
+    export(path, 2, 300)
+    with pytest.raises(CheckpointError, match="was it replaced"):
+        await ids_read(JsonLinesSource(path), store)
