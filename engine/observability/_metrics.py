@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from riprap.observability._partitions import MovedLast
 from riprap.observability._statistics import steps_and_sink
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class RunCollector(Collector):
     def __init__(self, pipeline: str, statistics: Callable[[], RunStatistics]) -> None:
         self.pipeline = pipeline
         self.statistics = statistics
+        self._moved = MovedLast()
 
     def collect(self) -> Iterator[Metric]:
         stats = self.statistics()
@@ -189,12 +191,17 @@ class RunCollector(Collector):
         yield depth
         position = GaugeMetricFamily(
             "riprap_position",
-            "Committable position per partition.",
+            "Committable position per partition (at most 1,000: those that moved last).",
             labels=["pipeline", "partition"],
         )
-        for partition, offset in sorted(stats.positions.items()):
+        for partition, offset in self._moved.shown(stats.positions):
             position.add_metric([name, partition], offset)
         yield position
+        partitions = GaugeMetricFamily(
+            "riprap_partitions", "Partitions with a position, shown or not.", labels=["pipeline"]
+        )
+        partitions.add_metric([name], len(stats.positions))
+        yield partitions
         lag = GaugeMetricFamily(
             "riprap_source_lag_records",
             "Records behind the end of each partition, when the source knows it.",
