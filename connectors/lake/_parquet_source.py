@@ -114,7 +114,7 @@ class _FileReader:
         # The footer (read back whole: it is what tells one file from another, row
         # group offsets and statistics included) and the size: the file's identity.
         size, footer = source.size(), metadata.serialized_size
-        digest = hashlib.blake2b(source.read_at(footer + 8, size - footer - 8), digest_size=16)
+        digest = hashlib.blake2b(source.read_at(footer + 8, size - footer - 8), digest_size=8)
         self.identity = f"{size}:{digest.hexdigest()}"
         self.rows = metadata.num_rows
         self.starts: list[int] = []

@@ -59,6 +59,7 @@ stops the run, which resumes from the checkpoint when restarted.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
 import math
@@ -164,6 +165,11 @@ class _Object:
 
 
 QuarantineHook = Callable[[QuarantinedObject], "Awaitable[None] | None"]
+
+
+def _short(etag: str) -> str:
+    """A 64-bit digest of ``etag``: the checkpoint holds one per object ever read."""
+    return hashlib.blake2b(etag.encode(), digest_size=8).hexdigest()
 
 
 @final
@@ -436,13 +442,14 @@ class S3Source:
         partition = self.partition_of(key)
         position = self._positions.get(partition, 0)
         listed = self._listed.get(key)
-        etag = None if listed is None else listed.etag
+        etag = None if listed is None or listed.etag is None else _short(listed.etag)
         known = self._etags.get(partition)
         if position > 0 and known is not None and etag is not None and etag != known:
+            assert listed is not None
             read = "whole" if position >= OBJECT_COMPLETE else f"up to line {position}"
             raise CheckpointError(
                 f"{partition}: the checkpoint has it read {read}, but the object was "
-                f"written over since (ETag {known}, now {etag}); to read it from its "
+                f"written over since (its ETag is now {listed.etag}); to read it from its "
                 "start, set the partition's position to 0 (riprap checkpoint set)"
             )
         if etag is not None and (position == 0 or known is None):
