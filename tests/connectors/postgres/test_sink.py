@@ -142,15 +142,19 @@ async def test_a_value_without_key_is_a_data_error(items: PostgresSink) -> None:
 
 @pytest.mark.parametrize(
     ("field", "bad", "reason"),
-    [("qty", -1, "constraint_violation"), ("name", "caf\udce9", "invalid_value")],
-    ids=["refused-by-the-table", "lone-surrogate"],
+    [
+        ("qty", -1, "constraint_violation"),
+        ("name", "caf\udce9", "invalid_value"),
+        ("name", "nul\x00inside", "invalid_value"),
+    ],
+    ids=["refused-by-the-table", "lone-surrogate", "nul-in-text"],
 )
 async def test_only_the_bad_row_is_dead_lettered(
     pg: PgHelper, tmp_path: Path, field: str, bad: Any, reason: str
 ) -> None:
     """In a pipeline, a row the table refuses, or whose text no UTF-8 can hold (a lone
-    surrogate, from bytes a decoder escaped), goes to the DLQ and every other row is written:
-    neither stops the run.
+    surrogate, from bytes a decoder escaped) or PostgreSQL text cannot (a NUL), goes to the
+    DLQ and every other row is written: none stops the run.
     """
     await pg.execute(TABLE)
     values = [{"id": i, "name": f"n{i}", "qty": i} for i in range(8)]
