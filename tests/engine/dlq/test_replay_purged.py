@@ -135,3 +135,19 @@ async def test_a_position_inside_a_batch_has_the_letter_before_it(tmp_path: Path
     partition = source.partition
     at = {p: source.identities({partition: p}).get(partition) for p in (1, 3, 5)}
     assert {1: ids[0], 3: ids[2], 5: ids[4]} == at
+
+
+async def test_a_rotation_that_deleted_the_oldest_file_stops_the_replay(tmp_path: Path) -> None:
+    """With retention="delete_oldest", rotating past the backups drops letters the replay
+    counted: the next replay stops, where it would have skipped as many new letters."""
+    path, checkpoints = tmp_path / "dlq.jsonl", tmp_path / "checkpoints.db"
+    letters = JsonLinesDeadLetters(path, max_bytes=8_192, backups=1, retention="delete_oldest")
+    await letters.open()
+    for first in range(0, 40, 4):  # a write of four letters at a time: each file holds a few
+        await letters.write([make_letter(i, value=i, at=T0) for i in range(first, first + 4)])
+        if first == 8:
+            sent = await replay(path, checkpoints)
+    await letters.aclose()
+    assert list(range(12)) == sent
+    with pytest.raises(CheckpointError, match="which is no longer stored"):
+        await replay(path, checkpoints)
