@@ -113,7 +113,8 @@ def test_show_json_reports_a_rollback(tmp_path: Path, capsys: pytest.CaptureFixt
     directory = rolled_back(tmp_path)
     code = main(["checkpoint", "show", str(directory), "--json"])
     shown = orjson.loads(capsys.readouterr().out)
-    expected = (1, False, 102, 101, True, {"orders-0": 10, "orders-1": 7})
+    positions, identities = {"orders-0": 10, "orders-1": 7}, {"orders-0": "4096:3f2a"}
+    expected = (1, False, 102, 101, True, positions, identities)
     assert expected == (
         code,
         shown["consistent"],
@@ -121,6 +122,7 @@ def test_show_json_reports_a_rollback(tmp_path: Path, capsys: pytest.CaptureFixt
         shown["checkpoint"]["generation"],
         "rolled back" in shown["problem"],
         shown["checkpoint"]["positions"],
+        shown["checkpoint"]["identities"],
     )
 
 
