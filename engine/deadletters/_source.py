@@ -32,14 +32,18 @@ letters (which also folds repeats), or a rotation that deletes the oldest JSON
 Lines file (only with ``retention="delete_oldest"``), between two runs of the
 same replay shifts the indexes. So the checkpoint also keeps, with each
 position, the id of the last letter read before it (:meth:`DeadLetterSource.identities`),
-and a replay whose positions no longer follow that letter stops with a
-:class:`~riprap.checkpoints.CheckpointError` naming where it should resume,
-instead of skipping letters stored since. Letters also carry an
-``idempotency_key`` for sinks that can deduplicate on it.
+and a replay resumes right after that letter wherever it is now, or from the
+first letter stored when it is gone (purges and rotations take the oldest
+letters first, so the letters before it went too): it never skips a letter
+stored since, and its positions still only grow (the offsets it hands over
+are the store's indexes shifted by what was removed). A replay that resumes
+so says it in the log. Letters also carry an ``idempotency_key`` for sinks
+that can deduplicate on it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from itertools import islice
@@ -49,7 +53,7 @@ from urllib.parse import parse_qsl, urlencode
 import anyio.to_thread
 
 from riprap._core.clock import SYSTEM_CLOCK, Clock
-from riprap._core.errors import CheckpointError, ConfigError
+from riprap._core.errors import ConfigError
 from riprap._core.records import SourceBatch
 from riprap.deadletters._ids import LetterIds
 from riprap.deadletters._stores import DeadLetterFilter, scan_store
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
     from riprap._core.records import Headers
     from riprap.deadletters._envelope import DeadLetter
 
+
+log = logging.getLogger("riprap.dlq")
 
 ALREADY_REPLAYED = "already_replayed"
 """Source outcome: letters a replay under the same pipeline name sent before."""
@@ -152,6 +158,7 @@ class DeadLetterSource:
         "_reader",
         "_reported",
         "_seen",
+        "_shift",
         "_skipped",
         "name",
         "partition",
@@ -173,7 +180,7 @@ class DeadLetterSource:
         self._id_header = id_header
         self._filter = filter or DeadLetterFilter()
         self.partition = f"dlq:{self.path}{_filter_suffix(self._filter)}"
-        self._earlier: list[tuple[DeadLetterFilter, int]] = []
+        self._earlier: list[tuple[DeadLetterFilter, int]] = []  # by the store's indexes now
         self._skipped = {ALREADY_REPLAYED: 0, FILTERED_OUT: 0}
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, clock)
         self._reader: Generator[tuple[DeadLetter, bool], None, None] | None = None
@@ -186,6 +193,7 @@ class DeadLetterSource:
         # (first copy) read before it; and the other replays' ones, as they were saved.
         self._anchors: dict[int, str] = {}
         self._carried: dict[str, str] = {}
+        self._shift = 0  # the checkpoint's numbering minus the store's indexes now
 
     def identities(self, positions: Mapping[str, int]) -> Mapping[str, str]:
         """The id of the last letter read before this replay's position, and the other replays'.
@@ -208,32 +216,55 @@ class DeadLetterSource:
 
         The letters before it are read first, for their ids only. The positions
         of replays of the same store under other filters say which later
-        letters were replayed already.
+        letters were replayed already. A position saved with the letter read
+        last before it resumes right after that letter, wherever it is now.
         """
         start = context.positions.get(self.partition, 0)
         await self.aclose()  # reopening starts a fresh read
         store = f"dlq:{self.path}"
-        replays = {
-            name: (position, context.identities[name])
+        saved = {
+            name: context.identities[name]
             for name, position in context.positions.items()
             if (name == store or name.startswith(store + "?"))
             and position > 0
             and name in context.identities
         }
-        if replays:
-            await anyio.to_thread.run_sync(_check_anchors, self.path, replays, context.pipeline)
-        self._carried = {name: anchor for name, (_, anchor) in replays.items()}
+        found: dict[str, int] = {}
+        if saved:
+            found = await anyio.to_thread.run_sync(_find_letters, self.path, set(saved.values()))
+
+        def now(name: str, position: int) -> int:
+            """Where the replay ``name`` stopped at ``position`` is in the store now."""
+            letter = saved.get(name)
+            return position if letter is None else found.get(letter, 0)
+
+        begin = now(self.partition, start)
+        if begin != start:
+            log.warning(
+                "%s: letters were purged or rotated out of the store since the replay "
+                "stopped at %d; %s",
+                self.partition,
+                start,
+                f"it resumes after the letter it sent last, now at {begin}"
+                if begin
+                else "the letter it sent last is gone too: it resumes from the first letter",
+            )
+        self._shift = start - begin
+        self._carried = dict(saved)
         self._carried.pop(self.partition, None)
         self._seen = LetterIds()
         self._reader = scan_store(self.path, self._seen)
         self._letters = enumerate(self._reader)
-        self._earlier = _earlier_replays(store, self.partition, context.positions)
-        done, last = await anyio.to_thread.run_sync(_consume, self._letters, start, self._filter)
+        self._earlier = [
+            (letters, now(name, end))
+            for name, letters, end in _earlier_replays(store, self.partition, context.positions)
+        ]
+        done, last = await anyio.to_thread.run_sync(_consume, self._letters, begin, self._filter)
         self._anchors = {} if last is None else {start: last}
         self._context = context
         self._reported = self._seen.repeats  # the earlier run counted those
         self._skipped = {ALREADY_REPLAYED: done, FILTERED_OUT: 0}
-        self._next = start
+        self._next = begin
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` matching letters' records, or ``None`` at the end.
@@ -253,14 +284,17 @@ class DeadLetterSource:
         self._anchors.update(anchors)
         self._report_repeats()
         self._report_skipped()
+        self._next = scanned
         if not found:
-            self._next = scanned
             return None
         if self._bucket is not None:
             await self._bucket.acquire(len(found))
-        self._next = scanned
+        shift = self._shift
+        if shift:
+            found = [(index + shift, letter) for index, letter in found]
+        end = scanned + shift
         return letter_batch(
-            self.partition, found, end=scanned, id_header=self._id_header, nbytes=nbytes
+            self.partition, found, end=end, id_header=self._id_header, nbytes=nbytes
         )
 
     async def aclose(self) -> None:
@@ -290,20 +324,21 @@ class DeadLetterSource:
         self, count: int, limit: int | None
     ) -> tuple[list[tuple[int, DeadLetter]], int, int, dict[int, str]]:
         """Up to ``count`` matching letters (or up to the one that brings them to ``limit``
-        bytes), the position after the last one read, their bytes, and the id of the last
-        letter read before each position a checkpoint may stop at (see :meth:`identities`)."""
+        bytes), the position after the last one read, their bytes (positions by the store's
+        indexes), and the id of the last letter read before each position a checkpoint may
+        stop at, by the checkpoint's numbering (see :meth:`identities`)."""
         assert self._letters is not None
         found: list[tuple[int, DeadLetter]] = []
         nbytes = 0
-        scanned = self._next
+        scanned, shift = self._next, self._shift
         anchors: dict[int, str] = {}
-        last = self._anchors.get(scanned)
+        last = self._anchors.get(scanned + shift)
         for index, (letter, first) in self._letters:
             scanned = index + 1
             if not first:
                 continue
             if last is not None:
-                anchors[index] = last  # a record's offset: a split batch stops there
+                anchors[index + shift] = last  # a record's offset: a split batch stops there
             last = letter.id
             if not self._filter.matches(letter):
                 self._skipped[FILTERED_OUT] += 1
@@ -315,7 +350,7 @@ class DeadLetterSource:
                 if len(found) == count or (limit is not None and nbytes >= limit):
                     break
         if last is not None:
-            anchors[scanned] = last
+            anchors[scanned + shift] = last
         return found, scanned, nbytes, anchors
 
 
@@ -379,58 +414,22 @@ def _consume(
     return matched, last
 
 
-def _check_anchors(path: str, replays: Mapping[str, tuple[int, str]], pipeline: str) -> None:
-    """Check that each replay's position still follows the letter saved with it.
+def _find_letters(path: str, ids: set[str]) -> dict[str, int]:
+    """Where each letter of ``ids`` is stored now: the position right after its first copy.
 
-    ``replays`` maps a replay's partition to its position and the id saved
-    with it: the last letter (first copy) stored before that position.
-
-    Raises:
-        CheckpointError: Letters were purged or rotated away before a position;
-            it names where each such replay should resume.
+    Letters no longer stored are left out. Reads until every one is found.
     """
-    positions = {position for position, _ in replays.values()}
-    saved = {anchor for _, anchor in replays.values()}
-    before: dict[int, str | None] = {}  # per position, the last letter before it now
-    now: dict[str, int] = {}  # per saved letter, the position right after it now
-    last: str | None = None
-    read = 0  # copies read
+    found: dict[str, int] = {}
     reader = scan_store(path, LetterIds())
     try:
-        for letter, first in reader:
-            if read in positions:
-                before[read] = last
-            if read >= max(positions):
-                break
-            read += 1
-            if first:
-                last = letter.id
-                if last in saved:
-                    now.setdefault(last, read)
-        else:
-            before.setdefault(read, last)  # a position at the end of the store
+        for index, (letter, first) in enumerate(reader):
+            if first and letter.id in ids and letter.id not in found:
+                found[letter.id] = index + 1
+                if len(found) == len(ids):
+                    break
     finally:
         reader.close()
-    moved = [
-        (name, position, anchor, now.get(anchor))
-        for name, (position, anchor) in sorted(replays.items())
-        if before.get(position) != anchor
-    ]
-    if moved:
-        where = "; ".join(
-            f"{name} stopped at {position}, right after letter {anchor[:12]}, "
-            + ("which is no longer stored" if at is None else f"which is now at {at}")
-            for name, position, anchor, at in moved
-        )
-        settings = " ".join(f"'{name}={at or 0}'" for name, _, _, at in moved)
-        raise CheckpointError(
-            "letters were purged or rotated out of the dead-letter store since the last "
-            f"replay under {pipeline!r}, and resuming where it stopped would skip letters "
-            f"stored now: {where}. Resume right after that letter, or from the start where "
-            f"it is gone: riprap checkpoint set STORE --pipeline {pipeline} {settings} (from "
-            "the start, letters sent before and still stored are sent again: their "
-            "idempotency_key marks them)"
-        )
+    return found
 
 
 _FILTER_FIELDS = ("stage", "error_type", "reason", "since", "until")
@@ -451,8 +450,8 @@ def _filter_suffix(letters: DeadLetterFilter) -> str:
 
 def _earlier_replays(
     store: str, partition: str, positions: Mapping[str, int]
-) -> list[tuple[DeadLetterFilter, int]]:
-    """The filter and position of every other replay of ``store`` in ``positions``.
+) -> list[tuple[str, DeadLetterFilter, int]]:
+    """The partition, filter and position of every other replay of ``store`` in ``positions``.
 
     ``store`` is the partition name of the unfiltered replay; names that do
     not parse as a filter of it are left out.
@@ -463,7 +462,7 @@ def _earlier_replays(
             continue
         letters = _parse_filter(name[len(store) + 1 :])
         if letters is not None:
-            earlier.append((letters, position))
+            earlier.append((name, letters, position))
     return earlier
 
 

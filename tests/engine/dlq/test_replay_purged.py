@@ -1,15 +1,15 @@
-"""A replay resumed after letters were purged from its store stops instead of skipping letters."""
+"""A replay resumed after letters were purged from its store skips none of those stored since."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import TYPE_CHECKING, Literal
 
-import anyio
 import pytest
 
 import riprap
-from riprap.checkpoints import CheckpointError, SqliteCheckpoints
-from riprap.cli import main
+from riprap.checkpoints import SqliteCheckpoints, decode
 from riprap.connectors.memory import MemorySink
 from riprap.deadletters import (
     DeadLetterFilter,
@@ -17,6 +17,7 @@ from riprap.deadletters import (
     JsonLinesDeadLetters,
     SqliteDeadLetters,
     purge_dead_letters,
+    read_dead_letters,
 )
 
 from ._letters import T0, make_letter
@@ -52,51 +53,45 @@ async def replay(
     return list(sink.values)
 
 
-async def set_position(checkpoints: Path, setting: str) -> None:
-    """``riprap checkpoint set`` on the replay's checkpoint."""
-    argv = ["checkpoint", "set", str(checkpoints), "--pipeline", "orders.replay", setting]
-    assert 0 == await anyio.to_thread.run_sync(main, argv)
+def stored_position(checkpoints: Path, partition: str) -> int:
+    """The replay's position in its latest checkpoint, read from the store's file."""
+    with sqlite3.connect(checkpoints) as db:
+        query = "SELECT snapshot FROM riprap_checkpoints WHERE pipeline = 'orders.replay'"
+        (data,) = db.execute(query).fetchone()
+    return decode(data, where=str(checkpoints), pipeline="orders.replay").positions[partition]
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
-async def test_letters_purged_before_the_position_stop_the_replay_which_names_where_to_resume(
-    tmp_path: Path, kind: Kind, capsys: pytest.CaptureFixture[str]
+async def test_a_replay_after_a_purge_resumes_after_the_letter_it_sent_last(
+    tmp_path: Path, kind: Kind, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Replay all, purge the older ten, three new letters: no silent skip, resume after 5."""
+    """Replay all fifteen, purge the older ten, three new: exactly the three are sent."""
     path, checkpoints = tmp_path / f"dlq.{kind}", tmp_path / "checkpoints.db"
     await store(path, kind, range(10), T0)
     await store(path, kind, range(10, 15), T0 + 100)
     assert list(range(15)) == await replay(path, checkpoints)
     assert 10 == purge_dead_letters(path, before=T0 + 50)
     await store(path, kind, range(100, 103), T0 + 200)
-    partition = f"dlq:{path}"
-    for _ in range(2):  # the failed run keeps what the next one checks
-        with pytest.raises(CheckpointError) as caught:
-            await replay(path, checkpoints)
-        assert f"{partition} stopped at 15, right after letter" in str(caught.value)
-        assert "which is now at 5" in str(caught.value)
-        assert f"--pipeline orders.replay '{partition}=5'" in str(caught.value)
-    await set_position(checkpoints, f"{partition}=5")
-    capsys.readouterr()
-    assert [100, 101, 102] == await replay(path, checkpoints)
+    with caplog.at_level(logging.WARNING, logger="riprap.dlq"):
+        assert [100, 101, 102] == await replay(path, checkpoints)
+    assert "resumes after the letter it sent last, now at 5" in caplog.text
+    await store(path, kind, range(103, 105), T0 + 300)
+    assert [103, 104] == await replay(path, checkpoints)
     assert [] == await replay(path, checkpoints)
+    assert 15 + 5 == stored_position(checkpoints, f"dlq:{path}")  # positions only grow
 
 
-async def test_every_letter_sent_purged_means_resume_from_the_start(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+async def test_every_letter_sent_purged_means_from_the_first_letter_stored(
+    tmp_path: Path,
 ) -> None:
-    """Replay all, purge all, new letters: the letter sent last is gone, so from 0."""
+    """Replay all, purge all, new letters: the letter sent last is gone, so every one now."""
     path, checkpoints = tmp_path / "dlq.jsonl", tmp_path / "checkpoints.db"
     await store(path, "jsonl", range(8), T0)
     assert list(range(8)) == await replay(path, checkpoints)
     assert 8 == purge_dead_letters(path, before=T0 + 50)
     await store(path, "jsonl", range(100, 104), T0 + 200)
-    with pytest.raises(CheckpointError, match="which is no longer stored") as caught:
-        await replay(path, checkpoints)
-    assert f"'dlq:{path}=0'" in str(caught.value)
-    await set_position(checkpoints, f"dlq:{path}=0")
-    capsys.readouterr()
     assert [100, 101, 102, 103] == await replay(path, checkpoints)
+    assert [] == await replay(path, checkpoints)
 
 
 async def test_letters_appended_since_are_replayed_without_a_word(tmp_path: Path) -> None:
@@ -108,18 +103,15 @@ async def test_letters_appended_since_are_replayed_without_a_word(tmp_path: Path
     assert [6, 7, 8] == await replay(path, checkpoints)
 
 
-async def test_a_filtered_replays_position_is_checked_by_the_next_replay(tmp_path: Path) -> None:
-    """Another filter's position, which says what was sent, is checked too."""
+async def test_a_filtered_replays_position_follows_its_letter_too(tmp_path: Path) -> None:
+    """Another filter's position says what was sent: after a purge it still does."""
     path, checkpoints = tmp_path / "dlq.jsonl", tmp_path / "checkpoints.db"
     await store(path, "jsonl", range(4), T0, stage="enrich")
     await store(path, "jsonl", range(4, 8), T0 + 100, stage="parse")
     assert [4, 5, 6, 7] == await replay(path, checkpoints, DeadLetterFilter(stage="parse"))
     assert 4 == purge_dead_letters(path, before=T0 + 50)
     await store(path, "jsonl", range(100, 102), T0 + 200, stage="parse")
-    with pytest.raises(CheckpointError) as caught:
-        await replay(path, checkpoints)
-    assert f"dlq:{path}?stage=parse stopped at 8" in str(caught.value)
-    assert "which is now at 4" in str(caught.value)
+    assert [100, 101] == await replay(path, checkpoints)
 
 
 async def test_a_position_inside_a_batch_has_the_letter_before_it(tmp_path: Path) -> None:
@@ -137,9 +129,9 @@ async def test_a_position_inside_a_batch_has_the_letter_before_it(tmp_path: Path
     assert {1: ids[0], 3: ids[2], 5: ids[4]} == at
 
 
-async def test_a_rotation_that_deleted_the_oldest_file_stops_the_replay(tmp_path: Path) -> None:
+async def test_a_rotation_that_deleted_the_oldest_file_skips_no_letter(tmp_path: Path) -> None:
     """With retention="delete_oldest", rotating past the backups drops letters the replay
-    counted: the next replay stops, where it would have skipped as many new letters."""
+    counted: the next replay still sends every letter stored after the ones it sent."""
     path, checkpoints = tmp_path / "dlq.jsonl", tmp_path / "checkpoints.db"
     letters = JsonLinesDeadLetters(path, max_bytes=8_192, backups=1, retention="delete_oldest")
     await letters.open()
@@ -148,6 +140,30 @@ async def test_a_rotation_that_deleted_the_oldest_file_stops_the_replay(tmp_path
         if first == 8:
             sent = await replay(path, checkpoints)
     await letters.aclose()
-    assert list(range(12)) == sent
-    with pytest.raises(CheckpointError, match="which is no longer stored"):
-        await replay(path, checkpoints)
+    stored = [letter.original_value() for letter in read_dead_letters(path)]
+    assert (list(range(12)), True) == (sent, stored[0] > 12)  # the letters sent are gone
+    assert [value for value in stored if value >= 12] == await replay(path, checkpoints)
+
+
+async def test_after_a_purge_offsets_go_on_from_where_the_replay_stopped(tmp_path: Path) -> None:
+    """Six letters purged before position 10: the new letters come at 10, 11... and each
+    position inside the batch still has the letter before it."""
+    path = tmp_path / "dlq.jsonl"
+    await store(path, "jsonl", range(6), T0)
+    await store(path, "jsonl", range(6, 10), T0 + 100)
+    assert 6 == purge_dead_letters(path, before=T0 + 50)
+    await store(path, "jsonl", range(100, 103), T0 + 200)
+    source = DeadLetterSource(path)
+    ids = {i: make_letter(i, value=i, at=T0).id for i in [9, 100, 101, 102]}
+    context = riprap.SourceContext(
+        pipeline="orders.replay",
+        positions={source.partition: 10},
+        identities={source.partition: ids[9]},
+    )
+    await source.open(context)
+    batch = await source.read(10)
+    await source.aclose()
+    assert batch is not None
+    assert ([100, 101, 102], [10, 11, 12], 13) == (batch.values, batch.offsets, batch.end)
+    at = {p: source.identities({source.partition: p}).get(source.partition) for p in (11, 12, 13)}
+    assert {11: ids[100], 12: ids[101], 13: ids[102]} == at
