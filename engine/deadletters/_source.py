@@ -198,8 +198,8 @@ class DeadLetterSource:
     def identities(self, positions: Mapping[str, int]) -> Mapping[str, str]:
         """The id of the last letter read before this replay's position, and the other replays'.
 
-        Saved with the positions: a later run checks that each still follows
-        that letter (see the module docstring).
+        Saved with the positions: a later run finds each letter where it is
+        then and resumes right after it (see the module docstring).
         """
         position = positions.get(self.partition)
         anchors = self._anchors
@@ -420,7 +420,8 @@ def _find_letters(path: str, ids: set[str]) -> dict[str, int]:
     Letters no longer stored are left out. Reads until every one is found.
     """
     found: dict[str, int] = {}
-    reader = scan_store(path, LetterIds())
+    seen = LetterIds()
+    reader = scan_store(path, seen)
     try:
         for index, (letter, first) in enumerate(reader):
             if first and letter.id in ids and letter.id not in found:
@@ -429,6 +430,7 @@ def _find_letters(path: str, ids: set[str]) -> dict[str, int]:
                     break
     finally:
         reader.close()
+        seen.close()
     return found
 
 
