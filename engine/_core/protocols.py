@@ -66,7 +66,8 @@ class SourceContext:
         identities: What the source's ``identities()`` said, per partition, in
             the checkpoint the run resumes from (empty without one): a source
             resuming a partition checks that its position still counts in
-            the same thing (a file not replaced under its name).
+            the same thing (a file not replaced under its name), or finds
+            where it now is (the letter a replay sent last).
     """
 
     pipeline: str
@@ -98,8 +99,9 @@ class Source(Protocol):
     counts in at the ``positions`` being checkpointed (a file's fingerprint, the
     letter a replay sent last): it is saved with them (by backends that keep
     state) and handed back in ``SourceContext.identities``, so the source can
-    refuse to resume in something else. It is called at every checkpoint, with
-    no await around it: keep it cheap, and never change what it returned.
+    refuse to resume in something else, or find where it stopped. It is called
+    at every checkpoint, with no await around it: keep it cheap, and never
+    change what it returned.
     """
 
     name: str

@@ -94,8 +94,9 @@ class Checkpoint:
         notes: What operators did to this checkpoint (``riprap checkpoint reset``
             or ``set``): who, when, what; the latest 20 are kept.
         identities: Per source partition, what its position counts in (a
-            file's fingerprint), as the source's ``identities()`` gave it: the
-            next run's source refuses to resume in something else.
+            file's fingerprint, the letter a replay sent last), as the
+            source's ``identities()`` gave it: the next run's source checks
+            it (a file source refuses another file under the same name).
     """
 
     pipeline: str
