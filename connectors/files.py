@@ -57,6 +57,7 @@ import glob
 import hashlib
 import io
 import os
+import stat
 import sys
 import zlib
 from collections import deque
@@ -518,7 +519,13 @@ class _FileSource:
         )
 
     def _check_head(self, position: int) -> None:
-        """Refuse to resume in a file whose head is not the one noted; note a new one's."""
+        """Refuse to resume in a file whose head is not the one noted; note a new one's.
+
+        Only a regular file has a head to read twice: a named pipe (or a
+        device) would lose what this read took, so it is not checked.
+        """
+        if not stat.S_ISREG(os.stat(self._path).st_mode):
+            return
         known = self._heads.get(self._name)
         with open(self._path, "rb") as file:
             if position > 0 and known is not None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -10,6 +14,7 @@ import orjson
 import pytest
 
 import riprap
+import riprap.checkpoints
 from riprap.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -239,3 +244,41 @@ async def test_a_run_that_fails_before_reading_keeps_what_it_resumed_from(
     export(path, 2, 300)
     with pytest.raises(CheckpointError, match="was it replaced"):
         await ids_read(JsonLinesSource(path), store)
+
+
+def feed_fifo(path: Path, lines: list[bytes], deadline: float) -> None:
+    """Open the named pipe ``path`` for writing once a reader has it, and write ``lines``."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader opens it
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "wb") as pipe:
+        pipe.writelines(lines)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+async def test_a_named_pipe_is_read_whole_and_not_checked(tmp_path: Path) -> None:
+    """A pipe's head cannot be read twice: every line comes through, none taken for a digest."""
+    path = tmp_path / "orders.jsonl"
+    os.mkfifo(path)
+    lines = [orjson.dumps({"id": i}) + b"\n" for i in range(1_000)]
+    writer = threading.Thread(
+        target=feed_fifo, args=(path, lines, time.monotonic() + 10), daemon=True
+    )
+    writer.start()
+    sink = MemorySink()
+    pipeline = (
+        riprap.Pipeline("pipe", checkpoint=riprap.checkpoints.MemoryCheckpoints())
+        .source(JsonLinesSource(path))
+        .map("parse", orjson.loads)
+        .sink(sink)
+    )
+    with anyio.fail_after(10):
+        await pipeline.run()
+    writer.join(timeout=10)
+    assert list(range(1_000)) == [value["id"] for value in sink.values]
