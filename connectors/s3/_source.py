@@ -8,8 +8,8 @@ Positions
     record ends at :data:`OBJECT_COMPLETE` instead of the line count: the
     checkpoint then says "done" without anyone having to count the object's
     lines again, and a restart skips the object without downloading it.
-    The checkpoint also keeps each object's ETag from when it was first read
-    (:meth:`S3Source.identities`): an object written over since stops the
+    The checkpoint also keeps a digest of each object's ETag from when it was
+    first read (:meth:`S3Source.identities`): an object written over since stops the
     next run with a :class:`~riprap.checkpoints.CheckpointError` naming it,
     where resuming would skip lines of the new one, or all of it.
 
@@ -353,7 +353,7 @@ class S3Source:
         return {current.partition: len(current.values) - current.index}
 
     def identities(self, positions: Mapping[str, int] | None = None) -> Mapping[str, str]:
-        """Per object (partition), the ETag it had when it was first read from its start.
+        """Per object (partition), a digest of its ETag when it was first read from its start.
 
         Saved with the positions: a later run refuses an object whose listed
         ETag differs (it was written over), instead of resuming in it or

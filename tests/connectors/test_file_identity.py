@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -282,3 +285,43 @@ async def test_a_named_pipe_is_read_whole_and_not_checked(tmp_path: Path) -> Non
         await pipeline.run()
     writer.join(timeout=10)
     assert list(range(1_000)) == [value["id"] for value in sink.values]
+
+
+KILLED_AT_START = """
+import os, signal, sys
+import riprap
+from riprap.checkpoints import SqliteCheckpoints
+from riprap.connectors.files import JsonLinesSource
+
+
+class KilledOnOpen:
+    name, idempotent = "killed", True
+
+    async def open(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would, right after the start
+
+    async def write(self, batch): ...
+    async def flush(self): ...
+    async def aclose(self): ...
+
+
+pipeline = (
+    riprap.Pipeline("exports", checkpoint=SqliteCheckpoints(sys.argv[2]))
+    .source(JsonLinesSource(sys.argv[1]))
+    .sink(KilledOnOpen())
+)
+riprap.run(pipeline, handle_signals=False)
+"""
+
+
+def test_a_run_killed_right_after_its_start_keeps_what_it_resumed_from(tmp_path: Path) -> None:
+    """SIGKILL after the checkpoint that marks a start: the replaced file is still refused."""
+    path, store = tmp_path / "orders.jsonl", tmp_path / "checkpoints.db"
+    export(path, 1, 100)
+    anyio.run(ids_read, JsonLinesSource(path), store)
+    args = [sys.executable, "-c", KILLED_AT_START, str(path), str(store)]
+    killed = subprocess.run(args, cwd=tmp_path, capture_output=True, timeout=60, check=False)
+    assert -signal.SIGKILL == killed.returncode, killed.stderr.decode()[-2000:]
+    export(path, 2, 300)
+    with pytest.raises(CheckpointError, match="was it replaced"):
+        anyio.run(ids_read, JsonLinesSource(path), store)
