@@ -194,6 +194,8 @@ WHITE_BOX: dict[str, frozenset[str]] = {
     "tests/engine/test_fuse.py": frozenset({"riprap._runtime.fuse", "riprap._core.records"}),
     # Which batches a run after a crash watches (the runtime builds the watch).
     "tests/engine/test_crash_guard.py": frozenset({"riprap.checkpoints._guard"}),
+    # Canonical JSON in pieces, with its slice sizes shrunk.
+    "tests/checkpoints/test_canonical.py": frozenset({"riprap.checkpoints._canonical"}),
     # The origins other than SourceOrigin, which only the runtime builds.
     "tests/engine/test_records.py": frozenset({"riprap._core.records"}),
     # Observers fed a hand-built snapshot: stall detector, readiness, alert evaluator,

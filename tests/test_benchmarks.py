@@ -20,6 +20,7 @@ import pytest
 import riprap
 from benchmarks import (
     bench_checkpoint_lag,
+    bench_checkpoint_size,
     bench_memory,
     bench_metrics,
     bench_policies,
@@ -365,3 +366,16 @@ def test_a_terminated_suite_stops_the_broker_it_started(tmp_path: Path) -> None:
     finally:
         suite_run.kill()
         suite_run.wait(timeout=10)
+
+
+def test_checkpoint_size_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The snapshot benchmark encodes and decodes a small snapshot and prints both operations."""
+    bench_checkpoint_size.main(["--partitions", "300", "--repeat", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("300 partitions")
+    assert [line[:20].strip() for line in lines[2:]] == [
+        "encode, one call",
+        "encode, riprap",
+        "decode, one call",
+        "decode, riprap",
+    ]

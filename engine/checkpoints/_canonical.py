@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 import orjson
 
@@ -59,10 +59,10 @@ def plain(value: object) -> object:
     Raises:
         TypeError: ``value`` is not JSON-serialisable.
     """
+    if isinstance(value, DeferredState):  # first: a deferred state may well be a dataclass
+        return value.materialize()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, DeferredState):
-        return value.materialize()
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
@@ -88,9 +88,22 @@ def sha256_of(parts: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
+_STR = frozenset({str})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+"""Types of the values most of a snapshot is made of (positions, identities, counts)."""
+_NATIVE = _SCALARS | {dict, list, tuple}
+"""Types that are never a :class:`DeferredState`: checked first, as a protocol check is slow."""
+
+
+def _deferred(value: object) -> TypeGuard[DeferredState]:
+    """Whether ``value`` is a :class:`DeferredState` (about 10 us for a protocol check, 50 ns here
+    for the plain values a snapshot is made of: 100,000 positions are checked twice a save)."""
+    return type(value) not in _NATIVE and isinstance(value, DeferredState)
+
+
 def _big(value: object) -> bool:
     """Whether ``value`` is worth encoding piece by piece rather than inside its container."""
-    if isinstance(value, DeferredState):
+    if _deferred(value):
         return True
     return _container(value) and len(value) > _SMALL  # type: ignore[arg-type]
 
@@ -101,7 +114,7 @@ def _container(value: object) -> bool:
 
 
 def _encode(value: object, parts: list[bytes]) -> None:
-    if isinstance(value, DeferredState):
+    if _deferred(value):
         value = value.materialize()
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = plain(value)
@@ -114,21 +127,24 @@ def _encode(value: object, parts: list[bytes]) -> None:
 
 
 def _encode_dict(value: dict[Any, Any], parts: list[bytes]) -> None:
-    if not all(type(key) is str for key in value):
+    if not _STR.issuperset(map(type, value)):
         raise TypeError("Dict key must be str")  # orjson's message for such a mapping
     keys = sorted(value)
     separator = b"{"
     for start in range(0, len(keys), SLICE):
         chunk = keys[start : start + SLICE]
+        values = [value[key] for key in chunk]
         # A small mapping is walked key by key: it may hold a large deferred state.
-        if len(keys) <= _SMALL or any(_big(value[key]) for key in chunk):
+        if len(keys) <= _SMALL or (
+            not _SCALARS.issuperset(map(type, values)) and any(_big(v) for v in values)
+        ):
             for key in chunk:
                 parts.append(separator + orjson.dumps(key) + b":")
                 _encode(value[key], parts)
                 separator = b","
         else:
             encoded = orjson.dumps(
-                {key: value[key] for key in chunk}, default=plain, option=_OPTION
+                dict(zip(chunk, values, strict=True)), default=plain, option=_OPTION
             )
             parts.append(separator + encoded[1:-1])
             separator = b","
