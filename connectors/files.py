@@ -15,9 +15,14 @@ Sources
     counted in: a file replaced under its name stops the run with a
     :class:`~riprap.checkpoints.CheckpointError` instead (appending keeps the
     head). File I/O runs in a worker thread, one hop per batch. Files are read
-    as they are: the sources do not follow appends, so a last line without a
-    newline is taken as a complete record because it ends the file; do not
-    point a source at a file still being written. A line
+    as they are: the sources do not follow appends within a run, and a file
+    that grows between runs resumes. A last line without a line break is read
+    as a complete record because it ends the file, and its length is saved
+    with the position: if the next run finds it longer, it was still being
+    written and the record read was cut, so that run stops with a
+    :class:`~riprap.checkpoints.CheckpointError` naming the line instead of
+    going on after it. ``unterminated_last_line="wait"`` leaves such a line
+    for a later run instead (a file another program appends to). A line
     is held up to ``max_line_bytes`` (16 MiB by default) and no further: a
     longer one is a record of its first 1,024 bytes with a
     :class:`~riprap.DecodeError` (reason ``line_too_long``). Under
@@ -56,6 +61,7 @@ import errno
 import glob
 import hashlib
 import io
+import logging
 import os
 import stat
 import sys
@@ -111,6 +117,8 @@ _KEPT = 1024
 _HEAD = 4096
 """Bytes at the start of a file whose digest tells it from another under its name."""
 
+_log = logging.getLogger("riprap.connectors.files")
+
 
 @final
 class _Overlong:
@@ -127,6 +135,21 @@ class _Overlong:
         return len(self.kept)
 
 
+@final
+class _Tail:
+    """What a line reader found at the end of its file: a last line without a line break.
+
+    ``length`` is its bytes (0: the file ends with a line break); with ``hold``
+    such a line is not handed over (it may still be being written).
+    """
+
+    __slots__ = ("hold", "length")
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.hold = hold
+        self.length = 0
+
+
 def _prefix_of(piece: list[bytes | _Overlong], room: int) -> int:
     """How many lines of ``piece`` first hold ``room`` bytes or more (all of them if never)."""
     held = 0
@@ -140,11 +163,12 @@ def _prefix_of(piece: list[bytes | _Overlong], room: int) -> int:
 # -- lines --------------------------------------------------------------------------
 
 
-def _lines(file: IO[bytes], limit: int) -> Iterator[bytes | _Overlong]:
+def _lines(file: IO[bytes], limit: int, tail: _Tail) -> Iterator[bytes | _Overlong]:
     """The lines of a binary file, each ending at LF, CRLF or a lone CR (endings kept).
 
     A line longer than ``limit`` bytes (its ending aside) is held only up to
-    the limit and comes as an :class:`_Overlong`.
+    the limit and comes as an :class:`_Overlong`. A last line without a line
+    break is noted in ``tail`` (and held back if it says so).
     """
     read = file.read
     size = min(_CHUNK, limit)
@@ -160,9 +184,12 @@ def _lines(file: IO[bytes], limit: int) -> Iterator[bytes | _Overlong]:
                 continue
         lines = chunk.splitlines(keepends=True)
         if not lines[-1].endswith((b"\n", b"\r")):
-            tail = lines.pop()
-            parts, held = [tail], len(tail)
+            unfinished = lines.pop()
+            parts, held = [unfinished], len(unfinished)
         yield from lines
+    tail.length = held
+    if tail.hold:
+        return
     if held > limit:
         yield _Overlong(b"".join(parts)[:_KEPT], held)
     elif parts:
@@ -219,6 +246,21 @@ def _fingerprint(head: bytes) -> str:
     return f"{len(head)}:{hashlib.blake2b(head, digest_size=8).hexdigest()}"
 
 
+def _split_tails(
+    saved: Mapping[str, str], positions: Mapping[str, int]
+) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """Saved identities as heads' digests and, where one is noted (``"<head>+<bytes>"``), the
+    bytes of a last line read without a line break, at the position saved after it."""
+    heads: dict[str, str] = {}
+    tails: dict[str, tuple[int, int]] = {}
+    for name, identity in saved.items():
+        head, plus, length = identity.partition("+")
+        heads[name] = head
+        if plus and length.isdigit() and positions.get(name, 0) > 0:
+            tails[name] = (positions[name], int(length))
+    return heads, tails
+
+
 def _partition_name(path: str) -> str:
     """The partition name of the file at ``path``: the path, as text any store can hold.
 
@@ -269,8 +311,8 @@ class _LineBlocks:
 
     __slots__ = ("_at", "_block", "_blocks", "capped", "overlong", "taken_bytes")
 
-    def __init__(self, file: IO[bytes], limit: int) -> None:
-        self._blocks = _blocks(file, limit)
+    def __init__(self, file: IO[bytes], limit: int, tail: _Tail) -> None:
+        self._blocks = _blocks(file, limit, tail)
         self._block: list[bytes | _Overlong] = []
         self._at = 0
         self.overlong = 0
@@ -327,12 +369,14 @@ class _LineBlocks:
         return skipped
 
 
-def _blocks(file: IO[bytes], limit: int) -> Iterator[list[bytes | _Overlong]]:
+def _blocks(file: IO[bytes], limit: int, tail: _Tail) -> Iterator[list[bytes | _Overlong]]:
     """Runs of a binary file's lines without their endings (never an empty run).
 
     A line longer than ``limit`` bytes is held only up to the limit and comes
     as an :class:`_Overlong`, alone in its run. A block is never longer than
-    ``limit``, so only a line that spans blocks can be.
+    ``limit``, so only a line that spans blocks can be. A last line without a
+    line break comes alone in the last run, noted in ``tail`` first (and held
+    back if it says so).
     """
     read = file.read
     size = min(_BLOCK, limit)
@@ -348,10 +392,13 @@ def _blocks(file: IO[bytes], limit: int) -> Iterator[list[bytes | _Overlong]]:
                 continue
         lines = chunk.splitlines()
         if not chunk.endswith((b"\n", b"\r")):
-            tail = lines.pop()
-            parts, held = [tail], len(tail)
+            unfinished = lines.pop()
+            parts, held = [unfinished], len(unfinished)
         if lines:
             yield cast("list[bytes | _Overlong]", lines)
+    tail.length = held
+    if tail.hold:
+        return
     if held > limit:
         yield [_Overlong(b"".join(parts)[:_KEPT], held)]
     elif parts:
@@ -382,7 +429,15 @@ class _FileSource:
     hands the same batch over.
     """
 
-    def __init__(self, paths: PathSpec, *, name: str) -> None:
+    def __init__(
+        self, paths: PathSpec, *, name: str, unterminated_last_line: Literal["read", "wait"]
+    ) -> None:
+        if unterminated_last_line not in ("read", "wait"):
+            raise ConfigError(
+                "unterminated_last_line",
+                f"expected 'read' or 'wait', not {unterminated_last_line!r}",
+            )
+        self.unterminated_last_line = unterminated_last_line
         self.name = name
         self._spec = paths
         self._paths: list[str] | None = None
@@ -395,6 +450,10 @@ class _FileSource:
         self._share = (0, 1)  # (worker index, worker count): every file by default
         self._max_batch_bytes: int | None = None  # the pipeline's (SourceContext)
         self._heads = PartitionIdentities()  # per file, the digest of its head
+        self._tail = _Tail()  # the current file's last line, if it has no line break
+        # Per file whose last line was read without a line break: the position after
+        # it and its bytes (saved beside the head's digest while the position is there).
+        self._tails: dict[str, tuple[int, int]] = {}
 
     whole_partitions = True
     """A worker's share is whole files (partitions), each always its own: keyed state splits too."""
@@ -436,19 +495,32 @@ class _FileSource:
             index, count = self._share
             self._paths = [p for p in paths if _worker_of(p, count) == index]
             self._positions = dict(context.positions)
-            self._heads = PartitionIdentities(context.identities)
+            heads, self._tails = _split_tails(context.identities, self._positions)
+            self._heads = PartitionIdentities(heads)
             self._max_batch_bytes = context.max_batch_bytes
             self._index = 0
             self._ready = None
 
     def identities(self, positions: Mapping[str, int] | None = None) -> Mapping[str, str]:
-        """Per file, a digest of its first 4 KiB (at most) when it was first read from its start.
+        """Per file, a digest of its first 4 KiB (at most) when it was first read from its start,
+        and the bytes of its last line when that was read without a line break.
 
         Saved with the positions: a later run refuses to resume a file whose
         head differs (it was replaced under its name), where counting its lines
-        on would skip the new file's first ones. Appending keeps the head.
+        on would skip the new file's first ones (appending keeps the head), or
+        whose last line read then has grown since: it was still being written,
+        and the record read from it was cut.
         """
-        return self._heads.snapshot()
+        heads = self._heads.snapshot()
+        at = {} if positions is None else positions
+        tails = [
+            (name, length)
+            for name, (end, length) in list(self._tails.items())  # noted in a worker thread
+            if at.get(name) == end and name in heads
+        ]
+        if not tails:
+            return heads
+        return {**heads, **{name: f"{heads[name]}+{length}" for name, length in tails}}
 
     async def read(self, max_records: int) -> SourceBatch | None:
         """The next at most ``max_records`` records of the current file, or ``None`` at the end.
@@ -486,13 +558,25 @@ class _FileSource:
                 position = self._positions.get(self._name, 0)
                 try:
                     self._check_head(position)
+                    self._tail = _Tail(hold=self.unterminated_last_line == "wait")
                     self._open_file(position)
                 except BaseException:
                     self._close()
                     raise
             self._ready = self._next_batch(max_records)
+            tail = self._tail
             if self._ready is not None:
+                if tail.length and not tail.hold and self._taken_to_end():  # ends with that line
+                    self._tails[self._name] = (self._ready.end, tail.length)
                 return
+            if tail.length and tail.hold:
+                _log.warning(
+                    "%s: its last line (%d bytes) has no line break yet; it is left for "
+                    "the next run (unterminated_last_line='wait')",
+                    self._name,
+                    tail.length,
+                    extra={"source": self.name, "partition": self._name},
+                )
             self._close()
             self._index += 1
 
@@ -542,11 +626,40 @@ class _FileSource:
             head = file.read(_HEAD)
         self._heads.note(self._name, _fingerprint(head))
 
+    def _check_last_line(self, position: int, length: int, ends_file: bool) -> None:
+        """Refuse to resume after a last line read without a line break that has grown since.
+
+        ``length`` is the bytes of line ``position - 1`` now, ``ends_file``
+        whether it still ends the file without a line break.
+        """
+        name = self._name
+        known = self._tails.get(name)
+        if known is None or known[0] != position:
+            return
+        read = known[1]
+        if length == read:
+            if not ends_file:
+                del self._tails[name]  # it was whole: only its line break came since
+            return
+        raise CheckpointError(
+            f"{name}: line {position} was read before it was complete (it ended the file "
+            f"without a line break, {read:,} bytes) and now holds {length:,} bytes: it was "
+            "still being written, so the record read from it was cut (see where that run "
+            "sent it, likely the dead letters). To read the line again whole, set the "
+            f"partition's position to {position - 1}; to go on after it, to {position} "
+            "(riprap checkpoint set). unterminated_last_line='wait' leaves such a line "
+            "for the next run"
+        )
+
     def _past_end(self, position: int, lines: int) -> CheckpointError:
         return CheckpointError(
             f"{self._name}: the checkpoint resumes at line {position}, but the file has "
             f"only {lines} lines; was it truncated or replaced?"
         )
+
+    def _taken_to_end(self) -> bool:
+        """Whether every line read from the current file is in a batch (none held back)."""
+        return True
 
     def _is_open(self) -> bool:
         raise NotImplementedError
@@ -576,6 +689,13 @@ class JsonLinesSource(_FileSource):
             longer one is never held whole: its first 1,024 bytes are handed
             over with a ``DecodeError`` (reason ``line_too_long``) naming its
             length, which the engine dead-letters, and the next line is read.
+        unterminated_last_line: A last line without a line break: ``"read"``
+            (the default) reads it as a record, since it ends the file (many
+            exports leave out the last line break), and stops the next run
+            with a :class:`~riprap.checkpoints.CheckpointError` if it has grown
+            since (it was still being written: the record read was cut);
+            ``"wait"`` leaves it for a later run, once its line break is there
+            (a file that another program appends to), with a warning.
 
     Values are the bytes of each line without its line ending (LF, CRLF or a
     lone CR) and, on the first line, without a UTF-8 byte order mark. A line
@@ -594,11 +714,12 @@ class JsonLinesSource(_FileSource):
         name: str = "jsonl",
         decode: bool | Literal["json"] = False,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        unterminated_last_line: Literal["read", "wait"] = "read",
     ) -> None:
         if decode not in (False, True, "json"):
             raise ConfigError("decode", f"expected True, False or 'json', not {decode!r}")
         self.max_line_bytes = _checked_line_limit(max_line_bytes)
-        super().__init__(paths, name=name)
+        super().__init__(paths, name=name, unterminated_last_line=unterminated_last_line)
         self.decode = bool(decode)
         self._file: IO[bytes] | None = None
         self._lines: _LineBlocks | None = None
@@ -609,10 +730,23 @@ class JsonLinesSource(_FileSource):
 
     def _open_file(self, position: int) -> None:
         self._file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
-        self._lines = _LineBlocks(self._file, self.max_line_bytes)
-        self._line = self._lines.skip(position)
-        if self._line < position:
+        self._lines = lines = _LineBlocks(self._file, self.max_line_bytes, self._tail)
+        if self._name not in self._tails:
+            self._line = lines.skip(position)
+            if self._line < position:
+                raise self._past_end(position, self._line)
+            return
+        self._line = lines.skip(position - 1)
+        last = lines.take(1) if self._line == position - 1 else []
+        if last:
+            self._line += 1
+            length = last[0].length if type(last[0]) is _Overlong else len(last[0])
+        elif self._tail.length:  # held back (unterminated_last_line="wait")
+            length = self._tail.length
+        else:
             raise self._past_end(position, self._line)
+        self._check_last_line(position, length, ends_file=self._tail.length > 0)
+        self._line = position
 
     def _next_batch(self, max_records: int) -> SourceBatch | None:
         lines = self._lines
@@ -782,6 +916,11 @@ class _RowLines:
         self.too_long = False
         return self.consumed
 
+    @property
+    def pending(self) -> int:
+        """Lines handed back (:meth:`push_back`) that the reader has not taken again yet."""
+        return len(self._pending)
+
     def push_back(self, lines: list[bytes | _Overlong]) -> None:
         """Hand ``lines`` to the reader again, before any line not read yet."""
         self._pending.extendleft(reversed(lines))
@@ -793,6 +932,14 @@ class _RowLines:
         skipped = _consume(self._lines, count)
         self.consumed += skipped
         return skipped
+
+    def skip_one(self) -> int | None:
+        """Skip the next line; return its bytes without its ending (``None``: there is none)."""
+        line = next(self._lines, None)
+        if line is None:
+            return None
+        self.consumed += 1
+        return line.length if type(line) is _Overlong else len(line.rstrip(b"\r\n"))
 
 
 @final
@@ -838,10 +985,13 @@ class CsvSource(_FileSource):
         encoding: The text encoding of the files; one that writes CR and LF as
             those ASCII bytes (utf-8, latin-1, cp1252..., not utf-16).
         max_line_bytes: The longest line read (at least 1,024 bytes).
+        unterminated_last_line: A last line without a line break: read it
+            (``"read"``, the default) or leave it for a later run (``"wait"``),
+            as for :class:`JsonLinesSource`.
 
     Raises:
-        ConfigError: For an unknown or unsupported encoding, a bad delimiter
-            or line limit.
+        ConfigError: For an unknown or unsupported encoding, a bad delimiter,
+            line limit or ``unterminated_last_line``.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
@@ -856,9 +1006,10 @@ class CsvSource(_FileSource):
         delimiter: str = ",",
         encoding: str = "utf-8",
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        unterminated_last_line: Literal["read", "wait"] = "read",
     ) -> None:
         self.max_line_bytes = _checked_line_limit(max_line_bytes)
-        super().__init__(paths, name=name)
+        super().__init__(paths, name=name, unterminated_last_line=unterminated_last_line)
         self.delimiter = _checked_delimiter("CsvSource", delimiter)
         self.encoding = encoding
         self._codec = _line_codec("CsvSource", encoding)
@@ -874,7 +1025,7 @@ class CsvSource(_FileSource):
     def _open_file(self, position: int) -> None:
         self._file = file = open(self._path, "rb")  # noqa: SIM115 (closed by _close)
         self._rows = rows = _RowLines(
-            _lines(file, self.max_line_bytes),
+            _lines(file, self.max_line_bytes, self._tail),
             self._codec,
             bom=self._codec == "utf-8",
             limit=self.max_line_bytes,
@@ -889,8 +1040,21 @@ class CsvSource(_FileSource):
             rows.skip(sys.maxsize)  # the rest of the file is not read
             return
         skip = position - rows.consumed
-        if skip > 0 and rows.skip(skip) < skip:
+        if skip > 0 and self._name in self._tails:
+            if rows.skip(skip - 1) < skip - 1:
+                raise self._past_end(position, rows.consumed)
+            length = rows.skip_one()
+            if length is None:
+                if not self._tail.length:
+                    raise self._past_end(position, rows.consumed)
+                length = self._tail.length  # held back (unterminated_last_line="wait")
+                rows.consumed += 1
+            self._check_last_line(position, length, ends_file=self._tail.length > 0)
+        elif skip > 0 and rows.skip(skip) < skip:
             raise self._past_end(position, rows.consumed)
+
+    def _taken_to_end(self) -> bool:
+        return self._rows is not None and not self._rows.pending
 
     def _read_header(self) -> tuple[int, str | None]:
         """Read the header (blank lines before it skipped); its line and what is wrong with it."""
