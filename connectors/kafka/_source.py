@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any, Literal, final
@@ -83,6 +84,11 @@ class KafkaSource:
     known to be skipped; ``offset_gaps``: partitions resumed) and the partition
     resumes at its earliest offset. A fetch that falls out of range while the
     run goes on (the pipeline fell behind retention) is treated the same way.
+    A topic recreated with more records than the checkpoint keeps the position
+    inside its offsets: the checkpoint also keeps a fingerprint of the record
+    before each position (:meth:`identities`), and a partition resumed there
+    reads that record again first; another record there is the same kind of
+    gap (``kind="replaced"``).
 
     Rebalances: a revoked partition's buffered records are dropped and never
     handed out; records of it already in flight get ``drain_timeout`` to
@@ -266,6 +272,13 @@ class KafkaSource:
         """Assigned partitions not yet positioned (paused until they are)."""
         self._unconfirmed: dict[Any, tuple[int, int, int]] = {}
         """Positions past the listed latest offset: ``(offset, earliest, latest)``, see _confirm."""
+        self._marks: dict[str, dict[int, str]] = {}
+        """Per partition: for each batch end handed out, the fingerprint of the record before."""
+        self._resumed: dict[str, tuple[int, str]] = {}
+        """Per partition: the checkpointed position and the fingerprint saved with it."""
+        self._unverified: dict[Any, tuple[int, str, int, int]] = {}
+        """Resumed partitions whose record before the position is still to be checked:
+        ``(position, fingerprint, earliest, latest)``, see _verify."""
         self._leases: dict[Any, Assignment] = {}
         """Each assigned partition's current assignment, carried by its batches."""
         self._fresh: set[Any] = set()
@@ -285,6 +298,13 @@ class KafkaSource:
         self._max_batch_bytes = context.max_batch_bytes
         self._positions = {p: v for p, v in context.positions.items() if self.owns(p)}
         self._next = dict(self._positions)
+        self._resumed = {
+            name: (self._positions[name], identity)
+            for name, identity in context.identities.items()
+            if name in self._positions
+        }
+        self._marks = {}
+        self._unverified = {}
         consumer = AIOKafkaConsumer(**self._config)
         listener = _Listener(self)
         if self._manual:
@@ -395,6 +415,8 @@ class KafkaSource:
                     continue
                 if self._unconfirmed:
                     fetched = await self._confirm(fetched)
+                if self._unverified:
+                    fetched = await self._verify(fetched)
                 if self._bounds.bounded:
                     self._bounds.confirm(consumer.highwater)
                 self._add(fetched)
@@ -503,7 +525,11 @@ class KafkaSource:
             self._consumer.resume(tp)
         self._buffered -= len(records)
         name = partition_name(tp.topic, tp.partition)
-        self._next[name] = records[-1].offset + 1
+        end = self._next[name] = records[-1].offset + 1
+        marks = self._marks.setdefault(name, {})
+        marks[end] = fingerprint(records[-1])
+        if len(marks) > _MARKS:
+            del marks[next(iter(marks))]
         values = [r.value for r in records]
         errors = None
         if self.decode is not None:
@@ -567,7 +593,12 @@ class KafkaSource:
         offsets: dict[Any, int] = {}
         for tp in consumer.assignment():
             offset = positions.get(partition_name(tp.topic, tp.partition))
-            if offset is None or tp in self._unpositioned or tp in self._unconfirmed:
+            if (
+                offset is None
+                or tp in self._unpositioned
+                or tp in self._unconfirmed
+                or tp in self._unverified
+            ):
                 continue
             known = self._committed.get(tp)
             if offset < self._floor.get(tp, 0) or (known is not None and offset <= known):
@@ -590,6 +621,32 @@ class KafkaSource:
         for tp, offset in offsets.items():
             if tp in self._floor:  # not revoked while the commit was in flight
                 self._committed[tp] = offset
+
+    def identities(self, positions: Mapping[str, int] | None = None) -> Mapping[str, str]:
+        """Per partition, a fingerprint of the record before its position (timestamp and digest).
+
+        Saved with the positions: a later run that resumes there reads that
+        record again first, and a different one means the topic was recreated
+        and refilled past the checkpoint (:class:`OffsetGapError`, ``kind``
+        ``"replaced"``), which offsets alone cannot tell.
+        """
+        if positions is None:
+            return {}
+        found: dict[str, str] = {}
+        for name, position in positions.items():
+            marks = self._marks.get(name)
+            identity = None
+            if marks:
+                identity = marks.get(position)
+                while marks and next(iter(marks)) < position:  # passed by a checkpoint
+                    del marks[next(iter(marks))]
+            if identity is None:
+                resumed = self._resumed.get(name)
+                if resumed is not None and resumed[0] == position:
+                    identity = resumed[1]
+            if identity is not None:
+                found[name] = identity
+        return found
 
     def lag(self) -> dict[str, int]:
         """Records behind the end of each assigned partition (from the last fetch)."""
@@ -660,8 +717,15 @@ class KafkaSource:
         lease = self._leases.pop(tp, None)
         if lease is not None:  # records of it still in flight are the next owner's
             lease.revoked = True
-        for per_tp in (self._committed, self._floor, self._fetch_next, self._unconfirmed):
+        for per_tp in (
+            self._committed,
+            self._floor,
+            self._fetch_next,
+            self._unconfirmed,
+            self._unverified,
+        ):
             per_tp.pop(tp, None)
+        self._marks.pop(name, None)
         self._unpositioned.discard(tp)
         self._fresh.discard(tp)
         self._bounds.forget(tp)
@@ -793,6 +857,12 @@ class KafkaSource:
                     local,
                 )
             kind = offset_gap(start, earliest, latest)
+            if kind is None and self._to_verify(tp, name, start, earliest, latest):
+                self._floor[tp] = start
+                self._fetch_next[tp] = start - 1
+                self._next[name] = start
+                consumer.seek(tp, start - 1)
+                return
             if kind == "retention":
                 start = await self._gap(tp, start, earliest, max(latest, earliest), kind)
             elif kind == "beyond":
@@ -823,11 +893,45 @@ class KafkaSource:
             if offset > highwater:
                 await self._gap(tp, offset, earliest, max(latest, highwater), "beyond")
                 moved.add(tp)
-            # else the listed latest offset was behind (the start of the last batch)
+            else:  # the listed latest offset was behind (the start of the last batch)
+                name = partition_name(tp.topic, tp.partition)
+                self._to_verify(tp, name, offset, earliest, max(latest, highwater))
             self._unconfirmed.pop(tp, None)
         if not moved:
             return fetched
         return {tp: records for tp, records in fetched.items() if tp not in moved}
+
+    def _to_verify(self, tp: Any, name: str, start: int, earliest: int, latest: int) -> bool:
+        """Whether ``tp`` resumes at its checkpointed position with a fingerprint of the record
+        before it; if so, that record is checked when it is fetched (see :meth:`_verify`)."""
+        resumed = self._resumed.get(name)
+        if resumed is None or start != resumed[0] or start != self._positions.get(name):
+            return False  # no fingerprint, or another start (the group's offset is ahead)
+        if start <= earliest:
+            return False  # nothing before it left to compare
+        self._unverified[tp] = (start, resumed[1], earliest, latest)
+        return True
+
+    async def _verify(self, fetched: Mapping[Any, list[Any]]) -> Mapping[Any, list[Any]]:
+        """Check the record before each resumed position against the fingerprint saved with it.
+
+        Returns ``fetched`` without that record, and without the records of a
+        partition moved to its earliest offset (a skipped gap). A record gone
+        since (compacted away) cannot be checked, and the partition goes on.
+        """
+        checked = dict(fetched)
+        for tp, (position, identity, earliest, latest) in list(self._unverified.items()):
+            records = checked.get(tp)
+            before = next((r for r in records or () if r.offset >= position - 1), None)
+            if before is None:
+                continue  # not fetched yet
+            del self._unverified[tp]
+            if before.offset == position - 1 and fingerprint(before) != identity:
+                await self._gap(tp, position, earliest, latest, "replaced")
+                del checked[tp]
+                continue
+            self._fetch_next[tp] = position  # _add leaves out the record before
+        return checked
 
     async def _out_of_range(self, exc: OffsetOutOfRangeError) -> None:
         """A fetch fell outside the broker's offsets while running: a gap, or a retry."""
@@ -873,7 +977,7 @@ class KafkaSource:
         )
         self._count("offset_gaps", 1)
         self._count("gap_records", skipped)
-        if kind == "beyond" and self._context is not None:
+        if kind in ("beyond", "replaced") and self._context is not None:
             # Offsets start again below what the engine tracks for this partition:
             # let it forget the partition (after its records in flight) first, and
             # commit nothing of it meanwhile (those offsets belong to the old topic).
@@ -882,8 +986,9 @@ class KafkaSource:
                 await self._context.drain([name], self.drain_timeout)
             finally:
                 self._unconfirmed.pop(tp, None)
-        if kind == "beyond":
+        if kind in ("beyond", "replaced"):
             self._committed.pop(tp, None)  # the group's offset belongs to the old topic
+        self._marks.pop(name, None)
         self._positions.pop(name, None)
         self._floor[tp] = self._fetch_next[tp] = self._next[name] = earliest
         self._consumer.seek(tp, earliest)
@@ -893,6 +998,22 @@ class KafkaSource:
         if self._consumer is None:
             raise RuntimeError(f"source {self.name!r} is not open")
         return self._consumer
+
+
+_MARKS = 4_096
+"""Batch ends a partition keeps fingerprints for until a checkpoint passes them (the oldest go)."""
+
+
+def fingerprint(record: Any) -> str:
+    """A record's timestamp and a 64-bit digest of its key and value (``"<ms>:<16 hex>"``)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (record.key, record.value):
+        if part is None:
+            digest.update(b"\xff" * 8)
+        else:
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+    return f"{record.timestamp}:{digest.hexdigest()}"
 
 
 async def _getmany(consumer: Any, *, timeout_ms: int, max_records: int) -> Mapping[Any, Any]:

@@ -265,3 +265,99 @@ async def test_falling_behind_retention_while_running_is_a_gap_not_a_silent_rese
         {"offset_gaps": 1, "gap_records": 70 - position},
     )
     assert expected == (first, rest, counted)
+
+
+def stored(database: Path, pipeline: str = "gaps") -> riprap.checkpoints.Checkpoint:
+    """The pipeline's latest checkpoint, read from the SQLite store."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        (data,) = db.execute(
+            "SELECT snapshot FROM riprap_checkpoints WHERE pipeline = ?", (pipeline,)
+        ).fetchone()
+    return riprap.checkpoints.decode(data, where=str(database), pipeline=pipeline)
+
+
+async def first_run_then_refill(
+    kafka: KafkaHelper, tmp_path: Path, *, last_apart: bool = False
+) -> tuple[str, Path]:
+    """Checkpoint 300 records, then recreate the topic with 500 others: more than were read,
+    so the checkpointed offset lies inside the new topic's offsets.
+
+    The broker lists a partition's latest offset as the start of its last record batch: 0
+    for 500 records produced at once (the position looks past the end until a fetch
+    confirms it), 499 when the last one is produced on its own (inside from the start).
+    """
+    topic = await kafka.create_topic(1)
+    await kafka.produce(topic, orders(300))
+    database = tmp_path / "checkpoints.db"
+    sink = MemorySink()
+    group = f"g-{uuid.uuid4().hex}"
+    await run_until(build(make_source(kafka, topic, group), sink, database), sink, 300)
+    await recreate(kafka, topic)
+    refill: list[Message] = [(b"n%d" % i, orjson.dumps({"id": 1000 + i}), []) for i in range(500)]
+    if last_apart:
+        await kafka.produce(topic, refill[:-1])
+        refill = refill[-1:]
+    await kafka.produce(topic, refill)
+    return topic, database
+
+
+@pytest.mark.parametrize("last_apart", [False, True], ids=["listed-behind", "listed-inside"])
+async def test_a_recreated_topic_holding_more_than_the_checkpoint_stops_the_run(
+    kafka: KafkaHelper, tmp_path: Path, last_apart: bool
+) -> None:
+    """Offsets alone cannot tell: 300 is inside the new 0..500. The record before it is not
+    the one read there, so the run stops before handing out any of the new topic."""
+    topic, database = await first_run_then_refill(kafka, tmp_path, last_apart=last_apart)
+    sink = MemorySink()
+    source = make_source(kafka, topic, f"g-{uuid.uuid4().hex}")
+    with anyio.fail_after(DEADLINE), pytest.raises(OffsetGapError) as caught:
+        await build(source, sink, database).run()
+    assert (caught.value.kind, caught.value.offset, sink.values) == ("replaced", 300, [])
+    assert str(caught.value) == (
+        f"topic {topic!r} partition 0: checkpointed offset 300 follows a record (offset 299) "
+        "that is not the one this pipeline read there (the broker keeps offsets 0..500): the "
+        "topic was probably deleted and recreated, and already holds more records than the "
+        "checkpoint counted; set on_gap='skip' to count the gap and resume at offset 0"
+    )
+    assert {f"{topic}:0": 300} == dict(stored(database).positions)
+
+
+async def test_on_gap_skip_reads_a_refilled_topic_from_its_start(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """With on_gap='skip' the replaced partition is counted and read whole from offset 0."""
+    topic, database = await first_run_then_refill(kafka, tmp_path)
+    sink = MemorySink()
+    source = make_source(kafka, topic, f"g-{uuid.uuid4().hex}", on_gap="skip")
+    report = await run_until(build(source, sink, database), sink, 500)
+    assert ({"offset_gaps": 1}, list(range(1000, 1500)), {f"{topic}:0": 500}) == (
+        dict(report.source_outcomes),
+        sorted(value["id"] for value in sink.values),
+        dict(report.positions),
+    )
+
+
+async def test_a_topic_that_only_grew_resumes_after_the_record_it_checks(
+    kafka: KafkaHelper, tmp_path: Path
+) -> None:
+    """The same topic with 200 more records: the record before the position matches, and
+    exactly the 200 new ones are read (the one read to check is not handed out again)."""
+    topic = await kafka.create_topic(1)
+    await kafka.produce(topic, orders(300))
+    database = tmp_path / "checkpoints.db"
+    group = f"g-{uuid.uuid4().hex}"
+    first = MemorySink()
+    await run_until(build(make_source(kafka, topic, group), first, database), first, 300)
+    identity = stored(database).identities[f"{topic}:0"]
+    assert identity.partition(":")[0].isdigit()
+    assert len(identity.partition(":")[2]) == 16
+    await kafka.produce(topic, orders(200, prefix="m"))
+    second = MemorySink()
+    fresh_group = f"g-{uuid.uuid4().hex}"  # the checkpoint alone says where to resume
+    report = await run_until(
+        build(make_source(kafka, topic, fresh_group), second, database), second, 200
+    )
+    assert (dict(report.positions), len(second.values)) == ({f"{topic}:0": 500}, 200)
+    assert dict(report.source_outcomes) == {}
