@@ -97,7 +97,7 @@ class Policies:
             ``None`` (the default): the attempt runs in the caller's task, is
             cancelled again until it ends, and can never be abandoned. Set a
             grace for dependencies known to swallow cancellation: running each
-            attempt in its own task costs about 4 µs a call, which the default
+            attempt in its own task costs about 3 µs a call, which the default
             does not pay.
 
     Raises:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from riprap.policies import (
@@ -157,3 +160,26 @@ async def test_a_total_timeout_abandons_a_call_that_ignores_it_within_the_grace(
     assert ["cancelled"] == [e.reason for e in events if isinstance(e, CallAbandoned)]
     hostile.release()
     await hostile.ended.wait()
+
+
+async def test_sheltered_calls_on_the_real_clock_return_raise_and_leave_no_task() -> None:
+    """Each attempt in a task of its own, on the system clock: a call that ends at once, one
+    that waits first, one that raises; each sees its caller's context, and none outlives it."""
+    caller = contextvars.ContextVar[str]("caller")
+
+    async def call(i: int) -> str:
+        if i > 0:
+            await anyio.lowlevel.checkpoint()
+        if i == 2:
+            raise ValueError(f"boom from {caller.get()}")
+        return f"{i} for {caller.get()}"
+
+    stack = PolicyStack(Policies(attempt_timeout=30.0, attempt_grace=1.0))
+    wrapped = stack.wrap(call)
+    caller.set("me")
+    before = asyncio.all_tasks()
+    with anyio.fail_after(5):
+        assert ["0 for me", "1 for me"] == [await wrapped(0), await wrapped(1)]
+        with pytest.raises(ValueError, match="boom from me"):
+            await wrapped(2)
+    assert (asyncio.all_tasks(), stack.statistics().abandoned_calls) == (before, 0)
