@@ -989,6 +989,7 @@ class KafkaSource:
         if kind in ("beyond", "replaced"):
             self._committed.pop(tp, None)  # the group's offset belongs to the old topic
         self._marks.pop(name, None)
+        self._resumed.pop(name, None)  # its fingerprint is the old topic's
         self._positions.pop(name, None)
         self._floor[tp] = self._fetch_next[tp] = self._next[name] = earliest
         self._consumer.seek(tp, earliest)
