@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import getpass
 import importlib.util
 import os
@@ -112,6 +113,11 @@ def add_checkpoint_commands(
         type=_assignment,
         metavar="PARTITION=POSITION",
         help="the position to resume the partition from (a non-negative integer)",
+    )
+    set_cmd.add_argument(
+        "--new",
+        action="store_true",
+        help="allow partitions the checkpoint does not hold yet (not read so far)",
     )
 
 
@@ -454,6 +460,8 @@ async def _reset(backend: RepairableBackend, args: argparse.Namespace) -> int:
 async def _set(backend: RepairableBackend, args: argparse.Namespace) -> int:
     pipeline = await _pipeline(backend, args)
     wanted: dict[str, int] = dict(args.positions)
+    if not args.new:
+        _refuse_unknown(backend.location, pipeline, (await backend.status(pipeline)), wanted)
     written, dropped = await set_positions(backend, pipeline, wanted)
     if dropped:
         sys.stderr.write(
@@ -466,6 +474,35 @@ async def _set(backend: RepairableBackend, args: argparse.Namespace) -> int:
         + f"; generation {written.generation}, epoch {written.epoch}\n"
     )
     return EXIT_OK
+
+
+def _refuse_unknown(
+    location: str, pipeline: str, status: CheckpointStatus, wanted: Mapping[str, int]
+) -> None:
+    """Refuse partitions a readable checkpoint does not hold: a typo would set nothing the
+    pipeline reads, and the operator would take the repair for done.
+
+    Raises:
+        ConfigError: Naming each unknown partition, the likeliest one meant, and ``--new``.
+    """
+    if status.checkpoint is None:
+        return  # nothing stored (or nothing readable) to tell a typo from a new partition
+    known = sorted(status.checkpoint.positions)
+    unknown = sorted(p for p in wanted if p not in status.checkpoint.positions)
+    if not unknown:
+        return
+    guesses = []
+    for partition in unknown:
+        close = difflib.get_close_matches(partition, known, n=1)
+        guesses.append(f"{partition!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+    raise ConfigError(
+        "PARTITION",
+        f"{location} (pipeline {pipeline!r}) holds no partition "
+        + ", ".join(guesses)
+        + f"; it holds {shown or 'none'}. To set a partition the pipeline has not read "
+        "yet, add --new",
+    )
 
 
 async def set_positions(

@@ -203,7 +203,7 @@ def test_set_moves_positions_and_keeps_state(
     """``set`` changes the named partitions only, keeps the state and leaves a note."""
     directory = tmp_path / "checkpoints"
     saved(FileCheckpoints(directory), snapshot(1, "a", seq=1))
-    code = main(["checkpoint", "set", str(directory), "orders-0=55", "new=3"])
+    code = main(["checkpoint", "set", str(directory), "orders-0=55", "new=3", "--new"])
     out = capsys.readouterr().out
     resumed = claimed(FileCheckpoints(directory))
     assert resumed is not None
@@ -223,6 +223,28 @@ def test_set_moves_positions_and_keeps_state(
         resumed.generation,
         resumed.notes[-1].partition(": ")[2],
     )
+
+
+def test_set_refuses_a_partition_the_checkpoint_does_not_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo sets nothing the pipeline reads: refused, naming the likeliest partition meant,
+    with the checkpoint unchanged; ``--new`` sets a partition not read yet."""
+    directory = tmp_path / "checkpoints"
+    saved(FileCheckpoints(directory), snapshot(1, "a", seq=1))
+    code = main(["checkpoint", "set", str(directory), "orders-0=55", "order-1=0"])
+    err = capsys.readouterr().err
+    resumed = claimed(FileCheckpoints(directory))
+    assert resumed is not None
+    assert (code, dict(resumed.positions)) == (2, {"orders-0": 10, "orders-1": 7})
+    assert (
+        "holds no partition 'order-1' (did you mean 'orders-1'?); it holds orders-0, "
+        "orders-1. To set a partition the pipeline has not read yet, add --new"
+    ) in " ".join(err.split())
+    assert 0 == main(["checkpoint", "set", str(directory), "order-1=0", "--new"])
+    resumed = claimed(FileCheckpoints(directory))
+    assert resumed is not None
+    assert {"orders-0": 10, "orders-1": 7, "order-1": 0} == dict(resumed.positions)
 
 
 def test_several_pipelines_need_a_choice(
