@@ -20,6 +20,7 @@ marked with its letter id; the replay checkpoints in the SQLite file
 
 from __future__ import annotations
 
+import difflib
 import functools
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from riprap._core.pipeline import Pipeline
     from riprap._core.protocols import Source
     from riprap.cli._console import Console
+    from riprap.deadletters._envelope import DeadLetter
     from riprap.deadletters._stores import DeadLetterSink
     from riprap.observability._report import RunReport
 
@@ -114,6 +116,8 @@ def run_replay(args: argparse.Namespace) -> int:
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
     )
+    if isinstance(args.path, FileLocation):  # a topic would be read whole once more
+        warn_of_unmatched(console, args)
     failed_to = args.failed_to or default_failed_to(args.path)
     if same_store(failed_to, args.path):
         raise ConfigError("--failed-to", f"{failed_to} is the store being replayed")
@@ -171,6 +175,39 @@ def replay_target(args: argparse.Namespace) -> tuple[Pipeline, str | None]:
 
     checkpoint = args.checkpoint or f"{target.topic}.replay-checkpoint.db"
     return topic_replay(target, checkpoint=checkpoint)
+
+
+_FILTERS = {"stage": "stage", "error_type": "error type", "reason": "reason"}
+"""The filters of ``dlq replay`` that name one value of a letter's field, and what they name."""
+
+
+def warn_of_unmatched(console: Console, args: argparse.Namespace) -> None:
+    """Warn of a ``--stage``, ``--error-type`` or ``--reason`` that no stored letter has: most
+    likely a typo, which would replay nothing (the likeliest value meant is named)."""
+    from riprap.cli._remote import scan_dead_letters
+
+    wanted = {field: getattr(args, field) for field in _FILTERS if getattr(args, field)}
+    if not wanted:
+        return
+    stored: dict[str, set[str]] = {field: set() for field in wanted}
+
+    def visit(letter: DeadLetter) -> None:
+        for field, values in stored.items():
+            values.add(getattr(letter, field))
+
+    scan_dead_letters(args.path, visit, endpoint_url=args.endpoint_url)
+    for field, value in wanted.items():
+        values = sorted(stored[field])
+        if value in values:
+            continue
+        close = difflib.get_close_matches(value, values, n=1)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = ", ".join(values[:10]) or "none"
+        console.message(
+            f"no letter in {args.path} has {_FILTERS[field]} {value!r}{meant}; its "
+            f"{_FILTERS[field]}s: {shown}",
+            level="warning",
+        )
 
 
 def explain_skips(console: Console, report: RunReport) -> None:

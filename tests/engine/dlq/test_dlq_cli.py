@@ -14,7 +14,7 @@ from riprap import DecodeError
 from riprap.deadletters import JsonLinesDeadLetters, SqliteDeadLetters, read_dead_letters
 
 from ._letters import make_letter
-from ._replay import parse_dlq, run_dlq
+from ._replay import parse_dlq, riprap_dlq, run_dlq, with_fix
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -191,3 +191,24 @@ def test_bad_duration_is_a_usage_error(text: str, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as info:
         parse_dlq("purge", "x.jsonl", f"--older-than={text}")
     assert (2, True) == (info.value.code, "invalid duration" in capsys.readouterr().err)
+
+
+def test_replay_warns_of_a_filter_no_letter_matches(jsonl: Path) -> None:
+    """A typo in ``--stage`` or ``--reason`` would replay nothing and end well: it is warned of,
+    naming the value most likely meant and the values the store holds."""
+    workdir = with_fix(jsonl.parent)
+    done = riprap_dlq(
+        "replay", str(jsonl), "--pipeline", "fix.py", "-q", "--stage", "enrih",
+        "--reason", "retries_exhaused", cwd=workdir,
+    )  # fmt: skip
+    err = " ".join(done.stderr.split())
+    assert (done.returncode, "records in 0" in " ".join(done.stdout.split())) == (0, True)
+    assert (
+        f"no letter in {jsonl} has stage 'enrih' (did you mean 'enrich'?); its stages: "
+        "enrich, parse"
+    ) in err
+    assert f"no letter in {jsonl} has reason 'retries_exhaused' (did you mean " in err
+    matching = riprap_dlq(
+        "replay", str(jsonl), "--pipeline", "fix.py", "-q", "--stage", "parse", cwd=workdir
+    )
+    assert "no letter in" not in matching.stderr
