@@ -205,6 +205,8 @@ async def _pipeline(backend: RepairableBackend, args: argparse.Namespace) -> str
     """The pipeline the command acts on: ``--pipeline``, or the store's only one."""
     if args.pipeline is not None:
         chosen: str = args.pipeline
+        if not getattr(args, "new", False):
+            await _refuse_unknown_pipeline(backend, chosen)
         return chosen
     names = await backend.pipelines()
     if len(names) == 1:
@@ -217,6 +219,26 @@ async def _pipeline(backend: RepairableBackend, args: argparse.Namespace) -> str
     )
 
 
+async def _refuse_unknown_pipeline(backend: RepairableBackend, pipeline: str) -> None:
+    """Refuse a ``--pipeline`` of which the store holds and records nothing: most likely a typo,
+    which would show an empty status, or store a checkpoint nothing reads.
+
+    Raises:
+        ConfigError: Naming the pipelines the store holds and the likeliest one meant.
+    """
+    status = await backend.status(pipeline)
+    if status.checkpoint is not None or status.recorded or status.epoch or status.problem:
+        return  # stored, recorded or claimed: a pipeline of this store (damaged, maybe)
+    names = await backend.pipelines()
+    close = difflib.get_close_matches(pipeline, names, n=1)
+    meant = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        "--pipeline",
+        f"{backend.location} holds no pipeline {pipeline!r}{meant}; it holds "
+        f"{', '.join(names) or 'none'}",
+    )
+
+
 # -- show -----------------------------------------------------------------------------------
 
 
@@ -224,7 +246,7 @@ async def _show(backend: RepairableBackend, args: argparse.Namespace) -> int:
     if args.stage is not None:
         return await _show_stage(backend, args)
     if args.pipeline is not None:
-        names = [args.pipeline]
+        names = [await _pipeline(backend, args)]
     else:
         names = await backend.pipelines()
         if not names:

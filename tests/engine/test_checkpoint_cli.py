@@ -247,6 +247,25 @@ def test_set_refuses_a_partition_the_checkpoint_does_not_hold(
     assert {"orders-0": 10, "orders-1": 7, "order-1": 0} == dict(resumed.positions)
 
 
+def test_a_pipeline_the_store_does_not_hold_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--pipeline`` with a typo showed an empty, consistent status and ``set`` stored a
+    checkpoint nothing reads: both are refused, naming the pipeline meant; ``set --new``
+    prepares a pipeline that has not run yet."""
+    directory = tmp_path / "checkpoints"
+    saved(FileCheckpoints(directory), snapshot(1, "a", seq=1))
+    show = main(["checkpoint", "show", str(directory), "--pipeline", "order"])
+    set_ = main(["checkpoint", "set", str(directory), "--pipeline", "order", "orders-0=1"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert (show, set_) == (2, 2)
+    assert err.count(f"{directory} holds no pipeline 'order' (did you mean 'orders'?)") == 2
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith("order.")) == []
+    assert (directory / "orders.checkpoint.json").exists()
+    assert 0 == main(["checkpoint", "set", str(directory), "--pipeline", "later", "in=5", "--new"])
+    assert 0 == main(["checkpoint", "show", str(directory), "--pipeline", "later"])
+
+
 def test_several_pipelines_need_a_choice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
