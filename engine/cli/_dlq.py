@@ -26,6 +26,8 @@ or the command line is invalid.
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import heapq
 import re
 import sqlite3
@@ -45,7 +47,7 @@ from riprap.deadletters._stores import DeadLetterFilter
 from riprap.observability._redact import DEFAULT_REDACTOR
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from riprap.cli._console import Console
     from riprap.cli._locations import DeadLetterLocation
@@ -186,7 +188,8 @@ def run_dlq_command(args: argparse.Namespace) -> int:
     try:
         if args.dlq_command == "inspect":
             args.json = args.json or console.json
-            return inspect_dead_letters(args, out=console.out)
+            warn = functools.partial(console.message, level="warning")
+            return inspect_dead_letters(args, out=console.out, warn=warn)
         if args.dlq_command == "purge":
             return _purge(args, console=console)
     except FileNotFoundError:
@@ -198,7 +201,38 @@ def run_dlq_command(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown dlq command {args.dlq_command!r}")
 
 
-def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
+FILTER_FIELDS = {"stage": "stage", "error_type": "error type", "reason": "reason"}
+"""The filters that name one value of a letter's field, and what they name."""
+
+
+def filter_values(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--stage``, ``--error-type`` and ``--reason`` given, by the letter field each names."""
+    return {field: getattr(args, field) for field in FILTER_FIELDS if getattr(args, field)}
+
+
+def unmatched(
+    location: object, wanted: Mapping[str, str], stored: Mapping[str, set[str]]
+) -> list[str]:
+    """A warning for each filter value no stored letter has (most likely a typo, which would
+    select nothing), naming the likeliest value meant and the values stored."""
+    messages = []
+    for field, value in wanted.items():
+        values = sorted(stored[field])
+        if value in values:
+            continue
+        close = difflib.get_close_matches(value, values, n=1)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        what = FILTER_FIELDS[field]
+        messages.append(
+            f"no letter in {location} has {what} {value!r}{meant}; its {what}s: "
+            f"{', '.join(values[:10]) or 'none'}"
+        )
+    return messages
+
+
+def inspect_dead_letters(
+    args: argparse.Namespace, *, out: TextIO, warn: Callable[[str], None] | None = None
+) -> int:
     """Print counts by stage, error type and reason, then the ``args.show`` latest letters.
 
     Latest means the last to fail (``last_failure_at``), oldest of them first.
@@ -217,8 +251,13 @@ def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
     newest: list[tuple[float, int, DeadLetter]] = []
     total = 0
 
+    wanted = filter_values(args)
+    stored: dict[str, set[str]] = {field: set() for field in wanted}
+
     def visit(letter: DeadLetter) -> None:  # one copy per id: readers fold repeats
         nonlocal total
+        for field, values in stored.items():
+            values.add(getattr(letter, field))
         if selector.matches(letter):
             total += 1
             for field, counter in counts.items():
@@ -230,6 +269,9 @@ def inspect_dead_letters(args: argparse.Namespace, *, out: TextIO) -> int:
 
     location: DeadLetterLocation = args.path
     repeats = scan_dead_letters(location, visit, endpoint_url=args.endpoint_url)
+    if warn is not None:
+        for message in unmatched(location, wanted, stored):
+            warn(message)
     latest = [letter for _, _, letter in sorted(newest)]
     if args.json:
         out.write(_inspect_json(str(location), total, repeats, counts, latest) + "\n")

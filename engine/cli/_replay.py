@@ -20,13 +20,12 @@ marked with its letter id; the replay checkpoints in the SQLite file
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import TYPE_CHECKING
 
 from riprap._core.errors import ConfigError
 from riprap.cli._console import console_for
-from riprap.cli._dlq import add_location_arguments, parse_time
+from riprap.cli._dlq import add_location_arguments, filter_values, parse_time, unmatched
 from riprap.cli._load import load_pipeline
 from riprap.cli._locations import (
     FileLocation,
@@ -177,16 +176,12 @@ def replay_target(args: argparse.Namespace) -> tuple[Pipeline, str | None]:
     return topic_replay(target, checkpoint=checkpoint)
 
 
-_FILTERS = {"stage": "stage", "error_type": "error type", "reason": "reason"}
-"""The filters of ``dlq replay`` that name one value of a letter's field, and what they name."""
-
-
 def warn_of_unmatched(console: Console, args: argparse.Namespace) -> None:
     """Warn of a ``--stage``, ``--error-type`` or ``--reason`` that no stored letter has: most
     likely a typo, which would replay nothing (the likeliest value meant is named)."""
     from riprap.cli._remote import scan_dead_letters
 
-    wanted = {field: getattr(args, field) for field in _FILTERS if getattr(args, field)}
+    wanted = filter_values(args)
     if not wanted:
         return
     stored: dict[str, set[str]] = {field: set() for field in wanted}
@@ -196,18 +191,8 @@ def warn_of_unmatched(console: Console, args: argparse.Namespace) -> None:
             values.add(getattr(letter, field))
 
     scan_dead_letters(args.path, visit, endpoint_url=args.endpoint_url)
-    for field, value in wanted.items():
-        values = sorted(stored[field])
-        if value in values:
-            continue
-        close = difflib.get_close_matches(value, values, n=1)
-        meant = f" (did you mean {close[0]!r}?)" if close else ""
-        shown = ", ".join(values[:10]) or "none"
-        console.message(
-            f"no letter in {args.path} has {_FILTERS[field]} {value!r}{meant}; its "
-            f"{_FILTERS[field]}s: {shown}",
-            level="warning",
-        )
+    for message in unmatched(args.path, wanted, stored):
+        console.message(message, level="warning")
 
 
 def explain_skips(console: Console, report: RunReport) -> None:

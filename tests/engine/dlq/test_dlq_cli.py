@@ -212,3 +212,16 @@ def test_replay_warns_of_a_filter_no_letter_matches(jsonl: Path) -> None:
         "replay", str(jsonl), "--pipeline", "fix.py", "-q", "--stage", "parse", cwd=workdir
     )
     assert "no letter in" not in matching.stderr
+
+
+def test_inspect_warns_of_a_filter_no_letter_matches(
+    jsonl: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "0 dead letters" for a misspelt stage would read as "no failures there": the value is
+    warned of, with the one most likely meant."""
+    assert 0 == run_dlq("inspect", str(jsonl), "--stage", "pars", "--reason", "decode_error")
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{jsonl}: 0 dead letters")
+    assert [line for line in err.splitlines() if "no letter in" in line] == [
+        f"no letter in {jsonl} has stage 'pars' (did you mean 'parse'?); its stages: enrich, parse"
+    ]
