@@ -80,8 +80,8 @@ def add_replay_command(
     replay.add_argument("--stage", help="only letters of this stage")
     replay.add_argument("--error-type", help="only this error type")
     replay.add_argument("--reason", help="only this reason")
-    replay.add_argument("--since", help="failed at or after (ISO time or 2h)")
-    replay.add_argument("--until", help="failed before (ISO time or 2h)")
+    replay.add_argument("--since", type=parse_time, help="failed at or after (ISO time or 2h)")
+    replay.add_argument("--until", type=parse_time, help="failed before (ISO time or 2h)")
     replay.add_argument("--rate", type=float, default=None, help="records per second at most")
     replay.add_argument(
         "--failed-to",
@@ -112,8 +112,8 @@ def run_replay(args: argparse.Namespace) -> int:
         stage=args.stage,
         error_type=args.error_type,
         reason=args.reason,
-        since=parse_time(args.since) if args.since else None,
-        until=parse_time(args.until) if args.until else None,
+        since=args.since,
+        until=args.until,
     )
     if isinstance(args.path, FileLocation):  # a topic would be read whole once more
         warn_of_unmatched(console, args)

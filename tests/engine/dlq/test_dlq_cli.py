@@ -225,3 +225,13 @@ def test_inspect_warns_of_a_filter_no_letter_matches(
     assert [line for line in err.splitlines() if "no letter in" in line] == [
         f"no letter in {jsonl} has stage 'pars' (did you mean 'parse'?); its stages: enrich, parse"
     ]
+
+
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_replay_names_a_time_it_cannot_read(jsonl: Path, option: str) -> None:
+    """A usage error naming the option and the forms it takes, not a traceback."""
+    done = riprap_dlq(
+        "replay", str(jsonl), "--pipeline", "fix.py", option, "yesterday", cwd=jsonl.parent
+    )
+    assert (done.returncode, "Traceback" in done.stderr) == (2, False)
+    assert f"argument {option}: invalid time 'yesterday': use ISO 8601" in done.stderr
