@@ -21,6 +21,7 @@ marked with its letter id; the replay checkpoints in the SQLite file
 from __future__ import annotations
 
 import functools
+import sqlite3
 from typing import TYPE_CHECKING
 
 from riprap._core.errors import ConfigError
@@ -190,7 +191,10 @@ def warn_of_unmatched(console: Console, args: argparse.Namespace) -> None:
         for field, values in stored.items():
             values.add(getattr(letter, field))
 
-    scan_dead_letters(args.path, visit, endpoint_url=args.endpoint_url)
+    try:
+        scan_dead_letters(args.path, visit, endpoint_url=args.endpoint_url)
+    except (OSError, ValueError, sqlite3.Error):
+        return  # missing or unreadable: the replay itself says so, as it always has
     for message in unmatched(args.path, wanted, stored):
         console.message(message, level="warning")
 

@@ -235,3 +235,13 @@ def test_replay_names_a_time_it_cannot_read(jsonl: Path, option: str) -> None:
     )
     assert (done.returncode, "Traceback" in done.stderr) == (2, False)
     assert f"argument {option}: invalid time 'yesterday': use ISO 8601" in done.stderr
+
+
+def test_a_filtered_replay_of_a_missing_store_fails_as_an_unfiltered_one(tmp_path: Path) -> None:
+    """The look for unmatched filter values leaves a missing store to the replay's own error."""
+    workdir = with_fix(tmp_path)
+    done = riprap_dlq(
+        "replay", "missing.jsonl", "--pipeline", "fix.py", "--reason", "x", cwd=workdir
+    )
+    assert (done.returncode, "Traceback" in done.stderr) == (1, False)
+    assert "no dead letters stored here" in done.stderr
