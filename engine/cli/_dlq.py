@@ -34,7 +34,7 @@ import sqlite3
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, final
 
 import orjson
 
@@ -47,7 +47,7 @@ from riprap.deadletters._stores import DeadLetterFilter
 from riprap.observability._redact import DEFAULT_REDACTOR
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable
 
     from riprap.cli._console import Console
     from riprap.cli._locations import DeadLetterLocation
@@ -205,29 +205,39 @@ FILTER_FIELDS = {"stage": "stage", "error_type": "error type", "reason": "reason
 """The filters that name one value of a letter's field, and what they name."""
 
 
-def filter_values(args: argparse.Namespace) -> dict[str, str]:
-    """The ``--stage``, ``--error-type`` and ``--reason`` given, by the letter field each names."""
-    return {field: getattr(args, field) for field in FILTER_FIELDS if getattr(args, field)}
+@final
+class FilterValues:
+    """The ``--stage``, ``--error-type`` and ``--reason`` given, and the values letters hold.
 
+    Called with every stored letter, it tells afterwards which given value no
+    letter has: most likely a typo, which would select nothing.
+    """
 
-def unmatched(
-    location: object, wanted: Mapping[str, str], stored: Mapping[str, set[str]]
-) -> list[str]:
-    """A warning for each filter value no stored letter has (most likely a typo, which would
-    select nothing), naming the likeliest value meant and the values stored."""
-    messages = []
-    for field, value in wanted.items():
-        values = sorted(stored[field])
-        if value in values:
-            continue
-        close = difflib.get_close_matches(value, values, n=1)
-        meant = f" (did you mean {close[0]!r}?)" if close else ""
-        what = FILTER_FIELDS[field]
-        messages.append(
-            f"no letter in {location} has {what} {value!r}{meant}; its {what}s: "
-            f"{', '.join(values[:10]) or 'none'}"
-        )
-    return messages
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.wanted = {
+            field: getattr(args, field) for field in FILTER_FIELDS if getattr(args, field)
+        }
+        self._stored: dict[str, set[str]] = {field: set() for field in self.wanted}
+
+    def __call__(self, letter: DeadLetter) -> None:
+        for field, values in self._stored.items():
+            values.add(getattr(letter, field))
+
+    def unmatched(self, location: object) -> list[str]:
+        """A warning for each given value no letter had, naming the likeliest one meant."""
+        messages = []
+        for field, value in self.wanted.items():
+            values = sorted(self._stored[field])
+            if value in values:
+                continue
+            close = difflib.get_close_matches(value, values, n=1)
+            meant = f" (did you mean {close[0]!r}?)" if close else ""
+            what = FILTER_FIELDS[field]
+            messages.append(
+                f"no letter in {location} has {what} {value!r}{meant}; its {what}s: "
+                f"{', '.join(values[:10]) or 'none'}"
+            )
+        return messages
 
 
 def inspect_dead_letters(
@@ -251,13 +261,11 @@ def inspect_dead_letters(
     newest: list[tuple[float, int, DeadLetter]] = []
     total = 0
 
-    wanted = filter_values(args)
-    stored: dict[str, set[str]] = {field: set() for field in wanted}
+    seen = FilterValues(args)
 
     def visit(letter: DeadLetter) -> None:  # one copy per id: readers fold repeats
         nonlocal total
-        for field, values in stored.items():
-            values.add(getattr(letter, field))
+        seen(letter)
         if selector.matches(letter):
             total += 1
             for field, counter in counts.items():
@@ -270,7 +278,7 @@ def inspect_dead_letters(
     location: DeadLetterLocation = args.path
     repeats = scan_dead_letters(location, visit, endpoint_url=args.endpoint_url)
     if warn is not None:
-        for message in unmatched(location, wanted, stored):
+        for message in seen.unmatched(location):
             warn(message)
     latest = [letter for _, _, letter in sorted(newest)]
     if args.json:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from riprap._core.errors import ConfigError
 from riprap.cli._console import console_for
-from riprap.cli._dlq import add_location_arguments, filter_values, parse_time, unmatched
+from riprap.cli._dlq import FilterValues, add_location_arguments, parse_time
 from riprap.cli._load import load_pipeline
 from riprap.cli._locations import (
     FileLocation,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from riprap._core.pipeline import Pipeline
     from riprap._core.protocols import Source
     from riprap.cli._console import Console
-    from riprap.deadletters._envelope import DeadLetter
     from riprap.deadletters._stores import DeadLetterSink
     from riprap.observability._report import RunReport
 
@@ -182,20 +181,14 @@ def warn_of_unmatched(console: Console, args: argparse.Namespace) -> None:
     likely a typo, which would replay nothing (the likeliest value meant is named)."""
     from riprap.cli._remote import scan_dead_letters
 
-    wanted = filter_values(args)
-    if not wanted:
+    seen = FilterValues(args)
+    if not seen.wanted:
         return
-    stored: dict[str, set[str]] = {field: set() for field in wanted}
-
-    def visit(letter: DeadLetter) -> None:
-        for field, values in stored.items():
-            values.add(getattr(letter, field))
-
     try:
-        scan_dead_letters(args.path, visit, endpoint_url=args.endpoint_url)
+        scan_dead_letters(args.path, seen, endpoint_url=args.endpoint_url)
     except (OSError, ValueError, sqlite3.Error):
         return  # missing or unreadable: the replay itself says so, as it always has
-    for message in unmatched(args.path, wanted, stored):
+    for message in seen.unmatched(args.path):
         console.message(message, level="warning")
 
 
